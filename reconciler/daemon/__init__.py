@@ -1,0 +1,1 @@
+"""daemon stage of the reconcile pipeline."""

@@ -1,0 +1,1 @@
+"""health stage of the reconcile pipeline."""

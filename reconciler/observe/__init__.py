@@ -1,0 +1,1 @@
+"""observe stage of the reconcile pipeline."""

@@ -1,0 +1,1 @@
+"""plan stage of the reconcile pipeline."""

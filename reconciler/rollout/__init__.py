@@ -1,0 +1,1 @@
+"""rollout stage of the reconcile pipeline."""

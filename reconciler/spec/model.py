@@ -1,0 +1,111 @@
+"""Typed model of the desired state: what the loader produces and every later stage reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_ENVIRONMENT = "default"
+
+
+@dataclass(frozen=True, order=True)
+class ResourceKey:
+    """Identity of a resource: (environment, kind, name)."""
+
+    environment: str
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.environment}/{self.kind}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> ResourceKey:
+        environment, kind, name = text.split("/", 2)
+        return cls(environment, kind, name)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Where a node was written: 1-based line and column."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def spec_hash(document: dict[str, Any]) -> str:
+    """Stable hash of a document's meaning (key order and formatting do not matter)."""
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
+
+
+@dataclass
+class Resource:
+    """One validated desired-state document."""
+
+    key: ResourceKey
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    file: str
+    line: int = 1
+    hash: str = ""
+    depends_on: list[ResourceKey] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return self.key.kind
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def environment(self) -> str:
+        return self.key.environment
+
+    @property
+    def target_key(self) -> ResourceKey | None:
+        target = self.spec.get("target")
+        if self.kind == "Target" or not isinstance(target, str):
+            return None
+        return ResourceKey(self.environment, "Target", target)
+
+    def document(self) -> dict[str, Any]:
+        """The document as recorded (what the hash covers)."""
+        return {
+            "kind": self.kind,
+            "metadata": {
+                "name": self.name,
+                "environment": self.environment,
+                "labels": dict(self.labels),
+            },
+            "spec": self.spec,
+        }
+
+
+@dataclass
+class DesiredState:
+    """Every resource found under the config path at one commit."""
+
+    resources: dict[ResourceKey, Resource]
+    commit: str | None = None
+    root: str = ""
+
+    def get(self, key: ResourceKey) -> Resource | None:
+        return self.resources.get(key)
+
+    def target_of(self, resource: Resource) -> Resource | None:
+        key = resource.target_key
+        return self.resources.get(key) if key else None
+
+    def of_kind(self, kind: str) -> list[Resource]:
+        return [r for k, r in sorted(self.resources.items()) if k.kind == kind]

@@ -1,0 +1,201 @@
+"""The store interface: every backend (SQLite, PostgreSQL, MySQL) implements ``Store``.
+
+Records are plain dataclasses so the rest of the pipeline never sees a backend's row type.
+Nothing here may hold a secret value: specs are stored with secret *references* only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from reconciler.spec.model import ResourceKey
+
+# Deployment statuses (DESIGN "Deployment record").
+PENDING = "pending"
+IN_PROGRESS = "in_progress"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+ROLLED_BACK = "rolled_back"
+ROLLBACK_FAILED = "rollback_failed"
+CANCELLED = "cancelled"
+DEPLOYMENT_STATUSES = (PENDING, IN_PROGRESS, SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED)
+FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED})
+
+# Allowed journal transitions; anything else is a programming error and is refused.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({IN_PROGRESS, CANCELLED, FAILED}),
+    IN_PROGRESS: frozenset({SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED}),
+    FAILED: frozenset({ROLLED_BACK, ROLLBACK_FAILED}),
+}
+
+
+@dataclass
+class ResourceRecord:
+    """What the store knows about one resource."""
+
+    key: ResourceKey
+    id: str
+    desired_revision: str | None = None
+    desired_hash: str | None = None
+    desired_spec: dict[str, Any] | None = None
+    applied_revision: str | None = None
+    applied_hash: str | None = None
+    applied_spec: dict[str, Any] | None = None
+    config_commit: str | None = None
+    sync_status: str = "Unknown"  # Synced | OutOfSync | Unknown
+    health_status: str = "Unknown"  # Healthy | Degraded | Progressing | Missing | Suspended | Unknown
+    last_result: str | None = None  # a deployment status
+    last_error: str | None = None
+    failed_revision: str | None = None  # rolled back: not re-deployed until it changes
+    suspended: bool = False
+    deleted: bool = False
+    updated_at: datetime | None = None
+
+
+@dataclass
+class DeploymentRecord:
+    id: str
+    identifier: str
+    key: ResourceKey
+    status: str
+    from_revision: str | None
+    to_revision: str
+    config_commit: str | None
+    trigger: str
+    strategy: str
+    error: str | None = None
+    output: str | None = None
+    exit_code: int | None = None
+    spec: dict[str, Any] | None = None  # the document deployed (secret references only)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    events: list[DeploymentEvent] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+@dataclass
+class DeploymentEvent:
+    status: str
+    message: str | None
+    at: datetime
+
+
+@dataclass
+class StepRecord:
+    id: str
+    seq: int
+    action: str
+    instance: str
+    status: str  # started | succeeded | failed
+    detail: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+@dataclass
+class MigrationInfo:
+    version: int
+    name: str
+    checksum: str
+    applied_at: datetime | None  # None: pending
+
+
+class Store(Protocol):
+    """Backend-neutral persistence of resources, the deployment journal and locks."""
+
+    url: str
+
+    # -- schema ------------------------------------------------------------------
+    async def migrate(self) -> list[MigrationInfo]:
+        """Apply pending migrations; return the ones applied now."""
+
+    async def migration_status(self) -> list[MigrationInfo]: ...
+
+    async def close(self) -> None: ...
+
+    # -- resources ---------------------------------------------------------------
+    async def get_resource(self, key: ResourceKey) -> ResourceRecord | None: ...
+
+    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]: ...
+
+    async def record_desired(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> ResourceRecord:
+        """Create the resource if needed and store what git now wants."""
+
+    async def record_applied(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> None:
+        """The desired revision is now live (a deployment succeeded)."""
+
+    async def update_status(self, key: ResourceKey, **fields: Any) -> None:
+        """Set any of sync_status, health_status, last_result, last_error, failed_revision."""
+
+    async def set_suspended(self, key: ResourceKey, suspended: bool) -> None: ...
+
+    async def mark_deleted(self, key: ResourceKey) -> None: ...
+
+    # -- deployment journal -------------------------------------------------------
+    async def create_deployment(
+        self,
+        key: ResourceKey,
+        *,
+        from_revision: str | None,
+        to_revision: str,
+        config_commit: str | None,
+        trigger: str,
+        strategy: str,
+        spec: dict[str, Any] | None = None,
+    ) -> DeploymentRecord:
+        """Insert a ``pending`` deployment (and its first event)."""
+
+    async def transition(
+        self,
+        deployment_id: str,
+        status: str,
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        output: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        """Move a deployment to ``status`` (checked against TRANSITIONS) and log an event."""
+
+    async def start_step(self, deployment_id: str, action: str, instance: str,
+                         detail: str | None = None) -> str:
+        """Journal a provider action *before* it runs; returns the step id."""
+
+    async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None: ...
+
+    async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None: ...
+
+    async def list_deployments(self, key: ResourceKey | None = None,
+                               limit: int = 50) -> list[DeploymentRecord]:
+        """Newest first, with events and steps."""
+
+    async def unfinished_deployments(self) -> list[DeploymentRecord]:
+        """Deployments left ``pending`` / ``in_progress`` (a crash): oldest first."""
+
+    async def last_good(self, key: ResourceKey) -> DeploymentRecord | None:
+        """The newest ``succeeded`` deployment of a resource."""
+
+    # -- locks -----------------------------------------------------------------------
+    async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew a named lease; False if another owner holds an unexpired one."""
+
+    async def release_lock(self, name: str, owner: str) -> None: ...
