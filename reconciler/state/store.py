@@ -199,3 +199,7 @@ class Store(Protocol):
         """Take or renew a named lease; False if another owner holds an unexpired one."""
 
     async def release_lock(self, name: str, owner: str) -> None: ...
+
+    # -- webhooks ----------------------------------------------------------------------
+    async def record_delivery(self, provider: str, delivery_id: str) -> bool:
+        """Remember a webhook delivery id; False when it was seen before (a replay)."""

@@ -1,0 +1,61 @@
+"""Transports: how commands and files reach a host (pyinfra's "connectors").
+
+``local`` runs on this machine; ``ssh`` reaches a remote host through asyncssh with strict host-key
+checking. Providers (bare metal, compose over SSH) are written against ``Transport`` only.
+Arguments are argv lists; an implementation that needs a shell string (SSH) quotes every element.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def text(self) -> str:
+        return (self.stdout + self.stderr).decode(errors="replace")
+
+
+class Transport(Protocol):
+    """One host. Every call has a timeout; failures raise ``reconciler.errors.ProviderError``
+    (or a subclass) with a message that names the host, never a secret."""
+
+    host_id: str
+    address: str
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = False,
+    ) -> CommandResult:
+        """Run argv to completion. ``check`` raises on a non-zero exit."""
+
+    async def put_file(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        """Copy one local file to ``remote`` (written to a temp name, then renamed)."""
+
+    async def put_tree(self, local_dir: Path, remote_dir: str) -> None:
+        """Copy a local directory tree into ``remote_dir`` (created if missing)."""
+
+    async def write_file(self, remote: str, data: bytes, mode: int = 0o644) -> None:
+        """Atomically replace ``remote`` with ``data``."""
+
+    async def read_file(self, remote: str) -> bytes | None:
+        """Contents of ``remote``, or None when it does not exist."""
+
+    async def close(self) -> None: ...
