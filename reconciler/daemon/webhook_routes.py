@@ -1,0 +1,250 @@
+"""HTTP receiver for git-host webhooks: ``POST /webhooks/{github|gitlab|gitea|bitbucket}``.
+
+The order of checks is deliberate: unknown or unconfigured provider (404) → rate limit (429) →
+body cap (413, before reading past the cap) → signature (401; nothing else runs for an
+unauthenticated request) → parse (400) → replay check (200 duplicate) → trigger decision
+(200 ignored with a reason) → ``on_push`` (202 with the reconcile id). ``on_push`` must only
+enqueue, so a git host gets its answer well inside its delivery timeout (Bitbucket: 10 s).
+
+The replay check records the delivery id *before* ``on_push`` runs: a captured, signed request
+replayed later must never trigger again. The cost is that a delivery whose enqueue failed (503)
+is answered "duplicate" when the host retries it; the daemon's periodic poll covers that case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from reconciler.source.webhooks import (
+    PROVIDERS,
+    WebhookAuthError,
+    WebhookEvent,
+    WebhookPayloadError,
+    matches,
+    parse,
+    verify,
+)
+
+log = logging.getLogger("reconciler.daemon.webhooks")
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+_READ_CHUNK = 64 * 1024
+
+OnPush = Callable[[WebhookEvent], Awaitable[str]]
+SeenDelivery = Callable[[str, str], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float = 5.0
+    burst: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.per_second > 0 or self.burst < 1:
+            raise ValueError("rate limit needs per_second > 0 and burst >= 1")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """What the receiver needs; secrets are already resolved from their references.
+
+    A provider without a secret is not served (404): unauthenticated webhooks are never accepted.
+    """
+
+    secrets: Mapping[str, bytes] = field(repr=False)
+    repo_urls: Sequence[str] = ()
+    branches: Sequence[str] = ()
+    """Branch names or globs; empty means every branch of the watched repositories."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    """Applied per provider."""
+    enqueue_timeout: float = 5.0
+    """Upper bound on ``on_push``; it should only enqueue."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.secrets) - set(PROVIDERS))
+        if unknown:
+            raise ValueError(f"unknown webhook provider(s): {', '.join(unknown)}")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        if not self.enqueue_timeout > 0:
+            raise ValueError("enqueue_timeout must be positive")
+
+
+class TokenBucket:
+    """Classic token bucket on a monotonic clock."""
+
+    def __init__(
+        self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = per_second
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def take(self) -> float:
+        """Take one token: 0.0 when granted, else the seconds until one is available."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self._rate
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The body, or None as soon as it grows past ``cap`` (the rest is never read)."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > cap:
+            return None
+        chunks.append(chunk)
+
+
+def webhook_routes(
+    config: WebhookConfig,
+    on_push: OnPush,
+    seen_delivery: SeenDelivery,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[web.RouteDef]:
+    """Routes for the daemon's aiohttp app.
+
+    ``seen_delivery(provider, delivery_id)`` records a delivery id and returns False when it was
+    recorded before (``Store.record_delivery`` has exactly this contract). ``on_push`` enqueues a
+    reconcile for the event and returns its id.
+    """
+    buckets = {
+        name: TokenBucket(config.rate_limit.per_second, config.rate_limit.burst, clock)
+        for name in PROVIDERS
+    }
+
+    async def handle(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        fields: dict[str, Any] = {
+            "provider": request.match_info["provider"][:40],
+            "remote": request.remote,
+            "delivery_id": None,
+            "event_kind": None,
+            "reason": None,
+            "reconcile_id": None,
+        }
+
+        def respond(
+            status: int,
+            outcome: str,
+            body: dict[str, Any],
+            headers: Mapping[str, str] | None = None,
+        ) -> web.Response:
+            fields.update(
+                status=status,
+                outcome=outcome,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            level = logging.INFO if status < 400 else logging.WARNING
+            log.log(
+                level,
+                "webhook %s: %d %s",
+                fields["provider"],
+                status,
+                outcome,
+                extra=dict(fields),
+            )
+            response = web.json_response(
+                {"status": outcome, **body}, status=status, headers=headers
+            )
+            if status == 413:
+                # The unread rest of the body is not worth draining: drop the connection.
+                response.force_close()
+            return response
+
+        provider = request.match_info["provider"].lower()
+        if provider not in PROVIDERS:
+            return respond(404, "unknown_provider", {})
+        fields["provider"] = provider
+        secret = config.secrets.get(provider)
+        if not secret:
+            return respond(404, "provider_not_enabled", {})
+
+        wait = buckets[provider].take()
+        if wait > 0:
+            retry_after = str(max(1, math.ceil(wait)))
+            return respond(429, "rate_limited", {}, headers={"Retry-After": retry_after})
+
+        cap = config.max_body_bytes
+        if request.content_length is not None and request.content_length > cap:
+            return respond(413, "too_large", {"max_bytes": cap})
+        body = await _read_capped(request, cap)
+        if body is None:
+            return respond(413, "too_large", {"max_bytes": cap})
+        fields["body_bytes"] = len(body)
+
+        try:
+            verify(provider, request.headers, body, secret)
+        except WebhookAuthError as exc:
+            # The message names the failing check, never the secret or the signature.
+            fields["reason"] = exc.message
+            return respond(401, "unauthorized", {})
+
+        try:
+            event = parse(provider, request.headers, body)
+        except WebhookPayloadError as exc:
+            fields["reason"] = exc.message
+            return respond(400, "bad_payload", {"reason": exc.message})
+        fields["delivery_id"] = event.delivery_id
+        fields["event_kind"] = event.kind
+
+        if event.delivery_id is not None:
+            try:
+                fresh = await seen_delivery(provider, event.delivery_id)
+            except Exception as exc:
+                fields["reason"] = f"delivery store failed: {type(exc).__name__}"
+                return respond(503, "unavailable", {})
+            if not fresh:
+                return respond(200, "duplicate", {})
+
+        triggers: list[WebhookEvent] = []
+        reasons: list[str] = []
+        for single in event.split():
+            ok, reason = matches(single, config.repo_urls, config.branches)
+            if ok:
+                triggers.append(single)
+            else:
+                reasons.append(reason)
+        if not triggers:
+            reason = "; ".join(dict.fromkeys(reasons))
+            fields["reason"] = reason
+            return respond(200, "ignored", {"reason": reason})
+
+        reconcile_ids: list[str] = []
+        try:
+            async with asyncio.timeout(config.enqueue_timeout):
+                for single in triggers:
+                    reconcile_ids.append(await on_push(single))
+        except Exception as exc:
+            fields["reason"] = f"enqueue failed: {type(exc).__name__}"
+            return respond(503, "unavailable", {})
+        fields["reconcile_id"] = reconcile_ids[0]
+        result: dict[str, Any] = {"reconcile_id": reconcile_ids[0]}
+        if len(reconcile_ids) > 1:
+            result["reconcile_ids"] = reconcile_ids
+        return respond(202, "accepted", result)
+
+    return [web.post("/webhooks/{provider}", handle)]
