@@ -1,1 +1,115 @@
-"""state stage of the reconcile pipeline."""
+"""state stage of the reconcile pipeline: the store (resources, deployment journal, locks).
+
+``open_store(url)`` picks the backend from the URL scheme:
+
+- ``sqlite:///relative/path.db`` (three slashes, relative to the working directory),
+  ``sqlite:////abs/path.db`` (four slashes), ``sqlite:///:memory:``;
+- ``postgresql://…`` and ``mysql://…`` (not built yet).
+
+The returned store is not migrated: call ``await store.migrate()`` (what ``reconciler db
+migrate`` does) before use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from reconciler.errors import StoreError
+from reconciler.state.store import Store
+
+SQLITE_PREFIX = "sqlite:///"
+DB_FILE_NAME = "fraisier.db"
+
+
+def default_state_dir() -> Path:
+    """Where the daemon keeps its database and caches, first match wins:
+
+    1. ``$RECONCILER_STATE_DIR``;
+    2. ``$STATE_DIRECTORY`` (set by systemd for ``StateDirectory=``; the first entry if several);
+    3. ``/var/lib/fraisier`` when running as root;
+    4. ``$XDG_STATE_HOME/fraisier``, else ``~/.local/state/fraisier``.
+    """
+    explicit = os.environ.get("RECONCILER_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and geteuid() == 0:
+        return Path("/var/lib/fraisier")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "fraisier"
+
+
+def default_db_url(state_dir: Path) -> str:
+    """The SQLite URL of the database inside ``state_dir`` (absolute or relative)."""
+    return SQLITE_PREFIX + str(state_dir / DB_FILE_NAME)
+
+
+def resolve_db_url(explicit: str | None = None) -> str:
+    """``--db`` if given, else ``$RECONCILER_DB``, else SQLite in ``default_state_dir()``."""
+    return explicit or os.environ.get("RECONCILER_DB") or default_db_url(default_state_dir())
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable database URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///`` URL (``:memory:`` passes through)."""
+    if not url.startswith(SQLITE_PREFIX):
+        raise StoreError(
+            f"{redact_url(url)}: a SQLite URL is sqlite:///relative/path or sqlite:////abs/path"
+        )
+    path = url[len(SQLITE_PREFIX):]
+    if not path:
+        raise StoreError(f"{url}: no database path after sqlite:///")
+    return path
+
+
+def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
+    """A store for ``url``; SQLite creates the file's parent directories."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from reconciler.state.sqlite import SQLiteStore
+
+        path = sqlite_path(url)
+        if path != ":memory:":
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{url}: cannot create {Path(path).parent}: {exc}") from exc
+        return SQLiteStore(path, url=url, sql_dir=sql_dir)
+    if scheme in ("postgresql", "postgres", "mysql", "mariadb") or scheme.startswith(
+        ("postgresql+", "mysql+")
+    ):
+        name = "PostgreSQL" if scheme.startswith("postgres") else "MySQL/MariaDB"
+        raise StoreError(f"the {name} backend is not built yet ({redact_url(url)})")
+    raise StoreError(
+        f"unsupported database URL {redact_url(url)!r}: use sqlite:///path, postgresql://… "
+        "or mysql://…"
+    )
+
+
+__all__ = [
+    "Store",
+    "default_db_url",
+    "default_state_dir",
+    "open_store",
+    "redact_url",
+    "resolve_db_url",
+    "sqlite_path",
+]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from reconciler.errors import StoreError
 from reconciler.spec.model import ResourceKey
 
 # Deployment statuses (DESIGN "Deployment record").
@@ -20,8 +21,20 @@ FAILED = "failed"
 ROLLED_BACK = "rolled_back"
 ROLLBACK_FAILED = "rollback_failed"
 CANCELLED = "cancelled"
-DEPLOYMENT_STATUSES = (PENDING, IN_PROGRESS, SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED)
+DEPLOYMENT_STATUSES = (
+    PENDING, IN_PROGRESS, SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED
+)
 FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED})
+UNFINISHED_STATUSES = frozenset({PENDING, IN_PROGRESS})
+
+# Resource status vocabularies (the comments on ResourceRecord, as values backends can check).
+SYNC_STATUSES = ("Synced", "OutOfSync", "Unknown")
+HEALTH_STATUSES = ("Healthy", "Degraded", "Progressing", "Missing", "Suspended", "Unknown")
+# Provider step journal: a step is "started" before the action runs, then finished once.
+STEP_STARTED = "started"
+STEP_SUCCEEDED = "succeeded"
+STEP_FAILED = "failed"
+STEP_STATUSES = (STEP_STARTED, STEP_SUCCEEDED, STEP_FAILED)
 
 # Allowed journal transitions; anything else is a programming error and is refused.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -29,6 +42,13 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     IN_PROGRESS: frozenset({SUCCEEDED, FAILED, ROLLED_BACK, ROLLBACK_FAILED, CANCELLED}),
     FAILED: frozenset({ROLLED_BACK, ROLLBACK_FAILED}),
 }
+
+
+class TransitionError(StoreError):
+    """A deployment status change that TRANSITIONS does not allow (a programming error)."""
+
+    code = "FR302"
+    hint = "deployment statuses only move forward; see reconciler.state.store.TRANSITIONS"
 
 
 @dataclass
@@ -45,7 +65,8 @@ class ResourceRecord:
     applied_spec: dict[str, Any] | None = None
     config_commit: str | None = None
     sync_status: str = "Unknown"  # Synced | OutOfSync | Unknown
-    health_status: str = "Unknown"  # Healthy | Degraded | Progressing | Missing | Suspended | Unknown
+    # Healthy | Degraded | Progressing | Missing | Suspended | Unknown
+    health_status: str = "Unknown"
     last_result: str | None = None  # a deployment status
     last_error: str | None = None
     failed_revision: str | None = None  # rolled back: not re-deployed until it changes

@@ -1,0 +1,295 @@
+"""Schema migrations: plain SQL files ``sql/<dialect>/NNN_name.sql`` applied in version order.
+
+The runner is dialect-neutral: a backend hands it a ``MigrationConnection`` (how to run a
+statement, open/close a transaction and split a script) and the folder of its dialect. It records
+each applied file in ``tb_schema_migration`` (version, name, sha256 checksum, applied_at), applies
+each file in its own transaction together with its tracking row, applies nothing on a second run,
+and refuses to go on when an applied file was edited afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import reconciler
+from reconciler.errors import MigrationError
+from reconciler.state.store import MigrationInfo
+
+TRACKING_TABLE = "tb_schema_migration"
+
+# Portable across SQLite, PostgreSQL and MySQL/MariaDB; applied_at as ISO text like every other
+# timestamp of the schema.
+TRACKING_TABLE_DDL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
+    version    INTEGER      NOT NULL PRIMARY KEY,
+    name       VARCHAR(255) NOT NULL,
+    checksum   CHAR(64)     NOT NULL,
+    applied_at VARCHAR(40)  NOT NULL
+)"""
+
+FILE_NAME = re.compile(r"^(?P<version>\d{3,})_(?P<name>[A-Za-z0-9_]+)\.sql$")
+
+
+def default_sql_dir(dialect: str) -> Path:
+    """``<repo or install root>/sql/<dialect>``: next to the ``reconciler`` package."""
+    return Path(reconciler.__file__).resolve().parent.parent / "sql" / dialect
+
+
+def utc_now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class MigrationConnection(Protocol):
+    """What the runner needs from a backend's connection (synchronous, one connection)."""
+
+    dialect: str
+    placeholder: str  # parameter marker: "?" (sqlite3) or "%s" (psycopg, MySQL drivers)
+    transactional_ddl: bool  # False for MySQL: a failed file may leave part of it behind
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def begin(self) -> None:
+        """Open a write transaction that excludes concurrent migrators (lock if needed)."""
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def split(self, script: str) -> list[str]:
+        """The statements of a script, in order, without empty or comment-only ones."""
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    version: int
+    name: str  # the file name, e.g. "001_initial.sql"
+    path: Path
+    sql: str
+    checksum: str
+
+
+def checksum_of(text: str) -> str:
+    # Line endings are normalised so a CRLF checkout does not read as an edited file.
+    return hashlib.sha256(text.replace("\r\n", "\n").encode("utf-8")).hexdigest()
+
+
+def discover(directory: Path) -> list[MigrationFile]:
+    """Every migration file of a folder, by version; refuses misnamed or duplicate versions."""
+    if not directory.is_dir():
+        raise MigrationError(f"migration folder {directory} does not exist")
+    files: list[MigrationFile] = []
+    seen: dict[int, str] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = FILE_NAME.match(path.name)
+        if match is None:
+            # A file the runner silently skipped would be a migration that never runs.
+            raise MigrationError(f"{path.name}: migration files must be named NNN_name.sql")
+        version = int(match["version"])
+        if version in seen:
+            raise MigrationError(f"{path.name}: version {version} is also used by {seen[version]}")
+        seen[version] = path.name
+        text = path.read_text(encoding="utf-8")
+        files.append(MigrationFile(version, path.name, path, text, checksum_of(text)))
+    files.sort(key=lambda f: f.version)
+    return files
+
+
+class MigrationRunner:
+    """Applies ``directory``'s files through ``conn``; synchronous, run it off the event loop."""
+
+    def __init__(self, conn: MigrationConnection, directory: Path | None = None) -> None:
+        self.conn = conn
+        self.directory = directory if directory is not None else default_sql_dir(conn.dialect)
+
+    # -- reading -----------------------------------------------------------------------------
+    def ensure_tracking_table(self) -> None:
+        self.conn.begin()
+        try:
+            self.conn.execute(TRACKING_TABLE_DDL)
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+
+    def applied(self) -> dict[int, MigrationInfo]:
+        rows = self.conn.query(
+            f"SELECT version, name, checksum, applied_at FROM {TRACKING_TABLE} ORDER BY version"  # noqa: S608
+        )
+        return {
+            int(version): MigrationInfo(int(version), name, checksum, _parse_time(applied_at))
+            for version, name, checksum, applied_at in rows
+        }
+
+    def _verify(self, files: list[MigrationFile], applied: dict[int, MigrationInfo]) -> None:
+        for file in files:
+            info = applied.get(file.version)
+            if info is None:
+                continue
+            if info.checksum != file.checksum:
+                raise MigrationError(
+                    f"{file.name}: changed after it was applied "
+                    f"(recorded sha256 {info.checksum[:12]}…, file now {file.checksum[:12]}…); "
+                    "add a new migration instead of editing an applied one"
+                )
+            if info.name != file.name:
+                raise MigrationError(
+                    f"{file.name}: version {file.version} was applied as {info.name}"
+                )
+        newest_applied = max(applied, default=0)
+        for file in files:
+            if file.version not in applied and file.version < newest_applied:
+                raise MigrationError(
+                    f"{file.name}: pending, but the newer version {newest_applied} is already "
+                    "applied; renumber it after the applied ones"
+                )
+
+    def status(self) -> list[MigrationInfo]:
+        """Every migration, applied ones with their time, pending ones with ``applied_at=None``.
+
+        Applied versions without a file (a newer release's) are listed too. Raises
+        ``MigrationError`` when an applied file was edited.
+        """
+        files = discover(self.directory)
+        self.ensure_tracking_table()
+        applied = self.applied()
+        self._verify(files, applied)
+        infos = {
+            f.version: applied.get(f.version) or MigrationInfo(f.version, f.name, f.checksum, None)
+            for f in files
+        }
+        for version, info in applied.items():
+            infos.setdefault(version, info)
+        return [infos[v] for v in sorted(infos)]
+
+    def pending(self) -> list[MigrationInfo]:
+        return [info for info in self.status() if info.applied_at is None]
+
+    # -- applying ----------------------------------------------------------------------------
+    def migrate(self) -> list[MigrationInfo]:
+        """Apply every pending file, each in its own transaction; return those applied now."""
+        files = discover(self.directory)
+        self.ensure_tracking_table()
+        self._verify(files, self.applied())
+        done: list[MigrationInfo] = []
+        for file in files:
+            info = self._apply(file)
+            if info is not None:
+                done.append(info)
+        return done
+
+    def _apply(self, file: MigrationFile) -> MigrationInfo | None:
+        statements = self.conn.split(file.sql)
+        self.conn.begin()
+        try:
+            # Checked again inside the transaction: another process may have migrated meanwhile.
+            applied = self.applied()
+            if file.version in applied:
+                self.conn.rollback()
+                self._verify([file], applied)
+                return None
+            for index, statement in enumerate(statements, start=1):
+                try:
+                    self.conn.execute(statement)
+                except Exception as exc:
+                    raise MigrationError(
+                        f"{file.name}: statement {index} of {len(statements)} failed: {exc}"
+                        + (
+                            ""
+                            if self.conn.transactional_ddl
+                            else f" ({self.conn.dialect} commits DDL implicitly: statements "
+                            "before this one may have been applied)"
+                        )
+                    ) from exc
+            applied_at = utc_now_text()
+            p = self.conn.placeholder
+            self.conn.execute(
+                f"INSERT INTO {TRACKING_TABLE} (version, name, checksum, applied_at) "  # noqa: S608
+                f"VALUES ({p}, {p}, {p}, {p})",
+                (file.version, file.name, file.checksum, applied_at),
+            )
+        except BaseException:
+            self.conn.rollback()
+            raise
+        self.conn.commit()
+        return MigrationInfo(file.version, file.name, file.checksum, _parse_time(applied_at))
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value))
+
+
+# -- SQLite -------------------------------------------------------------------------------------
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def split_sqlite_script(script: str) -> list[str]:
+    """Split on the ``;`` that end complete statements, as SQLite's own parser judges them.
+
+    ``sqlite3.complete_statement`` knows string literals, quoted identifiers, comments and
+    ``CREATE TRIGGER ... BEGIN ...; END;`` bodies, so no hand-written tokenizer is needed.
+    """
+    statements: list[str] = []
+    start = 0
+    position = script.find(";")
+    while position != -1:
+        candidate = script[start : position + 1]
+        if sqlite3.complete_statement(candidate):
+            if _COMMENTS.sub("", candidate).strip(" \t\r\n;"):
+                statements.append(candidate.strip())
+            start = position + 1
+        position = script.find(";", position + 1)
+    rest = script[start:]
+    if _COMMENTS.sub("", rest).strip():
+        if not sqlite3.complete_statement(rest + "\n;"):
+            raise MigrationError(f"unterminated SQL statement at the end: {rest.strip()[:80]!r}")
+        statements.append(rest.strip())
+    return statements
+
+
+class SQLiteMigrationConnection:
+    """Adapter for a ``sqlite3.Connection`` opened with ``isolation_level=None``.
+
+    SQLite DDL is transactional, so a failing file leaves nothing behind. ``executescript`` is
+    avoided on purpose: it COMMITs before it runs, which would break the one-transaction rule.
+    ``BEGIN IMMEDIATE`` takes the write lock up front so two processes migrating the same file
+    serialise (waiting up to ``busy_timeout``) instead of failing on a lock upgrade.
+    """
+
+    dialect = "sqlite"
+    placeholder = "?"
+    transactional_ddl = True
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        if conn.isolation_level is not None:
+            raise MigrationError("the SQLite connection must use isolation_level=None")
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.raw.execute(sql, tuple(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.raw.execute(sql, tuple(params)).fetchall()]
+
+    def begin(self) -> None:
+        self.raw.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.raw.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def split(self, script: str) -> list[str]:
+        return split_sqlite_script(script)

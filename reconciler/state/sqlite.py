@@ -1,0 +1,741 @@
+"""SQLite implementation of the ``Store`` protocol (the default, embedded backend).
+
+Safe across processes (the daemon and a CLI command such as ``reconciler suspend`` share one
+file): WAL lets readers run beside the single writer, ``busy_timeout`` makes a writer wait for
+the lock instead of failing, and every write transaction starts with ``BEGIN IMMEDIATE`` so it
+holds the write lock from its first read. (A deferred transaction that reads and then writes can
+fail with SQLITE_BUSY at once in WAL mode when another process committed in between; the busy
+handler cannot help there. Taking the lock up front avoids that and makes read-check-write
+sequences such as ``transition`` and the per-resource sequence number atomic.)
+
+Threading: one dedicated worker thread owns the connection and runs every call. sqlite3
+connections must not be used by two threads at once, and the default executor of
+``asyncio.to_thread`` is a pool; one thread gives serialised access without a lock, keeps the
+connection on the thread that made it (``check_same_thread`` stays on), and keeps lock waits
+(up to ``busy_timeout``) off the event loop. Calls are short (one transaction each), so a single
+thread is not a bottleneck at the write rates of a reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+
+from reconciler.errors import NotFound, StoreError
+from reconciler.spec.model import ResourceKey, canonical_json
+from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
+from reconciler.state.store import (
+    DEPLOYMENT_STATUSES,
+    FINAL_STATUSES,
+    HEALTH_STATUSES,
+    IN_PROGRESS,
+    PENDING,
+    STEP_STARTED,
+    STEP_STATUSES,
+    SUCCEEDED,
+    SYNC_STATUSES,
+    TRANSITIONS,
+    DeploymentEvent,
+    DeploymentRecord,
+    MigrationInfo,
+    ResourceRecord,
+    StepRecord,
+    TransitionError,
+)
+
+T = TypeVar("T")
+Params = tuple[Any, ...] | dict[str, Any]
+
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+STATUS_FIELDS = frozenset(
+    {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
+)
+
+
+def now_text() -> str:
+    """ISO-8601 UTC with microseconds: sorts lexically, parses back to an aware datetime."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return canonical_json(value) if value is not None else None
+
+
+def _unjson(value: str | None) -> dict[str, Any] | None:
+    return json.loads(value) if value is not None else None
+
+
+def _key_of(row: dict[str, Any]) -> ResourceKey:
+    return ResourceKey(row["environment"], row["kind"], row["name"])
+
+
+class SQLiteStore:
+    """``Store`` on one SQLite file (or ``:memory:``)."""
+
+    dialect = "sqlite"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        url: str | None = None,
+        sql_dir: Path | None = None,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        self.path = str(path)
+        self.url = url if url is not None else f"sqlite:///{self.path}"
+        self.sql_dir = sql_dir
+        self.busy_timeout = busy_timeout
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraisier-sqlite")
+        try:
+            self._db: Database = self._executor.submit(self._guarded, self._connect).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        self.journal_mode: str = self._executor.submit(self._journal_mode).result()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _connect(self) -> Database:
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")  # persistent; ":memory:" stays "memory"
+            conn.execute("PRAGMA foreign_keys = ON")
+            return Database(conn, execute_plugins=False)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _journal_mode(self) -> str:
+        return str(self._db.conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run in the worker thread; turn driver errors into StoreError (no SQL values leak)."""
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "no such table" in text or "no such view" in text:
+                raise StoreError(
+                    f"{self.path}: the database schema is missing or outdated ({text})"
+                ) from exc
+            if "locked" in text or "busy" in text:
+                raise StoreError(
+                    f"{self.path}: database stayed locked for more than {self.busy_timeout:g} s "
+                    "(another process holds a long write transaction)"
+                ) from exc
+            raise StoreError(f"{self.path}: {text}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._closed:
+            raise StoreError(f"{self.url}: the store is closed")
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._guarded, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._executor, call)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._db.conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        """One write transaction holding the write lock from its start."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[Database]:
+        """A read snapshot, so a deployment and its events/steps are read consistently."""
+        conn = self._conn
+        if conn.in_transaction:  # already inside _write: that transaction is the snapshot
+            yield self._db
+            return
+        conn.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    # SQL text below is only ever built from constants and column names from fixed sets (hence
+    # the S608 waivers); every value travels as a bound parameter.
+    def _one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
+        return next(iter(self._db.query(sql, params)), None)
+
+    def _all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
+        return list(self._db.query(sql, params))
+
+    # -- schema ------------------------------------------------------------------------------
+    def _runner(self) -> MigrationRunner:
+        return MigrationRunner(SQLiteMigrationConnection(self._conn), self.sql_dir)
+
+    async def migrate(self) -> list[MigrationInfo]:
+        """Apply pending migrations; return the ones applied now."""
+        return await self._run(lambda: self._runner().migrate())
+
+    async def migration_status(self) -> list[MigrationInfo]:
+        return await self._run(lambda: self._runner().status())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=True)
+
+    def _close_connection(self) -> None:
+        try:
+            self._conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass  # best effort: statistics only; closing must not fail because of it
+        self._conn.close()
+
+    async def __aenter__(self) -> SQLiteStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- resources ---------------------------------------------------------------------------
+    _RESOURCE_WHERE = "environment = ? AND kind = ? AND name = ?"
+
+    @staticmethod
+    def _key_params(key: ResourceKey) -> tuple[str, str, str]:
+        return (key.environment, key.kind, key.name)
+
+    def _resource_row(self, key: ResourceKey) -> dict[str, Any] | None:
+        return self._one(f"SELECT * FROM v_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
+                         self._key_params(key))
+
+    @staticmethod
+    def _to_resource(row: dict[str, Any]) -> ResourceRecord:
+        return ResourceRecord(
+            key=_key_of(row),
+            id=row["id"],
+            desired_revision=row["desired_revision"],
+            desired_hash=row["desired_hash"],
+            desired_spec=_unjson(row["desired_spec"]),
+            applied_revision=row["applied_revision"],
+            applied_hash=row["applied_hash"],
+            applied_spec=_unjson(row["applied_spec"]),
+            config_commit=row["config_commit"],
+            sync_status=row["sync_status"],
+            health_status=row["health_status"],
+            last_result=row["last_result"],
+            last_error=row["last_error"],
+            failed_revision=row["failed_revision"],
+            suspended=bool(row["suspended"]),
+            deleted=bool(row["deleted"]),
+            updated_at=_time(row["updated_at"]),
+        )
+
+    def _ensure_resource(self, key: ResourceKey, now: str) -> int:
+        """pk of the resource, inserting a bare row first if it is new (inside _write)."""
+        row = self._one(f"SELECT pk_resource FROM tb_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
+                        self._key_params(key))
+        if row is not None:
+            return int(row["pk_resource"])
+        table = self._db.table("tb_resource")
+        table.insert({
+            "id": str(uuid.uuid4()),
+            "identifier": str(key),
+            "environment": key.environment,
+            "kind": key.kind,
+            "name": key.name,
+            "created_at": now,
+            "updated_at": now,
+        })
+        pk = table.last_pk
+        assert isinstance(pk, int)
+        return pk
+
+    def _require_resource(self, key: ResourceKey) -> dict[str, Any]:
+        row = self._one(f"SELECT * FROM tb_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
+                        self._key_params(key))
+        if row is None:
+            raise NotFound(f"no resource {key} in the state database")
+        return row
+
+    async def get_resource(self, key: ResourceKey) -> ResourceRecord | None:
+        row = await self._run(self._resource_row, key)
+        return self._to_resource(row) if row is not None else None
+
+    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]:
+        where = "" if include_deleted else "WHERE deleted = 0"
+        rows = await self._run(
+            self._all, f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
+        )
+        return [self._to_resource(row) for row in rows]
+
+    def _record_desired(self, key: ResourceKey, revision: str, spec_hash: str,
+                        spec: dict[str, Any], config_commit: str | None) -> dict[str, Any]:
+        with self._write():
+            now = now_text()
+            pk = self._ensure_resource(key, now)
+            self._db.execute(
+                """UPDATE tb_resource
+                   SET desired_revision = ?, desired_hash = ?, desired_spec = ?,
+                       config_commit = ?, deleted = 0, updated_at = ?,
+                       sync_status = CASE WHEN applied_hash IS ? THEN 'Synced'
+                                          ELSE 'OutOfSync' END
+                   WHERE pk_resource = ?""",
+                (revision, spec_hash, _json(spec), config_commit, now, spec_hash, pk),
+            )
+            row = self._resource_row(key)
+        assert row is not None
+        return row
+
+    async def record_desired(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> ResourceRecord:
+        """Create the resource if needed (reviving a deleted one) and store what git now wants.
+
+        ``sync_status`` follows: Synced when the applied hash equals this one, else OutOfSync.
+        """
+        row = await self._run(self._record_desired, key, revision, spec_hash, spec, config_commit)
+        return self._to_resource(row)
+
+    def _record_applied(self, key: ResourceKey, revision: str, spec_hash: str,
+                        spec: dict[str, Any], config_commit: str | None) -> None:
+        with self._write():
+            now = now_text()
+            pk = self._ensure_resource(key, now)
+            self._db.execute(
+                """UPDATE tb_resource
+                   SET applied_revision = ?, applied_hash = ?, applied_spec = ?,
+                       config_commit = COALESCE(?, config_commit), updated_at = ?,
+                       sync_status = CASE WHEN desired_hash IS NULL THEN sync_status
+                                          WHEN desired_hash = ? THEN 'Synced'
+                                          ELSE 'OutOfSync' END
+                   WHERE pk_resource = ?""",
+                (revision, spec_hash, _json(spec), config_commit, now, spec_hash, pk),
+            )
+
+    async def record_applied(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> None:
+        """The revision is now live; ``failed_revision`` is kept (a rollback must not clear it)."""
+        await self._run(self._record_applied, key, revision, spec_hash, spec, config_commit)
+
+    @staticmethod
+    def _check_status_fields(fields: dict[str, Any]) -> None:
+        unknown = sorted(set(fields) - STATUS_FIELDS)
+        if unknown:
+            raise StoreError(f"update_status: unknown field(s) {', '.join(unknown)}")
+        allowed: dict[str, tuple[str | None, ...]] = {
+            "sync_status": SYNC_STATUSES,
+            "health_status": HEALTH_STATUSES,
+            "last_result": (None, *DEPLOYMENT_STATUSES),
+        }
+        for name, values in allowed.items():
+            if name in fields and fields[name] not in values:
+                raise StoreError(
+                    f"update_status: {name}={fields[name]!r} is not one of "
+                    f"{', '.join(str(v) for v in values)}"
+                )
+
+    def _update_resource(self, key: ResourceKey, fields: dict[str, Any]) -> None:
+        if not set(fields) <= STATUS_FIELDS | {"suspended", "deleted"}:
+            raise StoreError(f"cannot update resource fields {sorted(fields)}")
+        with self._write():
+            row = self._require_resource(key)
+            if fields:
+                assignments = ", ".join(f"{name} = :{name}" for name in sorted(fields))
+                self._db.execute(
+                    f"UPDATE tb_resource SET {assignments}, updated_at = :updated_at "  # noqa: S608
+                    "WHERE pk_resource = :pk",
+                    {**fields, "updated_at": now_text(), "pk": row["pk_resource"]},
+                )
+
+    async def update_status(self, key: ResourceKey, **fields: Any) -> None:
+        """Set any of sync_status, health_status, last_result, last_error, failed_revision."""
+        self._check_status_fields(fields)
+        await self._run(self._update_resource, key, fields)
+
+    async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
+        await self._run(self._update_resource, key, {"suspended": int(bool(suspended))})
+
+    async def mark_deleted(self, key: ResourceKey) -> None:
+        """Gone from git: hidden from ``list_resources``; its history stays."""
+        await self._run(self._update_resource, key, {"deleted": 1})
+
+    # -- deployment journal -------------------------------------------------------------------
+    @staticmethod
+    def _to_deployment(row: dict[str, Any], events: list[DeploymentEvent],
+                       steps: list[StepRecord]) -> DeploymentRecord:
+        return DeploymentRecord(
+            id=row["id"],
+            identifier=row["identifier"],
+            key=_key_of(row),
+            status=row["status"],
+            from_revision=row["from_revision"],
+            to_revision=row["to_revision"],
+            config_commit=row["config_commit"],
+            trigger=row["trigger"],
+            strategy=row["strategy"],
+            error=row["error"],
+            output=row["output"],
+            exit_code=row["exit_code"],
+            spec=_unjson(row["spec"]),
+            created_at=_time(row["created_at"]),
+            started_at=_time(row["started_at"]),
+            finished_at=_time(row["finished_at"]),
+            events=events,
+            steps=steps,
+        )
+
+    def _deployments(self, where: str, params: tuple[Any, ...], order: str,
+                     limit: int = -1) -> list[DeploymentRecord]:
+        """Deployments of v_deployment matching ``where``, each with its events and steps."""
+        with self._read():
+            rows = self._all(
+                f"SELECT * FROM v_deployment WHERE {where} ORDER BY {order} LIMIT ?",  # noqa: S608
+                (*params, limit),
+            )
+            if not rows:
+                return []
+            ids = json.dumps([row["id"] for row in rows])
+            events: dict[str, list[DeploymentEvent]] = {row["id"]: [] for row in rows}
+            for e in self._all(
+                "SELECT deployment_id, status, message, at FROM v_deployment_event "
+                "WHERE deployment_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY deployment_id, seq",
+                (ids,),
+            ):
+                events[e["deployment_id"]].append(
+                    DeploymentEvent(e["status"], e["message"], datetime.fromisoformat(e["at"]))
+                )
+            steps: dict[str, list[StepRecord]] = {row["id"]: [] for row in rows}
+            for s in self._all(
+                "SELECT * FROM v_deployment_step "
+                "WHERE deployment_id IN (SELECT value FROM json_each(?)) "
+                "ORDER BY deployment_id, seq",
+                (ids,),
+            ):
+                steps[s["deployment_id"]].append(self._to_step(s))
+        return [self._to_deployment(row, events[row["id"]], steps[row["id"]]) for row in rows]
+
+    @staticmethod
+    def _to_step(row: dict[str, Any]) -> StepRecord:
+        return StepRecord(
+            id=row["id"],
+            seq=row["seq"],
+            action=row["action"],
+            instance=row["instance"],
+            status=row["status"],
+            detail=row["detail"],
+            started_at=datetime.fromisoformat(row["started_at"]),
+            finished_at=_time(row["finished_at"]),
+        )
+
+    def _get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        found = self._deployments("id = ? OR identifier = ?", (deployment_id, deployment_id),
+                                  "seq")
+        return found[0] if found else None
+
+    def _add_event(self, pk_deployment: int, identifier: str, status: str,
+                   message: str | None, at: str) -> None:
+        seq = self._next_seq("tb_deployment_event", "fk_deployment", pk_deployment)
+        self._db.table("tb_deployment_event").insert({
+            "id": str(uuid.uuid4()),
+            "identifier": f"{identifier}/event/{seq}",
+            "fk_deployment": pk_deployment,
+            "seq": seq,
+            "status": status,
+            "message": message,
+            "at": at,
+        })
+
+    def _next_seq(self, table: str, fk_column: str, fk: int) -> int:
+        # Safe only inside _write: BEGIN IMMEDIATE keeps other writers out until COMMIT.
+        row = self._one(f"SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} "  # noqa: S608
+                        f"WHERE {fk_column} = ?", (fk,))
+        assert row is not None
+        return int(row["seq"])
+
+    def _create_deployment(self, key: ResourceKey, values: dict[str, Any]) -> DeploymentRecord:
+        deployment_id = str(uuid.uuid4())
+        with self._write():
+            now = now_text()
+            pk_resource = self._ensure_resource(key, now)
+            seq = self._next_seq("tb_deployment", "fk_resource", pk_resource)
+            identifier = f"{key}#{seq}"
+            table = self._db.table("tb_deployment")
+            table.insert({
+                "id": deployment_id,
+                "identifier": identifier,
+                "fk_resource": pk_resource,
+                "seq": seq,
+                "status": PENDING,
+                "created_at": now,
+                **values,
+            })
+            pk = table.last_pk
+            assert isinstance(pk, int)
+            self._add_event(pk, identifier, PENDING, None, now)
+            created = self._get_deployment(deployment_id)
+        assert created is not None
+        return created
+
+    async def create_deployment(
+        self,
+        key: ResourceKey,
+        *,
+        from_revision: str | None,
+        to_revision: str,
+        config_commit: str | None,
+        trigger: str,
+        strategy: str,
+        spec: dict[str, Any] | None = None,
+    ) -> DeploymentRecord:
+        """Insert a ``pending`` deployment (and its first event).
+
+        Its identifier is ``environment/Kind/name#<n>``, n counting 1, 2, 3… per resource. A
+        resource the store has not seen yet gets a bare row, so the journal never drops an action.
+        """
+        values = {
+            "from_revision": from_revision,
+            "to_revision": to_revision,
+            "config_commit": config_commit,
+            "trigger": trigger,
+            "strategy": strategy,
+            "spec": _json(spec),
+        }
+        return await self._run(self._create_deployment, key, values)
+
+    def _require_deployment(self, deployment_id: str) -> dict[str, Any]:
+        row = self._one(
+            "SELECT pk_deployment, identifier, status FROM tb_deployment WHERE id = ?",
+            (deployment_id,),
+        )
+        if row is None:
+            raise NotFound(f"no deployment {deployment_id}")
+        return row
+
+    def _transition(self, deployment_id: str, status: str, message: str | None,
+                    extra: dict[str, Any]) -> None:
+        with self._write():
+            row = self._require_deployment(deployment_id)
+            current = row["status"]
+            if status not in TRANSITIONS.get(current, frozenset()):
+                raise TransitionError(
+                    f"{row['identifier']}: {current} -> {status} is not an allowed transition"
+                )
+            now = now_text()
+            values: dict[str, Any] = {"status": status, **extra}
+            if status == IN_PROGRESS:
+                values["started_at"] = now
+            if status in FINAL_STATUSES:
+                values["finished_at"] = now
+            assignments = ", ".join(f"{name} = :{name}" for name in sorted(values))
+            self._db.execute(
+                f"UPDATE tb_deployment SET {assignments} WHERE pk_deployment = :pk",  # noqa: S608
+                {**values, "pk": row["pk_deployment"]},
+            )
+            self._add_event(row["pk_deployment"], row["identifier"], status, message, now)
+
+    async def transition(
+        self,
+        deployment_id: str,
+        status: str,
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        output: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        """Move a deployment to ``status`` (checked against TRANSITIONS) and log an event.
+
+        Entering ``in_progress`` sets ``started_at``; entering a final status sets
+        ``finished_at`` (again when a failed deployment is then rolled back). ``error``,
+        ``output`` and ``exit_code`` are stored when given and kept otherwise.
+        """
+        if status not in DEPLOYMENT_STATUSES:
+            raise TransitionError(f"unknown deployment status {status!r}")
+        extra = {
+            name: value
+            for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
+            if value is not None
+        }
+        await self._run(self._transition, deployment_id, status, message, extra)
+
+    def _start_step(self, deployment_id: str, action: str, instance: str,
+                    detail: str | None) -> str:
+        step_id = str(uuid.uuid4())
+        with self._write():
+            row = self._require_deployment(deployment_id)
+            seq = self._next_seq("tb_deployment_step", "fk_deployment", row["pk_deployment"])
+            self._db.table("tb_deployment_step").insert({
+                "id": step_id,
+                "identifier": f"{row['identifier']}/step/{seq}",
+                "fk_deployment": row["pk_deployment"],
+                "seq": seq,
+                "action": action,
+                "instance": instance,
+                "status": STEP_STARTED,
+                "detail": detail,
+                "started_at": now_text(),
+            })
+        return step_id
+
+    async def start_step(self, deployment_id: str, action: str, instance: str,
+                         detail: str | None = None) -> str:
+        """Journal a provider action *before* it runs; returns the step id."""
+        return await self._run(self._start_step, deployment_id, action, instance, detail)
+
+    def _finish_step(self, step_id: str, status: str, detail: str | None) -> None:
+        with self._write():
+            row = self._one(
+                "SELECT pk_deployment_step, identifier, status FROM tb_deployment_step "
+                "WHERE id = ?", (step_id,)
+            )
+            if row is None:
+                raise NotFound(f"no deployment step {step_id}")
+            if row["status"] != STEP_STARTED:
+                raise StoreError(f"step {row['identifier']} already finished ({row['status']})")
+            self._db.execute(
+                "UPDATE tb_deployment_step SET status = ?, detail = COALESCE(?, detail), "
+                "finished_at = ? WHERE pk_deployment_step = ?",
+                (status, detail, now_text(), row["pk_deployment_step"]),
+            )
+
+    async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
+        """Close a started step as ``succeeded`` or ``failed`` (once); ``detail`` replaces the
+        start detail when given."""
+        if status not in STEP_STATUSES or status == STEP_STARTED:
+            raise StoreError(f"finish_step: status must be succeeded or failed, not {status!r}")
+        await self._run(self._finish_step, step_id, status, detail)
+
+    async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        """By id (UUID) or identifier (``env/Kind/name#n``)."""
+        return await self._run(self._get_deployment, deployment_id)
+
+    async def list_deployments(self, key: ResourceKey | None = None,
+                               limit: int = 50) -> list[DeploymentRecord]:
+        """Newest first, with events and steps; ``limit <= 0`` means all."""
+        limit = limit if limit > 0 else -1
+        if key is None:
+            return await self._run(self._deployments, "1 = 1", (),
+                                   "created_at DESC, seq DESC", limit)
+        return await self._run(self._deployments, self._RESOURCE_WHERE, self._key_params(key),
+                               "seq DESC", limit)
+
+    async def unfinished_deployments(self) -> list[DeploymentRecord]:
+        """Deployments left ``pending`` / ``in_progress`` (a crash): oldest first."""
+        return await self._run(self._deployments, "status IN (?, ?)", (PENDING, IN_PROGRESS),
+                               "created_at, seq")
+
+    async def last_good(self, key: ResourceKey) -> DeploymentRecord | None:
+        """The newest ``succeeded`` deployment of a resource."""
+        found = await self._run(self._deployments, f"{self._RESOURCE_WHERE} AND status = ?",
+                                (*self._key_params(key), SUCCEEDED), "seq DESC", 1)
+        return found[0] if found else None
+
+    # -- locks -------------------------------------------------------------------------------
+    def _acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        with self._write():
+            now = datetime.now(UTC)
+            # One statement decides: insert, renew (same owner, acquired_at kept) or take over
+            # an expired lease; a live lease of another owner leaves the row untouched.
+            cursor = self._db.execute(
+                """INSERT INTO tb_lock (id, identifier, name, owner, acquired_at, expires_at)
+                   VALUES (?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET
+                       acquired_at = CASE WHEN tb_lock.owner = excluded.owner
+                                          THEN tb_lock.acquired_at
+                                          ELSE excluded.acquired_at END,
+                       owner = excluded.owner,
+                       expires_at = excluded.expires_at
+                   WHERE tb_lock.owner = excluded.owner
+                      OR tb_lock.expires_at <= excluded.acquired_at""",
+                (
+                    str(uuid.uuid4()), name, name, owner,
+                    now.isoformat(timespec="microseconds"),
+                    (now + timedelta(seconds=ttl_seconds)).isoformat(timespec="microseconds"),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew a named lease; False if another owner holds an unexpired one."""
+        if ttl_seconds <= 0:
+            raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
+        return await self._run(self._acquire_lock, name, owner, ttl_seconds)
+
+    def _release_lock(self, name: str, owner: str) -> None:
+        with self._write():
+            self._db.execute("DELETE FROM tb_lock WHERE name = ? AND owner = ?", (name, owner))
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
+        await self._run(self._release_lock, name, owner)
+
+    # -- webhooks ----------------------------------------------------------------------------
+    def _record_delivery(self, provider: str, delivery_id: str) -> bool:
+        with self._write():
+            cursor = self._db.execute(
+                """INSERT INTO tb_webhook_delivery (id, identifier, provider, delivery_id,
+                                                    received_at)
+                   VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT (provider, delivery_id) DO NOTHING""",
+                (str(uuid.uuid4()), f"{provider}/{delivery_id}", provider, delivery_id,
+                 now_text()),
+            )
+            return cursor.rowcount == 1
+
+    async def record_delivery(self, provider: str, delivery_id: str) -> bool:
+        """Remember a webhook delivery id; False when it was seen before (a replay)."""
+        return await self._run(self._record_delivery, provider, delivery_id)
+
+    def _prune_deliveries(self, before: datetime) -> int:
+        with self._write():
+            cursor = self._db.execute(
+                "DELETE FROM tb_webhook_delivery WHERE received_at < ?",
+                (before.astimezone(UTC).isoformat(timespec="microseconds"),),
+            )
+            return cursor.rowcount
+
+    async def prune_deliveries(self, before: datetime) -> int:
+        """Forget deliveries received before ``before`` (bounded table); returns the count."""
+        return await self._run(self._prune_deliveries, before)
+
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]
