@@ -1,0 +1,139 @@
+"""Desired state vs recorded state → an ordered plan (no side effects)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reconciler.plan.diff import FieldChange, diff_documents
+from reconciler.plan.ordering import waves
+from reconciler.spec.model import DesiredState, Resource, ResourceKey
+from reconciler.state.store import ResourceRecord
+
+CREATE = "create"
+UPDATE = "update"
+DELETE = "delete"
+UNCHANGED = "unchanged"
+BLOCKED = "blocked"  # the desired revision was rolled back: waits for a new commit (or --force)
+SUSPENDED = "suspended"
+ORPHAN = "orphan"  # recorded but gone from git, and pruning is off
+
+ACTING = frozenset({CREATE, UPDATE, DELETE})
+SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=",
+           UNCHANGED: " "}
+
+
+@dataclass
+class PlanItem:
+    key: ResourceKey
+    action: str
+    revision: str | None
+    resource: Resource | None = None
+    record: ResourceRecord | None = None
+    changes: list[FieldChange] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def in_sync(self) -> bool:
+        return self.action in (UNCHANGED, SUSPENDED)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resource": str(self.key),
+            "environment": self.key.environment,
+            "kind": self.key.kind,
+            "name": self.key.name,
+            "action": self.action,
+            "revision": self.revision,
+            "appliedRevision": self.record.applied_revision if self.record else None,
+            "reason": self.reason,
+            "changes": [c.to_json() for c in self.changes],
+        }
+
+
+@dataclass
+class Plan:
+    commit: str | None
+    items: list[PlanItem]
+    order: list[list[ResourceKey]]
+
+    @property
+    def in_sync(self) -> bool:
+        return all(i.in_sync for i in self.items)
+
+    def by_key(self) -> dict[ResourceKey, PlanItem]:
+        return {i.key: i for i in self.items}
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in self.items:
+            out[item.action] = out.get(item.action, 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "inSync": self.in_sync,
+            "summary": self.counts(),
+            "resources": [i.to_json() for i in self.items],
+        }
+
+
+def make_plan(
+    desired: DesiredState,
+    records: Iterable[ResourceRecord],
+    revision_of: Callable[[Resource], str],
+    *,
+    prune: bool = False,
+    force: bool = False,
+    redeploy: Iterable[ResourceKey] = (),
+) -> Plan:
+    """Compare what git wants with what the store says is applied."""
+    recorded = {r.key: r for r in records if not r.deleted}
+    heal = set(redeploy)
+    items: dict[ResourceKey, PlanItem] = {}
+    for key, resource in desired.resources.items():
+        revision = revision_of(resource)
+        record = recorded.get(key)
+        document = resource.document()
+        if record is None or record.applied_revision is None:
+            old = record.applied_spec if record else None
+            changes = diff_documents(old or {}, document)
+            action, reason = CREATE, "not deployed yet"
+            if record and record.last_result:
+                reason = f"last attempt {record.last_result}"
+        elif record.applied_revision == revision and key in heal:
+            changes, action, reason = [], UPDATE, "drift: live state differs from the record"
+        elif record.applied_revision == revision:
+            changes, action, reason = [], UNCHANGED, ""
+        else:
+            changes = diff_documents(record.applied_spec or {}, document)
+            action, reason = UPDATE, f"{record.applied_revision} -> {revision}"
+            if not changes:
+                reason += " (source content changed)"
+        if record is not None and record.failed_revision == revision and action != UNCHANGED:
+            if not force:
+                action, reason = BLOCKED, f"revision {revision} was rolled back; waiting for a new commit"
+        if record is not None and record.suspended:
+            action, reason = SUSPENDED, "suspended"
+        items[key] = PlanItem(key, action, revision, resource, record, changes, reason)
+    for key, record in recorded.items():
+        if key in items:
+            continue
+        old_doc = record.applied_spec or record.desired_spec or {}
+        changes = diff_documents(old_doc, {})
+        if record.suspended:
+            action, reason = SUSPENDED, "suspended (removed from git)"
+        elif prune:
+            action, reason = DELETE, "removed from git"
+        else:
+            action, reason = ORPHAN, "removed from git; prune is off"
+        items[key] = PlanItem(key, action, None, None, record, changes, reason)
+    depends = {k: (i.resource.depends_on if i.resource else []) for k, i in items.items()}
+    order = waves(items.keys(), depends)
+    # Deletions go in reverse dependency order, after everything else.
+    flat = [k for layer in order for k in layer]
+    deletes = [k for k in reversed(flat) if items[k].action == DELETE]
+    ordered = [items[k] for k in flat if items[k].action != DELETE] + [items[k] for k in deletes]
+    return Plan(desired.commit, ordered, order)
