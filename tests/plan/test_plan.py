@@ -56,7 +56,7 @@ def test_plan_actions():
     assert [(c.op, c.path) for c in api_item.changes] == [("~", "spec.command[0]")]
     assert not plan.in_sync
     pruned = make_plan(state(target, api, web), records, rev, prune=True)
-    assert pruned.by_key()[gone.key].action == DELETE
+    assert pruned.by_key()[gone].action == DELETE
     assert pruned.items[-1].key == gone
 
 
