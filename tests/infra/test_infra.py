@@ -67,7 +67,8 @@ def test_reset_removes_units_and_files_quickly(ssh_host: InfraHost) -> None:
 
     states = ssh_host.sh(
         "systemctl list-units --all --plain --no-legend 'fraisier-*' | wc -l; "
-        "ls /etc/systemd/system | grep -c fraisier || true; test -e /srv/fraisier && echo present || echo gone"
+        "ls /etc/systemd/system | grep -c fraisier || true; "
+        "test -e /srv/fraisier && echo present || echo gone"
     ).split()
     assert states == ["0", "0", "gone"]
     assert elapsed < 1.5, f"reset took {elapsed:.2f}s"
@@ -78,7 +79,8 @@ def test_systemd_unit_on_a_host_serves_http_to_this_machine(ssh_host: InfraHost)
     port = free_port()
     unit = (
         "[Service]\n"
-        f"ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 --directory /srv/fraisier {port}\n"
+        "ExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1"
+        f" --directory /srv/fraisier {port}\n"
     )
     ssh_host.run(["mkdir", "-p", "/srv/fraisier"])
     ssh_host.run(["sh", "-c", "cat >/srv/fraisier/hello.txt"], input=b"hello from the host\n")
@@ -138,7 +140,9 @@ services:
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_compose_up_ps_down(testinfra: Infra, tiny_image: str, tmp_path: Path, version: str) -> None:
+def test_compose_up_ps_down(
+    testinfra: Infra, tiny_image: str, tmp_path: Path, version: str
+) -> None:
     argv = testinfra.compose_argv(version)
     need(argv is not None, f"compose {version} not installed by tests/infra/up.sh")
     assert argv is not None

@@ -243,7 +243,8 @@ def load() -> tuple[Infra | None, str]:
 # --- host leases ------------------------------------------------------------------------------
 
 _lease_guard = threading.Lock()
-_leases: dict[str, list[int]] = {}  # lock path -> [fd, depth]: flock is per open file, not per process
+# lock path -> [fd, depth]; re-entrant because flock is per open file, not per process
+_leases: dict[str, list[int]] = {}
 
 
 def _try_lock(path: str) -> bool:
