@@ -394,7 +394,10 @@ def _event(
         html_url=html_url,
         changes=changes,
     )
-    return _with_change(event, changes[0]) if changes else event
+    if not changes:
+        return event
+    # Top-level ref fields mirror the first change; `changes` keeps them all.
+    return replace(_with_change(event, changes[0]), changes=changes)
 
 
 def _parse_github_like(
