@@ -1,0 +1,610 @@
+"""`reconciler` command line (DESIGN "CLI contract"): exit codes are part of the interface."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from reconciler import __version__
+from reconciler.errors import NotFound, ReconcilerError, SpecError
+from reconciler.observe.logging import setup_logging
+from reconciler.spec.model import DesiredState, ResourceKey
+
+T = TypeVar("T")
+log = logging.getLogger("reconciler.cli")
+
+
+@dataclass
+class Options:
+    db: str | None
+    state_dir: Path | None
+    log_format: str
+    log_level: str
+
+    def resolved_state_dir(self) -> Path:
+        from reconciler.state import default_state_dir
+
+        path = self.state_dir or default_state_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def db_url(self) -> str:
+        from reconciler.state import default_db_url
+
+        return self.db or default_db_url(self.resolved_state_dir())
+
+
+def _fail(exc: ReconcilerError) -> None:
+    click.echo(f"error[{exc.code}]: {exc.message}" if not isinstance(exc, SpecError)
+               else exc.message, err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Known errors → message, hint, exit code; anything else → one line, exit 2 (traceback
+    only with RECONCILER_DEBUG=1)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except ReconcilerError as exc:
+            _fail(exc)
+        except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("RECONCILER_DEBUG") == "1":
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("hint: rerun with RECONCILER_DEBUG=1 for a traceback", err=True)
+            sys.exit(2)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# -- shared plumbing ---------------------------------------------------------------------
+async def open_store(opts: Options, migrate: bool = True) -> Any:
+    from reconciler.state import open_store as _open
+
+    store = _open(opts.db_url())
+    if migrate:
+        await store.migrate()
+    return store
+
+
+def make_source(opts: Options, repo: str, ref: str | None, path: str) -> Any:
+    from reconciler.source.git import GitSource
+
+    return GitSource(repo, ref=ref, path=path, state_dir=opts.resolved_state_dir())
+
+
+def spec_cache(opts: Options) -> Any:
+    from reconciler.spec.cache import SpecCache
+
+    return SpecCache(opts.resolved_state_dir() / "cache" / "spec")
+
+
+def load_commit(opts: Options, source: Any, commit: str) -> DesiredState:
+    from reconciler.spec.loader import load_desired_state
+
+    return load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts))
+
+
+async def find_key(store: Any, name: str) -> ResourceKey:
+    """NAME may be `name`, `Kind/name` or `environment/Kind/name`."""
+    records = await store.list_resources()
+    parts = name.split("/")
+    matches = [
+        r.key for r in records
+        if (len(parts) == 1 and r.key.name == parts[0])
+        or (len(parts) == 2 and (r.key.kind.lower(), r.key.name) == (parts[0].lower(), parts[1]))
+        or (len(parts) == 3 and str(r.key) == name)
+    ]
+    if not matches:
+        raise NotFound(f"no resource named {name!r}")
+    if len(matches) > 1:
+        raise NotFound(f"{name!r} is ambiguous: {', '.join(str(m) for m in matches)}",
+                       hint="use Kind/name or environment/Kind/name")
+    return matches[0]
+
+
+def _style(text: str, **kw: Any) -> str:
+    return click.style(text, **kw) if sys.stdout.isatty() else text
+
+
+def emit_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+# -- the group ----------------------------------------------------------------------------
+repo_options = [
+    click.option("--repo", default=".", show_default=True,
+                 help="Config repository: a local path or a clone URL."),
+    click.option("--ref", default=None, help="Branch, tag or commit (default: HEAD / default "
+                                             "branch)."),
+    click.option("--path", "path", default="", help="Folder inside the repo (default: root)."),
+]
+
+
+def with_repo(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(repo_options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reconciler")
+@click.option("--db", envvar="RECONCILER_DB", default=None,
+              help="Database URL (sqlite:///…, postgresql://…, mysql://…). Env RECONCILER_DB.")
+@click.option("--state-dir", envvar="RECONCILER_STATE_DIR", default=None,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="State directory (clones, caches, default SQLite database).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
+              show_default=True, help="Logs: one JSON object per line, or text for humans.")
+@click.option("--log-level", default=None, help="debug, info, warning, error.")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: str,
+        log_level: str | None) -> None:
+    """Fraisier: declarative GitOps for fleets that do not live on Kubernetes."""
+    level = log_level or ("info" if ctx.invoked_subcommand == "daemon" else "warning")
+    setup_logging(log_format, level)
+    ctx.obj = Options(db, state_dir, log_format, level)
+
+
+# -- validate ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("path", default=".", type=click.Path(path_type=Path))
+@click.pass_obj
+@handles_errors
+def validate(opts: Options, path: Path) -> None:
+    """Load and schema-check the desired state in PATH (a plain folder or a work tree)."""
+    from reconciler.spec.loader import files_from_directory, load_desired_state
+
+    if not path.exists():
+        click.echo(f"{path}: no such file or directory", err=True)
+        sys.exit(2)
+    files = files_from_directory(path)
+    state = load_desired_state(files)
+    counts: dict[str, int] = {}
+    for key in state.resources:
+        counts[key.kind] = counts.get(key.kind, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no resources"
+    click.echo(f"valid: {len(files)} files, {summary}")
+
+
+# -- diff -------------------------------------------------------------------------------------
+def render_plan(plan: Any) -> None:
+    from reconciler.plan.planner import SYMBOLS, UNCHANGED
+
+    colours = {"create": "green", "update": "yellow", "delete": "red", "orphan": "red",
+               "blocked": "magenta", "suspended": "cyan"}
+    counts = plan.counts()
+    summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+    click.echo(f"Plan at commit {(plan.commit or '?')[:12]}: {summary or 'nothing'}")
+    for item in plan.items:
+        if item.action == UNCHANGED:
+            continue
+        sym = SYMBOLS.get(item.action, "?")
+        head = f"{sym} {item.key}  ({item.action}"
+        head += f": {item.reason})" if item.reason else ")"
+        click.echo(_style(head, fg=colours.get(item.action), bold=True))
+        for change in item.changes[:50]:
+            if change.op == "~":
+                line = f"    ~ {change.path}: {json.dumps(change.old)} -> {json.dumps(change.new)}"
+            elif change.op == "+":
+                line = f"    + {change.path}: {json.dumps(change.new)}"
+            else:
+                line = f"    - {change.path}"
+            click.echo(_style(line, fg={"~": "yellow", "+": "green", "-": "red"}[change.op]))
+        if len(item.changes) > 50:
+            click.echo(f"    … {len(item.changes) - 50} more changes")
+    if plan.in_sync:
+        click.echo("In sync.")
+
+
+@cli.command()
+@with_repo
+@click.option("--prune", is_flag=True, help="Plan deletion of resources removed from git.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def diff(opts: Options, repo: str, ref: str | None, path: str, prune: bool, output: str) -> None:
+    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
+
+    async def main() -> Any:
+        from reconciler.rollout.engine import Reconciler
+
+        source = make_source(opts, repo, ref, path)
+        commit = source.sync().commit
+        desired = load_commit(opts, source, commit)
+        store = await open_store(opts)
+        try:
+            return await Reconciler(store, state_dir=opts.resolved_state_dir(),
+                                    source=source).plan(desired, prune=prune)
+        finally:
+            await store.close()
+
+    plan = run(main())
+    if output == "json":
+        emit_json(plan.to_json())
+    else:
+        render_plan(plan)
+    sys.exit(0 if plan.in_sync else 1)
+
+
+# -- apply ------------------------------------------------------------------------------------
+class Progress:
+    """Live per-resource progress on a TTY (rich); plain lines otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.rows: dict[str, tuple[str, str]] = {}
+        self._live: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.live:
+            from rich.live import Live
+
+            self._live = Live(self._table(), refresh_per_second=8, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.__exit__(*exc)
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("resource")
+        table.add_column("phase")
+        table.add_column("detail", overflow="fold")
+        colour = {"succeeded": "green", "failed": "red", "rolled back": "yellow",
+                  "rollback failed": "red", "synced": "green"}
+        for key, (phase, detail) in self.rows.items():
+            table.add_row(key, f"[{colour.get(phase, 'cyan')}]{phase}[/]", detail)
+        return table
+
+    def __call__(self, key: ResourceKey, phase: str, message: str) -> None:
+        self.rows[str(key)] = (phase, message)
+        if self._live is not None:
+            self._live.update(self._table())
+        else:
+            click.echo(f"{key}: {phase}" + (f" — {message}" if message and message != phase
+                                           else ""))
+
+
+@cli.command()
+@with_repo
+@click.option("--prune", is_flag=True, help="Delete resources removed from git.")
+@click.option("--force", is_flag=True, help="Deploy even revisions that were rolled back.")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def apply(opts: Options, repo: str, ref: str | None, path: str, prune: bool, force: bool,
+          output: str) -> None:
+    """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error."""
+
+    async def main() -> Any:
+        from reconciler.rollout.engine import Reconciler
+
+        source = make_source(opts, repo, ref, path)
+        commit = source.sync().commit
+        desired = load_commit(opts, source, commit)
+        store = await open_store(opts)
+        progress = Progress(live=sys.stdout.isatty() and output == "text")
+        engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
+                            progress=progress if output == "text" else None)
+        try:
+            with progress:
+                return await engine.reconcile(desired, trigger="apply", prune=prune, force=force)
+        finally:
+            await engine.close()
+            await store.close()
+
+    result = run(main())
+    if output == "json":
+        emit_json(result.to_json())
+    else:
+        failed = result.failed()
+        state = "converged" if result.converged else f"{len(failed)} resource(s) not converged"
+        click.echo(f"{state} at {(result.commit or '?')[:12]} in {result.duration_s:.1f}s")
+        for out in failed:
+            click.echo(_style(f"  {out.key}: {out.result} — {out.message}", fg="red"))
+    sys.exit(0 if result.converged else 1)
+
+
+# -- status / history ---------------------------------------------------------------------------
+@cli.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def status(opts: Options, output: str) -> None:
+    """Desired vs applied revision, health and last result of each resource."""
+
+    async def main() -> list[Any]:
+        store = await open_store(opts)
+        try:
+            return list(await store.list_resources())
+        finally:
+            await store.close()
+
+    records = run(main())
+    rows = [{
+        "resource": str(r.key), "environment": r.key.environment, "kind": r.key.kind,
+        "name": r.key.name, "desiredRevision": r.desired_revision,
+        "appliedRevision": r.applied_revision, "configCommit": r.config_commit,
+        "sync": r.sync_status, "health": r.health_status, "lastResult": r.last_result,
+        "lastError": r.last_error, "suspended": r.suspended,
+        "updatedAt": r.updated_at.isoformat() if r.updated_at else None,
+    } for r in records]
+    ok = all(r["sync"] == "Synced" and r["health"] == "Healthy" for r in rows)
+    if output == "json":
+        emit_json({"healthy": ok, "resources": rows})
+    else:
+        _print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
+            [r["resource"], r["desiredRevision"] or "-", r["appliedRevision"] or "-", r["sync"],
+             r["health"], r["lastResult"] or "-",
+             ("suspended " if r["suspended"] else "") + (r["lastError"] or "")]
+            for r in rows])
+    sys.exit(0 if ok else 1)
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*header, header_style="bold")
+        for row in rows:
+            table.add_row(*[str(c) for c in row])
+        Console().print(table)
+        return
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
+    widths[-1] = 0
+    for row in [header, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--limit", default=20, show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def history(opts: Options, name: str, limit: int, output: str) -> None:
+    """Deployments of a resource, newest first."""
+
+    async def main() -> list[Any]:
+        store = await open_store(opts)
+        try:
+            key = await find_key(store, name)
+            return list(await store.list_deployments(key, limit=limit))
+        finally:
+            await store.close()
+
+    deployments = run(main())
+    docs = [{
+        "id": d.id, "deployment": d.identifier, "status": d.status, "trigger": d.trigger,
+        "strategy": d.strategy, "fromRevision": d.from_revision, "toRevision": d.to_revision,
+        "configCommit": d.config_commit, "error": d.error, "exitCode": d.exit_code,
+        "createdAt": d.created_at, "startedAt": d.started_at, "finishedAt": d.finished_at,
+        "events": [{"status": e.status, "message": e.message, "at": e.at} for e in d.events],
+        "steps": [{"action": s.action, "instance": s.instance, "status": s.status,
+                   "detail": s.detail, "startedAt": s.started_at, "finishedAt": s.finished_at}
+                  for s in d.steps],
+    } for d in deployments]
+    if output == "json":
+        emit_json(docs)
+        return
+    _print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
+        [d["deployment"], d["status"], d["trigger"], d["fromRevision"] or "-", d["toRevision"],
+         (d["configCommit"] or "-")[:12],
+         d["createdAt"].strftime("%Y-%m-%d %H:%M:%S") if d["createdAt"] else "-",
+         d["error"] or ""] for d in docs])
+
+
+# -- rollback / suspend / resume ------------------------------------------------------------------
+@cli.command()
+@click.argument("name")
+@click.option("--to", "to_revision", default=None, help="Revision (prefix) to go back to.")
+@with_repo
+@click.pass_obj
+@handles_errors
+def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: str | None,
+             path: str) -> None:
+    """Back to the last good (or given) revision, recorded as a manual rollback."""
+
+    async def main() -> Any:
+        from reconciler.rollout.engine import Reconciler
+        from reconciler.source.git import GitSource
+
+        store = await open_store(opts)
+        source: GitSource | None
+        try:
+            source = make_source(opts, repo, ref, path)
+        except ReconcilerError:
+            source = None  # releases already on the hosts need no export
+        engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
+                            progress=Progress(live=False))
+        try:
+            key = await find_key(store, name)
+            return await engine.manual_rollback(key, to_revision)
+        finally:
+            await engine.close()
+            await store.close()
+
+    outcome = run(main())
+    click.echo(f"{outcome.key}: {outcome.result} — {outcome.message} ({outcome.revision})")
+    sys.exit(0 if outcome.result == "succeeded" else 1)
+
+
+def _set_suspended(opts: Options, name: str, value: bool) -> None:
+    async def main() -> ResourceKey:
+        store = await open_store(opts)
+        try:
+            key = await find_key(store, name)
+            await store.set_suspended(key, value)
+            return key
+        finally:
+            await store.close()
+
+    key = run(main())
+    click.echo(f"{key}: {'suspended' if value else 'resumed'}")
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+@handles_errors
+def suspend(opts: Options, name: str) -> None:
+    """Pause reconciling a resource."""
+    _set_suspended(opts, name, True)
+
+
+@cli.command()
+@click.argument("name")
+@click.pass_obj
+@handles_errors
+def resume(opts: Options, name: str) -> None:
+    """Resume reconciling a resource."""
+    _set_suspended(opts, name, False)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-n", "--lines", default=100, show_default=True)
+@with_repo
+@click.pass_obj
+@handles_errors
+def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path: str) -> None:
+    """The last lines of a resource's output on each instance."""
+
+    async def main() -> list[tuple[str, list[str]]]:
+        from reconciler.rollout.engine import Reconciler, resource_from_document
+
+        store = await open_store(opts)
+        engine = Reconciler(store, state_dir=opts.resolved_state_dir())
+        try:
+            key = await find_key(store, name)
+            record = await store.get_resource(key)
+            assert record is not None
+            resource = resource_from_document(key, record.applied_spec or record.desired_spec
+                                              or {})
+            target = await engine._target_from_store(resource)
+            if target is None:
+                raise NotFound(f"{key}: its Target is not recorded")
+            provider = engine.provider_for(target)
+            out = []
+            for instance in await provider.instances(resource):
+                out.append((instance.id, await provider.logs(resource, instance, lines)))
+            return out
+        finally:
+            await engine.close()
+            await store.close()
+
+    for instance_id, text in run(main()):
+        for line in text:
+            click.echo(f"[{instance_id}] {line}")
+
+
+# -- daemon ---------------------------------------------------------------------------------------
+@cli.command()
+@with_repo
+@click.option("--listen", default="127.0.0.1:9464", show_default=True,
+              help="HOST:PORT for /metrics, /healthz, /readyz and webhooks.")
+@click.option("--interval", default="30s", show_default=True,
+              help="Poll interval for remotes and full resync (Go duration).")
+@click.option("--prune", is_flag=True, help="Delete resources removed from git.")
+@click.pass_obj
+@handles_errors
+def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, interval: str,
+           prune: bool) -> None:
+    """Watch/poll the config repo and keep the fleet converged until signalled."""
+    from reconciler.daemon.loop import DaemonConfig, run_daemon
+    from reconciler.spec.durations import parse_duration
+
+    host, _, port = listen.rpartition(":")
+    config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or
+                          "127.0.0.1", listen_port=int(port), interval=parse_duration(interval),
+                          prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url())
+    sys.exit(asyncio.run(run_daemon(config)))
+
+
+# -- db -------------------------------------------------------------------------------------------
+@cli.group()
+def db() -> None:
+    """Schema migrations of the state database."""
+
+
+@db.command("migrate")
+@click.pass_obj
+@handles_errors
+def db_migrate(opts: Options) -> None:
+    """Apply pending migrations."""
+
+    async def main() -> list[Any]:
+        store = await open_store(opts, migrate=False)
+        try:
+            return list(await store.migrate())
+        finally:
+            await store.close()
+
+    applied = run(main())
+    for m in applied:
+        click.echo(f"applied {m.version:03d}_{m.name}")
+    click.echo(f"{len(applied)} migration(s) applied" if applied else "up to date")
+
+
+@db.command("status")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def db_status(opts: Options, output: str) -> None:
+    """Applied and pending migrations. Exit 1 when some are pending."""
+
+    async def main() -> list[Any]:
+        store = await open_store(opts, migrate=False)
+        try:
+            return list(await store.migration_status())
+        finally:
+            await store.close()
+
+    infos = run(main())
+    pending = [m for m in infos if m.applied_at is None]
+    if output == "json":
+        emit_json({"pending": len(pending), "migrations": [
+            {"version": m.version, "name": m.name, "checksum": m.checksum,
+             "appliedAt": m.applied_at} for m in infos]})
+    else:
+        for m in infos:
+            when = m.applied_at.isoformat() if m.applied_at else "pending"
+            click.echo(f"{m.version:03d}_{m.name}  {when}")
+    sys.exit(1 if pending else 0)
+
+
+def main() -> None:
+    cli(prog_name="reconciler")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The daemon: source change → plan → apply, forever, plus scheduler, self-heal and HTTP.
+
+Triggers: a new commit seen by ``watchfiles`` on the local repo's refs (≈0.1 s), a poll every
+``interval`` with jitter (remotes; also a periodic full resync), retries of failed resources with
+jittered exponential backoff, drift found by the self-heal loop, and webhooks. SIGTERM lets the
+current provider step finish, starts nothing new, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reconciler.errors import ReconcilerError, SpecError
+from reconciler.observe import metrics
+from reconciler.rollout.engine import Reconciler
+from reconciler.source.git import GitSource
+from reconciler.spec.cache import SpecCache
+from reconciler.spec.cron import next_fire
+from reconciler.spec.loader import load_desired_state
+from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.state import open_store
+from reconciler.state.store import Store
+
+log = logging.getLogger("reconciler.daemon")
+
+
+@dataclass
+class DaemonConfig:
+    repo: str
+    ref: str | None
+    path: str
+    listen_host: str
+    listen_port: int
+    interval: float
+    prune: bool
+    state_dir: Path
+    db_url: str
+    heal: bool = True
+    max_backoff: float = 300.0
+
+
+def jittered(seconds: float, spread: float = 0.2) -> float:
+    """``seconds`` ± ``spread``: replicas and retries must not move in lock-step."""
+    return max(0.05, seconds * (1 + random.uniform(-spread, spread)))
+
+
+@dataclass
+class Daemon:
+    cfg: DaemonConfig
+    store: Store
+    source: GitSource
+    engine: Reconciler
+    desired: DesiredState | None = None
+    ready: bool = False
+    stopping: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    reasons: set[str] = field(default_factory=set)
+    failures: int = 0
+    retry_at: float | None = None
+    redeploy: set[ResourceKey] = field(default_factory=set)
+    heartbeat: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
+    _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
+    _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
+
+    def trigger(self, reason: str) -> None:
+        self.reasons.add(reason)
+        self.wake.set()
+
+    # -- source ---------------------------------------------------------------------------------
+    async def refresh(self) -> bool:
+        """Fetch and load desired state; keep the last good one on any failure."""
+        started = time.monotonic()
+        try:
+            sync = await asyncio.to_thread(self.source.sync)
+        except ReconcilerError as exc:
+            metrics.GIT_FETCH_ERRORS.inc()
+            self.last_error = exc.message
+            log.error("cannot read config repo; keeping last good desired state",
+                      extra={"error": exc.message})
+            return False
+        metrics.GIT_FETCH_DURATION.observe(time.monotonic() - started)
+        if sync.error:
+            metrics.GIT_FETCH_ERRORS.inc()
+            self.last_error = f"fetch failed: {sync.error}"
+        if self.desired is not None and self.desired.commit == sync.commit:
+            return True
+        cache = SpecCache(self.cfg.state_dir / "cache" / "spec")
+        try:
+            files = await asyncio.to_thread(self.source.files, sync.commit)
+            desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
+                                              cache=cache)
+        except SpecError as exc:
+            metrics.DESIRED_STATE_ERRORS.inc()
+            self.last_error = f"commit {sync.commit[:12]} is invalid; nothing applied"
+            log.error("desired state invalid; keeping last good desired state",
+                      extra={"commit": sync.commit, "problems": [str(p) for p in exc.problems]})
+            return self.desired is not None
+        except ReconcilerError as exc:
+            self.last_error = exc.message
+            log.error("cannot load desired state", extra={"error": exc.message})
+            return self.desired is not None
+        log.info("desired state loaded", extra={"commit": sync.commit,
+                                                "resources": len(desired.resources)})
+        self.desired = desired
+        self.last_error = None
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------
+    async def reconcile_once(self) -> None:
+        reasons, self.reasons = self.reasons, set()
+        if not await self.refresh() or self.desired is None:
+            return
+        self.ready = True
+        redeploy, self.redeploy = self.redeploy, set()
+        trigger = ",".join(sorted(reasons)) or "poll"
+        result = await self.engine.reconcile(self.desired, trigger=trigger, prune=self.cfg.prune,
+                                             redeploy=redeploy)
+        failed = [o for o in result.failed() if not o.message.startswith("waiting")]
+        retryable = [o for o in failed if o.result in ("failed", "cancelled")]
+        if retryable:
+            self.failures += 1
+            delay = jittered(min(self.cfg.max_backoff, 2.0 ** self.failures), 0.5)
+            self.retry_at = time.monotonic() + delay
+            log.warning("resources failed; retrying with backoff",
+                        extra={"resources": [str(o.key) for o in retryable],
+                               "retry_in_s": round(delay, 1)})
+        else:
+            self.failures, self.retry_at = 0, None
+        log.info("reconcile pass done", extra={
+            "commit": result.commit, "converged": result.converged,
+            "duration_s": round(result.duration_s, 3), "trigger": trigger})
+
+    async def main_loop(self) -> None:
+        self.trigger("startup")
+        while not self.stopping:
+            self.heartbeat = time.monotonic()
+            timeout = jittered(self.cfg.interval)
+            if self.retry_at is not None:
+                timeout = min(timeout, max(0.0, self.retry_at - time.monotonic()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            self.wake.clear()
+            if self.stopping:
+                break
+            if not self.reasons:
+                self.reasons.add("retry" if self.retry_at and time.monotonic() >= self.retry_at
+                                 else "poll")
+            try:
+                await self.reconcile_once()
+            except ReconcilerError as exc:
+                log.error("reconcile pass failed", extra={"error": exc.message, "code": exc.code})
+                self.retry_at = time.monotonic() + jittered(10.0)
+
+    async def watch_local(self) -> None:
+        """Wake on ref changes of a local repo (watchfiles ignores .git by default)."""
+        from watchfiles import awatch
+
+        git_dir = self.source.git_dir
+        stop = asyncio.Event()
+        self._stop_watch = stop
+
+        def is_ref(path: str) -> bool:
+            rel = Path(path).relative_to(git_dir).as_posix() if path.startswith(
+                str(git_dir)) else path
+            return rel in ("HEAD", "packed-refs") or rel.startswith("refs/")
+
+        async for changes in awatch(git_dir, watch_filter=None, stop_event=stop,
+                                    debounce=200, step=20, recursive=True):
+            if any(is_ref(p) and not p.endswith(".lock") for _, p in changes):
+                self.trigger("commit")
+
+    async def scheduler(self) -> None:
+        """Run applied Schedules when their cron expression fires (local process supervisor)."""
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            desired = self.desired
+            if desired is None:
+                continue
+            now = datetime.now(UTC)
+            for resource in desired.of_kind("Schedule"):
+                key = resource.key
+                expr = str(resource.spec.get("schedule"))
+                tz = str(resource.spec.get("timezone", "UTC"))
+                due = self._schedule_next.get(key)
+                if due is None:
+                    self._schedule_next[key] = next_fire(expr, now, tz)
+                    continue
+                if now < due:
+                    continue
+                self._schedule_next[key] = next_fire(expr, now, tz)
+                record = await self.store.get_resource(key)
+                if record is None or record.suspended or record.applied_revision is None:
+                    continue
+                running = self._schedule_running.get(key)
+                if running is not None and not running.done():
+                    if resource.spec.get("concurrencyPolicy", "Forbid") == "Forbid":
+                        log.warning("previous run still going; skipped",
+                                    extra={"resource": str(key)})
+                        continue
+                target = desired.target_of(resource)
+                if target is None:
+                    continue
+                self._schedule_running[key] = asyncio.create_task(
+                    self._run_schedule(resource, target, record))
+
+    async def _run_schedule(self, resource: Any, target: Any, record: Any) -> None:
+        try:
+            await self.engine.run_schedule(resource, target, record)
+        except ReconcilerError as exc:
+            log.error("schedule run failed", extra={"resource": str(resource.key),
+                                                    "error": exc.message})
+
+    async def heal(self) -> None:
+        """Compare live state with the applied revision; redeploy what drifted (self-heal)."""
+        while not self.stopping:
+            await asyncio.sleep(jittered(min(self.cfg.interval, 10.0)))
+            desired = self.desired
+            if desired is None:
+                continue
+            drifted: set[ResourceKey] = set()
+            for resource in desired.of_kind("Service"):
+                record = await self.store.get_resource(resource.key)
+                if record is None or record.applied_revision is None or record.suspended:
+                    continue
+                target = desired.target_of(resource)
+                if target is None:
+                    continue
+                try:
+                    states = await self.engine.provider_for(target).observe(resource)
+                except ReconcilerError as exc:
+                    log.warning("observe failed", extra={"resource": str(resource.key),
+                                                         "error": exc.message})
+                    continue
+                bad = [s for s in states if not s.running
+                       or (s.revision is not None and s.revision != record.applied_revision)]
+                if bad or not states:
+                    drifted.add(resource.key)
+                    detail = ", ".join(f"{s.instance.id}: {s.detail or 'not running'}"
+                                       for s in bad) or "no instance found"
+                    await self.store.update_status(resource.key, sync_status="OutOfSync",
+                                                   health_status="Degraded")
+                    log.warning("drift detected", extra={"resource": str(resource.key),
+                                                         "detail": detail})
+            metrics.DRIFT_RESOURCES.set(len(drifted))
+            if drifted and self.cfg.heal:
+                self.redeploy |= drifted
+                self.trigger("drift")
+
+    # -- HTTP -------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 20)
+
+        async def metrics_view(_: web.Request) -> web.Response:
+            body = generate_latest(metrics.REGISTRY)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            # Alive while the loop turns; a wedged loop stops updating the heartbeat.
+            stale = time.monotonic() - self.heartbeat > max(120.0, 4 * self.cfg.interval)
+            return web.json_response({"status": "stale" if stale else "ok"},
+                                     status=503 if stale else 200)
+
+        async def readyz(_: web.Request) -> web.Response:
+            body = {"ready": self.ready, "commit": self.desired.commit if self.desired else None,
+                    "lastError": self.last_error}
+            return web.json_response(body, status=200 if self.ready else 503)
+
+        app.router.add_get("/metrics", metrics_view)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        if not self.stopping:
+            log.info("stopping: finishing the current step")
+        self.stopping = True
+        self.engine.stopping = True
+        stop_watch = getattr(self, "_stop_watch", None)
+        if stop_watch is not None:
+            stop_watch.set()
+        self.wake.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.trigger("sighup"))
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.cfg.listen_host, self.cfg.listen_port)
+        await site.start()
+        log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
+                                                      f"{self.cfg.listen_port}",
+                                            "repo": self.cfg.repo, "path": self.source.path})
+        background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal())]
+        if not self.source.remote:
+            background.append(asyncio.create_task(self.watch_local()))
+        try:
+            await self.main_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            for task in list(self._schedule_running.values()):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 30)
+            await asyncio.gather(*background, return_exceptions=True)
+            await runner.cleanup()
+            await self.engine.close()
+            await self.store.close()
+        log.info("daemon stopped")
+        return 0
+
+
+async def run_daemon(cfg: DaemonConfig) -> int:
+    store = open_store(cfg.db_url)
+    await store.migrate()
+    source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)
+    engine = Reconciler(store, state_dir=cfg.state_dir, source=source)
+    return await Daemon(cfg, store, source, engine).run()

@@ -1,0 +1,709 @@
+"""Apply a plan through providers, journaling every action before it runs.
+
+One ``reconcile(desired) -> ReconcileResult`` entry point (Flux's shape). For each resource:
+record what git wants, create a ``pending`` deployment, then for every provider action write a
+journal step first, act, and close the step. A Service is only ``succeeded`` once its health gate
+passes; otherwise it is rolled back to the last good revision and recorded ``rolled_back``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ReconcilerError
+from reconciler.health import wait_healthy
+from reconciler.observe import metrics
+from reconciler.plan.planner import (
+    BLOCKED,
+    CREATE,
+    DELETE,
+    ORPHAN,
+    SUSPENDED,
+    UNCHANGED,
+    UPDATE,
+    Plan,
+    PlanItem,
+    make_plan,
+)
+from reconciler.providers import (
+    Instance,
+    Provider,
+    ProviderContext,
+    Release,
+    load_provider,
+)
+from reconciler.source.git import GitSource
+from reconciler.spec.durations import parse_duration
+from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
+from reconciler.spec.secrets import resolve_env
+from reconciler.state import store as st
+from reconciler.state.store import DeploymentRecord, ResourceRecord, Store
+
+log = logging.getLogger("reconciler.rollout")
+
+# Outcomes of one resource in one pass.
+CONVERGED = "converged"
+SKIPPED = "skipped"
+
+ProgressFn = Callable[[ResourceKey, str, str], None]
+
+
+@dataclass
+class Outcome:
+    key: ResourceKey
+    action: str
+    result: str  # converged | skipped | a deployment status
+    revision: str | None = None
+    message: str = ""
+    deployment: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in (CONVERGED, st.SUCCEEDED, SKIPPED) and not self.message.startswith(
+            "waiting"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"resource": str(self.key), "action": self.action, "result": self.result,
+                "revision": self.revision, "message": self.message,
+                "deployment": self.deployment}
+
+
+@dataclass
+class ReconcileResult:
+    commit: str | None
+    outcomes: list[Outcome] = field(default_factory=list)
+    duration_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def converged(self) -> bool:
+        return not self.interrupted and all(o.ok for o in self.outcomes)
+
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit, "converged": self.converged,
+                "durationSeconds": round(self.duration_s, 3),
+                "resources": [o.to_json() for o in self.outcomes]}
+
+
+class DeploymentFailed(ReconcilerError):
+    code = "FR410"
+    exit_code = 1
+
+
+def resource_from_document(key: ResourceKey, document: dict[str, Any],
+                           file: str = "<recorded>") -> Resource:
+    """Rebuild a Resource from a recorded document (for rollbacks and deletions)."""
+    meta = document.get("metadata") or {}
+    spec = document.get("spec") or {}
+    deps: list[ResourceKey] = []
+    res = Resource(key=key, labels=dict(meta.get("labels") or {}), spec=spec, file=file,
+                   depends_on=deps)
+    res.hash = spec_hash(res.document())
+    return res
+
+
+class Reconciler:
+    """Drives desired state into the fleet. One instance per process; safe to call repeatedly."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        state_dir: Path,
+        source: GitSource | None = None,
+        owner: str | None = None,
+        progress: ProgressFn | None = None,
+        concurrency: int = 8,
+    ) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.source = source
+        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
+        self.progress = progress
+        self.concurrency = concurrency
+        self.stopping = False  # set on SIGTERM: finish in-flight steps, start nothing new
+        self._providers: dict[tuple[ResourceKey, str], Provider] = {}
+        self._app_sources: dict[str, GitSource] = {}
+
+    # -- helpers --------------------------------------------------------------------------
+    def _emit(self, key: ResourceKey, phase: str, message: str = "") -> None:
+        log.info(message or phase, extra={"resource": str(key), "phase": phase})
+        if self.progress:
+            self.progress(key, phase, message)
+
+    def provider_for(self, target: Resource) -> Provider:
+        cache_key = (target.key, target.hash)
+        provider = self._providers.get(cache_key)
+        if provider is None:
+            ctx = ProviderContext(state_dir=self.state_dir,
+                                  logger=logging.getLogger(f"reconciler.provider.{target.name}"))
+            provider = load_provider(target, ctx)
+            self._providers[cache_key] = provider
+        return provider
+
+    async def close(self) -> None:
+        for provider in self._providers.values():
+            try:
+                await provider.close()
+            except Exception as exc:  # closing must not mask the pass's own result
+                log.warning("provider close failed", extra={"error": str(exc)})
+        self._providers.clear()
+
+    def _app_source(self, spec: dict[str, Any]) -> GitSource:
+        repo = str(spec["repo"])
+        src = self._app_sources.get(repo)
+        if src is None:
+            src = GitSource(repo, ref=spec.get("ref"), state_dir=self.state_dir)
+            self._app_sources[repo] = src
+        return src
+
+    def revision_of(self, resource: Resource, desired: DesiredState) -> str:
+        """Content address of what would be deployed: the document, its Target, and the
+        identity of its source (a git tree id, an app commit, an artifact digest)."""
+        parts = [resource.hash]
+        target = desired.target_of(resource)
+        if target is not None:
+            parts.append(target.hash)
+        source = resource.spec.get("source") or {}
+        if "path" in source and self.source is not None and desired.commit:
+            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
+        elif "git" in source:
+            app = self._app_source(source["git"])
+            parts.append(app.sync().commit)
+        elif "artifact" in source:
+            parts.append(str(source["artifact"].get("sha256", "")))
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+    def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
+        env = resolve_env(resource.spec.get("env") or {})
+        source = resource.spec.get("source") or {}
+        export = None
+        if "path" in source:
+            if self.source is None or commit is None:
+                raise DeploymentFailed(f"{resource.key}: source.path needs a config repo commit")
+            cfg, path = self.source, str(source["path"])
+
+            async def export(dest: Path, _c: str = commit) -> None:
+                await cfg.export(_c, path, dest)
+        elif "git" in source:
+            app = self._app_source(source["git"])
+            app_commit = app.commit or app.sync().commit
+            subpath = str(source["git"].get("path", ""))
+
+            async def export(dest: Path, _c: str = app_commit) -> None:
+                await app.export(_c, subpath, dest)
+        elif "artifact" in source:
+            from reconciler.source.artifact import fetch_artifact
+
+            spec = source["artifact"]
+
+            async def export(dest: Path) -> None:
+                await fetch_artifact(str(spec["url"]), str(spec["sha256"]), dest)
+
+        return Release(resource=resource, revision=revision, config_commit=commit,
+                       export=export, env=env)
+
+    # -- crash recovery ---------------------------------------------------------------------
+    async def recover(self) -> list[ResourceKey]:
+        """Close deployments a crash left open. They are marked ``cancelled`` with the step that
+        was interrupted; the resource keeps its last applied revision, so the next plan deploys
+        the desired one again (resume) — or, if it is gone from git, prunes/orphans it."""
+        resumed: list[ResourceKey] = []
+        for dep in await self.store.unfinished_deployments():
+            open_steps = [s for s in dep.steps if s.finished_at is None]
+            for step in open_steps:
+                await self.store.finish_step(step.id, "interrupted", "reconciler stopped")
+            where = open_steps[-1].action if open_steps else "before the first step"
+            await self.store.transition(
+                dep.id, st.CANCELLED,
+                message=f"interrupted during {where}; resumed by the next reconcile",
+            )
+            await self.store.update_status(dep.key, last_result=st.CANCELLED,
+                                           last_error=f"interrupted during {where}")
+            log.warning("recovered interrupted deployment",
+                        extra={"resource": str(dep.key), "deployment": dep.identifier})
+            resumed.append(dep.key)
+        return resumed
+
+    # -- planning ---------------------------------------------------------------------------
+    async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
+                   redeploy: Iterable[ResourceKey] = ()) -> Plan:
+        records = await self.store.list_resources()
+        return make_plan(desired, records, lambda r: self.revision_of(r, desired),
+                         prune=prune, force=force, redeploy=redeploy)
+
+    # -- the pass ---------------------------------------------------------------------------
+    async def reconcile(
+        self,
+        desired: DesiredState,
+        *,
+        trigger: str = "apply",
+        prune: bool = False,
+        force: bool = False,
+        only: Iterable[ResourceKey] | None = None,
+        redeploy: Iterable[ResourceKey] = (),
+    ) -> ReconcileResult:
+        started = time.monotonic()
+        resumed = set(await self.recover())
+        plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
+        result = ReconcileResult(commit=desired.commit)
+        selected = set(only) if only is not None else None
+        outcomes: dict[ResourceKey, Outcome] = {}
+        items = plan.by_key()
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def run(item: PlanItem) -> None:
+            async with sem:
+                if self.stopping:
+                    result.interrupted = True
+                    return
+                blocked_by = self._blocking_dependency(item, outcomes)
+                if blocked_by is not None:
+                    outcomes[item.key] = Outcome(item.key, item.action, SKIPPED, item.revision,
+                                                 f"waiting for {blocked_by}")
+                    self._emit(item.key, "waiting", f"waiting for {blocked_by}")
+                    return
+                why = "resume" if item.key in resumed else trigger
+                try:
+                    outcomes[item.key] = await self._apply_item(item, desired, why)
+                except ReconcilerError as exc:
+                    # Errors before a deployment exists (secrets, provider config): recorded on
+                    # the resource so `status` shows them, and the pass goes on.
+                    await self.store.update_status(item.key, last_result=st.FAILED,
+                                                   last_error=exc.message)
+                    outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
+                                                 exc.message)
+                    self._emit(item.key, "failed", exc.message)
+
+        for layer in plan.order:
+            layer_items = [items[k] for k in layer if selected is None or k in selected]
+            await asyncio.gather(*(run(i) for i in layer_items if i.action != DELETE))
+        deletes = [i for i in plan.items if i.action == DELETE
+                   and (selected is None or i.key in selected)]
+        for item in deletes:
+            await run(item)
+        result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
+        result.duration_s = time.monotonic() - started
+        metrics.RECONCILE_DURATION.observe(result.duration_s)
+        metrics.RECONCILE_TOTAL.labels("converged" if result.converged else "failed").inc()
+        if result.converged:
+            metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
+        await self.publish_metrics()
+        return result
+
+    async def publish_metrics(self) -> None:
+        rows = [(r.key.environment, r.key.kind, r.key.name, r.sync_status, r.health_status)
+                for r in await self.store.list_resources()]
+        metrics.publish_resources(rows)
+
+    def _blocking_dependency(self, item: PlanItem,
+                             outcomes: dict[ResourceKey, Outcome]) -> ResourceKey | None:
+        if item.resource is None or item.action not in (CREATE, UPDATE):
+            return None
+        for dep in item.resource.depends_on:
+            out = outcomes.get(dep)
+            if out is not None and not out.ok:
+                return dep
+        return None
+
+    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str) -> Outcome:
+        key = item.key
+        if item.action in (UNCHANGED, SUSPENDED):
+            return Outcome(key, item.action, CONVERGED if item.action == UNCHANGED else SKIPPED,
+                           item.revision, item.reason)
+        if item.action in (BLOCKED, ORPHAN):
+            sync = "OutOfSync"
+            await self.store.update_status(key, sync_status=sync)
+            self._emit(key, item.action, item.reason)
+            return Outcome(key, item.action, item.action, item.revision, item.reason)
+        if item.action == DELETE:
+            return await self._delete(item, desired)
+        resource = item.resource
+        assert resource is not None and item.revision is not None
+        await self.store.record_desired(key, revision=item.revision, spec_hash=resource.hash,
+                                        spec=resource.document(), config_commit=desired.commit)
+        if key.kind == "Target":
+            await self.store.record_applied(key, revision=item.revision, spec_hash=resource.hash,
+                                            spec=resource.document(),
+                                            config_commit=desired.commit)
+            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
+                                           last_result=st.SUCCEEDED, last_error=None)
+            self._emit(key, "synced", f"target recorded at {item.revision}")
+            return Outcome(key, item.action, CONVERGED, item.revision)
+        target = desired.target_of(resource)
+        if target is None:
+            raise DeploymentFailed(f"{key}: target {resource.spec.get('target')!r} not found")
+        lock = f"resource:{key}"
+        if not await self.store.acquire_lock(lock, self.owner, ttl_seconds=3600):
+            msg = "another reconciler holds this resource's lock"
+            self._emit(key, "locked", msg)
+            return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}")
+        try:
+            if key.kind == "Service":
+                return await self._deploy_service(item, resource, target, desired, trigger)
+            return await self._deploy_runnable(item, resource, target, desired, trigger)
+        finally:
+            await self.store.release_lock(lock, self.owner)
+
+    # -- Services ----------------------------------------------------------------------------
+    async def _deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
+                              desired: DesiredState, trigger: str) -> Outcome:
+        key, revision = item.key, item.revision
+        assert revision is not None
+        provider = self.provider_for(target)
+        provider_name = str(target.spec.get("provider"))
+        strategy = str((resource.spec.get("strategy") or {}).get("type", "recreate"))
+        previous = item.record.applied_revision if item.record else None
+        dep = await self.store.create_deployment(
+            key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
+            trigger=trigger, strategy=strategy, spec=resource.document())
+        started = time.monotonic()
+        await self.store.transition(dep.id, st.IN_PROGRESS, message=f"{strategy} via {provider_name}")
+        await self.store.update_status(key, health_status="Progressing", sync_status="OutOfSync")
+        self._emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy})")
+        error: str | None = None
+        instances: list[Instance] = []
+        try:
+            release = self.release_for(resource, revision, desired.commit)
+            instances = await provider.instances(resource)
+            for instance in instances:
+                await self._step(dep.id, "deploy", instance, provider.deploy(release, instance),
+                                 f"revision {revision}")
+                healthy, message = await self._health_gate(dep.id, provider, resource, instance)
+                if not healthy:
+                    error = f"{instance.id}: health check failed: {message}"
+                    break
+        except ReconcilerError as exc:
+            error = exc.message
+        except (OSError, asyncio.TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        duration = time.monotonic() - started
+        metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
+        if error is None:
+            await self.store.transition(dep.id, st.SUCCEEDED, message="healthy")
+            await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
+                                            spec=resource.document(),
+                                            config_commit=desired.commit)
+            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
+                                           last_result=st.SUCCEEDED, last_error=None,
+                                           failed_revision=None)
+            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.SUCCEEDED).inc()
+            self._emit(key, "succeeded", f"{revision} healthy")
+            return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
+        await self.store.transition(dep.id, st.FAILED, error=error, message=error)
+        self._emit(key, "failed", error)
+        status, message = await self._rollback(dep, provider, key, revision, instances,
+                                               reason="health" if "health" in error else "error")
+        metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, status).inc()
+        return Outcome(key, item.action, status, revision, f"{error}; {message}",
+                       deployment=dep.identifier)
+
+    async def _health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
+                           instance: Instance) -> tuple[bool, str]:
+        health = resource.spec.get("health")
+        step = await self.store.start_step(deployment_id, "health", instance.id)
+        started = time.monotonic()
+        if health:
+            result = await wait_healthy(health, instance)
+            ok, message = result.healthy, result.message
+        else:
+            # No health section: healthy when the provider reports the instance running.
+            states = {s.instance.id: s for s in await provider.observe(resource)}
+            state = states.get(instance.id)
+            ok = bool(state and state.running)
+            message = "running" if ok else (state.detail if state else "not found")
+        metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
+        if not ok:
+            metrics.HEALTH_CHECK_FAILURES.inc()
+        await self.store.finish_step(step, "succeeded" if ok else "failed", message)
+        return ok, message
+
+    async def _step(self, deployment_id: str, action: str, instance: Instance,
+                    operation: Any, detail: str = "") -> Any:
+        """Journal first, then act: a crash between the two leaves an open step to recover."""
+        step = await self.store.start_step(deployment_id, action, instance.id, detail or None)
+        try:
+            value = await operation
+        except BaseException as exc:
+            message = exc.message if isinstance(exc, ReconcilerError) else type(exc).__name__
+            await self.store.finish_step(step, "failed", message)
+            raise
+        await self.store.finish_step(step, "succeeded", detail or None)
+        return value
+
+    async def _rollback(self, dep: DeploymentRecord, provider: Provider, key: ResourceKey,
+                        bad_revision: str, instances: list[Instance],
+                        reason: str) -> tuple[str, str]:
+        """Back to the last good revision recorded in the database (not memory)."""
+        good = await self.store.last_good(key)
+        if good is None or good.to_revision == bad_revision or not good.spec:
+            # Nothing to go back to: take the broken release down and leave it failed; the
+            # daemon retries with backoff.
+            for instance in instances:
+                try:
+                    await self._step(dep.id, "stop", instance,
+                                     provider.stop(self._resource_of(dep, key), instance))
+                except ReconcilerError as exc:
+                    log.warning("stopping failed release failed",
+                                extra={"resource": str(key), "error": exc.message})
+            await self.store.update_status(key, last_result=st.FAILED, last_error=dep.error or
+                                           "deployment failed", health_status="Degraded",
+                                           sync_status="OutOfSync")
+            return st.FAILED, "no previous good revision to roll back to"
+        previous = resource_from_document(key, good.spec)
+        self._emit(key, "rolling back", f"-> {good.to_revision}")
+        metrics.ROLLBACKS_TOTAL.labels(reason).inc()
+        try:
+            release = self.release_for(previous, good.to_revision, good.config_commit)
+            for instance in instances:
+                await self._step(dep.id, "rollback", instance, provider.deploy(release, instance),
+                                 f"revision {good.to_revision}")
+                healthy, message = await self._health_gate(dep.id, provider, previous, instance)
+                if not healthy:
+                    raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
+        except ReconcilerError as exc:
+            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message)
+            await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
+                                           last_error=exc.message, health_status="Degraded",
+                                           sync_status="OutOfSync", failed_revision=bad_revision)
+            self._emit(key, "rollback failed", exc.message)
+            return st.ROLLBACK_FAILED, f"rollback to {good.to_revision} failed: {exc.message}"
+        message = f"rolled back to {good.to_revision}"
+        await self.store.transition(dep.id, st.ROLLED_BACK, message=message)
+        await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
+                                       sync_status="OutOfSync", failed_revision=bad_revision,
+                                       last_error=dep.error)
+        self._emit(key, "rolled back", message)
+        return st.ROLLED_BACK, message
+
+    @staticmethod
+    def _resource_of(dep: DeploymentRecord, key: ResourceKey) -> Resource:
+        return resource_from_document(key, dep.spec or {"metadata": {}, "spec": {}})
+
+    # -- Jobs and Schedules -------------------------------------------------------------------
+    async def _deploy_runnable(self, item: PlanItem, resource: Resource, target: Resource,
+                               desired: DesiredState, trigger: str) -> Outcome:
+        """A Job runs to completion on each new revision; a Schedule is installed (the daemon's
+        scheduler, or the provider's own timer, runs it on its cron schedule)."""
+        key, revision = item.key, item.revision
+        assert revision is not None
+        provider = self.provider_for(target)
+        provider_name = str(target.spec.get("provider"))
+        previous = item.record.applied_revision if item.record else None
+        strategy = "run" if key.kind == "Job" else "install"
+        dep = await self.store.create_deployment(
+            key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
+            trigger=trigger, strategy=strategy, spec=resource.document())
+        await self.store.transition(dep.id, st.IN_PROGRESS)
+        self._emit(key, "running" if key.kind == "Job" else "installing", revision)
+        error: str | None = None
+        output: str | None = None
+        exit_code: int | None = None
+        try:
+            release = self.release_for(resource, revision, desired.commit)
+            instances = await provider.instances(resource)
+            if key.kind == "Job":
+                attempts = 1 + int(resource.spec.get("backoffLimit", 0))
+                for attempt in range(attempts):
+                    outputs = []
+                    exit_code = 0
+                    for instance in instances:
+                        run = await self._step(dep.id, "run", instance,
+                                               provider.run(release, instance),
+                                               f"attempt {attempt + 1}/{attempts}")
+                        outputs.append(run.output)
+                        exit_code = exit_code or run.exit_code
+                    output = "\n".join(outputs)[-65536:]
+                    if exit_code == 0:
+                        break
+                    error = f"exited with code {exit_code}"
+                    if attempt + 1 < attempts:
+                        await asyncio.sleep(min(2 ** attempt, 30))
+                if exit_code == 0:
+                    error = None
+                metrics.JOB_RUNS_TOTAL.labels("Job", "succeeded" if exit_code == 0
+                                              else "failed").inc()
+            else:
+                for instance in instances:
+                    await self._step(dep.id, "install", instance,
+                                     provider.deploy(release, instance), f"revision {revision}")
+        except ReconcilerError as exc:
+            error = exc.message
+        except (OSError, asyncio.TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            await self.store.transition(dep.id, st.SUCCEEDED, output=output, exit_code=exit_code)
+            await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
+                                            spec=resource.document(),
+                                            config_commit=desired.commit)
+            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
+                                           last_result=st.SUCCEEDED, last_error=None,
+                                           failed_revision=None)
+            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.SUCCEEDED).inc()
+            self._emit(key, "succeeded", f"{revision}" + (f" exit {exit_code}"
+                                                          if exit_code is not None else ""))
+            return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
+        await self.store.transition(dep.id, st.FAILED, error=error, output=output,
+                                    exit_code=exit_code, message=error)
+        await self.store.update_status(key, sync_status="OutOfSync", health_status="Degraded",
+                                       last_result=st.FAILED, last_error=error)
+        metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.FAILED).inc()
+        self._emit(key, "failed", error)
+        return Outcome(key, item.action, st.FAILED, revision, error, deployment=dep.identifier)
+
+    async def run_schedule(self, resource: Resource, target: Resource, record: ResourceRecord,
+                           trigger: str = "schedule") -> DeploymentRecord:
+        """One run of an installed Schedule at its applied revision, journaled like a Job."""
+        key = resource.key
+        revision = record.applied_revision or ""
+        provider = self.provider_for(target)
+        dep = await self.store.create_deployment(
+            key, from_revision=revision, to_revision=revision, config_commit=record.config_commit,
+            trigger=trigger, strategy="run", spec=resource.document())
+        await self.store.transition(dep.id, st.IN_PROGRESS)
+        error: str | None = None
+        output = ""
+        exit_code: int | None = None
+        try:
+            release = self.release_for(resource, revision, record.config_commit)
+            for instance in await provider.instances(resource):
+                run = await self._step(dep.id, "run", instance, provider.run(release, instance))
+                output += run.output
+                exit_code = exit_code or run.exit_code
+            if exit_code:
+                error = f"exited with code {exit_code}"
+        except ReconcilerError as exc:
+            error = exc.message
+        status = st.SUCCEEDED if error is None else st.FAILED
+        await self.store.transition(dep.id, status, error=error, output=output[-65536:],
+                                    exit_code=exit_code, message=error)
+        await self.store.update_status(key, last_result=status, last_error=error,
+                                       health_status="Healthy" if error is None else "Degraded")
+        metrics.JOB_RUNS_TOTAL.labels("Schedule", status).inc()
+        self._emit(key, "ran", error or f"exit {exit_code}")
+        found = await self.store.get_deployment(dep.id)
+        assert found is not None
+        return found
+
+    # -- manual rollback ----------------------------------------------------------------------
+    async def manual_rollback(self, key: ResourceKey, to_revision: str | None = None) -> Outcome:
+        """Deploy an earlier succeeded revision (the previous one by default), recorded with
+        trigger ``manual`` and strategy ``rollback``. The revision git still asks for is
+        remembered as rolled back, so the daemon does not undo this until a new commit."""
+        record = await self.store.get_resource(key)
+        if record is None:
+            raise DeploymentFailed(f"{key}: no such resource in the database")
+        history = await self.store.list_deployments(key, limit=500)
+        good = [d for d in history if d.status == st.SUCCEEDED and d.spec
+                and d.strategy not in ("run", "delete")]
+        if to_revision:
+            choice = next((d for d in good if d.to_revision.startswith(to_revision)), None)
+            if choice is None:
+                raise DeploymentFailed(f"{key}: no succeeded deployment of revision {to_revision}")
+        else:
+            choice = next((d for d in good if d.to_revision != record.applied_revision), None)
+            if choice is None:
+                raise DeploymentFailed(f"{key}: no earlier good revision to roll back to")
+        assert choice.spec is not None
+        resource = resource_from_document(key, choice.spec)
+        target = await self._target_from_store(resource)
+        if target is None:
+            raise DeploymentFailed(f"{key}: its Target is not recorded")
+        provider = self.provider_for(target)
+        dep = await self.store.create_deployment(
+            key, from_revision=record.applied_revision, to_revision=choice.to_revision,
+            config_commit=choice.config_commit, trigger="manual", strategy="rollback",
+            spec=choice.spec)
+        await self.store.transition(dep.id, st.IN_PROGRESS,
+                                    message=f"manual rollback to {choice.to_revision}")
+        metrics.ROLLBACKS_TOTAL.labels("manual").inc()
+        self._emit(key, "rolling back", f"-> {choice.to_revision}")
+        try:
+            release = self.release_for(resource, choice.to_revision, choice.config_commit)
+            for instance in await provider.instances(resource):
+                if key.kind == "Service":
+                    await self._step(dep.id, "deploy", instance,
+                                     provider.deploy(release, instance),
+                                     f"revision {choice.to_revision}")
+                    healthy, message = await self._health_gate(dep.id, provider, resource,
+                                                               instance)
+                    if not healthy:
+                        raise DeploymentFailed(f"{instance.id}: health check failed: {message}")
+                else:
+                    await self._step(dep.id, "install", instance,
+                                     provider.deploy(release, instance))
+        except ReconcilerError as exc:
+            await self.store.transition(dep.id, st.FAILED, error=exc.message)
+            await self.store.update_status(key, last_result=st.FAILED, last_error=exc.message)
+            return Outcome(key, "rollback", st.FAILED, choice.to_revision, exc.message,
+                           dep.identifier)
+        await self.store.transition(dep.id, st.SUCCEEDED, message="rolled back by operator")
+        await self.store.record_applied(key, revision=choice.to_revision,
+                                        spec_hash=resource.hash, spec=choice.spec,
+                                        config_commit=choice.config_commit)
+        pinned = record.desired_revision if record.desired_revision != choice.to_revision \
+            else None
+        await self.store.update_status(key, last_result=st.SUCCEEDED, last_error=None,
+                                       health_status="Healthy",
+                                       sync_status="OutOfSync" if pinned else "Synced",
+                                       failed_revision=pinned)
+        self._emit(key, "rolled back", f"now at {choice.to_revision}")
+        return Outcome(key, "rollback", st.SUCCEEDED, choice.to_revision, "rolled back",
+                       dep.identifier)
+
+    # -- deletion ---------------------------------------------------------------------------
+    async def _delete(self, item: PlanItem, desired: DesiredState) -> Outcome:
+        key, record = item.key, item.record
+        assert record is not None
+        if key.kind != "Target":
+            document = record.applied_spec or record.desired_spec or {}
+            resource = resource_from_document(key, document)
+            target = self._recorded_target(resource, desired)
+            target_doc = target or await self._target_from_store(resource)
+            if target_doc is not None:
+                provider = self.provider_for(target_doc)
+                dep = await self.store.create_deployment(
+                    key, from_revision=record.applied_revision,
+                    to_revision=record.applied_revision or "none", config_commit=desired.commit,
+                    trigger="prune", strategy="delete", spec=document)
+                await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
+                try:
+                    for instance in await provider.instances(resource):
+                        await self._step(dep.id, "remove", instance,
+                                         provider.remove(resource, instance))
+                except ReconcilerError as exc:
+                    await self.store.transition(dep.id, st.FAILED, error=exc.message)
+                    return Outcome(key, DELETE, st.FAILED, None, exc.message, dep.identifier)
+                await self.store.transition(dep.id, st.SUCCEEDED, message="removed")
+        await self.store.mark_deleted(key)
+        self._emit(key, "deleted")
+        return Outcome(key, DELETE, st.SUCCEEDED, None, "removed")
+
+    @staticmethod
+    def _recorded_target(resource: Resource, desired: DesiredState) -> Resource | None:
+        return desired.target_of(resource)
+
+    async def _target_from_store(self, resource: Resource) -> Resource | None:
+        tkey = resource.target_key
+        if tkey is None:
+            return None
+        rec = await self.store.get_resource(tkey)
+        if rec is None or not (rec.applied_spec or rec.desired_spec):
+            return None
+        return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})
+
+
+def parse_seconds(value: Any, default: float) -> float:
+    return parse_duration(str(value)) if value is not None else default

@@ -1,0 +1,194 @@
+"""The config repository: resolve a ref to a commit, list its desired-state files, export folders.
+
+Every reconcile is pinned to one commit SHA. Remote repositories are cloned (bare) into the state
+dir and fetched; a fetch failure keeps the last fetched commit and is reported, never raised into
+the loop (see ``GitSource.sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import re
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import git
+
+from reconciler.errors import SourceError
+from reconciler.spec.loader import SourceFile
+
+log = logging.getLogger("reconciler.source")
+
+_URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/\s]+@[^/\s:]+:)", re.IGNORECASE)
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def is_remote(repo: str) -> bool:
+    """A clone URL (scheme:// or scp-like user@host:path) rather than a local path."""
+    return bool(_URL_RE.match(repo))
+
+
+@dataclass
+class SyncResult:
+    commit: str
+    changed: bool
+    error: str | None = None  # set when a fetch failed and the last good commit is kept
+    duration_s: float = 0.0
+
+
+class GitSource:
+    """A config repo at ``repo`` (path or URL), following ``ref``, reading below ``path``."""
+
+    def __init__(self, repo: str, *, ref: str | None = None, path: str = "",
+                 state_dir: Path | None = None) -> None:
+        self.url = repo
+        self.ref = ref
+        self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
+        self.remote = is_remote(repo)
+        self.commit: str | None = None
+        if self.remote:
+            if state_dir is None:
+                raise SourceError("a state directory is needed to clone a remote repository")
+            digest = hashlib.sha256(repo.encode()).hexdigest()[:16]
+            self.checkout = state_dir / "repos" / digest
+            self._repo: git.Repo | None = None
+        else:
+            local = Path(repo).expanduser().resolve()
+            try:
+                self._repo = git.Repo(local, search_parent_directories=True)
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+                raise SourceError(
+                    f"{repo}: not a git repository (apply and diff read committed state; "
+                    "`reconciler validate PATH` checks plain folders)"
+                ) from exc
+            self.checkout = Path(self._repo.git_dir)
+            if self._repo.working_tree_dir and self.path == "":
+                # --repo pointing inside a work tree means "this folder": keep it as the path.
+                rel = local.relative_to(Path(self._repo.working_tree_dir).resolve())
+                self.path = "" if str(rel) == "." else rel.as_posix()
+
+    # -- repository access -------------------------------------------------------------
+    @property
+    def repo(self) -> git.Repo:
+        if self._repo is None:
+            self._repo = self._open_or_clone()
+        return self._repo
+
+    def _open_or_clone(self) -> git.Repo:
+        if (self.checkout / "HEAD").exists():
+            return git.Repo(self.checkout)
+        self.checkout.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkout.with_suffix(".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            repo = git.Repo.clone_from(self.url, tmp, bare=True)
+        except git.GitCommandError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SourceError(f"cannot clone {self.url}: {_git_reason(exc)}") from exc
+        tmp.rename(self.checkout)
+        return git.Repo(self.checkout)
+
+    @property
+    def git_dir(self) -> Path:
+        return Path(self.repo.git_dir)
+
+    def _fetch(self) -> None:
+        repo = self.repo
+        # A bare clone maps remote branches straight onto local refs, so `ref` resolves as-is.
+        repo.git.fetch("--prune", "--tags", "--force", "origin",
+                       "+refs/heads/*:refs/heads/*")
+
+    def resolve(self, ref: str | None = None) -> str:
+        """The commit SHA ``ref`` (default: the followed ref, else HEAD) points to now."""
+        name = ref or self.ref or "HEAD"
+        try:
+            return str(self.repo.commit(name).hexsha)
+        except (git.BadName, ValueError, git.GitCommandError) as exc:
+            raise SourceError(f"{self.url}: cannot resolve ref {name!r}") from exc
+
+    def sync(self) -> SyncResult:
+        """Fetch (remotes) and resolve the followed ref. A failed fetch keeps the last commit."""
+        started = time.monotonic()
+        error: str | None = None
+        if self.remote:
+            try:
+                if self._repo is None:
+                    self._repo = self._open_or_clone()
+                else:
+                    self._fetch()
+            except (git.GitCommandError, SourceError) as exc:
+                error = _git_reason(exc) if isinstance(exc, git.GitCommandError) else str(exc)
+                log.warning("fetch failed, keeping last good desired state",
+                            extra={"repo": self.url, "error": error})
+                if self.commit is None and self._repo is None:
+                    raise SourceError(f"cannot fetch {self.url}: {error}") from exc
+        commit = self.resolve()
+        changed = commit != self.commit
+        self.commit = commit
+        return SyncResult(commit, changed, error, time.monotonic() - started)
+
+    # -- reading -------------------------------------------------------------------------
+    def files(self, commit: str) -> list[SourceFile]:
+        """Desired-state YAML files below ``path`` at ``commit`` (blob ids for the spec cache)."""
+        tree = self.repo.commit(commit).tree
+        if self.path:
+            try:
+                tree = tree / self.path
+            except KeyError as exc:
+                raise SourceError(f"{self.path}: no such folder at commit {commit[:12]}") from exc
+        if tree.type != "tree":
+            raise SourceError(f"{self.path}: not a folder at commit {commit[:12]}")
+        out: list[SourceFile] = []
+        for item in tree.traverse():
+            if item.type != "blob" or not item.path.endswith(YAML_SUFFIXES):  # type: ignore[union-attr]
+                continue
+            if any(part.startswith(".") for part in PurePosixPath(item.path).parts):  # type: ignore[union-attr]
+                continue
+            blob = item
+            out.append(SourceFile(path=blob.path, blob_id=blob.hexsha,  # type: ignore[union-attr]
+                                  read=lambda b=blob: b.data_stream.read()))  # type: ignore[misc]
+        out.sort(key=lambda f: f.path)
+        return out
+
+    def tree_id(self, commit: str, path: str) -> str | None:
+        """Git tree (or blob) id of ``path`` at ``commit``: what a path source's revision hangs on."""
+        try:
+            obj = self.repo.commit(commit).tree / path.strip("/")
+        except KeyError:
+            return None
+        return str(obj.hexsha)
+
+    async def export(self, commit: str, path: str, dest: Path) -> None:
+        """Write the folder ``path`` of ``commit`` into ``dest`` (``git archive``, no work tree)."""
+        clean = path.strip("/")
+        proc = await asyncio.create_subprocess_exec(
+            "git", "--git-dir", str(self.git_dir), "archive", "--format=tar", commit, "--", clean,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
+        if proc.returncode != 0:
+            raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
+        dest.mkdir(parents=True, exist_ok=True)
+        prefix = clean + "/"
+        with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+            members = []
+            for member in tar.getmembers():
+                if member.name == clean:
+                    continue
+                if not member.name.startswith(prefix):
+                    continue
+                member.name = member.name[len(prefix):]
+                members.append(member)
+            tar.extractall(dest, members=members, filter="data")
+
+
+def _git_reason(exc: git.GitCommandError) -> str:
+    text = (exc.stderr or "").strip() or str(exc)
+    # Never echo credentials embedded in a clone URL.
+    return re.sub(r"://[^/@\s]+@", "://***@", text).splitlines()[-1] if text else "git failed"
