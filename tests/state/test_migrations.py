@@ -1,0 +1,288 @@
+"""The migration runner on real SQLite files (and a private copy of sql/sqlite)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import MigrationError, StoreError
+from reconciler.state.migrations import (
+    MigrationRunner,
+    SQLiteMigrationConnection,
+    checksum_of,
+    default_sql_dir,
+    discover,
+    split_sqlite_script,
+)
+from reconciler.state.sqlite import SQLiteStore
+
+
+def objects(path: Path | str) -> set[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return {
+            (kind, name)
+            for kind, name in conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+            )
+        }
+    finally:
+        conn.close()
+
+
+def tracking(path: Path | str) -> list[tuple[int, str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute(
+            "SELECT version, name, checksum FROM tb_schema_migration ORDER BY version"
+        ))
+    finally:
+        conn.close()
+
+
+def test_default_sql_dir_is_the_repo_folder() -> None:
+    folder = default_sql_dir("sqlite")
+    assert folder.name == "sqlite" and folder.parent.name == "sql"
+    assert (folder / "001_initial.sql").is_file()
+
+
+async def test_migrate_is_idempotent(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    store = SQLiteStore(db_path)
+    try:
+        pending = await store.migration_status()
+        assert [m.applied_at for m in pending] == [None] * len(pending)
+        assert pending[0].name == "001_initial.sql"
+
+        applied = await store.migrate()
+        files = discover(default_sql_dir("sqlite"))
+        assert [(m.version, m.name, m.checksum) for m in applied] == [
+            (f.version, f.name, f.checksum) for f in files
+        ]
+        assert all(m.applied_at is not None for m in applied)
+        schema = objects(db_path)
+        assert ("table", "tb_resource") in schema and ("view", "v_resource_status") in schema
+
+        assert await store.migrate() == []
+        assert objects(db_path) == schema
+        status = await store.migration_status()
+        assert [m.version for m in status] == [f.version for f in files]
+        assert all(m.applied_at is not None for m in status)
+    finally:
+        await store.close()
+    # a new connection (a new process, say) applies nothing either
+    again = SQLiteStore(db_path)
+    try:
+        assert await again.migrate() == []
+    finally:
+        await again.close()
+    assert len(tracking(db_path)) == len(files)
+
+
+async def test_new_file_is_pending_then_applied(tmp_path: Path, sql_copy: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite", sql_dir=sql_copy)
+    try:
+        await store.migrate()
+        (sql_copy / "900_add_note.sql").write_text(
+            "-- a later release\nALTER TABLE tb_resource ADD COLUMN note TEXT;\n"
+            "CREATE INDEX ix_resource_note ON tb_resource (note);\n"
+        )
+        status = await store.migration_status()
+        assert [(m.version, m.applied_at is None) for m in status][-1] == (900, True)
+        applied = await store.migrate()
+        assert [m.name for m in applied] == ["900_add_note.sql"]
+        assert ("index", "ix_resource_note") in objects(tmp_path / "db.sqlite")
+        assert await store.migrate() == []
+    finally:
+        await store.close()
+
+
+async def test_edited_applied_file_is_refused(tmp_path: Path, sql_copy: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    store = SQLiteStore(db, sql_dir=sql_copy)
+    try:
+        await store.migrate()
+        initial = sql_copy / "001_initial.sql"
+        initial.write_text(initial.read_text() + "\n-- sneaky edit\n")
+        (sql_copy / "900_later.sql").write_text("CREATE TABLE tb_later (x INTEGER);")
+        with pytest.raises(MigrationError, match="001_initial.sql") as info:
+            await store.migrate()
+        assert "changed after it was applied" in str(info.value)
+        with pytest.raises(MigrationError, match="001_initial.sql"):
+            await store.migration_status()
+        # nothing after the edited file was applied either
+        assert ("table", "tb_later") not in objects(db)
+        assert [v for v, _, _ in tracking(db)] == [1]
+    finally:
+        await store.close()
+
+
+def test_crlf_checkout_is_not_an_edit() -> None:
+    assert checksum_of("CREATE TABLE a (x);\r\nSELECT 1;\r\n") == checksum_of(
+        "CREATE TABLE a (x);\nSELECT 1;\n"
+    )
+
+
+async def test_failing_migration_leaves_nothing_behind(tmp_path: Path, sql_copy: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    store = SQLiteStore(db, sql_dir=sql_copy)
+    try:
+        await store.migrate()
+        before = objects(db)
+        bad = sql_copy / "002_broken.sql"
+        bad.write_text(
+            "CREATE TABLE tb_half (pk_half INTEGER PRIMARY KEY, id TEXT);\n"
+            "CREATE INDEX ix_half ON tb_half (id);\n"
+            "INSERT INTO tb_half (id) VALUES ('row');\n"
+            "ALTER TABLE tb_resource ADD COLUMN half TEXT;\n"
+            "INSERT INTO tb_does_not_exist VALUES (1);\n"
+        )
+        with pytest.raises(MigrationError, match="002_broken.sql") as info:
+            await store.migrate()
+        assert "statement 5 of 5" in str(info.value)
+        assert objects(db) == before  # no table, no index, no column
+        conn = sqlite3.connect(db)
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(tb_resource)")}
+        finally:
+            conn.close()
+        assert "half" not in columns
+        assert [v for v, _, _ in tracking(db)] == [1]
+        # the store still works, and the fixed file applies
+        assert await store.record_delivery("github", "after-failure") is True
+        bad.write_text("CREATE TABLE tb_half (pk_half INTEGER PRIMARY KEY, id TEXT);\n")
+        assert [m.name for m in await store.migrate()] == ["002_broken.sql"]
+    finally:
+        await store.close()
+
+
+def test_first_migration_failing_on_fresh_database(tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE t1 (x);\nCREATE TABLE t1 (x);\n")
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        with pytest.raises(MigrationError, match="001_a.sql"):
+            MigrationRunner(SQLiteMigrationConnection(conn), folder).migrate()
+        assert not conn.in_transaction
+    finally:
+        conn.close()
+    assert objects(tmp_path / "db.sqlite") == {("table", "tb_schema_migration")}
+    assert tracking(tmp_path / "db.sqlite") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("1_short.sql", "NNN_name.sql"), ("001-dash.sql", "NNN_name.sql"), ("abc.sql", "NNN_name")],
+)
+def test_misnamed_files_are_refused(tmp_path: Path, name: str, message: str) -> None:
+    (tmp_path / "001_ok.sql").write_text("SELECT 1;")
+    (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match=message):
+        discover(tmp_path)
+
+
+def test_duplicate_versions_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "001_a.sql").write_text("SELECT 1;")
+    (tmp_path / "001_b.sql").write_text("SELECT 1;")
+    with pytest.raises(MigrationError, match="also used by"):
+        discover(tmp_path)
+
+
+def test_out_of_order_pending_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE a (x);")
+    (folder / "003_c.sql").write_text("CREATE TABLE c (x);")
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        runner = MigrationRunner(SQLiteMigrationConnection(conn), folder)
+        assert [m.version for m in runner.migrate()] == [1, 3]
+        (folder / "002_b.sql").write_text("CREATE TABLE b (x);")
+        with pytest.raises(MigrationError, match="002_b.sql"):
+            runner.migrate()
+    finally:
+        conn.close()
+
+
+def test_applied_version_without_file_is_listed(tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE a (x);")
+    (folder / "002_b.sql").write_text("CREATE TABLE b (x);")
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        runner = MigrationRunner(SQLiteMigrationConnection(conn), folder)
+        runner.migrate()
+        (folder / "002_b.sql").unlink()  # an older release reading a newer database
+        status = runner.status()
+        assert [(m.version, m.name, m.applied_at is not None) for m in status] == [
+            (1, "001_a.sql", True), (2, "002_b.sql", True),
+        ]
+        assert runner.pending() == []
+    finally:
+        conn.close()
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match="does not exist"):
+        discover(tmp_path / "nope")
+
+
+def test_connection_must_be_in_manual_transaction_mode(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "db.sqlite")  # default isolation_level ""
+    try:
+        with pytest.raises(MigrationError):
+            SQLiteMigrationConnection(conn)
+    finally:
+        conn.close()
+
+
+def test_split_handles_strings_comments_and_trigger_bodies() -> None:
+    script = """
+    -- leading comment; with a semicolon
+    CREATE TABLE t (a TEXT DEFAULT 'x;y', "we;ird" TEXT); /* block; comment */
+    CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+        UPDATE t SET a = 'in;trigger';
+        SELECT 1;
+    END;
+    -- only a comment here;
+    INSERT INTO t (a) VALUES ('it''s; fine')
+    """
+    statements = split_sqlite_script(script)
+    assert len(statements) == 3
+    assert statements[0].endswith("""TEXT DEFAULT 'x;y', "we;ird" TEXT);""")
+    assert statements[1].startswith("/* block; comment */")  # harmless leading comment
+    assert statements[1].rstrip().endswith("END;")
+    assert statements[2].endswith("VALUES ('it''s; fine')")
+    conn = sqlite3.connect(":memory:")
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        assert conn.execute("SELECT a FROM t").fetchone() == ("in;trigger",)
+    finally:
+        conn.close()
+
+
+def test_split_refuses_an_unterminated_statement() -> None:
+    with pytest.raises(MigrationError, match="unterminated"):
+        split_sqlite_script("CREATE TABLE t (a TEXT DEFAULT 'oops);")
+
+
+def test_initial_schema_splits_into_real_statements() -> None:
+    sql = (default_sql_dir("sqlite") / "001_initial.sql").read_text()
+    statements = split_sqlite_script(sql)
+    triggers = [s for s in statements if "CREATE TRIGGER" in s]
+    assert len(triggers) == 1 and triggers[0].endswith("END;")
+    assert all(sqlite3.complete_statement(s) for s in statements)
+
+
+async def test_store_without_schema_says_to_migrate(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "empty.db")
+    try:
+        with pytest.raises(StoreError, match="schema is missing"):
+            await store.list_resources()
+    finally:
+        await store.close()
