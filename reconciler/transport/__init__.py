@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from reconciler.errors import ProviderError
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -25,6 +27,19 @@ class CommandResult:
 
     def text(self) -> str:
         return (self.stdout + self.stderr).decode(errors="replace")
+
+
+class CommandTimeout(ProviderError):
+    """A command outlived its timeout and was killed; carries the output it produced so far
+    (callers such as Job runs report it)."""
+
+    code = "FR401"
+    hint = "raise the timeout or find out why the command hangs (its output is attached)"
+
+    def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"") -> None:
+        super().__init__(message)
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 class Transport(Protocol):

@@ -1,0 +1,158 @@
+"""One health probe: http, tcp or exec, bounded by the check's ``timeout``.
+
+``check`` is a Service's ``health`` mapping (or any mapping with one or more of ``http``, ``tcp``,
+``exec`` and an optional ``timeout``). When several probe kinds are present, all must pass.
+
+http: ``url`` with ``{host}`` replaced by the instance address. ``expectStatus`` is one status
+code or a list of them; when it is unset any 2xx passes (redirects are not followed, so a 3xx
+fails: a health endpoint that redirects is usually a login page). ``bodyContains`` is an optional
+substring of the body.
+tcp: connect to ``host`` (default: the instance address; ``{host}`` is replaced too) and ``port``.
+exec: run ``command`` (argv) through the given transport (default: this machine); exit 0 passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from reconciler.errors import ProviderError
+from reconciler.health.durations import to_seconds
+from reconciler.providers import Instance
+from reconciler.transport import Transport
+
+DEFAULT_TIMEOUT_S = 2.0
+PROBE_KINDS = ("http", "tcp", "exec")
+_BODY_LIMIT = 1 << 20  # bodyContains looks at the first MiB; health bodies are small
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    message: str
+    duration_s: float
+
+
+def _host_for_url(address: str) -> str:
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def _expected_statuses(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int | str):
+        return [int(value)]
+    return [int(v) for v in value]
+
+
+async def _probe_http(
+    spec: Mapping[str, Any], instance: Instance, limit_s: float
+) -> tuple[bool, str]:
+    timeout = limit_s
+    url = str(spec["url"]).replace("{host}", _host_for_url(instance.address))
+    expected = _expected_statuses(spec.get("expectStatus"))
+    needle = spec.get("bodyContains")
+    try:
+        async with (
+            asyncio.timeout(timeout),
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            client.stream("GET", url) as response,
+        ):
+            status = response.status_code
+            if expected is None and not 200 <= status < 300:
+                return False, f"{url}: status {status}, expected 2xx"
+            if expected is not None and status not in expected:
+                want = " or ".join(str(s) for s in expected)
+                return False, f"{url}: status {status}, expected {want}"
+            if needle is not None:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) >= _BODY_LIMIT:
+                        break
+                if str(needle) not in body.decode(errors="replace"):
+                    return False, f"{url}: status {status}, body does not contain {str(needle)!r}"
+            return True, f"{url}: status {status}"
+    except (TimeoutError, httpx.TimeoutException):
+        return False, f"{url}: timed out after {timeout:g}s"
+    except httpx.InvalidURL as exc:
+        return False, f"{url}: invalid URL: {exc}"
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        return False, f"{url}: {reason}"
+
+
+async def _probe_tcp(
+    spec: Mapping[str, Any], instance: Instance, limit_s: float
+) -> tuple[bool, str]:
+    timeout = limit_s
+    host = str(spec.get("host") or instance.address).replace("{host}", instance.address)
+    port = int(spec["port"])
+    where = f"tcp {_host_for_url(host)}:{port}"
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return False, f"{where}: timed out after {timeout:g}s"
+    except OSError as exc:
+        return False, f"{where}: {exc.strerror or exc}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True, f"{where}: open"
+
+
+async def _probe_exec(
+    spec: Mapping[str, Any], limit_s: float, transport: Transport | None
+) -> tuple[bool, str]:
+    timeout = limit_s
+    command: Sequence[str] = [str(a) for a in spec["command"]]
+    if transport is None:
+        from reconciler.transport.local import LocalTransport
+
+        transport = LocalTransport()
+    name = f"exec {command[0]}" if command else "exec"
+    try:
+        result = await transport.run(command, timeout=timeout)
+    except ProviderError as exc:
+        return False, f"{name}: {exc.message}"
+    if result.ok:
+        return True, f"{name}: exit 0"
+    tail = result.text().strip().splitlines()[-1:] if result.text().strip() else []
+    suffix = f": {tail[0][:200]}" if tail else ""
+    return False, f"{name}: exit {result.returncode}{suffix}"
+
+
+async def probe(
+    check: Mapping[str, Any], instance: Instance, *, transport: Transport | None = None
+) -> ProbeResult:
+    """Run every probe kind present in ``check`` once; ok when all pass."""
+    timeout = to_seconds(check.get("timeout"), DEFAULT_TIMEOUT_S)
+    kinds = [k for k in PROBE_KINDS if check.get(k) is not None]
+    if not kinds:
+        raise ValueError("health check has none of http, tcp, exec")
+    started = time.monotonic()
+    messages: list[str] = []
+    ok = True
+    for kind in kinds:
+        spec = check[kind]
+        try:
+            # Each kind bounds itself by `timeout` and says where it timed out; this outer bound,
+            # with a little slack so the inner one wins the race, is a safety net.
+            if kind == "http":
+                work = _probe_http(spec, instance, timeout)
+            elif kind == "tcp":
+                work = _probe_tcp(spec, instance, timeout)
+            else:
+                work = _probe_exec(spec, timeout, transport)
+            passed, message = await asyncio.wait_for(work, timeout + 1.0)
+        except TimeoutError:
+            passed, message = False, f"{kind}: timed out after {timeout:g}s"
+        ok = ok and passed
+        messages.append(message)
+    return ProbeResult(ok, "; ".join(messages), time.monotonic() - started)

@@ -1,0 +1,121 @@
+"""Wait until an instance is healthy, with Docker/Kubernetes-style thresholds.
+
+Timing (all Go durations): wait ``initialDelay``, then probe every ``interval`` (measured from the
+start of one probe to the start of the next). Failures while ``startPeriod`` lasts (counted from
+the call) do not count. Healthy after ``successThreshold`` consecutive passes; unhealthy after
+``failureThreshold`` consecutive counted failures. A service that flaps between the two never
+reaches either threshold, so an overall deadline (by default the time the thresholds could need,
+twice over) ends the wait as unhealthy.
+
+A health section without http/tcp/exec means "healthy when its process is running": give
+``is_running`` and it is asked once, after ``initialDelay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.health.durations import to_seconds
+from reconciler.health.probes import DEFAULT_TIMEOUT_S, PROBE_KINDS, probe
+from reconciler.providers import Instance
+from reconciler.transport import Transport
+
+DEFAULT_INTERVAL_S = 2.0
+DEFAULT_INITIAL_DELAY_S = 0.0
+DEFAULT_START_PERIOD_S = 10.0
+DEFAULT_SUCCESS_THRESHOLD = 1
+DEFAULT_FAILURE_THRESHOLD = 3
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    healthy: bool
+    message: str
+    probes: int
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    interval: float
+    timeout: float
+    initial_delay: float
+    start_period: float
+    success_threshold: int
+    failure_threshold: int
+
+    @classmethod
+    def from_spec(cls, health: Mapping[str, Any]) -> HealthPolicy:
+        policy = cls(
+            interval=to_seconds(health.get("interval"), DEFAULT_INTERVAL_S),
+            timeout=to_seconds(health.get("timeout"), DEFAULT_TIMEOUT_S),
+            initial_delay=to_seconds(health.get("initialDelay"), DEFAULT_INITIAL_DELAY_S),
+            start_period=to_seconds(health.get("startPeriod"), DEFAULT_START_PERIOD_S),
+            success_threshold=int(health.get("successThreshold", DEFAULT_SUCCESS_THRESHOLD)),
+            failure_threshold=int(health.get("failureThreshold", DEFAULT_FAILURE_THRESHOLD)),
+        )
+        if policy.success_threshold < 1 or policy.failure_threshold < 1:
+            raise ValueError("successThreshold and failureThreshold must be at least 1")
+        return policy
+
+    def default_deadline(self) -> float:
+        per_probe = self.interval + self.timeout
+        needed = self.start_period + (self.success_threshold + self.failure_threshold) * per_probe
+        return self.initial_delay + 2 * needed
+
+
+def has_probes(health: Mapping[str, Any] | None) -> bool:
+    if not health:
+        return False
+    return any(health.get(k) is not None for k in PROBE_KINDS)
+
+
+async def wait_healthy(
+    health: Mapping[str, Any] | None,
+    instance: Instance,
+    *,
+    transport: Transport | None = None,
+    is_running: Callable[[], Awaitable[bool]] | None = None,
+    deadline_s: float | None = None,
+) -> HealthResult:
+    """Probe ``instance`` until the thresholds decide; never raises for an unhealthy service."""
+    health = health or {}
+    policy = HealthPolicy.from_spec(health)
+    started = time.monotonic()
+    if policy.initial_delay > 0:
+        await asyncio.sleep(policy.initial_delay)
+
+    if not has_probes(health):
+        if is_running is None:
+            raise ValueError("health has no http/tcp/exec probe and no is_running check was given")
+        running = await is_running()
+        return HealthResult(running, "process running" if running else "process not running", 1)
+
+    deadline = started + (deadline_s if deadline_s is not None else policy.default_deadline())
+    passes = failures = probes = 0
+    last = ""
+    while True:
+        probe_started = time.monotonic()
+        result = await probe(health, instance, transport=transport)
+        probes += 1
+        last = result.message
+        if result.ok:
+            passes += 1
+            failures = 0
+            if passes >= policy.success_threshold:
+                return HealthResult(True, last, probes)
+        else:
+            passes = 0
+            if probe_started - started >= policy.start_period:
+                failures += 1
+                if failures >= policy.failure_threshold:
+                    return HealthResult(False, f"{last} ({failures} consecutive failures)", probes)
+        next_at = probe_started + policy.interval
+        if next_at >= deadline:
+            return HealthResult(
+                False, f"not healthy within {deadline - started:g}s; last: {last}", probes
+            )
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
