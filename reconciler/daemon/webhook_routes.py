@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reconciler.observe.metrics import WEBHOOK_REQUESTS
 from reconciler.source.webhooks import (
     PROVIDERS,
     WebhookAuthError,
@@ -158,6 +159,9 @@ def webhook_routes(
                 outcome=outcome,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
+            # Unknown path segments are collapsed so clients cannot mint label values.
+            label = fields["provider"] if fields["provider"] in PROVIDERS else "unknown"
+            WEBHOOK_REQUESTS.labels(label, outcome).inc()
             level = logging.INFO if status < 400 else logging.WARNING
             log.log(
                 level,

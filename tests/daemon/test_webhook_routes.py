@@ -19,6 +19,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from reconciler.daemon.webhook_routes import RateLimit, TokenBucket, WebhookConfig, webhook_routes
+from reconciler.observe.metrics import REGISTRY
 from reconciler.source.webhooks import WebhookEvent
 from tests.helpers import need
 
@@ -559,3 +560,30 @@ def test_config_repr_hides_secrets() -> None:
         make_config(secrets={"sourcehut": b"x"})
     with pytest.raises(ValueError):
         RateLimit(per_second=0, burst=1)
+
+
+def _count(provider: str, result: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "reconciler_webhook_requests_total", {"provider": provider, "result": result}
+    )
+    return value or 0.0
+
+
+async def test_requests_are_counted_by_provider_and_result(client: TestClient) -> None:
+    before = (
+        _count("github", "accepted"),
+        _count("github", "unauthorized"),
+        _count("unknown", "unknown_provider"),
+    )
+    body = sample("github/push.new-branch.json")
+    assert (
+        await post(client, "github", body, signed_headers("github", body, "push"))
+    ).status == 202
+    assert (await post(client, "github", body, {"X-GitHub-Event": "push"})).status == 401
+    assert (await post(client, "no-such-host-" + "x" * 30, b"{}", {})).status == 404
+    after = (
+        _count("github", "accepted"),
+        _count("github", "unauthorized"),
+        _count("unknown", "unknown_provider"),
+    )
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1]
