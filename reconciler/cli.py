@@ -535,18 +535,40 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
 @click.option("--interval", default="30s", show_default=True,
               help="Poll interval for remotes and full resync (Go duration).")
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
+@click.option("--no-heal", is_flag=True, help="Report drift without redeploying.")
+@click.option("--webhook-secret", "webhook_secrets", multiple=True, metavar="PROVIDER=REF",
+              help="Enable POST /webhooks/PROVIDER with a secret reference, e.g. "
+                   "github=env:GITHUB_WEBHOOK_SECRET or gitlab=file:/etc/reconciler/gitlab.")
+@click.option("--webhook-repo", "webhook_repos", multiple=True, metavar="URL",
+              help="Repository URL whose pushes trigger (default: --repo when it is a URL).")
+@click.option("--webhook-branch", "webhook_branches", multiple=True, metavar="BRANCH",
+              help="Branch (glob) whose pushes trigger (default: --ref, else every branch).")
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, interval: str,
-           prune: bool) -> None:
+           prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
+           webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...]) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
+    from reconciler.errors import ReconcilerError as _Err
     from reconciler.spec.durations import parse_duration
+    from reconciler.spec.secrets import resolve_env
 
+    secrets: dict[str, bytes] = {}
+    for item in webhook_secrets:
+        provider, sep, ref_text = item.partition("=")
+        kind, sep2, value = ref_text.partition(":")
+        if not sep or not sep2 or kind not in ("env", "file"):
+            raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
+                       "PROVIDER=file:PATH")
+        secrets[provider.lower()] = resolve_env({"secret": {kind: value}})["secret"].encode()
     host, _, port = listen.rpartition(":")
+    branches = list(webhook_branches) or ([ref] if ref else [])
     config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or
                           "127.0.0.1", listen_port=int(port), interval=parse_duration(interval),
-                          prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url())
+                          prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url(),
+                          heal=not no_heal, webhook_secrets=secrets,
+                          webhook_repos=list(webhook_repos), webhook_branches=branches)
     sys.exit(asyncio.run(run_daemon(config)))
 
 

@@ -14,6 +14,7 @@ import logging
 import random
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,9 @@ class DaemonConfig:
     db_url: str
     heal: bool = True
     max_backoff: float = 300.0
+    webhook_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
+    webhook_repos: list[str] = field(default_factory=list)
+    webhook_branches: list[str] = field(default_factory=list)
 
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
@@ -278,10 +282,26 @@ class Daemon:
                     "lastError": self.last_error}
             return web.json_response(body, status=200 if self.ready else 503)
 
+        if self.cfg.webhook_secrets:
+            from reconciler.daemon.webhook_routes import WebhookConfig, webhook_routes
+
+            repos = self.cfg.webhook_repos or ([self.cfg.repo] if self.source.remote else [])
+            config = WebhookConfig(secrets=self.cfg.webhook_secrets, repo_urls=repos,
+                                   branches=self.cfg.webhook_branches)
+            app.add_routes(webhook_routes(config, self.on_push, self.store.record_delivery))
         app.router.add_get("/metrics", metrics_view)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         return app
+
+    async def on_push(self, event: Any) -> str:
+        """A verified push to the watched repo/branch: fetch and reconcile now. The followed
+        ref is fetched, so the pass runs at the pushed SHA (or a newer one)."""
+        reconcile_id = uuid.uuid4().hex
+        log.info("webhook push queued", extra={"reconcile_id": reconcile_id,
+                                               "sha": event.after, "branch": event.branch})
+        self.trigger("webhook")
+        return reconcile_id
 
     # -- lifecycle -------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -52,6 +52,7 @@ class GitSource:
         self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
         self.remote = is_remote(repo)
         self.commit: str | None = None
+        self._tree_ids: dict[tuple[str, str], str | None] = {}
         if self.remote:
             if state_dir is None:
                 raise SourceError("a state directory is needed to clone a remote repository")
@@ -158,30 +159,32 @@ class GitSource:
 
     def tree_id(self, commit: str, path: str) -> str | None:
         """Git tree (or blob) id of ``path`` at ``commit``: what a path source's revision hangs on."""
-        try:
-            obj = self.repo.commit(commit).tree / path.strip("/")
-        except KeyError:
-            return None
-        return str(obj.hexsha)
+        cache_key = (commit, path)
+        if cache_key not in self._tree_ids:
+            try:
+                obj = self.repo.commit(commit).tree / path.strip("/")
+                self._tree_ids[cache_key] = str(obj.hexsha)
+            except KeyError:
+                self._tree_ids[cache_key] = None
+        return self._tree_ids[cache_key]
 
     async def export(self, commit: str, path: str, dest: Path) -> None:
         """Write the folder ``path`` of ``commit`` into ``dest`` (``git archive``, no work tree)."""
         clean = path.strip("/")
+        argv = ["git", "--git-dir", str(self.git_dir), "archive", "--format=tar", commit]
+        if clean:
+            argv += ["--", clean]
         proc = await asyncio.create_subprocess_exec(
-            "git", "--git-dir", str(self.git_dir), "archive", "--format=tar", commit, "--", clean,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
         dest.mkdir(parents=True, exist_ok=True)
-        prefix = clean + "/"
+        prefix = clean + "/" if clean else ""
         with tarfile.open(fileobj=io.BytesIO(out)) as tar:
             members = []
             for member in tar.getmembers():
-                if member.name == clean:
-                    continue
-                if not member.name.startswith(prefix):
+                if member.name == clean or not member.name.startswith(prefix):
                     continue
                 member.name = member.name[len(prefix):]
                 members.append(member)
