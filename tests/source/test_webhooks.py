@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from reconciler.source.webhooks import (
@@ -849,3 +851,76 @@ def test_matches_on_samples(samples: Path) -> None:
     )
     ping = parse("github", {"X-GitHub-Event": "ping"}, (samples / "github/ping.json").read_bytes())
     assert matches(ping, ["https://github.com/Octocoders/Hello-World"], []) == (False, "ping")
+
+
+# -- robustness: hostile input only ever yields a WebhookEvent or a WebhookPayloadError ------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "ref",
+                    "after",
+                    "before",
+                    "repository",
+                    "full_name",
+                    "push",
+                    "changes",
+                    "new",
+                    "old",
+                    "type",
+                    "name",
+                    "target",
+                    "hash",
+                    "project",
+                    "path_with_namespace",
+                    "ref_type",
+                    "deleted",
+                    "object_kind",
+                    "links",
+                    "html",
+                    "href",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=30,
+)
+_provider_headers = st.sampled_from(
+    [
+        ("github", {"X-GitHub-Event": "push"}),
+        ("github", {"X-GitHub-Event": "delete"}),
+        ("gitea", {"X-Gitea-Event": "push"}),
+        ("gitea", {"X-Gitea-Event": "delete"}),
+        ("gitlab", {"X-Gitlab-Event": "Push Hook"}),
+        ("gitlab", {}),
+        ("bitbucket", {"X-Event-Key": "repo:push"}),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _provider_headers, st.dictionaries(st.text(max_size=8), _json_values, max_size=4) | _json_values
+)
+def test_parse_never_fails_any_other_way(
+    provider_headers: tuple[str, dict[str, str]], document: Any
+) -> None:
+    provider, headers = provider_headers
+    try:
+        event = parse(provider, headers, json.dumps(document).encode())
+    except WebhookPayloadError:
+        return
+    matches(event, ["https://example.com/a/b"], ["main"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_normalize_repo_url_never_raises(url: str) -> None:
+    key = normalize_repo_url(url)
+    assert key is None or "/" in key
