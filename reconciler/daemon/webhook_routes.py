@@ -140,7 +140,10 @@ def webhook_routes(
     async def handle(request: web.Request) -> web.Response:
         started = time.perf_counter()
         fields: dict[str, Any] = {
-            "provider": request.match_info["provider"][:40],
+            # Client-chosen text: bounded and printable before it reaches a log line.
+            "provider": "".join(
+                c if c.isprintable() else "?" for c in request.match_info["provider"][:40]
+            ),
             "remote": request.remote,
             "delivery_id": None,
             "event_kind": None,

@@ -299,6 +299,16 @@ async def test_provider_without_secret_is_404(receiver: Receiver) -> None:
         await client.close()
 
 
+async def test_unknown_provider_is_logged_sanitised(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reconciler.daemon.webhooks")
+    response = await post(client, "evil%0Aline" + "x" * 100, b"{}", {})
+    assert response.status == 404
+    (record,) = [r for r in caplog.records if r.name == "reconciler.daemon.webhooks"]
+    assert record.provider == "evil?line" + "x" * 31
+
+
 async def test_get_is_405(client: TestClient) -> None:
     response = await client.get("/webhooks/github")
     assert response.status == 405
