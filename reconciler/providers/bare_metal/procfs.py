@@ -1,0 +1,51 @@
+"""What /proc says about a process (Linux): enough to tell "our process" from a reused PID."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str  # R, S, D, Z, T, X, ...
+    pgrp: int
+    start_time: int  # clock ticks after boot (field 22): with the pid, a unique identity
+
+    @property
+    def dead(self) -> bool:
+        """Exited but not yet reaped (zombie) or being torn down."""
+        return self.state in ("Z", "X", "x")
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """Fields of /proc/<pid>/stat, or None when no such process exists."""
+    try:
+        raw = (PROC / str(pid) / "stat").read_bytes().decode(errors="replace")
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return None
+    # The command name (field 2) is in parentheses and may itself contain spaces and ")".
+    rest = raw[raw.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3].
+    return ProcStat(pid=pid, state=rest[0], pgrp=int(rest[5 - 3]), start_time=int(rest[22 - 3]))
+
+
+def start_time(pid: int) -> int | None:
+    stat = read_stat(pid)
+    return stat.start_time if stat else None
+
+
+def group_members(pgrp: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgrp``."""
+    members = []
+    for entry in os.scandir(PROC):
+        if not entry.name.isdigit():
+            continue
+        stat = read_stat(int(entry.name))
+        if stat is not None and stat.pgrp == pgrp and not stat.dead:
+            members.append(stat.pid)
+    return members

@@ -1,0 +1,232 @@
+"""Releases of one service on one host, Capistrano/Kamal style, driven through a ``Transport``.
+
+    <service_dir>/releases/<revision>/   exported files (+ build output), never changed afterwards
+    <service_dir>/current -> releases/<revision>   switched atomically (symlink + rename)
+    <service_dir>/releases.json          which releases are complete, and the order they went live
+
+A release directory only counts once ``releases.json`` lists it: an export or build that was
+interrupted leaves a directory that the next deploy deletes and redoes. Every file-system step is
+a coreutils command or a Transport file call, so the same code drives a remote host over SSH.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import secrets
+import shlex
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ProviderError
+from reconciler.providers import Release
+from reconciler.transport import CommandResult, CommandTimeout, Transport
+from reconciler.transport.local import LocalTransport, output_tail
+
+_SAFE_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FS_TIMEOUT_S = 60.0
+STATE_FILE = "releases.json"
+
+
+def check_revision(revision: str) -> str:
+    """Revisions become directory names: refuse anything that could escape ``releases/``."""
+    if not _SAFE_REVISION.match(revision) or revision in (".", ".."):
+        raise ProviderError(f"revision {revision!r} cannot name a release directory")
+    return revision
+
+
+def within(base: str, relative: str | None) -> str:
+    """``base/relative``, refusing absolute paths and ``..`` escapes (workingDir)."""
+    if not relative or relative == ".":
+        return base
+    normal = posixpath.normpath(relative)
+    if posixpath.isabs(normal) or normal == ".." or normal.startswith("../"):
+        raise ProviderError(f"workingDir {relative!r} must stay inside the release directory")
+    return posixpath.join(base, normal)
+
+
+class ReleaseStore:
+    def __init__(self, transport: Transport, service_dir: str, label: str) -> None:
+        self.transport = transport
+        self.service_dir = service_dir
+        self.releases_dir = posixpath.join(service_dir, "releases")
+        self.label = label  # "<env>/<name>" for messages
+
+    def path(self, revision: str) -> str:
+        return posixpath.join(self.releases_dir, check_revision(revision))
+
+    async def _fs(self, *argv: str, check: bool = True) -> CommandResult:
+        return await self.transport.run(list(argv), timeout=_FS_TIMEOUT_S, check=check)
+
+    # -- state -------------------------------------------------------------------------------
+
+    async def load_state(self) -> dict[str, Any]:
+        raw = await self.transport.read_file(posixpath.join(self.service_dir, STATE_FILE))
+        state: dict[str, Any] = {}
+        if raw:
+            try:
+                loaded = json.loads(raw)
+                if isinstance(loaded, dict):
+                    state = loaded
+            except ValueError:
+                state = {}  # a torn or edited file: releases get re-exported, nothing worse
+        state.setdefault("releases", {})
+        state.setdefault("history", [])
+        return state
+
+    async def save_state(self, state: Mapping[str, Any]) -> None:
+        data = json.dumps(state, indent=1, sort_keys=True).encode() + b"\n"
+        await self.transport.write_file(posixpath.join(self.service_dir, STATE_FILE), data)
+
+    # -- releases ----------------------------------------------------------------------------
+
+    async def has(self, revision: str) -> bool:
+        state = await self.load_state()
+        if revision not in state["releases"]:
+            return False
+        return (await self._fs("test", "-d", self.path(revision), check=False)).ok
+
+    async def ensure(
+        self,
+        release: Release,
+        *,
+        build: Sequence[str] | None,
+        working_dir: str | None,
+        env: Mapping[str, str],
+        build_timeout_s: float,
+    ) -> tuple[str, bool]:
+        """The release's directory, exported (and built) unless it is already complete.
+        Returns ``(path, created)``."""
+        revision = check_revision(release.revision)
+        final = self.path(revision)
+        if await self.has(revision):
+            return final, False
+        if release.export is None:
+            raise ProviderError(
+                f"{self.label}: release {revision} is not on {self.transport.host_id} "
+                "and the release has no export"
+            )
+        await self._fs("rm", "-rf", "--", final)
+        await self._fs("mkdir", "-p", "--", self.releases_dir)
+        staging = posixpath.join(self.releases_dir, f".staging-{revision}-{secrets.token_hex(4)}")
+        try:
+            if isinstance(self.transport, LocalTransport):
+                # Same machine: export straight into the staging directory, no extra copy.
+                await self._fs("mkdir", "-p", "--", staging)
+                await release.export(Path(staging))
+            else:
+                with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
+                    await release.export(Path(tmp))
+                    await self.transport.put_tree(Path(tmp), staging)
+            await self._fs("mv", "-T", "--", staging, final)
+        except BaseException as exc:
+            await self._fs("rm", "-rf", "--", staging, check=False)
+            if isinstance(exc, ProviderError | OSError):
+                raise ProviderError(f"{self.label}: export of {revision} failed: {exc}") from exc
+            raise
+        # Build in place (after the rename) so absolute paths it records — virtualenvs,
+        # compiled caches — stay valid; the release only counts once the state file says so.
+        if build:
+            await self._build(
+                revision, final, list(build), within(final, working_dir), env, build_timeout_s
+            )
+        state = await self.load_state()
+        state["releases"][revision] = {
+            "config_commit": release.config_commit,
+            "ready_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        await self.save_state(state)
+        return final, True
+
+    async def _build(
+        self,
+        revision: str,
+        final: str,
+        argv: list[str],
+        cwd: str,
+        env: Mapping[str, str],
+        timeout_s: float,
+    ) -> None:
+        try:
+            result = await self.transport.run(argv, timeout=timeout_s, env=env, cwd=cwd)
+        except CommandTimeout as exc:
+            await self._fs("rm", "-rf", "--", final, check=False)
+            raise ProviderError(
+                f"{self.label}: build {shlex.join(argv)} of {revision} timed out after "
+                f"{timeout_s:g}s: {output_tail(exc.stdout + exc.stderr)}"
+            ) from None
+        except ProviderError:
+            await self._fs("rm", "-rf", "--", final, check=False)
+            raise
+        if not result.ok:
+            await self._fs("rm", "-rf", "--", final, check=False)
+            raise ProviderError(
+                f"{self.label}: build {shlex.join(argv)} of {revision} failed with exit "
+                f"{result.returncode}: {output_tail(result.stdout + result.stderr)}"
+            )
+
+    async def current(self) -> str | None:
+        result = await self._fs(
+            "readlink", "--", posixpath.join(self.service_dir, "current"), check=False
+        )
+        if not result.ok:
+            return None
+        target = result.stdout.decode(errors="replace").strip()
+        return posixpath.basename(target.rstrip("/")) or None
+
+    async def switch(self, revision: str) -> None:
+        """Point ``current`` at ``revision`` atomically and record it as the newest deploy."""
+        link = posixpath.join(self.service_dir, "current")
+        tmp = posixpath.join(self.service_dir, f".current-{secrets.token_hex(4)}")
+        relative = posixpath.join("releases", check_revision(revision))
+        await self._fs("ln", "-sfn", "--", relative, tmp)
+        # mv -T renames the symlink itself over `current` (rename(2)): no moment without one.
+        await self._fs("mv", "-fT", "--", tmp, link)
+        state = await self.load_state()
+        state["history"] = [r for r in state["history"] if r != revision] + [revision]
+        await self.save_state(state)
+
+    async def previous(self) -> str | None:
+        """The release that was live before the current one."""
+        state = await self.load_state()
+        current = await self.current()
+        for revision in reversed(state["history"]):
+            if revision != current:
+                return str(revision)
+        return None
+
+    async def list_dirs(self) -> list[str]:
+        result = await self._fs("ls", "-1A", "--", self.releases_dir, check=False)
+        if not result.ok:
+            return []
+        return [n for n in result.stdout.decode(errors="replace").splitlines() if n]
+
+    async def prune(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` most recently deployed releases; the current and the
+        previous release are always kept. Leftover staging directories go too."""
+        state = await self.load_state()
+        current = await self.current()
+        previous = await self.previous()
+        history: list[str] = [str(r) for r in state["history"]]
+        recency = {revision: i for i, revision in enumerate(history)}
+        names = await self.list_dirs()
+        leftovers = [n for n in names if n.startswith(".")]
+        releases = sorted(
+            (n for n in names if not n.startswith(".")),
+            key=lambda n: recency.get(n, -1),
+            reverse=True,
+        )
+        kept = set(releases[: max(keep, 0)]) | {r for r in (current, previous) if r}
+        doomed = [n for n in releases if n not in kept]
+        for name in doomed + leftovers:
+            await self._fs("rm", "-rf", "--", posixpath.join(self.releases_dir, name))
+        if doomed:
+            for name in doomed:
+                state["releases"].pop(name, None)
+            state["history"] = [r for r in history if r not in doomed]
+            await self.save_state(state)
+        return doomed

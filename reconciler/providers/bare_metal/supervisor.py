@@ -1,0 +1,225 @@
+"""A process supervisor for this machine: detached processes identified by pidfiles.
+
+A service runs in a session of its own (so it outlives the daemon and a stop reaches its whole
+process group) with stdout and stderr appended to ``<service_dir>/logs/<name>.log``. The pidfile
+records the pid *and* the process start time from /proc, so a later daemon — a new process that
+adopts what an earlier one started — never mistakes a recycled pid for the service, and never
+signals a stranger.
+
+It does not restart a process that exits: the reconciler observes "not running" and acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ProviderError
+from reconciler.providers.bare_metal import procfs
+from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceRef, ServiceStatus
+from reconciler.transport.local import write_file_atomic
+
+_POLL_S = 0.05
+_KILL_WAIT_S = 5.0
+LOG_ROTATE_BYTES = 16 << 20  # one previous log (<name>.log.1) is kept
+
+# Processes this Python process started, kept so they can be reaped (a zombie that is our child
+# would otherwise look alive to kill(pid, 0)). Shared by every Supervisor in the process.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def pidfile_path(ref: ServiceRef) -> Path:
+    return Path(ref.service_dir) / "run" / f"{ref.name}.pid"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _reap(pid: int) -> int | None:
+    """Collect the exit status of ``pid`` if it is our exited child; None otherwise."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        code = child.poll()
+        if code is not None:
+            del _CHILDREN[pid]
+        return code
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None  # not our child (adopted): its parent, now init, reaps it
+    if waited == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _read_pidfile(ref: ServiceRef) -> dict[str, Any] | None:
+    try:
+        data = json.loads(pidfile_path(ref).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_ours_and_alive(pid: int, start_time: int) -> tuple[bool, str]:
+    stat = procfs.read_stat(pid)
+    if stat is None:
+        return False, "exited"
+    if stat.start_time != start_time:
+        return False, f"exited (pid {pid} now belongs to another process)"
+    if stat.dead:
+        code = _reap(pid)
+        return False, "exited" if code is None else f"exited with status {code}"
+    return True, f"running (pid {pid})"
+
+
+def _tail_lines(path: Path, count: int) -> list[str]:
+    if count <= 0:
+        return []
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        fh.seek(0, os.SEEK_END)
+        pos = fh.tell()
+        block = 65536
+        data = b""
+        # Read backwards until enough newlines (one extra: the file usually ends with one).
+        while pos > 0 and data.count(b"\n") <= count:
+            step = min(block, pos)
+            pos -= step
+            fh.seek(pos)
+            data = fh.read(step) + data
+    lines = data.decode(errors="replace").splitlines()
+    return lines[-count:]
+
+
+class Supervisor:
+    """``ServiceManager`` for processes on this machine."""
+
+    async def start(self, ref: ServiceRef, launch: LaunchSpec) -> ServiceStatus:
+        current = await self.status(ref)
+        if current.running:
+            if current.revision == launch.revision:
+                return current
+            raise ProviderError(
+                f"{ref}: revision {current.revision} is still running (pid {current.pid}); "
+                "stop it first"
+            )
+        if not launch.argv:
+            raise ProviderError(f"{ref}: no command to start")
+        return await asyncio.to_thread(self._start_sync, ref, launch)
+
+    def _start_sync(self, ref: ServiceRef, launch: LaunchSpec) -> ServiceStatus:
+        log_path = Path(ref.log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if log_path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        started_at = _now()
+        with log_path.open("ab") as log:
+            log.write(f"[fraisier {started_at}] starting revision {launch.revision}\n".encode())
+            log.flush()
+            try:
+                child = subprocess.Popen(
+                    launch.argv,
+                    cwd=launch.cwd,
+                    env=launch.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise ProviderError(
+                    f"{ref}: cannot start {launch.argv[0]!r} in {launch.cwd}: {exc.strerror or exc}"
+                ) from exc
+        _CHILDREN[child.pid] = child
+        start_time = procfs.start_time(child.pid)
+        if start_time is None:  # cannot happen for an unreaped child; be explicit if it does
+            raise ProviderError(f"{ref}: started pid {child.pid} but /proc has no record of it")
+        record = {
+            "pid": child.pid,
+            "start_time": start_time,
+            "revision": launch.revision,
+            "started_at": started_at,
+            "argv0": launch.argv[0],
+        }
+        write_file_atomic(pidfile_path(ref), json.dumps(record).encode() + b"\n", 0o644)
+        detail = f"running (pid {child.pid})"
+        return ServiceStatus(True, launch.revision, child.pid, started_at, detail)
+
+    async def status(self, ref: ServiceRef) -> ServiceStatus:
+        return await asyncio.to_thread(self._status_sync, ref)
+
+    def _status_sync(self, ref: ServiceRef) -> ServiceStatus:
+        record = _read_pidfile(ref)
+        if record is None:
+            return ServiceStatus(False, detail="not started")
+        try:
+            pid, start_time = int(record["pid"]), int(record["start_time"])
+        except (KeyError, TypeError, ValueError):
+            return ServiceStatus(False, detail=f"unreadable pidfile {pidfile_path(ref)}")
+        revision = record.get("revision")
+        started_at = record.get("started_at")
+        alive, detail = _is_ours_and_alive(pid, start_time)
+        return ServiceStatus(
+            alive,
+            str(revision) if revision is not None else None,
+            pid,
+            str(started_at) if started_at is not None else None,
+            detail,
+        )
+
+    async def stop(self, ref: ServiceRef, timeout_s: float) -> None:
+        status = await self.status(ref)
+        if status.running and status.pid is not None:
+            await self._terminate(ref, status.pid, timeout_s)
+        with contextlib.suppress(FileNotFoundError):
+            pidfile_path(ref).unlink()
+
+    async def _terminate(self, ref: ServiceRef, pid: int, timeout_s: float) -> None:
+        record = _read_pidfile(ref) or {}
+        start_time = int(record.get("start_time", -1))
+        # The pid is the group id: the service was started as a session (and group) leader.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leader_alive, _ = _is_ours_and_alive(pid, start_time)
+            if not leader_alive and not procfs.group_members(pid):
+                return
+            await asyncio.sleep(_POLL_S)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + _KILL_WAIT_S
+        while time.monotonic() < deadline:
+            leader_alive, _ = _is_ours_and_alive(pid, start_time)
+            if not leader_alive:
+                return
+            await asyncio.sleep(_POLL_S)
+        raise ProviderError(f"{ref}: pid {pid} survived SIGKILL for {_KILL_WAIT_S:g}s")
+
+    async def logs(self, ref: ServiceRef, tail: int) -> list[str]:
+        return await asyncio.to_thread(_tail_lines, Path(ref.log_path), tail)
+
+    async def remove(self, ref: ServiceRef) -> None:
+        def forget() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                pidfile_path(ref).unlink()
+            with contextlib.suppress(OSError):
+                pidfile_path(ref).parent.rmdir()
+
+        await asyncio.to_thread(forget)
