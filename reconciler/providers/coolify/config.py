@@ -1,0 +1,327 @@
+"""Typed settings read from a Coolify Target and from a Service's `coolify:` section.
+
+The documents were schema-checked by the loader (schemas/providers/coolify-*.json); this module
+still checks what it relies on, so a provider built from a hand-made Resource fails with a clear
+CoolifyConfigError instead of a KeyError deep inside a deploy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from reconciler.errors import SecretError
+from reconciler.spec.model import Resource
+
+from .errors import CoolifyConfigError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Go-style duration ("1m30s", "500ms") -> seconds. Plain numbers are seconds."""
+    if isinstance(value, bool):
+        raise CoolifyConfigError(f"{where}: expected a duration like '30s', got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value:
+        raise CoolifyConfigError(f"{where}: expected a duration like '30s', got {value!r}")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(value):
+        raise CoolifyConfigError(
+            f"{where}: {value!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h30m)"
+        )
+    return total
+
+
+def describe_secret_ref(ref: Any) -> str:
+    """A printable name for a secret reference: 'env:NAME' / 'file:/path' (never the value)."""
+    if isinstance(ref, Mapping):
+        if "env" in ref:
+            return f"env:{ref['env']}"
+        if "file" in ref:
+            return f"file:{ref['file']}"
+    return "<inline value>"
+
+
+def is_secret_ref(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
+
+
+def resolve_secret(ref: Any, where: str) -> str:
+    """Resolve one `{env: NAME}` / `{file: path}` reference. Errors name the reference only."""
+    shared = _shared_resolver()
+    if shared is not None:
+        try:
+            resolved = shared({"value": ref})
+        except TypeError:  # a signature other than the one assumed here: use the local resolver
+            resolved = None
+        value = resolved.get("value") if isinstance(resolved, Mapping) else None
+        if isinstance(value, str):
+            return value
+    if not is_secret_ref(ref):
+        raise CoolifyConfigError(
+            f"{where}: expected a secret reference {{env: NAME}} or {{file: /path}}"
+        )
+    if "env" in ref:
+        name = str(ref["env"])
+        env_value = os.environ.get(name)
+        if env_value is None:
+            raise SecretError(f"{where}: environment variable {name} is not set")
+        return env_value
+    path = Path(str(ref["file"]))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SecretError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
+    # A trailing newline is how editors save files, not part of the secret.
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _shared_resolver() -> Any:
+    """The project-wide resolver (reconciler.spec.secrets.resolve_env) when it exists."""
+    try:
+        from reconciler.spec import secrets  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return getattr(secrets, "resolve_env", None)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+    max_retry_after: float = 120.0
+    rate_limit_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    name: str
+    url: str
+    api_base: str
+    token_ref: Mapping[str, Any]
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    request_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    deploy_timeout: float = 1800.0
+    poll_interval: float = 2.0
+    poll_max_interval: float = 15.0
+    cancel_on_timeout: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def from_target(cls, target: Resource) -> TargetSettings:
+        spec = target.spec
+        where = f"{target.file}: Target {target.name}"
+        url = spec.get("url")
+        if not isinstance(url, str) or not url:
+            raise CoolifyConfigError(
+                f"{where}: `url` is required (e.g. https://coolify.example.com)"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CoolifyConfigError(f"{where}: `url` must be an http(s) URL, got {url!r}")
+        if parts.username or parts.password:
+            raise CoolifyConfigError(f"{where}: `url` must not carry credentials; use `token`")
+        base = url.rstrip("/")
+        api_base = base if base.endswith("/api/v1") else f"{base}/api/v1"
+        token = spec.get("token")
+        if not is_secret_ref(token):
+            raise CoolifyConfigError(
+                f"{where}: `token` must be a secret reference {{env: NAME}} or {{file: /path}}"
+            )
+        retry_spec = spec.get("retry") or {}
+        retry = RetryPolicy(
+            attempts=int(retry_spec.get("attempts", RetryPolicy.attempts)),
+            backoff=parse_duration(retry_spec.get("backoff", "500ms"), f"{where}: retry.backoff"),
+            max_backoff=parse_duration(
+                retry_spec.get("maxBackoff", "10s"), f"{where}: retry.maxBackoff"
+            ),
+            max_retry_after=parse_duration(
+                retry_spec.get("maxRetryAfter", "2m"), f"{where}: retry.maxRetryAfter"
+            ),
+            rate_limit_attempts=int(
+                retry_spec.get("rateLimitAttempts", RetryPolicy.rate_limit_attempts)
+            ),
+        )
+        if retry.attempts < 1 or retry.rate_limit_attempts < 1:
+            raise CoolifyConfigError(f"{where}: retry attempts must be at least 1")
+        ca_bundle = spec.get("caBundle")
+        return cls(
+            name=target.name,
+            url=base,
+            api_base=api_base,
+            token_ref=dict(token),  # type: ignore[arg-type,unused-ignore]
+            verify_tls=bool(spec.get("verifyTls", True)),
+            ca_bundle=str(ca_bundle) if ca_bundle else None,
+            request_timeout=parse_duration(
+                spec.get("requestTimeout", "30s"), f"{where}: requestTimeout"
+            ),
+            connect_timeout=parse_duration(
+                spec.get("connectTimeout", "10s"), f"{where}: connectTimeout"
+            ),
+            deploy_timeout=parse_duration(
+                spec.get("deployTimeout", "30m"), f"{where}: deployTimeout"
+            ),
+            poll_interval=parse_duration(spec.get("pollInterval", "2s"), f"{where}: pollInterval"),
+            poll_max_interval=parse_duration(
+                spec.get("pollMaxInterval", "15s"), f"{where}: pollMaxInterval"
+            ),
+            cancel_on_timeout=bool(spec.get("cancelOnTimeout", True)),
+            retry=retry,
+        )
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """One desired Coolify env. ``value`` is a literal string or a secret reference."""
+
+    key: str
+    value: Any
+    is_literal: bool = False
+    is_multiline: bool = False
+    is_shown_once: bool = False
+
+    @property
+    def secret(self) -> bool:
+        return is_secret_ref(self.value)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    uuid: str | None
+    name: str | None
+    tag: str | None
+    git_commit_sha: str | None
+    image_name: str | None
+    image_tag: str | None
+    image_mode: bool
+    envs: tuple[EnvSpec, ...]
+    prune_envs: bool
+    force: bool
+    auto_deploy: bool | None
+    deploy_timeout: float | None
+    instant_deploy: bool
+
+    @property
+    def lookup_key(self) -> tuple[str | None, str | None, str | None]:
+        return (self.uuid, self.name, self.tag)
+
+    @classmethod
+    def from_resource(cls, resource: Resource) -> ServiceSettings:
+        where = f"{resource.file}: {resource.kind} {resource.name}"
+        section = resource.spec.get("coolify")
+        if not isinstance(section, Mapping):
+            raise CoolifyConfigError(
+                f"{where}: a {resource.kind} on a Coolify target needs a `coolify:` section "
+                "naming the application (uuid, name or tag)"
+            )
+        uuid = _opt_str(section, "uuid", where)
+        name = _opt_str(section, "name", where)
+        tag = _opt_str(section, "tag", where)
+        if not (uuid or name or tag):
+            raise CoolifyConfigError(f"{where}: coolify: set `uuid`, or `name` and/or `tag`")
+        sha = _opt_str(section, "gitCommitSha", where)
+        if sha is not None and not GIT_SHA.match(sha):
+            raise CoolifyConfigError(
+                f"{where}: coolify.gitCommitSha must be 7-40 lowercase hex digits"
+            )
+        image = section.get("image")
+        image_name = image_tag = None
+        if image is not None:
+            if not isinstance(image, Mapping):
+                raise CoolifyConfigError(f"{where}: coolify.image must be a mapping {{name, tag}}")
+            image_name = _opt_str(image, "name", where)
+            image_tag = _opt_str(image, "tag", where)
+        if sha is not None and image is not None:
+            raise CoolifyConfigError(f"{where}: coolify: set `gitCommitSha` or `image`, not both")
+        envs: list[EnvSpec] = []
+        for key, raw in (section.get("envs") or {}).items():
+            if not isinstance(key, str) or not ENV_KEY.match(key):
+                raise CoolifyConfigError(
+                    f"{where}: coolify.envs: {key!r} is not a valid variable name"
+                )
+            envs.append(_env_spec(key, raw, where))
+        timeout = section.get("deployTimeout")
+        return cls(
+            uuid=uuid,
+            name=name,
+            tag=tag,
+            git_commit_sha=sha,
+            image_name=image_name,
+            image_tag=image_tag,
+            image_mode=image is not None,
+            envs=tuple(envs),
+            prune_envs=bool(section.get("pruneEnvs", False)),
+            force=bool(section.get("force", False)),
+            auto_deploy=section.get("autoDeploy")
+            if isinstance(section.get("autoDeploy"), bool)
+            else None,
+            deploy_timeout=parse_duration(timeout, f"{where}: coolify.deployTimeout")
+            if timeout
+            else None,
+            instant_deploy=bool(section.get("instantDeploy", False)),
+        )
+
+
+def _opt_str(section: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise CoolifyConfigError(f"{where}: coolify.{key} must be a non-empty string")
+    return value
+
+
+def _env_spec(key: str, raw: Any, where: str) -> EnvSpec:
+    if isinstance(raw, bool) or raw is None:
+        raise CoolifyConfigError(
+            f"{where}: coolify.envs.{key}: expected a string or a secret reference"
+        )
+    if isinstance(raw, int | float):
+        return EnvSpec(key, str(raw))
+    if isinstance(raw, str) or is_secret_ref(raw):
+        return EnvSpec(key, raw)
+    if isinstance(raw, Mapping) and "value" in raw:
+        value = raw["value"]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not (isinstance(value, str) or is_secret_ref(value)):
+            raise CoolifyConfigError(
+                f"{where}: coolify.envs.{key}.value: expected a string or a secret reference"
+            )
+        return EnvSpec(
+            key,
+            value,
+            is_literal=bool(raw.get("literal", False)),
+            is_multiline=bool(raw.get("multiline", False)),
+            is_shown_once=bool(raw.get("shownOnce", False)),
+        )
+    raise CoolifyConfigError(
+        f"{where}: coolify.envs.{key}: expected a string, a secret reference or {{value: ...}}"
+    )
