@@ -137,8 +137,8 @@ class SQLiteStore:
                 ) from exc
             if "locked" in text or "busy" in text:
                 raise StoreError(
-                    f"{self.path}: database stayed locked for more than {self.busy_timeout:g} s "
-                    "(another process holds a long write transaction)"
+                    f"{self.path}: database is locked by another connection "
+                    f"(waited up to {self.busy_timeout:g} s)"
                 ) from exc
             raise StoreError(f"{self.path}: {text}") from exc
         except sqlite3.Error as exc:

@@ -107,10 +107,10 @@ async def test_edited_applied_file_is_refused(tmp_path: Path, sql_copy: Path) ->
         initial = sql_copy / "001_initial.sql"
         initial.write_text(initial.read_text() + "\n-- sneaky edit\n")
         (sql_copy / "900_later.sql").write_text("CREATE TABLE tb_later (x INTEGER);")
-        with pytest.raises(MigrationError, match="001_initial.sql") as info:
+        with pytest.raises(MigrationError, match=r"001_initial\.sql") as info:
             await store.migrate()
         assert "changed after it was applied" in str(info.value)
-        with pytest.raises(MigrationError, match="001_initial.sql"):
+        with pytest.raises(MigrationError, match=r"001_initial\.sql"):
             await store.migration_status()
         # nothing after the edited file was applied either
         assert ("table", "tb_later") not in objects(db)
@@ -139,7 +139,7 @@ async def test_failing_migration_leaves_nothing_behind(tmp_path: Path, sql_copy:
             "ALTER TABLE tb_resource ADD COLUMN half TEXT;\n"
             "INSERT INTO tb_does_not_exist VALUES (1);\n"
         )
-        with pytest.raises(MigrationError, match="002_broken.sql") as info:
+        with pytest.raises(MigrationError, match=r"002_broken\.sql") as info:
             await store.migrate()
         assert "statement 5 of 5" in str(info.value)
         assert objects(db) == before  # no table, no index, no column
@@ -164,7 +164,7 @@ def test_first_migration_failing_on_fresh_database(tmp_path: Path) -> None:
     (folder / "001_a.sql").write_text("CREATE TABLE t1 (x);\nCREATE TABLE t1 (x);\n")
     conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
     try:
-        with pytest.raises(MigrationError, match="001_a.sql"):
+        with pytest.raises(MigrationError, match=r"001_a\.sql"):
             MigrationRunner(SQLiteMigrationConnection(conn), folder).migrate()
         assert not conn.in_transaction
     finally:
@@ -201,7 +201,7 @@ def test_out_of_order_pending_file_is_refused(tmp_path: Path) -> None:
         runner = MigrationRunner(SQLiteMigrationConnection(conn), folder)
         assert [m.version for m in runner.migrate()] == [1, 3]
         (folder / "002_b.sql").write_text("CREATE TABLE b (x);")
-        with pytest.raises(MigrationError, match="002_b.sql"):
+        with pytest.raises(MigrationError, match=r"002_b\.sql"):
             runner.migrate()
     finally:
         conn.close()
