@@ -1,0 +1,102 @@
+"""On-disk cache of parsed, validated documents, keyed by the git blob id of their file.
+
+A warm load reads one small marshal file per unchanged blob instead of parsing and validating
+its YAML, so the cost of a reconcile follows what changed, not the size of the fleet. Entries are
+only written for files that loaded without a problem. The cache directory is namespaced by a
+version covering the schemas' bytes, the loader's version, and the Python/PyYAML/croniter
+versions (marshal's format and what parses or validates may change with them); a new version
+simply starts an empty namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import marshal
+import os
+import sys
+import tempfile
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.spec.validate import schemas_version
+
+# Bump when the loader's records or checks change meaning.
+LOADER_VERSION = "1"
+
+# (document index in file, line, kind, name, environment, labels, spec, hash)
+Record = tuple[int, int, str, str, str, dict[str, str], dict[str, Any], str]
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+@cache
+def cache_version() -> str:
+    parts = [
+        LOADER_VERSION,
+        schemas_version(),
+        sys.version,
+        str(marshal.version),
+        yaml.__version__,
+        _package_version("croniter"),
+        _package_version("fastjsonschema"),
+    ]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+class SpecCache:
+    """Directory-backed cache: ``<dir>/<version>/<blob[:2]>/<blob>``, one marshal file per blob."""
+
+    def __init__(self, directory: Path, *, version: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.version = version or cache_version()
+        self.root = self.directory / self.version
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, blob_id: str) -> Path:
+        if len(blob_id) < 3 or not all(c in "0123456789abcdef" for c in blob_id):
+            raise ValueError(f"not a git blob id: {blob_id!r}")
+        return self.root / blob_id[:2] / blob_id
+
+    def get(self, blob_id: str) -> list[Record] | None:
+        """The records stored for ``blob_id``, or None (absent or unreadable: treated as a miss)."""
+        try:
+            raw = self._path(blob_id).read_bytes()
+            records = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
+        except (OSError, EOFError, ValueError, TypeError):
+            self.misses += 1
+            return None
+        if not isinstance(records, list):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return records
+
+    def put(self, blob_id: str, records: list[Record]) -> None:
+        """Store ``records`` atomically (readers never see a half-written file)."""
+        path = self._path(blob_id)
+        data = marshal.dumps(records)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError:
+            # a cache that cannot be written only costs speed, never correctness
+            return

@@ -1,0 +1,780 @@
+"""Load the desired state: YAML files → validated, cross-checked ``Resource`` objects.
+
+Fast path (every file, every run without a cache): ``yaml.load_all`` with the C safe loader (no
+node marks), compiled fastjsonschema validators, a cheap text scan for the line where each
+document starts, and a canonical-JSON hash per document. Only a file that fails anywhere on that
+path is parsed again with marks (``compose``) and validated by jsonschema, which yields every
+violation with its location. Cross-file checks (duplicates, references, cycles) run on the fast
+data and re-parse only the file involved to locate a problem. With a ``SpecCache`` a file whose
+git blob is already cached is neither read nor parsed.
+
+Every problem is collected; ``load_desired_state`` raises one ``SpecError`` carrying them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import SourceError, SpecError, SpecProblem
+from reconciler.spec.cache import Record, SpecCache
+from reconciler.spec.cron import cron_error, timezone_error
+from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
+from reconciler.spec.validate import (
+    API_VERSION,
+    KIND_SCHEMAS,
+    Issue,
+    Path_,
+    fast_errors,
+    fast_message_issue,
+    format_path,
+    schema_issues,
+    short_repr,
+)
+
+YAML_SUFFIXES = (".yaml", ".yml")
+_KIND_LIST = ", ".join(sorted(KIND_SCHEMAS))
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One YAML file of the desired state, however it is stored (folder, git tree)."""
+
+    path: str  # shown in errors, posix, e.g. "examples/fleet/api.yaml"
+    blob_id: str  # git blob sha1 of the content
+    read: Callable[[], bytes]
+
+
+def git_blob_id(data: bytes) -> str:
+    """The id ``git hash-object`` gives ``data``."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def _reader(data: bytes) -> Callable[[], bytes]:
+    def read() -> bytes:
+        return data
+
+    return read
+
+
+def files_from_directory(path: Path) -> list[SourceFile]:
+    """Every ``*.yaml``/``*.yml`` file under ``path`` (or ``path`` itself if it is a file),
+    recursively, sorted by relative path, skipping hidden files and directories.
+
+    Contents are read once here, so ``blob_id`` and ``read()`` always agree.
+    """
+    root = Path(path)
+    shown_root = PurePosixPath(root.as_posix())
+    if root.is_file():
+        found = [(shown_root, root)]
+    elif root.is_dir():
+        relative: list[PurePosixPath] = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            base = Path(dirpath).relative_to(root)
+            for filename in filenames:
+                if filename.startswith(".") or not filename.endswith(YAML_SUFFIXES):
+                    continue
+                relative.append(PurePosixPath((base / filename).as_posix()))
+        found = [(shown_root / rel, root / rel) for rel in sorted(relative)]
+    else:
+        raise SourceError(f"{shown_root}: no such file or directory")
+    files = []
+    for shown, real in found:
+        data = real.read_bytes()
+        files.append(SourceFile(str(shown), git_blob_id(data), _reader(data)))
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path
+
+
+_MARKER = re.compile(rb"^(---|\.\.\.)(?=[ \t\r\n]|$)", re.M)
+_CONTENT = re.compile(rb"^[ \t]*[^ \t\r\n#]", re.M)
+_ODD_LINE_BREAKS = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")  # NEL, LS, PS: YAML 1.1 breaks
+
+
+def document_lines(data: bytes, count: int) -> list[int] | None:
+    """1-based line where each document's content starts (the line compose would mark), found
+    by scanning the text; None when the text has constructs the scan does not model (directives,
+    unusual line breaks, non-UTF-8 encodings) or when the scan disagrees with ``count``."""
+    if count == 0:
+        return []
+    if (
+        data.startswith((b"\xff\xfe", b"\xfe\xff", b"%"))
+        or b"\n%" in data
+        or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n"))
+        or any(odd in data for odd in _ODD_LINE_BREAKS)
+    ):
+        return None
+    lines: list[int] = []
+    line_at = _LineCounter(data)
+    is_open = False
+    content_line: int | None = None
+    marker_line = 1
+
+    def content_in(start: int, end: int) -> None:
+        nonlocal is_open, content_line, marker_line
+        if content_line is not None:
+            return
+        match = _CONTENT.search(data, start, end)
+        if match is None:
+            return
+        content_line = line_at(match.start())
+        if not is_open:
+            is_open, marker_line = True, content_line
+
+    def close() -> None:
+        nonlocal is_open, content_line
+        if is_open:
+            lines.append(content_line if content_line is not None else marker_line)
+        is_open, content_line = False, None
+
+    position = 0
+    for marker in _MARKER.finditer(data):
+        content_in(position, marker.start())
+        close()
+        end_of_line = data.find(b"\n", marker.end())
+        end_of_line = len(data) if end_of_line < 0 else end_of_line
+        if marker.group(1) == b"---":
+            is_open, marker_line = True, line_at(marker.start())
+            rest = data[marker.end() : end_of_line].strip()
+            if rest and not rest.startswith(b"#"):
+                content_line = marker_line
+        position = end_of_line
+    content_in(position, len(data))
+    close()
+    return lines if len(lines) == count else None
+
+
+class _LineCounter:
+    """Line number of increasing byte offsets, counting only the new part each time."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offset = 0
+        self.line = 1
+
+    def __call__(self, offset: int) -> int:
+        if offset < self.offset:
+            self.offset, self.line = 0, 1
+        self.line += self.data.count(b"\n", self.offset, offset)
+        self.offset = offset
+        return self.line
+
+
+def _record(index: int, line: int, kind: str, document: dict[str, Any]) -> Record | None:
+    """The cacheable record of a schema-valid document; None if it is not plain JSON data."""
+    metadata = document["metadata"]
+    name = metadata["name"]
+    environment = metadata.get("environment", DEFAULT_ENVIRONMENT)
+    labels = metadata.get("labels", {})
+    spec = document["spec"]
+    # the same shape and serialisation as Resource.document() / model.spec_hash
+    recorded = {
+        "kind": kind,
+        "metadata": {"name": name, "environment": environment, "labels": labels},
+        "spec": spec,
+    }
+    try:
+        text = json.dumps(
+            recorded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        encoded = text.encode()
+    except (TypeError, ValueError, RecursionError):
+        return None
+    # YAML can hold what JSON cannot (non-string keys, tuples from !!omap); json.dumps would
+    # silently coerce some of them, so insist on a faithful round trip.
+    if json.loads(text) != recorded:
+        return None
+    digest = hashlib.sha256(encoded).hexdigest()
+    return (index, line, kind, name, environment, labels, spec, digest)
+
+
+def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
+    """Checks a schema cannot express, on a schema-valid document."""
+    issues: list[Issue] = []
+    if kind == "Schedule":
+        spec = document["spec"]
+        error = cron_error(spec["schedule"])
+        if error:
+            issues.append(Issue(("spec", "schedule"), f"spec.schedule: {error}"))
+        if "timezone" in spec:
+            error = timezone_error(spec["timezone"])
+            if error:
+                issues.append(Issue(("spec", "timezone"), f"spec.timezone: {error}"))
+    return issues
+
+
+def _load_fast(data: bytes) -> list[Record] | None:
+    """Records of every document of a file that is entirely valid; None at the first doubt."""
+    try:
+        documents = list(yaml.load_all(data, Loader=yaml.CSafeLoader))
+    except Exception:
+        # anything the loader can raise (syntax, bad timestamps, nesting): the slow path
+        # parses again and reports it with its location
+        return None
+    lines = document_lines(data, len(documents))
+    if lines is None:
+        return None
+    records: list[Record] = []
+    for index, (document, line) in enumerate(zip(documents, lines, strict=True)):
+        if document is None:
+            continue
+        if type(document) is not dict:
+            return None
+        kind = document.get("kind")
+        if document.get("apiVersion") != API_VERSION or not isinstance(kind, str):
+            return None
+        if kind not in KIND_SCHEMAS or fast_errors(kind, document) is not None:
+            return None
+        if _semantic_issues(kind, document):
+            return None
+        record = _record(index, line, kind, document)
+        if record is None:
+            return None
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow path: parse with marks, report every problem with its location
+
+
+_UNBUILT = object()  # a document whose construction failed
+
+
+@dataclass
+class _Parsed:
+    """A file parsed with marks: (node, value) per document, and the parse error if any."""
+
+    documents: list[tuple[Node, Any]]
+    problem: SpecProblem | None
+
+
+def _yaml_problem(path: str, data: bytes, exc: BaseException) -> SpecProblem:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        line, col = mark.line + 1, mark.column + 1
+    elif isinstance(exc, yaml.reader.ReaderError):
+        before = data[: exc.position]
+        line = before.count(b"\n") + 1
+        col = exc.position - (before.rfind(b"\n") + 1) + 1
+    else:
+        line, col = 1, 1
+    if isinstance(exc, yaml.reader.ReaderError):
+        message = f"invalid YAML: cannot decode the file as {exc.encoding}: {exc.reason}"
+    elif isinstance(exc, yaml.MarkedYAMLError):
+        message = f"invalid YAML: {exc.problem}"
+        if exc.context:
+            message += f" ({exc.context})"
+    elif isinstance(exc, RecursionError):
+        message = "invalid YAML: nested too deeply"
+    else:
+        message = f"invalid YAML: {exc}"
+    return SpecProblem(path, line, col, message)
+
+
+def _parse_with_marks(path: str, data: bytes) -> _Parsed:
+    loader = yaml.CSafeLoader(data)
+    documents: list[tuple[Node, Any]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                break
+            try:
+                value = loader.construct_document(node)
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+                # e.g. an impossible date (2024-13-45): the constructor's error has no mark
+                documents.append((node, _UNBUILT))
+                problem = _yaml_problem(path, data, exc)
+                if not isinstance(exc, yaml.YAMLError):
+                    start = node.start_mark
+                    problem = SpecProblem(
+                        path, start.line + 1, start.column + 1, f"invalid YAML value: {exc}"
+                    )
+                return _Parsed(documents, problem)
+            documents.append((node, value))
+    except (yaml.YAMLError, RecursionError) as exc:
+        return _Parsed(documents, _yaml_problem(path, data, exc))
+    finally:
+        loader.dispose()
+    return _Parsed(documents, None)
+
+
+def _key_value(key: Node) -> Any:
+    if isinstance(key, ScalarNode) and key.tag == _STR_TAG:
+        return key.value
+    try:
+        return SafeConstructor().construct_document(key)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        return _UNBUILT
+
+
+def _child(
+    node: Node, part: str | int, seen: frozenset[int] = frozenset()
+) -> tuple[Node | None, Node] | None:
+    """(key node, value node) of ``part`` under ``node``, following merge keys (``<<``)."""
+    if isinstance(node, MappingNode) and id(node) not in seen:
+        merges: list[Node] = []
+        for key, value in reversed(node.value):  # the last duplicate key wins, as in PyYAML
+            if key.tag == _MERGE_TAG:
+                merges.append(value)
+                continue
+            found = _key_value(key)
+            if found is not _UNBUILT and type(found) is type(part) and found == part:
+                return key, value
+        for merged in reversed(merges):
+            sources = merged.value if isinstance(merged, SequenceNode) else [merged]
+            for source in sources:
+                hit = _child(source, part, seen | {id(node)})
+                if hit is not None:
+                    return hit
+    if isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return None, node.value[part]
+    return None
+
+
+def _position(root: Node, path: Path_, at_key: bool) -> tuple[int, int]:
+    """1-based (line, col) of the node at ``path`` (or of its key), else of the deepest node
+    on the way there."""
+    node: Node = root
+    key: Node | None = None
+    reached = True
+    for part in path:
+        hit = _child(node, part)
+        if hit is None:
+            reached = False
+            break
+        key, node = hit
+    target = key if (at_key and reached and key is not None) else node
+    return target.start_mark.line + 1, target.start_mark.column + 1
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {short_repr(value)}"
+
+
+def _non_json(value: Any, path: Path_ = (), stack: frozenset[int] = frozenset()) -> Iterator[Issue]:
+    """Values YAML can express but a JSON document cannot (so no schema can check them)."""
+    if isinstance(value, dict | list):
+        if id(value) in stack:
+            yield Issue(path, _at(path, "refers to itself through a YAML alias"))
+            return
+        stack = stack | {id(value)}
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from _non_json(item, (*path, index), stack)
+            return
+        for key, item in value.items():
+            if not isinstance(key, str):
+                yield Issue(
+                    (*path, key),
+                    _at(path, f"key {short_repr(key)} is not a string; quote it"),
+                    at_key=True,
+                )
+                continue
+            yield from _non_json(item, (*path, key), stack)
+        return
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            yield Issue(path, _at(path, "contains an invalid Unicode character (a lone surrogate)"))
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        yield Issue(path, _at(path, f"{value!r} is not allowed (not a JSON number)"))
+        return
+    if value is None or isinstance(value, bool | int | float):
+        return
+    if isinstance(value, date):
+        what = "a date/time"
+    elif isinstance(value, bytes):
+        what = "binary data (!!binary)"
+    elif isinstance(value, set):
+        what = "a set (!!set)"
+    elif isinstance(value, tuple):
+        what = "ordered pairs (!!omap/!!pairs)"
+    else:
+        what = type(value).__name__
+    yield Issue(path, _at(path, f"{what} is not allowed here; quote the value to make it a string"))
+
+
+def _at(path: Path_, message: str) -> str:
+    where = format_path(tuple(p if isinstance(p, str | int) else str(p) for p in path))
+    return f"{where}: {message}" if where else message
+
+
+# (environment, kind, name) of a document that failed its own checks but still names a resource,
+# so references to it do not cascade into more errors.
+_Identity = tuple[str, str, str]
+
+
+def _check_document(
+    path: str, index: int, node: Node, document: Any
+) -> tuple[Record | None, _Identity | None, list[SpecProblem]]:
+    problems: list[SpecProblem] = []
+
+    def add(issue: Issue) -> None:
+        line, col = _position(node, issue.path, issue.at_key)
+        problems.append(SpecProblem(path, line, col, issue.message))
+
+    if not isinstance(document, dict):
+        add(
+            Issue(
+                (),
+                "expected a mapping with apiVersion, kind, metadata and spec, "
+                f"got {_describe(document)}",
+            )
+        )
+        return None, None, problems
+    odd = list(_non_json(document))
+    for issue in odd:
+        add(issue)
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    known_api = api_version == API_VERSION
+    if "apiVersion" not in document:
+        add(Issue((), f"missing required property 'apiVersion' (expected {API_VERSION!r})"))
+    elif not known_api:
+        add(
+            Issue(
+                ("apiVersion",),
+                f"apiVersion: unknown apiVersion {short_repr(api_version)} "
+                f"(expected {API_VERSION!r})",
+            )
+        )
+    known_kind = isinstance(kind, str) and kind in KIND_SCHEMAS
+    if "kind" not in document:
+        add(Issue((), f"missing required property 'kind' (one of {_KIND_LIST})"))
+    elif not known_kind:
+        add(
+            Issue(
+                ("kind",), f"kind: unknown kind {short_repr(kind)} (expected one of {_KIND_LIST})"
+            )
+        )
+    if not known_kind:
+        return None, None, problems
+    assert isinstance(kind, str)
+    identity = _identity(kind, document)
+    if known_api and not odd:
+        try:
+            issues = schema_issues(kind, document)
+        except RecursionError:
+            issues = [Issue((), "document nested too deeply")]
+        if not issues:
+            message = fast_errors(kind, document)
+            # the two validators disagree only on corner cases; never accept what either rejects
+            issues = [fast_message_issue(message)] if message else _semantic_issues(kind, document)
+        for issue in issues:
+            add(issue)
+    if problems:
+        return None, identity, problems
+    record = _record(index, node.start_mark.line + 1, kind, document)
+    if record is None:
+        add(Issue((), "document holds values that have no JSON equivalent"))
+        return None, identity, problems
+    return record, identity, problems
+
+
+def _identity(kind: str, document: dict[str, Any]) -> _Identity | None:
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        return None
+    environment = metadata.get("environment", DEFAULT_ENVIRONMENT)
+    if not isinstance(environment, str):
+        environment = DEFAULT_ENVIRONMENT
+    return (environment, kind, metadata["name"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole desired state
+
+
+class _Load:
+    """State of one ``load_desired_state`` call."""
+
+    def __init__(self, files: Sequence[SourceFile]) -> None:
+        self.files = files
+        self.parsed: dict[int, _Parsed] = {}
+        self.problems: list[SpecProblem] = []
+        # (file index, record) of every valid document, in file order
+        self.valid: list[tuple[int, Record]] = []
+        self.partial: list[_Identity] = []
+
+    def parse(self, file_index: int, data: bytes | None = None) -> _Parsed:
+        parsed = self.parsed.get(file_index)
+        if parsed is None:
+            source = self.files[file_index]
+            parsed = _parse_with_marks(source.path, source.read() if data is None else data)
+            self.parsed[file_index] = parsed
+        return parsed
+
+    def load_slowly(self, file_index: int, data: bytes) -> list[Record]:
+        path = self.files[file_index].path
+        parsed = self.parse(file_index, data)
+        records: list[Record] = []
+        if parsed.problem is not None:
+            self.problems.append(parsed.problem)
+        for index, (node, value) in enumerate(parsed.documents):
+            if value is None or value is _UNBUILT:
+                continue
+            record, identity, problems = _check_document(path, index, node, value)
+            self.problems.extend(problems)
+            if record is not None:
+                records.append(record)
+            elif identity is not None:
+                self.partial.append(identity)
+        return records
+
+    def problem_at(
+        self, file_index: int, index: int, path: Path_, message: str, at_key: bool = False
+    ) -> SpecProblem:
+        """A cross-file problem, located by parsing that one file with marks."""
+        source = self.files[file_index]
+        documents = self.parse(file_index).documents
+        if index < len(documents):
+            line, col = _position(documents[index][0], path, at_key)
+        else:  # the file changed under us; still report the problem
+            line, col = 1, 1
+        return SpecProblem(source.path, line, col, message)
+
+
+def load_desired_state(
+    files: Sequence[SourceFile],
+    *,
+    commit: str | None = None,
+    cache: SpecCache | None = None,
+    root: str = "",
+) -> DesiredState:
+    """Parse, validate and cross-check ``files``; raise ``SpecError`` with every problem found."""
+    load = _Load(files)
+    for file_index, source in enumerate(files):
+        records = cache.get(source.blob_id) if cache is not None else None
+        if records is None:
+            data = source.read()
+            records = _load_fast(data)
+            if records is None:
+                before = len(load.problems)
+                records = load.load_slowly(file_index, data)
+                clean = len(load.problems) == before
+            else:
+                clean = True
+            if clean and cache is not None:
+                cache.put(source.blob_id, records)
+        load.valid.extend((file_index, record) for record in records)
+    resources = _cross_check(load)
+    if load.problems:
+        raise SpecError(load.problems)
+    return DesiredState(resources=resources, commit=commit, root=root)
+
+
+def _ref(key: ResourceKey) -> str:
+    return f"{key.kind}/{key.name}"
+
+
+def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
+    files = load.files
+    resources: dict[ResourceKey, Resource] = {}
+    where: dict[ResourceKey, tuple[int, int, int]] = {}  # file index, document index, line
+    kinds_by_name: dict[tuple[str, str], set[str]] = {}
+    for file_index, (index, line, kind, name, environment, labels, spec, digest) in load.valid:
+        key = ResourceKey(environment, kind, name)
+        first = where.get(key)
+        if first is not None:
+            message = (
+                f"metadata.name: duplicate {kind} {name!r} in environment {environment!r} "
+                f"(first defined at {files[first[0]].path}:{first[2]})"
+            )
+            load.problems.append(load.problem_at(file_index, index, ("metadata", "name"), message))
+            continue
+        resources[key] = Resource(
+            key=key, labels=labels, spec=spec, file=files[file_index].path, line=line, hash=digest
+        )
+        where[key] = (file_index, index, line)
+        kinds_by_name.setdefault((environment, name), set()).add(kind)
+    known = set(resources)
+    for environment, kind, name in load.partial:
+        known.add(ResourceKey(environment, kind, name))
+        kinds_by_name.setdefault((environment, name), set()).add(kind)
+    target_environments: dict[str, list[str]] = {}
+    for key in known:
+        if key.kind == "Target":
+            target_environments.setdefault(key.name, []).append(key.environment)
+
+    # resolved dependsOn: resource -> [(index in dependsOn, key)]
+    edges: dict[ResourceKey, list[tuple[int, ResourceKey]]] = {}
+    for key, resource in resources.items():
+        file_index, index, _ = where[key]
+        spec = resource.spec
+        target = spec.get("target")
+        if key.kind != "Target" and isinstance(target, str):
+            problem = _target_problem(key, target, known, kinds_by_name, target_environments)
+            if problem:
+                load.problems.append(
+                    load.problem_at(file_index, index, ("spec", "target"), problem)
+                )
+        resolved: list[tuple[int, ResourceKey]] = []
+        for position, ref in enumerate(spec.get("dependsOn") or []):
+            dependency, problem = _resolve(key.environment, ref, known, kinds_by_name)
+            if problem:
+                location = ("spec", "dependsOn", position)
+                message = f"{format_path(location)}: {problem}"
+                load.problems.append(load.problem_at(file_index, index, location, message))
+            elif dependency is not None and dependency not in (d for _, d in resolved):
+                resolved.append((position, dependency))
+        resource.depends_on = [dependency for _, dependency in resolved]
+        edges[key] = resolved
+
+    for cycle in _cycles(edges, where):
+        start, following = cycle[0], cycle[1]
+        position = next(p for p, d in edges[start] if d == following)
+        file_index, index, _ = where[start]
+        location = ("spec", "dependsOn", position)
+        message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(
+            _ref(k) for k in cycle
+        )
+        load.problems.append(load.problem_at(file_index, index, location, message))
+    return resources
+
+
+def _target_problem(
+    key: ResourceKey,
+    target: str,
+    known: set[ResourceKey],
+    kinds_by_name: dict[tuple[str, str], set[str]],
+    target_environments: dict[str, list[str]],
+) -> str | None:
+    if ResourceKey(key.environment, "Target", target) in known:
+        return None
+    others = sorted(kinds_by_name.get((key.environment, target), set()))
+    if others:
+        return f"spec.target: {target!r} is a {' and a '.join(others)}, not a Target"
+    message = f"spec.target: no Target {target!r} in environment {key.environment!r}"
+    elsewhere = sorted(target_environments.get(target, []))
+    if elsewhere:
+        message += (
+            f" (there is one in environment {elsewhere[0]!r}; references stay in their environment)"
+        )
+    return message
+
+
+def _resolve(
+    environment: str,
+    ref: str,
+    known: set[ResourceKey],
+    kinds_by_name: dict[tuple[str, str], set[str]],
+) -> tuple[ResourceKey | None, str | None]:
+    if "/" in ref:
+        kind, _, name = ref.partition("/")
+        key = ResourceKey(environment, kind, name)
+        if key in known:
+            return key, None
+        others = sorted(kinds_by_name.get((environment, name), set()))
+        message = f"no {kind} {name!r} in environment {environment!r}"
+        if others:
+            message += " (there is " + ", ".join(f"{k}/{name}" for k in others) + ")"
+        return None, message
+    kinds = sorted(kinds_by_name.get((environment, ref), set()))
+    if not kinds:
+        return None, f"no resource named {ref!r} in environment {environment!r}"
+    if len(kinds) > 1:
+        choices = ", ".join(f"{k}/{ref}" for k in kinds)
+        return (
+            None,
+            f"{ref!r} is ambiguous in environment {environment!r} ({choices}); write Kind/name",
+        )
+    return ResourceKey(environment, kinds[0], ref), None
+
+
+def _cycles(
+    edges: dict[ResourceKey, list[tuple[int, ResourceKey]]],
+    where: dict[ResourceKey, tuple[int, int, int]],
+) -> list[list[ResourceKey]]:
+    """One cycle per strongly connected component that has one, starting (and ending) at the
+    member written first; Tarjan's algorithm, iterative so long chains do not hit the
+    recursion limit."""
+    graph = {key: [d for _, d in deps if d in edges] for key, deps in edges.items()}
+    order: dict[ResourceKey, int] = {}
+    low: dict[ResourceKey, int] = {}
+    stack: list[ResourceKey] = []
+    on_stack: set[ResourceKey] = set()
+    components: list[list[ResourceKey]] = []
+    for start in graph:
+        if start in order:
+            continue
+        order[start] = low[start] = len(order)
+        stack.append(start)
+        on_stack.add(start)
+        work: list[tuple[ResourceKey, Iterator[ResourceKey]]] = [(start, iter(graph[start]))]
+        while work:
+            node, successors = work[-1]
+            for successor in successors:
+                if successor not in order:
+                    order[successor] = low[successor] = len(order)
+                    stack.append(successor)
+                    on_stack.add(successor)
+                    work.append((successor, iter(graph[successor])))
+                    break
+                if successor in on_stack:
+                    low[node] = min(low[node], order[successor])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == order[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    components.append(component)
+    cycles = []
+    for component in components:
+        members = set(component)
+        first = min(component, key=lambda k: where[k])
+        if len(component) == 1 and first not in graph[first]:
+            continue
+        # shortest way back to the first member (breadth-first inside the component)
+        parents: dict[ResourceKey, ResourceKey] = {}
+        queue = deque([first])
+        closing: ResourceKey | None = None
+        while queue and closing is None:
+            current = queue.popleft()
+            for successor in graph[current]:
+                if successor == first:
+                    closing = current
+                    break
+                if successor in members and successor not in parents:
+                    parents[successor] = current
+                    queue.append(successor)
+        assert closing is not None
+        path = [closing]
+        while path[-1] != first:
+            path.append(parents[path[-1]])
+        path.reverse()
+        cycles.append([*path, first])
+    return cycles

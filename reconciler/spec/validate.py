@@ -1,0 +1,340 @@
+"""JSON Schema validation of documents: a compiled fast path and a slow, explanatory path.
+
+The schemas in ``schemas/`` are the single source of truth. On the happy path every document goes
+through a fastjsonschema validator compiled once per process from a bundle of the kind's schema
+(every cross-file ``$ref`` rewritten to a local ``#/$defs/...`` pointer, as fastjsonschema cannot
+fetch other files). Only documents that fail go through jsonschema's Draft 2020-12 validator,
+whose ``iter_errors`` yields every violation; ``schema_issues`` turns those into short messages
+with the JSON path of the offending node, which the loader then locates in the YAML text.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+API_VERSION = "fraisier.dev/v1"
+KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule")
+KIND_SCHEMAS: dict[str, str] = {
+    "Target": "target.json",
+    "Service": "service.json",
+    "Job": "job.json",
+    "Schedule": "schedule.json",
+}
+# Registry base for the slow validator; the files themselves carry no $id, so editors resolve
+# their relative $refs against the files' own locations.
+SCHEMA_BASE_URI = "https://fraisier.dev/schemas/"
+
+Path_ = tuple[str | int, ...]
+
+
+def schema_dir() -> Path:
+    """Where the schema files live: $RECONCILER_SCHEMAS_DIR, else ``schemas/`` of the checkout."""
+    configured = os.environ.get("RECONCILER_SCHEMAS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[2] / "schemas"
+
+
+@cache
+def _schema_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """Every schema file, keyed by its posix path relative to the schema directory."""
+    root = schema_dir()
+    files: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    for path in sorted(root.rglob("*.json")):
+        raw = path.read_bytes()
+        files[path.relative_to(root).as_posix()] = (raw, json.loads(raw))
+    missing = [name for name in KIND_SCHEMAS.values() if name not in files]
+    if missing:
+        raise FileNotFoundError(f"schema files {missing} not found in {root}")
+    return files
+
+
+def schema_files() -> dict[str, dict[str, Any]]:
+    return {name: content for name, (_, content) in _schema_files().items()}
+
+
+@cache
+def schemas_version() -> str:
+    """Digest of every schema file's name and bytes: changes whenever a schema changes."""
+    digest = hashlib.sha256()
+    for name, (raw, _) in sorted(_schema_files().items()):
+        digest.update(name.encode() + b"\0" + raw + b"\0")
+    return digest.hexdigest()
+
+
+def _bundle_key(name: str) -> str:
+    return "file_" + name.replace("/", "_").replace(".", "_")
+
+
+# dropped from the fast validator's bundle: they do not validate and would bloat generated code
+_ANNOTATIONS = frozenset({"$schema", "title", "description", "$comment", "examples"})
+
+
+def _rewrite_refs(node: Any, base: str) -> Any:
+    """A copy of ``node`` whose $refs point into the bundle's $defs instead of other files."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                target, _, fragment = value.partition("#")
+                name = (
+                    posixpath.normpath(posixpath.join(posixpath.dirname(base), target))
+                    if target
+                    else base
+                )
+                out[key] = f"#/$defs/{_bundle_key(name)}{fragment}"
+            elif key in _ANNOTATIONS:
+                continue
+            elif key == "const":
+                # same meaning; fastjsonschema's const cannot compile without detailed exceptions
+                out["enum"] = [value]
+            else:
+                out[key] = _rewrite_refs(value, base)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(item, base) for item in node]
+    return node
+
+
+def bundle(name: str) -> dict[str, Any]:
+    """Schema file ``name`` with every file it can reach inlined under ``$defs``."""
+    files = schema_files()
+    root = _rewrite_refs(copy.deepcopy(files[name]), name)
+    defs = dict(root.get("$defs", {}))
+    for other, content in files.items():
+        defs[_bundle_key(other)] = _rewrite_refs(content, other)
+    root["$defs"] = defs
+    root["$schema"] = files[name].get("$schema", "")
+    return root
+
+
+@cache
+def fast_validator(kind: str) -> Callable[[Any], Any]:
+    """Compiled validator of one kind (compiled on first use, then reused by the process)."""
+    # without detailed exceptions the generated code does not embed the schema in every raise
+    validator: Callable[[Any], Any] = fastjsonschema.compile(
+        bundle(KIND_SCHEMAS[kind]), detailed_exceptions=False
+    )
+    return validator
+
+
+@cache
+def _registry() -> Registry:
+    resources = []
+    for name, content in schema_files().items():
+        uri = SCHEMA_BASE_URI + name
+        with_id = {**content, "$id": uri}
+        resources.append((uri, Resource.from_contents(with_id, default_specification=DRAFT202012)))
+    registry: Registry = Registry().with_resources(resources)
+    return registry
+
+
+@cache
+def slow_validator(name: str) -> Draft202012Validator:
+    """jsonschema validator of schema file ``name`` (e.g. ``service.json`` or ``fraisier.json``)."""
+    schema = _registry().contents(SCHEMA_BASE_URI + name)
+    return Draft202012Validator(schema, registry=_registry())
+
+
+def kind_validator(kind: str) -> Draft202012Validator:
+    return slow_validator(KIND_SCHEMAS[kind])
+
+
+def fast_errors(kind: str, document: Any) -> str | None:
+    """None when the compiled validator accepts ``document``; else its (unlocated) message."""
+    try:
+        fast_validator(kind)(document)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return str(exc.message)
+    except Exception as exc:
+        # values no JSON document has (non-string keys, dates) can trip the generated code
+        return f"cannot be validated: {type(exc).__name__}"
+    return None
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A schema violation: the JSON path to point at and the message (path included)."""
+
+    path: Path_
+    message: str
+    at_key: bool = False  # point at the key that names the node rather than its value
+
+
+def format_path(path: Path_) -> str:
+    """``spec.health.interval``, ``spec.dependsOn[0]``; empty for the document itself."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _prefixed(path: Path_, message: str) -> str:
+    where = format_path(path)
+    return f"{where}: {message}" if where else message
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_JSON_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean (true/false)",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+_TITLED_MESSAGES = {
+    "Duration": "{value} is not a valid duration (Go-style, e.g. 500ms, 30s, 5m, 1h30m)",
+    "Name": (
+        "{value} is not a valid name (lowercase letters, digits and '-', starting and ending "
+        "with a letter or digit, at most 63 characters)"
+    ),
+    "Target name": (
+        "{value} is not a valid Target name (lowercase letters, digits and '-', starting and "
+        "ending with a letter or digit, at most 63 characters)"
+    ),
+    "Reference": (
+        '{value} is not a valid reference ("name" or "Kind/name", Kind one of '
+        "Target, Service, Job, Schedule)"
+    ),
+}
+
+_EXACTLY_ONE = {
+    "Secret reference": "a secret reference needs exactly one of 'env' or 'file'",
+    "Source": "a source needs exactly one of 'path', 'git' or 'artifact'",
+}
+
+
+def schema_issues(kind: str, document: Any) -> list[Issue]:
+    """Every violation of ``kind``'s schema in ``document``, as located-able issues."""
+    issues: list[Issue] = []
+    for error in kind_validator(kind).iter_errors(document):
+        issues.extend(_issues(error))
+    return sorted(set(issues), key=lambda i: (format_path(i.path), i.message))
+
+
+def _issues(error: ValidationError) -> Iterator[Issue]:
+    path: Path_ = tuple(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    title = schema.get("title")
+    validator = error.validator
+    instance = error.instance
+
+    if "propertyNames" in error.schema_path:
+        # jsonschema reports a bad key at its object's path with the key as the instance
+        key_path = (*path, str(instance))
+        if tuple(error.schema_path)[-3:-1] == ("propertyNames",) or True:
+            if isinstance(instance, str) and path and path[-1] == "env":
+                message = f"{instance!r} is not a valid environment variable name"
+            else:
+                message = f"invalid key {short_repr(instance)}: {error.message}"
+            yield Issue(key_path, _prefixed(key_path, message), at_key=True)
+        return
+    if validator == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(schema.get("properties", {}))
+        for key in sorted((k for k in instance if k not in schema.get("properties", {})), key=str):
+            key_path = (*path, str(key))
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
+            yield Issue(key_path, _prefixed(key_path, f"unknown property ({hint})"), at_key=True)
+        return
+    if validator == "required" and isinstance(instance, dict):
+        for name in error.validator_value:
+            if name not in instance:
+                yield Issue(
+                    path, _prefixed(path, f"missing required property {name!r}"), at_key=True
+                )
+        return
+    if title in _TITLED_MESSAGES and validator in {"pattern", "type", "minLength", "maxLength"}:
+        yield Issue(
+            path, _prefixed(path, _TITLED_MESSAGES[title].format(value=short_repr(instance)))
+        )
+        return
+    if title in _EXACTLY_ONE and validator in {"minProperties", "maxProperties"}:
+        yield Issue(path, _prefixed(path, _EXACTLY_ONE[title]))
+        return
+    if title == "Health check" and validator == "oneOf" and isinstance(instance, dict):
+        probes = [p for p in ("http", "tcp", "exec") if p in instance]
+        found = ", ".join(probes) if probes else "none"
+        message = (
+            f"a health check needs exactly one probe of 'http', 'tcp' or 'exec' (found: {found})"
+        )
+        yield Issue(path, _prefixed(path, message))
+        return
+    if title == "Environment value" and validator == "anyOf":
+        if isinstance(instance, dict):
+            # it is meant as a secret reference: explain what is wrong with it
+            for sub in error.context or []:
+                if sub.relative_schema_path and sub.relative_schema_path[0] == 1:
+                    yield from _issues(sub)
+            return
+        message = (
+            f"{short_repr(instance)} is not a valid value: expected a string, a number or a "
+            "secret reference ({env: NAME} or {file: /path})"
+        )
+        yield Issue(path, _prefixed(path, message))
+        return
+    if validator == "type":
+        expected = error.validator_value
+        names = [expected] if isinstance(expected, str) else list(expected)
+        wanted = " or ".join(_JSON_TYPE_NAMES.get(n, n) for n in names)
+        yield Issue(path, _prefixed(path, f"expected {wanted}, got {short_repr(instance)}"))
+        return
+    if validator == "const":
+        yield Issue(
+            path,
+            _prefixed(
+                path,
+                f"{short_repr(instance)} is not allowed here, expected {error.validator_value!r}",
+            ),
+        )
+        return
+    if validator == "enum":
+        choices = ", ".join(repr(c) for c in error.validator_value)
+        yield Issue(path, _prefixed(path, f"{short_repr(instance)} is not one of {choices}"))
+        return
+    if validator == "uniqueItems":
+        yield Issue(path, _prefixed(path, "has duplicate entries"))
+        return
+    yield Issue(path, _prefixed(path, error.message))
+
+
+def fast_message_issue(message: str) -> Issue:
+    """An issue from fastjsonschema's message (used only if the slow validator disagrees)."""
+    text = message
+    path: list[str | int] = []
+    if text.startswith("data"):
+        head, _, rest = text.partition(" ")
+        for part in head.split(".")[1:]:
+            path.append(part)
+        text = rest
+    return Issue(tuple(path), _prefixed(tuple(path), text))
