@@ -53,8 +53,7 @@ async def test_failure_threshold_counts_consecutive_failures(server: ScriptedSer
     assert not result.healthy
     assert result.probes == 3
     assert result.message == (
-        f"http://127.0.0.1:{server.port}/healthz: status 500, expected 200 "
-        "(3 consecutive failures)"
+        f"http://127.0.0.1:{server.port}/healthz: status 500, expected 200 (3 consecutive failures)"
     )
     assert 0.2 <= elapsed < 1.5  # three probes 100 ms apart
 
@@ -63,9 +62,7 @@ async def test_failure_threshold_counts_consecutive_failures(server: ScriptedSer
 async def test_a_pass_resets_the_failure_count(server: ScriptedServer) -> None:
     # fail, fail, pass with successThreshold 2 → the count restarts; then fail x3 → unhealthy
     server.script = [FAIL, FAIL, OK, FAIL, FAIL, FAIL]
-    result = await wait_healthy(
-        health(server, failureThreshold=3, successThreshold=2), LOCAL
-    )
+    result = await wait_healthy(health(server, failureThreshold=3, successThreshold=2), LOCAL)
     assert not result.healthy
     assert result.probes == 6
 
@@ -73,9 +70,7 @@ async def test_a_pass_resets_the_failure_count(server: ScriptedServer) -> None:
 @pytest.mark.timeout(10)
 async def test_success_threshold_needs_consecutive_passes(server: ScriptedServer) -> None:
     server.script = [OK, FAIL, OK, OK]
-    result = await wait_healthy(
-        health(server, successThreshold=3, failureThreshold=5), LOCAL
-    )
+    result = await wait_healthy(health(server, successThreshold=3, failureThreshold=5), LOCAL)
     assert result.healthy
     assert result.probes == 5  # OK FAIL OK OK, then one more OK makes three in a row
 
@@ -84,9 +79,7 @@ async def test_success_threshold_needs_consecutive_passes(server: ScriptedServer
 async def test_failures_during_start_period_do_not_count(server: ScriptedServer) -> None:
     # 5 failures in the first ~0.5 s; the start period covers them, failureThreshold 2 would not.
     server.script = [FAIL] * 5
-    result = await wait_healthy(
-        health(server, startPeriod="800ms", failureThreshold=2), LOCAL
-    )
+    result = await wait_healthy(health(server, startPeriod="800ms", failureThreshold=2), LOCAL)
     assert result.healthy, result.message
     assert result.probes == 6
 
@@ -95,9 +88,7 @@ async def test_failures_during_start_period_do_not_count(server: ScriptedServer)
 async def test_failures_after_start_period_count(server: ScriptedServer) -> None:
     server.default = FAIL
     started = time.monotonic()
-    result = await wait_healthy(
-        health(server, startPeriod="300ms", failureThreshold=2), LOCAL
-    )
+    result = await wait_healthy(health(server, startPeriod="300ms", failureThreshold=2), LOCAL)
     elapsed = time.monotonic() - started
     assert not result.healthy
     # probes at ~0, .1, .2 do not count; ~.3 and ~.4 do

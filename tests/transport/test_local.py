@@ -23,9 +23,8 @@ def test_is_a_transport() -> None:
 
 async def test_run_captures_stdout_stderr_and_exit_code() -> None:
     t = LocalTransport()
-    result = await t.run(
-        [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"]
-    )
+    code = "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    result = await t.run([sys.executable, "-c", code])
     assert result.returncode == 3
     assert result.stdout == b"out\n"
     assert result.stderr == b"err\n"

@@ -58,7 +58,7 @@ def test_create_provider_choices(state_dir: Path) -> None:
     custom = create_provider(make_target(root=str(state_dir / "srv"), keepReleases=2), ctx)
     assert custom.root == str(state_dir / "srv")
     assert custom.keep_releases == 2
-    with pytest.raises(ProviderError, match="SSH .* arrives with the systemd service manager"):
+    with pytest.raises(ProviderError, match=r"SSH .* arrives with the systemd service manager"):
         create_provider(make_target(transport="ssh"), ctx)
     with pytest.raises(ProviderError, match="unknown transport"):
         create_provider(make_target(transport="telnet"), ctx)
@@ -209,9 +209,7 @@ while True:
 async def test_sigterm_ignored_is_killed_after_stop_timeout(
     provider: BareMetalProvider, sources: AppSources
 ) -> None:
-    resource = make_resource(
-        "stubborn", {"command": [PY, "stubborn.py"], "stopTimeout": "1s"}
-    )
+    resource = make_resource("stubborn", {"command": [PY, "stubborn.py"], "stopTimeout": "1s"})
     [instance] = await provider.instances(resource)
     await provider.deploy(
         sources.release(resource, "s1", extra={"stubborn.py": IGNORE_TERM}), instance
@@ -314,10 +312,13 @@ async def test_pidfile_of_a_dead_or_reused_pid_is_not_running(
 async def test_environment_is_minimal_plus_release_env(
     provider: BareMetalProvider, sources: AppSources
 ) -> None:
-    dump = "import json, os; json.dump(dict(os.environ), open('env.json', 'w')); print('dumped', os.getcwd(), flush=True)\nimport time; time.sleep(60)\n"
-    resource = make_resource(
-        "envcheck", {"command": [PY, "../dump.py"], "workingDir": "sub"}
+    dump = (
+        "import json, os, time\n"
+        "json.dump(dict(os.environ), open('env.json', 'w'))\n"
+        "print('dumped', os.getcwd(), flush=True)\n"
+        "time.sleep(60)\n"
     )
+    resource = make_resource("envcheck", {"command": [PY, "../dump.py"], "workingDir": "sub"})
     [instance] = await provider.instances(resource)
     os.environ["FRAISIER_DAEMON_SECRET"] = "must-not-leak"
     try:
