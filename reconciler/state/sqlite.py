@@ -210,10 +210,10 @@ class SQLiteStore:
         self._executor.shutdown(wait=True)
 
     def _close_connection(self) -> None:
-        try:
-            self._conn.execute("PRAGMA optimize")
-        except sqlite3.Error:
-            pass  # best effort: statistics only; closing must not fail because of it
+        # No "PRAGMA optimize" here: run on a young database it records statistics of near-empty
+        # tables that later mislead the planner (measured: 50k deployments, newest-50 query
+        # 114 ms with such stale stats, <1 ms with none). Without sqlite_stat1 the planner's
+        # defaults pick the intended indexes for every query of this store.
         self._conn.close()
 
     async def __aenter__(self) -> SQLiteStore:
@@ -660,7 +660,8 @@ class SQLiteStore:
 
     async def unfinished_deployments(self) -> list[DeploymentRecord]:
         """Deployments left ``pending`` / ``in_progress`` (a crash): oldest first."""
-        return await self._run(self._deployments, "status IN (?, ?)", (PENDING, IN_PROGRESS),
+        # Literal statuses (not parameters) so SQLite can use the partial index on them.
+        return await self._run(self._deployments, "status IN ('pending', 'in_progress')", (),
                                "created_at, seq")
 
     async def last_good(self, key: ResourceKey) -> DeploymentRecord | None:
