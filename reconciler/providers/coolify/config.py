@@ -226,7 +226,6 @@ class ServiceSettings:
     force: bool
     auto_deploy: bool | None
     deploy_timeout: float | None
-    instant_deploy: bool
 
     @property
     def lookup_key(self) -> tuple[str | None, str | None, str | None]:
@@ -285,7 +284,6 @@ class ServiceSettings:
             deploy_timeout=parse_duration(timeout, f"{where}: coolify.deployTimeout")
             if timeout
             else None,
-            instant_deploy=bool(section.get("instantDeploy", False)),
         )
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +47,7 @@ from .errors import (
 ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
 TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled-by-user"})
 DUPLICATE_MESSAGE = "already queued for this commit"
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 HISTORY_PAGE = 10
 
@@ -77,6 +80,30 @@ class CoolifyProvider:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+    # Which core revision wrote which pin, per application: lets observe() report the core's
+    # revision while the pin is untouched, and the pin itself once someone changed it.
+    def _record_path(self, uuid: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", uuid)
+        return self.ctx.state_dir / "coolify" / self.target.name / f"{safe}.json"
+
+    def _load_record(self, uuid: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._record_path(uuid).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and "revision" in data else None
+
+    def _save_record(self, uuid: str, revision: str, pin: str, image_mode: bool) -> None:
+        if not revision:
+            return
+        path = self._record_path(uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"revision": revision, "pin": pin, "image": image_mode}), encoding="utf-8"
+        )
+        os.replace(tmp, path)
 
     async def application_uuid(self, svc: ServiceSettings) -> str:
         if svc.uuid:
@@ -171,6 +198,7 @@ class CoolifyProvider:
         history = await self.deployments(uuid, take=5)
         image_mode = self._image_mode(svc, app)
         pinned = self._pinned(app, image_mode)
+        record = self._load_record(uuid)
         latest = history[0] if history else None
         last_finished = next((d for d in history if d.get("status") == "finished"), None)
         status = str(app.get("status") or "")
@@ -183,9 +211,15 @@ class CoolifyProvider:
             healthy = False
         else:
             healthy = None  # running:unknown: Coolify has no health check configured
-        revision = pinned
-        if revision is None and last_finished is not None and not image_mode:
-            commit = str(last_finished.get("commit") or "")
+        # The core compares this with the revision it applied (its own content address). While
+        # the application still carries the pin our last deploy wrote, report that revision;
+        # a pin changed by hand (Coolify UI, another tool) shows as itself: drift.
+        if record is not None and record.get("pin") == pinned and record.get("image") == image_mode:
+            revision: str | None = str(record["revision"])
+        elif pinned is not None and pinned.upper() != "HEAD":
+            revision = pinned
+        else:
+            commit = str((last_finished or {}).get("commit") or "")
             revision = commit if GIT_SHA.match(commit) else None
         facts: dict[str, Any] = {
             "provider": "coolify",
@@ -194,6 +228,7 @@ class CoolifyProvider:
             "health": health or None,
             "healthy": healthy,
             "pinned_revision": pinned,
+            "release_revision": record.get("revision") if record else None,
             "revision_kind": "image_tag" if image_mode else "git_commit_sha",
             "deploying": bool(latest and latest.get("status") in ACTIVE_STATUSES),
             "last_deployment": _deployment_summary(latest),
@@ -212,7 +247,7 @@ class CoolifyProvider:
         uuid = instance.id
         app = await self.application(uuid)
         image_mode = self._image_mode(svc, app)
-        pin = self._pin_for(svc, release, image_mode)
+        pin = self._pin_for(svc, release, app, image_mode)
         envs_changed = await self.sync_envs(uuid, release, svc)
 
         patch: dict[str, Any] = {}
@@ -245,6 +280,7 @@ class CoolifyProvider:
                 "coolify application already runs this revision",
                 extra={"application": uuid, "revision": pin},
             )
+            self._save_record(uuid, release.revision, pin, image_mode)
             return
         timeout = svc.deploy_timeout or self.settings.deploy_timeout
         in_flight = [
@@ -275,6 +311,7 @@ class CoolifyProvider:
             deployment_uuid = await self._trigger(uuid, pin, image_mode, svc)
         final = await self.wait_for_deployment(uuid, deployment_uuid, pin, image_mode, timeout)
         await self._verify_active(uuid, final, pin, image_mode)
+        self._save_record(uuid, release.revision, pin, image_mode)
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         api = await self.api()
@@ -446,46 +483,38 @@ class CoolifyProvider:
 
     @staticmethod
     def _pinned(app: Mapping[str, Any], image_mode: bool) -> str | None:
+        """What the application is pinned to: a commit SHA or HEAD, or an image tag."""
         value = app.get("docker_registry_image_tag") if image_mode else app.get("git_commit_sha")
-        if not value or (not image_mode and str(value).upper() == "HEAD"):
-            return None
-        return str(value)
+        return str(value) if value else None
 
-    def _pin_for(self, svc: ServiceSettings, release: Release, image_mode: bool) -> str:
+    def _pin_for(
+        self, svc: ServiceSettings, release: Release, app: Mapping[str, Any], image_mode: bool
+    ) -> str:
+        """The value to pin. The Service's own pin wins: the core's Release.revision is a
+        content address of the document, and a rollback hands back the old document (with
+        its old pin). A full 40-hex revision is taken as a commit (a core passing commits)."""
         resource = release.resource
         where = f"{resource.file}: {resource.kind} {resource.name}"
         if image_mode:
-            tag = svc.image_tag or release.revision
+            tag = svc.image_tag or self._pinned(app, image_mode)
             if not tag or not DOCKER_TAG.match(tag):
                 raise CoolifyConfigError(
-                    f"{where}: no usable image tag to deploy (coolify.image.tag is unset and the "
-                    f"release revision {release.revision!r} is not a docker tag)"
+                    f"{where}: no image tag to deploy: set coolify.image.tag (the application "
+                    "has none either)"
                 )
-            pin = tag
-        else:
-            sha = svc.git_commit_sha or release.revision
-            if not sha or not GIT_SHA.match(sha):
-                raise CoolifyConfigError(
-                    f"{where}: no commit to deploy (coolify.gitCommitSha is unset and the "
-                    f"release revision {release.revision!r} is not a git SHA; use source.git "
-                    "or gitCommitSha)"
-                )
-            pin = sha
-        if release.revision and release.revision != pin:
-            self.log.info(
-                "the Service pins its own revision; the release revision is not used",
-                extra={
-                    "resource": str(resource.key),
-                    "pinned": pin,
-                    "release_revision": release.revision,
-                },
-            )
-        return pin
+            return tag
+        if svc.git_commit_sha:
+            return svc.git_commit_sha
+        if FULL_SHA.match(release.revision or ""):
+            return release.revision
+        # Nothing pinned: Coolify builds the head of the application's branch.
+        return "HEAD"
 
     @staticmethod
     def _matches(deployment: Mapping[str, Any], pin: str, image_mode: bool) -> bool:
-        if image_mode:
-            # Image deployments carry commit HEAD; the tag lives on the application.
+        if image_mode or pin == "HEAD":
+            # Image deployments carry commit HEAD (the tag lives on the application); a HEAD
+            # deployment records the commit it resolved.
             return True
         return str(deployment.get("commit") or "") == pin
 
@@ -622,7 +651,7 @@ class CoolifyProvider:
                 f"{uuid} now pins {pinned!r}, not {pin!r} (changed concurrently?)"
             )
         commit = str(deployment.get("commit") or "")
-        if not image_mode and GIT_SHA.match(commit) and commit != pin:
+        if not image_mode and pin != "HEAD" and GIT_SHA.match(commit) and commit != pin:
             raise CoolifyDeployFailed(
                 f"Coolify deployment {deployment.get('deployment_uuid')} built commit "
                 f"{commit}, not {pin}"

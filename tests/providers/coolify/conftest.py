@@ -63,9 +63,9 @@ def target_resource(url: str, **overrides: Any) -> Resource:
     return Resource(ResourceKey("default", "Target", "coolify"), {}, spec, "targets.yaml")
 
 
-def service_resource(name: str = "api", **coolify: Any) -> Resource:
+def service_resource(resource_name: str = "api", /, **coolify: Any) -> Resource:
     spec = {"target": "coolify", "coolify": coolify}
-    return Resource(ResourceKey("default", "Service", name), {}, spec, "services.yaml")
+    return Resource(ResourceKey("default", "Service", resource_name), {}, spec, "services.yaml")
 
 
 @pytest.fixture
