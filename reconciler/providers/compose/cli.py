@@ -1,0 +1,105 @@
+"""The compose command line (v2 ``docker compose`` or v1 ``docker-compose``), as argv lists.
+
+Which binary: ``docker.compose`` on the Target — ``auto`` (default: ``docker compose`` when the
+plugin answers, else ``docker-compose``), ``v2`` or ``v1`` — or an explicit argv prefix in
+``docker.composeCommand``. The major version is read from ``version --short``, not guessed from
+the name: a standalone ``docker-compose`` binary may well be v2.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from reconciler.errors import ProviderError
+from reconciler.transport import Transport
+
+_VERSION_TIMEOUT_S = 15.0
+CANDIDATES: dict[str, list[list[str]]] = {
+    "v2": [["docker", "compose"], ["docker-compose"]],
+    "v1": [["docker-compose"]],
+}
+
+
+@dataclass(frozen=True)
+class ComposeCLI:
+    command: tuple[str, ...]
+    version: str
+
+    @property
+    def major(self) -> int:
+        head = self.version.lstrip("v").split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    @property
+    def is_v2(self) -> bool:
+        return self.major >= 2
+
+    def argv(
+        self, project: str, file: str | None, project_dir: str | None, *args: str
+    ) -> list[str]:
+        argv = [*self.command, "--ansi", "never", "-p", project]
+        if file is not None:
+            argv += ["-f", file]
+        if project_dir is not None:
+            argv += ["--project-directory", project_dir]
+        return [*argv, *args]
+
+    def describe(self) -> str:
+        return f"{shlex.join(self.command)} {self.version}"
+
+
+async def _version(
+    transport: Transport, command: Sequence[str], env: Mapping[str, str]
+) -> str | None:
+    try:
+        result = await transport.run(
+            [*command, "version", "--short"], timeout=_VERSION_TIMEOUT_S, env=env
+        )
+    except ProviderError:  # not installed, not executable
+        return None
+    if not result.ok:
+        return None
+    text = result.stdout.decode(errors="replace").strip()
+    return text.splitlines()[-1].strip() if text else None
+
+
+async def detect(
+    transport: Transport,
+    preference: str,
+    explicit: Sequence[str] | None,
+    env: Mapping[str, str],
+) -> ComposeCLI:
+    """Find the compose CLI on the Docker host the transport reaches."""
+    if explicit:
+        version = await _version(transport, explicit, env)
+        if version is None:
+            raise ProviderError(
+                f"{transport.host_id}: compose command {shlex.join(explicit)!r} does not answer "
+                "`version --short`",
+                hint="install Docker Compose or fix docker.composeCommand on the Target",
+            )
+        return ComposeCLI(tuple(explicit), version)
+    if preference == "auto":
+        candidates = [*CANDIDATES["v2"], *CANDIDATES["v1"]]
+    elif preference in CANDIDATES:
+        candidates = CANDIDATES[preference]
+    else:
+        raise ProviderError(f"docker.compose must be auto, v2 or v1, not {preference!r}")
+    tried: list[str] = []
+    for command in candidates:
+        if shlex.join(command) in tried:
+            continue
+        tried.append(shlex.join(command))
+        version = await _version(transport, command, env)
+        if version is None:
+            continue
+        cli = ComposeCLI(tuple(command), version)
+        if preference == "auto" or (preference == "v2") == cli.is_v2:
+            return cli
+    raise ProviderError(
+        f"{transport.host_id}: no Docker Compose {preference} found (tried {', '.join(tried)})",
+        hint="install Docker Compose v2 (`docker compose`) or v1 (`docker-compose`), or set "
+        "docker.composeCommand on the Target",
+    )

@@ -1,0 +1,243 @@
+"""Read-side access to a Docker engine: containers by compose label, logs, waits, clean-up.
+
+Two implementations with one shape (container dicts are what ``GET /containers/{id}/json`` and
+``docker inspect`` both return):
+
+- ``AiodockerEngine``: the engine API over a local socket (``unix://``), through aiodocker;
+- ``CliEngine``: the ``docker`` CLI run through a ``Transport``, for Docker hosts reached over SSH
+  (the engine socket is local to that host, and aiodocker cannot tunnel through SSH).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiodocker
+import aiohttp
+from aiodocker.volumes import DockerVolume
+
+from reconciler.errors import ProviderError
+from reconciler.transport import CommandTimeout, Transport
+
+_API_TIMEOUT_S = 30.0
+
+
+class DockerEngine(Protocol):
+    async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Full inspect data of every container (running or not) carrying all ``labels``."""
+
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        """Inspect data of a local image, or None when it is not on the host."""
+
+    async def logs(self, container: str, tail: int) -> list[str]:
+        """The last ``tail`` lines of stdout and stderr."""
+
+    async def wait(self, container: str, timeout: float) -> int | None:  # noqa: ASYNC109
+        """The exit code once the container stops, or None after ``timeout`` seconds."""
+
+    async def stop_container(self, container: str, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (no error when it is gone)."""
+
+    async def remove_container(self, container: str) -> None:
+        """Kill and delete a container (no error when it is gone already)."""
+
+    async def volumes(self, labels: dict[str, str]) -> list[str]:
+        """Names of the volumes carrying all ``labels``."""
+
+    async def remove_volume(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _label_filters(labels: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(labels.items())]
+
+
+def _split_lines(chunks: Sequence[str]) -> list[str]:
+    return "".join(chunks).splitlines()
+
+
+class AiodockerEngine:
+    """The engine API on a local socket."""
+
+    def __init__(self, url: str, host_id: str) -> None:
+        self.url = url
+        self.host_id = host_id
+        self._docker: aiodocker.Docker | None = None
+
+    def _client(self) -> aiodocker.Docker:
+        # Created on first use: aiohttp sessions belong to the running event loop.
+        if self._docker is None:
+            self._docker = aiodocker.Docker(
+                url=self.url, timeout=aiohttp.ClientTimeout(total=_API_TIMEOUT_S)
+            )
+        return self._docker
+
+    def _error(self, what: str, exc: Exception) -> ProviderError:
+        return ProviderError(f"{self.host_id}: docker engine: {what}: {exc}")
+
+    async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        docker = self._client()
+        try:
+            listed = await docker.containers.list(
+                all=True, filters={"label": _label_filters(labels)}
+            )
+            result: list[dict[str, Any]] = []
+            for container in listed:
+                try:
+                    shown = await container.show()
+                except aiodocker.DockerError as exc:
+                    if exc.status == 404:  # removed between list and inspect
+                        continue
+                    raise
+                result.append(dict(shown))
+            return result
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise self._error("listing containers", exc) from exc
+
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return await self._client().images.inspect(ref)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise self._error(f"inspecting image {ref}", exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._error(f"inspecting image {ref}", exc) from exc
+
+    async def logs(self, container: str, tail: int) -> list[str]:
+        try:
+            handle = self._client().containers.container(container)
+            chunks = await handle.log(stdout=True, stderr=True, tail=tail)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return []
+            raise self._error(f"reading logs of {container}", exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._error(f"reading logs of {container}", exc) from exc
+        return _split_lines(chunks)
+
+    async def wait(self, container: str, timeout: float) -> int | None:  # noqa: ASYNC109
+        handle = self._client().containers.container(container)
+        try:
+            status = await asyncio.wait_for(handle.wait(timeout=None), timeout)
+        except TimeoutError:
+            return None
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise self._error(f"waiting for {container}", exc) from exc
+        return int(status.get("StatusCode", -1))
+
+    async def stop_container(self, container: str, grace: float) -> None:
+        try:
+            await self._client().containers.container(container).stop(t=math.ceil(grace))
+        except aiodocker.DockerError as exc:
+            if exc.status not in (304, 404):
+                raise self._error(f"stopping {container}", exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._error(f"stopping {container}", exc) from exc
+
+    async def remove_container(self, container: str) -> None:
+        try:
+            await self._client().containers.container(container).delete(force=True, v=False)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise self._error(f"removing {container}", exc) from exc
+
+    async def volumes(self, labels: dict[str, str]) -> list[str]:
+        try:
+            data = await self._client().volumes.list(filters={"label": _label_filters(labels)})
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+            raise self._error("listing volumes", exc) from exc
+        return sorted(str(v["Name"]) for v in data.get("Volumes") or [])
+
+    async def remove_volume(self, name: str) -> None:
+        try:
+            await DockerVolume(self._client(), name).delete()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise self._error(f"removing volume {name}", exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._error(f"removing volume {name}", exc) from exc
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+
+class CliEngine:
+    """The ``docker`` CLI through a transport (for engines only reachable on their own host)."""
+
+    def __init__(self, transport: Transport, docker: Sequence[str] = ("docker",)) -> None:
+        self.transport = transport
+        self.docker = list(docker)
+
+    async def _run(self, *args: str, timeout: float = _API_TIMEOUT_S) -> str:  # noqa: ASYNC109
+        result = await self.transport.run([*self.docker, *args], timeout=timeout)
+        if not result.ok:
+            raise ProviderError(
+                f"{self.transport.host_id}: docker {args[0]} exited {result.returncode}: "
+                f"{result.stderr.decode(errors='replace').strip()[-500:]}"
+            )
+        return result.stdout.decode(errors="replace")
+
+    async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        filters = [a for f in _label_filters(labels) for a in ("--filter", f"label={f}")]
+        ids = (await self._run("ps", "-a", "-q", "--no-trunc", *filters)).split()
+        if not ids:
+            return []
+        result = await self.transport.run([*self.docker, "inspect", *ids], timeout=_API_TIMEOUT_S)
+        # `inspect` exits 1 when a container vanished since `ps`, but still prints the others.
+        try:
+            data = json.loads(result.stdout or b"[]")
+        except json.JSONDecodeError as exc:
+            raise ProviderError(f"{self.transport.host_id}: docker inspect: {exc}") from exc
+        return [dict(c) for c in data]
+
+    async def image(self, ref: str) -> dict[str, Any] | None:
+        result = await self.transport.run(
+            [*self.docker, "image", "inspect", ref], timeout=_API_TIMEOUT_S
+        )
+        if not result.ok:
+            return None
+        data = json.loads(result.stdout or b"[]")
+        return dict(data[0]) if data else None
+
+    async def logs(self, container: str, tail: int) -> list[str]:
+        result = await self.transport.run(
+            [*self.docker, "logs", "--tail", str(tail), container], timeout=_API_TIMEOUT_S
+        )
+        if not result.ok:
+            return []
+        return (result.stdout + result.stderr).decode(errors="replace").splitlines()
+
+    async def wait(self, container: str, timeout: float) -> int | None:  # noqa: ASYNC109
+        try:
+            out = await self._run("wait", container, timeout=timeout)
+        except CommandTimeout:
+            return None
+        return int(out.strip().splitlines()[-1])
+
+    async def stop_container(self, container: str, grace: float) -> None:
+        await self.transport.run(
+            [*self.docker, "stop", "-t", str(math.ceil(grace)), container],
+            timeout=_API_TIMEOUT_S + grace,
+        )
+
+    async def remove_container(self, container: str) -> None:
+        await self.transport.run([*self.docker, "rm", "-f", container], timeout=_API_TIMEOUT_S)
+
+    async def volumes(self, labels: dict[str, str]) -> list[str]:
+        filters = [a for f in _label_filters(labels) for a in ("--filter", f"label={f}")]
+        out = await self._run("volume", "ls", "-q", *filters)
+        return sorted(out.split())
+
+    async def remove_volume(self, name: str) -> None:
+        await self.transport.run([*self.docker, "volume", "rm", "-f", name], timeout=_API_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """The transport is owned (and closed) by the provider."""

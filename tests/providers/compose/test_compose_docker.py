@@ -1,0 +1,418 @@
+"""The compose provider against the real dockerd (compose v1 and v2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+
+from reconciler.errors import ProviderError
+from reconciler.providers import Instance
+from reconciler.providers.compose.engine import CliEngine
+from reconciler.providers.compose.provider import ComposeProvider
+from reconciler.providers.compose.render import project_name
+from reconciler.transport.local import LocalTransport
+from tests.infra.testinfra import Infra
+from tests.providers.compose.conftest import (
+    eventually,
+    free_port,
+    http_get,
+    make_resource,
+    release,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+def web_spec(image: str, port: int, **compose: Any) -> dict[str, Any]:
+    """An httpd that serves /data, where it records each boot and the image's version."""
+    script = (
+        "echo booting web && echo boot >> /data/boots && cp /www/index.html /data/version"
+        " && echo ok > /data/health"
+        f" && exec httpd -f -v -p 127.0.0.1:{port} -h /data"
+    )
+    section: dict[str, Any] = {
+        "image": image,
+        "pullPolicy": "never",
+        "networkMode": "host",
+        "command": ["/bin/sh", "-c", script],
+        "volumes": ["data:/data"],
+        "healthcheck": {
+            "test": ["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/health"],
+            "interval": "500ms",
+            "timeout": "2s",
+            "retries": 2,
+        },
+        "stopGracePeriod": "2s",
+        "waitTimeout": "30s",
+    }
+    section.update(compose)
+    return {"compose": section}
+
+
+async def only_state(provider: ComposeProvider, resource: Any) -> Any:
+    states = await provider.observe(resource)
+    assert len(states) == 1, states
+    return states[0]
+
+
+async def test_deploy_observe_logs_and_idempotent_redeploy(make_provider, environment, test_images):
+    port = free_port()
+    provider = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    (instance,) = await provider.instances(service)
+    assert instance.id == "web-1" and instance.address == "127.0.0.1"
+
+    await provider.deploy(release(service, "r1"), instance)
+
+    assert await http_get(port, "/version") == (200, "version v1\n")
+    state = await only_state(provider, service)
+    assert state.revision == "r1" and state.running, state
+    assert state.facts["health"] == "healthy"
+    assert state.facts["image"] == test_images["v1"]
+    assert state.facts["restart_count"] == 0
+    assert state.facts["compose_revision"].startswith(test_images["v1"] + "#")
+    container_id = state.facts["container_id"]
+
+    lines = await provider.logs(service, instance, tail=50)
+    assert "booting web" in lines, lines
+    assert any("response:200" in line for line in lines), lines  # httpd -v, on stderr
+
+    # Same release again: nothing is recreated.
+    await provider.deploy(release(service, "r1"), instance)
+    assert (await only_state(provider, service)).facts["container_id"] == container_id
+
+
+async def test_update_rollback_keep_volume(make_provider, environment, test_images):
+    port = free_port()
+    provider = make_provider()
+    v1 = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    v2 = make_resource(environment, "Service", "web", web_spec(test_images["v2"], port))
+    (instance,) = await provider.instances(v1)
+
+    await provider.deploy(release(v1, "r1"), instance)
+    first = await only_state(provider, v1)
+    await provider.deploy(release(v2, "r2"), instance)
+    assert await http_get(port, "/version") == (200, "version v2\n")
+    second = await only_state(provider, v2)
+    assert second.revision == "r2" and second.facts["image"] == test_images["v2"]
+    assert second.facts["compose_revision"] != first.facts["compose_revision"]
+    assert second.facts["container_id"] != first.facts["container_id"]
+
+    # Rollback = the previous Release again.
+    await provider.deploy(release(v1, "r1"), instance)
+    assert await http_get(port, "/version") == (200, "version v1\n")
+    third = await only_state(provider, v1)
+    assert (
+        third.revision == "r1"
+        and third.facts["compose_revision"] == first.facts["compose_revision"]
+    )
+    # The named volume outlived both replacements: three boots recorded in it.
+    assert await http_get(port, "/boots") == (200, "boot\nboot\nboot\n")
+
+
+async def test_unhealthy_container_fails_deploy_and_shows_in_facts(
+    make_provider, environment, test_images
+):
+    port = free_port()
+    provider = make_provider()
+    spec = web_spec(test_images["v1"], port, waitTimeout="20s")
+    spec["compose"]["healthcheck"]["test"] = [
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        f"http://127.0.0.1:{port}/no-such-page",
+    ]
+    service = make_resource(environment, "Service", "web", spec)
+    (instance,) = await provider.instances(service)
+
+    with pytest.raises(ProviderError, match="unhealthy"):
+        await provider.deploy(release(service, "r1"), instance)
+
+    state = await only_state(provider, service)
+    assert state.running and state.revision == "r1"
+    assert state.facts["health"] == "unhealthy"
+    assert state.facts["health_failing_streak"] >= 2
+    assert "unhealthy" in state.detail
+
+
+async def test_deploy_without_wait_returns_once_started(make_provider, environment, test_images):
+    port = free_port()
+    provider = make_provider()
+    spec = web_spec(test_images["v1"], port, wait=False)
+    spec["compose"]["healthcheck"]["test"] = ["false"]
+    service = make_resource(environment, "Service", "web", spec)
+    (instance,) = await provider.instances(service)
+
+    await provider.deploy(release(service, "r1"), instance)  # does not wait for health
+
+    async def unhealthy() -> bool:
+        return (await only_state(provider, service)).facts["health"] == "unhealthy"
+
+    await eventually(unhealthy)
+
+
+async def test_fresh_provider_observes_running_revision(make_provider, environment, test_images):
+    port = free_port()
+    first = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v2"], port))
+    (instance,) = await first.instances(service)
+    await first.deploy(release(service, "r7"), instance)
+    await first.close()
+
+    restarted = make_provider()  # nothing cached: everything comes from Docker's labels
+    state = await only_state(restarted, service)
+    assert state.revision == "r7" and state.running and state.facts["health"] == "healthy"
+    # and it keeps operating the project it did not create
+    await restarted.deploy(release(service, "r7"), instance)
+    assert (await only_state(restarted, service)).facts["container_id"] == state.facts[
+        "container_id"
+    ]
+
+
+async def test_container_removed_or_replaced_by_hand_is_drift(
+    make_provider, environment, test_images, docker_client
+):
+    port = free_port()
+    provider = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    (instance,) = await provider.instances(service)
+    await provider.deploy(release(service, "r1"), instance)
+    state = await only_state(provider, service)
+
+    # Removed by hand: the instance is missing.
+    await docker_client.containers.container(state.facts["container_id"]).delete(force=True)
+    missing = await only_state(provider, service)
+    assert missing.revision is None and not missing.running
+    assert missing.detail == "container missing" and missing.facts["present"] is False
+
+    # Replaced by hand with another image under the same compose labels (and even our revision
+    # label copied over): the revision no longer matches what runs.
+    labels = {
+        "com.docker.compose.project": project_name(service),
+        "com.docker.compose.service": "web",
+        "com.docker.compose.container-number": "1",
+        "dev.fraisier.revision": "r1",
+        "dev.fraisier.image": test_images["v1"],
+    }
+    impostor = await docker_client.containers.run(
+        {
+            "Image": test_images["v2"],
+            "Cmd": ["sleep", "300"],
+            "Labels": labels,
+            "HostConfig": {"NetworkMode": "host", "Init": True},
+        },
+        name=f"{project_name(service)}-impostor",
+    )
+    try:
+        drifted = await only_state(provider, service)
+        assert drifted.revision is None and drifted.running
+        assert test_images["v2"] in drifted.detail
+
+        # Reconciling again puts the declared revision back.
+        await impostor.delete(force=True)
+        await provider.deploy(release(service, "r1"), instance)
+        healed = await only_state(provider, service)
+        assert healed.revision == "r1" and healed.running
+        assert await http_get(port, "/version") == (200, "version v1\n")
+    finally:
+        with contextlib.suppress(aiodocker.DockerError):
+            await impostor.delete(force=True)
+
+
+async def test_job_run_exit_code_output_and_secret_env(
+    make_provider, environment, test_images, tmp_path
+):
+    provider = make_provider()
+    script = "echo out-line; echo err-line >&2; echo token=$TOKEN; exit ${CODE}"
+    spec = {
+        "command": ["/bin/sh", "-c", script],
+        "env": {"CODE": "3", "TOKEN": {"env": "JOB_TOKEN"}},
+        "timeout": "30s",
+        "compose": {"image": test_images["v1"], "pullPolicy": "never", "networkMode": "host"},
+    }
+    job = make_resource(environment, "Job", "migrate", spec)
+    (instance,) = await provider.instances(job)
+
+    result = await provider.run(release(job, "j1", env={"CODE": "3", "TOKEN": "s3cr3t"}), instance)
+    assert result.exit_code == 3
+    assert "out-line" in result.output and "err-line" in result.output
+    assert "token=s3cr3t" in result.output  # the secret reached the container ...
+    state_files = list((tmp_path / "state").rglob("compose.yaml"))
+    assert state_files and all("s3cr3t" not in p.read_text() for p in state_files)  # ... no file
+    (failed,) = await provider.observe(job)
+    assert failed.revision is None and failed.facts["last_exit_code"] == 3
+    assert "last run exited 3" in failed.detail
+
+    ok_job = make_resource(
+        environment, "Job", "migrate", {**spec, "env": {"CODE": "0", "TOKEN": "x"}}
+    )
+    result = await provider.run(release(ok_job, "j2", env={"CODE": "0", "TOKEN": "x"}), instance)
+    assert result.exit_code == 0
+    (done,) = await provider.observe(ok_job)
+    assert done.revision == "j2" and not done.running and done.facts["last_exit_code"] == 0
+    assert "out-line" in await provider.logs(ok_job, instance)
+    # The run containers are gone.
+    assert await provider.engine.containers({"com.docker.compose.project": project_name(job)}) == []
+
+
+async def test_job_timeout_kills_the_run(make_provider, environment, test_images):
+    provider = make_provider()
+    spec = {
+        "command": ["/bin/sh", "-c", "echo started; sleep 60"],
+        "timeout": "1s",
+        "compose": {"image": test_images["v1"], "pullPolicy": "never", "networkMode": "host"},
+    }
+    job = make_resource(environment, "Job", "slow", spec)
+    (instance,) = await provider.instances(job)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await provider.run(release(job, "j1"), instance)
+    assert result.exit_code == 124 and "started" in result.output and "timed out" in result.output
+    assert loop.time() - started < 20
+    assert await provider.engine.containers({"com.docker.compose.project": project_name(job)}) == []
+
+
+async def test_remove_keeps_volumes_unless_asked(
+    make_provider, environment, test_images, docker_client
+):
+    port = free_port()
+    provider = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    (instance,) = await provider.instances(service)
+    project = project_name(service)
+    volume_filter = {"label": [f"com.docker.compose.project={project}"]}
+
+    await provider.deploy(release(service, "r1"), instance)
+    await provider.remove(service, instance)
+    gone = await only_state(provider, service)
+    assert gone.detail == "container missing" and not gone.running
+    volumes = (await docker_client.volumes.list(filters=volume_filter))["Volumes"] or []
+    assert len(volumes) == 1  # the data volume survived the removal
+
+    await provider.deploy(release(service, "r1"), instance)
+    assert await http_get(port, "/boots") == (200, "boot\nboot\n")  # same volume, second boot
+    purge = make_resource(
+        environment, "Service", "web", web_spec(test_images["v1"], port, removeVolumes=True)
+    )
+    await provider.remove(purge, instance)
+    assert (await docker_client.volumes.list(filters=volume_filter))["Volumes"] in (None, [])
+    assert not Path(provider.state_root, project).exists()
+    await provider.remove(purge, instance)  # idempotent
+
+
+async def test_stop_keeps_the_container(make_provider, environment, test_images):
+    port = free_port()
+    provider = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    (instance,) = await provider.instances(service)
+    await provider.deploy(release(service, "r1"), instance)
+    await provider.stop(service, instance)
+    state = await only_state(provider, service)
+    assert not state.running and state.revision == "r1" and state.facts["status"] == "exited"
+    await provider.deploy(release(service, "r1"), instance)  # started again
+    assert (await only_state(provider, service)).running
+
+
+async def test_compose_file_reference_with_replicas(make_provider, environment, test_images):
+    port = free_port()
+    provider = make_provider()
+    compose_file = f"""
+services:
+  web:
+    image: {test_images["v2"]}
+    network_mode: host
+    init: true
+    command: ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:{port}", "-h", "/www"]
+    depends_on: [worker]
+  worker:
+    image: {test_images["v1"]}
+    network_mode: host
+    init: true
+    command: ["/bin/sh", "-c", "echo tick $$HOSTNAME; exec sleep 300"]
+    labels: [team=core]
+  unused:
+    image: does-not-exist:0
+"""
+
+    async def export(dest: Path) -> None:
+        (dest / "stack").mkdir()
+        (dest / "stack" / "compose.yaml").write_text(compose_file)
+
+    spec = {
+        "source": {"path": "stack"},
+        "compose": {
+            "file": "stack/compose.yaml",
+            "services": ["worker", "web"],
+            "pullPolicy": "never",
+        },
+    }
+    service = make_resource(environment, "Service", "stack", spec)
+    instances = await provider.instances(service)
+    assert [i.id for i in instances] == ["worker-1", "web-1"]
+    for instance in instances:
+        await provider.deploy(release(service, "s1", export=export), instance)
+
+    states = {s.instance.id: s for s in await provider.observe(service)}
+    assert set(states) == {"worker-1", "web-1"}
+    assert all(s.revision == "s1" and s.running for s in states.values())
+    assert states["web-1"].facts["image"] == test_images["v2"]
+    assert await http_get(port, "/index.html") == (200, "version v2\n")
+    lines = await provider.logs(service, instances[0])
+    assert any(line.startswith("tick ") for line in lines), lines
+
+    # replicas: 2 scales both listed services; the second httpd cannot bind the same host port,
+    # and that failure is visible per instance.
+    scaled = make_resource(
+        environment, "Service", "stack", {**spec, "compose": {**spec["compose"], "replicas": 2}}
+    )
+    with contextlib.suppress(ProviderError):  # v1's poll sees web-2 exit; v2's --wait may not
+        await provider.deploy(release(scaled, "s2", export=export), Instance("worker-1"))
+
+    async def second_web_failed() -> bool:
+        states = {s.instance.id: s for s in await provider.observe(scaled)}
+        return states["web-2"].facts.get("status") == "exited"
+
+    await eventually(second_web_failed)
+    states = {s.instance.id: s for s in await provider.observe(scaled)}
+    assert set(states) == {"worker-1", "worker-2", "web-1", "web-2"}
+    assert states["worker-2"].running and states["worker-2"].revision == "s2"
+    assert not states["web-2"].running and "exit code 1" in states["web-2"].detail
+    assert states["web-1"].running and states["web-1"].revision == "s2"
+
+
+async def test_observe_through_the_docker_cli(
+    make_provider, environment, test_images, docker_engine: Infra
+):
+    """The engine reader used for ssh:// hosts (docker CLI through a transport) sees the same."""
+    port = free_port()
+    provider = make_provider()
+    service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
+    (instance,) = await provider.instances(service)
+    await provider.deploy(release(service, "r1"), instance)
+    via_api = await only_state(provider, service)
+
+    transport = LocalTransport()
+    cli_provider = ComposeProvider(
+        provider.target,
+        provider.ctx,
+        transport,
+        CliEngine(transport, [docker_engine.docker_cli]),
+        state_root=provider.state_root,
+        base_env=provider.base_env,
+    )
+    via_cli = await only_state(cli_provider, service)
+    assert via_cli.revision == via_api.revision == "r1"
+    assert (
+        via_cli.facts["health"] == "healthy"
+        and via_cli.facts["container_id"] == via_api.facts["container_id"]
+    )
+    await http_get(port, "/version")
+    assert "booting web" in await cli_provider.logs(service, instance)
+    await cli_provider.stop(service, instance)
+    assert not (await only_state(provider, service)).running
