@@ -164,7 +164,7 @@ class BareMetalProvider:
         command = _argv(spec.get("command"), "command", resource)
         env = {**base_environment(), **release.env}
         store = self.releases(resource)
-        async with self._slots, self._lock(resource.key):
+        async with self._lock(resource.key), self._slots:
             release_dir, _created = await store.ensure(
                 release,
                 build=_argv(spec.get("build"), "build", resource),

@@ -27,7 +27,8 @@ from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceRef, ServiceStatus
 from reconciler.transport.local import write_file_atomic
 
-_POLL_S = 0.05
+_POLL_FIRST_S = 0.005  # polls back off from here to _POLL_MAX_S: most services stop at once
+_POLL_MAX_S = 0.1
 _KILL_WAIT_S = 5.0
 LOG_ROTATE_BYTES = 16 << 20  # one previous log (<name>.log.1) is kept
 
@@ -81,6 +82,37 @@ def _is_ours_and_alive(pid: int, start_time: int) -> tuple[bool, str]:
         code = _reap(pid)
         return False, "exited" if code is None else f"exited with status {code}"
     return True, f"running (pid {pid})"
+
+
+def _group_is_ours(pid: int, start_time: int) -> bool:
+    """Is there anything of the service's process group left to stop?
+
+    Its leader, alive with the recorded start time; or, when the leader has exited, members it
+    left behind (Linux does not hand out a pid while a process group still uses it as its id,
+    so those are the leader's). A live process with the pid and another start time means the pid
+    was reused: that group is a stranger's, never signalled.
+    """
+    leader = procfs.read_stat(pid)
+    if leader is not None and leader.start_time != start_time:
+        return False
+    if leader is not None and not leader.dead:
+        return True
+    if leader is not None:
+        _reap(pid)
+    return bool(procfs.group_members(pid))
+
+
+async def _wait_group_gone(pid: int, start_time: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    delay = _POLL_FIRST_S
+    while True:
+        leader_alive, _ = _is_ours_and_alive(pid, start_time)
+        if not leader_alive and not await asyncio.to_thread(procfs.group_members, pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _POLL_MAX_S)
 
 
 def _tail_lines(path: Path, count: int) -> list[str]:
@@ -184,33 +216,32 @@ class Supervisor:
         )
 
     async def stop(self, ref: ServiceRef, timeout_s: float) -> None:
-        status = await self.status(ref)
-        if status.running and status.pid is not None:
-            await self._terminate(ref, status.pid, timeout_s)
+        record = _read_pidfile(ref)
+        if record is None:
+            return
+        try:
+            pid, start_time = int(record["pid"]), int(record["start_time"])
+        except (KeyError, TypeError, ValueError):
+            pid = start_time = -1
+        if pid > 0 and await asyncio.to_thread(_group_is_ours, pid, start_time):
+            await self._terminate(ref, pid, start_time, timeout_s)
         with contextlib.suppress(FileNotFoundError):
             pidfile_path(ref).unlink()
 
-    async def _terminate(self, ref: ServiceRef, pid: int, timeout_s: float) -> None:
-        record = _read_pidfile(ref) or {}
-        start_time = int(record.get("start_time", -1))
-        # The pid is the group id: the service was started as a session (and group) leader.
+    async def _terminate(
+        self, ref: ServiceRef, pid: int, start_time: int, timeout_s: float
+    ) -> None:
+        # The pid is the group id: the service was started as a session (and group) leader, so
+        # the signal reaches every process it started that did not leave the group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            leader_alive, _ = _is_ours_and_alive(pid, start_time)
-            if not leader_alive and not procfs.group_members(pid):
-                return
-            await asyncio.sleep(_POLL_S)
+        if await _wait_group_gone(pid, start_time, timeout_s):
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + _KILL_WAIT_S
-        while time.monotonic() < deadline:
-            leader_alive, _ = _is_ours_and_alive(pid, start_time)
-            if not leader_alive:
-                return
-            await asyncio.sleep(_POLL_S)
-        raise ProviderError(f"{ref}: pid {pid} survived SIGKILL for {_KILL_WAIT_S:g}s")
+        if await _wait_group_gone(pid, start_time, _KILL_WAIT_S):
+            return
+        raise ProviderError(f"{ref}: process group {pid} survived SIGKILL for {_KILL_WAIT_S:g}s")
 
     async def logs(self, ref: ServiceRef, tail: int) -> list[str]:
         return await asyncio.to_thread(_tail_lines, Path(ref.log_path), tail)

@@ -23,6 +23,7 @@ from reconciler.providers import (
 )
 from reconciler.providers.bare_metal import BareMetalProvider, Supervisor, create_provider
 from reconciler.providers.bare_metal.procfs import read_stat
+from reconciler.spec.model import Resource
 from tests.providers.bare_metal.conftest import (
     ENV,
     PY,
@@ -86,7 +87,7 @@ async def test_deploy_serves_and_is_observed(
     await provider.deploy(sources.release(resource, "r1", env={"GREETING": "hello"}), instance)
 
     assert await wait_for_http(f"http://127.0.0.1:{port}/", "r1") == "r1 hello"
-    health = await wait_healthy(resource.spec["health"], instance)  # type: ignore[arg-type]
+    health = await wait_healthy(resource.spec["health"], instance)
     assert health.healthy, health.message
     [state] = await provider.observe(resource)
     assert state.running and state.revision == "r1"
@@ -249,6 +250,36 @@ async def test_stop_reaches_the_whole_process_group(
     assert await wait_gone(worker, timeout=0.5)
 
 
+LEAVES_WORKER = """\
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open("worker.pid", "w").write(str(worker.pid))
+print("leader leaves", flush=True)
+"""
+
+
+@pytest.mark.timeout(30)
+async def test_stop_cleans_up_workers_left_by_an_exited_leader(
+    provider: BareMetalProvider, sources: AppSources
+) -> None:
+    resource = make_resource("orphans", {"command": [PY, "leaves.py"], "stopTimeout": "2s"})
+    [instance] = await provider.instances(resource)
+    await provider.deploy(
+        sources.release(resource, "o1", extra={"leaves.py": LEAVES_WORKER}), instance
+    )
+    await wait_for_log(provider, resource, instance, "leader leaves")
+    deadline = time.monotonic() + 5
+    while (await provider.observe(resource))[0].running:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    release_dir = Path(provider.root) / ENV / "orphans" / "releases" / "o1"
+    worker = int((release_dir / "worker.pid").read_text())
+    assert not await wait_gone(worker, timeout=0.2)  # the worker outlived its leader
+    # a redeploy (or stop) must not leave it holding ports and files
+    await provider.stop(resource, instance)
+    assert await wait_gone(worker, timeout=0.5)
+
+
 @pytest.mark.timeout(30)
 async def test_a_process_that_exited_is_not_running(
     provider: BareMetalProvider, sources: AppSources
@@ -270,8 +301,8 @@ async def test_a_process_that_exited_is_not_running(
     assert not health.healthy
 
 
-async def is_running(provider: BareMetalProvider, resource: object) -> bool:
-    return (await provider.observe(resource))[0].running  # type: ignore[arg-type]
+async def is_running(provider: BareMetalProvider, resource: Resource) -> bool:
+    return (await provider.observe(resource))[0].running
 
 
 @pytest.mark.timeout(30)
@@ -293,7 +324,9 @@ async def test_pidfile_of_a_dead_or_reused_pid_is_not_running(
     # A live process with that pid but another start time: pid reuse. Not ours — never signal it.
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        real_start = read_stat(stranger.pid).start_time  # type: ignore[union-attr]
+        stat = read_stat(stranger.pid)
+        assert stat is not None
+        real_start = stat.start_time
         pidfile.write_text(
             json.dumps({"pid": stranger.pid, "start_time": real_start - 1, "revision": "g1"})
         )
@@ -395,11 +428,11 @@ async def test_remove_stops_and_deletes(provider: BareMetalProvider, sources: Ap
 
 
 async def wait_for_log(
-    provider: BareMetalProvider, resource: object, instance: Instance, text: str
+    provider: BareMetalProvider, resource: Resource, instance: Instance, text: str
 ) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        lines = await provider.logs(resource, instance, tail=20)  # type: ignore[arg-type]
+        lines = await provider.logs(resource, instance, tail=20)
         if any(text in line for line in lines):
             return
         await asyncio.sleep(0.05)
