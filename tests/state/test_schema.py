@@ -248,3 +248,38 @@ def test_store_pragmas(store: SQLiteStore, tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent
     finally:
         conn.close()
+
+
+async def test_read_queries_use_their_indexes(tmp_path: Path, api: ResourceKey) -> None:
+    """Newest-first and crash-recovery reads walk an index, and no stale statistics appear."""
+    db = tmp_path / "plans.db"
+    s = SQLiteStore(db)
+    await s.migrate()
+    await s.create_deployment(
+        api, from_revision=None, to_revision="r1", config_commit=None, trigger="t", strategy="s"
+    )
+    await s.list_deployments()
+    await s.close()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
+        ).fetchone() == (0,)
+
+        def plan(sql: str) -> str:
+            return " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+
+        newest = plan("SELECT * FROM v_deployment ORDER BY created_at DESC, seq DESC LIMIT 50")
+        assert "ix_deployment_created_at" in newest and "TEMP B-TREE" not in newest, newest
+        unfinished = plan(
+            "SELECT * FROM v_deployment WHERE status IN ('pending', 'in_progress') "
+            "ORDER BY created_at, seq"
+        )
+        assert "ix_deployment_unfinished" in unfinished, unfinished
+        per_resource = plan(
+            "SELECT * FROM v_deployment WHERE environment = 'prod' AND kind = 'Service' "
+            "AND name = 'api' ORDER BY seq DESC LIMIT 50"
+        )
+        assert "SCAN" not in per_resource, per_resource
+    finally:
+        conn.close()
