@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -71,3 +75,62 @@ def publish_resources(rows: list[tuple[str, str, str, str, str]]) -> None:
     RESOURCE_INFO.clear()
     for environment, kind, name, sync_status, health_status in rows:
         RESOURCE_INFO.labels(environment, kind, name, sync_status, health_status).set(1)
+
+
+# -- database and locks (issue 8 item 5) ------------------------------------------------------
+DB_QUERY_DURATION = Histogram(
+    "reconciler_db_query_duration_seconds", "Duration of store operations.",
+    ["backend", "operation"], registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DB_ERRORS = Counter(
+    "reconciler_db_errors_total", "Store operations that raised (any backend).",
+    registry=REGISTRY,
+)
+DB_CONNECTIONS = Gauge(
+    "reconciler_db_connections", "Store connections by state (open, in_use, idle).", ["state"],
+    registry=REGISTRY,
+)
+LOCK_WAIT = Histogram(
+    "reconciler_lock_wait_seconds", "Time spent waiting for a database or resource lock.",
+    registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# process_* (CPU, RSS, open fds, start time) from the daemon's own registry: the dashboard
+# shows them and the "reconcile stalled" alert uses the start time for a daemon that never
+# converged since it started.
+PROCESS = ProcessCollector(registry=REGISTRY)
+
+# Known label values start at 0. A counter series that first appears already at 1 is invisible
+# to increase()/rate(), so an alert on "rollbacks increased" would miss the first rollback.
+for _reason in ("health", "error", "manual"):
+    ROLLBACKS_TOTAL.labels(_reason)
+for _result in ("converged", "failed"):
+    RECONCILE_TOTAL.labels(_result)
+for _provider in ("github", "gitlab", "gitea", "bitbucket"):
+    WEBHOOK_REQUESTS.labels(_provider, "unauthorized")
+
+DEPLOYMENT_RESULTS = ("succeeded", "failed", "rolled_back", "rollback_failed")
+
+
+def init_deployment_series(provider: str, strategy: str) -> None:
+    """Create every result series of a provider/strategy pair at 0, before its first deployment
+    finishes, so the "deployment failed" alert sees the first failure (see above)."""
+    for result in DEPLOYMENT_RESULTS:
+        DEPLOYMENTS_TOTAL.labels(provider, strategy, result)
+
+
+@contextmanager
+def db_operation(backend: str, operation: str) -> Iterator[None]:
+    """Time one store operation; count it in ``reconciler_db_errors_total`` when it raises.
+
+    ``operation`` must come from a fixed set (method names), never from data.
+    """
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        DB_ERRORS.inc()
+        raise
+    finally:
+        DB_QUERY_DURATION.labels(backend, operation).observe(time.perf_counter() - started)
