@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -50,10 +51,8 @@ NASTY = [
 ACCOUNTS = [("root", False), ("deploy", True)]
 
 
-def config_for(
-    host: InfraHost, user: str = "root", sudo: bool = False, **kw: object
-) -> SSHHostConfig:
-    return SSHHostConfig(
+def config_for(host: InfraHost, user: str = "root", sudo: bool = False, **kw: Any) -> SSHHostConfig:
+    base = SSHHostConfig(
         host_id=host.name,
         address=host.address,
         port=host.port,
@@ -61,8 +60,8 @@ def config_for(
         identity_file=host.identity_file,
         known_hosts=host.known_hosts,
         sudo=sudo,
-        **kw,  # type: ignore[arg-type]
     )
+    return dataclasses.replace(base, **kw)
 
 
 @pytest.fixture(params=ACCOUNTS, ids=["root", "deploy+sudo"])
@@ -261,22 +260,28 @@ async def test_write_file_is_atomic_for_concurrent_readers(transport: SSHTranspo
     size = 1 << 20
     path = "/srv/fraisier/atomic.bin"
     await transport.write_file(path, b"a" * size)
-    # A reader on the host checks 400 reads: each must be all-a or all-b, full length.
+    # A reader on the host reads for 1.5 s: each must be all-a or all-b, full length.
     reader = (
-        "import sys\n"
-        "bad = 0\n"
-        "for _ in range(400):\n"
+        "import time\n"
+        f"good = (b'a' * {size}, b'b' * {size})\n"
+        "bad = reads = 0\n"
+        "end = time.monotonic() + 1.5\n"
+        "while time.monotonic() < end:\n"
         f"    data = open({path!r}, 'rb').read()\n"
-        f"    if len(data) != {size} or len(set(data)) != 1: bad += 1\n"
-        "print(bad)\n"
+        "    bad += data not in good\n"
+        "    reads += 1\n"
+        "print(bad, reads)\n"
     )
     read_task = asyncio.create_task(
         transport.run(["python3", "-c", reader], timeout=40, check=True)
     )
-    for i in range(12):
-        await transport.write_file(path, (b"b" if i % 2 == 0 else b"a") * size)
-    result = await read_task
-    assert result.stdout == b"0\n"
+    writes = 0
+    while not read_task.done():
+        await transport.write_file(path, (b"b" if writes % 2 == 0 else b"a") * size)
+        writes += 1
+    bad, reads = map(int, (await read_task).stdout.split())
+    assert bad == 0
+    assert writes >= 5 and reads >= 20  # the reader really raced the writer
 
 
 async def test_put_file_missing_local_file(root: SSHTransport, tmp_path: Path) -> None:
@@ -346,7 +351,7 @@ async def test_unreachable_port_is_retried_then_fails(ssh_host: InfraHost) -> No
     with pytest.raises(SSHConnectError, match="after 3 attempts"):
         await t.run(["true"], timeout=10)
     elapsed = time.monotonic() - started
-    # two backoff sleeps: 0.1–0.2 s then 0.2–0.4 s
+    # two backoff sleeps: 0.1-0.2 s then 0.2-0.4 s
     assert 0.3 <= elapsed < 3, elapsed
     await t.close()
 
