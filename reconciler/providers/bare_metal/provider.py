@@ -163,6 +163,8 @@ class BareMetalProvider:
         spec = resource.spec
         command = _argv(spec.get("command"), "command", resource)
         env = {**base_environment(), **release.env}
+        if resource.kind == "Service" and command is None:
+            raise ProviderError(f"{resource.key}: a Service needs a command")
         store = self.releases(resource)
         async with self._lock(resource.key), self._slots:
             release_dir, _created = await store.ensure(
@@ -172,9 +174,7 @@ class BareMetalProvider:
                 env=env,
                 build_timeout_s=BUILD_TIMEOUT_S,
             )
-            if resource.kind == "Service":
-                if command is None:
-                    raise ProviderError(f"{resource.key}: a Service needs a command")
+            if resource.kind == "Service" and command is not None:
                 ref = self.ref(resource)
                 await self.manager.stop(ref, self.stop_timeout(resource))
                 await store.switch(release.revision)
@@ -226,17 +226,18 @@ class BareMetalProvider:
         store = self.releases(resource)
         ref = self.ref(resource)
         task = asyncio.current_task()
+        # Lock before slot, as deploy() does (the other order can deadlock at concurrency 1).
+        async with self._lock(resource.key), self._slots:
+            release_dir, _created = await store.ensure(
+                release,
+                build=_argv(spec.get("build"), "build", resource),
+                working_dir=spec.get("workingDir"),
+                env=env,
+                build_timeout_s=BUILD_TIMEOUT_S,
+            )
+            await store.switch(release.revision)
+            await store.prune(self.keep_releases)
         async with self._slots:
-            async with self._lock(resource.key):
-                release_dir, _created = await store.ensure(
-                    release,
-                    build=_argv(spec.get("build"), "build", resource),
-                    working_dir=spec.get("workingDir"),
-                    env=env,
-                    build_timeout_s=BUILD_TIMEOUT_S,
-                )
-                await store.switch(release.revision)
-                await store.prune(self.keep_releases)
             if task is not None:
                 self._jobs.setdefault(resource.key, set()).add(task)
             started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -251,6 +252,7 @@ class BareMetalProvider:
                         env=env,
                         cwd=within(release_dir, spec.get("workingDir")),
                     )
+                    # stdout, then stderr: separate pipes, so their interleaving is lost
                     exit_code, output = result.returncode, result.stdout + result.stderr
                     if exit_code < 0:  # killed by a signal: report it as a shell would
                         exit_code = 128 - exit_code

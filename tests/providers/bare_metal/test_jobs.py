@@ -12,7 +12,14 @@ import pytest
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal import BareMetalProvider
 from reconciler.providers.bare_metal.provider import RUN_OUTPUT_LIMIT
-from tests.providers.bare_metal.conftest import ENV, PY, AppSources, make_resource, wait_gone
+from tests.providers.bare_metal.conftest import (
+    ENV,
+    PY,
+    AppSources,
+    make_resource,
+    new_provider,
+    wait_gone,
+)
 
 
 @pytest.mark.timeout(30)
@@ -127,3 +134,51 @@ async def test_deploy_of_a_job_prepares_without_running(
         ]
         == 1
     )
+
+
+@pytest.mark.timeout(30)
+async def test_concurrency_limits_actions_per_host(
+    state_dir: Path, sources: AppSources, tmp_path: Path
+) -> None:
+    # Each run records when it started and ended; overlap tells whether they ran side by side.
+    code = (
+        "import sys, time\n"
+        "start = time.time(); time.sleep(0.5)\n"
+        "open(sys.argv[1], 'w').write(f'{start} {time.time()}')\n"
+    )
+    for concurrency, overlap_expected in ((1, False), (2, True)):
+        spans = [tmp_path / f"span-{concurrency}-{i}" for i in range(2)]
+        jobs = [
+            make_resource(f"j{i}", {"command": [PY, "-c", code, str(spans[i])]}, kind="Job")
+            for i in range(2)
+        ]
+        provider = new_provider(state_dir, concurrency=concurrency)
+        try:
+            [instance] = await provider.instances(jobs[0])
+            results = await asyncio.gather(
+                *(provider.run(sources.release(job, "c1"), instance) for job in jobs)
+            )
+        finally:
+            await provider.close()
+        assert [r.exit_code for r in results] == [0, 0]
+        (a0, a1), (b0, b1) = (map(float, span.read_text().split()) for span in spans)
+        overlapped = a0 < b1 and b0 < a1
+        assert overlapped is overlap_expected, (concurrency, (a0, a1), (b0, b1))
+
+
+@pytest.mark.timeout(30)
+async def test_deploy_and_run_of_one_job_at_concurrency_one(
+    state_dir: Path, sources: AppSources
+) -> None:
+    provider = new_provider(state_dir, concurrency=1)
+    job = make_resource("both", {"command": [PY, "-c", "print('ran')"]}, kind="Job")
+    try:
+        [instance] = await provider.instances(job)
+        release = sources.release(job, "d1")
+        _, result = await asyncio.wait_for(
+            asyncio.gather(provider.deploy(release, instance), provider.run(release, instance)),
+            10,
+        )
+    finally:
+        await provider.close()
+    assert result.output == "ran\n"
