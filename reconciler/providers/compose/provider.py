@@ -593,6 +593,11 @@ class ComposeProvider:
         prepared = await self._prepare(release)
         rendered = prepared.rendered
         project = rendered.project
+        if len(rendered.services) != 1:
+            raise ProviderError(
+                f"{resource.key}: a {resource.kind} runs exactly one compose service, "
+                f"not {len(rendered.services)} ({', '.join(rendered.services)})"
+            )
         service = rendered.services[0]
         timeout = seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(project):

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ProviderError
+from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import Resource
 
 LABEL_PREFIX = "dev.fraisier."
@@ -43,8 +44,6 @@ DEFAULT_PULL_POLICY = "missing"
 DEFAULT_WAIT_TIMEOUT_S = 60.0
 
 _PROJECT_UNSAFE = re.compile(r"[^a-z0-9_-]")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def seconds(value: object, default: float) -> float:
@@ -55,19 +54,10 @@ def seconds(value: object, default: float) -> float:
         raise ProviderError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
         return float(value)
-    text = str(value).strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            raise ProviderError(f"invalid duration {value!r} (expected e.g. 500ms, 30s, 1h30m)")
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not text:
-        raise ProviderError("invalid duration '' (expected e.g. 500ms, 30s, 1h30m)")
-    return total
+    try:
+        return parse_duration(str(value))
+    except ValueError as exc:
+        raise ProviderError(str(exc)) from exc
 
 
 def project_name(resource: Resource) -> str:

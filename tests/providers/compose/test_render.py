@@ -1,0 +1,225 @@
+"""Rendering, revisions and schemas of the compose provider (no Docker needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler.errors import ProviderError
+from reconciler.providers.compose.render import (
+    LABEL_COMPOSE_REVISION,
+    LABEL_IMAGE,
+    LABEL_REVISION,
+    project_name,
+    render,
+    replicas,
+    service_names,
+)
+from reconciler.spec.model import Resource, ResourceKey
+from reconciler.spec.validate import fast_errors, kind_validator
+
+
+def resource(
+    kind: str = "Service", name: str = "api", environment: str = "prod", **spec: Any
+) -> Resource:
+    key = ResourceKey(environment, kind, name)
+    return Resource(key, {}, {"target": "docker", **spec}, "x.yaml")
+
+
+INLINE = {
+    "image": "registry.example/api:1.2@sha256:" + "a" * 64,
+    "command": ["/bin/sh", "-c", "echo $HOME ${X}"],
+    "environment": {"MODE": "fast", "PRICE": "5$"},
+    "ports": ["127.0.0.1:8080:80", {"target": 81, "published": 8081, "hostIp": "127.0.0.1"}],
+    "volumes": [
+        "data:/data",
+        "/etc/hosts:/etc/hosts:ro",
+        {"type": "volume", "source": "cache", "target": "/c"},
+    ],
+    "healthcheck": {"test": ["wget", "-q", "http://127.0.0.1/"], "interval": "1s", "retries": 3},
+    "resources": {"cpus": 0.5, "memory": "64m"},
+    "networkMode": "host",
+}
+
+
+def test_project_name_is_stable_and_unambiguous() -> None:
+    a = resource(compose=INLINE)
+    assert project_name(a) == "fraisier_prod_service_api"
+    # "a-b"/"c" and "a"/"b-c" must not share a project; neither may a Service and a Job.
+    assert project_name(resource(name="c", environment="a-b", compose=INLINE)) != project_name(
+        resource(name="b-c", environment="a", compose=INLINE)
+    )
+    assert project_name(resource("Job", compose=INLINE)) != project_name(a)
+    assert project_name(resource(compose={**INLINE, "project": "custom"})) == "custom"
+
+
+def test_inline_render() -> None:
+    r = resource(
+        compose=INLINE,
+        env={"TOKEN": {"env": "API_TOKEN"}, "LEVEL": "debug"},
+        stopTimeout="5s",
+    )
+    rendered = render(r, "rev-1")
+    svc = rendered.document["services"]["api"]
+    assert svc["image"] == INLINE["image"]
+    assert svc["command"] == ["/bin/sh", "-c", "echo $$HOME $${X}"]  # literal, not interpolated
+    assert svc["environment"] == ["LEVEL=debug", "MODE=fast", "PRICE=5$$", "TOKEN"]
+    assert rendered.secret_env_names == ["TOKEN"]
+    assert svc["healthcheck"] == {
+        "test": ["CMD", "wget", "-q", "http://127.0.0.1/"],
+        "interval": "1s",
+        "retries": 3,
+    }
+    assert svc["cpus"] == 0.5 and svc["mem_limit"] == "64m"
+    assert svc["network_mode"] == "host" and svc["init"] is True
+    assert svc["restart"] == "unless-stopped" and svc["stop_grace_period"] == "5s"
+    assert svc["pull_policy"] == "missing"
+    assert svc["ports"][1] == {"target": 81, "published": "8081", "host_ip": "127.0.0.1"}
+    assert rendered.document["volumes"] == {"data": {}, "cache": {}}
+    assert svc["labels"][LABEL_REVISION] == "rev-1"
+    assert svc["labels"][LABEL_IMAGE] == INLINE["image"]
+    assert rendered.compose_revision == f"{INLINE['image']}#{rendered.document_hash[:16]}"
+    assert svc["labels"][LABEL_COMPOSE_REVISION] == rendered.compose_revision
+    assert yaml.safe_load(rendered.yaml()) == rendered.document
+
+
+def test_compose_revision_covers_the_document_not_the_core_revision() -> None:
+    base = render(resource(compose=INLINE), "r1")
+    assert render(resource(compose=INLINE), "r2").compose_revision == base.compose_revision
+    newer = render(resource(compose={**INLINE, "image": "registry.example/api:1.3"}), "r1")
+    assert newer.compose_revision.startswith("registry.example/api:1.3#")
+    assert newer.document_hash != base.document_hash
+    reordered = dict(reversed(list(INLINE.items())))
+    assert render(resource(compose=reordered), "r1").document_hash == base.document_hash
+
+
+def test_secret_values_never_enter_the_document() -> None:
+    r = resource(compose=INLINE, env={"TOKEN": {"env": "API_TOKEN"}})
+    one = render(r, "r1")
+    assert "TOKEN" in one.yaml() and "API_TOKEN" not in one.yaml()
+
+
+def test_job_defaults() -> None:
+    job = resource("Job", name="migrate", compose={"image": "x:1"}, command=["migrate", "--all"])
+    svc = render(job, "j1").document["services"]["migrate"]
+    assert svc["restart"] == "no" and svc["command"] == ["migrate", "--all"]
+    assert replicas(job) == 1
+
+
+COMPOSE_FILE = """
+version: "3.8"
+name: theirs
+services:
+  web:
+    image: web:1
+    depends_on: [db, cache]
+    labels: [team=core, "tier=front"]
+    scale: 3
+  cache:
+    image: cache:1
+  db:
+    image: db:1
+volumes:
+  pgdata: {}
+"""
+
+
+def test_file_reference_takes_listed_services_only() -> None:
+    r = resource(compose={"file": "stack/compose.yaml", "services": ["web", "cache"]})
+    assert service_names(r) == ["web", "cache"]
+    rendered = render(r, "s1", COMPOSE_FILE)
+    doc = rendered.document
+    assert set(doc["services"]) == {"web", "cache"}
+    assert "version" not in doc and "name" not in doc and doc["volumes"] == {"pgdata": {}}
+    web = doc["services"]["web"]
+    assert web["depends_on"] == ["cache"]  # db is not ours: dropped for `up --no-deps`
+    assert "scale" not in web
+    assert web["labels"]["team"] == "core" and web["labels"][LABEL_REVISION] == "s1"
+    assert rendered.compose_revision.startswith("web:1,cache:1#")
+
+
+def test_file_reference_errors() -> None:
+    r = resource(compose={"file": "c.yaml", "services": ["nope"]})
+    with pytest.raises(ProviderError, match="no service"):
+        render(r, "s1", COMPOSE_FILE)
+    with pytest.raises(ProviderError, match="release's files"):
+        render(r, "s1", None)
+    built = resource(compose={"file": "c.yaml", "services": ["b"]})
+    with pytest.raises(ProviderError, match="image"):
+        render(built, "s1", "services:\n  b:\n    build: .\n")
+
+
+# -- schemas --------------------------------------------------------------------------------
+
+
+def document(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "fraisier.dev/v1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
+
+
+def valid(kind: str, spec: dict[str, Any]) -> bool:
+    doc = document(kind, spec)
+    slow = not list(kind_validator(kind).iter_errors(doc))
+    fast = fast_errors(kind, doc) is None
+    assert slow == fast, (slow, fast, spec)
+    return slow
+
+
+def test_workload_schema_accepts_both_shapes() -> None:
+    assert valid("Service", {"target": "d", "compose": INLINE})
+    assert valid(
+        "Service",
+        {
+            "target": "d",
+            "source": {"path": "stack"},
+            "compose": {"file": "stack/compose.yaml", "services": ["web"], "replicas": 2},
+        },
+    )
+    assert valid(
+        "Job",
+        {"target": "d", "command": ["migrate"], "compose": {"image": "x:1", "pullPolicy": "never"}},
+    )
+    assert valid("Service", {"target": "d", "compose": {**INLINE, "removeVolumes": True}})
+
+
+@pytest.mark.parametrize(
+    "compose",
+    [
+        {},  # neither shape
+        {**INLINE, "file": "c.yaml", "services": ["a"]},  # both
+        {"file": "c.yaml", "services": ["a"], "image": "x:1"},  # inline field on a file reference
+        {"file": "/etc/compose.yaml", "services": ["a"]},  # outside the release
+        {"file": "../c.yaml", "services": ["a"]},
+        {"file": "c.yaml"},  # no services
+        {**INLINE, "pullPolicy": "sometimes"},
+        {**INLINE, "replicas": -1},
+        {**INLINE, "waitTimeout": "soon"},
+        {**INLINE, "unknown": 1},
+        {**INLINE, "healthcheck": {"interval": "1s"}},
+    ],
+)
+def test_workload_schema_rejects(compose: dict[str, Any]) -> None:
+    assert not valid("Service", {"target": "d", "compose": compose})
+
+
+def test_target_schema() -> None:
+    assert valid("Target", {"provider": "compose"})
+    assert valid(
+        "Target", {"provider": "compose", "docker": {"host": "unix:///var/run/docker.sock"}}
+    )
+    assert valid(
+        "Target",
+        {
+            "provider": "compose",
+            "docker": {
+                "host": "ssh://deploy@10.0.0.5:2222",
+                "compose": "v1",
+                "identityFile": "/etc/reconciler/id",
+                "knownHosts": "/etc/reconciler/known_hosts",
+            },
+        },
+    )
+    assert not valid("Target", {"provider": "compose", "docker": {"host": "tcp://0.0.0.0:2375"}})
+    assert not valid("Target", {"provider": "compose", "docker": {"compose": "v3"}})
+    assert not valid("Target", {"provider": "compose", "hosts": []})
