@@ -70,10 +70,14 @@ class MigrationConnection(Protocol):
 @dataclass(frozen=True)
 class MigrationFile:
     version: int
-    name: str  # the file name, e.g. "001_initial.sql"
+    name: str  # what follows the version, e.g. "initial" (recorded in the tracking table)
     path: Path
     sql: str
     checksum: str
+
+    @property
+    def filename(self) -> str:  # e.g. "001_initial.sql": what messages name
+        return self.path.name
 
 
 def checksum_of(text: str) -> str:
@@ -97,7 +101,7 @@ def discover(directory: Path) -> list[MigrationFile]:
             raise MigrationError(f"{path.name}: version {version} is also used by {seen[version]}")
         seen[version] = path.name
         text = path.read_text(encoding="utf-8")
-        files.append(MigrationFile(version, path.name, path, text, checksum_of(text)))
+        files.append(MigrationFile(version, match["name"], path, text, checksum_of(text)))
     files.sort(key=lambda f: f.version)
     return files
 
@@ -135,19 +139,19 @@ class MigrationRunner:
                 continue
             if info.checksum != file.checksum:
                 raise MigrationError(
-                    f"{file.name}: changed after it was applied "
+                    f"{file.filename}: changed after it was applied "
                     f"(recorded sha256 {info.checksum[:12]}…, file now {file.checksum[:12]}…); "
                     "add a new migration instead of editing an applied one"
                 )
             if info.name != file.name:
                 raise MigrationError(
-                    f"{file.name}: version {file.version} was applied as {info.name}"
+                    f"{file.filename}: version {file.version} was applied as {info.name!r}"
                 )
         newest_applied = max(applied, default=0)
         for file in files:
             if file.version not in applied and file.version < newest_applied:
                 raise MigrationError(
-                    f"{file.name}: pending, but the newer version {newest_applied} is already "
+                    f"{file.filename}: pending, but the newer version {newest_applied} is already "
                     "applied; renumber it after the applied ones"
                 )
 
@@ -200,7 +204,7 @@ class MigrationRunner:
                     self.conn.execute(statement)
                 except Exception as exc:
                     raise MigrationError(
-                        f"{file.name}: statement {index} of {len(statements)} failed: {exc}"
+                        f"{file.filename}: statement {index} of {len(statements)} failed: {exc}"
                         + (
                             ""
                             if self.conn.transactional_ddl

@@ -638,10 +638,13 @@ class SQLiteStore:
             )
 
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
-        """Close a started step as ``succeeded`` or ``failed`` (once); ``detail`` replaces the
-        start detail when given."""
+        """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once);
+        ``detail`` replaces the start detail when given."""
         if status not in STEP_STATUSES or status == STEP_STARTED:
-            raise StoreError(f"finish_step: status must be succeeded or failed, not {status!r}")
+            raise StoreError(
+                f"finish_step: status must be one of {', '.join(STEP_STATUSES[1:])}, "
+                f"not {status!r}"
+            )
         await self._run(self._finish_step, step_id, status, detail)
 
     async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:

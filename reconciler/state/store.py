@@ -30,11 +30,13 @@ UNFINISHED_STATUSES = frozenset({PENDING, IN_PROGRESS})
 # Resource status vocabularies (the comments on ResourceRecord, as values backends can check).
 SYNC_STATUSES = ("Synced", "OutOfSync", "Unknown")
 HEALTH_STATUSES = ("Healthy", "Degraded", "Progressing", "Missing", "Suspended", "Unknown")
-# Provider step journal: a step is "started" before the action runs, then finished once.
+# Provider step journal: a step is "started" before the action runs, then finished once;
+# "interrupted" closes a step a crash left open (its outcome is unknown).
 STEP_STARTED = "started"
 STEP_SUCCEEDED = "succeeded"
 STEP_FAILED = "failed"
-STEP_STATUSES = (STEP_STARTED, STEP_SUCCEEDED, STEP_FAILED)
+STEP_INTERRUPTED = "interrupted"
+STEP_STATUSES = (STEP_STARTED, STEP_SUCCEEDED, STEP_FAILED, STEP_INTERRUPTED)
 
 # Allowed journal transitions; anything else is a programming error and is refused.
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -110,7 +112,7 @@ class StepRecord:
     seq: int
     action: str
     instance: str
-    status: str  # started | succeeded | failed
+    status: str  # started | succeeded | failed | interrupted
     detail: str | None
     started_at: datetime
     finished_at: datetime | None = None

@@ -221,6 +221,8 @@ async def test_step_rules(store: SQLiteStore, api: ResourceKey) -> None:
     await store.finish_step(step, "succeeded")
     with pytest.raises(StoreError, match="already finished"):
         await store.finish_step(step, "failed")
+    with pytest.raises(StoreError, match="already finished"):
+        await store.finish_step(step, "interrupted")
     with pytest.raises(NotFound):
         await store.finish_step("no-such-step", "succeeded")
     with pytest.raises(NotFound):
@@ -315,3 +317,27 @@ async def test_unicode_and_large_deployment_values(store: SQLiteStore) -> None:
     assert after.spec == spec
     assert after.events[1].message == "démarrage"
     assert after.steps[0].action == "exécuter"
+
+
+async def test_crash_recovery_closes_open_steps_as_interrupted(
+    store: SQLiteStore, api: ResourceKey
+) -> None:
+    d = await new_deployment(store, api)
+    await store.transition(d.id, IN_PROGRESS)
+    done = await store.start_step(d.id, "upload", "h1")
+    await store.finish_step(done, "succeeded")
+    await store.start_step(d.id, "restart", "h1")
+    # what a restarted daemon does with what the crash left open
+    (left,) = await store.unfinished_deployments()
+    open_steps = [s for s in left.steps if s.finished_at is None]
+    assert [s.action for s in open_steps] == ["restart"]
+    for step in open_steps:
+        await store.finish_step(step.id, "interrupted", "reconciler stopped")
+    await store.transition(left.id, CANCELLED, message="interrupted during restart")
+    assert await store.unfinished_deployments() == []
+    after = await store.get_deployment(d.id)
+    assert after is not None
+    assert [(s.action, s.status, s.detail) for s in after.steps] == [
+        ("upload", "succeeded", None), ("restart", "interrupted", "reconciler stopped"),
+    ]
+    assert after.steps[1].finished_at is not None

@@ -33,6 +33,7 @@ def objects(path: Path | str) -> set[tuple[str, str]]:
 
 
 def tracking(path: Path | str) -> list[tuple[int, str, str]]:
+    """(version, name, checksum) rows of the tracking table."""
     conn = sqlite3.connect(path)
     try:
         return list(conn.execute(
@@ -54,7 +55,7 @@ async def test_migrate_is_idempotent(db_path: Path) -> None:
     try:
         pending = await store.migration_status()
         assert [m.applied_at for m in pending] == [None] * len(pending)
-        assert pending[0].name == "001_initial.sql"
+        assert (pending[0].version, pending[0].name) == (1, "initial")
 
         applied = await store.migrate()
         files = discover(default_sql_dir("sqlite"))
@@ -92,7 +93,7 @@ async def test_new_file_is_pending_then_applied(tmp_path: Path, sql_copy: Path) 
         status = await store.migration_status()
         assert [(m.version, m.applied_at is None) for m in status][-1] == (900, True)
         applied = await store.migrate()
-        assert [m.name for m in applied] == ["900_add_note.sql"]
+        assert [(m.version, m.name) for m in applied] == [(900, "add_note")]
         assert ("index", "ix_resource_note") in objects(tmp_path / "db.sqlite")
         assert await store.migrate() == []
     finally:
@@ -154,7 +155,7 @@ async def test_failing_migration_leaves_nothing_behind(tmp_path: Path, sql_copy:
         # the store still works, and the fixed file applies
         assert await store.record_delivery("github", "after-failure") is True
         bad.write_text("CREATE TABLE tb_half (pk_half INTEGER PRIMARY KEY, id TEXT);\n")
-        assert [m.name for m in await store.migrate()] == ["900_broken.sql"]
+        assert [m.name for m in await store.migrate()] == ["broken"]
     finally:
         await store.close()
 
@@ -220,7 +221,7 @@ def test_applied_version_without_file_is_listed(tmp_path: Path) -> None:
         (folder / "002_b.sql").unlink()  # an older release reading a newer database
         status = runner.status()
         assert [(m.version, m.name, m.applied_at is not None) for m in status] == [
-            (1, "001_a.sql", True), (2, "002_b.sql", True),
+            (1, "a", True), (2, "b", True),
         ]
         assert runner.pending() == []
     finally:
@@ -287,3 +288,73 @@ async def test_store_without_schema_says_to_migrate(tmp_path: Path) -> None:
             await store.list_resources()
     finally:
         await store.close()
+
+
+def test_renamed_applied_file_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_a.sql").write_text("CREATE TABLE a (x);")
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        runner = MigrationRunner(SQLiteMigrationConnection(conn), folder)
+        runner.migrate()
+        (folder / "001_a.sql").rename(folder / "001_renamed.sql")
+        with pytest.raises(MigrationError, match=r"001_renamed\.sql.*applied as 'a'"):
+            runner.migrate()
+    finally:
+        conn.close()
+
+
+async def test_step_table_rebuild_keeps_rows(tmp_path: Path, sql_copy: Path) -> None:
+    """003 rebuilds tb_deployment_step: rows, constraints, cascade and view survive it."""
+    from reconciler.spec.model import ResourceKey
+
+    rebuild = sql_copy / "003_step_interrupted.sql"
+    held_back = rebuild.read_text()
+    rebuild.unlink()
+    db = tmp_path / "db.sqlite"
+    store = SQLiteStore(db, sql_dir=sql_copy)
+    try:
+        await store.migrate()
+        key = ResourceKey("prod", "Service", "api")
+        d = await store.create_deployment(
+            key, from_revision=None, to_revision="r1", config_commit=None, trigger="t",
+            strategy="s",
+        )
+        s1 = await store.start_step(d.id, "upload", "h1", detail="ü")
+        await store.finish_step(s1, "succeeded")
+        s2 = await store.start_step(d.id, "restart", "h1")
+        with pytest.raises(StoreError):  # not allowed before 003
+            await store.finish_step(s2, "interrupted")
+        before = await store.get_deployment(d.id)
+
+        rebuild.write_text(held_back)
+        assert [m.version for m in await store.migrate()] == [3]
+        after = await store.get_deployment(d.id)
+        assert after == before
+        await store.finish_step(s2, "interrupted", "reconciler stopped")
+        s3 = await store.start_step(d.id, "health", "h1")
+        final = await store.get_deployment(d.id)
+        assert final is not None
+        assert [(s.seq, s.status) for s in final.steps] == [
+            (1, "succeeded"), (2, "interrupted"), (3, "started"),
+        ]
+        assert final.steps[2].id == s3
+    finally:
+        await store.close()
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        fks = conn.execute("PRAGMA foreign_key_list(tb_deployment_step)").fetchall()
+        assert [(fk[2], fk[3], fk[4], fk[6]) for fk in fks] == [
+            ("tb_deployment", "fk_deployment", "pk_deployment", "CASCADE")
+        ]
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            conn.execute("UPDATE tb_deployment_step SET status = 'bogus'")
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            conn.execute("UPDATE tb_deployment_step SET seq = 1")
+        assert ("table", "tb_deployment_step_new") not in objects(db)
+    finally:
+        conn.close()
