@@ -469,9 +469,9 @@ class CoolifyProvider:
                 "coolify envs synced",
                 extra={
                     "application": uuid,
-                    "created": created,
-                    "updated": updated,
-                    "deleted": deleted,
+                    "envs_created": created,
+                    "envs_updated": updated,
+                    "envs_deleted": deleted,
                 },
             )
         return bool(created or updated or deleted)

@@ -70,7 +70,9 @@ def service_resource(resource_name: str = "api", /, **coolify: Any) -> Resource:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> ProviderContext:
-    return ProviderContext(state_dir=tmp_path, logger=logging.getLogger("reconciler.provider.coolify"))
+    return ProviderContext(
+        state_dir=tmp_path, logger=logging.getLogger("reconciler.provider.coolify")
+    )
 
 
 @pytest.fixture
@@ -79,3 +81,8 @@ def make_target(fake: FakeCoolify, token: str) -> Callable[..., Resource]:
         return target_resource(fake.url, **overrides)
 
     return build
+
+
+def captured_logs(caplog: pytest.LogCaptureFixture) -> str:
+    """Every captured record with its extra fields (what a JSON log line would carry)."""
+    return "\n".join(f"{r.getMessage()} {r.__dict__!r}" for r in caplog.records)

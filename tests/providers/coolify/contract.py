@@ -41,7 +41,11 @@ def spec_path() -> Path | None:
     if os.environ.get("RECONCILER_CONTRACTS"):
         candidates.append(Path(os.environ["RECONCILER_CONTRACTS"]))
     repo = Path(__file__).resolve().parents[3]
-    candidates += [repo / "contracts", repo.parent / "shared" / "contracts", Path("/work/shared/contracts")]
+    candidates += [
+        repo / "contracts",
+        repo.parent / "shared" / "contracts",
+        Path("/work/shared/contracts"),
+    ]
     for base in candidates:
         path = base / "coolify" / "openapi.yaml"
         if path.is_file():
@@ -103,10 +107,20 @@ SPEC_GAPS: tuple[Gap, ...] = (
         "contracts README §1 'Auth': API disabled / IP allowlist answer 403 on every route; "
         "app/Http/Middleware/ApiAbility.php answers 403 'Missing required permissions: …'",
     ),
-    Gap("*", "*", 401, _ref("/components/responses/401/content/application~1json/schema"),
-        "contracts README §1 'Auth': the auth middleware answers 401 on every route"),
-    Gap("*", "*", 400, _ref("/components/responses/400/content/application~1json/schema"),
-        "contracts README §1 'Auth': 400 Invalid token on every route"),
+    Gap(
+        "*",
+        "*",
+        401,
+        _ref("/components/responses/401/content/application~1json/schema"),
+        "contracts README §1 'Auth': the auth middleware answers 401 on every route",
+    ),
+    Gap(
+        "*",
+        "*",
+        400,
+        _ref("/components/responses/400/content/application~1json/schema"),
+        "contracts README §1 'Auth': 400 Invalid token on every route",
+    ),
     Gap(
         "*",
         "*",
@@ -116,8 +130,13 @@ SPEC_GAPS: tuple[Gap, ...] = (
         "API rate limiter on any route); the spec lists 429 only on a few routes",
         headers={"Retry-After": {"type": "integer", "minimum": 0}},
     ),
-    Gap("POST", "/deploy", 404, _ref("/components/responses/404/content/application~1json/schema"),
-        "contracts README §1 Deploy: 404 'No resources found.'"),
+    Gap(
+        "POST",
+        "/deploy",
+        404,
+        _ref("/components/responses/404/content/application~1json/schema"),
+        "contracts README §1 Deploy: 404 'No resources found.'",
+    ),
     Gap(
         "POST",
         "/applications/{uuid}/envs",
@@ -260,7 +279,9 @@ class OpenAPIContract:
             seen[name] = seen.get(name, 0) + 1
         for name, count in seen.items():
             if ("query", name) not in declared:
-                problems.append(f"query parameter {name!r} is not declared for {method} {op.template}")
+                problems.append(
+                    f"query parameter {name!r} is not declared for {method} {op.template}"
+                )
             elif count > 1:
                 problems.append(f"query parameter {name!r} given {count} times")
         query_values = dict(query)
@@ -278,7 +299,9 @@ class OpenAPIContract:
             schema = param.get("schema", {})
             value = _coerce(raw, schema.get("type"))
             if value is _INVALID:
-                problems.append(f"{location} parameter {name!r}={raw!r} is not a {schema.get('type')}")
+                problems.append(
+                    f"{location} parameter {name!r}={raw!r} is not a {schema.get('type')}"
+                )
                 continue
             for err in self.errors(_ref(f"{op.pointer}/parameters/{index}/schema"), value):
                 problems.append(f"{location} parameter {name!r}: {err}")
@@ -316,7 +339,11 @@ class OpenAPIContract:
 
     def gap_for(self, op: Operation, status: int) -> Gap | None:
         for gap in SPEC_GAPS:
-            if gap.status == status and gap.method in ("*", op.method) and gap.template in ("*", op.template):
+            if (
+                gap.status == status
+                and gap.method in ("*", op.method)
+                and gap.template in ("*", op.template)
+            ):
                 return gap
         return None
 
@@ -338,7 +365,8 @@ class OpenAPIContract:
             if content is not None and "schema" in content:
                 schema = _ref(_pointer_of(self, op, str(status), declared))
             header_schemas = {
-                name: self.resolve(h).get("schema", {}) for name, h in (response.get("headers") or {}).items()
+                name: self.resolve(h).get("schema", {})
+                for name, h in (response.get("headers") or {}).items()
             }
         else:
             raise ContractViolation(
@@ -368,7 +396,9 @@ class OpenAPIContract:
             )
 
 
-def _pointer_of(contract: OpenAPIContract, op: Operation, status: str, declared: dict[str, Any]) -> str:
+def _pointer_of(
+    contract: OpenAPIContract, op: Operation, status: str, declared: dict[str, Any]
+) -> str:
     if "$ref" in declared:
         return declared["$ref"].lstrip("#") + "/content/application~1json/schema"
     return f"{op.pointer}/responses/{status}/content/application~1json/schema"

@@ -221,14 +221,18 @@ class FakeCoolify:
             if now - dep.started_at >= self.run_time:
                 self._finish(dep)
         running = sum(1 for d in self.deployments if d.status == "in_progress")
-        for dep in sorted((d for d in self.deployments if d.status == "queued"), key=lambda d: d.id):
+        for dep in sorted(
+            (d for d in self.deployments if d.status == "queued"), key=lambda d: d.id
+        ):
             if running >= self.concurrent_builds:
                 break
             if now - dep.queued_at < self.queue_delay:
                 continue
             app = self.apps[dep.app_uuid]
             # Concurrent deployments of the same application wait for each other.
-            if any(d.status == "in_progress" and d.app_uuid == dep.app_uuid for d in self.deployments):
+            if any(
+                d.status == "in_progress" and d.app_uuid == dep.app_uuid for d in self.deployments
+            ):
                 continue
             dep.status = "in_progress"
             dep.started_at = now
@@ -243,9 +247,8 @@ class FakeCoolify:
     def _finish(self, dep: FakeDeployment) -> None:
         app = self.apps[dep.app_uuid]
         dep.updated_at = now_iso()
-        failing = (
-            dep.commit in self.fail_commits
-            or (dep.image_tag is not None and dep.image_tag in self.fail_tags)
+        failing = dep.commit in self.fail_commits or (
+            dep.image_tag is not None and dep.image_tag in self.fail_tags
         )
         if failing and not dep.restart_only:
             dep.status = "failed"
@@ -261,7 +264,9 @@ class FakeCoolify:
             app.running_image_tag = dep.image_tag
         app.status = self.status_after_deploy
 
-    def queue(self, app: FakeApp, *, force: bool = False, restart_only: bool = False) -> tuple[str, bool]:
+    def queue(
+        self, app: FakeApp, *, force: bool = False, restart_only: bool = False
+    ) -> tuple[str, bool]:
         """Coolify's queue_application_deployment: returns (deployment uuid, created)."""
         commit = app.git_commit_sha or "HEAD"
         if not force and not restart_only:
@@ -362,7 +367,9 @@ class FakeCoolify:
             "server_id": 0,
             "application_name": app.name,
             "server_name": "localhost",
-            "deployment_url": f"/project/p/environment/e/application/{app.uuid}/deployment/{dep.uuid}",
+            "deployment_url": (
+                f"/project/p/environment/e/application/{app.uuid}/deployment/{dep.uuid}"
+            ),
             "destination_id": "1",
             "only_this_server": False,
             "rollback": False,
@@ -411,7 +418,7 @@ class FakeCoolify:
             raise asyncio.CancelledError  # aiohttp drops the request; the client sees a reset
         if not path.startswith(API_PREFIX):
             return web.json_response({"message": "Not found."}, status=404)
-        api_path = path[len(API_PREFIX):] or "/"
+        api_path = path[len(API_PREFIX) :] or "/"
         try:
             op = self.contract.find(request.method, api_path)
         except ContractViolation as exc:
@@ -436,7 +443,9 @@ class FakeCoolify:
             self.contract.check_response(op, response.status, response.headers, raw)
         except ContractViolation as exc:
             self.violations.append(f"fake server response: {exc}")
-            return web.json_response({"message": f"fake server broke the contract: {exc}"}, status=500)
+            return web.json_response(
+                {"message": f"fake server broke the contract: {exc}"}, status=500
+            )
         return response
 
     @staticmethod
@@ -444,19 +453,27 @@ class FakeCoolify:
         parts = path.strip("/").split("/")
         if parts == ["deploy"]:
             return True
-        return len(parts) == 3 and parts[0] == "applications" and parts[2] in ("start", "stop", "restart")
+        return (
+            len(parts) == 3
+            and parts[0] == "applications"
+            and parts[2] in ("start", "stop", "restart")
+        )
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         if not self.api_enabled:
             return web.json_response({"success": True, "message": "API is disabled."}, status=403)
         header = request.headers.get("Authorization", "")
-        token = self.tokens.get(header.removeprefix("Bearer ").strip()) if header.startswith("Bearer ") else None
+        token = (
+            self.tokens.get(header.removeprefix("Bearer ").strip())
+            if header.startswith("Bearer ")
+            else None
+        )
         if token is None:
             return web.json_response({"message": "Unauthenticated."}, status=401)
-        api_path = request.path[len(API_PREFIX):]
+        api_path = request.path[len(API_PREFIX) :]
         if self.inject_429:
             prefix, retry_after = self.inject_429[0]
-            if api_path.startswith(prefix):
+            if api_path == prefix or api_path.startswith(prefix + "/"):
                 self.inject_429.pop(0)
                 return web.json_response(
                     {"message": "Deployment queue is full. Please try again later."},
@@ -470,7 +487,9 @@ class FakeCoolify:
             return web.json_response({"message": "Not found."}, status=404)
         name, args, ability = route
         if not token.can(ability):
-            return web.json_response({"message": f"Missing required permissions: {ability}"}, status=403)
+            return web.json_response(
+                {"message": f"Missing required permissions: {ability}"}, status=403
+            )
         payload: Any = None
         raw = await request.read()
         if raw.strip():
@@ -493,15 +512,24 @@ class FakeCoolify:
         apps = [a for a in self.apps.values() if tag is None or tag in a.tags]
         return web.json_response([self.app_json(a) for a in apps])
 
-    async def h_get_app(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_get_app(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         return web.json_response(self.app_json(app)) if app else self._not_found()
 
-    async def h_patch_app(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_patch_app(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
-        for key in ("git_commit_sha", "docker_registry_image_name", "docker_registry_image_tag", "name"):
+        for key in (
+            "git_commit_sha",
+            "docker_registry_image_name",
+            "docker_registry_image_tag",
+            "name",
+        ):
             if key in payload:
                 setattr(app, key, payload[key])
         if "is_auto_deploy_enabled" in payload:
@@ -515,7 +543,9 @@ class FakeCoolify:
                 return web.json_response({"message": "Deployment already queued for this commit."})
         return web.json_response({"uuid": app.uuid})
 
-    async def h_list_envs(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_list_envs(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
@@ -536,18 +566,26 @@ class FakeCoolify:
         env.updated_at = now_iso()
         return env
 
-    async def h_create_env(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_create_env(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
-        if any(e.key == payload.get("key") and e.is_preview == bool(payload.get("is_preview")) for e in app.envs):
+        if any(
+            e.key == payload.get("key") and e.is_preview == bool(payload.get("is_preview"))
+            for e in app.envs
+        ):
             return web.json_response(
-                {"message": "Environment variable already exists. Use PATCH request to update it."}, status=409
+                {"message": "Environment variable already exists. Use PATCH request to update it."},
+                status=409,
             )
         env = self._upsert_env(app, payload)
         return web.json_response({"uuid": env.uuid}, status=201)
 
-    async def h_update_env(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_update_env(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
@@ -556,7 +594,9 @@ class FakeCoolify:
         env = self._upsert_env(app, payload)
         return web.json_response(self.env_json(app, env, token.can(SENSITIVE)), status=201)
 
-    async def h_bulk_envs(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_bulk_envs(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
@@ -579,7 +619,9 @@ class FakeCoolify:
     async def h_deploy(self, request: web.Request, token: Token, payload: Any) -> web.Response:
         uuids = [u for u in request.query.get("uuid", "").split(",") if u]
         if request.query.get("tag") and uuids:
-            return web.json_response({"message": "You can only use uuid or tag, not both."}, status=400)
+            return web.json_response(
+                {"message": "You can only use uuid or tag, not both."}, status=400
+            )
         if not uuids:
             return web.json_response({"message": "You must provide uuid or tag."}, status=400)
         force = request.query.get("force", "false").lower() in ("true", "1")
@@ -600,7 +642,9 @@ class FakeCoolify:
                 if created
                 else "Deployment already queued for this commit."
             )
-            items.append({"message": message, "resource_uuid": uuid, "deployment_uuid": deployment_uuid})
+            items.append(
+                {"message": message, "resource_uuid": uuid, "deployment_uuid": deployment_uuid}
+            )
         if not items:
             return web.json_response({"message": "No resources found."}, status=404)
         if self.deploy_fault_after_queue > 0:
@@ -611,22 +655,32 @@ class FakeCoolify:
             raise asyncio.CancelledError
         return web.json_response({"deployments": items})
 
-    async def h_start(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_start(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
         force = request.query.get("force", "false").lower() in ("true", "1")
         deployment_uuid, _ = self.queue(app, force=force)
-        return web.json_response({"message": "Deployment request queued.", "deployment_uuid": deployment_uuid})
+        return web.json_response(
+            {"message": "Deployment request queued.", "deployment_uuid": deployment_uuid}
+        )
 
-    async def h_restart(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_restart(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
         deployment_uuid, _ = self.queue(app, restart_only=True)
-        return web.json_response({"message": "Restart request queued.", "deployment_uuid": deployment_uuid})
+        return web.json_response(
+            {"message": "Restart request queued.", "deployment_uuid": deployment_uuid}
+        )
 
-    async def h_stop(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_stop(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
@@ -638,35 +692,47 @@ class FakeCoolify:
         asyncio.get_running_loop().create_task(stop_later())
         return web.json_response({"message": "Application stopping request queued."})
 
-    async def h_list_deployments(self, request: web.Request, token: Token, payload: Any) -> web.Response:
+    async def h_list_deployments(
+        self, request: web.Request, token: Token, payload: Any
+    ) -> web.Response:
         sensitive = token.can(SENSITIVE)
         return web.json_response(
             [self.deployment_json(d, sensitive) for d in self.deployments if d.status in ACTIVE]
         )
 
-    async def h_get_deployment(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_get_deployment(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         dep = next((d for d in self.deployments if d.uuid == uuid), None)
         if dep is None:
             return self._not_found("Deployment")
         return web.json_response(self.deployment_json(dep, token.can(SENSITIVE)))
 
-    async def h_cancel(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_cancel(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         dep = next((d for d in self.deployments if d.uuid == uuid), None)
         if dep is None:
             return self._not_found("Deployment")
         if dep.status not in ACTIVE:
             return web.json_response(
-                {"message": f"Deployment cannot be cancelled. Current status: {dep.status}"}, status=400
+                {"message": f"Deployment cannot be cancelled. Current status: {dep.status}"},
+                status=400,
             )
         dep.status = "cancelled-by-user"
         dep.updated_at = now_iso()
         dep.log("Deployment cancelled by user.")
         return web.json_response(
-            {"message": "Deployment cancelled successfully.", "deployment_uuid": dep.uuid,
-             "status": "cancelled-by-user"}
+            {
+                "message": "Deployment cancelled successfully.",
+                "deployment_uuid": dep.uuid,
+                "status": "cancelled-by-user",
+            }
         )
 
-    async def h_app_deployments(self, request: web.Request, token: Token, payload: Any, uuid: str) -> web.Response:
+    async def h_app_deployments(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
         if self._app(uuid) is None:
             return self._not_found()
         skip = int(request.query.get("skip", "0"))
@@ -675,7 +741,12 @@ class FakeCoolify:
         sensitive = token.can(SENSITIVE)
         # The real shape (contracts README §1), not the spec's [Application].
         return web.json_response(
-            {"count": len(rows), "deployments": [self.deployment_json(d, sensitive) for d in rows[skip : skip + take]]}
+            {
+                "count": len(rows),
+                "deployments": [
+                    self.deployment_json(d, sensitive) for d in rows[skip : skip + take]
+                ],
+            }
         )
 
     async def h_version(self, request: web.Request, token: Token, payload: Any) -> web.Response:

@@ -30,7 +30,9 @@ def release(resource: Resource, revision: str) -> Release:
     return Release(resource=resource, revision=revision, config_commit="f" * 40)
 
 
-def provider_for(make_target: Callable[..., Resource], ctx: ProviderContext, **overrides: Any) -> CoolifyProvider:
+def provider_for(
+    make_target: Callable[..., Resource], ctx: ProviderContext, **overrides: Any
+) -> CoolifyProvider:
     provider = load_provider(make_target(**overrides), ctx)
     assert isinstance(provider, CoolifyProvider)
     return provider
@@ -87,7 +89,9 @@ async def test_full_sha_revision_from_core_is_deployed(fake: FakeCoolify, make_t
 
 
 @pytest.mark.timeout(20)
-async def test_redeploying_the_active_release_does_nothing(fake: FakeCoolify, make_target, ctx) -> None:
+async def test_redeploying_the_active_release_does_nothing(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
     app = fake.add_app("api")
     service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)
     provider = provider_for(make_target, ctx)
@@ -118,7 +122,11 @@ async def test_image_tag_deploy(fake: FakeCoolify, make_target, ctx) -> None:
     assert state.revision == "rev-img"
     assert state.facts["revision_kind"] == "image_tag"
     assert state.facts["image"] == "ghcr.io/acme/web:1.1.0"
-    patches = [b for (m, p, _), b in zip(fake.requests, fake.request_bodies) if m == "PATCH" and p.endswith(app.uuid)]
+    patches = [
+        b
+        for (m, p, _), b in zip(fake.requests, fake.request_bodies)
+        if m == "PATCH" and p.endswith(app.uuid)
+    ]
     assert patches == [b'{"docker_registry_image_tag":"1.1.0"}']
 
 
@@ -146,7 +154,9 @@ async def test_failed_deployment_raises_with_log_tail(fake: FakeCoolify, make_ta
 
 
 @pytest.mark.timeout(20)
-async def test_duplicate_deploy_answer_follows_the_running_deployment(fake: FakeCoolify, make_target, ctx) -> None:
+async def test_duplicate_deploy_answer_follows_the_running_deployment(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
     """POST /deploy queued the deployment but the answer was lost; the retried POST gets
     'already queued for this commit' with a uuid that does not exist. The provider must follow
     the real deployment, not poll the phantom uuid nor queue a second build."""
@@ -162,12 +172,18 @@ async def test_duplicate_deploy_answer_follows_the_running_deployment(fake: Fake
     assert fake.calls("POST", "/deploy") == 2
     [dep] = fake.history(app.uuid)
     assert dep.status == "finished"
-    polled = {p.rsplit("/", 1)[1] for m, p in api_calls(fake) if m == "GET" and p.startswith("/deployments/") and "/applications/" not in p}
+    polled = {
+        p.rsplit("/", 1)[1]
+        for m, p in api_calls(fake)
+        if m == "GET" and p.startswith("/deployments/") and "/applications/" not in p
+    }
     assert polled == {dep.uuid}
 
 
 @pytest.mark.timeout(20)
-async def test_duplicate_answer_resolves_to_the_queued_deployment(fake: FakeCoolify, make_target, ctx) -> None:
+async def test_duplicate_answer_resolves_to_the_queued_deployment(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
     app = fake.add_app("api", git_commit_sha=SHA_A)
     fake.run_time = 0.5
     real_uuid, created = fake.queue(app)
@@ -190,7 +206,9 @@ def provider_service(resource: Resource):
 
 
 @pytest.mark.timeout(20)
-async def test_in_flight_deployment_of_same_commit_is_followed(fake: FakeCoolify, make_target, ctx) -> None:
+async def test_in_flight_deployment_of_same_commit_is_followed(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
     app = fake.add_app("api", git_commit_sha=SHA_A)
     fake.run_time = 0.3
     real_uuid, _ = fake.queue(app)  # e.g. started from the Coolify UI a moment ago
@@ -231,7 +249,9 @@ async def test_drift_when_commit_changed_by_hand(fake: FakeCoolify, make_target,
 
 
 @pytest.mark.timeout(20)
-async def test_drift_is_seen_by_a_fresh_provider_without_records(fake: FakeCoolify, make_target, ctx, tmp_path) -> None:
+async def test_drift_is_seen_by_a_fresh_provider_without_records(
+    fake: FakeCoolify, make_target, ctx, tmp_path
+) -> None:
     app = fake.add_app("api", git_commit_sha=SHA_C, status="running:healthy")
     service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)
     provider = provider_for(make_target, ctx)
@@ -398,11 +418,15 @@ async def test_jobs_are_refused_clearly(fake: FakeCoolify, make_target, ctx) -> 
 @pytest.mark.timeout(20)
 async def test_concurrent_deploys_of_two_applications(fake: FakeCoolify, make_target, ctx) -> None:
     apps = [fake.add_app(f"svc{i}") for i in range(3)]
-    services = [service_resource(f"svc{i}", uuid=a.uuid, gitCommitSha=SHA_A) for i, a in enumerate(apps)]
+    services = [
+        service_resource(f"svc{i}", uuid=a.uuid, gitCommitSha=SHA_A) for i, a in enumerate(apps)
+    ]
     provider = provider_for(make_target, ctx)
     try:
         instances = [(await provider.instances(s))[0] for s in services]
-        await asyncio.gather(*(provider.deploy(release(s, "r"), i) for s, i in zip(services, instances)))
+        await asyncio.gather(
+            *(provider.deploy(release(s, "r"), i) for s, i in zip(services, instances))
+        )
     finally:
         await provider.close()
     assert all(a.running_commit == SHA_A for a in apps)
