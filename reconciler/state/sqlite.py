@@ -372,30 +372,39 @@ class SQLiteStore:
                     f"{', '.join(str(v) for v in values)}"
                 )
 
-    def _update_resource(self, key: ResourceKey, fields: dict[str, Any]) -> None:
+    def _update_resource(self, key: ResourceKey, fields: dict[str, Any], create: bool) -> None:
         if not set(fields) <= STATUS_FIELDS | {"suspended", "deleted"}:
             raise StoreError(f"cannot update resource fields {sorted(fields)}")
         with self._write():
-            row = self._require_resource(key)
+            now = now_text()
+            pk = self._ensure_resource(key, now) if create else (
+                self._require_resource(key)["pk_resource"]
+            )
             if fields:
                 assignments = ", ".join(f"{name} = :{name}" for name in sorted(fields))
                 self._db.execute(
                     f"UPDATE tb_resource SET {assignments}, updated_at = :updated_at "  # noqa: S608
                     "WHERE pk_resource = :pk",
-                    {**fields, "updated_at": now_text(), "pk": row["pk_resource"]},
+                    {**fields, "updated_at": now, "pk": pk},
                 )
 
     async def update_status(self, key: ResourceKey, **fields: Any) -> None:
-        """Set any of sync_status, health_status, last_result, last_error, failed_revision."""
+        """Set any of sync_status, health_status, last_result, last_error, failed_revision.
+
+        A resource not recorded yet gets a bare row first: the reconcile pass may report on a
+        resource before it deploys it (blocked on a missing target, a secret that does not
+        resolve), and ``reconciler status`` should show that.
+        """
         self._check_status_fields(fields)
-        await self._run(self._update_resource, key, fields)
+        await self._run(self._update_resource, key, fields, True)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
-        await self._run(self._update_resource, key, {"suspended": int(bool(suspended))})
+        """Pause/resume reconciling a known resource (NotFound otherwise: likely a typo)."""
+        await self._run(self._update_resource, key, {"suspended": int(bool(suspended))}, False)
 
     async def mark_deleted(self, key: ResourceKey) -> None:
         """Gone from git: hidden from ``list_resources``; its history stays."""
-        await self._run(self._update_resource, key, {"deleted": 1})
+        await self._run(self._update_resource, key, {"deleted": 1}, False)
 
     # -- deployment journal -------------------------------------------------------------------
     @staticmethod

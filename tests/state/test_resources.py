@@ -136,14 +136,23 @@ async def test_update_status_refuses_bad_fields(
     assert record is not None and record.desired_revision == "r1"
 
 
-async def test_unknown_resource_is_not_found(store: SQLiteStore) -> None:
+async def test_suspend_or_delete_unknown_resource_is_not_found(store: SQLiteStore) -> None:
     ghost = ResourceKey("prod", "Service", "ghost")
-    with pytest.raises(NotFound):
-        await store.update_status(ghost, health_status="Healthy")
     with pytest.raises(NotFound):
         await store.set_suspended(ghost, True)
     with pytest.raises(NotFound):
         await store.mark_deleted(ghost)
+    assert await store.list_resources(include_deleted=True) == []
+
+
+async def test_update_status_records_an_unseen_resource(store: SQLiteStore) -> None:
+    # e.g. blocked on a missing Target before it was ever deployed: status must show it
+    new = ResourceKey("prod", "Service", "blocked")
+    await store.update_status(new, sync_status="OutOfSync", last_error="target web is missing")
+    record = await store.get_resource(new)
+    assert record is not None
+    assert (record.sync_status, record.last_error) == ("OutOfSync", "target web is missing")
+    assert record.desired_revision is None and record.applied_revision is None
 
 
 async def test_suspend_and_resume(store: SQLiteStore, api: ResourceKey) -> None:
