@@ -35,6 +35,9 @@ LOG_ROTATE_BYTES = 16 << 20  # one previous log (<name>.log.1) is kept
 # Processes this Python process started, kept so they can be reaped (a zombie that is our child
 # would otherwise look alive to kill(pid, 0)). Shared by every Supervisor in the process.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# Exit statuses collected from those children, by (pid, start time): a status can be collected
+# only once, but every later observation should still say how the process ended.
+_EXIT_CODES: dict[tuple[int, int], int] = {}
 
 
 def pidfile_path(ref: ServiceRef) -> Path:
@@ -75,13 +78,18 @@ def _read_pidfile(ref: ServiceRef) -> dict[str, Any] | None:
 def _is_ours_and_alive(pid: int, start_time: int) -> tuple[bool, str]:
     stat = procfs.read_stat(pid)
     if stat is None:
-        return False, "exited"
+        code = _EXIT_CODES.get((pid, start_time))
+        return False, "exited" if code is None else f"exited with status {code}"
     if stat.start_time != start_time:
         return False, f"exited (pid {pid} now belongs to another process)"
     if stat.dead:
         code = _reap(pid)
-        return False, "exited" if code is None else f"exited with status {code}"
-    return True, f"running (pid {pid})"
+        if code is not None:
+            _EXIT_CODES[(pid, start_time)] = code
+    else:
+        return True, f"running (pid {pid})"
+    code = _EXIT_CODES.get((pid, start_time))
+    return False, "exited" if code is None else f"exited with status {code}"
 
 
 def _group_is_ours(pid: int, start_time: int) -> bool:
@@ -225,6 +233,7 @@ class Supervisor:
             pid = start_time = -1
         if pid > 0 and await asyncio.to_thread(_group_is_ours, pid, start_time):
             await self._terminate(ref, pid, start_time, timeout_s)
+        _EXIT_CODES.pop((pid, start_time), None)
         with contextlib.suppress(FileNotFoundError):
             pidfile_path(ref).unlink()
 
