@@ -16,7 +16,6 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -274,7 +273,7 @@ class CoolifyProvider:
 
         history = await self.deployments(uuid)
         if not (patch or envs_changed or svc.force) and self._already_active(
-            app, history, pin, image_mode
+            uuid, app, history, pin, image_mode
         ):
             self.log.info(
                 "coolify application already runs this revision",
@@ -355,6 +354,7 @@ class CoolifyProvider:
         volumes and backups) and Fraisier only drives it.
         """
         await self.stop(resource, instance)
+        self._record_path(instance.id).unlink(missing_ok=True)
         svc = ServiceSettings.from_resource(resource)
         keys = {e.key for e in svc.envs} | set((resource.spec.get("env") or {}).keys())
         if not keys:
@@ -519,17 +519,27 @@ class CoolifyProvider:
         return str(deployment.get("commit") or "") == pin
 
     def _already_active(
-        self, app: Mapping[str, Any], history: list[dict[str, Any]], pin: str, image_mode: bool
+        self,
+        uuid: str,
+        app: Mapping[str, Any],
+        history: list[dict[str, Any]],
+        pin: str,
+        image_mode: bool,
     ) -> bool:
-        if not history or str(app.get("status") or "").partition(":")[0] != "running":
+        """True when the application already runs ``pin`` (so deploying again is a no-op)."""
+        if pin == "HEAD" or not history:
+            return False  # the branch head may have moved since
+        if str(app.get("status") or "").partition(":")[0] != "running":
             return False
         latest = history[0]
-        if latest.get("status") != "finished" or not self._matches(latest, pin, image_mode):
+        if latest.get("status") != "finished":
             return False
-        # A pin changed by hand after the last deployment is not running yet.
-        deployed_at = _timestamp(latest.get("created_at"))
-        updated_at = _timestamp(app.get("updated_at"))
-        return deployed_at is not None and (updated_at is None or updated_at <= deployed_at)
+        if image_mode:
+            # Image deployments do not record their tag; only our own record of a finished
+            # deployment of this tag proves it (a tag typed into the UI has not run yet).
+            record = self._load_record(uuid)
+            return bool(record and record.get("image") is True and record.get("pin") == pin)
+        return str(latest.get("commit") or "") == pin
 
     async def _trigger(self, uuid: str, pin: str, image_mode: bool, svc: ServiceSettings) -> str:
         api = await self.api()
@@ -724,12 +734,3 @@ def _deployment_summary(deployment: Mapping[str, Any] | None) -> dict[str, Any] 
         "commit": deployment.get("commit"),
         "created_at": deployment.get("created_at"),
     }
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

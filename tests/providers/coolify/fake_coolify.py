@@ -139,6 +139,7 @@ class FakeCoolify:
         self._ids = 0
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -167,6 +168,10 @@ class FakeCoolify:
             except asyncio.CancelledError:
                 pass
             self._ticker = None
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -689,7 +694,7 @@ class FakeCoolify:
             await asyncio.sleep(self.stop_delay)
             app.status = "exited"
 
-        asyncio.get_running_loop().create_task(stop_later())
+        self._background.add(asyncio.get_running_loop().create_task(stop_later()))
         return web.json_response({"message": "Application stopping request queued."})
 
     async def h_list_deployments(

@@ -131,6 +131,25 @@ async def test_image_tag_deploy(fake: FakeCoolify, make_target, ctx) -> None:
 
 
 @pytest.mark.timeout(20)
+async def test_image_redeploy_skips_only_what_really_ran(fake: FakeCoolify, make_target, ctx) -> None:
+    app = fake.add_image_app("web", "ghcr.io/acme/web", "1.0.0", status="running:healthy")
+    v11 = service_resource(uuid=app.uuid, image={"tag": "1.1.0"})
+    v12 = service_resource(uuid=app.uuid, image={"tag": "1.2.0"})
+    provider = provider_for(make_target, ctx)
+    try:
+        [instance] = await provider.instances(v11)
+        await provider.deploy(release(v11, "rev-11"), instance)
+        await provider.deploy(release(v11, "rev-11"), instance)  # already running: no-op
+        assert fake.calls("POST", "/deploy") == 1
+        app.docker_registry_image_tag = "1.2.0"  # typed into the UI, never deployed
+        await provider.deploy(release(v12, "rev-12"), instance)
+    finally:
+        await provider.close()
+    assert fake.calls("POST", "/deploy") == 2
+    assert app.running_image_tag == "1.2.0"
+
+
+@pytest.mark.timeout(20)
 async def test_failed_deployment_raises_with_log_tail(fake: FakeCoolify, make_target, ctx) -> None:
     app = fake.add_app("api")
     fake.fail_commits.add(SHA_B)
