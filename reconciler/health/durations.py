@@ -1,49 +1,19 @@
-"""Go-style durations (``500ms``, ``30s``, ``1h30m``) as float seconds, for health and providers.
+"""Durations from specs as float seconds, with defaults, for health checks and providers.
 
-Uses ``reconciler.spec.durations.parse_duration`` when the spec stage provides it (one grammar for
-validation and use); until then a small parser of the same grammar stands in.
+The grammar is the spec stage's (``reconciler.spec.durations``: Go-style ``500ms``, ``30s``,
+``1h30m``), so what validates is what runs.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-
-
-def _parse_go_duration(text: str) -> float:
-    """Seconds in a Go duration string; ``0`` alone is allowed, as in Go."""
-    s = text.strip()
-    if s in ("0", "+0", "-0"):
-        return 0.0
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _PART.match(s, pos)
-        if m is None:
-            raise ValueError(f"invalid duration {text!r} (expected e.g. 500ms, 30s, 1h30m)")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not s:
-        raise ValueError(f"invalid duration {text!r} (expected e.g. 500ms, 30s, 1h30m)")
-    return sign * total
-
-
-def _spec_parser() -> Callable[[str], Any] | None:
-    try:
-        from reconciler.spec.durations import parse_duration
-    except ImportError:
-        return None
-    return parse_duration
+from reconciler.spec.durations import parse_duration
 
 
 def to_seconds(value: object, default: float) -> float:
-    """``value`` (a Go duration string, a number of seconds, or None) as seconds."""
+    """``value`` (a Go duration string, a number of seconds, or None for ``default``) as
+    seconds; ValueError when it is none of those."""
     if value is None:
         return default
     if isinstance(value, bool):
@@ -53,11 +23,5 @@ def to_seconds(value: object, default: float) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, str):
-        parser = _spec_parser()
-        if parser is None:
-            return _parse_go_duration(value)
-        parsed = parser(value)
-        if isinstance(parsed, timedelta):
-            return parsed.total_seconds()
-        return float(parsed)
+        return parse_duration(value)
     raise ValueError(f"invalid duration {value!r}")

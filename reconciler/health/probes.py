@@ -8,7 +8,9 @@ code or a list of them; when it is unset any 2xx passes (redirects are not follo
 fails: a health endpoint that redirects is usually a login page). ``bodyContains`` is an optional
 substring of the body.
 tcp: connect to ``host`` (default: the instance address; ``{host}`` is replaced too) and ``port``.
-exec: run ``command`` (argv) through the given transport (default: this machine); exit 0 passes.
+exec: run ``command`` (argv) through the given transport (default: this machine) in ``cwd`` —
+the release's working directory, which bare-metal providers report as the ``working_dir`` fact of
+``observe()`` — and exit 0 passes.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ async def _probe_tcp(
 
 
 async def _probe_exec(
-    spec: Mapping[str, Any], limit_s: float, transport: Transport | None
+    spec: Mapping[str, Any], limit_s: float, transport: Transport | None, cwd: str | None
 ) -> tuple[bool, str]:
     timeout = limit_s
     command: Sequence[str] = [str(a) for a in spec["command"]]
@@ -118,7 +120,7 @@ async def _probe_exec(
         transport = LocalTransport()
     name = f"exec {command[0]}" if command else "exec"
     try:
-        result = await transport.run(command, timeout=timeout)
+        result = await transport.run(command, timeout=timeout, cwd=cwd)
     except ProviderError as exc:
         return False, f"{name}: {exc.message}"
     if result.ok:
@@ -129,7 +131,11 @@ async def _probe_exec(
 
 
 async def probe(
-    check: Mapping[str, Any], instance: Instance, *, transport: Transport | None = None
+    check: Mapping[str, Any],
+    instance: Instance,
+    *,
+    transport: Transport | None = None,
+    cwd: str | None = None,
 ) -> ProbeResult:
     """Run every probe kind present in ``check`` once; ok when all pass."""
     timeout = to_seconds(check.get("timeout"), DEFAULT_TIMEOUT_S)
@@ -149,7 +155,7 @@ async def probe(
             elif kind == "tcp":
                 work = _probe_tcp(spec, instance, timeout)
             else:
-                work = _probe_exec(spec, timeout, transport)
+                work = _probe_exec(spec, timeout, transport, cwd)
             passed, message = await asyncio.wait_for(work, timeout + 1.0)
         except TimeoutError:
             passed, message = False, f"{kind}: timed out after {timeout:g}s"

@@ -78,10 +78,12 @@ async def wait_healthy(
     instance: Instance,
     *,
     transport: Transport | None = None,
+    cwd: str | None = None,
     is_running: Callable[[], Awaitable[bool]] | None = None,
     deadline_s: float | None = None,
 ) -> HealthResult:
-    """Probe ``instance`` until the thresholds decide; never raises for an unhealthy service."""
+    """Probe ``instance`` until the thresholds decide; never raises for an unhealthy service.
+    ``transport`` and ``cwd`` are where exec probes run (see ``probe``)."""
     health = health or {}
     policy = HealthPolicy.from_spec(health)
     started = time.monotonic()
@@ -99,7 +101,7 @@ async def wait_healthy(
     last = ""
     while True:
         probe_started = time.monotonic()
-        result = await probe(health, instance, transport=transport)
+        result = await probe(health, instance, transport=transport, cwd=cwd)
         probes += 1
         last = result.message
         if result.ok:

@@ -156,6 +156,14 @@ async def test_exec_true_false_and_output(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(10)
+async def test_exec_runs_in_cwd(tmp_path: Path) -> None:
+    check = {"exec": {"command": ["test", "-f", "ready"]}}
+    assert not (await probe(check, LOCAL, cwd=str(tmp_path))).ok
+    (tmp_path / "ready").touch()
+    assert (await probe(check, LOCAL, cwd=str(tmp_path))).ok
+
+
+@pytest.mark.timeout(10)
 async def test_exec_timeout() -> None:
     started = time.monotonic()
     result = await probe({"exec": {"command": ["sleep", "30"]}, "timeout": "300ms"}, LOCAL)

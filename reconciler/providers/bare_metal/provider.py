@@ -141,6 +141,9 @@ class BareMetalProvider:
         store = self.releases(resource)
         current = await store.current()
         facts: dict[str, Any] = {"current": current, "service_dir": store.service_dir}
+        if current is not None:
+            # where the command (and an exec health probe) runs
+            facts["working_dir"] = within(store.path(current), resource.spec.get("workingDir"))
         if resource.kind != "Service":
             raw = await self.transport.read_file(posixpath.join(store.service_dir, "last_run.json"))
             if raw:

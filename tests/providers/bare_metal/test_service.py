@@ -92,6 +92,10 @@ async def test_deploy_serves_and_is_observed(
     [state] = await provider.observe(resource)
     assert state.running and state.revision == "r1"
     assert state.facts["current"] == "r1"
+    # an exec probe runs where the service runs
+    exec_health = {"exec": {"command": ["test", "-f", "app.py"]}, "interval": "100ms"}
+    health = await wait_healthy(exec_health, instance, cwd=state.facts["working_dir"])
+    assert health.healthy, health.message
 
     service_dir = Path(provider.root) / ENV / "api"
     assert os.readlink(service_dir / "current") == "releases/r1"
