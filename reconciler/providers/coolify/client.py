@@ -13,6 +13,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from .config import TargetSettings
 from .errors import (
     CoolifyAPIDisabled,
     CoolifyAuthError,
+    CoolifyConfigError,
     CoolifyError,
     CoolifyForbidden,
     CoolifyNotFound,
@@ -50,7 +52,14 @@ class CoolifyClient:
         self._logger = logger
         self._token_ref = token_ref
         self._secrets: set[str] = {token}
-        verify: bool | str = settings.ca_bundle or settings.verify_tls
+        verify: bool | ssl.SSLContext = settings.verify_tls
+        if settings.ca_bundle:
+            try:
+                verify = ssl.create_default_context(cafile=settings.ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise CoolifyConfigError(
+                    f"Target caBundle {settings.ca_bundle}: cannot load CA certificates: {exc}"
+                ) from None
         self._http = httpx.AsyncClient(
             base_url=settings.api_base,
             headers={

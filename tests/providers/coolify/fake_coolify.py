@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,19 +142,22 @@ class FakeCoolify:
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.port = 0
+        self._tls: ssl.SSLContext | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
-    async def start(self) -> None:
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        self._tls = tls
         app = web.Application(middlewares=[self._contract_middleware])
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         server = site._server
         assert server is not None
@@ -416,11 +420,6 @@ class FakeCoolify:
         query = list(request.query.items())
         self.requests.append((request.method, path, request.query_string))
         self.request_bodies.append(body)
-        if self.drop_connections > 0:
-            self.drop_connections -= 1
-            assert request.transport is not None
-            request.transport.close()
-            raise asyncio.CancelledError  # aiohttp drops the request; the client sees a reset
         if not path.startswith(API_PREFIX):
             return web.json_response({"message": "Not found."}, status=404)
         api_path = path[len(API_PREFIX) :] or "/"
@@ -441,6 +440,12 @@ class FakeCoolify:
         except ContractViolation as exc:
             self.violations.append(str(exc))
             return web.json_response({"message": f"OpenAPI contract violation: {exc}"}, status=422)
+        if self.drop_connections > 0:
+            # A network fault after a valid request arrived: the client sees a reset connection.
+            self.drop_connections -= 1
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
         response = await handler(request)
         assert isinstance(response, web.Response)
         raw = response.body if isinstance(response.body, bytes) else b""

@@ -14,6 +14,8 @@ from .conftest import service_resource
 from .contract import ContractViolation, OpenAPIContract
 from .fake_coolify import FakeCoolify
 
+pytestmark = pytest.mark.timeout(30)
+
 
 def test_documented_spec_gap_is_still_in_the_spec(contract: OpenAPIContract) -> None:
     """The per-app history gap is handled on purpose; if upstream fixes the spec, drop it."""

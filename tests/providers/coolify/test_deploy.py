@@ -131,7 +131,9 @@ async def test_image_tag_deploy(fake: FakeCoolify, make_target, ctx) -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_image_redeploy_skips_only_what_really_ran(fake: FakeCoolify, make_target, ctx) -> None:
+async def test_image_redeploy_skips_only_what_really_ran(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
     app = fake.add_image_app("web", "ghcr.io/acme/web", "1.0.0", status="running:healthy")
     v11 = service_resource(uuid=app.uuid, image={"tag": "1.1.0"})
     v12 = service_resource(uuid=app.uuid, image={"tag": "1.2.0"})

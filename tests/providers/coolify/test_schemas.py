@@ -13,6 +13,8 @@ from reconciler.providers.coolify.config import ServiceSettings, TargetSettings
 from reconciler.spec import validate
 from reconciler.spec.model import Resource, ResourceKey
 
+pytestmark = pytest.mark.timeout(30)
+
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas" / "providers"
 
 
