@@ -7,16 +7,16 @@ CoolifyConfigError instead of a KeyError deep inside a deploy.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.errors import SecretError
 from reconciler.spec.model import Resource
+from reconciler.spec.secrets import describe_ref, is_secret_ref
+from reconciler.spec.secrets import resolve_secret as resolve_shared
 
 from .errors import CoolifyConfigError
 
@@ -58,55 +58,19 @@ def parse_duration(value: Any, where: str) -> float:
 
 def describe_secret_ref(ref: Any) -> str:
     """A printable name for a secret reference: 'env:NAME' / 'file:/path' (never the value)."""
-    if isinstance(ref, Mapping):
-        if "env" in ref:
-            return f"env:{ref['env']}"
-        if "file" in ref:
-            return f"file:{ref['file']}"
-    return "<inline value>"
-
-
-def is_secret_ref(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
+    return describe_ref(ref)
 
 
 def resolve_secret(ref: Any, where: str) -> str:
     """Resolve one `{env: NAME}` / `{file: path}` reference. Errors name the reference only."""
-    shared = _shared_resolver()
-    if shared is not None:
-        try:
-            resolved = shared({"value": ref})
-        except TypeError:  # a signature other than the one assumed here: use the local resolver
-            resolved = None
-        value = resolved.get("value") if isinstance(resolved, Mapping) else None
-        if isinstance(value, str):
-            return value
     if not is_secret_ref(ref):
         raise CoolifyConfigError(
             f"{where}: expected a secret reference {{env: NAME}} or {{file: /path}}"
         )
-    if "env" in ref:
-        name = str(ref["env"])
-        env_value = os.environ.get(name)
-        if env_value is None:
-            raise SecretError(f"{where}: environment variable {name} is not set")
-        return env_value
-    path = Path(str(ref["file"]))
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SecretError(f"{where}: cannot read secret file {path}: {exc.strerror}") from None
-    # A trailing newline is how editors save files, not part of the secret.
-    return text[:-1] if text.endswith("\n") else text
-
-
-def _shared_resolver() -> Any:
-    """The project-wide resolver (reconciler.spec.secrets.resolve_env) when it exists."""
-    try:
-        from reconciler.spec import secrets  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    return getattr(secrets, "resolve_env", None)
+        return resolve_shared(ref)
+    except SecretError as exc:
+        raise SecretError(f"{where}: {exc.message}") from None
 
 
 @dataclass(frozen=True)
