@@ -33,27 +33,35 @@ def _ssh_transport(target: Resource, url: str, docker: dict[str, Any]) -> Transp
     if not parts.hostname:
         raise ProviderError(f"{target.key}: docker.host {url!r} names no host")
     try:
-        module = importlib.import_module("reconciler.transport.ssh")
+        ssh = importlib.import_module("reconciler.transport.ssh")
     except ModuleNotFoundError as exc:
         raise ProviderError(
             f"{target.key}: docker.host {url!r} needs the SSH transport, "
             "which is not available in this build"
         ) from exc
-    host = {
-        "name": target.name,
-        "address": parts.hostname,
-        "port": parts.port or 22,
-        "user": parts.username or docker.get("user") or "root",
-        "identityFile": docker.get("identityFile"),
-        "knownHosts": docker.get("knownHosts"),
-        "hostKeys": docker.get("hostKeys"),
-        "sudo": bool(docker.get("sudo", False)),
-    }
-    factory = getattr(module, "transport_from_host", None)
-    if factory is None:
-        raise ProviderError(f"{target.key}: the SSH transport has no transport_from_host()")
-    transport: Transport = factory({k: v for k, v in host.items() if v is not None})
+    config = ssh.SSHHostConfig.from_spec(
+        {
+            "name": target.name,
+            "address": parts.hostname,
+            "port": parts.port or 22,
+            "user": parts.username or "root",
+            "identityFile": docker.get("identityFile"),
+            "knownHosts": docker.get("knownHosts"),
+            "hostKeys": docker.get("hostKeys"),
+            "sudo": bool(docker.get("sudo", False)),
+        }
+    )
+    transport: Transport = ssh.SSHTransport(config)
     return transport
+
+
+def remote_base_env(user: str) -> dict[str, str]:
+    """The compose process's environment on an SSH host: the SSH transport passes the *whole*
+    environment (``env -i``), so the basics a login shell would set are given here."""
+    return {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root" if user == "root" else f"/home/{user}",
+    }
 
 
 def create_provider(target: Resource, ctx: ProviderContext) -> ComposeProvider:
@@ -70,7 +78,9 @@ def create_provider(target: Resource, ctx: ProviderContext) -> ComposeProvider:
         transport = _ssh_transport(target, host, docker)
         state_root = str(docker.get("stateDir") or DEFAULT_REMOTE_STATE_DIR)
         engine = CliEngine(transport, docker.get("dockerCommand") or ["docker"])
-        base_env = {}
+        base_env = remote_base_env(
+            "root" if docker.get("sudo") else urlsplit(host).username or "root"
+        )
     else:
         raise ProviderError(
             f"{target.key}: docker.host must be unix:///path or ssh://user@host[:port], "

@@ -122,24 +122,15 @@ async def make_provider(
 
 
 def _remove_environment(infra: Infra, environment: str) -> None:
+    """Remove every container and volume of this test's compose projects."""
     prefix = f"fraisier_{environment}_"
     docker = infra.docker_cli
-    ids = subprocess.run(
-        [docker, "ps", "-aq", "--filter", "label=com.docker.compose.project"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    ).stdout.split()
-    mine = []
-    for cid in ids:
-        project = subprocess.run(
-            [docker, "inspect", "-f", '{{index .Config.Labels "com.docker.compose.project"}}', cid],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
-        if project.startswith(prefix):
-            mine.append(cid)
+    listing = subprocess.run(
+        [docker, "ps", "-a", "--filter", "label=com.docker.compose.project",
+         "--format", '{{.ID}} {{.Label "com.docker.compose.project"}}'],
+        capture_output=True, text=True, timeout=30,
+    ).stdout.splitlines()  # fmt: skip
+    mine = [line.split()[0] for line in listing if line.split()[-1].startswith(prefix)]
     if mine:
         subprocess.run([docker, "rm", "-f", *mine], capture_output=True, timeout=60)
     volumes = subprocess.run(
