@@ -48,6 +48,7 @@ from reconciler.state.store import (
     TRANSITIONS,
     DeploymentEvent,
     DeploymentRecord,
+    LockInfo,
     MigrationInfo,
     ResourceRecord,
     StepRecord,
@@ -720,6 +721,15 @@ class SQLiteStore:
     async def release_lock(self, name: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
         await self._run(self._release_lock, name, owner)
+
+    async def list_locks(self) -> list[LockInfo]:
+        """Every lease row, by name (expired ones included)."""
+        rows = await self._run(self._all, "SELECT * FROM v_lock ORDER BY name")
+        return [
+            LockInfo(row["name"], row["owner"], datetime.fromisoformat(row["acquired_at"]),
+                     datetime.fromisoformat(row["expires_at"]))
+            for row in rows
+        ]
 
     # -- webhooks ----------------------------------------------------------------------------
     def _record_delivery(self, provider: str, delivery_id: str) -> bool:

@@ -119,6 +119,16 @@ class StepRecord:
 
 
 @dataclass
+class LockInfo:
+    """A lease as stored (it may have expired: compare ``expires_at`` with now)."""
+
+    name: str
+    owner: str
+    acquired_at: datetime
+    expires_at: datetime
+
+
+@dataclass
 class MigrationInfo:
     version: int
     name: str
@@ -222,6 +232,10 @@ class Store(Protocol):
         """Take or renew a named lease; False if another owner holds an unexpired one."""
 
     async def release_lock(self, name: str, owner: str) -> None: ...
+
+    async def list_locks(self) -> list[LockInfo]:
+        """Every lease row, by name: lets crash recovery find (and release, passing the recorded
+        owner to ``release_lock``) leases of a process that is gone."""
 
     # -- webhooks ----------------------------------------------------------------------
     async def record_delivery(self, provider: str, delivery_id: str) -> bool:

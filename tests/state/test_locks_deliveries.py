@@ -114,3 +114,21 @@ async def test_closed_store_refuses_calls(tmp_path: Path) -> None:
     await s.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         await s.record_delivery("github", "1")
+
+
+async def test_list_locks_lets_recovery_release_a_dead_owners_lease(
+    store: SQLiteStore, second: SQLiteStore
+) -> None:
+    assert await store.list_locks() == []
+    assert await store.acquire_lock("resource:prod/Service/api", "host:4242", 3600)
+    assert await store.acquire_lock("a-first", "host:1", 10)
+    locks = await second.list_locks()
+    assert [(lk.name, lk.owner) for lk in locks] == [
+        ("a-first", "host:1"), ("resource:prod/Service/api", "host:4242"),
+    ]
+    api_lock = locks[1]
+    assert api_lock.expires_at - api_lock.acquired_at == timedelta(seconds=3600)
+    assert api_lock.acquired_at.tzinfo is not None
+    # a restarted process knows host:4242 is gone and frees its lease by the recorded owner
+    await second.release_lock(api_lock.name, api_lock.owner)
+    assert await second.acquire_lock("resource:prod/Service/api", "host:5000", 60)
