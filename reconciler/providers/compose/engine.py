@@ -11,9 +11,10 @@ Two implementations with one shape (container dicts are what ``GET /containers/{
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import aiodocker
@@ -80,46 +81,60 @@ class AiodockerEngine:
     def _error(self, what: str, exc: Exception) -> ProviderError:
         return ProviderError(f"{self.host_id}: docker engine: {what}: {exc}")
 
-    async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
-        docker = self._client()
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str, seconds: float = _API_TIMEOUT_S) -> AsyncIterator[None]:
+        """Every engine call is bounded, streaming ones (logs, stop) included."""
         try:
-            listed = await docker.containers.list(
-                all=True, filters={"label": _label_filters(labels)}
-            )
-            result: list[dict[str, Any]] = []
-            for container in listed:
-                try:
-                    shown = await container.show()
-                except aiodocker.DockerError as exc:
-                    if exc.status == 404:  # removed between list and inspect
-                        continue
-                    raise
-                result.append(dict(shown))
-            return result
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            raise self._error("listing containers", exc) from exc
+            async with asyncio.timeout(seconds):
+                yield
+        except TimeoutError as exc:
+            raise ProviderError(
+                f"{self.host_id}: docker engine: {what}: no answer after {seconds:g}s"
+            ) from exc
+
+    async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        async with self._deadline("listing containers"):
+            docker = self._client()
+            try:
+                listed = await docker.containers.list(
+                    all=True, filters={"label": _label_filters(labels)}
+                )
+                result: list[dict[str, Any]] = []
+                for container in listed:
+                    try:
+                        shown = await container.show()
+                    except aiodocker.DockerError as exc:
+                        if exc.status == 404:  # removed between list and inspect
+                            continue
+                        raise
+                    result.append(dict(shown))
+                return result
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                raise self._error("listing containers", exc) from exc
 
     async def image(self, ref: str) -> dict[str, Any] | None:
-        try:
-            return await self._client().images.inspect(ref)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return None
-            raise self._error(f"inspecting image {ref}", exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"inspecting image {ref}", exc) from exc
+        async with self._deadline("inspecting an image"):
+            try:
+                return await self._client().images.inspect(ref)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return None
+                raise self._error(f"inspecting image {ref}", exc) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._error(f"inspecting image {ref}", exc) from exc
 
     async def logs(self, container: str, tail: int) -> list[str]:
-        try:
-            handle = self._client().containers.container(container)
-            chunks = await handle.log(stdout=True, stderr=True, tail=tail)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                return []
-            raise self._error(f"reading logs of {container}", exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"reading logs of {container}", exc) from exc
-        return _split_lines(chunks)
+        async with self._deadline("reading logs"):
+            try:
+                handle = self._client().containers.container(container)
+                chunks = await handle.log(stdout=True, stderr=True, tail=tail)
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    return []
+                raise self._error(f"reading logs of {container}", exc) from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._error(f"reading logs of {container}", exc) from exc
+            return _split_lines(chunks)
 
     async def wait(self, container: str, timeout: float) -> int | None:  # noqa: ASYNC109
         handle = self._client().containers.container(container)
@@ -132,36 +147,40 @@ class AiodockerEngine:
         return int(status.get("StatusCode", -1))
 
     async def stop_container(self, container: str, grace: float) -> None:
-        try:
-            await self._client().containers.container(container).stop(t=math.ceil(grace))
-        except aiodocker.DockerError as exc:
-            if exc.status not in (304, 404):
+        async with self._deadline("stopping a container", _API_TIMEOUT_S + grace):
+            try:
+                await self._client().containers.container(container).stop(t=math.ceil(grace))
+            except aiodocker.DockerError as exc:
+                if exc.status not in (304, 404):
+                    raise self._error(f"stopping {container}", exc) from exc
+            except (aiohttp.ClientError, OSError) as exc:
                 raise self._error(f"stopping {container}", exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"stopping {container}", exc) from exc
 
     async def remove_container(self, container: str) -> None:
-        try:
-            await self._client().containers.container(container).delete(force=True, v=False)
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise self._error(f"removing {container}", exc) from exc
+        async with self._deadline("removing a container"):
+            try:
+                await self._client().containers.container(container).delete(force=True, v=False)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise self._error(f"removing {container}", exc) from exc
 
     async def volumes(self, labels: dict[str, str]) -> list[str]:
-        try:
-            data = await self._client().volumes.list(filters={"label": _label_filters(labels)})
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            raise self._error("listing volumes", exc) from exc
-        return sorted(str(v["Name"]) for v in data.get("Volumes") or [])
+        async with self._deadline("listing volumes"):
+            try:
+                data = await self._client().volumes.list(filters={"label": _label_filters(labels)})
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                raise self._error("listing volumes", exc) from exc
+            return sorted(str(v["Name"]) for v in data.get("Volumes") or [])
 
     async def remove_volume(self, name: str) -> None:
-        try:
-            await DockerVolume(self._client(), name).delete()
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
+        async with self._deadline("removing a volume"):
+            try:
+                await DockerVolume(self._client(), name).delete()
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise self._error(f"removing volume {name}", exc) from exc
+            except (aiohttp.ClientError, OSError) as exc:
                 raise self._error(f"removing volume {name}", exc) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"removing volume {name}", exc) from exc
 
     async def close(self) -> None:
         if self._docker is not None:

@@ -261,14 +261,15 @@ async def test_job_run_exit_code_output_and_secret_env(
     assert await provider.engine.containers({"com.docker.compose.project": project_name(job)}) == []
 
 
-async def test_job_timeout_kills_the_run(make_provider, environment, test_images):
+async def test_schedule_run_timeout_kills_the_run(make_provider, environment, test_images):
     provider = make_provider()
     spec = {
         "command": ["/bin/sh", "-c", "echo started; sleep 60"],
         "timeout": "1s",
         "compose": {"image": test_images["v1"], "pullPolicy": "never", "networkMode": "host"},
     }
-    job = make_resource(environment, "Job", "slow", spec)
+    spec["schedule"] = "*/5 * * * *"
+    job = make_resource(environment, "Schedule", "slow", spec)
     (instance,) = await provider.instances(job)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -328,7 +329,8 @@ services:
     image: {test_images["v2"]}
     network_mode: host
     init: true
-    command: ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:{port}", "-h", "/www"]
+    command: ["/bin/busybox", "httpd", "-f", "-p", "127.0.0.1:{port}", "-h", "/site"]
+    volumes: ["./site:/site:ro"]
     depends_on: [worker]
   worker:
     image: {test_images["v1"]}
@@ -343,6 +345,8 @@ services:
     async def export(dest: Path) -> None:
         (dest / "stack").mkdir()
         (dest / "stack" / "compose.yaml").write_text(compose_file)
+        (dest / "stack" / "site").mkdir()
+        (dest / "stack" / "site" / "index.html").write_text("from the release\n")
 
     spec = {
         "source": {"path": "stack"},
@@ -362,7 +366,8 @@ services:
     assert set(states) == {"worker-1", "web-1"}
     assert all(s.revision == "s1" and s.running for s in states.values())
     assert states["web-1"].facts["image"] == test_images["v2"]
-    assert await http_get(port, "/index.html") == (200, "version v2\n")
+    # ./site resolved next to the compose file, in the release's exported files
+    assert await http_get(port, "/index.html") == (200, "from the release\n")
     lines = await provider.logs(service, instances[0])
     assert any(line.startswith("tick ") for line in lines), lines
 
@@ -417,3 +422,16 @@ async def test_observe_through_the_docker_cli(
     assert "booting web" in await cli_provider.logs(service, instance)
     await cli_provider.stop(service, instance)
     assert not (await only_state(provider, service)).running
+
+
+async def test_pull_policy_never_refuses_a_missing_image(make_provider, environment):
+    provider = make_provider()
+    spec = {
+        "compose": {"image": "fraisier-not-built:0", "pullPolicy": "never", "networkMode": "host"}
+    }
+    service = make_resource(environment, "Service", "web", spec)
+    (instance,) = await provider.instances(service)
+    with pytest.raises(ProviderError, match="fraisier-not-built:0"):
+        await provider.deploy(release(service, "r1"), instance)
+    (state,) = await provider.observe(service)
+    assert state.detail == "container missing"

@@ -223,3 +223,18 @@ def test_target_schema() -> None:
     assert not valid("Target", {"provider": "compose", "docker": {"host": "tcp://0.0.0.0:2375"}})
     assert not valid("Target", {"provider": "compose", "docker": {"compose": "v3"}})
     assert not valid("Target", {"provider": "compose", "hosts": []})
+
+
+def test_registered_as_the_compose_provider(tmp_path) -> None:
+    from reconciler.providers import Provider, ProviderContext, load_provider
+    from reconciler.providers.compose import ComposeProvider
+
+    target = Resource(
+        ResourceKey("prod", "Target", "docker"), {}, {"provider": "compose"}, "t.yaml"
+    )
+    provider = load_provider(target, ProviderContext(state_dir=tmp_path))
+    assert isinstance(provider, ComposeProvider) and isinstance(provider, Provider)
+    assert provider.state_root == str(tmp_path / "compose")
+    bad = Resource(target.key, {}, {"provider": "compose", "docker": {"host": "tcp://x:1"}}, "t")
+    with pytest.raises(ProviderError, match=r"docker\.host"):
+        load_provider(bad, ProviderContext(state_dir=tmp_path))
