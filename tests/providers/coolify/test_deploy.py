@@ -451,3 +451,21 @@ async def test_concurrent_deploys_of_two_applications(fake: FakeCoolify, make_ta
     finally:
         await provider.close()
     assert all(a.running_commit == SHA_A for a in apps)
+
+
+@pytest.mark.timeout(20)
+async def test_unpinned_service_deploys_branch_head(fake: FakeCoolify, make_target, ctx) -> None:
+    """No gitCommitSha and a core revision that is not a commit: Coolify builds HEAD."""
+    app = fake.add_app("api", git_commit_sha=SHA_A)
+    service = service_resource(uuid=app.uuid)
+    provider = provider_for(make_target, ctx)
+    try:
+        await provider.deploy(
+            release(service, "3f2a9c1b7d4e"), (await provider.instances(service))[0]
+        )
+        [state] = await provider.observe(service)
+    finally:
+        await provider.close()
+    assert app.git_commit_sha == "HEAD"
+    assert [d.commit for d in fake.history(app.uuid)] == ["HEAD"]
+    assert state.revision == "3f2a9c1b7d4e"

@@ -234,3 +234,21 @@ async def test_network_fault_during_deploy_polling_recovers(
     finally:
         await provider.close()
     assert app.running_commit == SHA_A
+
+
+@pytest.mark.timeout(10)
+async def test_full_deployment_queue_fails_fast_with_retry_after(
+    fake: FakeCoolify, make_target, ctx
+) -> None:
+    """Coolify answers 429 + Retry-After: 60 when its queue is full; 60s > maxRetryAfter (5s)."""
+    app = fake.add_app("api")
+    fake.queue_limit = 0
+    service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)
+    provider = load_provider(make_target(), ctx)
+    try:
+        [instance] = await provider.instances(service)
+        with pytest.raises(CoolifyRateLimited, match="wait 60s"):
+            await provider.deploy(release(service), instance)
+    finally:
+        await provider.close()
+    assert fake.history(app.uuid) == []
