@@ -60,6 +60,8 @@ _POLL_S = 0.25
 _TAIL_CHARS = 1500
 # Variables of the compose process that a resource's env must not override.
 _RESERVED_ENV = re.compile(r"^(PATH|HOME|DOCKER_.*|COMPOSE_.*)$")
+# Observed revision of a container changed by hand (no release revision starts with it).
+UNMANAGED_PREFIX = "unmanaged:"
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -375,13 +377,16 @@ class ComposeProvider:
         revision = labels.get(LABEL_REVISION)
         deployed_image = labels.get(LABEL_IMAGE)
         details: list[str] = []
+        # A container fraisier did not create as it stands reports a revision of its own that
+        # can never equal a deployed one, so the core sees drift (None would mean "unknown").
         if revision is None:
             details.append("container was not deployed by fraisier")
+            revision = f"{UNMANAGED_PREFIX}{image}"
         elif deployed_image is not None and image != deployed_image:
             details.append(
                 f"container runs {image}, its revision was rendered with {deployed_image}"
             )
-            revision = None
+            revision = f"{UNMANAGED_PREFIX}{image}"
         if not running:
             details.append(f"{state.get('Status', 'unknown')} (exit code {state.get('ExitCode')})")
         if health == "unhealthy":
