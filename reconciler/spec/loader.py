@@ -13,6 +13,8 @@ Every problem is collected; ``load_desired_state`` raises one ``SpecError`` carr
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -105,7 +107,8 @@ def files_from_directory(path: Path) -> list[SourceFile]:
 # Fast path
 
 
-_MARKER = re.compile(rb"^(---|\.\.\.)(?=[ \t\r\n]|$)", re.M)
+_MARKER_TOKENS = (b"---", b"...")
+_MARKER_END = frozenset(b" \t\r\n")
 _CONTENT = re.compile(rb"^[ \t]*[^ \t\r\n#]", re.M)
 _ODD_LINE_BREAKS = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")  # NEL, LS, PS: YAML 1.1 breaks
 
@@ -147,20 +150,42 @@ def document_lines(data: bytes, count: int) -> list[int] | None:
         is_open, content_line = False, None
 
     position = 0
-    for marker in _MARKER.finditer(data):
-        content_in(position, marker.start())
+    for start, token in _markers(data):
+        content_in(position, start)
         close()
-        end_of_line = data.find(b"\n", marker.end())
+        end_of_line = data.find(b"\n", start + 3)
         end_of_line = len(data) if end_of_line < 0 else end_of_line
-        if marker.group(1) == b"---":
-            is_open, marker_line = True, line_at(marker.start())
-            rest = data[marker.end() : end_of_line].strip()
+        if token == b"---":
+            is_open, marker_line = True, line_at(start)
+            rest = data[start + 3 : end_of_line].strip()
             if rest and not rest.startswith(b"#"):
                 content_line = marker_line
         position = end_of_line
     content_in(position, len(data))
     close()
     return lines if len(lines) == count else None
+
+
+def _markers(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, token) of each document marker: ``---`` or ``...`` at the start of a line,
+    followed by a blank or the end of the text (bytes.find runs far faster than a ^-regex)."""
+    found: list[tuple[int, bytes]] = []
+    size = len(data)
+    for token in _MARKER_TOKENS:
+        needle = b"\n" + token
+        starts = [0] if data.startswith(token) else []
+        position = data.find(needle)
+        while starts or position >= 0:
+            if starts:
+                start = starts.pop()
+            else:
+                start = position + 1
+                position = data.find(needle, start + 3)
+            after = start + 3
+            if after >= size or data[after] in _MARKER_END:
+                found.append((start, token))
+    found.sort()
+    return found
 
 
 class _LineCounter:
@@ -180,7 +205,11 @@ class _LineCounter:
 
 
 def _record(index: int, line: int, kind: str, document: dict[str, Any]) -> Record | None:
-    """The cacheable record of a schema-valid document; None if it is not plain JSON data."""
+    """The cacheable record of a schema-valid document; None if it is not plain JSON data.
+
+    json.dumps rejects what JSON cannot hold (dates, binary, sets, NaN, cycles); non-string
+    keys are rejected by the schemas (``propertyNames: {type: string}``) before this point.
+    """
     metadata = document["metadata"]
     name = metadata["name"]
     environment = metadata.get("environment", DEFAULT_ENVIRONMENT)
@@ -194,14 +223,15 @@ def _record(index: int, line: int, kind: str, document: dict[str, Any]) -> Recor
     }
     try:
         text = json.dumps(
-            recorded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            recorded,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            check_circular=False,  # the schemas admit no cycle; a recursion error still ends it
         )
         encoded = text.encode()
     except (TypeError, ValueError, RecursionError):
-        return None
-    # YAML can hold what JSON cannot (non-string keys, tuples from !!omap); json.dumps would
-    # silently coerce some of them, so insist on a faithful round trip.
-    if json.loads(text) != recorded:
         return None
     digest = hashlib.sha256(encoded).hexdigest()
     return (index, line, kind, name, environment, labels, spec, digest)
@@ -568,6 +598,26 @@ def load_desired_state(
     root: str = "",
 ) -> DesiredState:
     """Parse, validate and cross-check ``files``; raise ``SpecError`` with every problem found."""
+    with _gc_paused():
+        return _load_desired_state(files, commit=commit, cache=cache, root=root)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Loading allocates ~70 objects per document and frees almost none of them; the cyclic
+    collector would rescan that growing heap again and again (15-20% of a cold load)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_desired_state(
+    files: Sequence[SourceFile], *, commit: str | None, cache: SpecCache | None, root: str
+) -> DesiredState:
     load = _Load(files)
     for file_index, source in enumerate(files):
         records = cache.get(source.blob_id) if cache is not None else None
@@ -589,17 +639,22 @@ def load_desired_state(
     return DesiredState(resources=resources, commit=commit, root=root)
 
 
-def _ref(key: ResourceKey) -> str:
-    return f"{key.kind}/{key.name}"
+# Inside the cross-file checks identities are plain (environment, kind, name) tuples: hashing
+# them is several times cheaper than hashing ResourceKey, and 10,000 resources hash a lot.
+_Key = tuple[str, str, str]
+
+
+def _ref(key: _Key) -> str:
+    return f"{key[1]}/{key[2]}"
 
 
 def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
     files = load.files
-    resources: dict[ResourceKey, Resource] = {}
-    where: dict[ResourceKey, tuple[int, int, int]] = {}  # file index, document index, line
+    resources: dict[_Key, Resource] = {}
+    where: dict[_Key, tuple[int, int, int]] = {}  # file index, document index, line
     kinds_by_name: dict[tuple[str, str], set[str]] = {}
     for file_index, (index, line, kind, name, environment, labels, spec, digest) in load.valid:
-        key = ResourceKey(environment, kind, name)
+        key = (environment, kind, name)
         first = where.get(key)
         if first is not None:
             message = (
@@ -609,41 +664,51 @@ def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
             load.problems.append(load.problem_at(file_index, index, ("metadata", "name"), message))
             continue
         resources[key] = Resource(
-            key=key, labels=labels, spec=spec, file=files[file_index].path, line=line, hash=digest
+            key=ResourceKey(environment, kind, name),
+            labels=labels,
+            spec=spec,
+            file=files[file_index].path,
+            line=line,
+            hash=digest,
         )
         where[key] = (file_index, index, line)
-        kinds_by_name.setdefault((environment, name), set()).add(kind)
-    known = set(resources)
-    for environment, kind, name in load.partial:
-        known.add(ResourceKey(environment, kind, name))
-        kinds_by_name.setdefault((environment, name), set()).add(kind)
-    target_environments: dict[str, list[str]] = {}
-    for key in known:
-        if key.kind == "Target":
-            target_environments.setdefault(key.name, []).append(key.environment)
+        kinds = kinds_by_name.get((environment, name))
+        if kinds is None:
+            kinds_by_name[(environment, name)] = {kind}
+        else:
+            kinds.add(kind)
+    known: set[_Key] = set(resources)
+    for identity in load.partial:
+        known.add(identity)
+        kinds_by_name.setdefault((identity[0], identity[2]), set()).add(identity[1])
 
     # resolved dependsOn: resource -> [(index in dependsOn, key)]
-    edges: dict[ResourceKey, list[tuple[int, ResourceKey]]] = {}
+    edges: dict[_Key, list[tuple[int, _Key]]] = {}
     for key, resource in resources.items():
-        file_index, index, _ = where[key]
         spec = resource.spec
         target = spec.get("target")
-        if key.kind != "Target" and isinstance(target, str):
-            problem = _target_problem(key, target, known, kinds_by_name, target_environments)
+        if (
+            key[1] != "Target"
+            and isinstance(target, str)
+            and (key[0], "Target", target) not in known
+        ):
+            file_index, index, _ = where[key]
+            message = _target_problem(key, target, known, kinds_by_name)
+            load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
+        depends_on = spec.get("dependsOn")
+        if not depends_on:
+            continue
+        resolved: list[tuple[int, _Key]] = []
+        for position, ref in enumerate(depends_on):
+            dependency, problem = _resolve(key[0], ref, known, kinds_by_name)
             if problem:
-                load.problems.append(
-                    load.problem_at(file_index, index, ("spec", "target"), problem)
-                )
-        resolved: list[tuple[int, ResourceKey]] = []
-        for position, ref in enumerate(spec.get("dependsOn") or []):
-            dependency, problem = _resolve(key.environment, ref, known, kinds_by_name)
-            if problem:
+                file_index, index, _ = where[key]
                 location = ("spec", "dependsOn", position)
                 message = f"{format_path(location)}: {problem}"
                 load.problems.append(load.problem_at(file_index, index, location, message))
             elif dependency is not None and dependency not in (d for _, d in resolved):
                 resolved.append((position, dependency))
-        resource.depends_on = [dependency for _, dependency in resolved]
+        resource.depends_on = [ResourceKey(*dependency) for _, dependency in resolved]
         edges[key] = resolved
 
     for cycle in _cycles(edges, where):
@@ -651,27 +716,20 @@ def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
         position = next(p for p, d in edges[start] if d == following)
         file_index, index, _ = where[start]
         location = ("spec", "dependsOn", position)
-        message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(
-            _ref(k) for k in cycle
-        )
+        message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(map(_ref, cycle))
         load.problems.append(load.problem_at(file_index, index, location, message))
-    return resources
+    return {resource.key: resource for resource in resources.values()}
 
 
 def _target_problem(
-    key: ResourceKey,
-    target: str,
-    known: set[ResourceKey],
-    kinds_by_name: dict[tuple[str, str], set[str]],
-    target_environments: dict[str, list[str]],
-) -> str | None:
-    if ResourceKey(key.environment, "Target", target) in known:
-        return None
-    others = sorted(kinds_by_name.get((key.environment, target), set()))
+    key: _Key, target: str, known: set[_Key], kinds_by_name: dict[tuple[str, str], set[str]]
+) -> str:
+    environment = key[0]
+    others = sorted(kinds_by_name.get((environment, target), set()))
     if others:
         return f"spec.target: {target!r} is a {' and a '.join(others)}, not a Target"
-    message = f"spec.target: no Target {target!r} in environment {key.environment!r}"
-    elsewhere = sorted(target_environments.get(target, []))
+    message = f"spec.target: no Target {target!r} in environment {environment!r}"
+    elsewhere = sorted(k[0] for k in known if k[1] == "Target" and k[2] == target)
     if elsewhere:
         message += (
             f" (there is one in environment {elsewhere[0]!r}; references stay in their environment)"
@@ -682,12 +740,12 @@ def _target_problem(
 def _resolve(
     environment: str,
     ref: str,
-    known: set[ResourceKey],
+    known: set[_Key],
     kinds_by_name: dict[tuple[str, str], set[str]],
-) -> tuple[ResourceKey | None, str | None]:
+) -> tuple[_Key | None, str | None]:
     if "/" in ref:
         kind, _, name = ref.partition("/")
-        key = ResourceKey(environment, kind, name)
+        key = (environment, kind, name)
         if key in known:
             return key, None
         others = sorted(kinds_by_name.get((environment, name), set()))
@@ -700,33 +758,33 @@ def _resolve(
         return None, f"no resource named {ref!r} in environment {environment!r}"
     if len(kinds) > 1:
         choices = ", ".join(f"{k}/{ref}" for k in kinds)
-        return (
-            None,
-            f"{ref!r} is ambiguous in environment {environment!r} ({choices}); write Kind/name",
+        return None, (
+            f"{ref!r} is ambiguous in environment {environment!r} ({choices}); write Kind/name"
         )
-    return ResourceKey(environment, kinds[0], ref), None
+    return (environment, kinds[0], ref), None
 
 
 def _cycles(
-    edges: dict[ResourceKey, list[tuple[int, ResourceKey]]],
-    where: dict[ResourceKey, tuple[int, int, int]],
-) -> list[list[ResourceKey]]:
+    edges: dict[_Key, list[tuple[int, _Key]]],
+    where: dict[_Key, tuple[int, int, int]],
+) -> list[list[_Key]]:
     """One cycle per strongly connected component that has one, starting (and ending) at the
     member written first; Tarjan's algorithm, iterative so long chains do not hit the
-    recursion limit."""
+    recursion limit. Only resources with dependencies are nodes: nothing else can be on a cycle.
+    """
     graph = {key: [d for _, d in deps if d in edges] for key, deps in edges.items()}
-    order: dict[ResourceKey, int] = {}
-    low: dict[ResourceKey, int] = {}
-    stack: list[ResourceKey] = []
-    on_stack: set[ResourceKey] = set()
-    components: list[list[ResourceKey]] = []
+    order: dict[_Key, int] = {}
+    low: dict[_Key, int] = {}
+    stack: list[_Key] = []
+    on_stack: set[_Key] = set()
+    components: list[list[_Key]] = []
     for start in graph:
         if start in order:
             continue
         order[start] = low[start] = len(order)
         stack.append(start)
         on_stack.add(start)
-        work: list[tuple[ResourceKey, Iterator[ResourceKey]]] = [(start, iter(graph[start]))]
+        work: list[tuple[_Key, Iterator[_Key]]] = [(start, iter(graph[start]))]
         while work:
             node, successors = work[-1]
             for successor in successors:
@@ -759,9 +817,9 @@ def _cycles(
         if len(component) == 1 and first not in graph[first]:
             continue
         # shortest way back to the first member (breadth-first inside the component)
-        parents: dict[ResourceKey, ResourceKey] = {}
+        parents: dict[_Key, _Key] = {}
         queue = deque([first])
-        closing: ResourceKey | None = None
+        closing: _Key | None = None
         while queue and closing is None:
             current = queue.popleft()
             for successor in graph[current]:
