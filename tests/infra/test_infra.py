@@ -42,11 +42,13 @@ def test_hosts_are_distinct_and_both_users_log_in(testhosts: tuple[InfraHost, ..
     assert len(testhosts) >= 2
     machine_ids = set()
     for host in testhosts:
-        assert host.sh("hostname").strip() == host.name
-        assert host.sh("id -un", user="deploy").strip() == "deploy"
-        assert host.sh("sudo -n id -u", user="deploy").strip() == "0"
-        assert host.sh("systemctl is-system-running || true").strip() in {"running", "degraded"}
-        machine_ids.add(host.sh("cat /etc/machine-id").strip())
+        name, machine_id, state = host.sh(
+            "hostname; cat /etc/machine-id; systemctl is-system-running || true"
+        ).split()
+        assert name == host.name
+        assert state in {"running", "degraded"}
+        machine_ids.add(machine_id)
+        assert host.sh("id -un; sudo -n id -u", user="deploy").split() == ["deploy", "0"]
     assert len(machine_ids) == len(testhosts)
 
 
