@@ -363,7 +363,7 @@ class CoolifyProvider:
         current = await api.json("GET", f"/applications/{instance.id}/envs")
         for env in current if isinstance(current, list) else []:
             if isinstance(env, Mapping) and env.get("key") in keys and not env.get("is_preview"):
-                await api.json("DELETE", f"/applications/{instance.id}/envs/{env['uuid']}")
+                await self._delete_env(instance.id, str(env["uuid"]))
         self.log.info(
             "coolify envs removed", extra={"application": instance.id, "keys": sorted(keys)}
         )
@@ -461,7 +461,7 @@ class CoolifyProvider:
         if svc.prune_envs:
             for key, have in sorted(current.items()):
                 if key not in desired and have.get("uuid"):
-                    await api.json("DELETE", f"/applications/{uuid}/envs/{have['uuid']}")
+                    await self._delete_env(uuid, str(have["uuid"]))
                     deleted.append(key)
         if created or updated or deleted:
             # Keys only: values (secret or not) stay out of logs.
@@ -475,6 +475,13 @@ class CoolifyProvider:
                 },
             )
         return bool(created or updated or deleted)
+
+    async def _delete_env(self, uuid: str, env_uuid: str) -> None:
+        api = await self.api()
+        try:
+            await api.json("DELETE", f"/applications/{uuid}/envs/{env_uuid}")
+        except CoolifyNotFound:
+            pass  # already gone (e.g. a retried DELETE whose first answer was lost)
 
     # ---------------------------------------------------------------- deploy internals
 
