@@ -34,6 +34,10 @@ TRACKING_TABLE_DDL = f"""CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} (
 )"""
 
 FILE_NAME = re.compile(r"^(?P<version>\d{3,})_(?P<name>[A-Za-z0-9_]+)\.sql$")
+# A line of its own in a migration file: apply it with foreign keys suspended (see begin()).
+FOREIGN_KEYS_OFF = re.compile(
+    r"^--\s*fraisier:\s*foreign_keys\s*=\s*off\s*$", re.MULTILINE | re.IGNORECASE
+)
 
 
 def default_sql_dir(dialect: str) -> Path:
@@ -56,12 +60,20 @@ class MigrationConnection(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
-    def begin(self) -> None:
-        """Open a write transaction that excludes concurrent migrators (lock if needed)."""
+    def begin(self, *, foreign_keys: bool = True) -> None:
+        """Open a write transaction that excludes concurrent migrators (lock if needed).
 
-    def commit(self) -> None: ...
+        ``foreign_keys=False`` (a file with the ``-- fraisier: foreign_keys=off`` directive):
+        suspend foreign-key enforcement and actions for this transaction, e.g. to rebuild a
+        parent table without its ON DELETE CASCADE emptying the children.
+        """
 
-    def rollback(self) -> None: ...
+    def commit(self) -> None:
+        """Commit; when begun with ``foreign_keys=False``, first refuse (raise MigrationError)
+        if any foreign key is left dangling, and restore enforcement afterwards."""
+
+    def rollback(self) -> None:
+        """Roll back if a transaction is open; restore foreign-key enforcement."""
 
     def split(self, script: str) -> list[str]:
         """The statements of a script, in order, without empty or comment-only ones."""
@@ -78,6 +90,11 @@ class MigrationFile:
     @property
     def filename(self) -> str:  # e.g. "001_initial.sql": what messages name
         return self.path.name
+
+    @property
+    def foreign_keys(self) -> bool:
+        """False when the file asks for foreign keys to be suspended while it runs."""
+        return FOREIGN_KEYS_OFF.search(self.sql) is None
 
 
 def checksum_of(text: str) -> str:
@@ -191,7 +208,7 @@ class MigrationRunner:
 
     def _apply(self, file: MigrationFile) -> MigrationInfo | None:
         statements = self.conn.split(file.sql)
-        self.conn.begin()
+        self.conn.begin(foreign_keys=file.foreign_keys)
         try:
             # Checked again inside the transaction: another process may have migrated meanwhile.
             applied = self.applied()
@@ -219,10 +236,13 @@ class MigrationRunner:
                 f"VALUES ({p}, {p}, {p}, {p})",
                 (file.version, file.name, file.checksum, applied_at),
             )
+            try:
+                self.conn.commit()
+            except MigrationError as exc:
+                raise MigrationError(f"{file.filename}: {exc.message}") from exc
         except BaseException:
             self.conn.rollback()
             raise
-        self.conn.commit()
         return MigrationInfo(file.version, file.name, file.checksum, _parse_time(applied_at))
 
 
@@ -278,6 +298,7 @@ class SQLiteMigrationConnection:
         if conn.isolation_level is not None:
             raise MigrationError("the SQLite connection must use isolation_level=None")
         self.raw = conn
+        self._restore_foreign_keys: bool | None = None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.raw.execute(sql, tuple(params))
@@ -285,15 +306,36 @@ class SQLiteMigrationConnection:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in self.raw.execute(sql, tuple(params)).fetchall()]
 
-    def begin(self) -> None:
+    def begin(self, *, foreign_keys: bool = True) -> None:
+        if not foreign_keys:
+            # The pragma is a no-op inside a transaction, so it goes first (SQLite's documented
+            # procedure for table rebuilds); commit() checks what the file left behind.
+            (enabled,) = self.raw.execute("PRAGMA foreign_keys").fetchone()
+            self._restore_foreign_keys = bool(enabled)
+            self.raw.execute("PRAGMA foreign_keys = OFF")
         self.raw.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:
+        if self._restore_foreign_keys is not None:
+            dangling = self.raw.execute("PRAGMA foreign_key_check").fetchall()
+            if dangling:
+                table, rowid, parent, _ = dangling[0]
+                raise MigrationError(
+                    f"leaves {len(dangling)} row(s) with a dangling foreign key "
+                    f"(first: {table} rowid {rowid} -> {parent})"
+                )
         self.raw.execute("COMMIT")
+        self._restore()
 
     def rollback(self) -> None:
         if self.raw.in_transaction:
             self.raw.execute("ROLLBACK")
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._restore_foreign_keys is not None:
+            self.raw.execute(f"PRAGMA foreign_keys = {int(self._restore_foreign_keys)}")
+            self._restore_foreign_keys = None
 
     def split(self, script: str) -> list[str]:
         return split_sqlite_script(script)

@@ -714,6 +714,16 @@ class SQLiteStore:
             raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
         return await self._run(self._acquire_lock, name, owner, ttl_seconds)
 
+    def _lock_owner(self, name: str) -> str | None:
+        row = self._one("SELECT owner, expires_at FROM tb_lock WHERE name = ?", (name,))
+        if row is None or row["expires_at"] <= now_text():
+            return None
+        return str(row["owner"])
+
+    async def lock_owner(self, name: str) -> str | None:
+        """Who holds an unexpired lease on ``name`` (None: free or expired)."""
+        return await self._run(self._lock_owner, name)
+
     def _release_lock(self, name: str, owner: str) -> None:
         with self._write():
             self._db.execute("DELETE FROM tb_lock WHERE name = ? AND owner = ?", (name, owner))

@@ -233,6 +233,9 @@ class Store(Protocol):
 
     async def release_lock(self, name: str, owner: str) -> None: ...
 
+    async def lock_owner(self, name: str) -> str | None:
+        """Who holds an unexpired lease on ``name`` (None: free or expired)."""
+
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name: lets crash recovery find (and release, passing the recorded
         owner to ``release_lock``) leases of a process that is gone."""

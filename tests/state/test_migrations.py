@@ -358,3 +358,127 @@ async def test_step_table_rebuild_keeps_rows(tmp_path: Path, sql_copy: Path) -> 
         assert ("table", "tb_deployment_step_new") not in objects(db)
     finally:
         conn.close()
+
+
+def rebuild_deployment_table_sql(db: Path, directive: bool) -> str:
+    """A migration rebuilding tb_deployment (a parent with ON DELETE CASCADE children), the
+    way a future release would to add a status to its CHECK: SQLite's documented procedure."""
+    conn = sqlite3.connect(db)
+    try:
+        (table_sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'tb_deployment'"
+        ).fetchone()
+        dependents = conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND "
+            "((type IN ('index', 'trigger') AND tbl_name = 'tb_deployment') OR "
+            "(type = 'view' AND sql LIKE '%tb_deployment %'))"
+        ).fetchall()
+    finally:
+        conn.close()
+    new_table = table_sql.replace("CREATE TABLE tb_deployment", "CREATE TABLE tb_deployment_new")
+    new_table = new_table.replace("'cancelled'))", "'cancelled', 'superseded'))", 1)
+    assert "superseded" in new_table
+    views = [(name, sql) for kind, name, sql in dependents if kind == "view"]
+    others = [sql for kind, _, sql in dependents if kind != "view"]
+    parts = ["-- fraisier: foreign_keys=off"] if directive else []
+    parts += [f"DROP VIEW {name};" for name, _ in views]
+    parts += [
+        new_table + ";",
+        "INSERT INTO tb_deployment_new SELECT * FROM tb_deployment;",
+        "DROP TABLE tb_deployment;",
+        "ALTER TABLE tb_deployment_new RENAME TO tb_deployment;",
+    ]
+    parts += [sql + ";" for sql in others]
+    parts += [sql + ";" for _, sql in views]
+    return "\n".join(parts) + "\n"
+
+
+async def journal_of(store: SQLiteStore) -> list[tuple[str, list[str], list[str]]]:
+    return [
+        (d.identifier, [e.status for e in d.events], [s.action for s in d.steps])
+        for d in await store.list_deployments(limit=0)
+    ]
+
+
+@pytest.mark.parametrize("directive", [True, False], ids=["foreign_keys=off", "no-directive"])
+async def test_rebuilding_a_parent_table(tmp_path: Path, sql_copy: Path, directive: bool) -> None:
+    from reconciler.spec.model import ResourceKey
+
+    db = tmp_path / "db.sqlite"
+    store = SQLiteStore(db, sql_dir=sql_copy)
+    try:
+        await store.migrate()
+        key = ResourceKey("prod", "Service", "api")
+        d = await store.create_deployment(
+            key, from_revision=None, to_revision="r1", config_commit=None, trigger="t",
+            strategy="s",
+        )
+        await store.transition(d.id, "in_progress")
+        await store.finish_step(await store.start_step(d.id, "upload", "h1"), "succeeded")
+        before = await journal_of(store)
+        assert before == [("prod/Service/api#1", ["pending", "in_progress"], ["upload"])]
+
+        (sql_copy / "900_rebuild_deployment.sql").write_text(
+            rebuild_deployment_table_sql(db, directive)
+        )
+        await store.migrate()
+        after = await journal_of(store)
+        if directive:
+            assert after == before  # children kept
+        else:
+            # what the directive prevents: DROP TABLE's implicit DELETE cascaded to the journal
+            assert after == [("prod/Service/api#1", [], [])]
+        # the rebuilt table keeps its trigger and foreign-key enforcement is back on
+        with pytest.raises(StoreError):
+            await store.transition(d.id, "pending")
+        await store.transition(d.id, "succeeded")
+        raw = sqlite3.connect(db)
+        try:
+            raw.execute("PRAGMA foreign_keys = ON")
+            assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+            names = {n for (n,) in raw.execute("SELECT name FROM sqlite_master")}
+            assert {"tr_deployment_status_transition", "ix_deployment_unfinished",
+                    "v_deployment", "v_resource_status"} <= names
+            (table_sql,) = raw.execute(
+                "SELECT sql FROM sqlite_master WHERE name = 'tb_deployment'"
+            ).fetchone()
+            assert "superseded" in table_sql
+        finally:
+            raw.close()
+    finally:
+        await store.close()
+
+
+def test_foreign_keys_off_refuses_dangling_rows_and_restores_enforcement(tmp_path: Path) -> None:
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "001_parent_child.sql").write_text(
+        "CREATE TABLE tb_parent (pk_parent INTEGER PRIMARY KEY);\n"
+        "CREATE TABLE tb_child (pk_child INTEGER PRIMARY KEY,\n"
+        "    fk_parent INTEGER NOT NULL REFERENCES tb_parent (pk_parent));\n"
+    )
+    (folder / "002_dangling.sql").write_text(
+        "-- fraisier: foreign_keys=off\n"
+        "INSERT INTO tb_child (fk_parent) VALUES (42);\n"
+    )
+    conn = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        runner = MigrationRunner(SQLiteMigrationConnection(conn), folder)
+        with pytest.raises(MigrationError, match=r"002_dangling\.sql: leaves 1 row"):
+            runner.migrate()
+        assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM tb_child").fetchone() == (0,)
+        assert [m.version for m in runner.status() if m.applied_at] == [1]
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            conn.execute("INSERT INTO tb_child (fk_parent) VALUES (42)")
+    finally:
+        conn.close()
+
+
+def test_foreign_keys_directive_parsing(tmp_path: Path) -> None:
+    (tmp_path / "001_on.sql").write_text("-- mentions fraisier: foreign_keys=off inline\n")
+    (tmp_path / "002_off.sql").write_text("SELECT 1;\n--  fraisier:foreign_keys = OFF \n")
+    on, off = discover(tmp_path)
+    assert on.foreign_keys is True
+    assert off.foreign_keys is False
