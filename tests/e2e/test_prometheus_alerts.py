@@ -25,6 +25,12 @@ from typing import Any
 
 import pytest
 
+from tests.deploy.test_prometheus_rules import (
+    PROMETHEUS_SERIES,
+    dashboard_targets,
+    promql_metric_names,
+    rule_exprs,
+)
 from tests.e2e.conftest import Fleet, free_port, service_yaml, wait_for
 from tests.helpers import need
 
@@ -101,6 +107,21 @@ def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     yield procs
     for proc in reversed(procs):
         stop(proc, signal.SIGKILL if proc.poll() is None else signal.SIGTERM, wait=5)
+
+
+def served_names(exposition: str) -> set[str]:
+    """Sample names a /metrics page can carry: families from ``# TYPE`` (present even before a
+    labelled metric has a series) with their type's suffixes, plus every sample line."""
+    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+    names: set[str] = set()
+    for line in exposition.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(maxsplit=3)
+            names.add(name)
+            names.update(name + suffix for suffix in suffixes.get(kind, ()))
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
 
 
 def short_for_rules(target: Path) -> None:
@@ -229,6 +250,15 @@ scrape_configs:
                       "Resources by health status", "Rollbacks by reason",
                       "Resources needing attention"):
             assert title not in empty, title
+
+        # Every metric the rules and the dashboard name is served by this running daemon.
+        with urllib.request.urlopen(f"http://127.0.0.1:{listen}/metrics", timeout=5) as resp:
+            served = served_names(resp.read().decode()) | PROMETHEUS_SERIES
+        named: set[str] = set()
+        for expr in [*rule_exprs().values(),
+                     *(e for _, e in dashboard_targets(json.loads(DASHBOARD.read_text())))]:
+            named |= promql_metric_names(expr)
+        assert named - served == set()
 
         # Stop the daemon: the scrape fails, up == 0, "daemon down" follows.
         stop(daemon, signal.SIGTERM, wait=min(20, left()))
