@@ -102,6 +102,33 @@ class DeploymentFailed(ReconcilerError):
     exit_code = 1
 
 
+LEASE_SECONDS = 60.0  # a resource lease; renewed every LEASE_SECONDS / 3 while deploying
+
+
+def _start_time(pid: int) -> str | None:
+    """The process start time (clock ticks since boot): tells a live pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity() -> str:
+    """``host:pid:starttime`` — who holds a lease, checkable for liveness on this host."""
+    pid = os.getpid()
+    return f"{os.uname().nodename}:{pid}:{_start_time(pid) or 0}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """True/False for an owner on this host; None when it is elsewhere (trust the lease)."""
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != os.uname().nodename or not pid_text.isdigit():
+        return None
+    return _start_time(int(pid_text)) == start
+
+
 def resource_from_document(key: ResourceKey, document: dict[str, Any],
                            file: str = "<recorded>") -> Resource:
     """Rebuild a Resource from a recorded document (for rollbacks and deletions)."""
@@ -130,7 +157,7 @@ class Reconciler:
         self.store = store
         self.state_dir = state_dir
         self.source = source
-        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
+        self.owner = owner or process_identity()
         self.progress = progress
         self.concurrency = concurrency
         self.stopping = False  # set on SIGTERM: finish in-flight steps, start nothing new
@@ -222,6 +249,11 @@ class Reconciler:
         the desired one again (resume) — or, if it is gone from git, prunes/orphans it."""
         resumed: list[ResourceKey] = []
         for dep in await self.store.unfinished_deployments():
+            holder = await self.store.lock_owner(f"resource:{dep.key}")
+            if holder is not None and holder != self.owner:
+                if owner_alive(holder) is not False:
+                    continue  # a live reconciler (or an unexpired remote lease) is on it
+                await self.store.release_lock(f"resource:{dep.key}", holder)
             open_steps = [s for s in dep.steps if s.finished_at is None]
             for step in open_steps:
                 await self.store.finish_step(step.id, "interrupted", "reconciler stopped")
@@ -271,9 +303,17 @@ class Reconciler:
                     return
                 blocked_by = self._blocking_dependency(item, outcomes)
                 if blocked_by is not None:
+                    message = f"waiting for {blocked_by}"
+                    if item.resource is not None and item.revision is not None:
+                        # Recorded so `status` shows what git wants and why it is not live.
+                        await self.store.record_desired(
+                            item.key, revision=item.revision, spec_hash=item.resource.hash,
+                            spec=item.resource.document(), config_commit=desired.commit)
+                        await self.store.update_status(item.key, sync_status="OutOfSync",
+                                                       last_error=message)
                     outcomes[item.key] = Outcome(item.key, item.action, SKIPPED, item.revision,
-                                                 f"waiting for {blocked_by}")
-                    self._emit(item.key, "waiting", f"waiting for {blocked_by}")
+                                                 message)
+                    self._emit(item.key, "waiting", message)
                     return
                 why = "resume" if item.key in resumed else trigger
                 try:
@@ -346,16 +386,36 @@ class Reconciler:
         if target is None:
             raise DeploymentFailed(f"{key}: target {resource.spec.get('target')!r} not found")
         lock = f"resource:{key}"
-        if not await self.store.acquire_lock(lock, self.owner, ttl_seconds=3600):
+        if not await self.take_lease(lock):
             msg = "another reconciler holds this resource's lock"
             self._emit(key, "locked", msg)
             return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}")
+        renew = asyncio.create_task(self._renew(lock))
         try:
             if key.kind == "Service":
                 return await self._deploy_service(item, resource, target, desired, trigger)
             return await self._deploy_runnable(item, resource, target, desired, trigger)
         finally:
+            renew.cancel()
+            await asyncio.gather(renew, return_exceptions=True)
             await self.store.release_lock(lock, self.owner)
+
+    async def take_lease(self, name: str) -> bool:
+        """Take a resource lease; a lease left by a dead process on this host is taken over."""
+        if await self.store.acquire_lock(name, self.owner, ttl_seconds=LEASE_SECONDS):
+            return True
+        holder = await self.store.lock_owner(name)
+        if holder is not None and owner_alive(holder) is False:
+            log.warning("taking over a lease of a dead reconciler",
+                        extra={"lock": name, "holder": holder})
+            await self.store.release_lock(name, holder)
+            return await self.store.acquire_lock(name, self.owner, ttl_seconds=LEASE_SECONDS)
+        return False
+
+    async def _renew(self, name: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            await self.store.acquire_lock(name, self.owner, ttl_seconds=LEASE_SECONDS)
 
     # -- Services ----------------------------------------------------------------------------
     async def _deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
@@ -599,6 +659,16 @@ class Reconciler:
 
     # -- manual rollback ----------------------------------------------------------------------
     async def manual_rollback(self, key: ResourceKey, to_revision: str | None = None) -> Outcome:
+        lock = f"resource:{key}"
+        if not await self.take_lease(lock):
+            raise DeploymentFailed(f"{key}: another reconciler is deploying it; try again",
+                                   hint="wait for the running deployment to finish")
+        try:
+            return await self._manual_rollback(key, to_revision)
+        finally:
+            await self.store.release_lock(lock, self.owner)
+
+    async def _manual_rollback(self, key: ResourceKey, to_revision: str | None) -> Outcome:
         """Deploy an earlier succeeded revision (the previous one by default), recorded with
         trigger ``manual`` and strategy ``rollback``. The revision git still asks for is
         remembered as rolled back, so the daemon does not undo this until a new commit."""
