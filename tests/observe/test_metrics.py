@@ -1,0 +1,50 @@
+"""The additive parts of reconciler.observe.metrics: store metrics, zero-initialised series."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import generate_latest
+
+from reconciler.errors import StoreError
+from reconciler.observe import metrics
+from reconciler.observe.metrics import REGISTRY
+
+
+def value(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_db_operation_times_and_counts_errors() -> None:
+    count = "reconciler_db_query_duration_seconds_count"
+    before_ok = value(count, backend="sqlite", operation="test_op") or 0.0
+    before_errors = value("reconciler_db_errors_total") or 0.0
+    with metrics.db_operation("sqlite", "test_op"):
+        pass
+    with pytest.raises(StoreError), metrics.db_operation("sqlite", "test_op"):
+        raise StoreError("database is locked")
+    assert value(count, backend="sqlite", operation="test_op") == before_ok + 2
+    assert value("reconciler_db_errors_total") == before_errors + 1
+
+
+def test_known_label_values_start_at_zero() -> None:
+    """increase() ignores a series' first sample, so these must exist before the first event."""
+    text = generate_latest(REGISTRY).decode()
+    for reason in ("health", "error", "manual"):
+        assert f'reconciler_rollbacks_total{{reason="{reason}"}}' in text
+    for provider in ("github", "gitlab", "gitea", "bitbucket"):
+        assert (f'reconciler_webhook_requests_total{{provider="{provider}",'
+                f'result="unauthorized"}}') in text
+    assert "reconciler_db_errors_total" in text
+
+
+def test_init_deployment_series() -> None:
+    metrics.init_deployment_series("test_provider", "canary")
+    for result in metrics.DEPLOYMENT_RESULTS:
+        assert value("reconciler_deployments_total", provider="test_provider",
+                     strategy="canary", result=result) == 0.0
+
+
+def test_process_metrics_are_served() -> None:
+    text = generate_latest(REGISTRY).decode()
+    assert "process_start_time_seconds" in text
+    assert "process_resident_memory_bytes" in text
