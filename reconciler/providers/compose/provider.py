@@ -140,6 +140,7 @@ class ComposeProvider:
         self._cli: ComposeCLI | None = None
         self._cli_lock = asyncio.Lock()
         self._project_locks: dict[str, asyncio.Lock] = {}
+        self._active_runs: set[str] = set()  # container names of runs being waited for here
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -266,12 +267,30 @@ class ComposeProvider:
         )
 
     async def _ensure_images(
-        self, cli: ComposeCLI, prepared: _Prepared, policy: str, env: Mapping[str, str]
+        self,
+        cli: ComposeCLI,
+        prepared: _Prepared,
+        policy: str,
+        env: Mapping[str, str],
+        now: bool = False,
     ) -> None:
-        """Honour the pull policy where compose v1 does not (it ignores ``pull_policy``)."""
-        if cli.is_v2:
+        """Honour the pull policy where compose v1 does not (it ignores ``pull_policy``), or,
+        with ``now``, before anything is started (installing a Job/Schedule)."""
+        if cli.is_v2 and not now:
             return  # v2 honours pull_policy from the document
         rendered = prepared.rendered
+        if policy == "missing" and now:
+            absent = [
+                s for s in rendered.services if await self.engine.image(rendered.images[s]) is None
+            ]
+            if absent:
+                code, out = await self._compose(
+                    cli, prepared, env, "pull", *absent, timeout=COMMAND_TIMEOUT_S
+                )
+                if code != 0:
+                    raise ProviderError(
+                        f"{self.host_id}: pulling images of {rendered.project} failed: {_tail(out)}"
+                    )
         if policy == "always":
             code, out = await self._compose(
                 cli, prepared, env, "pull", *rendered.services, timeout=COMMAND_TIMEOUT_S
@@ -424,6 +443,9 @@ class ComposeProvider:
         section = compose_section(resource)
         wait = bool(section.get("wait", True))
         wait_timeout = seconds(section.get("waitTimeout"), 60.0)
+        if resource.kind != "Service":
+            await self._install(release, prepared)
+            return
         async with self._lock(rendered.project):
             if await self._already_deployed(rendered, release.revision, count):
                 return
@@ -590,6 +612,28 @@ class ComposeProvider:
     def _run_log(self, project: str) -> str:
         return posixpath.join(self._project_dir(project), "last-run.log")
 
+    async def _install(self, release: Release, prepared: _Prepared) -> None:
+        """Deploying a Job or Schedule installs it: document and files in place, images present
+        (pulled per the pull policy), nothing started — ``run`` starts it, the daemon's
+        scheduler at each cron fire for a Schedule."""
+        rendered = prepared.rendered
+        self._one_service(release.resource, rendered)
+        async with self._lock(rendered.project):
+            cli = await self.cli()
+            env = self._env(release, rendered)
+            await self._write_document(prepared)
+            await self._ensure_images(cli, prepared, pull_policy(release.resource), env, True)
+            await self._update_record(rendered.project, {"installed_revision": release.revision})
+
+    @staticmethod
+    def _one_service(resource: Resource, rendered: Rendered) -> str:
+        if len(rendered.services) != 1:
+            raise ProviderError(
+                f"{resource.key}: a {resource.kind} runs exactly one compose service, "
+                f"not {len(rendered.services)} ({', '.join(rendered.services)})"
+            )
+        return rendered.services[0]
+
     async def run(self, release: Release, instance: Instance) -> RunResult:
         """Run the Job/Schedule's service once to completion (``compose run``), in a detached
         container that is waited for, read and removed: the engine keeps stdout and stderr
@@ -598,64 +642,74 @@ class ComposeProvider:
         prepared = await self._prepare(release)
         rendered = prepared.rendered
         project = rendered.project
-        if len(rendered.services) != 1:
-            raise ProviderError(
-                f"{resource.key}: a {resource.kind} runs exactly one compose service, "
-                f"not {len(rendered.services)} ({', '.join(rendered.services)})"
-            )
-        service = rendered.services[0]
+        service = self._one_service(resource, rendered)
         timeout = seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
+        name = f"{project}-{service}-run-{secrets.token_hex(4)}"
         async with self._lock(project):
             cli = await self.cli()
             env = self._env(release, rendered)
             await self._write_document(prepared)
             await self._ensure_images(cli, prepared, pull_policy(resource), env)
             for leftover in await self._project_containers(project, oneoff=True):
-                if not _running(leftover):  # from a run whose reconciler died mid-way
+                # Exited runs nobody here is waiting for: a reconciler that died mid-run.
+                if not _running(leftover) and leftover.get("Name", "").lstrip("/") not in (
+                    self._active_runs
+                ):
                     await self.engine.remove_container(str(leftover["Id"]))
-            name = f"{project}-{service}-run-{secrets.token_hex(4)}"
             args = ["run", "-d", "--name", name, "--no-deps", service]
             section = compose_section(resource)
             if is_file_reference(section) and resource.spec.get("command"):
                 args += [str(a) for a in resource.spec["command"]]
             started = time.monotonic()
-            code, out = await self._compose(cli, prepared, env, *args, timeout=UP_TIMEOUT_S)
-            if code != 0:
+            self._active_runs.add(name)
+            try:
+                code, out = await self._compose(cli, prepared, env, *args, timeout=UP_TIMEOUT_S)
+            except ProviderError:
+                self._active_runs.discard(name)
                 await self.engine.remove_container(name)
+                raise
+        # Waiting happens outside the project lock: with concurrencyPolicy Allow, runs overlap.
+        try:
+            if code != 0:
                 raise ProviderError(
                     f"{self.host_id}: compose run of {project} failed (exit {code}): {_tail(out)}"
                 )
-            try:
-                exit_code = await self.engine.wait(name, timeout)
-                if exit_code is None:
-                    await self.engine.stop_container(name, 0)
-                lines = await self.engine.logs(name, LOG_KEEP_LINES)
-            finally:
-                await self.engine.remove_container(name)
-            output = "\n".join(lines)
+            exit_code = await self.engine.wait(name, timeout)
             if exit_code is None:
-                exit_code = 124  # as timeout(1) reports it
-                output += f"\n[fraisier] timed out after {timeout:g}s; the container was killed"
+                await self.engine.stop_container(name, 0)
+            lines = await self.engine.logs(name, LOG_KEEP_LINES)
+        finally:
+            try:
+                await self.engine.remove_container(name)
+            finally:
+                self._active_runs.discard(name)
+        output = "\n".join(lines)
+        if exit_code is None:
+            exit_code = 124  # as timeout(1) reports it
+            output += f"\n[fraisier] timed out after {timeout:g}s; the container was killed"
+        async with self._lock(project):
             await self._record_run(release, project, exit_code, time.monotonic() - started, output)
-            return RunResult(exit_code, output)
+        return RunResult(exit_code, output)
 
     async def _record_run(
         self, release: Release, project: str, exit_code: int, duration: float, output: str
     ) -> None:
-        previous = await self._read_record(project)
-        record: dict[str, Any] = {
+        changes: dict[str, Any] = {
             "revision": release.revision,
             "exit_code": exit_code,
             "finished_at": _now(),
             "duration_s": round(duration, 3),
-            "last_success_revision": previous.get("last_success_revision"),
         }
         if exit_code == 0:
-            record["last_success_revision"] = release.revision
-        await self._mkdir(self._project_dir(project))
-        await self.transport.write_file(self._run_record(project), json.dumps(record).encode())
+            changes["last_success_revision"] = release.revision
+        await self._update_record(project, changes)
         kept = "\n".join(output.splitlines()[-LOG_KEEP_LINES:])
         await self.transport.write_file(self._run_log(project), kept.encode(), mode=0o600)
+
+    async def _update_record(self, project: str, changes: Mapping[str, Any]) -> None:
+        record = {**await self._read_record(project), **changes}
+        await self._mkdir(self._project_dir(project))
+        await self.transport.write_file(self._run_record(project), json.dumps(record).encode())
 
     async def _read_record(self, project: str) -> dict[str, Any]:
         data = await self.transport.read_file(self._run_record(project))
@@ -685,11 +739,13 @@ class ComposeProvider:
         detail = ""
         if record.get("exit_code") not in (None, 0):
             detail = f"last run exited {record.get('exit_code')}"
-        return [
-            InstanceState(
-                instance, record.get("last_success_revision"), bool(active), detail, facts
-            )
-        ]
+        facts["installed_revision"] = record.get("installed_revision")
+        # A Schedule is deployed by installing it; a Job by running it successfully.
+        if resource.kind == "Schedule":
+            revision = record.get("installed_revision")
+        else:
+            revision = record.get("last_success_revision")
+        return [InstanceState(instance, revision, bool(active), detail, facts)]
 
     async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:
         project = project_name(resource)

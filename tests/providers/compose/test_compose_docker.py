@@ -272,12 +272,21 @@ async def test_schedule_run_timeout_kills_the_run(make_provider, environment, te
     spec["schedule"] = "*/5 * * * *"
     job = make_resource(environment, "Schedule", "slow", spec)
     (instance,) = await provider.instances(job)
+    project = {"com.docker.compose.project": project_name(job)}
+    # Deploying a Schedule installs it (the daemon's scheduler runs it): nothing starts.
+    await provider.deploy(release(job, "j1"), instance)
+    (installed,) = await provider.observe(job)
+    assert installed.revision == "j1" and not installed.running
+    assert await provider.engine.containers(project) == []
+
     loop = asyncio.get_running_loop()
     started = loop.time()
     result = await provider.run(release(job, "j1"), instance)
     assert result.exit_code == 124 and "started" in result.output and "timed out" in result.output
     assert loop.time() - started < 20
-    assert await provider.engine.containers({"com.docker.compose.project": project_name(job)}) == []
+    assert await provider.engine.containers(project) == []
+    (after,) = await provider.observe(job)
+    assert after.facts["last_exit_code"] == 124 and after.revision == "j1"
 
 
 async def test_remove_keeps_volumes_unless_asked(
