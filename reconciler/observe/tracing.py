@@ -14,6 +14,10 @@ installed. Without an exporter spans are still created, so log lines carry a tra
 one reconcile pass together. The standard ``OTEL_*`` variables apply (``OTEL_SERVICE_NAME``,
 ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SDK_DISABLED``).
 
+The current span lives in a contextvar: it follows ``await``, tasks and ``asyncio.to_thread``,
+but not ``loop.run_in_executor`` (which does not copy the context), so open spans for work
+handed to an executor on the event-loop side, around the ``await``.
+
 Attribute values are never secrets by construction (resources hold secret *references* only);
 as a second line of defence, attributes whose key looks like a credential are redacted.
 """
