@@ -309,7 +309,8 @@ def _yaml_problem(path: str, data: bytes, exc: BaseException) -> SpecProblem:
     else:
         line, col = 1, 1
     if isinstance(exc, yaml.reader.ReaderError):
-        message = f"invalid YAML: cannot decode the file as {exc.encoding}: {exc.reason}"
+        encoding = exc.encoding if exc.encoding not in {"?", None} else "UTF-8"
+        message = f"invalid YAML: the file is not valid {encoding} ({exc.reason})"
     elif isinstance(exc, yaml.MarkedYAMLError):
         message = f"invalid YAML: {exc.problem}"
         if exc.context:
@@ -434,7 +435,7 @@ def _non_json(value: Any, path: Path_ = (), stack: frozenset[int] = frozenset())
             yield Issue(path, _at(path, "contains an invalid Unicode character (a lone surrogate)"))
         return
     if isinstance(value, float) and not math.isfinite(value):
-        yield Issue(path, _at(path, f"{value!r} is not allowed (not a JSON number)"))
+        yield Issue(path, _at(path, f"{value!r} is not a JSON number; quote it if it is text"))
         return
     if value is None or isinstance(value, bool | int | float):
         return
@@ -716,7 +717,10 @@ def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
         position = next(p for p, d in edges[start] if d == following)
         file_index, index, _ = where[start]
         location = ("spec", "dependsOn", position)
-        message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(map(_ref, cycle))
+        names = [_ref(k) for k in cycle]
+        if len(names) > 9:  # keep a long cycle readable: its ends show where to cut it
+            names = [*names[:4], f"... ({len(names) - 8} more)", *names[-4:]]
+        message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(names)
         load.problems.append(load.problem_at(file_index, index, location, message))
     return {resource.key: resource for resource in resources.values()}
 

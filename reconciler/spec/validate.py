@@ -202,6 +202,12 @@ def kind_validator(kind: str) -> Draft202012Validator:
     return slow_validator(KIND_SCHEMAS[kind])
 
 
+def reload_schemas() -> None:
+    """Forget every schema, digest and compiled validator; the next use reads the files again."""
+    for cached in (_schema_files, schemas_version, fast_validator, _registry, slow_validator):
+        cached.cache_clear()
+
+
 def fast_errors(kind: str, document: Any) -> str | None:
     """None when the compiled validator accepts ``document``; else its (unlocated) message."""
     try:
