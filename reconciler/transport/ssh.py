@@ -400,9 +400,12 @@ class SSHTransport:
         current = await self._connection()
         async with current.sftp_lock:
             if current.sftp is None:
-                current.sftp = await asyncio.wait_for(
-                    current.conn.start_sftp_client(), self.config.connect_timeout
-                )
+                try:
+                    current.sftp = await asyncio.wait_for(
+                        current.conn.start_sftp_client(), self.config.connect_timeout
+                    )
+                except (asyncssh.Error, OSError) as exc:  # TimeoutError is an OSError
+                    raise SSHError(f"{self._where()}: cannot start SFTP: {exc}") from None
             return current.sftp
 
     async def _file_op(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
@@ -472,6 +475,9 @@ class SSHTransport:
                     stdout=out,
                     stderr=err,
                 ) from None
+            except (asyncssh.Error, OSError) as exc:
+                self._abandon(process, tag, sudo)
+                raise SSHError(f"{self._where()}: {name} failed: {exc}") from None
             except BaseException:
                 self._abandon(process, tag, sudo)  # cancelled: stop the remote command too
                 raise

@@ -21,6 +21,7 @@ from reconciler.errors import ProviderError
 from reconciler.transport import CommandTimeout
 from reconciler.transport.ssh import (
     SSHAuthError,
+    SSHConfigError,
     SSHConnectError,
     SSHError,
     SSHHostConfig,
@@ -386,6 +387,31 @@ async def test_reconnects_after_host_restart(
     assert before.stdout.split()[1] != after.stdout.split()[1]
     assert root.connects == 2
     assert await root.read_file("/etc/hostname") == f"{ssh_host.name}\n".encode()
+
+
+async def test_concurrent_commands_stay_within_max_sessions(ssh_host: InfraHost) -> None:
+    # max_sessions=3: one channel is kept for SFTP, so two commands at a time, five waves.
+    t = SSHTransport(config_for(ssh_host, max_sessions=3))
+    try:
+        started = time.monotonic()
+        await asyncio.gather(*(t.run(["sleep", "0.3"], timeout=10, check=True) for _ in range(10)))
+        elapsed = time.monotonic() - started
+        assert 1.4 < elapsed < 5, elapsed
+        assert t.connects == 1
+    finally:
+        await t.close()
+
+
+async def test_unusable_settings_fail_before_connecting(
+    ssh_host: InfraHost, tmp_path: Path
+) -> None:
+    t = SSHTransport(config_for(ssh_host, identity_file=str(tmp_path / "no-such-key")))
+    with pytest.raises(SSHConfigError, match="not readable"):
+        await t.run(["true"], timeout=10)
+    t = SSHTransport(config_for(ssh_host, known_hosts=None, host_keys=("not a key",)))
+    with pytest.raises(SSHConfigError, match="not a public key"):
+        await t.run(["true"], timeout=10)
+    assert t.connects == 0
 
 
 async def test_pool_shares_and_closes(ssh_host: InfraHost) -> None:
