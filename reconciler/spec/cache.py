@@ -70,8 +70,9 @@ class SpecCache:
 
     def get(self, blob_id: str) -> list[Record] | None:
         """The records stored for ``blob_id``, or None (absent or unreadable: treated as a miss)."""
+        path = self._path(blob_id)  # a malformed id is the caller's bug: raise, do not miss
         try:
-            raw = self._path(blob_id).read_bytes()
+            raw = path.read_bytes()
             records = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
         except (OSError, EOFError, ValueError, TypeError):
             self.misses += 1

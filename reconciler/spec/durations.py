@@ -39,9 +39,9 @@ def parse_duration(text: str) -> float:
             rest = text[pos:]
             if rest[:1] in {"-", "+"}:
                 reason = "a sign is not allowed"
-            elif re.match(r"[0-9.]+$", rest):
+            elif re.match(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)$", rest):
                 reason = f"missing unit after {rest!r} (ns, us, ms, s, m or h)"
-            elif re.match(r"[0-9.]+[A-Za-zµμ]+", rest):
+            elif re.match(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)[A-Za-zµμ]", rest):
                 reason = f"unknown unit in {rest!r} (ns, us, ms, s, m or h)"
             else:
                 reason = f"unexpected {rest!r}"

@@ -1,0 +1,184 @@
+"""The JSON Schemas themselves: well-formed 2020-12, described, usable from an editor, and the
+fast (compiled) and slow (explaining) validators agree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from reconciler.spec.validate import (
+    KIND_SCHEMAS,
+    KINDS,
+    fast_errors,
+    schema_dir,
+    schema_files,
+    schema_issues,
+    slow_validator,
+)
+from tests.spec.conftest import DATA
+
+SCHEMAS = schema_dir()
+MINE = [
+    "common.json",
+    "fraisier.json",
+    "target.json",
+    "service.json",
+    "job.json",
+    "schedule.json",
+    "providers/bare_metal-target.json",
+]
+ALL = sorted(schema_files())
+
+
+# subschemas that only state conditions on properties defined (and described) elsewhere
+CONDITIONS = {"if", "then", "else", "not"}
+
+
+def properties_of(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for name, sub in (node.get("properties") or {}).items():
+            yield f"{where}/properties/{name}", sub
+        for key, value in node.items():
+            if key not in CONDITIONS:
+                yield from properties_of(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from properties_of(item, f"{where}/{index}")
+
+
+def test_expected_files_exist() -> None:
+    for name in [
+        *MINE,
+        "providers/compose-target.json",
+        "providers/compose-service.json",
+        "providers/coolify-target.json",
+        "providers/coolify-service.json",
+    ]:
+        assert (SCHEMAS / name).is_file(), name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_schema_is_valid_2020_12(name: str) -> None:
+    schema = json.loads((SCHEMAS / name).read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(schema)
+    assert schema.get("description")
+    assert "$id" not in schema  # editors resolve the relative $refs against the file itself
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_property_has_a_description(name: str) -> None:
+    schema = json.loads((SCHEMAS / name).read_text())
+    missing = [
+        where
+        for where, sub in properties_of(schema)
+        if isinstance(sub, dict) and not sub.get("description")
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", MINE)
+def test_objects_reject_unknown_properties(name: str) -> None:
+    schema = json.loads((SCHEMAS / name).read_text())
+    open_objects = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                open_objects.append(where)
+            for key, value in node.items():
+                if key not in CONDITIONS:
+                    walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{where}/{index}")
+
+    walk(schema, "")
+    # the Target spec is closed by its provider fragment; fraisier.json dispatches to closed ones
+    assert [w for w in open_objects if w not in {"/properties/spec", ""}] == []
+
+
+def documents(root: Path) -> Iterator[tuple[str, Any]]:
+    for path in sorted(root.rglob("*.y*ml")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        try:
+            docs = list(yaml.safe_load_all(path.read_bytes()))
+        except (yaml.YAMLError, ValueError):
+            continue
+        for index, doc in enumerate(docs):
+            if isinstance(doc, dict) and doc.get("kind") in KIND_SCHEMAS:
+                yield f"{path.relative_to(root)}#{index}", doc
+
+
+CORPUS = list(documents(DATA))
+
+
+def test_corpus_has_valid_and_invalid_documents() -> None:
+    verdicts = {fast_errors(doc["kind"], doc) is None for _, doc in CORPUS}
+    assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize(("where", "doc"), CORPUS, ids=[w for w, _ in CORPUS])
+def test_fast_and_slow_validators_agree(where: str, doc: dict[str, Any]) -> None:
+    kind = doc["kind"]
+    assert (fast_errors(kind, doc) is None) == (schema_issues(kind, doc) == []), where
+
+
+@pytest.mark.parametrize(("where", "doc"), CORPUS, ids=[w for w, _ in CORPUS])
+def test_fraisier_json_dispatches_on_kind(where: str, doc: dict[str, Any]) -> None:
+    by_kind = slow_validator(KIND_SCHEMAS[doc["kind"]]).is_valid(doc)
+    assert slow_validator("fraisier.json").is_valid(doc) == by_kind
+
+
+def test_fraisier_json_rejects_unknown_kinds_and_versions() -> None:
+    validator = slow_validator("fraisier.json")
+    assert not validator.is_valid({"apiVersion": "fraisier.dev/v1", "kind": "Deployment"})
+    assert not validator.is_valid(
+        {
+            "apiVersion": "v2",
+            "kind": "Target",
+            "metadata": {"name": "x"},
+            "spec": {"provider": "bare_metal"},
+        }
+    )
+
+
+def test_relative_refs_resolve_from_the_files_like_an_editor() -> None:
+    """An editor follows `$schema=.../fraisier.json` by file URL; every $ref must resolve so."""
+
+    def retrieve(uri: str) -> Resource:
+        assert uri.startswith("file://"), uri
+        return Resource.from_contents(
+            json.loads(Path(uri.removeprefix("file://")).read_text()),
+            default_specification=DRAFT202012,
+        )
+
+    registry: Registry = Registry(retrieve=retrieve)  # type: ignore[call-arg]
+    root_uri = (SCHEMAS / "fraisier.json").as_uri()
+    schema = {"$ref": root_uri}
+    validator = Draft202012Validator(schema, registry=registry)
+    valid = [doc for _, doc in CORPUS if fast_errors(doc["kind"], doc) is None]
+    assert valid
+    for doc in valid:
+        assert validator.is_valid(doc)
+    bad = {
+        "apiVersion": "fraisier.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "a"},
+        "spec": {"target": "t", "stopTimeout": "soon"},
+    }
+    assert not validator.is_valid(bad)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bundles_compile_for_every_kind(kind: str) -> None:
+    assert fast_errors(kind, {}) is not None
