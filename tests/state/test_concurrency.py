@@ -36,7 +36,11 @@ def test_two_processes_no_lost_writes_no_lock_errors(tmp_path: Path) -> None:
     try:
         for proc in procs:
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                proc.kill()
+                _, err = proc.communicate(timeout=10)
+                pytest.fail(f"writer did not start: {line!r}\n{err}")
         started = time.monotonic()
         go.touch()
         results = [proc.communicate(timeout=100) for proc in procs]
@@ -46,15 +50,19 @@ def test_two_processes_no_lost_writes_no_lock_errors(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    for proc, (out, err) in zip(procs, results, strict=True):
-        assert proc.returncode == 0, err
-        assert "locked" not in err and "busy" not in err.lower(), err
+    diagnostics = "\n".join(
+        f"--- {tag}: exit {proc.returncode}\n{out}\n{err}"
+        for tag, proc, (out, err) in zip(("daemon", "cli"), procs, results, strict=True)
+    )
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, diagnostics
+        assert "locked" not in err and "busy" not in err.lower(), diagnostics
     summaries = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
-    print(f"2 processes x {N} iterations in {elapsed:.2f} s")
+    print(f"2 processes x {N} iterations in {elapsed:.2f} s; {summaries}")
 
     # migrations: applied exactly once between the two racing processes
     files = discover(default_sql_dir("sqlite"))
-    assert sum(s["migrated"] for s in summaries) == len(files)
+    assert sum(s["migrated"] for s in summaries) == len(files), summaries
 
     conn = sqlite3.connect(db)
     try:
@@ -71,7 +79,7 @@ def test_two_processes_no_lost_writes_no_lock_errors(tmp_path: Path) -> None:
         # the two really ran at the same time: their deployments interleave
         switches = sum(1 for a, b in itertools.pairwise(rows) if a[3] != b[3])
         print(f"deployment order switched process {switches} times")
-        assert switches >= 2
+        assert switches >= 2, (switches, elapsed, summaries)
         events = conn.execute(
             "SELECT deployment, COUNT(*) FROM v_deployment_event GROUP BY deployment"
         ).fetchall()
