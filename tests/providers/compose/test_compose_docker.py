@@ -16,6 +16,7 @@ from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name
 from reconciler.transport.local import LocalTransport
+from tests.helpers import need
 from tests.infra.testinfra import Infra
 from tests.providers.compose.conftest import (
     eventually,
@@ -445,3 +446,24 @@ async def test_pull_policy_never_refuses_a_missing_image(make_provider, environm
         await provider.deploy(release(service, "r1"), instance)
     (state,) = await provider.observe(service)
     assert state.detail == "container missing"
+
+
+@pytest.mark.timeout(30)
+async def test_compose_cli_detection(docker_engine: Infra):
+    from reconciler.providers.compose.cli import detect
+    from reconciler.providers.compose.provider import local_base_env
+
+    transport = LocalTransport()
+    env = local_base_env(docker_engine.docker_host)
+    for version in ("v1", "v2"):
+        argv = docker_engine.compose_argv(version)
+        need(argv is not None, f"compose {version} not installed")
+        assert argv is not None
+        cli = await detect(transport, "auto", argv, env)  # explicit command: version is read
+        assert cli.is_v2 == (version == "v2") and cli.command == tuple(argv)
+    auto = await detect(transport, "auto", None, env)
+    assert auto.major in (1, 2)
+    with pytest.raises(ProviderError, match="does not answer"):
+        await detect(transport, "auto", ["/nonexistent/docker-compose"], env)
+    with pytest.raises(ProviderError, match="auto, v2 or v1"):
+        await detect(transport, "v3", None, env)
