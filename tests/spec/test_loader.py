@@ -38,7 +38,7 @@ def test_files_from_directory_finds_yaml_recursively_sorted_skipping_hidden() ->
 
 def test_paths_keep_the_form_the_user_gave(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(VALID)
-    assert [f.path for f in files_from_directory(Path("basic"))][0] == "basic/apps/api.yaml"
+    assert files_from_directory(Path("basic"))[0].path == "basic/apps/api.yaml"
     assert [f.path for f in files_from_directory(Path("basic/targets.yaml"))] == [
         "basic/targets.yaml"
     ]

@@ -1,0 +1,109 @@
+"""Property tests: whatever a user types, loading gives a DesiredState or a SpecError, never
+another exception; and the fast path accepts exactly what the slow, explaining path accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.errors import SpecError
+from reconciler.spec import loader
+from reconciler.spec.loader import SourceFile, files_from_directory, load_desired_state
+from reconciler.spec.model import DesiredState, spec_hash
+from tests.spec.conftest import VALID, source
+
+FLEET = files_from_directory(VALID / "basic") + files_from_directory(VALID / "environments")
+TEXTS = [f.read() for f in FLEET]
+
+# characters that matter to YAML, plus a few that matter to readers and decoders
+_PIECES = st.sampled_from(
+    [":", ": ", "-", "- ", "[", "]", "{", "}", "#", "&a", "*a", "!", "!!str ", "|", ">",
+     "'", '"', "%", "@", "`", ",", "\n", "\t", " ", "  ", "?", "---\n", "...\n", "<<: ",
+     "\r", "\r\n", "\u2028", "é", "\x00", "\ufeff", "0", "1.5", "yes", "null", "~",
+     "2024-01-01", "1e400", ".nan", "apiVersion", "kind", "Service", "Target", "spec",
+     "metadata", "name", "target", "dependsOn", "env", "{env: X}", "[a, b]", "x"]
+)
+_EDIT = st.tuples(
+    st.floats(min_value=0, max_value=1),
+    st.sampled_from(["insert", "delete", "replace"]),
+    st.integers(min_value=1, max_value=12),
+    _PIECES,
+)
+
+
+def mutate(text: bytes, edits: list[tuple[float, str, int, str]]) -> bytes:
+    data = text
+    for where, op, length, piece in edits:
+        at = int(where * len(data))
+        payload = piece.encode()
+        if op == "insert":
+            data = data[:at] + payload + data[at:]
+        elif op == "delete":
+            data = data[:at] + data[at + length :]
+        else:
+            data = data[:at] + payload + data[at + length :]
+    return data
+
+
+def check_outcome(files: list[SourceFile]) -> DesiredState | SpecError:
+    try:
+        state = load_desired_state(files)
+    except SpecError as error:
+        assert error.problems, "a SpecError always carries problems"
+        paths = {f.path for f in files}
+        for problem in error.problems:
+            assert problem.file in paths
+            assert problem.line >= 1 and problem.col >= 1
+            assert problem.message and "\n" not in problem.message
+        return error
+    for resource in state.resources.values():
+        assert resource.hash == spec_hash(resource.document())
+    return state
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=len(FLEET) - 1), st.lists(_EDIT, min_size=1, max_size=6))
+def test_any_edit_gives_a_state_or_a_spec_error(which: int, edits: list) -> None:  # type: ignore[type-arg]
+    files = list(FLEET)
+    mutated = mutate(TEXTS[which], edits)
+    files[which] = source(files[which].path, mutated)
+    check_outcome(files)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_a_state_or_a_spec_error(data: bytes) -> None:
+    check_outcome([source("noise.yaml", data)])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=len(FLEET) - 1), st.lists(_EDIT, min_size=1, max_size=4))
+def test_fast_path_accepts_exactly_what_the_slow_path_accepts(which: int, edits: list) -> None:  # type: ignore[type-arg]
+    data = mutate(TEXTS[which], edits)
+    fast = loader._load_fast(data)
+    load = loader._Load([source("f.yaml", data)])
+    slow = load.load_slowly(0, data)
+    if fast is not None:
+        # same documents, same lines (the text scan agrees with compose), same hashes
+        assert load.problems == []
+        assert slow == fast
+    elif load.problems == []:
+        # the slow path found nothing wrong: the fast path only declined to guess lines
+        import yaml
+
+        count = len(list(yaml.load_all(data, Loader=yaml.CSafeLoader)))
+        assert loader.document_lines(data, count) is None
+
+
+def test_mutations_do_hit_both_outcomes() -> None:
+    """Guard against a property that passes vacuously: some edits keep the fleet valid."""
+    files = list(FLEET)
+    assert isinstance(check_outcome(files), DesiredState)
+    files[0] = source(files[0].path, mutate(TEXTS[0], [(0.5, "insert", 1, "{")]))
+    assert isinstance(check_outcome(files), SpecError)
+
+
+def test_valid_fleet_files_are_found() -> None:
+    assert all(Path(f.path).exists() for f in FLEET)
