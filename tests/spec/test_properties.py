@@ -18,13 +18,16 @@ FLEET = files_from_directory(VALID / "basic") + files_from_directory(VALID / "en
 TEXTS = [f.read() for f in FLEET]
 
 # characters that matter to YAML, plus a few that matter to readers and decoders
+# fmt: off
 _PIECES = st.sampled_from(
     [":", ": ", "-", "- ", "[", "]", "{", "}", "#", "&a", "*a", "!", "!!str ", "|", ">",
      "'", '"', "%", "@", "`", ",", "\n", "\t", " ", "  ", "?", "---\n", "...\n", "<<: ",
      "\r", "\r\n", "\u2028", "é", "\x00", "\ufeff", "0", "1.5", "yes", "null", "~",
      "2024-01-01", "1e400", ".nan", "apiVersion", "kind", "Service", "Target", "spec",
-     "metadata", "name", "target", "dependsOn", "env", "{env: X}", "[a, b]", "x"]
+     "metadata", "name", "target", "dependsOn", "env", "{env: X}", "[a, b]", "x",
+     "!!omap ", "!!set ", "!!binary ", "? ", "1: ", "on: ", "&b ", "*b", "<<: *a\n"]
 )
+# fmt: on
 _EDIT = st.tuples(
     st.floats(min_value=0, max_value=1),
     st.sampled_from(["insert", "delete", "replace"]),
