@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import posixpath
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -44,11 +45,17 @@ Path_ = tuple[str | int, ...]
 
 
 def schema_dir() -> Path:
-    """Where the schema files live: $RECONCILER_SCHEMAS_DIR, else ``schemas/`` of the checkout."""
+    """Where the schema files live: $RECONCILER_SCHEMAS_DIR, else ``schemas/`` of the source
+    checkout (editable installs, containers built from the repo), else
+    ``<prefix>/share/fraisier/schemas`` (where a packaged install would put them)."""
     configured = os.environ.get("RECONCILER_SCHEMAS_DIR")
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "schemas"
+    checkout = Path(__file__).resolve().parents[2] / "schemas"
+    installed = Path(sys.prefix) / "share" / "fraisier" / "schemas"
+    if not (checkout / KIND_SCHEMAS["Service"]).is_file() and installed.is_dir():
+        return installed
+    return checkout
 
 
 @cache
@@ -61,7 +68,10 @@ def _schema_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
         files[path.relative_to(root).as_posix()] = (raw, json.loads(raw))
     missing = [name for name in KIND_SCHEMAS.values() if name not in files]
     if missing:
-        raise FileNotFoundError(f"schema files {missing} not found in {root}")
+        raise FileNotFoundError(
+            f"schema files {missing} not found in {root}; set RECONCILER_SCHEMAS_DIR to the "
+            "project's schemas/ folder"
+        )
     return files
 
 
@@ -210,8 +220,9 @@ def reload_schemas() -> None:
 
 def fast_errors(kind: str, document: Any) -> str | None:
     """None when the compiled validator accepts ``document``; else its (unlocated) message."""
+    validator = fast_validator(kind)
     try:
-        fast_validator(kind)(document)
+        validator(document)
     except fastjsonschema.JsonSchemaValueException as exc:
         return str(exc.message)
     except Exception as exc:

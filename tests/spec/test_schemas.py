@@ -182,3 +182,12 @@ def test_relative_refs_resolve_from_the_files_like_an_editor() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_bundles_compile_for_every_kind(kind: str) -> None:
     assert fast_errors(kind, {}) is not None
+
+
+@pytest.mark.usefixtures("fresh_schema_caches")
+def test_missing_schema_directory_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECONCILER_SCHEMAS_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="RECONCILER_SCHEMAS_DIR"):
+        fast_errors("Service", {})
