@@ -543,11 +543,15 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
               help="Repository URL whose pushes trigger (default: --repo when it is a URL).")
 @click.option("--webhook-branch", "webhook_branches", multiple=True, metavar="BRANCH",
               help="Branch (glob) whose pushes trigger (default: --ref, else every branch).")
+@click.option("--api-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Bearer token for GET /api/v1/* (or env RECONCILER_API_TOKEN);"
+                                 " without one the API is not served.")
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, interval: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
-           webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...]) -> None:
+           webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
+           api_token_file: Path | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
@@ -568,8 +572,25 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, in
                           "127.0.0.1", listen_port=int(port), interval=parse_duration(interval),
                           prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url(),
                           heal=not no_heal, webhook_secrets=secrets,
-                          webhook_repos=list(webhook_repos), webhook_branches=branches)
+                          webhook_repos=list(webhook_repos), webhook_branches=branches,
+                          api_token=_api_token(api_token_file))
     sys.exit(asyncio.run(run_daemon(config)))
+
+
+def _api_token(path: Path | None) -> bytes | None:
+    """From a file (never a command-line value: it would show in `ps`) or the environment."""
+    from reconciler.errors import ReconcilerError as _Err
+
+    if path is not None:
+        try:
+            token = path.read_bytes().strip()
+        except OSError as exc:
+            raise _Err(f"--api-token-file {path}: {exc.strerror}") from exc
+    else:
+        token = os.environ.get("RECONCILER_API_TOKEN", "").encode().strip()
+    if token and len(token) < 16:
+        raise _Err("the API token must be at least 16 bytes")
+    return token or None
 
 
 # -- db -------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ class StoreError(ReconcilerError):
 
 class MigrationError(StoreError):
     code = "FR301"
-    hint = "an applied migration file was edited or a migration failed; restore the file or fix the database by hand"
+    hint = ("an applied migration file was edited or a migration failed; restore the file or "
+            "fix the database by hand")
 
 
 class ProviderError(ReconcilerError):

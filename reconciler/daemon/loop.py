@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
+from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.spec.cache import SpecCache
@@ -53,6 +54,7 @@ class DaemonConfig:
     webhook_secrets: dict[str, bytes] = field(default_factory=dict, repr=False)
     webhook_repos: list[str] = field(default_factory=list)
     webhook_branches: list[str] = field(default_factory=list)
+    api_token: bytes | None = field(default=None, repr=False)
 
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
@@ -122,7 +124,7 @@ class Daemon:
         self.last_error = None
         return True
 
-    # -- the loop -----------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------
     async def reconcile_once(self) -> None:
         reasons, self.reasons = self.reasons, set()
         if not await self.refresh() or self.desired is None:
@@ -289,6 +291,9 @@ class Daemon:
             config = WebhookConfig(secrets=self.cfg.webhook_secrets, repo_urls=repos,
                                    branches=self.cfg.webhook_branches)
             app.add_routes(webhook_routes(config, self.on_push, self.store.record_delivery))
+        from reconciler.daemon.api_routes import api_routes
+
+        app.add_routes(api_routes(self.store, self.cfg.api_token))
         app.router.add_get("/metrics", metrics_view)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
@@ -346,6 +351,14 @@ class Daemon:
 
 
 async def run_daemon(cfg: DaemonConfig) -> int:
+    setup_tracing("fraisier")
+    try:
+        return await _run_daemon(cfg)
+    finally:
+        shutdown_tracing()
+
+
+async def _run_daemon(cfg: DaemonConfig) -> int:
     store = open_store(cfg.db_url)
     await store.migrate()
     source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)

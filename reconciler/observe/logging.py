@@ -41,6 +41,10 @@ class TextFormatter(logging.Formatter):
 def setup_logging(fmt: str = "json", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    if fmt == "json":
+        from reconciler.observe.tracing import TraceLogFilter
+
+        handler.addFilter(TraceLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -114,7 +114,8 @@ def make_plan(
                 reason += " (source content changed)"
         if record is not None and record.failed_revision == revision and action != UNCHANGED:
             if not force:
-                action, reason = BLOCKED, f"revision {revision} was rolled back; waiting for a new commit"
+                action = BLOCKED
+                reason = f"revision {revision} was rolled back; waiting for a new commit"
         if record is not None and record.suspended:
             action, reason = SUSPENDED, "suspended"
         items[key] = PlanItem(key, action, revision, resource, record, changes, reason)

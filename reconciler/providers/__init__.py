@@ -119,14 +119,15 @@ def _resolve_factory(name: str) -> ProviderFactory:
             return factory
     target = BUILTIN_PROVIDERS.get(name)
     if target is None:
-        raise ProviderError(f"unknown provider {name!r}; known: {', '.join(sorted(BUILTIN_PROVIDERS))}")
+        known = ", ".join(sorted(BUILTIN_PROVIDERS))
+        raise ProviderError(f"unknown provider {name!r}; known: {known}")
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         raise ProviderError(f"provider {name!r} is not available in this build: {exc}") from exc
-    factory = getattr(module, attr)
-    return factory  # type: ignore[no-any-return]
+    found: ProviderFactory = getattr(module, attr)
+    return found
 
 
 def load_provider(target: Resource, ctx: ProviderContext) -> Provider:

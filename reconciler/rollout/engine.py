@@ -15,12 +15,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.health import wait_healthy
 from reconciler.observe import metrics
+from reconciler.observe.tracing import span
 from reconciler.plan.planner import (
     BLOCKED,
     CREATE,
@@ -34,6 +36,7 @@ from reconciler.plan.planner import (
     make_plan,
 )
 from reconciler.providers import (
+    Exporter,
     Instance,
     Provider,
     ProviderContext,
@@ -216,29 +219,20 @@ class Reconciler:
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
         env = resolve_env(resource.spec.get("env") or {})
         source = resource.spec.get("source") or {}
-        export = None
+        export: Exporter | None = None
         if "path" in source:
             if self.source is None or commit is None:
                 raise DeploymentFailed(f"{resource.key}: source.path needs a config repo commit")
-            cfg, path = self.source, str(source["path"])
-
-            async def export(dest: Path, _c: str = commit) -> None:
-                await cfg.export(_c, path, dest)
+            export = partial(self.source.export, commit, str(source["path"]))
         elif "git" in source:
             app = self._app_source(source["git"])
             app_commit = app.commit or app.sync().commit
-            subpath = str(source["git"].get("path", ""))
-
-            async def export(dest: Path, _c: str = app_commit) -> None:
-                await app.export(_c, subpath, dest)
+            export = partial(app.export, app_commit, str(source["git"].get("path", "")))
         elif "artifact" in source:
             from reconciler.source.artifact import fetch_artifact
 
-            spec = source["artifact"]
-
-            async def export(dest: Path) -> None:
-                await fetch_artifact(str(spec["url"]), str(spec["sha256"]), dest)
-
+            artifact = source["artifact"]
+            export = partial(fetch_artifact, str(artifact["url"]), str(artifact["sha256"]))
         return Release(resource=resource, revision=revision, config_commit=commit,
                        export=export, env=env)
 
@@ -287,9 +281,17 @@ class Reconciler:
         only: Iterable[ResourceKey] | None = None,
         redeploy: Iterable[ResourceKey] = (),
     ) -> ReconcileResult:
+        with span("reconcile", commit=desired.commit or "", trigger=trigger):
+            return await self._reconcile(desired, trigger=trigger, prune=prune, force=force,
+                                         only=only, redeploy=redeploy)
+
+    async def _reconcile(self, desired: DesiredState, *, trigger: str, prune: bool, force: bool,
+                         only: Iterable[ResourceKey] | None,
+                         redeploy: Iterable[ResourceKey]) -> ReconcileResult:
         started = time.monotonic()
         resumed = set(await self.recover())
-        plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
+        with span("plan"):
+            plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
         result = ReconcileResult(commit=desired.commit)
         selected = set(only) if only is not None else None
         outcomes: dict[ResourceKey, Outcome] = {}
@@ -317,7 +319,9 @@ class Reconciler:
                     return
                 why = "resume" if item.key in resumed else trigger
                 try:
-                    outcomes[item.key] = await self._apply_item(item, desired, why)
+                    with span("rollout", resource=str(item.key), action=item.action,
+                              revision=item.revision or ""):
+                        outcomes[item.key] = await self._apply_item(item, desired, why)
                 except ReconcilerError as exc:
                     # Errors before a deployment exists (secrets, provider config): recorded on
                     # the resource so `status` shows them, and the pass goes on.
@@ -425,12 +429,14 @@ class Reconciler:
         provider = self.provider_for(target)
         provider_name = str(target.spec.get("provider"))
         strategy = str((resource.spec.get("strategy") or {}).get("type", "recreate"))
+        metrics.init_deployment_series(provider_name, strategy)
         previous = item.record.applied_revision if item.record else None
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy, spec=resource.document())
         started = time.monotonic()
-        await self.store.transition(dep.id, st.IN_PROGRESS, message=f"{strategy} via {provider_name}")
+        await self.store.transition(dep.id, st.IN_PROGRESS,
+                                    message=f"{strategy} via {provider_name}")
         await self.store.update_status(key, health_status="Progressing", sync_status="OutOfSync")
         self._emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy})")
         error: str | None = None
@@ -447,7 +453,7 @@ class Reconciler:
                     break
         except ReconcilerError as exc:
             error = exc.message
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
         metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
@@ -475,15 +481,28 @@ class Reconciler:
         health = resource.spec.get("health")
         step = await self.store.start_step(deployment_id, "health", instance.id)
         started = time.monotonic()
-        if health:
-            result = await wait_healthy(health, instance)
-            ok, message = result.healthy, result.message
-        else:
-            # No health section: healthy when the provider reports the instance running.
+
+        async def observed() -> Any:
             states = {s.instance.id: s for s in await provider.observe(resource)}
-            state = states.get(instance.id)
-            ok = bool(state and state.running)
-            message = "running" if ok else (state.detail if state else "not found")
+            return states.get(instance.id)
+
+        async def is_running() -> bool:
+            state = await observed()
+            return bool(state and state.running)
+
+        with span("health_gate", resource=str(resource.key), instance=instance.id):
+            if health:
+                state = await observed()
+                cwd = state.facts.get("working_dir") if state is not None else None
+                result = await wait_healthy(health, instance, cwd=cwd, is_running=is_running)
+                ok, message = result.healthy, result.message
+            else:
+                # No health section: healthy when the provider reports the instance running and
+                # its own health signal (Docker healthcheck, Coolify status) is not negative.
+                state = await observed()
+                ok = bool(state and state.running and state.facts.get("healthy") is not False)
+                message = "running" if ok else (state.detail or "not healthy" if state
+                                                else "not found")
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()
@@ -495,7 +514,8 @@ class Reconciler:
         """Journal first, then act: a crash between the two leaves an open step to recover."""
         step = await self.store.start_step(deployment_id, action, instance.id, detail or None)
         try:
-            value = await operation
+            with span(f"provider.{action}", instance=instance.id):
+                value = await operation
         except BaseException as exc:
             message = exc.message if isinstance(exc, ReconcilerError) else type(exc).__name__
             await self.store.finish_step(step, "failed", message)
@@ -563,6 +583,7 @@ class Reconciler:
         provider_name = str(target.spec.get("provider"))
         previous = item.record.applied_revision if item.record else None
         strategy = "run" if key.kind == "Job" else "install"
+        metrics.init_deployment_series(provider_name, strategy)
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy, spec=resource.document())
@@ -601,7 +622,7 @@ class Reconciler:
                                      provider.deploy(release, instance), f"revision {revision}")
         except ReconcilerError as exc:
             error = exc.message
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, output=output, exit_code=exit_code)

@@ -15,6 +15,7 @@ import re
 import shutil
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +28,11 @@ log = logging.getLogger("reconciler.source")
 
 _URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/\s]+@[^/\s:]+:)", re.IGNORECASE)
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def redact_url(url: str) -> str:
+    """A clone URL fit for logs and errors: credentials replaced by ``***``."""
+    return re.sub(r"://[^/@\s]+@", "://***@", url)
 
 
 def is_remote(repo: str) -> bool:
@@ -48,6 +54,7 @@ class GitSource:
     def __init__(self, repo: str, *, ref: str | None = None, path: str = "",
                  state_dir: Path | None = None) -> None:
         self.url = repo
+        self.display_url = redact_url(repo)
         self.ref = ref
         self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
         self.remote = is_remote(repo)
@@ -88,10 +95,10 @@ class GitSource:
         tmp = self.checkout.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            repo = git.Repo.clone_from(self.url, tmp, bare=True)
+            git.Repo.clone_from(self.url, tmp, bare=True)
         except git.GitCommandError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"cannot clone {self.url}: {_git_reason(exc)}") from exc
+            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}") from exc
         tmp.rename(self.checkout)
         return git.Repo(self.checkout)
 
@@ -111,7 +118,7 @@ class GitSource:
         try:
             return str(self.repo.commit(name).hexsha)
         except (git.BadName, ValueError, git.GitCommandError) as exc:
-            raise SourceError(f"{self.url}: cannot resolve ref {name!r}") from exc
+            raise SourceError(f"{self.display_url}: cannot resolve ref {name!r}") from exc
 
     def sync(self) -> SyncResult:
         """Fetch (remotes) and resolve the followed ref. A failed fetch keeps the last commit."""
@@ -126,9 +133,9 @@ class GitSource:
             except (git.GitCommandError, SourceError) as exc:
                 error = _git_reason(exc) if isinstance(exc, git.GitCommandError) else str(exc)
                 log.warning("fetch failed, keeping last good desired state",
-                            extra={"repo": self.url, "error": error})
+                            extra={"repo": self.display_url, "error": error})
                 if self.commit is None and self._repo is None:
-                    raise SourceError(f"cannot fetch {self.url}: {error}") from exc
+                    raise SourceError(f"cannot fetch {self.display_url}: {error}") from exc
         commit = self.resolve()
         changed = commit != self.commit
         self.commit = commit
@@ -147,18 +154,19 @@ class GitSource:
             raise SourceError(f"{self.path}: not a folder at commit {commit[:12]}")
         out: list[SourceFile] = []
         for item in tree.traverse():
-            if item.type != "blob" or not item.path.endswith(YAML_SUFFIXES):  # type: ignore[union-attr]
+            if not isinstance(item, git.Blob):
                 continue
-            if any(part.startswith(".") for part in PurePosixPath(item.path).parts):  # type: ignore[union-attr]
+            path = str(item.path)
+            if not path.endswith(YAML_SUFFIXES):
                 continue
-            blob = item
-            out.append(SourceFile(path=blob.path, blob_id=blob.hexsha,  # type: ignore[union-attr]
-                                  read=lambda b=blob: b.data_stream.read()))  # type: ignore[misc]
+            if any(part.startswith(".") for part in PurePosixPath(path).parts):
+                continue
+            out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item)))
         out.sort(key=lambda f: f.path)
         return out
 
     def tree_id(self, commit: str, path: str) -> str | None:
-        """Git tree (or blob) id of ``path`` at ``commit``: what a path source's revision hangs on."""
+        """Git tree (or blob) id of ``path`` at ``commit``: a path source's revision hangs on it."""
         cache_key = (commit, path)
         if cache_key not in self._tree_ids:
             try:
@@ -179,19 +187,29 @@ class GitSource:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
-        dest.mkdir(parents=True, exist_ok=True)
-        prefix = clean + "/" if clean else ""
-        with tarfile.open(fileobj=io.BytesIO(out)) as tar:
-            members = []
-            for member in tar.getmembers():
-                if member.name == clean or not member.name.startswith(prefix):
-                    continue
-                member.name = member.name[len(prefix):]
-                members.append(member)
-            tar.extractall(dest, members=members, filter="data")
+        await asyncio.to_thread(_extract, out, clean, dest)
+
+
+def _reader(blob: git.Blob) -> Callable[[], bytes]:
+    return lambda: bytes(blob.data_stream.read())
+
+
+def _extract(archive: bytes, folder: str, dest: Path) -> None:
+    """Unpack ``folder`` of a ``git archive`` tarball into ``dest``, dropping the prefix."""
+    dest.mkdir(parents=True, exist_ok=True)
+    prefix = folder + "/" if folder else ""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = []
+        for member in tar.getmembers():
+            if member.name == folder or not member.name.startswith(prefix):
+                continue
+            member.name = member.name[len(prefix):]
+            members.append(member)
+        # The "data" filter refuses absolute paths, links out of dest and device files.
+        tar.extractall(dest, members=members, filter="data")
 
 
 def _git_reason(exc: git.GitCommandError) -> str:
     text = (exc.stderr or "").strip() or str(exc)
     # Never echo credentials embedded in a clone URL.
-    return re.sub(r"://[^/@\s]+@", "://***@", text).splitlines()[-1] if text else "git failed"
+    return redact_url(text).splitlines()[-1] if text else "git failed"

@@ -53,7 +53,7 @@ class Transport(Protocol):
         self,
         argv: Sequence[str],
         *,
-        timeout: float = 60.0,
+        timeout: float = 60.0,  # noqa: ASYNC109 - per-call timeouts are the protocol
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
