@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import marshal
 import os
+import re
+import shutil
 import sys
 import tempfile
 from functools import cache
@@ -27,6 +29,8 @@ from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
 LOADER_VERSION = "1"
+
+_VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 
 # (document index in file, line, kind, name, environment, labels, spec, hash)
 Record = tuple[int, int, str, str, str, dict[str, str], dict[str, Any], str]
@@ -62,6 +66,7 @@ class SpecCache:
         self.root = self.directory / self.version
         self.hits = 0
         self.misses = 0
+        self._checked_root = False
 
     def _path(self, blob_id: str) -> Path:
         if len(blob_id) < 3 or not all(c in "0123456789abcdef" for c in blob_id):
@@ -88,6 +93,10 @@ class SpecCache:
         path = self._path(blob_id)
         data = marshal.dumps(records)
         try:
+            if not self._checked_root:
+                self._checked_root = True
+                if not self.root.is_dir():
+                    self.drop_other_versions()
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
@@ -101,3 +110,36 @@ class SpecCache:
         except OSError:
             # a cache that cannot be written only costs speed, never correctness
             return
+
+    def drop_other_versions(self) -> None:
+        """Delete the namespaces of other cache versions (left by older schemas or releases).
+
+        Runs by itself when this version's namespace is first created; a process still using
+        an old version only loses speed."""
+        try:
+            siblings = list(self.directory.iterdir())
+        except OSError:
+            return
+        for sibling in siblings:
+            if sibling.name != self.version and _VERSION_NAME.fullmatch(sibling.name):
+                shutil.rmtree(sibling, ignore_errors=True)
+
+    def prune(self, keep: set[str]) -> int:
+        """Delete the entries of blobs not in ``keep`` (e.g. the blob ids of the files at the
+        current commit); returns how many were deleted."""
+        removed = 0
+        try:
+            buckets = list(self.root.iterdir())
+        except OSError:
+            return 0
+        for bucket in buckets:
+            try:
+                entries = list(bucket.iterdir())
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name not in keep:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+                        removed += 1
+        return removed

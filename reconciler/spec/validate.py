@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -396,11 +397,11 @@ def _issues(error: ValidationError) -> Iterator[Issue]:
 
 def fast_message_issue(message: str) -> Issue:
     """An issue from fastjsonschema's message (used only if the slow validator disagrees)."""
-    text = message
+    head, _, text = message.partition(" ")
     path: list[str | int] = []
-    if text.startswith("data"):
-        head, _, rest = text.partition(" ")
-        for part in head.split(".")[1:]:
-            path.append(part)
-        text = rest
+    if head.startswith("data"):
+        for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", head[len("data") :]):
+            path.append(int(index) if index else name)
+    else:
+        text = message
     return Issue(tuple(path), _prefixed(tuple(path), text))

@@ -157,3 +157,23 @@ def test_schema_change_invalidates_the_cache(
         "spec.backoffLimit: 2 is greater than the maximum of 1"
     ]
     assert os.environ["RECONCILER_SCHEMAS_DIR"] == str(schemas)
+
+
+def test_a_new_version_drops_old_namespaces(fleet: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "cache"
+    old = "0" * 20
+    load_desired_state(files_from_directory(fleet), cache=SpecCache(directory, version=old))
+    (directory / "unrelated").mkdir()  # not a version namespace: left alone
+    new = "1" * 20
+    load_desired_state(files_from_directory(fleet), cache=SpecCache(directory, version=new))
+    assert sorted(p.name for p in directory.iterdir()) == [new, "unrelated"]
+
+
+def test_prune_keeps_only_the_given_blobs(fleet: Path, tmp_path: Path) -> None:
+    cache = SpecCache(tmp_path / "cache")
+    files = files_from_directory(fleet)
+    load_desired_state(files, cache=cache)
+    keep = {files[0].blob_id}
+    assert cache.prune(keep) == 2
+    assert cache.get(files[0].blob_id) is not None
+    assert cache.get(files[1].blob_id) is None
