@@ -186,7 +186,9 @@ class SQLiteStore:
     # SQL text below is only ever built from constants and column names from fixed sets (hence
     # the S608 waivers); every value travels as a bound parameter.
     def _one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
-        return next(iter(self._db.query(sql, params)), None)
+        # Drained, not next(): an unfinished SELECT would hold its read snapshot open.
+        rows = list(self._db.query(sql, params))
+        return rows[0] if rows else None
 
     def _all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         return list(self._db.query(sql, params))

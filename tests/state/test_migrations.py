@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.errors import MigrationError, StoreError
 from reconciler.state.migrations import (
@@ -482,3 +484,28 @@ def test_foreign_keys_directive_parsing(tmp_path: Path) -> None:
     on, off = discover(tmp_path)
     assert on.foreign_keys is True
     assert off.foreign_keys is False
+
+
+@given(
+    values=st.lists(st.text(alphabet=st.sampled_from("ab;'\"-*/\n éЖ"), max_size=12),
+                    min_size=1, max_size=6),
+    separators=st.lists(st.sampled_from(["\n", " ", "\n-- c;o'mment\n", "/* ;'\" */", "\t"]),
+                        min_size=6, max_size=6),
+)
+@settings(max_examples=150, deadline=None)
+def test_split_keeps_every_literal_intact(values: list[str], separators: list[str]) -> None:
+    statements = [
+        "INSERT INTO t (v) VALUES ('" + v.replace("'", "''") + "');" for v in values
+    ]
+    script = "CREATE TABLE t (v TEXT);" + "".join(
+        sep + stmt for sep, stmt in zip(separators, statements, strict=False)
+    )
+    parts = split_sqlite_script(script)
+    assert len(parts) == len(values) + 1
+    conn = sqlite3.connect(":memory:")
+    try:
+        for part in parts:
+            conn.execute(part)
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY rowid")] == values
+    finally:
+        conn.close()
