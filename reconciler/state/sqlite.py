@@ -717,7 +717,7 @@ class SQLiteStore:
         return await self._run(self._acquire_lock, name, owner, ttl_seconds)
 
     def _lock_owner(self, name: str) -> str | None:
-        row = self._one("SELECT owner, expires_at FROM tb_lock WHERE name = ?", (name,))
+        row = self._one("SELECT owner, expires_at FROM v_lock WHERE name = ?", (name,))
         if row is None or row["expires_at"] <= now_text():
             return None
         return str(row["owner"])

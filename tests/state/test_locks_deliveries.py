@@ -132,3 +132,15 @@ async def test_list_locks_lets_recovery_release_a_dead_owners_lease(
     # a restarted process knows host:4242 is gone and frees its lease by the recorded owner
     await second.release_lock(api_lock.name, api_lock.owner)
     assert await second.acquire_lock("resource:prod/Service/api", "host:5000", 60)
+
+
+async def test_lock_owner(store: SQLiteStore, second: SQLiteStore) -> None:
+    assert await store.lock_owner("reconcile") is None
+    assert await store.acquire_lock("reconcile", "host:1", 0.2)
+    assert await second.lock_owner("reconcile") == "host:1"
+    await asyncio.sleep(0.3)
+    assert await second.lock_owner("reconcile") is None  # expired: nobody holds it
+    assert await second.acquire_lock("reconcile", "host:2", 30)
+    assert await store.lock_owner("reconcile") == "host:2"
+    await second.release_lock("reconcile", "host:2")
+    assert await store.lock_owner("reconcile") is None
