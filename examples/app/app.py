@@ -52,7 +52,8 @@ def main() -> None:
     # SLOW_START: seconds to wait before listening (to watch a health gate hold a rollout).
     time.sleep(float(os.environ.get("SLOW_START", "0")))
     server = ThreadingHTTPServer((args.host, args.port), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: (server.shutdown(), sys.exit(0)))
+    # SystemExit unwinds serve_forever(); server.shutdown() from this thread would deadlock.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"listening on http://{args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()
