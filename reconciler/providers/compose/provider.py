@@ -456,9 +456,6 @@ class ComposeProvider:
             args = ["up", "-d", "--no-deps", "--remove-orphans"]
             for service in rendered.services:
                 args += ["--scale", f"{service}={count}"]
-            v2_wait = wait and cli.is_v2 and count > 0
-            if v2_wait:
-                args += ["--wait", "--wait-timeout", str(max(1, math.ceil(wait_timeout)))]
             args += rendered.services
             started = time.monotonic()
             code, out = await self._compose(
@@ -469,7 +466,7 @@ class ComposeProvider:
                     f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
                     f"{_tail(out)}{await self._health_summary(rendered.project)}"
                 )
-            if wait and not v2_wait and count > 0:
+            if wait and count > 0:
                 remaining = wait_timeout - (time.monotonic() - started)
                 await self._wait_started(rendered, count, max(remaining, 1.0))
             self.ctx.logger.info(
@@ -513,10 +510,15 @@ class ComposeProvider:
         return ("; " + "; ".join(parts)) if parts else ""
 
     async def _wait_started(self, rendered: Rendered, count: int, timeout: float) -> None:  # noqa: ASYNC109
-        """Until every replica runs and, when it has a healthcheck, is healthy (what v2's
-        ``--wait`` does; v1 has no such flag)."""
+        """Until every replica runs and, when it has a healthcheck, is healthy.
+
+        Polled here for v1 and v2 alike: v2's ``up --wait`` reports a crash-looping container
+        under a restart policy as ready (seen with 2.40), and v1 has no such flag. A container
+        counts as started once two polls in a row see it running with the same start time and
+        restart count, so one that dies right after starting is not taken for a success."""
         deadline = time.monotonic() + timeout
         wanted = {(s, n) for s in rendered.services for n in range(1, count + 1)}
+        seen_running: dict[tuple[str, int], tuple[str, str, int]] = {}
         while True:
             ready: set[tuple[str, int]] = set()
             for c in await self._project_containers(rendered.project):
@@ -525,17 +527,24 @@ class ComposeProvider:
                 state = c.get("State") or {}
                 name = str(c.get("Name", "")).lstrip("/")
                 health = _health(c)
-                if state.get("Status") in ("exited", "dead"):
+                if state.get("Restarting") or state.get("Status") in ("exited", "dead"):
                     raise ProviderError(
-                        f"{self.host_id}: container {name} exited "
-                        f"(exit code {state.get('ExitCode')})"
+                        f"{self.host_id}: container {name} exited (exit code "
+                        f"{state.get('ExitCode')}, restarts {c.get('RestartCount', 0)})"
                     )
                 if health == "unhealthy":
                     raise ProviderError(
                         f"{self.host_id}: container {name} is unhealthy ({_health_output(c)})"
                     )
                 if _running(c) and health in ("healthy", "none"):
-                    ready.add(slot)
+                    stamp = (
+                        str(c.get("Id")),
+                        str(state.get("StartedAt")),
+                        c.get("RestartCount", 0),
+                    )
+                    if seen_running.get(slot) == stamp:
+                        ready.add(slot)
+                    seen_running[slot] = stamp
             if wanted <= ready:
                 return
             if time.monotonic() >= deadline:

@@ -142,6 +142,25 @@ async def test_unhealthy_container_fails_deploy_and_shows_in_facts(
     assert "unhealthy" in state.detail
 
 
+async def test_crash_looping_container_fails_deploy_fast(make_provider, environment, test_images):
+    provider = make_provider()
+    spec = web_spec(test_images["v1"], free_port(), waitTimeout="30s")
+    spec["compose"]["command"] = [
+        "/bin/sh",
+        "-c",
+        "echo starting; exit 3",
+    ]  # restart: unless-stopped
+    service = make_resource(environment, "Service", "web", spec)
+    (instance,) = await provider.instances(service)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ProviderError, match="exit code 3"):
+        await provider.deploy(release(service, "r1"), instance)
+    assert loop.time() - started < 15  # not the 30 s wait timeout
+    (state,) = await provider.observe(service)
+    assert state.revision == "r1" and (not state.running or state.facts["restart_count"] >= 1)
+
+
 async def test_deploy_without_wait_returns_once_started(make_provider, environment, test_images):
     port = free_port()
     provider = make_provider()
@@ -387,7 +406,7 @@ services:
     scaled = make_resource(
         environment, "Service", "stack", {**spec, "compose": {**spec["compose"], "replicas": 2}}
     )
-    with contextlib.suppress(ProviderError):  # v1's poll sees the exit; v2's --wait may not
+    with contextlib.suppress(ProviderError):  # the wait may or may not see the loser exit
         await provider.deploy(release(scaled, "s2", export=export), Instance("worker-1"))
 
     async def one_web_failed() -> bool:

@@ -8,8 +8,10 @@ docker run *on that host*, through the SSH transport, exactly as on a real remot
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from reconciler.providers.compose import ComposeProvider, create_provider
 from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.render import project_name
 from tests.helpers import need
-from tests.infra.testinfra import UP_HINT, Infra, InfraHost
+from tests.infra.testinfra import UP_HINT, Infra
 from tests.providers.compose.conftest import (
     _remove_environment,
     free_port,
@@ -32,10 +34,42 @@ from tests.providers.compose.conftest import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
+@dataclass(frozen=True)
+class DockerSSHHost:
+    container: str
+    port: int
+    identity_file: str
+    known_hosts: str
+    docker_cli: str
+
+    def ssh_ok(self) -> bool:
+        argv = [
+            "ssh", "-q", "-o", "BatchMode=yes", "-o", "ConnectTimeout=1",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-i", self.identity_file,
+            "-p", str(self.port), "root@127.0.0.1", "true",
+        ]  # fmt: skip
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def wait_ssh(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ssh_ok():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.container} (127.0.0.1:{self.port}) not answering SSH")
+            time.sleep(0.2)
+
+    def cat(self, path: str) -> str:
+        argv = [self.docker_cli, "exec", self.container, "cat", path]
+        return subprocess.run(argv, capture_output=True, check=True, timeout=30).stdout.decode()
+
+
 @pytest.fixture(scope="module")
 def docker_ssh_host(
     docker_engine: Infra, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InfraHost]:
+) -> Iterator[DockerSSHHost]:
     """A test host with the docker CLI and compose v2 that reach the test dockerd."""
     infra = docker_engine
     need(infra.image_exists(infra.testhost_image), f"{infra.testhost_image} missing; {UP_HINT}")
@@ -72,18 +106,7 @@ def docker_ssh_host(
         capture_output=True,
         timeout=60,
     )  # fmt: skip
-    host = InfraHost(
-        name=name,
-        container=name,
-        address="127.0.0.1",
-        port=port,
-        users=("root",),
-        sudo_user="root",
-        identity_file=infra.identity_file,
-        known_hosts=str(known_hosts),
-        host_key=host_key,
-        lock_path=str(work / ".lease"),
-    )
+    host = DockerSSHHost(name, port, infra.identity_file, str(known_hosts), infra.docker_cli)
     try:
         host.wait_ssh(timeout=60)
         yield host
@@ -93,7 +116,7 @@ def docker_ssh_host(
 
 @pytest.fixture
 async def ssh_provider(
-    docker_ssh_host: InfraHost, docker_engine: Infra, environment: str, tmp_path: Path
+    docker_ssh_host: DockerSSHHost, docker_engine: Infra, environment: str, tmp_path: Path
 ) -> AsyncIterator[ComposeProvider]:
     host = docker_ssh_host
     target = make_target(
@@ -139,8 +162,8 @@ async def test_service_and_job_over_ssh(ssh_provider, docker_ssh_host, environme
     (state,) = await provider.observe(service)
     assert state.revision == "r1" and state.running and state.facts["health"] == "healthy"
     # the rendered document lives on the remote host, without the secret
-    document = docker_ssh_host.sh(
-        f"cat /var/lib/fraisier/compose/{project_name(service)}/compose.yaml"
+    document = docker_ssh_host.cat(
+        f"/var/lib/fraisier/compose/{project_name(service)}/compose.yaml"
     )
     assert "TOKEN" in document and "remote-secret" not in document
 
