@@ -576,8 +576,9 @@ class ComposeProvider:
                     raise ProviderError(
                         f"{self.host_id}: compose stop of {project} failed: {_tail(result.text())}"
                     )
-            # Containers without a document here (state dir lost): stopped through the engine.
-            for container in await self._project_containers(project):
+            # Containers without a document here (state dir lost), and a Job's or Schedule's
+            # runs in progress: stopped through the engine.
+            for container in await self.engine.containers({PROJECT_LABEL: project}):
                 if _running(container):
                     await self.engine.stop_container(str(container["Id"]), grace)
 

@@ -486,3 +486,28 @@ async def test_compose_cli_detection(docker_engine: Infra):
         await detect(transport, "auto", ["/nonexistent/docker-compose"], env)
     with pytest.raises(ProviderError, match="auto, v2 or v1"):
         await detect(transport, "v3", None, env)
+
+
+async def test_stop_ends_a_job_run_in_progress(make_provider, environment, test_images):
+    provider = make_provider()
+    spec = {
+        "command": ["/bin/sh", "-c", "echo working; exec sleep 60"],
+        "timeout": "60s",
+        "stopTimeout": "1s",
+        "compose": {"image": test_images["v1"], "pullPolicy": "never", "networkMode": "host"},
+    }
+    job = make_resource(environment, "Job", "long", spec)
+    (instance,) = await provider.instances(job)
+    run = asyncio.create_task(provider.run(release(job, "j1"), instance))
+
+    async def running() -> bool:
+        (state,) = await provider.observe(job)
+        return state.running and state.facts["active_runs"] == 1
+
+    await eventually(running)
+    assert "working" in await provider.logs(job, instance)  # the live run's output
+    await provider.stop(job, instance)
+    result = await asyncio.wait_for(run, 20)
+    assert result.exit_code in (137, 143) and "working" in result.output
+    (state,) = await provider.observe(job)
+    assert not state.running and state.revision is None
