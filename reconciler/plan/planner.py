@@ -96,10 +96,9 @@ def make_plan(
     for key, resource in desired.resources.items():
         revision = revision_of(resource)
         record = recorded.get(key)
-        document = resource.document()
         if record is None or record.applied_revision is None:
             old = record.applied_spec if record else None
-            changes = diff_documents(old or {}, document)
+            changes = diff_documents(old or {}, resource.document())
             action, reason = CREATE, "not deployed yet"
             if record and record.last_result:
                 reason = f"last attempt {record.last_result}"
@@ -108,7 +107,7 @@ def make_plan(
         elif record.applied_revision == revision:
             changes, action, reason = [], UNCHANGED, ""
         else:
-            changes = diff_documents(record.applied_spec or {}, document)
+            changes = diff_documents(record.applied_spec or {}, resource.document())
             action, reason = UPDATE, f"{record.applied_revision} -> {revision}"
             if not changes:
                 reason += " (source content changed)"

@@ -344,12 +344,17 @@ class Reconciler:
         metrics.RECONCILE_TOTAL.labels("converged" if result.converged else "failed").inc()
         if result.converged:
             metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
-        await self.publish_metrics()
+        acted = any(o.result != CONVERGED for o in result.outcomes)
+        # A no-op pass changed no status: publish from the records the plan already read.
+        await self.publish_metrics(None if acted else [i.record for i in plan.items
+                                                       if i.record is not None])
         return result
 
-    async def publish_metrics(self) -> None:
+    async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
+        if records is None:
+            records = await self.store.list_resources()
         rows = [(r.key.environment, r.key.kind, r.key.name, r.sync_status, r.health_status)
-                for r in await self.store.list_resources()]
+                for r in records]
         metrics.publish_resources(rows)
 
     def _blocking_dependency(self, item: PlanItem,
