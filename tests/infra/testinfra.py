@@ -63,10 +63,17 @@ class InfraHost:
     known_hosts: str
     host_key: str  # "ssh-ed25519 AAAA..." as pinned in known_hosts
     lock_path: str
-    mux_dir: str  # OpenSSH ControlMaster sockets: a login costs ~0.3 s here, a muxed call ~10 ms
+    # OpenSSH ControlMaster sockets: a login costs ~0.3 s here, a multiplexed call ~15 ms.
+    mux_dir: str = ""
 
     def ssh_argv(self, user: str = "root", *, connect_timeout: float = 5.0) -> list[str]:
         """OpenSSH client argv up to (not including) the remote command; strict host keys."""
+        mux = (
+            ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.mux_dir}/%C",
+             "-o", "ControlPersist=30"]
+            if self.mux_dir
+            else []
+        )  # fmt: skip
         return [
             "ssh", "-q", "-T",
             "-o", "BatchMode=yes",
@@ -74,9 +81,7 @@ class InfraHost:
             "-o", "StrictHostKeyChecking=yes",
             "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={self.mux_dir}/%C",
-            "-o", "ControlPersist=30",
+            *mux,
             "-i", self.identity_file,
             "-p", str(self.port),
             f"{user}@{self.address}",
