@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import SourceError, SpecError, SpecProblem
@@ -105,6 +105,103 @@ def files_from_directory(path: Path) -> list[SourceFile]:
 
 # ---------------------------------------------------------------------------------------------
 # Fast path
+
+
+class StrictLoader(yaml.CSafeLoader):
+    """The C safe loader, refusing duplicate keys in a mapping (PyYAML silently keeps the last
+    one, so a second ``env:`` block would quietly replace the first). The check costs a length
+    comparison per mapping; keys are compared only when the lengths differ."""
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        pairs = node.value  # flatten_mapping leaves only this mapping's own (non-merge) pairs here
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)  # type: ignore[arg-type]
+        if len(mapping) != len(pairs):  # merged keys or duplicates
+            seen: set[Any] = set()
+            for key_node, _ in pairs:
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {short_repr(key)}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return mapping
+
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+class _Unusual(Exception):
+    """A document needs PyYAML's general constructor (merge keys, aliases to an unfinished
+    node, duplicate or unhashable keys, other tags)."""
+
+
+class FastLoader(StrictLoader):
+    """``StrictLoader`` with a lean constructor for plain documents.
+
+    libyaml parses in C, but PyYAML builds the Python values in Python, one generic
+    ``construct_object`` call per node; that is half the time of ``yaml.load_all``. Desired-state
+    documents are maps, lists, strings, numbers, booleans and nulls, which this builds directly
+    with the very same values (and shared objects for aliases). Anything else makes it hand the
+    document to PyYAML's constructor, which then builds it, or raises, exactly as usual.
+    """
+
+    def construct_document(self, node: Node) -> Any:
+        try:
+            return self._build(node, {})
+        except _Unusual:
+            return super().construct_document(node)
+
+    def _build(self, node: Node, built: dict[int, Any]) -> Any:
+        tag = node.tag
+        kind = type(node)
+        if kind is ScalarNode:
+            if tag == _STR_TAG:
+                return node.value
+            if tag == _NULL_TAG:
+                return None
+            if tag == _INT_TAG:
+                return self.construct_yaml_int(node)  # type: ignore[arg-type]
+            if tag == _BOOL_TAG:
+                return self.construct_yaml_bool(node)  # type: ignore[arg-type]
+            if tag == _FLOAT_TAG:
+                return self.construct_yaml_float(node)  # type: ignore[arg-type]
+            raise _Unusual
+        ident = id(node)
+        if ident in built:  # an alias
+            value = built[ident]
+            if value is None:  # ...to a node still being built: a recursive structure
+                raise _Unusual
+            return value
+        build = self._build
+        if kind is MappingNode and tag == _MAP_TAG:
+            built[ident] = None
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _STR_TAG and type(key_node) is ScalarNode:
+                    key = key_node.value
+                else:
+                    key = build(key_node, built)
+                    if type(key) is dict or type(key) is list:
+                        raise _Unusual
+                if key in mapping:
+                    raise _Unusual
+                mapping[key] = build(value_node, built)
+            built[ident] = mapping
+            return mapping
+        if kind is SequenceNode and tag == _SEQ_TAG:
+            built[ident] = None
+            sequence = [build(item, built) for item in node.value]
+            built[ident] = sequence
+            return sequence
+        raise _Unusual
 
 
 _MARKER_TOKENS = (b"---", b"...")
@@ -255,7 +352,7 @@ def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
 def _load_fast(data: bytes) -> list[Record] | None:
     """Records of every document of a file that is entirely valid; None at the first doubt."""
     try:
-        documents = list(yaml.load_all(data, Loader=yaml.CSafeLoader))
+        documents = list(yaml.load_all(data, Loader=FastLoader))
     except Exception:
         # anything the loader can raise (syntax, bad timestamps, nesting): the slow path
         # parses again and reports it with its location
@@ -323,7 +420,7 @@ def _yaml_problem(path: str, data: bytes, exc: BaseException) -> SpecProblem:
 
 
 def _parse_with_marks(path: str, data: bytes) -> _Parsed:
-    loader = yaml.CSafeLoader(data)
+    loader = FastLoader(data)
     documents: list[tuple[Node, Any]] = []
     try:
         while loader.check_node():

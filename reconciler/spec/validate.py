@@ -14,6 +14,7 @@ import copy
 import difflib
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -29,6 +30,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
+logger = logging.getLogger(__name__)
 
 API_VERSION = "fraisier.dev/v1"
 KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule")
@@ -97,6 +100,16 @@ def _bundle_key(name: str) -> str:
 _ANNOTATIONS = frozenset({"$schema", "title", "description", "$comment", "examples"})
 
 
+_CHARACTER_CLASS = re.compile(r"\[(?:\\.|[^\]\\])*\]")
+_BARE_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def _escape_dollars_in_classes(pattern: str) -> str:
+    """``[$]`` → ``[\\$]``: fastjsonschema turns every unescaped ``$`` into ``\\Z`` (to anchor
+    at the very end), which is a syntax error inside a character class. Same meaning."""
+    return _CHARACTER_CLASS.sub(lambda m: _BARE_DOLLAR.sub(r"\\$", m.group(0)), pattern)
+
+
 def _only_required_branches(branches: Any) -> bool:
     return isinstance(branches, list) and all(
         isinstance(b, dict) and list(b) == ["required"] and len(b["required"]) == 1
@@ -136,6 +149,8 @@ def _rewrite_refs(node: Any, base: str) -> Any:
                 out[key] = f"#/$defs/{_bundle_key(name)}{fragment}"
             elif key in _ANNOTATIONS:
                 continue
+            elif key == "pattern" and isinstance(value, str):
+                out[key] = _escape_dollars_in_classes(value)
             elif key == "oneOf" and _only_required_branches(value):
                 out.update(_exactly_one_present([b["required"][0] for b in value]))
             elif key == "const":
@@ -187,8 +202,27 @@ def fast_validator(kind: str) -> Callable[[Any], Any]:
     inlined = _inline_refs({k: v for k, v in bundled.items() if k != "$defs"}, bundled)
     inlined["$defs"] = bundled["$defs"]  # still the target of any recursive $ref
     # without detailed exceptions the generated code does not embed the schema in every raise
-    validator: Callable[[Any], Any] = fastjsonschema.compile(inlined, detailed_exceptions=False)
+    try:
+        validator: Callable[[Any], Any] = fastjsonschema.compile(inlined, detailed_exceptions=False)
+    except Exception as exc:  # a construct fastjsonschema cannot compile: stay correct, slower
+        logger.warning(
+            "schema of %s cannot be compiled by fastjsonschema (%s); validating it with "
+            "jsonschema, which is slower",
+            kind,
+            exc,
+        )
+        return _slow_as_fast(kind)
     return validator
+
+
+def _slow_as_fast(kind: str) -> Callable[[Any], Any]:
+    def validate(document: Any) -> Any:
+        error = next(iter(kind_validator(kind).iter_errors(document)), None)
+        if error is not None:
+            raise fastjsonschema.JsonSchemaValueException(error.message)
+        return document
+
+    return validate
 
 
 @cache

@@ -29,6 +29,7 @@ def test_every_error_kind_has_a_case() -> None:
         "cron",
         "non-json-values",
         "encoding",
+        "duplicate-key",
     }
 
 

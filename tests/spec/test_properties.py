@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -94,8 +96,6 @@ def test_fast_path_accepts_exactly_what_the_slow_path_accepts(which: int, edits:
         assert slow == fast
     elif load.problems == []:
         # the slow path found nothing wrong: the fast path only declined to guess lines
-        import yaml
-
         count = len(list(yaml.load_all(data, Loader=yaml.CSafeLoader)))
         assert loader.document_lines(data, count) is None
 
@@ -110,3 +110,41 @@ def test_mutations_do_hit_both_outcomes() -> None:
 
 def test_valid_fleet_files_are_found() -> None:
     assert all(Path(f.path).exists() for f in FLEET)
+
+
+def _construct(loader_class: type, data: bytes) -> str:
+    try:
+        return repr(list(yaml.load_all(data, Loader=loader_class)))
+    except Exception as error:  # any failure: the other loader must fail too
+        return f"error {type(error).__name__}"
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=len(FLEET) - 1), st.lists(_EDIT, min_size=1, max_size=6))
+def test_fast_constructor_builds_what_pyyaml_builds(which: int, edits: list) -> None:  # type: ignore[type-arg]
+    data = mutate(TEXTS[which], edits)
+    assert _construct(loader.FastLoader, data) == _construct(loader.StrictLoader, data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x {k: [1, 2.5, true, null, ~, 0x1f, 1_000, .inf, -.inf, yes, off]}\nb: *x\n",
+        "base: &b {x: 1, y: 2}\nderived: {<<: *b, y: 3}\n",
+        "r: &r [*r]\n",
+        "when: 2024-01-01\nbin: !!binary aGVsbG8=\nset: !!set {a, b}\n",
+        "o: !!omap [a: 1, b: 2]\n",
+        "? [a, b]\n: x\n",
+        "2: a\ntrue: b\nnull: c\n1.5: d\n",
+        "s: !!str 123\nn: !!int '7'\n",
+        "a: 1\na: 2\n",
+        "k: !!str [a]\n",
+        "k: !custom x\n",
+    ],
+)
+def test_fast_constructor_matches_pyyaml_on_unusual_yaml(text: str) -> None:
+    data = text.encode()
+    assert _construct(loader.FastLoader, data) == _construct(loader.StrictLoader, data)
+    stock = _construct(yaml.CSafeLoader, data)
+    if "a: 1\na: 2" not in text:  # PyYAML itself silently keeps the last duplicate key
+        assert _construct(loader.FastLoader, data) == stock

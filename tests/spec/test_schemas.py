@@ -191,3 +191,46 @@ def test_missing_schema_directory_is_a_clear_error(
     monkeypatch.setenv("RECONCILER_SCHEMAS_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="RECONCILER_SCHEMAS_DIR"):
         fast_errors("Service", {})
+
+
+@pytest.mark.usefixtures("fresh_schema_caches")
+def test_patterns_fastjsonschema_mangles_still_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fastjsonschema rewrites every bare `$` to `\\Z`, which breaks `[$]`; the bundle escapes it."""
+    schemas = tmp_path / "schemas"
+    import shutil
+
+    shutil.copytree(SCHEMAS, schemas)
+    common = schemas / "common.json"
+    content = json.loads(common.read_text())
+    content["$defs"]["workingDir"]["pattern"] = "^[a-z.$]*[$]?$"
+    common.write_text(json.dumps(content))
+    monkeypatch.setenv("RECONCILER_SCHEMAS_DIR", str(schemas))
+    doc = {
+        "apiVersion": "fraisier.dev/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"target": "t", "workingDir": "work$"},
+    }
+    assert fast_errors("Job", doc) is None
+    doc["spec"]["workingDir"] = "Work$"
+    assert fast_errors("Job", doc) is not None
+    assert [i.path for i in schema_issues("Job", doc)] == [("spec", "workingDir")]
+
+
+def test_slow_stand_in_for_an_uncompilable_schema() -> None:
+    from reconciler.spec.validate import _slow_as_fast
+
+    validate = _slow_as_fast("Job")
+    good = {
+        "apiVersion": "fraisier.dev/v1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"target": "t"},
+    }
+    assert validate(good) is good
+    import fastjsonschema
+
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        validate({**good, "spec": {"target": "t", "timeout": "soon"}})
