@@ -197,7 +197,7 @@ def test_missing_schema_directory_is_a_clear_error(
 def test_patterns_fastjsonschema_mangles_still_compile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fastjsonschema rewrites every bare `$` to `\\Z`, which breaks `[$]`; the bundle escapes it."""
+    """fastjsonschema rewrites every bare `$` to `\\Z`, breaking `[$]`; the bundle escapes it."""
     schemas = tmp_path / "schemas"
     import shutil
 
