@@ -49,6 +49,7 @@ T = TypeVar("T")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TAIL_CHARS = 2000
+_UPLOAD_CHUNK = 1 << 20
 # Grace on top of a command's timeout: the remote `timeout` sends TERM at the deadline and KILL
 # this long after; the client waits a little longer still before giving up on the channel.
 _KILL_AFTER_S = 5.0
@@ -590,13 +591,21 @@ class SSHTransport:
         local = Path(local)
         if not local.is_file():
             raise ProviderError(f"{self.host_id}: {local} is not a file")
-        await self._put(
-            remote, mode, lambda sftp, dest: sftp.put(str(local), dest), f"upload of {remote}"
-        )
+
+        async def upload(sftp: asyncssh.SFTPClient, dest: str) -> None:
+            # Streamed into a file created owner-only, like write_file: the chmod comes after.
+            async with sftp.open(dest, "wb", asyncssh.SFTPAttrs(permissions=0o600)) as fh:
+                with local.open("rb") as source:  # noqa: ASYNC230 (local disk, small reads)
+                    while chunk := source.read(_UPLOAD_CHUNK):
+                        await fh.write(chunk)
+                await fh.fsync()
+
+        await self._put(remote, mode, upload, f"upload of {remote}")
 
     async def write_file(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         async def write(sftp: asyncssh.SFTPClient, dest: str) -> None:
-            async with sftp.open(dest, "wb") as fh:
+            # created owner-only: the data may be a secret and chmod to `mode` comes after
+            async with sftp.open(dest, "wb", asyncssh.SFTPAttrs(permissions=0o600)) as fh:
                 await fh.write(data)
                 await fh.fsync()
 

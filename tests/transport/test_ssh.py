@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
+import os
 import shlex
 import socket
 import subprocess
@@ -241,6 +243,13 @@ async def test_put_file_and_write_file(
     await transport.put_file(local, "/srv/fraisier/etc/unit.service", mode=0o600)
     assert ssh_host.sh("stat -c '%a %U' /srv/fraisier/etc/unit.service").strip() == "600 root"
     assert await transport.read_file("/srv/fraisier/etc/unit.service") == local.read_bytes()
+
+    big = tmp_path / "artifact.bin"
+    big.write_bytes(os.urandom(3 << 20) + b"tail")  # several upload chunks
+    await transport.put_file(big, "/srv/fraisier/artifact.bin")
+    remote_sum = ssh_host.sh("sha256sum /srv/fraisier/artifact.bin").split()[0]
+    assert remote_sum == hashlib.sha256(big.read_bytes()).hexdigest()
+    ssh_host.run(["rm", "/srv/fraisier/artifact.bin"])
 
     await transport.write_file("/srv/fraisier/etc/current", b"r1\n")
     await transport.write_file("/srv/fraisier/etc/current", b"r2\n", mode=0o640)
