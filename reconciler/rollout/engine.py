@@ -499,7 +499,11 @@ class Reconciler:
             if health:
                 state = await observed()
                 cwd = state.facts.get("working_dir") if state is not None else None
-                result = await wait_healthy(health, instance, cwd=cwd, is_running=is_running)
+                # exec probes run where the instance is (providers with remote hosts say how)
+                transport_for = getattr(provider, "transport_for", None)
+                transport = transport_for(instance) if transport_for is not None else None
+                result = await wait_healthy(health, instance, transport=transport, cwd=cwd,
+                                            is_running=is_running)
                 ok, message = result.healthy, result.message
             else:
                 # No health section: healthy when the provider reports the instance running and

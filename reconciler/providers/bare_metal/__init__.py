@@ -1,20 +1,24 @@
 """Bare-metal provider: releases in directories on a host, processes kept by a service manager.
 
-Now: ``transport: local`` with the built-in process ``Supervisor``. The provider is written
-against ``Transport`` and ``ServiceManager``, so SSH hosts with systemd plug in beside it.
+``transport: local`` runs processes on this machine with the built-in ``Supervisor``;
+``transport: ssh`` reaches every host in ``hosts`` and runs units under systemd
+(``SystemdSSHProvider``, remote.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import ProviderError
+from reconciler.health.durations import to_seconds
 from reconciler.providers import ProviderContext
 from reconciler.providers.bare_metal.provider import (
     DEFAULT_CONCURRENCY,
     DEFAULT_KEEP_RELEASES,
     BareMetalProvider,
 )
+from reconciler.providers.bare_metal.remote import DEFAULT_ROOT, SystemdSSHProvider
 from reconciler.providers.bare_metal.service_manager import (
     LaunchSpec,
     ServiceManager,
@@ -24,6 +28,7 @@ from reconciler.providers.bare_metal.service_manager import (
 from reconciler.providers.bare_metal.supervisor import Supervisor
 from reconciler.spec.model import Resource
 from reconciler.transport.local import LocalTransport
+from reconciler.transport.ssh import SSHHostConfig
 
 __all__ = [
     "BareMetalProvider",
@@ -32,6 +37,7 @@ __all__ = [
     "ServiceRef",
     "ServiceStatus",
     "Supervisor",
+    "SystemdSSHProvider",
     "create_provider",
 ]
 
@@ -43,17 +49,45 @@ def _positive_int(spec: dict[str, object], key: str, default: int) -> int:
     return value
 
 
-def create_provider(target: Resource, ctx: ProviderContext) -> BareMetalProvider:
+def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
+    manager = spec.get("serviceManager", "systemd")
+    if manager != "systemd":
+        raise ProviderError(
+            f"Target {target.key}: serviceManager {manager!r} is not available for "
+            "transport: ssh; use systemd"
+        )
+    hosts = spec.get("hosts")
+    if not isinstance(hosts, list) or not hosts:
+        raise ProviderError(f"Target {target.key}: transport ssh needs a non-empty hosts list")
+    ssh = spec.get("ssh") or {}
+    overrides: dict[str, Any] = {}
+    if "connectTimeout" in ssh:
+        overrides["connect_timeout"] = to_seconds(ssh["connectTimeout"], 10.0)
+    if "keepaliveInterval" in ssh:
+        overrides["keepalive_interval"] = to_seconds(ssh["keepaliveInterval"], 15.0)
+    if "commandTimeout" in ssh:
+        overrides["io_timeout"] = to_seconds(ssh["commandTimeout"], 300.0)
+    configs = [SSHHostConfig.from_spec(h, **overrides) for h in hosts]
+    return SystemdSSHProvider(
+        target,
+        configs,
+        str(spec.get("root") or DEFAULT_ROOT),
+        keep_releases=_positive_int(spec, "keepReleases", DEFAULT_KEEP_RELEASES),
+        concurrency=_positive_int(spec, "concurrency", DEFAULT_CONCURRENCY),
+        systemd=dict(spec.get("systemd") or {}),
+    )
+
+
+def create_provider(
+    target: Resource, ctx: ProviderContext
+) -> BareMetalProvider | SystemdSSHProvider:
     spec = target.spec
     provider = spec.get("provider", "bare_metal")
     if provider != "bare_metal":
         raise ProviderError(f"Target {target.key}: provider is {provider!r}, not 'bare_metal'")
     transport = spec.get("transport", "local")
     if transport == "ssh":
-        raise ProviderError(
-            f"Target {target.key}: bare_metal over SSH is not available yet; it arrives with the "
-            "systemd service manager (use transport: local for now)"
-        )
+        return _ssh_provider(target, spec)
     if transport != "local":
         raise ProviderError(f"Target {target.key}: unknown transport {transport!r} (local, ssh)")
     manager = spec.get("serviceManager", "supervisor")

@@ -74,6 +74,9 @@ def _argv(value: Any, what: str, resource: Resource) -> list[str] | None:
 class BareMetalProvider:
     """``Provider`` for ``provider: bare_metal`` Targets (one host per transport)."""
 
+    # Schedules are run by the daemon's scheduler (through run()), not by the host.
+    schedules_natively = False
+
     def __init__(
         self,
         target: Resource,

@@ -187,3 +187,123 @@ async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
 
 
 PY = sys.executable
+
+
+# -- SSH + systemd test hosts -------------------------------------------------------------------
+
+# The test hosts share this machine's loopback (host network), so each host's copy of a Service
+# listens on a port of its own, read from PORT_FILE (written per host by the fixtures below).
+PORT_FILE = "/etc/fraisier-test-port"
+
+HOST_APP = """\
+import http.server, os, sys, urllib.request
+
+port = int(open("/etc/fraisier-test-port").read())
+version = open("VERSION").read().strip()
+if sys.argv[1:] == ["check"]:  # exec health check, run on the host over SSH
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        sys.exit(0 if r.status == 200 else 1)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/healthz" and os.environ.get("FAIL_HEALTH") == "1":
+            self.send_response(500)
+            self.end_headers()
+            return
+        body = f"{version} {os.environ.get('GREETING', '')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        print("request", self.path, flush=True)
+
+
+http.server.HTTPServer.allow_reuse_address = True
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+print(f"listening on {port} revision {version}", flush=True)
+server.serve_forever()
+"""
+
+
+def ssh_target_resource(hosts: Any, name: str = "hosts", **spec: Any) -> Resource:
+    """A bare_metal Target over SSH (as root, known_hosts pinned) for InfraHost ``hosts``."""
+    entries = [
+        {
+            "name": h.name,
+            "address": h.address,
+            "port": h.port,
+            "user": "root",
+            "identityFile": h.identity_file,
+            "knownHosts": h.known_hosts,
+        }
+        for h in hosts
+    ]
+    return make_resource(
+        name,
+        {"provider": "bare_metal", "transport": "ssh", "hosts": entries, "keepReleases": 3,
+         **spec},
+        "Target",
+    )
+
+
+@dataclass
+class HostApp:
+    """The HTTP app, one source folder per revision, and each host's port."""
+
+    base: Path
+    ports: dict[str, int]
+    exports: dict[str, FolderExport] = field(default_factory=dict)
+
+    def export(self, revision: str) -> FolderExport:
+        if revision not in self.exports:
+            folder = self.base / revision
+            (folder / "bin").mkdir(parents=True, exist_ok=True)
+            (folder / "app.py").write_text(HOST_APP)
+            (folder / "VERSION").write_text(revision + "\n")
+            self.exports[revision] = FolderExport(folder)
+        return self.exports[revision]
+
+    def release(self, resource: Resource, revision: str,
+                env: dict[str, str] | None = None) -> Release:
+        return Release(resource=resource, revision=revision, config_commit="c0ffee",
+                       export=self.export(revision), env=dict(env or {}))
+
+    async def get(self, host: str, path: str = "/") -> tuple[int, str]:
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            response = await client.get(f"http://127.0.0.1:{self.ports[host]}{path}")
+            return response.status_code, response.text
+
+
+def host_app_spec(**extra: Any) -> dict[str, Any]:
+    return {
+        "target": "hosts",
+        "command": ["python3", "app.py"],
+        "stopTimeout": "3s",
+        "health": {"exec": {"command": ["python3", "app.py", "check"]}, "interval": "100ms",
+                   "timeout": "2s", "startPeriod": "3s"},
+        **extra,
+    }
+
+
+@pytest.fixture
+def host_app(tmp_path: Path, ssh_hosts: Any) -> HostApp:
+    ports: dict[str, int] = {}
+    for host in ssh_hosts:
+        ports[host.name] = free_port()
+        host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
+                  str(ports[host.name])])
+    return HostApp(tmp_path / "host-sources", ports)
+
+
+@pytest.fixture
+async def ssh_provider(ssh_hosts: Any, state_dir: Path) -> AsyncIterator[Any]:
+    """The bare_metal provider over SSH on two test hosts (reset and leased)."""
+    target = ssh_target_resource(ssh_hosts[:2])
+    p = create_provider(target, ProviderContext(state_dir=state_dir))
+    try:
+        yield p
+    finally:
+        await p.close()

@@ -1,0 +1,424 @@
+"""Bare metal over SSH: releases on every host of the Target, run by systemd.
+
+Layout on each host (``root`` defaults to /srv/fraisier)::
+
+    <root>/<environment>/<dir>/releases/<revision>/   uploaded over SFTP (see releases.py)
+    <root>/<environment>/<dir>/current -> releases/<revision>
+    <root>/<environment>/<dir>/environment            env + secrets, mode 0600 (EnvironmentFile)
+    <root>/<environment>/<dir>/unit.sha256            hash of the unit as installed (drift)
+    /etc/systemd/system/fraisier-<environment>_<name>….service / .timer
+
+A deploy on one host: make sure the release is there (export once per pass, upload the tree),
+write the unit and environment files that changed (daemon-reload only then), switch ``current``
+atomically, (re)start. A rollback is the same call with an older release: its directory is still
+there, so nothing is uploaded — unit, switch, restart.
+
+Connections: one pooled SSH connection per host (``SSHPool``), opened on first use and closed by
+``close()``; a later call opens a new one. A connection lost in the middle of a deploy (host
+rebooting) is retried with backoff until ``RETRY_DEADLINE_S``: every step is idempotent. Host-key,
+login and configuration errors are never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from reconciler.errors import ProviderError
+from reconciler.health.durations import to_seconds
+from reconciler.providers import Instance, InstanceState, Release, RunResult
+from reconciler.providers.bare_metal.provider import (
+    BUILD_TIMEOUT_S,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_JOB_TIMEOUT_S,
+    DEFAULT_KEEP_RELEASES,
+    DEFAULT_STOP_TIMEOUT_S,
+    RUN_OUTPUT_LIMIT,
+    BareMetalProvider,
+)
+from reconciler.providers.bare_metal.releases import ReleaseStore, within
+from reconciler.providers.bare_metal.systemd import (
+    UNIT_DIR,
+    Systemd,
+    UnitNames,
+    UnitSettings,
+    digest,
+    env_file,
+    exit_code_of,
+    on_calendar,
+    render_service_unit,
+    render_timer_unit,
+)
+from reconciler.spec.model import Resource, ResourceKey
+from reconciler.transport import Transport
+from reconciler.transport.ssh import (
+    SSHAuthError,
+    SSHConfigError,
+    SSHError,
+    SSHHostConfig,
+    SSHHostKeyError,
+    SSHPool,
+    SSHTransport,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("reconciler.provider.bare_metal")
+
+DEFAULT_ROOT = "/srv/fraisier"
+RETRY_DEADLINE_S = 90.0
+_RETRY_FIRST_S = 0.5
+_RETRY_MAX_S = 5.0
+_REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_NOT_RETRIED = (SSHHostKeyError, SSHAuthError, SSHConfigError)
+_RESTART_SCRIPT = 'systemctl enable --quiet -- "$1" && systemctl restart -- "$1"'
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A lost or refused connection, also when wrapped (a failed export names its cause)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, SSHError):
+            return not isinstance(seen, _NOT_RETRIED)
+        seen = seen.__cause__
+    return False
+
+
+def _revision_in(path: str, releases_dir: str) -> str | None:
+    """``<releases_dir>/<revision>/...`` -> revision."""
+    prefix = releases_dir.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix):].split("/", 1)[0] or None
+
+
+class SystemdSSHProvider:
+    """``Provider`` for ``provider: bare_metal`` Targets with ``transport: ssh``."""
+
+    # The daemon's own scheduler must not run this provider's Schedules: systemd timers do.
+    schedules_natively = True
+
+    def __init__(
+        self,
+        target: Resource,
+        hosts: list[SSHHostConfig],
+        root: str,
+        *,
+        keep_releases: int = DEFAULT_KEEP_RELEASES,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        systemd: dict[str, Any] | None = None,
+        retry_deadline_s: float = RETRY_DEADLINE_S,
+    ) -> None:
+        if not hosts:
+            raise ProviderError(f"Target {target.key}: transport ssh needs at least one host")
+        names = [h.host_id for h in hosts]
+        if len(set(names)) != len(names):
+            raise ProviderError(f"Target {target.key}: host names must be unique: {names}")
+        self.target = target
+        self.hosts = {h.host_id: h for h in hosts}
+        self.root = root
+        self.keep_releases = keep_releases
+        self.systemd_section = systemd or {}
+        self.retry_deadline_s = retry_deadline_s
+        self.pool = SSHPool()
+        self._slots = {h.host_id: asyncio.Semaphore(max(1, concurrency)) for h in hosts}
+        self._locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
+        self._exports: dict[tuple[ResourceKey, str], Path] = {}
+        self._export_locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
+        self._export_root: tempfile.TemporaryDirectory[str] | None = None
+
+    # -- naming --------------------------------------------------------------------------------
+
+    def service_dir(self, resource: Resource) -> str:
+        return posixpath.join(
+            self.root, resource.environment, BareMetalProvider.dir_name(resource)
+        )
+
+    @staticmethod
+    def units(resource: Resource) -> UnitNames:
+        return UnitNames.of(resource.environment, resource.name, resource.kind)
+
+    def _config(self, instance: Instance) -> SSHHostConfig:
+        config = self.hosts.get(instance.id)
+        if config is None:
+            raise ProviderError(
+                f"bare_metal target {self.target.name}: no host {instance.id!r} "
+                f"(hosts: {sorted(self.hosts)})"
+            )
+        return config
+
+    def transport_for(self, instance: Instance) -> Transport:
+        """The pooled connection to ``instance``'s host (exec health checks run there)."""
+        transport: SSHTransport = self.pool.get(self._config(instance))
+        return transport
+
+    def _lock(self, key: ResourceKey, host: str) -> asyncio.Lock:
+        return self._locks.setdefault((key, host), asyncio.Lock())
+
+    # -- releases ------------------------------------------------------------------------------
+
+    async def _cached_release(self, release: Release) -> Release:
+        """``release`` with an exporter that exports once per pass and copies for each host."""
+        if release.export is None:
+            return release
+        key = (release.resource.key, release.revision)
+        lock = self._export_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            path = self._exports.get(key)
+            if path is None:
+                if self._export_root is None:
+                    self._export_root = tempfile.TemporaryDirectory(prefix="fraisier-ssh-export-")
+                path = Path(self._export_root.name) / f"{len(self._exports)}"
+                path.mkdir()
+                await release.export(path)
+                self._exports[key] = path
+        exported = path
+
+        async def copy(dest: Path) -> None:
+            await asyncio.to_thread(shutil.copytree, exported, dest, dirs_exist_ok=True)
+
+        return replace(release, export=copy)
+
+    def _store(self, transport: Transport, resource: Resource) -> ReleaseStore:
+        return ReleaseStore(transport, self.service_dir(resource), str(resource.key))
+
+    # -- retry ---------------------------------------------------------------------------------
+
+    async def _retrying(self, instance: Instance, what: str,
+                        op: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.retry_deadline_s
+        delay = _RETRY_FIRST_S
+        while True:
+            try:
+                return await op()
+            except ProviderError as exc:
+                if not _retryable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay + random.uniform(0, delay / 2))
+                delay = min(delay * 2, _RETRY_MAX_S)
+                # transport messages name the host and command, never a value
+                log.warning("%s: %s retried after: %s", instance.id, what, exc.message)
+
+    # -- units ---------------------------------------------------------------------------------
+
+    def _unit_files(self, release: Release) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
+        """(files to install, OnCalendar values) for ``release``."""
+        resource = release.resource
+        spec = resource.spec
+        command = spec.get("command")
+        if isinstance(command, str) or not isinstance(command, list) or not command:
+            raise ProviderError(f"{resource.key}: a {resource.kind} needs a command (argv list)")
+        argv = [str(a) for a in command]
+        service_dir = self.service_dir(resource)
+        working_dir = within(posixpath.join(service_dir, "current"), spec.get("workingDir"))
+        if "/" in argv[0] and not argv[0].startswith("/"):
+            # relative to the release, as the local supervisor runs it
+            argv[0] = posixpath.normpath(posixpath.join(working_dir, argv[0]))
+        settings = UnitSettings.from_target(self.systemd_section, resource.name)
+        names = self.units(resource)
+        env_path = posixpath.join(service_dir, "environment")
+        unit = render_service_unit(
+            description=f"fraisier {resource.key}",
+            argv=argv,
+            working_dir=working_dir,
+            env_path=env_path,
+            settings=settings,
+            oneshot=resource.kind != "Service",
+            timeout_s=to_seconds(spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
+            if resource.kind != "Service" else None,
+            stop_timeout_s=to_seconds(spec.get("stopTimeout"), DEFAULT_STOP_TIMEOUT_S),
+            install=resource.kind == "Service",
+        ).encode()
+        files: dict[str, tuple[bytes, int]] = {
+            posixpath.join(UNIT_DIR, names.service): (unit, 0o644),
+            env_path: (env_file(release.env), 0o600),
+            posixpath.join(service_dir, "unit.sha256"): (digest(unit).encode() + b"\n", 0o644),
+        }
+        calendars: list[str] = []
+        if resource.kind == "Schedule":
+            calendars = on_calendar(str(spec.get("schedule", "")), spec.get("timezone", "UTC"))
+            timer = render_timer_unit(f"fraisier {resource.key} timer", calendars).encode()
+            files[posixpath.join(UNIT_DIR, names.timer)] = (timer, 0o644)
+        return files, calendars
+
+    async def _prepare(self, release: Release, instance: Instance) -> tuple[Transport, str]:
+        """Release uploaded (or reused), units and environment installed, ``current`` switched.
+        Returns the transport and the release directory."""
+        resource = release.resource
+        transport = self.transport_for(instance)
+        files, calendars = self._unit_files(release)  # validates before anything is touched
+        store = self._store(transport, resource)
+        build = resource.spec.get("build")
+        release_dir, _ = await store.ensure(
+            release,
+            build=[str(a) for a in build] if isinstance(build, list) and build else None,
+            working_dir=resource.spec.get("workingDir"),
+            env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8", **release.env},
+            build_timeout_s=BUILD_TIMEOUT_S,
+        )
+        systemd = Systemd(transport)
+        if calendars:
+            await systemd.check_calendar(calendars)
+        await systemd.install(files)
+        await store.switch(release.revision)
+        return transport, release_dir
+
+    # -- Provider ------------------------------------------------------------------------------
+
+    async def instances(self, resource: Resource) -> list[Instance]:
+        return [Instance(id=h.host_id, address=h.address) for h in self.hosts.values()]
+
+    async def deploy(self, release: Release, instance: Instance) -> None:
+        self._config(instance)
+        resource = release.resource
+        release = await self._cached_release(release)
+        names = self.units(resource)
+
+        async def once() -> None:
+            transport, _ = await self._prepare(release, instance)
+            if resource.kind == "Service":
+                unit = names.service
+            elif resource.kind == "Schedule":
+                unit = names.timer
+            else:
+                unit = None  # a Job runs in run(); deploying installs it
+            if unit is not None:
+                result = await transport.run(
+                    ["sh", "-c", _RESTART_SCRIPT, "fraisier-restart", unit], timeout=120.0
+                )
+                if not result.ok:
+                    journal = await Systemd(transport).journal(names.service, 10)
+                    raise ProviderError(
+                        f"{instance.id}: starting {unit} failed: "
+                        f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
+                    )
+            await self._store(transport, resource).prune(self.keep_releases)
+
+        async with self._lock(resource.key, instance.id), self._slots[instance.id]:
+            await self._retrying(instance, f"deploy of {resource.key}", once)
+
+    async def run(self, release: Release, instance: Instance) -> RunResult:
+        self._config(instance)
+        resource = release.resource
+        release = await self._cached_release(release)
+        names = self.units(resource)
+        timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
+        async with self._lock(resource.key, instance.id), self._slots[instance.id]:
+            transport, _ = await self._retrying(
+                instance, f"install of {resource.key}", lambda: self._prepare(release, instance)
+            )
+            await self._store(transport, resource).prune(self.keep_releases)
+        # Not retried: a run that lost its connection may still be going on the host.
+        props, output = await Systemd(transport).run_oneshot(names.service, timeout_s)
+        exit_code = exit_code_of(props)
+        return RunResult(exit_code, output[-RUN_OUTPUT_LIMIT:].decode(errors="replace"))
+
+    async def observe(self, resource: Resource) -> list[InstanceState]:
+        instances = await self.instances(resource)
+        return list(await asyncio.gather(*(self._observe(resource, i) for i in instances)))
+
+    async def _observe(self, resource: Resource, instance: Instance) -> InstanceState:
+        names = self.units(resource)
+        service_dir = self.service_dir(resource)
+        releases_dir = posixpath.join(service_dir, "releases")
+        systemd = Systemd(self.transport_for(instance))
+        try:
+            props = await systemd.observe(
+                names.service, service_dir, posixpath.join(UNIT_DIR, names.service),
+                names.timer if resource.kind == "Schedule" else None,
+            )
+        except ProviderError as exc:
+            if not _retryable(exc):
+                raise
+            return InstanceState(instance, None, False, f"unreachable: {exc.message}",
+                                 {"reachable": False})
+        current_link = props.get("FraisierCurrent", "")
+        current = posixpath.basename(current_link.rstrip("/")) or None
+        cwd = props.get("FraisierCwd", "")
+        running_revision = _revision_in(cwd, releases_dir)
+        unit_hash = props.get("FraisierUnitHash") or None
+        recorded = props.get("FraisierRecordedHash") or None
+        unit_edited = bool(
+            (recorded and unit_hash != recorded) or props.get("NeedDaemonReload") == "yes"
+        )
+        active, sub = props.get("ActiveState", ""), props.get("SubState", "")
+        facts: dict[str, Any] = {
+            "current": current,
+            "service_dir": service_dir,
+            "unit": names.service,
+            "active_state": active,
+            "sub_state": sub,
+            "main_pid": int(props.get("MainPID") or 0) or None,
+            "exec_main_status": props.get("ExecMainStatus"),
+            "restarts": props.get("NRestarts"),
+            "unit_file_state": props.get("UnitFileState"),
+            "unit_hash": unit_hash,
+            "unit_edited": unit_edited,
+            "running_revision": running_revision,
+        }
+        if current is not None:
+            facts["working_dir"] = within(
+                posixpath.join(releases_dir, current), resource.spec.get("workingDir")
+            )
+        if resource.kind == "Service":
+            running = active == "active" and sub == "running"
+        else:
+            running = active == "activating"
+            facts["last_result"] = props.get("Result")
+            if resource.kind == "Schedule":
+                facts["timer_state"] = props.get("TimerActiveState")
+                facts["next_run"] = props.get("TimerNextElapseUSecRealtime")
+                facts["last_trigger"] = props.get("TimerLastTriggerUSec")
+        revision = current
+        details = [f"{active}/{sub}" if active else "unknown"]
+        if unit_edited:
+            revision = f"unit-edited:{current or '-'}"
+            details.append(f"unit file {names.service} was changed outside fraisier")
+        elif running and running_revision and running_revision != current:
+            revision = f"moved:{current or '-'}"
+            details.append(f"running {running_revision} but current points at {current}")
+        if resource.kind == "Schedule" and facts.get("timer_state") not in ("active", None):
+            revision = revision if revision != current else f"timer-stopped:{current or '-'}"
+            details.append(f"timer {names.timer} is {facts.get('timer_state')}")
+        return InstanceState(instance, revision, running, "; ".join(details), facts)
+
+    async def stop(self, resource: Resource, instance: Instance) -> None:
+        names = self.units(resource)
+        units = [names.timer, names.service] if resource.kind == "Schedule" else [names.service]
+        async with self._lock(resource.key, instance.id):
+            await Systemd(self.transport_for(instance)).systemctl("stop", "--", *units)
+
+    async def remove(self, resource: Resource, instance: Instance) -> None:
+        names = self.units(resource)
+        units = [names.service] + ([names.timer] if resource.kind == "Schedule" else [])
+        async with self._lock(resource.key, instance.id):
+            transport = self.transport_for(instance)
+            await Systemd(transport).remove_units(units)
+            await transport.run(
+                ["rm", "-rf", "--", self.service_dir(resource)], timeout=120.0, check=True
+            )
+
+    async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:
+        return await Systemd(self.transport_for(instance)).journal(
+            self.units(resource).service, tail
+        )
+
+    async def close(self) -> None:
+        """Close every connection (the provider stays usable: the next call reconnects)."""
+        pool, self.pool = self.pool, SSHPool()
+        await pool.close()
+        self._exports.clear()
+        self._export_locks.clear()
+        if self._export_root is not None:
+            with contextlib.suppress(OSError):
+                self._export_root.cleanup()
+            self._export_root = None

@@ -1,0 +1,451 @@
+"""systemd on a host reached through a ``Transport``: unit files rendered from the spec.
+
+Everything a unit file says is *rendered here* from the resource and the Target's ``systemd``
+settings; nothing from the config is ever interpolated into a shell command. Values that end up
+in a unit file are escaped for systemd's own parser (``exec_argv``: quotes, ``%`` specifiers,
+``$`` expansion); environment values go into an ``EnvironmentFile`` (mode 0600), never onto a
+command line or into the unit.
+
+Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
+``fraisier-<environment>_<name>.job.service`` for a Job, and
+``fraisier-<environment>_<name>.schedule.{service,timer}`` for a Schedule. Resource names cannot
+contain ``_`` or ``.``, so two resources never share a unit name.
+
+A Service's unit runs ``<service_dir>/current`` (WorkingDirectory through the symlink): a rollback
+is a switch of ``current`` plus a restart, and the unit only changes when the spec does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from croniter import croniter
+
+from reconciler.errors import ProviderError
+from reconciler.health.durations import to_seconds
+from reconciler.spec.cron import cron_error
+from reconciler.transport import CommandResult, Transport
+
+UNIT_DIR = "/etc/systemd/system"
+_SYSTEMCTL_TIMEOUT_S = 60.0
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]*[$]?\Z")
+# An argv[0] systemd looks up in its own PATH (no directory part, no prefix character).
+_BARE_PROGRAM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
+_RESTART = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always")
+# Resource limits the Target may set: spec key -> unit directive. Values are validated below.
+LIMITS = {
+    "memoryMax": "MemoryMax",
+    "memoryHigh": "MemoryHigh",
+    "cpuQuota": "CPUQuota",
+    "cpuWeight": "CPUWeight",
+    "tasksMax": "TasksMax",
+    "nofile": "LimitNOFILE",
+    "nproc": "LimitNPROC",
+}
+_LIMIT_VALUE = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTP%]?)\Z")
+
+# cron day-of-week numbers (0 and 7 are Sunday) -> systemd names
+_DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+# -- escaping ---------------------------------------------------------------------------------
+
+
+def _escape_word(value: str) -> str:
+    """One argument, double-quoted for systemd's ExecStart parser: C escapes for quotes,
+    backslashes and control characters, ``%%`` for specifiers and ``$$`` against expansion."""
+    if "\0" in value:
+        raise ProviderError("an argument contains a NUL character")
+    out = []
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "$":
+            out.append("$$")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def exec_argv(argv: Sequence[str]) -> str:
+    """``ExecStart=`` value that systemd splits back into exactly ``argv``.
+
+    ``argv[0]`` must be absolute or a bare program name: systemd reads a leading ``-@:+!`` of the
+    (unquoted) first word as flags, so nothing else is allowed there."""
+    if not argv:
+        raise ProviderError("empty command")
+    program = argv[0]
+    if not (program.startswith("/") or _BARE_PROGRAM.match(program)):
+        raise ProviderError(
+            f"command {program!r} must be an absolute path, a program name, or a path relative "
+            "to the release"
+        )
+    return " ".join(_escape_word(a) for a in argv)
+
+
+def _unit_value(value: str, what: str) -> str:
+    """A single-line unit setting (paths, descriptions): no newlines; ``%`` escaped."""
+    if any(ord(c) < 0x20 for c in value):
+        raise ProviderError(f"{what} {value!r} contains a control character")
+    return value.replace("%", "%%")
+
+
+def env_file(env: Mapping[str, str]) -> bytes:
+    """An ``EnvironmentFile=``: every value double-quoted, ``"\\`$`` escaped (systemd's own
+    rules), newlines kept inside the quotes."""
+    lines = ["# written by fraisier; values are secrets: mode 0600"]
+    for name, value in sorted(env.items()):
+        if not _ENV_NAME.match(name):
+            raise ProviderError(f"invalid environment variable name {name!r}")
+        if "\0" in value:
+            raise ProviderError(f"environment variable {name} contains a NUL character")
+        escaped = re.sub(r'(["\\`$])', r"\\\1", value)
+        lines.append(f'{name}="{escaped}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+# -- calendar --------------------------------------------------------------------------------
+
+
+def _values(items: list[Any], names: Sequence[str] | None = None, width: int = 0) -> str:
+    """croniter's expanded field -> systemd component (``*``, or a list with ``a..b`` runs)."""
+    if items == ["*"]:
+        return "*"
+    numbers = sorted({int(i) for i in items})
+    if names is not None:
+        return ",".join(dict.fromkeys(names[n] for n in numbers))
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        fmt = f"{{:0{width}d}}" if width else "{}"
+        if prev - start >= 2:
+            parts.append(f"{fmt.format(start)}..{fmt.format(prev)}")
+        else:
+            parts.extend(fmt.format(v) for v in range(start, prev + 1))
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
+def on_calendar(expression: str, timezone: str | None = "UTC") -> list[str]:
+    """``OnCalendar=`` values for a Schedule: a five-field cron expression (or alias) is
+    converted; anything else is taken as systemd calendar syntax and passed through (the host's
+    ``systemd-analyze calendar`` checks it before it is installed).
+
+    cron fires when day-of-month *or* day-of-week match (both restricted); systemd requires both,
+    so that case becomes two ``OnCalendar=`` lines."""
+    text = expression.strip()
+    cron = _CRON_ALIASES.get(text.lower(), text)
+    if cron_error(cron) is not None:
+        if "\n" in text or not text:
+            raise ProviderError(f"schedule {expression!r} is neither cron nor a calendar")
+        return [text]
+    try:
+        fields, _ = croniter.expand(cron)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProviderError(f"cannot convert cron {expression!r}: {exc}") from None
+    minute, hour, dom, month, dow = fields
+    if any(not isinstance(v, int) and v != "*" for f in fields for v in f):
+        raise ProviderError(
+            f"cron {expression!r} uses a feature systemd timers lack (L, #); write it in systemd "
+            "calendar syntax instead"
+        )
+    time_part = f"{_values(hour, width=2)}:{_values(minute, width=2)}:00"
+    suffix = f" {timezone}" if timezone else ""
+    month_part = _values(month, width=2)
+    dow_part = _values(dow, _DOW)
+    if dom != ["*"] and dow != ["*"]:
+        return [
+            f"*-{month_part}-{_values(dom, width=2)} {time_part}{suffix}",
+            f"{dow_part} *-{month_part}-* {time_part}{suffix}",
+        ]
+    prefix = "" if dow == ["*"] else f"{dow_part} "
+    return [f"{prefix}*-{month_part}-{_values(dom, width=2)} {time_part}{suffix}"]
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """The Target's ``systemd`` section, merged with its per-resource ``overrides``."""
+
+    user: str | None = None
+    group: str | None = None
+    restart: str = "on-failure"
+    restart_sec: float = 1.0
+    limits: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_target(cls, section: Mapping[str, Any] | None, resource_name: str) -> UnitSettings:
+        section = dict(section or {})
+        overrides = (section.pop("overrides", None) or {}).get(resource_name) or {}
+        merged = {**section, **overrides}
+        limits = {**(section.get("limits") or {}), **(overrides.get("limits") or {})}
+        for key in ("user", "group"):
+            value = merged.get(key)
+            if value is not None and not _USER.match(str(value)):
+                raise ProviderError(f"systemd {key} {value!r} is not a valid name")
+        restart = str(merged.get("restart", "on-failure"))
+        if restart not in _RESTART:
+            raise ProviderError(f"systemd restart {restart!r}: expected one of {_RESTART}")
+        checked: dict[str, str] = {}
+        for key, value in limits.items():
+            if key not in LIMITS:
+                raise ProviderError(f"unknown systemd limit {key!r} (known: {sorted(LIMITS)})")
+            text = str(value)
+            if not _LIMIT_VALUE.match(text):
+                raise ProviderError(f"systemd limit {key}={text!r} is not a number/size/percent")
+            checked[key] = text
+        return cls(
+            user=merged.get("user"),
+            group=merged.get("group"),
+            restart=restart,
+            restart_sec=to_seconds(merged.get("restartSec"), 1.0),
+            limits=checked,
+        )
+
+
+@dataclass(frozen=True)
+class UnitNames:
+    base: str  # fraisier-<env>_<name>[.job|.schedule]
+
+    @classmethod
+    def of(cls, environment: str, name: str, kind: str) -> UnitNames:
+        for part in (environment, name):
+            if not _NAME.match(part):
+                raise ProviderError(f"{part!r} cannot be part of a systemd unit name")
+        suffix = "" if kind == "Service" else f".{kind.lower()}"
+        return cls(f"fraisier-{environment}_{name}{suffix}")
+
+    @property
+    def service(self) -> str:
+        return f"{self.base}.service"
+
+    @property
+    def timer(self) -> str:
+        return f"{self.base}.timer"
+
+
+def render_service_unit(
+    *,
+    description: str,
+    argv: Sequence[str],
+    working_dir: str,
+    env_path: str,
+    settings: UnitSettings,
+    oneshot: bool,
+    timeout_s: float | None,
+    stop_timeout_s: float,
+    install: bool,
+) -> str:
+    """The ``.service`` unit text (deterministic: its hash tells a hand edit)."""
+    lines = [
+        "# Managed by fraisier: edits are drift and are overwritten by the next deploy.",
+        "[Unit]",
+        f"Description={_unit_value(description, 'description')}",
+        "",
+        "[Service]",
+        f"Type={'oneshot' if oneshot else 'exec'}",
+        f"ExecStart={exec_argv(argv)}",
+        f"WorkingDirectory={_unit_value(working_dir, 'working directory')}",
+        f"EnvironmentFile={_unit_value(env_path, 'environment file')}",
+        f"TimeoutStopSec={stop_timeout_s:g}s",
+    ]
+    if settings.user:
+        lines.append(f"User={settings.user}")
+    if settings.group:
+        lines.append(f"Group={settings.group}")
+    if oneshot:
+        lines.append(f"TimeoutStartSec={f'{timeout_s:g}s' if timeout_s else 'infinity'}")
+    else:
+        lines.append(f"Restart={settings.restart}")
+        lines.append(f"RestartSec={settings.restart_sec:g}s")
+    for key, value in sorted(settings.limits.items()):
+        lines.append(f"{LIMITS[key]}={value}")
+    if install:
+        lines += ["", "[Install]", "WantedBy=multi-user.target"]
+    return "\n".join(lines) + "\n"
+
+
+def render_timer_unit(description: str, calendars: Sequence[str]) -> str:
+    lines = [
+        "# Managed by fraisier: edits are drift and are overwritten by the next deploy.",
+        "[Unit]",
+        f"Description={_unit_value(description, 'description')}",
+        "",
+        "[Timer]",
+        *(f"OnCalendar={_unit_value(c, 'calendar')}" for c in calendars),
+        "AccuracySec=1s",
+        "",
+        "[Install]",
+        "WantedBy=timers.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- talking to systemd -----------------------------------------------------------------------
+
+# Constant scripts: every variable part is a positional argument, never part of the text.
+# Hashes of the installed files (or "-"), to write only what changed.
+_INSPECT_SCRIPT = """for f do
+  if [ -f "$f" ]; then sha256sum -- "$f" | cut -d' ' -f1; else echo -; fi
+done"""
+# Everything observe() needs from one host in one round trip.
+_OBSERVE_SCRIPT = """unit=$1 dir=$2 unitfile=$3
+systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
+  -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
+  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -- "$unit"
+pid=$(systemctl show -p MainPID --value -- "$unit")
+echo "FraisierCurrent=$(readlink -- "$dir/current")"
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "FraisierCwd=$(readlink /proc/$pid/cwd)"; fi
+if [ -f "$unitfile" ]; then
+  echo "FraisierUnitHash=$(sha256sum -- "$unitfile" | cut -d' ' -f1)"
+fi
+echo "FraisierRecordedHash=$(cat -- "$dir/unit.sha256" 2>/dev/null)"
+if [ -n "${4:-}" ]; then
+  systemctl show --no-pager -p NextElapseUSecRealtime -p LastTriggerUSec \
+    -p ActiveState -- "$4" | sed 's/^/Timer/'
+fi
+"""
+# Start a oneshot unit, wait for it, report how it ended and what it printed.
+_RUN_SCRIPT = """unit=$1
+systemctl reset-failed -- "$unit" 2>/dev/null
+systemctl start -- "$unit" 2>/dev/null
+systemctl show --no-pager -p InvocationID -p ExecMainStatus -p ExecMainCode -p Result -- "$unit"
+id=$(systemctl show -p InvocationID --value -- "$unit")
+echo "--- output"
+[ -n "$id" ] && journalctl --no-pager -q -o cat "_SYSTEMD_INVOCATION_ID=$id"
+exit 0
+"""
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    props: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key] = value
+    return props
+
+
+class Systemd:
+    """systemctl/journalctl on one host (through its transport; sudo is the transport's)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    async def _run(self, argv: list[str], limit_s: float = _SYSTEMCTL_TIMEOUT_S,
+                   check: bool = True) -> CommandResult:
+        return await self.transport.run(argv, timeout=limit_s, check=check)
+
+    async def systemctl(self, *args: str, check: bool = True) -> CommandResult:
+        return await self._run(["systemctl", *args], check=check)
+
+    async def file_hashes(self, paths: Sequence[str]) -> list[str | None]:
+        result = await self._run(["sh", "-c", _INSPECT_SCRIPT, "fraisier-inspect", *paths])
+        values = result.stdout.decode().split()
+        return [None if v == "-" else v for v in values]
+
+    async def check_calendar(self, calendars: Sequence[str]) -> None:
+        result = await self._run(
+            ["systemd-analyze", "calendar", "--", *calendars], check=False
+        )
+        if not result.ok:
+            raise ProviderError(
+                f"{self.transport.host_id}: systemd rejects the schedule {list(calendars)}: "
+                f"{result.stderr.decode(errors='replace').strip()[-400:]}"
+            )
+
+    async def install(self, files: Mapping[str, tuple[bytes, int]]) -> bool:
+        """Write the files that differ (path -> (content, mode)); True when a unit changed."""
+        paths = list(files)
+        hashes = await self.file_hashes(paths)
+        changed_unit = False
+        for path, current in zip(paths, hashes, strict=True):
+            data, mode = files[path]
+            if current == digest(data):
+                continue
+            await self.transport.write_file(path, data, mode)
+            if path.startswith(UNIT_DIR + "/"):
+                changed_unit = True
+        if changed_unit:
+            await self.systemctl("daemon-reload")
+        return changed_unit
+
+    async def observe(self, unit: str, service_dir: str, unit_file: str,
+                      timer: str | None = None) -> dict[str, str]:
+        result = await self._run(
+            ["sh", "-c", _OBSERVE_SCRIPT, "fraisier-observe", unit, service_dir, unit_file,
+             timer or ""],
+        )
+        return parse_properties(result.stdout.decode(errors="replace"))
+
+    async def run_oneshot(self, unit: str, timeout_s: float) -> tuple[dict[str, str], bytes]:
+        result = await self._run(["sh", "-c", _RUN_SCRIPT, "fraisier-run", unit],
+                                 limit_s=timeout_s + 30.0)
+        head, _, output = result.stdout.partition(b"--- output\n")
+        return parse_properties(head.decode(errors="replace")), output
+
+    async def journal(self, unit: str, lines: int) -> list[str]:
+        result = await self._run(
+            ["journalctl", "--no-pager", "-q", "-o", "short-iso", "-n", str(max(lines, 0)),
+             "-u", unit],
+        )
+        return result.stdout.decode(errors="replace").splitlines()[-lines:] if lines else []
+
+    async def remove_units(self, units: Sequence[str]) -> None:
+        await self.systemctl("disable", "--now", "--", *units, check=False)
+        paths = [posixpath.join(UNIT_DIR, u) for u in units]
+        await self._run(["rm", "-f", "--", *paths])
+        await self.systemctl("daemon-reload")
+        await self.systemctl("reset-failed", "--", *units, check=False)
+
+
+def exit_code_of(props: Mapping[str, str]) -> int:
+    """A oneshot run's exit code as a shell reports it (124: timed out, 128+N: signal N)."""
+    if props.get("Result") == "timeout":
+        return 124
+    try:
+        status = int(props.get("ExecMainStatus") or 0)
+    except ValueError:
+        status = 0
+    code = props.get("ExecMainCode", "")
+    if code in ("2", "3", "killed", "dumped"):
+        return 128 + status
+    if status == 0 and props.get("Result") not in ("success", None, ""):
+        return 1  # failed before exec (bad user, missing directory): systemd's Result says why
+    return status

@@ -1,0 +1,215 @@
+"""Services on real systemd+sshd test hosts: deploy, update, rollback, drift, host restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from reconciler.health import wait_healthy
+from reconciler.providers import Instance, Provider, ProviderContext, load_provider
+from reconciler.providers.bare_metal import SystemdSSHProvider, create_provider
+from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
+from tests.providers.bare_metal.conftest import (
+    ENV,
+    HostApp,
+    host_app_spec,
+    make_resource,
+    ssh_target_resource,
+)
+
+SERVICE_DIR = f"{DEFAULT_ROOT}/{ENV}/api"
+UNIT = f"fraisier-{ENV}_api.service"
+
+
+def unit_path() -> str:
+    return f"/etc/systemd/system/{UNIT}"
+
+
+async def deploy_all(provider: SystemdSSHProvider, release: Any) -> list[Instance]:
+    instances = await provider.instances(release.resource)
+    await asyncio.gather(*(provider.deploy(release, i) for i in instances))
+    return instances
+
+
+async def healthy_everywhere(provider: SystemdSSHProvider, resource: Any) -> None:
+    for instance in await provider.instances(resource):
+        states = {s.instance.id: s for s in await provider.observe(resource)}
+        result = await wait_healthy(
+            resource.spec["health"], instance, transport=provider.transport_for(instance),
+            cwd=states[instance.id].facts.get("working_dir"),
+        )
+        assert result.healthy, f"{instance.id}: {result.message}"
+
+
+@pytest.mark.timeout(60)
+async def test_provider_from_target(ssh_hosts: Any, state_dir: Any) -> None:
+    target = ssh_target_resource(ssh_hosts[:2], systemd={"restart": "always"})
+    provider = load_provider(target, ProviderContext(state_dir=state_dir))
+    assert isinstance(provider, SystemdSSHProvider)
+    assert isinstance(provider, Provider)
+    assert provider.schedules_natively is True
+    resource = make_resource("api", host_app_spec())
+    instances = await provider.instances(resource)
+    assert [(i.id, i.address) for i in instances] == [(h.name, h.address) for h in ssh_hosts[:2]]
+    await provider.close()
+
+
+@pytest.mark.timeout(90)
+async def test_deploy_update_and_env_file(ssh_provider: SystemdSSHProvider, host_app: HostApp,
+                                          ssh_hosts: Any) -> None:
+    resource = make_resource("api", host_app_spec(env={"GREETING": "hello"}))
+    secret = "s3cr3t value with $HOME and `x` and \"quotes\"\nline2"
+    v1 = host_app.release(resource, "v1", env={"GREETING": "hello", "TOKEN": secret})
+    await deploy_all(ssh_provider, v1)
+    await healthy_everywhere(ssh_provider, resource)
+    for host in ssh_hosts[:2]:
+        assert await host_app.get(host.name) == (200, "v1 hello")
+        # the env file is private and the secret never shows in the unit or the process argv
+        assert host.sh(f"stat -c %a {SERVICE_DIR}/environment").strip() == "600"
+        assert secret.split()[0] not in host.sh(f"cat {unit_path()}")
+        pid = host.sh(f"systemctl show -p MainPID --value {UNIT}").strip()
+        environ = host.run(["cat", f"/proc/{pid}/environ"]).stdout.split(b"\0")
+        assert f"TOKEN={secret}".encode() in environ  # exact value, nothing expanded
+        assert secret.split()[0].encode() not in host.run(["cat", f"/proc/{pid}/cmdline"]).stdout
+        assert host.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+    states = await ssh_provider.observe(resource)
+    assert [(s.revision, s.running) for s in states] == [("v1", True), ("v1", True)]
+    assert states[0].facts["active_state"] == "active"
+    assert states[0].facts["main_pid"]
+
+    # update: the new release is uploaded, `current` switched, the unit restarted
+    v2 = host_app.release(resource, "v2", env={"GREETING": "hello"})
+    await deploy_all(ssh_provider, v2)
+    await healthy_everywhere(ssh_provider, resource)
+    for host in ssh_hosts[:2]:
+        assert await host_app.get(host.name) == (200, "v2 hello")
+        assert host.sh(f"readlink {SERVICE_DIR}/current").strip() == "releases/v2"
+        assert sorted(host.sh(f"ls {SERVICE_DIR}/releases").split()) == ["v1", "v2"]
+    assert host_app.exports["v2"].calls == 1  # exported once, uploaded to both hosts
+    states = await ssh_provider.observe(resource)
+    assert {s.revision for s in states} == {"v2"}
+    lines = await ssh_provider.logs(resource, states[0].instance, 20)
+    assert any("listening on" in line and "revision v2" in line for line in lines), lines
+
+
+@pytest.mark.timeout(90)
+async def test_rollback_is_a_switch_without_upload(ssh_provider: SystemdSSHProvider,
+                                                   host_app: HostApp, ssh_hosts: Any) -> None:
+    resource = make_resource("api", host_app_spec(keep=1))
+    resource = make_resource("api", host_app_spec())
+    await deploy_all(ssh_provider, host_app.release(resource, "v1"))
+    bad = make_resource("api", host_app_spec(env={"FAIL_HEALTH": "1"}))
+    bad_release = host_app.release(bad, "v2", env={"FAIL_HEALTH": "1"})
+    instances = await deploy_all(ssh_provider, bad_release)
+    health = dict(bad.spec["health"], startPeriod="0s", failureThreshold=2)
+    result = await wait_healthy(health, instances[0],
+                                transport=ssh_provider.transport_for(instances[0]),
+                                cwd=f"{SERVICE_DIR}/current")
+    assert not result.healthy
+    # roll back: the old release is still on the hosts, so no export at all (export=None)
+    previous = host_app.release(resource, "v1")
+    previous.export = None
+    started = time.monotonic()
+    await deploy_all(ssh_provider, previous)
+    elapsed = time.monotonic() - started
+    print(f"rollback of 2 hosts (switch + restart) took {elapsed:.3f}s")
+    assert elapsed < 3.0
+    await healthy_everywhere(ssh_provider, resource)
+    for host in ssh_hosts[:2]:
+        assert await host_app.get(host.name) == (200, "v1 ")
+        assert host.sh(f"readlink {SERVICE_DIR}/current").strip() == "releases/v1"
+        # the previous environment came back with the old release
+        assert "FAIL_HEALTH" not in host.sh(f"cat {SERVICE_DIR}/environment")
+
+
+@pytest.mark.timeout(90)
+async def test_drift_detected_and_healed(ssh_provider: SystemdSSHProvider, host_app: HostApp,
+                                         ssh_hosts: Any) -> None:
+    resource = make_resource("api", host_app_spec())
+    v1 = host_app.release(resource, "v1")
+    v2 = host_app.release(resource, "v2")
+    await deploy_all(ssh_provider, v1)
+    await deploy_all(ssh_provider, v2)
+    h1, h2 = ssh_hosts[:2]
+
+    def by_host(states: list[Any]) -> dict[str, Any]:
+        return {s.instance.id: s for s in states}
+
+    # someone stops the service on host 1 and moves `current` back by hand on host 2
+    h1.run(["systemctl", "stop", UNIT])
+    h2.run(["ln", "-sfn", "releases/v1", f"{SERVICE_DIR}/current"])
+    states = by_host(await ssh_provider.observe(resource))
+    assert not states[h1.name].running
+    assert states[h2.name].running and states[h2.name].revision != "v2"
+    assert "current points at v1" in states[h2.name].detail
+
+    # heal = deploy the applied revision again (what the daemon's self-heal does)
+    await deploy_all(ssh_provider, v2)
+    states = by_host(await ssh_provider.observe(resource))
+    assert all(s.running and s.revision == "v2" for s in states.values()), states
+
+    # a hand edit of the unit file is drift too, and a redeploy puts the rendered unit back
+    h1.run(["sh", "-c", f"echo 'Environment=EDITED=1' >> {unit_path()}"])
+    state = by_host(await ssh_provider.observe(resource))[h1.name]
+    assert state.revision != "v2" and state.facts["unit_edited"], state
+    await deploy_all(ssh_provider, v2)
+    state = by_host(await ssh_provider.observe(resource))[h1.name]
+    assert state.revision == "v2" and not state.facts["unit_edited"]
+    assert "EDITED" not in h1.sh(f"cat {unit_path()}")
+    assert host_app.exports["v2"].calls == 1
+
+
+@pytest.mark.timeout(120)
+async def test_host_restarted_mid_deploy_converges(ssh_provider: SystemdSSHProvider,
+                                                   host_app: HostApp, ssh_hosts: Any,
+                                                   testinfra: Any) -> None:
+    resource = make_resource("api", host_app_spec())
+    await deploy_all(ssh_provider, host_app.release(resource, "v1"))
+    h1 = ssh_hosts[0]
+    # a release big enough that the upload is still going when the host goes down
+    folder = host_app.export("v2").source
+    (folder / "data").mkdir()
+    for i in range(300):
+        (folder / "data" / f"f{i}.bin").write_bytes(bytes(range(256)) * 64)
+    release = host_app.release(resource, "v2")
+    deploy = asyncio.create_task(deploy_all(ssh_provider, release))
+    await asyncio.sleep(0.3)
+    restart = await asyncio.create_subprocess_exec(
+        testinfra.docker_cli, "restart", "-t", "1", h1.container,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, err = await asyncio.wait_for(restart.communicate(), 60)
+    assert restart.returncode == 0, err
+    await asyncio.wait_for(deploy, 100)
+    h1.wait_ssh()
+    await healthy_everywhere(ssh_provider, resource)
+    states = await ssh_provider.observe(resource)
+    assert [(s.revision, s.running) for s in states] == [("v2", True), ("v2", True)]
+    assert await host_app.get(h1.name) == (200, "v2 ")
+    # nothing half-uploaded is left behind
+    assert h1.sh(f"ls -A {SERVICE_DIR}/releases").split() == ["v1", "v2"] or \
+        sorted(h1.sh(f"ls -A {SERVICE_DIR}/releases").split()) == ["v1", "v2"]
+
+
+@pytest.mark.timeout(60)
+async def test_remove_disables_units_and_deletes_releases(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
+    resource = make_resource("api", host_app_spec())
+    instances = await deploy_all(ssh_provider, host_app.release(resource, "v1"))
+    for instance in instances:
+        await ssh_provider.remove(resource, instance)
+    for host in ssh_hosts[:2]:
+        assert host.run(["test", "-e", unit_path()], check=False).returncode == 1
+        assert host.run(["test", "-e", SERVICE_DIR], check=False).returncode == 1
+        assert host.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() != b"active"
+
+
+def test_create_provider_rejects_supervisor_over_ssh(ssh_hosts: Any, state_dir: Any) -> None:
+    from reconciler.errors import ProviderError
+
+    target = ssh_target_resource(ssh_hosts[:1], serviceManager="supervisor")
+    with pytest.raises(ProviderError, match="use systemd"):
+        create_provider(target, ProviderContext(state_dir=state_dir))
