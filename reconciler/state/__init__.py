@@ -4,7 +4,9 @@
 
 - ``sqlite:///relative/path.db`` (three slashes, relative to the working directory),
   ``sqlite:////abs/path.db`` (four slashes), ``sqlite:///:memory:``;
-- ``postgresql://…`` and ``mysql://…`` (not built yet).
+- ``postgresql://user@host:port/db`` (psycopg 3, async pool) and ``mysql://user@host:port/db``
+  (MySQL 8 / MariaDB, PyMySQL in threads); a password absent from the URL comes from
+  ``$RECONCILER_DB_PASSWORD`` or ``$RECONCILER_DB_PASSWORD_FILE`` (docs/databases.md).
 
 The returned store is not migrated: call ``await store.migrate()`` (what ``reconciler db
 migrate`` does) before use.
@@ -93,11 +95,14 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
             except OSError as exc:
                 raise StoreError(f"{url}: cannot create {Path(path).parent}: {exc}") from exc
         return SQLiteStore(path, url=url, sql_dir=sql_dir)
-    if scheme in ("postgresql", "postgres", "mysql", "mariadb") or scheme.startswith(
-        ("postgresql+", "mysql+")
-    ):
-        name = "PostgreSQL" if scheme.startswith("postgres") else "MySQL/MariaDB"
-        raise StoreError(f"the {name} backend is not built yet ({redact_url(url)})")
+    if scheme in ("postgresql", "postgres") or scheme.startswith(("postgresql+", "postgres+")):
+        from reconciler.state.postgresql import PostgresStore
+
+        return PostgresStore(url, sql_dir=sql_dir)
+    if scheme in ("mysql", "mariadb") or scheme.startswith(("mysql+", "mariadb+")):
+        from reconciler.state.mysql import MySQLStore
+
+        return MySQLStore(url, sql_dir=sql_dir)
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path, postgresql://… "
         "or mysql://…"

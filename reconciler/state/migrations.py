@@ -78,6 +78,10 @@ class MigrationConnection(Protocol):
     def split(self, script: str) -> list[str]:
         """The statements of a script, in order, without empty or comment-only ones."""
 
+    def partial_failure_note(self) -> str:
+        """After ``rollback()`` of a failed file: what of it is left behind and what was undone
+        ("" when DDL is transactional and nothing can be left)."""
+
 
 @dataclass(frozen=True)
 class MigrationFile:
@@ -220,14 +224,17 @@ class MigrationRunner:
                 try:
                     self.conn.execute(statement)
                 except Exception as exc:
-                    raise MigrationError(
-                        f"{file.filename}: statement {index} of {len(statements)} failed: {exc}"
-                        + (
-                            ""
-                            if self.conn.transactional_ddl
-                            else f" ({self.conn.dialect} commits DDL implicitly: statements "
-                            "before this one may have been applied)"
+                    note = ""
+                    if not self.conn.transactional_ddl:
+                        # Roll back first: the adapter undoes what it can and says what it did.
+                        self.conn.rollback()
+                        note = (
+                            f" ({self.conn.dialect} commits DDL implicitly; "
+                            f"{self.conn.partial_failure_note()})"
                         )
+                    raise MigrationError(
+                        f"{file.filename}: statement {index} of {len(statements)} failed: "
+                        f"{exc}{note}"
                     ) from exc
             applied_at = utc_now_text()
             p = self.conn.placeholder
@@ -339,3 +346,274 @@ class SQLiteMigrationConnection:
 
     def split(self, script: str) -> list[str]:
         return split_sqlite_script(script)
+
+    def partial_failure_note(self) -> str:
+        return ""  # transactional DDL: the rollback removed everything
+
+
+# -- PostgreSQL and MySQL/MariaDB ----------------------------------------------------------------
+
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+_DELIMITER_LINE = re.compile(r"[ \t]*DELIMITER[ \t]+(\S+)[ \t]*(?:\r?\n|$)", re.IGNORECASE)
+
+
+def split_sql_script(script: str, dialect: str) -> list[str]:
+    """Split a PostgreSQL or MySQL script into statements (without their terminator).
+
+    Knows '…' strings, "…" identifiers, -- and /* */ comments; PostgreSQL's $tag$ … $tag$
+    bodies; MySQL's `…` identifiers, # comments, backslash escapes and the mysql client's
+    ``DELIMITER`` lines (a trigger body holds ``;``, so the file switches the terminator around
+    it, exactly as one would feed it to the ``mysql`` client).
+    """
+    mysql = dialect == "mysql"
+    statements: list[str] = []
+    delimiter = ";"
+    start = 0
+    i = 0
+    n = len(script)
+
+    def flush(end: int) -> None:
+        text = script[start:end]
+        if _COMMENTS.sub("", text).strip():
+            statements.append(text.strip())
+
+    while i < n:
+        if mysql and not _COMMENTS.sub("", script[start:i]).strip():
+            line = _DELIMITER_LINE.match(script, i)
+            if line is not None and (i == 0 or script[i - 1] == "\n"):
+                delimiter = line.group(1)
+                i = start = line.end()
+                continue
+        char = script[i]
+        if script.startswith("--", i) or (mysql and char == "#"):
+            end = script.find("\n", i)
+            i = n if end == -1 else end + 1
+        elif script.startswith("/*", i):
+            end = script.find("*/", i + 2)
+            if end == -1:
+                raise MigrationError("unterminated /* comment")
+            i = end + 2
+        elif char in ("'", '"') or (mysql and char == "`"):
+            i = _end_of_quoted(script, i, backslash=mysql and char != "`")
+        elif char == "$" and not mysql and (tag := _DOLLAR_TAG.match(script, i)) is not None:
+            end = script.find(tag.group(0), tag.end())
+            if end == -1:
+                raise MigrationError(f"unterminated {tag.group(0)} quoted body")
+            i = end + len(tag.group(0))
+        elif script.startswith(delimiter, i):
+            flush(i)
+            i = start = i + len(delimiter)
+        else:
+            i += 1
+    rest = script[start:]
+    if _COMMENTS.sub("", rest).strip():
+        statements.append(rest.strip())
+    return statements
+
+
+def _end_of_quoted(script: str, i: int, *, backslash: bool) -> int:
+    quote = script[i]
+    j = i + 1
+    while j < len(script):
+        char = script[j]
+        if backslash and char == "\\":
+            j += 2
+            continue
+        if char == quote:
+            if script.startswith(quote * 2, j):  # doubled quote: an escaped one
+                j += 2
+                continue
+            return j + 1
+        j += 1
+    raise MigrationError(f"unterminated {quote} quote: {script[i:i + 60]!r}")
+
+
+# Any fixed 64-bit key: pg_advisory_xact_lock serialises migrators of the same database.
+PG_MIGRATION_LOCK_KEY = 0x46524149534945  # "FRAISIE"
+MYSQL_MIGRATION_LOCK = "fraisier.migrate"
+MYSQL_MIGRATION_LOCK_TIMEOUT = 120  # seconds another migrator may hold the lock
+
+
+class PostgresMigrationConnection:
+    """Adapter for a synchronous psycopg 3 connection opened with ``autocommit=True``.
+
+    PostgreSQL DDL is transactional: a failing file leaves nothing behind. ``begin()`` takes a
+    transaction-scoped advisory lock so two processes migrating at once serialise.
+    ``foreign_keys=False`` needs no action here: PostgreSQL alters tables in place (ALTER TABLE
+    … ALTER COLUMN / ADD CONSTRAINT), it never rebuilds a parent table, and it enforces every
+    foreign key at all times, so no dangling row can be committed.
+    """
+
+    dialect = "postgresql"
+    placeholder = "%s"
+    transactional_ddl = True
+
+    def __init__(self, conn: Any) -> None:
+        if not conn.autocommit:
+            raise MigrationError("the PostgreSQL migration connection must use autocommit=True")
+        self.raw = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.raw.execute(sql, tuple(params) if params else None)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = self.raw.execute(sql, tuple(params) if params else None)
+        return [tuple(row) for row in cursor.fetchall()]
+
+    def begin(self, *, foreign_keys: bool = True) -> None:
+        self.raw.execute("BEGIN")
+        self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK_KEY,))
+
+    def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    def rollback(self) -> None:
+        import psycopg
+
+        if self.raw.closed:
+            return
+        if self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self.raw.execute("ROLLBACK")
+
+    def split(self, script: str) -> list[str]:
+        return split_sql_script(script, "postgresql")
+
+    def partial_failure_note(self) -> str:
+        return ""
+
+
+class MySQLMigrationConnection:
+    """Adapter for a PyMySQL connection in autocommit mode (MySQL 8 / MariaDB).
+
+    MySQL commits every DDL statement implicitly, so a file is not atomic. What this adapter
+    does about it, honestly:
+
+    - ``GET_LOCK`` (a session lock, which survives those implicit commits) serialises migrators;
+    - ``begin()`` lists the schema's tables, views and triggers; when a statement fails,
+      ``rollback()`` drops every table, view and trigger the file had created so far, so a
+      file made of CREATE statements is undone entirely and can simply be run again;
+    - changes to objects that existed before (ALTER, DROP, data changes made by DDL) cannot be
+      undone: ``partial_failure_note()`` names the statements that ran so an operator can repair
+      by hand, and the file stays unrecorded (so it is retried once repaired). This is why
+      sql/mysql files keep each ALTER in a file of its own (sql/mysql/README.md).
+    """
+
+    dialect = "mysql"
+    placeholder = "%s"
+    transactional_ddl = False
+
+    def __init__(self, conn: Any) -> None:
+        self.raw = conn
+        self._before: set[tuple[str, str]] | None = None
+        self._fk_checks_off = False
+        self._note = ""
+        self._locked = False
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self.raw.cursor() as cursor:
+            cursor.execute(sql, tuple(params) if params else None)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self.raw.cursor() as cursor:
+            cursor.execute(sql, tuple(params) if params else None)
+            return [tuple(row) for row in cursor.fetchall()]
+
+    def _objects(self) -> set[tuple[str, str]]:
+        rows = self.query(
+            "SELECT table_type, table_name FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() "
+            "UNION ALL SELECT 'TRIGGER', trigger_name FROM information_schema.triggers "
+            "WHERE trigger_schema = DATABASE()"
+        )
+        return {(str(kind), str(name)) for kind, name in rows}
+
+    def begin(self, *, foreign_keys: bool = True) -> None:
+        if not self._locked:
+            (got,) = self.query("SELECT GET_LOCK(%s, %s)",
+                                (MYSQL_MIGRATION_LOCK, MYSQL_MIGRATION_LOCK_TIMEOUT))[0]
+            if got != 1:
+                raise MigrationError(
+                    f"another process holds the migration lock {MYSQL_MIGRATION_LOCK!r} "
+                    f"(waited {MYSQL_MIGRATION_LOCK_TIMEOUT} s)"
+                )
+            self._locked = True
+        self._before = self._objects()
+        self._note = ""
+        if not foreign_keys:
+            self.execute("SET SESSION foreign_key_checks = 0")
+            self._fk_checks_off = True
+        self.execute("START TRANSACTION")
+
+    def commit(self) -> None:
+        try:
+            if self._fk_checks_off:
+                self._check_foreign_keys()
+            self.execute("COMMIT")
+        finally:
+            self._end()
+
+    def _check_foreign_keys(self) -> None:
+        """Refuse to commit rows whose foreign key points nowhere (checks were off)."""
+        for table, column, parent, parent_column in self.query(
+            "SELECT table_name, column_name, referenced_table_name, referenced_column_name "
+            "FROM information_schema.key_column_usage "
+            "WHERE table_schema = DATABASE() AND referenced_table_name IS NOT NULL"
+        ):
+            (count,) = self.query(
+                f"SELECT COUNT(*) FROM `{table}` AS c LEFT JOIN `{parent}` AS p "  # noqa: S608
+                f"ON p.`{parent_column}` = c.`{column}` "
+                f"WHERE c.`{column}` IS NOT NULL AND p.`{parent_column}` IS NULL"
+            )[0]
+            if count:
+                raise MigrationError(
+                    f"leaves {count} row(s) of {table}.{column} with a dangling foreign key "
+                    f"to {parent}"
+                )
+
+    def rollback(self) -> None:
+        try:
+            if self.raw.open:
+                self.execute("ROLLBACK")
+                self._undo_created()
+        finally:
+            self._end()
+
+    def _undo_created(self) -> None:
+        if self._before is None:
+            return
+        created = self._objects() - self._before
+        self._before = None
+        if not created:
+            self._note = "nothing of this file was left behind"
+            return
+        order = {"VIEW": 0, "TRIGGER": 1, "BASE TABLE": 2}
+        dropped: list[str] = []
+        self.execute("SET SESSION foreign_key_checks = 0")
+        try:
+            for kind, name in sorted(created, key=lambda o: (order.get(o[0], 3), o[1])):
+                statement = {"VIEW": "DROP VIEW", "TRIGGER": "DROP TRIGGER"}.get(
+                    kind, "DROP TABLE")
+                self.execute(f"{statement} `{name}`")
+                dropped.append(f"{kind.lower().replace('base ', '')} {name}")
+        finally:
+            self.execute("SET SESSION foreign_key_checks = 1")
+        self._note = (
+            f"undone by dropping what the file had created: {', '.join(dropped)}; changes to "
+            "objects that existed before (ALTER/DROP) cannot be undone: check them before "
+            "running `reconciler db migrate` again"
+        )
+
+    def _end(self) -> None:
+        self._before = None
+        if self._fk_checks_off and self.raw.open:
+            self.execute("SET SESSION foreign_key_checks = 1")
+        self._fk_checks_off = False
+        if self._locked and self.raw.open:
+            self.query("SELECT RELEASE_LOCK(%s)", (MYSQL_MIGRATION_LOCK,))
+            self._locked = False
+
+    def partial_failure_note(self) -> str:
+        return self._note or "statements before the failing one may have been applied"
+
+    def split(self, script: str) -> list[str]:
+        return split_sql_script(script, "mysql")

@@ -1,0 +1,772 @@
+"""What the PostgreSQL and MySQL/MariaDB stores share: the ``Store`` logic over a small async
+transaction interface (``Tx``), retries with backoff, and metrics.
+
+Each backend (``postgresql.py``, ``mysql.py``) supplies connections, a ``Tx`` and the few
+statements whose syntax differs (upserts, the lease, the database clock). Everything else, the
+journal rules included, is written once here so the two servers behave identically; the
+contract suite in tests/state runs the same tests on SQLite, PostgreSQL and MariaDB.
+
+Concurrency (several processes or replicas on one database): a write runs in one transaction at
+READ COMMITTED. Per-parent sequence numbers (deployment ``#n``, event and step seq) are computed
+while the parent row is locked ``FOR UPDATE``, so two writers serialise on the parent and never
+compute the same number. Leases are single atomic statements judged by the database's clock.
+
+Resilience: a connection error (server restarted, network cut) or a deadlock retries the whole
+transaction with exponential backoff for up to ``retry_seconds``. A retry after a commit whose
+acknowledgement was lost must not write twice, so every write that creates a row picks its UUID
+before the first attempt and, when retrying, first looks for it (``retrying=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from reconciler.errors import NotFound, StoreError
+from reconciler.observe.metrics import LOCK_WAIT, db_operation
+from reconciler.spec.model import ResourceKey
+from reconciler.state.store import (
+    DEPLOYMENT_STATUSES,
+    FINAL_STATUSES,
+    HEALTH_STATUSES,
+    IN_PROGRESS,
+    PENDING,
+    STEP_STARTED,
+    STEP_STATUSES,
+    SUCCEEDED,
+    SYNC_STATUSES,
+    TRANSITIONS,
+    DeploymentEvent,
+    DeploymentRecord,
+    LockInfo,
+    MigrationInfo,
+    ResourceRecord,
+    StepRecord,
+    TransitionError,
+)
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+DEFAULT_RETRY_SECONDS = 60.0  # how long a write keeps retrying through an outage
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+IN_LIST_CHUNK = 500
+STATUS_FIELDS = frozenset(
+    {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
+)
+
+
+class Tx(Protocol):
+    """One connection, inside a transaction (or in autocommit mode for ``transaction=False``)."""
+
+    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None: ...
+
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]: ...
+
+    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Run a statement; return its row count."""
+
+    async def insert(self, table: str, values: dict[str, Any], pk: str) -> int:
+        """Insert one row; return its generated ``pk``."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return True
+
+
+def _key_of(row: Row) -> ResourceKey:
+    return ResourceKey(row["environment"], row["kind"], row["name"])
+
+
+class ServerStore(ABC):
+    """``Store`` over a database server; subclasses provide the driver specifics."""
+
+    dialect: str  # "postgresql" | "mysql": metric label and sql/ folder
+    url: str
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
+    # SQL fragments that differ between dialects
+    null_safe_equal: str  # e.g. "a IS NOT DISTINCT FROM b" / "a <=> b" with {a} {b}
+    trigger_column: str  # the quoted name of the reserved word column
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    # -- backend hooks ---------------------------------------------------------------------------
+    @abstractmethod
+    def _connection(self, *, transaction: bool, read_only: bool = False
+                    ) -> AbstractAsyncContextManager[Tx]:
+        """A pooled connection as a Tx; with ``transaction`` the block is one transaction that
+        commits on success and rolls back on an exception."""
+
+    @abstractmethod
+    def _is_retryable(self, exc: BaseException) -> bool: ...
+
+    @abstractmethod
+    def _describe(self, exc: BaseException) -> str:
+        """A short message for an error (no parameter values, no password)."""
+
+    @abstractmethod
+    def _migrate_sync(self, status_only: bool) -> list[MigrationInfo]: ...
+
+    @abstractmethod
+    async def _close_pool(self) -> None: ...
+
+    def _publish_pool_metrics(self) -> None:  # noqa: B027 - optional hook
+        """Update DB_CONNECTIONS (backends with pool statistics override this)."""
+
+    # value conversions (to the driver, from the driver)
+    @abstractmethod
+    def _db_time(self, value: datetime) -> Any: ...
+
+    @abstractmethod
+    def _db_json(self, value: dict[str, Any] | None) -> Any: ...
+
+    @abstractmethod
+    def _py_json(self, value: Any) -> dict[str, Any] | None: ...
+
+    def _py_time(self, value: Any) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            # naive (MySQL DATETIME) is UTC; aware (PostgreSQL session zone) is normalised
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.fromisoformat(str(value))
+
+    def _t(self, value: Any) -> datetime:
+        result = self._py_time(value)
+        assert result is not None
+        return result
+
+    # dialect-specific statements
+    @abstractmethod
+    async def _insert_resource_if_missing(self, tx: Tx, key: ResourceKey, now: datetime) -> None:
+        ...
+
+    @abstractmethod
+    async def _acquire_lock_tx(self, tx: Tx, name: str, owner: str, ttl_seconds: float) -> bool:
+        ...
+
+    @abstractmethod
+    def _db_clock(self) -> str:
+        """SQL for the database server's current UTC time (the one clock replicas share)."""
+
+    # -- plumbing --------------------------------------------------------------------------------
+    async def _run(self, operation: str, fn: Callable[[Tx, bool], Awaitable[T]], *,
+                   transaction: bool = True, read_only: bool = False) -> T:
+        """Run ``fn(tx, retrying)``, retrying the whole transaction on connection loss or
+        deadlock with exponential backoff (jittered) for up to ``retry_seconds``."""
+        if self._closed:
+            raise StoreError(f"{self._redacted()}: the store is closed")
+        deadline = time.monotonic() + self.retry_seconds
+        attempt = 0
+        while True:
+            try:
+                with db_operation(self.dialect, operation):
+                    async with self._connection(transaction=transaction,
+                                                read_only=read_only) as tx:
+                        return await fn(tx, attempt > 0)
+            except (StoreError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                if not self._is_retryable(exc):
+                    raise self._store_error(exc) from exc
+                if time.monotonic() >= deadline or self._closed:
+                    raise StoreError(
+                        f"{self._redacted()}: {operation} failed after {attempt + 1} attempt(s) "
+                        f"over {self.retry_seconds:g} s: {self._describe(exc)}"
+                    ) from exc
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1)
+                await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                attempt += 1
+            finally:
+                self._publish_pool_metrics()
+
+    def _store_error(self, exc: BaseException) -> StoreError:
+        text = self._describe(exc)
+        lowered = text.lower()
+        if "does not exist" in lowered or "doesn't exist" in lowered:
+            return StoreError(
+                f"{self._redacted()}: the database schema is missing or outdated ({text}); "
+                "run `reconciler db migrate`"
+            )
+        return StoreError(f"{self._redacted()}: {text}")
+
+    def _redacted(self) -> str:
+        from reconciler.state import redact_url
+
+        return redact_url(self.url)
+
+    # -- schema ----------------------------------------------------------------------------------
+    async def _migration_call(self, status_only: bool) -> list[MigrationInfo]:
+        if self._closed:
+            raise StoreError(f"{self._redacted()}: the store is closed")
+        with db_operation(self.dialect, "migration_status" if status_only else "migrate"):
+            return await asyncio.to_thread(self._migrate_sync, status_only)
+
+    async def migrate(self) -> list[MigrationInfo]:
+        """Apply pending migrations; return the ones applied now."""
+        return await self._migration_call(False)
+
+    async def migration_status(self) -> list[MigrationInfo]:
+        return await self._migration_call(True)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_pool()
+
+    async def __aenter__(self) -> ServerStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- resources -------------------------------------------------------------------------------
+    _RESOURCE_WHERE = "environment = %s AND kind = %s AND name = %s"
+
+    @staticmethod
+    def _key_params(key: ResourceKey) -> tuple[str, str, str]:
+        return (key.environment, key.kind, key.name)
+
+    def _to_resource(self, row: Row) -> ResourceRecord:
+        return ResourceRecord(
+            key=_key_of(row),
+            id=str(row["id"]),
+            desired_revision=row["desired_revision"],
+            desired_hash=row["desired_hash"],
+            desired_spec=self._py_json(row["desired_spec"]),
+            applied_revision=row["applied_revision"],
+            applied_hash=row["applied_hash"],
+            applied_spec=self._py_json(row["applied_spec"]),
+            config_commit=row["config_commit"],
+            sync_status=row["sync_status"],
+            health_status=row["health_status"],
+            last_result=row["last_result"],
+            last_error=row["last_error"],
+            failed_revision=row["failed_revision"],
+            suspended=bool(row["suspended"]),
+            deleted=bool(row["deleted"]),
+            updated_at=self._py_time(row["updated_at"]),
+        )
+
+    async def _resource_row(self, tx: Tx, key: ResourceKey) -> Row | None:
+        return await tx.one(f"SELECT * FROM v_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
+                            self._key_params(key))
+
+    async def _ensure_resource(self, tx: Tx, key: ResourceKey, now: datetime) -> int:
+        """pk of the resource, locked FOR UPDATE; a bare row is inserted first if it is new."""
+        sql = f"SELECT pk_resource FROM tb_resource WHERE {self._RESOURCE_WHERE} FOR UPDATE"  # noqa: S608
+        row = await tx.one(sql, self._key_params(key))
+        if row is None:
+            await self._insert_resource_if_missing(tx, key, now)
+            row = await tx.one(sql, self._key_params(key))
+        assert row is not None
+        return int(row["pk_resource"])
+
+    def _new_resource_values(self, key: ResourceKey, now: datetime) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "identifier": str(key),
+            "environment": key.environment,
+            "kind": key.kind,
+            "name": key.name,
+            "created_at": self._db_time(now),
+            "updated_at": self._db_time(now),
+        }
+
+    async def get_resource(self, key: ResourceKey) -> ResourceRecord | None:
+        row = await self._run("get_resource", lambda tx, _: self._resource_row(tx, key),
+                              transaction=False)
+        return self._to_resource(row) if row is not None else None
+
+    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]:
+        where = "" if include_deleted else "WHERE deleted = FALSE"
+        sql = f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
+        rows = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
+        return [self._to_resource(row) for row in rows]
+
+    async def record_desired(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> ResourceRecord:
+        """Create the resource if needed (reviving a deleted one) and store what git now wants.
+
+        ``sync_status`` follows: Synced when the applied hash equals this one, else OutOfSync.
+        """
+        same = self.null_safe_equal.format(a="applied_hash", b="%s")
+
+        async def op(tx: Tx, _: bool) -> Row:
+            now = utc_now()
+            pk = await self._ensure_resource(tx, key, now)
+            await tx.execute(
+                f"""UPDATE tb_resource
+                   SET desired_revision = %s, desired_hash = %s, desired_spec = %s,
+                       config_commit = %s, deleted = FALSE, updated_at = %s,
+                       sync_status = CASE WHEN {same} THEN 'Synced' ELSE 'OutOfSync' END
+                   WHERE pk_resource = %s""",  # noqa: S608
+                (revision, spec_hash, self._db_json(spec), config_commit, self._db_time(now),
+                 spec_hash, pk),
+            )
+            row = await self._resource_row(tx, key)
+            assert row is not None
+            return row
+
+        return self._to_resource(await self._run("record_desired", op))
+
+    async def record_applied(
+        self,
+        key: ResourceKey,
+        *,
+        revision: str,
+        spec_hash: str,
+        spec: dict[str, Any],
+        config_commit: str | None,
+    ) -> None:
+        """The revision is now live; ``failed_revision`` is kept (a rollback must not clear it)."""
+
+        async def op(tx: Tx, _: bool) -> None:
+            now = utc_now()
+            pk = await self._ensure_resource(tx, key, now)
+            await tx.execute(
+                """UPDATE tb_resource
+                   SET applied_revision = %s, applied_hash = %s, applied_spec = %s,
+                       config_commit = COALESCE(%s, config_commit), updated_at = %s,
+                       sync_status = CASE WHEN desired_hash IS NULL THEN sync_status
+                                          WHEN desired_hash = %s THEN 'Synced'
+                                          ELSE 'OutOfSync' END
+                   WHERE pk_resource = %s""",
+                (revision, spec_hash, self._db_json(spec), config_commit, self._db_time(now),
+                 spec_hash, pk),
+            )
+
+        await self._run("record_applied", op)
+
+    @staticmethod
+    def _check_status_fields(fields: dict[str, Any]) -> None:
+        unknown = sorted(set(fields) - STATUS_FIELDS)
+        if unknown:
+            raise StoreError(f"update_status: unknown field(s) {', '.join(unknown)}")
+        allowed: dict[str, tuple[str | None, ...]] = {
+            "sync_status": SYNC_STATUSES,
+            "health_status": HEALTH_STATUSES,
+            "last_result": (None, *DEPLOYMENT_STATUSES),
+        }
+        for name, values in allowed.items():
+            if name in fields and fields[name] not in values:
+                raise StoreError(
+                    f"update_status: {name}={fields[name]!r} is not one of "
+                    f"{', '.join(str(v) for v in values)}"
+                )
+
+    async def _update_resource(self, operation: str, key: ResourceKey, fields: dict[str, Any],
+                               create: bool) -> None:
+        if not set(fields) <= STATUS_FIELDS | {"suspended", "deleted"}:
+            raise StoreError(f"cannot update resource fields {sorted(fields)}")
+        names = sorted(fields)
+
+        async def op(tx: Tx, _: bool) -> None:
+            now = utc_now()
+            if create:
+                pk = await self._ensure_resource(tx, key, now)
+            else:
+                row = await tx.one(
+                    f"SELECT pk_resource FROM tb_resource WHERE {self._RESOURCE_WHERE} "  # noqa: S608
+                    "FOR UPDATE", self._key_params(key))
+                if row is None:
+                    raise NotFound(f"no resource {key} in the state database")
+                pk = int(row["pk_resource"])
+            if names:
+                assignments = ", ".join(f"{name} = %s" for name in names)
+                await tx.execute(
+                    f"UPDATE tb_resource SET {assignments}, updated_at = %s "  # noqa: S608
+                    "WHERE pk_resource = %s",
+                    (*(fields[n] for n in names), self._db_time(now), pk),
+                )
+
+        await self._run(operation, op)
+
+    async def update_status(self, key: ResourceKey, **fields: Any) -> None:
+        """Set any of sync_status, health_status, last_result, last_error, failed_revision
+        (a resource not recorded yet gets a bare row first, as on SQLite)."""
+        self._check_status_fields(fields)
+        await self._update_resource("update_status", key, fields, True)
+
+    async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
+        """Pause/resume reconciling a known resource (NotFound otherwise: likely a typo)."""
+        await self._update_resource("set_suspended", key, {"suspended": bool(suspended)}, False)
+
+    async def mark_deleted(self, key: ResourceKey) -> None:
+        """Gone from git: hidden from ``list_resources``; its history stays."""
+        await self._update_resource("mark_deleted", key, {"deleted": True}, False)
+
+    # -- deployment journal ----------------------------------------------------------------------
+    def _to_deployment(self, row: Row, events: list[DeploymentEvent],
+                       steps: list[StepRecord]) -> DeploymentRecord:
+        return DeploymentRecord(
+            id=str(row["id"]),
+            identifier=row["identifier"],
+            key=_key_of(row),
+            status=row["status"],
+            from_revision=row["from_revision"],
+            to_revision=row["to_revision"],
+            config_commit=row["config_commit"],
+            trigger=row["trigger"],
+            strategy=row["strategy"],
+            error=row["error"],
+            output=row["output"],
+            exit_code=row["exit_code"],
+            spec=self._py_json(row["spec"]),
+            created_at=self._py_time(row["created_at"]),
+            started_at=self._py_time(row["started_at"]),
+            finished_at=self._py_time(row["finished_at"]),
+            events=events,
+            steps=steps,
+        )
+
+    def _to_step(self, row: Row) -> StepRecord:
+        return StepRecord(
+            id=str(row["id"]),
+            seq=int(row["seq"]),
+            action=row["action"],
+            instance=row["instance"],
+            status=row["status"],
+            detail=row["detail"],
+            started_at=self._t(row["started_at"]),
+            finished_at=self._py_time(row["finished_at"]),
+        )
+
+    async def _deployments(self, tx: Tx, where: str, params: tuple[Any, ...], order: str,
+                           limit: int | None = None) -> list[DeploymentRecord]:
+        """Deployments of v_deployment matching ``where``, each with its events and steps."""
+        limit_sql = f" LIMIT {int(limit)}" if limit is not None and limit > 0 else ""
+        rows = await tx.all(
+            f"SELECT * FROM v_deployment WHERE {where} ORDER BY {order}{limit_sql}",  # noqa: S608
+            params,
+        )
+        if not rows:
+            return []
+        ids = [str(row["id"]) for row in rows]
+        events: dict[str, list[DeploymentEvent]] = {i: [] for i in ids}
+        steps: dict[str, list[StepRecord]] = {i: [] for i in ids}
+        for start in range(0, len(ids), IN_LIST_CHUNK):
+            chunk = tuple(ids[start:start + IN_LIST_CHUNK])
+            marks = ", ".join(["%s"] * len(chunk))
+            for e in await tx.all(
+                "SELECT deployment_id, status, message, at FROM v_deployment_event "  # noqa: S608
+                f"WHERE deployment_id IN ({marks}) ORDER BY deployment_id, seq", chunk,
+            ):
+                events[str(e["deployment_id"])].append(
+                    DeploymentEvent(e["status"], e["message"], self._t(e["at"]))
+                )
+            for s in await tx.all(
+                f"SELECT * FROM v_deployment_step WHERE deployment_id IN ({marks}) "  # noqa: S608
+                "ORDER BY deployment_id, seq", chunk,
+            ):
+                steps[str(s["deployment_id"])].append(self._to_step(s))
+        return [self._to_deployment(row, events[str(row["id"])], steps[str(row["id"])])
+                for row in rows]
+
+    async def _get_deployment(self, tx: Tx, deployment_id: str) -> DeploymentRecord | None:
+        if is_uuid(deployment_id):
+            found = await self._deployments(tx, "id = %s", (deployment_id,), "seq")
+        else:  # an identifier; comparing it with a UUID column would be a type error
+            found = await self._deployments(tx, "identifier = %s", (deployment_id,), "seq")
+        return found[0] if found else None
+
+    async def _next_seq(self, tx: Tx, table: str, fk_column: str, fk: int) -> int:
+        # Safe only while the parent row is locked FOR UPDATE by this transaction.
+        row = await tx.one(f"SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} "  # noqa: S608
+                           f"WHERE {fk_column} = %s", (fk,))
+        assert row is not None
+        return int(row["seq"])
+
+    async def _add_event(self, tx: Tx, pk_deployment: int, identifier: str, status: str,
+                         message: str | None, at: datetime, seq: int | None = None) -> None:
+        if seq is None:
+            seq = await self._next_seq(tx, "tb_deployment_event", "fk_deployment", pk_deployment)
+        await tx.insert("tb_deployment_event", {
+            "id": str(uuid.uuid4()),
+            "identifier": f"{identifier}/event/{seq}",
+            "fk_deployment": pk_deployment,
+            "seq": seq,
+            "status": status,
+            "message": message,
+            "at": self._db_time(at),
+        }, "pk_deployment_event")
+
+    async def create_deployment(
+        self,
+        key: ResourceKey,
+        *,
+        from_revision: str | None,
+        to_revision: str,
+        config_commit: str | None,
+        trigger: str,
+        strategy: str,
+        spec: dict[str, Any] | None = None,
+    ) -> DeploymentRecord:
+        """Insert a ``pending`` deployment (and its first event), identifier ``env/Kind/name#n``."""
+        deployment_id = str(uuid.uuid4())  # before the first attempt: a retry finds it
+
+        async def op(tx: Tx, retrying: bool) -> DeploymentRecord:
+            if retrying and (done := await self._get_deployment(tx, deployment_id)) is not None:
+                return done  # the earlier attempt committed; its acknowledgement was lost
+            now = utc_now()
+            pk_resource = await self._ensure_resource(tx, key, now)
+            seq = await self._next_seq(tx, "tb_deployment", "fk_resource", pk_resource)
+            identifier = f"{key}#{seq}"
+            pk = await tx.insert("tb_deployment", {
+                "id": deployment_id,
+                "identifier": identifier,
+                "fk_resource": pk_resource,
+                "seq": seq,
+                "status": PENDING,
+                "from_revision": from_revision,
+                "to_revision": to_revision,
+                "config_commit": config_commit,
+                self.trigger_column: trigger,
+                "strategy": strategy,
+                "spec": self._db_json(spec),
+                "created_at": self._db_time(now),
+            }, "pk_deployment")
+            await self._add_event(tx, pk, identifier, PENDING, None, now, seq=1)
+            created = await self._get_deployment(tx, deployment_id)
+            assert created is not None
+            return created
+
+        return await self._run("create_deployment", op)
+
+    async def _require_deployment(self, tx: Tx, deployment_id: str) -> Row:
+        row = None
+        if is_uuid(deployment_id):
+            row = await tx.one(
+                "SELECT pk_deployment, identifier, status FROM tb_deployment WHERE id = %s "
+                "FOR UPDATE", (deployment_id,))
+        if row is None:
+            raise NotFound(f"no deployment {deployment_id}")
+        return row
+
+    async def transition(
+        self,
+        deployment_id: str,
+        status: str,
+        *,
+        message: str | None = None,
+        error: str | None = None,
+        output: str | None = None,
+        exit_code: int | None = None,
+    ) -> None:
+        """Move a deployment to ``status`` (checked against TRANSITIONS) and log an event."""
+        if status not in DEPLOYMENT_STATUSES:
+            raise TransitionError(f"unknown deployment status {status!r}")
+        extra = {
+            name: value
+            for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
+            if value is not None
+        }
+
+        async def op(tx: Tx, retrying: bool) -> None:
+            row = await self._require_deployment(tx, deployment_id)
+            current = row["status"]
+            if retrying and current == status:
+                return  # the earlier attempt committed; its acknowledgement was lost
+            if status not in TRANSITIONS.get(current, frozenset()):
+                raise TransitionError(
+                    f"{row['identifier']}: {current} -> {status} is not an allowed transition"
+                )
+            now = utc_now()
+            values: dict[str, Any] = {"status": status, **extra}
+            if status == IN_PROGRESS:
+                values["started_at"] = self._db_time(now)
+            if status in FINAL_STATUSES:
+                values["finished_at"] = self._db_time(now)
+            names = sorted(values)
+            await tx.execute(
+                f"UPDATE tb_deployment SET {', '.join(f'{n} = %s' for n in names)} "  # noqa: S608
+                "WHERE pk_deployment = %s",
+                (*(values[n] for n in names), row["pk_deployment"]),
+            )
+            await self._add_event(tx, row["pk_deployment"], row["identifier"], status, message,
+                                  now)
+
+        await self._run("transition", op)
+
+    async def start_step(self, deployment_id: str, action: str, instance: str,
+                         detail: str | None = None) -> str:
+        """Journal a provider action *before* it runs; returns the step id."""
+        step_id = str(uuid.uuid4())
+
+        async def op(tx: Tx, retrying: bool) -> str:
+            row = await self._require_deployment(tx, deployment_id)
+            if retrying and await tx.one("SELECT 1 AS found FROM tb_deployment_step "
+                                         "WHERE id = %s", (step_id,)):
+                return step_id
+            seq = await self._next_seq(tx, "tb_deployment_step", "fk_deployment",
+                                       row["pk_deployment"])
+            await tx.insert("tb_deployment_step", {
+                "id": step_id,
+                "identifier": f"{row['identifier']}/step/{seq}",
+                "fk_deployment": row["pk_deployment"],
+                "seq": seq,
+                "action": action,
+                "instance": instance,
+                "status": STEP_STARTED,
+                "detail": detail,
+                "started_at": self._db_time(utc_now()),
+            }, "pk_deployment_step")
+            return step_id
+
+        return await self._run("start_step", op)
+
+    async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
+        """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once)."""
+        if status not in STEP_STATUSES or status == STEP_STARTED:
+            raise StoreError(
+                f"finish_step: status must be one of {', '.join(STEP_STATUSES[1:])}, "
+                f"not {status!r}"
+            )
+
+        async def op(tx: Tx, retrying: bool) -> None:
+            row = None
+            if is_uuid(step_id):
+                row = await tx.one(
+                    "SELECT pk_deployment_step, identifier, status FROM tb_deployment_step "
+                    "WHERE id = %s FOR UPDATE", (step_id,))
+            if row is None:
+                raise NotFound(f"no deployment step {step_id}")
+            if row["status"] != STEP_STARTED:
+                if retrying and row["status"] == status:
+                    return
+                raise StoreError(f"step {row['identifier']} already finished ({row['status']})")
+            await tx.execute(
+                "UPDATE tb_deployment_step SET status = %s, detail = COALESCE(%s, detail), "
+                "finished_at = %s WHERE pk_deployment_step = %s",
+                (status, detail, self._db_time(utc_now()), row["pk_deployment_step"]),
+            )
+
+        await self._run("finish_step", op)
+
+    async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        """By id (UUID) or identifier (``env/Kind/name#n``)."""
+        return await self._run("get_deployment",
+                               lambda tx, _: self._get_deployment(tx, deployment_id),
+                               read_only=True)
+
+    async def list_deployments(self, key: ResourceKey | None = None,
+                               limit: int = 50) -> list[DeploymentRecord]:
+        """Newest first, with events and steps; ``limit <= 0`` means all."""
+        if key is None:
+            return await self._run("list_deployments", lambda tx, _: self._deployments(
+                tx, "1 = 1", (), "created_at DESC, seq DESC", limit), read_only=True)
+        return await self._run("list_deployments", lambda tx, _: self._deployments(
+            tx, self._RESOURCE_WHERE, self._key_params(key), "seq DESC", limit), read_only=True)
+
+    async def unfinished_deployments(self) -> list[DeploymentRecord]:
+        """Deployments left ``pending`` / ``in_progress`` (a crash): oldest first."""
+        return await self._run("unfinished_deployments", lambda tx, _: self._deployments(
+            tx, "status IN ('pending', 'in_progress')", (), "created_at, seq"), read_only=True)
+
+    async def last_good(self, key: ResourceKey) -> DeploymentRecord | None:
+        """The newest ``succeeded`` deployment of a resource."""
+        found = await self._run("last_good", lambda tx, _: self._deployments(
+            tx, f"{self._RESOURCE_WHERE} AND status = %s", (*self._key_params(key), SUCCEEDED),
+            "seq DESC", 1), read_only=True)
+        return found[0] if found else None
+
+    # -- locks (leases judged by the database clock) ---------------------------------------------
+    async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
+        """Take or renew a named lease; False if another owner holds an unexpired one.
+
+        Expiry is computed and compared on the database server, so replicas on hosts whose
+        clocks disagree still agree on who holds a lease.
+        """
+        if ttl_seconds <= 0:
+            raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
+        started = time.perf_counter()
+        try:
+            return await self._run(
+                "acquire_lock",
+                lambda tx, _: self._acquire_lock_tx(tx, name, owner, ttl_seconds),
+                transaction=False,
+            )
+        finally:
+            LOCK_WAIT.observe(time.perf_counter() - started)
+
+    async def lock_owner(self, name: str) -> str | None:
+        """Who holds an unexpired lease on ``name`` (None: free or expired)."""
+        row = await self._run("lock_owner", lambda tx, _: tx.one(
+            f"SELECT owner FROM v_lock WHERE name = %s AND expires_at > {self._db_clock()}",  # noqa: S608
+            (name,)), transaction=False)
+        return str(row["owner"]) if row is not None else None
+
+    async def release_lock(self, name: str, owner: str) -> None:
+        """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
+        await self._run("release_lock", lambda tx, _: tx.execute(
+            "DELETE FROM tb_lock WHERE name = %s AND owner = %s", (name, owner)),
+            transaction=False)
+
+    async def list_locks(self) -> list[LockInfo]:
+        """Every lease row, by name (expired ones included)."""
+        rows = await self._run("list_locks", lambda tx, _: tx.all(
+            "SELECT name, owner, acquired_at, expires_at FROM v_lock ORDER BY name"),
+            transaction=False)
+        return [LockInfo(r["name"], r["owner"], self._t(r["acquired_at"]),
+                         self._t(r["expires_at"])) for r in rows]
+
+    async def database_now(self) -> datetime:
+        """The database server's clock (what lease expiry is judged by)."""
+        row = await self._run("database_now", lambda tx, _: tx.one(
+            f"SELECT {self._db_clock()} AS now"), transaction=False)
+        assert row is not None
+        return self._t(row["now"])
+
+    # -- webhooks --------------------------------------------------------------------------------
+    async def record_delivery(self, provider: str, delivery_id: str) -> bool:
+        """Remember a webhook delivery id; False when it was seen before (a replay)."""
+        row_id = str(uuid.uuid4())
+
+        async def op(tx: Tx, retrying: bool) -> bool:
+            existing = await tx.one(
+                "SELECT id FROM tb_webhook_delivery WHERE provider = %s AND delivery_id = %s",
+                (provider, delivery_id))
+            if existing is not None:
+                return retrying and str(existing["id"]) == row_id
+            return await self._insert_delivery(tx, row_id, provider, delivery_id)
+
+        return await self._run("record_delivery", op)
+
+    @abstractmethod
+    async def _insert_delivery(self, tx: Tx, row_id: str, provider: str,
+                               delivery_id: str) -> bool:
+        """Insert unless (provider, delivery_id) exists; True when inserted."""
+
+    async def prune_deliveries(self, before: datetime) -> int:
+        """Forget deliveries received before ``before`` (bounded table); returns the count."""
+        return await self._run("prune_deliveries", lambda tx, _: tx.execute(
+            "DELETE FROM tb_webhook_delivery WHERE received_at < %s",
+            (self._db_time(before.astimezone(UTC)),)))
+
+
+__all__ = ["DEFAULT_RETRY_SECONDS", "ServerStore", "Tx", "is_uuid", "utc_now"]
