@@ -44,7 +44,8 @@ def timezone_error(name: object) -> str | None:
         return f"{name!r} is not a time zone name"
     try:
         ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
+        # OSError: a name that is a folder of the zone database, e.g. "Europe"
         return f"unknown time zone {name!r} (expected an IANA name such as UTC or Europe/Paris)"
     return None
 

@@ -80,3 +80,5 @@ def test_timezones() -> None:
     assert timezone_error("Europe/Paris") is None
     assert "unknown time zone" in (timezone_error("Mars/Olympus") or "")
     assert timezone_error("../../etc/passwd") is not None
+    assert "unknown time zone" in (timezone_error("Europe") or "")  # a folder of the database
+    assert timezone_error("") is not None
