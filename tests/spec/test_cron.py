@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.spec.cron import cron_error, next_fire, timezone_error
 
@@ -82,3 +84,15 @@ def test_timezones() -> None:
     assert timezone_error("../../etc/passwd") is not None
     assert "unknown time zone" in (timezone_error("Europe") or "")  # a folder of the database
     assert timezone_error("") is not None
+
+
+_FIELD = st.text(alphabet="0123456789*/-,?LW#H ", min_size=1, max_size=5) | st.sampled_from(
+    ["jan", "mon", "sun", "dec", "5W", "1#2", "H(0-5)", "99999999999999999999"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FIELD, min_size=1, max_size=7))
+def test_cron_error_never_raises(fields: list[str]) -> None:
+    result = cron_error(" ".join(fields))
+    assert result is None or isinstance(result, str)
