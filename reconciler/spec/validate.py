@@ -292,6 +292,11 @@ def _prefixed(path: Path_, message: str) -> str:
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
+    """A value as the user wrote it in YAML, shortened: 'text', 3, true, null, a mapping."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
