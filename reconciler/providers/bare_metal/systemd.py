@@ -18,6 +18,7 @@ is a switch of ``current`` plus a restart, and the unit only changes when the sp
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
@@ -341,16 +342,43 @@ if [ -n "${4:-}" ]; then
     -p ActiveState -- "$4" | sed 's/^/Timer/'
 fi
 """
-# Start a oneshot unit, wait for it, report how it ended and what it printed.
+# Start a oneshot unit, wait for it, report how it ended and what it printed. The journal is
+# read from a cursor taken before the start (an inactive unit forgets its InvocationID), and
+# only the unit's own processes (_SYSTEMD_UNIT), not systemd's messages about it. That filter
+# is applied here in Python: journalctl --after-cursor with a match skips the first match.
 _RUN_SCRIPT = """unit=$1
+cursor=$(journalctl -n 0 --show-cursor -q 2>/dev/null | sed -n 's/^-- cursor: //p')
 systemctl reset-failed -- "$unit" 2>/dev/null
 systemctl start -- "$unit" 2>/dev/null
-systemctl show --no-pager -p InvocationID -p ExecMainStatus -p ExecMainCode -p Result -- "$unit"
-id=$(systemctl show -p InvocationID --value -- "$unit")
+systemctl show --no-pager -p ExecMainStatus -p ExecMainCode -p Result -- "$unit"
 echo "--- output"
-[ -n "$id" ] && journalctl --no-pager -q -o cat "_SYSTEMD_INVOCATION_ID=$id"
+if [ -n "$cursor" ]; then
+  journalctl --no-pager -q -o json --output-fields=MESSAGE,_SYSTEMD_UNIT \
+    --after-cursor="$cursor"
+else
+  journalctl --no-pager -q -o json --output-fields=MESSAGE,_SYSTEMD_UNIT -n 1000 \
+    "_SYSTEMD_UNIT=$unit"
+fi
 exit 0
 """
+
+
+def unit_messages(journal_json: bytes, unit: str) -> bytes:
+    """The MESSAGE lines of ``unit``'s processes from ``journalctl -o json`` output."""
+    lines: list[bytes] = []
+    for raw in journal_json.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or entry.get("_SYSTEMD_UNIT") != unit:
+            continue
+        message = entry.get("MESSAGE")
+        if isinstance(message, str):
+            lines.append(message.encode())
+        elif isinstance(message, list):  # not valid UTF-8: journald gives the bytes
+            lines.append(bytes(b for b in message if isinstance(b, int) and 0 <= b < 256))
+    return b"".join(line + b"\n" for line in lines)
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -418,7 +446,7 @@ class Systemd:
         result = await self._run(["sh", "-c", _RUN_SCRIPT, "fraisier-run", unit],
                                  limit_s=timeout_s + 30.0)
         head, _, output = result.stdout.partition(b"--- output\n")
-        return parse_properties(head.decode(errors="replace")), output
+        return parse_properties(head.decode(errors="replace")), unit_messages(output, unit)
 
     async def journal(self, unit: str, lines: int) -> list[str]:
         result = await self._run(
