@@ -148,3 +148,82 @@ def test_fast_constructor_matches_pyyaml_on_unusual_yaml(text: str) -> None:
     stock = _construct(yaml.CSafeLoader, data)
     if "a: 1\na: 2" not in text:  # PyYAML itself silently keeps the last duplicate key
         assert _construct(loader.FastLoader, data) == stock
+
+
+# --- the compiled bundle (inlined $refs, if/then/else for oneOf, enum for const) means what the
+# --- schema files mean: replace any node of a valid document by an arbitrary JSON value
+_VOCABULARY = st.sampled_from(
+    [
+        "http",
+        "tcp",
+        "exec",
+        "env",
+        "file",
+        "path",
+        "git",
+        "artifact",
+        "url",
+        "port",
+        "command",
+        "interval",
+        "type",
+        "recreate",
+        "ssh",
+        "local",
+        "hosts",
+        "name",
+        "address",
+        "30s",
+        "1h30m",
+        "abc",
+        "",
+        "Job/migrate",
+        "db",
+        "bare_metal",
+        "compose",
+        "provider",
+        "transport",
+        "0",
+    ]
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.floats(allow_nan=False) | _VOCABULARY,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_VOCABULARY, children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_VALID_DOCS = [doc for text in TEXTS for doc in yaml.safe_load_all(text) if isinstance(doc, dict)]
+
+
+def _paths(node: object, prefix: tuple = ()) -> list[tuple]:  # type: ignore[type-arg]
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*prefix, index))
+    return found
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_compiled_and_explaining_validators_agree(data: st.DataObject) -> None:
+    import copy
+
+    from reconciler.spec.validate import fast_errors, schema_issues
+
+    document = copy.deepcopy(data.draw(st.sampled_from(_VALID_DOCS)))
+    kind = document["kind"]  # the schema under test; a replaced kind just fails its const
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(_paths(document)[1:]))
+        parent = document
+        for part in path[:-1]:
+            parent = parent[part]
+        replacement = data.draw(_JSON)
+        if isinstance(parent, dict) and data.draw(st.booleans()):
+            parent[data.draw(_VOCABULARY)] = replacement  # add a key, maybe unknown
+        else:
+            parent[path[-1]] = replacement
+    assert (fast_errors(kind, document) is None) == (schema_issues(kind, document) == [])
