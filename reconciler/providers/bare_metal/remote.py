@@ -177,9 +177,12 @@ class SystemdSSHProvider:
             if path is None:
                 if self._export_root is None:
                     self._export_root = tempfile.TemporaryDirectory(prefix="fraisier-ssh-export-")
-                path = Path(self._export_root.name) / f"{len(self._exports)}"
-                path.mkdir()
-                await release.export(path)
+                path = Path(tempfile.mkdtemp(dir=self._export_root.name))
+                try:
+                    await release.export(path)
+                except BaseException:
+                    shutil.rmtree(path, ignore_errors=True)
+                    raise
                 self._exports[key] = path
         exported = path
 
@@ -395,7 +398,14 @@ class SystemdSSHProvider:
         names = self.units(resource)
         units = [names.timer, names.service] if resource.kind == "Schedule" else [names.service]
         async with self._lock(resource.key, instance.id):
-            await Systemd(self.transport_for(instance)).systemctl("stop", "--", *units)
+            result = await Systemd(self.transport_for(instance)).systemctl(
+                "stop", "--", *units, check=False
+            )
+            if result.returncode not in (0, 5):  # 5: not loaded, i.e. nothing to stop
+                raise ProviderError(
+                    f"{instance.id}: stopping {' '.join(units)} failed: "
+                    f"{result.text().strip()[-500:]}"
+                )
 
     async def remove(self, resource: Resource, instance: Instance) -> None:
         names = self.units(resource)

@@ -94,6 +94,13 @@ async def test_deploy_update_and_env_file(ssh_provider: SystemdSSHProvider, host
     assert {s.revision for s in states} == {"v2"}
     lines = await ssh_provider.logs(resource, states[0].instance, 20)
     assert any("listening on" in line and "revision v2" in line for line in lines), lines
+    # everything above went over one pooled connection per host; close() ends them and a
+    # later call opens a fresh one
+    assert sorted(t.connects for t in ssh_provider.pool.transports) == [1, 1]
+    old_pool = ssh_provider.pool
+    await ssh_provider.close()
+    assert old_pool.transports == []
+    assert {s.revision for s in await ssh_provider.observe(resource)} == {"v2"}
 
 
 @pytest.mark.timeout(90)

@@ -1,0 +1,167 @@
+"""End to end: `reconciler apply --repo <git repo>` with an SSH Target on two real test hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
+from tests.e2e.conftest import git
+from tests.providers.bare_metal.conftest import HOST_APP, free_port
+
+SECRET = "ssh-e2e-secret-4f1d9c"
+
+
+def target_yaml(hosts: Any) -> str:
+    entries = "".join(
+        f"""
+    - name: {h.name}
+      address: {h.address}
+      port: {h.port}
+      user: root
+      identityFile: {h.identity_file}
+      knownHosts: {h.known_hosts}"""
+        for h in hosts
+    )
+    return f"""apiVersion: fraisier.dev/v1
+kind: Target
+metadata:
+  name: hosts
+spec:
+  provider: bare_metal
+  transport: ssh
+  keepReleases: 3
+  systemd: {{restart: on-failure, limits: {{memoryMax: 256M}}}}
+  hosts:{entries}
+"""
+
+
+def service_yaml(fail: bool = False) -> str:
+    return f"""apiVersion: fraisier.dev/v1
+kind: Service
+metadata:
+  name: api
+spec:
+  target: hosts
+  source: {{path: app}}
+  command: [python3, app.py]
+  env:
+    GREETING: hi
+    FAIL_HEALTH: "{'1' if fail else '0'}"
+    TOKEN: {{env: FRAISIER_SSH_E2E_TOKEN}}
+  stopTimeout: 3s
+  health:
+    exec: {{command: [python3, app.py, check]}}
+    interval: 100ms
+    timeout: 2s
+    startPeriod: 1s
+    failureThreshold: 3
+"""
+
+
+JOB_YAML = """apiVersion: fraisier.dev/v1
+kind: Job
+metadata:
+  name: migrate
+spec:
+  target: hosts
+  source: {path: app}
+  command: [python3, -c, "import os; print('migrated', open('VERSION').read().strip())"]
+  timeout: 30s
+"""
+
+
+def http(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=3) as response:
+        return response.read().decode()
+
+
+@pytest.mark.timeout(150)
+def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: Any) -> None:
+    hosts = ssh_hosts[:2]
+    ports = {}
+    for host in hosts:
+        ports[host.name] = free_port()
+        host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
+                  str(ports[host.name])])
+    repo = tmp_path / "config"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "app.py").write_text(HOST_APP)
+    (repo / "app" / "VERSION").write_text("v1\n")
+    (repo / "fleet").mkdir()
+    (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
+    (repo / "fleet" / "api.yaml").write_text(service_yaml())
+    (repo / "fleet" / "job.yaml").write_text(JOB_YAML)
+    git(repo, "init", "-q", "-b", "main")
+
+    def commit(message: str) -> None:
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", message)
+
+    state = tmp_path / "state"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(state), "--log-format",
+             "text", *args],
+            capture_output=True, text=True, timeout=120, cwd=repo,
+            env={**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET},
+        )
+
+    repo_args = ["--repo", str(repo), "--path", "fleet"]
+    commit("v1")
+    assert cli("validate", str(repo / "fleet")).returncode == 0
+    first = cli("apply", *repo_args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for host in hosts:
+        assert http(ports[host.name]) == "v1 hi"
+    history = json.loads(cli("history", "migrate", "-o", "json").stdout)
+    assert (history[0]["status"], history[0]["exitCode"]) == ("succeeded", 0)
+    job_logs = cli("logs", "migrate", "-n", "20", *repo_args)
+    assert "migrated v1" in job_logs.stdout, job_logs.stdout + job_logs.stderr
+
+    # update
+    (repo / "app" / "VERSION").write_text("v2\n")
+    commit("v2")
+    second = cli("apply", *repo_args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    for host in hosts:
+        assert http(ports[host.name]) == "v2 hi"
+    good_current = hosts[0].sh(f"readlink {DEFAULT_ROOT}/default/api/current").strip()
+
+    # a revision whose health check fails is rolled back: `current` switched back, restarted
+    (repo / "fleet" / "api.yaml").write_text(service_yaml(fail=True))
+    commit("broken")
+    started = time.monotonic()
+    bad = cli("apply", *repo_args)
+    elapsed = time.monotonic() - started
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    history = json.loads(cli("history", "api", "-o", "json").stdout)
+    assert [d["status"] for d in history[:3]] == ["rolled_back", "succeeded", "succeeded"]
+    print(f"failed deploy + health gate + rollback through the CLI: {elapsed:.2f}s")
+    for host in hosts:
+        assert http(ports[host.name]) == "v2 hi"
+        assert host.sh(f"readlink {DEFAULT_ROOT}/default/api/current").strip() == good_current
+
+    logs = cli("logs", "api", "-n", "50", *repo_args)
+    assert logs.returncode == 0, logs.stderr
+    for host in hosts:
+        assert f"[{host.name}]" in logs.stdout and "listening on" in logs.stdout
+
+    # the secret reached the processes but no output, log or database row
+    for proc in (first, second, bad, logs):
+        assert SECRET not in proc.stdout + proc.stderr
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    pid = hosts[0].sh("systemctl show -p MainPID --value fraisier-default_api.service").strip()
+    assert f"TOKEN={SECRET}".encode() in hosts[0].run(["cat", f"/proc/{pid}/environ"]).stdout
