@@ -219,7 +219,8 @@ class PostgresStore(ServerStore):
         await tx.execute(
             f"INSERT INTO tb_resource ({', '.join(values)}) "  # noqa: S608
             f"VALUES ({', '.join(['%s'] * len(values))}) "
-            "ON CONFLICT (environment, kind, name) DO NOTHING",
+            # no conflict target: a racing insert may hit identifier's unique index first
+            "ON CONFLICT DO NOTHING",
             tuple(values.values()),
         )
 
@@ -233,7 +234,7 @@ class PostgresStore(ServerStore):
             """INSERT INTO tb_lock (id, identifier, name, owner, acquired_at, expires_at)
                VALUES (%s, %s, %s, %s, clock_timestamp(),
                        clock_timestamp() + make_interval(secs => %s))
-               ON CONFLICT (name) DO UPDATE SET
+               ON CONFLICT (identifier) DO UPDATE SET
                    acquired_at = CASE WHEN tb_lock.owner = EXCLUDED.owner
                                       THEN tb_lock.acquired_at ELSE EXCLUDED.acquired_at END,
                    owner = EXCLUDED.owner,
@@ -250,7 +251,7 @@ class PostgresStore(ServerStore):
             """INSERT INTO tb_webhook_delivery (id, identifier, provider, delivery_id,
                                                 received_at)
                VALUES (%s, %s, %s, %s, clock_timestamp())
-               ON CONFLICT (provider, delivery_id) DO NOTHING""",
+               ON CONFLICT DO NOTHING""",
             (row_id, f"{provider}/{delivery_id}", provider, delivery_id),
         )
         return count == 1

@@ -29,7 +29,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from reconciler.errors import NotFound, StoreError
+from reconciler.errors import NotFound, ReconcilerError, StoreError
 from reconciler.observe.metrics import LOCK_WAIT, db_operation
 from reconciler.spec.model import ResourceKey
 from reconciler.state.store import (
@@ -181,7 +181,7 @@ class ServerStore(ABC):
                     async with self._connection(transaction=transaction,
                                                 read_only=read_only) as tx:
                         return await fn(tx, attempt > 0)
-            except (StoreError, asyncio.CancelledError):
+            except (ReconcilerError, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 if not self._is_retryable(exc):

@@ -118,12 +118,14 @@ CREATE TABLE tb_deployment_step (
     UNIQUE (fk_deployment, seq)
 );
 
--- Leases: expiry is judged by the database clock (now()), the one clock all replicas share.
+-- Leases: expiry is judged by the database clock (clock_timestamp()), the one clock all
+-- replicas share. identifier = name; only identifier carries the UNIQUE constraint so that the
+-- lease upsert's ON CONFLICT (identifier) is the one unique check two racing takers can hit.
 CREATE TABLE tb_lock (
     pk_lock     BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id          UUID        NOT NULL UNIQUE,
     identifier  TEXT        NOT NULL UNIQUE,
-    name        TEXT        NOT NULL UNIQUE,
+    name        TEXT        NOT NULL CHECK (name = identifier),
     owner       TEXT        NOT NULL,
     acquired_at TIMESTAMPTZ NOT NULL,
     expires_at  TIMESTAMPTZ NOT NULL
