@@ -124,6 +124,6 @@ def columns_of(url: str, table: str) -> list[str]:
         return [str(r[1]) for r in raw_query(url, f"PRAGMA table_info({table})")]
     schema = "'public'" if dialect == "postgresql" else "DATABASE()"
     return [str(r[0]) for r in raw_query(
-        url, "SELECT column_name FROM information_schema.columns "  # noqa: S608
+        url, "SELECT column_name FROM information_schema.columns "
              f"WHERE table_schema = {schema} AND table_name = %s ORDER BY ordinal_position",
         (table,))]

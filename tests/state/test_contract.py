@@ -304,7 +304,7 @@ async def test_leases(any_store: Store, any_second: Store) -> None:
     assert await any_store.lock_owner("resource:prod/Service/api") is None
     assert [lock.owner for lock in await any_store.list_locks()] == ["replica-2", "dead"]
     assert await any_second.acquire_lock("resource:prod/Service/api", "alive", 30) is True
-    taken = [lock for lock in await any_store.list_locks() if lock.owner == "alive"][0]
+    taken = next(lock for lock in await any_store.list_locks() if lock.owner == "alive")
     assert taken.acquired_at > first.acquired_at
     assert await any_store.acquire_lock("resource:prod/Service/api", "dead", 30) is False
     with pytest.raises(StoreError):
@@ -463,7 +463,7 @@ async def test_native_types_and_foreign_keys(any_store: Store, db_url: str) -> N
                     "DATABASE() AND table_name = 'tb_deployment' "
                     "AND column_name = 'pk_deployment'")[0][0]
     # real foreign keys: a deployment pointing at no resource is refused by the server
-    with pytest.raises(Exception, match="(?i)foreign key"):
+    with pytest.raises(Exception, match=r"(?i)foreign key"):
         raw_query(db_url, "INSERT INTO tb_deployment (id, identifier, fk_resource, seq, "
                           "to_revision, \"trigger\", strategy, created_at) VALUES "
                           "('00000000-0000-4000-8000-000000000001', 'x#1', 999, 1, 'r', 't', "
