@@ -1,0 +1,116 @@
+"""Connection loss and server restarts: the store reconnects with backoff, retries the write and
+loses (or doubles) no record. PostgreSQL is really stopped and started; MariaDB connections are
+killed server-side (restarting the shared MariaDB would disturb every other test for longer)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.observe.metrics import DB_ERRORS
+from reconciler.spec.model import ResourceKey
+from reconciler.state import Store, open_store
+from tests.helpers import need
+from tests.state.backends import available, raw_query, throwaway_url
+
+KEY = ResourceKey("prod", "Service", "api")
+PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+
+
+def _pg_running() -> bool:
+    return subprocess.run([*PG_CTL, "status"], capture_output=True, timeout=30).returncode == 0
+
+
+async def _write_deployments(store: Store, count: int, done: list[str]) -> None:
+    for i in range(count):
+        deployment = await store.create_deployment(
+            KEY, from_revision=None, to_revision=f"r{i}", config_commit=None, trigger="commit",
+            strategy="rolling")
+        await store.transition(deployment.id, "in_progress")
+        step = await store.start_step(deployment.id, "act", "host")
+        await store.finish_step(step, "succeeded")
+        await store.transition(deployment.id, "succeeded")
+        done.append(deployment.identifier)
+        await asyncio.sleep(0.02)
+
+
+def _assert_journal_complete(url: str, count: int) -> None:
+    rows = raw_query(url, "SELECT identifier, status FROM v_deployment ORDER BY seq")
+    assert [r[0] for r in rows] == [f"prod/Service/api#{i}" for i in range(1, count + 1)]
+    assert {r[1] for r in rows} == {"succeeded"}
+    assert raw_query(url, "SELECT COUNT(*) FROM tb_deployment_event") == [(3 * count,)]
+    assert raw_query(url, "SELECT COUNT(*) FROM tb_deployment_step "
+                          "WHERE status = 'succeeded'") == [(count,)]
+
+
+@pytest.mark.timeout(150)
+async def test_postgresql_restart_loses_no_write(tmp_path: Path) -> None:
+    ok, reason = available("postgresql")
+    need(ok, reason)
+    need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
+         "pg_ctlcluster not installed")
+    count = 40
+    with throwaway_url("postgresql", tmp_path) as url:
+        store = open_store(url)
+        await store.migrate()
+        errors_before = DB_ERRORS._value.get()
+        done: list[str] = []
+        try:
+            writer = asyncio.create_task(_write_deployments(store, count, done))
+            while len(done) < 8 and not writer.done():
+                await asyncio.sleep(0.01)
+            stopped_at = time.monotonic()
+            try:
+                await asyncio.to_thread(subprocess.run, [*PG_CTL, "stop", "-m", "fast"],
+                                        check=True, timeout=60, capture_output=True)
+                during_outage = len(done)
+                await asyncio.sleep(1.5)  # the writer is backing off meanwhile
+                assert len(done) == during_outage  # nothing can be written while it is down
+            finally:
+                await asyncio.to_thread(subprocess.run, [*PG_CTL, "start"], timeout=60,
+                                        capture_output=True)
+            await asyncio.wait_for(writer, timeout=90)
+            recovered_in = time.monotonic() - stopped_at
+        finally:
+            if not _pg_running():  # whatever happened, leave the server running
+                subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+            await store.close()
+        print(f"PostgreSQL stop/start: writer finished {recovered_in:.1f} s after the stop")
+        assert len(done) == count
+        assert DB_ERRORS._value.get() > errors_before  # failed attempts were counted
+        _assert_journal_complete(url, count)
+
+
+@pytest.mark.timeout(120)
+async def test_mysql_killed_connections_lose_no_write(tmp_path: Path) -> None:
+    ok, reason = available("mysql")
+    need(ok, reason)
+    count = 40
+    with throwaway_url("mysql", tmp_path) as url:
+        database = url.rsplit("/", 1)[1]
+        store = open_store(url)
+        await store.migrate()
+        done: list[str] = []
+        kills = 0
+        try:
+            writer = asyncio.create_task(_write_deployments(store, count, done))
+            while not writer.done():
+                await asyncio.sleep(0.15)
+                ids = raw_query(url, "SELECT id FROM information_schema.processlist "
+                                     "WHERE db = %s AND id <> CONNECTION_ID()", (database,))
+                for (connection_id,) in ids:
+                    try:
+                        raw_query(url, f"KILL CONNECTION {int(connection_id)}")
+                        kills += 1
+                    except Exception:  # noqa: S112 - it may have gone already
+                        continue
+            await writer
+        finally:
+            await store.close()
+        assert kills >= 3, kills
+        assert len(done) == count
+        _assert_journal_complete(url, count)
