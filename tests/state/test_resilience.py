@@ -106,7 +106,7 @@ async def test_mysql_killed_connections_lose_no_write(tmp_path: Path) -> None:
                     try:
                         raw_query(url, f"KILL CONNECTION {int(connection_id)}")
                         kills += 1
-                    except Exception:  # noqa: S112 - it may have gone already
+                    except Exception:  # it may have gone already
                         continue
             await writer
         finally:
