@@ -102,9 +102,15 @@ def spec_cache(opts: Options) -> Any:
 
 
 def load_commit(opts: Options, source: Any, commit: str) -> DesiredState:
+    import gc
+
     from reconciler.spec.loader import load_desired_state
 
-    return load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts))
+    desired = load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts))
+    # A one-shot command keeps the desired state to the end: take its (many) objects out of the
+    # cyclic GC's reach, or every later collection walks them all again.
+    gc.freeze()
+    return desired
 
 
 async def find_key(store: Any, name: str) -> ResourceKey:

@@ -80,6 +80,17 @@ class Plan:
         }
 
 
+def item_changes(item: PlanItem) -> list[FieldChange]:
+    """Field changes of an item from its record's applied document (needs a full record)."""
+    record, resource = item.record, item.resource
+    if resource is None:
+        old_doc = (record.applied_spec or record.desired_spec or {}) if record else {}
+        return diff_documents(old_doc, {})
+    if item.action in (UNCHANGED, SUSPENDED) and item.record is not None:
+        return []
+    return diff_documents((record.applied_spec if record else None) or {}, resource.document())
+
+
 def make_plan(
     desired: DesiredState,
     records: Iterable[ResourceRecord],

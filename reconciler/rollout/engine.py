@@ -33,6 +33,7 @@ from reconciler.plan.planner import (
     UPDATE,
     Plan,
     PlanItem,
+    item_changes,
     make_plan,
 )
 from reconciler.providers import (
@@ -266,9 +267,18 @@ class Reconciler:
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
                    redeploy: Iterable[ResourceKey] = ()) -> Plan:
-        records = await self.store.list_resources()
-        return make_plan(desired, records, lambda r: self.revision_of(r, desired),
+        # Light records (no documents) for the whole fleet; full ones only where something
+        # changes, so a plan costs O(changed) in document decoding, not O(fleet).
+        records = await self.store.list_resources(with_specs=False)
+        plan = make_plan(desired, records, lambda r: self.revision_of(r, desired),
                          prune=prune, force=force, redeploy=redeploy)
+        for item in plan.items:
+            if item.record is not None and item.action not in (UNCHANGED, SUSPENDED):
+                full = await self.store.get_resource(item.key)
+                if full is not None:
+                    item.record = full
+                    item.changes = item_changes(item)
+        return plan
 
     # -- the pass ---------------------------------------------------------------------------
     async def reconcile(

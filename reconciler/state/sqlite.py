@@ -289,10 +289,21 @@ class SQLiteStore:
         row = await self._run(self._resource_row, key)
         return self._to_resource(row) if row is not None else None
 
-    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]:
+    # Everything but the spec documents: what a plan over a large fleet needs for every row.
+    _LIGHT_COLUMNS = (
+        "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
+        "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
+        "failed_revision, suspended, deleted, updated_at, NULL AS desired_spec, "
+        "NULL AS applied_spec"
+    )
+
+    async def list_resources(self, include_deleted: bool = False, *,
+                             with_specs: bool = True) -> list[ResourceRecord]:
         where = "" if include_deleted else "WHERE deleted = 0"
+        columns = "*" if with_specs else self._LIGHT_COLUMNS
         rows = await self._run(
-            self._all, f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
+            self._all,
+            f"SELECT {columns} FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
         )
         return [self._to_resource(row) for row in rows]
 

@@ -152,7 +152,10 @@ class Store(Protocol):
     # -- resources ---------------------------------------------------------------
     async def get_resource(self, key: ResourceKey) -> ResourceRecord | None: ...
 
-    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]: ...
+    async def list_resources(self, include_deleted: bool = False, *,
+                             with_specs: bool = True) -> list[ResourceRecord]:
+        """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None
+        (a plan reads every row but needs the documents of the few that changed)."""
 
     async def record_desired(
         self,
