@@ -99,7 +99,7 @@ async def test_mysql_killed_connections_lose_no_write(tmp_path: Path) -> None:
         try:
             writer = asyncio.create_task(_write_deployments(store, count, done))
             while not writer.done():
-                await asyncio.sleep(0.15)
+                await asyncio.sleep(0.4)
                 ids = raw_query(url, "SELECT id FROM information_schema.processlist "
                                      "WHERE db = %s AND id <> CONNECTION_ID()", (database,))
                 for (connection_id,) in ids:
