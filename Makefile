@@ -29,7 +29,7 @@ demo: $(STAMP)
 	@echo "  rollback:  set FAIL_HEALTH: \"1\" in its env, git commit: health gate fails, rolled back"
 	@echo "  stop:      Ctrl-C (the services keep running; the next start adopts them)"
 	RECONCILER_STATE_DIR=$(DEMO_STATE) $(BIN)/reconciler --log-format text daemon \
-	  --repo . --path examples/fleet --listen $(DEMO_LISTEN)
+	  --repo . --path examples/fleet --environment demo --listen $(DEMO_LISTEN)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

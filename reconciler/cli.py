@@ -146,6 +146,8 @@ repo_options = [
     click.option("--ref", default=None, help="Branch, tag or commit (default: HEAD / default "
                                              "branch)."),
     click.option("--path", "path", default="", help="Folder inside the repo (default: root)."),
+    click.option("-e", "--environment", "environments", multiple=True,
+                 help="Only this environment (repeatable; default: all)."),
 ]
 
 
@@ -231,7 +233,8 @@ def render_plan(plan: Any) -> None:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 @handles_errors
-def diff(opts: Options, repo: str, ref: str | None, path: str, prune: bool, output: str) -> None:
+def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
+         prune: bool, output: str) -> None:
     """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
 
     async def main() -> Any:
@@ -242,8 +245,8 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, prune: bool, outp
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
         try:
-            return await Reconciler(store, state_dir=opts.resolved_state_dir(),
-                                    source=source).plan(desired, prune=prune)
+            return await Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
+                                    environments=set(environments)).plan(desired, prune=prune)
         finally:
             await store.close()
 
@@ -306,8 +309,8 @@ class Progress:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 @handles_errors
-def apply(opts: Options, repo: str, ref: str | None, path: str, prune: bool, force: bool,
-          output: str) -> None:
+def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
+          prune: bool, force: bool, output: str) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error."""
 
     async def main() -> Any:
@@ -319,7 +322,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, prune: bool, for
         store = await open_store(opts)
         progress = Progress(live=sys.stdout.isatty() and output == "text")
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
-                            progress=progress if output == "text" else None)
+                            progress=progress if output == "text" else None,
+                            environments=set(environments))
         try:
             with progress:
                 return await engine.reconcile(desired, trigger="apply", prune=prune, force=force)
@@ -437,7 +441,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
 @click.pass_obj
 @handles_errors
 def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: str | None,
-             path: str) -> None:
+             path: str, environments: tuple[str, ...]) -> None:
     """Back to the last good (or given) revision, recorded as a manual rollback."""
 
     async def main() -> Any:
@@ -502,7 +506,8 @@ def resume(opts: Options, name: str) -> None:
 @with_repo
 @click.pass_obj
 @handles_errors
-def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path: str) -> None:
+def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path: str,
+         environments: tuple[str, ...]) -> None:
     """The last lines of a resource's output on each instance."""
 
     async def main() -> list[tuple[str, list[str]]]:
@@ -554,7 +559,8 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
                                  " without one the API is not served.")
 @click.pass_obj
 @handles_errors
-def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, interval: str,
+def daemon(opts: Options, repo: str, ref: str | None, path: str,
+           environments: tuple[str, ...], listen: str, interval: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None) -> None:
@@ -579,7 +585,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str, listen: str, in
                           prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url(),
                           heal=not no_heal, webhook_secrets=secrets,
                           webhook_repos=list(webhook_repos), webhook_branches=branches,
-                          api_token=_api_token(api_token_file))
+                          api_token=_api_token(api_token_file),
+                          environments=set(environments))
     sys.exit(asyncio.run(run_daemon(config)))
 
 

@@ -55,6 +55,7 @@ class DaemonConfig:
     webhook_repos: list[str] = field(default_factory=list)
     webhook_branches: list[str] = field(default_factory=list)
     api_token: bytes | None = field(default=None, repr=False)
+    environments: set[str] = field(default_factory=set)
 
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
@@ -118,6 +119,7 @@ class Daemon:
             self.last_error = exc.message
             log.error("cannot load desired state", extra={"error": exc.message})
             return self.desired is not None
+        desired = desired.only(self.cfg.environments)
         log.info("desired state loaded", extra={"commit": sync.commit,
                                                 "resources": len(desired.resources)})
         self.desired = desired
@@ -364,5 +366,6 @@ async def _run_daemon(cfg: DaemonConfig) -> int:
     store = open_store(cfg.db_url)
     await store.migrate()
     source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)
-    engine = Reconciler(store, state_dir=cfg.state_dir, source=source)
+    engine = Reconciler(store, state_dir=cfg.state_dir, source=source,
+                        environments=cfg.environments)
     return await Daemon(cfg, store, source, engine).run()

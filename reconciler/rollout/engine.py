@@ -157,6 +157,7 @@ class Reconciler:
         owner: str | None = None,
         progress: ProgressFn | None = None,
         concurrency: int = 8,
+        environments: set[str] | None = None,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -164,6 +165,9 @@ class Reconciler:
         self.owner = owner or process_identity()
         self.progress = progress
         self.concurrency = concurrency
+        # Reconcile only these environments (None: all): other environments' records are
+        # neither planned nor pruned.
+        self.environments = environments or None
         self.stopping = False  # set on SIGTERM: finish in-flight steps, start nothing new
         self._providers: dict[tuple[ResourceKey, str], Provider] = {}
         self._app_sources: dict[str, GitSource] = {}
@@ -270,6 +274,9 @@ class Reconciler:
         # Light records (no documents) for the whole fleet; full ones only where something
         # changes, so a plan costs O(changed) in document decoding, not O(fleet).
         records = await self.store.list_resources(with_specs=False)
+        if self.environments:
+            desired = desired.only(self.environments)
+            records = [r for r in records if r.key.environment in self.environments]
         plan = make_plan(desired, records, lambda r: self.revision_of(r, desired),
                          prune=prune, force=force, redeploy=redeploy)
         for item in plan.items:

@@ -107,5 +107,12 @@ class DesiredState:
         key = resource.target_key
         return self.resources.get(key) if key else None
 
+    def only(self, environments: set[str] | None) -> DesiredState:
+        """The part of the state in ``environments`` (None: everything)."""
+        if not environments:
+            return self
+        kept = {k: r for k, r in self.resources.items() if k.environment in environments}
+        return DesiredState(kept, commit=self.commit, root=self.root)
+
     def of_kind(self, kind: str) -> list[Resource]:
         return [r for k, r in sorted(self.resources.items()) if k.kind == kind]

@@ -148,3 +148,20 @@ def test_unknown_resource_names_are_clear_errors(fleet: Fleet) -> None:
     assert out.returncode == 2
     assert "no resource named 'nope'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_environment_filter_plans_and_prunes_only_that_environment(fleet: Fleet) -> None:
+    port_a, port_b = free_port(), free_port()
+    fleet.write("target-b.yaml", fleet.repo.joinpath("fleet/target.yaml").read_text()
+                .replace("name: local", "name: local\n  environment: b"))
+    fleet.write("api.yaml", service_yaml("api", port_a))
+    fleet.write("api-b.yaml", service_yaml("api", port_b).replace(
+        "name: api\n", "name: api\n  environment: b\n"))
+    fleet.commit()
+    assert fleet.cli("apply", *fleet.repo_args(), "-e", "b").returncode == 0
+    names = {r["resource"] for r in fleet.json("status")["resources"]}
+    assert names == {"b/Target/local", "b/Service/api"}
+    plan = fleet.json("diff", *fleet.repo_args(), "-e", "default", "--prune")
+    assert {r["resource"] for r in plan["resources"]} == {"default/Target/local",
+                                                          "default/Service/api"}
+    assert fleet.cli("diff", *fleet.repo_args(), "-e", "b", "--prune").returncode == 0
