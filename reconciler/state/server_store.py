@@ -296,9 +296,20 @@ class ServerStore(ABC):
                               transaction=False)
         return self._to_resource(row) if row is not None else None
 
-    async def list_resources(self, include_deleted: bool = False) -> list[ResourceRecord]:
+    # Everything but the spec documents: what a plan over a large fleet needs for every row.
+    _LIGHT_COLUMNS = (
+        "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
+        "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
+        "failed_revision, suspended, deleted, updated_at, NULL AS desired_spec, "
+        "NULL AS applied_spec"
+    )
+
+    async def list_resources(self, include_deleted: bool = False, *,
+                             with_specs: bool = True) -> list[ResourceRecord]:
+        """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None."""
         where = "" if include_deleted else "WHERE deleted = FALSE"
-        sql = f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
+        columns = "*" if with_specs else self._LIGHT_COLUMNS
+        sql = f"SELECT {columns} FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
         rows = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
         return [self._to_resource(row) for row in rows]
 
@@ -761,6 +772,84 @@ class ServerStore(ABC):
     async def _insert_delivery(self, tx: Tx, row_id: str, provider: str,
                                delivery_id: str) -> bool:
         """Insert unless (provider, delivery_id) exists; True when inserted."""
+
+    # -- bulk import (reconciler.state.copy) -----------------------------------------------------
+    async def is_empty(self) -> bool:
+        """No resource and no deployment recorded (a safe destination for ``copy_store``)."""
+        row = await self._run("is_empty", lambda tx, _: tx.one(
+            "SELECT (SELECT COUNT(*) FROM tb_resource) AS resources, "
+            "(SELECT COUNT(*) FROM tb_deployment) AS deployments"), transaction=False)
+        assert row is not None
+        return int(row["resources"]) == 0 and int(row["deployments"]) == 0
+
+    async def import_resource(self, record: ResourceRecord, created_at: datetime) -> None:
+        """Insert a resource exactly as another store recorded it (same id)."""
+        updated = record.updated_at or created_at
+        values = {
+            "id": record.id, "identifier": str(record.key),
+            "environment": record.key.environment, "kind": record.key.kind,
+            "name": record.key.name,
+            "desired_revision": record.desired_revision, "desired_hash": record.desired_hash,
+            "desired_spec": self._db_json(record.desired_spec),
+            "applied_revision": record.applied_revision, "applied_hash": record.applied_hash,
+            "applied_spec": self._db_json(record.applied_spec),
+            "config_commit": record.config_commit, "sync_status": record.sync_status,
+            "health_status": record.health_status, "last_result": record.last_result,
+            "last_error": record.last_error, "failed_revision": record.failed_revision,
+            "suspended": record.suspended, "deleted": record.deleted,
+            "created_at": self._db_time(min(created_at, updated)),
+            "updated_at": self._db_time(updated),
+        }
+
+        async def op(tx: Tx, retrying: bool) -> None:
+            if retrying and await tx.one("SELECT 1 AS found FROM tb_resource WHERE id = %s",
+                                         (record.id,)):
+                return
+            await tx.insert("tb_resource", values, "pk_resource")
+
+        await self._run("import_resource", op)
+
+    async def import_deployment(self, record: DeploymentRecord) -> None:
+        """Insert a deployment with its events and steps exactly as another store recorded it
+        (same ids, identifiers, statuses and timestamps; its resource must be imported first)."""
+        seq = int(record.identifier.rsplit("#", 1)[1])
+        created = record.created_at or utc_now()
+
+        async def op(tx: Tx, retrying: bool) -> None:
+            if retrying and await tx.one("SELECT 1 AS found FROM tb_deployment WHERE id = %s",
+                                         (record.id,)):
+                return
+            parent = await tx.one(
+                f"SELECT pk_resource FROM tb_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
+                self._key_params(record.key))
+            if parent is None:
+                raise NotFound(f"{record.identifier}: resource {record.key} not imported")
+            pk = await tx.insert("tb_deployment", {
+                "id": record.id, "identifier": record.identifier,
+                "fk_resource": parent["pk_resource"], "seq": seq, "status": record.status,
+                "from_revision": record.from_revision, "to_revision": record.to_revision,
+                "config_commit": record.config_commit, self.trigger_column: record.trigger,
+                "strategy": record.strategy, "error": record.error, "output": record.output,
+                "exit_code": record.exit_code, "spec": self._db_json(record.spec),
+                "created_at": self._db_time(created),
+                "started_at": self._db_time(record.started_at) if record.started_at else None,
+                "finished_at": (self._db_time(record.finished_at) if record.finished_at
+                                else None),
+            }, "pk_deployment")
+            for number, event in enumerate(record.events, start=1):
+                await self._add_event(tx, pk, record.identifier, event.status, event.message,
+                                      event.at, seq=number)
+            for step in record.steps:
+                await tx.insert("tb_deployment_step", {
+                    "id": step.id, "identifier": f"{record.identifier}/step/{step.seq}",
+                    "fk_deployment": pk, "seq": step.seq, "action": step.action,
+                    "instance": step.instance, "status": step.status, "detail": step.detail,
+                    "started_at": self._db_time(step.started_at),
+                    "finished_at": (self._db_time(step.finished_at) if step.finished_at
+                                    else None),
+                }, "pk_deployment_step")
+
+        await self._run("import_deployment", op)
 
     async def prune_deliveries(self, before: datetime) -> int:
         """Forget deliveries received before ``before`` (bounded table); returns the count."""

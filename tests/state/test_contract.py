@@ -478,3 +478,15 @@ async def test_closed_store_refuses_calls(db_url: str) -> None:
     with pytest.raises(StoreError, match="closed"):
         await store.list_resources()
     await store.close()  # twice is fine
+
+
+async def test_light_listing_leaves_specs_out(any_store: Store) -> None:
+    await any_store.record_desired(API, revision="r1", spec_hash="h1", spec=SPEC,
+                                   config_commit="c1")
+    await any_store.record_applied(API, revision="r1", spec_hash="h1", spec=SPEC,
+                                   config_commit="c1")
+    full = await any_store.list_resources()
+    light = await any_store.list_resources(with_specs=False)
+    assert full[0].desired_spec == SPEC and full[0].applied_spec == SPEC
+    assert light[0].desired_spec is None and light[0].applied_spec is None
+    assert light[0].__dict__ | {"desired_spec": SPEC, "applied_spec": SPEC} == full[0].__dict__
