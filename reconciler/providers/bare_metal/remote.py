@@ -80,7 +80,11 @@ _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 5.0
 _REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NOT_RETRIED = (SSHHostKeyError, SSHAuthError, SSHConfigError)
-_RESTART_SCRIPT = 'systemctl enable --quiet -- "$1" && systemctl restart -- "$1"'
+# `enable` reloads systemd's whole configuration: only when the unit is not enabled yet.
+_RESTART_SCRIPT = (
+    'systemctl is-enabled --quiet -- "$1" || systemctl enable --quiet -- "$1" || exit; '
+    'exec systemctl restart -- "$1"'
+)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -135,6 +139,7 @@ class SystemdSSHProvider:
         self._exports: dict[tuple[ResourceKey, str], Path] = {}
         self._export_locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
+        self._warming: dict[str, asyncio.Task[None]] = {}
 
     # -- naming --------------------------------------------------------------------------------
 
@@ -278,7 +283,20 @@ class SystemdSSHProvider:
     # -- Provider ------------------------------------------------------------------------------
 
     async def instances(self, resource: Resource) -> list[Instance]:
-        return [Instance(id=h.host_id, address=h.address) for h in self.hosts.values()]
+        instances = [Instance(id=h.host_id, address=h.address) for h in self.hosts.values()]
+        # Log in to every host now, concurrently: a rolling deploy then finds host N's
+        # connection ready instead of paying for each login in turn. Failures are not
+        # reported here; the first real call on that host raises them.
+        for instance in instances[1:]:
+            transport = self.pool.get(self._config(instance))
+            if instance.id not in self._warming:
+                task = asyncio.create_task(self._warm(transport))
+                self._warming[instance.id] = task
+        return instances
+
+    async def _warm(self, transport: SSHTransport) -> None:
+        with contextlib.suppress(ProviderError, OSError):
+            await transport.connect()
 
     async def deploy(self, release: Release, instance: Instance) -> None:
         self._config(instance)
@@ -424,6 +442,10 @@ class SystemdSSHProvider:
 
     async def close(self) -> None:
         """Close every connection (the provider stays usable: the next call reconnects)."""
+        warming, self._warming = list(self._warming.values()), {}
+        for task in warming:
+            task.cancel()
+        await asyncio.gather(*warming, return_exceptions=True)
         pool, self.pool = self.pool, SSHPool()
         await pool.close()
         self._exports.clear()

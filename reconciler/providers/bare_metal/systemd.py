@@ -327,10 +327,11 @@ _INSPECT_SCRIPT = """for f do
 done"""
 # Everything observe() needs from one host in one round trip.
 _OBSERVE_SCRIPT = """unit=$1 dir=$2 unitfile=$3
-systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
+props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
   -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -- "$unit"
-pid=$(systemctl show -p MainPID --value -- "$unit")
+  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -- "$unit")
+printf '%s\n' "$props"
+pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
 echo "FraisierCurrent=$(readlink -- "$dir/current")"
 if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "FraisierCwd=$(readlink /proc/$pid/cwd)"; fi
 if [ -f "$unitfile" ]; then

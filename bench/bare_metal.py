@@ -1,0 +1,326 @@
+"""Benchmark: one Service update on 2 SSH+systemd hosts — `reconciler apply` vs a plain asyncssh
+script vs an ansible-core playbook, on the same test hosts in the same run (issue 3).
+
+Each method deploys the same update of the same tiny HTTP app, rolling (one host after the
+other, as `reconciler apply` does): upload the release tree, switch a `current` symlink, restart
+the systemd unit, poll an exec health check on the host every 100 ms until it passes. Each is run
+as its own process, so interpreter start-up counts for all three. Rounds are interleaved; the
+medians and their ratios are printed (goals: reconciler <= 1.15x the plain script, >= 3x faster
+than Ansible).
+
+The three use separate units and ports on the hosts, so they never disturb one another:
+``fraisier-default_api.service`` (reconciler), ``bench-plain.service``, ``bench-ansible.service``.
+
+ansible-core comes from PyPI into a separate venv (``--ansible-venv``, created on first use);
+it is not a project dependency.
+
+    sudo tests/infra/up.sh    # once: the test hosts
+    .venv/bin/python bench/bare_metal.py [--rounds 5] [--files 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
+
+APP = """\
+import http.server, sys, urllib.request
+
+mode, port_file = sys.argv[1], sys.argv[2]
+port = int(open(port_file).read())
+version = open("VERSION").read().strip()
+if mode == "check":
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+        sys.exit(0 if r.status == 200 else 1)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = version.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.HTTPServer.allow_reuse_address = True
+http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+"""
+
+PLAIN = r'''
+"""The plain script: what a hand-written asyncssh deploy does, and nothing more."""
+import asyncio, shlex, sys, time
+import asyncssh
+
+hosts = [h.split(":") for h in sys.argv[1].split(",")]  # addr:port
+src, rev, key, known = sys.argv[2:6]
+base = "/srv/bench-plain"
+
+
+async def deploy(addr, port):
+    async with asyncssh.connect(addr, int(port), username="root", client_keys=[key],
+                                known_hosts=known, agent_path=None, config=None) as conn:
+        release = f"{base}/releases/{rev}"
+        await conn.run(shlex.join(["mkdir", "-p", f"{base}/releases"]), check=True)
+        async with conn.start_sftp_client() as sftp:
+            await sftp.put(src, release + ".tmp", recurse=True, preserve=True)
+        await conn.run(shlex.join(["mv", "-T", release + ".tmp", release]), check=True)
+        await conn.run(shlex.join(["ln", "-sfn", f"releases/{rev}", f"{base}/.current"]) + " && "
+                       + shlex.join(["mv", "-fT", f"{base}/.current", f"{base}/current"]),
+                       check=True)
+        await conn.run(shlex.join(["systemctl", "restart", "bench-plain.service"]), check=True)
+        check = shlex.join(["sh", "-c", 'cd "$1" && exec python3 app.py check "$2"', "-",
+                            f"{base}/current", "/etc/fraisier-bench-plain-port"])
+        deadline = time.monotonic() + 30
+        while (await conn.run(check)).exit_status != 0:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{addr}:{port} not healthy")
+            await asyncio.sleep(0.1)
+
+
+async def main():
+    for addr, port in hosts:  # rolling, like reconciler apply
+        await deploy(addr, port)
+
+asyncio.run(main())
+'''
+
+PLAYBOOK = """\
+- hosts: bench
+  gather_facts: false
+  serial: 1
+  vars:
+    base: /srv/bench-ansible
+  tasks:
+    - name: upload the release
+      ansible.builtin.copy:
+        src: "{{ src }}/"
+        dest: "{{ base }}/releases/{{ rev }}/"
+        mode: preserve
+    - name: switch current
+      ansible.builtin.file:
+        src: "releases/{{ rev }}"
+        dest: "{{ base }}/current"
+        state: link
+        force: true
+    - name: restart
+      ansible.builtin.systemd_service:
+        name: bench-ansible.service
+        state: restarted
+    - name: health
+      ansible.builtin.shell: |
+        cd {{ base }}/current
+        for i in $(seq 300); do
+          python3 app.py check /etc/fraisier-bench-ansible-port && exit 0
+          sleep 0.1
+        done
+        exit 1
+"""
+
+
+def unit(name: str, base: str, port_file: str) -> str:
+    return textwrap.dedent(f"""\
+        [Service]
+        Type=exec
+        WorkingDirectory={base}/current
+        ExecStart=/usr/bin/python3 app.py serve {port_file}
+        Restart=on-failure
+        [Install]
+        WantedBy=multi-user.target
+        """)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@example.invalid",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@example.invalid"}
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+
+def write_app(folder: Path, version: str, files: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(APP)
+    (folder / "VERSION").write_text(version + "\n")
+    static = folder / "static"
+    static.mkdir(exist_ok=True)
+    for i in range(files):  # a release is rarely one file: some assets of a few KiB
+        (static / f"asset{i}.txt").write_text(f"{version} {i}\n" * 200)
+
+
+def ensure_ansible(venv: Path) -> Path:
+    playbook = venv / "bin" / "ansible-playbook"
+    if not playbook.exists():
+        print(f"installing ansible-core from PyPI into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core"], check=True)
+    return playbook
+
+
+def timed(argv: list[str], **kwargs: object) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, **kwargs)  # type: ignore[call-overload]
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--files", type=int, default=20, help="asset files per release")
+    parser.add_argument("--ansible-venv", type=Path,
+                        default=Path("/var/tmp/fraisier-bench/ansible-venv"))
+    args = parser.parse_args()
+
+    infra, reason = load()
+    if infra is None or len(infra.hosts) < 2:
+        raise SystemExit(reason or "need at least 2 test hosts")
+    playbook_bin = ensure_ansible(args.ansible_venv)
+    hosts: list[InfraHost] = list(infra.hosts[:2])
+
+    with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        for host in hosts:
+            host.reset()
+            host.run(["rm", "-rf", "/srv/bench-plain", "/srv/bench-ansible"])
+            for method in ("reconciler", "plain", "ansible"):
+                host.run(["sh", "-c", 'printf %s "$1" >"$2"', "-", str(free_port()),
+                          f"/etc/fraisier-bench-{method}-port"])
+            for method in ("plain", "ansible"):
+                base = f"/srv/bench-{method}"
+                text = unit(method, base, f"/etc/fraisier-bench-{method}-port")
+                host.run(["sh", "-c", 'cat >"$1"', "-",
+                          f"/etc/systemd/system/bench-{method}.service"], input=text.encode())
+            host.run(["systemctl", "daemon-reload"])
+
+        # the config repo for reconciler
+        repo = tmp / "config"
+        write_app(repo / "app", "v0", args.files)
+        (repo / "fleet").mkdir()
+        entries = "".join(
+            f"\n    - {{name: {h.name}, address: {h.address}, port: {h.port}, user: root, "
+            f"identityFile: {h.identity_file}, knownHosts: {h.known_hosts}}}" for h in hosts)
+        (repo / "fleet" / "target.yaml").write_text(
+            "apiVersion: fraisier.dev/v1\nkind: Target\nmetadata: {name: hosts}\nspec:\n"
+            "  provider: bare_metal\n  transport: ssh\n  hosts:" + entries + "\n")
+        (repo / "fleet" / "api.yaml").write_text(textwrap.dedent("""\
+            apiVersion: fraisier.dev/v1
+            kind: Service
+            metadata: {name: api}
+            spec:
+              target: hosts
+              source: {path: app}
+              command: [python3, app.py, serve, /etc/fraisier-bench-reconciler-port]
+              health:
+                exec: {command: [python3, app.py, check, /etc/fraisier-bench-reconciler-port]}
+                interval: 100ms
+                startPeriod: 10s
+            """))
+        git(repo, "init", "-q", "-b", "main")
+        state = tmp / "state"
+        reconciler = [sys.executable, "-m", "reconciler", "--state-dir", str(state),
+                      "--log-format", "text", "apply", "--repo", str(repo), "--path", "fleet"]
+
+        def commit(version: str) -> None:
+            write_app(repo / "app", version, args.files)
+            git(repo, "add", "-A")
+            git(repo, "commit", "-q", "-m", version)
+
+        plain_script = tmp / "plain.py"
+        plain_script.write_text(PLAIN)
+        host_list = ",".join(f"{h.address}:{h.port}" for h in hosts)
+        inventory = tmp / "inventory.ini"
+        inventory.write_text("[bench]\n" + "".join(
+            f"{h.name} ansible_host={h.address} ansible_port={h.port} ansible_user=root "
+            f"ansible_ssh_private_key_file={h.identity_file} "
+            f"ansible_ssh_common_args='-o UserKnownHostsFile={h.known_hosts} "
+            f"-o StrictHostKeyChecking=yes' ansible_python_interpreter=/usr/bin/python3\n"
+            for h in hosts))
+        playbook = tmp / "deploy.yml"
+        playbook.write_text(PLAYBOOK)
+        ansible_env = {**os.environ, "ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
+                       "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-local"),
+                       "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_NOCOLOR": "1"}
+
+        def run_plain(version: str) -> float:
+            src = tmp / "plain-src" / version
+            write_app(src, version, args.files)
+            return timed([sys.executable, str(plain_script), host_list, str(src), version,
+                          hosts[0].identity_file, hosts[0].known_hosts])
+
+        def run_ansible(version: str) -> float:
+            src = tmp / "ansible-src" / version
+            write_app(src, version, args.files)
+            return timed([str(playbook_bin), "-i", str(inventory), str(playbook),
+                          "-e", json.dumps({"src": str(src), "rev": version})],
+                         env=ansible_env)
+
+        # warm-up (untimed): the first deploy of each, enabling the units
+        commit("v0")
+        timed(reconciler)
+        run_plain("v0")
+        run_ansible("v0")
+        for host in hosts:
+            host.run(["systemctl", "enable", "-q", "bench-plain.service",
+                      "bench-ansible.service"])
+
+        times: dict[str, list[float]] = {"reconciler": [], "plain": [], "ansible": []}
+        for round_no in range(1, args.rounds + 1):
+            version = f"v{round_no}"
+            commit(version)
+            times["reconciler"].append(timed(reconciler))
+            times["plain"].append(run_plain(version))
+            times["ansible"].append(run_ansible(version))
+            print(f"round {round_no}: " + "  ".join(
+                f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+        for host in hosts:  # every method really deployed the last version
+            for method, port_file in (("reconciler", "reconciler"), ("plain", "plain"),
+                                      ("ansible", "ansible")):
+                port = host.sh(f"cat /etc/fraisier-bench-{port_file}-port").strip()
+                body = host.sh(f"python3 -c \"import urllib.request;print(urllib.request."
+                               f"urlopen('http://127.0.0.1:{port}/').read().decode())\"").strip()
+                if body != f"v{args.rounds}":
+                    raise SystemExit(f"{method} on {host.name} serves {body!r}")
+        for host in hosts:
+            host.run(["systemctl", "disable", "--now", "-q", "bench-plain.service",
+                      "bench-ansible.service"], check=False)
+            host.run(["rm", "-rf", "/srv/bench-plain", "/srv/bench-ansible",
+                      "/etc/systemd/system/bench-plain.service",
+                      "/etc/systemd/system/bench-ansible.service"], check=False)
+            host.reset()
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\none update of 1 Service on 2 hosts, {args.files} asset files, median of "
+          f"{args.rounds} rounds:")
+    for name, value in med.items():
+        print(f"  {name:<10} {value:6.2f}s   (min {min(times[name]):.2f}s)")
+    print(f"reconciler / plain script : {med['reconciler'] / med['plain']:.2f}x  (goal <= 1.15x)")
+    print(f"ansible / reconciler      : {med['ansible'] / med['reconciler']:.2f}x  (goal >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
