@@ -79,6 +79,7 @@ class Daemon:
     redeploy: set[ResourceKey] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
     last_error: str | None = None
+    reconciling: bool = False
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
 
@@ -128,11 +129,15 @@ class Daemon:
 
     # -- the loop ----------------------------------------------------------------------------
     async def reconcile_once(self) -> None:
+        # Take both at once (before any await): a drift found meanwhile waits for the next pass.
         reasons, self.reasons = self.reasons, set()
+        redeploy, self.redeploy = self.redeploy, set()
+        if redeploy:
+            reasons.add("drift")
         if not await self.refresh() or self.desired is None:
+            self.redeploy |= redeploy
             return
         self.ready = True
-        redeploy, self.redeploy = self.redeploy, set()
         trigger = ",".join(sorted(reasons)) or "poll"
         result = await self.engine.reconcile(self.desired, trigger=trigger, prune=self.cfg.prune,
                                              redeploy=redeploy)
@@ -166,11 +171,14 @@ class Daemon:
             if not self.reasons:
                 self.reasons.add("retry" if self.retry_at and time.monotonic() >= self.retry_at
                                  else "poll")
+            self.reconciling = True
             try:
                 await self.reconcile_once()
             except ReconcilerError as exc:
                 log.error("reconcile pass failed", extra={"error": exc.message, "code": exc.code})
                 self.retry_at = time.monotonic() + jittered(10.0)
+            finally:
+                self.reconciling = False
 
     async def watch_local(self) -> None:
         """Wake on ref changes of a local repo (watchfiles ignores .git by default)."""
@@ -238,13 +246,15 @@ class Daemon:
         while not self.stopping:
             await asyncio.sleep(jittered(min(self.cfg.interval, 10.0)))
             desired = self.desired
-            if desired is None:
-                continue
+            if desired is None or self.reconciling:
+                continue  # mid-pass, instances restarting on purpose are not drift
             drifted: set[ResourceKey] = set()
             for resource in desired.of_kind("Service"):
                 record = await self.store.get_resource(resource.key)
                 if record is None or record.applied_revision is None or record.suspended:
                     continue
+                if await self.store.lock_owner(f"resource:{resource.key}") is not None:
+                    continue  # being deployed (by us or another reconciler)
                 target = desired.target_of(resource)
                 if target is None:
                     continue

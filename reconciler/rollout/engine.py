@@ -492,6 +492,14 @@ class Reconciler:
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
         await self.store.transition(dep.id, st.FAILED, error=error, message=error)
         self._emit(key, "failed", error)
+        if not instances:
+            # Nothing was touched (the provider could not even list instances): there is
+            # nothing to roll back, and the daemon retries with backoff.
+            await self.store.update_status(key, last_result=st.FAILED, last_error=error,
+                                           sync_status="OutOfSync")
+            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.FAILED).inc()
+            return Outcome(key, item.action, st.FAILED, revision, error,
+                           deployment=dep.identifier)
         status, message = await self._rollback(dep, provider, key, revision, instances,
                                                reason="health" if "health" in error else "error")
         metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, status).inc()

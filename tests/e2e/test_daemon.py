@@ -103,3 +103,31 @@ spec:
     out = daemon.stdout.read() if daemon.stdout else ""
     assert code == 0, out[-3000:]
     assert "Traceback" not in out
+
+
+def test_daemon_heals_a_killed_service(fleet: Fleet) -> None:
+    import os
+
+    port, listen = free_port(), free_port()
+    fleet.write("api.yaml", service_yaml("api", port, greeting="alive"))
+    fleet.commit()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "daemon",
+         *fleet.repo_args(), "--listen", f"127.0.0.1:{listen}", "--interval", "2s"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: greeting(port) == "alive", timeout=60)
+        pidfile = next(fleet.root.rglob("*.pid"))
+        pid = int(json.loads(pidfile.read_text())["pid"])
+        os.killpg(pid, signal.SIGKILL)
+        wait_for(lambda: greeting(port) is None, timeout=10)
+        wait_for(lambda: greeting(port) == "alive", timeout=60, step=0.2)
+        hist = fleet.json("history", "api")
+        assert "drift" in hist[0]["trigger"] and hist[0]["status"] == "succeeded"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            assert daemon.wait(timeout=30) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
