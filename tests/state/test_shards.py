@@ -1,0 +1,104 @@
+"""Shard leases: replicas split the shards, rebalance on join/leave, and take over the share of
+a replica killed with SIGKILL within the TTL (real processes on PostgreSQL and MariaDB)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from reconciler.spec.model import ResourceKey
+from reconciler.state import Store, open_store
+from reconciler.state.shards import ShardLeases, shard_of, shard_owners
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shard_of_is_stable_and_spread() -> None:
+    keys = [ResourceKey("prod", "Service", f"svc-{i}") for i in range(10_000)]
+    counts = Counter(shard_of(k, 64) for k in keys)
+    assert set(counts) == set(range(64))
+    assert max(counts.values()) < 2 * min(counts.values())
+    # fixed by the hash, not by the process: the same on every replica and release
+    assert shard_of(ResourceKey("prod", "Service", "api"), 64) == shard_of("prod/Service/api", 64)
+    assert shard_of("prod/Service/api", 64) == 47  # pinned: changing it reshuffles fleets
+
+
+@pytest.mark.timeout(60)
+async def test_join_leave_and_expiry_rebalance(any_store: Store, any_second: Store) -> None:
+    a = ShardLeases(any_store, "a", shards=8, ttl=0.6)
+    b = ShardLeases(any_second, "b", shards=8, ttl=0.6)
+    assert await a.heartbeat() == frozenset(range(8))
+    assert await b.heartbeat() == frozenset()  # a's leases are live: nothing to take yet
+    assert len(await a.heartbeat()) == 4  # b is live now: a hands half over
+    assert len(await b.heartbeat()) == 4
+    assert a.owned.isdisjoint(b.owned) and a.owned | b.owned == frozenset(range(8))
+    owners = await shard_owners(any_store, 8)
+    assert {n for n, o in owners.items() if o == "a"} == a.owned
+    key = next(f"prod/Service/s{i}" for i in range(100) if shard_of(f"prod/Service/s{i}", 8)
+               in a.owned)
+    assert a.owns(key) and not b.owns(key)
+    await b.leave()
+    assert await a.heartbeat() == frozenset(range(8))
+    # a stops heartbeating (dies): after its TTL, b takes everything
+    await asyncio.sleep(0.7)
+    assert not a.owns(key)  # a knows its leases may be gone
+    assert await b.heartbeat() == frozenset(range(8))
+
+
+def _start(url: str, replica: str, ttl: float, shards: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_DB")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.state.shard_process", url, replica, str(ttl), str(shards)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.mark.timeout(90)
+async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> None:
+    ttl, shards = 1.5, 64
+    store = open_store(server_url)
+    await store.migrate()
+    procs = {f"replica-{i}": _start(server_url, f"replica-{i}", ttl, shards) for i in range(3)}
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # settle: every shard held, three ways
+            owners = await shard_owners(store, shards)
+            counts = Counter(owners.values())
+            if None not in counts and len(counts) == 3 and min(counts.values()) >= 20:
+                break
+            assert time.monotonic() < deadline, f"never balanced: {counts}"
+            await asyncio.sleep(0.1)
+        victim = "replica-0"
+        share = {n for n, o in owners.items() if o == victim}
+        procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        while True:
+            owners = await shard_owners(store, shards)
+            if all(owners[n] not in (None, victim) for n in share):
+                break
+            assert time.monotonic() - killed_at < 3 * ttl, owners
+            await asyncio.sleep(0.05)
+        takeover = time.monotonic() - killed_at
+        print(f"{len(share)} shards of the killed replica taken over in {takeover:.2f} s "
+              f"(ttl {ttl} s)")
+        assert takeover <= ttl + ttl / 3 + 1.5  # TTL + one heartbeat + slack for a busy CI
+        await asyncio.sleep(ttl / 3 * 2)
+        final = Counter((await shard_owners(store, shards)).values())
+        assert set(final) == {"replica-1", "replica-2"} and sum(final.values()) == shards
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        for proc in procs.values():
+            assert proc.stderr is not None
+            err = proc.stderr.read()
+            assert "Traceback" not in err or proc.returncode == -signal.SIGKILL, err
+        await store.close()
