@@ -114,9 +114,9 @@ def test_secret_values_appear_nowhere(fleet: Fleet, tmp_path: Path) -> None:
         assert unresolved.returncode != 0
         assert b"env:FRAISIER_TEST_UNSET" in unresolved.stdout + unresolved.stderr
         for fmt in ("json", "text"):
-            for out in ("json", "text"):
-                assert run("status", "-o", out, fmt=fmt).returncode in (0, 1)
-                assert run("history", "api", "-o", out, fmt=fmt).returncode == 0
+            for output in ("json", "text"):
+                assert run("status", "-o", output, fmt=fmt).returncode in (0, 1)
+                assert run("history", "api", "-o", output, fmt=fmt).returncode == 0
         history = json.loads(outputs["json: history api -o json (stdout)"])
         assert {h["status"] for h in history} >= {"succeeded", "rolled_back"}
 
