@@ -18,7 +18,16 @@ from tests.helpers import need
 from tests.state.backends import available, raw_query, throwaway_url
 
 KEY = ResourceKey("prod", "Service", "api")
-PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main"]
+
+
+def _pg_version() -> str:
+    """The newest installed cluster version (what .ci/run starts), e.g. "15"."""
+    versions = sorted((p.name for p in Path("/etc/postgresql").glob("*") if p.name.isdigit()),
+                      key=int)
+    return versions[-1] if versions else "15"
+
+
+PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main"]
 
 
 def _pg_running() -> bool:
