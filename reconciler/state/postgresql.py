@@ -101,6 +101,7 @@ class PostgresStore(ServerStore):
     dialect = "postgresql"
     null_safe_equal = "{a} IS NOT DISTINCT FROM {b}"
     trigger_column = '"trigger"'
+    binary_order = ' COLLATE "C"'
 
     def __init__(
         self,

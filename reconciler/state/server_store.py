@@ -103,6 +103,9 @@ class ServerStore(ABC):
     # SQL fragments that differ between dialects
     null_safe_equal: str  # e.g. "a IS NOT DISTINCT FROM b" / "a <=> b" with {a} {b}
     trigger_column: str  # the quoted name of the reserved word column
+    # appended to text columns in ORDER BY: code point order, as SQLite's BINARY (whatever
+    # collation the database was created with)
+    binary_order: str = ""
 
     def __init__(self) -> None:
         self._closed = False
@@ -309,7 +312,8 @@ class ServerStore(ABC):
         """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None."""
         where = "" if include_deleted else "WHERE deleted = FALSE"
         columns = "*" if with_specs else self._LIGHT_COLUMNS
-        sql = f"SELECT {columns} FROM v_resource {where} ORDER BY environment, kind, name"  # noqa: S608
+        order = ", ".join(f"{c}{self.binary_order}" for c in ("environment", "kind", "name"))
+        sql = f"SELECT {columns} FROM v_resource {where} ORDER BY {order}"  # noqa: S608
         rows = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
         return [self._to_resource(row) for row in rows]
 
@@ -741,7 +745,8 @@ class ServerStore(ABC):
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name (expired ones included)."""
         rows = await self._run("list_locks", lambda tx, _: tx.all(
-            "SELECT name, owner, acquired_at, expires_at FROM v_lock ORDER BY name"),
+            "SELECT name, owner, acquired_at, expires_at FROM v_lock "  # noqa: S608
+            f"ORDER BY name{self.binary_order}"),
             transaction=False)
         return [LockInfo(r["name"], r["owner"], self._t(r["acquired_at"]),
                          self._t(r["expires_at"])) for r in rows]

@@ -490,3 +490,13 @@ async def test_light_listing_leaves_specs_out(any_store: Store) -> None:
     assert full[0].desired_spec == SPEC and full[0].applied_spec == SPEC
     assert light[0].desired_spec is None and light[0].applied_spec is None
     assert light[0].__dict__ | {"desired_spec": SPEC, "applied_spec": SPEC} == full[0].__dict__
+
+
+async def test_listings_sort_by_code_point_on_every_backend(any_store: Store) -> None:
+    names = ["b", "B", "a", "é", "Z", "_x", "a-b", "a_b", "10", "9"]
+    for name in names:
+        await any_store.update_status(ResourceKey("prod", "Service", name), health_status="Missing")
+        await any_store.acquire_lock(f"lock-{name}", "me", 30)
+    assert [r.key.name for r in await any_store.list_resources()] == sorted(names)
+    assert [lock.name for lock in await any_store.list_locks()] == sorted(
+        f"lock-{n}" for n in names)
