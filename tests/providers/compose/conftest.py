@@ -9,8 +9,14 @@ run's), and whatever it left behind is removed afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -162,3 +168,119 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.2)
+
+
+# -- the real CLI on a real config repo (test_example_fleet, test_cli_recovery, ...) -------------
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+class CliFleet:
+    """A git config repo under ``repo`` (documents in ``repo/<folder>``) and the ``reconciler``
+    CLI run on it as a new process each time, with its own state dir (SQLite database)."""
+
+    def __init__(self, tmp: Path, folder: str = "fleet", env: dict[str, str] | None = None) -> None:
+        self.repo = tmp / "config"
+        self.state = tmp / "state"
+        self.folder = folder
+        self.env = {**os.environ, **GIT_ENV, **(env or {})}
+        (self.repo / folder).mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "-b", "main")
+
+    def git(self, *args: str) -> str:
+        proc = subprocess.run(
+            ["git", "-C", str(self.repo), *args],
+            capture_output=True, text=True, timeout=30, env=self.env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def commit(self, files: dict[str, str | None], message: str) -> str:
+        """Write (or, with None, delete) files of the folder, commit, return the commit."""
+        for name, text in files.items():
+            path = self.repo / self.folder / name
+            if text is None:
+                path.unlink()
+            else:
+                path.write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        return self.git("rev-parse", "HEAD")
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "reconciler", "--state-dir", str(self.state), *args]
+
+    def cli(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv("--log-format", "json", *args),
+            capture_output=True, text=True, timeout=timeout, cwd=self.repo, env=self.env,
+        )  # fmt: skip
+
+    def repo_args(self) -> list[str]:
+        return ["--repo", str(self.repo), "--path", self.folder]
+
+    def apply(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return self.cli("apply", *self.repo_args(), *args, timeout=timeout)
+
+    def json(self, *args: str) -> Any:
+        proc = self.cli(*args, "-o", "json")
+        assert proc.stdout, proc.stderr
+        return json.loads(proc.stdout)
+
+    def status_of(self, name: str) -> dict[str, Any]:
+        entries = [r for r in self.json("status")["resources"] if r["name"] == name]
+        assert len(entries) == 1, entries
+        return dict(entries[0])
+
+
+def document(kind: str, name: str, environment: str, spec: dict[str, Any]) -> str:
+    """One YAML document (the spec as JSON, which is YAML)."""
+    return (
+        f"apiVersion: fraisier.dev/v1\nkind: {kind}\n"
+        f"metadata:\n  name: {name}\n  environment: {environment}\n"
+        f"spec: {json.dumps(spec)}\n"
+    )
+
+
+def docker_json(infra: Infra, *args: str, host: str | None = None) -> Any:
+    """``docker [-H host] <args>`` (an inspect-like command) as parsed JSON."""
+    argv = [infra.docker_cli, *(["-H", host] if host else []), *args]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def project_containers(infra: Infra, project: str, host: str | None = None) -> list[str]:
+    """Ids of the containers (running or not) of a compose project."""
+    argv = [infra.docker_cli, *(["-H", host] if host else []), "ps", "-a", "-q", "--no-trunc",
+            "--filter", f"label=com.docker.compose.project={project}"]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
+def http_get_sync(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET on 127.0.0.1:port, or (0, error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return int(r.status), r.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode(errors="replace")
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what}")
+        time.sleep(step)
