@@ -179,11 +179,19 @@ class ServerStore(ABC):
         deadline = time.monotonic() + self.retry_seconds
         attempt = 0
         while True:
+            refused: ReconcilerError | None = None
             try:
                 with db_operation(self.dialect, operation):
-                    async with self._connection(transaction=transaction,
-                                                read_only=read_only) as tx:
-                        return await fn(tx, attempt > 0)
+                    try:
+                        async with self._connection(transaction=transaction,
+                                                    read_only=read_only) as tx:
+                            return await fn(tx, attempt > 0)
+                    except ReconcilerError as exc:
+                        # NotFound, a refused transition: rolled back above, but not a database
+                        # failure, so not counted in reconciler_db_errors_total
+                        refused = exc
+                assert refused is not None  # the block above returns or raises
+                raise refused
             except (ReconcilerError, asyncio.CancelledError):
                 raise
             except Exception as exc:

@@ -180,3 +180,44 @@ async def test_unreachable_server_fails_after_retrying(server_backend: str) -> N
     finally:
         await store.close()
     assert 0.9 < time.monotonic() - started < 8
+
+
+def _sample(name: str, **labels: str) -> float:
+    from reconciler.observe.metrics import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
+
+
+async def test_metrics_hooks(server_url: str) -> None:
+    """Every operation is timed per backend; failed attempts are counted, refusals are not;
+    the pool publishes its connections; lease acquisition feeds the lock wait histogram."""
+    from reconciler.errors import NotFound
+    from reconciler.spec.model import ResourceKey
+
+    backend = dialect_of(server_url)
+    timed = ("reconciler_db_query_duration_seconds_count",
+             {"backend": backend, "operation": "record_desired"})
+    before = _sample(timed[0], **timed[1])
+    errors_before = _sample("reconciler_db_errors_total")
+    lock_waits = _sample("reconciler_lock_wait_seconds_count")
+    store = open_store(server_url)
+    try:
+        await store.migrate()
+        for i in range(3):
+            await store.record_desired(ResourceKey("m", "Job", f"j{i}"), revision="r",
+                                       spec_hash="h", spec={}, config_commit=None)
+        await store.acquire_lock("l", "o", 5)
+        with pytest.raises(NotFound):
+            await store.set_suspended(ResourceKey("m", "Job", "missing"), True)
+        assert _sample(timed[0], **timed[1]) == before + 3
+        assert _sample("reconciler_lock_wait_seconds_count") == lock_waits + 1
+        assert _sample("reconciler_db_errors_total") == errors_before  # NotFound: no DB error
+        assert _sample("reconciler_db_connections", state="open") >= 1
+        assert _sample("reconciler_db_connections", state="idle") >= 1
+        raw_query(server_url, "DROP VIEW v_resource")
+        with pytest.raises(StoreError, match="schema is missing or outdated"):
+            await store.get_resource(ResourceKey("m", "Job", "j0"))
+        assert _sample("reconciler_db_errors_total") == errors_before + 1
+    finally:
+        await store.close()
