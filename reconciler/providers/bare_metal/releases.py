@@ -30,6 +30,9 @@ from reconciler.transport.local import LocalTransport, output_tail
 _SAFE_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FS_TIMEOUT_S = 60.0
 STATE_FILE = "releases.json"
+# Constant scripts, every variable part a positional argument (never spliced into the text).
+_SWITCH_SCRIPT = 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
+_FRESH_SCRIPT = 'rm -rf -- "$1" && mkdir -p -- "$2"'
 
 
 def check_revision(revision: str) -> str:
@@ -110,8 +113,7 @@ class ReleaseStore:
                 f"{self.label}: release {revision} is not on {self.transport.host_id} "
                 "and the release has no export"
             )
-        await self._fs("rm", "-rf", "--", final)
-        await self._fs("mkdir", "-p", "--", self.releases_dir)
+        await self._fs("sh", "-c", _FRESH_SCRIPT, "fraisier-fresh", final, self.releases_dir)
         staging = posixpath.join(self.releases_dir, f".staging-{revision}-{secrets.token_hex(4)}")
         try:
             if isinstance(self.transport, LocalTransport):
@@ -183,9 +185,9 @@ class ReleaseStore:
         link = posixpath.join(self.service_dir, "current")
         tmp = posixpath.join(self.service_dir, f".current-{secrets.token_hex(4)}")
         relative = posixpath.join("releases", check_revision(revision))
-        await self._fs("ln", "-sfn", "--", relative, tmp)
         # mv -T renames the symlink itself over `current` (rename(2)): no moment without one.
-        await self._fs("mv", "-fT", "--", tmp, link)
+        # One command for both steps: over SSH every command is a round trip.
+        await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link)
         state = await self.load_state()
         state["history"] = [r for r in state["history"] if r != revision] + [revision]
         await self.save_state(state)
@@ -210,8 +212,8 @@ class ReleaseStore:
         previous release are always kept. Leftover staging directories go too."""
         state = await self.load_state()
         current = await self.current()
-        previous = await self.previous()
         history: list[str] = [str(r) for r in state["history"]]
+        previous = next((r for r in reversed(history) if r != current), None)
         recency = {revision: i for i, revision in enumerate(history)}
         names = await self.list_dirs()
         leftovers = [n for n in names if n.startswith(".")]

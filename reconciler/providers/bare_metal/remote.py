@@ -171,27 +171,32 @@ class SystemdSSHProvider:
 
     # -- releases ------------------------------------------------------------------------------
 
-    async def _cached_release(self, release: Release) -> Release:
-        """``release`` with an exporter that exports once per pass and copies for each host."""
-        if release.export is None:
+    def _cached_release(self, release: Release) -> Release:
+        """``release`` with an exporter that exports once per pass (the first time a host
+        needs the files) and copies that export for every other host. A host that already has
+        the release (a rollback, a redeploy) never calls it: nothing is exported at all."""
+        original = release.export
+        if original is None:
             return release
         key = (release.resource.key, release.revision)
-        lock = self._export_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            path = self._exports.get(key)
-            if path is None:
-                if self._export_root is None:
-                    self._export_root = tempfile.TemporaryDirectory(prefix="fraisier-ssh-export-")
-                path = Path(tempfile.mkdtemp(dir=self._export_root.name))
-                try:
-                    await release.export(path)
-                except BaseException:
-                    shutil.rmtree(path, ignore_errors=True)
-                    raise
-                self._exports[key] = path
-        exported = path
 
         async def copy(dest: Path) -> None:
+            lock = self._export_locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                path = self._exports.get(key)
+                if path is None:
+                    if self._export_root is None:
+                        self._export_root = tempfile.TemporaryDirectory(
+                            prefix="fraisier-ssh-export-"
+                        )
+                    path = Path(tempfile.mkdtemp(dir=self._export_root.name))
+                    try:
+                        await original(path)
+                    except BaseException:
+                        shutil.rmtree(path, ignore_errors=True)
+                        raise
+                    self._exports[key] = path
+            exported = path
             await asyncio.to_thread(shutil.copytree, exported, dest, dirs_exist_ok=True)
 
         return replace(release, export=copy)
@@ -301,7 +306,7 @@ class SystemdSSHProvider:
     async def deploy(self, release: Release, instance: Instance) -> None:
         self._config(instance)
         resource = release.resource
-        release = await self._cached_release(release)
+        release = self._cached_release(release)
         names = self.units(resource)
 
         async def once() -> None:
@@ -330,7 +335,7 @@ class SystemdSSHProvider:
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self._config(instance)
         resource = release.resource
-        release = await self._cached_release(release)
+        release = self._cached_release(release)
         names = self.units(resource)
         timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:

@@ -106,7 +106,6 @@ async def test_deploy_update_and_env_file(ssh_provider: SystemdSSHProvider, host
 @pytest.mark.timeout(90)
 async def test_rollback_is_a_switch_without_upload(ssh_provider: SystemdSSHProvider,
                                                    host_app: HostApp, ssh_hosts: Any) -> None:
-    resource = make_resource("api", host_app_spec(keep=1))
     resource = make_resource("api", host_app_spec())
     await deploy_all(ssh_provider, host_app.release(resource, "v1"))
     bad = make_resource("api", host_app_spec(env={"FAIL_HEALTH": "1"}))
@@ -117,14 +116,15 @@ async def test_rollback_is_a_switch_without_upload(ssh_provider: SystemdSSHProvi
                                 transport=ssh_provider.transport_for(instances[0]),
                                 cwd=f"{SERVICE_DIR}/current")
     assert not result.healthy
-    # roll back: the old release is still on the hosts, so no export at all (export=None)
+    # roll back: the old release is still on the hosts, so nothing is exported or uploaded
     previous = host_app.release(resource, "v1")
-    previous.export = None
+    assert host_app.exports["v1"].calls == 1
     started = time.monotonic()
     await deploy_all(ssh_provider, previous)
     elapsed = time.monotonic() - started
     print(f"rollback of 2 hosts (switch + restart) took {elapsed:.3f}s")
     assert elapsed < 3.0
+    assert host_app.exports["v1"].calls == 1
     await healthy_everywhere(ssh_provider, resource)
     for host in ssh_hosts[:2]:
         assert await host_app.get(host.name) == (200, "v1 ")
