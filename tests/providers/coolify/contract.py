@@ -131,6 +131,22 @@ SPEC_GAPS: tuple[Gap, ...] = (
         headers={"Retry-After": {"type": "integer", "minimum": 0}},
     ),
     Gap(
+        "*",
+        "*",
+        500,
+        MESSAGE_SCHEMA,
+        "Laravel's exception handler (APP_DEBUG off) answers any route 500 "
+        '{"message": "Server Error"} on an unhandled exception; the spec lists no 5xx',
+    ),
+    Gap(
+        "*",
+        "*",
+        503,
+        MESSAGE_SCHEMA,
+        "Laravel maintenance mode (`php artisan down`, during a Coolify upgrade) answers any "
+        'route 503 {"message": "Service Unavailable"}; the spec lists no 5xx',
+    ),
+    Gap(
         "POST",
         "/deploy",
         404,

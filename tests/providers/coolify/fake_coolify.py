@@ -135,8 +135,15 @@ class FakeCoolify:
         self.fail_tags: set[str] = set()
         self.status_after_deploy = "running:healthy"
         self.inject_429: list[tuple[str, int]] = []  # (path prefix, Retry-After seconds), FIFO
+        # (path prefix, HTTP status), FIFO: 500 as Laravel answers an unhandled exception, 503
+        # as it answers while Coolify is upgrading (maintenance mode). Nothing is changed.
+        self.inject_5xx: list[tuple[str, int]] = []
+        # (path prefix, seconds), FIFO: the answer is held that long before the request is
+        # handled; like a loaded server, it is still handled after the client gave up.
+        self.slow_responses: list[tuple[str, float]] = []
         self.drop_connections = 0
         self.deploy_fault_after_queue = 0  # drop the connection after queuing N /deploy calls
+        self.duplicates_skipped = 0  # deploys Coolify's duplicate rule turned away
         self._ids = 0
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -282,6 +289,7 @@ class FakeCoolify:
             for dep in self.deployments:
                 if dep.app_uuid == app.uuid and dep.status in ACTIVE and dep.commit == commit:
                     # Skipped as a duplicate; Coolify still hands out a fresh uuid it never stores.
+                    self.duplicates_skipped += 1
                     return new_uuid(), False
         dep = FakeDeployment(
             id=self.next_id(),
@@ -490,6 +498,13 @@ class FakeCoolify:
                     status=429,
                     headers={"Retry-After": str(retry_after)},
                 )
+        slow = self._take(self.slow_responses, api_path)
+        if slow is not None:
+            await asyncio.sleep(slow)
+        failure = self._take(self.inject_5xx, api_path)
+        if failure is not None:
+            message = "Service Unavailable" if failure == 503 else "Server Error"
+            return web.json_response({"message": message}, status=failure)
         if token.team_id is None:
             return web.json_response({"message": "Invalid token."}, status=400)
         route = _route(request.method, api_path)
@@ -507,6 +522,16 @@ class FakeCoolify:
         handler = getattr(self, f"h_{name}")
         result: web.Response = await handler(request, token, payload, *args)
         return result
+
+    @staticmethod
+    def _take(faults: list[tuple[str, Any]], api_path: str) -> Any:
+        """Pop the next injected fault if it is meant for this path (FIFO, like inject_429)."""
+        if faults:
+            prefix, value = faults[0]
+            if api_path == prefix or api_path.startswith(prefix + "/"):
+                faults.pop(0)
+                return value
+        return None
 
     # ------------------------------------------------------------------ handlers
 
