@@ -82,8 +82,22 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def _retry_seconds() -> dict[str, float]:
+    """``$RECONCILER_DB_RETRY_SECONDS``: how long a server store retries through an outage
+    (default 60 s; a CLI command may want less)."""
+    value = os.environ.get("RECONCILER_DB_RETRY_SECONDS")
+    if not value:
+        return {}
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"RECONCILER_DB_RETRY_SECONDS={value!r} is not a number") from None
+    return {"retry_seconds": max(0.0, seconds)}
+
+
 def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
-    """A store for ``url``; SQLite creates the file's parent directories."""
+    """A store for ``url``; SQLite creates the file's parent directories. Server stores connect
+    lazily, at their first operation."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         from reconciler.state.sqlite import SQLiteStore
@@ -98,11 +112,11 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
     if scheme in ("postgresql", "postgres") or scheme.startswith(("postgresql+", "postgres+")):
         from reconciler.state.postgresql import PostgresStore
 
-        return PostgresStore(url, sql_dir=sql_dir)
+        return PostgresStore(url, sql_dir=sql_dir, **_retry_seconds())
     if scheme in ("mysql", "mariadb") or scheme.startswith(("mysql+", "mariadb+")):
         from reconciler.state.mysql import MySQLStore
 
-        return MySQLStore(url, sql_dir=sql_dir)
+        return MySQLStore(url, sql_dir=sql_dir, **_retry_seconds())
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path, postgresql://… "
         "or mysql://…"

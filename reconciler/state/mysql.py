@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,7 @@ SQL_MODE = ("STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_B
 # connection killed, too many connections, deadlock, lock wait timeout.
 RETRYABLE_CODES = frozenset({2003, 2006, 2013, 2055, 1053, 1927, 4031, 1040, 1213, 1205})
 DUPLICATE_KEY = 1062
+_DUPLICATE_VALUE = re.compile(r"Duplicate entry '.*' for key", re.DOTALL)
 
 
 def connect_params(url: str) -> dict[str, Any]:
@@ -255,6 +257,8 @@ class MySQLStore(ServerStore):
         code = self._code(exc)
         if code is not None:
             message = str(exc.args[1]) if len(exc.args) > 1 else ""
+            # the server quotes the duplicate value; messages carry no stored values
+            message = _DUPLICATE_VALUE.sub("Duplicate entry for key", message)
             return f"{type(exc).__name__} [{code}]: {message}"
         return f"{type(exc).__name__}: {exc}"
 

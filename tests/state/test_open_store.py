@@ -139,3 +139,15 @@ def test_resolve_db_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     monkeypatch.setenv("RECONCILER_DB", "sqlite:///env.db")
     assert resolve_db_url() == "sqlite:///env.db"
     assert resolve_db_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+async def test_retry_window_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECONCILER_DB_RETRY_SECONDS", "2.5")
+    store = open_store("postgresql://u@h/db")
+    try:
+        assert store.retry_seconds == 2.5  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+    monkeypatch.setenv("RECONCILER_DB_RETRY_SECONDS", "soon")
+    with pytest.raises(StoreError, match="not a number"):
+        open_store("mysql://u@h/db")

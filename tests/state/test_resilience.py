@@ -123,3 +123,66 @@ async def test_mysql_killed_connections_lose_no_write(tmp_path: Path) -> None:
         assert kills >= 3, kills
         assert len(done) == count
         _assert_journal_complete(url, count)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_lost_commit_acknowledgement_does_not_write_twice(
+    backend: str, tmp_path: Path
+) -> None:
+    """The connection dies right after COMMIT reached the server, so the client cannot know
+    whether it took: the retry must find the committed write instead of repeating it."""
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    ok, reason = available(backend)
+    need(ok, reason)
+    if backend == "postgresql":
+        import psycopg
+
+        def lost() -> Exception:
+            return psycopg.OperationalError("server closed the connection unexpectedly")
+    else:
+        import pymysql
+
+        def lost() -> Exception:
+            return pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    with throwaway_url(backend, tmp_path) as url:
+        store: Any = open_store(url)
+        await store.migrate()
+        real = store._connection
+        armed = {"on": False}
+
+        @asynccontextmanager
+        async def acknowledgement_lost(*, transaction: bool, read_only: bool = False) -> Any:
+            async with real(transaction=transaction, read_only=read_only) as tx:
+                yield tx
+            if armed["on"]:  # the work is committed; the client only sees an error
+                armed["on"] = False
+                raise lost()
+
+        store._connection = acknowledgement_lost
+        try:
+            armed["on"] = True
+            deployment = await store.create_deployment(
+                KEY, from_revision=None, to_revision="r1", config_commit=None,
+                trigger="commit", strategy="rolling")
+            armed["on"] = True
+            await store.transition(deployment.id, "in_progress")
+            armed["on"] = True
+            step = await store.start_step(deployment.id, "act", "host")
+            armed["on"] = True
+            await store.finish_step(step, "succeeded")
+            armed["on"] = True
+            assert await store.record_delivery("github", "d-1") is True  # new, though retried
+            armed["on"] = True
+            assert await store.acquire_lock("lease", "me", 30) is True
+            assert armed["on"] is False  # every call above really lost its first answer
+        finally:
+            await store.close()
+        assert raw_query(url, "SELECT identifier, status FROM v_deployment") == [
+            ("prod/Service/api#1", "in_progress")]
+        assert raw_query(url, "SELECT status FROM v_deployment_event ORDER BY seq") == [
+            ("pending",), ("in_progress",)]
+        assert raw_query(url, "SELECT status FROM v_deployment_step") == [("succeeded",)]
+        assert raw_query(url, "SELECT COUNT(*) FROM tb_webhook_delivery") == [(1,)]
