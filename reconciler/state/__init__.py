@@ -82,17 +82,18 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def _retry_seconds() -> dict[str, float]:
+def _retry_seconds() -> float:
     """``$RECONCILER_DB_RETRY_SECONDS``: how long a server store retries through an outage
     (default 60 s; a CLI command may want less)."""
+    from reconciler.state.server_store import DEFAULT_RETRY_SECONDS
+
     value = os.environ.get("RECONCILER_DB_RETRY_SECONDS")
     if not value:
-        return {}
+        return DEFAULT_RETRY_SECONDS
     try:
-        seconds = float(value)
+        return max(0.0, float(value))
     except ValueError:
         raise StoreError(f"RECONCILER_DB_RETRY_SECONDS={value!r} is not a number") from None
-    return {"retry_seconds": max(0.0, seconds)}
 
 
 def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
@@ -112,11 +113,11 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
     if scheme in ("postgresql", "postgres") or scheme.startswith(("postgresql+", "postgres+")):
         from reconciler.state.postgresql import PostgresStore
 
-        return PostgresStore(url, sql_dir=sql_dir, **_retry_seconds())
+        return PostgresStore(url, sql_dir=sql_dir, retry_seconds=_retry_seconds())
     if scheme in ("mysql", "mariadb") or scheme.startswith(("mysql+", "mariadb+")):
         from reconciler.state.mysql import MySQLStore
 
-        return MySQLStore(url, sql_dir=sql_dir, **_retry_seconds())
+        return MySQLStore(url, sql_dir=sql_dir, retry_seconds=_retry_seconds())
     raise StoreError(
         f"unsupported database URL {redact_url(url)!r}: use sqlite:///path, postgresql://… "
         "or mysql://…"
