@@ -1,12 +1,13 @@
 """Load the desired state: YAML files → validated, cross-checked ``Resource`` objects.
 
-Fast path (every file, every run without a cache): ``yaml.load_all`` with the C safe loader (no
-node marks), compiled fastjsonschema validators, a cheap text scan for the line where each
-document starts, and a canonical-JSON hash per document. Only a file that fails anywhere on that
-path is parsed again with marks (``compose``) and validated by jsonschema, which yields every
-violation with its location. Cross-file checks (duplicates, references, cycles) run on the fast
-data and re-parse only the file involved to locate a problem. With a ``SpecCache`` a file whose
-git blob is already cached is neither read nor parsed.
+Fast path (every file not in the cache): one ``yaml.load_all`` pass (libyaml's C parser with a
+lean constructor, ``FastLoader``), the compiled fastjsonschema validator of each kind, a text
+scan for the line where each document starts, and a canonical-JSON hash per document. No marks
+are kept and jsonschema does not run. Only a file that fails anywhere on that path is parsed
+again keeping its nodes (with line/column marks) and validated by jsonschema, which yields every
+violation; each is located at its node. Cross-file checks (duplicates, references, cycles) run on
+the fast data and re-parse only the file involved to locate a problem. With a ``SpecCache`` a
+file whose git blob is already cached is neither read nor parsed.
 
 Every problem is collected; ``load_desired_state`` raises one ``SpecError`` carrying them all.
 """
@@ -349,6 +350,31 @@ def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
     return issues
 
 
+# An alias is "*name" after a blank, a flow indicator or a colon; "*/5" and "* *" are not.
+_ALIAS_HINT = re.compile(rb"(?:^|[\s\[{,:])\*[^\s\]},*/'\"]", re.M)
+# Values one document may expand to through aliases: far above any real document, far below
+# what a "billion laughs" file would make the hash serialise.
+EXPANSION_LIMIT = 1_000_000
+
+
+def _expands_beyond(value: Any, limit: int = EXPANSION_LIMIT) -> bool:
+    """Whether ``value`` counts more than ``limit`` values once aliases are expanded (a cycle
+    counts as infinitely many); stops counting at ``limit``."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if type(item) is dict:
+            count += len(item)
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+        if count > limit:
+            return True
+    return False
+
+
 def _load_fast(data: bytes) -> list[Record] | None:
     """Records of every document of a file that is entirely valid; None at the first doubt."""
     try:
@@ -359,6 +385,8 @@ def _load_fast(data: bytes) -> list[Record] | None:
         return None
     lines = document_lines(data, len(documents))
     if lines is None:
+        return None
+    if _ALIAS_HINT.search(data) and any(_expands_beyond(d) for d in documents):
         return None
     records: list[Record] = []
     for index, (document, line) in enumerate(zip(documents, lines, strict=True)):
@@ -504,16 +532,29 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {short_repr(value)}"
 
 
-def _non_json(value: Any, path: Path_ = (), stack: frozenset[int] = frozenset()) -> Iterator[Issue]:
-    """Values YAML can express but a JSON document cannot (so no schema can check them)."""
+def _non_json(
+    value: Any,
+    path: Path_ = (),
+    stack: frozenset[int] = frozenset(),
+    done: set[int] | None = None,
+) -> Iterator[Issue]:
+    """Values YAML can express but a JSON document cannot (so no schema can check them).
+
+    Each container is visited once, however many aliases point at it, so an alias bomb costs
+    no more than its text; ``stack`` holds the containers being visited, to find cycles."""
+    if done is None:
+        done = set()
     if isinstance(value, dict | list):
         if id(value) in stack:
             yield Issue(path, _at(path, "refers to itself through a YAML alias"))
             return
+        if id(value) in done:
+            return
+        done.add(id(value))
         stack = stack | {id(value)}
         if isinstance(value, list):
             for index, item in enumerate(value):
-                yield from _non_json(item, (*path, index), stack)
+                yield from _non_json(item, (*path, index), stack, done)
             return
         for key, item in value.items():
             if not isinstance(key, str):
@@ -523,7 +564,7 @@ def _non_json(value: Any, path: Path_ = (), stack: frozenset[int] = frozenset())
                     at_key=True,
                 )
                 continue
-            yield from _non_json(item, (*path, key), stack)
+            yield from _non_json(item, (*path, key), stack, done)
         return
     if isinstance(value, str):
         try:
@@ -577,9 +618,21 @@ def _check_document(
             )
         )
         return None, None, problems
-    odd = list(_non_json(document))
+    try:
+        odd = list(_non_json(document))
+    except RecursionError:
+        odd = [Issue((), "document nested too deeply")]
     for issue in odd:
         add(issue)
+    if not odd and _expands_beyond(document):
+        add(
+            Issue(
+                (),
+                f"document expands to more than {EXPANSION_LIMIT:,} values through YAML "
+                "aliases; write the repeated parts out or anchor smaller pieces",
+            )
+        )
+        return None, None, problems
     api_version, kind = document.get("apiVersion"), document.get("kind")
     known_api = api_version == API_VERSION
     if "apiVersion" not in document:

@@ -30,6 +30,7 @@ def test_every_error_kind_has_a_case() -> None:
         "non-json-values",
         "encoding",
         "duplicate-key",
+        "alias-bomb",
     }
 
 
