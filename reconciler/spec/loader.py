@@ -350,8 +350,26 @@ def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
     return issues
 
 
-# An alias is "*name" after a blank, a flow indicator or a colon; "*/5" and "* *" are not.
-_ALIAS_HINT = re.compile(rb"(?:^|[\s\[{,:])\*[^\s\]},*/'\"]", re.M)
+# An alias is "*name" after a blank, a flow indicator or a colon; "*/5", "* *" and "'*.txt"
+# are not. Scanning with bytes.find visits only the asterisks (a regex costs 7% of a load).
+_BEFORE_ALIAS = frozenset(b" \t\r\n[{,:")
+_NOT_ALIAS_NAME = frozenset(b" \t\r\n]},*/'\"")
+
+
+def _may_have_aliases(data: bytes) -> bool:
+    position = data.find(b"*")
+    while position >= 0:
+        after = position + 1
+        if (
+            (position == 0 or data[position - 1] in _BEFORE_ALIAS)
+            and after < len(data)
+            and data[after] not in _NOT_ALIAS_NAME
+        ):
+            return True
+        position = data.find(b"*", after)
+    return False
+
+
 # Values one document may expand to through aliases: far above any real document, far below
 # what a "billion laughs" file would make the hash serialise.
 EXPANSION_LIMIT = 1_000_000
@@ -386,7 +404,7 @@ def _load_fast(data: bytes) -> list[Record] | None:
     lines = document_lines(data, len(documents))
     if lines is None:
         return None
-    if _ALIAS_HINT.search(data) and any(_expands_beyond(d) for d in documents):
+    if _may_have_aliases(data) and any(_expands_beyond(d) for d in documents):
         return None
     records: list[Record] = []
     for index, (document, line) in enumerate(zip(documents, lines, strict=True)):
