@@ -8,8 +8,9 @@ one process times:
   warm      the same with 1% of the files changed and a populated SpecCache
 
 and prints each time and its ratio to the baseline (goals: cold <= 1.3x, warm <= 0.1x).
-Times are CPU time of this process (see ``timed``); each figure is the median of --repeat
-interleaved runs; "cold" gets a fresh cache directory every run.
+Times are CPU time of this process (see ``timed``) over --repeat interleaved runs, shown as
+the minimum (least disturbed by other load on the machine) and the median; "cold" gets a fresh
+cache directory every run.
 
     .venv/bin/python bench/spec_load.py [--services 10000] [--files 100] [--repeat 5]
 """
@@ -154,22 +155,31 @@ def main() -> int:
             reparsed = args.files + 1 - (cache.hits - hits_before)
             assert reparsed == changed, (reparsed, changed)
 
-        base = statistics.median(base_times)
+        print(f"{'':<48} {'min':>9} {'ratio':>6} {'median':>9} {'ratio':>6}")
+        base_min, base_median = min(base_times), statistics.median(base_times)
         rows = [
-            ("baseline: read + yaml.load_all(CSafeLoader)", base),
-            ("cold, first in process (compiles validators)", first_cold),
-            ("cold: load_desired_state, empty cache", statistics.median(cold_times)),
-            ("cold: load_desired_state, no cache", statistics.median(no_cache_times)),
-            ("warm: 1% of files changed, cache populated", statistics.median(warm_times)),
+            ("baseline: read + yaml.load_all(CSafeLoader)", base_times),
+            ("cold, first in process (compiles validators)", [first_cold]),
+            ("cold: load_desired_state, empty cache", cold_times),
+            ("cold: load_desired_state, no cache", no_cache_times),
+            ("warm: 1% of files changed, cache populated", warm_times),
         ]
-        for label, seconds in rows:
-            print(f"{label:<48} {seconds * 1000:8.1f} ms  {seconds / base:5.2f}x")
-        cold_ratio = statistics.median(cold_times) / base
-        warm_ratio = statistics.median(warm_times) / base
-        print(
-            f"goals: cold <= 1.30x -> {cold_ratio:.2f}x {'ok' if cold_ratio <= 1.3 else 'MISSED'}; "
-            f"warm <= 0.10x -> {warm_ratio:.3f}x {'ok' if warm_ratio <= 0.1 else 'MISSED'}"
-        )
+        for label, times in rows:
+            low, middle = min(times), statistics.median(times)
+            print(
+                f"{label:<48} {low * 1000:7.0f}ms {low / base_min:5.2f}x "
+                f"{middle * 1000:7.0f}ms {middle / base_median:5.2f}x"
+            )
+        for statistic, base, cold, warm in (
+            ("min", base_min, min(cold_times), min(warm_times)),
+            ("median", base_median, statistics.median(cold_times), statistics.median(warm_times)),
+        ):
+            cold_ratio, warm_ratio = cold / base, warm / base
+            print(
+                f"goals ({statistic}): cold <= 1.30x -> {cold_ratio:.2f}x "
+                f"{'ok' if cold_ratio <= 1.3 else 'MISSED'}; warm <= 0.10x -> "
+                f"{warm_ratio:.3f}x {'ok' if warm_ratio <= 0.1 else 'MISSED'}"
+            )
     return 0
 
 
