@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,8 +42,11 @@ FOREIGN_KEYS_OFF = re.compile(
 
 
 def default_sql_dir(dialect: str) -> Path:
-    """``<repo or install root>/sql/<dialect>``: next to the ``reconciler`` package."""
-    return Path(reconciler.__file__).resolve().parent.parent / "sql" / dialect
+    """``<repo or install root>/sql/<dialect>``: next to the ``reconciler`` package; in a wheel
+    install, ``<prefix>/share/fraisier/sql/<dialect>`` (pyproject's data-files)."""
+    checkout = Path(reconciler.__file__).resolve().parent.parent / "sql" / dialect
+    installed = Path(sys.prefix) / "share" / "fraisier" / "sql" / dialect
+    return installed if not checkout.is_dir() and installed.is_dir() else checkout
 
 
 def utc_now_text() -> str:
