@@ -237,3 +237,28 @@ def test_slow_stand_in_for_an_uncompilable_schema() -> None:
 
     with pytest.raises(fastjsonschema.JsonSchemaValueException):
         validate({**good, "spec": {"target": "t", "timeout": "soon"}})
+
+
+@pytest.mark.usefixtures("fresh_schema_caches")
+def test_properties_named_like_keywords_survive_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, schemas)
+    job = json.loads((schemas / "job.json").read_text())
+    extra = {
+        "title": {"type": "string", "description": "A property called title."},
+        "const": {"type": "integer", "description": "A property called const."},
+        "description": {"type": "string", "description": "A property called description."},
+    }
+    job["properties"]["spec"]["properties"].update(extra)
+    (schemas / "job.json").write_text(json.dumps(job))
+    monkeypatch.setenv("RECONCILER_SCHEMAS_DIR", str(schemas))
+    spec = {"target": "t", "title": "x", "const": 3, "description": "y"}
+    doc = {"apiVersion": "fraisier.dev/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": spec}
+    assert fast_errors("Job", doc) is None and schema_issues("Job", doc) == []
+    spec["const"] = "three"
+    assert fast_errors("Job", doc) is not None
+    assert [i.path for i in schema_issues("Job", doc)] == [("spec", "const")]
