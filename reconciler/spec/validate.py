@@ -407,7 +407,14 @@ def _issues(error: ValidationError) -> Iterator[Issue]:
         return
     if validator == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
-        for key in sorted((k for k in instance if k not in schema.get("properties", {})), key=str):
+        patterns = list(schema.get("patternProperties", {}))
+        extra = [
+            k
+            for k in instance
+            if k not in schema.get("properties", {})
+            and not any(isinstance(k, str) and re.search(p, k) for p in patterns)
+        ]
+        for key in sorted(extra, key=str):
             key_path = (*path, str(key))
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
