@@ -214,11 +214,11 @@ _ODD_LINE_BREAKS = (b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")  # NEL, LS, P
 def document_lines(data: bytes, count: int) -> list[int] | None:
     """1-based line where each document's content starts (the line compose would mark), found
     by scanning the text; None when the text has constructs the scan does not model (directives,
-    unusual line breaks, non-UTF-8 encodings) or when the scan disagrees with ``count``."""
+    unusual line breaks, byte order marks, UTF-16) or when the scan disagrees with ``count``."""
     if count == 0:
         return []
     if (
-        data.startswith((b"\xff\xfe", b"\xfe\xff", b"%"))
+        data.startswith((b"\xff\xfe", b"\xfe\xff", b"\xef\xbb\xbf", b"%"))
         or b"\n%" in data
         or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n"))
         or any(odd in data for odd in _ODD_LINE_BREAKS)

@@ -288,3 +288,10 @@ def test_document_lines_declines_what_it_does_not_model() -> None:
     assert document_lines(b"a: 1\rb: 2\r", 1) is None
     assert document_lines("a: 1\u2028b: 2\n".encode(), 1) is None
     assert document_lines(b"a: 1\n", 2) is None  # disagreement with the parser
+
+
+def test_byte_order_mark_keeps_lines_right() -> None:
+    text = b"\xef\xbb\xbf# modeline\napiVersion: fraisier.dev/v1\nkind: Target\n"
+    text += b"metadata: {name: t}\nspec: {provider: bare_metal}\n"
+    state = load_desired_state([source("bom.yaml", text)])
+    assert state.resources[key("default/Target/t")].line == 2
