@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -165,3 +166,70 @@ def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: A
             assert SECRET.encode() not in path.read_bytes(), path
     pid = hosts[0].sh("systemctl show -p MainPID --value fraisier-default_api.service").strip()
     assert f"TOKEN={SECRET}".encode() in hosts[0].run(["cat", f"/proc/{pid}/environ"]).stdout
+
+
+@pytest.mark.timeout(150)
+def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
+                                                            ssh_hosts: Any) -> None:
+    """The daemon's self-heal loop sees drift through observe() and redeploys."""
+    hosts = ssh_hosts[:2]
+    ports = {}
+    for host in hosts:
+        ports[host.name] = free_port()
+        host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
+                  str(ports[host.name])])
+    repo = tmp_path / "config"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "app.py").write_text(HOST_APP)
+    (repo / "app" / "VERSION").write_text("v1\n")
+    (repo / "fleet").mkdir()
+    (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
+    (repo / "fleet" / "api.yaml").write_text(service_yaml())
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "v1")
+    state = tmp_path / "state"
+    env = {**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET}
+    base = [sys.executable, "-m", "reconciler", "--state-dir", str(state)]
+    daemon = subprocess.Popen(
+        [*base, "daemon", "--repo", str(repo), "--path", "fleet",
+         "--listen", f"127.0.0.1:{free_port()}", "--interval", "1s"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def serving(host: Any) -> str | None:
+        try:
+            return http(ports[host.name])
+        except OSError:
+            return None
+
+    def wait(predicate: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not met in time")
+            time.sleep(0.2)
+
+    try:
+        wait(lambda: all(serving(h) == "v1 hi" for h in hosts), 60)
+        unit = "fraisier-default_api.service"
+        current = f"{DEFAULT_ROOT}/default/api/current"
+        good = hosts[1].sh(f"readlink {current}").strip()
+        # by hand: stop the service on one host, point `current` elsewhere on the other
+        hosts[0].run(["systemctl", "stop", unit])
+        hosts[1].run(["sh", "-c", 'mkdir -p "$1" && ln -sfn releases/elsewhere "$2"', "-",
+                      f"{DEFAULT_ROOT}/default/api/releases/elsewhere", current])
+        assert serving(hosts[0]) is None
+        wait(lambda: serving(hosts[0]) == "v1 hi"
+             and hosts[1].sh(f"readlink {current}").strip() == good, 60)
+        history = json.loads(subprocess.run(
+            [*base, "history", "api", "-o", "json"], capture_output=True, text=True,
+            timeout=60, env=env).stdout)
+        assert history[0]["trigger"] == "drift" and history[0]["status"] == "succeeded"
+        assert hosts[0].sh(f"systemctl is-active {unit}").strip() == "active"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            assert daemon.wait(timeout=30) == 0
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()

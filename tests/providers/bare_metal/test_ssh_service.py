@@ -216,6 +216,7 @@ async def test_remove_disables_units_and_deletes_releases(
         assert host.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() != b"active"
 
 
+@pytest.mark.timeout(60)
 def test_create_provider_rejects_supervisor_over_ssh(ssh_hosts: Any, state_dir: Any) -> None:
     from reconciler.errors import ProviderError
 
