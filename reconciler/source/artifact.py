@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from reconciler.errors import SourceError
+from reconciler.source.tarsafe import extract_data
 
 
 def _copy_local(src: Path, local: Path, digest: Any) -> None:
@@ -32,7 +33,7 @@ def _unpack(local: Path, name: str, dest: Path) -> None:
     if tarfile.is_tarfile(local):
         with tarfile.open(local) as tar:
             # The "data" filter refuses absolute paths, links out of dest and device files.
-            tar.extractall(dest, filter="data")
+            extract_data(tar, dest)
     elif zipfile.is_zipfile(local):
         with zipfile.ZipFile(local) as zf:
             for info in zf.infolist():

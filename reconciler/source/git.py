@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 import git
 
 from reconciler.errors import SourceError
+from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
 
 log = logging.getLogger("reconciler.source")
@@ -206,7 +207,7 @@ def _extract(archive: bytes, folder: str, dest: Path) -> None:
             member.name = member.name[len(prefix):]
             members.append(member)
         # The "data" filter refuses absolute paths, links out of dest and device files.
-        tar.extractall(dest, members=members, filter="data")
+        extract_data(tar, dest, members)
 
 
 def _git_reason(exc: git.GitCommandError) -> str:
