@@ -5,6 +5,10 @@ statement, open/close a transaction and split a script) and the folder of its di
 each applied file in ``tb_schema_migration`` (version, name, sha256 checksum, applied_at), applies
 each file in its own transaction together with its tracking row, applies nothing on a second run,
 and refuses to go on when an applied file was edited afterwards.
+
+Adapters: ``SQLiteMigrationConnection``, ``PostgresMigrationConnection`` (transactional DDL,
+advisory lock) and ``MySQLMigrationConnection`` (DDL commits implicitly: a failed file's created
+objects are dropped again and the error says what was undone; see sql/mysql/README.md).
 """
 
 from __future__ import annotations
