@@ -237,6 +237,14 @@ class MySQLStore(ServerStore):
         finally:
             await self._release(conn, broken)
 
+    async def _on_retryable_error(self, exc: BaseException) -> None:
+        if self._is_connection_error(exc):
+            # a restarted server killed the idle connections too: open fresh ones on demand
+            idle, self._idle = self._idle, []
+            self._open_count -= len(idle)
+            for conn in idle:
+                await self._call(_close_quietly, conn)
+
     @staticmethod
     def _code(exc: BaseException) -> int | None:
         if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):

@@ -171,6 +171,15 @@ class PostgresStore(ServerStore):
             return not any(marker in str(exc) for marker in _FATAL_CONNECT)
         return isinstance(exc, psycopg.InterfaceError)
 
+    async def _on_retryable_error(self, exc: BaseException) -> None:
+        if self._opened and not isinstance(exc, PoolTimeout):
+            # a restarted server killed every pooled connection, not only this one: test the
+            # idle ones now (the pool drops the dead) rather than failing on each in turn
+            try:
+                await self._pool.check()
+            except Exception:  # noqa: S110 - best effort; the retry loop carries on anyway
+                pass
+
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, psycopg.Error):
             primary = exc.diag.message_primary if exc.diag else None

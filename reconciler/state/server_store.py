@@ -130,6 +130,9 @@ class ServerStore(ABC):
     @abstractmethod
     async def _close_pool(self) -> None: ...
 
+    async def _on_retryable_error(self, exc: BaseException) -> None:  # noqa: B027 - optional
+        """Before a retry: e.g. drop idle connections a server restart has killed as well."""
+
     def _publish_pool_metrics(self) -> None:  # noqa: B027 - optional hook
         """Update DB_CONNECTIONS (backends with pool statistics override this)."""
 
@@ -202,6 +205,7 @@ class ServerStore(ABC):
                         f"{self._redacted()}: {operation} failed after {attempt + 1} attempt(s) "
                         f"over {self.retry_seconds:g} s: {self._describe(exc)}"
                     ) from exc
+                await self._on_retryable_error(exc)
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1)
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 attempt += 1
