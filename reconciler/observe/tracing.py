@@ -135,6 +135,8 @@ def _attribute(key: str, value: Any) -> Any:
         return REDACTED
     if isinstance(value, str | bool | int | float):
         return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return str(value)  # named tuples (ResourceKey) read best as their own str()
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
         items = [v if isinstance(v, str | bool | int | float) else str(v) for v in value]
         # OpenTelemetry wants homogeneous arrays; mixed ones become strings.
