@@ -557,13 +557,18 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
 @click.option("--api-token-file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Bearer token for GET /api/v1/* (or env RECONCILER_API_TOKEN);"
                                  " without one the API is not served.")
+@click.option("--ha", is_flag=True,
+              help="Run as one of several replicas on one PostgreSQL/MySQL database: the "
+                   "resources are split between them through shard leases.")
+@click.option("--shard-ttl", default="15s", show_default=True,
+              help="Shard lease TTL: a dead replica's share is taken over after about this.")
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str,
            environments: tuple[str, ...], listen: str, interval: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
-           api_token_file: Path | None) -> None:
+           api_token_file: Path | None, ha: bool, shard_ttl: str) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
@@ -586,7 +591,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           heal=not no_heal, webhook_secrets=secrets,
                           webhook_repos=list(webhook_repos), webhook_branches=branches,
                           api_token=_api_token(api_token_file),
-                          environments=set(environments))
+                          environments=set(environments), ha=ha,
+                          shard_ttl=parse_duration(shard_ttl))
     sys.exit(asyncio.run(run_daemon(config)))
 
 

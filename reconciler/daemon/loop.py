@@ -56,6 +56,8 @@ class DaemonConfig:
     webhook_branches: list[str] = field(default_factory=list)
     api_token: bytes | None = field(default=None, repr=False)
     environments: set[str] = field(default_factory=set)
+    ha: bool = False  # share the fleet with other replicas on the same database
+    shard_ttl: float = 15.0
 
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
@@ -80,6 +82,7 @@ class Daemon:
     heartbeat: float = field(default_factory=time.monotonic)
     last_error: str | None = None
     reconciling: bool = False
+    leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
 
@@ -208,6 +211,8 @@ class Daemon:
             now = datetime.now(UTC)
             for resource in desired.of_kind("Schedule"):
                 key = resource.key
+                if self.engine.owns is not None and not self.engine.owns(key):
+                    continue
                 expr = str(resource.spec.get("schedule"))
                 tz = str(resource.spec.get("timezone", "UTC"))
                 due = self._schedule_next.get(key)
@@ -250,6 +255,8 @@ class Daemon:
                 continue  # mid-pass, instances restarting on purpose are not drift
             drifted: set[ResourceKey] = set()
             for resource in desired.of_kind("Service"):
+                if self.engine.owns is not None and not self.engine.owns(resource.key):
+                    continue
                 record = await self.store.get_resource(resource.key)
                 if record is None or record.applied_revision is None or record.suspended:
                     continue
@@ -278,6 +285,22 @@ class Daemon:
             if drifted and self.cfg.heal:
                 self.redeploy |= drifted
                 self.trigger("drift")
+
+    async def shard_heartbeat(self) -> None:
+        """Hold this replica's share of the shards; a change of share triggers a pass."""
+        assert self.leases is not None
+        while not self.stopping:
+            before = self.leases.owned
+            try:
+                owned = await self.leases.heartbeat()
+            except ReconcilerError as exc:
+                log.warning("shard heartbeat failed", extra={"error": exc.message})
+            else:
+                if owned != before:
+                    log.info("shards changed", extra={
+                        "owned": len(owned), "replicas": len(self.leases.live_replicas)})
+                    self.trigger("shards")
+            await asyncio.sleep(jittered(self.leases.interval, 0.1))
 
     # -- HTTP -------------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -346,6 +369,9 @@ class Daemon:
                                                       f"{self.cfg.listen_port}",
                                             "repo": self.cfg.repo, "path": self.source.path})
         background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal())]
+        if self.leases is not None:
+            await self.leases.heartbeat()  # take a share before the first pass
+            background.append(asyncio.create_task(self.shard_heartbeat()))
         if not self.source.remote:
             background.append(asyncio.create_task(self.watch_local()))
         try:
@@ -358,6 +384,9 @@ class Daemon:
                     await asyncio.wait_for(task, 30)
             await asyncio.gather(*background, return_exceptions=True)
             await runner.cleanup()
+            if self.leases is not None:
+                with contextlib.suppress(ReconcilerError):
+                    await self.leases.leave()  # the other replicas take over at once
             await self.engine.close()
             await self.store.close()
         log.info("daemon stopped")
@@ -376,6 +405,13 @@ async def _run_daemon(cfg: DaemonConfig) -> int:
     store = open_store(cfg.db_url)
     await store.migrate()
     source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)
+    leases = None
+    if cfg.ha:
+        from reconciler.rollout.engine import process_identity
+        from reconciler.state.shards import ShardLeases
+
+        leases = ShardLeases(store, process_identity(), ttl=cfg.shard_ttl)
     engine = Reconciler(store, state_dir=cfg.state_dir, source=source,
-                        environments=cfg.environments)
-    return await Daemon(cfg, store, source, engine).run()
+                        environments=cfg.environments,
+                        owns=leases.owns if leases is not None else None)
+    return await Daemon(cfg, store, source, engine, leases=leases).run()

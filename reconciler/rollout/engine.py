@@ -158,6 +158,7 @@ class Reconciler:
         progress: ProgressFn | None = None,
         concurrency: int = 8,
         environments: set[str] | None = None,
+        owns: Callable[[ResourceKey], bool] | None = None,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -168,9 +169,12 @@ class Reconciler:
         # Reconcile only these environments (None: all): other environments' records are
         # neither planned nor pruned.
         self.environments = environments or None
+        # Replicas: only resources whose shard this process holds (None: all of them).
+        self.owns = owns
         self.stopping = False  # set on SIGTERM: finish in-flight steps, start nothing new
         self._providers: dict[tuple[ResourceKey, str], Provider] = {}
         self._app_sources: dict[str, GitSource] = {}
+        self._lost_leases: set[str] = set()
 
     # -- helpers --------------------------------------------------------------------------
     def _emit(self, key: ResourceKey, phase: str, message: str = "") -> None:
@@ -248,6 +252,8 @@ class Reconciler:
         the desired one again (resume) — or, if it is gone from git, prunes/orphans it."""
         resumed: list[ResourceKey] = []
         for dep in await self.store.unfinished_deployments():
+            if self.owns is not None and not self.owns(dep.key):
+                continue  # another replica's shard
             holder = await self.store.lock_owner(f"resource:{dep.key}")
             if holder is not None and holder != self.owner:
                 if owner_alive(holder) is not False:
@@ -279,6 +285,10 @@ class Reconciler:
             records = [r for r in records if r.key.environment in self.environments]
         plan = make_plan(desired, records, lambda r: self.revision_of(r, desired),
                          prune=prune, force=force, redeploy=redeploy)
+        if self.owns is not None:
+            owns = self.owns
+            plan.items = [i for i in plan.items if owns(i.key)]
+            plan.order = [[k for k in layer if owns(k)] for layer in plan.order]
         for item in plan.items:
             if item.record is not None and item.action not in (UNCHANGED, SUSPENDED):
                 full = await self.store.get_resource(item.key)
@@ -416,6 +426,7 @@ class Reconciler:
             msg = "another reconciler holds this resource's lock"
             self._emit(key, "locked", msg)
             return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}")
+        self._lost_leases.discard(lock)
         renew = asyncio.create_task(self._renew(lock))
         try:
             if key.kind == "Service":
@@ -441,7 +452,18 @@ class Reconciler:
     async def _renew(self, name: str) -> None:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 3)
-            await self.store.acquire_lock(name, self.owner, ttl_seconds=LEASE_SECONDS)
+            try:
+                renewed = await self.store.acquire_lock(name, self.owner,
+                                                        ttl_seconds=LEASE_SECONDS)
+            except ReconcilerError as exc:
+                log.warning("lease renewal failed", extra={"lock": name, "error": exc.message})
+                continue  # the lease is still ours until it expires; try again
+            if not renewed:
+                # Another reconciler took the resource (we stalled past the TTL): no further
+                # provider step may start under this deployment.
+                log.error("lease lost; stopping this deployment", extra={"lock": name})
+                self._lost_leases.add(name)
+                return
 
     # -- Services ----------------------------------------------------------------------------
     async def _deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
@@ -546,6 +568,11 @@ class Reconciler:
     async def _step(self, deployment_id: str, action: str, instance: Instance,
                     operation: Any, detail: str = "") -> Any:
         """Journal first, then act: a crash between the two leaves an open step to recover."""
+        if self._lost_leases:
+            dep = await self.store.get_deployment(deployment_id)
+            if dep is not None and f"resource:{dep.key}" in self._lost_leases:
+                raise DeploymentFailed(f"{dep.key}: lease lost to another reconciler; "
+                                       f"{action} not started")
         step = await self.store.start_step(deployment_id, action, instance.id, detail or None)
         try:
             with span(f"provider.{action}", instance=instance.id):
