@@ -664,6 +664,70 @@ def db_status(opts: Options, output: str) -> None:
     sys.exit(1 if pending else 0)
 
 
+@db.command("check")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def db_check(opts: Options, output: str) -> None:
+    """Store health: reachable, round-trip latency, migrations. Exit 0 ok, 1 pending, 2 error."""
+    import time
+
+    async def main() -> dict[str, Any]:
+        from reconciler.state import redact_url
+
+        store = await open_store(opts, migrate=False)
+        try:
+            started = time.perf_counter()
+            infos = list(await store.migration_status())  # refuses edited applied files
+            status_ms = (time.perf_counter() - started) * 1000
+            pending = [f"{m.version:03d}_{m.name}" for m in infos if m.applied_at is None]
+            count, list_ms = 0, 0.0
+            if not pending:  # the tables are only there once migrated
+                started = time.perf_counter()
+                count = len(await store.list_resources(with_specs=False))
+                list_ms = (time.perf_counter() - started) * 1000
+            return {"url": redact_url(opts.db_url()), "reachable": True,
+                    "migrationStatusMs": round(status_ms, 2), "resourceListMs": round(list_ms, 2),
+                    "resources": count, "pendingMigrations": pending}
+        finally:
+            await store.close()
+
+    report = run(main())
+    if output == "json":
+        emit_json(report)
+    else:
+        click.echo(f"{report['url']}: reachable; migration status {report['migrationStatusMs']} ms,"
+                   f" {report['resources']} resources listed in {report['resourceListMs']} ms")
+        click.echo("pending migrations: " + (", ".join(report["pendingMigrations"]) or "none"))
+    sys.exit(1 if report["pendingMigrations"] else 0)
+
+
+@db.command("copy")
+@click.option("--from", "src_url", required=True, help="Source database URL (e.g. sqlite:///…).")
+@click.option("--to", "dst_url", required=True, help="Destination URL (migrated here; must be "
+                                                      "empty).")
+@handles_errors
+def db_copy(src_url: str, dst_url: str) -> None:
+    """Copy resources and deployment history to another (empty) database."""
+
+    async def main() -> Any:
+        from reconciler.state import open_store as _open
+        from reconciler.state.copy import copy_store
+
+        src, dst = _open(src_url), _open(dst_url)
+        try:
+            await src.migrate()
+            await dst.migrate()
+            return await copy_store(src, dst)
+        finally:
+            await src.close()
+            await dst.close()
+
+    result = run(main())
+    click.echo(f"copied {result.resources} resources, {result.deployments} deployments, "
+               f"{result.events} events, {result.steps} steps")
+
+
 def main() -> None:
     cli(prog_name="reconciler")
 

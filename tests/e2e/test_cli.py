@@ -85,3 +85,35 @@ def test_diff_on_a_non_repo_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "not a git repository" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_db_check(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert run("db", "check", env_state=state).returncode == 1  # nothing migrated yet
+    assert run("db", "migrate", env_state=state).returncode == 0
+    out = run("db", "check", "-o", "json", env_state=state)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["reachable"] and doc["pendingMigrations"] == []
+
+
+def test_db_copy_sqlite_to_postgresql(fleet: Fleet, tmp_path: Path) -> None:
+    from tests.helpers import need
+    from tests.state.backends import available, throwaway_url
+
+    ok, reason = available("postgresql")
+    need(ok, reason)
+    fleet.write("api.yaml", service_yaml("api", free_port()))
+    fleet.commit()
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    from reconciler.state import default_db_url
+
+    src = default_db_url(fleet.state)
+    with throwaway_url("postgresql", tmp_path) as dst:
+        out = run("db", "copy", "--from", src, "--to", dst)
+        assert out.returncode == 0, out.stderr
+        assert "copied 2 resources" in out.stdout
+        hist = run("--db", dst, "history", "api", "-o", "json")
+        assert json.loads(hist.stdout)[0]["status"] == "succeeded"
+        again = run("db", "copy", "--from", src, "--to", dst)
+        assert again.returncode != 0 and "Traceback" not in again.stderr
