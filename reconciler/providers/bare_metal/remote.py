@@ -79,6 +79,9 @@ RETRY_DEADLINE_S = 90.0
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 5.0
 _REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Run the build ($2...) with the variables of the environment file $1 exported. The file is
+# rendered by env_file(): every value double-quoted with "\`$ escaped, so sh reads it as data.
+_BUILD_SCRIPT = 'set -a && . "$1" && set +a && shift && exec "$@"'
 _NOT_RETRIED = (SSHHostKeyError, SSHAuthError, SSHConfigError)
 # `enable` reloads systemd's whole configuration: only when the unit is not enabled yet.
 _RESTART_SCRIPT = (
@@ -270,15 +273,23 @@ class SystemdSSHProvider:
         transport = self.transport_for(instance)
         files, calendars = self._unit_files(release)  # validates before anything is touched
         store = self._store(transport, resource)
+        systemd = Systemd(transport)
         build = resource.spec.get("build")
+        build_argv: list[str] | None = None
+        if isinstance(build, list) and build:
+            # The build sees the release's environment (secrets too) by reading the 0600 file,
+            # never through its command line: write that file first.
+            env_path = posixpath.join(self.service_dir(resource), "environment")
+            await systemd.install({env_path: files[env_path]})
+            build_argv = ["sh", "-c", _BUILD_SCRIPT, "fraisier-build", env_path,
+                          *(str(a) for a in build)]
         release_dir, _ = await store.ensure(
             release,
-            build=[str(a) for a in build] if isinstance(build, list) and build else None,
+            build=build_argv,
             working_dir=resource.spec.get("workingDir"),
-            env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8", **release.env},
+            env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8"},
             build_timeout_s=BUILD_TIMEOUT_S,
         )
-        systemd = Systemd(transport)
         if calendars:
             await systemd.check_calendar(calendars)
         await systemd.install(files)

@@ -61,7 +61,8 @@ async def test_provider_from_target(ssh_hosts: Any, state_dir: Any) -> None:
 @pytest.mark.timeout(90)
 async def test_deploy_update_and_env_file(ssh_provider: SystemdSSHProvider, host_app: HostApp,
                                           ssh_hosts: Any) -> None:
-    resource = make_resource("api", host_app_spec(env={"GREETING": "hello"}))
+    build = ["sh", "-c", 'printf %s "$TOKEN" >BUILT']  # a build sees the env, secrets too
+    resource = make_resource("api", host_app_spec(env={"GREETING": "hello"}, build=build))
     secret = "s3cr3t value with $HOME and `x` and \"quotes\"\nline2"
     v1 = host_app.release(resource, "v1", env={"GREETING": "hello", "TOKEN": secret})
     await deploy_all(ssh_provider, v1)
@@ -76,6 +77,8 @@ async def test_deploy_update_and_env_file(ssh_provider: SystemdSSHProvider, host
         assert f"TOKEN={secret}".encode() in environ  # exact value, nothing expanded
         assert secret.split()[0].encode() not in host.run(["cat", f"/proc/{pid}/cmdline"]).stdout
         assert host.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+        built = host.run(["cat", f"{SERVICE_DIR}/releases/v1/BUILT"]).stdout.decode()
+        assert built == secret
     states = await ssh_provider.observe(resource)
     assert [(s.revision, s.running) for s in states] == [("v1", True), ("v1", True)]
     assert states[0].facts["active_state"] == "active"
