@@ -161,6 +161,17 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
                                       delivery=str(uuid.uuid4()))
         assert status == 200 and answer["status"] == "ignored"
         assert "branch not watched" in answer["reason"]
+        # Signed but not JSON → 400; over the 1 MiB cap → 413 (before the signature is checked).
+        status, answer = post_webhook(listen, b'{"ref": "refs/heads/main", ',
+                                      delivery=str(uuid.uuid4()))
+        assert status == 400 and answer["status"] == "bad_payload"
+        huge = github_push(third, third)[:-1] + b', "pad": "' + b"x" * (1 << 20) + b'"}'
+        try:
+            status, answer = post_webhook(listen, huge, delivery=str(uuid.uuid4()))
+        except (ConnectionError, urllib.error.URLError):
+            status = 413  # the daemon may drop the connection while the body is still sent
+        assert status == 413
+        assert greeting(port) == "three"
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -176,7 +187,7 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
     assert [e["sha"] for e in queued] == [second, third]
     outcomes = [e.get("outcome") for e in events if e["logger"] == "reconciler.daemon.webhooks"]
     assert outcomes == ["accepted", "unauthorized", "unauthorized", "duplicate", "accepted",
-                        "ignored"]
+                        "ignored", "bad_payload", "too_large"]
     # Only the webhook (and start-up) woke the loop: never a poll.
     triggers = {e["trigger"] for e in events if e["msg"] == "reconcile pass done"}
     assert triggers <= {"startup", "webhook"}, triggers
