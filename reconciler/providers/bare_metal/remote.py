@@ -13,6 +13,19 @@ write the unit and environment files that changed (daemon-reload only then), swi
 atomically, (re)start. A rollback is the same call with an older release: its directory is still
 there, so nothing is uploaded — unit, switch, restart.
 
+A Target::
+
+    kind: Target
+    metadata: {name: web}
+    spec:
+      provider: bare_metal
+      transport: ssh                 # serviceManager defaults to systemd
+      keepReleases: 5
+      systemd: {user: app, restart: on-failure, limits: {memoryMax: 512M}}
+      hosts:
+        - {name: web1, address: 10.0.0.11, user: deploy, sudo: true,
+           identityFile: /etc/fraisier/id_ed25519, knownHosts: /etc/fraisier/known_hosts}
+
 Connections: one pooled SSH connection per host (``SSHPool``), opened on first use and closed by
 ``close()``; a later call opens a new one. A connection lost in the middle of a deploy (host
 rebooting) is retried with backoff until ``RETRY_DEADLINE_S``: every step is idempotent. Host-key,
