@@ -351,14 +351,20 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 def status(opts: Options, output: str) -> None:
     """Desired vs applied revision, health and last result of each resource."""
 
-    async def main() -> list[Any]:
+    async def main() -> tuple[list[Any], dict[int, str | None]]:
+        from reconciler.state.shards import shard_owners
+
         store = await open_store(opts)
         try:
-            return list(await store.list_resources())
+            return (list(await store.list_resources(with_specs=False)),
+                    await shard_owners(store))
         finally:
             await store.close()
 
-    records = run(main())
+    records, owners = run(main())
+    from reconciler.state.shards import shard_of
+
+    replicas = any(owners.values())  # only when daemons run with --ha
     rows = [{
         "resource": str(r.key), "environment": r.key.environment, "kind": r.key.kind,
         "name": r.key.name, "desiredRevision": r.desired_revision,
@@ -366,6 +372,7 @@ def status(opts: Options, output: str) -> None:
         "sync": r.sync_status, "health": r.health_status, "lastResult": r.last_result,
         "lastError": r.last_error, "suspended": r.suspended,
         "updatedAt": r.updated_at.isoformat() if r.updated_at else None,
+        "owner": owners.get(shard_of(r.key)) if replicas else None,
     } for r in records]
     ok = all(r["sync"] == "Synced" and r["health"] == "Healthy" for r in rows)
     if output == "json":
@@ -374,7 +381,8 @@ def status(opts: Options, output: str) -> None:
         _print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
             [r["resource"], r["desiredRevision"] or "-", r["appliedRevision"] or "-", r["sync"],
              r["health"], r["lastResult"] or "-",
-             ("suspended " if r["suspended"] else "") + (r["lastError"] or "")]
+             ("suspended " if r["suspended"] else "")
+             + (f"owner {r['owner']} " if r["owner"] else "") + (r["lastError"] or "")]
             for r in rows])
     sys.exit(0 if ok else 1)
 
