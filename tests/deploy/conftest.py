@@ -51,13 +51,15 @@ def copy_source(dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     src = copy_source(tmp_path_factory.mktemp("src"))
-    key = hashlib.sha256((src / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    key = hashlib.sha256((src / "pyproject.toml").read_bytes() + b"+build").hexdigest()[:16]
     deps = CACHE / f"wheels-{key}"
     if not deps.is_dir():
         building = CACHE / f".wheels-{key}.tmp"
         shutil.rmtree(building, ignore_errors=True)
         building.mkdir(parents=True)
         _pip_wheel([str(src)], building)
+        # What building the project needs (offline `pip install /src` in the Dockerfile).
+        _pip_wheel(["setuptools>=77", "wheel"], building)
         for own in building.glob("fraisier-*.whl"):
             own.unlink()
         building.rename(deps)
