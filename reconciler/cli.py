@@ -555,6 +555,8 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
               help="Poll interval for remotes and full resync (Go duration).")
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
 @click.option("--no-heal", is_flag=True, help="Report drift without redeploying.")
+@click.option("--heal-interval", default=None,
+              help="How often live state is compared with the record (default: --interval).")
 @click.option("--webhook-secret", "webhook_secrets", multiple=True, metavar="PROVIDER=REF",
               help="Enable POST /webhooks/PROVIDER with a secret reference, e.g. "
                    "github=env:GITHUB_WEBHOOK_SECRET or gitlab=file:/etc/reconciler/gitlab.")
@@ -576,7 +578,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            environments: tuple[str, ...], listen: str, interval: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
-           api_token_file: Path | None, ha: bool, shard_ttl: str) -> None:
+           api_token_file: Path | None, ha: bool, shard_ttl: str,
+           heal_interval: str | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
@@ -600,7 +603,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           webhook_repos=list(webhook_repos), webhook_branches=branches,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
-                          shard_ttl=parse_duration(shard_ttl))
+                          shard_ttl=parse_duration(shard_ttl),
+                          heal_interval=parse_duration(heal_interval) if heal_interval else None)
     sys.exit(asyncio.run(run_daemon(config)))
 
 

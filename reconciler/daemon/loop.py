@@ -56,6 +56,7 @@ class DaemonConfig:
     webhook_branches: list[str] = field(default_factory=list)
     api_token: bytes | None = field(default=None, repr=False)
     environments: set[str] = field(default_factory=set)
+    heal_interval: float | None = None  # None: every --interval
     ha: bool = False  # share the fleet with other replicas on the same database
     shard_ttl: float = 15.0
 
@@ -249,18 +250,23 @@ class Daemon:
     async def heal(self) -> None:
         """Compare live state with the applied revision; redeploy what drifted (self-heal)."""
         while not self.stopping:
-            await asyncio.sleep(jittered(min(self.cfg.interval, 10.0)))
+            await asyncio.sleep(jittered(self.cfg.heal_interval or self.cfg.interval))
             desired = self.desired
             if desired is None or self.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift
             drifted: set[ResourceKey] = set()
+            # Two queries per pass, not two per Service: an idle daemon must stay cheap.
+            records = {r.key: r for r in await self.store.list_resources(with_specs=False)}
+            now = datetime.now(UTC)
+            locked = {lock.name for lock in await self.store.list_locks()
+                      if lock.expires_at > now}
             for resource in desired.of_kind("Service"):
                 if self.engine.owns is not None and not self.engine.owns(resource.key):
                     continue
-                record = await self.store.get_resource(resource.key)
+                record = records.get(resource.key)
                 if record is None or record.applied_revision is None or record.suspended:
                     continue
-                if await self.store.lock_owner(f"resource:{resource.key}") is not None:
+                if f"resource:{resource.key}" in locked:
                     continue  # being deployed (by us or another reconciler)
                 target = desired.target_of(resource)
                 if target is None:
@@ -393,6 +399,18 @@ class Daemon:
         return 0
 
 
+def _followed_branch(source: GitSource) -> list[str]:
+    """The branch the daemon follows (its --ref, else what HEAD names), for webhook matching:
+    pushes to other branches must not trigger. Empty when it cannot be told (detached HEAD)."""
+    if source.ref:
+        return [source.ref.removeprefix("refs/heads/")]
+    try:
+        source.sync()
+        return [str(source.repo.head.reference.name)]
+    except (ReconcilerError, TypeError, ValueError):
+        return []
+
+
 async def run_daemon(cfg: DaemonConfig) -> int:
     setup_tracing("fraisier")
     try:
@@ -405,6 +423,11 @@ async def _run_daemon(cfg: DaemonConfig) -> int:
     store = open_store(cfg.db_url)
     await store.migrate()
     source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)
+    if cfg.webhook_secrets and not cfg.webhook_branches:
+        cfg.webhook_branches = await asyncio.to_thread(_followed_branch, source)
+    if cfg.webhook_secrets and not (cfg.webhook_repos or source.remote):
+        log.warning("webhooks enabled but no repository URL to match pushes against: every "
+                    "push will be ignored; pass --webhook-repo URL")
     leases = None
     if cfg.ha:
         from reconciler.rollout.engine import process_identity

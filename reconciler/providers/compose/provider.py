@@ -56,7 +56,7 @@ COMMAND_TIMEOUT_S = 120.0  # stop, down, pull of one project
 DEFAULT_JOB_TIMEOUT_S = 600.0
 KEEP_RELEASES = 5
 LOG_KEEP_LINES = 1000
-_POLL_S = 0.25
+_POLL_S = 0.1
 _TAIL_CHARS = 1500
 # Variables of the compose process that a resource's env must not override.
 _RESERVED_ENV = re.compile(r"^(PATH|HOME|DOCKER_.*|COMPOSE_.*)$")
@@ -542,7 +542,9 @@ class ComposeProvider:
                         str(state.get("StartedAt")),
                         c.get("RestartCount", 0),
                     )
-                    if seen_running.get(slot) == stamp:
+                    # A passed Docker healthcheck already proves it stayed up; without one,
+                    # two polls must agree.
+                    if health == "healthy" or seen_running.get(slot) == stamp:
                         ready.add(slot)
                     seen_running[slot] = stamp
             if wanted <= ready:
