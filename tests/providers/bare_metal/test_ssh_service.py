@@ -45,7 +45,7 @@ async def healthy_everywhere(provider: SystemdSSHProvider, resource: Any) -> Non
         assert result.healthy, f"{instance.id}: {result.message}"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 async def test_provider_from_target(ssh_hosts: Any, state_dir: Any) -> None:
     target = ssh_target_resource(ssh_hosts[:2], systemd={"restart": "always"})
     provider = load_provider(target, ProviderContext(state_dir=state_dir))
@@ -183,13 +183,18 @@ async def test_host_restarted_mid_deploy_converges(ssh_provider: SystemdSSHProvi
     # a release big enough that the upload is still going when the host goes down
     folder = host_app.export("v2").source
     (folder / "data").mkdir()
-    for i in range(300):
+    for i in range(800):
         (folder / "data" / f"f{i}.bin").write_bytes(bytes(range(256)) * 64)
     release = host_app.release(resource, "v2")
     deploy = asyncio.create_task(deploy_all(ssh_provider, release))
-    await asyncio.sleep(0.3)
+    # restart the host as soon as its upload has begun
+    staging = ["sh", "-c", 'ls -d "$1"/.*staging-v2-* 2>/dev/null', "-", f"{SERVICE_DIR}/releases"]
+    deadline = time.monotonic() + 30
+    while not (await asyncio.to_thread(h1.run, staging, check=False)).stdout.strip():
+        assert time.monotonic() < deadline and not deploy.done(), "upload never started"
+        await asyncio.sleep(0.02)
     restart = await asyncio.create_subprocess_exec(
-        testinfra.docker_cli, "restart", "-t", "1", h1.container,
+        testinfra.docker_cli, "restart", "-t", "0", h1.container,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, err = await asyncio.wait_for(restart.communicate(), 60)
     assert restart.returncode == 0, err
@@ -206,7 +211,7 @@ async def test_host_restarted_mid_deploy_converges(ssh_provider: SystemdSSHProvi
     assert sorted(h1.sh(f"ls -A {SERVICE_DIR}/releases").split()) == ["v1", "v2"]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 async def test_remove_disables_units_and_deletes_releases(
         ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
     resource = make_resource("api", host_app_spec())
@@ -219,7 +224,7 @@ async def test_remove_disables_units_and_deletes_releases(
         assert host.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() != b"active"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_create_provider_rejects_supervisor_over_ssh(ssh_hosts: Any, state_dir: Any) -> None:
     from reconciler.errors import ProviderError
 
