@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reconciler.daemon import notify
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
@@ -140,7 +141,11 @@ class Daemon:
             reasons.add("drift")
         if not await self.refresh() or self.desired is None:
             self.redeploy |= redeploy
+            notify.status(f"no usable desired state: {self.last_error}")
             return
+        if not self.ready:
+            notify.ready(f"loaded {(self.desired.commit or '')[:12]}: "
+                         f"{len(self.desired.resources)} resources")
         self.ready = True
         trigger = ",".join(sorted(reasons)) or "poll"
         result = await self.engine.reconcile(self.desired, trigger=trigger, prune=self.cfg.prune,
@@ -156,6 +161,10 @@ class Daemon:
                                "retry_in_s": round(delay, 1)})
         else:
             self.failures, self.retry_at = 0, None
+        notify.status(f"{(result.commit or '')[:12]}: "
+                      f"{'converged' if result.converged else 'not converged'}, "
+                      f"{len(result.failed())} failed, trigger {trigger}, "
+                      f"{result.duration_s:.1f}s")
         log.info("reconcile pass done", extra={
             "commit": result.commit, "converged": result.converged,
             "duration_s": round(result.duration_s, 3), "trigger": trigger})
@@ -183,6 +192,17 @@ class Daemon:
                 self.retry_at = time.monotonic() + jittered(10.0)
             finally:
                 self.reconciling = False
+
+    async def watchdog(self) -> None:
+        """WATCHDOG=1 every WatchdogSec/2, so systemd restarts a stopped or blocked daemon."""
+        interval = notify.watchdog_interval()
+        if interval is None:
+            return
+        while not self.stopping:
+            # Pinged while the event loop turns: a stopped or blocked process misses it. A long
+            # pass (a slow health gate) is not a hang: every provider call has its own timeout.
+            notify.watchdog()
+            await asyncio.sleep(interval / 2)
 
     async def watch_local(self) -> None:
         """Wake on ref changes of a local repo (watchfiles ignores .git by default)."""
@@ -318,7 +338,8 @@ class Daemon:
 
         async def healthz(_: web.Request) -> web.Response:
             # Alive while the loop turns; a wedged loop stops updating the heartbeat.
-            stale = time.monotonic() - self.heartbeat > max(120.0, 4 * self.cfg.interval)
+            stale = (not self.reconciling
+                     and time.monotonic() - self.heartbeat > max(120.0, 4 * self.cfg.interval))
             return web.json_response({"status": "stale" if stale else "ok"},
                                      status=503 if stale else 200)
 
@@ -352,9 +373,16 @@ class Daemon:
         return reconcile_id
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP (`systemctl reload`): fetch and reconcile now."""
+        log.info("reload requested (SIGHUP)")
+        notify.status("reload requested (SIGHUP)")
+        self.trigger("sighup")
+
     def stop(self) -> None:
         if not self.stopping:
             log.info("stopping: finishing the current step")
+            notify.stopping()
         self.stopping = True
         self.engine.stopping = True
         stop_watch = getattr(self, "_stop_watch", None)
@@ -366,7 +394,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.trigger("sighup"))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.listen_host, self.cfg.listen_port)
@@ -374,7 +402,8 @@ class Daemon:
         log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
                                                       f"{self.cfg.listen_port}",
                                             "repo": self.cfg.repo, "path": self.source.path})
-        background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal())]
+        background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal()),
+                      asyncio.create_task(self.watchdog())]
         if self.leases is not None:
             await self.leases.heartbeat()  # take a share before the first pass
             background.append(asyncio.create_task(self.shard_heartbeat()))

@@ -109,7 +109,7 @@ def test_daemon_heals_a_killed_service(fleet: Fleet) -> None:
     import os
 
     port, listen = free_port(), free_port()
-    fleet.write("api.yaml", service_yaml("api", port, greeting="alive"))
+    fleet.write("api.yaml", service_yaml("api", port, greeting="alive", start_period="10s"))
     fleet.commit()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "daemon",
@@ -117,13 +117,15 @@ def test_daemon_heals_a_killed_service(fleet: Fleet) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: greeting(port) == "alive", timeout=60)
+        wait_for(lambda: fleet.json("history", "api")[0]["status"] == "succeeded", timeout=60,
+                 step=0.2)
         pidfile = next(fleet.root.rglob("*.pid"))
         pid = int(json.loads(pidfile.read_text())["pid"])
         os.killpg(pid, signal.SIGKILL)
         wait_for(lambda: greeting(port) is None, timeout=10)
         wait_for(lambda: greeting(port) == "alive", timeout=60, step=0.2)
         hist = fleet.json("history", "api")
-        assert "drift" in hist[0]["trigger"] and hist[0]["status"] == "succeeded"
+        assert "drift" in hist[0]["trigger"] and hist[0]["status"] == "succeeded", hist
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
