@@ -71,7 +71,7 @@ if ! $DOCKER image inspect "$HOST_IMAGE" >/dev/null 2>&1; then
   [ -n "$MIRROR" ] || { echo "up.sh: no Debian mirror in apt sources; set MIRROR" >&2; exit 1; }
   R=$W/rootfs; rm -rf "$R"
   mmdebstrap --variant=apt --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
-    --include=systemd,systemd-sysv,dbus,openssh-server,python3,busybox,sudo,iproute2,procps,curl \
+    --include=systemd,systemd-sysv,dbus,openssh-server,python3,busybox,sudo,iproute2,procps,curl,git,python3-venv \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' bookworm "$R" "$MIRROR" >"$W/mmdebstrap.log" 2>&1 \
     || { tail -20 "$W/mmdebstrap.log" >&2; exit 1; }
