@@ -89,7 +89,7 @@ spec:
         assert 'reconciler_rollbacks_total{reason="health"} 1.0' in metrics
 
         # the schedule fires at the next minute boundary
-        wait_for(lambda: any(d["trigger"] == "schedule"
+        wait_for(lambda: any(d["trigger"] == "schedule" and d["status"] != "in_progress"
                              for d in fleet.json("history", "report")), timeout=75, step=1)
         run = next(d for d in fleet.json("history", "report") if d["trigger"] == "schedule")
         assert run["status"] == "succeeded"
@@ -124,6 +124,8 @@ def test_daemon_heals_a_killed_service(fleet: Fleet) -> None:
         os.killpg(pid, signal.SIGKILL)
         wait_for(lambda: greeting(port) is None, timeout=10)
         wait_for(lambda: greeting(port) == "alive", timeout=60, step=0.2)
+        wait_for(lambda: fleet.json("history", "api")[0]["status"] != "in_progress",
+                 timeout=30, step=0.1)
         hist = fleet.json("history", "api")
         assert "drift" in hist[0]["trigger"] and hist[0]["status"] == "succeeded", hist
     finally:

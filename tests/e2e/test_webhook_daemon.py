@@ -123,6 +123,9 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
         t0 = time.monotonic()
         wait_for(lambda: greeting(port) == "two", timeout=30, step=0.02)
         print(f"webhook -> new revision serving: {time.monotonic() - t0:.2f}s")
+        # Serving comes before the health gate closes the deployment: wait for the record.
+        wait_for(lambda: fleet.json("history", "api")[0]["status"] != "in_progress",
+                 timeout=30, step=0.1)
         history = fleet.json("history", "api")
         assert history[0]["trigger"] == "webhook" and history[0]["status"] == "succeeded"
         deployments = len(history)
