@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -511,14 +512,16 @@ def resume(opts: Options, name: str) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("-n", "--lines", default=100, show_default=True)
+@click.option("--host", "hosts", multiple=True, help="Only this instance/host (repeatable).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @with_repo
 @click.pass_obj
 @handles_errors
-def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path: str,
-         environments: tuple[str, ...]) -> None:
-    """The last lines of a resource's output on each instance."""
+def logs(opts: Options, name: str, lines: int, hosts: tuple[str, ...], follow: bool,
+         **_repo: Any) -> None:
+    """The last lines of a resource's output on each instance (journal, container, log file)."""
 
-    async def main() -> list[tuple[str, list[str]]]:
+    async def main() -> None:
         from reconciler.rollout.engine import Reconciler, resource_from_document
 
         store = await open_store(opts)
@@ -533,17 +536,38 @@ def logs(opts: Options, name: str, lines: int, repo: str, ref: str | None, path:
             if target is None:
                 raise NotFound(f"{key}: its Target is not recorded")
             provider = engine.provider_for(target)
-            out = []
-            for instance in await provider.instances(resource):
-                out.append((instance.id, await provider.logs(resource, instance, lines)))
-            return out
+            instances = [i for i in await provider.instances(resource)
+                         if not hosts or i.id in hosts]
+            if hosts and not instances:
+                raise NotFound(f"{key}: no instance named {', '.join(hosts)}")
+            seen: dict[str, list[str]] = {}
+            while True:
+                for instance in instances:
+                    text = await provider.logs(resource, instance, lines)
+                    for line in _new_lines(seen.get(instance.id, []), text):
+                        click.echo(f"[{instance.id}] {line}")
+                    seen[instance.id] = text
+                if not follow:
+                    return
+                await asyncio.sleep(1.0)
         finally:
             await engine.close()
             await store.close()
 
-    for instance_id, text in run(main()):
-        for line in text:
-            click.echo(f"[{instance_id}] {line}")
+    with contextlib.suppress(KeyboardInterrupt):
+        run(main())
+
+
+def _new_lines(before: list[str], after: list[str]) -> list[str]:
+    """Lines of ``after`` not already printed: the longest tail of ``before`` that starts
+    ``after`` is skipped (both are tails of one growing log)."""
+    if not before:
+        return after
+    for start in range(len(before)):
+        overlap = before[start:]
+        if after[:len(overlap)] == overlap:
+            return after[len(overlap):]
+    return after
 
 
 # -- daemon ---------------------------------------------------------------------------------------

@@ -117,3 +117,18 @@ def test_db_copy_sqlite_to_postgresql(fleet: Fleet, tmp_path: Path) -> None:
         assert json.loads(hist.stdout)[0]["status"] == "succeeded"
         again = run("db", "copy", "--from", src, "--to", dst)
         assert again.returncode != 0 and "Traceback" not in again.stderr
+
+
+def test_logs_host_filter_and_new_lines(fleet: Fleet) -> None:
+    from reconciler.cli import _new_lines
+
+    assert _new_lines(["a", "b", "c"], ["b", "c", "d"]) == ["d"]
+    assert _new_lines([], ["x"]) == ["x"]
+    assert _new_lines(["a"], ["z"]) == ["z"]
+    fleet.write("api.yaml", service_yaml("api", free_port()))
+    fleet.commit()
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    out = fleet.cli("logs", "api", "--host", "local", "-n", "5")
+    assert out.returncode == 0 and "[local] " in out.stdout
+    missing = fleet.cli("logs", "api", "--host", "nope")
+    assert missing.returncode == 2 and "no instance named nope" in missing.stderr
