@@ -231,24 +231,39 @@ def render_plan(plan: Any) -> None:
 @cli.command()
 @with_repo
 @click.option("--prune", is_flag=True, help="Plan deletion of resources removed from git.")
+@click.option("--live", is_flag=True,
+              help="Also observe applied Services through their providers and show drift "
+                   "(stopped, replaced or changed by hand).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, output: str) -> None:
+         prune: bool, live: bool, output: str) -> None:
     """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
 
     async def main() -> Any:
+        from reconciler.plan.planner import UNCHANGED
         from reconciler.rollout.engine import Reconciler
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
+        engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
+                            environments=set(environments))
         try:
-            return await Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
-                                    environments=set(environments)).plan(desired, prune=prune)
+            plan = await engine.plan(desired, prune=prune)
+            if live:
+                for item in plan.items:
+                    if (item.action != UNCHANGED or item.key.kind != "Service"
+                            or item.resource is None or item.record is None):
+                        continue
+                    detail = await engine.drift_of(item.resource, item.record, desired)
+                    if detail is not None:
+                        item.action, item.reason = "drift", f"live state differs: {detail}"
+            return plan
         finally:
+            await engine.close()
             await store.close()
 
     plan = run(main())
@@ -307,11 +322,13 @@ class Progress:
 @with_repo
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
 @click.option("--force", is_flag=True, help="Deploy even revisions that were rolled back.")
+@click.option("--live/--no-live", default=True, show_default=True,
+              help="Observe applied Services first and redeploy those that drifted.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-          prune: bool, force: bool, output: str) -> None:
+          prune: bool, force: bool, live: bool, output: str) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error."""
 
     async def main() -> Any:
@@ -326,8 +343,10 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
                             progress=progress if output == "text" else None,
                             environments=set(environments))
         try:
+            drifted = await _drifted(engine, desired) if live else set()
             with progress:
-                return await engine.reconcile(desired, trigger="apply", prune=prune, force=force)
+                return await engine.reconcile(desired, trigger="apply", prune=prune, force=force,
+                                              redeploy=drifted)
         finally:
             await engine.close()
             await store.close()
@@ -342,6 +361,23 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         for out in failed:
             click.echo(_style(f"  {out.key}: {out.result} — {out.message}", fg="red"))
     sys.exit(0 if result.converged else 1)
+
+
+async def _drifted(engine: Any, desired: DesiredState) -> set[ResourceKey]:
+    """Applied, unchanged Services whose live state differs from the record."""
+    from reconciler.plan.planner import UNCHANGED
+
+    out: set[ResourceKey] = set()
+    for item in (await engine.plan(desired)).items:
+        if (item.action == UNCHANGED and item.key.kind == "Service"
+                and item.resource is not None and item.record is not None):
+            try:
+                if await engine.drift_of(item.resource, item.record, desired) is not None:
+                    out.add(item.key)
+            except ReconcilerError as exc:
+                log.warning("observe failed", extra={"resource": str(item.key),
+                                                     "error": exc.message})
+    return out
 
 
 # -- status / history ---------------------------------------------------------------------------

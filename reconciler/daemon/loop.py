@@ -288,21 +288,14 @@ class Daemon:
                     continue
                 if f"resource:{resource.key}" in locked:
                     continue  # being deployed (by us or another reconciler)
-                target = desired.target_of(resource)
-                if target is None:
-                    continue
                 try:
-                    states = await self.engine.provider_for(target).observe(resource)
+                    detail = await self.engine.drift_of(resource, record, desired)
                 except ReconcilerError as exc:
                     log.warning("observe failed", extra={"resource": str(resource.key),
                                                          "error": exc.message})
                     continue
-                bad = [s for s in states if not s.running
-                       or (s.revision is not None and s.revision != record.applied_revision)]
-                if bad or not states:
+                if detail is not None:
                     drifted.add(resource.key)
-                    detail = ", ".join(f"{s.instance.id}: {s.detail or 'not running'}"
-                                       for s in bad) or "no instance found"
                     await self.store.update_status(resource.key, sync_status="OutOfSync",
                                                    health_status="Degraded")
                     log.warning("drift detected", extra={"resource": str(resource.key),

@@ -20,8 +20,9 @@ SUSPENDED = "suspended"
 ORPHAN = "orphan"  # recorded but gone from git, and pruning is off
 
 ACTING = frozenset({CREATE, UPDATE, DELETE})
+DRIFT = "drift"  # `diff --live`: recorded as applied, but the live state differs
 SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=",
-           UNCHANGED: " "}
+           UNCHANGED: " ", DRIFT: "~"}
 
 
 @dataclass

@@ -297,6 +297,23 @@ class Reconciler:
                     item.changes = item_changes(item)
         return plan
 
+    async def drift_of(self, resource: Resource, record: ResourceRecord,
+                       desired: DesiredState) -> str | None:
+        """Why the live state of an applied Service differs from its record (None: it does
+        not). Observed through the provider: a stopped process, a moved release, a replaced
+        container, a commit changed by hand."""
+        target = desired.target_of(resource)
+        if target is None or record.applied_revision is None:
+            return None
+        states = await self.provider_for(target).observe(resource)
+        bad = [s for s in states if not s.running
+               or (s.revision is not None and s.revision != record.applied_revision)]
+        if states and not bad:
+            return None
+        return ", ".join(f"{s.instance.id}: {s.detail or 'not running'}"
+                         + (f" (revision {s.revision})" if s.running else "")
+                         for s in bad) or "no instance found"
+
     # -- the pass ---------------------------------------------------------------------------
     async def reconcile(
         self,

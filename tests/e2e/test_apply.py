@@ -165,3 +165,22 @@ def test_environment_filter_plans_and_prunes_only_that_environment(fleet: Fleet)
     assert {r["resource"] for r in plan["resources"]} == {"default/Target/local",
                                                           "default/Service/api"}
     assert fleet.cli("diff", *fleet.repo_args(), "-e", "b", "--prune").returncode == 0
+
+
+def test_drift_shows_in_diff_live_and_apply_heals_it(fleet: Fleet) -> None:
+    import os
+    import signal
+
+    port = free_port()
+    fleet.write("api.yaml", service_yaml("api", port, greeting="x"))
+    fleet.commit()
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    pid = int(json.loads(next(fleet.root.rglob("*.pid")).read_text())["pid"])
+    os.killpg(pid, signal.SIGKILL)
+    assert fleet.cli("diff", *fleet.repo_args()).returncode == 0  # the record alone: in sync
+    live = fleet.cli("diff", "--live", *fleet.repo_args())
+    assert live.returncode == 1 and "drift" in live.stdout, live.stdout
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    assert json.loads(http_get(port)[1])["greeting"] == "x"
+    assert fleet.json("history", "api")[0]["trigger"] == "apply"
+    assert fleet.cli("diff", "--live", *fleet.repo_args()).returncode == 0
