@@ -137,7 +137,9 @@ def _style(text: str, **kw: Any) -> str:
 
 
 def emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
+    # Indented for a person at a terminal; compact (C encoder, ~5x faster) for programs.
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(doc, indent=indent, default=str))
 
 
 # -- the group ----------------------------------------------------------------------------

@@ -53,11 +53,16 @@ class PlanItem:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class Plan:
     commit: str | None
     items: list[PlanItem]
     order: list[list[ResourceKey]]
+
+    def __repr__(self) -> str:
+        # Short on purpose: asyncio reprs finished task results, and a 10,000-item default
+        # repr took most of a second.
+        return f"Plan(commit={self.commit!r}, items={len(self.items)}, {self.counts()})"
 
     @property
     def in_sync(self) -> bool:

@@ -81,12 +81,16 @@ class Outcome:
                 "deployment": self.deployment}
 
 
-@dataclass
+@dataclass(repr=False)
 class ReconcileResult:
     commit: str | None
     outcomes: list[Outcome] = field(default_factory=list)
     duration_s: float = 0.0
     interrupted: bool = False
+
+    def __repr__(self) -> str:  # short: asyncio reprs task results
+        return (f"ReconcileResult(commit={self.commit!r}, resources={len(self.outcomes)}, "
+                f"converged={self.converged})")
 
     @property
     def converged(self) -> bool:
@@ -377,7 +381,16 @@ class Reconciler:
 
         for layer in plan.order:
             layer_items = [items[k] for k in layer if selected is None or k in selected]
-            await asyncio.gather(*(run(i) for i in layer_items if i.action != DELETE))
+            busy = []
+            for i in layer_items:
+                if i.action == UNCHANGED:
+                    # Nothing to do, and no task or span for it: a no-op pass over a large
+                    # fleet must stay cheap.
+                    outcomes[i.key] = Outcome(i.key, i.action, CONVERGED, i.revision)
+                elif i.action != DELETE:
+                    busy.append(run(i))
+            if busy:
+                await asyncio.gather(*busy)
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
         for item in deletes:

@@ -92,13 +92,16 @@ class Resource:
         }
 
 
-@dataclass
+@dataclass(repr=False)
 class DesiredState:
     """Every resource found under the config path at one commit."""
 
     resources: dict[ResourceKey, Resource]
     commit: str | None = None
     root: str = ""
+
+    def __repr__(self) -> str:
+        return f"DesiredState(commit={self.commit!r}, resources={len(self.resources)})"
 
     def get(self, key: ResourceKey) -> Resource | None:
         return self.resources.get(key)
