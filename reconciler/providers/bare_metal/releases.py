@@ -12,6 +12,7 @@ a coreutils command or a Transport file call, so the same code drives a remote h
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import secrets
@@ -172,6 +173,15 @@ class ReleaseStore:
             )
 
     async def current(self) -> str | None:
+        link = posixpath.join(self.service_dir, "current")
+        if isinstance(self.transport, LocalTransport):
+            # In-process on this machine: the self-heal loop asks for every Service on every
+            # pass, and a readlink subprocess each time dominated an idle daemon's CPU.
+            try:
+                target = os.readlink(link)
+            except OSError:
+                return None
+            return posixpath.basename(target.rstrip("/")) or None
         result = await self._fs(
             "readlink", "--", posixpath.join(self.service_dir, "current"), check=False
         )
