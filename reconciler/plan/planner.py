@@ -18,10 +18,11 @@ UNCHANGED = "unchanged"
 BLOCKED = "blocked"  # the desired revision was rolled back: waits for a new commit (or --force)
 SUSPENDED = "suspended"
 ORPHAN = "orphan"  # recorded but gone from git, and pruning is off
+DEFERRED = "deferred"  # a change outside its sync window: applied when the window opens
 
 ACTING = frozenset({CREATE, UPDATE, DELETE})
 DRIFT = "drift"  # `diff --live`: recorded as applied, but the live state differs
-SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=",
+SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=", DEFERRED: ">",
            UNCHANGED: " ", DRIFT: "~"}
 
 

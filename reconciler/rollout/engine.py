@@ -26,6 +26,7 @@ from reconciler.observe.tracing import span
 from reconciler.plan.planner import (
     BLOCKED,
     CREATE,
+    DEFERRED,
     DELETE,
     ORPHAN,
     SUSPENDED,
@@ -429,6 +430,12 @@ class Reconciler:
         if item.action in (UNCHANGED, SUSPENDED):
             return Outcome(key, item.action, CONVERGED if item.action == UNCHANGED else SKIPPED,
                            item.revision, item.reason)
+        if item.action == DEFERRED:
+            # Outside its sync window: shown as pending, applied by the pass after it opens.
+            await self.store.update_status(key, sync_status="OutOfSync",
+                                           last_error=item.reason or "deferred")
+            self._emit(key, DEFERRED, item.reason)
+            return Outcome(key, item.action, SKIPPED, item.revision, item.reason)
         if item.action in (BLOCKED, ORPHAN):
             sync = "OutOfSync"
             await self.store.update_status(key, sync_status=sync)
