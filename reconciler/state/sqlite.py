@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +35,16 @@ from sqlite_utils import Database
 
 from reconciler.errors import NotFound, StoreError
 from reconciler.spec.model import ResourceKey, canonical_json
+from reconciler.state.audit import (
+    MAX_MESSAGE,
+    action_for,
+    actor_for_trigger,
+    audit_identifier,
+    audit_import_values,
+    audit_values,
+    clip,
+    current_actor,
+)
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
@@ -46,6 +57,7 @@ from reconciler.state.store import (
     SUCCEEDED,
     SYNC_STATUSES,
     TRANSITIONS,
+    AuditRecord,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
@@ -62,6 +74,16 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's tran
 STATUS_FIELDS = frozenset(
     {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
 )
+
+
+def _storage_failure(exc: sqlite3.Error) -> bool:
+    """The disk is full or the file cannot be written (SQLITE_FULL, SQLITE_IOERR_*): on a full
+    filesystem SQLite reports either, depending on which file (db, -wal, -shm) hit it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+    text = str(exc)
+    return "disk is full" in text or "disk I/O error" in text
 
 
 def now_text() -> str:
@@ -132,6 +154,8 @@ class SQLiteStore:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as exc:
             text = str(exc)
+            if _storage_failure(exc):
+                raise self._storage_error(text) from exc
             if "no such table" in text or "no such view" in text:
                 raise StoreError(
                     f"{self.path}: the database schema is missing or outdated ({text})"
@@ -143,7 +167,25 @@ class SQLiteStore:
                 ) from exc
             raise StoreError(f"{self.path}: {text}") from exc
         except sqlite3.Error as exc:
+            if _storage_failure(exc):
+                raise self._storage_error(str(exc)) from exc
             raise StoreError(f"{self.path}: {type(exc).__name__}: {exc}") from exc
+
+    def _storage_error(self, text: str) -> StoreError:
+        """SQLITE_FULL / SQLITE_IOERR: say how much space is left and what to do. SQLite rolls
+        the failed transaction back (the journal is intact), so a rerun once space is freed is
+        safe."""
+        folder = Path(self.path).parent
+        try:
+            stat = os.statvfs(folder)
+            free = f"{stat.f_bavail * stat.f_frsize // 1024} KiB free on that filesystem"
+        except OSError:
+            free = "free space unknown"
+        return StoreError(
+            f"{self.path}: {text} ({free}); the write was rolled back",
+            hint=f"free disk space on the filesystem holding {folder} (`df -h {folder}`) or "
+                 "move the state dir / --db elsewhere, then rerun: the database is intact",
+        )
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._closed:
@@ -574,7 +616,7 @@ class SQLiteStore:
         return row
 
     def _transition(self, deployment_id: str, status: str, message: str | None,
-                    extra: dict[str, Any]) -> None:
+                    extra: dict[str, Any], actor: str | None = None) -> None:
         with self._write():
             row = self._require_deployment(deployment_id)
             current = row["status"]
@@ -594,6 +636,37 @@ class SQLiteStore:
                 {**values, "pk": row["pk_deployment"]},
             )
             self._add_event(row["pk_deployment"], row["identifier"], status, message, now)
+            if status in FINAL_STATUSES:
+                self._audit_final(row, current, status, message or extra.get("error"), now,
+                                  actor)
+
+    def _audit_final(self, row: dict[str, Any], previous: str, status: str,
+                     message: str | None, now: str, actor: str | None) -> None:
+        """The audit row of a deployment that reached a final status (inside _write)."""
+        dep = self._one(
+            'SELECT d."trigger" AS trigger_, d.strategy, d.config_commit, d.to_revision, '
+            "r.identifier AS resource, r.kind FROM tb_deployment AS d "
+            "JOIN tb_resource AS r ON r.pk_resource = d.fk_resource WHERE d.pk_deployment = ?",
+            (row["pk_deployment"],),
+        )
+        assert dep is not None
+        row_id = str(uuid.uuid4())
+        self._insert_audit({
+            "id": row_id,
+            "identifier": audit_identifier(row["identifier"], status, f"audit:{row_id}"),
+            "at": now,
+            "actor": actor or actor_for_trigger(dep["trigger_"]),
+            "action": action_for(dep["kind"], dep["strategy"], dep["trigger_"], status, previous),
+            "resource": dep["resource"],
+            "deployment": row["identifier"],
+            "config_commit": dep["config_commit"],
+            "revision": dep["to_revision"],
+            "outcome": status,
+            "message": clip(message, MAX_MESSAGE, lines=True) if message else None,
+        })
+
+    def _insert_audit(self, values: dict[str, Any]) -> None:
+        self._db.table("tb_audit_event").insert(values)
 
     async def transition(
         self,
@@ -618,7 +691,9 @@ class SQLiteStore:
             for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
             if value is not None
         }
-        await self._run(self._transition, deployment_id, status, message, extra)
+        # read here, in the caller's task: the worker thread does not see its context
+        await self._run(self._transition, deployment_id, status, message, extra,
+                        current_actor())
 
     def _start_step(self, deployment_id: str, action: str, instance: str,
                     detail: str | None) -> str:
@@ -782,6 +857,65 @@ class SQLiteStore:
     async def prune_deliveries(self, before: datetime) -> int:
         """Forget deliveries received before ``before`` (bounded table); returns the count."""
         return await self._run(self._prune_deliveries, before)
+
+    # -- audit -------------------------------------------------------------------------------
+    def _record_audit(self, values: dict[str, Any]) -> dict[str, Any]:
+        with self._write():
+            self._insert_audit(values)
+            row = self._one("SELECT * FROM v_audit_event WHERE id = ?", (values["id"],))
+        assert row is not None
+        return row
+
+    async def record_audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        outcome: str,
+        resource: ResourceKey | None = None,
+        deployment: str | None = None,
+        config_commit: str | None = None,
+        revision: str | None = None,
+        message: str | None = None,
+    ) -> AuditRecord:
+        """Append one audit event (a change that is not a deployment: suspend, resume, …)."""
+        values = audit_values(action, actor=actor, outcome=outcome, resource=resource,
+                              deployment=deployment, config_commit=config_commit,
+                              revision=revision, message=message)
+        values["at"] = now_text()
+        return _to_audit(await self._run(self._record_audit, values))
+
+    async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
+                         since: datetime | None = None) -> list[AuditRecord]:
+        """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""
+        where, params = ["1 = 1"], []
+        if resource is not None:
+            where.append("resource = ?")
+            params.append(str(resource))
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since.astimezone(UTC).isoformat(timespec="microseconds"))
+        sql = (f"SELECT * FROM v_audit_event WHERE {' AND '.join(where)} "  # noqa: S608
+               f"ORDER BY at DESC, identifier DESC LIMIT {int(limit) if limit > 0 else -1}")
+        return [_to_audit(row) for row in await self._run(self._all, sql, tuple(params))]
+
+    def _import_audit(self, record: AuditRecord) -> None:
+        with self._write():
+            self._insert_audit(audit_import_values(record, record.at.isoformat(
+                timespec="microseconds")))
+
+    async def import_audit(self, record: AuditRecord) -> None:
+        """Insert an audit event exactly as another store recorded it (same id and time)."""
+        await self._run(self._import_audit, record)
+
+
+def _to_audit(row: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(
+        id=str(row["id"]), identifier=row["identifier"],
+        at=datetime.fromisoformat(row["at"]), actor=row["actor"], action=row["action"],
+        outcome=row["outcome"], resource=row["resource"], deployment=row["deployment"],
+        config_commit=row["config_commit"], revision=row["revision"], message=row["message"],
+    )
 
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]
