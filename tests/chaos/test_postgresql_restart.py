@@ -1,0 +1,100 @@
+"""PostgreSQL restarted (stop -m fast, start) while ``reconciler apply --db postgresql://…``
+rolls a Service out on the local host: the pass completes (the store reconnects with backoff) or
+fails honestly, the next apply converges, and no deployment record is lost or left open.
+
+tests/state/test_resilience.py covers the store alone (40 writes across a stop/start); this is
+the same fault under a whole reconcile: planning, the journal of a rollout, the health gate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.journal import deployment_ids, journal_problems
+from tests.chaos.report import record_trial
+from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
+from tests.helpers import need
+from tests.state.backends import available, raw_query, throwaway_url
+from tests.state.test_resilience import PG_CTL, _pg_running
+
+pytestmark = pytest.mark.timeout(150)
+SCENARIO = "PostgreSQL restart during a reconcile"
+
+
+def in_phase(url: str, action: str) -> bool:
+    try:
+        return bool(raw_query(
+            url, "SELECT 1 FROM v_deployment_step AS s JOIN v_deployment AS d "
+                 "ON d.id = s.deployment_id WHERE d.status = 'in_progress' AND s.action = %s",
+            (action,)))
+    except Exception:  # not migrated yet
+        return False
+
+
+def restart_postgresql() -> None:
+    try:
+        subprocess.run([*PG_CTL, "stop", "-m", "fast"], check=True, timeout=60,
+                       capture_output=True)
+        time.sleep(0.5)
+    finally:
+        subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+    if not _pg_running():
+        subprocess.run([*PG_CTL, "start"], check=True, timeout=60, capture_output=True)
+
+
+@pytest.mark.parametrize("when", ["health", "start"])
+def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path, when: str) -> None:
+    ok, reason = available("postgresql")
+    need(ok, reason)
+    need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
+         "pg_ctlcluster not installed")
+    port = free_port()
+    with throwaway_url("postgresql", tmp_path) as url:
+        db = ["--db", url]
+        fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
+        fleet.commit("one")
+        first = fleet.cli(*db, "apply", *fleet.repo_args())
+        assert first.returncode == 0, first.stdout + first.stderr
+
+        started = time.monotonic()
+        fleet.write("api.yaml", service_yaml("api", port, greeting="two", start_period="20s",
+                                             extra_env='\n    SLOW_START: "2"'))
+        fleet.commit("two, slow start")
+        apply = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), *db,
+             "--log-format", "text", "apply", *fleet.repo_args()],
+            cwd=fleet.repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            if when == "health":  # waiting for the new revision to become healthy
+                wait_for(lambda: in_phase(url, "health"), timeout=30, step=0.05)
+            else:  # the new revision is being started
+                wait_for(lambda: len(deployment_ids(url)) >= 2, timeout=30, step=0.02)
+            before = deployment_ids(url)
+            restart_postgresql()
+            out, _ = apply.communicate(timeout=90)
+        finally:
+            if apply.poll() is None:
+                apply.kill()
+                apply.wait(timeout=10)
+            if not _pg_running():
+                subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+        assert apply.returncode in (0, 1, 2), out
+        assert "Traceback" not in out, out
+        if apply.returncode == 2:  # failed honestly: a coded error, not a crash
+            assert "error[FR" in out, out
+
+        rerun = fleet.cli(*db, "apply", *fleet.repo_args())
+        problems = journal_problems(url, before)
+        status = fleet.json("--db", url, "status")["resources"]
+        converged = (rerun.returncode == 0 and status[0]["sync"] == "Synced"
+                     and '"two"' in http_get(port)[1])
+        record_trial(SCENARIO, converged, len(problems),
+                     note=f"restart during {when}: apply exit {apply.returncode}",
+                     seconds=time.monotonic() - started)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert converged, (status, http_get(port))
+        assert problems == [], problems
