@@ -45,6 +45,15 @@ from reconciler.providers import (
     Release,
     load_provider,
 )
+from reconciler.rollout.runner import Aborted, Interrupted, RolloutFailed, RolloutRun
+from reconciler.rollout.strategies import (
+    BLUE_GREEN,
+    ROLLING,
+    SLOTS,
+    Strategy,
+    health_for,
+    slot_resource,
+)
 from reconciler.source.git import GitSource
 from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
@@ -107,7 +116,9 @@ class ReconcileResult:
 
 
 class DeploymentFailed(ReconcilerError):
-    code = "FR410"
+    code = "FR800"
+    hint = ("`reconciler history NAME` shows the deployment and the step that failed; fix the "
+            "cause named above and commit again (or `reconciler rollback NAME`)")
     exit_code = 1
 
 
@@ -180,6 +191,9 @@ class Reconciler:
         self._providers: dict[tuple[ResourceKey, str], Provider] = {}
         self._app_sources: dict[str, GitSource] = {}
         self._lost_leases: set[str] = set()
+        # Service rollouts that outlived their pass (a canary paused until promoted): the task
+        # holds the resource's lease; later passes leave the resource alone until it ends.
+        self._rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
 
     # -- helpers --------------------------------------------------------------------------
     def _emit(self, key: ResourceKey, phase: str, message: str = "") -> None:
@@ -310,7 +324,21 @@ class Reconciler:
         target = desired.target_of(resource)
         if target is None or record.applied_revision is None:
             return None
-        states = await self.provider_for(target).observe(resource)
+        provider = self.provider_for(target)
+        strategy = Strategy.of(resource)
+        if strategy.slotted:
+            # Slots: in sync when one slot runs the applied revision on every instance.
+            details = []
+            for slot in SLOTS:
+                slotted = slot_resource(resource, slot, int(strategy.ports[slot]))
+                states = await provider.observe(slotted)
+                if states and all(s.running and s.revision in (None, record.applied_revision)
+                                  for s in states):
+                    return None
+                details += [f"{s.instance.id} (slot {slot}): {s.detail or 'not running'}"
+                            for s in states if s.running or s.detail]
+            return ", ".join(details) or "no slot runs the applied revision"
+        states = await provider.observe(resource)
         bad = [s for s in states if not s.running
                or (s.revision is not None and s.revision != record.applied_revision)]
         if states and not bad:
@@ -458,21 +486,66 @@ class Reconciler:
         target = desired.target_of(resource)
         if target is None:
             raise DeploymentFailed(f"{key}: target {resource.spec.get('target')!r} not found")
+        running = self._rollouts.get(key)
+        if running is not None and not running.done():
+            msg = "waiting: a rollout of this resource is in progress (paused or waiting)"
+            return Outcome(key, item.action, SKIPPED, item.revision, msg)
         lock = f"resource:{key}"
         if not await self.take_lease(lock):
-            msg = "another reconciler holds this resource's lock"
+            holder = await self.store.lock_owner(lock)
+            msg = f"resource lock held by {holder or 'another reconciler'}"
             self._emit(key, "locked", msg)
             return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}")
         self._lost_leases.discard(lock)
-        renew = asyncio.create_task(self._renew(lock))
+        if key.kind != "Service":
+            renew = asyncio.create_task(self._renew(lock))
+            try:
+                return await self._deploy_runnable(item, resource, target, desired, trigger)
+            finally:
+                renew.cancel()
+                await asyncio.gather(renew, return_exceptions=True)
+                await self.store.release_lock(lock, self.owner)
+        detached = asyncio.Event()
+
+        async def rollout() -> Outcome:
+            renew = asyncio.create_task(self._renew(lock))
+            try:
+                return await self._deploy_service(item, resource, target, desired, trigger,
+                                                  on_detach=detached.set)
+            finally:
+                renew.cancel()
+                await asyncio.gather(renew, return_exceptions=True)
+                await self.store.release_lock(lock, self.owner)
+
+        task = asyncio.create_task(rollout())
+        self._rollouts[key] = task
+        waiter = asyncio.create_task(detached.wait())
         try:
-            if key.kind == "Service":
-                return await self._deploy_service(item, resource, target, desired, trigger)
-            return await self._deploy_runnable(item, resource, target, desired, trigger)
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            renew.cancel()
-            await asyncio.gather(renew, return_exceptions=True)
-            await self.store.release_lock(lock, self.owner)
+            waiter.cancel()
+        if task.done():
+            self._rollouts.pop(key, None)
+            return task.result()
+        msg = "waiting: rollout paused (`reconciler promote` / `abort`, or `resume`)"
+        self._emit(key, "paused", msg)
+        return Outcome(key, item.action, SKIPPED, item.revision, msg)
+
+    @property
+    def rollouts_in_progress(self) -> list[ResourceKey]:
+        return [k for k, t in self._rollouts.items() if not t.done()]
+
+    async def finish_rollouts(self) -> list[Outcome]:
+        """Wait for the rollouts that outlived their pass (paused canaries) and return how
+        they ended."""
+        outcomes: list[Outcome] = []
+        while self._rollouts:
+            key, task = next(iter(self._rollouts.items()))
+            try:
+                outcomes.append(await task)
+            finally:
+                self._rollouts.pop(key, None)
+        return outcomes
 
     async def take_lease(self, name: str) -> bool:
         """Take a resource lease; a lease left by a dead process on this host is taken over."""
@@ -504,34 +577,40 @@ class Reconciler:
 
     # -- Services ----------------------------------------------------------------------------
     async def _deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
-                              desired: DesiredState, trigger: str) -> Outcome:
+                              desired: DesiredState, trigger: str, *,
+                              on_detach: Callable[[], None] = lambda: None) -> Outcome:
         key, revision = item.key, item.revision
         assert revision is not None
         provider = self.provider_for(target)
         provider_name = str(target.spec.get("provider"))
-        strategy = str((resource.spec.get("strategy") or {}).get("type", "recreate"))
-        metrics.init_deployment_series(provider_name, strategy)
+        strategy = Strategy.of(resource)
+        metrics.init_deployment_series(provider_name, strategy.type)
         previous = item.record.applied_revision if item.record else None
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
-            trigger=trigger, strategy=strategy, spec=resource.document())
+            trigger=trigger, strategy=strategy.type, spec=resource.document())
         started = time.monotonic()
         await self.store.transition(dep.id, st.IN_PROGRESS,
-                                    message=f"{strategy} via {provider_name}")
+                                    message=f"{strategy.type} via {provider_name}")
         await self.store.update_status(key, health_status="Progressing", sync_status="OutOfSync")
-        self._emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy})")
+        self._emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy.type})")
         error: str | None = None
-        instances: list[Instance] = []
+        reason = "error"
+        summary = ""
+        run: RolloutRun | None = None
         try:
             release = self.release_for(resource, revision, desired.commit)
-            instances = await provider.instances(resource)
-            for instance in instances:
-                await self._step(dep.id, "deploy", instance, provider.deploy(release, instance),
-                                 f"revision {revision}")
-                healthy, message = await self._health_gate(dep.id, provider, resource, instance)
-                if not healthy:
-                    error = f"{instance.id}: health check failed: {message}"
-                    break
+            run = RolloutRun(self, dep, provider, resource, release, strategy,
+                             on_detach=on_detach)
+            instances = [] if strategy.slotted else await provider.instances(resource)
+            summary = await run.execute(instances)
+        except Interrupted as exc:
+            return await self._interrupted(dep, key, item, revision, str(exc))
+        except Aborted as exc:
+            error, reason = exc.message, "abort"
+        except RolloutFailed as exc:
+            error = exc.message
+            reason = "analysis" if "analysis" in error else "health"
         except ReconcilerError as exc:
             error = exc.message
         except (OSError, TimeoutError) as exc:
@@ -539,35 +618,80 @@ class Reconciler:
         duration = time.monotonic() - started
         metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
         if error is None:
-            await self.store.transition(dep.id, st.SUCCEEDED, message="healthy")
+            await self.store.transition(dep.id, st.SUCCEEDED, message=f"healthy: {summary}")
             await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
                                             spec=resource.document(),
                                             config_commit=desired.commit)
             await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
                                            last_result=st.SUCCEEDED, last_error=None,
                                            failed_revision=None)
-            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.SUCCEEDED).inc()
-            self._emit(key, "succeeded", f"{revision} healthy")
+            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.SUCCEEDED).inc()
+            self._emit(key, "succeeded", f"{revision} healthy ({summary})")
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
         await self.store.transition(dep.id, st.FAILED, error=error, message=error)
         self._emit(key, "failed", error)
-        if not instances:
-            # Nothing was touched (the provider could not even list instances): there is
-            # nothing to roll back, and the daemon retries with backoff.
+        if run is not None and strategy.slotted and run.slot_new is not None:
+            status, message = await self._revert_slots(dep, run, key, revision, reason,
+                                                        error)
+        elif run is not None and run.moved:
+            # Every instance moved so far goes back, newest batch first.
+            status, message = await self._rollback(dep, provider, key, revision,
+                                                   list(reversed(run.moved)), reason=reason,
+                                                   error=error)
+        else:
+            # Nothing was touched: nothing to roll back; the daemon retries with backoff.
             await self.store.update_status(key, last_result=st.FAILED, last_error=error,
                                            sync_status="OutOfSync")
-            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.FAILED).inc()
+            metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.FAILED).inc()
             return Outcome(key, item.action, st.FAILED, revision, error,
                            deployment=dep.identifier)
-        status, message = await self._rollback(dep, provider, key, revision, instances,
-                                               reason="health" if "health" in error else "error")
-        metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, status).inc()
+        metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, status).inc()
         return Outcome(key, item.action, status, revision, f"{error}; {message}",
                        deployment=dep.identifier)
 
+    async def _interrupted(self, dep: DeploymentRecord, key: ResourceKey, item: PlanItem,
+                           revision: str, where: str) -> Outcome:
+        """Stopping mid-rollout (SIGTERM): the deployment is closed as cancelled at a step
+        boundary, and the next start deploys the same revision again (a resume: instances
+        already moved are found at it)."""
+        message = f"stopped at {where}; resumed by the next reconcile"
+        await self.store.transition(dep.id, st.CANCELLED, message=message)
+        await self.store.update_status(key, last_result=st.CANCELLED, last_error=message)
+        self._emit(key, "interrupted", message)
+        return Outcome(key, item.action, st.CANCELLED, revision, f"waiting: {message}",
+                       deployment=dep.identifier)
+
+    async def _revert_slots(self, dep: DeploymentRecord, run: RolloutRun, key: ResourceKey,
+                            bad_revision: str, reason: str,
+                            error: str | None = None) -> tuple[str, str]:
+        """A slotted rollout failed: traffic back to the old slot (still running), new slot
+        stopped. Nothing is redeployed, which is the point of slots."""
+        metrics.ROLLBACKS_TOTAL.labels(reason).inc()
+        self._emit(key, "rolling back", "traffic back to the old slot")
+        try:
+            kept, message = await run.revert_slots()
+        except ReconcilerError as exc:
+            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message)
+            await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
+                                           last_error=exc.message, health_status="Degraded",
+                                           sync_status="OutOfSync", failed_revision=bad_revision)
+            self._emit(key, "rollback failed", exc.message)
+            return st.ROLLBACK_FAILED, f"revert failed: {exc.message}"
+        if not kept:
+            await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
+                                           or "deployment failed", health_status="Degraded",
+                                           sync_status="OutOfSync")
+            return st.FAILED, message
+        await self.store.transition(dep.id, st.ROLLED_BACK, message=message)
+        await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
+                                       sync_status="OutOfSync", failed_revision=bad_revision,
+                                       last_error=error or dep.error)
+        self._emit(key, "rolled back", message)
+        return st.ROLLED_BACK, message
+
     async def _health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
                            instance: Instance) -> tuple[bool, str]:
-        health = resource.spec.get("health")
+        health = health_for(resource, instance)
         step = await self.store.start_step(deployment_id, "health", instance.id)
         started = time.monotonic()
 
@@ -623,7 +747,7 @@ class Reconciler:
 
     async def _rollback(self, dep: DeploymentRecord, provider: Provider, key: ResourceKey,
                         bad_revision: str, instances: list[Instance],
-                        reason: str) -> tuple[str, str]:
+                        reason: str, error: str | None = None) -> tuple[str, str]:
         """Back to the last good revision recorded in the database (not memory)."""
         good = await self.store.last_good(key)
         if good is None or good.to_revision == bad_revision or not good.spec:
@@ -636,8 +760,8 @@ class Reconciler:
                 except ReconcilerError as exc:
                     log.warning("stopping failed release failed",
                                 extra={"resource": str(key), "error": exc.message})
-            await self.store.update_status(key, last_result=st.FAILED, last_error=dep.error or
-                                           "deployment failed", health_status="Degraded",
+            await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
+                                           or "deployment failed", health_status="Degraded",
                                            sync_status="OutOfSync")
             return st.FAILED, "no previous good revision to roll back to"
         previous = resource_from_document(key, good.spec)
@@ -662,7 +786,7 @@ class Reconciler:
         await self.store.transition(dep.id, st.ROLLED_BACK, message=message)
         await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
                                        sync_status="OutOfSync", failed_revision=bad_revision,
-                                       last_error=dep.error)
+                                       last_error=error or dep.error)
         self._emit(key, "rolled back", message)
         return st.ROLLED_BACK, message
 
@@ -821,18 +945,26 @@ class Reconciler:
         self._emit(key, "rolling back", f"-> {choice.to_revision}")
         try:
             release = self.release_for(resource, choice.to_revision, choice.config_commit)
-            for instance in await provider.instances(resource):
-                if key.kind == "Service":
-                    await self._step(dep.id, "deploy", instance,
-                                     provider.deploy(release, instance),
-                                     f"revision {choice.to_revision}")
-                    healthy, message = await self._health_gate(dep.id, provider, resource,
-                                                               instance)
-                    if not healthy:
-                        raise DeploymentFailed(f"{instance.id}: health check failed: {message}")
-                else:
+            if key.kind == "Service":
+                # The Service's own mechanics without its ceremony: slots switch back at once,
+                # in-place strategies move every instance in batches; no pauses or analysis.
+                own = Strategy.of(resource)
+                how = (Strategy(type=BLUE_GREEN, ports=own.ports, traffic=own.traffic,
+                                scale_down_delay_s=0.0) if own.slotted
+                       else Strategy(type=own.type if own.type == ROLLING else "recreate",
+                                     max_parallel=own.max_parallel,
+                                     max_unavailable=own.max_unavailable))
+                run = RolloutRun(self, dep, provider, resource, release, how)
+                await run.execute([] if how.slotted else await provider.instances(resource))
+            else:
+                for instance in await provider.instances(resource):
                     await self._step(dep.id, "install", instance,
                                      provider.deploy(release, instance))
+        except Interrupted as exc:
+            message = f"stopped at {exc}"
+            await self.store.transition(dep.id, st.CANCELLED, message=message)
+            return Outcome(key, "rollback", st.CANCELLED, choice.to_revision, message,
+                           dep.identifier)
         except ReconcilerError as exc:
             await self.store.transition(dep.id, st.FAILED, error=exc.message)
             await self.store.update_status(key, last_result=st.FAILED, last_error=exc.message)
@@ -868,10 +1000,17 @@ class Reconciler:
                     to_revision=record.applied_revision or "none", config_commit=desired.commit,
                     trigger="prune", strategy="delete", spec=document)
                 await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
+                variants = [resource]
+                strategy = resource.spec.get("strategy") or {}
+                if strategy.get("ports"):
+                    # Slots (blue-green, weighted canary) run under their own names.
+                    variants += [slot_resource(resource, slot, int(strategy["ports"][slot]))
+                                 for slot in SLOTS]
                 try:
-                    for instance in await provider.instances(resource):
-                        await self._step(dep.id, "remove", instance,
-                                         provider.remove(resource, instance))
+                    for variant in variants:
+                        for instance in await provider.instances(variant):
+                            await self._step(dep.id, "remove", instance,
+                                             provider.remove(variant, instance))
                 except ReconcilerError as exc:
                     await self.store.transition(dep.id, st.FAILED, error=exc.message)
                     return Outcome(key, DELETE, st.FAILED, None, exc.message, dep.identifier)
