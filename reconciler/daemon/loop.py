@@ -109,6 +109,8 @@ class Daemon:
             metrics.GIT_FETCH_ERRORS.inc()
             self.last_error = f"fetch failed: {sync.error}"
         if self.desired is not None and self.desired.commit == sync.commit:
+            if sync.error is None:  # the remote answers again: its error is no longer current
+                self.last_error = None
             return True
         cache = SpecCache(self.cfg.state_dir / "cache" / "spec")
         try:
