@@ -13,7 +13,7 @@ class ReconcilerError(Exception):
     """Base of every error the reconciler reports on purpose."""
 
     code = "FR000"
-    hint = ""
+    hint = "see the message above; `reconciler COMMAND --help` lists each option and its format"
     exit_code = 2
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -24,6 +24,10 @@ class ReconcilerError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def log_fields(self) -> dict[str, str]:
+        """``extra=`` for a log record: the message, the stable code and the remediation hint."""
+        return {"error": self.message, "code": self.code, "hint": self.hint}
 
 
 @dataclass(frozen=True, order=True)
@@ -43,7 +47,8 @@ class SpecError(ReconcilerError):
     """The desired state is invalid; carries every problem found, sorted by location."""
 
     code = "FR100"
-    hint = "fix the files listed above; nothing was applied"
+    hint = ("fix each file:line:col listed above and check again with `reconciler validate PATH`; "
+            "nothing was applied")
 
     def __init__(self, problems: list[SpecProblem]) -> None:
         self.problems = sorted(set(problems))
@@ -52,37 +57,43 @@ class SpecError(ReconcilerError):
 
 class SourceError(ReconcilerError):
     code = "FR200"
-    hint = "check --repo/--ref/--path and that the repository is reachable"
+    hint = ("check --repo/--ref/--path: `git ls-remote REPO REF` must answer from this host (with "
+            "its credentials) and PATH must be a folder of that commit")
 
 
 class StoreError(ReconcilerError):
     code = "FR300"
-    hint = "check --db / RECONCILER_DB and run `reconciler db migrate`"
+    hint = ("check --db / RECONCILER_DB (sqlite:///PATH, postgresql://…, mysql://…) with "
+            "`reconciler db check`, then run `reconciler db migrate` if migrations are pending")
 
 
 class MigrationError(StoreError):
     code = "FR301"
-    hint = ("an applied migration file was edited or a migration failed; restore the file or "
-            "fix the database by hand")
+    hint = ("applied migrations are immutable: restore the edited sql/<dialect>/NNN_*.sql from "
+            "git and put changes in a new file; `reconciler db status` lists what is applied")
 
 
 class ProviderError(ReconcilerError):
     code = "FR400"
-    hint = "see the provider's message; the deployment journal has the step that failed"
+    hint = ("the message names the host and the step; `reconciler history NAME` shows the "
+            "failed step and `reconciler logs NAME` the process output")
     exit_code = 1
 
 
 class SecretError(ReconcilerError):
     code = "FR500"
-    hint = "define the referenced environment variable or file (its value is never printed)"
+    hint = ("set the referenced variable in the reconciler's environment (systemd: "
+            "EnvironmentFile=) or create the file readable by its user; values are never printed")
 
 
 class HealthCheckFailed(ReconcilerError):
     code = "FR600"
-    hint = "check the service's logs with `reconciler logs NAME`"
+    hint = ("`reconciler logs NAME` shows the new revision's output; check spec.health (URL, "
+            "port, timing) against what the process really serves")
     exit_code = 1
 
 
 class NotFound(ReconcilerError):
     code = "FR700"
-    hint = "list resources with `reconciler status`"
+    hint = ("list resources with `reconciler status`; name an ambiguous one as Kind/name or "
+            "environment/Kind/name")

@@ -535,6 +535,14 @@ class Reconciler:
     def rollouts_in_progress(self) -> list[ResourceKey]:
         return [k for k, t in self._rollouts.items() if not t.done()]
 
+    async def settle(self, result: ReconcileResult) -> ReconcileResult:
+        """For one-shot callers (``apply``): wait for the rollouts that outlived the pass
+        (paused canaries, until promoted or aborted) and put how they ended into ``result``."""
+        finished = {o.key: o for o in await self.finish_rollouts()}
+        if finished:
+            result.outcomes = [finished.get(o.key, o) for o in result.outcomes]
+        return result
+
     async def finish_rollouts(self) -> list[Outcome]:
         """Wait for the rollouts that outlived their pass (paused canaries) and return how
         they ended."""

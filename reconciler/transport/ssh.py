@@ -136,7 +136,8 @@ class SSHConfigError(SSHError):
     """The SSH settings themselves are unusable (missing or unreadable key, bad host key)."""
 
     code = "FR414"
-    hint = "fix the SSH settings of the host in the Target"
+    hint = ("fix the host in the Target: identityFile readable by the reconciler's user and "
+            "without a passphrase, hostKeys entries as OpenSSH public key lines")
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,11 @@ class SSHTransport:
                 f"{self.host_id}: host {cfg.endpoint} {what}; trusted keys come from {source}. "
                 f"Run `ssh-keyscan -p {cfg.port} {cfg.address}`, verify the fingerprint out of "
                 "band, then pin the key (knownHosts file or hostKeys)",
+                hint=(f"verify and pin the key: `ssh-keyscan -p {cfg.port} {cfg.address} > "
+                      "host.key && ssh-keygen -lf host.key`, compare the fingerprint with the "
+                      "host's console, then "
+                      + ("put its key (without the host field) in the Target's hostKeys"
+                         if cfg.host_keys else f"append host.key to {source}")),
             ) from None
         except asyncssh.PermissionDenied:
             key = cfg.identity_file or "default keys"
