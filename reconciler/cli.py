@@ -347,8 +347,10 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         try:
             drifted = await _drifted(engine, desired) if live else set()
             with progress:
-                return await engine.reconcile(desired, trigger="apply", prune=prune, force=force,
-                                              redeploy=drifted)
+                result = await engine.reconcile(desired, trigger="apply", prune=prune,
+                                                force=force, redeploy=drifted)
+                # A canary paused until promoted: apply waits for `promote` / `abort`.
+                return await engine.settle(result)
         finally:
             await engine.close()
             await store.close()
@@ -800,6 +802,10 @@ def db_copy(src_url: str, dst_url: str) -> None:
     result = run(main())
     click.echo(f"copied {result.resources} resources, {result.deployments} deployments, "
                f"{result.events} events, {result.steps} steps")
+
+
+# Commands kept in their own modules, registered on `cli` when imported.
+from reconciler import cli_rollout  # noqa: E402, F401
 
 
 def main() -> None:
