@@ -32,6 +32,16 @@ from typing import Any, Protocol, TypeVar
 from reconciler.errors import NotFound, ReconcilerError, StoreError
 from reconciler.observe.metrics import LOCK_WAIT, db_operation
 from reconciler.spec.model import ResourceKey
+from reconciler.state.audit import (
+    MAX_MESSAGE,
+    action_for,
+    actor_for_trigger,
+    audit_identifier,
+    audit_import_values,
+    audit_values,
+    clip,
+    current_actor,
+)
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
     FINAL_STATUSES,
@@ -43,6 +53,7 @@ from reconciler.state.store import (
     SUCCEEDED,
     SYNC_STATUSES,
     TRANSITIONS,
+    AuditRecord,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
@@ -637,8 +648,36 @@ class ServerStore(ABC):
             )
             await self._add_event(tx, row["pk_deployment"], row["identifier"], status, message,
                                   now)
+            if status in FINAL_STATUSES:
+                await self._audit_final(tx, row, current, status,
+                                        message or error, now, actor)
 
+        actor = current_actor()
         await self._run("transition", op)
+
+    async def _audit_final(self, tx: Tx, row: Row, previous: str, status: str,
+                           message: str | None, now: datetime, actor: str | None) -> None:
+        """The audit row of a deployment that reached a final status (same transaction)."""
+        dep = await tx.one(
+            f"SELECT d.{self.trigger_column} AS trigger_, d.strategy, d.config_commit, "  # noqa: S608
+            "d.to_revision, r.identifier AS resource, r.kind FROM tb_deployment AS d "
+            "JOIN tb_resource AS r ON r.pk_resource = d.fk_resource WHERE d.pk_deployment = %s",
+            (row["pk_deployment"],))
+        assert dep is not None
+        row_id = str(uuid.uuid4())
+        await tx.insert("tb_audit_event", {
+            "id": row_id,
+            "identifier": audit_identifier(row["identifier"], status, f"audit:{row_id}"),
+            "at": self._db_time(now),
+            "actor": actor or actor_for_trigger(dep["trigger_"]),
+            "action": action_for(dep["kind"], dep["strategy"], dep["trigger_"], status, previous),
+            "resource": dep["resource"],
+            "deployment": row["identifier"],
+            "config_commit": dep["config_commit"],
+            "revision": dep["to_revision"],
+            "outcome": status,
+            "message": clip(message, MAX_MESSAGE, lines=True) if message else None,
+        }, "pk_audit_event")
 
     async def start_step(self, deployment_id: str, action: str, instance: str,
                          detail: str | None = None) -> str:
@@ -790,7 +829,74 @@ class ServerStore(ABC):
                                delivery_id: str) -> bool:
         """Insert unless (provider, delivery_id) exists; True when inserted."""
 
+    # -- audit -----------------------------------------------------------------------------------
+    def _to_audit(self, row: Row) -> AuditRecord:
+        return AuditRecord(
+            id=str(row["id"]), identifier=row["identifier"], at=self._t(row["at"]),
+            actor=row["actor"], action=row["action"], outcome=row["outcome"],
+            resource=row["resource"], deployment=row["deployment"],
+            config_commit=row["config_commit"], revision=row["revision"],
+            message=row["message"],
+        )
+
+    async def record_audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        outcome: str,
+        resource: ResourceKey | None = None,
+        deployment: str | None = None,
+        config_commit: str | None = None,
+        revision: str | None = None,
+        message: str | None = None,
+    ) -> AuditRecord:
+        """Append one audit event (a change that is not a deployment: suspend, resume, …)."""
+        values = audit_values(action, actor=actor, outcome=outcome, resource=resource,
+                              deployment=deployment, config_commit=config_commit,
+                              revision=revision, message=message)
+        values["at"] = self._db_time(utc_now())
+
+        async def op(tx: Tx, retrying: bool) -> Row:
+            if not (retrying and await tx.one("SELECT 1 AS found FROM tb_audit_event "
+                                              "WHERE id = %s", (values["id"],))):
+                await tx.insert("tb_audit_event", values, "pk_audit_event")
+            row = await tx.one("SELECT * FROM v_audit_event WHERE id = %s", (values["id"],))
+            assert row is not None
+            return row
+
+        return self._to_audit(await self._run("record_audit", op))
+
+    async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
+                         since: datetime | None = None) -> list[AuditRecord]:
+        """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""
+        where, params = ["1 = 1"], []
+        if resource is not None:
+            where.append("resource = %s")
+            params.append(str(resource))
+        if since is not None:
+            where.append("at >= %s")
+            params.append(self._db_time(since.astimezone(UTC)))
+        limit_sql = f" LIMIT {int(limit)}" if limit > 0 else ""
+        sql = (f"SELECT * FROM v_audit_event WHERE {' AND '.join(where)} "  # noqa: S608
+               f"ORDER BY at DESC, identifier{self.binary_order} DESC{limit_sql}")
+        rows = await self._run("list_audit", lambda tx, _: tx.all(sql, tuple(params)),
+                               transaction=False)
+        return [self._to_audit(row) for row in rows]
+
     # -- bulk import (reconciler.state.copy) -----------------------------------------------------
+    async def import_audit(self, record: AuditRecord) -> None:
+        """Insert an audit event exactly as another store recorded it (same id and time)."""
+        values = audit_import_values(record, self._db_time(record.at))
+
+        async def op(tx: Tx, retrying: bool) -> None:
+            if retrying and await tx.one("SELECT 1 AS found FROM tb_audit_event WHERE id = %s",
+                                         (record.id,)):
+                return
+            await tx.insert("tb_audit_event", values, "pk_audit_event")
+
+        await self._run("import_audit", op)
+
     async def is_empty(self) -> bool:
         """No resource and no deployment recorded (a safe destination for ``copy_store``)."""
         row = await self._run("is_empty", lambda tx, _: tx.one(

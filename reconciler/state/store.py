@@ -129,6 +129,30 @@ class LockInfo:
 
 
 @dataclass
+class AuditRecord:
+    """One audited state change: who (``actor``) did what (``action``) to which resource, at
+    which config commit and revision, and how it ended (``outcome``, a deployment status).
+
+    Actors: ``cli:<user>@<host>``, ``webhook:<provider>:<delivery id>``, ``poll``, ``watch``
+    (a commit seen on the local repo), ``heal`` (drift), ``schedule``, ``replica:<owner>``,
+    ``startup``, ``retry``, ``sighup``. Never a secret: messages are the same redacted texts
+    the deployment journal keeps.
+    """
+
+    id: str
+    identifier: str
+    at: datetime
+    actor: str
+    action: str  # deploy | run | install | rollback | prune | suspend | resume | sync | …
+    outcome: str  # a deployment status (succeeded, failed, rolled_back, …)
+    resource: str | None = None  # "environment/Kind/name"
+    deployment: str | None = None  # the deployment identifier ("…#n"), when there is one
+    config_commit: str | None = None
+    revision: str | None = None
+    message: str | None = None
+
+
+@dataclass
 class MigrationInfo:
     version: int
     name: str
@@ -246,3 +270,24 @@ class Store(Protocol):
     # -- webhooks ----------------------------------------------------------------------
     async def record_delivery(self, provider: str, delivery_id: str) -> bool:
         """Remember a webhook delivery id; False when it was seen before (a replay)."""
+
+    # -- audit -------------------------------------------------------------------------
+    async def record_audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        outcome: str,
+        resource: ResourceKey | None = None,
+        deployment: str | None = None,
+        config_commit: str | None = None,
+        revision: str | None = None,
+        message: str | None = None,
+    ) -> AuditRecord:
+        """Append one audit event. (``transition`` writes one by itself, in its transaction,
+        when a deployment reaches a final status; its actor is the current
+        ``reconciler.state.audit`` actor, else derived from the deployment's trigger.)"""
+
+    async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
+                         since: datetime | None = None) -> list[AuditRecord]:
+        """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""

@@ -312,8 +312,12 @@ async def test_step_table_rebuild_keeps_rows(tmp_path: Path, sql_copy: Path) -> 
     from reconciler.spec.model import ResourceKey
 
     rebuild = sql_copy / "003_step_interrupted.sql"
-    held_back = rebuild.read_text()
-    rebuild.unlink()
+    # 003 and every later file are held back (a pending file older than an applied one is
+    # refused), then put back together
+    later = sorted(p for p in sql_copy.glob("*.sql") if p.name >= rebuild.name)
+    held_back = {p: p.read_text() for p in later}
+    for p in later:
+        p.unlink()
     db = tmp_path / "db.sqlite"
     store = SQLiteStore(db, sql_dir=sql_copy)
     try:
@@ -330,8 +334,9 @@ async def test_step_table_rebuild_keeps_rows(tmp_path: Path, sql_copy: Path) -> 
             await store.finish_step(s2, "interrupted")
         before = await store.get_deployment(d.id)
 
-        rebuild.write_text(held_back)
-        assert [m.version for m in await store.migrate()] == [3]
+        for p, text in held_back.items():
+            p.write_text(text)
+        assert [m.version for m in await store.migrate()] == [int(p.name[:3]) for p in later]
         after = await store.get_deployment(d.id)
         assert after == before
         await store.finish_step(s2, "interrupted", "reconciler stopped")
