@@ -40,6 +40,8 @@ async def _history(store: SQLiteStore) -> None:
     await store.transition(job.id, "rolled_back")
     await store.update_status(ETL, failed_revision="j1", last_result="rolled_back")
     await store.set_suspended(ETL, True)
+    await store.record_audit("suspend", actor="cli:ops@host", outcome="succeeded", resource=ETL,
+                             message="paused ✓")
     await store.mark_deleted(ETL)
 
 
@@ -52,12 +54,13 @@ async def test_copy_sqlite_history_to_server(server_url: str, tmp_path: Path) ->
         await _history(src)
         await dst.migrate()
         result = await copy_store(src, dst)
-        assert (result.resources, result.deployments, result.events, result.steps) == (
-            2, 3, 3 + 2 + 4, 2)
+        assert (result.resources, result.deployments, result.events, result.steps,
+                result.audit) == (2, 3, 3 + 2 + 4, 2, 1 + 2 + 1)
         assert await dst.list_resources(include_deleted=True) == await src.list_resources(
             include_deleted=True)
         assert await dst.list_deployments(limit=0) == await src.list_deployments(limit=0)
         assert await dst.unfinished_deployments() == await src.unfinished_deployments()
+        assert await dst.list_audit(limit=0) == await src.list_audit(limit=0)
         # the copy goes on where the source stopped
         third = await dst.create_deployment(API, from_revision="r1", to_revision="r3",
                                             config_commit=None, trigger="commit",
