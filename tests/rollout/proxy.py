@@ -1,0 +1,97 @@
+"""A real nginx on loopback for strategy tests, and a request loop that counts failures."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import need
+
+
+@dataclass
+class Nginx:
+    dir: Path
+    port: int
+    upstream_file: Path
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        subprocess.run(["nginx", "-c", str(self.config), "-s", "stop"], capture_output=True,
+                       timeout=10)
+
+
+def start_nginx(tmp: Path, port: int, upstream: str, first_backend: int) -> Nginx:
+    need(shutil.which("nginx") is not None, "nginx is not installed (apt-get install nginx)")
+    tmp.mkdir(parents=True, exist_ok=True)
+    upstream_file = tmp / "upstream.conf"
+    upstream_file.write_text(f"upstream {upstream} {{ server 127.0.0.1:{first_backend}; }}\n")
+    config = tmp / "nginx.conf"
+    config.write_text(f"""
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  include {upstream_file};
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://{upstream}; proxy_next_upstream error timeout; }}
+  }}
+}}
+""")
+    subprocess.run(["nginx", "-c", str(config)], check=True, capture_output=True, timeout=20)
+    return Nginx(tmp, port, upstream_file, config)
+
+
+@dataclass
+class RequestLoop:
+    """GETs ``url`` back to back in a thread; every non-200 or transport error is recorded."""
+
+    url: str
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    bodies: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> RequestLoop:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.get(self.url)
+                    if response.status_code == 200:
+                        self.ok += 1
+                        if not self.bodies or self.bodies[-1] != response.text:
+                            self.bodies.append(response.text)
+                    else:
+                        self.errors.append(f"status {response.status_code}")
+                except httpx.HTTPError as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.005)
+
+    def stop(self) -> RequestLoop:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        return self
