@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
 from reconciler.plan.ordering import waves
+from reconciler.rollout.windows import Deferrals, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
 
@@ -22,8 +24,8 @@ DEFERRED = "deferred"  # a change outside its sync window: applied when the wind
 
 ACTING = frozenset({CREATE, UPDATE, DELETE})
 DRIFT = "drift"  # `diff --live`: recorded as applied, but the live state differs
-SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=", DEFERRED: ">",
-           UNCHANGED: " ", DRIFT: "~"}
+SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=",
+           DEFERRED: ">", UNCHANGED: " ", DRIFT: "~"}
 
 
 @dataclass
@@ -106,8 +108,15 @@ def make_plan(
     prune: bool = False,
     force: bool = False,
     redeploy: Iterable[ResourceKey] = (),
+    now: datetime | None = None,
+    ignore_windows: bool | None = None,
 ) -> Plan:
-    """Compare what git wants with what the store says is applied."""
+    """Compare what git wants with what the store says is applied.
+
+    A create, update or delete that its sync windows do not allow at ``now`` (default: the
+    current time) becomes DEFERRED, with the reason and when the window opens; unless
+    ``ignore_windows`` (default: ``reconciler.rollout.windows.ignoring_windows`` in effect).
+    """
     recorded = {r.key: r for r in records if not r.deleted}
     heal = set(redeploy)
     items: dict[ResourceKey, PlanItem] = {}
@@ -148,6 +157,8 @@ def make_plan(
         else:
             action, reason = ORPHAN, "removed from git; prune is off"
         items[key] = PlanItem(key, action, None, None, record, changes, reason)
+    if not (windows_ignored() if ignore_windows is None else ignore_windows):
+        _defer_outside_windows(items.values(), desired, now)
     depends = {k: (i.resource.depends_on if i.resource else []) for k, i in items.items()}
     order = waves(items.keys(), depends)
     # Deletions go in reverse dependency order, after everything else.
@@ -155,3 +166,19 @@ def make_plan(
     deletes = [k for k in reversed(flat) if items[k].action == DELETE]
     ordered = [items[k] for k in flat if items[k].action != DELETE] + [items[k] for k in deletes]
     return Plan(desired.commit, ordered, order)
+
+
+def _defer_outside_windows(items: Iterable[PlanItem], desired: DesiredState,
+                           now: datetime | None) -> None:
+    """Turn changes their sync windows do not allow now into DEFERRED items. Only items that
+    would act are looked at, and each Target's windows are parsed and evaluated once."""
+    view: Deferrals | None = None
+    for item in items:
+        if item.action not in ACTING:
+            continue
+        if view is None:
+            view = Deferrals(desired, now if now is not None else datetime.now(UTC))
+        spec = (item.record.applied_spec or item.record.desired_spec) if item.record else None
+        reason = view.reason(view.windows_for(item.key, item.resource, spec))
+        if reason is not None:
+            item.action, item.reason = DEFERRED, reason

@@ -36,6 +36,7 @@ from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import cron_error, timezone_error
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
+from reconciler.spec.sync_windows import window_problems
 from reconciler.spec.validate import (
     API_VERSION,
     KIND_SCHEMAS,
@@ -347,6 +348,9 @@ def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
             error = timezone_error(spec["timezone"])
             if error:
                 issues.append(Issue(("spec", "timezone"), f"spec.timezone: {error}"))
+    if "syncWindows" in document["spec"]:
+        windows = document["spec"]["syncWindows"]
+        issues.extend(Issue(path, message) for path, message in window_problems(windows))
     return issues
 
 
