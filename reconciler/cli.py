@@ -177,6 +177,11 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
     level = log_level or ("info" if ctx.invoked_subcommand == "daemon" else "warning")
     setup_logging(log_format, level)
     ctx.obj = Options(db, state_dir, log_format, level)
+    if ctx.invoked_subcommand != "daemon":  # the daemon names the actor of each pass itself
+        from reconciler.state.audit import acting_as, cli_actor
+
+        # every state change this command makes is audited as the user at the keyboard
+        ctx.with_resource(acting_as(cli_actor()))
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -476,10 +481,17 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
         emit_json(docs)
         return
     _print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
-        [d["deployment"], d["status"], d["trigger"], d["fromRevision"] or "-", d["toRevision"],
+        [d["deployment"], d["status"], _short(d["trigger"], 32), d["fromRevision"] or "-",
+         d["toRevision"],
          (d["configCommit"] or "-")[:12],
          d["createdAt"].strftime("%Y-%m-%d %H:%M:%S") if d["createdAt"] else "-",
          d["error"] or ""] for d in docs])
+
+
+def _short(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters for a table cell (JSON output keeps it whole):
+    triggers name their actor, e.g. ``webhook:github:<delivery id>``."""
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 # -- rollback / suspend / resume ------------------------------------------------------------------
@@ -507,7 +519,13 @@ def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: 
                             progress=Progress(live=False))
         try:
             key = await find_key(store, name)
-            return await engine.manual_rollback(key, to_revision)
+            try:
+                return await engine.manual_rollback(key, to_revision)
+            except ReconcilerError as exc:
+                # refused before a deployment existed (nothing to roll back to, lock held):
+                # the attempt is audited too; a deployment audits its own outcome
+                await _audit_refusal(store, "rollback", key, exc)
+                raise
         finally:
             await engine.close()
             await store.close()
@@ -517,12 +535,29 @@ def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: 
     sys.exit(0 if outcome.result == "succeeded" else 1)
 
 
+async def _audit_refusal(store: Any, action: str, key: ResourceKey,
+                         exc: ReconcilerError) -> None:
+    from reconciler.state.audit import cli_actor, current_actor
+
+    with contextlib.suppress(ReconcilerError):  # the refusal is what the user must see
+        await store.record_audit(action, actor=current_actor() or cli_actor(), outcome="failed",
+                                 resource=key, message=exc.message)
+
+
 def _set_suspended(opts: Options, name: str, value: bool) -> None:
     async def main() -> ResourceKey:
+        from reconciler.state.audit import cli_actor, current_actor
+
         store = await open_store(opts)
         try:
             key = await find_key(store, name)
             await store.set_suspended(key, value)
+            record = await store.get_resource(key)
+            await store.record_audit(
+                "suspend" if value else "resume", actor=current_actor() or cli_actor(),
+                outcome="succeeded", resource=key,
+                config_commit=record.config_commit if record else None,
+                revision=record.applied_revision if record else None)
             return key
         finally:
             await store.close()
@@ -547,6 +582,81 @@ def suspend(opts: Options, name: str) -> None:
 def resume(opts: Options, name: str) -> None:
     """Resume reconciling a resource."""
     _set_suspended(opts, name, False)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("-n", "--limit", default=50, show_default=True, help="At most this many events "
+                                                                   "(0: all).")
+@click.option("--since", default=None, metavar="TIME|DURATION",
+              help="Only events at or after an ISO-8601 time (2026-11-26T10:00, UTC when no "
+                   "zone is given) or this long ago (Go duration: 30m, 24h).")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+@handles_errors
+def audit(opts: Options, name: str | None, limit: int, since: str | None, output: str) -> None:
+    """Audit trail, newest first: who changed what (deploy, rollback, prune, suspend, resume…),
+    triggered by what (webhook delivery, poll, watch, heal, schedule, CLI user), at which
+    commit and revision, with which outcome."""
+    cutoff = _since(since) if since else None
+
+    async def main() -> list[Any]:
+        store = await open_store(opts)
+        try:
+            key = await _audit_key(store, name) if name else None
+            return list(await store.list_audit(limit, resource=key, since=cutoff))
+        finally:
+            await store.close()
+
+    docs = [{
+        "id": e.id, "identifier": e.identifier, "at": e.at, "actor": e.actor,
+        "action": e.action, "resource": e.resource, "deployment": e.deployment,
+        "configCommit": e.config_commit, "revision": e.revision, "outcome": e.outcome,
+        "message": e.message,
+    } for e in run(main())]
+    if output == "json":
+        emit_json(docs)
+        return
+    if not docs:
+        click.echo("no audit events")
+        return
+    _print_table(["WHEN", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "COMMIT", "REVISION",
+                  "MESSAGE"], [
+        [d["at"].strftime("%Y-%m-%d %H:%M:%S"), d["actor"], d["action"], d["resource"] or "-",
+         d["outcome"], (d["configCommit"] or "-")[:12], (d["revision"] or "-")[:12],
+         (d["message"] or "").splitlines()[0] if d["message"] else ""] for d in docs])
+
+
+def _since(text: str) -> Any:
+    from datetime import UTC, datetime, timedelta
+
+    from reconciler.spec.durations import parse_duration
+
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as "
+                                 "30m or 24h", param_hint="--since") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _audit_key(store: Any, name: str) -> ResourceKey:
+    """Like find_key, but a deleted (pruned) resource still has its audit trail."""
+    try:
+        return await find_key(store, name)
+    except NotFound:
+        if len(name.split("/")) != 3:
+            deleted = [r.key for r in await store.list_resources(include_deleted=True)
+                       if r.deleted and r.key.name == name.split("/")[-1]]
+            if len(deleted) == 1:
+                return deleted[0]
+            raise
+        env, kind, short = name.split("/")
+        return ResourceKey(env, kind, short)
 
 
 @cli.command()
@@ -801,7 +911,7 @@ def db_copy(src_url: str, dst_url: str) -> None:
 
     result = run(main())
     click.echo(f"copied {result.resources} resources, {result.deployments} deployments, "
-               f"{result.events} events, {result.steps} steps")
+               f"{result.events} events, {result.steps} steps, {result.audit} audit events")
 
 
 # Commands kept in their own modules, registered on `cli` when imported.

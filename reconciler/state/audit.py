@@ -85,11 +85,6 @@ def acting_as(actor: str | None) -> Iterator[None]:
         _ACTOR.reset(token)
 
 
-def set_process_actor(actor: str) -> None:
-    """The actor of everything this process does (a one-shot CLI command)."""
-    _ACTOR.set(clip(actor, MAX_ACTOR))
-
-
 def actor_for_trigger(trigger: str) -> str:
     """The actor named by a trigger: the most specific part of a comma-joined list."""
     parts = [_RENAMED.get(p.strip(), p.strip()) for p in trigger.split(",") if p.strip()]
@@ -173,5 +168,4 @@ __all__ = [
     "cli_actor",
     "clip",
     "current_actor",
-    "set_process_actor",
 ]
