@@ -382,7 +382,9 @@ class Reconciler:
                     return
                 blocked_by = self._blocking_dependency(item, outcomes)
                 if blocked_by is not None:
-                    message = f"waiting for {blocked_by}"
+                    why = outcomes[blocked_by]
+                    message = (f"waiting for {blocked_by} (dependency {why.result}"
+                               + (f": {why.message[:200]}" if why.message else "") + ")")
                     if item.resource is not None and item.revision is not None:
                         # Recorded so `status` shows what git wants and why it is not live.
                         await self.store.record_desired(
@@ -408,18 +410,40 @@ class Reconciler:
                                                  exc.message)
                     self._emit(item.key, "failed", exc.message)
 
+        # A DAG, not waves: each resource starts as soon as what it depends on (and its
+        # Target) is done, so one slow rollout holds only its dependents. Waiting only on
+        # resources earlier in the plan order rules out a deadlock even on a leftover cycle.
+        position = {k: n for n, k in enumerate(k for layer in plan.order for k in layer)}
+        finished = {k: asyncio.Event() for k in position}
+        tasks = []
+
+        async def when_ready(item: PlanItem) -> None:
+            try:
+                resource = item.resource
+                needs = list(resource.depends_on) if resource is not None else []
+                if resource is not None and resource.target_key is not None:
+                    needs.append(resource.target_key)
+                for dep in needs:
+                    if dep in finished and position[dep] < position[item.key]:
+                        await finished[dep].wait()
+                await run(item)
+            finally:
+                finished[item.key].set()
+
         for layer in plan.order:
-            layer_items = [items[k] for k in layer if selected is None or k in selected]
-            busy = []
-            for i in layer_items:
-                if i.action == UNCHANGED:
+            for k in layer:
+                i = items[k]
+                if (selected is not None and k not in selected) or i.action == DELETE:
+                    finished[k].set()
+                elif i.action == UNCHANGED:
                     # Nothing to do, and no task or span for it: a no-op pass over a large
                     # fleet must stay cheap.
-                    outcomes[i.key] = Outcome(i.key, i.action, CONVERGED, i.revision)
-                elif i.action != DELETE:
-                    busy.append(run(i))
-            if busy:
-                await asyncio.gather(*busy)
+                    outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+                    finished[k].set()
+                else:
+                    tasks.append(when_ready(i))
+        if tasks:
+            await asyncio.gather(*tasks)
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
         for item in deletes:

@@ -1,0 +1,82 @@
+"""dependsOn as a DAG: a resource starts when its own dependencies are done, not when a whole
+wave is; a failed dependency blocks its dependents with the reason in `status`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import APP, Fleet, free_port, git
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    repo = tmp_path / "config"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "app.py").write_text(APP)
+    git(repo, "init", "-q", "-b", "main")
+    root = tmp_path / "root"
+    f = Fleet(repo, tmp_path / "state", root)
+    f.write("target.yaml", f"""apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {{name: local}}
+spec: {{provider: bare_metal, transport: local, root: {root}}}
+""")
+    yield f
+    f.stop_all()
+
+
+def svc(name: str, *, slow: int = 0, fail: bool = False, depends: str = "") -> str:
+    port = free_port()
+    return f"""apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  target: local
+  source: {{path: app}}{depends}
+  command: [{sys.executable}, app.py, --port, "{port}"]
+  env: {{SLOW_START: "{slow}", FAIL_HEALTH: "{'1' if fail else '0'}"}}
+  stopTimeout: 2s
+  health:
+    http: {{url: "http://{{host}}:{port}/healthz"}}
+    interval: 100ms
+    startPeriod: 10s
+    failureThreshold: 2
+"""
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_dependents_start_when_their_own_dependencies_are_done(fleet: Fleet) -> None:
+    fleet.write("a.yaml", svc("slow", slow=4))
+    fleet.write("b.yaml", svc("base"))
+    fleet.write("c.yaml", svc("after-base", depends="\n  dependsOn: [base]"))
+    fleet.commit("three")
+    out = fleet.cli("apply", *fleet.repo_args())
+    assert out.returncode == 0, out.stdout + out.stderr
+    slow = fleet.json("history", "slow")[0]
+    base = fleet.json("history", "base")[0]
+    after = fleet.json("history", "after-base")[0]
+    assert ts(after["startedAt"]) >= ts(base["finishedAt"])
+    # with waves, after-base would have waited for slow (same wave as base) to finish
+    assert ts(after["startedAt"]) < ts(slow["finishedAt"])
+
+
+def test_a_failed_dependency_blocks_its_dependents_with_the_reason(fleet: Fleet) -> None:
+    fleet.write("b.yaml", svc("base", fail=True))
+    fleet.write("c.yaml", svc("after-base", depends="\n  dependsOn: [base]"))
+    fleet.commit("broken base")
+    out = fleet.cli("apply", *fleet.repo_args())
+    assert out.returncode == 1
+    status = {r["name"]: r for r in fleet.json("status")["resources"]}
+    reason = status["after-base"]["lastError"]
+    assert "waiting for default/Service/base" in reason and "failed" in reason, reason
+    assert fleet.json("history", "after-base") == []
