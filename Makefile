@@ -8,7 +8,7 @@ DEMO_STATE ?= $(CURDIR)/.state/demo
 DEMO_LISTEN ?= 127.0.0.1:9464
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv docs
 
 venv: $(STAMP)
 
@@ -40,3 +40,6 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/diff_scale.py
+
+docs: $(STAMP)  ## regenerate docs/cli.md and docs/yaml-reference.md (after CLI or schema changes)
+	$(BIN)/python docs/generate.py

@@ -50,14 +50,17 @@ class WebhookAuthError(ReconcilerError):
     """The request is unsigned, signed with another secret or uses an unsupported scheme."""
 
     code = "FR210"
-    hint = "check that the webhook secret configured at the git host matches the daemon's"
+    hint = ("set the same secret at the git host's webhook as behind the daemon's "
+            "`--webhook-secret PROVIDER=env:NAME` (GitLab: the Secret token field; others: the "
+            "HMAC secret, SHA-256)")
 
 
 class WebhookPayloadError(ReconcilerError):
     """The body is not a payload we can read (malformed JSON, missing or invalid field)."""
 
     code = "FR211"
-    hint = "configure the webhook to send application/json push events"
+    hint = ("set the webhook's content type to application/json (GitHub also accepts form) and "
+            "its events to push (tag pushes too, if you deploy tags)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,119 @@
+"""The error catalogue: unique stable codes, a hint for each, every code documented in
+docs/errors.md (and nothing else there), and the hints reaching the user for real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import asyncssh
+import pytest
+
+from reconciler.transport.ssh import SSHAuthError, SSHHostConfig, SSHHostKeyError, SSHTransport
+from tests.docs.conftest import DOCS, ROOT
+from tests.helpers import need
+
+SECTION = re.compile(r"^## (FR\d{3})\n(.*?)(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+
+
+def documented() -> dict[str, str]:
+    return dict(SECTION.findall((DOCS / "errors.md").read_text()))
+
+
+def test_codes_are_unique_and_every_class_has_a_hint(generator: ModuleType) -> None:
+    classes = generator.error_classes()
+    assert len(classes) > 20  # every module was imported
+    by_code: dict[str, list[str]] = {}
+    for cls in classes:
+        assert "code" in vars(cls), f"{cls.__qualname__} inherits {cls.code}: give it its own"
+        assert re.fullmatch(r"FR\d{3}", cls.code), cls
+        by_code.setdefault(cls.code, []).append(f"{cls.__module__}.{cls.__qualname__}")
+        hint = cls.hint.strip()
+        assert hint and "\n" not in hint and len(hint) >= 30, (cls, hint)
+        assert cls.exit_code in (1, 2), cls
+    duplicates = {code: names for code, names in by_code.items() if len(names) > 1}
+    assert not duplicates, duplicates
+
+
+def test_every_code_is_documented_and_every_documented_code_exists(
+        generator: ModuleType) -> None:
+    codes = {cls.code: cls for cls in generator.error_classes()}
+    sections = documented()
+    assert sorted(set(codes) - set(sections)) == [], "codes missing from docs/errors.md"
+    assert sorted(set(sections) - set(codes)) == [], "docs/errors.md documents unknown codes"
+    for code, cls in codes.items():
+        assert f"`{cls.__name__}`" in sections[code], f"## {code} should name {cls.__name__}"
+        assert "emediation" in sections[code], f"## {code} has no remediation"
+    table = (DOCS / "errors.md").read_text().split("\n## ", 1)[0]
+    for code, cls in codes.items():
+        assert f"| [{code}](#{code.lower()}) | `{cls.__name__}` |" in table
+
+
+def test_cli_prints_code_and_hint(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env["RECONCILER_STATE_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "reconciler", "history", "no-such-thing"],
+                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error[FR700]: no resource named 'no-such-thing'"
+    assert lines[1].startswith("hint: list resources with `reconciler status`")
+
+
+@pytest.mark.timeout(60)
+async def test_unknown_host_key_hint_is_the_command_that_pins_it(tmp_path: Path) -> None:
+    """An unknown host's error carries `ssh-keyscan -p PORT HOST`; running the hinted commands
+    pins the key, after which the connection gets past host-key checking (to the login)."""
+    need(shutil.which("ssh-keyscan") is not None and shutil.which("ssh-keygen") is not None,
+         "ssh-keyscan/ssh-keygen (openssh-client) not installed")
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(asyncssh.SSHServer, "127.0.0.1", 0,
+                                          server_host_keys=[host_key])
+    port = server.sockets[0].getsockname()[1]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    config = SSHHostConfig(host_id="web-1", address="127.0.0.1", port=port,
+                           known_hosts=str(known_hosts), connect_attempts=1, connect_timeout=5)
+    try:
+        transport = SSHTransport(config)
+        with pytest.raises(SSHHostKeyError) as caught:
+            await transport.run(["true"], timeout=5)
+        await transport.close()
+        error = caught.value
+        assert error.code == "FR411"
+        command = re.search(r"`(ssh-keyscan [^`]*)`", error.hint)
+        assert command is not None, error.hint
+        assert command.group(1).startswith(f"ssh-keyscan -p {port} 127.0.0.1 > host.key")
+        assert str(known_hosts) in error.hint
+        # Follow the hint: fetch, fingerprint, pin.
+        # (in a thread: the server answering ssh-keyscan runs on this event loop)
+        await asyncio.to_thread(subprocess.run, ["bash", "-euo", "pipefail", "-c",
+                                                 command.group(1)],
+                                cwd=tmp_path, check=True, timeout=30, capture_output=True)
+        fingerprint = subprocess.run(["ssh-keygen", "-lf", "host.key"], cwd=tmp_path,
+                                     check=True, timeout=30, capture_output=True, text=True)
+        expected = host_key.get_fingerprint("sha256")
+        assert expected in fingerprint.stdout
+        with known_hosts.open("a") as pinned:
+            pinned.write((tmp_path / "host.key").read_text())
+        transport = SSHTransport(config)
+        with pytest.raises(SSHAuthError):  # past the host key: no client key is accepted here
+            await transport.run(["true"], timeout=5)
+        await transport.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_log_fields_carry_code_and_hint() -> None:
+    from reconciler.errors import SecretError
+
+    fields = SecretError("secret reference env:DB_PASSWORD is not set").log_fields()
+    assert fields == {"error": "secret reference env:DB_PASSWORD is not set", "code": "FR500",
+                      "hint": SecretError.hint}
