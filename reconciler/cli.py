@@ -210,7 +210,7 @@ def render_plan(plan: Any) -> None:
     from reconciler.plan.planner import SYMBOLS, UNCHANGED
 
     colours = {"create": "green", "update": "yellow", "delete": "red", "orphan": "red",
-               "blocked": "magenta", "suspended": "cyan"}
+               "blocked": "magenta", "suspended": "cyan", "deferred": "blue"}
     counts = plan.counts()
     summary = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
     click.echo(f"Plan at commit {(plan.commit or '?')[:12]}: {summary or 'nothing'}")
@@ -331,12 +331,18 @@ class Progress:
 @click.option("--force", is_flag=True, help="Deploy even revisions that were rolled back.")
 @click.option("--live/--no-live", default=True, show_default=True,
               help="Observe applied Services first and redeploy those that drifted.")
+@click.option("--ignore-windows", is_flag=True,
+              help="Apply now even changes their sync windows defer (operator override).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-          prune: bool, force: bool, live: bool, output: str) -> None:
-    """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error."""
+          prune: bool, force: bool, live: bool, ignore_windows: bool, output: str) -> None:
+    """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error.
+
+    Changes outside their sync windows are deferred (listed, not failed) unless
+    --ignore-windows."""
+    from reconciler.rollout.windows import ignoring_windows
 
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
@@ -360,7 +366,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
             await engine.close()
             await store.close()
 
-    result = run(main())
+    with ignoring_windows(ignore_windows):
+        result = run(main())
     if output == "json":
         emit_json(result.to_json())
     else:
@@ -369,6 +376,9 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         click.echo(f"{state} at {(result.commit or '?')[:12]} in {result.duration_s:.1f}s")
         for out in failed:
             click.echo(_style(f"  {out.key}: {out.result} — {out.message}", fg="red"))
+        for out in result.outcomes:
+            if out.action == "deferred":
+                click.echo(_style(f"  {out.key}: deferred — {out.message}", fg="blue"))
     sys.exit(0 if result.converged else 1)
 
 

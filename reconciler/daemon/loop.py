@@ -28,6 +28,7 @@ from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
+from reconciler.rollout.windows import earliest_open
 from reconciler.source.git import GitSource
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
@@ -87,6 +88,7 @@ class Daemon:
     leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
+    window_at: datetime | None = None  # a deferred change's sync window opens: run a pass then
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -163,6 +165,11 @@ class Daemon:
                                "retry_in_s": round(delay, 1)})
         else:
             self.failures, self.retry_at = 0, None
+        deferred = [o.key for o in result.outcomes if o.action == "deferred"]
+        self.window_at = earliest_open(self.desired, deferred, datetime.now(UTC))
+        if self.window_at is not None:
+            log.info("changes deferred by sync windows; pass scheduled when one opens",
+                     extra={"resources": len(deferred), "opens_at": self.window_at.isoformat()})
         notify.status(f"{(result.commit or '')[:12]}: "
                       f"{'converged' if result.converged else 'not converged'}, "
                       f"{len(result.failed())} failed, trigger {trigger}, "
@@ -178,11 +185,16 @@ class Daemon:
             timeout = jittered(self.cfg.interval)
             if self.retry_at is not None:
                 timeout = min(timeout, max(0.0, self.retry_at - time.monotonic()))
+            if self.window_at is not None:  # + a margin: wake once the window is open
+                opens_in = (self.window_at - datetime.now(UTC)).total_seconds() + 0.05
+                timeout = min(timeout, max(0.2, opens_in))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             self.wake.clear()
             if self.stopping:
                 break
+            if not self.reasons and self.window_at and datetime.now(UTC) >= self.window_at:
+                self.reasons.add("window")
             if not self.reasons:
                 self.reasons.add("retry" if self.retry_at and time.monotonic() >= self.retry_at
                                  else "poll")
