@@ -28,7 +28,7 @@ import yaml
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "1"
+LOADER_VERSION = "2"  # 2: systemd calendar schedules
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 

@@ -1,12 +1,22 @@
-"""Five-field cron expressions (what a Schedule's ``spec.schedule`` holds), checked by croniter."""
+"""A Schedule's ``spec.schedule``: a five-field cron string (checked by croniter), or
+``{calendar: EXPR}``, a systemd calendar expression (``reconciler.spec.calendar``).
+
+The two are told apart by their YAML shape, never by guessing from the text: a string is always
+cron, a mapping always systemd syntax. A cron error on a string that happens to be valid systemd
+syntax says how to write it as a calendar.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from croniter.croniter import CroniterError
+
+from reconciler.spec.calendar import calendar_error, next_elapse, parse_calendar
 
 FIELDS = "minute hour day-of-month month day-of-week"
 # croniter's aliases; each maps to a five-field expression, so a systemd timer can express it.
@@ -50,12 +60,51 @@ def timezone_error(name: object) -> str | None:
     return None
 
 
-def next_fire(expr: str, after: datetime, tz: str) -> datetime:
-    """The first time strictly after ``after`` at which ``expr`` fires, evaluated in zone ``tz``.
+# what next_fire returns for a calendar expression that will not elapse again (a past date)
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def schedule_errors(schedule: object, timezone: object = None) -> list[tuple[tuple[str, ...], str]]:
+    """Problems of a Schedule's ``schedule`` value (and how it sits with ``spec.timezone``),
+    each as (path below ``spec``, message). The schema has already checked the shape."""
+    if isinstance(schedule, Mapping):
+        expression = schedule.get("calendar")
+        error = calendar_error(expression)
+        if error is not None:
+            return [(("schedule", "calendar"), error)]
+        spec = parse_calendar(str(expression))
+        own = "UTC" if spec.utc else spec.timezone
+        if own is not None and isinstance(timezone, str) and timezone != own:
+            return [(("schedule", "calendar"),
+                     f"{expression!r} names time zone {own} but spec.timezone is {timezone}; "
+                     "keep one of them")]
+        return []
+    error = cron_error(schedule)
+    if error is None:
+        return []
+    if isinstance(schedule, str) and calendar_error(schedule) is None:
+        error += (f" (it is systemd calendar syntax: write schedule: {{calendar: "
+                  f"{schedule.strip()!r}}})")
+    return [(("schedule",), error)]
+
+
+def next_fire(expr: str | Mapping[str, Any], after: datetime, tz: str) -> datetime:
+    """The first time strictly after ``after`` at which a Schedule's ``schedule`` fires: a cron
+    string evaluated in zone ``tz``, or ``{calendar: EXPR}`` evaluated in its own zone, else
+    ``tz``. A calendar that will never elapse again gives ``NEVER``.
 
     ``after`` must be timezone-aware (a naive time is ambiguous across hosts); the result is aware,
-    expressed in ``tz``.
+    expressed in ``tz`` (or the calendar's own zone).
     """
+    if isinstance(expr, Mapping):
+        if after.tzinfo is None or after.utcoffset() is None:
+            raise ValueError("next_fire needs a timezone-aware datetime, e.g. datetime.now(UTC)")
+        expression = expr.get("calendar")
+        error = calendar_error(expression)
+        if error is not None:
+            raise ValueError(error)
+        fire = next_elapse(parse_calendar(str(expression)), after, ZoneInfo(tz))
+        return NEVER if fire is None else fire
     error = cron_error(expr)
     if error is not None:
         raise ValueError(error)

@@ -34,7 +34,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
-from reconciler.spec.cron import cron_error, timezone_error
+from reconciler.spec.cron import schedule_errors, timezone_error
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
 from reconciler.spec.sync_windows import window_problems
 from reconciler.spec.validate import (
@@ -341,9 +341,8 @@ def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
     issues: list[Issue] = []
     if kind == "Schedule":
         spec = document["spec"]
-        error = cron_error(spec["schedule"])
-        if error:
-            issues.append(Issue(("spec", "schedule"), f"spec.schedule: {error}"))
+        for path, message in schedule_errors(spec["schedule"], spec.get("timezone")):
+            issues.append(Issue(("spec", *path), f"spec.{'.'.join(path)}: {message}"))
         if "timezone" in spec:
             error = timezone_error(spec["timezone"])
             if error:

@@ -27,6 +27,7 @@ def test_every_error_kind_has_a_case() -> None:
         "duplicate",
         "cycle",
         "cron",
+        "calendar",
         "non-json-values",
         "encoding",
         "duplicate-key",

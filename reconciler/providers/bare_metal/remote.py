@@ -274,7 +274,7 @@ class SystemdSSHProvider:
         }
         calendars: list[str] = []
         if resource.kind == "Schedule":
-            calendars = on_calendar(str(spec.get("schedule", "")), spec.get("timezone", "UTC"))
+            calendars = on_calendar(spec.get("schedule", ""), spec.get("timezone", "UTC"))
             timer = render_timer_unit(f"fraisier {resource.key} timer", calendars).encode()
             files[posixpath.join(UNIT_DIR, names.timer)] = (timer, 0o644)
         return files, calendars

@@ -29,6 +29,7 @@ from croniter import croniter
 
 from reconciler.errors import ProviderError
 from reconciler.health.durations import to_seconds
+from reconciler.spec.calendar import calendar_error, parse_calendar
 from reconciler.spec.cron import cron_error
 from reconciler.transport import CommandResult, Transport
 
@@ -157,31 +158,39 @@ def _values(items: list[Any], names: Sequence[str] | None = None, width: int = 0
     return ",".join(parts)
 
 
-def on_calendar(expression: str, timezone: str | None = "UTC") -> list[str]:
-    """``OnCalendar=`` values for a Schedule: a five-field cron expression (or alias) is
-    converted; anything else is taken as systemd calendar syntax and passed through (the host's
-    ``systemd-analyze calendar`` checks it before it is installed).
+def on_calendar(schedule: str | Mapping[str, Any], timezone: str | None = "UTC") -> list[str]:
+    """``OnCalendar=`` values for a Schedule's ``schedule``.
 
-    cron fires when day-of-month *or* day-of-week match (both restricted); systemd requires both,
-    so that case becomes two ``OnCalendar=`` lines."""
-    text = expression.strip()
+    ``{calendar: EXPR}`` is systemd calendar syntax: checked here with our own parser (the same
+    check as ``validate``) and written as is, with `` <timezone>`` appended unless it names its
+    own zone. A string is a five-field cron expression (or alias) and is converted: cron fires
+    when day-of-month *or* day-of-week match (both restricted); systemd requires both, so that
+    case becomes two ``OnCalendar=`` lines."""
+    suffix = f" {timezone}" if timezone else ""
+    if isinstance(schedule, Mapping):
+        expression = schedule.get("calendar")
+        error = calendar_error(expression)
+        if error is not None:
+            raise ProviderError(f"schedule: {error}")
+        text = str(expression).strip()
+        return [text if parse_calendar(text).has_timezone else text + suffix]
+    text = str(schedule).strip()
     cron = _CRON_ALIASES.get(text.lower(), text)
-    if cron_error(cron) is not None:
-        if "\n" in text or not text:
-            raise ProviderError(f"schedule {expression!r} is neither cron nor a calendar")
-        return [text]
+    error = cron_error(cron)
+    if error is not None:
+        raise ProviderError(f"schedule: {error} (systemd calendar syntax is written "
+                            "{calendar: EXPR})")
     try:
         fields, _ = croniter.expand(cron)
     except (ValueError, KeyError, TypeError) as exc:
-        raise ProviderError(f"cannot convert cron {expression!r}: {exc}") from None
+        raise ProviderError(f"cannot convert cron {text!r}: {exc}") from None
     minute, hour, dom, month, dow = fields
     if any(not isinstance(v, int) and v != "*" for f in fields for v in f):
         raise ProviderError(
-            f"cron {expression!r} uses a feature systemd timers lack (L, #); write it in systemd "
-            "calendar syntax instead"
+            f"cron {text!r} uses a feature systemd timers lack (L, #); write it in systemd "
+            "calendar syntax instead ({calendar: EXPR})"
         )
     time_part = f"{_values(hour, width=2)}:{_values(minute, width=2)}:00"
-    suffix = f" {timezone}" if timezone else ""
     month_part = _values(month, width=2)
     dow_part = _values(dow, _DOW)
     if dom != ["*"] and dow != ["*"]:

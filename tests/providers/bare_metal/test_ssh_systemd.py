@@ -17,6 +17,7 @@ from reconciler.providers import ProviderContext, Release
 from reconciler.providers.bare_metal import SystemdSSHProvider, create_provider
 from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
 from reconciler.providers.bare_metal.systemd import exec_argv, on_calendar
+from reconciler.spec.cron import schedule_errors
 from reconciler.transport.ssh import SSHHostKeyError
 from tests.providers.bare_metal.conftest import (
     ENV,
@@ -145,8 +146,9 @@ def test_exec_argv_refuses_prefix_characters() -> None:
 async def test_schedule_timer_really_fires(ssh_provider: SystemdSSHProvider, tmp_path: Path,
                                            ssh_hosts: Any) -> None:
     mark = "/var/lib/fraisier/schedule-mark"
-    schedule = make_resource(
-        "tick", job_spec(schedule="*-*-* *:*:00/2"), kind="Schedule")  # systemd syntax
+    spec = job_spec(schedule={"calendar": "*:*:0/2"})  # systemd calendar syntax, every 2 s
+    assert schedule_errors(spec["schedule"]) == []  # what `reconciler validate` checks
+    schedule = make_resource("tick", spec, kind="Schedule")
     release = job_release(tmp_path, schedule, env={"MARK": mark, "MSG": "tick"})
     host = ssh_hosts[0]
     host.run(["mkdir", "-p", "/var/lib/fraisier"])
@@ -154,13 +156,14 @@ async def test_schedule_timer_really_fires(ssh_provider: SystemdSSHProvider, tmp
     await ssh_provider.deploy(release, instance)
     timer = f"fraisier-{ENV}_tick.schedule.timer"
     assert host.sh(f"systemctl is-active {timer}").strip() == "active"
+    assert "OnCalendar=*:*:0/2 UTC\n" in host.sh(f"cat /etc/systemd/system/{timer}")
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if host.run(["test", "-s", mark], check=False).returncode == 0:
+    while time.monotonic() < deadline:  # two runs: it fires again and again, not once
+        if host.run(["sh", "-c", f"test $(wc -l <{mark}) -ge 2"], check=False).returncode == 0:
             break
         time.sleep(0.2)
     else:
-        raise AssertionError("the timer never ran the schedule")
+        raise AssertionError("the timer did not run the schedule twice")
     state = (await ssh_provider.observe(schedule))[0]
     assert state.revision == "r1" and state.facts["timer_state"] == "active"
     lines = await ssh_provider.logs(schedule, instance, 50)
