@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import git
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,12 +30,13 @@ from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
 from reconciler.rollout.windows import earliest_open
-from reconciler.source.git import GitSource
+from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import open_store
+from reconciler.state.audit import acting_as, actor_for_trigger
 from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.daemon")
@@ -61,6 +63,67 @@ class DaemonConfig:
     heal_interval: float | None = None  # None: every --interval
     ha: bool = False  # share the fleet with other replicas on the same database
     shard_ttl: float = 15.0
+    pin_retries: int = 6  # fetches of a pushed commit not found yet (0.5 s, 1 s, 2 s, … apart)
+    pin_backoff: float = 0.5
+
+
+@dataclass
+class Pin:
+    """A verified push the next pass must run at."""
+
+    sha: str
+    actor: str  # webhook:<provider>:<delivery id>
+    reconcile_id: str
+    branch: str | None = None
+    attempts: int = 0  # fetches that did not bring the commit
+
+
+def _check_pins(source: GitSource, pins: list[Pin], head: str,
+                current: str | None) -> list[tuple[Pin, str]]:
+    """Each pin with its verdict: ``missing`` (not in the repository), ``off-branch`` (not an
+    ancestor of ``head``), ``older`` (an ancestor of ``current``, the commit already loaded) or
+    ``ok``; the ``ok`` ones last, ordered oldest first (by ancestry, then arrival)."""
+    repo = source.repo
+
+    def has(sha: str) -> bool:
+        try:
+            repo.git.cat_file("-e", f"{sha}^{{commit}}")
+        except git.GitCommandError:
+            return False
+        return True
+
+    def ancestor(a: str, b: str) -> bool:
+        if a == b:
+            return True
+        try:
+            repo.git.merge_base("--is-ancestor", a, b)  # exit 1: not an ancestor
+        except git.GitCommandError:
+            return False
+        return True
+
+    out: list[tuple[Pin, str]] = []
+    usable: list[Pin] = []
+    for pin in pins:
+        if not has(pin.sha):
+            out.append((pin, "missing"))
+        elif not ancestor(pin.sha, head):
+            out.append((pin, "off-branch"))
+        elif current is not None and pin.sha != current and has(current) \
+                and ancestor(pin.sha, current):
+            out.append((pin, "older"))
+        else:
+            usable.append(pin)
+    # newest last: a pin that is an ancestor of one already placed goes before it
+    ordered: list[Pin] = []
+    for pin in usable:
+        at = len(ordered)
+        for i, other in enumerate(ordered):
+            if pin.sha != other.sha and ancestor(pin.sha, other.sha):
+                at = i
+                break
+        ordered.insert(at, pin)
+    out.extend((pin, "ok") for pin in ordered)
+    return out
 
 
 def jittered(seconds: float, spread: float = 0.2) -> float:
@@ -88,6 +151,8 @@ class Daemon:
     leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
+    pins: list[Pin] = field(default_factory=list)  # verified pushes waiting for a pass
+    _pin_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     window_at: datetime | None = None  # a deferred change's sync window opens: run a pass then
 
     def trigger(self, reason: str) -> None:
@@ -95,8 +160,8 @@ class Daemon:
         self.wake.set()
 
     # -- source ---------------------------------------------------------------------------------
-    async def refresh(self) -> bool:
-        """Fetch and load desired state; keep the last good one on any failure."""
+    async def fetch(self) -> SyncResult | None:
+        """Fetch (remotes) and resolve the followed ref; None when the repo cannot be read."""
         started = time.monotonic()
         try:
             sync = await asyncio.to_thread(self.source.sync)
@@ -105,11 +170,22 @@ class Daemon:
             self.last_error = exc.message
             log.error("cannot read config repo; keeping last good desired state",
                       extra={"error": exc.message})
-            return False
+            return None
         metrics.GIT_FETCH_DURATION.observe(time.monotonic() - started)
         if sync.error:
             metrics.GIT_FETCH_ERRORS.inc()
             self.last_error = f"fetch failed: {sync.error}"
+        return sync
+
+    async def refresh(self, pinned: str | None = None, synced: SyncResult | None = None) -> bool:
+        """Fetch and load desired state (at ``pinned``, else at the followed ref's head); keep
+        the last good one on any failure."""
+        sync = synced or await self.fetch()
+        if sync is None:
+            return False
+        if pinned is not None:
+            sync = SyncResult(pinned, pinned != (self.desired.commit if self.desired else None),
+                              sync.error, sync.duration_s)
         if self.desired is not None and self.desired.commit == sync.commit:
             if sync.error is None:  # the remote answers again: its error is no longer current
                 self.last_error = None
@@ -138,12 +214,35 @@ class Daemon:
 
     # -- the loop ----------------------------------------------------------------------------
     async def reconcile_once(self) -> None:
-        # Take both at once (before any await): a drift found meanwhile waits for the next pass.
+        # Take all at once (before any await): a drift found meanwhile waits for the next pass.
         reasons, self.reasons = self.reasons, set()
         redeploy, self.redeploy = self.redeploy, set()
+        pins, self.pins = self.pins, []
         if redeploy:
             reasons.add("drift")
-        if not await self.refresh() or self.desired is None:
+        pinned: Pin | None = None
+        synced: SyncResult | None = None
+        if pins:
+            # Webhook passes run exactly at the pushed commit, not at whatever the branch
+            # points to by now. Other wake-ups of this pass (poll, watch, …) follow the branch
+            # head: they get a pass of their own right after this one.
+            synced = await self.fetch()
+            if synced is None:
+                for pin in pins:
+                    self._retry_pin(pin, "the config repo cannot be read")
+                self.redeploy |= redeploy
+                return
+            pinned = await self._choose_pin(pins, synced.commit)
+            others = {r for r in reasons if not r.startswith("webhook:")}
+            if pinned is None and not others and not redeploy:
+                return  # nothing left to do: older than what is applied, missing, off-branch
+            if pinned is not None:
+                reasons = {pinned.actor}
+                if others:
+                    self.reasons |= others
+                    self.wake.set()
+        if not await self.refresh(pinned.sha if pinned else None, synced) \
+                or self.desired is None:
             self.redeploy |= redeploy
             notify.status(f"no usable desired state: {self.last_error}")
             return
@@ -152,8 +251,16 @@ class Daemon:
                          f"{len(self.desired.resources)} resources")
         self.ready = True
         trigger = ",".join(sorted(reasons)) or "poll"
-        result = await self.engine.reconcile(self.desired, trigger=trigger, prune=self.cfg.prune,
-                                             redeploy=redeploy)
+        actor = actor_for_trigger(trigger)
+        if actor == "replica":  # a share of the shards moved to this replica
+            actor = f"replica:{self.engine.owner}"
+        if pinned is not None:
+            log.info("webhook pass pinned to the pushed commit",
+                     extra={"reconcile_id": pinned.reconcile_id, "sha": pinned.sha,
+                            "trigger": trigger})
+        with acting_as(actor):  # what the audit trail names as the actor of this pass
+            result = await self.engine.reconcile(self.desired, trigger=trigger,
+                                                 prune=self.cfg.prune, redeploy=redeploy)
         failed = [o for o in result.failed() if not o.message.startswith("waiting")]
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
@@ -371,13 +478,76 @@ class Daemon:
         return app
 
     async def on_push(self, event: Any) -> str:
-        """A verified push to the watched repo/branch: fetch and reconcile now. The followed
-        ref is fetched, so the pass runs at the pushed SHA (or a newer one)."""
+        """A verified push to the watched repo/branch: fetch and reconcile now, pinned to the
+        pushed SHA (``event.after``): the pass loads the desired state of exactly that commit,
+        once it is fetched and found on the followed branch. Pushes queued together: the newest
+        wins; a push older than the commit already applied is not rolled back to."""
         reconcile_id = uuid.uuid4().hex
+        actor = f"webhook:{event.provider}:{event.delivery_id or reconcile_id}"
         log.info("webhook push queued", extra={"reconcile_id": reconcile_id,
                                                "sha": event.after, "branch": event.branch})
-        self.trigger("webhook")
+        if event.after:
+            self.pins.append(Pin(event.after, actor, reconcile_id, event.branch))
+        self.trigger(actor)
         return reconcile_id
+
+    async def _choose_pin(self, pins: list[Pin], head: str) -> Pin | None:
+        """The pin this pass runs at: fetched, on the followed branch (an ancestor of its head
+        ``head``), the newest of those, and not older than the commit already loaded. Missing
+        ones are retried with backoff; the others are logged with their reason."""
+        current = self.desired.commit if self.desired is not None else None
+        checked = await asyncio.to_thread(_check_pins, self.source, pins, head, current)
+        found: list[Pin] = []
+        for pin, verdict in checked:
+            if verdict == "missing":
+                self._retry_pin(pin, "not found after fetching")
+            elif verdict == "off-branch":
+                log.warning("pushed commit is not on the followed branch; not reconciled",
+                            extra={"reconcile_id": pin.reconcile_id, "sha": pin.sha,
+                                   "branch": pin.branch, "head": head})
+                await self._audit_pin(pin, f"commit {pin.sha[:12]} is not on the followed "
+                                           f"branch (head {head[:12]}); not reconciled")
+            elif verdict == "older":
+                log.info("pushed commit is older than the applied one; not going back",
+                         extra={"reconcile_id": pin.reconcile_id, "sha": pin.sha,
+                                "applied": current})
+            else:
+                found.append(pin)
+        return found[-1] if found else None  # _check_pins orders the usable ones oldest first
+
+    def _retry_pin(self, pin: Pin, why: str) -> None:
+        """Fetch again later (jittered exponential backoff); after the last attempt, say so."""
+        pin.attempts += 1
+        if pin.attempts > self.cfg.pin_retries:
+            message = (f"pushed commit {pin.sha[:12]} {why} after {pin.attempts} attempts; "
+                       "not reconciled at it (the next poll follows the branch head)")
+            metrics.GIT_FETCH_ERRORS.inc()
+            self.last_error = message
+            log.error("webhook push not reconciled", extra={
+                "reconcile_id": pin.reconcile_id, "sha": pin.sha, "attempts": pin.attempts,
+                "error": message})
+            task = asyncio.get_running_loop().create_task(self._audit_pin(pin, message))
+            self._pin_tasks.add(task)
+            task.add_done_callback(self._pin_tasks.discard)
+            return
+        delay = jittered(min(30.0, self.cfg.pin_backoff * 2 ** (pin.attempts - 1)), 0.2)
+        log.warning("pushed commit not available yet; fetching again", extra={
+            "reconcile_id": pin.reconcile_id, "sha": pin.sha, "attempt": pin.attempts,
+            "retry_in_s": round(delay, 2), "reason": why})
+
+        def again() -> None:
+            if not self.stopping:
+                self.pins.append(pin)
+                self.trigger(pin.actor)
+
+        asyncio.get_running_loop().call_later(delay, again)
+
+    async def _audit_pin(self, pin: Pin, message: str) -> None:
+        try:
+            await self.store.record_audit("sync", actor=pin.actor, outcome="failed",
+                                          config_commit=pin.sha, message=message)
+        except ReconcilerError as exc:
+            log.warning("cannot record audit event", extra={"error": exc.message})
 
     # -- lifecycle -------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -424,7 +594,7 @@ class Daemon:
             for task in list(self._schedule_running.values()):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 30)
-            await asyncio.gather(*background, return_exceptions=True)
+            await asyncio.gather(*background, *self._pin_tasks, return_exceptions=True)
             await runner.cleanup()
             if self.leases is not None:
                 with contextlib.suppress(ReconcilerError):

@@ -127,7 +127,8 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
         wait_for(lambda: fleet.json("history", "api")[0]["status"] != "in_progress",
                  timeout=30, step=0.1)
         history = fleet.json("history", "api")
-        assert history[0]["trigger"] == "webhook" and history[0]["status"] == "succeeded"
+        assert history[0]["trigger"] == f"webhook:github:{delivery}"
+        assert history[0]["status"] == "succeeded" and history[0]["configCommit"] == second
         deployments = len(history)
 
         # The next commit is pushed, but announced with a wrong signature: 401, nothing runs.
@@ -155,10 +156,23 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
         assert stays(lambda: greeting(port) == "two", 3.0)
         assert len(fleet.json("history", "api")) == deployments
 
-        # A fresh, correctly signed delivery for commit three rolls it out.
-        status, answer = post_webhook(listen, forged, delivery=str(uuid.uuid4()))
+        # A fourth commit is pushed too, then a fresh, correctly signed delivery for commit
+        # three: the pass is pinned to three, not to the branch head (four).
+        fleet.write("api.yaml", service_yaml("api", port, greeting="four"))
+        fleet.commit("four")
+        git(fleet.repo, "push", "-q", "origin", "main")
+        fresh = str(uuid.uuid4())
+        status, answer = post_webhook(listen, forged, delivery=fresh)
         assert status == 202, answer
         wait_for(lambda: greeting(port) == "three", timeout=30, step=0.02)
+        wait_for(lambda: fleet.json("history", "api")[0]["status"] != "in_progress",
+                 timeout=30, step=0.1)
+        newest = fleet.json("history", "api")[0]
+        assert (newest["configCommit"], newest["trigger"]) == (third, f"webhook:github:{fresh}")
+        assert stays(lambda: greeting(port) == "three", 1.5)
+        audit = fleet.json("audit", "api", "-n", "1")[0]
+        assert (audit["actor"], audit["configCommit"], audit["outcome"]) == (
+            f"webhook:github:{fresh}", third, "succeeded")
         # A push to a branch that is not watched is ignored with its reason.
         status, answer = post_webhook(listen, github_push(third, third, branch="feature"),
                                       delivery=str(uuid.uuid4()))
@@ -193,5 +207,7 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
                         "ignored", "bad_payload", "too_large"]
     # Only the webhook (and start-up) woke the loop: never a poll.
     triggers = {e["trigger"] for e in events if e["msg"] == "reconcile pass done"}
-    assert triggers <= {"startup", "webhook"}, triggers
+    assert all(t == "startup" or t.startswith("webhook:github:") for t in triggers), triggers
+    pinned = [e["sha"] for e in events if e["msg"] == "webhook pass pinned to the pushed commit"]
+    assert pinned == [second, third]
     assert SECRET not in err
