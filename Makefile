@@ -8,7 +8,7 @@ DEMO_STATE ?= $(CURDIR)/.state/demo
 DEMO_LISTEN ?= 127.0.0.1:9464
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv docs
+.PHONY: demo test lint bench venv docs fuzz
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/diff_scale.py
+
+# ≥ 10,000 generated cases per fuzz target (the suite runs FUZZ_EXAMPLES=100 inside `make test`);
+# about 30 min on 2 cores, figures in docs/reliability.md
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz/run.py --examples $(FUZZ_EXAMPLES)
 
 docs: $(STAMP)  ## regenerate docs/cli.md and docs/yaml-reference.md (after CLI or schema changes)
 	$(BIN)/python docs/generate.py

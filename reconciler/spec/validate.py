@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -275,10 +275,38 @@ def _registry() -> Registry:
 
 
 @cache
+def _end_anchored(pattern: str) -> re.Pattern[str]:
+    """``pattern`` as ECMA-262 reads it: an unescaped ``$`` outside a character class matches
+    only at the very end of the text. Python's ``$`` also matches before a final newline, so
+    jsonschema took ``"30s\\n"`` for a duration (the compiled validator, which writes ``\\Z``,
+    did not)."""
+    out: list[str] = []
+    position = 0
+    for match in _CHARACTER_CLASS.finditer(pattern):
+        out.append(_BARE_DOLLAR.sub(r"\\Z", pattern[position : match.start()]))
+        out.append(match.group(0))
+        position = match.end()
+    out.append(_BARE_DOLLAR.sub(r"\\Z", pattern[position:]))
+    return re.compile("".join(out))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _end_anchored(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+
+
+@cache
 def slow_validator(name: str) -> Draft202012Validator:
-    """jsonschema validator of schema file ``name`` (e.g. ``service.json`` or ``fraisier.json``)."""
+    """jsonschema validator of schema file ``name`` (e.g. ``service.json`` or ``fraisier.json``),
+    with ECMA-262 end anchors in ``pattern`` (see ``_end_anchored``)."""
     schema = _registry().contents(SCHEMA_BASE_URI + name)
-    return Draft202012Validator(schema, registry=_registry())
+    validator: Draft202012Validator = _Validator(schema, registry=_registry())
+    return validator
 
 
 def kind_validator(kind: str) -> Draft202012Validator:
@@ -319,6 +347,9 @@ def format_path(path: Path_) -> str:
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not str(part).isprintable():
+            # a key with a line break or control character, quoted: a message stays one line
+            out += f"[{str(part)!r}]"
         else:
             out += ("." if out else "") + str(part)
     return out
