@@ -231,9 +231,12 @@ class NginxRouter:
             # -T checks like -t and also dumps every file nginx loads, which proves the include.
             check = await self._run(self._nginx_argv("-T"))
             if not check.ok:
+                # stderr only: on success stdout is the dump of every configuration file, which
+                # may hold credentials (on failure nginx dumps nothing, but stay on the safe side)
+                errors = CommandResult(check.returncode, b"", check.stderr)
                 raise TrafficError(
                     f"{self.describe()}: nginx configuration check failed, previous upstream "
-                    f"restored: {_tail(check)}"
+                    f"restored: {_tail(errors)}"
                 )
             dump = check.stdout.decode(errors="replace")
             if _marker(content) not in dump:

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -224,7 +224,7 @@ async def test_prometheus_down_fails_honestly() -> None:
 
 
 async def test_failure_limit_tolerates_failed_measurements(prometheus: Prom) -> None:
-    def flaky() -> object:
+    def flaky() -> Callable[[], Awaitable[tuple[bool, str]]]:
         calls = {"n": 0}
 
         async def health() -> tuple[bool, str]:
@@ -236,13 +236,13 @@ async def test_failure_limit_tolerates_failed_measurements(prometheus: Prom) -> 
     spec = _analysis({"name": "error-rate", "query": ERROR_RATE, "max": 0.05},
                      duration="3s", failure_limit=1)
     tolerant = await run_analysis(spec, prometheus_url=prometheus.url, variables=_vars("good"),
-                                  health=flaky())  # type: ignore[arg-type]
+                                  health=flaky())
     assert tolerant.passed, tolerant.message
     assert len(tolerant.measurements) == 6
     assert "1 failure(s) tolerated" in tolerant.message
 
     strict = await run_analysis({**spec, "failureLimit": 0}, prometheus_url=prometheus.url,
-                                variables=_vars("good"), health=flaky())  # type: ignore[arg-type]
+                                variables=_vars("good"), health=flaky())
     assert not strict.passed
     assert "health: 503 from /healthz" in strict.message
     assert len(strict.measurements) == 2
