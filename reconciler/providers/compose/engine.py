@@ -51,6 +51,11 @@ class DockerEngine(Protocol):
 
     async def remove_volume(self, name: str) -> None: ...
 
+    async def create_volume(
+        self, name: str, labels: dict[str, str], driver: str | None, options: dict[str, str]
+    ) -> None:
+        """Create a volume unless one of that name exists already (then it is left as it is)."""
+
     async def close(self) -> None: ...
 
 
@@ -99,16 +104,18 @@ class AiodockerEngine:
                 listed = await docker.containers.list(
                     all=True, filters={"label": _label_filters(labels)}
                 )
-                result: list[dict[str, Any]] = []
-                for container in listed:
+
+                async def show(container: Any) -> dict[str, Any] | None:
                     try:
-                        shown = await container.show()
+                        return dict(await container.show())
                     except aiodocker.DockerError as exc:
                         if exc.status == 404:  # removed between list and inspect
-                            continue
+                            return None
                         raise
-                    result.append(dict(shown))
-                return result
+
+                # inspected concurrently: a per-replica Service has a container per replica
+                shown = await asyncio.gather(*(show(c) for c in listed))
+                return [c for c in shown if c is not None]
             except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
                 raise self._error("listing containers", exc) from exc
 
@@ -161,7 +168,8 @@ class AiodockerEngine:
             try:
                 await self._client().containers.container(container).delete(force=True, v=False)
             except aiodocker.DockerError as exc:
-                if exc.status != 404:
+                # 409 "removal ... is already in progress": someone else is removing it
+                if exc.status != 404 and not (exc.status == 409 and "in progress" in str(exc)):
                     raise self._error(f"removing {container}", exc) from exc
 
     async def volumes(self, labels: dict[str, str]) -> list[str]:
@@ -181,6 +189,19 @@ class AiodockerEngine:
                     raise self._error(f"removing volume {name}", exc) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise self._error(f"removing volume {name}", exc) from exc
+
+    async def create_volume(
+        self, name: str, labels: dict[str, str], driver: str | None, options: dict[str, str]
+    ) -> None:
+        config: dict[str, Any] = {"Name": name, "Labels": labels, "DriverOpts": options}
+        if driver:
+            config["Driver"] = driver
+        async with self._deadline("creating a volume"):
+            try:
+                # Creating an existing volume returns it unchanged (labels included).
+                await self._client().volumes.create(config)
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                raise self._error(f"creating volume {name}", exc) from exc
 
     async def close(self) -> None:
         if self._docker is not None:
@@ -257,6 +278,18 @@ class CliEngine:
 
     async def remove_volume(self, name: str) -> None:
         await self.transport.run([*self.docker, "volume", "rm", "-f", name], timeout=_API_TIMEOUT_S)
+
+    async def create_volume(
+        self, name: str, labels: dict[str, str], driver: str | None, options: dict[str, str]
+    ) -> None:
+        args = ["volume", "create"]
+        for key, value in sorted(labels.items()):
+            args += ["--label", f"{key}={value}"]
+        if driver:
+            args += ["--driver", driver]
+        for key, value in sorted(options.items()):
+            args += ["--opt", f"{key}={value}"]
+        await self._run(*args, name)
 
     async def close(self) -> None:
         """The transport is owned (and closed) by the provider."""

@@ -1,7 +1,10 @@
 """The compose provider: Services, Jobs and Schedules as Docker Compose projects on one Docker host.
 
 Every resource is one compose project (``render.project_name``: stable across revisions), whose
-rendered document is kept on the Docker host at ``<stateDir>/<project>/compose.yaml``. Writes go
+rendered document is kept on the Docker host at ``<stateDir>/<project>/compose.yaml`` — except a
+Service with strategy rolling or canary, which runs one compose project per replica
+(``<project>_r<n>``, document at ``<stateDir>/<project>/replicas/<n>/compose.yaml``; see
+``render.layout``) so that each replica is deployed, stopped and removed on its own. Writes go
 through the compose CLI (``up``, ``run``, ``stop``, ``down``) run through a ``Transport``; reads
 (observe, logs, waits) go to the engine (``engine.DockerEngine``). Containers carry the core's
 revision and the compose revision as labels, so a fresh provider — after a daemon restart — reads
@@ -19,6 +22,7 @@ import re
 import secrets
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,20 +37,30 @@ from reconciler.providers.compose.engine import DockerEngine
 from reconciler.providers.compose.render import (
     LABEL_COMPOSE_REVISION,
     LABEL_IMAGE,
+    LABEL_REPLICA,
+    LABEL_RESOURCE,
     LABEL_REVISION,
+    LAYOUT_PER_REPLICA,
+    LAYOUT_SCALED,
     NUMBER_LABEL,
     ONEOFF_LABEL,
     PROJECT_LABEL,
     SERVICE_LABEL,
+    VOLUME_LABEL,
     Rendered,
     compose_section,
     is_file_reference,
+    layout,
     project_name,
     pull_policy,
     render,
+    replica_document,
+    replica_of_project,
+    replica_project,
     replicas,
     seconds,
     service_names,
+    volumes_to_create,
 )
 from reconciler.spec.model import Resource
 from reconciler.transport import Transport
@@ -63,6 +77,9 @@ _RESERVED_ENV = re.compile(r"^(PATH|HOME|DOCKER_.*|COMPOSE_.*)$")
 # Observed revision of a container changed by hand (no release revision starts with it).
 UNMANAGED_PREFIX = "unmanaged:"
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+# How long what a Release's replica deploys share (rendered template, exported files, images
+# checked or pulled, old-layout containers) is reused: one rollout, not forever.
+PLAN_TTL_S = 600.0
 
 
 def _tail(data: bytes | str) -> str:
@@ -81,6 +98,17 @@ def _dir_name(revision: str) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class _ReplicaPlan:
+    """What the per-replica deploys of one Release share, computed once (``_replica_plan``)."""
+
+    template: Rendered
+    workdir: str
+    pull_override: str | None  # pull policy written into the replica documents
+    adoptable: tuple[dict[str, Any], ...]  # containers of the scaled layout (the old one)
+    created: float
 
 
 @dataclass(frozen=True)
@@ -114,6 +142,34 @@ def _running(container: Mapping[str, Any]) -> bool:
     return bool(state.get("Running")) and not state.get("Restarting")
 
 
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _slot_of(container: Mapping[str, Any], base: str | None = None) -> tuple[str, int]:
+    """(service, replica) a container fills: its replica label in the per-replica layout, its
+    compose container number in the scaled one (the project ``base``, when given)."""
+    labels = _labels(container)
+    service = labels.get(SERVICE_LABEL, "")
+    if LABEL_REPLICA in labels and labels.get(PROJECT_LABEL) != base:
+        return service, _int(labels.get(LABEL_REPLICA))
+    return service, _int(labels.get(NUMBER_LABEL))
+
+
+def _is_deployed(container: Mapping[str, Any], revision: str, rendered: Rendered) -> bool:
+    labels = _labels(container)
+    return (
+        labels.get(LABEL_REVISION) == revision
+        and labels.get(LABEL_COMPOSE_REVISION) == rendered.compose_revision
+        and str((container.get("Config") or {}).get("Image")) == labels.get(LABEL_IMAGE)
+        and _running(container)
+        and _health(container) != "unhealthy"
+    )
+
+
 class ComposeProvider:
     """Drives one Docker host (a Target with ``provider: compose``)."""
 
@@ -141,6 +197,11 @@ class ComposeProvider:
         self._cli_lock = asyncio.Lock()
         self._project_locks: dict[str, asyncio.Lock] = {}
         self._active_runs: set[str] = set()  # container names of runs being waited for here
+        # id(release) -> (the release, its shared replica plan being or having been computed)
+        self._plans: dict[int, tuple[weakref.ref[Release], asyncio.Task[_ReplicaPlan]]] = {}
+        self._plan_lock = asyncio.Lock()
+        self._made_dirs: set[str] = set()
+        self._removing: dict[str, int] = {}  # base project -> replica removals in progress
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -169,6 +230,12 @@ class ComposeProvider:
 
     async def _mkdir(self, path: str) -> None:
         await self.transport.run(["mkdir", "-p", "--", path], timeout=30, check=True)
+
+    def _replica_dir(self, base: str, number: int) -> str:
+        return posixpath.join(self._project_dir(base), "replicas", str(number))
+
+    def _replica_file(self, base: str, number: int) -> str:
+        return posixpath.join(self._replica_dir(base, number), "compose.yaml")
 
     def _env(self, release: Release | None, rendered: Rendered | None) -> dict[str, str]:
         """Environment of the compose process: the base (PATH, DOCKER_HOST, ...) plus the
@@ -261,7 +328,10 @@ class ComposeProvider:
         return result.returncode, result.text()
 
     async def _write_document(self, prepared: _Prepared) -> None:
-        await self._mkdir(posixpath.dirname(prepared.compose_file))
+        directory = posixpath.dirname(prepared.compose_file)
+        if directory not in self._made_dirs:
+            await self._mkdir(directory)
+            self._made_dirs.add(directory)
         await self.transport.write_file(
             prepared.compose_file, prepared.rendered.yaml().encode(), mode=0o600
         )
@@ -313,6 +383,363 @@ class ComposeProvider:
         containers = await self.engine.containers({PROJECT_LABEL: project})
         return [c for c in containers if (_labels(c).get(ONEOFF_LABEL) == "True") == oneoff]
 
+    # -- per-replica layout (strategies rolling and canary) -------------------------------------
+
+    def _slot(self, resource: Resource, instance: Instance) -> tuple[str, int]:
+        """(compose service, replica number) of an instance of ``instances()``."""
+        service = instance.labels.get("service")
+        replica = instance.labels.get("replica")
+        if service is None or replica is None:
+            service, _, replica = instance.id.rpartition("-")
+        if service not in service_names(resource) or not str(replica).isdigit():
+            raise ProviderError(f"{resource.key}: {instance.id} is not an instance of it")
+        number = int(str(replica))
+        if not 1 <= number <= max(replicas(resource), 1):
+            raise ProviderError(
+                f"{resource.key}: {instance.id} is not an instance of it "
+                f"(compose.replicas is {replicas(resource)})"
+            )
+        return service, number
+
+    async def _resource_containers(self, resource: Resource) -> list[dict[str, Any]]:
+        """Every (non one-off) container fraisier made for the resource, in any project."""
+        containers = await self.engine.containers({LABEL_RESOURCE: str(resource.key)})
+        return [c for c in containers if _labels(c).get(ONEOFF_LABEL) != "True"]
+
+    async def _replica_plan(self, release: Release) -> _ReplicaPlan:
+        """The plan shared by a Release's replica deploys: computed by the first deploy, awaited
+        by the concurrent ones, reused for PLAN_TTL_S (a failed one is not kept)."""
+        key = id(release)
+        async with self._plan_lock:
+            for k, (ref, _task) in list(self._plans.items()):
+                if ref() is None:
+                    del self._plans[k]
+            entry = self._plans.get(key)
+            if entry is not None and entry[0]() is release:
+                task = entry[1]
+                if task.done() and (
+                    task.cancelled()
+                    or task.exception() is not None
+                    or time.monotonic() - task.result().created > PLAN_TTL_S
+                ):
+                    entry = None
+            else:
+                entry = None
+            if entry is None:
+                task = asyncio.create_task(self._make_replica_plan(release))
+                self._plans[key] = (weakref.ref(release), task)
+        try:
+            return await asyncio.shield(task)
+        except BaseException:
+            if task.done():
+                async with self._plan_lock:
+                    if self._plans.get(key, (None, None))[1] is task:
+                        del self._plans[key]
+            raise
+
+    async def _make_replica_plan(self, release: Release) -> _ReplicaPlan:
+        resource = release.resource
+        prepared = await self._prepare(release)  # renders the template, exports files once
+        template = prepared.rendered
+        base = template.project
+        cli = await self.cli()
+        env = self._env(release, template)
+        policy = pull_policy(resource)
+        # Images: checked (never), pulled when absent (missing) or pulled (always) once for the
+        # release, not by each replica's `up` (five concurrent pulls of one image otherwise).
+        absent = []
+        for service in template.services:
+            if policy == "always" or await self.engine.image(template.images[service]) is None:
+                absent.append(service)
+        if absent and policy == "never":
+            ref = template.images[absent[0]]
+            raise ProviderError(
+                f"{self.host_id}: image {ref} is not on the Docker host and pullPolicy is never",
+                hint="load or build the image on the host, or use pullPolicy: missing",
+            )
+        if absent:
+            first = replica_document(template, 1, None)
+            pull_doc = _Prepared(
+                first,
+                posixpath.join(self._project_dir(base), "pull", "compose.yaml"),
+                prepared.workdir,
+            )
+            await self._write_document(pull_doc)
+            code, out = await self._compose(
+                cli, pull_doc, env, "pull", *absent, timeout=COMMAND_TIMEOUT_S
+            )
+            if code != 0:
+                raise ProviderError(
+                    f"{self.host_id}: pulling images of {resource.key} failed: {_tail(out)}"
+                )
+        # Named volumes: the resource's, shared by its replicas, labelled as compose labels
+        # the scaled layout's (so a strategy change in either direction keeps them).
+        for name, volume, config in volumes_to_create(template):
+            await self.engine.create_volume(
+                name,
+                {PROJECT_LABEL: base, VOLUME_LABEL: volume, **dict(config.get("labels") or {})},
+                config.get("driver"),
+                {str(k): str(v) for k, v in (config.get("driver_opts") or {}).items()},
+            )
+        # The scaled layout's containers (a strategy change): each is replaced when its replica
+        # is deployed; those beyond compose.replicas go now, as replicas of scaled-down ones.
+        count = replicas(resource)
+        adoptable: list[dict[str, Any]] = []
+        for container in await self._project_containers(base):
+            labels = _labels(container)
+            number = _int(labels.get(NUMBER_LABEL))
+            if labels.get(SERVICE_LABEL) in template.services and 1 <= number <= count:
+                adoptable.append(container)
+            else:
+                await self.engine.remove_container(str(container["Id"]))
+        if not adoptable and await self.transport.read_file(self._compose_file(base)) is not None:
+            # Every scaled replica was replaced: its project's network and document go too.
+            await self._down(cli, base, self._compose_file(base), self._project_dir(base), 0)
+            await self.transport.run(["rm", "-f", "--", self._compose_file(base)], timeout=30)
+        await self._remove_replica_projects(resource, cli, above=count)
+        return _ReplicaPlan(
+            template,
+            prepared.workdir,
+            "missing" if policy == "always" else None,
+            tuple(adoptable),
+            time.monotonic(),
+        )
+
+    async def _down(
+        self, cli: ComposeCLI, project: str, file: str, workdir: str, grace: int
+    ) -> None:
+        argv = cli.argv(project, file, workdir, "down", "--remove-orphans", "-t", str(grace))
+        result = await self.transport.run(argv, timeout=COMMAND_TIMEOUT_S, env=self.base_env)
+        if not result.ok:
+            raise ProviderError(
+                f"{self.host_id}: compose down of {project} failed: {_tail(result.text())}"
+            )
+
+    async def _remove_replica_projects(
+        self, resource: Resource, cli: ComposeCLI, above: int = 0, grace: int = 0
+    ) -> None:
+        """``down`` the per-replica projects of the resource numbered above ``above`` (all with
+        0: a strategy change back to a scaled layout), and delete their documents."""
+        base = project_name(resource)
+        numbers: set[int] = set()
+        leftovers: list[dict[str, Any]] = []
+        for container in await self._resource_containers(resource):
+            number = replica_of_project(base, _labels(container).get(PROJECT_LABEL, ""))
+            if number is not None and number > above:
+                numbers.add(number)
+                leftovers.append(container)
+        if not numbers:
+            return
+
+        async def down(number: int) -> None:
+            project = replica_project(base, number)
+            async with self._lock(project):
+                file = self._replica_file(base, number)
+                if await self.transport.read_file(file) is not None:
+                    await self._down(cli, project, file, self._project_dir(base), grace)
+                for container in leftovers:
+                    if _labels(container).get(PROJECT_LABEL) == project:
+                        await self.engine.remove_container(str(container["Id"]))
+                await self.transport.run(
+                    ["rm", "-rf", "--", self._replica_dir(base, number)], timeout=60
+                )
+                self._made_dirs.discard(self._replica_dir(base, number))
+
+        await asyncio.gather(*(down(n) for n in sorted(numbers)))
+        self.ctx.logger.info(
+            "compose: removed replica projects %s of %s on %s",
+            sorted(numbers),
+            resource.key,
+            self.host_id,
+        )
+
+    async def _deploy_replica(self, release: Release, instance: Instance) -> None:
+        """Bring replica ``n`` of one compose service to the release, leaving the others alone."""
+        resource = release.resource
+        service, number = self._slot(resource, instance)
+        section = compose_section(resource)
+        wait = bool(section.get("wait", True))
+        wait_timeout = seconds(section.get("waitTimeout"), 60.0)
+        plan = await self._replica_plan(release)
+        rendered = replica_document(plan.template, number, plan.pull_override)
+        base = plan.template.project
+        prepared = _Prepared(rendered, self._replica_file(base, number), plan.workdir)
+        async with self._lock(rendered.project):
+            # The scaled layout's container of this slot makes way (it may hold the port).
+            grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
+            old = [c for c in plan.adoptable if _slot_of(c) == (service, number)]
+            for container in old:
+                await self.engine.stop_container(str(container["Id"]), grace)
+                await self.engine.remove_container(str(container["Id"]))
+            mine = [
+                c
+                for c in await self._project_containers(rendered.project)
+                if _labels(c).get(SERVICE_LABEL) == service
+            ]
+            if len(mine) == 1 and _is_deployed(mine[0], release.revision, rendered):
+                return
+            cli = await self.cli()
+            env = self._env(release, rendered)
+            await self._write_document(prepared)
+            args = ["up", "-d", "--no-deps", "--remove-orphans", "--scale", f"{service}=1", service]
+            started = time.monotonic()
+            code, out = await self._compose(
+                cli, prepared, env, *args, timeout=UP_TIMEOUT_S + wait_timeout
+            )
+            if code != 0:
+                raise ProviderError(
+                    f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
+                    f"{_tail(out)}{await self._health_summary(rendered.project)}"
+                )
+            if wait:
+                remaining = wait_timeout - (time.monotonic() - started)
+                await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+            self.ctx.logger.info(
+                "compose: %s of %s up on %s at %s",
+                instance.id,
+                rendered.project,
+                self.host_id,
+                rendered.compose_revision,
+            )
+
+    async def _observe_replicas(self, resource: Resource) -> list[InstanceState]:
+        """Each replica's own container; a replica not yet moved from the scaled layout (a
+        strategy change) is reported from its old container, which its deploy replaces."""
+        base = project_name(resource)
+        expected = await self.instances(resource)
+        scaled, tagged = await asyncio.gather(
+            self._project_containers(base), self._resource_containers(resource)
+        )
+        current: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        older: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        extras: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for container in [*scaled, *tagged]:
+            if container.get("Id") in seen:
+                continue
+            seen.add(str(container.get("Id")))
+            labels = _labels(container)
+            project = labels.get(PROJECT_LABEL, "")
+            if project == base:
+                older.setdefault(_slot_of(container), []).append(container)
+            elif replica_of_project(base, project) is not None:
+                current.setdefault(_slot_of(container), []).append(container)
+            else:
+                extras.append(container)
+        states: list[InstanceState] = []
+        for instance in expected:
+            slot = (instance.labels["service"], int(instance.labels["replica"]))
+            found = current.pop(slot, [])
+            stale = older.pop(slot, [])
+            adopted = not found and bool(stale)
+            if adopted:
+                found, stale = stale, []
+            found.sort(key=lambda c: (_running(c), str((c.get("State") or {}).get("StartedAt"))))
+            extras += found[:-1] + stale
+            if not found:
+                states.append(
+                    InstanceState(
+                        instance,
+                        None,
+                        False,
+                        "container missing",
+                        {
+                            "present": False,
+                            "service": slot[0],
+                            "project": instance.labels["project"],
+                            "replica": slot[1],
+                            "layout": LAYOUT_PER_REPLICA,
+                        },
+                    )
+                )
+                continue
+            state = self._container_state(instance, found[-1])
+            state.facts["replica"] = slot[1]
+            state.facts["layout"] = LAYOUT_SCALED if adopted else LAYOUT_PER_REPLICA
+            if adopted:
+                state.detail = ("in the scaled layout until deployed; " + state.detail).rstrip("; ")
+            states.append(state)
+        for leftovers in (*current.values(), *older.values()):
+            extras += leftovers
+        for extra in extras:
+            states.append(self._extra_state(extra, _labels(extra).get(PROJECT_LABEL, base)))
+        return states
+
+    async def _stop_replica(self, resource: Resource, instance: Instance) -> None:
+        service, number = self._slot(resource, instance)
+        base = project_name(resource)
+        project = replica_project(base, number)
+        grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
+        async with self._lock(project):
+            mine, scaled = await asyncio.gather(
+                self._project_containers(project), self._project_containers(base)
+            )
+            targets = [
+                c
+                for c in [*mine, *scaled]
+                if _slot_of(c, base) == (service, number) and _running(c)
+            ]
+            await asyncio.gather(
+                *(self.engine.stop_container(str(c["Id"]), grace) for c in targets)
+            )
+
+    async def _remove_replica(self, resource: Resource, instance: Instance) -> None:
+        """Delete replica ``n`` (its container; its project once empty). The last replica to go
+        takes the resource's files, and its volumes with ``compose.removeVolumes``."""
+        service, number = self._slot(resource, instance)
+        base = project_name(resource)
+        grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
+        self._removing[base] = self._removing.get(base, 0) + 1
+        try:
+            await self._remove_one_replica(resource, service, number, grace)
+        finally:
+            self._removing[base] -= 1
+        async with self._lock(base):
+            # The last removal of a batch cleans up (the others are done: none in progress).
+            if self._removing.get(base):
+                return
+            self._removing.pop(base, None)
+            left = [
+                *await self._resource_containers(resource),
+                *await self._project_containers(base),
+            ]
+            if left:
+                return
+            if await self.transport.read_file(self._compose_file(base)) is not None:
+                await self._down(
+                    await self.cli(), base, self._compose_file(base), self._project_dir(base), 0
+                )
+            if compose_section(resource).get("removeVolumes", False):
+                for volume in await self.engine.volumes({PROJECT_LABEL: base}):
+                    await self.engine.remove_volume(volume)
+            await self.transport.run(
+                ["rm", "-rf", "--", self._project_dir(base)], timeout=60, check=True
+            )
+            self._made_dirs.clear()
+
+    async def _remove_one_replica(
+        self, resource: Resource, service: str, number: int, grace: int
+    ) -> None:
+        base = project_name(resource)
+        project = replica_project(base, number)
+        async with self._lock(project):
+            mine, scaled = await asyncio.gather(
+                self._project_containers(project), self._project_containers(base)
+            )
+            for container in [*mine, *scaled]:
+                if _slot_of(container, base) == (service, number):
+                    await self.engine.stop_container(str(container["Id"]), grace)
+                    await self.engine.remove_container(str(container["Id"]))
+            rest = [c for c in mine if _slot_of(c, base) != (service, number)]
+            if not rest:
+                file = self._replica_file(base, number)
+                if await self.transport.read_file(file) is not None:
+                    await self._down(await self.cli(), project, file, self._project_dir(base), 0)
+                await self.transport.run(
+                    ["rm", "-rf", "--", self._replica_dir(base, number)], timeout=60, check=True
+                )
+                self._made_dirs.discard(self._replica_dir(base, number))
+
     # -- Provider protocol ---------------------------------------------------------------------
 
     async def instances(self, resource: Resource) -> list[Instance]:
@@ -322,11 +749,16 @@ class ComposeProvider:
             service = service_names(resource)[0]
             return [Instance(service, address, {"service": service, "project": project})]
         count = replicas(resource)
+        per_replica = layout(resource) == LAYOUT_PER_REPLICA
         return [
             Instance(
                 f"{service}-{n}",
                 address,
-                {"service": service, "replica": str(n), "project": project},
+                {
+                    "service": service,
+                    "replica": str(n),
+                    "project": replica_project(project, n) if per_replica else project,
+                },
             )
             for service in service_names(resource)
             for n in range(1, count + 1)
@@ -335,6 +767,8 @@ class ComposeProvider:
     async def observe(self, resource: Resource) -> list[InstanceState]:
         if resource.kind != "Service":
             return await self._observe_runs(resource)
+        if layout(resource) == LAYOUT_PER_REPLICA:
+            return await self._observe_replicas(resource)
         project = project_name(resource)
         expected = await self.instances(resource)
         by_slot: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -434,9 +868,13 @@ class ComposeProvider:
         return InstanceState(instance, revision, running, "; ".join(details), facts)
 
     async def deploy(self, release: Release, instance: Instance) -> None:
-        """``up`` the whole project: compose replaces every replica of a service together, so
-        the first instance's call does the work and the others find it done."""
+        """Scaled layout: ``up`` the whole project — compose replaces every replica of a service
+        together, so the first instance's call does the work and the others find it done.
+        Per-replica layout (rolling, canary): ``up`` of that one replica's project only."""
         resource = release.resource
+        if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:
+            await self._deploy_replica(release, instance)
+            return
         prepared = await self._prepare(release)
         rendered = prepared.rendered
         count = replicas(resource)
@@ -447,9 +885,11 @@ class ComposeProvider:
             await self._install(release, prepared)
             return
         async with self._lock(rendered.project):
+            cli = await self.cli()
+            # A strategy change from rolling/canary: the replicas' own projects make way.
+            await self._remove_replica_projects(resource, cli)
             if await self._already_deployed(rendered, release.revision, count):
                 return
-            cli = await self.cli()
             env = self._env(release, rendered)
             await self._write_document(prepared)
             await self._ensure_images(cli, prepared, pull_policy(resource), env)
@@ -509,7 +949,13 @@ class ComposeProvider:
                 parts.append(f"{name} {state.get('Status')} (exit code {state.get('ExitCode')})")
         return ("; " + "; ".join(parts)) if parts else ""
 
-    async def _wait_started(self, rendered: Rendered, count: int, timeout: float) -> None:  # noqa: ASYNC109
+    async def _wait_started(
+        self,
+        rendered: Rendered,
+        count: int,
+        timeout: float,  # noqa: ASYNC109
+        services: list[str] | None = None,
+    ) -> None:
         """Until every replica runs and, when it has a healthcheck, is healthy.
 
         Polled here for v1 and v2 alike: v2's ``up --wait`` reports a crash-looping container
@@ -517,13 +963,15 @@ class ComposeProvider:
         counts as started once two polls in a row see it running with the same start time and
         restart count, so one that dies right after starting is not taken for a success."""
         deadline = time.monotonic() + timeout
-        wanted = {(s, n) for s in rendered.services for n in range(1, count + 1)}
+        wanted = {(s, n) for s in services or rendered.services for n in range(1, count + 1)}
         seen_running: dict[tuple[str, int], tuple[str, str, int]] = {}
         while True:
             ready: set[tuple[str, int]] = set()
             for c in await self._project_containers(rendered.project):
                 labels = _labels(c)
                 slot = (labels.get(SERVICE_LABEL, ""), int(labels.get(NUMBER_LABEL, "0") or 0))
+                if slot not in wanted:
+                    continue  # another service of the project, not being deployed here
                 state = c.get("State") or {}
                 name = str(c.get("Name", "")).lstrip("/")
                 health = _health(c)
@@ -557,6 +1005,9 @@ class ComposeProvider:
             await asyncio.sleep(_POLL_S)
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
+        if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:
+            await self._stop_replica(resource, instance)
+            return
         project = project_name(resource)
         grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
         async with self._lock(project):
@@ -578,18 +1029,27 @@ class ComposeProvider:
                     raise ProviderError(
                         f"{self.host_id}: compose stop of {project} failed: {_tail(result.text())}"
                     )
-            # Containers without a document here (state dir lost), and a Job's or Schedule's
-            # runs in progress: stopped through the engine.
-            for container in await self.engine.containers({PROJECT_LABEL: project}):
+            # Containers without a document here (state dir lost), a Job's or Schedule's runs
+            # in progress, replicas of a per-replica layout left by a strategy change: stopped
+            # through the engine.
+            containers = await self.engine.containers({PROJECT_LABEL: project})
+            if resource.kind == "Service":
+                containers += await self._resource_containers(resource)
+            for container in containers:
                 if _running(container):
                     await self.engine.stop_container(str(container["Id"]), grace)
 
     async def remove(self, resource: Resource, instance: Instance) -> None:
         """``down`` the project. Volumes go only with ``compose.removeVolumes: true``."""
+        if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:
+            await self._remove_replica(resource, instance)
+            return
         project = project_name(resource)
         section = compose_section(resource)
         remove_volumes = bool(section.get("removeVolumes", False))
         grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
+        if resource.kind == "Service":  # replicas of a per-replica layout (strategy change)
+            await self._remove_replica_projects(resource, await self.cli(), grace=grace)
         async with self._lock(project):
             if await self.transport.read_file(self._compose_file(project)) is not None:
                 cli = await self.cli()
@@ -615,6 +1075,7 @@ class ComposeProvider:
             await self.transport.run(
                 ["rm", "-rf", "--", self._project_dir(project)], timeout=60, check=True
             )
+            self._made_dirs.clear()
 
     # -- Jobs and Schedules ----------------------------------------------------------------------
 
@@ -771,6 +1232,18 @@ class ComposeProvider:
             return data.decode(errors="replace").splitlines()[-tail:] if data else []
         service = instance.labels.get("service")
         replica = instance.labels.get("replica")
+        if layout(resource) == LAYOUT_PER_REPLICA:
+            slot = self._slot(resource, instance)
+            number = replica_project(project, slot[1])
+            found = [
+                c
+                for c in [
+                    *await self._project_containers(number),
+                    *await self._project_containers(project),
+                ]
+                if _slot_of(c, project) == slot
+            ]
+            return await self.engine.logs(str(found[0]["Id"]), tail) if found else []
         for container in await self._project_containers(project):
             labels = _labels(container)
             if labels.get(SERVICE_LABEL) == service and labels.get(NUMBER_LABEL) == replica:

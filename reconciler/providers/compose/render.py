@@ -7,6 +7,18 @@ Two shapes (schemas/providers/compose-service.json):
 - file: ``file`` (a compose file inside the release's source) + ``services: [...]``: the listed
   services are taken from that file as they are.
 
+Two layouts of a Service's replicas (``layout``):
+
+- ``scaled`` (strategies recreate and blue-green): one compose project for the resource, every
+  service scaled to ``compose.replicas`` — compose replaces all replicas of a service together;
+- ``per-replica`` (strategies rolling and canary): one compose project per replica,
+  ``<project>_r<n>`` (names and environments never contain ``_``, so no resource's own project can
+  be called that), each rendered with one container per service from one *template* per release
+  (``replica_document``): replica ``n`` is deployed, stopped and removed on its own while the
+  others keep running, and ``{replica}`` in command, entrypoint, environment, healthcheck.test and
+  ports becomes ``n``. Named volumes stay the resource's (``<project>_<volume>``), shared by the
+  replicas as they are by scaled replicas, so a strategy change keeps the data.
+
 The *compose revision* is the image reference(s) plus a hash of the rendered document. Secret
 environment values never enter the document: a secret is listed by name only and compose takes
 its value from the environment of the compose process at ``up``/``run`` time, so the files on
@@ -33,8 +45,10 @@ LABEL_REVISION = LABEL_PREFIX + "revision"  # the core's Release.revision
 LABEL_COMPOSE_REVISION = LABEL_PREFIX + "compose-revision"  # image + hash of the document
 LABEL_IMAGE = LABEL_PREFIX + "image"  # the image reference the service was rendered with
 LABEL_RESOURCE = LABEL_PREFIX + "resource"  # environment/Kind/name
+LABEL_REPLICA = LABEL_PREFIX + "replica"  # replica number, per-replica layout only
 
 PROJECT_LABEL = "com.docker.compose.project"
+VOLUME_LABEL = "com.docker.compose.volume"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
@@ -44,6 +58,11 @@ DEFAULT_PULL_POLICY = "missing"
 DEFAULT_WAIT_TIMEOUT_S = 60.0
 
 _PROJECT_UNSAFE = re.compile(r"[^a-z0-9_-]")
+
+REPLICA_PLACEHOLDER = "{replica}"
+PER_REPLICA_STRATEGIES = ("rolling", "canary")
+LAYOUT_SCALED = "scaled"
+LAYOUT_PER_REPLICA = "per-replica"
 
 
 def seconds(value: object, default: float) -> float:
@@ -69,6 +88,33 @@ def project_name(resource: Resource) -> str:
         return explicit
     raw = f"fraisier_{resource.environment}_{resource.kind}_{resource.name}".lower()
     return _PROJECT_UNSAFE.sub("-", raw)
+
+
+def strategy_type(resource: Resource) -> str:
+    strategy = resource.spec.get("strategy")
+    kind = strategy.get("type") if isinstance(strategy, dict) else None
+    return str(kind or "recreate")
+
+
+def layout(resource: Resource) -> str:
+    """How a Service's replicas map to compose projects (see the module docstring)."""
+    if resource.kind == "Service" and strategy_type(resource) in PER_REPLICA_STRATEGIES:
+        return LAYOUT_PER_REPLICA
+    return LAYOUT_SCALED
+
+
+def replica_project(base: str, number: int) -> str:
+    """The compose project of replica ``number`` in the per-replica layout."""
+    return f"{base}_r{number}"
+
+
+def replica_of_project(base: str, project: str) -> int | None:
+    """``n`` when ``project`` is ``replica_project(base, n)``."""
+    prefix = f"{base}_r"
+    if not project.startswith(prefix):
+        return None
+    tail = project[len(prefix) :]
+    return int(tail) if tail.isdigit() and not tail.startswith("0") else None
 
 
 def compose_section(resource: Resource) -> dict[str, Any]:
@@ -126,7 +172,10 @@ def escape(value: Any) -> Any:
 
 @dataclass
 class Rendered:
-    """A compose document ready to write, and what identifies it."""
+    """A compose document ready to write, and what identifies it.
+
+    In the per-replica layout ``render`` returns the *template* (``{replica}`` left in place,
+    ``project`` the resource's); ``replica_document`` derives each replica's document from it."""
 
     project: str
     services: list[str]
@@ -134,6 +183,7 @@ class Rendered:
     images: dict[str, str]  # service -> image reference
     document_hash: str
     secret_env_names: list[str] = field(default_factory=list)
+    replica: int | None = None  # set on a per-replica document
 
     @property
     def compose_revision(self) -> str:
@@ -342,10 +392,103 @@ def _from_file(
     return document, images
 
 
+# Where ``{replica}`` is replaced: the per-replica fields of a compose service.
+_REPLICA_FIELDS = ("command", "entrypoint", "environment", "ports")
+
+
+def _substitute(value: Any, number: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(REPLICA_PLACEHOLDER, number)
+    if isinstance(value, list):
+        return [_substitute(v, number) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, number) for k, v in value.items()}
+    return value
+
+
+def _substitute_service(svc: dict[str, Any], number: str) -> dict[str, Any]:
+    """A copy of a rendered service with ``{replica}`` replaced in its per-replica fields."""
+    out = dict(svc)
+    for key in _REPLICA_FIELDS:
+        if key in out:
+            out[key] = _substitute(out[key], number)
+    health = out.get("healthcheck")
+    if isinstance(health, dict) and "test" in health:
+        out["healthcheck"] = {**health, "test": _substitute(health["test"], number)}
+    return out
+
+
+def _uses_placeholder(svc: Mapping[str, Any]) -> bool:
+    return _substitute_service(dict(svc), "") != dict(svc)
+
+
+def replica_document(template: Rendered, number: int, pull_policy_override: str | None) -> Rendered:
+    """Replica ``number``'s document from a per-replica template: ``{replica}`` replaced, the
+    replica's own project, its number as a label, named volumes referring to the resource's.
+
+    The document hash (so the compose revision) stays the template's: every replica of a release
+    carries the same compose revision. ``pull_policy_override`` replaces the services' pull
+    policy (the provider pulls once per release rather than once per replica)."""
+    n = str(number)
+    base = template.project
+    document = dict(template.document)
+    services: dict[str, Any] = {}
+    for name, svc in template.document["services"].items():
+        one = _substitute_service(svc, n)
+        one["labels"] = {**one.get("labels", {}), LABEL_REPLICA: n}
+        if pull_policy_override is not None:
+            one["pull_policy"] = pull_policy_override
+        services[name] = one
+    document["services"] = services
+    volumes = template.document.get("volumes")
+    if isinstance(volumes, dict):
+        document["volumes"] = {
+            name: {"external": True, "name": shared_volume_name(base, name, config)}
+            for name, config in volumes.items()
+        }
+    return Rendered(
+        replica_project(base, number),
+        template.services,
+        document,
+        template.images,
+        template.document_hash,
+        template.secret_env_names,
+        number,
+    )
+
+
+def shared_volume_name(base: str, name: str, config: Any) -> str:
+    """The engine name of a named volume of project ``base`` (compose's own naming), or the
+    explicit ``name:``/external name the file gives."""
+    if isinstance(config, dict) and config.get("name"):
+        return str(config["name"])
+    if isinstance(config, dict) and isinstance(config.get("external"), dict):
+        ext = config["external"]
+        if ext.get("name"):
+            return str(ext["name"])
+    if isinstance(config, dict) and config.get("external"):
+        return name
+    return f"{base}_{name}"
+
+
+def volumes_to_create(template: Rendered) -> list[tuple[str, str, dict[str, Any]]]:
+    """(engine name, compose volume name, config) of the named volumes the provider creates for
+    a per-replica template (external ones are the operator's)."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for name, config in (template.document.get("volumes") or {}).items():
+        config = config if isinstance(config, dict) else {}
+        if config.get("external"):
+            continue
+        out.append((shared_volume_name(template.project, name, config), str(name), config))
+    return out
+
+
 def render(resource: Resource, revision: str, file_text: str | None = None) -> Rendered:
     """Render the compose document of ``resource`` stamped with ``revision`` (Release.revision).
 
-    ``file_text`` is the referenced compose file's content (file shape only)."""
+    ``file_text`` is the referenced compose file's content (file shape only). In the per-replica
+    layout this is the template (``{replica}`` kept); in the scaled layout ``{replica}`` is 1 for
+    a single replica and an error for more (they share one definition)."""
     section = compose_section(resource)
     project = project_name(resource)
     services = service_names(resource)
@@ -361,6 +504,17 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
             document["volumes"] = named
         images = {services[0]: svc["image"]}
 
+    if layout(resource) == LAYOUT_SCALED:
+        placeholders = [n for n in services if _uses_placeholder(document["services"][n])]
+        if placeholders and replicas(resource) > 1:
+            raise ProviderError(
+                f"{resource.key}: {REPLICA_PLACEHOLDER} needs one compose project per replica "
+                f"(strategy rolling or canary); with strategy {strategy_type(resource)} the "
+                f"{replicas(resource)} replicas share one definition",
+                hint="use strategy.type: rolling (or canary), or a single replica",
+            )
+        for name in placeholders:
+            document["services"][name] = _substitute_service(document["services"][name], "1")
     # The hash covers the document as the operator described it; the labels stamped below are
     # derived from it (and from the core's revision), so they stay out of the hash.
     document_hash = _document_hash(document)

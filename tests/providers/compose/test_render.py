@@ -12,10 +12,17 @@ from reconciler.providers.compose.render import (
     LABEL_COMPOSE_REVISION,
     LABEL_IMAGE,
     LABEL_REVISION,
+    LAYOUT_PER_REPLICA,
+    LAYOUT_SCALED,
+    layout,
     project_name,
     render,
+    replica_document,
+    replica_of_project,
+    replica_project,
     replicas,
     service_names,
+    volumes_to_create,
 )
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.spec.validate import fast_errors, kind_validator
@@ -238,3 +245,84 @@ def test_registered_as_the_compose_provider(tmp_path) -> None:
     bad = Resource(target.key, {}, {"provider": "compose", "docker": {"host": "tcp://x:1"}}, "t")
     with pytest.raises(ProviderError, match=r"docker\.host"):
         load_provider(bad, ProviderContext(state_dir=tmp_path))
+
+
+PER_REPLICA = {
+    "image": "fraisier-tiny:1",
+    "replicas": 3,
+    "networkMode": "host",
+    "command": ["httpd", "-f", "-p", "127.0.0.1:1900{replica}"],
+    "entrypoint": ["/bin/sh", "-c", 'exec "$@" # {replica}', "--"],
+    "environment": {"SLOT": "r{replica}", "PLAIN": "x"},
+    "ports": ["127.0.0.1:1800{replica}:80", {"target": 81, "published": "1700{replica}"}],
+    "healthcheck": {"test": ["wget", "-q", "http://127.0.0.1:1900{replica}/"]},
+    "volumes": ["data:/data"],
+}
+
+
+def test_layout_follows_the_strategy() -> None:
+    for strategy, expected in (
+        (None, LAYOUT_SCALED),
+        ("recreate", LAYOUT_SCALED),
+        ("blue-green", LAYOUT_SCALED),
+        ("rolling", LAYOUT_PER_REPLICA),
+        ("canary", LAYOUT_PER_REPLICA),
+    ):
+        extra = {"strategy": {"type": strategy}} if strategy else {}
+        assert layout(resource(compose=INLINE, **extra)) == expected, strategy
+    assert layout(resource("Job", compose=INLINE, strategy={"type": "rolling"})) == LAYOUT_SCALED
+    assert replica_project("fraisier_prod_service_api", 12) == "fraisier_prod_service_api_r12"
+    assert replica_of_project("fraisier_prod_service_api", "fraisier_prod_service_api_r12") == 12
+    assert replica_of_project("fraisier_prod_service_api", "fraisier_prod_service_api") is None
+    assert replica_of_project("fraisier_prod_service_api", "fraisier_prod_service_api_rx") is None
+
+
+def test_replica_documents_replace_the_placeholder() -> None:
+    r = resource(
+        compose=PER_REPLICA,
+        strategy={"type": "rolling"},
+        env={"TOKEN": {"env": "T"}, "WHO": "n{replica}"},
+    )
+    template = render(r, "rev1")
+    assert "{replica}" in yaml.safe_dump(template.document)
+    docs = [replica_document(template, n, None) for n in (1, 2)]
+    assert [d.project for d in docs] == [replica_project(template.project, n) for n in (1, 2)]
+    assert docs[0].compose_revision == docs[1].compose_revision == template.compose_revision
+    for n, doc in zip((1, 2), docs, strict=True):
+        svc = doc.document["services"]["api"]
+        assert "{replica}" not in yaml.safe_dump(doc.document)
+        assert svc["command"] == ["httpd", "-f", "-p", f"127.0.0.1:1900{n}"]
+        assert svc["entrypoint"][2] == f'exec "$$@" # {n}'
+        assert f"SLOT=r{n}" in svc["environment"] and f"WHO=n{n}" in svc["environment"]
+        assert "TOKEN" in svc["environment"]  # a secret: named only
+        assert svc["ports"] == [
+            f"127.0.0.1:1800{n}:80",
+            {"target": 81, "published": f"1700{n}"},
+        ]
+        assert svc["healthcheck"]["test"] == ["CMD", "wget", "-q", f"http://127.0.0.1:1900{n}/"]
+        assert svc["labels"]["dev.fraisier.replica"] == str(n)
+        assert svc["labels"][LABEL_REVISION] == "rev1"
+        # the resource's named volume, shared by every replica (and by the scaled layout)
+        assert doc.document["volumes"] == {
+            "data": {"external": True, "name": f"{template.project}_data"}
+        }
+    assert volumes_to_create(template) == [(f"{template.project}_data", "data", {})]
+    assert (
+        replica_document(template, 1, "missing").document["services"]["api"]["pull_policy"]
+        == "missing"
+    )
+    # the template is left as it was
+    assert template.document["services"]["api"]["command"][-1] == "127.0.0.1:1900{replica}"
+
+
+def test_placeholder_in_the_scaled_layout() -> None:
+    single = render(resource(compose={**PER_REPLICA, "replicas": 1}), "r")
+    assert single.document["services"]["api"]["command"][-1] == "127.0.0.1:19001"
+    with pytest.raises(ProviderError, match="rolling or canary"):
+        render(resource(compose=PER_REPLICA, strategy={"type": "recreate"}), "r")
+    # no placeholder: the document (and its hash) are what they always were
+    plain = {**INLINE, "replicas": 3}
+    assert (
+        render(resource(compose=plain), "r").document_hash
+        == render(resource(compose=plain, strategy={"type": "blue-green"}), "r").document_hash
+    )

@@ -1,0 +1,228 @@
+"""Per-replica compose projects (strategies rolling and canary) against the real dockerd."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.providers.compose.provider import ComposeProvider
+from reconciler.providers.compose.render import project_name, replica_project
+from tests.providers.compose.conftest import http_get, make_resource, release
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_prefix(count: int) -> int:
+    """A number P such that 127.0.0.1:P1 .. P<count> are free (``{replica}`` appended)."""
+    for _ in range(200):
+        prefix = random.randint(2000, 6400)
+        if all(_free(prefix * 10 + n) for n in range(1, count + 1)):
+            return prefix
+    raise AssertionError("no free port range")
+
+
+def web_spec(image: str, prefix: int, count: int, **compose: Any) -> dict[str, Any]:
+    """An httpd per replica on 127.0.0.1:<prefix><replica>, serving the image's version and the
+    replica number it was given through the environment."""
+    script = (
+        "mkdir -p /srv && cp /www/index.html /srv/version && echo $REPLICA > /srv/replica"
+        " && exec httpd -f -p 127.0.0.1:" + str(prefix) + "{replica} -h /srv"
+    )
+    section: dict[str, Any] = {
+        "image": image,
+        "pullPolicy": "never",
+        "networkMode": "host",
+        "replicas": count,
+        "command": ["/bin/sh", "-c", script],
+        "environment": {"REPLICA": "{replica}"},
+        "healthcheck": {
+            "test": [
+                "wget",
+                "-q",
+                "-O",
+                "/dev/null",
+                f"http://127.0.0.1:{prefix}{{replica}}/version",
+            ],
+            "interval": "300ms",
+            "timeout": "2s",
+            "retries": 3,
+        },
+        "stopGracePeriod": "2s",
+        "waitTimeout": "30s",
+    }
+    section.update(compose)
+    return {"strategy": {"type": "rolling", "maxParallel": 2}, "compose": section}
+
+
+def by_id(states: list[Any]) -> dict[str, Any]:
+    return {s.instance.id: s for s in states}
+
+
+async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
+    make_provider, environment, test_images
+):
+    prefix = port_prefix(3)
+    provider: ComposeProvider = make_provider()
+    v1 = make_resource(environment, "Service", "web", web_spec(test_images["v1"], prefix, 3))
+    v2 = make_resource(environment, "Service", "web", web_spec(test_images["v2"], prefix, 3))
+    base = project_name(v1)
+    instances = await provider.instances(v1)
+    assert [i.id for i in instances] == ["web-1", "web-2", "web-3"]
+    assert [i.labels["project"] for i in instances] == [replica_project(base, n) for n in (1, 2, 3)]
+    assert [i.labels["replica"] for i in instances] == ["1", "2", "3"]
+
+    # A batch deployed concurrently (one Release object, as the rollout engine passes it).
+    first = release(v1, "r1")
+    await asyncio.gather(*(provider.deploy(first, i) for i in instances))
+    states = by_id(await provider.observe(v1))
+    assert set(states) == {"web-1", "web-2", "web-3"}
+    assert all(s.revision == "r1" and s.running for s in states.values()), states
+    for n in (1, 2, 3):
+        assert await http_get(prefix * 10 + n, "/version") == (200, "version v1\n")
+        assert await http_get(prefix * 10 + n, "/replica") == (200, f"{n}\n")
+    assert {states[f"web-{n}"].facts["project"] for n in (1, 2, 3)} == {
+        replica_project(base, n) for n in (1, 2, 3)
+    }
+    ids = {i: s.facts["container_id"] for i, s in states.items()}
+
+    # One replica to r2: only its container is replaced, the others keep running r1.
+    await provider.deploy(release(v2, "r2"), instances[1])
+    states = by_id(await provider.observe(v2))
+    assert [states[f"web-{n}"].revision for n in (1, 2, 3)] == ["r1", "r2", "r1"]
+    assert all(s.running and s.facts["health"] == "healthy" for s in states.values())
+    assert states["web-1"].facts["container_id"] == ids["web-1"]
+    assert states["web-3"].facts["container_id"] == ids["web-3"]
+    assert states["web-2"].facts["container_id"] != ids["web-2"]
+    assert await http_get(prefix * 10 + 2, "/version") == (200, "version v2\n")
+    assert await http_get(prefix * 10 + 1, "/version") == (200, "version v1\n")
+    assert states["web-2"].facts["compose_revision"] != states["web-1"].facts["compose_revision"]
+    # the same release again: nothing recreated
+    await provider.deploy(release(v2, "r2"), instances[1])
+    assert (
+        by_id(await provider.observe(v2))["web-2"].facts["container_id"]
+        == (states["web-2"].facts["container_id"])
+    )
+
+    # stop one replica: the others keep serving
+    await provider.stop(v2, instances[2])
+    states = by_id(await provider.observe(v2))
+    assert not states["web-3"].running and states["web-3"].revision == "r1"
+    assert states["web-1"].running and states["web-2"].running
+    # remove one replica: it is missing, the others untouched, and it comes back on deploy
+    await provider.remove(v2, instances[0])
+    states = by_id(await provider.observe(v2))
+    assert states["web-1"].detail == "container missing" and not states["web-1"].running
+    assert states["web-2"].facts["container_id"] != ids["web-2"] and states["web-2"].running
+    assert Path(provider.state_root, base).is_dir()
+    await provider.deploy(release(v2, "r2"), instances[0])
+    assert await http_get(prefix * 10 + 1, "/version") == (200, "version v2\n")
+
+    # Scaled down to two replicas: the third replica's project goes with the next deploy.
+    two = make_resource(environment, "Service", "web", web_spec(test_images["v2"], prefix, 2))
+    await provider.deploy(release(two, "r3"), (await provider.instances(two))[0])
+    states = by_id(await provider.observe(two))
+    assert set(states) == {"web-1", "web-2"}, states
+    assert (
+        await provider.engine.containers({"com.docker.compose.project": replica_project(base, 3)})
+        == []
+    )
+
+    # Removing every replica removes the resource's files too.
+    await asyncio.gather(*(provider.remove(two, i) for i in await provider.instances(two)))
+    assert await provider.engine.containers({"dev.fraisier.resource": str(two.key)}) == []
+    assert not Path(provider.state_root, base).exists()
+
+
+async def test_strategy_change_moves_replicas_without_duplicates(
+    make_provider, environment, test_images, docker_client
+):
+    provider: ComposeProvider = make_provider()
+    script = (
+        "echo boot >> /data/boots; echo boots=$(wc -l < /data/boots) replica={replica};"
+        " exec sleep 300"
+    )
+
+    def spec(image: str, strategy: str) -> dict[str, Any]:
+        return {
+            "strategy": {"type": strategy},
+            "stopTimeout": "1s",
+            "compose": {
+                "image": image,
+                "pullPolicy": "never",
+                "networkMode": "host",
+                "replicas": 2,
+                "command": ["/bin/sh", "-c", script if strategy == "rolling" else
+                            script.replace(" replica={replica}", "")],
+                "volumes": ["data:/data"],
+            },
+        }  # fmt: skip
+
+    recreate = make_resource(environment, "Service", "worker", spec(test_images["v1"], "recreate"))
+    rolling = make_resource(environment, "Service", "worker", spec(test_images["v2"], "rolling"))
+    back = make_resource(environment, "Service", "worker", spec(test_images["v1"], "recreate"))
+    base = project_name(recreate)
+    owned = {"dev.fraisier.resource": str(recreate.key)}
+
+    async def containers() -> list[dict[str, Any]]:
+        return await provider.engine.containers(owned)
+
+    for instance in await provider.instances(recreate):
+        await provider.deploy(release(recreate, "r1"), instance)
+    assert len(await containers()) == 2
+
+    # Before any deploy in the new layout, both replicas are reported from the old one.
+    states = by_id(await provider.observe(rolling))
+    assert set(states) == {"worker-1", "worker-2"}
+    assert all(s.revision == "r1" and s.facts["layout"] == "scaled" for s in states.values())
+
+    second = release(rolling, "r2")
+    instances = await provider.instances(rolling)
+    await provider.deploy(second, instances[0])
+    states = by_id(await provider.observe(rolling))
+    assert set(states) == {"worker-1", "worker-2"}, states  # no unexpected duplicate
+    assert (
+        states["worker-1"].revision == "r2" and states["worker-1"].facts["layout"] == "per-replica"
+    )
+    assert states["worker-2"].revision == "r1" and states["worker-2"].facts["layout"] == "scaled"
+    assert all(s.running for s in states.values())
+    assert len(await containers()) == 2
+    await provider.deploy(second, instances[1])
+    running = await containers()
+    assert sorted(c["Config"]["Labels"]["com.docker.compose.project"] for c in running) == [
+        replica_project(base, 1),
+        replica_project(base, 2),
+    ]
+    assert "replica=2" in "\n".join(await provider.logs(rolling, instances[1]))
+
+    # And back: the replicas' projects make way for the scaled project.
+    for instance in await provider.instances(back):
+        await provider.deploy(release(back, "r3"), instance)
+    running = await containers()
+    assert len(running) == 2
+    assert {c["Config"]["Labels"]["com.docker.compose.project"] for c in running} == {base}
+    states = by_id(await provider.observe(back))
+    assert set(states) == {"worker-1", "worker-2"}
+    assert all(s.revision == "r3" and s.running for s in states.values())
+    assert not Path(provider.state_root, base, "replicas", "1").exists()
+
+    # One volume all along, shared by the replicas of every layout: six boots in it.
+    volumes = await docker_client.volumes.list(
+        filters={"label": [f"com.docker.compose.project={base}"]}
+    )
+    assert [v["Name"] for v in volumes["Volumes"]] == [f"{base}_data"]
+    logs = [line for i in instances for line in await provider.logs(back, i)]
+    assert any(line.startswith("boots=6") for line in logs), logs
