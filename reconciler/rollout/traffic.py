@@ -48,6 +48,10 @@ class TrafficError(ProviderError):
             "traffic command (its output is above) and retry")
 
 
+class InvalidBackend(TrafficError, ValueError):
+    """A backend that cannot be written into a proxy configuration (also a ValueError)."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """One upstream server. ``weight`` is relative to the other backends; 0 excludes it."""
@@ -58,11 +62,13 @@ class Backend:
 
     def __post_init__(self) -> None:
         if not _ADDRESS.match(self.address):
-            raise ValueError(f"invalid backend address {self.address!r}")
+            raise InvalidBackend(f"invalid backend address {self.address!r}")
         if not 1 <= self.port <= 65535:
-            raise ValueError(f"invalid backend port {self.port!r} for {self.address}")
+            raise InvalidBackend(f"invalid backend port {self.port!r} for {self.address}")
         if self.weight < 0:
-            raise ValueError(f"negative weight {self.weight} for {self.address}:{self.port}")
+            raise InvalidBackend(
+                f"negative weight {self.weight} for {self.address}:{self.port}"
+            )
 
     @property
     def endpoint(self) -> str:
@@ -247,7 +253,7 @@ class NginxRouter:
                     "block); previous upstream restored"
                 )
             master = await self._master_pid(dump)
-            before = await self._children(master) if master else None
+            before = await self._workers_before(master)
             reload_argv = self.reload_command or self._nginx_argv("-s", "reload")
             result = await self._run(reload_argv)
             if not result.ok:
@@ -342,6 +348,21 @@ class NginxRouter:
             if cmdline is not None:  # None: it exited meanwhile
                 children[child] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
         return children
+
+    async def _workers_before(self, master: int | None) -> dict[int, str] | None:
+        """The master's children before the reload. A master that has just started may not have
+        forked its workers yet; its first worker would then pass for a new one, so wait for it
+        (briefly)."""
+        if master is None:
+            return None
+        deadline = time.monotonic() + 2.0
+        while True:
+            children = await self._children(master)
+            if children is None or any("worker process" in t for t in children.values()):
+                return children
+            if time.monotonic() > deadline:
+                return children
+            await asyncio.sleep(self._POLL_S)
 
     async def _wait_reloaded(self, master: int | None, before: dict[int, str] | None) -> None:
         if master is None or before is None:

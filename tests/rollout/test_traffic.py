@@ -27,6 +27,7 @@ import pytest
 from reconciler.rollout.traffic import (
     Backend,
     CommandRouter,
+    InvalidBackend,
     NginxRouter,
     TrafficError,
     backends_env_value,
@@ -446,8 +447,9 @@ def test_render_and_validation() -> None:
     for bad in ("10.0.0.1;", "evil}", "a b", "x#y", ""):
         with pytest.raises(ValueError, match="invalid backend address"):
             Backend(bad, 80)
-    with pytest.raises(ValueError, match="port"):
+    with pytest.raises(InvalidBackend, match="port") as caught:
         Backend("10.0.0.1", 0)
+    assert isinstance(caught.value, TrafficError) and caught.value.code == "FR425"
     with pytest.raises(ValueError, match="negative weight"):
         Backend("10.0.0.1", 80, -1)
     # the same endpoint twice (an address override) sums its weights
