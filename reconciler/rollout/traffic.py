@@ -220,7 +220,14 @@ class NginxRouter:
                 log.debug("traffic unchanged", extra={"router": self.describe()})
                 return
             started = time.monotonic()
-            await self._switch(content, previous)
+            try:
+                await self._switch(content, previous)
+            except TrafficError:
+                raise
+            except ProviderError as exc:  # nginx not found, a command timed out, ...
+                raise TrafficError(
+                    f"{self.describe()}: {exc}; previous upstream restored"
+                ) from exc
             self._applied = content
             log.info(
                 "traffic switched",
