@@ -145,7 +145,7 @@ def _walk_commands(cmd: click.Command, ctx: click.Context) -> Iterator[tuple[cli
 
 
 def _anchor(path: str) -> str:
-    return re.sub(r"[^a-z0-9 -]", "", path.lower()).replace(" ", "-")
+    return re.sub(r"[^a-z0-9_ -]", "", path.lower()).replace(" ", "-")
 
 
 def generate_cli() -> str:
@@ -175,8 +175,9 @@ def generate_cli() -> str:
     ]
     by_exit: dict[int, list[str]] = {}
     for cls in error_classes():
-        by_exit.setdefault(int(cls.exit_code), []).append(
-            f"[{cls.code}](errors.md#{cls.code.lower()})")
+        if "code" in vars(cls):
+            by_exit.setdefault(int(cls.exit_code), []).append(
+                f"[{cls.code}](errors.md#{cls.code.lower()})")
     for code in sorted(by_exit):
         out.append(f"| {code} | {', '.join(by_exit[code])} |")
     out += ["", "Usage errors (unknown option, missing argument) exit 2 with click's message.", "",

@@ -59,8 +59,8 @@ class WebhookPayloadError(ReconcilerError):
     """The body is not a payload we can read (malformed JSON, missing or invalid field)."""
 
     code = "FR211"
-    hint = ("set the webhook's content type to application/json (GitHub also accepts form) and "
-            "its events to push (tag pushes too, if you deploy tags)")
+    hint = ("set the webhook's content type to application/json (GitHub and Gitea also send "
+            "form bodies Fraisier reads) and its trigger to push events")
 
 
 @dataclass(frozen=True)
