@@ -9,7 +9,7 @@ from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
 from reconciler.plan.ordering import waves
-from reconciler.rollout.windows import Deferrals, windows_ignored
+from reconciler.rollout.windows import Deferrals, iso, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
 
@@ -37,6 +37,7 @@ class PlanItem:
     record: ResourceRecord | None = None
     changes: list[FieldChange] = field(default_factory=list)
     reason: str = ""
+    opens_at: datetime | None = None  # DEFERRED: when its sync windows next allow the change
 
     @property
     def in_sync(self) -> bool:
@@ -52,6 +53,8 @@ class PlanItem:
             "revision": self.revision,
             "appliedRevision": self.record.applied_revision if self.record else None,
             "reason": self.reason,
+            **({"opensAt": iso(self.opens_at) if self.opens_at else None}
+               if self.action == DEFERRED else {}),
             "changes": [c.to_json() for c in self.changes],
         }
 
@@ -179,6 +182,8 @@ def _defer_outside_windows(items: Iterable[PlanItem], desired: DesiredState,
         if view is None:
             view = Deferrals(desired, now if now is not None else datetime.now(UTC))
         spec = (item.record.applied_spec or item.record.desired_spec) if item.record else None
-        reason = view.reason(view.windows_for(item.key, item.resource, spec))
+        windows = view.windows_for(item.key, item.resource, spec)
+        reason = view.reason(windows)
         if reason is not None:
             item.action, item.reason = DEFERRED, reason
+            item.opens_at = view.next_open(windows)

@@ -73,7 +73,7 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: parsing shares equal windows
 class SyncWindow:
     kind: str  # allow | deny
     schedule: str
@@ -265,6 +265,7 @@ class Deferrals:
         self._targets: dict[ResourceKey, tuple[SyncWindow, ...]] = {}
         self._env: dict[str, tuple[SyncWindow, ...]] = {}
         self._reasons: dict[tuple[SyncWindow, ...], str | None] = {}
+        self._opens: dict[tuple[SyncWindow, ...], datetime | None] = {}
 
     def _target_windows(self, key: ResourceKey | None) -> tuple[SyncWindow, ...]:
         if key is None:
@@ -313,7 +314,11 @@ class Deferrals:
         return self._reasons[windows]
 
     def next_open(self, windows: tuple[SyncWindow, ...]) -> datetime | None:
-        return next_open(windows, self.now) if windows else self.now
+        if not windows:
+            return self.now
+        if windows not in self._opens:
+            self._opens[windows] = next_open(windows, self.now)
+        return self._opens[windows]
 
 
 def earliest_open(desired: DesiredState, keys: Iterable[ResourceKey],

@@ -53,6 +53,9 @@ def test_diff_apply_status_and_override(fleet: Fleet) -> None:
     item = next(r for r in plan["resources"] if r["name"] == "api")
     assert item["action"] == "deferred"
     assert item["changes"]  # what would change is still shown
+    opens_at = datetime.fromisoformat(item["opensAt"])
+    assert timedelta(minutes=29) < opens_at - datetime.now(UTC) <= timedelta(minutes=31)
+    assert f"next opens {opens_at.isoformat()} (deny " in item["reason"]
 
     apply = fleet.cli("apply", *fleet.repo_args())
     assert apply.returncode == 0, apply.stdout + apply.stderr  # deferred is not a failure

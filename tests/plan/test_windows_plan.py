@@ -64,7 +64,11 @@ def test_target_window_defers_every_change_on_it_until_it_opens() -> None:
     assert [c.path for c in item.changes] == ["spec.command[0]"]  # still shows what changes
     assert not plan.in_sync
     assert plan.counts() == {UNCHANGED: 2, DEFERRED: 2}
-    assert plan.to_json()["resources"][1]["action"] == DEFERRED
+    assert item.opens_at == datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    listed = {r["name"]: r for r in plan.to_json()["resources"]}
+    assert listed["api"]["action"] == DEFERRED
+    assert listed["api"]["opensAt"] == "2026-11-27T02:00:00+00:00"
+    assert "opensAt" not in listed["same"]
 
     inside = make_plan(state(target, api, web, same), records, rev, now=NIGHT)
     assert actions(inside) == {"t": UNCHANGED, "api": UPDATE, "web": CREATE, "same": UNCHANGED}
@@ -152,3 +156,5 @@ def test_now_defaults_to_the_current_time() -> None:
     plan = make_plan(state(target), [], rev)
     assert actions(plan) == {"t": DEFERRED}
     assert plan.items[0].reason.startswith("outside sync window: no opening found")
+    assert plan.items[0].opens_at is None
+    assert plan.to_json()["resources"][0]["opensAt"] is None
