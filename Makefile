@@ -38,8 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy reconciler
 
+# every script in bench/, one table (docs/performance.md); BENCH_ARGS=--quick shortens the slow
+# ones (idle 20 s window, no ansible-core, fewer rounds/commits): minutes instead of ~30 min
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/diff_scale.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # ≥ 10,000 generated cases per fuzz target (the suite runs FUZZ_EXAMPLES=100 inside `make test`);
 # about 30 min on 2 cores, figures in docs/reliability.md

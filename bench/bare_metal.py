@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
 APP = """\
@@ -194,12 +196,15 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=20, help="asset files per release")
     parser.add_argument("--ansible-venv", type=Path,
                         default=Path("/var/tmp/fraisier-bench/ansible-venv"))
+    parser.add_argument("--no-ansible", action="store_true",
+                        help="skip the ansible-core comparison (installs from PyPI, slowest)")
+    add_json_flag(parser)
     args = parser.parse_args()
 
     infra, reason = load()
     if infra is None or len(infra.hosts) < 2:
         raise SystemExit(reason or "need at least 2 test hosts")
-    playbook_bin = ensure_ansible(args.ansible_venv)
+    playbook_bin = None if args.no_ansible else ensure_ansible(args.ansible_venv)
     hosts: list[InfraHost] = list(infra.hosts[:2])
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
@@ -289,6 +294,8 @@ def main() -> None:
                       "bench-ansible.service"])
 
         times: dict[str, list[float]] = {"reconciler": [], "plain": [], "ansible": []}
+        if args.no_ansible:
+            del times["ansible"]
         noop: list[float] = []  # `reconciler apply` with nothing to do: its fixed cost
         for round_no in range(1, args.rounds + 1):
             version = f"v{round_no}"
@@ -296,12 +303,15 @@ def main() -> None:
             times["reconciler"].append(timed(reconciler))
             noop.append(timed(reconciler))
             times["plain"].append(run_plain(version))
-            times["ansible"].append(run_ansible(version))
+            if not args.no_ansible:
+                times["ansible"].append(run_ansible(version))
             print(f"round {round_no}: " + "  ".join(
                 f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
         for host in hosts:  # every method really deployed the last version
             for method, port_file in (("reconciler", "reconciler"), ("plain", "plain"),
                                       ("ansible", "ansible")):
+                if method not in times:
+                    continue
                 port = host.sh(f"cat /etc/fraisier-bench-{port_file}-port").strip()
                 body = host.sh(f"python3 -c \"import urllib.request;print(urllib.request."
                                f"urlopen('http://127.0.0.1:{port}/').read().decode())\"").strip()
@@ -323,7 +333,18 @@ def main() -> None:
     print(f"  (reconciler apply with nothing to do: {statistics.median(noop):.2f}s — start-up, "
           "config repo, database, plan)")
     print(f"reconciler / plain script : {med['reconciler'] / med['plain']:.2f}x  (goal <= 1.15x)")
-    print(f"ansible / reconciler      : {med['ansible'] / med['reconciler']:.2f}x  (goal >= 3x)")
+    figures = [Figure(f"bare-metal update, 2 SSH hosts (median of {args.rounds})",
+                      med["reconciler"], "s", med["plain"], "plain asyncssh script", "<= 1.15x",
+                      at_most(med["reconciler"] / med["plain"], 1.15))]
+    if "ansible" in med:
+        print(f"ansible / reconciler      : {med['ansible'] / med['reconciler']:.2f}x  "
+              "(goal >= 3x)")
+        figures.append(Figure("bare-metal update vs ansible-core", med["reconciler"], "s",
+                              med["ansible"], "ansible-core playbook", "<= 0.33x (3x faster)",
+                              at_most(med["reconciler"] / med["ansible"], 1 / 3)))
+    if args.json:
+        emit("bare_metal", figures, rounds=args.rounds, files=args.files,
+             ansible=not args.no_ansible)
 
 
 if __name__ == "__main__":

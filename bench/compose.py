@@ -36,6 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _figures import Figure, add_json_flag, at_most, emit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -229,6 +231,7 @@ def main() -> None:
         default="1s",
         help="Docker healthcheck interval of the service (default 1s)",
     )
+    add_json_flag(parser)
     args = parser.parse_args()
 
     infra, reason = load()
@@ -295,6 +298,12 @@ def main() -> None:
             f"{phase / med['raw']:.2f}x raw)"
         )
     print(f"reconciler / raw compose : {med['reconciler'] / med['raw']:.2f}x  (goal <= 1.15x)")
+    if args.json:
+        emit("compose", [
+            Figure(f"compose image update, reconciler apply (median of {args.rounds})",
+                   med["reconciler"], "s", med["raw"], "compose up -d + health wait",
+                   "<= 1.15x", at_most(med["reconciler"] / med["raw"], 1.15)),
+        ], rounds=args.rounds, compose=version, health_interval=args.health_interval)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ Generates N Services (default 10,000, ≈5.5 MB of YAML in 100 files) in a real 
 them as applied in a SQLite state database, then times:
 
 * baseline: ``yaml.load_all(CSafeLoader)`` of the same files (in this process);
-* cold ``reconciler diff`` (empty spec cache), as a subprocess — goal ≤ 1.5× baseline;
-* warm ``reconciler diff`` with 1 % of the files changed — goal ≤ 0.2× baseline;
+* cold ``reconciler diff`` (empty spec cache), as a subprocess — goal ≤ 1.5x baseline;
+* warm ``reconciler diff`` with 1 % of the files changed — goal ≤ 0.2x baseline;
 * a no-op reconcile pass in-process (nothing changed) — goal ≤ 200 ms.
 
 Usage: python bench/diff_scale.py [--services N] [--files F]
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import yaml
+from _figures import Figure, add_json_flag, at_most, emit
 
 DOC = """apiVersion: fraisier.dev/v1
 kind: Service
@@ -131,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--services", type=int, default=10_000)
     parser.add_argument("--files", type=int, default=100)
+    add_json_flag(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fraisier-bench-"))
     try:
@@ -167,6 +169,16 @@ def main() -> None:
               f"{startup / base:7.2f}")
         print(f"{f'no-op reconcile pass ({count} resources)':44s} {noop:8.3f} "
               f"{'':7s}  <= 0.200 s")
+        if args.json:
+            label = f"yaml.load_all of {args.services} Services"
+            emit("diff_scale", [
+                Figure(f"cold diff, {args.services} Services (exit {code_cold})", cold, "s",
+                       base, label, "<= 1.5x", at_most(cold / base, 1.5)),
+                Figure("warm diff, 1% of files changed", warm, "s", base, label, "<= 0.2x",
+                       at_most(warm / base, 0.2)),
+                Figure(f"no-op reconcile pass, {count} resources", noop, "s", base, label,
+                       "<= 0.200 s", noop <= 0.2),
+            ], services=args.services, files=args.files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from _figures import Figure, add_json_flag, emit
+
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -256,6 +258,7 @@ def main() -> None:
     parser.add_argument("--resources", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--scenario", choices=["services", "jobs", "both"], default="both")
+    add_json_flag(parser)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fraisier-idle-"))
     results: dict[str, dict[str, float]] = {}
@@ -281,6 +284,17 @@ def main() -> None:
         ok_rss = r["rss_max_mb"] <= 150
         print(f"{kind}: CPU goal {'met' if ok_cpu else 'NOT met'}, "
               f"RSS goal {'met' if ok_rss else 'NOT met'}")
+    if args.json:
+        figures = []
+        for kind, r in results.items():
+            what = f"idle daemon, {args.resources} {kind}, {args.seconds:g} s window"
+            figures.append(Figure(f"{what}: CPU (% of a core, with children)",
+                                  r["cpu_pct_with_children"], "%", None, "", "<= 1 %",
+                                  r["cpu_pct_with_children"] <= 1.0))
+            figures.append(Figure(f"{what}: RSS max", r["rss_max_mb"], "MB", None, "",
+                                  "<= 150 MB", r["rss_max_mb"] <= 150))
+        emit("idle", figures, resources=args.resources, seconds=args.seconds,
+             scenario=args.scenario)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _figures import Figure, emit  # noqa: E402
+
 from reconciler.spec.model import ResourceKey  # noqa: E402
 from reconciler.state import Store, open_store  # noqa: E402
 from reconciler.state.shards import ShardLeases, shard_of, shard_owners  # noqa: E402
@@ -219,6 +221,34 @@ def main() -> None:
                 print(backend, json.dumps(results[backend]), flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
+        emit("store", store_figures(results, args), backends=args.backends,
+             deployments=args.deployments, resources=args.resources, replicas=args.replicas,
+             ttl=args.ttl)
+
+
+def store_figures(results: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
+    """Per backend, against SQLite (the default, embedded backend) measured in the same run."""
+    base = results.get("sqlite", {})
+    figures = []
+    for backend, r in results.items():
+        figures.append(Figure(
+            f"{backend}: deployments/s, 1 writer (5 write transactions each)",
+            r["deployments_per_s"], "/s", base.get("deployments_per_s"), "SQLite"))
+        figures.append(Figure(
+            f"{backend}: deployments/s, 4 concurrent writers",
+            r["deployments_per_s_4_writers"], "/s", base.get("deployments_per_s_4_writers"),
+            "SQLite"))
+        figures.append(Figure(
+            f"{backend}: status read, {args.resources} resources",
+            r["status_read_s"], "s", base.get("status_read_s"), "SQLite"))
+        takeover = r.get("replica_takeover")
+        if takeover:
+            limit = args.ttl * 4 / 3
+            figures.append(Figure(
+                f"{backend}: takeover of a killed replica's shards ({args.replicas} replicas)",
+                takeover["takeover_s"], "s", args.ttl, "lease TTL", f"<= {limit:g} s (TTL x 4/3)",
+                takeover["takeover_s"] <= limit))
+    return figures
 
 
 if __name__ == "__main__":
