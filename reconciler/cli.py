@@ -375,7 +375,10 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         state = "converged" if result.converged else f"{len(failed)} resource(s) not converged"
         click.echo(f"{state} at {(result.commit or '?')[:12]} in {result.duration_s:.1f}s")
         for out in failed:
-            click.echo(_style(f"  {out.key}: {out.result} — {out.message}", fg="red"))
+            code = f"[{out.code}] " if out.code else ""
+            click.echo(_style(f"  {out.key}: {out.result} — {code}{out.message}", fg="red"))
+            if out.hint:
+                click.echo(f"    hint: {out.hint}")
         for out in result.outcomes:
             if out.action == "deferred":
                 click.echo(_style(f"  {out.key}: deferred — {out.message}", fg="blue"))

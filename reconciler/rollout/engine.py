@@ -78,6 +78,8 @@ class Outcome:
     revision: str | None = None
     message: str = ""
     deployment: str | None = None
+    code: str = ""  # the FRnnn code of the error behind a failure (docs/errors.md)
+    hint: str = ""  # its one-line remediation
 
     @property
     def ok(self) -> bool:
@@ -86,9 +88,12 @@ class Outcome:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"resource": str(self.key), "action": self.action, "result": self.result,
-                "revision": self.revision, "message": self.message,
-                "deployment": self.deployment}
+        doc: dict[str, Any] = {"resource": str(self.key), "action": self.action,
+                               "result": self.result, "revision": self.revision,
+                               "message": self.message, "deployment": self.deployment}
+        if self.code:
+            doc.update(code=self.code, hint=self.hint)
+        return doc
 
 
 @dataclass(repr=False)
@@ -407,7 +412,7 @@ class Reconciler:
                     await self.store.update_status(item.key, last_result=st.FAILED,
                                                    last_error=exc.message)
                     outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
-                                                 exc.message)
+                                                 exc.message, code=exc.code, hint=exc.hint)
                     self._emit(item.key, "failed", exc.message)
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
@@ -627,6 +632,7 @@ class Reconciler:
         await self.store.update_status(key, health_status="Progressing", sync_status="OutOfSync")
         self._emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy.type})")
         error: str | None = None
+        failure: ReconcilerError | None = None  # its code and hint go with the outcome
         reason = "error"
         summary = ""
         run: RolloutRun | None = None
@@ -639,12 +645,12 @@ class Reconciler:
         except Interrupted as exc:
             return await self._interrupted(dep, key, item, revision, str(exc))
         except Aborted as exc:
-            error, reason = exc.message, "abort"
+            error, reason, failure = exc.message, "abort", exc
         except RolloutFailed as exc:
-            error = exc.message
+            error, failure = exc.message, exc
             reason = "analysis" if "analysis" in error else "health"
         except ReconcilerError as exc:
-            error = exc.message
+            error, failure = exc.message, exc
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
@@ -676,10 +682,12 @@ class Reconciler:
                                            sync_status="OutOfSync")
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.FAILED).inc()
             return Outcome(key, item.action, st.FAILED, revision, error,
-                           deployment=dep.identifier)
+                           deployment=dep.identifier, code=failure.code if failure else "",
+                           hint=failure.hint if failure else "")
         metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, status).inc()
         return Outcome(key, item.action, status, revision, f"{error}; {message}",
-                       deployment=dep.identifier)
+                       deployment=dep.identifier, code=failure.code if failure else "",
+                       hint=failure.hint if failure else "")
 
     async def _interrupted(self, dep: DeploymentRecord, key: ResourceKey, item: PlanItem,
                            revision: str, where: str) -> Outcome:

@@ -121,3 +121,47 @@ def test_log_fields_carry_code_and_hint() -> None:
     fields = SecretError("secret reference env:DB_PASSWORD is not set").log_fields()
     assert fields == {"error": "secret reference env:DB_PASSWORD is not set", "code": "FR500",
                       "hint": SecretError.hint}
+
+
+def test_apply_shows_the_code_and_hint_of_a_failed_resource(tmp_path: Path) -> None:
+    """A resource that fails during `apply` (here: an unset secret) is listed with its code and
+    the remediation hint, in text and in JSON."""
+    repo = tmp_path / "fleet"
+    repo.mkdir()
+    (repo / "fleet.yaml").write_text("""\
+apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {name: local}
+spec: {provider: bare_metal, transport: local}
+---
+apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {name: api}
+spec:
+  target: local
+  command: [sleep, "60"]
+  env: {TOKEN: {env: FRAISIER_DOCS_TEST_UNSET_TOKEN}}
+""")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True, timeout=30)
+    subprocess.run([*git, "add", "."], check=True, timeout=30)
+    subprocess.run([*git, "commit", "-qm", "fleet"], check=True, timeout=30)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RECONCILER_") and k != "FRAISIER_DOCS_TEST_UNSET_TOKEN"}
+    env["RECONCILER_STATE_DIR"] = str(tmp_path / "state")
+    base = [sys.executable, "-m", "reconciler", "--log-format", "text", "apply", "--repo",
+            str(repo)]
+    text = subprocess.run(base, capture_output=True, text=True, env=env, timeout=90)
+    assert text.returncode == 1, text.stdout + text.stderr
+    assert "default/Service/api: failed — [FR500] " in text.stdout, text.stdout
+    assert "env:FRAISIER_DOCS_TEST_UNSET_TOKEN" in text.stdout
+    from reconciler.errors import SecretError
+
+    assert f"    hint: {SecretError.hint}" in text.stdout
+    from reconciler.rollout.engine import Outcome
+    from reconciler.spec.model import ResourceKey
+
+    failed = Outcome(ResourceKey("default", "Service", "api"), "deploy", "failed", None,
+                     "secret reference env:X is not set", code="FR500", hint=SecretError.hint)
+    assert failed.to_json()["code"] == "FR500" and failed.to_json()["hint"] == SecretError.hint
+    assert "code" not in Outcome(failed.key, "deploy", "succeeded").to_json()
