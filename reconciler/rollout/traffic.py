@@ -147,6 +147,15 @@ _PID_PATH_OPTION = re.compile(r"--pid-path=(\S+)")
 _PREFIX_OPTION = re.compile(r"--prefix=(\S+)")
 
 
+# Children of the nginx master $1 as "PID title" lines; exit 3 when the master is gone.
+_PROC_SCRIPT = r"""[ -r "/proc/$1/task/$1/children" ] || exit 3
+for c in $(cat "/proc/$1/task/$1/children"); do
+  t=$(tr '\0' ' ' <"/proc/$c/cmdline" 2>/dev/null) || continue
+  [ -n "$t" ] && printf '%s %s\n' "$c" "$t"
+done
+exit 0"""
+
+
 class NginxRouter:
     """Weighted upstream in a file included by nginx; graceful reload; waits for new workers.
 
@@ -338,22 +347,37 @@ class NginxRouter:
         return match.group(1) if match else None
 
     async def _children(self, pid: int) -> dict[int, str] | None:
-        """PID → process title of each child of ``pid``; None when /proc cannot tell."""
+        """PID → process title of each child of ``pid``; None when /proc cannot tell (or the
+        process is gone)."""
         try:
             data = await self.transport.read_file(f"/proc/{pid}/task/{pid}/children")
         except (ProviderError, OSError):
+            data = None
+        if data:  # a live master always has children: read their titles the same way
+            children: dict[int, str] = {}
+            for token in data.split():
+                child = int(token)
+                try:
+                    cmdline = await self.transport.read_file(f"/proc/{child}/cmdline")
+                except (ProviderError, OSError):
+                    cmdline = None
+                if cmdline:  # None or empty: it exited meanwhile
+                    title = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+                    children[child] = title
+            return children
+        # Nothing: the process is gone, or the transport cannot read /proc (SFTP reports /proc
+        # files as empty, their size being 0). Ask the host itself, with one small script.
+        try:
+            result = await self._run(["sh", "-c", _PROC_SCRIPT, "fraisier-nginx", str(pid)])
+        except ProviderError:
             return None
-        if data is None:
+        if not result.ok:
             return None
-        children: dict[int, str] = {}
-        for token in data.split():
-            child = int(token)
-            try:
-                cmdline = await self.transport.read_file(f"/proc/{child}/cmdline")
-            except (ProviderError, OSError):
-                cmdline = None
-            if cmdline is not None:  # None: it exited meanwhile
-                children[child] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+        children = {}
+        for line in result.stdout.decode(errors="replace").splitlines():
+            pid_text, _, title = line.partition(" ")
+            if pid_text.isdigit():
+                children[int(pid_text)] = title.strip()
         return children
 
     async def _workers_before(self, master: int | None) -> dict[int, str] | None:

@@ -34,6 +34,7 @@ from reconciler.rollout.traffic import (
     render_upstream,
     router_from_spec,
 )
+from reconciler.transport.local import LocalTransport
 from tests.helpers import need
 
 pytestmark = pytest.mark.timeout(60)
@@ -396,6 +397,28 @@ async def test_missing_nginx_binary(nginx: Nginx,
     with pytest.raises(TrafficError, match=r"cannot run.*previous upstream restored"):
         await nginx.router(nginx="/nonexistent/nginx").route([green.backend()])
     assert nginx.upstream_file.read_text() == before
+
+
+class SftpLikeTransport(LocalTransport):
+    """The local host, read the way SFTP reads: /proc files report size 0, so they read empty
+    (what the SSH transport without sudo returns for them)."""
+
+    async def read_file(self, remote: str) -> bytes | None:
+        data = await super().read_file(remote)
+        return b"" if data is not None and remote.startswith("/proc/") else data
+
+
+async def test_workers_are_found_when_proc_reads_empty(
+        nginx: Nginx, backends: tuple[HttpBackend, HttpBackend]) -> None:
+    _blue, green = backends
+    router = nginx.router(transport=SftpLikeTransport())
+    children = await router._children(nginx.master_pid())
+    assert children is not None and set(children) == nginx.workers()
+    assert all("worker process" in title for title in children.values()), children
+    old = nginx.workers()
+    await router.route([green.backend()])
+    assert nginx.workers() - old  # the router waited for the master's new worker
+    assert {await _get(nginx.url) for _ in range(5)} == {"green"}
 
 
 async def test_custom_reload_command_works(nginx: Nginx,
