@@ -47,13 +47,15 @@ class RolloutFailed(ReconcilerError):
     """A gate of the rollout failed (health, analysis): the engine rolls back."""
 
     code = "FR421"
-    hint = "see the deployment's journal (`reconciler history NAME -o json`); it was rolled back"
+    hint = ("it was rolled back: `reconciler history NAME -o json` shows the failed gate or "
+            "measurement, `reconciler logs NAME` the new revision's output; commit a fix")
     exit_code = 1
 
 
 class Aborted(ReconcilerError):
     code = "FR422"
-    hint = "the rollout was aborted by an operator and rolled back; commit a fix to roll forward"
+    hint = ("an operator ran `reconciler abort NAME`; commit a fix to roll forward, or "
+            "`reconciler apply --force` to retry this revision")
     exit_code = 1
 
     def __init__(self, actor: str) -> None:

@@ -33,7 +33,8 @@ DEFAULT_SCALE_DOWN_DELAY_S = 30.0
 
 class StrategyError(ReconcilerError):
     code = "FR420"
-    hint = "fix spec.strategy of the Service (see docs/strategies.md)"
+    hint = ("fix spec.strategy of the Service: blue-green and setWeight need ports (and "
+            "traffic), analysis queries need prometheus.url (docs/strategies.md)")
     exit_code = 1
 
 

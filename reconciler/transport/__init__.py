@@ -34,7 +34,8 @@ class CommandTimeout(ProviderError):
     (callers such as Job runs report it)."""
 
     code = "FR401"
-    hint = "raise the timeout or find out why the command hangs (its output is attached)"
+    hint = ("find out why the command hangs from its attached output, or raise the limit (a "
+            "Job's `timeout`, the Target's `ssh.commandTimeout` for transfers)")
 
     def __init__(self, message: str, *, stdout: bytes = b"", stderr: bytes = b"") -> None:
         super().__init__(message)

@@ -129,7 +129,8 @@ class SSHConnectError(SSHError):
     """The host could not be reached after several attempts."""
 
     code = "FR413"
-    hint = "check that the host is up, the address/port are right, and sshd is running"
+    hint = ("check that the host is up, the Target's address/port are right (`nc -vz HOST "
+            "PORT` from the reconciler's host) and sshd runs there")
 
 
 class SSHConfigError(SSHError):
