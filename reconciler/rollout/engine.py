@@ -387,9 +387,9 @@ class Reconciler:
                     return
                 blocked_by = self._blocking_dependency(item, outcomes)
                 if blocked_by is not None:
-                    why = outcomes[blocked_by]
-                    message = (f"waiting for {blocked_by} (dependency {why.result}"
-                               + (f": {why.message[:200]}" if why.message else "") + ")")
+                    dep_out = outcomes[blocked_by]
+                    message = (f"waiting for {blocked_by} (dependency {dep_out.result}"
+                               + (f": {dep_out.message[:200]}" if dep_out.message else "") + ")")
                     if item.resource is not None and item.revision is not None:
                         # Recorded so `status` shows what git wants and why it is not live.
                         await self.store.record_desired(

@@ -76,7 +76,12 @@ class RequestLoop:
         return self
 
     def _run(self) -> None:
-        with httpx.Client(timeout=5.0, trust_env=False) as client:
+        # A new connection per request: nginx's graceful reload serves every request it has
+        # accepted, but closes idle keep-alive connections, and a request racing that close is
+        # one HTTP/1.1 clients retry (RFC 9112 9.3.1) and httpx does not. tests/rollout/
+        # test_traffic.py covers keep-alive clients with that retry.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=5.0, trust_env=False, limits=limits) as client:
             while not self._stop.is_set():
                 try:
                     response = client.get(self.url)
