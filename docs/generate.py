@@ -98,7 +98,7 @@ def _param_type(param: click.Parameter) -> str:
         return " \\| ".join(f"`{c}`" for c in param.type.choices)
     metavar = getattr(param, "metavar", None)
     if metavar:
-        return f"`{metavar}`"
+        return f"`{metavar}`".replace("|", "\\|")
     name = param.type.name.upper()
     return {"PATH": "PATH", "TEXT": "TEXT", "INTEGER": "INTEGER", "FILENAME": "FILE",
             "DIRECTORY": "DIRECTORY", "FILE": "FILE"}.get(name, name)
