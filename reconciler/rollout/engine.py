@@ -201,8 +201,12 @@ class Reconciler:
         self._rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
 
     # -- helpers --------------------------------------------------------------------------
-    def _emit(self, key: ResourceKey, phase: str, message: str = "") -> None:
-        log.info(message or phase, extra={"resource": str(key), "phase": phase})
+    def _emit(self, key: ResourceKey, phase: str, message: str = "",
+              error: ReconcilerError | None = None) -> None:
+        extra: dict[str, Any] = {"resource": str(key), "phase": phase}
+        if error is not None:  # the log line carries the code and remediation of the failure
+            extra.update(code=error.code, hint=error.hint)
+        log.info(message or phase, extra=extra)
         if self.progress:
             self.progress(key, phase, message)
 
@@ -413,7 +417,7 @@ class Reconciler:
                                                    last_error=exc.message)
                     outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
                                                  exc.message, code=exc.code, hint=exc.hint)
-                    self._emit(item.key, "failed", exc.message)
+                    self._emit(item.key, "failed", exc.message, exc)
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on
@@ -667,7 +671,7 @@ class Reconciler:
             self._emit(key, "succeeded", f"{revision} healthy ({summary})")
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
         await self.store.transition(dep.id, st.FAILED, error=error, message=error)
-        self._emit(key, "failed", error)
+        self._emit(key, "failed", error, failure)
         if run is not None and strategy.slotted and run.slot_new is not None:
             status, message = await self._revert_slots(dep, run, key, revision, reason,
                                                         error)

@@ -125,7 +125,7 @@ def test_log_fields_carry_code_and_hint() -> None:
 
 def test_apply_shows_the_code_and_hint_of_a_failed_resource(tmp_path: Path) -> None:
     """A resource that fails during `apply` (here: an unset secret) is listed with its code and
-    the remediation hint, in text and in JSON."""
+    the remediation hint, and the JSON log line of the failure carries both."""
     repo = tmp_path / "fleet"
     repo.mkdir()
     (repo / "fleet.yaml").write_text("""\
@@ -149,8 +149,8 @@ spec:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("RECONCILER_") and k != "FRAISIER_DOCS_TEST_UNSET_TOKEN"}
     env["RECONCILER_STATE_DIR"] = str(tmp_path / "state")
-    base = [sys.executable, "-m", "reconciler", "--log-format", "text", "apply", "--repo",
-            str(repo)]
+    base = [sys.executable, "-m", "reconciler", "--log-format", "json", "--log-level", "info",
+            "apply", "--repo", str(repo)]
     text = subprocess.run(base, capture_output=True, text=True, env=env, timeout=90)
     assert text.returncode == 1, text.stdout + text.stderr
     assert "default/Service/api: failed — [FR500] " in text.stdout, text.stdout
@@ -158,10 +158,16 @@ spec:
     from reconciler.errors import SecretError
 
     assert f"    hint: {SecretError.hint}" in text.stdout
+    import json
+
+    logged = [json.loads(line) for line in text.stderr.splitlines() if line.startswith("{")]
+    failed = [e for e in logged if e.get("phase") == "failed"]
+    assert failed and failed[0]["code"] == "FR500" and failed[0]["hint"] == SecretError.hint
+    assert failed[0]["resource"] == "default/Service/api"
     from reconciler.rollout.engine import Outcome
     from reconciler.spec.model import ResourceKey
 
-    failed = Outcome(ResourceKey("default", "Service", "api"), "deploy", "failed", None,
-                     "secret reference env:X is not set", code="FR500", hint=SecretError.hint)
-    assert failed.to_json()["code"] == "FR500" and failed.to_json()["hint"] == SecretError.hint
-    assert "code" not in Outcome(failed.key, "deploy", "succeeded").to_json()
+    outcome = Outcome(ResourceKey("default", "Service", "api"), "deploy", "failed", None,
+                      "secret reference env:X is not set", code="FR500", hint=SecretError.hint)
+    assert outcome.to_json()["code"] == "FR500" and outcome.to_json()["hint"] == SecretError.hint
+    assert "code" not in Outcome(outcome.key, "deploy", "succeeded").to_json()
