@@ -50,7 +50,8 @@ class TransitionError(StoreError):
     """A deployment status change that TRANSITIONS does not allow (a programming error)."""
 
     code = "FR302"
-    hint = "deployment statuses only move forward; see reconciler.state.store.TRANSITIONS"
+    hint = ("a bug (deployment statuses only move forward, see TRANSITIONS in "
+            "reconciler/state/store.py): report it with `reconciler history NAME -o json`")
 
 
 @dataclass
