@@ -31,6 +31,10 @@ class DockerEngine(Protocol):
     async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Full inspect data of every container (running or not) carrying all ``labels``."""
 
+    async def labelled(self, labels: dict[str, str], keys: Sequence[str]) -> list[Labelled]:
+        """(id, the values of ``keys`` among its labels) of every container carrying all
+        ``labels``: the cheap listing (no inspect) for when labels are all that is needed."""
+
     async def image(self, ref: str) -> dict[str, Any] | None:
         """Inspect data of a local image, or None when it is not on the host."""
 
@@ -57,6 +61,9 @@ class DockerEngine(Protocol):
         """Create a volume unless one of that name exists already (then it is left as it is)."""
 
     async def close(self) -> None: ...
+
+
+Labelled = tuple[str, dict[str, str]]
 
 
 def _label_filters(labels: dict[str, str]) -> list[str]:
@@ -118,6 +125,20 @@ class AiodockerEngine:
                 return [c for c in shown if c is not None]
             except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
                 raise self._error("listing containers", exc) from exc
+
+    async def labelled(self, labels: dict[str, str], keys: Sequence[str]) -> list[Labelled]:
+        async with self._deadline("listing containers"):
+            try:
+                listed = await self._client().containers.list(
+                    all=True, filters={"label": _label_filters(labels)}
+                )
+            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                raise self._error("listing containers", exc) from exc
+            result: list[Labelled] = []
+            for container in listed:
+                found = dict(container["Labels"] or {})
+                result.append((str(container["Id"]), {k: found[k] for k in keys if k in found}))
+            return result
 
     async def image(self, ref: str) -> dict[str, Any] | None:
         async with self._deadline("inspecting an image"):
@@ -237,6 +258,21 @@ class CliEngine:
         except json.JSONDecodeError as exc:
             raise ProviderError(f"{self.transport.host_id}: docker inspect: {exc}") from exc
         return [dict(c) for c in data]
+
+    async def labelled(self, labels: dict[str, str], keys: Sequence[str]) -> list[Labelled]:
+        filters = [a for f in _label_filters(labels) for a in ("--filter", f"label={f}")]
+        # one line per container: the id, then each key's value (tab-separated; a label value
+        # holding a tab or a newline is not one of ours)
+        fields = ["{{.ID}}", *(f"{{{{.Label {json.dumps(k)}}}}}" for k in keys)]
+        out = await self._run("ps", "-a", "--no-trunc", *filters, "--format", "\t".join(fields))
+        result: list[Labelled] = []
+        for line in out.splitlines():
+            if not line.strip():
+                continue
+            container_id, *values = line.split("\t")
+            found = {k: v for k, v in zip(keys, values, strict=False) if v}
+            result.append((container_id, found))
+        return result
 
     async def image(self, ref: str) -> dict[str, Any] | None:
         result = await self.transport.run(

@@ -411,21 +411,19 @@ class ComposeProvider:
         by the concurrent ones, reused for PLAN_TTL_S (a failed one is not kept)."""
         key = id(release)
         async with self._plan_lock:
-            for k, (ref, _task) in list(self._plans.items()):
-                if ref() is None:
+            now = time.monotonic()
+            for k, (ref, old) in list(self._plans.items()):
+                expired = old.done() and (
+                    old.cancelled()
+                    or old.exception() is not None
+                    or now - old.result().created > PLAN_TTL_S
+                )
+                if ref() is None or expired:
                     del self._plans[k]
             entry = self._plans.get(key)
             if entry is not None and entry[0]() is release:
                 task = entry[1]
-                if task.done() and (
-                    task.cancelled()
-                    or task.exception() is not None
-                    or time.monotonic() - task.result().created > PLAN_TTL_S
-                ):
-                    entry = None
             else:
-                entry = None
-            if entry is None:
                 task = asyncio.create_task(self._make_replica_plan(release))
                 self._plans[key] = (weakref.ref(release), task)
         try:
@@ -522,12 +520,15 @@ class ComposeProvider:
         0: a strategy change back to a scaled layout), and delete their documents."""
         base = project_name(resource)
         numbers: set[int] = set()
-        leftovers: list[dict[str, Any]] = []
-        for container in await self._resource_containers(resource):
-            number = replica_of_project(base, _labels(container).get(PROJECT_LABEL, ""))
+        leftovers: list[tuple[str, str]] = []  # (container id, project)
+        # labels only, no inspect: this runs once per rollout and on every scaled deploy
+        listed = await self.engine.labelled({LABEL_RESOURCE: str(resource.key)}, [PROJECT_LABEL])
+        for container_id, labels in listed:
+            project = labels.get(PROJECT_LABEL, "")
+            number = replica_of_project(base, project)
             if number is not None and number > above:
                 numbers.add(number)
-                leftovers.append(container)
+                leftovers.append((container_id, project))
         if not numbers:
             return
 
@@ -537,9 +538,9 @@ class ComposeProvider:
                 file = self._replica_file(base, number)
                 if await self.transport.read_file(file) is not None:
                     await self._down(cli, project, file, self._project_dir(base), grace)
-                for container in leftovers:
-                    if _labels(container).get(PROJECT_LABEL) == project:
-                        await self.engine.remove_container(str(container["Id"]))
+                for container_id, owner in leftovers:
+                    if owner == project:
+                        await self.engine.remove_container(container_id)
                 await self.transport.run(
                     ["rm", "-rf", "--", self._replica_dir(base, number)], timeout=60
                 )

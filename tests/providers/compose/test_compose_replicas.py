@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name, replica_project
+from reconciler.transport.local import LocalTransport
 from tests.providers.compose.conftest import http_get, make_resource, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -148,7 +150,7 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
 
 
 async def test_strategy_change_moves_replicas_without_duplicates(
-    make_provider, environment, test_images, docker_client
+    make_provider, environment, test_images, docker_client, docker_engine
 ):
     provider: ComposeProvider = make_provider()
     script = (
@@ -207,6 +209,14 @@ async def test_strategy_change_moves_replicas_without_duplicates(
         replica_project(base, 2),
     ]
     assert "replica=2" in "\n".join(await provider.logs(rolling, instances[1]))
+    # The docker-CLI engine (ssh:// hosts) lists the same labels as the engine API.
+    cli_engine = CliEngine(LocalTransport(), [docker_engine.docker_cli])
+    keys = ["com.docker.compose.project", "dev.fraisier.replica"]
+    assert sorted(await cli_engine.labelled(owned, keys)) == sorted(
+        await provider.engine.labelled(owned, keys)
+    )
+    assert sorted(labels["dev.fraisier.replica"] for _, labels in
+                  await cli_engine.labelled(owned, keys)) == ["1", "2"]  # fmt: skip
 
     # And back: the replicas' projects make way for the scaled project.
     for instance in await provider.instances(back):
@@ -224,5 +234,11 @@ async def test_strategy_change_moves_replicas_without_duplicates(
         filters={"label": [f"com.docker.compose.project={base}"]}
     )
     assert [v["Name"] for v in volumes["Volumes"]] == [f"{base}_data"]
+    # made for the project as compose makes its own (also through the docker CLI)
+    made = f"{base}_made"
+    await cli_engine.create_volume(made, {"com.docker.compose.project": base}, None, {})
+    await cli_engine.create_volume(made, {"com.docker.compose.project": base}, None, {})  # exists
+    assert made in await provider.engine.volumes({"com.docker.compose.project": base})
+    await provider.engine.remove_volume(made)
     logs = [line for i in instances for line in await provider.logs(back, i)]
     assert any(line.startswith("boots=6") for line in logs), logs
