@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import git
 
@@ -99,7 +100,8 @@ class GitSource:
             git.Repo.clone_from(self.url, tmp, bare=True)
         except git.GitCommandError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}") from exc
+            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}",
+                              hint=_git_hint(exc, self.url)) from exc
         tmp.rename(self.checkout)
         return git.Repo(self.checkout)
 
@@ -136,7 +138,8 @@ class GitSource:
                 log.warning("fetch failed, keeping last good desired state",
                             extra={"repo": self.display_url, "error": error})
                 if self.commit is None and self._repo is None:
-                    raise SourceError(f"cannot fetch {self.display_url}: {error}") from exc
+                    raise SourceError(f"cannot fetch {self.display_url}: {error}",
+                                      hint=_git_hint(exc, self.url)) from exc
         commit = self.resolve()
         changed = commit != self.commit
         self.commit = commit
@@ -210,7 +213,55 @@ def _extract(archive: bytes, folder: str, dest: Path) -> None:
         extract_data(tar, dest, members)
 
 
+def _ssh_endpoint(url: str) -> tuple[str, int] | None:
+    """(host, port) of an SSH clone URL (``ssh://…`` or scp-like ``user@host:path``)."""
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("ssh", "git+ssh", "ssh+git") or not parts.hostname:
+            return None
+        try:
+            return parts.hostname, parts.port or 22
+        except ValueError:
+            return None
+    match = re.match(r"^(?:[^@/\s]+@)?([^:/\s]+):(?!//)", url)
+    return (match.group(1), 22) if match else None
+
+
+def _git_hint(exc: BaseException, url: str) -> str | None:
+    """A remediation for the usual clone/fetch failures, from git's whole stderr (the message
+    only keeps its last line); None leaves SourceError's generic hint."""
+    if isinstance(exc, SourceError):
+        return exc.hint if "hint" in vars(exc) else None
+    stderr = str(getattr(exc, "stderr", "") or "")
+    endpoint = _ssh_endpoint(url)
+    if endpoint and ("Host key verification failed" in stderr
+                     or "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr):
+        host, port = endpoint
+        return (f"the git server's SSH host key is not trusted by the reconciler's user: "
+                f"`ssh-keyscan -p {port} {host} > host.key && ssh-keygen -lf host.key`, compare "
+                "the fingerprint with the one the git host publishes, then append host.key to "
+                "that user's ~/.ssh/known_hosts")
+    if "Permission denied (publickey" in stderr:
+        return ("the git server refused the reconciler user's SSH key: add its public key "
+                "(~/.ssh/id_ed25519.pub) to the repository as a read-only deploy key")
+    if "Authentication failed" in stderr or "could not read Username" in stderr:
+        return ("the repository needs credentials: use an SSH URL with a deploy key, or a git "
+                "credential helper for the reconciler's user (never a token inside --repo)")
+    if "Could not resolve host" in stderr or "Could not resolve hostname" in stderr:
+        return "the git server's name does not resolve from this host: check the URL and DNS"
+    return None
+
+
 def _git_reason(exc: git.GitCommandError) -> str:
+    """The line of git's stderr that says what went wrong (GitPython wraps it in
+    ``stderr: '…'``; the last line is often only the closing quote or a generic advice)."""
     text = (exc.stderr or "").strip() or str(exc)
     # Never echo credentials embedded in a clone URL.
-    return redact_url(text).splitlines()[-1] if text else "git failed"
+    lines = [line.strip().removeprefix("stderr:").strip().strip("'").strip()
+             for line in redact_url(text).splitlines()]
+    lines = [line for line in lines if line]
+    for marker in ("Host key verification failed", "Permission denied", "fatal:", "error:"):
+        found = next((line for line in lines if marker in line), None)
+        if found is not None:
+            return found
+    return lines[-1] if lines else "git failed"

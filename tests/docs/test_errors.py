@@ -171,3 +171,54 @@ spec:
                       "secret reference env:X is not set", code="FR500", hint=SecretError.hint)
     assert outcome.to_json()["code"] == "FR500" and outcome.to_json()["hint"] == SecretError.hint
     assert "code" not in Outcome(outcome.key, "deploy", "succeeded").to_json()
+
+
+@pytest.mark.timeout(90)
+async def test_git_clone_over_ssh_hints_follow_the_failure(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cloning the config repo from an SSH server whose key is unknown hints the ssh-keyscan
+    command for that server; once the key is pinned as hinted, the next failure (a refused
+    login) hints the deploy key instead."""
+    from reconciler.errors import SourceError
+    from reconciler.source.git import GitSource
+
+    need(shutil.which("ssh") is not None and shutil.which("ssh-keyscan") is not None,
+         "ssh/ssh-keyscan (openssh-client) not installed")
+    class KeysOnly(asyncssh.SSHServer):  # offers public-key login, accepts no key
+        def public_key_auth_supported(self) -> bool:
+            return True
+
+        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+            return False
+
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(KeysOnly, "127.0.0.1", 0, server_host_keys=[host_key])
+    port = server.sockets[0].getsockname()[1]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    monkeypatch.setenv("GIT_SSH_COMMAND", (
+        f"ssh -F /dev/null -o UserKnownHostsFile={known_hosts} -o GlobalKnownHostsFile=/dev/null"
+        f" -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes"
+        f" -i {tmp_path / 'no-such-key'}"))
+    url = f"ssh://git@127.0.0.1:{port}/acme/fleet.git"
+
+    async def sync() -> SourceError:
+        source = GitSource(url, state_dir=tmp_path / "state")
+        with pytest.raises(SourceError) as caught:
+            await asyncio.to_thread(source.sync)
+        return caught.value
+
+    try:
+        unknown = await sync()
+        assert f"`ssh-keyscan -p {port} 127.0.0.1 > host.key" in unknown.hint, unknown.hint
+        assert "Host key verification failed" in unknown.message  # the line that matters
+        scan = await asyncio.to_thread(subprocess.run,
+                                       ["ssh-keyscan", "-p", str(port), "127.0.0.1"],
+                                       capture_output=True, text=True, timeout=30)
+        known_hosts.write_text(scan.stdout)
+        refused = await sync()
+        assert "deploy key" in refused.hint, (refused.message, refused.hint)
+        assert "Permission denied (publickey" in refused.message
+    finally:
+        server.close()
+        await server.wait_closed()
