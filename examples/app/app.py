@@ -2,18 +2,41 @@
 
 GET /         -> a greeting (env GREETING)
 GET /healthz  -> 200 "ok", or 500 when env FAIL_HEALTH=1 (to watch a rollback happen)
+GET /metrics   -> Prometheus text: app_requests_total{code, greeting}
 SLOW_START=N  -> wait N seconds before listening
+ERROR_RATE=F  -> answer GET / with 500 for a fraction F of requests (to watch a canary analysis
+                 fail on its error-rate query)
 """
 
 import argparse
 import json
 import os
 import signal
+import random
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STARTED = time.time()
+REQUESTS: dict[int, int] = {}
+LOCK = threading.Lock()
+
+
+def count(code: int) -> None:
+    with LOCK:
+        REQUESTS[code] = REQUESTS.get(code, 0) + 1
+
+
+def metrics() -> str:
+    greeting = os.environ.get("GREETING", "hello").replace("\\", "").replace('"', "")
+    lines = ["# HELP app_requests_total Requests to / by status code.",
+             "# TYPE app_requests_total counter"]
+    with LOCK:
+        codes = dict(REQUESTS) or {200: 0}
+    for code, n in sorted(codes.items()):
+        lines.append(f'app_requests_total{{code="{code}",greeting="{greeting}"}} {n}')
+    return "\n".join(lines) + "\n"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -31,7 +54,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(500, "unhealthy on purpose\n")
             else:
                 self._send(200, "ok\n")
+        elif self.path == "/metrics":
+            self._send(200, metrics(), "text/plain; version=0.0.4")
         elif self.path == "/":
+            if random.random() < float(os.environ.get("ERROR_RATE", "0")):
+                count(500)
+                self._send(500, "failing on purpose\n")
+                return
+            count(200)
             body = {"service": os.environ.get("SERVICE_NAME", "app"),
                     "greeting": os.environ.get("GREETING", "hello"),
                     "uptime_s": round(time.time() - STARTED, 1)}

@@ -100,3 +100,52 @@ class RequestLoop:
         if self._thread is not None:
             self._thread.join(timeout=10)
         return self
+
+
+@dataclass
+class Prometheus:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_prometheus(tmp: Path, port: int, targets: list[str]) -> Prometheus:
+    """A real Prometheus (Debian's package) scraping ``targets`` every second."""
+    binary = shutil.which("prometheus")
+    need(binary is not None, "prometheus is not installed (apt-get install prometheus)")
+    assert binary is not None
+    tmp.mkdir(parents=True, exist_ok=True)
+    config = tmp / "prometheus.yml"
+    config.write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: app
+    static_configs: [{{targets: {targets!r}}}]
+""".replace("'", '"'))
+    log = (tmp / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    prom = Prometheus(process, port)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{prom.url}/-/ready", timeout=1, trust_env=False).status_code == 200:
+                return prom
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    prom.stop()
+    output = (tmp / "prometheus.log").read_text()[-2000:]
+    raise AssertionError(f"prometheus did not become ready: {output}")
