@@ -262,3 +262,50 @@ spec:
             first.kill()
     assert first.returncode == 0, out
     assert fleet.json("lock", "status") == []
+
+
+def test_suspend_pauses_a_rollout_in_progress_and_rollback_uses_the_slots(
+        fleet: Fleet, nginx: Nginx, ports: dict[str, int]) -> None:
+    fleet.write("web.yaml", web_yaml(ports, nginx, greeting="v1", delay="0s"))
+    fleet.commit("v1")
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    fleet.write("web.yaml", web_yaml(ports, nginx, greeting="v2", delay="4s"))
+    fleet.commit("v2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
+         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        def switched() -> bool:
+            hist = fleet.json("history", "web")
+            return hist[0]["toRevision"] != hist[-1]["toRevision"] and any(
+                s["action"] == "traffic" for s in hist[0]["steps"])
+        wait_for(switched, timeout=60, step=0.2)
+        assert fleet.cli("suspend", "web").returncode == 0
+        wait_for(lambda: any(s["action"] == "suspended" and s["finishedAt"] is None
+                             for s in fleet.json("history", "web")[0]["steps"]),
+                 timeout=20, step=0.2)
+        time.sleep(5)  # longer than scaleDownDelay: a paused rollout does not go on
+        dep = fleet.json("history", "web")[0]
+        assert dep["status"] == "in_progress"
+        assert "retire" not in [s["action"] for s in dep["steps"]]
+        assert proc.poll() is None
+        assert fleet.cli("resume", "web").returncode == 0
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    dep = fleet.json("history", "web")[0]
+    assert dep["status"] == "succeeded"
+    suspended = [s for s in dep["steps"] if s["action"] == "suspended"]
+    assert suspended[0]["status"] == "succeeded" and suspended[0]["detail"] == "resumed"
+    assert greeting_via(nginx) == "v2"
+
+    # operator rollback: v1 comes back through the other slot, traffic switched to it
+    back = fleet.cli("rollback", "web", *fleet.repo_args())
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert greeting_via(nginx) == "v1"
+    dep = fleet.json("history", "web")[0]
+    assert dep["strategy"] == "rollback" and dep["status"] == "succeeded"
+    assert [s["action"] for s in dep["steps"]].count("traffic") == 1
