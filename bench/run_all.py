@@ -71,7 +71,8 @@ def machine() -> str:
 
 def run_one(name: str, extra: list[str], logs: Path) -> tuple[int, float, dict[str, Any] | None]:
     script = BENCH / f"{name}.py"
-    supports_json = "add_json_flag" in script.read_text()
+    text = script.read_text()
+    supports_json = "add_json_flag" in text or "\"--json\"" in text
     argv = [sys.executable, str(script), *extra, *(["--json"] if supports_json else [])]
     log = logs / f"{name}.log"
     print(f"== {name} {' '.join(extra)} (log: {log.relative_to(ROOT)})", flush=True)

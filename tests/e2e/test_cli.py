@@ -15,7 +15,9 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, cwd: Path | None = None, env_state: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path | None = None, env_state: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "reconciler"]
     if env_state is not None:
         cmd += ["--state-dir", str(env_state)]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -18,8 +19,6 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def get(url: str) -> tuple[int, str]:
-    import urllib.error
-
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status, r.read().decode()

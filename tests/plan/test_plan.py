@@ -1,6 +1,15 @@
 from reconciler.plan.diff import diff_documents
 from reconciler.plan.ordering import waves
-from reconciler.plan.planner import BLOCKED, CREATE, DELETE, ORPHAN, SUSPENDED, UNCHANGED, UPDATE, make_plan
+from reconciler.plan.planner import (
+    BLOCKED,
+    CREATE,
+    DELETE,
+    ORPHAN,
+    SUSPENDED,
+    UNCHANGED,
+    UPDATE,
+    make_plan,
+)
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.state.store import ResourceRecord
 
@@ -45,8 +54,11 @@ def test_plan_actions():
     web = res("Service", "web", {"target": "t", "command": ["w"]})
     gone = ResourceKey("e", "Service", "gone")
     records = [
-        ResourceRecord(target.key, "1", applied_revision=rev(target), applied_spec=target.document()),
-        ResourceRecord(api.key, "2", applied_revision="old", applied_spec={**api.document(), "spec": {"target": "t", "command": ["old"]}}),
+        ResourceRecord(target.key, "1", applied_revision=rev(target),
+                       applied_spec=target.document()),
+        ResourceRecord(api.key, "2", applied_revision="old",
+                       applied_spec={**api.document(),
+                                     "spec": {"target": "t", "command": ["old"]}}),
         ResourceRecord(gone, "3", applied_revision="x", applied_spec={"spec": {}}),
     ]
     plan = make_plan(state(target, api, web), records, rev)
@@ -63,7 +75,8 @@ def test_plan_actions():
 def test_rolled_back_revision_is_blocked_until_it_changes_or_forced():
     target = res("Target", "t", {"provider": "bare_metal"})
     api = res("Service", "api", {"target": "t", "command": ["a"]})
-    rec = ResourceRecord(api.key, "2", applied_revision="good", applied_spec={}, failed_revision=rev(api))
+    rec = ResourceRecord(api.key, "2", applied_revision="good", applied_spec={},
+                         failed_revision=rev(api))
     plan = make_plan(state(target, api), [rec], rev)
     assert plan.by_key()[api.key].action == BLOCKED
     assert make_plan(state(target, api), [rec], rev, force=True).by_key()[api.key].action == UPDATE
@@ -74,6 +87,8 @@ def test_suspended_and_drift():
     api = res("Service", "api", {"target": "t", "command": ["a"]})
     rec = ResourceRecord(api.key, "2", applied_revision=rev(api), applied_spec=api.document())
     assert make_plan(state(target, api), [rec], rev).by_key()[api.key].action == UNCHANGED
-    assert make_plan(state(target, api), [rec], rev, redeploy=[api.key]).by_key()[api.key].action == UPDATE
+    redeployed = make_plan(state(target, api), [rec], rev, redeploy=[api.key])
+    assert redeployed.by_key()[api.key].action == UPDATE
     rec.suspended = True
-    assert make_plan(state(target, api), [rec], rev, redeploy=[api.key]).by_key()[api.key].action == SUSPENDED
+    suspended = make_plan(state(target, api), [rec], rev, redeploy=[api.key])
+    assert suspended.by_key()[api.key].action == SUSPENDED
