@@ -221,6 +221,11 @@ class Reconciler:
         return provider
 
     async def close(self) -> None:
+        if self.rollouts_in_progress:
+            # Detached rollouts (paused canaries) stop at their next step boundary, closed as
+            # cancelled: the next start resumes them.
+            self.stopping = True
+            await self.finish_rollouts()
         for provider in self._providers.values():
             try:
                 await provider.close()
@@ -282,6 +287,9 @@ class Reconciler:
         for dep in await self.store.unfinished_deployments():
             if self.owns is not None and not self.owns(dep.key):
                 continue  # another replica's shard
+            running = self._rollouts.get(dep.key)
+            if running is not None and not running.done():
+                continue  # our own detached rollout (a paused canary), alive and well
             holder = await self.store.lock_owner(f"resource:{dep.key}")
             if holder is not None and holder != self.owner:
                 if owner_alive(holder) is not False:
@@ -375,6 +383,12 @@ class Reconciler:
                          only: Iterable[ResourceKey] | None,
                          redeploy: Iterable[ResourceKey]) -> ReconcileResult:
         started = time.monotonic()
+        for key, task in list(self._rollouts.items()):
+            if task.done():  # a detached rollout ended since the last pass
+                self._rollouts.pop(key, None)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("detached rollout failed", extra={
+                        "resource": str(key), "error": repr(task.exception())})
         resumed = set(await self.recover())
         with span("plan"):
             plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)

@@ -80,3 +80,46 @@ def test_a_failed_dependency_blocks_its_dependents_with_the_reason(fleet: Fleet)
     reason = status["after-base"]["lastError"]
     assert "waiting for default/Service/base" in reason and "failed" in reason, reason
     assert fleet.json("history", "after-base") == []
+
+
+def test_daemon_keeps_a_paused_canary_across_passes_until_promoted(fleet: Fleet) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    port = free_port()
+    canary = """
+  strategy:
+    type: canary
+    steps:
+      - setCanary: 1
+      - pause: {}
+"""
+    fleet.write("a.yaml", svc("paused") + canary)
+    fleet.commit("canary")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "daemon",
+         *fleet.repo_args(), "--interval", "1s", "--listen", f"127.0.0.1:{port}"],
+        cwd=fleet.repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def waiting() -> bool:
+            res = {r["name"]: r for r in fleet.json("status")["resources"]}
+            return "waiting for `reconciler promote" in (res.get("paused", {})
+                                                         .get("lastError") or "")
+        deadline = time.monotonic() + 60
+        while not waiting():
+            assert time.monotonic() < deadline, "the canary never paused"
+            time.sleep(0.3)
+        time.sleep(3)  # several poll passes: the paused rollout is neither cancelled nor redone
+        history = fleet.json("history", "paused")
+        assert len(history) == 1 and history[0]["status"] == "in_progress"
+        assert fleet.cli("promote", "paused").returncode == 0
+        deadline = time.monotonic() + 30
+        while fleet.json("history", "paused")[0]["status"] != "succeeded":
+            assert time.monotonic() < deadline, fleet.json("history", "paused")
+            time.sleep(0.3)
+        assert len(fleet.json("history", "paused")) == 1
+    finally:
+        os.kill(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=30)
