@@ -156,6 +156,32 @@ def test_the_invocation_check_catches_mistakes() -> None:
     assert check_invocation(cli, "db migrat") == "no command `reconciler db migrat`"
 
 
+def test_every_long_option_in_backticks_exists() -> None:
+    """`--flag` spans in prose and tables (without `reconciler` before them) name options that
+    some command has."""
+    from reconciler.cli import cli
+
+    known: set[str] = set()
+
+    def walk(cmd: click.Command, ctx: click.Context) -> None:
+        known.update(_options(cmd))
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                sub = cmd.get_command(ctx, name)
+                if sub is not None:
+                    walk(sub, click.Context(sub, info_name=name, parent=ctx))
+
+    walk(cli, click.Context(cli, info_name="reconciler"))
+    unknown = []
+    for path in [*doc_files(), ROOT / "README.md"]:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+        for span in CODE_SPAN.findall(text):
+            match = re.match(r"(--[a-z][\w-]*)", span)
+            if match and match.group(1) not in known:
+                unknown.append(f"{path.name}: `{span}`")
+    assert unknown == []
+
+
 # -- metrics and alerts --------------------------------------------------------------------------
 def metric_names() -> set[str]:
     from reconciler.observe.metrics import REGISTRY
