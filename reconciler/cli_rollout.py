@@ -45,8 +45,16 @@ def _signal(opts: Options, name: str, verb: str) -> str:
             running = [d for d in await store.unfinished_deployments() if d.key == key]
             if not running:
                 await control.consume(store, key, verb)  # nobody would read it: do not leave it
-                return f"{key}: no rollout in progress; nothing to {verb.split('-')[0]}"
-            return f"{key}: {verb} sent to deployment {running[0].identifier}"
+                message = f"{key}: no rollout in progress; nothing to {verb.split('-')[0]}"
+                await store.record_audit(verb, actor=cli_actor(), outcome="cancelled",
+                                         resource=key, message=message)
+                return message
+            dep = running[0]
+            message = f"{key}: {verb} sent to deployment {dep.identifier}"
+            await store.record_audit(verb, actor=cli_actor(), outcome="succeeded", resource=key,
+                                     deployment=dep.identifier, config_commit=dep.config_commit,
+                                     revision=dep.to_revision, message=message)
+            return message
         finally:
             await store.close()
 

@@ -73,3 +73,7 @@ def test_audit_trail_through_the_cli(fleet: Fleet) -> None:
     # db check reports the migrated audit table as nothing pending
     check = fleet.cli("db", "check", "-o", "json")
     assert check.returncode == 0 and json.loads(check.stdout)["pendingMigrations"] == []
+    # an operator signal is audited too (here nobody was rolling out: nothing to promote)
+    assert fleet.cli("promote", "migrate").returncode == 1
+    newest = fleet.json("audit", "-n", "1")[0]
+    assert (newest["action"], newest["outcome"], newest["actor"]) == ("promote", "cancelled", me)
