@@ -685,7 +685,7 @@ def logs(opts: Options, name: str, lines: int, hosts: tuple[str, ...], follow: b
     """The last lines of a resource's output on each instance (journal, container, log file)."""
 
     async def main() -> None:
-        from reconciler.rollout.engine import Reconciler, resource_from_document
+        from reconciler.rollout.engine import Reconciler, resource_from_document, variants_of
 
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir())
@@ -699,17 +699,21 @@ def logs(opts: Options, name: str, lines: int, hosts: tuple[str, ...], follow: b
             if target is None:
                 raise NotFound(f"{key}: its Target is not recorded")
             provider = engine.provider_for(target)
-            instances = [i for i in await provider.instances(resource)
+            # blue-green / weighted canary slots run under their own names: show each
+            instances = [(variant, i) for variant in variants_of(resource)
+                         for i in await provider.instances(variant)
                          if not hosts or i.id in hosts]
             if hosts and not instances:
                 raise NotFound(f"{key}: no instance named {', '.join(hosts)}")
-            seen: dict[str, list[str]] = {}
+            seen: dict[tuple[str, str], list[str]] = {}
             while True:
-                for instance in instances:
-                    text = await provider.logs(resource, instance, lines)
-                    for line in _new_lines(seen.get(instance.id, []), text):
-                        click.echo(f"[{instance.id}] {line}")
-                    seen[instance.id] = text
+                for variant, instance in instances:
+                    text = await provider.logs(variant, instance, lines)
+                    slot = variant.labels.get("fraisier.dev/slot")
+                    label = f"{instance.id} {slot}" if slot else instance.id
+                    for line in _new_lines(seen.get((variant.name, instance.id), []), text):
+                        click.echo(f"[{label}] {line}")
+                    seen[(variant.name, instance.id)] = text
                 if not follow:
                     return
                 await asyncio.sleep(1.0)

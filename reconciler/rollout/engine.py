@@ -1058,14 +1058,8 @@ class Reconciler:
                     to_revision=record.applied_revision or "none", config_commit=desired.commit,
                     trigger="prune", strategy="delete", spec=document)
                 await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
-                variants = [resource]
-                strategy = resource.spec.get("strategy") or {}
-                if strategy.get("ports"):
-                    # Slots (blue-green, weighted canary) run under their own names.
-                    variants += [slot_resource(resource, slot, int(strategy["ports"][slot]))
-                                 for slot in SLOTS]
                 try:
-                    for variant in variants:
+                    for variant in variants_of(resource):
                         for instance in await provider.instances(variant):
                             await self._step(dep.id, "remove", instance,
                                              provider.remove(variant, instance))
@@ -1089,6 +1083,16 @@ class Reconciler:
         if rec is None or not (rec.applied_spec or rec.desired_spec):
             return None
         return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})
+
+
+def variants_of(resource: Resource) -> list[Resource]:
+    """The resource as providers know it: itself, plus its slots when its strategy has ports
+    (blue-green, weighted canary run each slot under its own name)."""
+    strategy = resource.spec.get("strategy") or {}
+    ports = strategy.get("ports") if isinstance(strategy, dict) else None
+    if not ports:
+        return [resource]
+    return [resource, *(slot_resource(resource, slot, int(ports[slot])) for slot in SLOTS)]
 
 
 def parse_seconds(value: Any, default: float) -> float:

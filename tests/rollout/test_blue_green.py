@@ -127,6 +127,11 @@ def test_blue_green_switches_without_a_failed_request_and_reverts_on_failure(
     assert json.loads(http_get(ports[other])[1])["greeting"] == "v2"
     wait_for(lambda: http_get(ports[live], timeout=0.5)[0] != 200, timeout=10)
 
+    logs = fleet.cli("logs", "web")
+    assert logs.returncode == 0, logs.stderr
+    # each slot's output, labelled with its slot
+    assert f" {other}] 127.0.0.1" in logs.stdout and f" {live}] 127.0.0.1" in logs.stdout
+
     history = fleet.json("history", "web")
     steps = [s["action"] for s in history[0]["steps"]]
     assert steps.index("deploy") < steps.index("health") < steps.index("traffic") \
