@@ -327,13 +327,15 @@ class ComposeProvider:
         result = await self.transport.run(argv, timeout=timeout, env=env)
         return result.returncode, result.text()
 
-    async def _write_document(self, prepared: _Prepared) -> None:
+    async def _write_document(self, prepared: _Prepared, cli: ComposeCLI) -> None:
         directory = posixpath.dirname(prepared.compose_file)
         if directory not in self._made_dirs:
             await self._mkdir(directory)
             self._made_dirs.add(directory)
         await self.transport.write_file(
-            prepared.compose_file, prepared.rendered.yaml().encode(), mode=0o600
+            prepared.compose_file,
+            prepared.rendered.yaml(compose_v1=not cli.is_v2).encode(),
+            mode=0o600,
         )
 
     async def _ensure_images(
@@ -462,7 +464,7 @@ class ComposeProvider:
                 posixpath.join(self._project_dir(base), "pull", "compose.yaml"),
                 prepared.workdir,
             )
-            await self._write_document(pull_doc)
+            await self._write_document(pull_doc, cli)
             code, out = await self._compose(
                 cli, pull_doc, env, "pull", *absent, timeout=COMMAND_TIMEOUT_S
             )
@@ -581,7 +583,7 @@ class ComposeProvider:
                 return
             cli = await self.cli()
             env = self._env(release, rendered)
-            await self._write_document(prepared)
+            await self._write_document(prepared, cli)
             args = ["up", "-d", "--no-deps", "--remove-orphans", "--scale", f"{service}=1", service]
             started = time.monotonic()
             code, out = await self._compose(
@@ -892,7 +894,7 @@ class ComposeProvider:
             if await self._already_deployed(rendered, release.revision, count):
                 return
             env = self._env(release, rendered)
-            await self._write_document(prepared)
+            await self._write_document(prepared, cli)
             await self._ensure_images(cli, prepared, pull_policy(resource), env)
             args = ["up", "-d", "--no-deps", "--remove-orphans"]
             for service in rendered.services:
@@ -1095,7 +1097,7 @@ class ComposeProvider:
         async with self._lock(rendered.project):
             cli = await self.cli()
             env = self._env(release, rendered)
-            await self._write_document(prepared)
+            await self._write_document(prepared, cli)
             await self._ensure_images(cli, prepared, pull_policy(release.resource), env, True)
             await self._update_record(rendered.project, {"installed_revision": release.revision})
 
@@ -1122,7 +1124,7 @@ class ComposeProvider:
         async with self._lock(project):
             cli = await self.cli()
             env = self._env(release, rendered)
-            await self._write_document(prepared)
+            await self._write_document(prepared, cli)
             await self._ensure_images(cli, prepared, pull_policy(resource), env)
             for leftover in await self._project_containers(project, oneoff=True):
                 # Exited runs nobody here is waiting for: a reconciler that died mid-run.

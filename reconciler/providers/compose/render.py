@@ -192,8 +192,20 @@ class Rendered:
         refs = ",".join(dict.fromkeys(self.images[s] for s in self.services))
         return f"{refs}#{self.document_hash[:16]}"
 
-    def yaml(self) -> str:
-        return yaml.safe_dump(self.document, sort_keys=True, default_flow_style=False)
+    def yaml(self, compose_v1: bool = False) -> str:
+        """The document as written for the compose CLI. Compose v1 (1.29) knows the pull
+        policy ``missing`` only by its older name ``if_not_present`` (the hash keeps ``missing``).
+        """
+        document = self.document
+        if compose_v1:
+            services = {
+                name: {**svc, "pull_policy": "if_not_present"}
+                if svc.get("pull_policy") == "missing"
+                else svc
+                for name, svc in document["services"].items()
+            }
+            document = {**document, "services": services}
+        return yaml.safe_dump(document, sort_keys=True, default_flow_style=False)
 
 
 def _document_hash(document: Mapping[str, Any]) -> str:

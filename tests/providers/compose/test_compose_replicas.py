@@ -162,9 +162,8 @@ async def test_strategy_change_moves_replicas_without_duplicates(
         return {
             "strategy": {"type": strategy},
             "stopTimeout": "1s",
-            "compose": {
+            "compose": {  # the default pull policy (missing), which compose v1 calls differently
                 "image": image,
-                "pullPolicy": "never",
                 "networkMode": "host",
                 "replicas": 2,
                 "command": ["/bin/sh", "-c", script if strategy == "rolling" else

@@ -326,3 +326,11 @@ def test_placeholder_in_the_scaled_layout() -> None:
         render(resource(compose=plain), "r").document_hash
         == render(resource(compose=plain, strategy={"type": "blue-green"}), "r").document_hash
     )
+
+
+def test_compose_v1_gets_the_old_name_of_the_missing_pull_policy() -> None:
+    rendered = render(resource(compose={"image": "x:1"}), "r")
+    assert yaml.safe_load(rendered.yaml())["services"]["api"]["pull_policy"] == "missing"
+    v1 = yaml.safe_load(rendered.yaml(compose_v1=True))["services"]["api"]
+    assert v1["pull_policy"] == "if_not_present"
+    assert rendered.document["services"]["api"]["pull_policy"] == "missing"  # hash unchanged
