@@ -5,6 +5,8 @@
   Optional filters ``?environment=`` and ``?kind=``.
 - ``GET /api/v1/resources/{environment}/{kind}/{name}/history?limit=N``: its deployments,
   newest first, with events and steps (what ``reconciler history NAME -o json`` prints).
+- ``GET /api/v1/audit?limit=N&resource=environment/Kind/name&since=ISO-8601``: the audit trail,
+  newest first (what ``reconciler audit -o json`` prints).
 
 Without a configured token the routes do not exist (404): this API is never served
 unauthenticated. A missing or wrong token is answered 401, compared in constant time.
@@ -17,20 +19,21 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from reconciler.errors import ReconcilerError
 from reconciler.spec.model import ResourceKey
-from reconciler.state.store import DeploymentRecord, ResourceRecord, Store
+from reconciler.state.store import AuditRecord, DeploymentRecord, ResourceRecord, Store
 
 log = logging.getLogger("reconciler.daemon.api")
 
 MIN_TOKEN_BYTES = 16
 DEFAULT_HISTORY_LIMIT = 20
 MAX_HISTORY_LIMIT = 200
+DEFAULT_AUDIT_LIMIT = 50
 _HEADERS = {"Cache-Control": "no-store"}
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fraisier"', **_HEADERS}
 
@@ -62,6 +65,15 @@ def deployment_json(d: DeploymentRecord) -> dict[str, Any]:
         "steps": [{"seq": s.seq, "action": s.action, "instance": s.instance,
                    "status": s.status, "detail": s.detail, "startedAt": _iso(s.started_at),
                    "finishedAt": _iso(s.finished_at)} for s in d.steps],
+    }
+
+
+def audit_json(e: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": e.id, "identifier": e.identifier, "at": _iso(e.at), "actor": e.actor,
+        "action": e.action, "resource": e.resource, "deployment": e.deployment,
+        "configCommit": e.config_commit, "revision": e.revision, "outcome": e.outcome,
+        "message": e.message,
     }
 
 
@@ -140,7 +152,37 @@ def api_routes(store: Store, token: bytes | None) -> list[web.RouteDef]:
         return _json({"resource": str(key), "deployments": [deployment_json(d)
                                                             for d in deployments]})
 
+    async def audit(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refuse(request)
+        try:
+            limit = int(request.query.get("limit", str(DEFAULT_AUDIT_LIMIT)))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            return _error(400, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+        key = None
+        if "resource" in request.query:
+            parts = request.query["resource"].split("/")
+            if len(parts) != 3 or not all(parts):
+                return _error(400, "resource must be environment/Kind/name")
+            key = ResourceKey(*parts)
+        since = None
+        if "since" in request.query:
+            try:
+                since = datetime.fromisoformat(request.query["since"])
+            except ValueError:
+                return _error(400, "since must be an ISO-8601 time")
+            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        try:
+            events = await store.list_audit(limit, resource=key, since=since)
+        except ReconcilerError as exc:
+            log.error("api: store unavailable", extra={"error": exc.message})
+            return _error(503, "store unavailable")
+        return _json({"events": [audit_json(e) for e in events]})
+
     return [
         web.get("/api/v1/status", status),
         web.get("/api/v1/resources/{environment}/{kind}/{name}/history", history),
+        web.get("/api/v1/audit", audit),
     ]

@@ -137,6 +137,28 @@ async def test_history_newest_first_with_events_and_steps(client: TestClient) ->
     assert [d["toRevision"] for d in limited["deployments"]] == ["r2"]
 
 
+async def test_audit_trail(client: TestClient, store: Store) -> None:
+    await store.record_audit("suspend", actor="cli:ops@host", outcome="succeeded", resource=WEB)
+    doc = await (await client.get("/api/v1/audit", headers=AUTH)).json()
+    assert [(e["action"], e["outcome"], e["resource"]) for e in doc["events"]] == [
+        ("suspend", "succeeded", "staging/Service/web"),
+        ("rollback", "rolled_back", "prod/Service/api"),
+        ("deploy", "failed", "prod/Service/api"),
+        ("deploy", "succeeded", "prod/Service/api")]
+    newest_deploy = doc["events"][1]
+    assert (newest_deploy["actor"], newest_deploy["configCommit"], newest_deploy["revision"],
+            newest_deploy["deployment"]) == ("webhook", "c2", "r2", "prod/Service/api#2")
+    one = await (await client.get("/api/v1/audit?resource=prod/Service/api&limit=1",
+                                  headers=AUTH)).json()
+    assert [e["outcome"] for e in one["events"]] == ["rolled_back"]
+    later = await (await client.get("/api/v1/audit?since=2999-01-01T00:00:00",
+                                    headers=AUTH)).json()
+    assert later["events"] == []
+    for query in ("limit=0", "limit=x", "resource=api", "since=yesterday"):
+        resp = await client.get(f"/api/v1/audit?{query}", headers=AUTH)
+        assert resp.status == 400, query
+
+
 async def test_history_errors(client: TestClient) -> None:
     missing = await client.get("/api/v1/resources/prod/Service/nope/history", headers=AUTH)
     assert missing.status == 404
@@ -151,7 +173,7 @@ async def test_history_errors(client: TestClient) -> None:
 
 async def test_nothing_secret_in_responses(client: TestClient) -> None:
     bodies = [await (await client.get(path, headers=AUTH)).text() for path in (
-        "/api/v1/status", "/api/v1/resources/prod/Service/api/history")]
+        "/api/v1/status", "/api/v1/resources/prod/Service/api/history", "/api/v1/audit")]
     for body in bodies:
         assert SECRET_VALUE not in body
         assert "DB_PASSWORD" not in body  # stored specs are not served at all
@@ -171,7 +193,8 @@ async def test_nothing_secret_in_responses(client: TestClient) -> None:
 async def test_bad_or_missing_token_is_401(client: TestClient, headers: dict[str, str],
                                            caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="reconciler.daemon.api")
-    for path in ("/api/v1/status", "/api/v1/resources/prod/Service/api/history"):
+    for path in ("/api/v1/status", "/api/v1/resources/prod/Service/api/history",
+                 "/api/v1/audit"):
         resp = await client.get(path, headers=headers)
         assert resp.status == 401
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
