@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
+from weakref import WeakKeyDictionary
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -138,11 +139,37 @@ class SyncWindow:
         return self.around(now)[1]
 
 
-@lru_cache(maxsize=4096)
-def _around(window: SyncWindow, now: datetime) -> tuple[datetime, datetime]:
-    # croniter is the cost here (~0.3 ms a call); one evaluation asks the same question a few
-    # times (allowed, next_open, explain), and the planner asks it for every changed resource.
-    return window._around(now)
+class _Spans:
+    """Per window, the last few answers of ``around`` and the span of times each holds for:
+    any time from that latest start up to (not including) the next start has the very same
+    answer. croniter is the cost here (~0.3 ms a call); an evaluation asks about the same few
+    times again and again (allowed, next_open, explain), and the planner asks for every changed
+    resource."""
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._spans: WeakKeyDictionary[SyncWindow, list[tuple[datetime, datetime]]] = (
+            WeakKeyDictionary())
+
+    def __call__(self, window: SyncWindow, now: datetime) -> tuple[datetime, datetime]:
+        spans = self._spans.get(window)
+        if spans is None:
+            spans = self._spans[window] = []
+        for span in spans:
+            if span[0] <= now < span[1]:
+                return span
+        span = window._around(now)
+        spans.append(span)
+        if len(spans) > self.KEEP:
+            del spans[0]
+        return span
+
+    def cache_clear(self) -> None:
+        self._spans.clear()
+
+
+_around = _Spans()
 
 
 def parse_window(raw: Mapping[str, Any]) -> SyncWindow:
