@@ -11,7 +11,8 @@ Two layouts of a Service's replicas (``layout``):
 
 - ``scaled`` (strategies recreate and blue-green): one compose project for the resource, every
   service scaled to ``compose.replicas`` — compose replaces all replicas of a service together;
-- ``per-replica`` (strategies rolling and canary): one compose project per replica,
+- ``per-replica`` (strategies rolling and canary, and any Service with several replicas whose
+  inline fields use ``{replica}``): one compose project per replica,
   ``<project>_r<n>`` (names and environments never contain ``_``, so no resource's own project can
   be called that), each rendered with one container per service from one *template* per release
   (``replica_document``): replica ``n`` is deployed, stopped and removed on its own while the
@@ -97,10 +98,32 @@ def strategy_type(resource: Resource) -> str:
 
 
 def layout(resource: Resource) -> str:
-    """How a Service's replicas map to compose projects (see the module docstring)."""
-    if resource.kind == "Service" and strategy_type(resource) in PER_REPLICA_STRATEGIES:
+    """How a Service's replicas map to compose projects (see the module docstring): one project
+    per replica for strategies rolling and canary, and for several replicas whose inline fields
+    use ``{replica}`` (a blue-green slot's replicas on distinct host ports, say)."""
+    if resource.kind != "Service":
+        return LAYOUT_SCALED
+    if strategy_type(resource) in PER_REPLICA_STRATEGIES:
+        return LAYOUT_PER_REPLICA
+    if replicas(resource) > 1 and _inline_uses_placeholder(resource):
         return LAYOUT_PER_REPLICA
     return LAYOUT_SCALED
+
+
+def _inline_uses_placeholder(resource: Resource) -> bool:
+    section = compose_section(resource)
+    if is_file_reference(section):
+        return False  # the file is only read at deploy time: the strategy decides
+    health = section.get("healthcheck")
+    fields = [
+        section.get("command", resource.spec.get("command")),
+        section.get("entrypoint"),
+        section.get("environment"),
+        resource.spec.get("env"),
+        section.get("ports"),
+        health.get("test") if isinstance(health, dict) else None,
+    ]
+    return REPLICA_PLACEHOLDER in json.dumps(fields, default=str)
 
 
 def replica_project(base: str, number: int) -> str:
@@ -520,9 +543,9 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
         placeholders = [n for n in services if _uses_placeholder(document["services"][n])]
         if placeholders and replicas(resource) > 1:
             raise ProviderError(
-                f"{resource.key}: {REPLICA_PLACEHOLDER} needs one compose project per replica "
-                f"(strategy rolling or canary); with strategy {strategy_type(resource)} the "
-                f"{replicas(resource)} replicas share one definition",
+                f"{resource.key}: {REPLICA_PLACEHOLDER} in the compose file's services needs one "
+                f"compose project per replica (strategy rolling or canary); with strategy "
+                f"{strategy_type(resource)} the {replicas(resource)} replicas share one definition",
                 hint="use strategy.type: rolling (or canary), or a single replica",
             )
         for name in placeholders:

@@ -315,11 +315,30 @@ def test_replica_documents_replace_the_placeholder() -> None:
     assert template.document["services"]["api"]["command"][-1] == "127.0.0.1:1900{replica}"
 
 
-def test_placeholder_in_the_scaled_layout() -> None:
-    single = render(resource(compose={**PER_REPLICA, "replicas": 1}), "r")
-    assert single.document["services"]["api"]["command"][-1] == "127.0.0.1:19001"
+def test_placeholder_outside_rolling_and_canary() -> None:
+    single = resource(compose={**PER_REPLICA, "replicas": 1})
+    assert layout(single) == LAYOUT_SCALED
+    assert render(single, "r").document["services"]["api"]["command"][-1] == "127.0.0.1:19001"
+    # several replicas using {replica} get a project each whatever the strategy (a blue-green
+    # slot's replicas on distinct ports); without it they stay one scaled project
+    for strategy in ("recreate", "blue-green"):
+        several = resource(compose=PER_REPLICA, strategy={"type": strategy})
+        assert layout(several) == LAYOUT_PER_REPLICA
+        assert "{replica}" in str(render(several, "r").document)
+    only_env = resource(compose={**INLINE, "replicas": 2}, env={"ID": "{replica}"})
+    assert layout(only_env) == LAYOUT_PER_REPLICA
+    assert layout(resource(compose={**INLINE, "replicas": 2})) == LAYOUT_SCALED
+    # a compose file is only read at deploy time: there the strategy decides
+    text = "services:\n  web:\n    image: x:1\n    command: [run, '{replica}']\n"
+    filed = resource(compose={"file": "c.yaml", "services": ["web"], "replicas": 2})
+    assert layout(filed) == LAYOUT_SCALED
     with pytest.raises(ProviderError, match="rolling or canary"):
-        render(resource(compose=PER_REPLICA, strategy={"type": "recreate"}), "r")
+        render(filed, "r", text)
+    rolled = resource(
+        compose={"file": "c.yaml", "services": ["web"], "replicas": 2}, strategy={"type": "canary"}
+    )
+    doc = replica_document(render(rolled, "r", text), 2, None)
+    assert doc.document["services"]["web"]["command"] == ["run", "2"]
     # no placeholder: the document (and its hash) are what they always were
     plain = {**INLINE, "replicas": 3}
     assert (
