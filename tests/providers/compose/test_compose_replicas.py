@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.errors import ProviderError
 from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name, replica_project
@@ -118,6 +119,19 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
         by_id(await provider.observe(v2))["web-2"].facts["container_id"]
         == (states["web-2"].facts["container_id"])
     )
+
+    # A replica that turns unhealthy fails its own deploy; the previous release (what a rollback
+    # redeploys) brings it back; the other replicas are not touched meanwhile.
+    bad_spec = web_spec(test_images["v2"], prefix, 3)
+    bad_spec["compose"]["healthcheck"]["test"][-1] += "-missing"
+    bad = make_resource(environment, "Service", "web", bad_spec)
+    with pytest.raises(ProviderError, match="unhealthy"):
+        await provider.deploy(release(bad, "r-bad"), instances[1])
+    states = by_id(await provider.observe(bad))
+    assert states["web-2"].revision == "r-bad" and states["web-2"].facts["health"] == "unhealthy"
+    assert states["web-1"].facts["container_id"] == ids["web-1"] and states["web-1"].running
+    await provider.deploy(release(v2, "r2"), instances[1])
+    assert by_id(await provider.observe(v2))["web-2"].revision == "r2"
 
     # stop one replica: the others keep serving
     await provider.stop(v2, instances[2])
