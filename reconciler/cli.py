@@ -494,7 +494,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
         emit_json(docs)
         return
     _print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
-        [d["deployment"], d["status"], _short(d["trigger"], 32), d["fromRevision"] or "-",
+        [d["deployment"], d["status"], _short(d["trigger"], 56), d["fromRevision"] or "-",
          d["toRevision"],
          (d["configCommit"] or "-")[:12],
          d["createdAt"].strftime("%Y-%m-%d %H:%M:%S") if d["createdAt"] else "-",
@@ -503,7 +503,8 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
 
 def _short(text: str, width: int) -> str:
     """``text`` cut to ``width`` characters for a table cell (JSON output keeps it whole):
-    triggers name their actor, e.g. ``webhook:github:<delivery id>``."""
+    triggers name their actor, e.g. ``webhook:github:<delivery id>`` (51 characters; Bitbucket's
+    braced ids 56)."""
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
