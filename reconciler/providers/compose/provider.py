@@ -387,8 +387,9 @@ class ComposeProvider:
 
     # -- per-replica layout (strategies rolling and canary) -------------------------------------
 
-    def _slot(self, resource: Resource, instance: Instance) -> tuple[str, int]:
-        """(compose service, replica number) of an instance of ``instances()``."""
+    def _slot(self, resource: Resource, instance: Instance, strict: bool = True) -> tuple[str, int]:
+        """(compose service, replica number) of an instance of ``instances()``; with ``strict``
+        off, also one beyond ``compose.replicas`` (stop/remove of a scaled-down replica)."""
         service = instance.labels.get("service")
         replica = instance.labels.get("replica")
         if service is None or replica is None:
@@ -396,7 +397,7 @@ class ComposeProvider:
         if service not in service_names(resource) or not str(replica).isdigit():
             raise ProviderError(f"{resource.key}: {instance.id} is not an instance of it")
         number = int(str(replica))
-        if not 1 <= number <= max(replicas(resource), 1):
+        if number < 1 or (strict and number > max(replicas(resource), 1)):
             raise ProviderError(
                 f"{resource.key}: {instance.id} is not an instance of it "
                 f"(compose.replicas is {replicas(resource)})"
@@ -669,7 +670,7 @@ class ComposeProvider:
         return states
 
     async def _stop_replica(self, resource: Resource, instance: Instance) -> None:
-        service, number = self._slot(resource, instance)
+        service, number = self._slot(resource, instance, strict=False)
         base = project_name(resource)
         project = replica_project(base, number)
         grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
@@ -689,7 +690,7 @@ class ComposeProvider:
     async def _remove_replica(self, resource: Resource, instance: Instance) -> None:
         """Delete replica ``n`` (its container; its project once empty). The last replica to go
         takes the resource's files, and its volumes with ``compose.removeVolumes``."""
-        service, number = self._slot(resource, instance)
+        service, number = self._slot(resource, instance, strict=False)
         base = project_name(resource)
         grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
         self._removing[base] = self._removing.get(base, 0) + 1
@@ -1236,7 +1237,7 @@ class ComposeProvider:
         service = instance.labels.get("service")
         replica = instance.labels.get("replica")
         if layout(resource) == LAYOUT_PER_REPLICA:
-            slot = self._slot(resource, instance)
+            slot = self._slot(resource, instance, strict=False)
             number = replica_project(project, slot[1])
             found = [
                 c

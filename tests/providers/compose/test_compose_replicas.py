@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ProviderError
+from reconciler.providers import Instance
 from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name, replica_project
@@ -156,6 +157,13 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
         await provider.engine.containers({"com.docker.compose.project": replica_project(base, 3)})
         == []
     )
+
+    # removing a replica beyond the count is allowed (and idempotent); deploying one is not
+    beyond = Instance("web-3", "127.0.0.1", {"service": "web", "replica": "3"})
+    await provider.remove(two, beyond)
+    with pytest.raises(ProviderError, match="not an instance"):
+        await provider.deploy(release(two, "r3"), beyond)
+    assert set(by_id(await provider.observe(two))) == {"web-1", "web-2"}
 
     # Removing every replica removes the resource's files too.
     await asyncio.gather(*(provider.remove(two, i) for i in await provider.instances(two)))

@@ -185,3 +185,40 @@ async def test_service_and_job_over_ssh(ssh_provider, docker_ssh_host, environme
     await provider.remove(service, instance)
     (gone,) = await provider.observe(service)
     assert gone.detail == "container missing"
+
+
+async def test_replicas_over_ssh(ssh_provider, docker_ssh_host, environment, test_images):
+    """Per-replica projects (strategy rolling) through the SSH transport and the docker CLI."""
+    provider = ssh_provider
+    first, second = free_port(), free_port()
+    port_of = {"1": first, "2": second}
+    spec = {
+        "strategy": {"type": "rolling"},
+        "env": {"PORT_1": str(first), "PORT_2": str(second)},
+        "compose": {
+            "image": test_images["v1"],
+            "pullPolicy": "never",
+            "networkMode": "host",
+            "replicas": 2,
+            "command": ["/bin/sh", "-c", "exec httpd -f -p 127.0.0.1:$PORT_{replica} -h /www"],
+            "volumes": ["data:/data"],
+        },
+    }
+    service = make_resource(environment, "Service", "web", spec)
+    instances = await provider.instances(service)
+    shared = release(service, "r1")
+    for instance in instances:  # both at once would be the engine's batch; here in turn
+        await provider.deploy(shared, instance)
+    states = {s.instance.id: s for s in await provider.observe(service)}
+    assert set(states) == {"web-1", "web-2"}
+    assert all(s.revision == "r1" and s.running for s in states.values())
+    for replica, port in port_of.items():
+        assert await http_get(port, "/index.html") == (200, "version v1\n"), replica
+    base = project_name(service)
+    document = docker_ssh_host.cat(f"/var/lib/fraisier/compose/{base}/replicas/2/compose.yaml")
+    assert "$$PORT_2" in document and f"{base}_r2" not in document  # -p names the project
+    assert await provider.engine.volumes({"com.docker.compose.project": base}) == [f"{base}_data"]
+
+    for instance in instances:
+        await provider.remove(service, instance)
+    assert await provider.engine.containers({"dev.fraisier.resource": str(service.key)}) == []
