@@ -144,7 +144,9 @@ def make_plan(
         if record is not None and record.failed_revision == revision and action != UNCHANGED:
             if not force:
                 action = BLOCKED
-                reason = f"revision {revision} was rolled back; waiting for a new commit"
+                what = ("failed and so did its rollback" if record.last_result == "rollback_failed"
+                        else "was rolled back")
+                reason = f"revision {revision} {what}; waiting for a new commit (or --force)"
         if record is not None and record.suspended:
             action, reason = SUSPENDED, "suspended"
         items[key] = PlanItem(key, action, revision, resource, record, changes, reason)

@@ -41,3 +41,10 @@ def journal_problems(url: str, seen_before: set[str] | None = None) -> list[str]
             problems.append(f"{deployment}: last event {status} but status "
                             f"{deployments.get(str(deployment))}")
     return problems
+
+
+def newest_status(url: str, name: str) -> str | None:
+    """Status of the newest deployment of the resource called ``name``."""
+    rows = raw_query(url, "SELECT status FROM v_deployment WHERE name = %s "
+                          "ORDER BY created_at DESC, seq DESC LIMIT 1", (name,))
+    return str(rows[0][0]) if rows else None

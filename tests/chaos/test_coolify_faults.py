@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.chaos.journal import deployment_ids, journal_problems
+from tests.chaos.journal import deployment_ids, journal_problems, newest_status
 from tests.chaos.report import record_trial
 from tests.providers.coolify.conftest import ALL_ABILITIES, contract, fake  # noqa: F401
 from tests.providers.coolify.fake_coolify import FakeCoolify
@@ -120,8 +120,10 @@ async def test_coolify_faults_converge(fake: FakeCoolify, tmp_path: Path,  # noq
             honest_failures += 1
             # failed honestly: nothing left open in the journal before the rerun
             assert journal_problems(url, before) == [], (name, journal_problems(url, before))
-            code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo), "--force")
-            note += f", rerun exit {code}"
+            interrupted = newest_status(url, "api")
+            force = ["--force"] if interrupted in ("rolled_back", "rollback_failed") else []
+            code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo), *force)
+            note += f" ({interrupted}), rerun{' --force' if force else ''} exit {code}"
         [api] = raw_query(url, "SELECT sync_status, applied_revision FROM v_resource "
                                "WHERE kind = 'Service' AND name = 'api'")
         builds = [d.status for d in fake.history(app.uuid) if d.commit == sha]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
-from tests.chaos.journal import deployment_ids, journal_problems
+from tests.chaos.journal import deployment_ids, journal_problems, newest_status
 from tests.chaos.report import record_trial
 from tests.e2e.conftest import git
 from tests.e2e.conftest import wait_for as wait
@@ -75,10 +75,10 @@ class SSHFleet:
     def env(self) -> dict[str, str]:
         return {**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET}
 
-    def apply(self) -> subprocess.CompletedProcess[str]:
+    def apply(self, *extra: str) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(self.argv(), capture_output=True, text=True, timeout=100,
-                                  cwd=self.repo, env=self.env)
+            return subprocess.run([*self.argv(), *extra], capture_output=True, text=True,
+                                  timeout=100, cwd=self.repo, env=self.env)
         except subprocess.TimeoutExpired as exc:  # keep what it printed: that is the clue
             def text(data: Any) -> str:
                 return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
@@ -175,9 +175,13 @@ def test_host_restart_and_ssh_drop_mid_deploy(tmp_path: Path, ssh_host: Any,
             rerun_ok = True
             if apply.returncode != 0:
                 assert apply.returncode == 1, out  # a failed resource, not a crash
-                rerun = fleet.apply()
+                interrupted = newest_status(fleet.url, "api")
+                # a rolled-back revision waits for a new commit or --force (DESIGN)
+                force = ["--force"] if interrupted in ("rolled_back", "rollback_failed") else []
+                rerun = fleet.apply(*force)
                 rerun_ok = rerun.returncode == 0
-                note += f", rerun exit {rerun.returncode}"
+                note += (f" ({interrupted}), rerun{' --force' if force else ''} "
+                         f"exit {rerun.returncode}")
             try:
                 wait(lambda v=version: http(port) == f"{v} hi", timeout=30, step=0.2)
                 serving = True
