@@ -16,14 +16,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-GROUPS = [  # balanced by measured cost (the loader tests dominate)
-    ["tests/fuzz/test_loader.py"],
+GROUPS = [  # balanced by measured cost: about half of the total time each
+    [
+        "tests/fuzz/test_loader.py",
+        "tests/fuzz/test_cron_durations.py",
+        "tests/fuzz/test_daemon_state.py",
+    ],
     [
         "tests/fuzz/test_schema.py",
-        "tests/fuzz/test_cron_durations.py",
         "tests/fuzz/test_webhooks.py",
         "tests/fuzz/test_webhook_http.py",
-        "tests/fuzz/test_daemon_state.py",
     ],
 ]
 _TEST = re.compile(r"^(tests/fuzz/\S+::\S+):$")

@@ -115,9 +115,10 @@ def test_documents_near_the_schemas(which: int, edits: list[Any]) -> None:
         validators_agree(kind, document)
     # the same document, written back into its file among the fleet's other files
     fleet = list(FLEETS[fleet_index])
-    documents = list(yaml.safe_load_all(fleet[file_index].read()))
+    documents = list(yaml.load_all(fleet[file_index].read(), Loader=yaml.CSafeLoader))
     documents[doc_index] = document
-    text = yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True)
+    text = yaml.dump_all(documents, Dumper=yaml.CSafeDumper, sort_keys=False,
+                         allow_unicode=True)
     fleet[file_index] = source(fleet[file_index].path, text.encode())
     check_outcome(fleet)
 
