@@ -170,7 +170,7 @@ class Daemon:
             metrics.GIT_FETCH_ERRORS.inc()
             self.last_error = exc.message
             log.error("cannot read config repo; keeping last good desired state",
-                      extra={"error": exc.message})
+                      extra=exc.log_fields())
             return None
         metrics.GIT_FETCH_DURATION.observe(time.monotonic() - started)
         if sync.error:
@@ -204,7 +204,7 @@ class Daemon:
             return self.desired is not None
         except ReconcilerError as exc:
             self.last_error = exc.message
-            log.error("cannot load desired state", extra={"error": exc.message})
+            log.error("cannot load desired state", extra=exc.log_fields())
             return self.desired is not None
         desired = desired.only(self.cfg.environments)
         log.info("desired state loaded", extra={"commit": sync.commit,
@@ -310,7 +310,7 @@ class Daemon:
             try:
                 await self.reconcile_once()
             except ReconcilerError as exc:
-                log.error("reconcile pass failed", extra={"error": exc.message, "code": exc.code})
+                log.error("reconcile pass failed", extra=exc.log_fields())
                 self.retry_at = time.monotonic() + jittered(10.0)
             finally:
                 self.reconciling = False
@@ -391,7 +391,7 @@ class Daemon:
             await self.engine.run_schedule(resource, target, record)
         except ReconcilerError as exc:
             log.error("schedule run failed", extra={"resource": str(resource.key),
-                                                    "error": exc.message})
+                                                    **exc.log_fields()})
 
     async def heal(self) -> None:
         """Compare live state with the applied revision; redeploy what drifted (self-heal).
