@@ -149,14 +149,19 @@ def _int(value: str | None) -> int:
         return 0
 
 
-def _slot_of(container: Mapping[str, Any], base: str | None = None) -> tuple[str, int]:
-    """(service, replica) a container fills: its replica label in the per-replica layout, its
-    compose container number in the scaled one (the project ``base``, when given)."""
+def _slot_of(container: Mapping[str, Any], base: str) -> tuple[str, int]:
+    """(service, replica) a container of resource project ``base`` fills: its compose container
+    number in the scaled project ``base``, the number in its project's name ``base_r<n>`` in the
+    per-replica layout (else its replica label; (service, 0) when it has none)."""
     labels = _labels(container)
     service = labels.get(SERVICE_LABEL, "")
-    if LABEL_REPLICA in labels and labels.get(PROJECT_LABEL) != base:
-        return service, _int(labels.get(LABEL_REPLICA))
-    return service, _int(labels.get(NUMBER_LABEL))
+    project = labels.get(PROJECT_LABEL, "")
+    if project == base:
+        return service, _int(labels.get(NUMBER_LABEL))
+    number = replica_of_project(base, project)
+    if number is not None:
+        return service, number
+    return service, _int(labels.get(LABEL_REPLICA))
 
 
 def _is_deployed(container: Mapping[str, Any], revision: str, rendered: Rendered) -> bool:
@@ -571,7 +576,7 @@ class ComposeProvider:
         async with self._lock(rendered.project):
             # The scaled layout's container of this slot makes way (it may hold the port).
             grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
-            old = [c for c in plan.adoptable if _slot_of(c) == (service, number)]
+            old = [c for c in plan.adoptable if _slot_of(c, base) == (service, number)]
             for container in old:
                 await self.engine.stop_container(str(container["Id"]), grace)
                 await self.engine.remove_container(str(container["Id"]))
@@ -625,9 +630,9 @@ class ComposeProvider:
             labels = _labels(container)
             project = labels.get(PROJECT_LABEL, "")
             if project == base:
-                older.setdefault(_slot_of(container), []).append(container)
+                older.setdefault(_slot_of(container, base), []).append(container)
             elif replica_of_project(base, project) is not None:
-                current.setdefault(_slot_of(container), []).append(container)
+                current.setdefault(_slot_of(container, base), []).append(container)
             else:
                 extras.append(container)
         states: list[InstanceState] = []
