@@ -247,6 +247,11 @@ def _git_hint(exc: BaseException, url: str) -> str | None:
     if "Authentication failed" in stderr or "could not read Username" in stderr:
         return ("the repository needs credentials: use an SSH URL with a deploy key, or a git "
                 "credential helper for the reconciler's user (never a token inside --repo)")
+    if endpoint and any(m in stderr for m in ("Connection refused", "Connection timed out",
+                                              "No route to host")):
+        host, port = endpoint
+        return (f"nothing answers SSH at {host}:{port} from this host: check the URL's host "
+                f"and port (`nc -vz {host} {port}`) and the firewall")
     if "Could not resolve host" in stderr or "Could not resolve hostname" in stderr:
         return "the git server's name does not resolve from this host: check the URL and DNS"
     return None

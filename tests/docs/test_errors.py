@@ -7,8 +7,11 @@ import asyncio
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -222,3 +225,48 @@ async def test_git_clone_over_ssh_hints_follow_the_failure(tmp_path: Path,
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.timeout(60)
+def test_daemon_logs_carry_code_and_hint(tmp_path: Path) -> None:
+    """A config repository the daemon cannot read: the JSON log line has the code and hint."""
+    import json
+    import queue
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env.update(RECONCILER_STATE_DIR=str(tmp_path / "state"),
+               GIT_SSH_COMMAND="ssh -F /dev/null -o BatchMode=yes -o ConnectTimeout=5")
+    ports = []
+    for _ in range(2):  # one where nothing listens once closed, one for --listen
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    closed_port, listen_port = ports
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "daemon", "--repo",
+         f"ssh://git@127.0.0.1:{closed_port}/acme/fleet.git", "--interval", "1h",
+         "--listen", f"127.0.0.1:{listen_port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    assert daemon.stderr is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in daemon.stderr], daemon=True).start()
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if not line.startswith("{"):
+                continue
+            entry = json.loads(line)
+            if entry["msg"].startswith("cannot read config repo"):
+                break
+        assert entry["level"] == "error" and entry["code"] == "FR200"
+        assert f"`nc -vz 127.0.0.1 {closed_port}`" in entry["hint"], entry
+        assert "fleet.git" in entry["error"]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
