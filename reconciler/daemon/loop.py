@@ -360,7 +360,7 @@ class Daemon:
                 key = resource.key
                 if self.engine.owns is not None and not self.engine.owns(key):
                     continue
-                expr = str(resource.spec.get("schedule"))
+                expr = resource.spec["schedule"]  # a cron string or {calendar: EXPR}
                 tz = str(resource.spec.get("timezone", "UTC"))
                 due = self._schedule_next.get(key)
                 if due is None:
