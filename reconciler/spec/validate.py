@@ -6,12 +6,14 @@ through a fastjsonschema validator compiled once per process from a bundle of th
 fetch other files). Only documents that fail go through jsonschema's Draft 2020-12 validator,
 whose ``iter_errors`` yields every violation; ``schema_issues`` turns those into short messages
 with the JSON path of the offending node, which the loader then locates in the YAML text.
+
+jsonschema and referencing are imported on first use of the slow path only: a valid fleet (and
+every warm, cached run) never needs them, and they were a third of ``reconciler``'s start-up.
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import logging
@@ -23,13 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+    from referencing import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +268,9 @@ def _slow_as_fast(kind: str) -> Callable[[Any], Any]:
 
 @cache
 def _registry() -> Registry:
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
     resources = []
     for name, content in schema_files().items():
         uri = SCHEMA_BASE_URI + name
@@ -293,11 +299,17 @@ def _end_anchored(pattern: str) -> re.Pattern[str]:
 def _pattern(
     validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
 ) -> Iterator[ValidationError]:
+    from jsonschema.exceptions import ValidationError
+
     if validator.is_type(instance, "string") and not _end_anchored(pattern).search(instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-_Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+@cache
+def _validator_class() -> Any:
+    from jsonschema import Draft202012Validator, validators
+
+    return validators.extend(Draft202012Validator, {"pattern": _pattern})
 
 
 @cache
@@ -305,7 +317,7 @@ def slow_validator(name: str) -> Draft202012Validator:
     """jsonschema validator of schema file ``name`` (e.g. ``service.json`` or ``fraisier.json``),
     with ECMA-262 end anchors in ``pattern`` (see ``_end_anchored``)."""
     schema = _registry().contents(SCHEMA_BASE_URI + name)
-    validator: Draft202012Validator = _Validator(schema, registry=_registry())
+    validator: Draft202012Validator = _validator_class()(schema, registry=_registry())
     return validator
 
 
@@ -447,6 +459,8 @@ def _issues(error: ValidationError) -> Iterator[Issue]:
         ]
         for key in sorted(extra, key=str):
             key_path = (*path, str(key))
+            import difflib  # only when there is an unknown key to suggest for
+
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(allowed)
             yield Issue(key_path, _prefixed(key_path, f"unknown property ({hint})"), at_key=True)

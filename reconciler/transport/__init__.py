@@ -65,13 +65,19 @@ class Transport(Protocol):
     async def put_file(self, local: Path, remote: str, mode: int = 0o644) -> None:
         """Copy one local file to ``remote`` (written to a temp name, then renamed)."""
 
-    async def put_tree(self, local_dir: Path, remote_dir: str) -> None:
-        """Copy a local directory tree into ``remote_dir`` (created if missing)."""
+    async def put_tree(self, local_dir: Path, remote_dir: str, *, replace: bool = False,
+                       stage: str | None = None) -> None:
+        """Copy a local directory tree into ``remote_dir`` (created if missing). ``replace``:
+        an existing ``remote_dir`` is deleted first instead of merged into. ``stage``: the name
+        of the upload's staging directory beside ``remote_dir``, where a transport uses one."""
 
     async def write_file(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         """Atomically replace ``remote`` with ``data``."""
 
     async def read_file(self, remote: str) -> bytes | None:
         """Contents of ``remote``, or None when it does not exist."""
+
+    async def list_dir(self, remote: str) -> list[str] | None:
+        """Names in directory ``remote`` (hidden ones too), or None when it does not exist."""
 
     async def close(self) -> None: ...

@@ -134,8 +134,11 @@ class LocalTransport:
         except OSError as exc:
             raise ProviderError(f"{self.host_id}: copying to {remote} failed: {exc}") from exc
 
-    async def put_tree(self, local_dir: Path, remote_dir: str) -> None:
+    async def put_tree(self, local_dir: Path, remote_dir: str, *, replace: bool = False,
+                       stage: str | None = None) -> None:
         try:
+            if replace:
+                await asyncio.to_thread(shutil.rmtree, remote_dir, True)
             await asyncio.to_thread(_copy_tree, Path(local_dir), Path(remote_dir))
         except OSError as exc:
             raise ProviderError(f"{self.host_id}: copying into {remote_dir} failed: {exc}") from exc
@@ -151,6 +154,14 @@ class LocalTransport:
             return await asyncio.to_thread(Path(remote).read_bytes)
         except FileNotFoundError:
             return None
+
+    async def list_dir(self, remote: str) -> list[str] | None:
+        try:
+            return await asyncio.to_thread(os.listdir, remote)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise ProviderError(f"{self.host_id}: listing {remote} failed: {exc}") from exc
 
     async def close(self) -> None:
         """Nothing to release: every command is its own process."""

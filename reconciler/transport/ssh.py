@@ -61,6 +61,7 @@ _MISSING = 66
 # positional argument ("$1", "$2", ...), never spliced into the script text.
 _CWD_SCRIPT = 'cd -- "$1" || exit 125; shift; exec "$@"'
 _READ_SCRIPT = f'[ -e "$1" ] || [ -L "$1" ] || exit {_MISSING}; exec cat -- "$1"'
+_LIST_SCRIPT = f'[ -d "$1" ] || exit {_MISSING}; exec ls -1A -- "$1"'
 # Install $1 as $2 with mode $3: a temp file in the destination directory, fsync, rename.
 _INSTALL_SCRIPT = """set -eu
 src=$1 dest=$2 mode=$3
@@ -76,9 +77,10 @@ trap - EXIT
 """
 # Move the staged tree $1 to $2. A new $2 appears at once (one rename); into an existing $2 each
 # file is renamed over its old version, so no reader sees a half-written file. With $3 = 1 the
-# tree is first copied next to $2 (it was uploaded to another filesystem, e.g. /tmp).
+# tree is first copied next to $2 (it was uploaded to another filesystem, e.g. /tmp). With
+# $4 = 1 an existing $2 is deleted first, so the new tree still appears with one rename.
 _TREE_SCRIPT = """set -eu
-src=$1 dst=$2 copy=$3
+src=$1 dst=$2 copy=$3 replace=${4:-0}
 parent=$(dirname -- "$dst")
 mkdir -p -- "$parent"
 if [ "$copy" = 1 ]; then
@@ -89,6 +91,9 @@ if [ "$copy" = 1 ]; then
 else
   stage=$src
   trap 'cd /; rm -rf -- "$stage"' EXIT
+fi
+if [ "$replace" = 1 ]; then
+  rm -rf -- "$dst"
 fi
 if [ ! -e "$dst" ] && [ ! -L "$dst" ]; then
   mv -T -- "$stage" "$dst"
@@ -637,11 +642,17 @@ class SSHTransport:
         temp = self._temp_name(remote)
 
         async def put_and_rename() -> None:
-            parent = posixpath.dirname(remote)
-            if parent:
-                await sftp.makedirs(parent, exist_ok=True)
             try:
-                await upload(sftp, temp)
+                try:
+                    await upload(sftp, temp)
+                except asyncssh.SFTPNoSuchFile:
+                    # the parent is missing: create it (a round trip per path component, so
+                    # only when needed; the parent exists on every write but the first)
+                    parent = posixpath.dirname(remote)
+                    if not parent:
+                        raise
+                    await sftp.makedirs(parent, exist_ok=True)
+                    await upload(sftp, temp)
                 await sftp.chmod(temp, mode)
                 await sftp.posix_rename(temp, remote)
             except BaseException:
@@ -651,7 +662,8 @@ class SSHTransport:
 
         await self._file_op(what, put_and_rename)
 
-    async def put_tree(self, local_dir: Path, remote_dir: str) -> None:
+    async def put_tree(self, local_dir: Path, remote_dir: str, *, replace: bool = False,
+                       stage: str | None = None) -> None:
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise ProviderError(f"{self.host_id}: {local_dir} is not a directory")
@@ -668,7 +680,8 @@ class SSHTransport:
                     ),
                 )
                 await self._exec(
-                    ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", f"{staging}/tree", remote_dir, "1"],
+                    ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", f"{staging}/tree", remote_dir, "1",
+                     "1" if replace else "0"],
                     sudo=True,
                     timeout=self.config.io_timeout,
                     check=True,
@@ -677,11 +690,19 @@ class SSHTransport:
                 await self._cleanup(staging)
             return
         # Stage next to the destination (same filesystem), so the final moves are renames.
-        stage = self._temp_name(remote_dir)
+        if stage is None:
+            stage = self._temp_name(remote_dir)
+        else:
+            stage = posixpath.join(posixpath.dirname(remote_dir) or "/", posixpath.basename(stage))
 
         async def upload() -> None:
-            await sftp.makedirs(posixpath.dirname(remote_dir) or "/", exist_ok=True)
-            await sftp.put(str(local_dir), stage, recurse=True, preserve=True)
+            try:
+                await sftp.put(str(local_dir), stage, recurse=True, preserve=True)
+            except asyncssh.SFTPNoSuchFile:  # the parent is missing (first upload): create it
+                if await sftp.exists(stage):
+                    raise  # something else went missing half-way: not a missing parent
+                await sftp.makedirs(posixpath.dirname(remote_dir) or "/", exist_ok=True)
+                await sftp.put(str(local_dir), stage, recurse=True, preserve=True)
 
         try:
             await self._file_op(what, upload)
@@ -689,7 +710,8 @@ class SSHTransport:
             await self._cleanup(stage)
             raise
         await self._exec(
-            ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", stage, remote_dir, "0"],
+            ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", stage, remote_dir, "0",
+             "1" if replace else "0"],
             sudo=False,
             timeout=self.config.io_timeout,
             check=True,
@@ -718,6 +740,31 @@ class SSHTransport:
                 return None
 
         return await self._file_op(f"read of {remote}", read)
+
+    async def list_dir(self, remote: str) -> list[str] | None:
+        """Names in directory ``remote`` (dot-files too, not ``.``/``..``); None if missing.
+        Over SFTP (no remote process), through ``sudo ls`` on a sudo host."""
+        if self.config.sudo:
+            result = await self._exec(
+                ["sh", "-c", _LIST_SCRIPT, "fraisier-ls", remote],
+                sudo=True,
+                timeout=self.config.io_timeout,
+            )
+            if result.returncode == _MISSING:
+                return None
+            if not result.ok:
+                raise SSHError(f"{self._where()}: cannot list {remote}: {_tail(result.stderr)}")
+            return [n for n in result.stdout.decode(errors="replace").splitlines() if n]
+        sftp = await self._sftp()
+
+        async def listing() -> list[str] | None:
+            try:
+                names = await sftp.listdir(remote)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            return [str(n) for n in names if n not in (".", "..")]
+
+        return await self._file_op(f"listing of {remote}", listing)
 
     async def close(self) -> None:
         if self._background:  # let pending remote kills finish before the connection goes

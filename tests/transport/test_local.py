@@ -126,6 +126,11 @@ async def test_put_file_and_put_tree(tmp_path: Path) -> None:
     assert (dest / "a" / "b" / "c.txt").read_text() == "c"
     assert os.readlink(dest / "link") == "top.txt"
     await t.put_tree(src, str(dest))  # into an existing directory: fine
+    (dest / "stale.txt").write_text("stale")
+    await t.put_tree(src, str(dest), replace=True)  # replaced, not merged
+    assert not (dest / "stale.txt").exists() and (dest / "top.txt").read_text() == "top"
+    assert sorted(await t.list_dir(str(dest)) or []) == ["a", "link", "top.txt"]
+    assert await t.list_dir(str(tmp_path / "missing")) is None
     await t.put_file(src / "top.txt", str(tmp_path / "x" / "copy.txt"), mode=0o640)
     copy = tmp_path / "x" / "copy.txt"
     assert copy.read_text() == "top"

@@ -235,6 +235,29 @@ async def test_put_tree_new_then_merge(
     assert ssh_host.sh("ls -A /tmp | grep -c fraisier-upload || true").strip() == "0"
 
 
+async def test_put_tree_replace_and_list_dir(
+    transport: SSHTransport, ssh_host: InfraHost, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "v1", "v1")
+    (tmp_path / "v1" / "stale.txt").write_text("left by an interrupted attempt")
+    dest = "/srv/fraisier/releases/r1"
+    assert await transport.list_dir("/srv/fraisier/releases") is None  # missing: None
+    await transport.put_tree(tmp_path / "v1", dest)
+    make_tree(tmp_path / "v2", "v2")
+    await transport.put_tree(tmp_path / "v2", dest, replace=True, stage=".staging-r1-x")
+    # replaced, not merged: the file only v1 had is gone
+    assert remote_listing(ssh_host, dest) == [
+        "./app.py 644",
+        "./bin/run 755",
+        "./static/with space/it's.txt 644",
+    ]
+    ssh_host.run(["touch", "/srv/fraisier/releases/.hidden"])
+    assert sorted(await transport.list_dir("/srv/fraisier/releases") or []) == [".hidden", "r1"]
+    # a first write into a directory that does not exist yet creates it
+    await transport.write_file("/srv/fraisier/new/deeper/file.txt", b"x")
+    assert ssh_host.sh("cat /srv/fraisier/new/deeper/file.txt") == "x"
+
+
 async def test_put_file_and_write_file(
     transport: SSHTransport, ssh_host: InfraHost, tmp_path: Path
 ) -> None:

@@ -34,6 +34,12 @@ STATE_FILE = "releases.json"
 # Constant scripts, every variable part a positional argument (never spliced into the text).
 _SWITCH_SCRIPT = 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
 _FRESH_SCRIPT = 'rm -rf -- "$1" && mkdir -p -- "$2"'
+# The switch, then (in the same command: over SSH each command is a round trip and a process)
+# whatever argv follows, e.g. the restart. Exit 97: the switch itself failed.
+SWITCH_FAILED = 97
+_SWITCH_THEN_SCRIPT = (
+    f'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3" || exit {SWITCH_FAILED}; shift 3; exec "$@"'
+)
 
 
 def check_revision(revision: str) -> str:
@@ -59,6 +65,10 @@ class ReleaseStore:
         self.service_dir = service_dir
         self.releases_dir = posixpath.join(service_dir, "releases")
         self.label = label  # "<env>/<name>" for messages
+        # The state file as last read or written by this store. A store lives for one operation
+        # (a deploy, a rollback) under the provider's per-service-and-host lock, so it is the
+        # only writer meanwhile: read once, not once per step (each read is a round trip).
+        self._state: dict[str, Any] | None = None
 
     def path(self, revision: str) -> str:
         return posixpath.join(self.releases_dir, check_revision(revision))
@@ -69,6 +79,8 @@ class ReleaseStore:
     # -- state -------------------------------------------------------------------------------
 
     async def load_state(self) -> dict[str, Any]:
+        if self._state is not None:
+            return self._state
         raw = await self.transport.read_file(posixpath.join(self.service_dir, STATE_FILE))
         state: dict[str, Any] = {}
         if raw:
@@ -80,11 +92,14 @@ class ReleaseStore:
                 state = {}  # a torn or edited file: releases get re-exported, nothing worse
         state.setdefault("releases", {})
         state.setdefault("history", [])
+        self._state = state
         return state
 
     async def save_state(self, state: Mapping[str, Any]) -> None:
         data = json.dumps(state, indent=1, sort_keys=True).encode() + b"\n"
+        self._state = None  # if the write fails, read the file again next time
         await self.transport.write_file(posixpath.join(self.service_dir, STATE_FILE), data)
+        self._state = dict(state)
 
     # -- releases ----------------------------------------------------------------------------
 
@@ -114,23 +129,19 @@ class ReleaseStore:
                 f"{self.label}: release {revision} is not on {self.transport.host_id} "
                 "and the release has no export"
             )
-        await self._fs("sh", "-c", _FRESH_SCRIPT, "fraisier-fresh", final, self.releases_dir)
-        staging = posixpath.join(self.releases_dir, f".staging-{revision}-{secrets.token_hex(4)}")
-        try:
-            if isinstance(self.transport, LocalTransport):
-                # Same machine: export straight into the staging directory, no extra copy.
-                await self._fs("mkdir", "-p", "--", staging)
-                await release.export(Path(staging))
-            else:
+        if isinstance(self.transport, LocalTransport):
+            await self._export_local(release, revision, final)
+        else:
+            # A remote host: the transport stages the upload next to ``final`` and renames it
+            # into place, replacing whatever an interrupted attempt left there: one command.
+            try:
                 with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
                     await release.export(Path(tmp))
-                    await self.transport.put_tree(Path(tmp), staging)
-            await self._fs("mv", "-T", "--", staging, final)
-        except BaseException as exc:
-            await self._fs("rm", "-rf", "--", staging, check=False)
-            if isinstance(exc, ProviderError | OSError):
+                    await self.transport.put_tree(
+                        Path(tmp), final, replace=True,
+                        stage=f".staging-{revision}-{secrets.token_hex(4)}")
+            except (ProviderError, OSError) as exc:
                 raise ProviderError(f"{self.label}: export of {revision} failed: {exc}") from exc
-            raise
         # Build in place (after the rename) so absolute paths it records — virtualenvs,
         # compiled caches — stay valid; the release only counts once the state file says so.
         if build:
@@ -144,6 +155,22 @@ class ReleaseStore:
         }
         await self.save_state(state)
         return final, True
+
+    async def _export_local(self, release: Release, revision: str, final: str) -> None:
+        """Same machine: export straight into a staging directory (no extra copy), then rename
+        it to ``final``."""
+        assert release.export is not None
+        await self._fs("sh", "-c", _FRESH_SCRIPT, "fraisier-fresh", final, self.releases_dir)
+        staging = posixpath.join(self.releases_dir, f".staging-{revision}-{secrets.token_hex(4)}")
+        try:
+            await self._fs("mkdir", "-p", "--", staging)
+            await release.export(Path(staging))
+            await self._fs("mv", "-T", "--", staging, final)
+        except BaseException as exc:
+            await self._fs("rm", "-rf", "--", staging, check=False)
+            if isinstance(exc, ProviderError | OSError):
+                raise ProviderError(f"{self.label}: export of {revision} failed: {exc}") from exc
+            raise
 
     async def _build(
         self,
@@ -190,17 +217,34 @@ class ReleaseStore:
         target = result.stdout.decode(errors="replace").strip()
         return posixpath.basename(target.rstrip("/")) or None
 
-    async def switch(self, revision: str) -> None:
-        """Point ``current`` at ``revision`` atomically and record it as the newest deploy."""
+    async def switch(self, revision: str, then: Sequence[str] | None = None,
+                     then_timeout_s: float = _FS_TIMEOUT_S) -> CommandResult | None:
+        """Point ``current`` at ``revision`` atomically and record it as the newest deploy.
+
+        ``then``: a command run right after the switch, in the same remote command (a restart:
+        one round trip less); its result is returned, unchecked. A failed switch raises."""
         link = posixpath.join(self.service_dir, "current")
         tmp = posixpath.join(self.service_dir, f".current-{secrets.token_hex(4)}")
         relative = posixpath.join("releases", check_revision(revision))
         # mv -T renames the symlink itself over `current` (rename(2)): no moment without one.
         # One command for both steps: over SSH every command is a round trip.
-        await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link)
+        result: CommandResult | None = None
+        if then:
+            result = await self.transport.run(
+                ["sh", "-c", _SWITCH_THEN_SCRIPT, "fraisier-switch", relative, tmp, link, *then],
+                timeout=_FS_TIMEOUT_S + then_timeout_s,
+            )
+            if result.returncode == SWITCH_FAILED:
+                raise ProviderError(
+                    f"{self.label}: switching {link} to {relative} on {self.transport.host_id} "
+                    f"failed: {output_tail(result.stdout + result.stderr)}"
+                )
+        else:
+            await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link)
         state = await self.load_state()
         state["history"] = [r for r in state["history"] if r != revision] + [revision]
         await self.save_state(state)
+        return result
 
     async def previous(self) -> str | None:
         """The release that was live before the current one."""
@@ -212,16 +256,15 @@ class ReleaseStore:
         return None
 
     async def list_dirs(self) -> list[str]:
-        result = await self._fs("ls", "-1A", "--", self.releases_dir, check=False)
-        if not result.ok:
-            return []
-        return [n for n in result.stdout.decode(errors="replace").splitlines() if n]
+        return sorted(await self.transport.list_dir(self.releases_dir) or [])
 
-    async def prune(self, keep: int) -> list[str]:
+    async def prune(self, keep: int, current: str | None = None) -> list[str]:
         """Delete all but the ``keep`` most recently deployed releases; the current and the
-        previous release are always kept. Leftover staging directories go too."""
+        previous release are always kept. Leftover staging directories go too. ``current``:
+        the release ``current`` points at, when the caller just switched it (else read)."""
         state = await self.load_state()
-        current = await self.current()
+        if current is None:
+            current = await self.current()
         history: list[str] = [str(r) for r in state["history"]]
         previous = next((r for r in reversed(history) if r != current), None)
         recency = {revision: i for i, revision in enumerate(history)}
@@ -234,8 +277,9 @@ class ReleaseStore:
         )
         kept = set(releases[: max(keep, 0)]) | {r for r in (current, previous) if r}
         doomed = [n for n in releases if n not in kept]
-        for name in doomed + leftovers:
-            await self._fs("rm", "-rf", "--", posixpath.join(self.releases_dir, name))
+        if doomed or leftovers:  # one command for all of them
+            await self._fs("rm", "-rf", "--",
+                           *(posixpath.join(self.releases_dir, n) for n in doomed + leftovers))
         if doomed:
             for name in doomed:
                 state["releases"].pop(name, None)

@@ -42,7 +42,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,7 +73,7 @@ from reconciler.providers.bare_metal.systemd import (
     render_timer_unit,
 )
 from reconciler.spec.model import Resource, ResourceKey
-from reconciler.transport import Transport
+from reconciler.transport import CommandResult, Transport
 from reconciler.transport.ssh import (
     SSHAuthError,
     SSHConfigError,
@@ -97,6 +97,7 @@ _REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BUILD_SCRIPT = 'set -a && . "$1" && set +a && shift && exec "$@"'
 _NOT_RETRIED = (SSHHostKeyError, SSHAuthError, SSHConfigError)
 # `enable` reloads systemd's whole configuration: only when the unit is not enabled yet.
+_RESTART_TIMEOUT_S = 120.0
 _RESTART_SCRIPT = (
     'systemctl is-enabled --quiet -- "$1" || systemctl enable --quiet -- "$1" || exit; '
     'exec systemctl restart -- "$1"'
@@ -279,9 +280,12 @@ class SystemdSSHProvider:
             files[posixpath.join(UNIT_DIR, names.timer)] = (timer, 0o644)
         return files, calendars
 
-    async def _prepare(self, release: Release, instance: Instance) -> tuple[Transport, str]:
-        """Release uploaded (or reused), units and environment installed, ``current`` switched.
-        Returns the transport and the release directory."""
+    async def _prepare(
+        self, release: Release, instance: Instance, then: Sequence[str] | None = None
+    ) -> tuple[Transport, ReleaseStore, CommandResult | None]:
+        """Release uploaded (or reused), units and environment installed, ``current`` switched
+        (and ``then`` run right after, in the same remote command). Returns the transport, the
+        release store (its state already read) and the result of ``then``."""
         resource = release.resource
         transport = self.transport_for(instance)
         files, calendars = self._unit_files(release)  # validates before anything is touched
@@ -296,7 +300,7 @@ class SystemdSSHProvider:
             await systemd.install({env_path: files[env_path]})
             build_argv = ["sh", "-c", _BUILD_SCRIPT, "fraisier-build", env_path,
                           *(str(a) for a in build)]
-        release_dir, _ = await store.ensure(
+        await store.ensure(
             release,
             build=build_argv,
             working_dir=resource.spec.get("workingDir"),
@@ -306,8 +310,8 @@ class SystemdSSHProvider:
         if calendars:
             await systemd.check_calendar(calendars)
         await systemd.install(files)
-        await store.switch(release.revision)
-        return transport, release_dir
+        result = await store.switch(release.revision, then=then, then_timeout_s=_RESTART_TIMEOUT_S)
+        return transport, store, result
 
     # -- Provider ------------------------------------------------------------------------------
 
@@ -333,25 +337,24 @@ class SystemdSSHProvider:
         release = self._cached_release(release)
         names = self.units(resource)
 
+        if resource.kind == "Service":
+            unit: str | None = names.service
+        elif resource.kind == "Schedule":
+            unit = names.timer
+        else:
+            unit = None  # a Job runs in run(); deploying installs it
+        restart = ["sh", "-c", _RESTART_SCRIPT, "fraisier-restart", unit] if unit else None
+
         async def once() -> None:
-            transport, _ = await self._prepare(release, instance)
-            if resource.kind == "Service":
-                unit = names.service
-            elif resource.kind == "Schedule":
-                unit = names.timer
-            else:
-                unit = None  # a Job runs in run(); deploying installs it
-            if unit is not None:
-                result = await transport.run(
-                    ["sh", "-c", _RESTART_SCRIPT, "fraisier-restart", unit], timeout=120.0
+            # the restart runs in the same remote command as the switch of `current`
+            transport, store, result = await self._prepare(release, instance, then=restart)
+            if result is not None and not result.ok:
+                journal = await Systemd(transport).journal(names.service, 10)
+                raise ProviderError(
+                    f"{instance.id}: starting {unit} failed: "
+                    f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
                 )
-                if not result.ok:
-                    journal = await Systemd(transport).journal(names.service, 10)
-                    raise ProviderError(
-                        f"{instance.id}: starting {unit} failed: "
-                        f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
-                    )
-            await self._store(transport, resource).prune(self.keep_releases)
+            await store.prune(self.keep_releases, current=release.revision)
 
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:
             await self._retrying(instance, f"deploy of {resource.key}", once)
@@ -363,10 +366,10 @@ class SystemdSSHProvider:
         names = self.units(resource)
         timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:
-            transport, _ = await self._retrying(
+            transport, store, _ = await self._retrying(
                 instance, f"install of {resource.key}", lambda: self._prepare(release, instance)
             )
-            await self._store(transport, resource).prune(self.keep_releases)
+            await store.prune(self.keep_releases, current=release.revision)
         # Not retried: a run that lost its connection may still be going on the host.
         props, output = await Systemd(transport).run_oneshot(names.service, timeout_s)
         exit_code = exit_code_of(props)
