@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import tarfile
@@ -30,6 +31,31 @@ log = logging.getLogger("reconciler.source")
 
 _URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/\s]+@[^/\s:]+:)", re.IGNORECASE)
 YAML_SUFFIXES = (".yaml", ".yml")
+# A clone or fetch that takes longer is killed and counts as a failed fetch (the last good commit
+# is kept). Without it, a remote that accepts the connection and never answers (a black-holed
+# route, a wedged git server) blocks git, and the daemon's loop with it, forever: git:// and
+# plain HTTP have no read timeout of their own. Override with RECONCILER_GIT_TIMEOUT (a Go
+# duration, e.g. 30s).
+DEFAULT_GIT_TIMEOUT_S = 120.0
+GIT_TIMEOUT_ENV = "RECONCILER_GIT_TIMEOUT"
+
+
+def git_timeout() -> float:
+    """Seconds a clone or fetch may take: $RECONCILER_GIT_TIMEOUT, else the default."""
+    raw = os.environ.get(GIT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_GIT_TIMEOUT_S
+    from reconciler.spec.durations import parse_duration
+
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise SourceError(f"{GIT_TIMEOUT_ENV}: {exc}",
+                          hint="set it to a duration such as 30s or 2m, or unset it") from None
+    if seconds <= 0:
+        raise SourceError(f"{GIT_TIMEOUT_ENV}: must be positive, not {raw!r}",
+                          hint="set it to a duration such as 30s or 2m, or unset it")
+    return seconds
 
 
 def redact_url(url: str) -> str:
@@ -54,8 +80,9 @@ class GitSource:
     """A config repo at ``repo`` (path or URL), following ``ref``, reading below ``path``."""
 
     def __init__(self, repo: str, *, ref: str | None = None, path: str = "",
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, timeout: float | None = None) -> None:
         self.url = repo
+        self.timeout = timeout if timeout is not None else git_timeout()
         self.display_url = redact_url(repo)
         self.ref = ref
         self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
@@ -97,7 +124,10 @@ class GitSource:
         tmp = self.checkout.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            git.Repo.clone_from(self.url, tmp, bare=True)
+            # Not Repo.clone_from: it runs git as a process GitPython does not time out.
+            git.Git.check_unsafe_protocols(self.url)
+            git.Git().clone("--bare", "--", self.url, str(tmp),
+                            kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}",
@@ -113,7 +143,7 @@ class GitSource:
         repo = self.repo
         # A bare clone maps remote branches straight onto local refs, so `ref` resolves as-is.
         repo.git.fetch("--prune", "--tags", "--force", "origin",
-                       "+refs/heads/*:refs/heads/*")
+                       "+refs/heads/*:refs/heads/*", kill_after_timeout=self.timeout)
 
     def resolve(self, ref: str | None = None) -> str:
         """The commit SHA ``ref`` (default: the followed ref, else HEAD) points to now."""

@@ -4,16 +4,21 @@ running it, /readyz names the error), ``reconciler_git_fetch_errors_total`` rise
 Prometheus scraping the daemon raises FraisierGitFetchFailing (the shipped rule; only ``for:``
 shortened), and once the remote is back the next commit converges.
 
-Two trials: the remote down under a running daemon, then the daemon restarted while the remote
-is still down (it must start from its clone in the state dir, not refuse to run)."""
+Three trials: the remote down under a running daemon; the daemon restarted while the remote is
+still down (it must start from its clone in the state dir, not refuse to run); the remote
+black-holed (the port accepts connections and never answers: git has no read timeout of its own,
+so the fetch must be bounded by RECONCILER_GIT_TIMEOUT or the daemon's loop hangs for good)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -57,6 +62,35 @@ class GitDaemon:
         if self.proc is not None:
             stop(self.proc, signal.SIGTERM, wait=5)  # type: ignore[arg-type]
             self.proc = None
+
+
+class BlackHole:
+    """Accepts TCP connections on 127.0.0.1:port and never sends a byte."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.accepted: list[socket.socket] = []
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5)
+        for conn in [*self.accepted, self.sock]:
+            conn.close()
 
 
 def get(url: str) -> tuple[int, str]:
@@ -114,7 +148,8 @@ def _run(fleet: Fleet, tmp_path: Path, processes: list[Any], remote: GitDaemon,
             [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "daemon",
              "--repo", remote.url, "--path", "fleet", "--listen", f"127.0.0.1:{listen}",
              "--interval", "1s"],
-            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "RECONCILER_GIT_TIMEOUT": "2s"})
         processes.append(proc)
         return proc
 
@@ -200,6 +235,35 @@ scrape_configs:
     problems = journal_problems(url, before)
     record_trial(SCENARIO, converged, len(problems),
                  note="daemon restarted while the remote is down",
+                 seconds=time.monotonic() - started)
+    assert converged, logs()
+    assert problems == [], problems
+
+    # --- trial 3: the remote accepts connections and never answers -----------------------------
+    started = time.monotonic()
+    remote.stop()
+    hole = BlackHole(remote.port)
+    try:
+        fleet.write("api.yaml", service_yaml("api", port, greeting="four"))
+        four = fleet.commit("four")
+        errors = fetch_errors(listen)
+        # each pass's fetch is killed after RECONCILER_GIT_TIMEOUT (2 s): the loop goes on
+        wait_for(lambda: fetch_errors(listen) >= errors + 2, timeout=30, step=0.2)
+        assert hole.accepted, "the daemon never connected to the black hole"
+        ready = readyz()
+        assert ready.get("commit") == three, ready
+        assert "did not complete" in str(ready.get("lastError")), ready
+        assert get(f"http://127.0.0.1:{listen}/healthz")[0] == 200
+        assert serving("three")
+        before = deployment_ids(url)
+    finally:
+        hole.close()
+    remote.start()
+    git(fleet.repo, "push", "-q", str(remote.base / "config.git"), "main")
+    converged = _converged(fleet, readyz, serving, four, "four")
+    problems = journal_problems(url, before)
+    record_trial(SCENARIO, converged, len(problems),
+                 note="remote black-holed (accepts, never answers)",
                  seconds=time.monotonic() - started)
     assert converged, logs()
     assert problems == [], problems
