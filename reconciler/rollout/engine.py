@@ -684,7 +684,9 @@ class Reconciler:
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.SUCCEEDED).inc()
             self._emit(key, "succeeded", f"{revision} healthy ({summary})")
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
-        await self.store.transition(dep.id, st.FAILED, error=error, message=error)
+        # The deployment stays in_progress while it is reverted, and takes its final status
+        # (rolled_back, rollback_failed, failed) in one transition: a crash mid-revert leaves
+        # an open deployment with an open step, which recovery closes and the next pass redoes.
         self._emit(key, "failed", error, failure)
         if run is not None and strategy.slotted and run.slot_new is not None:
             status, message = await self._revert_slots(dep, run, key, revision, reason,
@@ -696,6 +698,7 @@ class Reconciler:
                                                    error=error)
         else:
             # Nothing was touched: nothing to roll back; the daemon retries with backoff.
+            await self.store.transition(dep.id, st.FAILED, error=error, message=error)
             await self.store.update_status(key, last_result=st.FAILED, last_error=error,
                                            sync_status="OutOfSync")
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.FAILED).inc()
@@ -729,18 +732,20 @@ class Reconciler:
         try:
             kept, message = await run.revert_slots()
         except ReconcilerError as exc:
-            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message)
+            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message,
+                                        error=error)
             await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
                                            last_error=exc.message, health_status="Degraded",
                                            sync_status="OutOfSync", failed_revision=bad_revision)
             self._emit(key, "rollback failed", exc.message)
             return st.ROLLBACK_FAILED, f"revert failed: {exc.message}"
         if not kept:
+            await self.store.transition(dep.id, st.FAILED, error=error, message=message)
             await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
                                            or "deployment failed", health_status="Degraded",
                                            sync_status="OutOfSync")
             return st.FAILED, message
-        await self.store.transition(dep.id, st.ROLLED_BACK, message=message)
+        await self.store.transition(dep.id, st.ROLLED_BACK, message=message, error=error)
         await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
                                        sync_status="OutOfSync", failed_revision=bad_revision,
                                        last_error=error or dep.error)
@@ -818,6 +823,8 @@ class Reconciler:
                 except ReconcilerError as exc:
                     log.warning("stopping failed release failed",
                                 extra={"resource": str(key), "error": exc.message})
+            await self.store.transition(dep.id, st.FAILED, error=error,
+                                        message="no previous good revision to roll back to")
             await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
                                            or "deployment failed", health_status="Degraded",
                                            sync_status="OutOfSync")
@@ -834,14 +841,15 @@ class Reconciler:
                 if not healthy:
                     raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
         except ReconcilerError as exc:
-            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message)
+            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message,
+                                        error=error)
             await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
                                            last_error=exc.message, health_status="Degraded",
                                            sync_status="OutOfSync", failed_revision=bad_revision)
             self._emit(key, "rollback failed", exc.message)
             return st.ROLLBACK_FAILED, f"rollback to {good.to_revision} failed: {exc.message}"
         message = f"rolled back to {good.to_revision}"
-        await self.store.transition(dep.id, st.ROLLED_BACK, message=message)
+        await self.store.transition(dep.id, st.ROLLED_BACK, message=message, error=error)
         await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
                                        sync_status="OutOfSync", failed_revision=bad_revision,
                                        last_error=error or dep.error)

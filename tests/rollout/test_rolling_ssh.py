@@ -93,9 +93,9 @@ spec:
   health:
     exec: {{command: [python3, app.py, check]}}
     interval: 200ms
-    timeout: 3s
-    startPeriod: 1s
-    failureThreshold: 2
+    timeout: 5s
+    startPeriod: 3s
+    failureThreshold: 3
   strategy:{strategy}
 """
 
