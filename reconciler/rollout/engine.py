@@ -244,10 +244,10 @@ class Reconciler:
     def revision_of(self, resource: Resource, desired: DesiredState) -> str:
         """Content address of what would be deployed: the document, its Target, and the
         identity of its source (a git tree id, an app commit, an artifact digest)."""
-        parts = [resource.hash]
+        parts = [_deploy_hash(resource)]
         target = desired.target_of(resource)
         if target is not None:
-            parts.append(target.hash)
+            parts.append(_deploy_hash(target))
         source = resource.spec.get("source") or {}
         if "path" in source and self.source is not None and desired.commit:
             parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
@@ -1091,6 +1091,16 @@ class Reconciler:
         if rec is None or not (rec.applied_spec or rec.desired_spec):
             return None
         return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})
+
+
+def _deploy_hash(resource: Resource) -> str:
+    """The document's hash without its sync windows: they say when a change may go out, not
+    what runs, so editing them must not make every resource on a Target a new revision."""
+    if "syncWindows" not in resource.spec:
+        return resource.hash
+    document = resource.document()
+    document["spec"] = {k: v for k, v in resource.spec.items() if k != "syncWindows"}
+    return spec_hash(document)
 
 
 def variants_of(resource: Resource) -> list[Resource]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from reconciler.plan.planner import (
@@ -158,3 +159,27 @@ def test_now_defaults_to_the_current_time() -> None:
     assert plan.items[0].reason.startswith("outside sync window: no opening found")
     assert plan.items[0].opens_at is None
     assert plan.to_json()["resources"][0]["opensAt"] is None
+
+
+def test_editing_sync_windows_is_not_a_new_revision(tmp_path: Path) -> None:
+    """Windows say when a change may go out, not what runs: the revision ignores them."""
+    from reconciler.rollout.engine import Reconciler
+
+    def doc(kind: str, name: str, spec: dict) -> Resource:
+        res = Resource(ResourceKey("prod", kind, name), {}, spec, "f.yaml")
+        res.hash = spec_hash(res.document())
+        return res
+
+    window = [{"kind": "deny", "schedule": "0 0 * * *", "duration": "1h"}]
+    engine = Reconciler(None, state_dir=tmp_path)  # type: ignore[arg-type]
+    revisions = []
+    for windows in (None, window, [{**window[0], "duration": "2h"}]):
+        target_spec = {"provider": "bare_metal"}
+        service_spec = {"target": "t", "command": ["true"]}
+        if windows:
+            target_spec["syncWindows"] = windows
+            service_spec["syncWindows"] = windows
+        target, svc = doc("Target", "t", target_spec), doc("Service", "a", service_spec)
+        desired = DesiredState({target.key: target, svc.key: svc})
+        revisions.append(engine.revision_of(svc, desired))
+    assert len(set(revisions)) == 1
