@@ -1,9 +1,9 @@
 """Coolify faults under the real CLI: ``reconciler apply`` against the fake Coolify (which checks
 every request and answer against the v4 OpenAPI contract) while it answers 5xx, resets
-connections, loses the answer to a queued deploy, answers slower than the request timeout,
-rate-limits, or has its API switched off. Each trial is a new commit to roll out: the apply
-either converges or fails honestly (exit 1, journal closed), the next apply without the fault
-converges, and Coolify never builds one commit twice."""
+connections, loses the answer to a queued deploy, answers slower than the request timeout, or
+has its API switched off (429s: tests/providers/coolify/test_errors.py). Each trial is a new
+commit to roll out: the apply either converges or fails honestly (exit 1, journal closed), the
+next apply without the fault converges, and Coolify never builds one commit twice."""
 
 from __future__ import annotations
 
@@ -59,10 +59,6 @@ def _slow(server: FakeCoolify, app: Any) -> None:
     server.slow_responses.extend([(f"/applications/{app.uuid}", 1.0)] * 2)
 
 
-def _rate_limited(server: FakeCoolify, app: Any) -> None:
-    server.inject_429.append(("/deploy", 1))
-
-
 def _api_off(server: FakeCoolify, app: Any) -> None:
     server.api_enabled = False
 
@@ -72,7 +68,6 @@ FAULTS: list[tuple[str, Callable[[FakeCoolify, Any], None]]] = [
     ("2 connections reset", _resets),
     ("deploy queued, answer lost", _answer_lost),
     ("answers slower than requestTimeout", _slow),
-    ("429 Retry-After 1 s", _rate_limited),
     ("API disabled", _api_off),
 ]
 

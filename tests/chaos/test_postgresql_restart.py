@@ -46,8 +46,7 @@ def restart_postgresql() -> None:
         subprocess.run([*PG_CTL, "start"], check=True, timeout=60, capture_output=True)
 
 
-@pytest.mark.parametrize("when", ["health", "start"])
-def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path, when: str) -> None:
+def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path) -> None:
     ok, reason = available("postgresql")
     need(ok, reason)
     need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
@@ -59,42 +58,49 @@ def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path, when: st
         fleet.commit("one")
         first = fleet.cli(*db, "apply", *fleet.repo_args())
         assert first.returncode == 0, first.stdout + first.stderr
+        # restarted while the new revision waits to become healthy, then while it is started
+        for greeting, when in (("two", "health"), ("three", "start")):
+            _trial(fleet, url, port, greeting, when)
 
-        started = time.monotonic()
-        fleet.write("api.yaml", service_yaml("api", port, greeting="two", start_period="20s",
-                                             extra_env='\n    SLOW_START: "2"'))
-        fleet.commit("two, slow start")
-        apply = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), *db,
-             "--log-format", "text", "apply", *fleet.repo_args()],
-            cwd=fleet.repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            if when == "health":  # waiting for the new revision to become healthy
-                wait_for(lambda: in_phase(url, "health"), timeout=30, step=0.05)
-            else:  # the new revision is being started
-                wait_for(lambda: len(deployment_ids(url)) >= 2, timeout=30, step=0.02)
-            before = deployment_ids(url)
-            restart_postgresql()
-            out, _ = apply.communicate(timeout=90)
-        finally:
-            if apply.poll() is None:
-                apply.kill()
-                apply.wait(timeout=10)
-            if not _pg_running():
-                subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
-        assert apply.returncode in (0, 1, 2), out
-        assert "Traceback" not in out, out
-        if apply.returncode == 2:  # failed honestly: a coded error, not a crash
-            assert "error[FR" in out, out
 
-        rerun = fleet.cli(*db, "apply", *fleet.repo_args())
-        problems = journal_problems(url, before)
-        status = fleet.json("--db", url, "status")["resources"]
-        converged = (rerun.returncode == 0 and status[0]["sync"] == "Synced"
-                     and '"two"' in http_get(port)[1])
-        record_trial(SCENARIO, converged, len(problems),
-                     note=f"restart during {when}: apply exit {apply.returncode}",
-                     seconds=time.monotonic() - started)
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert converged, (status, http_get(port))
-        assert problems == [], problems
+def _trial(fleet: Fleet, url: str, port: int, greeting: str, when: str) -> None:
+    db = ["--db", url]
+    started = time.monotonic()
+    fleet.write("api.yaml", service_yaml("api", port, greeting=greeting, start_period="20s",
+                                         extra_env='\n    SLOW_START: "2"'))
+    fleet.commit(f"{greeting}, slow start")
+    count = len(deployment_ids(url))
+    apply = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), *db,
+         "--log-format", "text", "apply", *fleet.repo_args()],
+        cwd=fleet.repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        if when == "health":  # waiting for the new revision to become healthy
+            wait_for(lambda: in_phase(url, "health"), timeout=30, step=0.05)
+        else:  # the new deployment is recorded: its revision is being started
+            wait_for(lambda: len(deployment_ids(url)) > count, timeout=30, step=0.02)
+        before = deployment_ids(url)
+        restart_postgresql()
+        out, _ = apply.communicate(timeout=90)
+    finally:
+        if apply.poll() is None:
+            apply.kill()
+            apply.wait(timeout=10)
+        if not _pg_running():
+            subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+    assert apply.returncode in (0, 1, 2), out
+    assert "Traceback" not in out, out
+    if apply.returncode == 2:  # failed honestly: a coded error, not a crash
+        assert "error[FR" in out, out
+
+    rerun = fleet.cli(*db, "apply", *fleet.repo_args())
+    problems = journal_problems(url, before)
+    status = fleet.json("--db", url, "status")["resources"]
+    converged = (rerun.returncode == 0 and status[0]["sync"] == "Synced"
+                 and f'"{greeting}"' in http_get(port)[1])
+    record_trial(SCENARIO, converged, len(problems),
+                 note=f"restart during {when}: apply exit {apply.returncode}",
+                 seconds=time.monotonic() - started)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert converged, (status, http_get(port))
+    assert problems == [], problems
