@@ -16,8 +16,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from croniter.croniter import CroniterError
 
-from reconciler.spec.calendar import calendar_error, next_elapse, parse_calendar
-
 FIELDS = "minute hour day-of-month month day-of-week"
 # croniter's aliases; each maps to a five-field expression, so a systemd timer can express it.
 ALIASES = frozenset(
@@ -67,6 +65,8 @@ NEVER = datetime.max.replace(tzinfo=UTC)
 def schedule_errors(schedule: object, timezone: object = None) -> list[tuple[tuple[str, ...], str]]:
     """Problems of a Schedule's ``schedule`` value (and how it sits with ``spec.timezone``),
     each as (path below ``spec``, message). The schema has already checked the shape."""
+    from reconciler.spec.calendar import calendar_error, parse_calendar  # only when needed
+
     if isinstance(schedule, Mapping):
         expression = schedule.get("calendar")
         error = calendar_error(expression)
@@ -97,6 +97,8 @@ def next_fire(expr: str | Mapping[str, Any], after: datetime, tz: str) -> dateti
     expressed in ``tz`` (or the calendar's own zone).
     """
     if isinstance(expr, Mapping):
+        from reconciler.spec.calendar import calendar_error, next_elapse, parse_calendar
+
         if after.tzinfo is None or after.utcoffset() is None:
             raise ValueError("next_fire needs a timezone-aware datetime, e.g. datetime.now(UTC)")
         expression = expr.get("calendar")

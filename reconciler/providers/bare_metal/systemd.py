@@ -30,7 +30,6 @@ from croniter import croniter
 
 from reconciler.errors import ProviderError
 from reconciler.health.durations import to_seconds
-from reconciler.spec.calendar import calendar_error, parse_calendar
 from reconciler.spec.cron import cron_error
 from reconciler.transport import CommandResult, Transport
 
@@ -169,6 +168,8 @@ def on_calendar(schedule: str | Mapping[str, Any], timezone: str | None = "UTC")
     case becomes two ``OnCalendar=`` lines."""
     suffix = f" {timezone}" if timezone else ""
     if isinstance(schedule, Mapping):
+        from reconciler.spec.calendar import calendar_error, parse_calendar
+
         expression = schedule.get("calendar")
         error = calendar_error(expression)
         if error is not None:
