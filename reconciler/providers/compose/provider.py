@@ -896,7 +896,8 @@ class ComposeProvider:
         async with self._lock(rendered.project):
             cli = await self.cli()
             # A strategy change from rolling/canary: the replicas' own projects make way.
-            await self._remove_replica_projects(resource, cli)
+            grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
+            await self._remove_replica_projects(resource, cli, grace=grace)
             if await self._already_deployed(rendered, release.revision, count):
                 return
             env = self._env(release, rendered)
