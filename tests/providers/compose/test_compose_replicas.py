@@ -263,3 +263,44 @@ async def test_strategy_change_moves_replicas_without_duplicates(
     await provider.engine.remove_volume(made)
     logs = [line for i in instances for line in await provider.logs(back, i)]
     assert any(line.startswith("boots=6") for line in logs), logs
+
+
+async def test_compose_file_replicas_share_one_export(make_provider, environment, test_images):
+    """A compose file in the release's files, strategy canary: the files are exported once for
+    the release (replicas deployed at once do not race over them), {replica} is replaced in the
+    file's service, and its relative bind mount resolves in the release."""
+    prefix = port_prefix(2)
+    provider: ComposeProvider = make_provider()
+    compose_file = f"""
+services:
+  web:
+    image: {test_images["v1"]}
+    network_mode: host
+    init: true
+    command: ["httpd", "-f", "-p", "127.0.0.1:{prefix}{{replica}}", "-h", "/site"]
+    volumes: ["./site:/site:ro"]
+"""
+    exports: list[Path] = []
+
+    async def export(dest: Path) -> None:
+        exports.append(dest)
+        await asyncio.sleep(0.2)  # a slow export: concurrent replicas would each start one
+        (dest / "stack" / "site").mkdir(parents=True)
+        (dest / "stack" / "compose.yaml").write_text(compose_file)
+        (dest / "stack" / "site" / "index.html").write_text("from the release\n")
+
+    spec = {
+        "source": {"path": "stack"},
+        "strategy": {"type": "canary", "steps": [{"setCanary": 1}]},
+        "compose": {"file": "stack/compose.yaml", "services": ["web"], "replicas": 2},
+    }
+    service = make_resource(environment, "Service", "stack", spec)
+    instances = await provider.instances(service)
+    shared = release(service, "f1", export=export)
+    await asyncio.gather(*(provider.deploy(shared, i) for i in instances))
+    assert len(exports) == 1
+    for n in (1, 2):
+        assert await http_get(prefix * 10 + n, "/index.html") == (200, "from the release\n")
+    states = by_id(await provider.observe(service))
+    assert set(states) == {"web-1", "web-2"}
+    assert all(s.revision == "f1" and s.running for s in states.values())
