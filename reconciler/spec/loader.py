@@ -455,7 +455,9 @@ def _yaml_problem(path: str, data: bytes, exc: BaseException) -> SpecProblem:
     else:
         line, col = 1, 1
     if isinstance(exc, yaml.reader.ReaderError):
-        encoding = exc.encoding if exc.encoding not in {"?", None} else "UTF-8"
+        encoding = exc.encoding
+        if encoding in {"?", None}:  # libyaml does not say; its byte order mark does
+            encoding = "UTF-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "UTF-8"
         message = f"invalid YAML: the file is not valid {encoding} ({exc.reason})"
     elif isinstance(exc, yaml.MarkedYAMLError):
         message = f"invalid YAML: {exc.problem}"

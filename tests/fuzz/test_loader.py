@@ -53,11 +53,18 @@ YAML_PIECES = st.sampled_from([
 
 
 def line_count(data: bytes) -> int:
-    """Lines as libyaml counts them: CR LF, CR, LF, and YAML 1.1's NEL, LS and PS all break."""
-    encoding = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8"
-    text = data.decode(encoding, errors="replace")
-    breaks = sum(text.count(c) for c in "\r\n\x85\u2028\u2029") - text.count("\r\n")
-    return breaks + 1
+    """Lines as libyaml counts them (CR LF, CR, LF, and YAML 1.1's NEL, LS and PS all break),
+    in UTF-8 or in the UTF-16 a byte order mark announces (an undecodable UTF-16 file is
+    located by its bytes, as an editor opening it as UTF-8 shows it: the larger count)."""
+    counts = []
+    encodings = ["utf-8"]
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encodings.append("utf-16")
+    for encoding in encodings:
+        text = data.decode(encoding, errors="replace")
+        breaks = sum(text.count(c) for c in "\r\n\x85\u2028\u2029") - text.count("\r\n")
+        counts.append(breaks + 1)
+    return max(counts)
 
 
 def check_outcome(files: list[SourceFile]) -> DesiredState | SpecError:
