@@ -228,9 +228,9 @@ def main() -> None:
 
 def store_figures(results: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
     """Per backend, against SQLite (the default, embedded backend) measured in the same run."""
-    base = results.get("sqlite", {})
     figures = []
     for backend, r in results.items():
+        base = results.get("sqlite", {}) if backend != "sqlite" else {}
         figures.append(Figure(
             f"{backend}: deployments/s, 1 writer (5 write transactions each)",
             r["deployments_per_s"], "/s", base.get("deployments_per_s"), "SQLite"))
