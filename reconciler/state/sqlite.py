@@ -71,6 +71,13 @@ T = TypeVar("T")
 Params = tuple[Any, ...] | dict[str, Any]
 
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+# WAL with synchronous=NORMAL: a commit is not fsynced (the WAL is at checkpoints), so a killed
+# process loses nothing and the file is never corrupt, but a power loss or kernel crash may undo
+# the last commits (the next pass sees a deployment as unfinished and redoes it). FULL fsyncs
+# every commit: ~2.6 ms each here, 17 commits per deploy of a Service. RECONCILER_SQLITE_SYNC=full
+# restores it.
+_SYNC_ENV = "RECONCILER_SQLITE_SYNC"
+_SYNC_MODES = ("normal", "full", "extra")
 STATUS_FIELDS = frozenset(
     {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
 )
@@ -107,6 +114,13 @@ def _key_of(row: dict[str, Any]) -> ResourceKey:
     return ResourceKey(row["environment"], row["kind"], row["name"])
 
 
+def _sync_mode() -> str:
+    mode = os.environ.get(_SYNC_ENV, "normal").strip().lower() or "normal"
+    if mode not in _SYNC_MODES:
+        raise StoreError(f"{_SYNC_ENV}={mode!r}: expected one of {', '.join(_SYNC_MODES)}")
+    return mode.upper()
+
+
 class SQLiteStore:
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
@@ -139,6 +153,7 @@ class SQLiteStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")  # persistent; ":memory:" stays "memory"
+            conn.execute(f"PRAGMA synchronous = {_sync_mode()}")
             conn.execute("PRAGMA foreign_keys = ON")
             return Database(conn, execute_plugins=False)
         except BaseException:

@@ -151,3 +151,24 @@ async def test_retry_window_from_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RECONCILER_DB_RETRY_SECONDS", "soon")
     with pytest.raises(StoreError, match="not a number"):
         open_store("mysql://u@h/db")
+
+
+async def test_sqlite_synchronous_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WAL with synchronous=NORMAL by default (no fsync per commit); FULL on request."""
+
+    async def mode(name: str) -> int:
+        store = open_store(f"sqlite:///{tmp_path / name}")
+        try:
+            assert isinstance(store, SQLiteStore)
+            row = store._executor.submit(
+                lambda: store._db.conn.execute("PRAGMA synchronous").fetchone()).result()
+            return int(row[0])
+        finally:
+            await store.close()
+
+    assert await mode("a.db") == 1  # NORMAL
+    monkeypatch.setenv("RECONCILER_SQLITE_SYNC", "full")
+    assert await mode("b.db") == 2  # FULL
+    monkeypatch.setenv("RECONCILER_SQLITE_SYNC", "sometimes")
+    with pytest.raises(StoreError, match="RECONCILER_SQLITE_SYNC"):
+        await mode("c.db")
