@@ -732,19 +732,28 @@ class Reconciler:
         try:
             kept, message = await run.revert_slots()
         except ReconcilerError as exc:
-            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message,
-                                        error=error)
-            await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
-                                           last_error=exc.message, health_status="Degraded",
-                                           sync_status="OutOfSync", failed_revision=bad_revision)
-            self._emit(key, "rollback failed", exc.message)
-            return st.ROLLBACK_FAILED, f"revert failed: {exc.message}"
+            return await self._rollback_ended(dep, key, bad_revision, error, failed=exc.message,
+                                              message=f"revert failed: {exc.message}")
         if not kept:
             await self.store.transition(dep.id, st.FAILED, error=error, message=message)
             await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
                                            or "deployment failed", health_status="Degraded",
                                            sync_status="OutOfSync")
             return st.FAILED, message
+        return await self._rollback_ended(dep, key, bad_revision, error, message=message)
+
+    async def _rollback_ended(self, dep: DeploymentRecord, key: ResourceKey, bad_revision: str,
+                              error: str | None, *, message: str,
+                              failed: str | None = None) -> tuple[str, str]:
+        """Close a reverted deployment: rolled_back, or rollback_failed with why (``failed``).
+        Either way the bad revision is remembered, so it is not retried until a new commit."""
+        if failed is not None:
+            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=failed, error=error)
+            await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
+                                           last_error=failed, health_status="Degraded",
+                                           sync_status="OutOfSync", failed_revision=bad_revision)
+            self._emit(key, "rollback failed", failed)
+            return st.ROLLBACK_FAILED, message
         await self.store.transition(dep.id, st.ROLLED_BACK, message=message, error=error)
         await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
                                        sync_status="OutOfSync", failed_revision=bad_revision,
@@ -841,20 +850,11 @@ class Reconciler:
                 if not healthy:
                     raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
         except ReconcilerError as exc:
-            await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=exc.message,
-                                        error=error)
-            await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
-                                           last_error=exc.message, health_status="Degraded",
-                                           sync_status="OutOfSync", failed_revision=bad_revision)
-            self._emit(key, "rollback failed", exc.message)
-            return st.ROLLBACK_FAILED, f"rollback to {good.to_revision} failed: {exc.message}"
-        message = f"rolled back to {good.to_revision}"
-        await self.store.transition(dep.id, st.ROLLED_BACK, message=message, error=error)
-        await self.store.update_status(key, last_result=st.ROLLED_BACK, health_status="Healthy",
-                                       sync_status="OutOfSync", failed_revision=bad_revision,
-                                       last_error=error or dep.error)
-        self._emit(key, "rolled back", message)
-        return st.ROLLED_BACK, message
+            return await self._rollback_ended(
+                dep, key, bad_revision, error, failed=exc.message,
+                message=f"rollback to {good.to_revision} failed: {exc.message}")
+        return await self._rollback_ended(dep, key, bad_revision, error,
+                                          message=f"rolled back to {good.to_revision}")
 
     @staticmethod
     def _resource_of(dep: DeploymentRecord, key: ResourceKey) -> Resource:

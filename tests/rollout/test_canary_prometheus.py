@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import APP, Fleet, free_port, git
+from tests.e2e.conftest import Fleet, free_port
+from tests.rollout.fleets import local_fleet
 from tests.rollout.proxy import Nginx, Prometheus, RequestLoop, start_nginx, start_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -26,16 +27,7 @@ ERROR_RATE = ('(sum(rate(app_requests_total{{greeting="{greeting}",code="500"}}[
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Fleet, Nginx, Prometheus, dict[str, int]]]:
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "app.py").write_text(APP)
-    git(repo, "init", "-q", "-b", "main")
-    fleet = Fleet(repo, tmp_path / "state", tmp_path / "root")
-    fleet.write("target.yaml", f"""apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {{name: local}}
-spec: {{provider: bare_metal, transport: local, root: {fleet.root}}}
-""")
+    fleet = local_fleet(tmp_path)
     ports = {"blue": free_port(), "green": free_port()}
     proxy = start_nginx(tmp_path / "nginx", free_port(), "web", ports["blue"])
     prom = start_prometheus(tmp_path / "prom", free_port(),

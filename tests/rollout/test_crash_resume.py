@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from tests.chaos.report import record_trial
-from tests.e2e.conftest import APP, Fleet, free_port, git
+from tests.e2e.conftest import Fleet, free_port
 from tests.rollout.crash import CrashHarness
+from tests.rollout.fleets import local_fleet, new_fleet, ssh_fleet
 from tests.rollout.proxy import Nginx, start_nginx
 from tests.rollout.test_rolling_ssh import APP as HOST_APP
 
@@ -29,14 +30,6 @@ def get(port: int) -> str:
             return r.read().decode()
     except OSError as exc:
         return f"down ({exc})"
-
-
-def new_fleet(tmp_path: Path, app: str) -> Fleet:
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "app.py").write_text(app)
-    git(repo, "init", "-q", "-b", "main")
-    return Fleet(repo, tmp_path / "state", tmp_path / "root")
 
 
 def check(harness: CrashHarness) -> None:
@@ -54,14 +47,9 @@ def check(harness: CrashHarness) -> None:
 # -- blue-green on the local host, behind a real nginx ------------------------------------------
 @pytest.fixture
 def local_bg(tmp_path: Path) -> Iterator[tuple[Fleet, Nginx, dict[str, int]]]:
-    fleet = new_fleet(tmp_path, APP)
+    fleet = local_fleet(tmp_path)
     ports = {"blue": free_port(), "green": free_port()}
     proxy = start_nginx(tmp_path / "nginx", free_port(), "web", ports["blue"])
-    fleet.write("target.yaml", f"""apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {{name: local}}
-spec: {{provider: bare_metal, transport: local, root: {fleet.root}}}
-""")
     try:
         yield fleet, proxy, ports
     finally:
@@ -117,24 +105,8 @@ spec:
 
 # -- rolling and canary on SSH+systemd hosts ----------------------------------------------------
 @pytest.fixture
-def ssh_fleet(tmp_path: Path, ssh_hosts: Any) -> tuple[Fleet, dict[str, int], Any]:
-    fleet = new_fleet(tmp_path, HOST_APP)
-    ports: dict[str, int] = {}
-    entries = []
-    for h in ssh_hosts:
-        ports[h.name] = free_port()
-        h.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-", str(ports[h.name])])
-        entries.append(f"    - {{name: {h.name}, address: {h.address}, port: {h.port}, "
-                       f"user: root, identityFile: {h.identity_file}, "
-                       f"knownHosts: {h.known_hosts}}}")
-    fleet.write("target.yaml", """apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {name: hosts}
-spec:
-  provider: bare_metal
-  transport: ssh
-  hosts:
-""" + "\n".join(entries) + "\n")
+def ssh_setup(tmp_path: Path, ssh_hosts: Any) -> tuple[Fleet, dict[str, int], Any]:
+    fleet, ports = ssh_fleet(tmp_path, ssh_hosts, HOST_APP)
     return fleet, ports, ssh_hosts
 
 
@@ -162,8 +134,8 @@ spec:
     return write
 
 
-def test_sigkill_during_rolling_and_canary_on_ssh_hosts(ssh_fleet: Any) -> None:
-    fleet, ports, hosts = ssh_fleet
+def test_sigkill_during_rolling_and_canary_on_ssh_hosts(ssh_setup: Any) -> None:
+    fleet, ports, hosts = ssh_setup
 
     def live() -> set[str]:
         return {get(p) for p in ports.values()}
@@ -204,7 +176,7 @@ def compose_fleet(tmp_path: Path, docker_engine: Any, tiny_image: str) -> Iterat
 
     environment = f"crash-{tmp_path.name[-12:].lower().strip('-_') or 'x'}"
     environment = "".join(c if c.isalnum() else "-" for c in environment).strip("-")
-    fleet = new_fleet(tmp_path, APP)
+    fleet = new_fleet(tmp_path)
     fleet.write("target.yaml", f"""apiVersion: fraisier.dev/v1
 kind: Target
 metadata: {{name: docker, environment: {environment}}}

@@ -10,24 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import APP, Fleet, free_port, git
+from tests.e2e.conftest import Fleet, free_port
+from tests.rollout.fleets import local_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "app.py").write_text(APP)
-    git(repo, "init", "-q", "-b", "main")
-    root = tmp_path / "root"
-    f = Fleet(repo, tmp_path / "state", root)
-    f.write("target.yaml", f"""apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {{name: local}}
-spec: {{provider: bare_metal, transport: local, root: {root}}}
-""")
+    f = local_fleet(tmp_path)
     yield f
     f.stop_all()
 

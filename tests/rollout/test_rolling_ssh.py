@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, git
+from tests.e2e.conftest import Fleet
+from tests.rollout.fleets import ssh_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -50,33 +51,9 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 @pytest.fixture
 def fleet(tmp_path: Path, ssh_hosts: Any) -> Iterator[Fleet]:
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "app.py").write_text(APP)
-    git(repo, "init", "-q", "-b", "main")
-    f = Fleet(repo, tmp_path / "state", tmp_path / "unused")
-    hosts = []
-    for h in ssh_hosts:
-        port = free_port()
-        h.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-", str(port)])
-        hosts.append(f"""    - name: {h.name}
-      address: {h.address}
-      port: {h.port}
-      user: root
-      identityFile: {h.identity_file}
-      knownHosts: {h.known_hosts}
-      # port {port}""")
-    f.write("target.yaml", """apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {name: hosts}
-spec:
-  provider: bare_metal
-  transport: ssh
-  hosts:
-""" + "\n".join(hosts) + "\n")
+    f, ports = ssh_fleet(tmp_path, ssh_hosts, APP)
     f.hosts = ssh_hosts  # type: ignore[attr-defined]
-    f.ports = {h.name: int(line.rsplit(" ", 1)[1])  # type: ignore[attr-defined]
-               for h, line in zip(ssh_hosts, hosts, strict=True)}
+    f.ports = ports  # type: ignore[attr-defined]
     yield f
 
 
@@ -143,7 +120,7 @@ def test_rolling_batches_and_rollback_in_reverse(fleet: Any) -> None:
     dep = fleet.json("history", "api")[0]
     assert dep["status"] == "rolled_back", dep
     rollbacks = [i for a, i in steps(dep) if a == "rollback"]
-    assert rollbacks[0] == names[-1] and sorted(rollbacks) == sorted(names)
+    assert rollbacks[0] == names[-1] and sorted(rollbacks) == sorted(names), steps(dep)
     assert set(greetings(fleet).values()) == {"v1"}
     status = {r["name"]: r for r in fleet.json("status")["resources"]}
     assert status["api"]["lastResult"] == "rolled_back"
