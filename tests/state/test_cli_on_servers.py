@@ -57,3 +57,10 @@ spec: {{provider: bare_metal, transport: local, root: {tmp_path / 'root'}}}
     # the journal is really in the server database, not in a SQLite file of the state dir
     assert raw_query(server_url, "SELECT COUNT(*) FROM tb_deployment") == [(2,)]
     assert not list((tmp_path / "state").glob("*.db"))
+    # the audit trail too: both runs, attributed to the CLI user, each with its commit
+    audit = json.loads(fleet.cli(*db, "audit", "migrate", "-o", "json").stdout)
+    assert [(e["action"], e["outcome"]) for e in audit] == [("run", "succeeded"),
+                                                           ("run", "failed")]
+    assert all(e["actor"].startswith("cli:") for e in audit)
+    assert audit[0]["configCommit"] == git(repo, "rev-parse", "HEAD")
+    assert raw_query(server_url, "SELECT COUNT(*) FROM tb_audit_event") == [(2,)]
