@@ -118,6 +118,7 @@ def test_secret_values_appear_nowhere(fleet: Fleet, tmp_path: Path) -> None:
             for output in ("json", "text"):
                 assert run("status", "-o", output, fmt=fmt).returncode in (0, 1)
                 assert run("history", "api", "-o", output, fmt=fmt).returncode == 0
+                assert run("audit", "-o", output, fmt=fmt).returncode == 0
         assert run("logs", "api", *fleet.repo_args()).returncode == 0
         assert run("db", "status", "-o", "json").returncode == 0
         history = json.loads(outputs["json: history api -o json (stdout)"])
