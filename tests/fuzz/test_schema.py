@@ -74,6 +74,7 @@ def containers(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, .
 
 def apply_edit(document: dict[str, Any], edit: tuple[str, int, str, Any]) -> None:
     op, pick, key, value = edit
+    value = copy.deepcopy(value)  # sampled [] and {} are shared objects: never alias them
     places = containers(document)
     _, node = places[pick % len(places)]
     if isinstance(node, dict):
