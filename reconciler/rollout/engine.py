@@ -435,38 +435,38 @@ class Reconciler:
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on
-        # resources earlier in the plan order rules out a deadlock even on a leftover cycle.
-        position = {k: n for n, k in enumerate(k for layer in plan.order for k in layer)}
-        finished = {k: asyncio.Event() for k in position}
-        tasks = []
-
-        async def when_ready(item: PlanItem) -> None:
-            try:
-                resource = item.resource
-                needs = list(resource.depends_on) if resource is not None else []
-                if resource is not None and resource.target_key is not None:
-                    needs.append(resource.target_key)
-                for dep in needs:
-                    if dep in finished and position[dep] < position[item.key]:
-                        await finished[dep].wait()
-                await run(item)
-            finally:
-                finished[item.key].set()
-
+        # resources earlier in the plan order rules out a deadlock even on a leftover cycle;
+        # only resources that act this pass are waited on (the others are done already).
+        acting: list[PlanItem] = []
         for layer in plan.order:
             for k in layer:
                 i = items[k]
                 if (selected is not None and k not in selected) or i.action == DELETE:
-                    finished[k].set()
-                elif i.action == UNCHANGED:
-                    # Nothing to do, and no task or span for it: a no-op pass over a large
-                    # fleet must stay cheap.
+                    continue
+                if i.action == UNCHANGED:
+                    # Nothing to do, and no task, event or span for it: a no-op pass over a
+                    # large fleet must stay cheap.
                     outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
-                    finished[k].set()
                 else:
-                    tasks.append(when_ready(i))
-        if tasks:
-            await asyncio.gather(*tasks)
+                    acting.append(i)
+        if acting:
+            position = {i.key: n for n, i in enumerate(acting)}
+            finished = {i.key: asyncio.Event() for i in acting}
+
+            async def when_ready(item: PlanItem) -> None:
+                try:
+                    resource = item.resource
+                    needs = list(resource.depends_on) if resource is not None else []
+                    if resource is not None and resource.target_key is not None:
+                        needs.append(resource.target_key)
+                    for dep in needs:
+                        if dep in finished and position[dep] < position[item.key]:
+                            await finished[dep].wait()
+                    await run(item)
+                finally:
+                    finished[item.key].set()
+
+            await asyncio.gather(*(when_ready(i) for i in acting))
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
         for item in deletes:
