@@ -7,6 +7,8 @@ the same fault under a whole reconcile: planning, the journal of a rollout, the 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +63,59 @@ def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path) -> None:
         # restarted while the new revision waits to become healthy, then while it is started
         for greeting, when in (("two", "health"), ("three", "start")):
             _trial(fleet, url, port, greeting, when)
+        _daemon_trial(fleet, url, port, tmp_path)
+
+
+def _daemon_trial(fleet: Fleet, url: str, port: int, tmp_path: Path) -> None:
+    """The same fault under the daemon: it must ride it out and converge on its own."""
+    started = time.monotonic()
+    log = tmp_path / "daemon.log"
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--db", url,
+         "daemon", *fleet.repo_args(), "--listen", f"127.0.0.1:{free_port()}",
+         "--interval", "1s"],
+        cwd=fleet.repo, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        time.sleep(1.0)  # let it load the current commit (already applied: nothing to do)
+        fleet.write("api.yaml", service_yaml("api", port, greeting="four", start_period="20s",
+                                             extra_env='\n    SLOW_START: "2"'))
+        fleet.commit("four, slow start")
+        wait_for(lambda: in_phase(url, "health"), timeout=40, step=0.05)
+        before = deployment_ids(url)
+        restart_postgresql()
+
+        def settled() -> bool:
+            try:
+                return (not journal_problems(url, before)
+                        and '"four"' in http_get(port)[1]
+                        and raw_query(url, "SELECT sync_status FROM v_resource "
+                                           "WHERE name = 'api'") == [("Synced",)])
+            except Exception:  # the server is still coming back
+                return False
+
+        try:
+            wait_for(settled, timeout=60, step=0.25)
+            converged = True
+        except AssertionError:
+            converged = False
+        alive = daemon.poll() is None
+        problems = journal_problems(url, before)
+        record_trial(SCENARIO, converged and alive, len(problems),
+                     note=f"restart during health under the daemon: "
+                          f"{'converged on its own' if converged else 'did not converge'}",
+                     seconds=time.monotonic() - started)
+        assert alive, log.read_text(errors="replace")[-3000:]
+        assert converged, log.read_text(errors="replace")[-3000:]
+        assert problems == [], problems
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait(timeout=10)
 
 
 def _trial(fleet: Fleet, url: str, port: int, greeting: str, when: str) -> None:
