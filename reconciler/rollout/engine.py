@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, StoreError
 from reconciler.health import wait_healthy
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
@@ -424,6 +424,11 @@ class Reconciler:
                     with span("rollout", resource=str(item.key), action=item.action,
                               revision=item.revision or ""):
                         outcomes[item.key] = await self._apply_item(item, desired, why)
+                except StoreError:
+                    # The database itself failed (disk full, server gone): not this resource's
+                    # fault. The pass ends with the store's code and hint; the journal written
+                    # so far lets the next start recover.
+                    raise
                 except ReconcilerError as exc:
                     # Errors before a deployment exists (secrets, provider config): recorded on
                     # the resource so `status` shows them, and the pass goes on.
@@ -662,6 +667,8 @@ class Reconciler:
             summary = await run.execute(instances)
         except Interrupted as exc:
             return await self._interrupted(dep, key, item, revision, str(exc))
+        except StoreError:
+            raise
         except Aborted as exc:
             error, reason, failure = exc.message, "abort", exc
         except RolloutFailed as exc:
@@ -688,14 +695,18 @@ class Reconciler:
         # (rolled_back, rollback_failed, failed) in one transition: a crash mid-revert leaves
         # an open deployment with an open step, which recovery closes and the next pass redoes.
         self._emit(key, "failed", error, failure)
+        # A revision a gate judged (health, analysis, an operator's abort) is remembered as bad
+        # even when its rollback fails; one that met an unreachable target is not, so the
+        # daemon retries it with backoff instead of waiting for a new commit.
+        judged = reason in ("health", "analysis", "abort")
         if run is not None and strategy.slotted and run.slot_new is not None:
             status, message = await self._revert_slots(dep, run, key, revision, reason,
-                                                        error)
+                                                        error, judged=judged)
         elif run is not None and run.moved:
             # Every instance moved so far goes back, newest batch first.
             status, message = await self._rollback(dep, provider, key, revision,
                                                    list(reversed(run.moved)), reason=reason,
-                                                   error=error)
+                                                   error=error, judged=judged)
         else:
             # Nothing was touched: nothing to roll back; the daemon retries with backoff.
             await self.store.transition(dep.id, st.FAILED, error=error, message=error)
@@ -724,7 +735,8 @@ class Reconciler:
 
     async def _revert_slots(self, dep: DeploymentRecord, run: RolloutRun, key: ResourceKey,
                             bad_revision: str, reason: str,
-                            error: str | None = None) -> tuple[str, str]:
+                            error: str | None = None, *, judged: bool = True
+                            ) -> tuple[str, str]:
         """A slotted rollout failed: traffic back to the old slot (still running), new slot
         stopped. Nothing is redeployed, which is the point of slots."""
         metrics.ROLLBACKS_TOTAL.labels(reason).inc()
@@ -733,7 +745,8 @@ class Reconciler:
             kept, message = await run.revert_slots()
         except ReconcilerError as exc:
             return await self._rollback_ended(dep, key, bad_revision, error, failed=exc.message,
-                                              message=f"revert failed: {exc.message}")
+                                              message=f"revert failed: {exc.message}",
+                                              judged=judged)
         if not kept:
             await self.store.transition(dep.id, st.FAILED, error=error, message=message)
             await self.store.update_status(key, last_result=st.FAILED, last_error=error or dep.error
@@ -744,14 +757,17 @@ class Reconciler:
 
     async def _rollback_ended(self, dep: DeploymentRecord, key: ResourceKey, bad_revision: str,
                               error: str | None, *, message: str,
-                              failed: str | None = None) -> tuple[str, str]:
+                              failed: str | None = None, judged: bool = True
+                              ) -> tuple[str, str]:
         """Close a reverted deployment: rolled_back, or rollback_failed with why (``failed``).
-        Either way the bad revision is remembered, so it is not retried until a new commit."""
+        The bad revision is remembered (not retried until a new commit) when it was rolled
+        back or judged bad by a gate; a failed rollback of an unjudged one is retried."""
         if failed is not None:
             await self.store.transition(dep.id, st.ROLLBACK_FAILED, message=failed, error=error)
             await self.store.update_status(key, last_result=st.ROLLBACK_FAILED,
                                            last_error=failed, health_status="Degraded",
-                                           sync_status="OutOfSync", failed_revision=bad_revision)
+                                           sync_status="OutOfSync",
+                                           failed_revision=bad_revision if judged else None)
             self._emit(key, "rollback failed", failed)
             return st.ROLLBACK_FAILED, message
         await self.store.transition(dep.id, st.ROLLED_BACK, message=message, error=error)
@@ -819,7 +835,8 @@ class Reconciler:
 
     async def _rollback(self, dep: DeploymentRecord, provider: Provider, key: ResourceKey,
                         bad_revision: str, instances: list[Instance],
-                        reason: str, error: str | None = None) -> tuple[str, str]:
+                        reason: str, error: str | None = None, *, judged: bool = True
+                        ) -> tuple[str, str]:
         """Back to the last good revision recorded in the database (not memory)."""
         good = await self.store.last_good(key)
         if good is None or good.to_revision == bad_revision or not good.spec:
@@ -851,7 +868,7 @@ class Reconciler:
                     raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
         except ReconcilerError as exc:
             return await self._rollback_ended(
-                dep, key, bad_revision, error, failed=exc.message,
+                dep, key, bad_revision, error, failed=exc.message, judged=judged,
                 message=f"rollback to {good.to_revision} failed: {exc.message}")
         return await self._rollback_ended(dep, key, bad_revision, error,
                                           message=f"rolled back to {good.to_revision}")
