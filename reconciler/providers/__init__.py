@@ -108,6 +108,10 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
+    # Optional: ``async def observe_instance(resource, instance) -> InstanceState`` — one
+    # instance's state, for providers where observing every instance costs a round trip each
+    # (SSH hosts); the health gate of one instance uses it when present.
+
 
 ProviderFactory = Callable[[Resource, ProviderContext], Provider]
 

@@ -783,7 +783,11 @@ class Reconciler:
         step = await self.store.start_step(deployment_id, "health", instance.id)
         started = time.monotonic()
 
+        one = getattr(provider, "observe_instance", None)
+
         async def observed() -> Any:
+            if one is not None:  # providers that can look at a single instance (one host)
+                return await one(resource, instance)
             states = {s.instance.id: s for s in await provider.observe(resource)}
             return states.get(instance.id)
 

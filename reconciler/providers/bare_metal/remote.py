@@ -379,6 +379,10 @@ class SystemdSSHProvider:
         instances = await self.instances(resource)
         return list(await asyncio.gather(*(self._observe(resource, i) for i in instances)))
 
+    async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState:
+        """One host's state (the health gate of one instance needs no other host's)."""
+        return await self._observe(resource, instance)
+
     async def _observe(self, resource: Resource, instance: Instance) -> InstanceState:
         names = self.units(resource)
         service_dir = self.service_dir(resource)
