@@ -38,8 +38,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy reconciler
 
-# every script in bench/, one table (docs/performance.md); BENCH_ARGS=--quick shortens the slow
-# ones (idle 20 s window, no ansible-core, fewer rounds/commits): minutes instead of ~30 min
+# every script in bench/, one table (docs/performance.md; ~10 min on a quiet 2-core machine);
+# BENCH_ARGS=--quick shortens the slow ones (idle 20 s window, no ansible-core, fewer rounds)
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

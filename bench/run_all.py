@@ -11,8 +11,9 @@ listed without figures.
 
 ``--quick`` shortens the slow ones (idle: a 20 s window on Services only instead of 60 s on
 both scenarios; bare_metal: 3 rounds and no ansible-core; latency: 10 commits; compose: 3
-rounds; store: 100 deployments; rolling: 2 rounds): about 30 min instead of an hour on 2 busy
-cores.
+rounds; store: 100 deployments; rolling: 2 rounds). The full run took 10 min on a quiet 2-core
+machine (docs/performance.md), most of it idle's two 60 s windows and the first ansible-core
+install.
 """
 
 from __future__ import annotations

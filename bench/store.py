@@ -231,16 +231,17 @@ def store_figures(results: dict[str, Any], args: argparse.Namespace) -> list[Fig
     figures = []
     for backend, r in results.items():
         base = results.get("sqlite", {}) if backend != "sqlite" else {}
+        label = "SQLite" if base else ""
         figures.append(Figure(
             f"{backend}: deployments/s, 1 writer (5 write transactions each)",
-            r["deployments_per_s"], "/s", base.get("deployments_per_s"), "SQLite"))
+            r["deployments_per_s"], "/s", base.get("deployments_per_s"), label))
         figures.append(Figure(
             f"{backend}: deployments/s, 4 concurrent writers",
             r["deployments_per_s_4_writers"], "/s", base.get("deployments_per_s_4_writers"),
-            "SQLite"))
+            label))
         figures.append(Figure(
             f"{backend}: status read, {args.resources} resources",
-            r["status_read_s"], "s", base.get("status_read_s"), "SQLite"))
+            r["status_read_s"], "s", base.get("status_read_s"), label))
         takeover = r.get("replica_takeover")
         if takeover:
             limit = args.ttl * 4 / 3
