@@ -45,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # ≥ 10,000 generated cases per fuzz target (the suite runs FUZZ_EXAMPLES=100 inside `make test`);
-# about 30 min on 2 cores, figures in docs/reliability.md
+# about 12 min on 2 quiet cores (25 min on busy ones), figures in docs/reliability.md
 FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/run.py --examples $(FUZZ_EXAMPLES)
