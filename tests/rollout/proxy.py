@@ -139,7 +139,12 @@ scrape_configs:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{prom.url}/-/ready", timeout=1, trust_env=False).status_code == 200:
+            # ready, and every target scraped once (the first scrape comes seconds after
+            # start-up; an analysis before it would see no series at all)
+            answer = httpx.get(f"{prom.url}/api/v1/query", params={"query": "up"}, timeout=1,
+                               trust_env=False)
+            if answer.status_code == 200 and len(answer.json()["data"]["result"]) == len(
+                    targets):
                 return prom
         except httpx.HTTPError:
             pass

@@ -21,8 +21,8 @@ from tests.rollout.proxy import Nginx, Prometheus, RequestLoop, start_nginx, sta
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 # no 500 at all is no series at all: "or vector(0)" makes that a rate of 0
-ERROR_RATE = ('(sum(rate(app_requests_total{{greeting="{greeting}",code="500"}}[4s])) '
-              'or vector(0)) / sum(rate(app_requests_total{{greeting="{greeting}"}}[4s]))')
+ERROR_RATE = ('(sum(rate(app_requests_total{{greeting="{greeting}",code="500"}}[5s])) '
+              'or vector(0)) / sum(rate(app_requests_total{{greeting="{greeting}"}}[5s]))')
 
 
 @pytest.fixture
@@ -64,10 +64,11 @@ spec:
     prometheus: {{url: "{prom.url}"}}
     steps:
       - setWeight: 50
-      - pause: {{duration: 3s}}
+      - pause: {{duration: 4s}}
       - analysis:
-          duration: 4s
+          duration: 5s
           interval: 1s
+          failureLimit: 1   # the first scrapes of a new slot may not hold two samples yet
           queries:
             - name: error-rate
               query: '{query}'
