@@ -125,12 +125,15 @@ class RolloutRun:
         """Deploy the new revision to ``batch`` at once, then gate every instance of it."""
         self.moved.extend(batch)
         detail = f"revision {self.revision} ({label})"
-        await _all(self.engine._step(self.dep.id, "deploy", i,
-                                     self.provider.deploy(self.release, i), detail)
-                   for i in batch)
-        results = await asyncio.gather(*(
-            self.engine._health_gate(self.dep.id, self.provider, self.resource, i)
-            for i in batch))
+
+        async def deploy_and_gate(instance: Instance) -> tuple[bool, str]:
+            # each instance is gated as soon as it is up, not when the slowest of its batch is
+            await self.engine._step(self.dep.id, "deploy", instance,
+                                    self.provider.deploy(self.release, instance), detail)
+            return await self.engine._health_gate(self.dep.id, self.provider, self.resource,
+                                                  instance)
+
+        results = await _all(deploy_and_gate(i) for i in batch)
         bad = [f"{i.id}: health check failed: {msg}"
                for i, (ok, msg) in zip(batch, results, strict=True) if not ok]
         if bad:
@@ -416,10 +419,11 @@ class RolloutRun:
         return True, f"slot {self.slot_old.labels['fraisier.dev/slot']} kept serving"
 
 
-async def _all(awaitables: Any) -> None:
+async def _all(awaitables: Any) -> list[Any]:
     """Run concurrently; wait for every one even when some fail, then raise the first error
-    (a half-finished sibling must not be left running unjournaled)."""
+    (a half-finished sibling must not be left running unjournaled). Returns the results."""
     results = await asyncio.gather(*awaitables, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    return list(results)
