@@ -2,7 +2,7 @@
 
 GET /         -> a greeting (env GREETING)
 GET /healthz  -> 200 "ok", or 500 when env FAIL_HEALTH=1 (to watch a rollback happen)
-GET /metrics   -> Prometheus text: app_requests_total{code, greeting}
+GET /metrics   -> Prometheus text: app_requests_total{code, greeting, slot} (slot: env SLOT)
 SLOW_START=N  -> wait N seconds before listening
 ERROR_RATE=F  -> answer GET / with 500 for a fraction F of requests (to watch a canary analysis
                  fail on its error-rate query)
@@ -30,12 +30,14 @@ def count(code: int) -> None:
 
 def metrics() -> str:
     greeting = os.environ.get("GREETING", "hello").replace("\\", "").replace('"', "")
+    slot = os.environ.get("SLOT", "").replace("\\", "").replace('"', "")
     lines = ["# HELP app_requests_total Requests to / by status code.",
              "# TYPE app_requests_total counter"]
     with LOCK:
         codes = dict(REQUESTS) or {200: 0}
     for code, n in sorted(codes.items()):
-        lines.append(f'app_requests_total{{code="{code}",greeting="{greeting}"}} {n}')
+        lines.append(f'app_requests_total{{code="{code}",greeting="{greeting}",slot="{slot}"}} '
+                     f"{n}")
     return "\n".join(lines) + "\n"
 
 

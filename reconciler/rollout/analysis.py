@@ -48,7 +48,8 @@ from reconciler.spec.durations import format_duration, parse_duration
 log = logging.getLogger("reconciler.rollout.analysis")
 
 DEFAULT_INTERVAL_S = 5.0
-PLACEHOLDERS = ("name", "environment", "revision")
+# {slot}: the slot a weighted canary's new revision runs in (apps label metrics with it)
+PLACEHOLDERS = ("name", "environment", "revision", "slot")
 _MAX_ATTEMPT_TIMEOUT_S = 10.0
 _MIN_QUERY_BUDGET_S = 2.0
 _STOP_POLL_S = 0.1
@@ -114,7 +115,8 @@ def _escape(value: str, quote: str) -> str:
 
 
 def render_query(query: str, variables: Mapping[str, str]) -> str:
-    """``query`` with ``{name}``, ``{environment}``, ``{revision}`` replaced (see module doc)."""
+    """``query`` with ``{name}``, ``{environment}``, ``{revision}`` (and ``{slot}`` for a weighted
+    canary) replaced (see module doc)."""
     out: list[str] = []
     quote: str | None = None  # the quote of the string literal we are in, if any
     i = 0

@@ -369,7 +369,9 @@ class RolloutRun:
             result = await run_analysis(
                 spec, prometheus_url=self.strategy.prometheus_url,
                 variables={"name": self.key.name, "environment": self.key.environment,
-                           "revision": self.revision},
+                           "revision": self.revision,
+                           **({"slot": resource.labels["fraisier.dev/slot"]}
+                              if "fraisier.dev/slot" in resource.labels else {})},
                 health=health, should_stop=lambda: self.engine.stopping)
         except BaseException as exc:
             await self.engine.store.finish_step(step, "failed", str(exc) or type(exc).__name__)

@@ -21,8 +21,10 @@ from tests.rollout.proxy import Nginx, Prometheus, RequestLoop, start_nginx, sta
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 # no 500 at all is no series at all: "or vector(0)" makes that a rate of 0
-ERROR_RATE = ('(sum(rate(app_requests_total{{greeting="{greeting}",code="500"}}[5s])) '
-              'or vector(0)) / sum(rate(app_requests_total{{greeting="{greeting}"}}[5s]))')
+# {slot} is filled by the analysis with the new revision's slot, which the app labels its
+# metrics with (env SLOT: "{slot}")
+ERROR_RATE = ('(sum(rate(app_requests_total{slot="{slot}",code="500"}[5s])) '
+              'or vector(0)) / sum(rate(app_requests_total{slot="{slot}"}[5s]))')
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Fleet, Nginx, Prometheus, dict[str, 
 
 def write(fleet: Fleet, proxy: Nginx, prom: Prometheus, ports: dict[str, int], greeting: str,
           error_rate: float) -> None:
-    query = ERROR_RATE.format(greeting=greeting).replace("'", "''")
+    query = ERROR_RATE.replace("'", "''")
     fleet.write("web.yaml", f"""apiVersion: fraisier.dev/v1
 kind: Service
 metadata: {{name: web}}
@@ -50,7 +52,7 @@ spec:
   target: local
   source: {{path: app}}
   command: [{sys.executable}, app.py, --port, "{{port}}"]
-  env: {{GREETING: "{greeting}", ERROR_RATE: "{error_rate}"}}
+  env: {{GREETING: "{greeting}", ERROR_RATE: "{error_rate}", SLOT: "{{slot}}"}}
   stopTimeout: 2s
   health:
     http: {{url: "http://{{host}}:{{port}}/healthz"}}
