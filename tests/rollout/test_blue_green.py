@@ -72,6 +72,14 @@ spec:
 """
 
 
+def apply_in_background(fleet: Fleet) -> subprocess.Popen[str]:
+    """`reconciler apply` in its own process (output captured), for rollouts that wait."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
+         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
 def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
     """(status, body); status 0 when nothing listens."""
     try:
@@ -163,10 +171,7 @@ def test_weighted_canary_pauses_until_promoted(fleet: Fleet, nginx: Nginx,
     first = fleet.cli("promote", "web")  # nothing known yet: exit 1 path is NotFound (2)
     assert first.returncode == 2
     # the first rollout has no old slot: the weights give everything to the only slot
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
-         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    proc = apply_in_background(fleet)
     try:
         # paused: waits for promote
         wait_for(lambda: _paused(fleet), timeout=60, step=0.3)
@@ -183,10 +188,7 @@ def test_weighted_canary_pauses_until_promoted(fleet: Fleet, nginx: Nginx,
     # v2: weights 25 then 50 between the slots, then everything on the new one
     fleet.write("web.yaml", web_yaml(ports, nginx, greeting="v2", strategy=canary))
     fleet.commit("v2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
-         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    proc = apply_in_background(fleet)
     try:
         wait_for(lambda: _paused(fleet), timeout=60, step=0.3)
         seen = _sample(nginx, 80)
@@ -239,10 +241,7 @@ spec:
     startPeriod: 20s
 """)
     fleet.commit("slow")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
-         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    first = apply_in_background(fleet)
     try:
         locks = wait_for(lambda: [lk for lk in fleet.json("lock", "status")
                                   if lk["name"] == "resource:default/Service/slow"],
@@ -267,10 +266,7 @@ def test_suspend_pauses_a_rollout_in_progress_and_rollback_uses_the_slots(
     assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
     fleet.write("web.yaml", web_yaml(ports, nginx, greeting="v2", delay="4s"))
     fleet.commit("v2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
-         "text", "apply", *fleet.repo_args()], cwd=fleet.repo, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    proc = apply_in_background(fleet)
     try:
         def switched() -> bool:
             hist = fleet.json("history", "web")

@@ -20,6 +20,7 @@ from tests.rollout.crash import CrashHarness
 from tests.rollout.fleets import local_fleet, new_fleet, ssh_fleet
 from tests.rollout.proxy import Nginx, start_nginx
 from tests.rollout.test_rolling_ssh import APP as HOST_APP
+from tests.rollout.test_rolling_ssh import service as ssh_api_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -114,23 +115,7 @@ def ssh_service(fleet: Fleet, hosts: Any, strategy: str) -> Any:
     def write(greeting: str, failing: bool) -> None:
         if failing:  # the app fails its health check where this marker exists
             hosts[0].run(["touch", f"/etc/fraisier-fail-{greeting}"])
-        fleet.write("api.yaml", f"""apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {{name: api}}
-spec:
-  target: hosts
-  source: {{path: app}}
-  command: [python3, app.py]
-  env: {{GREETING: "{greeting}"}}
-  stopTimeout: 2s
-  health:
-    exec: {{command: [python3, app.py, check]}}
-    interval: 200ms
-    timeout: 3s
-    startPeriod: 1s
-    failureThreshold: 2
-  strategy:{strategy}
-""")
+        fleet.write("api.yaml", ssh_api_service(greeting, strategy))
     return write
 
 
