@@ -47,7 +47,7 @@ def ts(value: str) -> datetime:
 
 
 def test_dependents_start_when_their_own_dependencies_are_done(fleet: Fleet) -> None:
-    fleet.write("a.yaml", svc("slow", slow=4))
+    fleet.write("a.yaml", svc("slow", slow=8))
     fleet.write("b.yaml", svc("base"))
     fleet.write("c.yaml", svc("after-base", depends="\n  dependsOn: [base]"))
     fleet.commit("three")
