@@ -145,8 +145,45 @@ def _tail_lines(path: Path, count: int) -> list[str]:
     return lines[-count:]
 
 
+# Every process the supervisor starts carries its pidfile's path in this variable, so a process
+# started by a reconciler killed before it wrote the pidfile can still be found and stopped.
+TAG_VARIABLE = "FRAISIER_PIDFILE"
+
+
+def _tagged(tag: str) -> list[int]:
+    """Pids of this user's processes whose environment carries ``TAG_VARIABLE=tag``."""
+    needle = f"{TAG_VARIABLE}={tag}".encode() + b"\0"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                environ = fh.read() + b"\0"
+        except OSError:  # gone, or another user's
+            continue
+        if needle in environ and (environ.startswith(needle) or b"\0" + needle in environ):
+            found.append(int(entry.name))
+    return found
+
+
 class Supervisor:
     """``ServiceManager`` for processes on this machine."""
+
+    async def _stop_orphans(self, ref: ServiceRef, timeout_s: float = 5.0) -> None:
+        """Stop processes of ``ref`` that no pidfile records: a reconciler killed between
+        starting a process and writing its pidfile leaves one running (holding its port, so the
+        next start would fail to bind while a health check passed against the orphan)."""
+        orphans = await asyncio.to_thread(_tagged, str(pidfile_path(ref)))
+        for pid in orphans:
+            start = procfs.start_time(pid)
+            if start is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+            if not await _wait_group_gone(pid, start, timeout_s):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def start(self, ref: ServiceRef, launch: LaunchSpec) -> ServiceStatus:
         current = await self.status(ref)
@@ -159,6 +196,7 @@ class Supervisor:
             )
         if not launch.argv:
             raise ProviderError(f"{ref}: no command to start")
+        await self._stop_orphans(ref)
         return await asyncio.to_thread(self._start_sync, ref, launch)
 
     def _start_sync(self, ref: ServiceRef, launch: LaunchSpec) -> ServiceStatus:
@@ -175,7 +213,7 @@ class Supervisor:
                 child = subprocess.Popen(
                     launch.argv,
                     cwd=launch.cwd,
-                    env=launch.env,
+                    env={**launch.env, TAG_VARIABLE: str(pidfile_path(ref))},
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -229,6 +267,7 @@ class Supervisor:
     async def stop(self, ref: ServiceRef, timeout_s: float) -> None:
         record = _read_pidfile(ref)
         if record is None:
+            await self._stop_orphans(ref, timeout_s)
             return
         try:
             pid, start_time = int(record["pid"]), int(record["start_time"])

@@ -373,7 +373,9 @@ async def test_environment_is_minimal_plus_release_env(
     assert env["API_TOKEN"] == "t0ken"
     assert "FRAISIER_DAEMON_SECRET" not in env
     assert {"PATH", "HOME", "LANG"} <= set(env)
-    assert set(env) - {"PATH", "HOME", "LANG", "TZ", "API_TOKEN"} <= {"LC_CTYPE"}  # python may add
+    # python may add LC_CTYPE; FRAISIER_PIDFILE tags the process as this service's (orphan search)
+    assert set(env) - {"PATH", "HOME", "LANG", "TZ", "API_TOKEN"} <= {"LC_CTYPE",
+                                                                     "FRAISIER_PIDFILE"}
     # the secret value is in no log line, error or pidfile
     root_text = "".join(
         p.read_text(errors="replace")
@@ -451,3 +453,33 @@ def pick_port() -> int:
 
 if sys.platform != "linux":  # /proc is the source of truth
     pytest.skip("bare-metal supervisor needs Linux /proc", allow_module_level=True)
+
+
+@pytest.mark.timeout(30)
+async def test_a_process_whose_pidfile_was_never_written_is_stopped_before_a_start(
+    provider: BareMetalProvider, sources: AppSources, state_dir: Path
+) -> None:
+    """A reconciler killed between starting a process and writing its pidfile leaves an orphan
+    holding the port: the next start finds it by its tag and stops it first."""
+    from reconciler.providers.bare_metal.supervisor import TAG_VARIABLE
+
+    port = pick_port()
+    resource = make_resource("api", app_spec(port))
+    [instance] = await provider.instances(resource)
+    await provider.deploy(sources.release(resource, "r1"), instance)
+    assert await wait_for_http(f"http://127.0.0.1:{port}/", "r1") == "r1 "
+    [state] = await provider.observe(resource)
+    pidfiles = list(state_dir.rglob("*.pid"))
+    assert len(pidfiles) == 1
+    pid = json.loads(pidfiles[0].read_text())["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"{TAG_VARIABLE}={pidfiles[0]}".encode() in environ
+    # the crash: the process runs on, its pidfile is gone
+    pidfiles[0].unlink()
+    assert (await provider.observe(resource))[0].running is False
+
+    await provider.deploy(sources.release(resource, "r2"), instance)
+    assert await wait_gone(pid), "the orphan was stopped"
+    assert await wait_for_http(f"http://127.0.0.1:{port}/", "r2") == "r2 "
+    [state] = await provider.observe(resource)
+    assert state.running and state.revision == "r2"
