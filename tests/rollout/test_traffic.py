@@ -214,6 +214,18 @@ class Request:
     error: str | None
 
 
+def _no_response(exc: httpx.HTTPError) -> bool:
+    """True when the connection died before any byte of a response came back."""
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "without sending a response" in str(exc)
+    cause: BaseException | None = exc
+    while cause is not None:  # httpcore wraps anyio's BrokenResourceError, which wraps the reset
+        if isinstance(cause, ConnectionResetError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 async def _hammer(url: str, keepalive: bool, stop: asyncio.Event, out: list[Request],
                   races: list[float]) -> None:
     """Sequential GETs until ``stop`` (bounded: 20,000 requests, 30 s)."""
@@ -228,12 +240,15 @@ async def _hammer(url: str, keepalive: bool, stop: asyncio.Event, out: list[Requ
             try:
                 try:
                     response = await client.get(url)
-                except httpx.RemoteProtocolError as exc:
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                     # HTTP/1.1's keep-alive race: the old worker closed this idle connection
                     # (graceful shutdown) as the request went out. RFC 9112 §9.3.1 lets a client
                     # retry an idempotent request that got no response; browsers, curl and Go do.
-                    # httpx does not, so this client does, once, and the race is counted.
-                    if not keepalive or "without sending a response" not in str(exc):
+                    # httpx does not, so this client does, once, and the race is counted. The
+                    # close shows as EOF before any response (RemoteProtocolError) or, when the
+                    # request bytes had already reached the closing socket, as a reset (the
+                    # kernel answers unread data with RST: ReadError).
+                    if not keepalive or not _no_response(exc):
                         raise
                     races.append(started)
                     response = await client.get(url)
