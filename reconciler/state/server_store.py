@@ -23,7 +23,7 @@ import asyncio
 import random
 import time
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -32,28 +32,15 @@ from typing import Any, Protocol, TypeVar
 from reconciler.errors import NotFound, ReconcilerError, StoreError
 from reconciler.observe.metrics import LOCK_WAIT, db_operation
 from reconciler.spec.model import ResourceKey
-from reconciler.state.audit import (
-    MAX_MESSAGE,
-    action_for,
-    actor_for_trigger,
-    audit_identifier,
-    audit_import_values,
-    audit_values,
-    clip,
-    current_actor,
-)
+from reconciler.state import rows
+from reconciler.state.audit import current_actor
 from reconciler.state.store import (
-    DEPLOYMENT_STATUSES,
     FINAL_STATUSES,
-    HEALTH_STATUSES,
     IN_PROGRESS,
     PENDING,
     STEP_STARTED,
-    STEP_STATUSES,
     SUCCEEDED,
-    SYNC_STATUSES,
     TRANSITIONS,
-    AuditRecord,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
@@ -70,9 +57,6 @@ DEFAULT_RETRY_SECONDS = 60.0  # how long a write keeps retrying through an outag
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 IN_LIST_CHUNK = 500
-STATUS_FIELDS = frozenset(
-    {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
-)
 
 
 class Tx(Protocol):
@@ -101,14 +85,11 @@ def is_uuid(value: str) -> bool:
     return True
 
 
-def _key_of(row: Row) -> ResourceKey:
-    return ResourceKey(row["environment"], row["kind"], row["name"])
-
-
-class ServerStore(ABC):
+class ServerStore(rows.AuditLog):
     """``Store`` over a database server; subclasses provide the driver specifics."""
 
     dialect: str  # "postgresql" | "mysql": metric label and sql/ folder
+    param_mark = "%s"
     url: str
     retry_seconds: float = DEFAULT_RETRY_SECONDS
     # SQL fragments that differ between dialects
@@ -141,10 +122,10 @@ class ServerStore(ABC):
     @abstractmethod
     async def _close_pool(self) -> None: ...
 
-    async def _on_retryable_error(self, exc: BaseException) -> None:  # noqa: B027 - optional
+    async def _on_retryable_error(self, exc: BaseException) -> None:
         """Before a retry: e.g. drop idle connections a server restart has killed as well."""
 
-    def _publish_pool_metrics(self) -> None:  # noqa: B027 - optional hook
+    def _publish_pool_metrics(self) -> None:
         """Update DB_CONNECTIONS (backends with pool statistics override this)."""
 
     # value conversions (to the driver, from the driver)
@@ -157,18 +138,8 @@ class ServerStore(ABC):
     @abstractmethod
     def _py_json(self, value: Any) -> dict[str, Any] | None: ...
 
-    def _py_time(self, value: Any) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, datetime):
-            # naive (MySQL DATETIME) is UTC; aware (PostgreSQL session zone) is normalised
-            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-        return datetime.fromisoformat(str(value))
-
     def _t(self, value: Any) -> datetime:
-        result = self._py_time(value)
-        assert result is not None
-        return result
+        return rows.parse_time_required(value)
 
     # dialect-specific statements
     @abstractmethod
@@ -272,25 +243,7 @@ class ServerStore(ABC):
         return (key.environment, key.kind, key.name)
 
     def _to_resource(self, row: Row) -> ResourceRecord:
-        return ResourceRecord(
-            key=_key_of(row),
-            id=str(row["id"]),
-            desired_revision=row["desired_revision"],
-            desired_hash=row["desired_hash"],
-            desired_spec=self._py_json(row["desired_spec"]),
-            applied_revision=row["applied_revision"],
-            applied_hash=row["applied_hash"],
-            applied_spec=self._py_json(row["applied_spec"]),
-            config_commit=row["config_commit"],
-            sync_status=row["sync_status"],
-            health_status=row["health_status"],
-            last_result=row["last_result"],
-            last_error=row["last_error"],
-            failed_revision=row["failed_revision"],
-            suspended=bool(row["suspended"]),
-            deleted=bool(row["deleted"]),
-            updated_at=self._py_time(row["updated_at"]),
-        )
+        return rows.to_resource(row, self._py_json)
 
     async def _resource_row(self, tx: Tx, key: ResourceKey) -> Row | None:
         return await tx.one(f"SELECT * FROM v_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
@@ -322,23 +275,15 @@ class ServerStore(ABC):
                               transaction=False)
         return self._to_resource(row) if row is not None else None
 
-    # Everything but the spec documents: what a plan over a large fleet needs for every row.
-    _LIGHT_COLUMNS = (
-        "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
-        "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
-        "failed_revision, suspended, deleted, updated_at, NULL AS desired_spec, "
-        "NULL AS applied_spec"
-    )
-
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None."""
         where = "" if include_deleted else "WHERE deleted = FALSE"
-        columns = "*" if with_specs else self._LIGHT_COLUMNS
+        columns = "*" if with_specs else rows.LIGHT_RESOURCE_COLUMNS
         order = ", ".join(f"{c}{self.binary_order}" for c in ("environment", "kind", "name"))
         sql = f"SELECT {columns} FROM v_resource {where} ORDER BY {order}"  # noqa: S608
-        rows = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
-        return [self._to_resource(row) for row in rows]
+        found = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
+        return [self._to_resource(row) for row in found]
 
     async def record_desired(
         self,
@@ -401,27 +346,9 @@ class ServerStore(ABC):
 
         await self._run("record_applied", op)
 
-    @staticmethod
-    def _check_status_fields(fields: dict[str, Any]) -> None:
-        unknown = sorted(set(fields) - STATUS_FIELDS)
-        if unknown:
-            raise StoreError(f"update_status: unknown field(s) {', '.join(unknown)}")
-        allowed: dict[str, tuple[str | None, ...]] = {
-            "sync_status": SYNC_STATUSES,
-            "health_status": HEALTH_STATUSES,
-            "last_result": (None, *DEPLOYMENT_STATUSES),
-        }
-        for name, values in allowed.items():
-            if name in fields and fields[name] not in values:
-                raise StoreError(
-                    f"update_status: {name}={fields[name]!r} is not one of "
-                    f"{', '.join(str(v) for v in values)}"
-                )
-
     async def _update_resource(self, operation: str, key: ResourceKey, fields: dict[str, Any],
                                create: bool) -> None:
-        if not set(fields) <= STATUS_FIELDS | {"suspended", "deleted"}:
-            raise StoreError(f"cannot update resource fields {sorted(fields)}")
+        rows.check_update_fields(fields)
         names = sorted(fields)
 
         async def op(tx: Tx, _: bool) -> None:
@@ -448,7 +375,7 @@ class ServerStore(ABC):
     async def update_status(self, key: ResourceKey, **fields: Any) -> None:
         """Set any of sync_status, health_status, last_result, last_error, failed_revision
         (a resource not recorded yet gets a bare row first, as on SQLite)."""
-        self._check_status_fields(fields)
+        rows.check_status_fields(fields)
         await self._update_resource("update_status", key, fields, True)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
@@ -460,52 +387,17 @@ class ServerStore(ABC):
         await self._update_resource("mark_deleted", key, {"deleted": True}, False)
 
     # -- deployment journal ----------------------------------------------------------------------
-    def _to_deployment(self, row: Row, events: list[DeploymentEvent],
-                       steps: list[StepRecord]) -> DeploymentRecord:
-        return DeploymentRecord(
-            id=str(row["id"]),
-            identifier=row["identifier"],
-            key=_key_of(row),
-            status=row["status"],
-            from_revision=row["from_revision"],
-            to_revision=row["to_revision"],
-            config_commit=row["config_commit"],
-            trigger=row["trigger"],
-            strategy=row["strategy"],
-            error=row["error"],
-            output=row["output"],
-            exit_code=row["exit_code"],
-            spec=self._py_json(row["spec"]),
-            created_at=self._py_time(row["created_at"]),
-            started_at=self._py_time(row["started_at"]),
-            finished_at=self._py_time(row["finished_at"]),
-            events=events,
-            steps=steps,
-        )
-
-    def _to_step(self, row: Row) -> StepRecord:
-        return StepRecord(
-            id=str(row["id"]),
-            seq=int(row["seq"]),
-            action=row["action"],
-            instance=row["instance"],
-            status=row["status"],
-            detail=row["detail"],
-            started_at=self._t(row["started_at"]),
-            finished_at=self._py_time(row["finished_at"]),
-        )
-
     async def _deployments(self, tx: Tx, where: str, params: tuple[Any, ...], order: str,
                            limit: int | None = None) -> list[DeploymentRecord]:
         """Deployments of v_deployment matching ``where``, each with its events and steps."""
         limit_sql = f" LIMIT {int(limit)}" if limit is not None and limit > 0 else ""
-        rows = await tx.all(
+        found = await tx.all(
             f"SELECT * FROM v_deployment WHERE {where} ORDER BY {order}{limit_sql}",  # noqa: S608
             params,
         )
-        if not rows:
+        if not found:
             return []
-        ids = [str(row["id"]) for row in rows]
+        ids = [str(row["id"]) for row in found]
         events: dict[str, list[DeploymentEvent]] = {i: [] for i in ids}
         steps: dict[str, list[StepRecord]] = {i: [] for i in ids}
         for start in range(0, len(ids), IN_LIST_CHUNK):
@@ -515,16 +407,15 @@ class ServerStore(ABC):
                 "SELECT deployment_id, status, message, at FROM v_deployment_event "  # noqa: S608
                 f"WHERE deployment_id IN ({marks}) ORDER BY deployment_id, seq", chunk,
             ):
-                events[str(e["deployment_id"])].append(
-                    DeploymentEvent(e["status"], e["message"], self._t(e["at"]))
-                )
+                events[str(e["deployment_id"])].append(rows.to_event(e))
             for s in await tx.all(
                 f"SELECT * FROM v_deployment_step WHERE deployment_id IN ({marks}) "  # noqa: S608
                 "ORDER BY deployment_id, seq", chunk,
             ):
-                steps[str(s["deployment_id"])].append(self._to_step(s))
-        return [self._to_deployment(row, events[str(row["id"])], steps[str(row["id"])])
-                for row in rows]
+                steps[str(s["deployment_id"])].append(rows.to_step(s))
+        return [rows.to_deployment(row, events[str(row["id"])], steps[str(row["id"])],
+                                   self._py_json)
+                for row in found]
 
     async def _get_deployment(self, tx: Tx, deployment_id: str) -> DeploymentRecord | None:
         if is_uuid(deployment_id):
@@ -617,13 +508,7 @@ class ServerStore(ABC):
         exit_code: int | None = None,
     ) -> None:
         """Move a deployment to ``status`` (checked against TRANSITIONS) and log an event."""
-        if status not in DEPLOYMENT_STATUSES:
-            raise TransitionError(f"unknown deployment status {status!r}")
-        extra = {
-            name: value
-            for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
-            if value is not None
-        }
+        extra = rows.transition_extra(status, error, output, exit_code)
 
         async def op(tx: Tx, retrying: bool) -> None:
             row = await self._require_deployment(tx, deployment_id)
@@ -659,25 +544,12 @@ class ServerStore(ABC):
                            message: str | None, now: datetime, actor: str | None) -> None:
         """The audit row of a deployment that reached a final status (same transaction)."""
         dep = await tx.one(
-            f"SELECT d.{self.trigger_column} AS trigger_, d.strategy, d.config_commit, "  # noqa: S608
-            "d.to_revision, r.identifier AS resource, r.kind FROM tb_deployment AS d "
-            "JOIN tb_resource AS r ON r.pk_resource = d.fk_resource WHERE d.pk_deployment = %s",
+            rows.FINAL_AUDIT_SELECT.format(trigger=self.trigger_column, mark="%s"),
             (row["pk_deployment"],))
         assert dep is not None
-        row_id = str(uuid.uuid4())
-        await tx.insert("tb_audit_event", {
-            "id": row_id,
-            "identifier": audit_identifier(row["identifier"], status, f"audit:{row_id}"),
-            "at": self._db_time(now),
-            "actor": actor or actor_for_trigger(dep["trigger_"]),
-            "action": action_for(dep["kind"], dep["strategy"], dep["trigger_"], status, previous),
-            "resource": dep["resource"],
-            "deployment": row["identifier"],
-            "config_commit": dep["config_commit"],
-            "revision": dep["to_revision"],
-            "outcome": status,
-            "message": clip(message, MAX_MESSAGE, lines=True) if message else None,
-        }, "pk_audit_event")
+        await tx.insert("tb_audit_event", rows.final_audit_values(
+            row, dep, previous, status, message, self._db_time(now), actor, str(uuid.uuid4())),
+            "pk_audit_event")
 
     async def start_step(self, deployment_id: str, action: str, instance: str,
                          detail: str | None = None) -> str:
@@ -708,11 +580,7 @@ class ServerStore(ABC):
 
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
         """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once)."""
-        if status not in STEP_STATUSES or status == STEP_STARTED:
-            raise StoreError(
-                f"finish_step: status must be one of {', '.join(STEP_STATUSES[1:])}, "
-                f"not {status!r}"
-            )
+        rows.check_finish_status(status)
 
         async def op(tx: Tx, retrying: bool) -> None:
             row = None
@@ -768,8 +636,7 @@ class ServerStore(ABC):
         Expiry is computed and compared on the database server, so replicas on hosts whose
         clocks disagree still agree on who holds a lease.
         """
-        if ttl_seconds <= 0:
-            raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
+        rows.check_ttl(ttl_seconds)
         started = time.perf_counter()
         try:
             return await self._run(
@@ -795,12 +662,12 @@ class ServerStore(ABC):
 
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name (expired ones included)."""
-        rows = await self._run("list_locks", lambda tx, _: tx.all(
+        found = await self._run("list_locks", lambda tx, _: tx.all(
             "SELECT name, owner, acquired_at, expires_at FROM v_lock "  # noqa: S608
             f"ORDER BY name{self.binary_order}"),
             transaction=False)
         return [LockInfo(r["name"], r["owner"], self._t(r["acquired_at"]),
-                         self._t(r["expires_at"])) for r in rows]
+                         self._t(r["expires_at"])) for r in found]
 
     async def database_now(self) -> datetime:
         """The database server's clock (what lease expiry is judged by)."""
@@ -830,73 +697,30 @@ class ServerStore(ABC):
         """Insert unless (provider, delivery_id) exists; True when inserted."""
 
     # -- audit -----------------------------------------------------------------------------------
-    def _to_audit(self, row: Row) -> AuditRecord:
-        return AuditRecord(
-            id=str(row["id"]), identifier=row["identifier"], at=self._t(row["at"]),
-            actor=row["actor"], action=row["action"], outcome=row["outcome"],
-            resource=row["resource"], deployment=row["deployment"],
-            config_commit=row["config_commit"], revision=row["revision"],
-            message=row["message"],
-        )
+    # record_audit, list_audit and import_audit: rows.AuditLog over these hooks
+    def _audit_time(self, value: datetime) -> Any:
+        return self._db_time(value.astimezone(UTC))
 
-    async def record_audit(
-        self,
-        action: str,
-        *,
-        actor: str,
-        outcome: str,
-        resource: ResourceKey | None = None,
-        deployment: str | None = None,
-        config_commit: str | None = None,
-        revision: str | None = None,
-        message: str | None = None,
-    ) -> AuditRecord:
-        """Append one audit event (a change that is not a deployment: suspend, resume, …)."""
-        values = audit_values(action, actor=actor, outcome=outcome, resource=resource,
-                              deployment=deployment, config_commit=config_commit,
-                              revision=revision, message=message)
-        values["at"] = self._db_time(utc_now())
-
-        async def op(tx: Tx, retrying: bool) -> Row:
+    async def _append_audit(self, values: dict[str, Any], *, read_back: bool) -> Row | None:
+        async def op(tx: Tx, retrying: bool) -> Row | None:
             if not (retrying and await tx.one("SELECT 1 AS found FROM tb_audit_event "
                                               "WHERE id = %s", (values["id"],))):
                 await tx.insert("tb_audit_event", values, "pk_audit_event")
-            row = await tx.one("SELECT * FROM v_audit_event WHERE id = %s", (values["id"],))
-            assert row is not None
-            return row
+            if not read_back:
+                return None
+            return await tx.one("SELECT * FROM v_audit_event WHERE id = %s", (values["id"],))
 
-        return self._to_audit(await self._run("record_audit", op))
+        return await self._run("import_audit" if not read_back else "record_audit", op)
 
-    async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
-                         since: datetime | None = None) -> list[AuditRecord]:
-        """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""
-        where, params = ["1 = 1"], []
-        if resource is not None:
-            where.append("resource = %s")
-            params.append(str(resource))
-        if since is not None:
-            where.append("at >= %s")
-            params.append(self._db_time(since.astimezone(UTC)))
+    async def _select_audit(self, where: str, params: tuple[Any, ...], limit: int
+                            ) -> list[Row]:
         limit_sql = f" LIMIT {int(limit)}" if limit > 0 else ""
-        sql = (f"SELECT * FROM v_audit_event WHERE {' AND '.join(where)} "  # noqa: S608
+        sql = (f"SELECT * FROM v_audit_event WHERE {where} "  # noqa: S608
                f"ORDER BY at DESC, identifier{self.binary_order} DESC{limit_sql}")
-        rows = await self._run("list_audit", lambda tx, _: tx.all(sql, tuple(params)),
+        return await self._run("list_audit", lambda tx, _: tx.all(sql, params),
                                transaction=False)
-        return [self._to_audit(row) for row in rows]
 
     # -- bulk import (reconciler.state.copy) -----------------------------------------------------
-    async def import_audit(self, record: AuditRecord) -> None:
-        """Insert an audit event exactly as another store recorded it (same id and time)."""
-        values = audit_import_values(record, self._db_time(record.at))
-
-        async def op(tx: Tx, retrying: bool) -> None:
-            if retrying and await tx.one("SELECT 1 AS found FROM tb_audit_event WHERE id = %s",
-                                         (record.id,)):
-                return
-            await tx.insert("tb_audit_event", values, "pk_audit_event")
-
-        await self._run("import_audit", op)
-
     async def is_empty(self) -> bool:
         """No resource and no deployment recorded (a safe destination for ``copy_store``)."""
         row = await self._run("is_empty", lambda tx, _: tx.one(

@@ -35,29 +35,16 @@ from sqlite_utils import Database
 
 from reconciler.errors import NotFound, StoreError
 from reconciler.spec.model import ResourceKey, canonical_json
-from reconciler.state.audit import (
-    MAX_MESSAGE,
-    action_for,
-    actor_for_trigger,
-    audit_identifier,
-    audit_import_values,
-    audit_values,
-    clip,
-    current_actor,
-)
+from reconciler.state import rows
+from reconciler.state.audit import current_actor
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
 from reconciler.state.store import (
-    DEPLOYMENT_STATUSES,
     FINAL_STATUSES,
-    HEALTH_STATUSES,
     IN_PROGRESS,
     PENDING,
     STEP_STARTED,
-    STEP_STATUSES,
     SUCCEEDED,
-    SYNC_STATUSES,
     TRANSITIONS,
-    AuditRecord,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
@@ -78,9 +65,6 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's tran
 # restores it.
 _SYNC_ENV = "RECONCILER_SQLITE_SYNC"
 _SYNC_MODES = ("normal", "full", "extra")
-STATUS_FIELDS = frozenset(
-    {"sync_status", "health_status", "last_result", "last_error", "failed_revision"}
-)
 
 
 def _storage_failure(exc: sqlite3.Error) -> bool:
@@ -98,20 +82,12 @@ def now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value is not None else None
-
-
 def _json(value: dict[str, Any] | None) -> str | None:
     return canonical_json(value) if value is not None else None
 
 
 def _unjson(value: str | None) -> dict[str, Any] | None:
     return json.loads(value) if value is not None else None
-
-
-def _key_of(row: dict[str, Any]) -> ResourceKey:
-    return ResourceKey(row["environment"], row["kind"], row["name"])
 
 
 def _sync_mode() -> str:
@@ -121,10 +97,11 @@ def _sync_mode() -> str:
     return mode.upper()
 
 
-class SQLiteStore:
+class SQLiteStore(rows.AuditLog):
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
     dialect = "sqlite"
+    param_mark = "?"
 
     def __init__(
         self,
@@ -295,25 +272,7 @@ class SQLiteStore:
 
     @staticmethod
     def _to_resource(row: dict[str, Any]) -> ResourceRecord:
-        return ResourceRecord(
-            key=_key_of(row),
-            id=row["id"],
-            desired_revision=row["desired_revision"],
-            desired_hash=row["desired_hash"],
-            desired_spec=_unjson(row["desired_spec"]),
-            applied_revision=row["applied_revision"],
-            applied_hash=row["applied_hash"],
-            applied_spec=_unjson(row["applied_spec"]),
-            config_commit=row["config_commit"],
-            sync_status=row["sync_status"],
-            health_status=row["health_status"],
-            last_result=row["last_result"],
-            last_error=row["last_error"],
-            failed_revision=row["failed_revision"],
-            suspended=bool(row["suspended"]),
-            deleted=bool(row["deleted"]),
-            updated_at=_time(row["updated_at"]),
-        )
+        return rows.to_resource(row, _unjson)
 
     def _ensure_resource(self, key: ResourceKey, now: str) -> int:
         """pk of the resource, inserting a bare row first if it is new (inside _write)."""
@@ -346,23 +305,16 @@ class SQLiteStore:
         row = await self._run(self._resource_row, key)
         return self._to_resource(row) if row is not None else None
 
-    # Everything but the spec documents: what a plan over a large fleet needs for every row.
-    _LIGHT_COLUMNS = (
-        "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
-        "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
-        "failed_revision, suspended, deleted, updated_at, NULL AS desired_spec, "
-        "NULL AS applied_spec"
-    )
 
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         where = "" if include_deleted else "WHERE deleted = 0"
-        columns = "*" if with_specs else self._LIGHT_COLUMNS
-        rows = await self._run(
+        columns = "*" if with_specs else rows.LIGHT_RESOURCE_COLUMNS
+        found = await self._run(
             self._all,
             f"SELECT {columns} FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
         )
-        return [self._to_resource(row) for row in rows]
+        return [self._to_resource(row) for row in found]
 
     def _record_desired(self, key: ResourceKey, revision: str, spec_hash: str,
                         spec: dict[str, Any], config_commit: str | None) -> dict[str, Any]:
@@ -426,26 +378,8 @@ class SQLiteStore:
         """The revision is now live; ``failed_revision`` is kept (a rollback must not clear it)."""
         await self._run(self._record_applied, key, revision, spec_hash, spec, config_commit)
 
-    @staticmethod
-    def _check_status_fields(fields: dict[str, Any]) -> None:
-        unknown = sorted(set(fields) - STATUS_FIELDS)
-        if unknown:
-            raise StoreError(f"update_status: unknown field(s) {', '.join(unknown)}")
-        allowed: dict[str, tuple[str | None, ...]] = {
-            "sync_status": SYNC_STATUSES,
-            "health_status": HEALTH_STATUSES,
-            "last_result": (None, *DEPLOYMENT_STATUSES),
-        }
-        for name, values in allowed.items():
-            if name in fields and fields[name] not in values:
-                raise StoreError(
-                    f"update_status: {name}={fields[name]!r} is not one of "
-                    f"{', '.join(str(v) for v in values)}"
-                )
-
     def _update_resource(self, key: ResourceKey, fields: dict[str, Any], create: bool) -> None:
-        if not set(fields) <= STATUS_FIELDS | {"suspended", "deleted"}:
-            raise StoreError(f"cannot update resource fields {sorted(fields)}")
+        rows.check_update_fields(fields)
         with self._write():
             now = now_text()
             pk = self._ensure_resource(key, now) if create else (
@@ -466,7 +400,7 @@ class SQLiteStore:
         resource before it deploys it (blocked on a missing target, a secret that does not
         resolve), and ``reconciler status`` should show that.
         """
-        self._check_status_fields(fields)
+        rows.check_status_fields(fields)
         await self._run(self._update_resource, key, fields, True)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
@@ -478,73 +412,35 @@ class SQLiteStore:
         await self._run(self._update_resource, key, {"deleted": 1}, False)
 
     # -- deployment journal -------------------------------------------------------------------
-    @staticmethod
-    def _to_deployment(row: dict[str, Any], events: list[DeploymentEvent],
-                       steps: list[StepRecord]) -> DeploymentRecord:
-        return DeploymentRecord(
-            id=row["id"],
-            identifier=row["identifier"],
-            key=_key_of(row),
-            status=row["status"],
-            from_revision=row["from_revision"],
-            to_revision=row["to_revision"],
-            config_commit=row["config_commit"],
-            trigger=row["trigger"],
-            strategy=row["strategy"],
-            error=row["error"],
-            output=row["output"],
-            exit_code=row["exit_code"],
-            spec=_unjson(row["spec"]),
-            created_at=_time(row["created_at"]),
-            started_at=_time(row["started_at"]),
-            finished_at=_time(row["finished_at"]),
-            events=events,
-            steps=steps,
-        )
-
     def _deployments(self, where: str, params: tuple[Any, ...], order: str,
                      limit: int = -1) -> list[DeploymentRecord]:
         """Deployments of v_deployment matching ``where``, each with its events and steps."""
         with self._read():
-            rows = self._all(
+            found = self._all(
                 f"SELECT * FROM v_deployment WHERE {where} ORDER BY {order} LIMIT ?",  # noqa: S608
                 (*params, limit),
             )
-            if not rows:
+            if not found:
                 return []
-            ids = json.dumps([row["id"] for row in rows])
-            events: dict[str, list[DeploymentEvent]] = {row["id"]: [] for row in rows}
+            ids = json.dumps([row["id"] for row in found])
+            events: dict[str, list[DeploymentEvent]] = {row["id"]: [] for row in found}
             for e in self._all(
                 "SELECT deployment_id, status, message, at FROM v_deployment_event "
                 "WHERE deployment_id IN (SELECT value FROM json_each(?)) "
                 "ORDER BY deployment_id, seq",
                 (ids,),
             ):
-                events[e["deployment_id"]].append(
-                    DeploymentEvent(e["status"], e["message"], datetime.fromisoformat(e["at"]))
-                )
-            steps: dict[str, list[StepRecord]] = {row["id"]: [] for row in rows}
+                events[e["deployment_id"]].append(rows.to_event(e))
+            steps: dict[str, list[StepRecord]] = {row["id"]: [] for row in found}
             for s in self._all(
                 "SELECT * FROM v_deployment_step "
                 "WHERE deployment_id IN (SELECT value FROM json_each(?)) "
                 "ORDER BY deployment_id, seq",
                 (ids,),
             ):
-                steps[s["deployment_id"]].append(self._to_step(s))
-        return [self._to_deployment(row, events[row["id"]], steps[row["id"]]) for row in rows]
-
-    @staticmethod
-    def _to_step(row: dict[str, Any]) -> StepRecord:
-        return StepRecord(
-            id=row["id"],
-            seq=row["seq"],
-            action=row["action"],
-            instance=row["instance"],
-            status=row["status"],
-            detail=row["detail"],
-            started_at=datetime.fromisoformat(row["started_at"]),
-            finished_at=_time(row["finished_at"]),
-        )
+                steps[s["deployment_id"]].append(rows.to_step(s))
+        return [rows.to_deployment(row, events[row["id"]], steps[row["id"]], _unjson)
+                for row in found]
 
     def _get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
         found = self._deployments("id = ? OR identifier = ?", (deployment_id, deployment_id),
@@ -658,27 +554,11 @@ class SQLiteStore:
     def _audit_final(self, row: dict[str, Any], previous: str, status: str,
                      message: str | None, now: str, actor: str | None) -> None:
         """The audit row of a deployment that reached a final status (inside _write)."""
-        dep = self._one(
-            'SELECT d."trigger" AS trigger_, d.strategy, d.config_commit, d.to_revision, '
-            "r.identifier AS resource, r.kind FROM tb_deployment AS d "
-            "JOIN tb_resource AS r ON r.pk_resource = d.fk_resource WHERE d.pk_deployment = ?",
-            (row["pk_deployment"],),
-        )
+        dep = self._one(rows.FINAL_AUDIT_SELECT.format(trigger='"trigger"', mark="?"),
+                        (row["pk_deployment"],))
         assert dep is not None
-        row_id = str(uuid.uuid4())
-        self._insert_audit({
-            "id": row_id,
-            "identifier": audit_identifier(row["identifier"], status, f"audit:{row_id}"),
-            "at": now,
-            "actor": actor or actor_for_trigger(dep["trigger_"]),
-            "action": action_for(dep["kind"], dep["strategy"], dep["trigger_"], status, previous),
-            "resource": dep["resource"],
-            "deployment": row["identifier"],
-            "config_commit": dep["config_commit"],
-            "revision": dep["to_revision"],
-            "outcome": status,
-            "message": clip(message, MAX_MESSAGE, lines=True) if message else None,
-        })
+        self._insert_audit(rows.final_audit_values(row, dep, previous, status, message, now,
+                                                   actor, str(uuid.uuid4())))
 
     def _insert_audit(self, values: dict[str, Any]) -> None:
         self._db.table("tb_audit_event").insert(values)
@@ -699,13 +579,7 @@ class SQLiteStore:
         ``finished_at`` (again when a failed deployment is then rolled back). ``error``,
         ``output`` and ``exit_code`` are stored when given and kept otherwise.
         """
-        if status not in DEPLOYMENT_STATUSES:
-            raise TransitionError(f"unknown deployment status {status!r}")
-        extra = {
-            name: value
-            for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
-            if value is not None
-        }
+        extra = rows.transition_extra(status, error, output, exit_code)
         # read here, in the caller's task: the worker thread does not see its context
         await self._run(self._transition, deployment_id, status, message, extra,
                         current_actor())
@@ -753,11 +627,7 @@ class SQLiteStore:
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
         """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once);
         ``detail`` replaces the start detail when given."""
-        if status not in STEP_STATUSES or status == STEP_STARTED:
-            raise StoreError(
-                f"finish_step: status must be one of {', '.join(STEP_STATUSES[1:])}, "
-                f"not {status!r}"
-            )
+        rows.check_finish_status(status)
         await self._run(self._finish_step, step_id, status, detail)
 
     async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
@@ -813,8 +683,7 @@ class SQLiteStore:
 
     async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
         """Take or renew a named lease; False if another owner holds an unexpired one."""
-        if ttl_seconds <= 0:
-            raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
+        rows.check_ttl(ttl_seconds)
         return await self._run(self._acquire_lock, name, owner, ttl_seconds)
 
     def _lock_owner(self, name: str) -> str | None:
@@ -837,11 +706,11 @@ class SQLiteStore:
 
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name (expired ones included)."""
-        rows = await self._run(self._all, "SELECT * FROM v_lock ORDER BY name")
+        found = await self._run(self._all, "SELECT * FROM v_lock ORDER BY name")
         return [
             LockInfo(row["name"], row["owner"], datetime.fromisoformat(row["acquired_at"]),
                      datetime.fromisoformat(row["expires_at"]))
-            for row in rows
+            for row in found
         ]
 
     # -- webhooks ----------------------------------------------------------------------------
@@ -873,64 +742,26 @@ class SQLiteStore:
         """Forget deliveries received before ``before`` (bounded table); returns the count."""
         return await self._run(self._prune_deliveries, before)
 
-    # -- audit -------------------------------------------------------------------------------
-    def _record_audit(self, values: dict[str, Any]) -> dict[str, Any]:
+    # -- audit (record_audit, list_audit, import_audit: rows.AuditLog) ------------------------
+    def _audit_time(self, value: datetime) -> str:
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def _append_audit_sync(self, values: dict[str, Any], read_back: bool
+                           ) -> dict[str, Any] | None:
         with self._write():
             self._insert_audit(values)
-            row = self._one("SELECT * FROM v_audit_event WHERE id = ?", (values["id"],))
-        assert row is not None
-        return row
+            return self._one("SELECT * FROM v_audit_event WHERE id = ?",
+                             (values["id"],)) if read_back else None
 
-    async def record_audit(
-        self,
-        action: str,
-        *,
-        actor: str,
-        outcome: str,
-        resource: ResourceKey | None = None,
-        deployment: str | None = None,
-        config_commit: str | None = None,
-        revision: str | None = None,
-        message: str | None = None,
-    ) -> AuditRecord:
-        """Append one audit event (a change that is not a deployment: suspend, resume, …)."""
-        values = audit_values(action, actor=actor, outcome=outcome, resource=resource,
-                              deployment=deployment, config_commit=config_commit,
-                              revision=revision, message=message)
-        values["at"] = now_text()
-        return _to_audit(await self._run(self._record_audit, values))
+    async def _append_audit(self, values: dict[str, Any], *, read_back: bool
+                            ) -> dict[str, Any] | None:
+        return await self._run(self._append_audit_sync, values, read_back)
 
-    async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
-                         since: datetime | None = None) -> list[AuditRecord]:
-        """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""
-        where, params = ["1 = 1"], []
-        if resource is not None:
-            where.append("resource = ?")
-            params.append(str(resource))
-        if since is not None:
-            where.append("at >= ?")
-            params.append(since.astimezone(UTC).isoformat(timespec="microseconds"))
-        sql = (f"SELECT * FROM v_audit_event WHERE {' AND '.join(where)} "  # noqa: S608
+    async def _select_audit(self, where: str, params: tuple[Any, ...], limit: int
+                            ) -> list[dict[str, Any]]:
+        sql = (f"SELECT * FROM v_audit_event WHERE {where} "  # noqa: S608
                f"ORDER BY at DESC, identifier DESC LIMIT {int(limit) if limit > 0 else -1}")
-        return [_to_audit(row) for row in await self._run(self._all, sql, tuple(params))]
-
-    def _import_audit(self, record: AuditRecord) -> None:
-        with self._write():
-            self._insert_audit(audit_import_values(record, record.at.isoformat(
-                timespec="microseconds")))
-
-    async def import_audit(self, record: AuditRecord) -> None:
-        """Insert an audit event exactly as another store recorded it (same id and time)."""
-        await self._run(self._import_audit, record)
-
-
-def _to_audit(row: dict[str, Any]) -> AuditRecord:
-    return AuditRecord(
-        id=str(row["id"]), identifier=row["identifier"],
-        at=datetime.fromisoformat(row["at"]), actor=row["actor"], action=row["action"],
-        outcome=row["outcome"], resource=row["resource"], deployment=row["deployment"],
-        config_commit=row["config_commit"], revision=row["revision"], message=row["message"],
-    )
+        return await self._run(self._all, sql, params)
 
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]
