@@ -56,6 +56,27 @@ class Release:
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+# Variables every deployed process gets from Fraisier (and that a spec cannot set: the schemas
+# reserve the whole prefix, so a future variable breaks no fleet).
+RESERVED_ENV_PREFIX = "FRAISIER_"
+ENV_REVISION = "FRAISIER_REVISION"
+ENV_SERVICE = "FRAISIER_SERVICE"
+ENV_ENVIRONMENT = "FRAISIER_ENVIRONMENT"
+_SLOT_LABEL = "fraisier.dev/slot"
+
+
+def workload_env(resource: Resource, revision: str) -> dict[str, str]:
+    """What a process of ``resource`` at ``revision`` learns about itself: the revision the
+    deployment records, the resource's name and environment. A blue-green/canary slot (a copy of
+    the Service named ``<name>-<slot>``) reports the Service's own name. Not secret: they may be
+    shown in unit files, container configs and logs."""
+    name = resource.name
+    slot = resource.labels.get(_SLOT_LABEL)
+    if slot and name.endswith(f"-{slot}"):
+        name = name[: -len(slot) - 1]
+    return {ENV_REVISION: revision, ENV_SERVICE: name, ENV_ENVIRONMENT: resource.environment}
+
+
 @dataclass
 class InstanceState:
     """Observed facts about one instance (kept apart from operations, as pyinfra does)."""

@@ -410,6 +410,11 @@ _TITLED_MESSAGES = {
         "{value} is not a valid environment variable name (letters, digits and '_', "
         "not starting with a digit)"
     ),
+    "Reserved variable name": (
+        "{value} is reserved: names starting with FRAISIER_ are Fraisier's own (it sets "
+        "FRAISIER_REVISION, FRAISIER_SERVICE and FRAISIER_ENVIRONMENT in every process); "
+        "rename the variable"
+    ),
     "Reference": (
         '{value} is not a valid reference ("name" or "Kind/name", Kind one of '
         "Target, Service, Job, Schedule)"

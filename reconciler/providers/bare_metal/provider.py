@@ -28,7 +28,7 @@ from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.health.durations import to_seconds
-from reconciler.providers import Instance, InstanceState, Release, RunResult
+from reconciler.providers import Instance, InstanceState, Release, RunResult, workload_env
 from reconciler.providers.bare_metal.releases import ReleaseStore, within
 from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceManager, ServiceRef
 from reconciler.spec.model import Resource, ResourceKey
@@ -61,6 +61,16 @@ def base_environment() -> dict[str, str]:
     if os.environ.get("TZ"):
         env["TZ"] = os.environ["TZ"]
     return env
+
+
+def process_environment(release: Release) -> dict[str, str]:
+    """A process's whole environment: the base, the release's ``env``, then the FRAISIER_*
+    variables (the schemas reject those names in ``env``; they win here all the same)."""
+    return {
+        **base_environment(),
+        **release.env,
+        **workload_env(release.resource, release.revision),
+    }
 
 
 def _argv(value: Any, what: str, resource: Resource) -> list[str] | None:
@@ -168,7 +178,7 @@ class BareMetalProvider:
         resource = release.resource
         spec = resource.spec
         command = _argv(spec.get("command"), "command", resource)
-        env = {**base_environment(), **release.env}
+        env = process_environment(release)
         if resource.kind == "Service" and command is None:
             raise ProviderError(f"{resource.key}: a Service needs a command")
         store = self.releases(resource)
@@ -228,7 +238,7 @@ class BareMetalProvider:
         if command is None:
             raise ProviderError(f"{resource.key}: nothing to run (no command)")
         timeout_s = to_seconds(spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
-        env = {**base_environment(), **release.env}
+        env = process_environment(release)
         store = self.releases(resource)
         ref = self.ref(resource)
         task = asyncio.current_task()

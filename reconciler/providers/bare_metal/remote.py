@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError
 from reconciler.health.durations import to_seconds
-from reconciler.providers import Instance, InstanceState, Release, RunResult
+from reconciler.providers import Instance, InstanceState, Release, RunResult, workload_env
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -262,6 +262,9 @@ class SystemdSSHProvider:
             working_dir=working_dir,
             env_path=env_path,
             settings=settings,
+            # FRAISIER_REVISION & co. in the unit (`systemctl show -p Environment`): the unit
+            # changes with the revision, and its recorded hash with it (no drift).
+            environment=workload_env(resource, release.revision),
             oneshot=resource.kind != "Service",
             timeout_s=to_seconds(spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
             if resource.kind != "Service" else None,
@@ -304,7 +307,8 @@ class SystemdSSHProvider:
             release,
             build=build_argv,
             working_dir=resource.spec.get("workingDir"),
-            env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8"},
+            env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8",
+                 **workload_env(resource, release.revision)},
             build_timeout_s=BUILD_TIMEOUT_S,
         )
         if calendars:

@@ -3,8 +3,9 @@
 Everything a unit file says is *rendered here* from the resource and the Target's ``systemd``
 settings; nothing from the config is ever interpolated into a shell command. Values that end up
 in a unit file are escaped for systemd's own parser (``exec_argv``: quotes, ``%`` specifiers,
-``$`` expansion); environment values go into an ``EnvironmentFile`` (mode 0600), never onto a
-command line or into the unit.
+``$`` expansion); the release's environment values go into an ``EnvironmentFile`` (mode 0600),
+never onto a command line or into the unit. Only Fraisier's own variables (``FRAISIER_REVISION``,
+``FRAISIER_SERVICE``, ``FRAISIER_ENVIRONMENT``: not secret) are ``Environment=`` lines.
 
 Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
 ``fraisier-<environment>_<name>.job.service`` for a Job, and
@@ -12,7 +13,9 @@ Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
 contain ``_`` or ``.``, so two resources never share a unit name.
 
 A Service's unit runs ``<service_dir>/current`` (WorkingDirectory through the symlink): a rollback
-is a switch of ``current`` plus a restart, and the unit only changes when the spec does.
+is a switch of ``current``, the unit's ``FRAISIER_REVISION`` line, a daemon-reload and a restart.
+The unit is rendered from the release, and the hash recorded beside it (``unit.sha256``) is the
+hash of that same render, so a new revision is never mistaken for a hand edit.
 """
 
 from __future__ import annotations
@@ -116,6 +119,20 @@ def _unit_value(value: str, what: str) -> str:
     if any(ord(c) < 0x20 for c in value):
         raise ProviderError(f"{what} {value!r} contains a control character")
     return value.replace("%", "%%")
+
+
+def environment_lines(env: Mapping[str, str]) -> list[str]:
+    """``Environment=`` lines for variables that are not secret (the unit is world-readable):
+    each assignment double-quoted, ``\\`` and ``"`` escaped, ``%`` doubled (a specifier)."""
+    lines = []
+    for name, value in sorted(env.items()):
+        if not _ENV_NAME.match(name):
+            raise ProviderError(f"invalid environment variable name {name!r}")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ProviderError(f"environment variable {name} contains a control character")
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+        lines.append(f'Environment="{name}={escaped}"')
+    return lines
 
 
 def env_file(env: Mapping[str, str]) -> bytes:
@@ -275,6 +292,7 @@ def render_service_unit(
     working_dir: str,
     env_path: str,
     settings: UnitSettings,
+    environment: Mapping[str, str] | None = None,
     oneshot: bool,
     timeout_s: float | None,
     stop_timeout_s: float,
@@ -290,6 +308,7 @@ def render_service_unit(
         f"Type={'oneshot' if oneshot else 'exec'}",
         f"ExecStart={exec_argv(argv)}",
         f"WorkingDirectory={_unit_value(working_dir, 'working directory')}",
+        *environment_lines(environment or {}),
         f"EnvironmentFile={_unit_value(env_path, 'environment file')}",
         f"TimeoutStopSec={stop_timeout_s:g}s",
     ]

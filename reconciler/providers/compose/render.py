@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ProviderError
+from reconciler.providers import RESERVED_ENV_PREFIX, workload_env
 from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import Resource
 
@@ -253,6 +254,32 @@ def _environment(resource: Resource, section: Mapping[str, Any]) -> tuple[list[s
         key if value is None else f"{key}={escape(value)}" for key, value in sorted(merged.items())
     ]
     return entries, secrets
+
+
+def _stamp_environment(resource: Resource, name: str, svc: dict[str, Any], revision: str) -> None:
+    """Add FRAISIER_REVISION, FRAISIER_SERVICE and FRAISIER_ENVIRONMENT to a rendered service's
+    environment. Like the labels, they derive from the core's revision and stay out of the
+    document hash; compose's own config hash sees them, so a new revision recreates the
+    container. The schemas keep the names out of spec.env and compose.environment; a compose
+    file that sets one is refused rather than silently overridden."""
+    stamped = workload_env(resource, revision)
+    current = svc.get("environment")
+    if isinstance(current, dict):
+        names = [str(k) for k in current]
+    else:
+        names = [str(e).partition("=")[0] for e in current or []]
+    taken = sorted(n for n in names if n.startswith(RESERVED_ENV_PREFIX))
+    if taken:
+        raise ProviderError(
+            f"{resource.key}: service {name} sets {', '.join(taken)}; names starting with "
+            f"{RESERVED_ENV_PREFIX} are reserved (Fraisier sets {', '.join(sorted(stamped))})",
+            hint="rename the variable in the compose file",
+        )
+    if isinstance(current, dict):
+        svc["environment"] = {**current, **{k: escape(v) for k, v in stamped.items()}}
+    else:
+        svc["environment"] = [*(current or []),
+                              *(f"{k}={escape(v)}" for k, v in sorted(stamped.items()))]
 
 
 def _named_volume(source: str) -> bool:
@@ -556,6 +583,7 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
     rendered = Rendered(project, services, document, images, document_hash, secrets)
     for name in services:
         svc = document["services"][name]
+        _stamp_environment(resource, name, svc, revision)
         labels = dict(svc.get("labels") or {})
         labels[LABEL_REVISION] = escape(revision)
         labels[LABEL_COMPOSE_REVISION] = rendered.compose_revision

@@ -374,8 +374,11 @@ async def test_environment_is_minimal_plus_release_env(
     assert "FRAISIER_DAEMON_SECRET" not in env
     assert {"PATH", "HOME", "LANG"} <= set(env)
     # python may add LC_CTYPE; FRAISIER_PIDFILE tags the process as this service's (orphan search)
-    assert set(env) - {"PATH", "HOME", "LANG", "TZ", "API_TOKEN"} <= {"LC_CTYPE",
-                                                                     "FRAISIER_PIDFILE"}
+    assert set(env) - {"PATH", "HOME", "LANG", "TZ", "API_TOKEN"} <= {
+        "LC_CTYPE", "FRAISIER_PIDFILE", "FRAISIER_REVISION", "FRAISIER_SERVICE",
+        "FRAISIER_ENVIRONMENT"}
+    assert (env["FRAISIER_REVISION"], env["FRAISIER_SERVICE"], env["FRAISIER_ENVIRONMENT"]) == (
+        "e1", "envcheck", ENV)
     # the secret value is in no log line, error or pidfile
     root_text = "".join(
         p.read_text(errors="replace")

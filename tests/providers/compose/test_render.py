@@ -72,7 +72,10 @@ def test_inline_render() -> None:
     svc = rendered.document["services"]["api"]
     assert svc["image"] == INLINE["image"]
     assert svc["command"] == ["/bin/sh", "-c", "echo $$HOME $${X}"]  # literal, not interpolated
-    assert svc["environment"] == ["LEVEL=debug", "MODE=fast", "PRICE=5$$", "TOKEN"]
+    assert svc["environment"] == [
+        "LEVEL=debug", "MODE=fast", "PRICE=5$$", "TOKEN",
+        "FRAISIER_ENVIRONMENT=prod", "FRAISIER_REVISION=rev-1", "FRAISIER_SERVICE=api",
+    ]
     assert rendered.secret_env_names == ["TOKEN"]
     assert svc["healthcheck"] == {
         "test": ["CMD", "wget", "-q", "http://127.0.0.1/"],
@@ -353,3 +356,37 @@ def test_compose_v1_gets_the_old_name_of_the_missing_pull_policy() -> None:
     v1 = yaml.safe_load(rendered.yaml(compose_v1=True))["services"]["api"]
     assert v1["pull_policy"] == "if_not_present"
     assert rendered.document["services"]["api"]["pull_policy"] == "missing"  # hash unchanged
+
+
+def test_fraisier_variables_follow_the_revision_not_the_document_hash() -> None:
+    """FRAISIER_* are stamped like the revision label: outside the document hash, so the
+    compose revision (what drift is judged by) is the same for two revisions of one document,
+    while compose's own config (the environment) differs and recreates the container."""
+    r = resource(compose=INLINE)
+    one, two = render(r, "rev-1"), render(r, "rev-2")
+    assert one.compose_revision == two.compose_revision
+    env_one = one.document["services"]["api"]["environment"]
+    env_two = two.document["services"]["api"]["environment"]
+    assert "FRAISIER_REVISION=rev-1" in env_one and "FRAISIER_REVISION=rev-2" in env_two
+    # a render is deterministic: the same revision renders the same document every time
+    assert render(r, "rev-1").yaml() == one.yaml()
+    # a blue-green slot reports the Service's name; its project is the slot's
+    slot = Resource(ResourceKey("prod", "Service", "api-blue"), {"fraisier.dev/slot": "blue"},
+                    {"target": "docker", "compose": INLINE}, "x.yaml")
+    env = render(slot, "rev-3").document["services"]["api-blue"]["environment"]
+    assert "FRAISIER_SERVICE=api" in env and "FRAISIER_REVISION=rev-3" in env
+
+
+def test_reserved_names_in_a_compose_file_are_refused() -> None:
+    text = yaml.safe_dump({"services": {"web": {"image": "nginx",
+                                                "environment": {"FRAISIER_REVISION": "x"}}}})
+    r = resource(compose={"file": "compose.yaml", "services": ["web"]})
+    with pytest.raises(ProviderError, match=r"FRAISIER_REVISION.*reserved"):
+        render(r, "rev-1", text)
+    listed = yaml.safe_dump({"services": {"web": {"image": "nginx", "environment": ["A=1"]}}})
+    env = render(r, "rev-1", listed).document["services"]["web"]["environment"]
+    assert env[0] == "A=1" and "FRAISIER_REVISION=rev-1" in env
+    mapped = yaml.safe_dump({"services": {"web": {"image": "nginx", "environment": {"A": 1}}}})
+    env = render(r, "rev-1", mapped).document["services"]["web"]["environment"]
+    assert env == {"A": 1, "FRAISIER_ENVIRONMENT": "prod", "FRAISIER_REVISION": "rev-1",
+                   "FRAISIER_SERVICE": "api"}
