@@ -11,35 +11,57 @@ def waves(nodes: Iterable[ResourceKey],
           depends_on: Mapping[ResourceKey, Iterable[ResourceKey]]) -> list[list[ResourceKey]]:
     """Kahn's algorithm in layers. Dependencies outside ``nodes`` are ignored (already applied
     or not part of this plan); cycles were rejected by validation, but any left are put last
-    rather than dropped."""
-    pending = set(nodes)
-    deps = {n: {d for d in depends_on.get(n, ()) if d in pending and d != n} for n in pending}
-    # A Service/Job/Schedule implicitly follows the Targets of its environment.
-    targets: dict[str, set[ResourceKey]] = {}
+    rather than dropped. A Service/Job/Schedule implicitly follows the Targets of its
+    environment.
+
+    O(nodes + edges) with no per-node set: a fleet is mostly resources whose only dependencies
+    are their environment's Targets, and at 10,000 resources a set and a list per node were
+    most of the time of a no-op plan (and fed the cyclic GC)."""
+    pending = dict.fromkeys(nodes)
+    targets: dict[str, list[ResourceKey]] = {}
     for n in pending:
-        if n.kind == "Target":
-            targets.setdefault(n.environment, set()).add(n)
+        if n[1] == "Target":
+            targets.setdefault(n[0], []).append(n)
+    dependents: dict[ResourceKey, list[ResourceKey]] = {}
+    remaining: dict[ResourceKey, int] = {}
+    layer: list[ResourceKey] = []
+    no_targets: list[ResourceKey] = []
     for n in pending:
-        if n.kind != "Target":
-            deps[n] |= targets.get(n.environment, set())
+        explicit = depends_on.get(n)
+        env_targets = no_targets if n[1] == "Target" else targets.get(n[0], no_targets)
+        deps: Iterable[ResourceKey]
+        if explicit:
+            deps = {d for d in explicit if d in pending and d != n}
+            deps.update(env_targets)
+        else:
+            deps = env_targets  # distinct already, and never n itself
+        count = 0
+        for d in deps:
+            count += 1
+            found = dependents.get(d)
+            if found is None:
+                dependents[d] = [n]
+            else:
+                found.append(n)
+        if count:
+            remaining[n] = count
+        else:
+            layer.append(n)
+    layer.sort()
     out: list[list[ResourceKey]] = []
-    # Kahn's algorithm with in-degree counts: O(nodes + edges), not O(nodes² per layer).
-    dependents: dict[ResourceKey, list[ResourceKey]] = {n: [] for n in pending}
-    remaining = {n: len(d) for n, d in deps.items()}
-    for n, d in deps.items():
-        for dep in d:
-            dependents[dep].append(n)
-    layer = sorted(n for n, count in remaining.items() if count == 0)
+    placed = 0
     while layer:
         out.append(layer)
-        pending.difference_update(layer)
+        placed += len(layer)
         ready: list[ResourceKey] = []
         for n in layer:
-            for m in dependents[n]:
-                remaining[m] -= 1
-                if remaining[m] == 0:
+            for m in dependents.get(n, ()):
+                left = remaining[m] - 1
+                remaining[m] = left
+                if left == 0:
                     ready.append(m)
-        layer = sorted(ready)
-    if pending:
-        out.append(sorted(pending))
+        ready.sort()
+        layer = ready
+    if placed < len(pending):
+        out.append(sorted(n for n, left in remaining.items() if left > 0))
     return out

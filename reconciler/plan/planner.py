@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import gc
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
@@ -23,6 +28,7 @@ ORPHAN = "orphan"  # recorded but gone from git, and pruning is off
 DEFERRED = "deferred"  # a change outside its sync window: applied when the window opens
 
 ACTING = frozenset({CREATE, UPDATE, DELETE})
+_IN_SYNC = frozenset({UNCHANGED, SUSPENDED})
 DRIFT = "drift"  # `diff --live`: recorded as applied, but the live state differs
 SYMBOLS = {CREATE: "+", UPDATE: "~", DELETE: "-", ORPHAN: "-", BLOCKED: "!", SUSPENDED: "=",
            DEFERRED: ">", UNCHANGED: " ", DRIFT: "~"}
@@ -41,22 +47,28 @@ class PlanItem:
 
     @property
     def in_sync(self) -> bool:
-        return self.action in (UNCHANGED, SUSPENDED)
+        return self.action in _IN_SYNC
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "resource": str(self.key),
-            "environment": self.key.environment,
-            "kind": self.key.kind,
-            "name": self.key.name,
+        environment, kind, name = key = self.key
+        record = self.record
+        doc: dict[str, Any] = {
+            "resource": "/".join(key),  # str(key), without a Python-level __str__ call
+            "environment": environment,
+            "kind": kind,
+            "name": name,
             "action": self.action,
             "revision": self.revision,
-            "appliedRevision": self.record.applied_revision if self.record else None,
+            "appliedRevision": record.applied_revision if record is not None else None,
             "reason": self.reason,
-            **({"opensAt": iso(self.opens_at) if self.opens_at else None}
-               if self.action == DEFERRED else {}),
-            "changes": [c.to_json() for c in self.changes],
         }
+        if self.action == DEFERRED:
+            doc["opensAt"] = iso(self.opens_at) if self.opens_at else None
+        doc["changes"] = [c.to_json() for c in self.changes] if self.changes else []
+        return doc
+
+
+_action_of = attrgetter("action")
 
 
 @dataclass(repr=False)
@@ -72,16 +84,14 @@ class Plan:
 
     @property
     def in_sync(self) -> bool:
-        return all(i.in_sync for i in self.items)
+        return all(action in _IN_SYNC for action in self.counts())
 
     def by_key(self) -> dict[ResourceKey, PlanItem]:
         return {i.key: i for i in self.items}
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for item in self.items:
-            out[item.action] = out.get(item.action, 0) + 1
-        return out
+        """Items by action, in the order each action first appears (counted in C)."""
+        return dict(Counter(map(_action_of, self.items)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +100,63 @@ class Plan:
             "summary": self.counts(),
             "resources": [i.to_json() for i in self.items],
         }
+
+
+class _Pause:
+    """One gc_paused() that turned the collector off; ``active`` until it ends."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = True
+
+
+# The pause the current task runs in (tasks copy the context: a task created inside a pause
+# runs in it too, one created inside gc_resumed() does not).
+_current_pause: ContextVar[_Pause | None] = ContextVar("reconciler_gc_pause", default=None)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector off for a planning or bookkeeping step over a large fleet.
+
+    Such a step allocates a few objects per resource (records, plan items, outcomes) and keeps
+    them to its end, so the collector's young generations fill up and it ends up rescanning the
+    whole heap (the loaded desired state: ~15 containers per resource) once or twice per pass:
+    a third of a no-op pass over 10,000 resources. Reference counting still frees everything
+    that dies. Only the pause that found the collector on turns it back on, so pauses nest and
+    a collector someone else turned off stays off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    pause = _Pause()
+    token = _current_pause.set(pause)
+    try:
+        yield
+    finally:
+        pause.active = False
+        _current_pause.reset(token)
+        gc.enable()
+
+
+@contextlib.contextmanager
+def gc_resumed() -> Iterator[None]:
+    """Inside a ``gc_paused()``: the collector on again for a long stretch of real work
+    (rollouts, deletions), and off again after it unless the pause ended meanwhile. Outside
+    one (or in a collector someone else turned off): nothing."""
+    pause = _current_pause.get()
+    if pause is None or not pause.active or gc.isenabled():
+        yield
+        return
+    gc.enable()
+    token = _current_pause.set(None)
+    try:
+        yield
+    finally:
+        _current_pause.reset(token)
+        if pause.active:
+            gc.disable()
 
 
 def item_changes(item: PlanItem) -> list[FieldChange]:
@@ -126,6 +193,11 @@ def make_plan(
     for key, resource in desired.resources.items():
         revision = revision_of(resource)
         record = recorded.get(key)
+        if (record is not None and record.applied_revision == revision and not record.suspended
+                and key not in heal):
+            # The common case of a large fleet, kept short: applied as it is in git.
+            items[key] = PlanItem(key, UNCHANGED, revision, resource, record)
+            continue
         if record is None or record.applied_revision is None:
             old = record.applied_spec if record else None
             changes = diff_documents(old or {}, resource.document())
@@ -164,12 +236,14 @@ def make_plan(
         items[key] = PlanItem(key, action, None, None, record, changes, reason)
     if not (windows_ignored() if ignore_windows is None else ignore_windows):
         _defer_outside_windows(items.values(), desired, now)
-    depends = {k: (i.resource.depends_on if i.resource else []) for k, i in items.items()}
+    depends = {k: i.resource.depends_on for k, i in items.items()
+               if i.resource is not None and i.resource.depends_on}
     order = waves(items.keys(), depends)
     # Deletions go in reverse dependency order, after everything else.
-    flat = [k for layer in order for k in layer]
-    deletes = [k for k in reversed(flat) if items[k].action == DELETE]
-    ordered = [items[k] for k in flat if items[k].action != DELETE] + [items[k] for k in deletes]
+    ordered = [items[k] for layer in order for k in layer]
+    if any(i.action == DELETE for i in ordered):
+        deletes = [i for i in reversed(ordered) if i.action == DELETE]
+        ordered = [i for i in ordered if i.action != DELETE] + deletes
     return Plan(desired.commit, ordered, order)
 
 

@@ -34,6 +34,8 @@ from reconciler.plan.planner import (
     UPDATE,
     Plan,
     PlanItem,
+    gc_paused,
+    gc_resumed,
     item_changes,
     make_plan,
 )
@@ -199,6 +201,9 @@ class Reconciler:
         # Service rollouts that outlived their pass (a canary paused until promoted): the task
         # holds the resource's lease; later passes leave the resource alone until it ends.
         self._rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
+        # revision_of of resources without a source, by (document hash, Target's document hash):
+        # a pure function of the two, and most of the per-resource cost of a no-op plan.
+        self._revisions: dict[tuple[str, str], str] = {}
 
     # -- helpers --------------------------------------------------------------------------
     def _emit(self, key: ResourceKey, phase: str, message: str = "",
@@ -244,8 +249,14 @@ class Reconciler:
     def revision_of(self, resource: Resource, desired: DesiredState) -> str:
         """Content address of what would be deployed: the document, its Target, and the
         identity of its source (a git tree id, an app commit, an artifact digest)."""
-        parts = [_deploy_hash(resource)]
         target = desired.target_of(resource)
+        memo: tuple[str, str] | None = None
+        if resource.hash and not resource.spec.get("source") and (target is None or target.hash):
+            memo = (resource.hash, target.hash if target is not None else "")
+            known = self._revisions.get(memo)
+            if known is not None:
+                return known
+        parts = [_deploy_hash(resource)]
         if target is not None:
             parts.append(_deploy_hash(target))
         source = resource.spec.get("source") or {}
@@ -256,7 +267,12 @@ class Reconciler:
             parts.append(app.sync().commit)
         elif "artifact" in source:
             parts.append(str(source["artifact"].get("sha256", "")))
-        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        revision = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        if memo is not None:
+            if len(self._revisions) >= max(100_000, 2 * len(desired.resources)):
+                self._revisions.clear()
+            self._revisions[memo] = revision
+        return revision
 
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
         env = resolve_env(resource.spec.get("env") or {})
@@ -313,6 +329,11 @@ class Reconciler:
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
                    redeploy: Iterable[ResourceKey] = ()) -> Plan:
+        with gc_paused():
+            return await self._plan(desired, prune=prune, force=force, redeploy=redeploy)
+
+    async def _plan(self, desired: DesiredState, *, prune: bool, force: bool,
+                    redeploy: Iterable[ResourceKey]) -> Plan:
         # Light records (no documents) for the whole fleet; full ones only where something
         # changes, so a plan costs O(changed) in document decoding, not O(fleet).
         records = await self.store.list_resources(with_specs=False)
@@ -375,7 +396,9 @@ class Reconciler:
         only: Iterable[ResourceKey] | None = None,
         redeploy: Iterable[ResourceKey] = (),
     ) -> ReconcileResult:
-        with span("reconcile", commit=desired.commit or "", trigger=trigger):
+        # The collector stays off but while resources are rolled out: a no-op pass is all
+        # bookkeeping (gc_paused).
+        with span("reconcile", commit=desired.commit or "", trigger=trigger), gc_paused():
             return await self._reconcile(desired, trigger=trigger, prune=prune, force=force,
                                          only=only, redeploy=redeploy)
 
@@ -395,7 +418,6 @@ class Reconciler:
         result = ReconcileResult(commit=desired.commit)
         selected = set(only) if only is not None else None
         outcomes: dict[ResourceKey, Outcome] = {}
-        items = plan.by_key()
         sem = asyncio.Semaphore(self.concurrency)
 
         async def run(item: PlanItem) -> None:
@@ -442,18 +464,18 @@ class Reconciler:
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on
         # resources earlier in the plan order rules out a deadlock even on a leftover cycle;
         # only resources that act this pass are waited on (the others are done already).
+        # plan.items is plan.order flattened, deletions moved to its end.
         acting: list[PlanItem] = []
-        for layer in plan.order:
-            for k in layer:
-                i = items[k]
-                if (selected is not None and k not in selected) or i.action == DELETE:
-                    continue
-                if i.action == UNCHANGED:
-                    # Nothing to do, and no task, event or span for it: a no-op pass over a
-                    # large fleet must stay cheap.
-                    outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
-                else:
-                    acting.append(i)
+        for i in plan.items:
+            k = i.key
+            if (selected is not None and k not in selected) or i.action == DELETE:
+                continue
+            if i.action == UNCHANGED:
+                # Nothing to do, and no task, event or span for it: a no-op pass over a
+                # large fleet must stay cheap.
+                outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+            else:
+                acting.append(i)
         if acting:
             position = {i.key: n for n, i in enumerate(acting)}
             finished = {i.key: asyncio.Event() for i in acting}
@@ -471,16 +493,20 @@ class Reconciler:
                 finally:
                     finished[item.key].set()
 
-            await asyncio.gather(*(when_ready(i) for i in acting))
+            with gc_resumed():
+                await asyncio.gather(*(when_ready(i) for i in acting))
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
-        for item in deletes:
-            await run(item)
+        if deletes:
+            with gc_resumed():
+                for item in deletes:
+                    await run(item)
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
         result.duration_s = time.monotonic() - started
         metrics.RECONCILE_DURATION.observe(result.duration_s)
-        metrics.RECONCILE_TOTAL.labels("converged" if result.converged else "failed").inc()
-        if result.converged:
+        converged = result.converged
+        metrics.RECONCILE_TOTAL.labels("converged" if converged else "failed").inc()
+        if converged:
             metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
         acted = any(o.result != CONVERGED for o in result.outcomes)
         # A no-op pass changed no status: publish from the records the plan already read.

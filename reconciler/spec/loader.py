@@ -818,6 +818,10 @@ def _load_desired_state(
 _Key = tuple[str, str, str]
 
 
+# ResourceKey from a plain tuple in C (ResourceKey(...) runs a Python-level __new__).
+_new_key = tuple.__new__
+
+
 def _ref(key: _Key) -> str:
     return f"{key[1]}/{key[2]}"
 
@@ -838,7 +842,7 @@ def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
             load.problems.append(load.problem_at(file_index, index, ("metadata", "name"), message))
             continue
         resources[key] = Resource(
-            key=ResourceKey(environment, kind, name),
+            key=_new_key(ResourceKey, key),
             labels=labels,
             spec=spec,
             file=files[file_index].path,

@@ -27,6 +27,9 @@ class ResourceKey(NamedTuple):
         return cls(environment, kind, name)
 
 
+_new_key = tuple.__new__
+
+
 @dataclass(frozen=True)
 class Mark:
     """Where a node was written: 1-based line and column."""
@@ -75,9 +78,12 @@ class Resource:
     @property
     def target_key(self) -> ResourceKey | None:
         target = self.spec.get("target")
-        if self.kind == "Target" or not isinstance(target, str):
+        key = self.key
+        if key[1] == "Target" or not isinstance(target, str):
             return None
-        return ResourceKey(self.environment, "Target", target)
+        # tuple.__new__ directly: ResourceKey(...) goes through a Python-level __new__, and
+        # a plan asks this of every resource.
+        return _new_key(ResourceKey, (key[0], "Target", target))
 
     def document(self) -> dict[str, Any]:
         """The document as recorded (what the hash covers)."""
