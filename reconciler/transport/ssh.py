@@ -373,7 +373,13 @@ class SSHTransport:
             self.connects += 1
             log.debug("ssh %s: connected (#%d)", self.host_id, self.connects)
             return conn
-        reason = f"{type(last).__name__}: {last}" if last else "unknown error"
+        if last is None:
+            reason = "unknown error"
+        elif str(last):
+            reason = f"{type(last).__name__}: {last}"
+        else:  # a bare TimeoutError: the port accepted, no SSH login within the timeout
+            reason = (f"{type(last).__name__} (no SSH login within connectTimeout "
+                      f"{cfg.connect_timeout:g}s: the host is frozen, overloaded or filtered)")
         raise SSHConnectError(
             f"{self._where()}: cannot connect after {max(1, cfg.connect_attempts)} attempts: "
             f"{reason}"

@@ -18,7 +18,11 @@ from reconciler.providers.bare_metal.provider import (
     DEFAULT_KEEP_RELEASES,
     BareMetalProvider,
 )
-from reconciler.providers.bare_metal.remote import DEFAULT_ROOT, SystemdSSHProvider
+from reconciler.providers.bare_metal.remote import (
+    DEFAULT_ROOT,
+    RETRY_DEADLINE_S,
+    SystemdSSHProvider,
+)
 from reconciler.providers.bare_metal.service_manager import (
     LaunchSpec,
     ServiceManager,
@@ -75,6 +79,7 @@ def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
         keep_releases=_positive_int(spec, "keepReleases", DEFAULT_KEEP_RELEASES),
         concurrency=_positive_int(spec, "concurrency", DEFAULT_CONCURRENCY),
         systemd=dict(spec.get("systemd") or {}),
+        retry_deadline_s=to_seconds(ssh.get("retryDeadline"), RETRY_DEADLINE_S),
     )
 
 

@@ -1,0 +1,144 @@
+"""A frozen host during an SSH deploy to two hosts: ``docker pause`` (every process of the
+systemd+sshd test host stopped by the cgroup freezer; its TCP port still accepts connections,
+nothing answers) while ``reconciler apply`` rolls a new release out to it.
+
+The apply must not hang: the pooled connection is dropped after a few unanswered keepalives, a
+new login times out, the deploy retries until the Target's ``ssh.retryDeadline`` and fails naming
+the host. The deployment is recorded as failed (rolled back), the other host runs one coherent
+revision, and after ``docker unpause`` the next apply converges. Short SSH timings come from the
+Target spec, so the whole trial fits in 45 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos.journal import deployment_ids, journal_problems, newest_status
+from tests.chaos.report import record_trial
+from tests.chaos.test_ssh_faults import SSHFleet, http
+from tests.e2e.conftest import wait_for as wait
+from tests.providers.bare_metal.conftest import PORT_FILE, free_port
+from tests.providers.bare_metal.test_ssh_cli import service_yaml, target_yaml
+from tests.state.backends import raw_query
+
+SCENARIO_FREEZE = "test host frozen (docker pause) during an SSH deploy"
+# keepalives every 0.5 s (3 unanswered: dropped), 1 s per login attempt, 3 s of retries
+SSH_TIMING = "  ssh: {connectTimeout: 1s, keepaliveInterval: 500ms, commandTimeout: 5s, " \
+             "retryDeadline: 3s}\n"
+HANG_BOUND_S = 25.0  # pause -> apply exited
+
+
+def docker(infra: Any, *args: str) -> None:
+    done = subprocess.run([infra.docker_cli, *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def history(fleet: SSHFleet) -> list[dict[str, Any]]:
+    """`reconciler history api -o json` of the fleet's state, newest deployment first."""
+    argv = [*fleet.argv()[:fleet.argv().index("apply")], "history", "api", "-o", "json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=20, cwd=fleet.repo)
+    assert done.returncode == 0, done.stderr
+    deployments: list[dict[str, Any]] = json.loads(done.stdout)
+    return deployments
+
+
+def unit_revision(host: Any) -> tuple[str, str, str]:
+    """(FRAISIER_REVISION of the unit, release `current` points at, ActiveState)."""
+    props = dict(line.split("=", 1) for line in host.sh(
+        "systemctl show -p Environment -p ActiveState fraisier-default_api.service"
+    ).splitlines() if "=" in line)
+    env = dict(item.split("=", 1) for item in props["Environment"].split())
+    current = host.sh("readlink /srv/fraisier/default/api/current").strip().rsplit("/", 1)[-1]
+    return env["FRAISIER_REVISION"], current, props["ActiveState"]
+
+
+@pytest.mark.timeout(45)
+def test_frozen_host_mid_deploy(tmp_path: Path, ssh_hosts: Any, testinfra: Any) -> None:
+    started = time.monotonic()
+    good, frozen = ssh_hosts[0], ssh_hosts[1]
+    ports = {}
+    for host in (good, frozen):
+        ports[host.name] = free_port()
+        host.run(["sh", "-c", 'printf %s "$1" >"$2"', "-", str(ports[host.name]), PORT_FILE])
+    fleet = SSHFleet(tmp_path, good)
+    target = target_yaml([good, frozen]).replace("  transport: ssh\n",
+                                                 "  transport: ssh\n" + SSH_TIMING, 1)
+    (fleet.repo / "fleet" / "target.yaml").write_text(target)
+    (fleet.repo / "fleet" / "api.yaml").write_text(
+        service_yaml() + "  strategy: {type: rolling, maxParallel: 1}\n")
+    fleet.release("v1")
+    first = fleet.apply()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert http(ports[good.name]) == "v1 hi" and http(ports[frozen.name]) == "v1 hi"
+    v1_revision = unit_revision(good)[0]
+
+    fleet.release("v2", files=100)
+    before = deployment_ids(fleet.url)
+    apply = fleet.start_apply()
+    paused_at: float | None = None
+    try:
+        # rolling, one host at a time: freeze the second host once its own deploy step began
+        wait(lambda: bool(raw_query(
+            fleet.url, "SELECT 1 FROM v_deployment_step WHERE action = 'deploy' "
+                       "AND instance = %s", (frozen.name,))) or apply.poll() is not None,
+             timeout=20, step=0.01)
+        assert apply.poll() is None, "the apply ended before the fault"
+        docker(testinfra, "pause", frozen.container)
+        paused_at = time.monotonic()
+        try:
+            out, _ = apply.communicate(timeout=HANG_BOUND_S)
+        except subprocess.TimeoutExpired:
+            apply.kill()
+            out, _ = apply.communicate(timeout=10)
+            raise AssertionError(f"apply hung {HANG_BOUND_S:g} s on a frozen host:\n{out}") \
+                from None
+        failed_after = time.monotonic() - paused_at
+        assert "Traceback" not in out, out
+        assert apply.returncode == 1, out  # a failed resource, not a crash
+        assert frozen.name in out, out  # the error names the host, and why
+        assert "no SSH login within connectTimeout 1s" in out, out
+        status = newest_status(fleet.url, "api")
+        assert status in ("failed", "rolled_back", "rollback_failed"), status
+        newest = history(fleet)[0]
+        steps = [s for s in newest["steps"] if s["instance"] == frozen.name]
+        assert any(s["status"] == "failed" and frozen.name in (s.get("detail") or "")
+                   for s in steps), steps
+        # the other host: one coherent revision, running (the old one after the rollback)
+        unit_rev, current, active = unit_revision(good)
+        assert active == "active" and http(ports[good.name]) in ("v1 hi", "v2 hi")
+        served = http(ports[good.name]).split()[0]
+        assert (unit_rev == v1_revision) == (served == "v1"), (unit_rev, current, served)
+        assert unit_rev == current, (unit_rev, current)
+        if status == "rolled_back":
+            assert served == "v1"
+    finally:
+        if paused_at is not None:
+            docker(testinfra, "unpause", frozen.container)
+        if apply.poll() is None:
+            apply.kill()
+            apply.wait(timeout=10)
+    frozen.wait_ssh(timeout=15)
+
+    force = ["--force"] if status in ("rolled_back", "rollback_failed") else []
+    rerun = fleet.apply(*force)
+    converged = rerun.returncode == 0
+    serving = converged and all(http(p) == "v2 hi" for p in ports.values())
+    problems = journal_problems(fleet.url, before)
+    seconds = time.monotonic() - started
+    note = (f"v2 frozen during deploy to {frozen.name}: apply exit {apply.returncode} "
+            f"{failed_after:.1f}s after the pause ({status}, {good.name} kept "
+            f"{served}); unpaused, rerun{' --force' if force else ''} exit {rerun.returncode}")
+    record_trial(SCENARIO_FREEZE, converged and serving, len(problems), note=note,
+                 seconds=seconds)
+    assert converged, rerun.stdout + rerun.stderr
+    assert serving, {h: http(p) for h, p in ports.items()}
+    assert problems == [], problems
+    assert seconds <= 45, seconds
+    for host in (good, frozen):
+        assert unit_revision(host)[0] == unit_revision(host)[1] != v1_revision
