@@ -269,7 +269,8 @@ class Reconciler:
             parts.append(str(source["artifact"].get("sha256", "")))
         revision = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
         if memo is not None:
-            if len(self._revisions) >= max(100_000, 2 * len(desired.resources)):
+            if (len(self._revisions) >= 100_000
+                    and len(self._revisions) >= 2 * len(desired.resources)):
                 self._revisions.clear()
             self._revisions[memo] = revision
         return revision
@@ -1140,14 +1141,27 @@ class Reconciler:
         return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})
 
 
+# Document hash -> the hash without sync windows (a function of the document): a Target with
+# windows is hashed again for every resource on it otherwise.
+_WINDOWLESS: dict[str, str] = {}
+
+
 def _deploy_hash(resource: Resource) -> str:
     """The document's hash without its sync windows: they say when a change may go out, not
     what runs, so editing them must not make every resource on a Target a new revision."""
     if "syncWindows" not in resource.spec:
         return resource.hash
+    known = _WINDOWLESS.get(resource.hash) if resource.hash else None
+    if known is not None:
+        return known
     document = resource.document()
     document["spec"] = {k: v for k, v in resource.spec.items() if k != "syncWindows"}
-    return spec_hash(document)
+    digest = spec_hash(document)
+    if resource.hash:
+        if len(_WINDOWLESS) >= 20_000:
+            _WINDOWLESS.clear()
+        _WINDOWLESS[resource.hash] = digest
+    return digest
 
 
 def variants_of(resource: Resource) -> list[Resource]:

@@ -24,6 +24,7 @@ from reconciler.plan.planner import (
     UPDATE,
     Plan,
 )
+from reconciler.rollout import engine as engine_module
 from reconciler.rollout.engine import Reconciler
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import files_from_directory, load_desired_state
@@ -211,3 +212,20 @@ async def test_a_no_op_pass_converges_everything_and_leaves_the_collector_on(
     assert {o.key.name: o.action for o in result.outcomes} == {
         "fleet": UNCHANGED, "api": UNCHANGED, "web": UNCHANGED, "worker": UNCHANGED}
     assert gc.isenabled()
+
+
+async def test_a_target_with_windows_still_changes_revisions_when_what_runs_changes(
+        fleet: Fleet) -> None:
+    windows = ", syncWindows: [{kind: allow, schedule: '* * * * *', duration: 1h}]"
+    (fleet.root / "target.yaml").write_text(TARGET.format(extra=windows))
+    same = await fleet.plan()
+    assert set(actions(same).values()) == {UNCHANGED}
+    (fleet.root / "target.yaml").write_text(TARGET.format(extra=windows + ", keepReleases: 3"))
+    plan = await fleet.plan()
+    assert set(actions(plan).values()) == {UPDATE}
+    desired = fleet.load()
+    engine_module._WINDOWLESS.clear()  # computed afresh, not remembered
+    fresh = Reconciler(fleet.store, state_dir=fleet.state)
+    expected = {k: fresh.revision_of(r, desired) for k, r in desired.resources.items()}
+    assert {i.key: i.revision for i in plan.items} == expected
+    assert {i.key: i.revision for i in same.items} != expected
