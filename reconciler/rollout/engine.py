@@ -61,6 +61,7 @@ from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.spec.secrets import resolve_env
 from reconciler.state import store as st
+from reconciler.state.audit import actor_for_trigger, current_actor
 from reconciler.state.store import DeploymentRecord, ResourceRecord, Store
 
 log = logging.getLogger("reconciler.rollout")
@@ -560,6 +561,9 @@ class Reconciler:
                                             config_commit=desired.commit)
             await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
                                            last_result=st.SUCCEEDED, last_error=None)
+            await self._audit_target(key, "deploy", trigger, revision=item.revision,
+                                     config_commit=desired.commit,
+                                     message=f"target recorded ({item.action})")
             self._emit(key, "synced", f"target recorded at {item.revision}")
             return Outcome(key, item.action, CONVERGED, item.revision)
         target = desired.target_of(resource)
@@ -891,16 +895,32 @@ class Reconciler:
         metrics.ROLLBACKS_TOTAL.labels(reason).inc()
         try:
             release = self.release_for(previous, good.to_revision, good.config_commit)
-            for instance in instances:
+        except ReconcilerError as exc:
+            return await self._rollback_ended(
+                dep, key, bad_revision, error, failed=exc.message, judged=judged,
+                message=f"rollback to {good.to_revision} failed: {exc.message}")
+        # Every instance is tried even when one fails: an unreachable host must not leave the
+        # reachable ones on the bad revision. The failures are reported together.
+        failures: list[str] = []
+        for instance in instances:
+            try:
                 await self._step(dep.id, "rollback", instance, provider.deploy(release, instance),
                                  f"revision {good.to_revision}")
                 healthy, message = await self._health_gate(dep.id, provider, previous, instance)
                 if not healthy:
                     raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
-        except ReconcilerError as exc:
+            except ReconcilerError as exc:
+                failures.append(exc.message if instance.id in exc.message
+                                else f"{instance.id}: {exc.message}")
+            except (OSError, TimeoutError) as exc:
+                failures.append(f"{instance.id}: {type(exc).__name__}: {exc}")
+        if failures:
+            failed = "; ".join(failures)
+            done = len(instances) - len(failures)
             return await self._rollback_ended(
-                dep, key, bad_revision, error, failed=exc.message, judged=judged,
-                message=f"rollback to {good.to_revision} failed: {exc.message}")
+                dep, key, bad_revision, error, failed=failed, judged=judged,
+                message=f"rollback to {good.to_revision} failed on {len(failures)} of "
+                        f"{len(instances)} instance(s) ({done} rolled back): {failed}")
         return await self._rollback_ended(dep, key, bad_revision, error,
                                           message=f"rolled back to {good.to_revision}")
 
@@ -1124,8 +1144,22 @@ class Reconciler:
                     return Outcome(key, DELETE, st.FAILED, None, exc.message, dep.identifier)
                 await self.store.transition(dep.id, st.SUCCEEDED, message="removed")
         await self.store.mark_deleted(key)
+        if key.kind == "Target":
+            await self._audit_target(key, "prune", "prune", revision=record.applied_revision,
+                                     config_commit=desired.commit, message="target removed")
         self._emit(key, "deleted")
         return Outcome(key, DELETE, st.SUCCEEDED, None, "removed")
+
+    async def _audit_target(self, key: ResourceKey, action: str, trigger: str, *,
+                            revision: str | None, config_commit: str | None,
+                            message: str) -> None:
+        """A Target change has no deployment (nothing runs) to write its audit row, so it is
+        recorded here, with the actor a deployment's row would name: the pass's (or CLI
+        user's) actor, else the trigger's. Never the document: it may hold secret references
+        and an audit message is free text."""
+        await self.store.record_audit(action, actor=current_actor() or actor_for_trigger(trigger),
+                                      outcome=st.SUCCEEDED, resource=key, revision=revision,
+                                      config_commit=config_commit, message=message)
 
     @staticmethod
     def _recorded_target(resource: Resource, desired: DesiredState) -> Resource | None:

@@ -51,12 +51,17 @@ def test_audit_trail_through_the_cli(fleet: Fleet) -> None:
     assert run_failed["message"] == "exited with code 3"
     assert run_ok["deployment"] == "default/Job/migrate#1"
     assert "no succeeded deployment" in events[0]["message"]
-    # the Target recorded by the same applies is no deployment: not in the trail
+    # the Target recorded by the first apply has no deployment, but is audited all the same
+    # (once: the second apply left it unchanged)
     everything = fleet.json("audit")
-    assert {e["resource"] for e in everything} == {"default/Job/migrate"}
+    assert {e["resource"] for e in everything} == {"default/Job/migrate", "default/Target/local"}
+    (target,) = fleet.json("audit", "Target/local")
+    assert (target["action"], target["outcome"], target["actor"], target["configCommit"],
+            target["message"]) == ("deploy", "succeeded", me, first, "target recorded (create)")
+    assert target["revision"] and target["deployment"] is None
 
     assert [e["action"] for e in fleet.json("audit", "-n", "2")] == ["rollback", "resume"]
-    assert len(fleet.json("audit", "--since", "1h")) == 5
+    assert len(fleet.json("audit", "--since", "1h")) == 6
     assert fleet.json("audit", "--since", "2999-01-01T00:00:00") == []
     bad = fleet.cli("audit", "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr

@@ -123,6 +123,9 @@ def test_secret_values_appear_nowhere(fleet: Fleet, tmp_path: Path) -> None:
         assert run("db", "status", "-o", "json").returncode == 0
         history = json.loads(outputs["json: history api -o json (stdout)"])
         assert {h["status"] for h in history} >= {"succeeded", "rolled_back"}
+        # the Target's own audit row (it has no deployment) is in the database scanned below
+        trail = json.loads(outputs["json: audit -o json (stdout)"])
+        assert {e["resource"] for e in trail} >= {"default/Service/api", "default/Target/local"}
 
         # A short daemon run: one more commit rolled out, then metrics and readiness scraped.
         fleet.write("api.yaml", service_yaml("api", port, greeting="four",

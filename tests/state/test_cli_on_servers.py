@@ -63,4 +63,8 @@ spec: {{provider: bare_metal, transport: local, root: {tmp_path / 'root'}}}
                                                            ("run", "failed")]
     assert all(e["actor"].startswith("cli:") for e in audit)
     assert audit[0]["configCommit"] == git(repo, "rev-parse", "HEAD")
-    assert raw_query(server_url, "SELECT COUNT(*) FROM tb_audit_event") == [(2,)]
+    # plus the Target, recorded (no deployment) by the first apply
+    (target,) = json.loads(fleet.cli(*db, "audit", "Target/local", "-o", "json").stdout)
+    assert (target["action"], target["outcome"]) == ("deploy", "succeeded")
+    assert target["actor"].startswith("cli:")
+    assert raw_query(server_url, "SELECT COUNT(*) FROM tb_audit_event") == [(3,)]
