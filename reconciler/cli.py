@@ -764,6 +764,10 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
                    "resources are split between them through shard leases.")
 @click.option("--shard-ttl", default="15s", show_default=True,
               help="Shard lease TTL: a dead replica's share is taken over after about this.")
+@click.option("--audit-retention", envvar="RECONCILER_AUDIT_RETENTION", default="90d",
+              show_default=True, metavar="DAYS|DURATION",
+              help="Delete audit events older than this, hourly (90d, 90, 720h; 0 keeps them "
+                   "forever). Env RECONCILER_AUDIT_RETENTION.")
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str,
@@ -771,7 +775,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None) -> None:
+           heal_interval: str | None, audit_retention: str) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
@@ -796,8 +800,18 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
                           shard_ttl=parse_duration(shard_ttl),
-                          heal_interval=parse_duration(heal_interval) if heal_interval else None)
+                          heal_interval=parse_duration(heal_interval) if heal_interval else None,
+                          audit_retention=_retention(audit_retention, "--audit-retention"))
     sys.exit(asyncio.run(run_daemon(config)))
+
+
+def _retention(text: str, param: str) -> Any:
+    from reconciler.state.audit import parse_retention
+
+    try:
+        return parse_retention(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
 
 
 def _api_token(path: Path | None) -> bytes | None:
@@ -819,7 +833,7 @@ def _api_token(path: Path | None) -> bytes | None:
 # -- db -------------------------------------------------------------------------------------------
 @cli.group()
 def db() -> None:
-    """Schema migrations of the state database."""
+    """The state database: migrations, health check, copy, audit retention."""
 
 
 @db.command("migrate")
@@ -866,6 +880,43 @@ def db_status(opts: Options, output: str) -> None:
             when = m.applied_at.isoformat() if m.applied_at else "pending"
             click.echo(f"{m.version:03d}_{m.name}  {when}")
     sys.exit(1 if pending else 0)
+
+
+@db.command("prune-audit")
+@click.option("--older-than", envvar="RECONCILER_AUDIT_RETENTION", default="90d",
+              show_default=True, metavar="DAYS|DURATION",
+              help="Delete audit events recorded longer ago than this (30d, 30, 720h; 0 deletes "
+                   "nothing). Env RECONCILER_AUDIT_RETENTION, the daemon's retention.")
+@click.pass_obj
+@handles_errors
+def db_prune_audit(opts: Options, older_than: str) -> None:
+    """Delete old audit events now (the daemon does it hourly, per --audit-retention); the
+    pruning itself is audited."""
+    from datetime import UTC, datetime
+
+    retention = _retention(older_than, "--older-than")
+    if retention is None:
+        click.echo("retention 0: audit events are kept forever, nothing deleted")
+        return
+    before = datetime.now(UTC) - retention
+
+    async def main() -> int:
+        from reconciler.state.audit import cli_actor, current_actor
+
+        store = await open_store(opts)
+        try:
+            deleted = int(await store.prune_audit(before))
+            await store.record_audit(
+                "prune-audit", actor=current_actor() or cli_actor(), outcome="succeeded",
+                message=f"deleted {deleted} audit event(s) recorded before "
+                        f"{before.isoformat(timespec='seconds')}")
+            return deleted
+        finally:
+            await store.close()
+
+    deleted = run(main())
+    click.echo(f"deleted {deleted} audit event(s) recorded before "
+               f"{before.isoformat(timespec='seconds')}")
 
 
 @db.command("check")

@@ -16,7 +16,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ class DaemonConfig:
     shard_ttl: float = 15.0
     pin_retries: int = 6  # fetches of a pushed commit not found yet (0.5 s, 1 s, 2 s, … apart)
     pin_backoff: float = 0.5
+    # audit events older than this are deleted (None: kept forever), every audit_prune_interval
+    audit_retention: timedelta | None = timedelta(days=90)
+    audit_prune_interval: float = 3600.0
 
 
 @dataclass
@@ -438,6 +441,31 @@ class Daemon:
                 self.redeploy |= drifted
                 self.trigger("drift")
 
+    async def audit_retention(self) -> None:
+        """Delete audit events older than ``--audit-retention``: once the first pass has run
+        (startup is not slowed), then every ``audit_prune_interval`` (an hour)."""
+        if self.cfg.audit_retention is None:
+            return
+        await self.passed.wait()
+        while not self.stopping:
+            await self.prune_audit_once()
+            await asyncio.sleep(jittered(self.cfg.audit_prune_interval))
+
+    async def prune_audit_once(self) -> int:
+        """One retention pass (batched deletes through the index on the event time)."""
+        if self.cfg.audit_retention is None:
+            return 0
+        before = datetime.now(UTC) - self.cfg.audit_retention
+        try:
+            deleted = await self.store.prune_audit(before)
+        except ReconcilerError as exc:
+            log.warning("audit retention: prune failed", extra={"error": exc.message})
+            return 0
+        if deleted:
+            log.info("audit events pruned", extra={"deleted": deleted,
+                                                   "before": before.isoformat()})
+        return deleted
+
     async def shard_heartbeat(self) -> None:
         """Hold this replica's share of the shards; a change of share triggers a pass."""
         assert self.leases is not None
@@ -592,7 +620,8 @@ class Daemon:
                                                       f"{self.cfg.listen_port}",
                                             "repo": self.cfg.repo, "path": self.source.path})
         background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal()),
-                      asyncio.create_task(self.watchdog())]
+                      asyncio.create_task(self.watchdog()),
+                      asyncio.create_task(self.audit_retention())]
         if self.leases is not None:
             await self.leases.heartbeat()  # take a share before the first pass
             background.append(asyncio.create_task(self.shard_heartbeat()))

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any
 
 from reconciler.errors import StoreError
@@ -38,6 +40,10 @@ from reconciler.state.store import (
 MAX_ACTOR = 255
 MAX_MESSAGE = 2000
 MAX_IDENTIFIER = 768  # the longest unique key MySQL/InnoDB indexes in utf8mb4
+# How long audit events are kept (the daemon deletes older ones; `reconciler db prune-audit`).
+AUDIT_RETENTION_ENV = "RECONCILER_AUDIT_RETENTION"
+DEFAULT_AUDIT_RETENTION = "90d"
+_DAYS = re.compile(r"([0-9]+(?:\.[0-9]+)?)d?")
 
 _ACTOR: ContextVar[str | None] = ContextVar("fraisier_audit_actor", default=None)
 
@@ -147,6 +153,23 @@ def audit_values(action: str, *, actor: str, outcome: str, resource: ResourceKey
     }
 
 
+def parse_retention(text: str) -> timedelta | None:
+    """An audit retention: days (``90d``, or a bare number ``90``) or a Go duration (``720h``);
+    ``0`` keeps events forever (None). Raises ValueError naming the text otherwise."""
+    value = text.strip()
+    if (days := _DAYS.fullmatch(value)) is not None:
+        retention = timedelta(days=float(days.group(1)))
+    else:
+        from reconciler.spec.durations import parse_duration
+
+        try:
+            retention = timedelta(seconds=parse_duration(value))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an audit retention: expected days (90d, 90), a "
+                             "duration (720h) or 0 to keep events forever") from None
+    return retention if retention > timedelta(0) else None
+
+
 def audit_import_values(record: AuditRecord, at: Any) -> dict[str, Any]:
     return {
         "id": record.id, "identifier": record.identifier, "at": at, "actor": record.actor,
@@ -157,6 +180,8 @@ def audit_import_values(record: AuditRecord, at: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "AUDIT_RETENTION_ENV",
+    "DEFAULT_AUDIT_RETENTION",
     "MAX_ACTOR",
     "MAX_MESSAGE",
     "acting_as",
@@ -168,4 +193,5 @@ __all__ = [
     "cli_actor",
     "clip",
     "current_actor",
+    "parse_retention",
 ]

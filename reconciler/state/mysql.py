@@ -150,6 +150,7 @@ class MySQLStore(ServerStore):
     dialect = "mysql"
     null_safe_equal = "{a} <=> {b}"
     trigger_column = "`trigger`"
+    audit_prune_sql = "DELETE FROM tb_audit_event WHERE at < %s ORDER BY at LIMIT %s"
 
     def __init__(
         self,

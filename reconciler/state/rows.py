@@ -11,6 +11,7 @@ marker (``?`` or ``%s``), passed in as ``mark``.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from reconciler.state.store import (
 )
 
 Row = dict[str, Any]
+AUDIT_PRUNE_BATCH = 1000  # audit rows deleted per transaction by prune_audit
 JsonDecoder = Callable[[Any], dict[str, Any] | None]
 
 STATUS_FIELDS = frozenset(
@@ -269,6 +271,11 @@ class AuditLog(ABC):
                             ) -> list[Row]:
         """``v_audit_event`` rows matching ``where``, newest first; ``limit <= 0``: all."""
 
+    @abstractmethod
+    async def _delete_audit_batch(self, cutoff: Any, batch_size: int) -> int:
+        """In one transaction, delete up to ``batch_size`` of the oldest rows with
+        ``at < cutoff`` (through the index on ``at``); return how many were deleted."""
+
     async def record_audit(
         self,
         action: str,
@@ -298,6 +305,22 @@ class AuditLog(ABC):
             self._audit_time(since) if since is not None else None)
         return [to_audit(row) for row in await self._select_audit(where, params, limit)]
 
+    async def prune_audit(self, before: datetime, *,
+                          batch_size: int = AUDIT_PRUNE_BATCH) -> int:
+        """Delete the audit events recorded before ``before`` (events at ``before`` or later
+        stay), oldest first, ``batch_size`` rows per transaction so a large backlog never holds
+        a lock for long; return how many were deleted."""
+        if batch_size <= 0:
+            raise StoreError(f"prune_audit: batch_size must be positive, not {batch_size}")
+        cutoff = self._audit_time(before)
+        total = 0
+        while True:
+            deleted = await self._delete_audit_batch(cutoff, batch_size)
+            total += deleted
+            if deleted < batch_size:
+                return total
+            await asyncio.sleep(0)  # let other work of this process run between batches
+
     async def import_audit(self, record: AuditRecord) -> None:
         """Insert an audit event exactly as another store recorded it (same id and time)."""
         await self._append_audit(audit_import_values(record, self._audit_time(record.at)),
@@ -305,6 +328,7 @@ class AuditLog(ABC):
 
 
 __all__ = [
+    "AUDIT_PRUNE_BATCH",
     "FINAL_AUDIT_SELECT",
     "LIGHT_RESOURCE_COLUMNS",
     "STATUS_FIELDS",

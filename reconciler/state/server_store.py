@@ -98,6 +98,11 @@ class ServerStore(rows.AuditLog):
     # appended to text columns in ORDER BY: code point order, as SQLite's BINARY (whatever
     # collation the database was created with)
     binary_order: str = ""
+    # one batch of prune_audit: the oldest rows before a cutoff, through the index on "at"
+    # (MySQL/MariaDB refuse LIMIT in an IN subquery: mysql.py uses DELETE … ORDER BY … LIMIT)
+    audit_prune_sql: str = (
+        "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
+        "FROM tb_audit_event WHERE at < %s ORDER BY at LIMIT %s)")
 
     def __init__(self) -> None:
         self._closed = False
@@ -719,6 +724,11 @@ class ServerStore(rows.AuditLog):
                f"ORDER BY at DESC, identifier{self.binary_order} DESC{limit_sql}")
         return await self._run("list_audit", lambda tx, _: tx.all(sql, params),
                                transaction=False)
+
+    async def _delete_audit_batch(self, cutoff: Any, batch_size: int) -> int:
+        # safe to retry: rows a lost commit deleted are simply not found again
+        return await self._run("prune_audit", lambda tx, _: tx.execute(
+            self.audit_prune_sql, (cutoff, batch_size)))
 
     # -- bulk import (reconciler.state.copy) -----------------------------------------------------
     async def is_empty(self) -> bool:

@@ -763,5 +763,16 @@ class SQLiteStore(rows.AuditLog):
                f"ORDER BY at DESC, identifier DESC LIMIT {int(limit) if limit > 0 else -1}")
         return await self._run(self._all, sql, params)
 
+    def _delete_audit_batch_sync(self, cutoff: str, batch_size: int) -> int:
+        with self._write():
+            # no DELETE … LIMIT in a stock SQLite build: the oldest rows by the index on "at"
+            return self._db.execute(
+                "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
+                "FROM tb_audit_event WHERE at < ? ORDER BY at LIMIT ?)",
+                (cutoff, batch_size)).rowcount
+
+    async def _delete_audit_batch(self, cutoff: Any, batch_size: int) -> int:
+        return await self._run(self._delete_audit_batch_sync, cutoff, batch_size)
+
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]

@@ -292,3 +292,7 @@ class Store(Protocol):
     async def list_audit(self, limit: int = 50, resource: ResourceKey | None = None,
                          since: datetime | None = None) -> list[AuditRecord]:
         """Newest first; ``limit <= 0`` means all; ``since`` keeps events at or after it."""
+
+    async def prune_audit(self, before: datetime, *, batch_size: int = 1000) -> int:
+        """Delete audit events recorded before ``before`` (retention), in batches of
+        ``batch_size`` rows, one transaction each; return how many were deleted."""

@@ -7,14 +7,26 @@ recorded with ``record_audit``; ``list_audit`` reads newest first, by resource a
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from reconciler.errors import StoreError
 from reconciler.spec.model import ResourceKey
-from reconciler.state import Store
-from reconciler.state.audit import acting_as, action_for, actor_for_trigger, cli_actor
+from reconciler.state import Store, open_store
+from reconciler.state.audit import (
+    acting_as,
+    action_for,
+    actor_for_trigger,
+    cli_actor,
+    parse_retention,
+)
+from reconciler.state.store import AuditRecord
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,3 +140,108 @@ def test_actor_and_action_names() -> None:
     assert action_for("Job", "run", "poll", "failed", "in_progress") == "run"
     assert action_for("Schedule", "install", "poll", "succeeded", "in_progress") == "install"
     assert action_for("Service", "delete", "prune", "succeeded", "in_progress") == "prune"
+
+
+# -- retention ---------------------------------------------------------------------------------
+def _event(at: datetime, number: int) -> AuditRecord:
+    return AuditRecord(id=str(uuid.uuid4()), identifier=f"prod/Service/api:deploy:{number}",
+                       at=at, actor="poll", action="deploy", outcome="succeeded",
+                       resource=str(API), revision=f"r{number}")
+
+
+@pytest.mark.parametrize("batch_size", [1000, 3, 2])
+async def test_prune_audit_deletes_exactly_the_events_before_the_cutoff(
+        any_store: Store, batch_size: int) -> None:
+    cutoff = datetime.now(UTC).replace(microsecond=500_000) - timedelta(days=90)
+    # six older than the cutoff (down to one microsecond), four at or after it
+    ages = [timedelta(days=400), timedelta(days=91), timedelta(hours=1), timedelta(seconds=1),
+            timedelta(milliseconds=1), timedelta(microseconds=1)]
+    keeps = [timedelta(0), -timedelta(microseconds=1), -timedelta(days=60), -timedelta(days=89)]
+    old = [_event(cutoff - age, n) for n, age in enumerate(ages)]
+    new = [_event(cutoff - age, 100 + n) for n, age in enumerate(keeps)]
+    for event in old + new:
+        await any_store.import_audit(event)
+    dep = await _deployment(any_store)
+    await any_store.transition(dep, "succeeded")  # a live audit row, written now
+
+    assert await any_store.prune_audit(cutoff, batch_size=batch_size) == len(old)
+    left = await any_store.list_audit(limit=0)
+    (live,) = [e for e in left if e.deployment == "prod/Service/api#1"]
+    assert {e.id for e in left} == {e.id for e in new} | {live.id}
+    assert sorted(e.at for e in left if e is not live) == sorted(e.at for e in new)
+    assert await any_store.prune_audit(cutoff, batch_size=batch_size) == 0
+    assert len(await any_store.list_audit(limit=0)) == len(new) + 1
+
+
+async def test_prune_audit_on_an_empty_trail_and_bad_batch(any_store: Store) -> None:
+    assert await any_store.prune_audit(datetime.now(UTC)) == 0
+    with pytest.raises(StoreError, match="batch_size"):
+        await any_store.prune_audit(datetime.now(UTC), batch_size=0)
+
+
+async def test_prune_audit_removes_a_backlog_larger_than_one_batch(any_store: Store) -> None:
+    now = datetime.now(UTC)
+    for n in range(25):
+        await any_store.import_audit(_event(now - timedelta(days=200, minutes=n), n))
+    await any_store.import_audit(_event(now - timedelta(days=10), 99))
+    assert await any_store.prune_audit(now - timedelta(days=90), batch_size=4) == 25
+    (kept,) = await any_store.list_audit(limit=0)
+    assert kept.revision == "r99"
+
+
+def test_retention_setting() -> None:
+    assert parse_retention("90d") == parse_retention("90") == timedelta(days=90)
+    assert parse_retention("720h") == timedelta(days=30)
+    assert parse_retention(" 1.5d ") == timedelta(days=1, hours=12)
+    assert parse_retention("0") is None and parse_retention("0d") is None
+    for bad in ("", "-1d", "ninety", "90 days"):
+        with pytest.raises(ValueError, match="audit retention"):
+            parse_retention(bad)
+
+
+@pytest.mark.timeout(120)
+def test_db_prune_audit_command(db_url: str, tmp_path: Path) -> None:
+    """`reconciler db prune-audit` through the real CLI, on each backend."""
+
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", "--db", db_url, "--state-dir",
+             str(tmp_path / "state"), "--log-format", "text", *args],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "RECONCILER_AUDIT_RETENTION": "", **env})
+
+    async def seed() -> None:
+        store = open_store(db_url)
+        try:
+            await store.migrate()
+            now = datetime.now(UTC)
+            for n, days in enumerate((400, 120, 45, 20, 1)):
+                await store.import_audit(_event(now - timedelta(days=days), n))
+        finally:
+            await store.close()
+
+    async def trail() -> list[AuditRecord]:
+        store = open_store(db_url)
+        try:
+            return await store.list_audit(limit=0)
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    kept = cli("db", "prune-audit", "--older-than", "0")
+    assert kept.returncode == 0 and "kept forever" in kept.stdout, kept.stderr
+    assert [e.revision for e in asyncio.run(trail())] == ["r4", "r3", "r2", "r1", "r0"]
+    bad = cli("db", "prune-audit", "--older-than", "a while")
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+
+    default = cli("db", "prune-audit")  # 90 days
+    assert default.returncode == 0 and "deleted 2 audit event(s)" in default.stdout, default
+    from_env = cli("db", "prune-audit", RECONCILER_AUDIT_RETENTION="30")
+    assert from_env.returncode == 0 and "deleted 1 audit event(s)" in from_env.stdout
+    # the pruning is itself audited, as the CLI user (and kept: it is new)
+    second, first, *rest = asyncio.run(trail())
+    assert [e.revision for e in rest] == ["r4", "r3"]
+    assert [(e.action, e.outcome, e.actor.startswith("cli:")) for e in (second, first)] == [
+        ("prune-audit", "succeeded", True)] * 2
+    assert second.message is not None and second.message.startswith("deleted 1 audit event")
+    assert first.message is not None and first.message.startswith("deleted 2 audit event")
