@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,17 @@ def _expected_statuses(value: Any) -> list[int] | None:
     return [int(v) for v in value]
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """The verifying TLS context of every http probe, made once: loading the CA bundle costs
+    ~30 ms of CPU, which a client per probe paid on every probe (a rolling update of 20
+    replicas on 2 cores spent more CPU on it than on the probes). Same settings as the
+    client's own default with ``trust_env=False``."""
+    import httpx
+
+    return httpx.create_ssl_context(verify=True, trust_env=False)
+
+
 async def _probe_http(
     spec: Mapping[str, Any], instance: Instance, limit_s: float
 ) -> tuple[bool, str]:
@@ -63,7 +76,9 @@ async def _probe_http(
     try:
         async with (
             asyncio.timeout(timeout),
-            httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()
+            ) as client,
             client.stream("GET", url) as response,
         ):
             status = response.status_code

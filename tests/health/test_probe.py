@@ -201,3 +201,50 @@ def test_duration_defaults_and_errors() -> None:
         to_seconds("10 parsecs", 1.0)
     with pytest.raises(ValueError):
         to_seconds("", 1.0)
+
+
+@pytest.mark.timeout(20)
+async def test_https_verifies_certificates_on_every_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TLS context is made once and shared by the probes: it still verifies, on the second
+    probe too, and ignores SSL_CERT_FILE (the client's trust_env=False)."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=15,
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    served = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            served += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    check = {"http": {"url": f"https://{{host}}:{port}/"}, "timeout": "5s"}
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        for _ in range(2):
+            result = await probe(check, LOCAL)
+            assert not result.ok
+            assert "CERTIFICATE_VERIFY_FAILED" in result.message, result.message
+        assert served == 0
+    finally:
+        server.close()
+        await server.wait_closed()
