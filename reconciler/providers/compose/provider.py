@@ -334,14 +334,19 @@ class ComposeProvider:
 
     async def _write_document(self, prepared: _Prepared, cli: ComposeCLI) -> None:
         directory = posixpath.dirname(prepared.compose_file)
+        data = prepared.rendered.yaml(compose_v1=not cli.is_v2).encode()
         if directory not in self._made_dirs:
-            await self._mkdir(directory)
+            # Written first: a transport that makes the parent folders (this machine's) needs
+            # no `mkdir` process per replica; one that does not (SSH) fails, and `mkdir` runs.
+            try:
+                await self.transport.write_file(prepared.compose_file, data, mode=0o600)
+            except ProviderError:
+                await self._mkdir(directory)
+            else:
+                self._made_dirs.add(directory)
+                return
             self._made_dirs.add(directory)
-        await self.transport.write_file(
-            prepared.compose_file,
-            prepared.rendered.yaml(compose_v1=not cli.is_v2).encode(),
-            mode=0o600,
-        )
+        await self.transport.write_file(prepared.compose_file, data, mode=0o600)
 
     async def _ensure_images(
         self,
@@ -638,41 +643,85 @@ class ComposeProvider:
         states: list[InstanceState] = []
         for instance in expected:
             slot = (instance.labels["service"], int(instance.labels["replica"]))
-            found = current.pop(slot, [])
-            stale = older.pop(slot, [])
-            adopted = not found and bool(stale)
-            if adopted:
-                found, stale = stale, []
-            found.sort(key=lambda c: (_running(c), str((c.get("State") or {}).get("StartedAt"))))
-            extras += found[:-1] + stale
-            if not found:
-                states.append(
-                    InstanceState(
-                        instance,
-                        None,
-                        False,
-                        "container missing",
-                        {
-                            "present": False,
-                            "service": slot[0],
-                            "project": instance.labels["project"],
-                            "replica": slot[1],
-                            "layout": LAYOUT_PER_REPLICA,
-                        },
-                    )
-                )
-                continue
-            state = self._container_state(instance, found[-1])
-            state.facts["replica"] = slot[1]
-            state.facts["layout"] = LAYOUT_SCALED if adopted else LAYOUT_PER_REPLICA
-            if adopted:
-                state.detail = ("in the scaled layout until deployed; " + state.detail).rstrip("; ")
+            state, left = self._replica_state(
+                instance, slot, current.pop(slot, []), older.pop(slot, [])
+            )
             states.append(state)
+            extras += left
         for leftovers in (*current.values(), *older.values()):
             extras += leftovers
         for extra in extras:
             states.append(self._extra_state(extra, _labels(extra).get(PROJECT_LABEL, base)))
         return states
+
+    def _replica_state(
+        self,
+        instance: Instance,
+        slot: tuple[str, int],
+        found: list[dict[str, Any]],
+        stale: list[dict[str, Any]],
+    ) -> tuple[InstanceState, list[dict[str, Any]]]:
+        """The state of one replica from its own project's containers (``found``) and the
+        scaled layout's of its slot (``stale``); returns it with the containers left over."""
+        adopted = not found and bool(stale)
+        if adopted:
+            found, stale = stale, []
+        found = sorted(
+            found, key=lambda c: (_running(c), str((c.get("State") or {}).get("StartedAt")))
+        )
+        extras = found[:-1] + stale
+        if not found:
+            missing = InstanceState(
+                instance,
+                None,
+                False,
+                "container missing",
+                {
+                    "present": False,
+                    "service": slot[0],
+                    "project": instance.labels["project"],
+                    "replica": slot[1],
+                    "layout": LAYOUT_PER_REPLICA,
+                },
+            )
+            return missing, extras
+        state = self._container_state(instance, found[-1])
+        state.facts["replica"] = slot[1]
+        state.facts["layout"] = LAYOUT_SCALED if adopted else LAYOUT_PER_REPLICA
+        if adopted:
+            state.detail = ("in the scaled layout until deployed; " + state.detail).rstrip("; ")
+        return state, extras
+
+    async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState:
+        """One instance's state, as ``observe`` reports it. A replica of the per-replica layout is
+        read from its own project (and the scaled project, for a replica not moved yet) instead
+        of inspecting every container of the resource: the health gate of each replica of a
+        rolling update asks for it, and 20 replicas made that 400 inspects per rollout."""
+        if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:
+            try:
+                slot = self._slot(resource, instance)
+            except ProviderError:
+                slot = None
+            if slot is not None and "project" in instance.labels:
+                base = project_name(resource)
+                project = replica_project(base, slot[1])
+                own, scaled = await asyncio.gather(
+                    self.engine.containers(
+                        {PROJECT_LABEL: project, LABEL_RESOURCE: str(resource.key)}
+                    ),
+                    self._project_containers(base),
+                )
+                found = [
+                    c
+                    for c in own
+                    if _labels(c).get(ONEOFF_LABEL) != "True" and _slot_of(c, base) == slot
+                ]
+                stale = [c for c in scaled if _slot_of(c, base) == slot]
+                return self._replica_state(instance, slot, found, stale)[0]
+        for state in await self.observe(resource):
+            if state.instance.id == instance.id:
+                return state
+        return InstanceState(instance, None, False, "not found", {"present": False})
 
     async def _stop_replica(self, resource: Resource, instance: Instance) -> None:
         service, number = self._slot(resource, instance, strict=False)

@@ -76,6 +76,18 @@ def by_id(states: list[Any]) -> dict[str, Any]:
     return {s.instance.id: s for s in states}
 
 
+async def observe_instance_agrees(provider: ComposeProvider, resource: Any) -> None:
+    """``observe_instance`` (the health gate's look at one replica: its own project only)
+    reports every replica as ``observe`` (every container of the resource) does."""
+    full = by_id(await provider.observe(resource))
+    for instance in await provider.instances(resource):
+        one = await provider.observe_instance(resource, instance)
+        want = full[instance.id]
+        assert (one.instance, one.revision, one.running, one.detail, one.facts) == (
+            want.instance, want.revision, want.running, want.detail, want.facts
+        ), instance.id  # fmt: skip
+
+
 async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
     make_provider, environment, test_images
 ):
@@ -101,6 +113,7 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
     assert {states[f"web-{n}"].facts["project"] for n in (1, 2, 3)} == {
         replica_project(base, n) for n in (1, 2, 3)
     }
+    await observe_instance_agrees(provider, v1)
     ids = {i: s.facts["container_id"] for i, s in states.items()}
 
     # One replica to r2: only its container is replaced, the others keep running r1.
@@ -130,6 +143,7 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
         await provider.deploy(release(bad, "r-bad"), instances[1])
     states = by_id(await provider.observe(bad))
     assert states["web-2"].revision == "r-bad" and states["web-2"].facts["health"] == "unhealthy"
+    await observe_instance_agrees(provider, bad)
     assert states["web-1"].facts["container_id"] == ids["web-1"] and states["web-1"].running
     await provider.deploy(release(v2, "r2"), instances[1])
     assert by_id(await provider.observe(v2))["web-2"].revision == "r2"
@@ -143,6 +157,7 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
     await provider.remove(v2, instances[0])
     states = by_id(await provider.observe(v2))
     assert states["web-1"].detail == "container missing" and not states["web-1"].running
+    await observe_instance_agrees(provider, v2)
     assert states["web-2"].facts["container_id"] != ids["web-2"] and states["web-2"].running
     assert Path(provider.state_root, base).is_dir()
     await provider.deploy(release(v2, "r2"), instances[0])
@@ -221,6 +236,7 @@ async def test_strategy_change_moves_replicas_without_duplicates(
         states["worker-1"].revision == "r2" and states["worker-1"].facts["layout"] == "per-replica"
     )
     assert states["worker-2"].revision == "r1" and states["worker-2"].facts["layout"] == "scaled"
+    await observe_instance_agrees(provider, rolling)
     assert all(s.running for s in states.values())
     assert len(await containers()) == 2
     await provider.deploy(second, instances[1])
