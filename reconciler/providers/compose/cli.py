@@ -8,6 +8,7 @@ the name: a standalone ``docker-compose`` binary may well be v2.
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,15 @@ CANDIDATES: dict[str, list[list[str]]] = {
     "v2": [["docker", "compose"], ["docker-compose"]],
     "v1": [["docker-compose"]],
 }
+PLUGIN = ("docker", "compose")
+# Where the docker CLI looks for the compose plugin on Linux, after $DOCKER_CONFIG/cli-plugins
+# (default ~/.docker/cli-plugins), in its order.
+SYSTEM_PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,33 @@ async def _version(
     return text.splitlines()[-1].strip() if text else None
 
 
+def _plugin_paths(env: Mapping[str, str]) -> list[str]:
+    dirs = list(SYSTEM_PLUGIN_DIRS)
+    config = env.get("DOCKER_CONFIG") or (
+        posixpath.join(env["HOME"], ".docker") if env.get("HOME") else None
+    )
+    if config:
+        dirs.insert(0, posixpath.join(config, "cli-plugins"))
+    return [posixpath.join(d, "docker-compose") for d in dirs]
+
+
+async def _standalone_plugin(
+    transport: Transport, version: str, env: Mapping[str, str]
+) -> tuple[str, ...]:
+    """The compose plugin's own binary, run standalone (as a ``docker-compose`` v2 binary is),
+    when it answers the version ``docker compose`` did; else ``docker compose`` itself.
+
+    ``docker compose`` starts the docker CLI, which looks its plugins up and then runs the
+    plugin: about 60 ms of CPU per call on top of compose's own 40 ms. A rolling update runs one
+    ``up`` per replica, five at once with maxParallel 5, so on a small Docker host that start-up
+    was a good part of the time. The binary is the same, and compose v2 runs the same code
+    standalone (that is how the ``docker-compose`` v2 binary works)."""
+    for path in _plugin_paths(env):
+        if await _version(transport, [path], env) == version:
+            return (path,)
+    return PLUGIN
+
+
 async def detect(
     transport: Transport,
     preference: str,
@@ -97,6 +134,8 @@ async def detect(
             continue
         cli = ComposeCLI(tuple(command), version)
         if preference == "auto" or (preference == "v2") == cli.is_v2:
+            if cli.command == PLUGIN and cli.is_v2:
+                cli = ComposeCLI(await _standalone_plugin(transport, version, env), version)
             return cli
     raise ProviderError(
         f"{transport.host_id}: no Docker Compose {preference} found (tried {', '.join(tried)})",
