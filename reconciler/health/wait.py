@@ -2,10 +2,14 @@
 
 Timing (all Go durations): wait ``initialDelay``, then probe every ``interval`` (measured from the
 start of one probe to the start of the next). Failures while ``startPeriod`` lasts (counted from
-the call) do not count. Healthy after ``successThreshold`` consecutive passes; unhealthy after
-``failureThreshold`` consecutive counted failures. A service that flaps between the two never
-reaches either threshold, so an overall deadline (by default the time the thresholds could need,
-twice over) ends the wait as unhealthy.
+the call) do not count. Until the first pass, while ``startPeriod`` lasts, probes come sooner:
+50 ms apart, then twice as far each time up to ``interval`` (as Docker's ``start_interval``), so
+an instance that listens 300 ms after its start is healthy then, not at the next ``interval``
+(2 s by default); failures that count and consecutive passes stay ``interval`` apart. Healthy
+after ``successThreshold`` consecutive passes; unhealthy after ``failureThreshold`` consecutive
+counted failures. A service that flaps between the two never reaches either threshold, so an
+overall deadline (by default the time the thresholds could need, twice over) ends the wait as
+unhealthy.
 
 A health section without http/tcp/exec means "healthy when its process is running": give
 ``is_running`` and it is asked once, after ``initialDelay``.
@@ -29,6 +33,7 @@ DEFAULT_INITIAL_DELAY_S = 0.0
 DEFAULT_START_PERIOD_S = 10.0
 DEFAULT_SUCCESS_THRESHOLD = 1
 DEFAULT_FAILURE_THRESHOLD = 3
+FIRST_RETRY_S = 0.05  # the first probe after a failed one in the start period
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ async def wait_healthy(
 
     deadline = started + (deadline_s if deadline_s is not None else policy.default_deadline())
     passes = failures = probes = 0
+    passed_once = False
+    retry = FIRST_RETRY_S
     last = ""
     while True:
         probe_started = time.monotonic()
@@ -105,6 +112,7 @@ async def wait_healthy(
         probes += 1
         last = result.message
         if result.ok:
+            passed_once = True
             passes += 1
             failures = 0
             if passes >= policy.success_threshold:
@@ -116,6 +124,9 @@ async def wait_healthy(
                 if failures >= policy.failure_threshold:
                     return HealthResult(False, f"{last} ({failures} consecutive failures)", probes)
         next_at = probe_started + policy.interval
+        if not passed_once and probe_started - started < policy.start_period:
+            next_at = probe_started + min(retry, policy.interval)
+            retry *= 2
         if next_at >= deadline:
             return HealthResult(
                 False, f"not healthy within {deadline - started:g}s; last: {last}", probes

@@ -135,3 +135,40 @@ async def test_no_probe_means_process_running() -> None:
 async def test_invalid_thresholds() -> None:
     with pytest.raises(ValueError):
         HealthPolicy.from_spec({"successThreshold": 0})
+
+
+@pytest.mark.timeout(10)
+async def test_start_period_probes_sooner_until_the_first_pass(server: ScriptedServer) -> None:
+    # interval 2 s: at that pace two failures would make this take 4 s; in the start period the
+    # probes after a failure come 50, then 100 ms later
+    server.script = [FAIL, FAIL, OK]
+    started = time.monotonic()
+    result = await wait_healthy(health(server, interval="2s", startPeriod="5s"), LOCAL)
+    elapsed = time.monotonic() - started
+    assert result.healthy and result.probes == 3
+    assert 0.15 <= elapsed < 1.0
+
+
+@pytest.mark.timeout(10)
+async def test_consecutive_passes_stay_an_interval_apart(server: ScriptedServer) -> None:
+    # the fast start-period pace ends at the first pass: the second pass that successThreshold 2
+    # needs comes an interval later
+    server.script = [FAIL, OK, OK]
+    started = time.monotonic()
+    result = await wait_healthy(
+        health(server, interval="400ms", startPeriod="5s", successThreshold=2), LOCAL
+    )
+    elapsed = time.monotonic() - started
+    assert result.healthy and result.probes == 3
+    assert 0.45 <= elapsed < 1.5
+
+
+@pytest.mark.timeout(10)
+async def test_failures_that_count_stay_an_interval_apart(server: ScriptedServer) -> None:
+    server.default = FAIL
+    started = time.monotonic()
+    result = await wait_healthy(
+        health(server, interval="300ms", startPeriod="0s", failureThreshold=3), LOCAL
+    )
+    assert not result.healthy and result.probes == 3
+    assert time.monotonic() - started >= 0.6
