@@ -68,6 +68,9 @@ class DaemonConfig:
     # audit events older than this are deleted (None: kept forever), every audit_prune_interval
     audit_retention: timedelta | None = timedelta(days=90)
     audit_prune_interval: float = 3600.0
+    # webhook delivery ids (replay protection) are forgotten after this, on the same timer: a
+    # replay older than that still cannot move the fleet back (a pass never goes backwards)
+    delivery_retention: timedelta = timedelta(days=30)
 
 
 @dataclass
@@ -442,14 +445,27 @@ class Daemon:
                 self.trigger("drift")
 
     async def audit_retention(self) -> None:
-        """Delete audit events older than ``--audit-retention``: once the first pass has run
-        (startup is not slowed), then every ``audit_prune_interval`` (an hour)."""
-        if self.cfg.audit_retention is None:
-            return
+        """Delete audit events older than ``--audit-retention`` and webhook delivery ids older
+        than ``delivery_retention``: once the first pass has run (startup is not slowed), then
+        every ``audit_prune_interval`` (an hour)."""
         await self.passed.wait()
         while not self.stopping:
             await self.prune_audit_once()
+            await self.prune_deliveries_once()
             await asyncio.sleep(jittered(self.cfg.audit_prune_interval))
+
+    async def prune_deliveries_once(self) -> int:
+        """Forget webhook delivery ids past the replay window (the table grew forever)."""
+        before = datetime.now(UTC) - self.cfg.delivery_retention
+        try:
+            deleted = await self.store.prune_deliveries(before)
+        except ReconcilerError as exc:
+            log.warning("delivery retention: prune failed", extra={"error": exc.message})
+            return 0
+        if deleted:
+            log.info("webhook delivery ids pruned", extra={"deleted": deleted,
+                                                         "before": before.isoformat()})
+        return deleted
 
     async def prune_audit_once(self) -> int:
         """One retention pass (batched deletes through the index on the event time)."""

@@ -272,6 +272,9 @@ class Store(Protocol):
     async def record_delivery(self, provider: str, delivery_id: str) -> bool:
         """Remember a webhook delivery id; False when it was seen before (a replay)."""
 
+    async def prune_deliveries(self, before: datetime) -> int:
+        """Forget delivery ids received before ``before``; returns how many."""
+
     # -- audit -------------------------------------------------------------------------
     async def record_audit(
         self,

@@ -175,7 +175,21 @@ async def test_retention_zero_keeps_everything(setup: Setup) -> None:
     setup.daemon.cfg.audit_retention = None
     await setup.store.import_audit(_event(3650, 0))
     assert await setup.daemon.prune_audit_once() == 0
-    await setup.daemon.audit_retention()  # returns at once: nothing to do, ever
+    setup.daemon.passed.set()
+    task = asyncio.create_task(setup.daemon.audit_retention())  # runs every 0.05 s
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     assert [e.revision for e in await setup.store.list_audit(limit=0)] == ["r0"]
     setup.daemon.cfg.audit_retention = timedelta(days=3649)
     assert await setup.daemon.prune_audit_once() == 1
+
+
+async def test_webhook_delivery_ids_are_forgotten_after_the_replay_window(setup: Setup) -> None:
+    assert await setup.store.record_delivery("github", "d-1")
+    assert await setup.daemon.prune_deliveries_once() == 0  # 30 days by default
+    assert not await setup.store.record_delivery("github", "d-1")  # still a replay
+    setup.daemon.cfg.delivery_retention = timedelta(0)
+    assert await setup.daemon.prune_deliveries_once() == 1
+    assert await setup.store.record_delivery("github", "d-1")  # forgotten: new again
