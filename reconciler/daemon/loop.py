@@ -15,6 +15,7 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -456,30 +457,26 @@ class Daemon:
 
     async def prune_deliveries_once(self) -> int:
         """Forget webhook delivery ids past the replay window (the table grew forever)."""
-        before = datetime.now(UTC) - self.cfg.delivery_retention
-        try:
-            deleted = await self.store.prune_deliveries(before)
-        except ReconcilerError as exc:
-            log.warning("delivery retention: prune failed", extra={"error": exc.message})
-            return 0
-        if deleted:
-            log.info("webhook delivery ids pruned", extra={"deleted": deleted,
-                                                         "before": before.isoformat()})
-        return deleted
+        return await self._prune("webhook delivery ids", self.store.prune_deliveries,
+                                 self.cfg.delivery_retention)
 
     async def prune_audit_once(self) -> int:
         """One retention pass (batched deletes through the index on the event time)."""
         if self.cfg.audit_retention is None:
             return 0
-        before = datetime.now(UTC) - self.cfg.audit_retention
+        return await self._prune("audit events", self.store.prune_audit,
+                                 self.cfg.audit_retention)
+
+    async def _prune(self, what: str, prune: Callable[[datetime], Awaitable[int]],
+                     age: timedelta) -> int:
+        before = datetime.now(UTC) - age
         try:
-            deleted = await self.store.prune_audit(before)
+            deleted = await prune(before)
         except ReconcilerError as exc:
-            log.warning("audit retention: prune failed", extra={"error": exc.message})
+            log.warning(f"retention: pruning {what} failed", extra={"error": exc.message})
             return 0
         if deleted:
-            log.info("audit events pruned", extra={"deleted": deleted,
-                                                   "before": before.isoformat()})
+            log.info(f"{what} pruned", extra={"deleted": deleted, "before": before.isoformat()})
         return deleted
 
     async def shard_heartbeat(self) -> None:
