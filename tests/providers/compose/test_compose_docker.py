@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -486,6 +487,46 @@ async def test_compose_cli_detection(docker_engine: Infra):
         await detect(transport, "auto", ["/nonexistent/docker-compose"], env)
     with pytest.raises(ProviderError, match="auto, v2 or v1"):
         await detect(transport, "v3", None, env)
+
+
+@pytest.mark.timeout(60)
+async def test_compose_plugin_runs_standalone(docker_engine: Infra, tmp_path: Path):
+    """`docker compose` found: its plugin binary runs standalone (no docker CLI start-up per
+    call), looked up as the docker CLI does; one answering another version is passed over."""
+    from reconciler.providers.compose.cli import (
+        PLUGIN,
+        SYSTEM_PLUGIN_DIRS,
+        _standalone_plugin,
+        detect,
+    )
+    from reconciler.providers.compose.provider import local_base_env
+
+    transport = LocalTransport()
+    home = tmp_path / "home"
+    env = {**local_base_env(docker_engine.docker_host), "HOME": str(home)}
+    env.pop("DOCKER_CONFIG", None)
+    found = await transport.run([*PLUGIN, "version", "--short"], env=env, timeout=15)
+    need(found.ok, "the docker compose plugin is not installed")
+    cli = await detect(transport, "v2", None, env)
+    assert cli.is_v2
+    assert cli.command[0].endswith("/docker-compose") and len(cli.command) == 1
+    assert posixpath.dirname(cli.command[0]) in SYSTEM_PLUGIN_DIRS
+    assert cli.version == found.stdout.decode().strip().splitlines()[-1]
+    result = await transport.run([*cli.command, "ls", "--all"], env=env, timeout=30)
+    assert result.ok, result.text()
+
+    # ~/.docker/cli-plugins comes first, as for the docker CLI
+    plugins = home / ".docker" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(cli.command[0])
+    assert (await detect(transport, "v2", None, env)).command == (str(plugins / "docker-compose"),)
+    # a binary answering another version than `docker compose` is not taken for it
+    assert await _standalone_plugin(transport, "0.0.0-other", env) == PLUGIN
+    # DOCKER_CONFIG replaces ~/.docker
+    config = tmp_path / "config"
+    (config / "cli-plugins").mkdir(parents=True)
+    env["DOCKER_CONFIG"] = str(config)
+    assert (await detect(transport, "v2", None, env)).command == cli.command
 
 
 async def test_stop_ends_a_job_run_in_progress(make_provider, environment, test_images):
