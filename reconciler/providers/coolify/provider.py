@@ -1,8 +1,10 @@
 """The Coolify provider: one Coolify application per Service, driven through the v4 REST API.
 
 Deploy = pin the revision on the application (PATCH git_commit_sha, or docker_registry_image_tag
-for image apps), sync its envs, POST /deploy, then follow the deployment until Coolify reports a
-terminal status, and check that the application now carries the pinned revision. Rollback is the
+for image apps), sync its envs (the spec's, plus FRAISIER_REVISION, FRAISIER_SERVICE and
+FRAISIER_ENVIRONMENT from ``workload_env``), POST /deploy, then follow the deployment until
+Coolify reports a terminal status, and check that the application now carries the pinned
+revision. Rollback is the
 same call with the previous Release. Coolify's own application status (``running:healthy``...) is
 reported in InstanceState.facts so the health gate can combine it with its own checks.
 """
@@ -20,7 +22,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reconciler.providers import Instance, InstanceState, ProviderContext, Release, RunResult
+from reconciler.providers import (
+    RESERVED_ENV_PREFIX,
+    Instance,
+    InstanceState,
+    ProviderContext,
+    Release,
+    RunResult,
+    workload_env,
+)
 from reconciler.spec.model import Resource
 
 from .client import CoolifyClient
@@ -102,6 +112,28 @@ class CoolifyProvider:
         tmp.write_text(
             json.dumps({"revision": revision, "pin": pin, "image": image_mode}), encoding="utf-8"
         )
+        os.replace(tmp, path)
+
+    # The FRAISIER_ envs this provider last wrote, per application. They are not secret; the
+    # record lets a token without read:sensitive (Coolify then hides every value) tell that
+    # they are unchanged, so redeploying a revision does not rewrite them and rebuild.
+    def _written_env_path(self, uuid: str) -> Path:
+        return self._record_path(uuid).with_suffix(".env.json")
+
+    def _load_written_env(self, uuid: str) -> dict[str, str]:
+        try:
+            data = json.loads(self._written_env_path(uuid).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, str)}
+
+    def _save_written_env(self, uuid: str, values: Mapping[str, str]) -> None:
+        path = self._written_env_path(uuid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(sorted(values.items()))), encoding="utf-8")
         os.replace(tmp, path)
 
     async def application_uuid(self, svc: ServiceSettings) -> str:
@@ -356,14 +388,17 @@ class CoolifyProvider:
         await self.stop(resource, instance)
         self._record_path(instance.id).unlink(missing_ok=True)
         svc = ServiceSettings.from_resource(resource)
-        keys = {e.key for e in svc.envs} | set((resource.spec.get("env") or {}).keys())
-        if not keys:
-            return
+        keys = (
+            {e.key for e in svc.envs}
+            | set((resource.spec.get("env") or {}).keys())
+            | set(workload_env(resource, ""))
+        )
         api = await self.api()
         current = await api.json("GET", f"/applications/{instance.id}/envs")
         for env in current if isinstance(current, list) else []:
             if isinstance(env, Mapping) and env.get("key") in keys and not env.get("is_preview"):
                 await self._delete_env(instance.id, str(env["uuid"]))
+        self._written_env_path(instance.id).unlink(missing_ok=True)
         self.log.info(
             "coolify envs removed", extra={"application": instance.id, "keys": sorted(keys)}
         )
@@ -415,13 +450,24 @@ class CoolifyProvider:
             else:
                 value = str(env.value)
             desired[env.key] = (env, value)
+        # The schemas reserve the prefix in `env` and `coolify.envs`; a document that got past
+        # them anyway must not silently lose its value to ours.
+        taken = sorted(k for k in desired if k.startswith(RESERVED_ENV_PREFIX))
+        if taken:
+            raise CoolifyConfigError(
+                f"{where}: sets {', '.join(taken)}; names starting with {RESERVED_ENV_PREFIX} "
+                "are reserved (Fraisier sets them)"
+            )
+        # What every deployed process learns about itself: plain values (not secret), taken
+        # literally (Coolify does not expand them), never preview envs.
+        for key, value in workload_env(resource, release.revision).items():
+            desired[key] = (EnvSpec(key, value, is_literal=True), value)
         return desired
 
     async def sync_envs(self, uuid: str, release: Release, svc: ServiceSettings) -> bool:
-        """Make the application's (non-preview) envs match the spec. True if anything changed."""
+        """Make the application's (non-preview) envs match the spec plus the FRAISIER_ envs of
+        ``release``. True if anything changed (a new container is needed to see it)."""
         desired = self._desired_envs(release, svc)
-        if not desired and not svc.prune_envs:
-            return False
         api = await self.api()
         api.add_secrets(value for spec, value in desired.values() if spec.secret)
         current_list = await api.json("GET", f"/applications/{uuid}/envs")
@@ -433,6 +479,8 @@ class CoolifyProvider:
         upserts: list[dict[str, Any]] = []
         created: list[str] = []
         updated: list[str] = []
+        written = self._load_written_env(uuid)
+        ours = {k: v for k, (_, v) in desired.items() if k.startswith(RESERVED_ENV_PREFIX)}
         for key, (spec, value) in sorted(desired.items()):
             have = current.get(key)
             wanted = {
@@ -451,15 +499,29 @@ class CoolifyProvider:
                 bool(have.get(flag)) == wanted[flag]
                 for flag in ("is_literal", "is_multiline", "is_shown_once")
             )
-            # Without read:sensitive Coolify hides values; then we cannot compare and must write.
-            if "value" not in have or have.get("value") != value or not same_flags:
+            # Without read:sensitive Coolify hides values; then we cannot compare and must write,
+            # except our own FRAISIER_ envs, whose last written value we keep.
+            if "value" in have:
+                same_value = have.get("value") == value
+            else:
+                same_value = key in ours and written.get(key) == value
+            if not same_value or not same_flags:
                 updated.append(key)
                 upserts.append(wanted)
         if upserts:
+            rewrites_ours = any(u["key"] in ours for u in upserts)
+            if rewrites_ours:
+                # Forget first: a PATCH whose answer is lost may or may not have applied.
+                self._written_env_path(uuid).unlink(missing_ok=True)
             await api.json("PATCH", f"/applications/{uuid}/envs/bulk", json={"data": upserts})
+            if rewrites_ours:
+                self._save_written_env(uuid, ours)
         deleted: list[str] = []
         if svc.prune_envs:
             for key, have in sorted(current.items()):
+                # FRAISIER_ names belong to Fraisier, not to the spec: never pruned.
+                if key.startswith(RESERVED_ENV_PREFIX):
+                    continue
                 if key not in desired and have.get("uuid"):
                     await self._delete_env(uuid, str(have["uuid"]))
                     deleted.append(key)

@@ -100,6 +100,8 @@ class FakeDeployment:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     logs: list[dict[str, Any]] = field(default_factory=list)
+    # The application's (non-preview) envs when the job started: what its containers got.
+    envs: dict[str, str] | None = None
 
     def log(self, output: str, *, hidden: bool = False, command: str | None = None) -> None:
         self.logs.append(
@@ -254,6 +256,7 @@ class FakeCoolify:
             dep.started_at = now
             dep.updated_at = now_iso()
             dep.image_tag = app.docker_registry_image_tag
+            dep.envs = {e.key: e.value for e in app.envs if not e.is_preview}
             dep.log(f"Starting deployment of {app.name} ({dep.commit}).")
             if app.envs:
                 secrets_line = " ".join(f"--build-arg {e.key}={e.value}" for e in app.envs)

@@ -231,6 +231,15 @@ async def test_in_flight_deployment_of_same_commit_is_followed(
     fake: FakeCoolify, make_target, ctx
 ) -> None:
     app = fake.add_app("api", git_commit_sha=SHA_A)
+    # The application already has the envs of this revision (an earlier deploy of rev-1 wrote
+    # them); without them the in-flight deployment would not carry FRAISIER_REVISION and a
+    # fresh one is queued (test_fraisier_env.py).
+    for key, value in {
+        "FRAISIER_REVISION": "rev-1",
+        "FRAISIER_SERVICE": "api",
+        "FRAISIER_ENVIRONMENT": "default",
+    }.items():
+        fake._upsert_env(app, {"key": key, "value": value, "is_literal": True})
     fake.run_time = 0.3
     real_uuid, _ = fake.queue(app)  # e.g. started from the Coolify UI a moment ago
     service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)
@@ -240,6 +249,7 @@ async def test_in_flight_deployment_of_same_commit_is_followed(
     finally:
         await provider.close()
     assert fake.calls("POST", "/deploy") == 0
+    assert fake.calls("PATCH", "/envs/bulk") == 0
     assert [d.uuid for d in fake.history(app.uuid)] == [real_uuid]
     assert app.running_commit == SHA_A
 

@@ -151,13 +151,20 @@ async def test_apply_deploys_then_rolls_back_a_failed_commit(
     assert code == 0, out + err
     assert app.git_commit_sha == GOOD and app.running_commit == GOOD
     assert app.auto_deploy is False
-    assert {e.key: e.value for e in app.envs} == {"API_KEY": SECRET, "MODE": "production"}
 
     # Observed revision == applied revision: status is in sync, nothing is redeployed.
     status = await fleet.cli_json("status")
     [api] = [r for r in status["resources"] if r["name"] == "api"]
     assert api["lastResult"] == "succeeded", api
     assert (api["sync"], api["health"]) == ("Synced", "Healthy")
+    good_revision = api["appliedRevision"]
+    assert {e.key: e.value for e in app.envs} == {
+        "API_KEY": SECRET,
+        "MODE": "production",
+        "FRAISIER_REVISION": good_revision,
+        "FRAISIER_SERVICE": "api",
+        "FRAISIER_ENVIRONMENT": "default",
+    }
     # What the daemon's drift check compares: observe() reports the applied revision.
     [state] = await observe(fleet, app.uuid)
     assert state.revision == api["appliedRevision"]
@@ -179,6 +186,13 @@ async def test_apply_deploys_then_rolls_back_a_failed_commit(
     ]
     history = await fleet.cli_json("history", "api")
     assert [d["status"] for d in history[:2]] == ["rolled_back", "succeeded"]
+    # The rollback's deployment runs with the good document's revision again.
+    rolled_back = fake.history(app.uuid)[0]
+    assert rolled_back.envs and rolled_back.envs["FRAISIER_REVISION"] == good_revision
+    assert {e.key: e.value for e in app.envs}["FRAISIER_REVISION"] == good_revision
+    # observe() reports the good revision back (the FRAISIER_ envs are not compared).
+    [state] = await observe(fleet, app.uuid)
+    assert state.revision == good_revision
 
     # The secret is nowhere in what the CLI printed nor in the state database.
     assert SECRET not in out + err

@@ -14,6 +14,7 @@ from .conftest import TOKEN_ENV, captured_logs, service_resource, target_resourc
 from .fake_coolify import FakeCoolify
 
 SHA_A = "a" * 40
+OURS = ["FRAISIER_ENVIRONMENT", "FRAISIER_REVISION", "FRAISIER_SERVICE"]
 SECRET = "sk_live_s3cr3t-value-0123456789"
 
 
@@ -22,7 +23,13 @@ def release(resource, revision: str = "rev-1", env: dict[str, str] | None = None
 
 
 def env_map(app) -> dict[str, str]:
-    return {e.key: e.value for e in app.envs}
+    """The application's envs but the FRAISIER_ ones (tests/providers/coolify/
+    test_fraisier_env.py covers those); their presence is checked where it matters."""
+    return {e.key: e.value for e in app.envs if not e.key.startswith("FRAISIER_")}
+
+
+def fraisier_keys(app) -> list[str]:
+    return sorted(e.key for e in app.envs if e.key.startswith("FRAISIER_"))
 
 
 @pytest.mark.timeout(20)
@@ -58,6 +65,7 @@ async def test_env_sync_with_secret_never_leaks(
         "GREETING": "hello",
         "CERT": "line1\nline2",
     }
+    assert fraisier_keys(app) == OURS
     flags = {e.key: (e.is_literal, e.is_multiline, e.is_shown_once) for e in app.envs}
     assert flags["CERT"] == (True, True, False)
     assert flags["DB_PASSWORD"] == (False, False, True)
@@ -136,11 +144,13 @@ async def test_env_update_prune_and_generic_env(fake: FakeCoolify, make_target, 
             if p.endswith("/envs/bulk")
         ]
         # Unchanged values are not re-sent (the token can read values).
+        # Same revision each time: the FRAISIER_ envs are written once.
         assert [sorted(i["key"] for i in body["data"]) for body in bulk_bodies] == [
-            ["A", "B"],
+            ["A", "B", *OURS],
             ["A", "FROM_GENERIC"],
         ]
         assert fake.calls("DELETE", "") == 3  # B, MANUAL and FROM_GENERIC
+        assert fraisier_keys(app) == OURS  # never pruned
     finally:
         await provider.close()
 
@@ -162,6 +172,17 @@ async def test_env_values_hidden_from_token_are_rewritten(
         await provider.close()
     assert env_map(app) == {"A": "1"}
     assert fake.calls("PATCH", "/envs/bulk") == 2
+    # A is rewritten (its value cannot be compared); the FRAISIER_ envs of an unchanged revision
+    # are not (the provider remembers what it wrote).
+    bulk_bodies = [
+        json.loads(b)
+        for (m, p, _), b in zip(fake.requests, fake.request_bodies)
+        if p.endswith("/envs/bulk")
+    ]
+    assert [sorted(i["key"] for i in body["data"]) for body in bulk_bodies] == [
+        ["A", *OURS],
+        ["A"],
+    ]
 
 
 @pytest.mark.timeout(20)
@@ -176,6 +197,6 @@ async def test_remove_deletes_declared_envs_and_stops(fake: FakeCoolify, make_ta
         await provider.remove(service, instance)
     finally:
         await provider.close()
-    assert env_map(app) == {"MANUAL": "x"}
+    assert {e.key: e.value for e in app.envs} == {"MANUAL": "x"}  # FRAISIER_ ones too
     assert app.status == "exited"
     assert app.uuid in fake.apps  # the application itself is Coolify's, not ours

@@ -198,13 +198,20 @@ async def test_example_diff_then_apply_converges_and_rolls_back_a_failed_commit(
 
     await converge(fleet, app)
     assert app.auto_deploy is False
-    assert {e.key: e.value for e in app.envs} == {"APP_ENV": "production", "DATABASE_URL": SECRET}
-    assert [(d.commit, d.status) for d in fake.history(app.uuid)] == [(GOOD, "finished")]
     status = await fleet.cli_json("status")
     # Only coolify-demo was reconciled: the bare-metal and compose demos were not touched.
     assert {r["environment"] for r in status["resources"]} == {ENVIRONMENT}
     [shop] = [r for r in status["resources"] if r["name"] == "shop"]
     assert (shop["sync"], shop["health"], shop["lastResult"]) == ("Synced", "Healthy", "succeeded")
+    good_revision = shop["appliedRevision"]
+    assert {e.key: e.value for e in app.envs} == {
+        "APP_ENV": "production",
+        "DATABASE_URL": SECRET,
+        "FRAISIER_REVISION": good_revision,
+        "FRAISIER_SERVICE": "shop",
+        "FRAISIER_ENVIRONMENT": ENVIRONMENT,
+    }
+    assert [(d.commit, d.status) for d in fake.history(app.uuid)] == [(GOOD, "finished")]
     code, out, err = await fleet.cli("diff", *fleet.repo_args())
     assert code == 0, out + err
 
@@ -221,6 +228,14 @@ async def test_example_diff_then_apply_converges_and_rolls_back_a_failed_commit(
         (BAD, "failed"),
         (GOOD, "finished"),
     ]
+    # Each deployment ran with its own revision in FRAISIER_REVISION; the rollback's is the
+    # good document's again.
+    rolled_back, failed, first = fake.history(app.uuid)
+    assert first.envs and rolled_back.envs and failed.envs
+    assert first.envs["FRAISIER_REVISION"] == rolled_back.envs["FRAISIER_REVISION"]
+    assert rolled_back.envs["FRAISIER_REVISION"] == good_revision
+    assert failed.envs["FRAISIER_REVISION"] not in ("", good_revision)
+    assert {e.key: e.value for e in app.envs}["FRAISIER_REVISION"] == good_revision
     history = await fleet.cli_json("history", "shop")
     assert [d["status"] for d in history[:2]] == ["rolled_back", "succeeded"]
     assert "ended failed" in (history[0]["error"] or ""), history[0]
