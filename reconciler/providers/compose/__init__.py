@@ -17,7 +17,11 @@ from urllib.parse import urlsplit
 from reconciler.errors import ProviderError
 from reconciler.providers import ProviderContext
 from reconciler.providers.compose.engine import AiodockerEngine, CliEngine
-from reconciler.providers.compose.provider import ComposeProvider, local_base_env
+from reconciler.providers.compose.provider import (
+    GO_RUNTIME_ENV,
+    ComposeProvider,
+    local_base_env,
+)
 from reconciler.spec.model import Resource
 from reconciler.transport import Transport
 from reconciler.transport.local import LocalTransport
@@ -61,6 +65,7 @@ def remote_base_env(user: str) -> dict[str, str]:
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root" if user == "root" else f"/home/{user}",
+        **GO_RUNTIME_ENV,
     }
 
 
