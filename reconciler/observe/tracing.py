@@ -29,21 +29,17 @@ import inspect
 import logging
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    SimpleSpanProcessor,
-    SpanExporter,
-)
-from opentelemetry.trace import format_span_id, format_trace_id
+if TYPE_CHECKING:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger("reconciler.observe.tracing")
 
@@ -55,7 +51,9 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_
 
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
-_tracer: trace.Tracer = trace.NoOpTracer()
+# None until setup_tracing: spans are no-ops then, and OpenTelemetry is not even imported (it
+# is a good part of a one-shot CLI command's start-up; only the daemon calls setup_tracing).
+_tracer: trace.Tracer | None = None
 _global_set = False
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,7 +78,7 @@ def _otlp_exporter() -> SpanExporter | None:
                     "spans are not exported (pip install 'fraisier[otlp]')")
         return None
     # Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables.
-    return cast(SpanExporter, OTLPSpanExporter())
+    return cast("SpanExporter", OTLPSpanExporter())
 
 
 def setup_tracing(service_name: str = "fraisier", *, exporter: SpanExporter | None = None) -> None:
@@ -89,6 +87,11 @@ def setup_tracing(service_name: str = "fraisier", *, exporter: SpanExporter | No
     ``exporter`` is for tests (e.g. ``InMemorySpanExporter``): it is fed synchronously. Without
     it, spans go to OTLP/HTTP when an endpoint variable is set, in batches off the event loop.
     """
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
     global _provider, _tracer, _global_set
     with _lock:
         old = _provider
@@ -121,7 +124,11 @@ def shutdown_tracing() -> None:
     """Flush pending spans and stop exporting (call at daemon exit)."""
     global _provider, _tracer
     with _lock:
-        provider, _provider, _tracer = _provider, None, trace.NoOpTracer()
+        provider, _provider = _provider, None
+        if _tracer is not None:  # OpenTelemetry is loaded: no-op tracer, as after a disabled setup
+            from opentelemetry import trace
+
+            _tracer = trace.NoOpTracer()
     if provider is not None:
         provider.shutdown()
 
@@ -152,7 +159,45 @@ def clean_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _attribute(k, v) for k, v in attributes.items() if v is not None}
 
 
-class span(AbstractContextManager[trace.Span]):  # lower-case: it reads like a function call
+class _Unrecorded:
+    """What ``with span(...) as s`` gives before ``setup_tracing``: a span that records nothing
+    (as OpenTelemetry's ``INVALID_SPAN``), made without importing OpenTelemetry."""
+
+    def is_recording(self) -> bool:
+        return False
+
+    def get_span_context(self) -> trace.SpanContext:
+        from opentelemetry.trace import INVALID_SPAN_CONTEXT
+
+        return INVALID_SPAN_CONTEXT
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        return None
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        return None
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None,
+                  timestamp: int | None = None) -> None:
+        return None
+
+    def update_name(self, name: str) -> None:
+        return None
+
+    def set_status(self, status: Any, description: str | None = None) -> None:
+        return None
+
+    def record_exception(self, exception: BaseException, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def end(self, end_time: int | None = None) -> None:
+        return None
+
+
+_UNRECORDED = _Unrecorded()
+
+
+class span(AbstractContextManager["trace.Span"]):  # lower-case: it reads like a function call
     """``with span("name", key=value) as s:`` or ``async with span(...)``.
 
     The span is the current one inside the block (contextvars, so it follows ``await`` and is
@@ -166,14 +211,15 @@ class span(AbstractContextManager[trace.Span]):  # lower-case: it reads like a f
         self._cm: AbstractContextManager[trace.Span] | None = None
 
     def __enter__(self) -> trace.Span:
+        if _tracer is None:  # not set up: nothing to record, nothing to import
+            return cast("trace.Span", _UNRECORDED)
         self._cm = _tracer.start_as_current_span(self._name, attributes=self._attributes)
         return self._cm.__enter__()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool | None:
-        assert self._cm is not None
         cm, self._cm = self._cm, None
-        return cm.__exit__(exc_type, exc, tb)
+        return None if cm is None else cm.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> trace.Span:
         return self.__enter__()
@@ -205,15 +251,33 @@ def traced(name: str, **attributes: Any) -> Callable[[F], F]:
     return decorate
 
 
+def _current_span_context() -> trace.SpanContext | None:
+    # No span can be current while OpenTelemetry is not even loaded (no setup_tracing, no
+    # instrumented library): then log records need no lookup, and no import.
+    otel = sys.modules.get("opentelemetry.trace")
+    if otel is None:
+        return None
+    context: trace.SpanContext = otel.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
 def current_trace_id() -> str | None:
     """The current trace id as 32 hex digits (what tracing backends show), or None."""
-    context = trace.get_current_span().get_span_context()
-    return format_trace_id(context.trace_id) if context.is_valid else None
+    context = _current_span_context()
+    if context is None:
+        return None
+    from opentelemetry.trace import format_trace_id
+
+    return format_trace_id(context.trace_id)
 
 
 def current_span_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return format_span_id(context.span_id) if context.is_valid else None
+    context = _current_span_context()
+    if context is None:
+        return None
+    from opentelemetry.trace import format_span_id
+
+    return format_span_id(context.span_id)
 
 
 class TraceLogFilter(logging.Filter):

@@ -12,7 +12,6 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -138,6 +137,10 @@ ProviderFactory = Callable[[Resource, ProviderContext], Provider]
 
 
 def _resolve_factory(name: str) -> ProviderFactory:
+    # importlib.metadata only here: importing this module (the health probes, the spec and
+    # `validate` do) needs no package metadata; loading a provider does.
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group="reconciler.providers"):
         if ep.name == name:
             factory: ProviderFactory = ep.load()

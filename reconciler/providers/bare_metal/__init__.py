@@ -3,12 +3,15 @@
 ``transport: local`` runs processes on this machine with the built-in ``Supervisor``;
 ``transport: ssh`` reaches every host in ``hosts`` and runs units under systemd
 (``SystemdSSHProvider``, remote.py).
+
+remote.py (and with it asyncssh, the largest import of a CLI run) is imported only for an
+``ssh`` Target: a one-shot ``reconciler apply`` of a local Target never pays for it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
 from reconciler.health.durations import to_seconds
@@ -17,11 +20,6 @@ from reconciler.providers.bare_metal.provider import (
     DEFAULT_CONCURRENCY,
     DEFAULT_KEEP_RELEASES,
     BareMetalProvider,
-)
-from reconciler.providers.bare_metal.remote import (
-    DEFAULT_ROOT,
-    RETRY_DEADLINE_S,
-    SystemdSSHProvider,
 )
 from reconciler.providers.bare_metal.service_manager import (
     LaunchSpec,
@@ -32,7 +30,9 @@ from reconciler.providers.bare_metal.service_manager import (
 from reconciler.providers.bare_metal.supervisor import Supervisor
 from reconciler.spec.model import Resource
 from reconciler.transport.local import LocalTransport
-from reconciler.transport.ssh import SSHHostConfig
+
+if TYPE_CHECKING:
+    from reconciler.providers.bare_metal.remote import SystemdSSHProvider
 
 __all__ = [
     "BareMetalProvider",
@@ -46,6 +46,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # ``from reconciler.providers.bare_metal import SystemdSSHProvider`` keeps working, importing
+    # remote.py on first use (PEP 562).
+    if name == "SystemdSSHProvider":
+        from reconciler.providers.bare_metal.remote import SystemdSSHProvider
+
+        return SystemdSSHProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _positive_int(spec: dict[str, object], key: str, default: int) -> int:
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -54,6 +64,13 @@ def _positive_int(spec: dict[str, object], key: str, default: int) -> int:
 
 
 def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
+    from reconciler.providers.bare_metal.remote import (
+        DEFAULT_ROOT,
+        RETRY_DEADLINE_S,
+        SystemdSSHProvider,
+    )
+    from reconciler.transport.ssh import SSHHostConfig
+
     manager = spec.get("serviceManager", "systemd")
     if manager != "systemd":
         raise ProviderError(

@@ -1,0 +1,90 @@
+"""Start-up cost guard: a one-shot CLI command imports no module it does not use.
+
+OpenTelemetry is needed only once tracing is set up (the daemon), asyncssh only for an ``ssh``
+Target, aiodocker (and aiohttp) only for a compose Target. Each of them costs tens to hundreds of
+milliseconds of every `reconciler` run (docs/performance.md, the compose row), so a module-level
+import that brings one back fails here. The commands run in a real interpreter, as users run them,
+and the test looks at that process's ``sys.modules`` when it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml
+
+pytestmark = pytest.mark.timeout(120)
+
+HEAVY = ("opentelemetry", "asyncssh", "aiodocker", "aiohttp")
+
+# Runs `reconciler ARGS...` in this interpreter, then prints the exit code and the top-level
+# packages of sys.modules (one JSON line on stdout, after the command's own output).
+PROBE = """
+import json, runpy, sys
+sys.argv = ["reconciler", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("reconciler", run_name="__main__", alter_sys=True)
+except SystemExit as exc:
+    code = exc.code
+top = sorted({m.split(".")[0] for m in sys.modules})
+print("\\nPROBE " + json.dumps({"exit": code, "top": top}))
+"""
+
+
+def loaded(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                          timeout=90, cwd=cwd)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")]
+    assert line, proc.stdout + proc.stderr
+    result = json.loads(line[-1].removeprefix("PROBE "))
+    return int(result["exit"] or 0), set(result["top"])
+
+
+def python_imports(code: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                           "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return set(proc.stdout.split())
+
+
+def test_import_cli_pulls_no_heavy_optional_module() -> None:
+    assert python_imports("import reconciler.cli").isdisjoint(HEAVY)
+
+
+def test_the_probe_sees_a_heavy_import() -> None:
+    # The checks above and below can fail: the same probe sees each module once it is used.
+    assert "opentelemetry" in python_imports(
+        "from reconciler.observe.tracing import setup_tracing\nsetup_tracing('t')")
+    assert "asyncssh" in python_imports(
+        "from reconciler.providers.bare_metal import SystemdSSHProvider")
+
+
+def test_help_and_validate_pull_no_heavy_module() -> None:
+    root = Path(__file__).resolve().parents[2]
+    code, modules = loaded("--help")
+    assert code == 0
+    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    code, modules = loaded("--log-format", "json", "validate", str(root / "examples" / "fleet"))
+    assert code == 0
+    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+
+
+def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
+    port = free_port()
+    fleet.write("api.yaml", service_yaml("api", port))
+    fleet.commit()
+    state = ["--state-dir", str(fleet.state), "--log-format", "json"]
+    code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)
+    assert code == 0
+    assert http_get(port)[0] == 200  # it did deploy, through the bare-metal provider
+    assert "reconciler" in modules
+    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)  # no-op pass
+    assert code == 0
+    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
