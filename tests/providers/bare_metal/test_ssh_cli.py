@@ -209,8 +209,18 @@ def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
                 raise AssertionError("condition not met in time")
             time.sleep(0.2)
 
+    def newest() -> dict[str, Any]:
+        history = json.loads(subprocess.run(
+            [*base, "history", "api", "-o", "json"], capture_output=True, text=True,
+            timeout=60, env=env).stdout or "[]")
+        return dict(history[0]) if history else {}
+
     try:
-        wait(lambda: all(serving(h) == "v1 hi" for h in hosts), 60)
+        # serving is not enough: the hand-made drift below must come after the deployment has
+        # ended, or its own last steps (a restart, the switch of `current`) undo it
+        wait(lambda: all(serving(h) == "v1 hi" for h in hosts)
+             and newest().get("status") == "succeeded", 60)
+        first = newest()["deployment"]
         unit = "fraisier-default_api.service"
         current = f"{DEFAULT_ROOT}/default/api/current"
         good = hosts[1].sh(f"readlink {current}").strip()
@@ -221,16 +231,10 @@ def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
         assert serving(hosts[0]) is None
         wait(lambda: serving(hosts[0]) == "v1 hi"
              and hosts[1].sh(f"readlink {current}").strip() == good, 60)
-
-        def newest() -> dict[str, Any]:
-            history = json.loads(subprocess.run(
-                [*base, "history", "api", "-o", "json"], capture_output=True, text=True,
-                timeout=60, env=env).stdout)
-            return dict(history[0])
-
         # the hosts serve again once the heal's deploy steps ran; the deployment is recorded
         # succeeded after its health gate, a moment later (longer on a loaded machine)
-        wait(lambda: newest()["status"] != "in_progress", 60)
+        wait(lambda: newest().get("deployment") != first
+             and newest().get("status") != "in_progress", 60)
         assert newest()["trigger"] == "drift" and newest()["status"] == "succeeded", newest()
         assert hosts[0].sh(f"systemctl is-active {unit}").strip() == "active"
     finally:
