@@ -518,7 +518,7 @@ class Reconciler:
 
     async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
         if records is None:
-            records = await self.store.list_resources()
+            records = await self.store.list_resources(with_specs=False)
         rows = [(r.key.environment, r.key.kind, r.key.name, r.sync_status, r.health_status)
                 for r in records]
         metrics.publish_resources(rows)

@@ -50,24 +50,27 @@ def test_process_metrics_are_served() -> None:
     assert "process_resident_memory_bytes" in text
 
 
-def test_publish_resources_applies_only_the_difference() -> None:
+def test_published_resources_are_exactly_the_last_snapshot() -> None:
     def published() -> set[tuple[str, ...]]:
         return {(s.labels["environment"], s.labels["kind"], s.labels["name"],
                  s.labels["sync_status"], s.labels["health_status"])
                 for m in REGISTRY.collect() if m.name == "reconciler_resource_info"
-                for s in m.samples}
+                for s in m.samples if s.value == 1}
 
     a = ("prod", "Service", "api", "Synced", "Healthy")
     b = ("prod", "Job", "etl", "Synced", "Healthy")
     b_failed = ("prod", "Job", "etl", "OutOfSync", "Degraded")
     metrics.publish_resources([a, b])
     assert published() == {a, b}
-    kept = metrics.RESOURCE_INFO.labels(*a)
     metrics.publish_resources([a, b_failed])  # a status change replaces its series
     assert published() == {a, b_failed}
-    assert metrics.RESOURCE_INFO.labels(*a) is kept  # unchanged series are left alone
-    metrics.RESOURCE_INFO.clear()  # someone else cleared the gauge: starts over
-    metrics.publish_resources([b])
+    metrics.publish_resources([b])  # a resource gone from the records: no stale series
     assert published() == {b}
     metrics.publish_resources([])
     assert published() == set()
+    text = generate_latest(REGISTRY).decode()  # described even when empty (alert rules use it)
+    assert "# TYPE reconciler_resource_info gauge" in text
+    metrics.publish_resources([("prod", "Service", "web", "Synced", "Healthy")])
+    text = generate_latest(REGISTRY).decode()
+    assert ('reconciler_resource_info{environment="prod",health_status="Healthy",kind="Service",'
+            'name="web",sync_status="Synced"} 1.0') in text
