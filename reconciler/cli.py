@@ -163,6 +163,27 @@ def with_repo(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+policy_option = click.option(
+    "--policy", "policy_path", envvar="RECONCILER_POLICY", default=None, metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Operator policy (outside the config repo): which secrets, endpoints and traffic "
+         "commands the desired state may use, per environment (docs/security.md). Env "
+         "RECONCILER_POLICY. Default: built-in (the invariants only).")
+
+
+def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None) -> Any:
+    """Load and install the operator policy (a bad file: FR111, exit 2) and protect the
+    command's own state and database from secret references."""
+    from reconciler.spec import policy
+
+    loaded = policy.load_policy(str(path) if path is not None else None)
+    policy.install(loaded)
+    policy.protect_defaults(state_dir)
+    if db_url and db_url.startswith("sqlite:///"):
+        policy.protect_path(db_url.removeprefix("sqlite://"))
+    return loaded
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reconciler")
 @click.option("--db", envvar="RECONCILER_DB", default=None,
@@ -190,12 +211,15 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 # -- validate ---------------------------------------------------------------------------------
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
+@policy_option
 @click.pass_obj
 @handles_errors
-def validate(opts: Options, path: Path) -> None:
-    """Load and schema-check the desired state in PATH (a plain folder or a work tree)."""
+def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
+    """Load and schema-check the desired state in PATH (a plain folder or a work tree), and
+    check it against the operator policy."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
 
+    install_policy(policy_path, None, None)
     if not path.exists():
         click.echo(f"{path}: no such file or directory", err=True)
         sys.exit(2)
@@ -245,11 +269,13 @@ def render_plan(plan: Any) -> None:
               help="Also observe applied Services through their providers and show drift "
                    "(stopped, replaced or changed by hand).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@policy_option
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, live: bool, output: str) -> None:
+         prune: bool, live: bool, output: str, policy_path: Path | None) -> None:
     """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
 
     async def main() -> Any:
         from reconciler.plan.planner import UNCHANGED
@@ -337,14 +363,17 @@ class Progress:
 @click.option("--ignore-windows", is_flag=True,
               help="Apply now even changes their sync windows defer (operator override).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@policy_option
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-          prune: bool, force: bool, live: bool, ignore_windows: bool, output: str) -> None:
+          prune: bool, force: bool, live: bool, ignore_windows: bool, output: str,
+          policy_path: Path | None) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error.
 
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
     from reconciler.rollout.windows import ignoring_windows
 
     async def main() -> Any:
@@ -773,6 +802,7 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
               show_default=True, metavar="DAYS|DURATION",
               help="Delete audit events older than this, hourly (90d, 90, 720h; 0 keeps them "
                    "forever). Env RECONCILER_AUDIT_RETENTION.")
+@policy_option
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str,
@@ -780,13 +810,19 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None, audit_retention: str) -> None:
+           heal_interval: str | None, audit_retention: str, policy_path: Path | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
+    from reconciler.spec import policy
     from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
 
+    loaded = install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
+    if loaded.source is None:
+        log.warning("no operator policy (--policy / RECONCILER_POLICY): the config repo may "
+                    "reference any secret and endpoint except the reconciler's own credentials; "
+                    "see docs/security.md")
     secrets: dict[str, bytes] = {}
     for item in webhook_secrets:
         provider, sep, ref_text = item.partition("=")
@@ -794,7 +830,15 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
         if not sep or not sep2 or kind not in ("env", "file"):
             raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
                        "PROVIDER=file:PATH")
-        secrets[provider.lower()] = resolve_env({"secret": {kind: value}})["secret"].encode()
+        # the operator's own secret: resolved without the policy, then out of the repo's reach
+        secrets[provider.lower()] = resolve_env({"secret": {kind: value}},
+                                                trusted=True)["secret"].encode()
+        if kind == "env":
+            policy.protect_env(value)
+        else:
+            policy.protect_path(value)
+    if api_token_file is not None:
+        policy.protect_path(api_token_file)
     host, _, port = listen.rpartition(":")
     branches = list(webhook_branches) or ([ref] if ref else [])
     config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or

@@ -36,6 +36,7 @@ from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.spec.policy import PolicyError
 from reconciler.state import open_store
 from reconciler.state.audit import acting_as, actor_for_trigger
 from reconciler.state.store import Store
@@ -162,6 +163,7 @@ class Daemon:
     passed: asyncio.Event = field(default_factory=asyncio.Event)  # a first pass has run
     _pin_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     window_at: datetime | None = None  # a deferred change's sync window opens: run a pass then
+    refused: str | None = None  # the last commit refused as a whole (audited once)
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -203,11 +205,12 @@ class Daemon:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
                                               cache=cache)
+        except PolicyError as exc:
+            await self._refuse(sync.commit, "policy", "breaks the operator policy", exc)
+            return self.desired is not None
         except SpecError as exc:
             metrics.DESIRED_STATE_ERRORS.inc()
-            self.last_error = f"commit {sync.commit[:12]} is invalid; nothing applied"
-            log.error("desired state invalid; keeping last good desired state",
-                      extra={"commit": sync.commit, "problems": [str(p) for p in exc.problems]})
+            await self._refuse(sync.commit, "invalid", "is invalid", exc)
             return self.desired is not None
         except ReconcilerError as exc:
             self.last_error = exc.message
@@ -219,6 +222,26 @@ class Daemon:
         self.desired = desired
         self.last_error = None
         return True
+
+    async def _refuse(self, commit: str, reason: str, what: str, exc: SpecError) -> None:
+        """A commit refused as a whole: the last good desired state stays, /readyz says why,
+        the metric and the audit trail count it once (the next polls see the same commit
+        again)."""
+        message = (f"commit {commit[:12]} {what}; nothing applied "
+                   f"({len(exc.problems)} problem(s), first: {exc.problems[0]})")
+        first_time = self.refused != commit
+        self.refused = commit
+        self.last_error = message
+        log.error(f"desired state refused ({reason}); keeping last good desired state",
+                  extra={"commit": commit, "code": exc.code, "reason": reason,
+                         "problems": [str(p) for p in exc.problems]})
+        if first_time:
+            metrics.DESIRED_STATE_REFUSED.labels(reason).inc()
+            try:
+                await self.store.record_audit("refuse", actor="watch", outcome="failed",
+                                              config_commit=commit, message=message)
+            except ReconcilerError as err:
+                log.warning("cannot record audit event", extra={"error": err.message})
 
     # -- the loop ----------------------------------------------------------------------------
     async def reconcile_once(self) -> None:

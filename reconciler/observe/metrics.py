@@ -58,6 +58,13 @@ DESIRED_STATE_ERRORS = Counter(
     "reconciler_desired_state_errors_total",
     "Commits whose desired state failed validation (nothing applied).", registry=REGISTRY,
 )
+DESIRED_STATE_REFUSED = Counter(
+    "reconciler_desired_state_refused_total",
+    "Commits refused as a whole (last good state kept) by reason: invalid (validation) or "
+    "policy (the operator policy or the secret invariants).", ["reason"], registry=REGISTRY,
+)
+for _reason in ("invalid", "policy"):
+    DESIRED_STATE_REFUSED.labels(_reason)
 JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,

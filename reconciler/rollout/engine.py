@@ -277,7 +277,7 @@ class Reconciler:
         return revision
 
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
-        env = resolve_env(resource.spec.get("env") or {})
+        env = resolve_env(resource.spec.get("env") or {}, environment=resource.environment)
         source = resource.spec.get("source") or {}
         export: Exporter | None = None
         if "path" in source:

@@ -36,6 +36,8 @@ from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
+from reconciler.spec.policy import PolicyError
+from reconciler.spec.policy import violations as policy_violations
 from reconciler.spec.sync_windows import window_problems
 from reconciler.spec.validate import (
     API_VERSION,
@@ -725,6 +727,8 @@ class _Load:
         # (file index, record) of every valid document, in file order
         self.valid: list[tuple[int, Record]] = []
         self.partial: list[_Identity] = []
+        # (environment, kind, name) -> (file index, document index, line) of each resource
+        self.where: dict[_Key, tuple[int, int, int]] = {}
 
     def parse(self, file_index: int, data: bytes | None = None) -> _Parsed:
         parsed = self.parsed.get(file_index)
@@ -808,8 +812,14 @@ def _load_desired_state(
                 cache.put(source.blob_id, records)
         load.valid.extend((file_index, record) for record in records)
     resources = _cross_check(load)
+    # The operator policy is checked on every load, cached files included (the cache holds
+    # what the repo says, the policy what the operator allows now).
+    refused = [load.problem_at(*load.where[key][:2], path, message)
+               for key, path, message in policy_violations(resources.values())]
     if load.problems:
-        raise SpecError(load.problems)
+        raise SpecError(load.problems + refused)
+    if refused:
+        raise PolicyError(refused)
     return DesiredState(resources=resources, commit=commit, root=root)
 
 
@@ -829,7 +839,7 @@ def _ref(key: _Key) -> str:
 def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
     files = load.files
     resources: dict[_Key, Resource] = {}
-    where: dict[_Key, tuple[int, int, int]] = {}  # file index, document index, line
+    where = load.where  # file index, document index, line
     kinds_by_name: dict[tuple[str, str], set[str]] = {}
     for file_index, (index, line, kind, name, environment, labels, spec, digest) in load.valid:
         key = (environment, kind, name)

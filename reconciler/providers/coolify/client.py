@@ -109,7 +109,12 @@ class CoolifyClient:
                 response = await self._http.request(method, path, params=params, json=json)
             except httpx.TransportError as exc:
                 faults += 1
-                reason = self.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                if isinstance(exc, httpx.LocalProtocolError):
+                    # its text quotes the offending header value (the token) byte-escaped,
+                    # which redact() cannot recognise
+                    reason = "LocalProtocolError: the request could not be encoded"
+                else:
+                    reason = self.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
                 if faults >= policy.attempts:
                     raise CoolifyUnavailable(
                         f"Coolify at {self.settings.url} did not answer {method} {path} after "

@@ -61,16 +61,17 @@ def describe_secret_ref(ref: Any) -> str:
     return describe_ref(ref)
 
 
-def resolve_secret(ref: Any, where: str) -> str:
-    """Resolve one `{env: NAME}` / `{file: path}` reference. Errors name the reference only."""
+def resolve_secret(ref: Any, where: str, environment: str) -> str:
+    """Resolve one `{env: NAME}` / `{file: path}` reference written in ``environment``.
+    Errors name the reference only."""
     if not is_secret_ref(ref):
         raise CoolifyConfigError(
             f"{where}: expected a secret reference {{env: NAME}} or {{file: /path}}"
         )
     try:
-        return resolve_shared(ref)
+        return resolve_shared(ref, environment=environment)
     except SecretError as exc:
-        raise SecretError(f"{where}: {exc.message}") from None
+        raise type(exc)(f"{where}: {exc.message}") from None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ DUPLICATE_MESSAGE = "already queued for this commit"
 FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 HISTORY_PAGE = 10
+BEARER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # RFC 6750 b64token and more, one line
 
 
 class CoolifyProvider:
@@ -81,7 +82,14 @@ class CoolifyProvider:
         async with self._client_lock:
             if self._client is None:
                 ref = describe_secret_ref(self.settings.token_ref)
-                token = resolve_secret(self.settings.token_ref, f"Target {self.target.name}: token")
+                token = resolve_secret(self.settings.token_ref, f"Target {self.target.name}: token",
+                                       self.target.environment)
+                if not BEARER_TOKEN.fullmatch(token):
+                    # Sent as a header: a token with a line break or a space (a whole file, e.g.
+                    # /proc/self/environ) would end up quoted in httpx's error, value and all.
+                    raise CoolifyConfigError(
+                        f"Target {self.target.name}: token from {ref} is not a bearer token "
+                        "(one line of printable characters without spaces)")
                 self._client = CoolifyClient(self.settings, token, self.log, token_ref=ref)
             return self._client
 
@@ -441,12 +449,14 @@ class CoolifyProvider:
         else:
             for key, raw in generic.items():
                 if is_secret_ref(raw):
-                    desired[key] = (EnvSpec(key, raw), resolve_secret(raw, f"{where}: env.{key}"))
+                    desired[key] = (EnvSpec(key, raw), resolve_secret(raw, f"{where}: env.{key}",
+                                                                 resource.environment))
                 else:
                     desired[key] = (EnvSpec(key, str(raw)), str(raw))
         for env in svc.envs:
             if env.secret:
-                value = resolve_secret(env.value, f"{where}: coolify.envs.{env.key}")
+                value = resolve_secret(env.value, f"{where}: coolify.envs.{env.key}",
+                                       resource.environment)
             else:
                 value = str(env.value)
             desired[env.key] = (env, value)

@@ -1,0 +1,478 @@
+"""The operator policy: what a config repo may reach from the reconciler host.
+
+Whoever can commit to the config repo decides what the reconciler deploys, but not what the
+reconciler itself holds. This module draws that line (docs/security.md):
+
+* **Invariants, whatever the policy.** The daemon's own credentials (``RECONCILER_*``
+  variables, libpq/MySQL password variables, the variables and files its ``--webhook-secret``
+  and ``--api-token-file`` flags name, its state directory, SSH keys) are never resolvable
+  from a secret reference; secret files are read only when their real path (symlinks resolved)
+  is a regular file outside ``/proc``, ``/sys`` and ``/dev``; a Coolify URL (it receives the
+  token) and a Prometheus URL that carries a password must be https unless loopback or
+  allowed by name in the policy.
+* **The policy file** (``--policy`` / ``RECONCILER_POLICY``, outside the repo) then allows, per
+  environment, which secret sources may be referenced, which endpoints a Target may name and
+  whether traffic switching (a command or nginx files on the reconciler host) may run. Without
+  a policy file everything the invariants leave is allowed (the demo and the examples work).
+
+A commit that breaks either is refused as a whole when it is loaded (``PolicyError``, FR110);
+the secret resolver checks again when it resolves (``SecretRefused``, FR501), so a spec read back
+from the database (a rollback) cannot bypass the policy either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
+from reconciler.spec.model import Resource, ResourceKey
+
+POLICY_ENV = "RECONCILER_POLICY"
+API_VERSION = "fraisier.dev/v1"
+ANY_ENVIRONMENT = "*"
+
+# Variables a repo may never name: the daemon's own configuration and database credentials
+# (libpq and the MySQL client read these), the SSH agent socket that holds its keys.
+DAEMON_ENV_PATTERNS = ("RECONCILER_*", "PGPASSWORD", "PGPASSFILE", "MYSQL_PWD", "SSH_AUTH_SOCK")
+# Pseudo file systems: the process environment (/proc/self/environ), memory, devices that
+# block or never end.
+FORBIDDEN_DIRS = ("/proc", "/sys", "/dev")
+MAX_SECRET_FILE = 1 << 20  # a secret is small; a larger file is refused, not read into memory
+
+
+class PolicyError(SpecError):
+    """The commit references something the operator policy or the invariants forbid."""
+
+    code = "FR110"
+    hint = ("the operator policy (docs/security.md) forbids what each file:line:col above names; "
+            "change the commit, or ask the operator to allow it in the policy file; nothing was "
+            "applied")
+
+
+class PolicyFileError(ReconcilerError):
+    """The operator policy file cannot be read or is invalid; the command does not start."""
+
+    code = "FR111"
+    hint = ("fix the policy file named by --policy / RECONCILER_POLICY (format: "
+            "docs/security.md#the-operator-policy) and start again")
+
+
+class SecretRefused(SecretError):
+    """A secret reference the policy forbids, caught when it was about to be resolved."""
+
+    code = "FR501"
+    hint = ("the reference names one of the reconciler's own credentials or a source the "
+            "operator policy does not allow for this environment (docs/security.md); use a "
+            "variable or a file under an allowed secret directory")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one environment may reference. ``None``: anything the invariants leave."""
+
+    env: tuple[str, ...] | None = None
+    file_dirs: tuple[str, ...] | None = None
+    ssh_hosts: tuple[str, ...] | None = None
+    docker_hosts: tuple[str, ...] | None = None
+    coolify_urls: tuple[str, ...] | None = None
+    prometheus_urls: tuple[str, ...] | None = None
+    local_host: bool = True
+    traffic: bool = True
+
+
+# An environment a policy file does not mention (and that has no "*") may reference nothing.
+DENY_ALL = Rules((), (), (), (), (), (), local_host=False, traffic=False)
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str | None  # the policy file; None for the built-in default
+    rules: Mapping[str, Rules] = field(default_factory=lambda: {ANY_ENVIRONMENT: Rules()})
+
+    def rules_for(self, environment: str) -> Rules:
+        found = self.rules.get(environment) or self.rules.get(ANY_ENVIRONMENT)
+        return found if found is not None else DENY_ALL
+
+    @property
+    def described(self) -> str:
+        return f"operator policy {self.source}" if self.source else "built-in default policy"
+
+
+DEFAULT_POLICY = Policy(None)
+
+# -- process-wide state -----------------------------------------------------------------------
+# The policy and the daemon's own credentials are configuration of the process (set once at
+# start by the CLI), like logging: every load and every secret resolution consults them.
+_active: Policy = DEFAULT_POLICY
+_own_env: set[str] = set()
+_own_paths: set[str] = set()  # real paths of files and directories
+
+
+def install(policy: Policy) -> None:
+    global _active
+    _active = policy
+
+
+def active() -> Policy:
+    return _active
+
+
+def protect_env(name: str) -> None:
+    """A variable holding one of the daemon's own credentials: never resolvable from the repo."""
+    _own_env.add(name)
+
+
+def protect_path(path: str | os.PathLike[str]) -> None:
+    """A file or directory of the daemon's own: never readable through a secret reference."""
+    _own_paths.add(os.path.realpath(path))
+
+
+def protect_defaults(state_dir: Path | None) -> None:
+    """What every command protects: the state dir (database, clones, caches), SSH keys."""
+    if state_dir is not None:
+        protect_path(state_dir)
+    for name in ("RECONCILER_DB_PASSWORD_FILE", "PGPASSFILE"):
+        value = os.environ.get(name)
+        if value:
+            protect_path(value)
+    protect_path(Path.home() / ".ssh")
+    protect_path("/etc/ssh")
+
+
+# -- checks shared by the loader and the resolver ---------------------------------------------
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def env_problem(name: str, environment: str, policy: Policy | None = None) -> str | None:
+    policy = policy or _active
+    if name in _own_env or any(fnmatch.fnmatchcase(name, p) for p in DAEMON_ENV_PATTERNS):
+        return (f"env:{name} is one of the reconciler's own credentials; a config repo cannot "
+                "reference it")
+    allowed = policy.rules_for(environment).env
+    if allowed is not None and not any(fnmatch.fnmatchcase(name, p) for p in allowed):
+        return (f"env:{name} is not allowed in environment {environment!r} by the "
+                f"{policy.described} (secrets.env)")
+    return None
+
+
+def file_problem(path: str, environment: str, policy: Policy | None = None) -> str | None:
+    """Why ``path`` may not be read as a secret (None: it may). Symlinks are resolved first,
+    so a link inside an allowed directory cannot point out of it."""
+    policy = policy or _active
+    if not os.path.isabs(path):
+        return f"file:{path} must be an absolute path"
+    real = os.path.realpath(path)
+    shown = f"file:{path}" + (f" (-> {real})" if real != os.path.normpath(path) else "")
+    if any(_under(real, d) for d in FORBIDDEN_DIRS):
+        return f"{shown} is under /proc, /sys or /dev; secret files cannot be read there"
+    if any(_under(real, own) for own in _own_paths):
+        return (f"{shown} is one of the reconciler's own credentials or state; a config repo "
+                "cannot reference it")
+    allowed = policy.rules_for(environment).file_dirs
+    if allowed is not None and not any(_under(real, os.path.realpath(d)) for d in allowed):
+        return (f"{shown} is not under a secret directory allowed in environment "
+                f"{environment!r} by the {policy.described} (secrets.fileDirs)")
+    return None
+
+
+def ref_problem(ref: Mapping[str, Any], environment: str,
+                policy: Policy | None = None) -> str | None:
+    ((kind, where),) = ref.items()
+    if not isinstance(where, str) or not where:
+        return None  # malformed: the resolver reports it
+    if kind == "env":
+        return env_problem(where, environment, policy)
+    return file_problem(where, environment, policy)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` (lower case, default port dropped): what the policy matches."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{parts.scheme.lower()}://{netloc}"
+
+
+def url_problem(url: str, allowed: tuple[str, ...] | None, *, field_name: str,
+                receives_credentials: bool, environment: str,
+                policy: Policy | None = None) -> str | None:
+    policy = policy or _active
+    parts = urlsplit(url)
+    shown = origin(url)
+    named = allowed is not None and any(fnmatch.fnmatchcase(shown, p.rstrip("/").lower())
+                                        for p in allowed)
+    if allowed is not None and not named:
+        return (f"{shown} is not an endpoint allowed in environment {environment!r} by the "
+                f"{policy.described} (endpoints.{field_name})")
+    if (receives_credentials and parts.scheme.lower() != "https"
+            and not _is_loopback(parts.hostname or "") and not named):
+        return (f"{shown} would receive credentials over plain http; use https (plain http "
+                f"only to a loopback address or an endpoint the policy lists in "
+                f"endpoints.{field_name})")
+    return None
+
+
+def _host_problem(value: str, allowed: tuple[str, ...] | None, field_name: str,
+                  environment: str, policy: Policy) -> str | None:
+    if allowed is None or any(fnmatch.fnmatchcase(value, p) for p in allowed):
+        return None
+    return (f"{value} is not an endpoint allowed in environment {environment!r} by the "
+            f"{policy.described} (endpoints.{field_name})")
+
+
+Violation = tuple[ResourceKey, tuple[str | int, ...], str]
+
+
+def _refs(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...],
+                                                                    Mapping[str, Any]]]:
+    """Every secret reference under an ``env``-like mapping (``{value: ref}`` forms included)."""
+    from reconciler.spec.secrets import is_secret_ref
+
+    if not isinstance(value, Mapping):
+        return
+    for key, item in value.items():
+        if is_secret_ref(item):
+            yield (*path, key), item
+        elif isinstance(item, Mapping) and is_secret_ref(item.get("value")):
+            yield (*path, key, "value"), item["value"]
+
+
+def violations(resources: Iterable[Resource], policy: Policy | None = None) -> list[Violation]:
+    """Everything in ``resources`` the policy (and the invariants) forbid, with the spec path."""
+    policy = policy or _active
+    out: list[Violation] = []
+    for resource in resources:
+        env, spec, key = resource.environment, resource.spec, resource.key
+        rules = policy.rules_for(env)
+
+        def add(path: tuple[str | int, ...], message: str | None, key: ResourceKey = key) -> None:
+            if message:
+                out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
+
+        for path, ref in _refs(spec.get("env"), ("env",)):
+            add(path, ref_problem(ref, env, policy))
+        coolify = spec.get("coolify")
+        if isinstance(coolify, Mapping):
+            for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
+                add(path, ref_problem(ref, env, policy))
+        if resource.kind == "Target":
+            _check_target(spec, env, rules, policy, add)
+        strategy = spec.get("strategy")
+        if isinstance(strategy, Mapping):
+            if "traffic" in strategy and not rules.traffic:
+                add(("strategy", "traffic"),
+                    f"traffic switching runs on the reconciler host and is not allowed in "
+                    f"environment {env!r} by the {policy.described} (traffic)")
+            prometheus = strategy.get("prometheus")
+            if isinstance(prometheus, Mapping) and isinstance(prometheus.get("url"), str):
+                url = prometheus["url"]
+                parts = urlsplit(url)
+                add(("strategy", "prometheus", "url"),
+                    url_problem(url, rules.prometheus_urls, field_name="prometheusUrls",
+                                receives_credentials=bool(parts.username or parts.password),
+                                environment=env, policy=policy))
+    return out
+
+
+def _check_target(spec: Mapping[str, Any], env: str, rules: Rules, policy: Policy,
+                  add: Any) -> None:
+    provider = spec.get("provider")
+    if provider == "coolify":
+        if isinstance(spec.get("token"), Mapping):
+            add(("token",), ref_problem(spec["token"], env, policy))
+        if isinstance(spec.get("url"), str):
+            add(("url",), url_problem(spec["url"], rules.coolify_urls, field_name="coolifyUrls",
+                                      receives_credentials=True, environment=env,
+                                      policy=policy))
+    elif provider == "bare_metal":
+        if spec.get("transport", "local") == "local":
+            if not rules.local_host:
+                add(("transport",), f"the local host (the reconciler's own) is not allowed in "
+                                    f"environment {env!r} by the {policy.described} "
+                                    "(endpoints.localHost)")
+        for index, host in enumerate(spec.get("hosts") or []):
+            if isinstance(host, Mapping) and isinstance(host.get("address"), str):
+                add(("hosts", index, "address"),
+                    _host_problem(host["address"], rules.ssh_hosts, "sshHosts", env, policy))
+    elif provider == "compose":
+        docker = spec.get("docker") if isinstance(spec.get("docker"), Mapping) else {}
+        host = str(docker.get("host") or "unix:///var/run/docker.sock")
+        add(("docker", "host") if "host" in docker else ("provider",),
+            _host_problem(host, rules.docker_hosts, "dockerHosts", env, policy))
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                   for i, p in enumerate(path))
+
+
+# -- the policy file --------------------------------------------------------------------------
+_RULE_LISTS = {
+    ("secrets", "env"): "env",
+    ("secrets", "fileDirs"): "file_dirs",
+    ("endpoints", "sshHosts"): "ssh_hosts",
+    ("endpoints", "dockerHosts"): "docker_hosts",
+    ("endpoints", "coolifyUrls"): "coolify_urls",
+    ("endpoints", "prometheusUrls"): "prometheus_urls",
+}
+_RULE_FLAGS = {("endpoints", "localHost"): "local_host", ("traffic",): "traffic"}
+
+
+class _Located:
+    """Collects problems of the policy file at its YAML nodes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[SpecProblem] = []
+
+    def add(self, node: Node, message: str) -> None:
+        mark = node.start_mark
+        self.problems.append(SpecProblem(self.path, mark.line + 1, mark.column + 1, message))
+
+
+def _mapping(node: Node, where: str, located: _Located,
+             known: Iterable[str]) -> dict[str, tuple[Node, Node]]:
+    if not isinstance(node, MappingNode):
+        located.add(node, f"{where}: expected a mapping")
+        return {}
+    out: dict[str, tuple[Node, Node]] = {}
+    allowed = set(known)
+    for key, value in node.value:
+        name = key.value if isinstance(key, ScalarNode) else None
+        if name not in allowed:
+            located.add(key, f"{where}: unknown field {name!r} (expected one of "
+                             f"{', '.join(sorted(allowed))})")
+            continue
+        assert name is not None
+        out[name] = (key, value)
+    return out
+
+
+def _scalar(node: Node, where: str, located: _Located) -> str | None:
+    if not isinstance(node, ScalarNode) or not node.value or node.tag != "tag:yaml.org,2002:str":
+        located.add(node, f"{where}: expected a non-empty string")
+        return None
+    return str(node.value)
+
+
+def _rules(node: Node, environment: str, located: _Located) -> Rules:
+    where = f"spec.environments.{environment}"
+    top = _mapping(node, where, located, ("secrets", "endpoints", "traffic"))
+    lists: dict[str, tuple[str, ...]] = {}
+    flags: dict[str, bool] = {"local_host": False, "traffic": False}
+    sections = {"secrets": ("env", "fileDirs"),
+                "endpoints": ("sshHosts", "dockerHosts", "coolifyUrls", "prometheusUrls",
+                              "localHost")}
+    for section, known in sections.items():
+        if section not in top:
+            continue
+        for name, (_, value) in _mapping(top[section][1], f"{where}.{section}", located,
+                                         known).items():
+            here = f"{where}.{section}.{name}"
+            if (section, name) in _RULE_FLAGS:
+                flags[_RULE_FLAGS[(section, name)]] = _flag(value, here, located)
+                continue
+            if not isinstance(value, SequenceNode):
+                located.add(value, f"{here}: expected a list of strings")
+                continue
+            items = [_scalar(item, here, located) for item in value.value]
+            entries = tuple(i for i in items if i is not None)
+            if name == "fileDirs":
+                for item, text in zip(value.value, items, strict=True):
+                    if text is not None and not os.path.isabs(text):
+                        located.add(item, f"{here}: {text!r} must be an absolute directory")
+            lists[_RULE_LISTS[(section, name)]] = entries
+    if "traffic" in top:
+        flags["traffic"] = _flag(top["traffic"][1], f"{where}.traffic", located)
+    return Rules(env=lists.get("env", ()), file_dirs=lists.get("file_dirs", ()),
+                 ssh_hosts=lists.get("ssh_hosts", ()), docker_hosts=lists.get("docker_hosts", ()),
+                 coolify_urls=lists.get("coolify_urls", ()),
+                 prometheus_urls=lists.get("prometheus_urls", ()), **flags)
+
+
+def _flag(node: Node, where: str, located: _Located) -> bool:
+    if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
+        return bool(yaml.safe_load(node.value))
+    located.add(node, f"{where}: expected true or false")
+    return False
+
+
+def parse_policy(text: str, path: str) -> Policy:
+    """A policy from its YAML text; every problem located as ``path:line:col``."""
+    located = _Located(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.CSafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise PolicyFileError(f"{path}:{line}:{col}: invalid YAML: "
+                              f"{getattr(exc, 'problem', None) or 'cannot parse'}") from None
+    if root is None:
+        raise PolicyFileError(f"{path}:1:1: the policy file is empty")
+    top = _mapping(root, "policy", located, ("apiVersion", "kind", "metadata", "spec"))
+    for name, expected in (("apiVersion", API_VERSION), ("kind", "Policy")):
+        if name not in top:
+            located.add(root, f"{name}: required ({expected})")
+        elif not (isinstance(top[name][1], ScalarNode) and top[name][1].value == expected):
+            located.add(top[name][1], f"{name}: must be {expected}")
+    if "metadata" in top:
+        _mapping(top["metadata"][1], "metadata", located, ("name", "labels"))
+    rules: dict[str, Rules] = {}
+    if "spec" not in top:
+        located.add(root, "spec: required (spec.environments)")
+    else:
+        spec = _mapping(top["spec"][1], "spec", located, ("environments",))
+        if "environments" not in spec:
+            located.add(top["spec"][1], "spec.environments: required")
+        else:
+            node = spec["environments"][1]
+            if not isinstance(node, MappingNode) or not node.value:
+                located.add(node, "spec.environments: expected a mapping of environment "
+                                  "names (or \"*\") to rules")
+            else:
+                for key, value in node.value:
+                    name = _scalar(key, "spec.environments", located)
+                    if name is not None:
+                        rules[name] = _rules(value, name, located)
+    if located.problems:
+        raise PolicyFileError("\n".join(str(p) for p in sorted(set(located.problems))))
+    return Policy(path, rules)
+
+
+def load_policy(path: str | None) -> Policy:
+    """The policy file at ``path`` (None: the built-in default)."""
+    if path is None or path == "":
+        return DEFAULT_POLICY
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8"
+        raise PolicyFileError(f"{path}: cannot read the policy file: {reason}") from None
+    return parse_policy(text, path)
