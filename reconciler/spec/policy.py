@@ -226,13 +226,14 @@ def url_problem(url: str, allowed: tuple[str, ...] | None, *, field_name: str,
     policy = policy or _active
     parts = urlsplit(url)
     shown = origin(url)
-    named = allowed is not None and any(fnmatch.fnmatchcase(shown, p.rstrip("/").lower())
-                                        for p in allowed)
-    if allowed is not None and not named:
+    matching = [p for p in allowed or () if fnmatch.fnmatchcase(shown, p.rstrip("/").lower())]
+    if allowed is not None and not matching:
         return (f"{shown} is not an endpoint allowed in environment {environment!r} by the "
                 f"{policy.described} (endpoints.{field_name})")
+    # plain http only where the operator wrote it out: a pattern like *://host does not count
+    http_named = any(p.lower().startswith("http://") for p in matching)
     if (receives_credentials and parts.scheme.lower() != "https"
-            and not _is_loopback(parts.hostname or "") and not named):
+            and not _is_loopback(parts.hostname or "") and not http_named):
         return (f"{shown} would receive credentials over plain http; use https (plain http "
                 f"only to a loopback address or an endpoint the policy lists in "
                 f"endpoints.{field_name})")
@@ -322,7 +323,8 @@ def _check_target(spec: Mapping[str, Any], env: str, rules: Rules, policy: Polic
                 add(("hosts", index, "address"),
                     _host_problem(host["address"], rules.ssh_hosts, "sshHosts", env, policy))
     elif provider == "compose":
-        docker = spec.get("docker") if isinstance(spec.get("docker"), Mapping) else {}
+        found = spec.get("docker")
+        docker: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
         host = str(docker.get("host") or "unix:///var/run/docker.sock")
         add(("docker", "host") if "host" in docker else ("provider",),
             _host_problem(host, rules.docker_hosts, "dockerHosts", env, policy))
@@ -458,9 +460,9 @@ def parse_policy(text: str, path: str) -> Policy:
                                   "names (or \"*\") to rules")
             else:
                 for key, value in node.value:
-                    name = _scalar(key, "spec.environments", located)
-                    if name is not None:
-                        rules[name] = _rules(value, name, located)
+                    env_name = _scalar(key, "spec.environments", located)
+                    if env_name is not None:
+                        rules[env_name] = _rules(value, env_name, located)
     if located.problems:
         raise PolicyFileError("\n".join(str(p) for p in sorted(set(located.problems))))
     return Policy(path, rules)

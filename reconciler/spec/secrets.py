@@ -83,15 +83,16 @@ def read_secret_file(path: str, *, follow: bool = False) -> str:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise SecretError(f"secret reference file:{path} is not a regular file")
+                raise SecretError(
+                    f"secret reference file:{path} cannot be read: not a regular file")
             if info.st_size > policy.MAX_SECRET_FILE:
-                raise SecretError(f"secret reference file:{path} is larger than 1 MiB")
+                raise SecretError(f"secret reference file:{path} cannot be read: larger than 1 MiB")
             with os.fdopen(fd, "rb", closefd=False) as handle:
                 data = handle.read(policy.MAX_SECRET_FILE + 1)
         finally:
             os.close(fd)
         if len(data) > policy.MAX_SECRET_FILE:
-            raise SecretError(f"secret reference file:{path} is larger than 1 MiB")
+            raise SecretError(f"secret reference file:{path} cannot be read: larger than 1 MiB")
         return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         # the reason (e.g. "No such file or directory") never contains the content
