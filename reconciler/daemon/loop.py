@@ -225,8 +225,9 @@ class Daemon:
 
     async def _refuse(self, commit: str, reason: str, what: str, exc: SpecError) -> None:
         """A commit refused as a whole: the last good desired state stays, /readyz says why,
-        the metric and the audit trail count it once (the next polls see the same commit
-        again)."""
+        the metric counts it once (the next polls see the same commit again). A policy
+        refusal is an act of the operator's policy against a committer: the audit trail
+        records it; an invalid commit writes nothing to the store."""
         message = (f"commit {commit[:12]} {what}; nothing applied "
                    f"({len(exc.problems)} problem(s), first: {exc.problems[0]})")
         first_time = self.refused != commit
@@ -237,8 +238,9 @@ class Daemon:
                          "problems": [str(p) for p in exc.problems]})
         if first_time:
             metrics.DESIRED_STATE_REFUSED.labels(reason).inc()
+        if first_time and isinstance(exc, PolicyError):
             try:
-                await self.store.record_audit("refuse", actor="watch", outcome="failed",
+                await self.store.record_audit("refuse", actor="policy", outcome="failed",
                                               config_commit=commit, message=message)
             except ReconcilerError as err:
                 log.warning("cannot record audit event", extra={"error": err.message})
