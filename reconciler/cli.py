@@ -545,11 +545,14 @@ def _short(text: str, width: int) -> str:
 @click.argument("name")
 @click.option("--to", "to_revision", default=None, help="Revision (prefix) to go back to.")
 @with_repo
+@policy_option
 @click.pass_obj
 @handles_errors
 def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: str | None,
-             path: str, environments: tuple[str, ...]) -> None:
+             path: str, environments: tuple[str, ...], policy_path: Path | None) -> None:
     """Back to the last good (or given) revision, recorded as a manual rollback."""
+    # the recorded spec is resolved again: the policy in force now applies to it (FR501)
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
 
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
