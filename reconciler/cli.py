@@ -171,11 +171,18 @@ policy_option = click.option(
          "RECONCILER_POLICY. Default: built-in (the invariants only).")
 
 
-def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None) -> Any:
+def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None,
+                   repo: str | Path | None = None) -> Any:
     """Load and install the operator policy (a bad file: FR111, exit 2) and protect the
     command's own state and database from secret references."""
     from reconciler.spec import policy
 
+    if path is not None and repo is not None and Path(repo).exists():
+        tree = os.path.realpath(repo)
+        if os.path.realpath(path).startswith(tree.rstrip("/") + "/"):
+            # a policy the committer can edit would allow whatever they commit
+            raise policy.PolicyFileError(f"{path}: the policy file must be outside the config "
+                                         f"repository ({repo})")
     loaded = policy.load_policy(str(path) if path is not None else None)
     policy.install(loaded)
     policy.protect_defaults(state_dir)
@@ -219,7 +226,7 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
     check it against the operator policy."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
 
-    install_policy(policy_path, None, None)
+    install_policy(policy_path, None, None, path)
     if not path.exists():
         click.echo(f"{path}: no such file or directory", err=True)
         sys.exit(2)
@@ -275,7 +282,7 @@ def render_plan(plan: Any) -> None:
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
          prune: bool, live: bool, output: str, policy_path: Path | None) -> None:
     """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
-    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
 
     async def main() -> Any:
         from reconciler.plan.planner import UNCHANGED
@@ -373,7 +380,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
-    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     from reconciler.rollout.windows import ignoring_windows
 
     async def main() -> Any:
@@ -552,7 +559,7 @@ def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: 
              path: str, environments: tuple[str, ...], policy_path: Path | None) -> None:
     """Back to the last good (or given) revision, recorded as a manual rollback."""
     # the recorded spec is resolved again: the policy in force now applies to it (FR501)
-    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
+    install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
 
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
@@ -821,7 +828,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
 
-    loaded = install_policy(policy_path, opts.resolved_state_dir(), opts.db_url())
+    loaded = install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     if loaded.source is None:
         log.warning("no operator policy (--policy / RECONCILER_POLICY): the config repo may "
                     "reference any secret and endpoint except the reconciler's own credentials; "

@@ -258,3 +258,30 @@ def test_the_daemon_refuses_a_commit_that_breaks_the_policy_as_a_whole(
         assert proc.wait(timeout=30) == 0
     audit = json.loads(cli(state, "audit", "-o", "json").stdout)
     assert [e["configCommit"] for e in audit if e["action"] == "refuse"] == [bad], audit
+
+
+@pytest.mark.timeout(60)
+def test_a_policy_inside_the_config_repo_is_refused(tmp_path: Path) -> None:
+    """The committer could edit it: it would allow whatever they commit."""
+    repo = tmp_path / "config"
+    repo.mkdir()
+    (repo / "t.yaml").write_text(target("local", "default", "{provider: bare_metal}"))
+    inside = write_policy(repo / "policy.yaml", tmp_path, "https://c.example.com")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "x")
+    proc = cli(tmp_path / "state", "apply", "--repo", str(repo), "--policy", str(inside))
+    assert proc.returncode == 2, proc
+    assert "error[FR111]" in proc.stderr and "must be outside the config repository" in proc.stderr
+
+
+def test_the_documented_policy_example_is_valid() -> None:
+    from reconciler.spec.policy import parse_policy
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    example = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
+    loaded = parse_policy(example, "docs/security.md")
+    production = loaded.rules_for("production")
+    assert production.traffic is False and production.local_host is False
+    assert loaded.rules_for("staging").coolify_urls == (
+        "https://coolify-staging.acme.example", "http://127.0.0.1:*")
