@@ -254,21 +254,36 @@ Violation = tuple[ResourceKey, tuple[str | int, ...], str]
 def _refs(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...],
                                                                     Mapping[str, Any]]]:
     """Every secret reference under an ``env``-like mapping (``{value: ref}`` forms included)."""
-    from reconciler.spec.secrets import is_secret_ref
-
     if not isinstance(value, Mapping):
         return
     for key, item in value.items():
-        if is_secret_ref(item):
-            yield (*path, key), item
-        elif isinstance(item, Mapping) and is_secret_ref(item.get("value")):
-            yield (*path, key, "value"), item["value"]
+        if isinstance(item, Mapping):
+            if len(item) == 1 and ("env" in item or "file" in item):
+                yield (*path, key), item
+            elif _is_ref(item.get("value")):
+                yield (*path, key, "value"), item["value"]
+
+
+def _is_ref(value: Any) -> bool:
+    # the shape of reconciler.spec.secrets.is_secret_ref (which imports this module)
+    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
 
 
 def violations(resources: Iterable[Resource], policy: Policy | None = None) -> list[Violation]:
     """Everything in ``resources`` the policy (and the invariants) forbid, with the spec path."""
     policy = policy or _active
     out: list[Violation] = []
+    # A fleet names the same few references thousands of times; a file check costs syscalls
+    # (realpath), so each (reference, environment) is judged once per load.
+    judged: dict[tuple[str, str, str], str | None] = {}
+
+    def judge(ref: Mapping[str, Any], env: str) -> str | None:
+        ((kind, where),) = ref.items()
+        memo = (kind, str(where), env)
+        if memo not in judged:
+            judged[memo] = ref_problem(ref, env, policy)
+        return judged[memo]
+
     for resource in resources:
         env, spec, key = resource.environment, resource.spec, resource.key
         rules = policy.rules_for(env)
@@ -278,11 +293,11 @@ def violations(resources: Iterable[Resource], policy: Policy | None = None) -> l
                 out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
 
         for path, ref in _refs(spec.get("env"), ("env",)):
-            add(path, ref_problem(ref, env, policy))
+            add(path, judge(ref, env))
         coolify = spec.get("coolify")
         if isinstance(coolify, Mapping):
             for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
-                add(path, ref_problem(ref, env, policy))
+                add(path, judge(ref, env))
         if resource.kind == "Target":
             _check_target(spec, env, rules, policy, add)
         strategy = spec.get("strategy")
