@@ -285,3 +285,59 @@ def test_the_documented_policy_example_is_valid() -> None:
     assert production.traffic is False and production.local_host is False
     assert loaded.rules_for("staging").coolify_urls == (
         "https://coolify-staging.acme.example", "http://127.0.0.1:*")
+
+
+CANARY = """apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {{name: search, environment: {environment}}}
+spec:
+  target: hosts
+  command: [python3, app.py, --port, "{{port}}"]
+  health:
+    http: {{url: "http://{{host}}:{{port}}/healthz"}}
+  strategy:
+    type: canary
+    ports: {{blue: 18188, green: 18189}}
+    prometheus: {{url: "{prometheus}"}}
+    traffic:
+      command: [sh, -c, 'cat /proc/$PPID/environ > {marker}']
+    steps:
+      - setWeight: 20
+      - analysis: {{duration: 2s, interval: 500ms}}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_traffic_commands_and_prometheus_urls_follow_the_policy(
+        tmp_path: Path, secrets_dir: Path) -> None:
+    marker = tmp_path / "stolen"
+    repo = tmp_path / "config"
+    repo.mkdir()
+    hosts = "{provider: bare_metal, transport: ssh, hosts: [{name: a, address: 127.0.0.1}]}"
+    (repo / "fleet.yaml").write_text(
+        target("hosts", "production", hosts) + "---\n"
+        + CANARY.format(environment="production", marker=marker,
+                        prometheus="http://127.0.0.1:9090")
+        + target("hosts", "staging", hosts) + "---\n"
+        + CANARY.format(environment="staging", marker=marker,
+                        prometheus="http://reader:pw@prometheus.example.com:9090"))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "x")
+    # the built-in default: a password for Prometheus over plain http is refused, the rest passes
+    default = cli(tmp_path / "state", "validate", str(repo))
+    assert default.returncode == 2
+    assert [line.split(": ", 1)[1] for line in default.stderr.splitlines()
+            if "fleet.yaml:" in line] == [
+        "strategy.prometheus.url: http://prometheus.example.com:9090 would receive credentials "
+        "over plain http; use https (plain http only to a loopback address or an endpoint the "
+        "policy lists in endpoints.prometheusUrls)"], default.stderr
+    # the policy: production may run no traffic command and names no Prometheus or SSH host
+    pol = write_policy(tmp_path / "policy.yaml", secrets_dir, "https://c.example.com")
+    applied = cli(tmp_path / "state", "apply", "--repo", str(repo), "--policy", str(pol))
+    assert applied.returncode == 2, applied
+    problems = [line.split(": ", 1)[1].split(":", 1)[0] for line in applied.stderr.splitlines()
+                if "fleet.yaml:" in line]
+    assert problems == ["hosts[0].address", "strategy.prometheus.url", "strategy.traffic",
+                        "hosts[0].address", "strategy.prometheus.url"], applied.stderr
+    assert not marker.exists()
