@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 
 from reconciler.providers import (
     RESERVED_ENV_PREFIX,
+    Capabilities,
+    Health,
+    Identity,
     Instance,
     InstanceState,
     ProviderContext,
@@ -63,6 +66,9 @@ HISTORY_PAGE = 10
 
 class CoolifyProvider:
     """Provider for `provider: coolify` Targets."""
+
+    # one application per Service, read whole; exec probes (if any) run on this machine
+    capabilities = Capabilities()
 
     def __init__(self, target: Resource, ctx: ProviderContext) -> None:
         self.target = target
@@ -235,13 +241,14 @@ class CoolifyProvider:
         status = str(app.get("status") or "")
         docker_state, _, health = status.partition(":")
         running = docker_state == "running"
-        healthy: bool | None
         if running and health == "healthy":
-            healthy = True
+            healthy = Health.HEALTHY
         elif health == "unhealthy" or (docker_state != "" and not running):
-            healthy = False
+            healthy = Health.UNHEALTHY
+        elif health == "starting":
+            healthy = Health.STARTING
         else:
-            healthy = None  # running:unknown: Coolify has no health check configured
+            healthy = Health.UNKNOWN  # running:unknown: Coolify has no health check configured
         # The core compares this with the revision it applied (its own content address). While
         # the application still carries the pin our last deploy wrote, report that revision;
         # a pin changed by hand (Coolify UI, another tool) shows as itself: drift.
@@ -257,7 +264,6 @@ class CoolifyProvider:
             "coolify_status": status or None,
             "docker_state": docker_state or None,
             "health": health or None,
-            "healthy": healthy,
             "pinned_revision": pinned,
             "release_revision": record.get("revision") if record else None,
             "revision_kind": "image_tag" if image_mode else "git_commit_sha",
@@ -270,7 +276,11 @@ class CoolifyProvider:
         detail = f"coolify status {status or 'unknown'}"
         if latest is not None:
             detail += f"; last deployment {latest.get('deployment_uuid')} {latest.get('status')}"
-        return [InstanceState(self._instance(uuid, app), revision, running, detail, facts)]
+        return [InstanceState(
+            self._instance(uuid, app), revision, running, detail, facts, health=healthy,
+            identity=Identity(deployment_uuid=str((latest or {}).get("deployment_uuid") or "")
+                              or None),
+        )]
 
     async def deploy(self, release: Release, instance: Instance) -> None:
         svc = ServiceSettings.from_resource(release.resource)
