@@ -122,9 +122,27 @@ def _from_entry_point(name: str, loaded: Any) -> ProviderInfo:
     )
 
 
+# Providers registered in-process (an embedding program, a test's fake provider): after the
+# entry points, so they win over both.
+_registered: dict[str, ProviderInfo] = {}
+
+
+def register(info: ProviderInfo) -> None:
+    """Make ``info`` known in this process without an entry point (an embedding program, a
+    test). Validation sees its fragments after ``spec.validate.reload_schemas()``."""
+    _registered[info.name] = info
+    all_providers.cache_clear()
+
+
+def unregister(name: str) -> None:
+    _registered.pop(name, None)
+    all_providers.cache_clear()
+
+
 @cache
 def all_providers() -> dict[str, ProviderInfo]:
-    """Every provider by name: the built-ins, then plugins (a plugin replaces a built-in)."""
+    """Every provider by name: the built-ins, then plugins (a plugin replaces a built-in), then
+    the ones registered in-process."""
     # importlib.metadata only here: importing the contract (the health probes do) needs no
     # package metadata; listing providers does.
     from importlib.metadata import entry_points
@@ -140,6 +158,7 @@ def all_providers() -> dict[str, ProviderInfo]:
             raise ProviderError(f"provider plugin {ep.name!r} ({ep.value}) failed to load: "
                                 f"{type(exc).__name__}: {exc}") from exc
         found[ep.name] = _from_entry_point(ep.name, loaded)
+    found.update(_registered)
     return found
 
 

@@ -38,6 +38,7 @@ from reconciler.plan.planner import (
     gc_resumed,
     item_changes,
     make_plan,
+    order_deletions,
 )
 from reconciler.providers import (
     Exporter,
@@ -356,6 +357,7 @@ class Reconciler:
                 if full is not None:
                     item.record = full
                     item.changes = item_changes(item)
+        order_deletions(plan)  # by the recorded documents, read just above
         return plan
 
     async def drift_of(self, resource: Resource, record: ResourceRecord,
