@@ -153,17 +153,24 @@ def all_providers() -> dict[str, ProviderInfo]:
         if builtin is not None and ep.value.replace(" ", "") == builtin.factory:
             continue  # this package's own entry point for a built-in
         try:
-            loaded = ep.load()
-        except Exception as exc:  # name the broken plugin, not just its traceback
-            raise ProviderError(f"provider plugin {ep.name!r} ({ep.value}) failed to load: "
-                                f"{type(exc).__name__}: {exc}") from exc
-        found[ep.name] = _from_entry_point(ep.name, loaded)
+            found[ep.name] = _from_entry_point(ep.name, ep.load())
+        except Exception as exc:
+            # One broken plugin must not stop fleets that do not use it: its name is unknown
+            # to validation, and loading it says why.
+            _broken[ep.name] = (f"provider plugin {ep.name!r} ({ep.value}) failed to load: "
+                                f"{type(exc).__name__}: {exc}")
+            found.pop(ep.name, None)
     found.update(_registered)
     return found
 
 
+_broken: dict[str, str] = {}
+
+
 def provider_info(name: str) -> ProviderInfo:
     info = all_providers().get(name)
+    if info is None and name in _broken:
+        raise ProviderError(_broken[name])
     if info is None:
         known = ", ".join(sorted(all_providers()))
         raise ProviderError(f"unknown provider {name!r}; known: {known}")
