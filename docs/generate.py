@@ -1,6 +1,7 @@
-"""Generate docs/cli.md (from the click CLI) and docs/yaml-reference.md (from schemas/).
+"""Generate docs/cli.md (from the click CLI), docs/yaml-reference.md and schemas/fraisier.json
+(from schemas/ and the providers' schema fragments).
 
-    python docs/generate.py           # (re)write both files
+    python docs/generate.py           # (re)write every file
     python docs/generate.py --check   # exit 1 when a committed file differs from a fresh one
 
 `make docs` runs the first form; tests/docs/test_generated.py runs the comparison. Output is
