@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,44 @@ async def test_exec_probe_runs_inside_the_container(fleet: Fleet, tmp_path: Path
     assert code == 0, (out, err)
     web = resource_status(await fleet.cli_json("status"), "web")
     assert web["lastResult"] == "succeeded", web
+
+
+async def test_probe_runner_execs_in_the_container_with_either_engine(
+    make_provider: Any, environment: str, test_images: dict[str, str], docker_engine: Any
+) -> None:
+    """The runner ``probe_runner`` gives runs argv in the container: through the engine API
+    (unix://) and through the docker CLI (the engine of ssh:// hosts); the state is typed."""
+    from reconciler.providers import Phase, probe_site
+    from reconciler.providers.compose.engine import CliEngine, ContainerExec
+    from reconciler.transport.local import LocalTransport
+    from tests.providers.compose.conftest import free_port, release
+
+    provider = make_provider()
+    port = free_port()
+    web = make_resource(environment, "Service", "web", {"compose": {
+        "image": test_images["v1"], "pullPolicy": "never", "networkMode": "host",
+        "command": ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
+        "workingDir": "/www",
+    }})
+    [instance] = await provider.instances(web)
+    await provider.deploy(release(web, "r1"), instance)
+    state = await provider.observe_instance(web, instance)
+    assert state.phase is Phase.RUNNING and state.identity.container_id
+    assert state.identity.pid and state.identity.started_at
+
+    runner, cwd = probe_site(provider, instance, state)
+    assert runner is not None and cwd is None
+    inside = await runner.run(["cat", "health"], timeout=10)  # relative: the image's workdir
+    assert inside.ok and inside.stdout.decode().strip() == "ok", inside
+    failing = await runner.run(["test", "-f", "/no/such/file"], timeout=10)
+    assert failing.returncode == 1
+
+    cli = ContainerExec(CliEngine(LocalTransport(), [docker_engine.docker_cli]),
+                        str(state.identity.container_id))
+    via_cli = await cli.run(["cat", "/www/health"], timeout=10, cwd="/")
+    assert via_cli.ok and via_cli.stdout.decode().strip() == "ok", via_cli
+
+    # a container that is gone: the probe fails with the engine's reason, nothing raises
+    gone = ContainerExec(provider.engine, "fraisier-no-such-container")
+    missing = await gone.run(["true"], timeout=10)
+    assert not missing.ok and missing.stderr
