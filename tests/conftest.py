@@ -55,6 +55,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Before collection (test modules read the schemas at import): validation in this process
+    knows the built-in providers (and those a test registers),
+    not whatever plugins the venv has installed: expected messages list the same providers on
+    every machine. The CLI run as a new process (the plugin test) sees installed plugins."""
+    from reconciler.providers.registry import provider_schemas
+    from reconciler.spec.provider_schemas import use_provider_schemas
+    from reconciler.spec.validate import reload_schemas
+
+    use_provider_schemas(lambda: provider_schemas(plugins=False))
+    reload_schemas()
+
+
 def _server_url(backend: str, tmp_path: Path) -> Iterator[str]:
     from tests.state.backends import available, throwaway_url
 

@@ -177,6 +177,9 @@ def provider_info(name: str) -> ProviderInfo:
     return info
 
 
-def provider_schemas() -> Mapping[str, ProviderSchemas]:
-    """The schema fragments of every provider, for ``spec`` validation (handed in by callers)."""
-    return {name: info.schemas for name, info in sorted(all_providers().items())}
+def provider_schemas(*, plugins: bool = True) -> Mapping[str, ProviderSchemas]:
+    """The schema fragments of every provider, for ``spec`` validation (handed in by callers).
+    ``plugins=False``: the built-ins and the in-process registrations only, whatever this
+    environment has installed (a hermetic test session)."""
+    found = all_providers() if plugins else {**builtin_providers(), **_registered}
+    return {name: info.schemas for name, info in sorted(found.items())}
