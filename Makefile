@@ -57,5 +57,5 @@ FUZZ_EXAMPLES ?= 10000
 fuzz: $(STAMP)
 	$(BIN)/python tests/fuzz/run.py --examples $(FUZZ_EXAMPLES)
 
-docs: $(STAMP)  ## regenerate docs/cli.md and docs/yaml-reference.md (after CLI or schema changes)
+docs: $(STAMP)  ## regenerate docs/cli.md, docs/yaml-reference.md and schemas/fraisier.json (after CLI, schema or provider fragment changes)
 	$(BIN)/python docs/generate.py

@@ -1,6 +1,7 @@
-"""Generate docs/cli.md (from the click CLI) and docs/yaml-reference.md (from schemas/).
+"""Generate docs/cli.md (from the click CLI), docs/yaml-reference.md and schemas/fraisier.json
+(from schemas/ and the providers' schema fragments).
 
-    python docs/generate.py           # (re)write both files
+    python docs/generate.py           # (re)write every file
     python docs/generate.py --check   # exit 1 when a committed file differs from a fresh one
 
 `make docs` runs the first form; tests/docs/test_generated.py runs the comparison. Output is
@@ -10,10 +11,12 @@ deterministic: nothing depends on the terminal width, the locale or the order of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
 import pkgutil
+import posixpath
 import re
 import sys
 from collections.abc import Iterator
@@ -224,6 +227,25 @@ def generate_cli() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+@contextlib.contextmanager
+def builtin_providers_only() -> Iterator[None]:
+    """Generated files describe the built-in providers only, whatever plugins this environment
+    has installed (the test venv has the example plugin)."""
+    from reconciler.providers.registry import builtin_providers
+    from reconciler.spec import provider_schemas as handed
+    from reconciler.spec.validate import reload_schemas
+
+    before = handed.current_source()
+    handed.use_provider_schemas(lambda: {n: i.schemas for n, i in builtin_providers().items()})
+    reload_schemas()
+    try:
+        yield
+    finally:
+        if before is not None:
+            handed.use_provider_schemas(before)
+        reload_schemas()
+
+
 # -- YAML reference -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ref:
@@ -232,11 +254,19 @@ class Ref:
 
 
 class Schemas:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.files: dict[str, Any] = {}
-        for path in sorted(root.rglob("*.json")):
-            self.files[path.relative_to(root).as_posix()] = json.loads(path.read_text())
+    """The schemas as validation assembles them: core files of schemas/ and the providers'
+    fragments mounted at providers/<name>-target.json / -workload.json."""
+
+    def __init__(self) -> None:
+        from reconciler.providers.registry import builtin_providers
+        from reconciler.spec.validate import schema_files
+
+        self.files: dict[str, Any] = dict(schema_files())
+        self.sources: dict[str, str] = {name: f"schemas/{name}" for name in self.files}
+        for name, info in builtin_providers().items():
+            where = info.schemas.source or f"the {name} provider's fragments"
+            self.sources[f"providers/{name}-target.json"] = f"{where}target.json"
+            self.sources[f"providers/{name}-workload.json"] = f"{where}workload.json"
 
     def resolve(self, ref: str, base: str) -> tuple[Ref, Any]:
         file_part, _, pointer = ref.partition("#")
@@ -415,7 +445,8 @@ class YamlReference:
                 out.append("")
             for provider, pref, pnode in self.providers(node, ref.file):
                 out += [f"### {kind} `spec` with `provider: {provider}`", "",
-                        f"From `schemas/{pref.file}`. {_md(pnode.get('description', ''))}", ""]
+                        f"From `{self.s.sources.get(pref.file, pref.file)}`. "
+                        f"{_md(pnode.get('description', ''))}", ""]
                 out += self.table(pnode, pref.file, "spec.")
                 out.append("")
         out += ["## Shared definitions", "",
@@ -434,11 +465,62 @@ class YamlReference:
 
 
 def generate_yaml() -> str:
-    return YamlReference(Schemas(SCHEMAS)).generate()
+    with builtin_providers_only():
+        return YamlReference(Schemas()).generate()
+
+
+# -- schemas/fraisier.json: the editors' schema --------------------------------------------------
+EDITOR_SCHEMA = SCHEMAS / "fraisier.json"
+
+
+def _def_key(name: str) -> str:
+    return name.removesuffix(".json").replace("/", "-")
+
+
+def _bundled_refs(node: Any, base: str) -> Any:
+    """``node`` of file ``base`` with every $ref pointing into the bundle's $defs."""
+    if isinstance(node, list):
+        return [_bundled_refs(v, base) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "$ref" and isinstance(value, str):
+            target, _, pointer = value.partition("#")
+            name = posixpath.normpath(posixpath.join(posixpath.dirname(base), target)) \
+                if target else base
+            out[key] = f"#/$defs/{_def_key(name)}{pointer}"
+        else:
+            out[key] = _bundled_refs(value, base)
+    return out
+
+
+def editor_bundle() -> dict[str, Any]:
+    """One self-contained file (core schemas and every provider's fragments) for editors:
+    yaml-language-server follows only what one file holds or points at, and the provider
+    fragments live in the provider folders, not beside the core files."""
+    from reconciler.spec.validate import EDITOR_BUNDLE, schema_files
+
+    with builtin_providers_only():
+        files = schema_files()
+    root = _bundled_refs(files[EDITOR_BUNDLE], EDITOR_BUNDLE)
+    root["$comment"] = ("Generated by docs/generate.py from schemas/*.json and the providers' "
+                        "schema fragments; run `make docs` after changing either.")
+    root["$defs"] = {
+        _def_key(name): {k: v for k, v in _bundled_refs(content, name).items() if k != "$schema"}
+        for name, content in sorted(files.items())
+        if name != EDITOR_BUNDLE
+    }
+    return root
+
+
+def generate_editor_schema() -> str:
+    return json.dumps(editor_bundle(), indent=2, ensure_ascii=False) + "\n"
 
 
 def outputs() -> dict[Path, str]:
-    return {CLI_MD: generate_cli(), YAML_MD: generate_yaml()}
+    return {CLI_MD: generate_cli(), YAML_MD: generate_yaml(),
+            EDITOR_SCHEMA: generate_editor_schema()}
 
 
 def main(argv: list[str] | None = None) -> int:

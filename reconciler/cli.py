@@ -1,4 +1,4 @@
-"""`reconciler` command line (DESIGN "CLI contract"): exit codes are part of the interface."""
+"""`reconciler` command line: exit codes are part of the interface (docs/cli.md "Exit codes")."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,68 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("FRAISIER_COMPOSE", "v2"),
         help="compose implementation for compose tests (env FRAISIER_COMPOSE; default v2)",
     )
+
+
+# -- the integration marker ----------------------------------------------------------------------
+# A test needs a real service exactly when it uses one of these fixtures (directly or through
+# another fixture), or is parametrised onto a database server: it gets the `integration` marker
+# from that, so `pytest -m "not integration"` runs on a machine with no service at all.
+SERVICE_FIXTURES = frozenset({
+    "testinfra", "testhosts", "ssh_host", "ssh_hosts", "docker_engine", "docker_client",
+    "tiny_image", "compose_cli", "postgresql_url", "mysql_url", "postgresql_server",
+    "mysql_server",
+    "server_backend", "server_url", "server_db",
+})
+SERVER_BACKENDS = frozenset({"postgresql", "mysql"})
+SERVICE_PARAMS = ("backend", "server_backend", "server_db")
+
+
+def needs_service(item: pytest.Item) -> bool:
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(params.get(name) in SERVER_BACKENDS for name in SERVICE_PARAMS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_service(item):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before collection (test modules read the schemas at import): validation in this process
+    knows the built-in providers (and those a test registers),
+    not whatever plugins the venv has installed: expected messages list the same providers on
+    every machine. The CLI run as a new process (the plugin test) sees installed plugins."""
+    from reconciler.providers.registry import provider_schemas
+    from reconciler.spec.provider_schemas import use_provider_schemas
+    from reconciler.spec.validate import reload_schemas
+
+    use_provider_schemas(lambda: provider_schemas(plugins=False))
+    reload_schemas()
+
+
+def _server_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    from tests.state.backends import available, throwaway_url
+
+    ok, reason = available(backend)
+    need(ok, reason)
+    with throwaway_url(backend, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def postgresql_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server (127.0.0.1:5432), dropped afterwards."""
+    yield from _server_url("postgresql", tmp_path)
+
+
+@pytest.fixture
+def mysql_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh database on the MariaDB/MySQL server (127.0.0.1:3306), dropped afterwards."""
+    yield from _server_url("mysql", tmp_path)
 
 
 @pytest.fixture(scope="session")

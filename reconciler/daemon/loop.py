@@ -413,7 +413,7 @@ class Daemon:
                 target = desired.target_of(resource)
                 if target is None:
                     continue
-                if getattr(self.engine.provider_for(target), "schedules_natively", False):
+                if self.engine.provider_for(target).capabilities.schedules_natively:
                     continue  # e.g. a systemd timer on the host fires it, not this daemon
                 self._schedule_running[key] = asyncio.create_task(
                     self._run_schedule(resource, target, record))

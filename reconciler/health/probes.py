@@ -8,9 +8,9 @@ code or a list of them; when it is unset any 2xx passes (redirects are not follo
 fails: a health endpoint that redirects is usually a login page). ``bodyContains`` is an optional
 substring of the body.
 tcp: connect to ``host`` (default: the instance address; ``{host}`` is replaced too) and ``port``.
-exec: run ``command`` (argv) through the given transport (default: this machine) in ``cwd`` —
-the release's working directory, which bare-metal providers report as the ``working_dir`` fact of
-``observe()`` — and exit 0 passes.
+exec: run ``command`` (argv) through the given runner (default: this machine) in ``cwd`` — the
+release's working directory, ``InstanceState.working_dir`` — and exit 0 passes. Which runner is
+the provider's declared ``Capabilities.exec_probes`` (``contract.probe_site``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ProviderError
-from reconciler.health.durations import to_seconds
-from reconciler.providers import Instance
-from reconciler.transport import Transport
+from reconciler.providers.contract import CommandRunner, Instance
+from reconciler.spec.durations import to_seconds
 
 DEFAULT_TIMEOUT_S = 2.0
 PROBE_KINDS = ("http", "tcp", "exec")
@@ -125,7 +124,7 @@ async def _probe_tcp(
 
 
 async def _probe_exec(
-    spec: Mapping[str, Any], limit_s: float, transport: Transport | None, cwd: str | None
+    spec: Mapping[str, Any], limit_s: float, transport: CommandRunner | None, cwd: str | None
 ) -> tuple[bool, str]:
     timeout = limit_s
     command: Sequence[str] = [str(a) for a in spec["command"]]
@@ -149,7 +148,7 @@ async def probe(
     check: Mapping[str, Any],
     instance: Instance,
     *,
-    transport: Transport | None = None,
+    transport: CommandRunner | None = None,
     cwd: str | None = None,
 ) -> ProbeResult:
     """Run every probe kind present in ``check`` once; ok when all pass."""

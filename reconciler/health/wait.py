@@ -23,10 +23,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.health.durations import to_seconds
 from reconciler.health.probes import DEFAULT_TIMEOUT_S, PROBE_KINDS, probe
-from reconciler.providers import Instance
-from reconciler.transport import Transport
+from reconciler.providers.contract import CommandRunner, Health, Instance, InstanceState
+from reconciler.spec.durations import to_seconds
 
 DEFAULT_INTERVAL_S = 2.0
 DEFAULT_INITIAL_DELAY_S = 0.0
@@ -34,6 +33,9 @@ DEFAULT_START_PERIOD_S = 10.0
 DEFAULT_SUCCESS_THRESHOLD = 1
 DEFAULT_FAILURE_THRESHOLD = 3
 FIRST_RETRY_S = 0.05  # the first probe after a failed one in the start period
+# How long the gate waits for a platform health check (Docker's) still "starting" to decide.
+SETTLE_DEADLINE_S = 60.0
+SETTLE_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ async def wait_healthy(
     health: Mapping[str, Any] | None,
     instance: Instance,
     *,
-    transport: Transport | None = None,
+    transport: CommandRunner | None = None,
     cwd: str | None = None,
     is_running: Callable[[], Awaitable[bool]] | None = None,
     deadline_s: float | None = None,
@@ -132,3 +134,20 @@ async def wait_healthy(
                 False, f"not healthy within {deadline - started:g}s; last: {last}", probes
             )
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
+async def wait_settled(
+    observe: Callable[[], Awaitable[InstanceState | None]],
+    deadline_s: float = SETTLE_DEADLINE_S,
+) -> InstanceState | None:
+    """The instance's state once the platform's own health check has decided (``health`` is not
+    ``STARTING``), or as it is after ``deadline_s``: a gate without a ``health`` section judges
+    the instance by that state (``InstanceState.problem``)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        state = await observe()
+        if state is None or state.health is not Health.STARTING or not state.running:
+            return state
+        if time.monotonic() >= deadline:
+            return state
+        await asyncio.sleep(SETTLE_POLL_S)

@@ -247,6 +247,39 @@ def make_plan(
     return Plan(desired.commit, ordered, order)
 
 
+def order_deletions(plan: Plan) -> None:
+    """Put the plan's deletions (its tail) in reverse dependency order by their recorded
+    documents: a resource goes before what it depends on. ``make_plan`` works from light
+    records, which carry no ``dependsOn``; the caller calls this once it has read the full
+    records of the items that act. Only dependencies among the deleted resources matter (one
+    on a kept resource constrains nothing); a reference resolves as the loader resolved it when
+    the document was applied: ``Kind/name``, or a name unique among them."""
+    deletes = [i for i in plan.items if i.action == DELETE]
+    if len(deletes) < 2:
+        return
+    by_key = {i.key: i for i in deletes}
+    by_name: dict[tuple[str, str], list[ResourceKey]] = {}
+    for key in by_key:
+        by_name.setdefault((key.environment, key.name), []).append(key)
+    depends: dict[ResourceKey, list[ResourceKey]] = {}
+    for key, item in by_key.items():
+        doc = (item.record.applied_spec or item.record.desired_spec or {}) if item.record else {}
+        refs = (doc.get("spec") or {}).get("dependsOn") or []
+        found: list[ResourceKey] = []
+        for ref in refs if isinstance(refs, list) else []:
+            kind, _, name = str(ref).rpartition("/")
+            if kind:
+                dep = ResourceKey(key.environment, kind, name)
+                found += [dep] if dep in by_key else []
+            else:
+                named = by_name.get((key.environment, name), [])
+                found += named if len(named) == 1 else []
+        depends[key] = found
+    # waves() puts dependencies first; deletions go the other way round
+    ordered = [by_key[k] for layer in reversed(waves(by_key, depends)) for k in layer]
+    plan.items = [i for i in plan.items if i.action != DELETE] + ordered
+
+
 def _defer_outside_windows(items: Iterable[PlanItem], desired: DesiredState,
                            now: datetime | None) -> None:
     """Turn changes their sync windows do not allow now into DEFERRED items. Only items that

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ReconcilerError, StoreError
-from reconciler.health import wait_healthy
+from reconciler.health import wait_healthy, wait_settled
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
 from reconciler.plan.planner import (
@@ -38,6 +38,7 @@ from reconciler.plan.planner import (
     gc_resumed,
     item_changes,
     make_plan,
+    order_deletions,
 )
 from reconciler.providers import (
     Exporter,
@@ -46,6 +47,8 @@ from reconciler.providers import (
     ProviderContext,
     Release,
     load_provider,
+    observe_one,
+    probe_site,
 )
 from reconciler.rollout.runner import Aborted, Interrupted, RolloutFailed, RolloutRun
 from reconciler.rollout.strategies import (
@@ -354,6 +357,7 @@ class Reconciler:
                 if full is not None:
                     item.record = full
                     item.changes = item_changes(item)
+        order_deletions(plan)  # by the recorded documents, read just above
         return plan
 
     async def drift_of(self, resource: Resource, record: ResourceRecord,
@@ -814,13 +818,8 @@ class Reconciler:
         step = await self.store.start_step(deployment_id, "health", instance.id)
         started = time.monotonic()
 
-        one = getattr(provider, "observe_instance", None)
-
-        async def observed() -> Any:
-            if one is not None:  # providers that can look at a single instance (one host)
-                return await one(resource, instance)
-            states = {s.instance.id: s for s in await provider.observe(resource)}
-            return states.get(instance.id)
+        def observed() -> Any:
+            return observe_one(provider, resource, instance)
 
         async def is_running() -> bool:
             state = await observed()
@@ -829,20 +828,18 @@ class Reconciler:
         with span("health_gate", resource=str(resource.key), instance=instance.id):
             if health:
                 state = await observed()
-                cwd = state.facts.get("working_dir") if state is not None else None
-                # exec probes run where the instance is (providers with remote hosts say how)
-                transport_for = getattr(provider, "transport_for", None)
-                transport = transport_for(instance) if transport_for is not None else None
-                result = await wait_healthy(health, instance, transport=transport, cwd=cwd,
+                # exec probes run where the provider's capability says (host, container)
+                runner, cwd = probe_site(provider, instance, state)
+                result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
                                             is_running=is_running)
                 ok, message = result.healthy, result.message
             else:
                 # No health section: healthy when the provider reports the instance running and
-                # its own health signal (Docker healthcheck, Coolify status) is not negative.
-                state = await observed()
-                ok = bool(state and state.running and state.facts.get("healthy") is not False)
-                message = "running" if ok else (state.detail or "not healthy" if state
-                                                else "not found")
+                # its own health signal (Docker healthcheck, Coolify status), once decided, is
+                # not negative.
+                state = await wait_settled(observed)
+                problem = state.problem if state is not None else "not found"
+                ok, message = problem is None, problem or "running"
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.errors import ReconcilerError
 from reconciler.health.probes import probe
 from reconciler.health.wait import has_probes
-from reconciler.providers import Instance, Provider, Release
+from reconciler.providers import Instance, Provider, Release, probe_site
 from reconciler.rollout import control
 from reconciler.rollout.strategies import (
     BLUE_GREEN,
@@ -390,17 +390,15 @@ class RolloutRun:
         problems: list[str] = []
         for instance in instances:
             state = states.get(instance.id)
-            if state is None or not state.running or state.facts.get("healthy") is False:
-                problems.append(f"{instance.id}: {state.detail if state else 'not found'}"
-                                or "not running")
+            problem = state.problem if state is not None else "not found"
+            if problem is not None:
+                problems.append(f"{instance.id}: {problem}")
                 continue
             health = health_for(resource, instance)
             if has_probes(health):
                 assert health is not None
-                transport_for = getattr(self.provider, "transport_for", None)
-                result = await probe(health, instance,
-                                     transport=transport_for(instance) if transport_for else None,
-                                     cwd=state.facts.get("working_dir"))
+                runner, cwd = probe_site(self.provider, instance, state)
+                result = await probe(health, instance, transport=runner, cwd=cwd)
                 if not result.ok:
                     problems.append(f"{instance.id}: {result.message}")
         return (not problems, "; ".join(problems) or f"{len(instances)} instance(s) healthy")

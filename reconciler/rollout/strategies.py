@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import ReconcilerError
-from reconciler.providers import Instance
+from reconciler.providers import SLOT_LABEL, Instance
 from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import Resource, ResourceKey, spec_hash
 
@@ -144,12 +144,9 @@ def slot_resource(resource: Resource, slot: str, port: int) -> Resource:
     project) and ``{port}`` replaced by the slot's port everywhere but in the strategy."""
     spec = {k: v for k, v in resource.spec.items() if k != "strategy"}
     spec = substitute(copy.deepcopy(spec), {"port": str(port), "slot": slot})
-    compose = spec.get("compose")
-    if isinstance(compose, dict) and compose.get("project"):
-        compose["project"] = f"{compose['project']}-{slot}"
     key = ResourceKey(resource.key.environment, resource.key.kind,
                       slot_name(resource.key.name, slot))
-    out = Resource(key=key, labels={**resource.labels, "fraisier.dev/slot": slot}, spec=spec,
+    out = Resource(key=key, labels={**resource.labels, SLOT_LABEL: slot}, spec=spec,
                    file=resource.file, line=resource.line, depends_on=list(resource.depends_on))
     out.hash = spec_hash(out.document())
     return out

@@ -1,12 +1,15 @@
 """Go-style durations (``500ms``, ``30s``, ``1h30m``, ``1.5s``): parsing to seconds and back.
 
 The syntax is Go's ``time.ParseDuration`` without a sign (a negative wait or timeout means
-nothing here); ``schemas/common.json#/$defs/duration`` accepts exactly the same strings.
+nothing here); ``schemas/common.json#/$defs/duration`` accepts exactly the same strings. This is
+the one parser of durations: health checks and every provider read spec durations through
+``parse_duration`` / ``to_seconds``, so what validates is what runs.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 _NANOS_PER_UNIT: dict[str, int] = {
     "ns": 1,
@@ -55,6 +58,22 @@ def parse_duration(text: str) -> float:
             nanos += int(fraction) * scale // 10 ** len(fraction)
         pos = match.end()
     return nanos / 1e9
+
+
+def to_seconds(value: object, default: float) -> float:
+    """``value`` (a Go duration string, a number of seconds, or None for ``default``) as
+    seconds; ValueError when it is none of those."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        return parse_duration(value)
+    raise ValueError(f"invalid duration {value!r}")
 
 
 def format_duration(seconds: float) -> str:

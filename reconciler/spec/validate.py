@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import fastjsonschema
 
+from reconciler.spec.provider_schemas import provider_schemas
+
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
@@ -65,21 +67,105 @@ def schema_dir() -> Path:
     return checkout
 
 
+# schemas/fraisier.json on disk is the editors' bundle generated from what is assembled here
+# (docs/generate.py); validation assembles its own dispatcher instead of reading it.
+EDITOR_BUNDLE = "fraisier.json"
+_WORKLOAD_KINDS = ("service.json", "job.json", "schedule.json")
+_DISPATCH_DESCRIPTION = (
+    "Any Fraisier desired-state document (Target, Service, Job or Schedule), chosen by kind. "
+    "Point an editor at it with the modeline "
+    "`# yaml-language-server: $schema=<path>/schemas/fraisier.json`."
+)
+
+
+def _dispatcher() -> dict[str, Any]:
+    """Any document, by kind (the editors' entry point)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Fraisier resource",
+        "description": _DISPATCH_DESCRIPTION,
+        "type": "object",
+        "properties": {
+            "apiVersion": {
+                "$ref": "common.json#/$defs/apiVersion",
+                "description": "Version of the resource format; must be fraisier.dev/v1.",
+            },
+            "kind": {
+                "enum": list(KIND_SCHEMAS),
+                "description": "Resource kind: Target (where things run), Service (long-running, "
+                "health-checked), Job (runs to completion per revision) or Schedule (runs on a "
+                "cron schedule).",
+            },
+        },
+        "required": ["apiVersion", "kind"],
+        "allOf": [
+            {
+                "if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+                "then": {"$ref": file},
+            }
+            for kind, file in KIND_SCHEMAS.items()
+        ],
+    }
+
+
+def _with_providers(files: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The core files plus the handed-in provider fragments: each mounted under providers/, the
+    Target's ``provider`` limited to the known names with each one's fragment applied, and each
+    workload block added to Services, Jobs and Schedules."""
+    fragments = provider_schemas()
+    out = dict(files)
+    target = copy.deepcopy(files["target.json"])
+    spec = target["properties"]["spec"]
+    spec["properties"]["provider"] = {
+        **spec["properties"]["provider"],
+        "enum": sorted(fragments),
+    }
+    branches = []
+    for name, fragment in sorted(fragments.items()):
+        out[f"providers/{name}-target.json"] = fragment.target
+        branches.append({
+            "if": {"properties": {"provider": {"const": name}}, "required": ["provider"]},
+            "then": {"$ref": f"providers/{name}-target.json"},
+        })
+    if branches:
+        spec["allOf"] = branches
+    out["target.json"] = target
+    for kind_file in _WORKLOAD_KINDS:
+        kind = copy.deepcopy(files[kind_file])
+        properties = kind["properties"]["spec"]["properties"]
+        for name, fragment in sorted(fragments.items()):
+            if fragment.workload_key is None or fragment.workload is None:
+                continue
+            out[f"providers/{name}-workload.json"] = fragment.workload
+            properties[fragment.workload_key] = {
+                "$ref": f"providers/{name}-workload.json",
+                "description": f"Fields of the {name} provider "
+                f"({fragment.source or 'its schema fragment'}).",
+            }
+        out[kind_file] = kind
+    out[EDITOR_BUNDLE] = _dispatcher()
+    return out
+
+
 @cache
 def _schema_files() -> dict[str, tuple[bytes, dict[str, Any]]]:
-    """Every schema file, keyed by its posix path relative to the schema directory."""
+    """Every schema, keyed by its posix path relative to the schema directory: the core files
+    of that directory with the provider fragments handed in (``_with_providers``)."""
     root = schema_dir()
-    files: dict[str, tuple[bytes, dict[str, Any]]] = {}
-    for path in sorted(root.rglob("*.json")):
-        raw = path.read_bytes()
-        files[path.relative_to(root).as_posix()] = (raw, json.loads(raw))
-    missing = [name for name in KIND_SCHEMAS.values() if name not in files]
+    core: dict[str, dict[str, Any]] = {}
+    for path in sorted(root.glob("*.json")):
+        if path.name != EDITOR_BUNDLE:
+            core[path.name] = json.loads(path.read_bytes())
+    missing = [name for name in KIND_SCHEMAS.values() if name not in core]
     if missing:
         raise FileNotFoundError(
             f"schema files {missing} not found in {root}; set RECONCILER_SCHEMAS_DIR to the "
             "project's schemas/ folder"
         )
-    return files
+    return {
+        name: (json.dumps(content, sort_keys=True).encode(), content)
+        for name, content in sorted(_with_providers(core).items())
+    }
 
 
 def schema_files() -> dict[str, dict[str, Any]]:

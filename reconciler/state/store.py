@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from reconciler.errors import StoreError
 from reconciler.spec.model import ResourceKey
 
-# Deployment statuses (DESIGN "Deployment record").
+# Deployment statuses (docs/architecture.md "Deployment record").
 PENDING = "pending"
 IN_PROGRESS = "in_progress"
 SUCCEEDED = "succeeded"

@@ -20,7 +20,7 @@ from tests.chaos.journal import deployment_ids, journal_problems
 from tests.chaos.report import record_trial
 from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
 from tests.helpers import need
-from tests.state.backends import available, raw_query, throwaway_url
+from tests.state.backends import raw_query
 from tests.state.test_resilience import PG_CTL, _pg_running
 
 pytestmark = pytest.mark.timeout(150)
@@ -48,22 +48,21 @@ def restart_postgresql() -> None:
         subprocess.run([*PG_CTL, "start"], check=True, timeout=60, capture_output=True)
 
 
-def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path) -> None:
-    ok, reason = available("postgresql")
-    need(ok, reason)
+def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path,
+                                          postgresql_url: str) -> None:
     need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
          "pg_ctlcluster not installed")
     port = free_port()
-    with throwaway_url("postgresql", tmp_path) as url:
-        db = ["--db", url]
-        fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
-        fleet.commit("one")
-        first = fleet.cli(*db, "apply", *fleet.repo_args())
-        assert first.returncode == 0, first.stdout + first.stderr
-        # restarted while the new revision waits to become healthy, then while it is started
-        for greeting, when in (("two", "health"), ("three", "start")):
-            _trial(fleet, url, port, greeting, when)
-        _daemon_trial(fleet, url, port, tmp_path)
+    url = postgresql_url
+    db = ["--db", url]
+    fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
+    fleet.commit("one")
+    first = fleet.cli(*db, "apply", *fleet.repo_args())
+    assert first.returncode == 0, first.stdout + first.stderr
+    # restarted while the new revision waits to become healthy, then while it is started
+    for greeting, when in (("two", "health"), ("three", "start")):
+        _trial(fleet, url, port, greeting, when)
+    _daemon_trial(fleet, url, port, tmp_path)
 
 
 def _daemon_trial(fleet: Fleet, url: str, port: int, tmp_path: Path) -> None:

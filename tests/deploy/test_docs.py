@@ -52,13 +52,50 @@ def test_the_guide_has_tested_blocks_for_every_database() -> None:
     assert any("createdb" in b for b in found) and any("mysql://" in b for b in found)
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("script", blocks(), ids=lambda s: s.splitlines()[0][:40])
-def test_getting_started_block(script: str, tmp_path: Path) -> None:
+def _server(script: str) -> str | None:
     if "postgresql://" in script:
-        need(port_open(5432), "PostgreSQL not answering on 127.0.0.1:5432")
+        return "postgresql"
     if "mysql://" in script:
-        need(port_open(3306), "MySQL/MariaDB not answering on 127.0.0.1:3306")
+        return "mysql"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> None:
+    """PostgreSQL answers on 127.0.0.1:5432 (the block creates its own database)."""
+    need(port_open(5432), "PostgreSQL not answering on 127.0.0.1:5432")
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> None:
+    """MySQL/MariaDB answers on 127.0.0.1:3306 (the block creates its own database)."""
+    need(port_open(3306), "MySQL/MariaDB not answering on 127.0.0.1:3306")
+
+
+def _ids(script: str) -> str:
+    return script.splitlines()[0][:40]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("script", [b for b in blocks() if _server(b) is None], ids=_ids)
+def test_getting_started_block(script: str, tmp_path: Path) -> None:
+    run_block(script, tmp_path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("script", [b for b in blocks() if _server(b) == "postgresql"], ids=_ids)
+def test_getting_started_postgresql_block(script: str, tmp_path: Path,
+                                          postgresql_server: None) -> None:
+    run_block(script, tmp_path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("script", [b for b in blocks() if _server(b) == "mysql"], ids=_ids)
+def test_getting_started_mysql_block(script: str, tmp_path: Path, mysql_server: None) -> None:
+    run_block(script, tmp_path)
+
+
+def run_block(script: str, tmp_path: Path) -> None:
     clone = tmp_path / "fraisier"
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)],
                    check=True, timeout=60)

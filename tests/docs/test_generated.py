@@ -55,6 +55,7 @@ def test_check_mode_names_make_docs(generator: ModuleType, tmp_path: Path,
     monkeypatch.setattr(generator, "ROOT", tmp_path)
     monkeypatch.setattr(generator, "CLI_MD", tmp_path / "cli.md")
     monkeypatch.setattr(generator, "YAML_MD", tmp_path / "yaml-reference.md")
+    monkeypatch.setattr(generator, "EDITOR_SCHEMA", tmp_path / "fraisier.json")
     assert generator.main([]) == 0
     assert generator.main(["--check"]) == 0
     (tmp_path / "cli.md").write_text("stale\n")

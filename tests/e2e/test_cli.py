@@ -99,26 +99,22 @@ def test_db_check(tmp_path: Path) -> None:
     assert doc["reachable"] and doc["pendingMigrations"] == []
 
 
-def test_db_copy_sqlite_to_postgresql(fleet: Fleet, tmp_path: Path) -> None:
-    from tests.helpers import need
-    from tests.state.backends import available, throwaway_url
+def test_db_copy_sqlite_to_postgresql(fleet: Fleet, tmp_path: Path, postgresql_url: str) -> None:
 
-    ok, reason = available("postgresql")
-    need(ok, reason)
     fleet.write("api.yaml", service_yaml("api", free_port()))
     fleet.commit()
     assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
     from reconciler.state import default_db_url
 
     src = default_db_url(fleet.state)
-    with throwaway_url("postgresql", tmp_path) as dst:
-        out = run("db", "copy", "--from", src, "--to", dst)
-        assert out.returncode == 0, out.stderr
-        assert "copied 2 resources" in out.stdout
-        hist = run("--db", dst, "history", "api", "-o", "json")
-        assert json.loads(hist.stdout)[0]["status"] == "succeeded"
-        again = run("db", "copy", "--from", src, "--to", dst)
-        assert again.returncode != 0 and "Traceback" not in again.stderr
+    dst = postgresql_url
+    out = run("db", "copy", "--from", src, "--to", dst)
+    assert out.returncode == 0, out.stderr
+    assert "copied 2 resources" in out.stdout
+    hist = run("--db", dst, "history", "api", "-o", "json")
+    assert json.loads(hist.stdout)[0]["status"] == "succeeded"
+    again = run("db", "copy", "--from", src, "--to", dst)
+    assert again.returncode != 0 and "Traceback" not in again.stderr
 
 
 def test_logs_host_filter_and_new_lines(fleet: Fleet) -> None:

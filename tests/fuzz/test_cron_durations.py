@@ -22,9 +22,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
-from reconciler.health.durations import to_seconds
 from reconciler.spec.cron import ALIASES, cron_error, next_fire, timezone_error
-from reconciler.spec.durations import format_duration, parse_duration
+from reconciler.spec.durations import format_duration, parse_duration, to_seconds
 from reconciler.spec.validate import fast_errors, schema_issues
 from tests.fuzz.conftest import fuzz
 

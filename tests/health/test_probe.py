@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.health import probe
-from reconciler.health.durations import to_seconds
 from reconciler.providers import Instance
+from reconciler.spec.durations import to_seconds
 from reconciler.transport.local import LocalTransport
 from tests.health.conftest import ScriptedServer, free_port
 

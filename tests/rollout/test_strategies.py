@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.providers import Instance
+from reconciler.providers import Instance, Placement, placement_of
 from reconciler.rollout.strategies import (
     Strategy,
     StrategyError,
@@ -59,7 +59,10 @@ def test_slot_resource_renames_and_fills_port() -> None:
     assert green.spec["command"] == ["app", "--port", "9002"]
     assert green.spec["env"] == {"SLOT": "green"}
     assert green.spec["health"]["http"]["url"] == "http://{host}:9002/healthz"
-    assert green.spec["compose"]["project"] == "shop-green"
+    # provider fields are the provider's: it gets the slot through the placement
+    assert green.spec["compose"]["project"] == "shop"
+    assert placement_of(green) == Placement(independent_instances=False, slot="green")
+    assert placement_of(green).name_suffix == "-green"
     assert "strategy" not in green.spec
     assert res.spec["command"] == ["app", "--port", "{port}"]  # the original is untouched
     assert green.hash and green.hash != slot_resource(res, "blue", 9001).hash

@@ -36,6 +36,8 @@ MINE = [
     "schedule.json",
     "providers/bare_metal-target.json",
 ]
+CORE = ["common.json", "target.json", "service.json", "job.json", "schedule.json"]
+PROVIDER_FIELDS = ("compose", "coolify", "bare_metal", "docker", "hosts", "serviceManager")
 ALL = sorted(schema_files())
 
 
@@ -56,19 +58,43 @@ def properties_of(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def test_expected_files_exist() -> None:
+    # core files on disk; provider fragments mounted from the provider folders
+    for name in [*CORE, "fraisier.json"]:
+        assert (SCHEMAS / name).is_file(), name
     for name in [
         *MINE,
         "providers/compose-target.json",
-        "providers/compose-service.json",
+        "providers/compose-workload.json",
         "providers/coolify-target.json",
-        "providers/coolify-service.json",
+        "providers/coolify-workload.json",
     ]:
-        assert (SCHEMAS / name).is_file(), name
+        assert name in schema_files(), name
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_schemas_name_no_provider_field(name: str) -> None:
+    """A provider's fields live in its own folder's fragments, never in schemas/*.json."""
+    schema = json.loads((SCHEMAS / name).read_text())
+    fields = [where for where, _ in properties_of(schema)
+              if where.rsplit("/", 1)[-1] in PROVIDER_FIELDS]
+    assert fields == []
+    assert "enum" not in schema.get("properties", {}).get("spec", {}).get(
+        "properties", {}).get("provider", {})
+
+
+def test_editor_bundle_is_generated_from_core_and_fragments() -> None:
+    """schemas/fraisier.json is what docs/generate.py makes of the assembled schemas."""
+    from tests.docs.conftest import load_generator
+
+    bundle = load_generator().editor_bundle()
+    assert json.loads((SCHEMAS / "fraisier.json").read_text()) == bundle, (
+        "run `make docs`"
+    )
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_schema_is_valid_2020_12(name: str) -> None:
-    schema = json.loads((SCHEMAS / name).read_text())
+    schema = schema_files()[name]
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
     assert schema.get("description")
@@ -77,7 +103,7 @@ def test_schema_is_valid_2020_12(name: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_property_has_a_description(name: str) -> None:
-    schema = json.loads((SCHEMAS / name).read_text())
+    schema = schema_files()[name]
     missing = [
         where
         for where, sub in properties_of(schema)
@@ -88,7 +114,7 @@ def test_every_property_has_a_description(name: str) -> None:
 
 @pytest.mark.parametrize("name", MINE)
 def test_objects_reject_unknown_properties(name: str) -> None:
-    schema = json.loads((SCHEMAS / name).read_text())
+    schema = schema_files()[name]
     open_objects = []
 
     def walk(node: Any, where: str) -> None:

@@ -57,72 +57,68 @@ def _assert_journal_complete(url: str, count: int) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_postgresql_restart_loses_no_write(tmp_path: Path) -> None:
-    ok, reason = available("postgresql")
-    need(ok, reason)
+async def test_postgresql_restart_loses_no_write(tmp_path: Path, postgresql_url: str) -> None:
     need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
          "pg_ctlcluster not installed")
     count = 40
-    with throwaway_url("postgresql", tmp_path) as url:
-        store = open_store(url)
-        await store.migrate()
-        errors_before = DB_ERRORS._value.get()
-        done: list[str] = []
+    url = postgresql_url
+    store = open_store(url)
+    await store.migrate()
+    errors_before = DB_ERRORS._value.get()
+    done: list[str] = []
+    try:
+        writer = asyncio.create_task(_write_deployments(store, count, done))
+        while len(done) < 8 and not writer.done():
+            await asyncio.sleep(0.01)
+        stopped_at = time.monotonic()
         try:
-            writer = asyncio.create_task(_write_deployments(store, count, done))
-            while len(done) < 8 and not writer.done():
-                await asyncio.sleep(0.01)
-            stopped_at = time.monotonic()
-            try:
-                await asyncio.to_thread(subprocess.run, [*PG_CTL, "stop", "-m", "fast"],
-                                        check=True, timeout=60, capture_output=True)
-                during_outage = len(done)
-                await asyncio.sleep(1.5)  # the writer is backing off meanwhile
-                assert len(done) == during_outage  # nothing can be written while it is down
-            finally:
-                await asyncio.to_thread(subprocess.run, [*PG_CTL, "start"], timeout=60,
-                                        capture_output=True)
-            await asyncio.wait_for(writer, timeout=90)
-            recovered_in = time.monotonic() - stopped_at
+            await asyncio.to_thread(subprocess.run, [*PG_CTL, "stop", "-m", "fast"],
+                                    check=True, timeout=60, capture_output=True)
+            during_outage = len(done)
+            await asyncio.sleep(1.5)  # the writer is backing off meanwhile
+            assert len(done) == during_outage  # nothing can be written while it is down
         finally:
-            if not _pg_running():  # whatever happened, leave the server running
-                subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
-            await store.close()
-        print(f"PostgreSQL stop/start: writer finished {recovered_in:.1f} s after the stop")
-        assert len(done) == count
-        assert DB_ERRORS._value.get() > errors_before  # failed attempts were counted
-        _assert_journal_complete(url, count)
+            await asyncio.to_thread(subprocess.run, [*PG_CTL, "start"], timeout=60,
+                                    capture_output=True)
+        await asyncio.wait_for(writer, timeout=90)
+        recovered_in = time.monotonic() - stopped_at
+    finally:
+        if not _pg_running():  # whatever happened, leave the server running
+            subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+        await store.close()
+    print(f"PostgreSQL stop/start: writer finished {recovered_in:.1f} s after the stop")
+    assert len(done) == count
+    assert DB_ERRORS._value.get() > errors_before  # failed attempts were counted
+    _assert_journal_complete(url, count)
 
 
 @pytest.mark.timeout(120)
-async def test_mysql_killed_connections_lose_no_write(tmp_path: Path) -> None:
-    ok, reason = available("mysql")
-    need(ok, reason)
+async def test_mysql_killed_connections_lose_no_write(tmp_path: Path, mysql_url: str) -> None:
     count = 40
-    with throwaway_url("mysql", tmp_path) as url:
-        database = url.rsplit("/", 1)[1]
-        store = open_store(url)
-        await store.migrate()
-        done: list[str] = []
-        kills = 0
-        try:
-            writer = asyncio.create_task(_write_deployments(store, count, done))
-            while not writer.done():
-                await asyncio.sleep(0.4)
-                ids = raw_query(url, "SELECT id FROM information_schema.processlist "
-                                     "WHERE db = %s AND id <> CONNECTION_ID()", (database,))
-                for (connection_id,) in ids:
-                    try:
-                        raw_query(url, f"KILL CONNECTION {int(connection_id)}")
-                        kills += 1
-                    except Exception:  # it may have gone already
-                        continue
-            await writer
-        finally:
-            await store.close()
-        assert kills >= 3, kills
-        assert len(done) == count
-        _assert_journal_complete(url, count)
+    url = mysql_url
+    database = url.rsplit("/", 1)[1]
+    store = open_store(url)
+    await store.migrate()
+    done: list[str] = []
+    kills = 0
+    try:
+        writer = asyncio.create_task(_write_deployments(store, count, done))
+        while not writer.done():
+            await asyncio.sleep(0.4)
+            ids = raw_query(url, "SELECT id FROM information_schema.processlist "
+                                 "WHERE db = %s AND id <> CONNECTION_ID()", (database,))
+            for (connection_id,) in ids:
+                try:
+                    raw_query(url, f"KILL CONNECTION {int(connection_id)}")
+                    kills += 1
+                except Exception:  # it may have gone already
+                    continue
+        await writer
+    finally:
+        await store.close()
+    assert kills >= 3, kills
+    assert len(done) == count
+    _assert_journal_complete(url, count)
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.health.durations import to_seconds
 from reconciler.providers import ProviderContext
 from reconciler.providers.bare_metal.provider import (
     DEFAULT_CONCURRENCY,
@@ -28,6 +27,7 @@ from reconciler.providers.bare_metal.service_manager import (
     ServiceStatus,
 )
 from reconciler.providers.bare_metal.supervisor import Supervisor
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 from reconciler.transport.local import LocalTransport
 

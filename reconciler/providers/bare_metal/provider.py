@@ -27,10 +27,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.errors import ProviderError
-from reconciler.health.durations import to_seconds
-from reconciler.providers import Instance, InstanceState, Release, RunResult, workload_env
+from reconciler.providers import (
+    Capabilities,
+    Identity,
+    Instance,
+    InstanceState,
+    Phase,
+    Release,
+    RunResult,
+    workload_env,
+)
 from reconciler.providers.bare_metal.releases import ReleaseStore, within
 from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceManager, ServiceRef
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.transport import CommandTimeout, Transport
 
@@ -84,8 +93,9 @@ def _argv(value: Any, what: str, resource: Resource) -> list[str] | None:
 class BareMetalProvider:
     """``Provider`` for ``provider: bare_metal`` Targets (one host per transport)."""
 
-    # Schedules are run by the daemon's scheduler (through run()), not by the host.
-    schedules_natively = False
+    # Schedules are run by the daemon's scheduler (through run()), not by the host; the one
+    # instance is this machine, so exec probes run here.
+    capabilities = Capabilities()
 
     def __init__(
         self,
@@ -154,9 +164,9 @@ class BareMetalProvider:
         store = self.releases(resource)
         current = await store.current()
         facts: dict[str, Any] = {"current": current, "service_dir": store.service_dir}
-        if current is not None:
-            # where the command (and an exec health probe) runs
-            facts["working_dir"] = within(store.path(current), resource.spec.get("workingDir"))
+        # where the command (and an exec health probe) runs
+        working_dir = (within(store.path(current), resource.spec.get("workingDir"))
+                       if current is not None else None)
         if resource.kind != "Service":
             raw = await self.transport.read_file(posixpath.join(store.service_dir, "last_run.json"))
             if raw:
@@ -166,12 +176,18 @@ class BareMetalProvider:
                     facts["last_run"] = None
             running = bool(self._jobs.get(resource.key))
             detail = "running" if running else "idle"
-            return [InstanceState(self.instance, current, running, detail, facts)]
+            return [InstanceState(self.instance, current, running, detail, facts,
+                                  working_dir=working_dir)]
         status = await self.manager.status(self.ref(resource))
         facts.update(pid=status.pid, started_at=status.started_at)
         # Not running: report what `current` points at, which is what a start would run.
         revision = status.revision if status.running else current
-        return [InstanceState(self.instance, revision, status.running, status.detail, facts)]
+        return [InstanceState(
+            self.instance, revision, status.running, status.detail, facts,
+            phase=None if status.running or current is not None else Phase.MISSING,
+            working_dir=working_dir,
+            identity=Identity(pid=status.pid, started_at=status.started_at),
+        )]
 
     async def deploy(self, release: Release, instance: Instance) -> None:
         self._check_instance(instance)

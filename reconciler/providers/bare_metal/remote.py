@@ -48,8 +48,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError
-from reconciler.health.durations import to_seconds
-from reconciler.providers import Instance, InstanceState, Release, RunResult, workload_env
+from reconciler.providers import (
+    Capabilities,
+    Identity,
+    Instance,
+    InstanceState,
+    Phase,
+    ProbeSite,
+    Release,
+    RunResult,
+    workload_env,
+)
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -72,6 +81,7 @@ from reconciler.providers.bare_metal.systemd import (
     render_service_unit,
     render_timer_unit,
 )
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.transport import CommandResult, Transport
 from reconciler.transport.ssh import (
@@ -126,7 +136,10 @@ class SystemdSSHProvider:
     """``Provider`` for ``provider: bare_metal`` Targets with ``transport: ssh``."""
 
     # The daemon's own scheduler must not run this provider's Schedules: systemd timers do.
-    schedules_natively = True
+    # One host is observed on its own; exec probes run on the instance's host.
+    capabilities = Capabilities(
+        observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE
+    )
 
     def __init__(
         self,
@@ -177,6 +190,10 @@ class SystemdSSHProvider:
                 f"(hosts: {sorted(self.hosts)})"
             )
         return config
+
+    def probe_runner(self, instance: Instance, state: InstanceState) -> Transport:
+        """``health.exec`` runs on the instance's host, over the pooled connection."""
+        return self.transport_for(instance)
 
     def transport_for(self, instance: Instance) -> Transport:
         """The pooled connection to ``instance``'s host (exec health checks run there)."""
@@ -426,10 +443,10 @@ class SystemdSSHProvider:
             "unit_edited": unit_edited,
             "running_revision": running_revision,
         }
-        if current is not None:
-            facts["working_dir"] = within(
-                posixpath.join(releases_dir, current), resource.spec.get("workingDir")
-            )
+        working_dir = (
+            within(posixpath.join(releases_dir, current), resource.spec.get("workingDir"))
+            if current is not None else None
+        )
         if resource.kind == "Service":
             running = active == "active" and sub == "running"
         else:
@@ -450,7 +467,18 @@ class SystemdSSHProvider:
         if resource.kind == "Schedule" and facts.get("timer_state") not in ("active", None):
             revision = revision if revision != current else f"timer-stopped:{current or '-'}"
             details.append(f"timer {names.timer} is {facts.get('timer_state')}")
-        return InstanceState(instance, revision, running, "; ".join(details), facts)
+        status = props.get("ExecMainStatus")
+        return InstanceState(
+            instance, revision, running, "; ".join(details), facts,
+            phase=Phase.MISSING if not running and current is None else None,
+            exit_code=int(status) if not running and status and status.isdigit() else None,
+            working_dir=working_dir,
+            identity=Identity(
+                pid=facts["main_pid"] if running else None,
+                started_at=props.get("ExecMainStartTimestamp") or None,
+                unit_invocation=props.get("InvocationID") or None,
+            ),
+        )
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         names = self.units(resource)

@@ -32,8 +32,8 @@ from typing import Any
 from croniter import croniter
 
 from reconciler.errors import ProviderError
-from reconciler.health.durations import to_seconds
 from reconciler.spec.cron import cron_error
+from reconciler.spec.durations import to_seconds
 from reconciler.transport import CommandResult, Transport
 
 UNIT_DIR = "/etc/systemd/system"
@@ -359,7 +359,7 @@ done"""
 _OBSERVE_SCRIPT = """unit=$1 dir=$2 unitfile=$3
 props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
   -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -- "$unit")
+  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$unit")
 printf '%s\n' "$props"
 pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
 echo "FraisierCurrent=$(readlink -- "$dir/current")"

@@ -22,7 +22,7 @@ import aiohttp
 from aiodocker.volumes import DockerVolume
 
 from reconciler.errors import ProviderError
-from reconciler.transport import CommandTimeout, Transport
+from reconciler.transport import CommandResult, CommandTimeout, Transport
 
 _API_TIMEOUT_S = 30.0
 
@@ -60,7 +60,29 @@ class DockerEngine(Protocol):
     ) -> None:
         """Create a volume unless one of that name exists already (then it is left as it is)."""
 
+    async def exec(
+        self, container: str, argv: Sequence[str], timeout: float, cwd: str | None  # noqa: ASYNC109
+    ) -> CommandResult:
+        """Run argv inside a running container (``docker exec``); its exit code and output."""
+
     async def close(self) -> None: ...
+
+
+class ContainerExec:
+    """A ``CommandRunner`` into one container: where a compose Service's exec probes run."""
+
+    def __init__(self, engine: DockerEngine, container: str) -> None:
+        self.engine = engine
+        self.container = container
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - per-call timeouts are the protocol
+        cwd: str | None = None,
+    ) -> CommandResult:
+        return await self.engine.exec(self.container, argv, timeout, cwd)
 
 
 Labelled = tuple[str, dict[str, str]]
@@ -224,6 +246,29 @@ class AiodockerEngine:
             except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
                 raise self._error(f"creating volume {name}", exc) from exc
 
+    async def exec(
+        self, container: str, argv: Sequence[str], timeout: float, cwd: str | None  # noqa: ASYNC109
+    ) -> CommandResult:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        async with self._deadline(f"exec in {container}", timeout):
+            try:
+                handle = self._client().containers.container(container)
+                execution = await handle.exec(
+                    list(argv), stdout=True, stderr=True, workdir=cwd or None
+                )
+                async with execution.start(detach=False) as stream:
+                    while (message := await stream.read_out()) is not None:
+                        (out if message.stream == 1 else err).append(message.data)
+                info = await execution.inspect()
+            except aiodocker.DockerError as exc:
+                # not running, gone: the probe fails with the engine's reason
+                return CommandResult(126, b"", str(exc).encode())
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._error(f"exec in {container}", exc) from exc
+        code = info.get("ExitCode")
+        return CommandResult(int(code) if code is not None else 126, b"".join(out), b"".join(err))
+
     async def close(self) -> None:
         if self._docker is not None:
             await self._docker.close()
@@ -326,6 +371,14 @@ class CliEngine:
         for key, value in sorted(options.items()):
             args += ["--opt", f"{key}={value}"]
         await self._run(*args, name)
+
+    async def exec(
+        self, container: str, argv: Sequence[str], timeout: float, cwd: str | None  # noqa: ASYNC109
+    ) -> CommandResult:
+        workdir = ["-w", cwd] if cwd else []
+        return await self.transport.run(
+            [*self.docker, "exec", *workdir, container, *argv], timeout=timeout
+        )
 
     async def close(self) -> None:
         """The transport is owned (and closed) by the provider."""

@@ -31,9 +31,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from reconciler.errors import ProviderError
-from reconciler.providers import Instance, InstanceState, ProviderContext, Release, RunResult
+from reconciler.providers import (
+    Capabilities,
+    Health,
+    Identity,
+    Instance,
+    InstanceState,
+    Phase,
+    ProbeSite,
+    ProviderContext,
+    Release,
+    RunResult,
+)
 from reconciler.providers.compose.cli import ComposeCLI, detect
-from reconciler.providers.compose.engine import DockerEngine
+from reconciler.providers.compose.engine import ContainerExec, DockerEngine
 from reconciler.providers.compose.render import (
     LABEL_COMPOSE_REVISION,
     LABEL_IMAGE,
@@ -175,8 +186,15 @@ def _is_deployed(container: Mapping[str, Any], revision: str, rendered: Rendered
     )
 
 
+# Docker's health status -> the contract's (a container without a check has status "none")
+_HEALTH = {"healthy": Health.HEALTHY, "unhealthy": Health.UNHEALTHY, "starting": Health.STARTING}
+
+
 class ComposeProvider:
     """Drives one Docker host (a Target with ``provider: compose``)."""
+
+    # one replica is read from its own project; exec probes run inside the container
+    capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE)
 
     def __init__(
         self,
@@ -676,7 +694,8 @@ class ComposeProvider:
                 None,
                 False,
                 "container missing",
-                {
+                phase=Phase.MISSING,
+                facts={
                     "present": False,
                     "service": slot[0],
                     "project": instance.labels["project"],
@@ -721,7 +740,8 @@ class ComposeProvider:
         for state in await self.observe(resource):
             if state.instance.id == instance.id:
                 return state
-        return InstanceState(instance, None, False, "not found", {"present": False})
+        return InstanceState(instance, None, False, "not found", {"present": False},
+                             phase=Phase.MISSING)
 
     async def _stop_replica(self, resource: Resource, instance: Instance) -> None:
         service, number = self._slot(resource, instance, strict=False)
@@ -851,6 +871,7 @@ class ComposeProvider:
                         False,
                         "container missing",
                         {"present": False, "service": slot[0], "project": project},
+                        phase=Phase.MISSING,
                     )
                 )
                 continue
@@ -923,7 +944,27 @@ class ComposeProvider:
             health_state = state.get("Health") or {}
             facts["health_failing_streak"] = health_state.get("FailingStreak", 0)
             facts["health_last_output"] = _health_output(container)
-        return InstanceState(instance, revision, running, "; ".join(details), facts)
+        exit_code = state.get("ExitCode")
+        return InstanceState(
+            instance,
+            revision,
+            running,
+            "; ".join(details),
+            facts,
+            # Docker's own check is the instance's health whether or not deploy waited for it
+            health=_HEALTH.get(health, Health.UNKNOWN),
+            exit_code=None if running or exit_code is None else int(exit_code),
+            identity=Identity(
+                pid=int(state["Pid"]) if running and state.get("Pid") else None,
+                started_at=state.get("StartedAt"),
+                container_id=str(container.get("Id") or "") or None,
+            ),
+        )
+
+    def probe_runner(self, instance: Instance, state: InstanceState) -> ContainerExec:
+        """``health.exec`` runs in the instance's container (``docker exec``)."""
+        # no container (missing): the engine's "no such container" fails the probe
+        return ContainerExec(self.engine, state.identity.container_id or instance.id)
 
     async def deploy(self, release: Release, instance: Instance) -> None:
         """Scaled layout: ``up`` the whole project — compose replaces every replica of a service

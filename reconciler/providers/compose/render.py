@@ -1,6 +1,6 @@
 """Turn a Service/Job/Schedule ``compose:`` section into a compose document (pure functions).
 
-Two shapes (schemas/providers/compose-service.json):
+Two shapes (schema/workload.json beside this module):
 
 - inline: ``image``, ``command``, ``environment``, ``ports``, ``volumes``, ``healthcheck``,
   ``resources``, ``pullPolicy``, ``replicas``, ``networkMode`` … rendered into one compose service;
@@ -38,8 +38,8 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ProviderError
-from reconciler.providers import RESERVED_ENV_PREFIX, workload_env
-from reconciler.spec.durations import parse_duration
+from reconciler.providers import RESERVED_ENV_PREFIX, placement_of, workload_env
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 
 LABEL_PREFIX = "dev.fraisier."
@@ -62,21 +62,15 @@ DEFAULT_WAIT_TIMEOUT_S = 60.0
 _PROJECT_UNSAFE = re.compile(r"[^a-z0-9_-]")
 
 REPLICA_PLACEHOLDER = "{replica}"
-PER_REPLICA_STRATEGIES = ("rolling", "canary")
 LAYOUT_SCALED = "scaled"
 LAYOUT_PER_REPLICA = "per-replica"
 
 
 def seconds(value: object, default: float) -> float:
-    """A Go-style duration (``500ms``, ``1h30m``) or a number of seconds, as seconds."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise ProviderError(f"invalid duration {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
+    """A Go-style duration (``500ms``, ``1h30m``) or a number of seconds, as seconds (the spec
+    stage's parser; a ProviderError when it is not one)."""
     try:
-        return parse_duration(str(value))
+        return to_seconds(value, default)
     except ValueError as exc:
         raise ProviderError(str(exc)) from exc
 
@@ -87,24 +81,20 @@ def project_name(resource: Resource) -> str:
     section = compose_section(resource)
     explicit = section.get("project")
     if isinstance(explicit, str) and explicit:
-        return explicit
+        # a slot of a blue-green/canary pair runs beside the other: its own project
+        return explicit + placement_of(resource).name_suffix
     raw = f"fraisier_{resource.environment}_{resource.kind}_{resource.name}".lower()
     return _PROJECT_UNSAFE.sub("-", raw)
 
 
-def strategy_type(resource: Resource) -> str:
-    strategy = resource.spec.get("strategy")
-    kind = strategy.get("type") if isinstance(strategy, dict) else None
-    return str(kind or "recreate")
-
-
 def layout(resource: Resource) -> str:
     """How a Service's replicas map to compose projects (see the module docstring): one project
-    per replica for strategies rolling and canary, and for several replicas whose inline fields
-    use ``{replica}`` (a blue-green slot's replicas on distinct host ports, say)."""
+    per replica when core places the instances independently (rolling, canary), and for several
+    replicas whose inline fields use ``{replica}`` (a blue-green slot's replicas on distinct host
+    ports, say)."""
     if resource.kind != "Service":
         return LAYOUT_SCALED
-    if strategy_type(resource) in PER_REPLICA_STRATEGIES:
+    if placement_of(resource).independent_instances:
         return LAYOUT_PER_REPLICA
     if replicas(resource) > 1 and _inline_uses_placeholder(resource):
         return LAYOUT_PER_REPLICA
@@ -571,8 +561,8 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
         if placeholders and replicas(resource) > 1:
             raise ProviderError(
                 f"{resource.key}: {REPLICA_PLACEHOLDER} in the compose file's services needs one "
-                f"compose project per replica (strategy rolling or canary); with strategy "
-                f"{strategy_type(resource)} the {replicas(resource)} replicas share one definition",
+                f"compose project per replica (strategy rolling or canary); with this strategy "
+                f"the {replicas(resource)} replicas share one definition",
                 hint="use strategy.type: rolling (or canary), or a single replica",
             )
         for name in placeholders:

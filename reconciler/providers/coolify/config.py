@@ -1,6 +1,6 @@
 """Typed settings read from a Coolify Target and from a Service's `coolify:` section.
 
-The documents were schema-checked by the loader (schemas/providers/coolify-*.json); this module
+The documents were schema-checked by the loader (schema/*.json beside this module); this module
 still checks what it relies on, so a provider built from a hand-made Resource fails with a clear
 CoolifyConfigError instead of a KeyError deep inside a deploy.
 """
@@ -14,46 +14,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.errors import SecretError
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 from reconciler.spec.secrets import describe_ref, is_secret_ref
 from reconciler.spec.secrets import resolve_secret as resolve_shared
 
 from .errors import CoolifyConfigError
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def parse_duration(value: Any, where: str) -> float:
-    """Go-style duration ("1m30s", "500ms") -> seconds. Plain numbers are seconds."""
-    if isinstance(value, bool):
+    """A spec duration ("1m30s", "500ms"; plain numbers are seconds) as seconds, read by the
+    spec stage's parser (what validates loads); a CoolifyConfigError naming ``where``."""
+    if value is None:
         raise CoolifyConfigError(f"{where}: expected a duration like '30s', got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if not isinstance(value, str) or not value:
-        raise CoolifyConfigError(f"{where}: expected a duration like '30s', got {value!r}")
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if pos != len(value):
-        raise CoolifyConfigError(
-            f"{where}: {value!r} is not a duration (use e.g. 500ms, 30s, 5m, 1h30m)"
-        )
-    return total
+    try:
+        return to_seconds(value, 0.0)
+    except ValueError as exc:
+        raise CoolifyConfigError(f"{where}: {exc}") from exc
 
 
 def describe_secret_ref(ref: Any) -> str:

@@ -20,7 +20,8 @@ class CoolifyConfigError(CoolifyError):
     """The Target or the Service's `coolify:` section cannot be used as written."""
 
     code = "FR431"
-    hint = "fix the Target/Service document (schemas/providers/coolify-*.json describe each field)"
+    hint = ("fix the Target/Service document (reconciler/providers/coolify/schema/*.json "
+            "describe each field)")
 
 
 class CoolifyAuthError(CoolifyError):

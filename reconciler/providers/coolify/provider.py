@@ -24,6 +24,9 @@ from urllib.parse import urlsplit
 
 from reconciler.providers import (
     RESERVED_ENV_PREFIX,
+    Capabilities,
+    Health,
+    Identity,
     Instance,
     InstanceState,
     ProviderContext,
@@ -64,6 +67,9 @@ BEARER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # RFC 6750 b64token and more,
 
 class CoolifyProvider:
     """Provider for `provider: coolify` Targets."""
+
+    # one application per Service, read whole; exec probes (if any) run on this machine
+    capabilities = Capabilities()
 
     def __init__(self, target: Resource, ctx: ProviderContext) -> None:
         self.target = target
@@ -243,13 +249,14 @@ class CoolifyProvider:
         status = str(app.get("status") or "")
         docker_state, _, health = status.partition(":")
         running = docker_state == "running"
-        healthy: bool | None
         if running and health == "healthy":
-            healthy = True
+            healthy = Health.HEALTHY
         elif health == "unhealthy" or (docker_state != "" and not running):
-            healthy = False
+            healthy = Health.UNHEALTHY
+        elif health == "starting":
+            healthy = Health.STARTING
         else:
-            healthy = None  # running:unknown: Coolify has no health check configured
+            healthy = Health.UNKNOWN  # running:unknown: Coolify has no health check configured
         # The core compares this with the revision it applied (its own content address). While
         # the application still carries the pin our last deploy wrote, report that revision;
         # a pin changed by hand (Coolify UI, another tool) shows as itself: drift.
@@ -265,7 +272,6 @@ class CoolifyProvider:
             "coolify_status": status or None,
             "docker_state": docker_state or None,
             "health": health or None,
-            "healthy": healthy,
             "pinned_revision": pinned,
             "release_revision": record.get("revision") if record else None,
             "revision_kind": "image_tag" if image_mode else "git_commit_sha",
@@ -278,7 +284,11 @@ class CoolifyProvider:
         detail = f"coolify status {status or 'unknown'}"
         if latest is not None:
             detail += f"; last deployment {latest.get('deployment_uuid')} {latest.get('status')}"
-        return [InstanceState(self._instance(uuid, app), revision, running, detail, facts)]
+        return [InstanceState(
+            self._instance(uuid, app), revision, running, detail, facts, health=healthy,
+            identity=Identity(deployment_uuid=str((latest or {}).get("deployment_uuid") or "")
+                              or None),
+        )]
 
     async def deploy(self, release: Release, instance: Instance) -> None:
         svc = ServiceSettings.from_resource(release.resource)

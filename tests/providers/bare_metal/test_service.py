@@ -94,7 +94,7 @@ async def test_deploy_serves_and_is_observed(
     assert state.facts["current"] == "r1"
     # an exec probe runs where the service runs
     exec_health = {"exec": {"command": ["test", "-f", "app.py"]}, "interval": "100ms"}
-    health = await wait_healthy(exec_health, instance, cwd=state.facts["working_dir"])
+    health = await wait_healthy(exec_health, instance, cwd=state.working_dir)
     assert health.healthy, health.message
 
     service_dir = Path(provider.root) / ENV / "api"

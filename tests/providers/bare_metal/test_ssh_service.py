@@ -40,7 +40,7 @@ async def healthy_everywhere(provider: SystemdSSHProvider, resource: Any) -> Non
         states = {s.instance.id: s for s in await provider.observe(resource)}
         result = await wait_healthy(
             resource.spec["health"], instance, transport=provider.transport_for(instance),
-            cwd=states[instance.id].facts.get("working_dir"),
+            cwd=states[instance.id].working_dir,
         )
         assert result.healthy, f"{instance.id}: {result.message}"
 
@@ -51,7 +51,7 @@ async def test_provider_from_target(ssh_hosts: Any, state_dir: Any) -> None:
     provider = load_provider(target, ProviderContext(state_dir=state_dir))
     assert isinstance(provider, SystemdSSHProvider)
     assert isinstance(provider, Provider)
-    assert provider.schedules_natively is True
+    assert provider.capabilities.schedules_natively is True
     resource = make_resource("api", host_app_spec())
     instances = await provider.instances(resource)
     assert [(i.id, i.address) for i in instances] == [(h.name, h.address) for h in ssh_hosts[:2]]

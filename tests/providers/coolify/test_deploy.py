@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.providers import ProviderContext, Release, load_provider
+from reconciler.providers import Health, ProviderContext, Release, load_provider
 from reconciler.providers.coolify import (
     CoolifyDeployFailed,
     CoolifyDeployTimeout,
@@ -63,7 +63,7 @@ async def test_deploy_by_commit_pins_then_posts_deploy(fake: FakeCoolify, make_t
     assert state.facts["pinned_revision"] == SHA_A
     assert state.running is True
     assert state.facts["coolify_status"] == "running:healthy"
-    assert state.facts["healthy"] is True
+    assert state.health is Health.HEALTHY
     assert state.facts["last_deployment"]["status"] == "finished"
     calls = api_calls(fake)
     assert ("PATCH", f"/applications/{app.uuid}") in calls
@@ -170,7 +170,7 @@ async def test_failed_deployment_raises_with_log_tail(fake: FakeCoolify, make_ta
     assert "ended failed" in str(caught.value)
     assert "exit code 1" in str(caught.value)
     assert state.running is False
-    assert state.facts["healthy"] is False
+    assert state.health is Health.UNHEALTHY
     assert state.facts["last_deployment"]["status"] == "failed"
 
 
@@ -403,9 +403,9 @@ async def test_health_facts_reflect_coolify_status(fake: FakeCoolify, make_targe
     finally:
         await provider.close()
     assert unhealthy.running is True
-    assert unhealthy.facts["healthy"] is False
+    assert unhealthy.health is Health.UNHEALTHY
     assert unhealthy.facts["health"] == "unhealthy"
-    assert unknown.facts["healthy"] is None
+    assert unknown.health is Health.UNKNOWN
 
 
 @pytest.mark.timeout(20)

@@ -1,4 +1,4 @@
-"""schemas/providers/coolify-*.json: valid 2020-12, every property described, used by validation."""
+"""The coolify schema fragments: valid 2020-12, every property described, used by validation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from reconciler.spec.model import Resource, ResourceKey
 
 pytestmark = pytest.mark.timeout(30)
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "schemas" / "providers"
+SCHEMAS = Path(__file__).resolve().parents[3] / "reconciler" / "providers" / "coolify" / "schema"
 
 
 def undescribed(node: Any, path: str = "") -> list[str]:
@@ -32,7 +32,7 @@ def undescribed(node: Any, path: str = "") -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("name", ["coolify-target.json", "coolify-service.json"])
+@pytest.mark.parametrize("name", ["target.json", "workload.json"])
 def test_schema_is_2020_12_and_every_property_described(name: str) -> None:
     schema = json.loads((SCHEMAS / name).read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -164,3 +164,21 @@ def test_documented_services_validate_and_load() -> None:
 )
 def test_bad_services_are_rejected(coolify: dict[str, Any]) -> None:
     assert errors("Service", service_doc(**coolify)) != []
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(".5s", 0.5), ("1.s", 1.0), ("1h30m", 5400.0), ("250ms", 0.25), ("1.5μs", 1.5e-6), ("0", 0)],
+)
+def test_what_validates_loads_to_the_same_duration(text: str, seconds: float) -> None:
+    """Every duration the schema accepts loads, to what the spec stage's parser says (one
+    parser: `.5s` passed validate and then failed at load, FR431)."""
+    from reconciler.spec.durations import parse_duration
+
+    doc = target_doc(pollInterval=text, retry={"backoff": text})
+    assert errors("Target", doc) == []
+    settings = TargetSettings.from_target(
+        Resource(ResourceKey("prod", "Target", "coolify"), {}, doc["spec"], "t.yaml")
+    )
+    assert settings.poll_interval == pytest.approx(seconds) == pytest.approx(parse_duration(text))
+    assert settings.retry.backoff == pytest.approx(seconds)

@@ -1,0 +1,294 @@
+"""The provider contract: everything core and a provider say to each other (docs/architecture.md).
+
+Core (plan, rollout, daemon, health) reads a provider only through what is declared here:
+
+- ``Provider``: the methods every provider has;
+- ``Capabilities``: what a provider declares it can do (one frozen value per provider class),
+  read instead of probing for attributes;
+- ``InstanceState``: what ``observe`` reports, typed (phase, health, identity, working dir),
+  instead of keys of a free-form mapping;
+- ``Placement``: what core decides about how a resource's instances are laid out (independent
+  instances, a slot's name suffix), handed *in* so a provider never reads strategy names and a
+  strategy never reads provider fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, cast, runtime_checkable
+
+from reconciler.spec.model import Resource
+from reconciler.transport import CommandResult
+
+# -- what runs where --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One place a Service runs: a host, a replica, an application."""
+
+    id: str
+    address: str = "127.0.0.1"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+Exporter = Callable[[Path], Awaitable[None]]
+
+
+@dataclass
+class Release:
+    """A revision of a resource ready to deliver.
+
+    ``export(dest)`` writes the release's files into a local directory (from the config repo at
+    ``config_commit``, an app repo at a pinned SHA, or a verified artifact); providers that keep
+    old releases reuse them instead of exporting again. ``env`` holds resolved values, secrets
+    included: hand it to the process, never to a log, an exception or the store.
+    """
+
+    resource: Resource
+    revision: str
+    config_commit: str | None
+    export: Exporter | None = None
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    output: str
+
+
+@dataclass
+class ProviderContext:
+    state_dir: Path
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("reconciler.provider"))
+
+
+# -- capabilities -----------------------------------------------------------------------------
+
+
+class ProbeSite(StrEnum):
+    """Where a Service's ``health.exec`` probe runs."""
+
+    LOCAL = "local"  # on the reconciler's machine (the instance runs here, or has no shell)
+    INSTANCE = "instance"  # where the instance runs: its host, its container
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a provider declares about itself; core reads these, never ``getattr``.
+
+    ``observe_one``: ``observe_instance(resource, instance)`` looks at one instance for less than
+    ``observe(resource)`` costs (one host of many, one replica's containers); the health gate of
+    each instance uses it. Without it core calls ``observe`` and picks the instance.
+    ``schedules_natively``: a Schedule's runs are fired by the platform (a systemd timer), so the
+    daemon does not fire them itself.
+    ``exec_probes``: where ``health.exec`` runs; with ``INSTANCE`` the provider gives the runner
+    (``probe_runner(instance, state)``).
+    """
+
+    observe_one: bool = False
+    schedules_natively: bool = False
+    exec_probes: ProbeSite = ProbeSite.LOCAL
+
+
+# -- observed state ---------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    RUNNING = "running"
+    EXITED = "exited"  # was there and stopped: exit_code and last_output say how
+    MISSING = "missing"  # nothing of the resource on the instance
+
+
+class Health(StrEnum):
+    """The platform's own health signal of an instance (Docker healthcheck, Coolify status)."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    STARTING = "starting"  # a check is defined and has not decided yet
+    UNKNOWN = "unknown"  # the platform has no signal (no check defined)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What exactly runs, so two observations can tell a restart from the same process."""
+
+    pid: int | None = None
+    started_at: str | None = None
+    unit_invocation: str | None = None  # systemd InvocationID
+    container_id: str | None = None
+    deployment_uuid: str | None = None  # Coolify deployment
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.pid, self.started_at, self.unit_invocation,
+                                            self.container_id, self.deployment_uuid))
+
+
+@dataclass
+class InstanceState:
+    """Observed facts about one instance (kept apart from operations, as pyinfra does).
+
+    ``running`` and ``phase`` agree: give ``phase`` (``MISSING`` when nothing is there) or only
+    ``running`` (then ``phase`` is ``RUNNING`` or ``EXITED``). ``facts`` is free-form detail for
+    people (``reconciler status -o json``); core never interprets a key of it.
+    """
+
+    instance: Instance
+    revision: str | None
+    running: bool
+    detail: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    phase: Phase | None = None
+    health: Health = Health.UNKNOWN
+    exit_code: int | None = None
+    last_output: tuple[str, ...] = ()
+    identity: Identity = field(default_factory=Identity)
+    working_dir: str | None = None  # where the release runs; exec probes start there
+
+    def __post_init__(self) -> None:
+        if self.phase is None:
+            self.phase = Phase.RUNNING if self.running else Phase.EXITED
+        else:
+            self.running = self.phase is Phase.RUNNING
+
+    @property
+    def problem(self) -> str | None:
+        """Why the instance is not up by its own account (None: running, not unhealthy)."""
+        if self.phase is Phase.MISSING:
+            return self.detail or "missing"
+        if not self.running:
+            return self.detail or (f"exited ({self.exit_code})" if self.exit_code is not None
+                                   else "not running")
+        if self.health is Health.UNHEALTHY:
+            return self.detail or "unhealthy"
+        return None
+
+
+# -- placement --------------------------------------------------------------------------------
+
+SLOT_LABEL = "fraisier.dev/slot"
+# Strategies whose instances move one at a time (so each needs its own unit of deployment).
+_INDEPENDENT_STRATEGIES = frozenset({"rolling", "canary"})
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How core wants a resource's instances laid out; providers map it to their own terms.
+
+    ``independent_instances``: each instance is deployed, stopped and removed on its own, and
+    instances may run different revisions for a while. ``slot``: the resource is one slot of a
+    blue-green/canary pair; names the provider derives from the user's (a compose project, say)
+    take ``name_suffix`` so two slots never share one.
+    """
+
+    independent_instances: bool = False
+    slot: str | None = None
+
+    @property
+    def name_suffix(self) -> str:
+        return f"-{self.slot}" if self.slot else ""
+
+
+def placement_of(resource: Resource) -> Placement:
+    """The placement core gives ``resource``: from its strategy (core's field) and the slot
+    label core sets on a slot's copy (rollout/strategies.py)."""
+    strategy = resource.spec.get("strategy")
+    kind = strategy.get("type") if isinstance(strategy, dict) else None
+    return Placement(
+        independent_instances=resource.kind == "Service" and kind in _INDEPENDENT_STRATEGIES,
+        slot=resource.labels.get(SLOT_LABEL) or None,
+    )
+
+
+# -- the protocol -----------------------------------------------------------------------------
+
+
+class CommandRunner(Protocol):
+    """Runs one argv (a ``Transport`` is one; so is a container's ``exec``)."""
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 - per-call timeouts are the protocol
+        cwd: str | None = None,
+    ) -> CommandResult: ...
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What a target kind must do. Every call is idempotent and has its own timeouts."""
+
+    capabilities: Capabilities
+
+    async def instances(self, resource: Resource) -> list[Instance]:
+        """Where this resource runs (hosts, replicas)."""
+
+    async def observe(self, resource: Resource) -> list[InstanceState]:
+        """Live state of each instance: which revision runs, is it up."""
+
+    async def deploy(self, release: Release, instance: Instance) -> None:
+        """Deliver ``release`` to ``instance`` and (re)start it. Returns once started; health is
+        checked by the caller. Deploying a release that is already on the instance reuses it."""
+
+    async def stop(self, resource: Resource, instance: Instance) -> None:
+        """Stop the resource on the instance, keeping its releases."""
+
+    async def remove(self, resource: Resource, instance: Instance) -> None:
+        """Stop and delete everything the resource left on the instance."""
+
+    async def run(self, release: Release, instance: Instance) -> RunResult:
+        """Run a Job/Schedule release to completion."""
+
+    async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:
+        """The last ``tail`` lines of output."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class ObservesOne(Protocol):
+    """Required with ``Capabilities.observe_one``."""
+
+    async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState: ...
+
+
+class ProbesInInstance(Protocol):
+    """Required with ``Capabilities.exec_probes = ProbeSite.INSTANCE``."""
+
+    def probe_runner(self, instance: Instance, state: InstanceState) -> CommandRunner: ...
+
+
+ProviderFactory = Callable[[Resource, ProviderContext], Provider]
+
+
+# -- reading a provider through its declaration (what core calls) -----------------------------
+
+
+def capabilities_of(provider: Provider) -> Capabilities:
+    return provider.capabilities
+
+
+async def observe_one(provider: Provider, resource: Resource,
+                      instance: Instance) -> InstanceState | None:
+    """One instance's state, the cheapest way the provider declares."""
+    if provider.capabilities.observe_one:
+        return await cast(ObservesOne, provider).observe_instance(resource, instance)
+    for state in await provider.observe(resource):
+        if state.instance.id == instance.id:
+            return state
+    return None
+
+
+def probe_site(provider: Provider, instance: Instance,
+               state: InstanceState | None) -> tuple[CommandRunner | None, str | None]:
+    """(runner, cwd) for ``health.exec`` of ``instance``: None runner means this machine."""
+    cwd = state.working_dir if state is not None else None
+    if provider.capabilities.exec_probes is ProbeSite.INSTANCE and state is not None:
+        return cast(ProbesInInstance, provider).probe_runner(instance, state), cwd
+    return None, cwd

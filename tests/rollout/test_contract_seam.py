@@ -1,0 +1,172 @@
+"""The engine driven through the provider contract alone: a fake provider (tests/providers/fake.py)
+registered in-process, its schema fragments handed to validation, and the real loader, SQLite
+store and Reconciler. No service: these run anywhere (`pytest -m "not integration"`).
+
+Covers what the engine interprets of a provider: the health gate (the platform's own health
+signal, a check still starting, exec probes run where the capability says), rollback to the
+last good revision, self-heal of an instance that died, and the order of prune.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.providers import registry
+from reconciler.rollout.engine import Reconciler
+from reconciler.spec.loader import files_from_directory, load_desired_state
+from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.spec.validate import reload_schemas
+from reconciler.state import default_db_url, open_store
+from reconciler.state.store import Store
+from tests.providers.fake import World, fake_info
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    world = World()
+    registry.register(fake_info(world))
+    reload_schemas()
+    try:
+        yield world
+    finally:
+        registry.unregister("fake")
+        reload_schemas()
+
+
+@dataclass
+class Fleet:
+    root: Path
+    store: Store
+    engine: Reconciler
+    world: World
+    commits: int = 0
+
+    def write(self, name: str, doc: dict[str, Any]) -> None:
+        (self.root / f"{name}.yaml").write_text(json.dumps(doc))
+
+    def service(self, name: str, fake: dict[str, Any] | None = None, **spec: Any) -> None:
+        self.write(name, {
+            "apiVersion": "fraisier.dev/v1", "kind": "Service",
+            "metadata": {"name": name, "environment": "prod"},
+            "spec": {"target": "fleet", "command": ["app", name],
+                     **({"fake": fake} if fake is not None else {}), **spec},
+        })
+
+    def load(self) -> DesiredState:
+        self.commits += 1
+        return load_desired_state(files_from_directory(self.root),
+                                  commit=f"{self.commits:040x}")
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, world: World) -> AsyncIterator[Fleet]:
+    root, state = tmp_path / "fleet", tmp_path / "state"
+    root.mkdir()
+    store = open_store(default_db_url(state))
+    await store.migrate()
+    engine = Reconciler(store, state_dir=state)
+    f = Fleet(root, store, engine, world)
+    f.write("target", {"apiVersion": "fraisier.dev/v1", "kind": "Target",
+                       "metadata": {"name": "fleet", "environment": "prod"},
+                       "spec": {"provider": "fake", "instances": 2}})
+    try:
+        yield f
+    finally:
+        await engine.close()
+        await store.close()
+
+
+API = ResourceKey("prod", "Service", "api")
+
+
+def result_of(result: Any, key: ResourceKey) -> str:
+    [outcome] = [o for o in result.outcomes if o.key == key]
+    return str(outcome.result)
+
+
+async def test_a_provider_field_validates_only_with_the_fragment_handed_in(fleet: Fleet) -> None:
+    fleet.service("api", {"health": "healthy"})
+    assert "api" in {r.name for r in fleet.load().resources.values()}
+    registry.unregister("fake")
+    reload_schemas()
+    with pytest.raises(Exception, match="fake"):  # the Target's provider is no longer known
+        fleet.load()
+
+
+async def test_gate_reads_the_platform_health_and_rolls_back(fleet: Fleet) -> None:
+    fleet.service("api", {"health": "healthy"})
+    first = await fleet.engine.reconcile(fleet.load())
+    assert result_of(first, API) == "succeeded"
+    good = fleet.world.running(str(API))
+    assert len(good) == 2
+
+    # the next revision runs, but the platform's own check says unhealthy: no health section
+    # in the spec, the gate still fails it and the last good revision comes back
+    fleet.service("api", {"health": "unhealthy"}, env={"V": "2"})
+    second = await fleet.engine.reconcile(fleet.load())
+    assert result_of(second, API) == "rolled_back"
+    assert fleet.world.running(str(API)) == good
+    record = await fleet.store.get_resource(API)
+    assert record is not None and record.last_result == "rolled_back"
+
+
+async def test_gate_waits_for_a_check_still_starting(fleet: Fleet) -> None:
+    fleet.service("api", {"health": "starting"})
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) == "succeeded"
+
+
+async def test_exec_probes_run_where_the_capability_says(fleet: Fleet) -> None:
+    health = {"exec": {"command": ["true"]}, "interval": "50ms", "timeout": "1s"}
+    fleet.service("api", {"health": "none"}, health=health)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) == "succeeded"
+    # in the instance (the fake's runner), with the working dir its state reports
+    assert {(i, argv, cwd) for i, argv, cwd in fleet.world.probes} == {
+        ("api-1", ("true",), "/fake/api"), ("api-2", ("true",), "/fake/api")}
+
+
+async def test_heal_redeploys_an_instance_that_died(fleet: Fleet) -> None:
+    fleet.service("api", {"health": "healthy"})
+    desired = fleet.load()
+    assert result_of(await fleet.engine.reconcile(desired), API) == "succeeded"
+    record = await fleet.store.get_resource(API)
+    assert record is not None
+    resource = desired.resources[API]
+    assert await fleet.engine.drift_of(resource, record, desired) is None
+
+    fleet.world.kill("api-2")
+    drift = await fleet.engine.drift_of(resource, record, desired)
+    assert drift is not None and "api-2" in drift
+    healed = await fleet.engine.reconcile(desired, trigger="drift", redeploy={API})
+    assert result_of(healed, API) == "succeeded"
+    assert set(fleet.world.running(str(API))) == {"api-1", "api-2"}
+
+
+async def test_prune_removes_dependents_first(fleet: Fleet) -> None:
+    fleet.service("db", {"health": "healthy"})
+    fleet.service("api", {"health": "healthy"}, dependsOn=["db"])
+    fleet.service("web", {"health": "healthy"}, dependsOn=["api"])
+    result = await fleet.engine.reconcile(fleet.load())
+    assert {o.key.name: o.result for o in result.outcomes if o.key.kind == "Service"} == {
+        "db": "succeeded", "api": "succeeded", "web": "succeeded"}
+    deploys = [r for op, r, _ in fleet.world.calls if op == "deploy"]
+    assert deploys.index("prod/Service/db") < deploys.index("prod/Service/api") \
+        < deploys.index("prod/Service/web")
+
+    for name in ("db", "api", "web"):
+        (fleet.root / f"{name}.yaml").unlink()
+    fleet.world.calls.clear()
+    await fleet.engine.reconcile(fleet.load(), prune=True)
+    removed = [r for op, r, _ in fleet.world.calls if op == "remove"]
+    order = list(dict.fromkeys(removed))
+    assert order == ["prod/Service/web", "prod/Service/api", "prod/Service/db"], removed
+    assert fleet.world.slots == {}
