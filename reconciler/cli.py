@@ -785,6 +785,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
     from reconciler.spec.durations import parse_duration
+    from reconciler.source.webhooks import check_secret
     from reconciler.spec.secrets import resolve_env
 
     secrets: dict[str, bytes] = {}
@@ -794,7 +795,12 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
         if not sep or not sep2 or kind not in ("env", "file"):
             raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
                        "PROVIDER=file:PATH")
-        secrets[provider.lower()] = resolve_env({"secret": {kind: value}})["secret"].encode()
+        secret = resolve_env({"secret": {kind: value}})["secret"].encode()
+        try:  # an empty or short secret would authenticate nothing: refuse to start
+            check_secret(provider, secret)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--webhook-secret") from None
+        secrets[provider.lower()] = secret
     host, _, port = listen.rpartition(":")
     branches = list(webhook_branches) or ([ref] if ref else [])
     config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or
