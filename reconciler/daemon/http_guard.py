@@ -60,6 +60,9 @@ class HttpLimits:
     fd_reserve: int = 256
     """At least this many descriptors (and at least half of the soft limit) stay for the
     daemon's own work."""
+    backlog: int = 128
+    """Listen queue; asyncio also accepts up to this many sockets in one go before any of them
+    reaches the guard, so the descriptor budget leaves room for one such batch."""
     max_line_size: int = 8190
     max_field_size: int = 8190
     max_headers: int = 64
@@ -162,10 +165,10 @@ class ConnectionGuard:
         self.limits = limits
         reserve = max(limits.fd_reserve, soft_limit // 2)
         self.fd_ceiling = soft_limit - reserve  # a socket numbered at or past this is refused
-        # The connection cap stays below the descriptor ceiling, so evicting (which keeps
-        # health probes working) happens before refusing for descriptors would.
+        # The connection cap stays below the descriptor ceiling by one accept batch, so
+        # evicting (which keeps health probes working) happens before refusing for descriptors.
         self.max_connections = max(1, min(limits.max_connections,
-                                          self.fd_ceiling - open_fds - 32))
+                                          self.fd_ceiling - open_fds - limits.backlog - 32))
         self.refusals = refusals or RefusalLog(limits.log_interval)
         self._open: set[GuardedHandler] = set()
         self._per_peer: Counter[str] = Counter()

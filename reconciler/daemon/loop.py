@@ -643,7 +643,8 @@ class Daemon:
         assert runner.server is not None
         # Not a TCPSite: every accepted connection goes through the guard's protocol factory.
         http = await loop.create_server(guard.factory(runner.server), self.cfg.listen_host,
-                                        self.cfg.listen_port, reuse_address=True, backlog=512)
+                                        self.cfg.listen_port, reuse_address=True,
+                                        backlog=self.cfg.http.backlog)
         log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
                                                       f"{self.cfg.listen_port}",
                                             "repo": self.cfg.repo, "path": self.source.path,
