@@ -240,10 +240,14 @@ class Flood:
             s.close()
 
     def fill(self) -> None:
+        """Open up to ``size``, 64 at a time: a burst of thousands of SYNs overflows the accept
+        queue and most would sit unaccepted, which is no flood of the daemon at all."""
         i = len(self.sockets)
         while len(self.sockets) < self.size:
             self._open(self.sources[i % len(self.sources)])
             i += 1
+            if i % 64 == 0:
+                time.sleep(0.02)
 
     def send_partial(self) -> None:
         for s in self.sockets:
