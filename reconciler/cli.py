@@ -784,8 +784,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
-    from reconciler.spec.durations import parse_duration
     from reconciler.source.webhooks import check_secret
+    from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
 
     secrets: dict[str, bytes] = {}

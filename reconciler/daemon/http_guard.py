@@ -131,6 +131,21 @@ class RefusalLog:
         self.flush()
 
 
+class AcceptErrorFilter(logging.Filter):
+    """asyncio logs one error per failed ``accept()`` (EMFILE/ENFILE: 20,000 lines in 5 s under
+    a flood); those go to the refusal summary instead. Everything else passes."""
+
+    def __init__(self, refusals: RefusalLog) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("socket.accept() out of system resource"):
+            self.refusals.note("accept_failed", None)
+            return False
+        return True
+
+
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection protocol, admitted and timed by a :class:`ConnectionGuard`."""
 
@@ -163,7 +178,8 @@ class ConnectionGuard:
     def __init__(self, limits: HttpLimits, *, soft_limit: int, open_fds: int,
                  refusals: RefusalLog | None = None) -> None:
         self.limits = limits
-        reserve = max(limits.fd_reserve, soft_limit // 2)
+        # half the limit, at least fd_reserve, but never all of a tiny limit
+        reserve = max(soft_limit // 2, min(limits.fd_reserve, soft_limit - 64))
         self.fd_ceiling = soft_limit - reserve  # a socket numbered at or past this is refused
         # The connection cap stays below the descriptor ceiling by one accept batch, so
         # evicting (which keeps health probes working) happens before refusing for descriptors.

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.daemon import notify
 from reconciler.daemon.http_guard import (
+    AcceptErrorFilter,
     ConnectionGuard,
     HttpLimits,
     open_fd_count,
@@ -638,6 +639,8 @@ class Daemon:
         # Descriptors first: clients must never take the ones git, SQLite and pidfile reads need.
         soft, hard = raise_nofile_limit()
         guard = ConnectionGuard(self.cfg.http, soft_limit=soft, open_fds=open_fd_count())
+        accept_errors = AcceptErrorFilter(guard.refusals)
+        logging.getLogger("asyncio").addFilter(accept_errors)
         runner = web.AppRunner(self.app(guard), access_log=None)
         await runner.setup()
         assert runner.server is not None
@@ -671,6 +674,7 @@ class Daemon:
             http.close()
             await runner.cleanup()
             guard.refusals.close()
+            logging.getLogger("asyncio").removeFilter(accept_errors)
             if self.leases is not None:
                 with contextlib.suppress(ReconcilerError):
                     await self.leases.leave()  # the other replicas take over at once

@@ -68,7 +68,7 @@ HTTP_REFUSED = Counter(
     ["reason"], registry=REGISTRY,
 )
 HTTP_REFUSED_REASONS = ("connections", "peer_connections", "fd_reserve", "evicted",
-                        "header_timeout", "body_timeout", "rate_limited")
+                        "header_timeout", "body_timeout", "rate_limited", "accept_failed")
 WEBHOOK_REQUESTS = Counter(
     "reconciler_webhook_requests_total", "Webhook requests by provider and result.",
     ["provider", "result"], registry=REGISTRY,
