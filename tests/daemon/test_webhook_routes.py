@@ -581,6 +581,12 @@ def test_config_repr_hides_secrets() -> None:
         RateLimit(per_second=0, burst=1)
 
 
+@pytest.mark.parametrize("secret", [b"", b"x", b"fifteen-bytes!!", b"   padded-short   "])
+def test_empty_or_short_secret_is_refused(secret: bytes) -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        make_config(secrets={"github": secret})
+
+
 def _count(provider: str, result: str) -> float:
     value = REGISTRY.get_sample_value(
         "reconciler_webhook_requests_total", {"provider": provider, "result": result}
