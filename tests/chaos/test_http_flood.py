@@ -36,11 +36,13 @@ from tests.security.httpfront import (
     github_push,
     loopback_sources,
     metric,
-    request,
     start,
     stop,
     systemd_nofile,
     timed_get,
+)
+from tests.security.httpfront import (
+    request as http_request,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -66,7 +68,8 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def test_half_open_flood_with_a_service_under_the_daemon(fleet: Fleet, tmp_path: Path) -> None:
+def test_half_open_flood_with_a_service_under_the_daemon(fleet: Fleet, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
     need(GITHUB_SAMPLE.is_file(), f"webhook sample {GITHUB_SAMPLE} not found")
     app_port = free_port()
     fleet.write("api.yaml", service_yaml("api", app_port, greeting="steady"))
@@ -74,8 +77,10 @@ def test_half_open_flood_with_a_service_under_the_daemon(fleet: Fleet, tmp_path:
     soft, hard = systemd_nofile()
     daemon = start(tmp_path, repo=fleet.repo, nofile=(soft, hard),
                    extra_args=("--heal-interval", "1s"))
+    request.addfinalizer(lambda: stop(daemon))  # whatever fails below (stop is idempotent)
     db = f"sqlite:///{daemon.state / 'fraisier.db'}"
     flood = Flood(daemon.port, CONNECTIONS, loopback_sources(8))
+    request.addfinalizer(flood.close)
     started = time.monotonic()
     try:
         wait_for(lambda: serves(app_port), timeout=60, step=0.2)
@@ -102,8 +107,9 @@ def test_half_open_flood_with_a_service_under_the_daemon(fleet: Fleet, tmp_path:
                 doc.update(after=head, ref="refs/heads/main", x_probe=len(webhooks))
                 body = json.dumps(doc).encode()
                 try:
-                    webhooks.append(request(daemon.port, "POST", "/webhooks/github", body,
-                                            github_headers(body, None), timeout=5)[0])
+                    webhooks.append(http_request(daemon.port, "POST", "/webhooks/github",
+                                                 body, github_headers(body, None),
+                                                 timeout=5)[0])
                 except OSError:
                     webhooks.append(0)
                 drift_seen = max(drift_seen, metric(daemon.port, "reconciler_drift_resources"))

@@ -178,16 +178,20 @@ def start(tmp_path: Path, *, repo: Path | None = None, nofile: tuple[int, int] |
                                 preexec_fn=_limit_nofile(*nofile) if nofile else None)
     daemon = Daemon(proc, port, repo, log, state)
     if wait:
-        deadline = time.monotonic() + 60
-        while True:
-            assert daemon.alive(), log.read_text()[-3000:]
-            try:
-                if daemon.get("/readyz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "daemon did not become ready"
-            time.sleep(0.2)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert daemon.alive(), log.read_text()[-3000:]
+                try:
+                    if daemon.get("/readyz", timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "daemon did not become ready"
+                time.sleep(0.2)
+        except BaseException:
+            stop(daemon)  # never leave a daemon behind
+            raise
     return daemon
 
 
