@@ -824,6 +824,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
+    from reconciler.source.webhooks import check_secret
     from reconciler.spec import policy
     from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
@@ -841,8 +842,12 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
             raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
                        "PROVIDER=file:PATH")
         # the operator's own secret: resolved without the policy, then out of the repo's reach
-        secrets[provider.lower()] = resolve_env({"secret": {kind: value}},
-                                                trusted=True)["secret"].encode()
+        secret = resolve_env({"secret": {kind: value}}, trusted=True)["secret"].encode()
+        try:  # an empty or short secret would authenticate nothing: refuse to start
+            check_secret(provider, secret)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--webhook-secret") from None
+        secrets[provider.lower()] = secret
         if kind == "env":
             policy.protect_env(value)
         else:

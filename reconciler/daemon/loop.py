@@ -26,6 +26,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.daemon import notify
+from reconciler.daemon.http_guard import (
+    AcceptErrorFilter,
+    ConnectionGuard,
+    HttpLimits,
+    open_fd_count,
+    raise_nofile_limit,
+)
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
@@ -73,6 +80,7 @@ class DaemonConfig:
     # webhook delivery ids (replay protection) are forgotten after this, on the same timer: a
     # replay older than that still cannot move the fleet back (a pass never goes backwards)
     delivery_retention: timedelta = timedelta(days=30)
+    http: HttpLimits = field(default_factory=HttpLimits)  # timeouts and connection caps
 
 
 @dataclass
@@ -521,8 +529,9 @@ class Daemon:
             await asyncio.sleep(jittered(self.leases.interval, 0.1))
 
     # -- HTTP -------------------------------------------------------------------------------------
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 20)
+    def app(self, guard: ConnectionGuard | None = None) -> web.Application:
+        app = web.Application(client_max_size=1 << 20,
+                              middlewares=[guard.middleware()] if guard else [])
 
         async def metrics_view(_: web.Request) -> web.Response:
             body = generate_latest(metrics.REGISTRY)
@@ -545,8 +554,10 @@ class Daemon:
 
             repos = self.cfg.webhook_repos or ([self.cfg.repo] if self.source.remote else [])
             config = WebhookConfig(secrets=self.cfg.webhook_secrets, repo_urls=repos,
-                                   branches=self.cfg.webhook_branches)
-            app.add_routes(webhook_routes(config, self.on_push, self.store.record_delivery))
+                                   branches=self.cfg.webhook_branches,
+                                   body_timeout=self.cfg.http.body_timeout)
+            app.add_routes(webhook_routes(config, self.on_push, self.store.record_delivery,
+                                          refusals=guard.refusals if guard else None))
         from reconciler.daemon.api_routes import api_routes
 
         app.add_routes(api_routes(self.store, self.cfg.api_token))
@@ -650,13 +661,24 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        runner = web.AppRunner(self.app(), access_log=None)
+        # Descriptors first: clients must never take the ones git, SQLite and pidfile reads need.
+        soft, hard = raise_nofile_limit()
+        guard = ConnectionGuard(self.cfg.http, soft_limit=soft, open_fds=open_fd_count())
+        accept_errors = AcceptErrorFilter(guard.refusals)
+        logging.getLogger("asyncio").addFilter(accept_errors)
+        runner = web.AppRunner(self.app(guard), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.cfg.listen_host, self.cfg.listen_port)
-        await site.start()
+        assert runner.server is not None
+        # Not a TCPSite: every accepted connection goes through the guard's protocol factory.
+        http = await loop.create_server(guard.factory(runner.server), self.cfg.listen_host,
+                                        self.cfg.listen_port, reuse_address=True,
+                                        backlog=self.cfg.http.backlog)
         log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
                                                       f"{self.cfg.listen_port}",
-                                            "repo": self.cfg.repo, "path": self.source.path})
+                                            "repo": self.cfg.repo, "path": self.source.path,
+                                            "open_files_limit": [soft, hard],
+                                            "max_connections": guard.max_connections,
+                                            "fd_ceiling": guard.fd_ceiling})
         background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal()),
                       asyncio.create_task(self.watchdog()),
                       asyncio.create_task(self.audit_retention())]
@@ -674,7 +696,10 @@ class Daemon:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, 30)
             await asyncio.gather(*background, *self._pin_tasks, return_exceptions=True)
+            http.close()
             await runner.cleanup()
+            guard.refusals.close()
+            logging.getLogger("asyncio").removeFilter(accept_errors)
             if self.leases is not None:
                 with contextlib.suppress(ReconcilerError):
                     await self.leases.leave()  # the other replicas take over at once

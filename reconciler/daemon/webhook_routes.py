@@ -1,14 +1,21 @@
 """HTTP receiver for git-host webhooks: ``POST /webhooks/{github|gitlab|gitea|bitbucket}``.
 
-The order of checks is deliberate: unknown or unconfigured provider (404) → rate limit (429) →
-body cap (413, before reading past the cap) → signature (401; nothing else runs for an
-unauthenticated request) → parse (400) → replay check (200 duplicate) → trigger decision
+The order of checks is deliberate: unknown or unconfigured provider (404) → per-peer rate limit
+(429; charged before anything is verified, so unsigned traffic only ever spends its own peer's
+budget) → body cap (413, before reading past the cap) and body timeout (408) → signature (401;
+nothing else runs for an unauthenticated request) → parse (400) → replay check on the digest of
+the verified body (200 duplicate) → per-provider rate limit (429; only fresh, verified
+deliveries are charged, so anonymous requests cannot starve signed ones) → trigger decision
 (200 ignored with a reason) → ``on_push`` (202 with the reconcile id). ``on_push`` must only
 enqueue, so a git host gets its answer well inside its delivery timeout (Bitbucket: 10 s).
 
-The replay check records the delivery id *before* ``on_push`` runs: a captured, signed request
-replayed later must never trigger again. The cost is that a delivery whose enqueue failed (503)
-is answered "duplicate" when the host retries it; the daemon's periodic poll covers that case.
+Replay protection is keyed on what the signature covers: the body (SHA-256), per provider. The
+delivery-id headers are not signed, so a captured request with a changed, removed or re-cased id
+is still the same delivery; GitLab deliveries without ``Idempotency-Key`` are covered the same
+way. The digest is recorded *before* ``on_push`` runs: a captured, signed request replayed later
+must never trigger again. The cost is that a delivery whose enqueue failed (503) or that met the
+provider's rate limit is answered "duplicate" when the host retries it; the daemon's periodic
+poll covers that case.
 """
 
 from __future__ import annotations
@@ -17,18 +24,22 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from reconciler.daemon.http_guard import RefusalLog, read_body
 from reconciler.observe.metrics import WEBHOOK_REQUESTS
 from reconciler.source.webhooks import (
     PROVIDERS,
     WebhookAuthError,
     WebhookEvent,
     WebhookPayloadError,
+    check_secret,
+    delivery_digest,
     matches,
     parse,
     verify,
@@ -37,7 +48,9 @@ from reconciler.source.webhooks import (
 log = logging.getLogger("reconciler.daemon.webhooks")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
-_READ_CHUNK = 64 * 1024
+# Peers with a bucket at once; past that the least recently seen one is forgotten (a full
+# bucket, so forgetting it grants nothing).
+_MAX_PEERS = 4096
 
 OnPush = Callable[[WebhookEvent], Awaitable[str]]
 SeenDelivery = Callable[[str, str], Awaitable[bool]]
@@ -68,7 +81,11 @@ class WebhookConfig:
     """Branch names or globs; empty means every branch of the watched repositories."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     rate_limit: RateLimit = field(default_factory=RateLimit)
-    """Applied per provider."""
+    """Applied per provider, to verified fresh deliveries only."""
+    peer_rate_limit: RateLimit = field(default_factory=RateLimit)
+    """Applied per peer address, before anything is verified."""
+    body_timeout: float = 30.0
+    """Seconds to receive the whole body (a slow sender holds a connection no longer)."""
     enqueue_timeout: float = 5.0
     """Upper bound on ``on_push``; it should only enqueue."""
 
@@ -76,10 +93,14 @@ class WebhookConfig:
         unknown = sorted(set(self.secrets) - set(PROVIDERS))
         if unknown:
             raise ValueError(f"unknown webhook provider(s): {', '.join(unknown)}")
+        for provider, secret in self.secrets.items():
+            check_secret(provider, secret)
         if self.max_body_bytes < 1:
             raise ValueError("max_body_bytes must be positive")
         if not self.enqueue_timeout > 0:
             raise ValueError("enqueue_timeout must be positive")
+        if not self.body_timeout > 0:
+            raise ValueError("body_timeout must be positive")
 
 
 class TokenBucket:
@@ -105,37 +126,45 @@ class TokenBucket:
         return (1.0 - self._tokens) / self._rate
 
 
-async def _read_capped(request: web.Request, cap: int) -> bytes | None:
-    """The body, or None as soon as it grows past ``cap`` (the rest is never read)."""
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = await request.content.read(_READ_CHUNK)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > cap:
-            return None
-        chunks.append(chunk)
-
-
 def webhook_routes(
     config: WebhookConfig,
     on_push: OnPush,
     seen_delivery: SeenDelivery,
     *,
     clock: Callable[[], float] = time.monotonic,
+    refusals: RefusalLog | None = None,
 ) -> list[web.RouteDef]:
     """Routes for the daemon's aiohttp app.
 
-    ``seen_delivery(provider, delivery_id)`` records a delivery id and returns False when it was
-    recorded before (``Store.record_delivery`` has exactly this contract). ``on_push`` enqueues a
-    reconcile for the event and returns its id.
+    ``seen_delivery(provider, key)`` records a delivery key (the digest of the verified body)
+    and returns False when it was recorded before (``Store.record_delivery`` has exactly this
+    contract). ``on_push`` enqueues a reconcile for the event and returns its id. Rate-limited
+    requests go to ``refusals`` (one summary log line per interval) instead of a line each.
     """
     buckets = {
         name: TokenBucket(config.rate_limit.per_second, config.rate_limit.burst, clock)
         for name in PROVIDERS
     }
+    peer_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+    refused = refusals or RefusalLog()
+
+    def peer_bucket(peer: str) -> TokenBucket:
+        bucket = peer_buckets.get(peer)
+        if bucket is None:
+            limit = config.peer_rate_limit
+            bucket = peer_buckets[peer] = TokenBucket(limit.per_second, limit.burst, clock)
+            if len(peer_buckets) > _MAX_PEERS:
+                peer_buckets.popitem(last=False)
+        else:
+            peer_buckets.move_to_end(peer)
+        return bucket
+
+    def too_many(wait: float, outcome_fields: dict[str, Any]) -> web.Response:
+        label = outcome_fields["provider"] if outcome_fields["provider"] in PROVIDERS else "unknown"
+        WEBHOOK_REQUESTS.labels(label, "rate_limited").inc()
+        refused.note("rate_limited", outcome_fields["remote"])
+        return web.json_response({"status": "rate_limited"}, status=429,
+                                 headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
     async def handle(request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -190,15 +219,20 @@ def webhook_routes(
         if not secret:
             return respond(404, "provider_not_enabled", {})
 
-        wait = buckets[provider].take()
+        wait = peer_bucket(str(request.remote)).take()
         if wait > 0:
-            retry_after = str(max(1, math.ceil(wait)))
-            return respond(429, "rate_limited", {}, headers={"Retry-After": retry_after})
+            return too_many(wait, fields)
 
         cap = config.max_body_bytes
         if request.content_length is not None and request.content_length > cap:
             return respond(413, "too_large", {"max_bytes": cap})
-        body = await _read_capped(request, cap)
+        try:
+            body = await read_body(request, cap, config.body_timeout)
+        except TimeoutError:
+            refused.note("body_timeout", fields["remote"])
+            response = respond(408, "body_timeout", {})
+            response.force_close()
+            return response
         if body is None:
             return respond(413, "too_large", {"max_bytes": cap})
         fields["body_bytes"] = len(body)
@@ -218,14 +252,17 @@ def webhook_routes(
         fields["delivery_id"] = event.delivery_id
         fields["event_kind"] = event.kind
 
-        if event.delivery_id is not None:
-            try:
-                fresh = await seen_delivery(provider, event.delivery_id)
-            except Exception as exc:
-                fields["reason"] = f"delivery store failed: {type(exc).__name__}"
-                return respond(503, "unavailable", {})
-            if not fresh:
-                return respond(200, "duplicate", {})
+        try:
+            fresh = await seen_delivery(provider, delivery_digest(body))
+        except Exception as exc:
+            fields["reason"] = f"delivery store failed: {type(exc).__name__}"
+            return respond(503, "unavailable", {})
+        if not fresh:
+            return respond(200, "duplicate", {})
+
+        wait = buckets[provider].take()
+        if wait > 0:
+            return too_many(wait, fields)
 
         triggers: list[WebhookEvent] = []
         reasons: list[str] = []

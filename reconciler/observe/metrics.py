@@ -69,6 +69,13 @@ JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,
 )
+HTTP_REFUSED = Counter(
+    "reconciler_http_refused_total",
+    "HTTP connections refused or closed and requests refused by the daemon's limits, by reason.",
+    ["reason"], registry=REGISTRY,
+)
+HTTP_REFUSED_REASONS = ("connections", "peer_connections", "fd_reserve", "evicted",
+                        "header_timeout", "body_timeout", "rate_limited", "accept_failed")
 WEBHOOK_REQUESTS = Counter(
     "reconciler_webhook_requests_total", "Webhook requests by provider and result.",
     ["provider", "result"], registry=REGISTRY,
@@ -148,6 +155,8 @@ for _result in ("converged", "failed"):
     RECONCILE_TOTAL.labels(_result)
 for _provider in ("github", "gitlab", "gitea", "bitbucket"):
     WEBHOOK_REQUESTS.labels(_provider, "unauthorized")
+for _reason in HTTP_REFUSED_REASONS:
+    HTTP_REFUSED.labels(_reason)
 
 DEPLOYMENT_RESULTS = ("succeeded", "failed", "rolled_back", "rollback_failed")
 

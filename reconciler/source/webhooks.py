@@ -36,6 +36,10 @@ _ALIASES: dict[str, str] = {"forgejo": "gitea"}
 
 ZERO_SHA = "0" * 40
 
+# The shortest webhook secret the daemon starts with. An empty one made every HMAC forgeable and
+# a one-byte one is guessed in 256 tries; 16 bytes is what `openssl rand -hex 8` gives at least.
+MIN_SECRET_BYTES = 16
+
 EventKind = Literal["push", "ping", "delete", "other"]
 
 _SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
@@ -156,6 +160,23 @@ def _first(index: Mapping[str, list[str]], *names: str) -> str | None:
         if values:
             return values[0]
     return None
+
+
+def check_secret(provider: str, secret: bytes) -> None:
+    """ValueError when ``secret`` is too short to authenticate anything (empty included)."""
+    size = len(secret.strip())  # whitespace around a secret file's value is not secret
+    if size < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"webhook secret for {provider} is {size} bytes; at least "
+            f"{MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)"
+        )
+
+
+def delivery_digest(body: bytes) -> str:
+    """What identifies a delivery for replay protection: the digest of the body the signature
+    covers. Headers (the delivery id among them) are not signed, so they cannot say whether a
+    delivery is new: a captured request with another id header is the same delivery."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -295,7 +316,10 @@ def _decode(index: Mapping[str, list[str]], body: bytes) -> dict[str, Any]:
         raise WebhookPayloadError("body is not UTF-8") from None
     if content_type == "application/x-www-form-urlencoded":
         # GitHub/Gitea "form" content type: the JSON document is the `payload` field.
-        fields = parse_qs(text, max_num_fields=16)
+        try:
+            fields = parse_qs(text, max_num_fields=16)
+        except ValueError:  # more than 16 fields: no host sends that
+            raise WebhookPayloadError("form-encoded body has too many fields") from None
         payloads = fields.get("payload")
         if not payloads:
             raise WebhookPayloadError("form-encoded body has no payload field")
@@ -308,6 +332,8 @@ def _decode(index: Mapping[str, list[str]], body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise WebhookPayloadError("body is not valid JSON (nested too deeply)") from None
+    except ValueError:  # e.g. an integer past Python's digit limit
+        raise WebhookPayloadError("body is not valid JSON (a value is out of range)") from None
     if not isinstance(document, dict):
         raise WebhookPayloadError("body is not a JSON object")
     return document
@@ -468,7 +494,10 @@ def _parse_gitlab(
     web_url = _opt_str(payload, "project.web_url") or _opt_str(payload, "repository.homepage")
     full_name = _opt_str(payload, "project.path_with_namespace")
     if full_name is None and web_url is not None:
-        full_name = urlsplit(web_url).path.strip("/") or None
+        try:
+            full_name = urlsplit(web_url).path.strip("/") or None
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            raise WebhookPayloadError("gitlab: invalid field 'project.web_url'") from None
     repo = (
         full_name,
         _opt_str(payload, "project.git_http_url") or _opt_str(payload, "repository.git_http_url"),
@@ -570,7 +599,10 @@ def normalize_repo_url(url: str) -> str | None:
     if not text or _CONTROL_RE.search(text):
         return None
     if "://" in text:
-        parts = urlsplit(text)
+        try:
+            parts = urlsplit(text)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            return None
         if parts.scheme.lower() not in ("http", "https", "ssh", "git", "git+ssh", "ssh+git"):
             return None
         try:

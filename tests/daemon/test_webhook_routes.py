@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from reconciler.daemon.webhook_routes import RateLimit, TokenBucket, WebhookConfig, webhook_routes
 from reconciler.observe.metrics import REGISTRY
-from reconciler.source.webhooks import WebhookEvent
+from reconciler.source.webhooks import WebhookEvent, delivery_digest
 from tests.helpers import need
 
 pytestmark = pytest.mark.timeout(30)
@@ -43,10 +43,10 @@ def _locate_webhook_samples() -> Path | None:
 
 SAMPLES = _locate_webhook_samples()
 SECRETS = {
-    "github": b"gh-secret-0001",
-    "gitlab": b"gl-token-0002",
-    "gitea": b"gt-secret-0003",
-    "bitbucket": b"bb-secret-0004",
+    "github": b"gh-secret-0001-longer",
+    "gitlab": b"gl-token-0002-longer",
+    "gitea": b"gt-secret-0003-longer",
+    "bitbucket": b"bb-secret-0004-longer",
 }
 WATCHED = (
     "https://github.com/Codertocat/Hello-World.git",
@@ -381,12 +381,19 @@ async def test_missing_required_field_is_400(client: TestClient, receiver: Recei
     assert "after" in (await response.json())["reason"]
 
 
+def variant(name: str, n: int) -> bytes:
+    """A sample made a distinct delivery: replay protection keys on the body."""
+    document = json.loads(sample(name))
+    document["x_test_delivery"] = n
+    return json.dumps(document).encode()
+
+
 async def test_rate_limit_is_429_with_retry_after_per_provider(receiver: Receiver) -> None:
     client = await start(make_config(rate_limit=RateLimit(per_second=0.1, burst=2)), receiver)
     try:
-        body = sample("github/push.new-branch.json")
         statuses = []
-        for _ in range(3):
+        for n in range(3):
+            body = variant("github/push.new-branch.json", n)
             response = await post(client, "github", body, signed_headers("github", body, "push"))
             statuses.append(response.status)
         assert statuses == [202, 202, 429]
@@ -425,7 +432,8 @@ async def test_replayed_delivery_is_duplicate_and_not_triggered(
     assert second.status == 200
     assert await second.json() == {"status": "duplicate"}
     assert len(receiver.pushed) == 1
-    assert receiver.deliveries == [("github", "72d3162e-cc78-11e3-81ab-4c9367dc0958")] * 2
+    # keyed on the signed body, not on the (unsigned) delivery-id header
+    assert receiver.deliveries == [("github", delivery_digest(body))] * 2
 
 
 # -- ignored events ----------------------------------------------------------------------------
@@ -520,7 +528,8 @@ async def test_accepted_push_is_answered_fast(client: TestClient, receiver: Rece
     body = sample("github/push.new-branch.json")
     loop = asyncio.get_running_loop()
     durations = []
-    for _ in range(20):
+    for n in range(20):
+        body = variant("github/push.new-branch.json", n)
         started = loop.time()
         response = await post(client, "github", body, signed_headers("github", body, "push"))
         assert response.status == 202
@@ -570,6 +579,12 @@ def test_config_repr_hides_secrets() -> None:
         make_config(secrets={"sourcehut": b"x"})
     with pytest.raises(ValueError):
         RateLimit(per_second=0, burst=1)
+
+
+@pytest.mark.parametrize("secret", [b"", b"x", b"fifteen-bytes!!", b"   padded-short   "])
+def test_empty_or_short_secret_is_refused(secret: bytes) -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        make_config(secrets={"github": secret})
 
 
 def _count(provider: str, result: str) -> float:

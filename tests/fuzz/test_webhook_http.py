@@ -78,6 +78,7 @@ def server() -> Iterator[Server]:
             repo_urls=WATCHED,
             branches=("master", "main", "develop"),
             rate_limit=RateLimit(per_second=1e9, burst=10**9),  # not what is fuzzed here
+            peer_rate_limit=RateLimit(per_second=1e9, burst=10**9),
         )
         app = web.Application()
         app.add_routes(webhook_routes(config, on_push, store.record_delivery))

@@ -19,10 +19,10 @@ from tests.fuzz.conftest import locate_webhook_samples, mutate, mutations
 
 SAMPLES = locate_webhook_samples()
 SECRETS = {
-    "github": b"gh-fuzz-secret",
-    "gitlab": b"gl-fuzz-token",
-    "gitea": b"gt-fuzz-secret",
-    "bitbucket": b"bb-fuzz-secret",
+    "github": b"gh-fuzz-secret-0001",
+    "gitlab": b"gl-fuzz-token-0002",
+    "gitea": b"gt-fuzz-secret-0003",
+    "bitbucket": b"bb-fuzz-secret-0004",
 }
 OTHER_SECRET = b"not-the-secret"
 EVENT_HEADER = {
