@@ -23,8 +23,8 @@ from typing import Any
 
 from _figures import Figure, add_json_flag, emit
 
+from reconciler.plan import windows as windows_module
 from reconciler.plan.planner import make_plan
-from reconciler.rollout import windows as windows_module
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

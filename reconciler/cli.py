@@ -345,7 +345,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
-    from reconciler.rollout.windows import ignoring_windows
+    from reconciler.plan.windows import ignoring_windows
 
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler

@@ -29,8 +29,8 @@ from reconciler.daemon import notify
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
+from reconciler.plan.windows import earliest_open
 from reconciler.rollout.engine import Reconciler
-from reconciler.rollout.windows import earliest_open
 from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire

@@ -14,7 +14,7 @@ from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
 from reconciler.plan.ordering import waves
-from reconciler.rollout.windows import Deferrals, iso, windows_ignored
+from reconciler.plan.windows import Deferrals, iso, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
 
@@ -185,7 +185,7 @@ def make_plan(
 
     A create, update or delete that its sync windows do not allow at ``now`` (default: the
     current time) becomes DEFERRED, with the reason and when the window opens; unless
-    ``ignore_windows`` (default: ``reconciler.rollout.windows.ignoring_windows`` in effect).
+    ``ignore_windows`` (default: ``reconciler.plan.windows.ignoring_windows`` in effect).
     """
     recorded = {r.key: r for r in records if not r.deleted}
     heal = set(redeploy)

@@ -16,7 +16,7 @@ from reconciler.plan.planner import (
     UPDATE,
     make_plan,
 )
-from reconciler.rollout.windows import ignoring_windows
+from reconciler.plan.windows import ignoring_windows
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.state.store import ResourceRecord
 
