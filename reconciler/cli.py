@@ -699,7 +699,7 @@ def logs(opts: Options, name: str, lines: int, hosts: tuple[str, ...], follow: b
             assert record is not None
             resource = resource_from_document(key, record.applied_spec or record.desired_spec
                                               or {})
-            target = await engine._target_from_store(resource)
+            target = await engine.target_from_store(resource)
             if target is None:
                 raise NotFound(f"{key}: its Target is not recorded")
             provider = engine.provider_for(target)

@@ -269,7 +269,7 @@ class Daemon:
         with acting_as(actor):  # what the audit trail names as the actor of this pass
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
-        failed = [o for o in result.failed() if not o.message.startswith("waiting")]
+        failed = [o for o in result.failed() if not o.waiting]
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -173,7 +173,7 @@ def item_changes(item: PlanItem) -> list[FieldChange]:
 def make_plan(
     desired: DesiredState,
     records: Iterable[ResourceRecord],
-    revision_of: Callable[[Resource], str],
+    revisions: Mapping[ResourceKey, str],
     *,
     prune: bool = False,
     force: bool = False,
@@ -183,6 +183,9 @@ def make_plan(
 ) -> Plan:
     """Compare what git wants with what the store says is applied.
 
+    ``revisions`` holds the revision of every resource of ``desired``, resolved beforehand
+    (``reconciler.source.revisions``): planning reads no repository and runs no I/O.
+
     A create, update or delete that its sync windows do not allow at ``now`` (default: the
     current time) becomes DEFERRED, with the reason and when the window opens; unless
     ``ignore_windows`` (default: ``reconciler.plan.windows.ignoring_windows`` in effect).
@@ -191,7 +194,7 @@ def make_plan(
     heal = set(redeploy)
     items: dict[ResourceKey, PlanItem] = {}
     for key, resource in desired.resources.items():
-        revision = revision_of(resource)
+        revision = revisions[key]
         record = recorded.get(key)
         if (record is not None and record.applied_revision == revision and not record.suspended
                 and key not in heal):
