@@ -40,7 +40,6 @@ class EngineCore:
     # Service rollouts that outlived their pass (a canary paused until promoted).
     rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
 
-    # -- helpers --------------------------------------------------------------------------
     def emit(self, key: ResourceKey, phase: str, message: str = "",
              error: ReconcilerError | None = None) -> None:
         extra: dict[str, Any] = {"resource": str(key), "phase": phase}

@@ -17,6 +17,8 @@ from reconciler.spec.model import Resource
 
 
 class Gate(EngineCore):
+    """The health gate of one instance."""
+
     async def health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
                           instance: Instance) -> tuple[bool, str]:
         health = health_for(resource, instance)

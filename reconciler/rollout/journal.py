@@ -14,6 +14,8 @@ from reconciler.rollout.outcome import DeploymentFailed
 
 
 class Journal(EngineCore):
+    """Every provider action of a deployment, journaled as a step around it."""
+
     async def step(self, deployment_id: str, action: str, instance: Instance,
                    operation: Any, detail: str = "") -> Any:
         """Journal first, then act: a crash between the two leaves an open step to recover."""

@@ -44,6 +44,8 @@ def owner_alive(owner: str) -> bool | None:
 
 
 class Leases(EngineCore):
+    """Resource leases held by this process."""
+
     async def take_lease(self, name: str) -> bool:
         """Take a resource lease; a lease left by a dead process on this host is taken over."""
         if await self.store.acquire_lock(name, self.owner, ttl_seconds=LEASE_SECONDS):

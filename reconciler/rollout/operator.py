@@ -17,6 +17,8 @@ from reconciler.state import store as st
 
 
 class OperatorActions(Rollbacks, Pruning, Leases):
+    """What an operator asks of one resource."""
+
     async def manual_rollback(self, key: ResourceKey, to_revision: str | None = None) -> Outcome:
         lock = f"resource:{key}"
         if not await self.take_lease(lock):

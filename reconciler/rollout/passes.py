@@ -48,6 +48,8 @@ log = logging.getLogger("reconciler.rollout")
 
 
 class Passes(Services, Runnables, Pruning, Leases, Recovery):
+    """Planning and running one reconcile pass."""
+
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
                    redeploy: Iterable[ResourceKey] = ()) -> Plan:

@@ -14,6 +14,8 @@ from reconciler.state.audit import actor_for_trigger, current_actor
 
 
 class Pruning(Journal):
+    """Deleting resources gone from git; Target audit rows."""
+
     async def delete(self, item: PlanItem, desired: DesiredState) -> Outcome:
         key, record = item.key, item.record
         assert record is not None

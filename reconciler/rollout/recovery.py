@@ -15,6 +15,8 @@ log = logging.getLogger("reconciler.rollout")
 
 
 class Recovery(EngineCore):
+    """Closing the deployments a crash left open."""
+
     async def recover(self) -> list[ResourceKey]:
         """Close deployments a crash left open. They are marked ``cancelled`` with the step that
         was interrupted; the resource keeps its last applied revision, so the next plan deploys

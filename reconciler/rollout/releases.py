@@ -38,6 +38,8 @@ def variants_of(resource: Resource) -> list[Resource]:
 
 
 class Releases(EngineCore):
+    """Releases of resources at a revision."""
+
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
         env = resolve_env(resource.spec.get("env") or {})
         source = resource.spec.get("source") or {}

@@ -22,6 +22,8 @@ log = logging.getLogger("reconciler.rollout")
 
 
 class Rollbacks(Gate, Journal, Releases):
+    """Reverting a failed Service rollout and closing its deployment."""
+
     async def revert_slots(self, dep: DeploymentRecord, run: RolloutRun, key: ResourceKey,
                            bad_revision: str, reason: str,
                            error: str | None = None, *, judged: bool = True

@@ -18,6 +18,8 @@ from reconciler.state.store import DeploymentRecord, ResourceRecord
 
 
 class Runnables(Journal, Releases):
+    """Job runs and Schedule installs and runs."""
+
     async def deploy_runnable(self, item: PlanItem, resource: Resource, target: Resource,
                               desired: DesiredState, trigger: str) -> Outcome:
         """A Job runs to completion on each new revision; a Schedule is installed (the daemon's

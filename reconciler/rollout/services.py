@@ -20,6 +20,8 @@ from reconciler.state.store import DeploymentRecord
 
 
 class Services(Rollbacks):
+    """Service rollouts."""
+
     async def deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
                              desired: DesiredState, trigger: str, *,
                              on_detach: Callable[[], None] = lambda: None) -> Outcome:
