@@ -440,7 +440,7 @@ def status(opts: Options, output: str) -> None:
     if output == "json":
         emit_json({"healthy": ok, "resources": rows})
     else:
-        _print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
+        print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
             [r["resource"], r["desiredRevision"] or "-", r["appliedRevision"] or "-", r["sync"],
              r["health"], r["lastResult"] or "-",
              ("suspended " if r["suspended"] else "")
@@ -449,7 +449,7 @@ def status(opts: Options, output: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]]) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
@@ -496,7 +496,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
     if output == "json":
         emit_json(docs)
         return
-    _print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
+    print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
         [d["deployment"], d["status"], _short(d["trigger"], 56), d["fromRevision"] or "-",
          d["toRevision"],
          (d["configCommit"] or "-")[:12],
@@ -637,7 +637,7 @@ def audit(opts: Options, name: str | None, limit: int, since: str | None, output
     if not docs:
         click.echo("no audit events")
         return
-    _print_table(["WHEN", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "COMMIT", "REVISION",
+    print_table(["WHEN", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "COMMIT", "REVISION",
                   "MESSAGE"], [
         [d["at"].strftime("%Y-%m-%d %H:%M:%S"), d["actor"], d["action"], d["resource"] or "-",
          d["outcome"], (d["configCommit"] or "-")[:12], (d["revision"] or "-")[:12],
