@@ -381,7 +381,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
-    from reconciler.rollout.windows import ignoring_windows
+    from reconciler.plan.windows import ignoring_windows
 
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
@@ -476,7 +476,7 @@ def status(opts: Options, output: str) -> None:
     if output == "json":
         emit_json({"healthy": ok, "resources": rows})
     else:
-        _print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
+        print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
             [r["resource"], r["desiredRevision"] or "-", r["appliedRevision"] or "-", r["sync"],
              r["health"], r["lastResult"] or "-",
              ("suspended " if r["suspended"] else "")
@@ -485,7 +485,7 @@ def status(opts: Options, output: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]]) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
@@ -532,7 +532,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
     if output == "json":
         emit_json(docs)
         return
-    _print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
+    print_table(["DEPLOYMENT", "STATUS", "TRIGGER", "FROM", "TO", "COMMIT", "WHEN", "ERROR"], [
         [d["deployment"], d["status"], _short(d["trigger"], 56), d["fromRevision"] or "-",
          d["toRevision"],
          (d["configCommit"] or "-")[:12],
@@ -676,7 +676,7 @@ def audit(opts: Options, name: str | None, limit: int, since: str | None, output
     if not docs:
         click.echo("no audit events")
         return
-    _print_table(["WHEN", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "COMMIT", "REVISION",
+    print_table(["WHEN", "ACTOR", "ACTION", "RESOURCE", "OUTCOME", "COMMIT", "REVISION",
                   "MESSAGE"], [
         [d["at"].strftime("%Y-%m-%d %H:%M:%S"), d["actor"], d["action"], d["resource"] or "-",
          d["outcome"], (d["configCommit"] or "-")[:12], (d["revision"] or "-")[:12],
@@ -738,7 +738,7 @@ def logs(opts: Options, name: str, lines: int, hosts: tuple[str, ...], follow: b
             assert record is not None
             resource = resource_from_document(key, record.applied_spec or record.desired_spec
                                               or {})
-            target = await engine._target_from_store(resource)
+            target = await engine.target_from_store(resource)
             if target is None:
                 raise NotFound(f"{key}: its Target is not recorded")
             provider = engine.provider_for(target)

@@ -16,12 +16,12 @@ import click
 
 from reconciler.cli import (
     Options,
-    _print_table,
     cli,
     emit_json,
     find_key,
     handles_errors,
     open_store,
+    print_table,
     run,
 )
 from reconciler.rollout import control
@@ -36,8 +36,10 @@ def cli_actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-def _signal(opts: Options, name: str, verb: str) -> str:
-    async def main() -> str:
+def _signal(opts: Options, name: str, verb: str) -> tuple[bool, str]:
+    """Send ``verb`` to the rollout of NAME: (a rollout in progress got it, what happened)."""
+
+    async def main() -> tuple[bool, str]:
         store = await open_store(opts)
         try:
             key = await find_key(store, name)
@@ -48,13 +50,13 @@ def _signal(opts: Options, name: str, verb: str) -> str:
                 message = f"{key}: no rollout in progress; nothing to {verb.split('-')[0]}"
                 await store.record_audit(verb, actor=cli_actor(), outcome="cancelled",
                                          resource=key, message=message)
-                return message
+                return False, message
             dep = running[0]
             message = f"{key}: {verb} sent to deployment {dep.identifier}"
             await store.record_audit(verb, actor=cli_actor(), outcome="succeeded", resource=key,
                                      deployment=dep.identifier, config_commit=dep.config_commit,
                                      revision=dep.to_revision, message=message)
-            return message
+            return True, message
         finally:
             await store.close()
 
@@ -71,9 +73,9 @@ def promote(opts: Options, name: str, full: bool) -> None:
     """Continue a paused rollout (canary pause, blue-green scale-down delay).
 
     Exit 0 when a rollout in progress got the signal, 1 when there is none."""
-    message = _signal(opts, name, control.PROMOTE_FULL if full else control.PROMOTE)
+    delivered, message = _signal(opts, name, control.PROMOTE_FULL if full else control.PROMOTE)
     click.echo(message)
-    raise SystemExit(1 if "no rollout in progress" in message else 0)
+    raise SystemExit(0 if delivered else 1)
 
 
 @cli.command()
@@ -83,9 +85,9 @@ def promote(opts: Options, name: str, full: bool) -> None:
 def abort(opts: Options, name: str) -> None:
     """Abort a rollout in progress: it is rolled back and its revision is not retried until a
     new commit. Exit 0 when a rollout got the signal, 1 when there is none."""
-    message = _signal(opts, name, control.ABORT)
+    delivered, message = _signal(opts, name, control.ABORT)
     click.echo(message)
-    raise SystemExit(1 if "no rollout in progress" in message else 0)
+    raise SystemExit(0 if delivered else 1)
 
 
 @cli.group()
@@ -126,5 +128,5 @@ def lock_status(opts: Options, output: str) -> None:
     if not rows:
         click.echo("no locks held")
         return
-    _print_table(["LOCK", "OWNER", "STATE", "EXPIRES IN"],
+    print_table(["LOCK", "OWNER", "STATE", "EXPIRES IN"],
                  [[r["name"], r["owner"], r["state"], f"{r['expiresIn']:g}s"] for r in rows])

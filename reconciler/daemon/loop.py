@@ -36,8 +36,8 @@ from reconciler.daemon.http_guard import (
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
+from reconciler.plan.windows import earliest_open
 from reconciler.rollout.engine import Reconciler
-from reconciler.rollout.windows import earliest_open
 from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
@@ -302,7 +302,7 @@ class Daemon:
         with acting_as(actor):  # what the audit trail names as the actor of this pass
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
-        failed = [o for o in result.failed() if not o.message.startswith("waiting")]
+        failed = [o for o in result.failed() if not o.waiting]
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,7 +14,7 @@ from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
 from reconciler.plan.ordering import waves
-from reconciler.rollout.windows import Deferrals, iso, windows_ignored
+from reconciler.plan.windows import Deferrals, iso, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
 
@@ -173,7 +173,7 @@ def item_changes(item: PlanItem) -> list[FieldChange]:
 def make_plan(
     desired: DesiredState,
     records: Iterable[ResourceRecord],
-    revision_of: Callable[[Resource], str],
+    revisions: Mapping[ResourceKey, str],
     *,
     prune: bool = False,
     force: bool = False,
@@ -183,15 +183,18 @@ def make_plan(
 ) -> Plan:
     """Compare what git wants with what the store says is applied.
 
+    ``revisions`` holds the revision of every resource of ``desired``, resolved beforehand
+    (``reconciler.source.revisions``): planning reads no repository and runs no I/O.
+
     A create, update or delete that its sync windows do not allow at ``now`` (default: the
     current time) becomes DEFERRED, with the reason and when the window opens; unless
-    ``ignore_windows`` (default: ``reconciler.rollout.windows.ignoring_windows`` in effect).
+    ``ignore_windows`` (default: ``reconciler.plan.windows.ignoring_windows`` in effect).
     """
     recorded = {r.key: r for r in records if not r.deleted}
     heal = set(redeploy)
     items: dict[ResourceKey, PlanItem] = {}
     for key, resource in desired.resources.items():
-        revision = revision_of(resource)
+        revision = revisions[key]
         record = recorded.get(key)
         if (record is not None and record.applied_revision == revision and not record.suspended
                 and key not in heal):

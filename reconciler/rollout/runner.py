@@ -1,7 +1,7 @@
 """Run one Service rollout with its strategy: batches, slots, canary steps, traffic, waits.
 
 The engine owns the deployment record and its bookkeeping; a ``RolloutRun`` only acts, and every
-action goes through ``engine._step`` (journal first, then act) so a crash leaves an open step the
+action goes through ``engine.step`` (journal first, then act) so a crash leaves an open step the
 next start recovers. It remembers what it changed (instances moved in place, the slot it started,
 whether traffic moved) so ``revert`` undoes exactly that, newest first.
 """
@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.errors import ReconcilerError
 from reconciler.health.probes import probe
@@ -35,12 +35,19 @@ from reconciler.spec.model import Resource
 from reconciler.state.store import DeploymentRecord
 
 if TYPE_CHECKING:
-    from reconciler.rollout.engine import Reconciler
+    from collections.abc import Awaitable
+
     from reconciler.rollout.traffic import Backend, TrafficRouter
+    from reconciler.spec.model import ResourceKey
+    from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.rollout")
 
 POLL_S = 0.5  # how often waits look for promote/abort/suspend signals
+
+# The gates a rollout can fail (RolloutFailed.gate).
+HEALTH = "health"
+ANALYSIS = "analysis"
 
 
 class RolloutFailed(ReconcilerError):
@@ -50,6 +57,10 @@ class RolloutFailed(ReconcilerError):
     hint = ("it was rolled back: `reconciler history NAME -o json` shows the failed gate or "
             "measurement, `reconciler logs NAME` the new revision's output; commit a fix")
     exit_code = 1
+
+    def __init__(self, message: str, *, gate: str = HEALTH) -> None:
+        super().__init__(message)
+        self.gate = gate  # HEALTH or ANALYSIS: the reason the rollback is counted under
 
 
 class Aborted(ReconcilerError):
@@ -67,9 +78,27 @@ class Interrupted(Exception):
     """The reconciler is stopping: leave the rollout for the next start to resume."""
 
 
+class RolloutEngine(Protocol):
+    """What a rollout uses of the engine: its store, its journal, gate and events."""
+
+    store: Store
+    stopping: bool
+
+    def emit(self, key: ResourceKey, phase: str, message: str = "",
+             error: ReconcilerError | None = None) -> None: ...
+
+    async def step(self, deployment_id: str, action: str, instance: Instance,
+                   operation: Awaitable[Any], detail: str = "") -> Any: ...
+
+    async def health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
+                          instance: Instance) -> tuple[bool, str]: ...
+
+    def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release: ...
+
+
 @dataclass
 class RolloutRun:
-    engine: Reconciler
+    engine: RolloutEngine
     dep: DeploymentRecord
     provider: Provider
     resource: Resource
@@ -128,10 +157,10 @@ class RolloutRun:
 
         async def deploy_and_gate(instance: Instance) -> tuple[bool, str]:
             # each instance is gated as soon as it is up, not when the slowest of its batch is
-            await self.engine._step(self.dep.id, "deploy", instance,
-                                    self.provider.deploy(self.release, instance), detail)
-            return await self.engine._health_gate(self.dep.id, self.provider, self.resource,
-                                                  instance)
+            await self.engine.step(self.dep.id, "deploy", instance,
+                                   self.provider.deploy(self.release, instance), detail)
+            return await self.engine.health_gate(self.dep.id, self.provider, self.resource,
+                                                 instance)
 
         results = await _all(deploy_and_gate(i) for i in batch)
         bad = [f"{i.id}: health check failed: {msg}"
@@ -199,12 +228,12 @@ class RolloutRun:
                                               self.release.config_commit)
         # 1. the new slot beside the old one, health-gated
         self.started_new = list(self.new_instances)
-        await _all(self.engine._step(self.dep.id, "deploy", i,
-                                     self.provider.deploy(new_release, i),
-                                     f"revision {self.revision} (slot {new})")
+        await _all(self.engine.step(self.dep.id, "deploy", i,
+                                    self.provider.deploy(new_release, i),
+                                    f"revision {self.revision} (slot {new})")
                    for i in self.new_instances)
         results = await asyncio.gather(*(
-            self.engine._health_gate(self.dep.id, self.provider, self.slot_new, i)
+            self.engine.health_gate(self.dep.id, self.provider, self.slot_new, i)
             for i in self.new_instances))
         bad = [f"{i.id} (slot {new}): health check failed: {msg}"
                for i, (ok, msg) in zip(self.new_instances, results, strict=True) if not ok]
@@ -232,8 +261,8 @@ class RolloutRun:
                 await self.wait(self.strategy.scale_down_delay_s,
                                 f"keeping slot {old} for an instant revert")
             old_resource = self.slot_old
-            await _all(self.engine._step(self.dep.id, "retire", i,
-                                         self.provider.stop(old_resource, i), f"slot {old}")
+            await _all(self.engine.step(self.dep.id, "retire", i,
+                                        self.provider.stop(old_resource, i), f"slot {old}")
                        for i in self.old_instances)
         await self._retire_unslotted()
         return f"slot {new} serving" + (f", slot {old} retired" if old else "")
@@ -244,9 +273,9 @@ class RolloutRun:
         states = await self.provider.observe(self.resource)
         for state in states:
             if state.running:
-                await self.engine._step(self.dep.id, "retire", state.instance,
-                                        self.provider.stop(self.resource, state.instance),
-                                        "unslotted instance")
+                await self.engine.step(self.dep.id, "retire", state.instance,
+                                       self.provider.stop(self.resource, state.instance),
+                                       "unslotted instance")
 
     def router(self) -> TrafficRouter | None:
         if self.strategy.traffic is None:
@@ -280,8 +309,8 @@ class RolloutRun:
             return
         backends = self._backends(weight_new)
         self.traffic_moved = True
-        await self.engine._step(self.dep.id, "traffic", Instance("traffic"),
-                                router.route(backends), f"{label} {weight_new}% new")
+        await self.engine.step(self.dep.id, "traffic", Instance("traffic"),
+                               router.route(backends), f"{label} {weight_new}% new")
 
     # -- waits, signals, analysis -------------------------------------------------------------
     async def _pause(self, pause: dict[str, Any], label: str) -> None:
@@ -320,23 +349,23 @@ class RolloutRun:
                 full = await control.consume(store, self.key, control.PROMOTE_FULL)
                 if full is not None:
                     self.promoted_full = True
-                    self.engine._emit(self.key, "promoted", f"fully, by {full}")
+                    self.engine.emit(self.key, "promoted", f"fully, by {full}")
                     return "promoted (full)"
                 if seconds is None or seconds > 0:
                     who = await control.consume(store, self.key, control.PROMOTE)
                     if who is not None:
-                        self.engine._emit(self.key, "promoted", f"{what}, by {who}")
+                        self.engine.emit(self.key, "promoted", f"{what}, by {who}")
                         return "promoted"
                 record = await store.get_resource(self.key)
                 suspended = bool(record and record.suspended)
                 if suspended and paused_step is None:
-                    self.engine._emit(self.key, "paused", f"suspended at {what}")
+                    self.engine.emit(self.key, "paused", f"suspended at {what}")
                     paused_step = await store.start_step(self.dep.id, "suspended", "rollout",
                                                          f"paused at {what}")
                     await store.update_status(self.key, last_error=f"rollout paused at {what}"
                                               " (resource suspended; `reconciler resume`)")
                 elif paused_step is not None and not suspended:
-                    self.engine._emit(self.key, "resumed", what)
+                    self.engine.emit(self.key, "resumed", what)
                     await store.finish_step(paused_step, "succeeded", "resumed")
                     await store.update_status(self.key, last_error=None)
                     paused_step = None
@@ -381,7 +410,7 @@ class RolloutRun:
         if self.engine.stopping:
             raise Interrupted(label)
         if not result.passed:
-            raise RolloutFailed(f"{label}: analysis failed: {result.message}")
+            raise RolloutFailed(f"{label}: analysis failed: {result.message}", gate=ANALYSIS)
 
     async def instant_health(self, resource: Resource,
                              instances: list[Instance]) -> tuple[bool, str]:
@@ -411,8 +440,8 @@ class RolloutRun:
             await self._route(0, f"revert to slot {self.slot_old.labels['fraisier.dev/slot']}")
         new = self.slot_new
         if new is not None:
-            await _all(self.engine._step(self.dep.id, "stop", i, self.provider.stop(new, i),
-                                         "new slot")
+            await _all(self.engine.step(self.dep.id, "stop", i, self.provider.stop(new, i),
+                                        "new slot")
                        for i in self.started_new)
         if self.slot_old is None:
             return False, "no previous slot to keep serving"

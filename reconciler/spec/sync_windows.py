@@ -1,7 +1,7 @@
 """Semantic checks of ``spec.syncWindows`` (a schema cannot call croniter or zoneinfo).
 
-Evaluating windows (is one active, when does the next open) is the rollout stage's:
-``reconciler.rollout.windows``.
+Evaluating windows (is one active, when does the next open) is the planning stage's:
+``reconciler.plan.windows``.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ class MySQLTx:
         self.conn = conn
 
     async def _statement(self, sql: str, params: tuple[Any, ...]) -> tuple[list[Row], int, int]:
-        return await self.store._call(_run_statement, self.conn, sql, params)
+        return await self.store.call(_run_statement, self.conn, sql, params)
 
     async def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None:
         rows, _, _ = await self._statement(sql, params)
@@ -175,7 +175,8 @@ class MySQLStore(ServerStore):
         self._slots: asyncio.Semaphore | None = None
 
     # -- pool ------------------------------------------------------------------------------------
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the store's thread pool (PyMySQL blocks)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
@@ -186,7 +187,7 @@ class MySQLStore(ServerStore):
         try:
             if self._idle:
                 return self._idle.pop()
-            conn = await self._call(open_connection, self._params, self.connect_timeout)
+            conn = await self.call(open_connection, self._params, self.connect_timeout)
             self._open_count += 1
             return conn
         except BaseException:
@@ -198,7 +199,7 @@ class MySQLStore(ServerStore):
         try:
             if broken or self._closed:
                 self._open_count -= 1
-                await self._call(_close_quietly, conn)
+                await self.call(_close_quietly, conn)
             else:
                 self._idle.append(conn)
         finally:
@@ -244,7 +245,7 @@ class MySQLStore(ServerStore):
             idle, self._idle = self._idle, []
             self._open_count -= len(idle)
             for conn in idle:
-                await self._call(_close_quietly, conn)
+                await self.call(_close_quietly, conn)
 
     @staticmethod
     def _code(exc: BaseException) -> int | None:
@@ -280,7 +281,7 @@ class MySQLStore(ServerStore):
     async def _close_pool(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
-            await self._call(_close_quietly, conn)
+            await self.call(_close_quietly, conn)
         self._open_count -= len(idle)
         self._executor.shutdown(wait=True)
 

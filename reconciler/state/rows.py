@@ -31,15 +31,12 @@ from reconciler.state.audit import (
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
     HEALTH_STATUSES,
-    STEP_STARTED,
-    STEP_STATUSES,
     SYNC_STATUSES,
     AuditRecord,
     DeploymentEvent,
     DeploymentRecord,
     ResourceRecord,
     StepRecord,
-    TransitionError,
 )
 
 Row = dict[str, Any]
@@ -187,26 +184,6 @@ def check_update_fields(fields: dict[str, Any]) -> None:
         raise StoreError(f"cannot update resource fields {sorted(fields)}")
 
 
-def transition_extra(status: str, error: str | None, output: str | None,
-                     exit_code: int | None) -> dict[str, Any]:
-    """Check a ``transition`` target status; the optional columns it sets (those given)."""
-    if status not in DEPLOYMENT_STATUSES:
-        raise TransitionError(f"unknown deployment status {status!r}")
-    return {
-        name: value
-        for name, value in (("error", error), ("output", output), ("exit_code", exit_code))
-        if value is not None
-    }
-
-
-def check_finish_status(status: str) -> None:
-    if status not in STEP_STATUSES or status == STEP_STARTED:
-        raise StoreError(
-            f"finish_step: status must be one of {', '.join(STEP_STATUSES[1:])}, "
-            f"not {status!r}"
-        )
-
-
 def check_ttl(ttl_seconds: float) -> None:
     if ttl_seconds <= 0:
         raise StoreError(f"acquire_lock: ttl_seconds must be positive, not {ttl_seconds}")
@@ -334,7 +311,6 @@ __all__ = [
     "STATUS_FIELDS",
     "AuditLog",
     "audit_filter",
-    "check_finish_status",
     "check_status_fields",
     "check_ttl",
     "check_update_fields",
@@ -347,5 +323,4 @@ __all__ = [
     "to_event",
     "to_resource",
     "to_step",
-    "transition_extra",
 ]

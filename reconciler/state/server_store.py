@@ -32,22 +32,18 @@ from typing import Any, Protocol, TypeVar
 from reconciler.errors import NotFound, ReconcilerError, StoreError
 from reconciler.observe.metrics import LOCK_WAIT, db_operation
 from reconciler.spec.model import ResourceKey
-from reconciler.state import rows
+from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
 from reconciler.state.store import (
     FINAL_STATUSES,
-    IN_PROGRESS,
     PENDING,
-    STEP_STARTED,
     SUCCEEDED,
-    TRANSITIONS,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
     MigrationInfo,
     ResourceRecord,
     StepRecord,
-    TransitionError,
 )
 
 T = TypeVar("T")
@@ -440,15 +436,9 @@ class ServerStore(rows.AuditLog):
                          message: str | None, at: datetime, seq: int | None = None) -> None:
         if seq is None:
             seq = await self._next_seq(tx, "tb_deployment_event", "fk_deployment", pk_deployment)
-        await tx.insert("tb_deployment_event", {
-            "id": str(uuid.uuid4()),
-            "identifier": f"{identifier}/event/{seq}",
-            "fk_deployment": pk_deployment,
-            "seq": seq,
-            "status": status,
-            "message": message,
-            "at": self._db_time(at),
-        }, "pk_deployment_event")
+        await tx.insert("tb_deployment_event", journal.event_row(
+            str(uuid.uuid4()), pk_deployment, identifier, seq, status, message,
+            self._db_time(at)), "pk_deployment_event")
 
     async def create_deployment(
         self,
@@ -470,20 +460,17 @@ class ServerStore(rows.AuditLog):
             now = utc_now()
             pk_resource = await self._ensure_resource(tx, key, now)
             seq = await self._next_seq(tx, "tb_deployment", "fk_resource", pk_resource)
-            identifier = f"{key}#{seq}"
+            row = journal.deployment_row(deployment_id, key, pk_resource, seq,
+                                         self._db_time(now))
+            identifier = row["identifier"]
             pk = await tx.insert("tb_deployment", {
-                "id": deployment_id,
-                "identifier": identifier,
-                "fk_resource": pk_resource,
-                "seq": seq,
-                "status": PENDING,
+                **row,
                 "from_revision": from_revision,
                 "to_revision": to_revision,
                 "config_commit": config_commit,
                 self.trigger_column: trigger,
                 "strategy": strategy,
                 "spec": self._db_json(spec),
-                "created_at": self._db_time(now),
             }, "pk_deployment")
             await self._add_event(tx, pk, identifier, PENDING, None, now, seq=1)
             created = await self._get_deployment(tx, deployment_id)
@@ -513,23 +500,15 @@ class ServerStore(rows.AuditLog):
         exit_code: int | None = None,
     ) -> None:
         """Move a deployment to ``status`` (checked against TRANSITIONS) and log an event."""
-        extra = rows.transition_extra(status, error, output, exit_code)
+        extra = journal.transition_extra(status, error, output, exit_code)
 
         async def op(tx: Tx, retrying: bool) -> None:
             row = await self._require_deployment(tx, deployment_id)
             current = row["status"]
             if retrying and current == status:
                 return  # the earlier attempt committed; its acknowledgement was lost
-            if status not in TRANSITIONS.get(current, frozenset()):
-                raise TransitionError(
-                    f"{row['identifier']}: {current} -> {status} is not an allowed transition"
-                )
             now = utc_now()
-            values: dict[str, Any] = {"status": status, **extra}
-            if status == IN_PROGRESS:
-                values["started_at"] = self._db_time(now)
-            if status in FINAL_STATUSES:
-                values["finished_at"] = self._db_time(now)
+            values = journal.transition_values(row, status, extra, self._db_time(now))
             names = sorted(values)
             await tx.execute(
                 f"UPDATE tb_deployment SET {', '.join(f'{n} = %s' for n in names)} "  # noqa: S608
@@ -568,37 +547,26 @@ class ServerStore(rows.AuditLog):
                 return step_id
             seq = await self._next_seq(tx, "tb_deployment_step", "fk_deployment",
                                        row["pk_deployment"])
-            await tx.insert("tb_deployment_step", {
-                "id": step_id,
-                "identifier": f"{row['identifier']}/step/{seq}",
-                "fk_deployment": row["pk_deployment"],
-                "seq": seq,
-                "action": action,
-                "instance": instance,
-                "status": STEP_STARTED,
-                "detail": detail,
-                "started_at": self._db_time(utc_now()),
-            }, "pk_deployment_step")
+            await tx.insert("tb_deployment_step", journal.step_row(
+                step_id, row, seq, action, instance, detail, self._db_time(utc_now())),
+                "pk_deployment_step")
             return step_id
 
         return await self._run("start_step", op)
 
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
         """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once)."""
-        rows.check_finish_status(status)
+        journal.check_finish_status(status)
 
         async def op(tx: Tx, retrying: bool) -> None:
-            row = None
+            found = None
             if is_uuid(step_id):
-                row = await tx.one(
+                found = await tx.one(
                     "SELECT pk_deployment_step, identifier, status FROM tb_deployment_step "
                     "WHERE id = %s FOR UPDATE", (step_id,))
-            if row is None:
-                raise NotFound(f"no deployment step {step_id}")
-            if row["status"] != STEP_STARTED:
-                if retrying and row["status"] == status:
-                    return
-                raise StoreError(f"step {row['identifier']} already finished ({row['status']})")
+            row = journal.found_step(found, step_id)
+            if not journal.step_to_finish(row, status, retrying=retrying):
+                return  # the earlier attempt committed; its acknowledgement was lost
             await tx.execute(
                 "UPDATE tb_deployment_step SET status = %s, detail = COALESCE(%s, detail), "
                 "finished_at = %s WHERE pk_deployment_step = %s",

@@ -35,23 +35,19 @@ from sqlite_utils import Database
 
 from reconciler.errors import NotFound, StoreError
 from reconciler.spec.model import ResourceKey, canonical_json
-from reconciler.state import rows
+from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
 from reconciler.state.store import (
     FINAL_STATUSES,
-    IN_PROGRESS,
     PENDING,
-    STEP_STARTED,
     SUCCEEDED,
-    TRANSITIONS,
     DeploymentEvent,
     DeploymentRecord,
     LockInfo,
     MigrationInfo,
     ResourceRecord,
     StepRecord,
-    TransitionError,
 )
 
 T = TypeVar("T")
@@ -450,15 +446,8 @@ class SQLiteStore(rows.AuditLog):
     def _add_event(self, pk_deployment: int, identifier: str, status: str,
                    message: str | None, at: str) -> None:
         seq = self._next_seq("tb_deployment_event", "fk_deployment", pk_deployment)
-        self._db.table("tb_deployment_event").insert({
-            "id": str(uuid.uuid4()),
-            "identifier": f"{identifier}/event/{seq}",
-            "fk_deployment": pk_deployment,
-            "seq": seq,
-            "status": status,
-            "message": message,
-            "at": at,
-        })
+        self._db.table("tb_deployment_event").insert(journal.event_row(
+            str(uuid.uuid4()), pk_deployment, identifier, seq, status, message, at))
 
     def _next_seq(self, table: str, fk_column: str, fk: int) -> int:
         # Safe only inside _write: BEGIN IMMEDIATE keeps other writers out until COMMIT.
@@ -473,17 +462,10 @@ class SQLiteStore(rows.AuditLog):
             now = now_text()
             pk_resource = self._ensure_resource(key, now)
             seq = self._next_seq("tb_deployment", "fk_resource", pk_resource)
-            identifier = f"{key}#{seq}"
+            row = journal.deployment_row(deployment_id, key, pk_resource, seq, now)
+            identifier = row["identifier"]
             table = self._db.table("tb_deployment")
-            table.insert({
-                "id": deployment_id,
-                "identifier": identifier,
-                "fk_resource": pk_resource,
-                "seq": seq,
-                "status": PENDING,
-                "created_at": now,
-                **values,
-            })
+            table.insert({**row, **values})
             pk = table.last_pk
             assert isinstance(pk, int)
             self._add_event(pk, identifier, PENDING, None, now)
@@ -531,16 +513,8 @@ class SQLiteStore(rows.AuditLog):
         with self._write():
             row = self._require_deployment(deployment_id)
             current = row["status"]
-            if status not in TRANSITIONS.get(current, frozenset()):
-                raise TransitionError(
-                    f"{row['identifier']}: {current} -> {status} is not an allowed transition"
-                )
             now = now_text()
-            values: dict[str, Any] = {"status": status, **extra}
-            if status == IN_PROGRESS:
-                values["started_at"] = now
-            if status in FINAL_STATUSES:
-                values["finished_at"] = now
+            values = journal.transition_values(row, status, extra, now)
             assignments = ", ".join(f"{name} = :{name}" for name in sorted(values))
             self._db.execute(
                 f"UPDATE tb_deployment SET {assignments} WHERE pk_deployment = :pk",  # noqa: S608
@@ -579,7 +553,7 @@ class SQLiteStore(rows.AuditLog):
         ``finished_at`` (again when a failed deployment is then rolled back). ``error``,
         ``output`` and ``exit_code`` are stored when given and kept otherwise.
         """
-        extra = rows.transition_extra(status, error, output, exit_code)
+        extra = journal.transition_extra(status, error, output, exit_code)
         # read here, in the caller's task: the worker thread does not see its context
         await self._run(self._transition, deployment_id, status, message, extra,
                         current_actor())
@@ -590,17 +564,8 @@ class SQLiteStore(rows.AuditLog):
         with self._write():
             row = self._require_deployment(deployment_id)
             seq = self._next_seq("tb_deployment_step", "fk_deployment", row["pk_deployment"])
-            self._db.table("tb_deployment_step").insert({
-                "id": step_id,
-                "identifier": f"{row['identifier']}/step/{seq}",
-                "fk_deployment": row["pk_deployment"],
-                "seq": seq,
-                "action": action,
-                "instance": instance,
-                "status": STEP_STARTED,
-                "detail": detail,
-                "started_at": now_text(),
-            })
+            self._db.table("tb_deployment_step").insert(journal.step_row(
+                step_id, row, seq, action, instance, detail, now_text()))
         return step_id
 
     async def start_step(self, deployment_id: str, action: str, instance: str,
@@ -610,14 +575,11 @@ class SQLiteStore(rows.AuditLog):
 
     def _finish_step(self, step_id: str, status: str, detail: str | None) -> None:
         with self._write():
-            row = self._one(
+            row = journal.found_step(self._one(
                 "SELECT pk_deployment_step, identifier, status FROM tb_deployment_step "
                 "WHERE id = ?", (step_id,)
-            )
-            if row is None:
-                raise NotFound(f"no deployment step {step_id}")
-            if row["status"] != STEP_STARTED:
-                raise StoreError(f"step {row['identifier']} already finished ({row['status']})")
+            ), step_id)
+            journal.step_to_finish(row, status)
             self._db.execute(
                 "UPDATE tb_deployment_step SET status = ?, detail = COALESCE(?, detail), "
                 "finished_at = ? WHERE pk_deployment_step = ?",
@@ -627,7 +589,7 @@ class SQLiteStore(rows.AuditLog):
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
         """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once);
         ``detail`` replaces the start detail when given."""
-        rows.check_finish_status(status)
+        journal.check_finish_status(status)
         await self._run(self._finish_step, step_id, status, detail)
 
     async def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:

@@ -1,3 +1,6 @@
+from collections.abc import Iterable
+from typing import Any
+
 from reconciler.plan.diff import diff_documents
 from reconciler.plan.ordering import waves
 from reconciler.plan.planner import (
@@ -8,6 +11,7 @@ from reconciler.plan.planner import (
     SUSPENDED,
     UNCHANGED,
     UPDATE,
+    Plan,
     make_plan,
 )
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
@@ -26,6 +30,11 @@ def state(*rs: Resource) -> DesiredState:
 
 def rev(r: Resource) -> str:
     return r.hash[:12]
+
+
+def planned(desired: DesiredState, records: Iterable[ResourceRecord], **kw: Any) -> Plan:
+    """``make_plan`` with every revision resolved first, as the engine does."""
+    return make_plan(desired, records, {k: rev(r) for k, r in desired.resources.items()}, **kw)
 
 
 def test_diff_reports_paths_for_added_removed_changed():
@@ -61,13 +70,13 @@ def test_plan_actions():
                                      "spec": {"target": "t", "command": ["old"]}}),
         ResourceRecord(gone, "3", applied_revision="x", applied_spec={"spec": {}}),
     ]
-    plan = make_plan(state(target, api, web), records, rev)
+    plan = planned(state(target, api, web), records)
     actions = {i.key.name: i.action for i in plan.items}
     assert actions == {"t": UNCHANGED, "api": UPDATE, "web": CREATE, "gone": ORPHAN}
     api_item = plan.by_key()[api.key]
     assert [(c.op, c.path) for c in api_item.changes] == [("~", "spec.command[0]")]
     assert not plan.in_sync
-    pruned = make_plan(state(target, api, web), records, rev, prune=True)
+    pruned = planned(state(target, api, web), records, prune=True)
     assert pruned.by_key()[gone].action == DELETE
     assert pruned.items[-1].key == gone
 
@@ -77,18 +86,33 @@ def test_rolled_back_revision_is_blocked_until_it_changes_or_forced():
     api = res("Service", "api", {"target": "t", "command": ["a"]})
     rec = ResourceRecord(api.key, "2", applied_revision="good", applied_spec={},
                          failed_revision=rev(api))
-    plan = make_plan(state(target, api), [rec], rev)
+    plan = planned(state(target, api), [rec])
     assert plan.by_key()[api.key].action == BLOCKED
-    assert make_plan(state(target, api), [rec], rev, force=True).by_key()[api.key].action == UPDATE
+    assert planned(state(target, api), [rec], force=True).by_key()[api.key].action == UPDATE
 
 
 def test_suspended_and_drift():
     target = res("Target", "t", {"provider": "bare_metal"})
     api = res("Service", "api", {"target": "t", "command": ["a"]})
     rec = ResourceRecord(api.key, "2", applied_revision=rev(api), applied_spec=api.document())
-    assert make_plan(state(target, api), [rec], rev).by_key()[api.key].action == UNCHANGED
-    redeployed = make_plan(state(target, api), [rec], rev, redeploy=[api.key])
+    assert planned(state(target, api), [rec]).by_key()[api.key].action == UNCHANGED
+    redeployed = planned(state(target, api), [rec], redeploy=[api.key])
     assert redeployed.by_key()[api.key].action == UPDATE
     rec.suspended = True
-    suspended = make_plan(state(target, api), [rec], rev, redeploy=[api.key])
+    suspended = planned(state(target, api), [rec], redeploy=[api.key])
     assert suspended.by_key()[api.key].action == SUSPENDED
+
+
+def test_a_plan_is_made_from_resolved_revisions_alone(tmp_path):
+    """Planning is pure: revisions are resolved beforehand (reconciler.source.revisions), so a
+    plan needs no repository — here the app repo a Service builds from does not even exist."""
+    target = res("Target", "t", {"provider": "bare-metal"})
+    api = res("Service", "api", {"target": "t", "source": {
+        "git": {"repo": str(tmp_path / "no-such-repo"), "ref": "main"}}})
+    desired = state(target, api)
+    records = [ResourceRecord(api.key, "1", applied_revision="old", applied_spec=api.document())]
+    plan = make_plan(desired, records, {target.key: "t1", api.key: "new"})
+    by_key = plan.by_key()
+    assert (by_key[target.key].action, by_key[target.key].revision) == (CREATE, "t1")
+    assert (by_key[api.key].action, by_key[api.key].revision) == (UPDATE, "new")
+    assert not (tmp_path / "no-such-repo").exists()

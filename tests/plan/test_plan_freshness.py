@@ -24,8 +24,8 @@ from reconciler.plan.planner import (
     UPDATE,
     Plan,
 )
-from reconciler.rollout import engine as engine_module
 from reconciler.rollout.engine import Reconciler
+from reconciler.source import revisions as revisions_module
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import files_from_directory, load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
@@ -224,7 +224,7 @@ async def test_a_target_with_windows_still_changes_revisions_when_what_runs_chan
     plan = await fleet.plan()
     assert set(actions(plan).values()) == {UPDATE}
     desired = fleet.load()
-    engine_module._WINDOWLESS.clear()  # computed afresh, not remembered
+    revisions_module._WINDOWLESS.clear()  # computed afresh, not remembered
     fresh = Reconciler(fleet.store, state_dir=fleet.state)
     expected = {k: fresh.revision_of(r, desired) for k, r in desired.resources.items()}
     assert {i.key: i.revision for i in plan.items} == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ from reconciler.plan.planner import (
     SUSPENDED,
     UNCHANGED,
     UPDATE,
+    Plan,
     make_plan,
 )
-from reconciler.rollout.windows import ignoring_windows
+from reconciler.plan.windows import ignoring_windows
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.state.store import ResourceRecord
 
@@ -40,6 +42,11 @@ def rev(r: Resource) -> str:
     return r.hash[:12]
 
 
+def planned(desired: DesiredState, records: Iterable[ResourceRecord], **kw: Any) -> Plan:
+    """``make_plan`` with every revision resolved first, as the engine does."""
+    return make_plan(desired, records, {k: rev(r) for k, r in desired.resources.items()}, **kw)
+
+
 def applied(r: Resource, revision: str | None = None, **kw: Any) -> ResourceRecord:
     return ResourceRecord(r.key, r.key.name, applied_revision=revision or rev(r),
                           applied_spec=r.document(), **kw)
@@ -57,7 +64,7 @@ def test_target_window_defers_every_change_on_it_until_it_opens() -> None:
     old_api = ResourceRecord(api.key, "api", applied_revision="old", applied_spec={
         **api.document(), "spec": {"target": "t", "command": ["old"]}})
     records = [applied(target), old_api, applied(same)]
-    plan = make_plan(state(target, api, web, same), records, rev, now=NOON)
+    plan = planned(state(target, api, web, same), records, now=NOON)
     assert actions(plan) == {"t": UNCHANGED, "api": DEFERRED, "web": DEFERRED, "same": UNCHANGED}
     item = plan.by_key()[api.key]
     assert item.reason == ("outside sync window: next opens 2026-11-27T02:00:00+00:00 "
@@ -71,7 +78,7 @@ def test_target_window_defers_every_change_on_it_until_it_opens() -> None:
     assert listed["api"]["opensAt"] == "2026-11-27T02:00:00+00:00"
     assert "opensAt" not in listed["same"]
 
-    inside = make_plan(state(target, api, web, same), records, rev, now=NIGHT)
+    inside = planned(state(target, api, web, same), records, now=NIGHT)
     assert actions(inside) == {"t": UNCHANGED, "api": UPDATE, "web": CREATE, "same": UNCHANGED}
 
 
@@ -79,7 +86,7 @@ def test_resource_windows_merge_with_the_targets_and_deny_wins() -> None:
     target = res("Target", "t", {"provider": "bare_metal", "syncWindows": [NIGHTLY]})
     frozen = res("Service", "frozen", {"target": "t", "command": ["f"], "syncWindows": [FREEZE]})
     free = res("Service", "free", {"target": "t", "command": ["x"]})
-    plan = make_plan(state(target, frozen, free), [applied(target)], rev,
+    plan = planned(state(target, frozen, free), [applied(target)],
                      now=datetime(2026, 11, 27, 2, 5, tzinfo=UTC))
     assert actions(plan) == {"t": UNCHANGED, "frozen": DEFERRED, "free": CREATE}
     assert "deny 0 2 * * * for 10m, UTC is active" in plan.by_key()[frozen.key].reason
@@ -88,7 +95,7 @@ def test_resource_windows_merge_with_the_targets_and_deny_wins() -> None:
 
 def test_a_change_to_the_target_itself_is_deferred_by_its_windows() -> None:
     target = res("Target", "t", {"provider": "bare_metal", "syncWindows": [NIGHTLY]})
-    plan = make_plan(state(target), [], rev, now=NOON)
+    plan = planned(state(target), [], now=NOON)
     assert actions(plan) == {"t": DEFERRED}
 
 
@@ -97,7 +104,7 @@ def test_windows_only_apply_where_they_are_written() -> None:
     open_ = res("Target", "open", {"provider": "bare_metal"})
     a = res("Service", "a", {"target": "guarded", "command": ["a"]})
     b = res("Service", "b", {"target": "open", "command": ["b"]})
-    plan = make_plan(state(guarded, open_, a, b), [applied(guarded), applied(open_)], rev,
+    plan = planned(state(guarded, open_, a, b), [applied(guarded), applied(open_)],
                      now=NOON)
     assert actions(plan) == {"guarded": UNCHANGED, "open": UNCHANGED, "a": DEFERRED, "b": CREATE}
 
@@ -106,11 +113,11 @@ def test_ignore_windows_plans_as_if_there_were_none() -> None:
     target = res("Target", "t", {"provider": "bare_metal", "syncWindows": [NIGHTLY]})
     api = res("Service", "api", {"target": "t", "command": ["a"]})
     desired = state(target, api)
-    assert actions(make_plan(desired, [], rev, now=NOON, ignore_windows=True)) == {
+    assert actions(planned(desired, [], now=NOON, ignore_windows=True)) == {
         "t": CREATE, "api": CREATE}
     with ignoring_windows():  # what `reconciler apply --ignore-windows` sets for the pass
-        assert actions(make_plan(desired, [], rev, now=NOON)) == {"t": CREATE, "api": CREATE}
-    assert actions(make_plan(desired, [], rev, now=NOON)) == {"t": DEFERRED, "api": DEFERRED}
+        assert actions(planned(desired, [], now=NOON)) == {"t": CREATE, "api": CREATE}
+    assert actions(planned(desired, [], now=NOON)) == {"t": DEFERRED, "api": DEFERRED}
 
 
 def test_suspended_blocked_and_orphans_are_not_deferred() -> None:
@@ -120,7 +127,7 @@ def test_suspended_blocked_and_orphans_are_not_deferred() -> None:
     records = [applied(target), applied(paused, "old", suspended=True),
                ResourceRecord(gone, "g", applied_revision="x",
                               applied_spec={"spec": {"target": "t"}})]
-    plan = make_plan(state(target, paused), records, rev, now=NOON)
+    plan = planned(state(target, paused), records, now=NOON)
     assert actions(plan) == {"t": UNCHANGED, "paused": SUSPENDED, "gone": ORPHAN}
 
 
@@ -132,9 +139,9 @@ def test_deletes_are_deferred_by_the_windows_of_their_recorded_target() -> None:
     on_o = ResourceRecord(ResourceKey("prod", "Service", "on-o"), "2", applied_revision="x",
                           applied_spec={"kind": "Service", "spec": {"target": "o"}})
     records = [applied(target), applied(other), on_t, on_o]
-    plan = make_plan(state(target, other), records, rev, prune=True, now=NOON)
+    plan = planned(state(target, other), records, prune=True, now=NOON)
     assert actions(plan) == {"t": UNCHANGED, "o": UNCHANGED, "on-t": DEFERRED, "on-o": DELETE}
-    assert make_plan(state(target, other), records, rev, prune=True,
+    assert planned(state(target, other), records, prune=True,
                      now=NIGHT).by_key()[on_t.key].action == DELETE
 
 
@@ -145,7 +152,7 @@ def test_delete_without_a_recorded_spec_is_guarded_by_its_environments_windows()
     light = ResourceRecord(ResourceKey("prod", "Service", "gone"), "1", applied_revision="x")
     elsewhere = ResourceRecord(ResourceKey("staging", "Service", "gone"), "2",
                                applied_revision="x")
-    plan = make_plan(state(target), [applied(target), light, elsewhere], rev, prune=True,
+    plan = planned(state(target), [applied(target), light, elsewhere], prune=True,
                      now=NOON)
     assert plan.by_key()[light.key].action == DEFERRED
     assert plan.by_key()[elsewhere.key].action == DELETE
@@ -154,7 +161,7 @@ def test_delete_without_a_recorded_spec_is_guarded_by_its_environments_windows()
 def test_now_defaults_to_the_current_time() -> None:
     always_denied = {"kind": "deny", "schedule": "* * * * *", "duration": "2m"}
     target = res("Target", "t", {"provider": "bare_metal", "syncWindows": [always_denied]})
-    plan = make_plan(state(target), [], rev)
+    plan = planned(state(target), [])
     assert actions(plan) == {"t": DEFERRED}
     assert plan.items[0].reason.startswith("outside sync window: no opening found")
     assert plan.items[0].opens_at is None

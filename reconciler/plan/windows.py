@@ -110,7 +110,8 @@ class SyncWindow:
         """(latest start at or before ``now``, first start after ``now``), both UTC."""
         return _around(self, _aware(now))
 
-    def _around(self, now: datetime) -> tuple[datetime, datetime]:
+    def uncached_around(self, now: datetime) -> tuple[datetime, datetime]:
+        """``around`` computed from the cron schedule (``around`` caches it per window)."""
         wall = now.astimezone(self.zone).replace(tzinfo=None)
         it = croniter(self.schedule, wall + _TINY)  # get_prev is strict: include ``wall``
         fire: datetime = it.get_prev(datetime)
@@ -159,7 +160,7 @@ class _Spans:
         for span in spans:
             if span[0] <= now < span[1]:
                 return span
-        span = window._around(now)
+        span = window.uncached_around(now)
         spans.append(span)
         if len(spans) > self.KEEP:
             del spans[0]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from reconciler.rollout.windows import (
+from reconciler.plan.windows import (
     SyncWindow,
     allowed,
     deferral,

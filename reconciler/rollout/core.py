@@ -1,0 +1,98 @@
+"""What every part of the engine shares: the store, the providers it loaded, the rollouts that
+outlived their pass, progress events. ``Reconciler`` (engine.py) sets these up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import ReconcilerError
+from reconciler.providers import Provider, ProviderContext, load_provider
+from reconciler.rollout.outcome import Outcome, ProgressFn, ReconcileResult
+from reconciler.source.git import GitSource
+from reconciler.source.revisions import Revisions
+from reconciler.spec.model import Resource, ResourceKey
+from reconciler.state.store import Store
+
+log = logging.getLogger("reconciler.rollout")
+
+
+class EngineCore:
+    """The state the engine's parts share; each part is a mixin of ``Reconciler``."""
+
+    store: Store
+    state_dir: Path
+    source: GitSource | None  # the config repo
+    owner: str
+    progress: ProgressFn | None
+    concurrency: int
+    environments: set[str] | None
+    owns: Callable[[ResourceKey], bool] | None
+    stopping: bool
+    revisions: Revisions
+    _providers: dict[tuple[ResourceKey, str], Provider]
+    # Leases lost to another reconciler (a stall past the TTL): no new step may start under them.
+    lost_leases: set[str]
+    # Service rollouts that outlived their pass (a canary paused until promoted).
+    rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
+
+    def emit(self, key: ResourceKey, phase: str, message: str = "",
+             error: ReconcilerError | None = None) -> None:
+        extra: dict[str, Any] = {"resource": str(key), "phase": phase}
+        if error is not None:  # the log line carries the code and remediation of the failure
+            extra.update(code=error.code, hint=error.hint)
+        log.info(message or phase, extra=extra)
+        if self.progress:
+            self.progress(key, phase, message)
+
+    def provider_for(self, target: Resource) -> Provider:
+        cache_key = (target.key, target.hash)
+        provider = self._providers.get(cache_key)
+        if provider is None:
+            ctx = ProviderContext(state_dir=self.state_dir,
+                                  logger=logging.getLogger(f"reconciler.provider.{target.name}"))
+            provider = load_provider(target, ctx)
+            self._providers[cache_key] = provider
+        return provider
+
+    async def close(self) -> None:
+        if self.rollouts_in_progress:
+            # Detached rollouts (paused canaries) stop at their next step boundary, closed as
+            # cancelled: the next start resumes them.
+            self.stopping = True
+            await self.finish_rollouts()
+        for provider in self._providers.values():
+            try:
+                await provider.close()
+            except Exception as exc:  # closing must not mask the pass's own result
+                log.warning("provider close failed", extra={"error": str(exc)})
+        self._providers.clear()
+
+    @property
+    def rollouts_in_progress(self) -> list[ResourceKey]:
+        return [k for k, t in self.rollouts.items() if not t.done()]
+
+    async def settle(self, result: ReconcileResult) -> ReconcileResult:
+        """For one-shot callers (``apply``): wait for the rollouts that outlived the pass
+        (paused canaries, until promoted or aborted) and put how they ended into ``result``."""
+        finished = {o.key: o for o in await self.finish_rollouts()}
+        if finished:
+            result.outcomes = [finished.get(o.key, o) for o in result.outcomes]
+        return result
+
+    async def finish_rollouts(self) -> list[Outcome]:
+        """Wait for the rollouts that outlived their pass (paused canaries) and return how
+        they ended."""
+        outcomes: list[Outcome] = []
+        while self.rollouts:
+            key, task = next(iter(self.rollouts.items()))
+            try:
+                outcomes.append(await task)
+            finally:
+                self.rollouts.pop(key, None)
+        return outcomes
+

@@ -1,0 +1,311 @@
+"""One reconcile pass: plan, then every acting resource as soon as what it depends on is done (a
+DAG, bounded concurrency), deletions last; each resource leased while it deploys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from reconciler.errors import ReconcilerError, StoreError
+from reconciler.observe import metrics
+from reconciler.observe.tracing import span
+from reconciler.plan.planner import (
+    BLOCKED,
+    CREATE,
+    DEFERRED,
+    DELETE,
+    ORPHAN,
+    SUSPENDED,
+    UNCHANGED,
+    UPDATE,
+    Plan,
+    PlanItem,
+    gc_paused,
+    gc_resumed,
+    item_changes,
+    make_plan,
+    order_deletions,
+)
+from reconciler.rollout.leases import Leases
+from reconciler.rollout.outcome import (
+    CONVERGED,
+    SKIPPED,
+    DeploymentFailed,
+    Outcome,
+    ReconcileResult,
+)
+from reconciler.rollout.prune import Pruning
+from reconciler.rollout.recovery import Recovery
+from reconciler.rollout.runnables import Runnables
+from reconciler.rollout.services import Services
+from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.state import store as st
+from reconciler.state.store import ResourceRecord
+
+log = logging.getLogger("reconciler.rollout")
+
+
+class Passes(Services, Runnables, Pruning, Leases, Recovery):
+    """Planning and running one reconcile pass."""
+
+    # -- planning ---------------------------------------------------------------------------
+    async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
+                   redeploy: Iterable[ResourceKey] = ()) -> Plan:
+        with gc_paused():
+            return await self._plan(desired, prune=prune, force=force, redeploy=redeploy)
+
+    async def _plan(self, desired: DesiredState, *, prune: bool, force: bool,
+                    redeploy: Iterable[ResourceKey]) -> Plan:
+        # Light records (no documents) for the whole fleet; full ones only where something
+        # changes, so a plan costs O(changed) in document decoding, not O(fleet).
+        records = await self.store.list_resources(with_specs=False)
+        if self.environments:
+            desired = desired.only(self.environments)
+            records = [r for r in records if r.key.environment in self.environments]
+        # Revisions are resolved first (this may fetch an app repo): planning itself is pure.
+        plan = make_plan(desired, records, self.revisions.resolve(desired),
+                         prune=prune, force=force, redeploy=redeploy)
+        if self.owns is not None:
+            owns = self.owns
+            plan.items = [i for i in plan.items if owns(i.key)]
+            plan.order = [[k for k in layer if owns(k)] for layer in plan.order]
+        for item in plan.items:
+            if item.record is not None and item.action not in (UNCHANGED, SUSPENDED):
+                full = await self.store.get_resource(item.key)
+                if full is not None:
+                    item.record = full
+                    item.changes = item_changes(item)
+        order_deletions(plan)  # by the recorded documents, read just above
+        return plan
+
+    # -- the pass ---------------------------------------------------------------------------
+    async def reconcile(
+        self,
+        desired: DesiredState,
+        *,
+        trigger: str = "apply",
+        prune: bool = False,
+        force: bool = False,
+        only: Iterable[ResourceKey] | None = None,
+        redeploy: Iterable[ResourceKey] = (),
+    ) -> ReconcileResult:
+        # The collector stays off but while resources are rolled out: a no-op pass is all
+        # bookkeeping (gc_paused).
+        with span("reconcile", commit=desired.commit or "", trigger=trigger), gc_paused():
+            return await self._reconcile(desired, trigger=trigger, prune=prune, force=force,
+                                         only=only, redeploy=redeploy)
+
+    async def _reconcile(self, desired: DesiredState, *, trigger: str, prune: bool, force: bool,
+                         only: Iterable[ResourceKey] | None,
+                         redeploy: Iterable[ResourceKey]) -> ReconcileResult:
+        started = time.monotonic()
+        for key, task in list(self.rollouts.items()):
+            if task.done():  # a detached rollout ended since the last pass
+                self.rollouts.pop(key, None)
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("detached rollout failed", extra={
+                        "resource": str(key), "error": repr(task.exception())})
+        resumed = set(await self.recover())
+        with span("plan"):
+            plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
+        result = ReconcileResult(commit=desired.commit)
+        selected = set(only) if only is not None else None
+        outcomes: dict[ResourceKey, Outcome] = {}
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def run(item: PlanItem) -> None:
+            async with sem:
+                if self.stopping:
+                    result.interrupted = True
+                    return
+                blocked_by = self._blocking_dependency(item, outcomes)
+                if blocked_by is not None:
+                    dep_out = outcomes[blocked_by]
+                    message = (f"waiting for {blocked_by} (dependency {dep_out.result}"
+                               + (f": {dep_out.message[:200]}" if dep_out.message else "") + ")")
+                    if item.resource is not None and item.revision is not None:
+                        # Recorded so `status` shows what git wants and why it is not live.
+                        await self.store.record_desired(
+                            item.key, revision=item.revision, spec_hash=item.resource.hash,
+                            spec=item.resource.document(), config_commit=desired.commit)
+                        await self.store.update_status(item.key, sync_status="OutOfSync",
+                                                       last_error=message)
+                    outcomes[item.key] = Outcome(item.key, item.action, SKIPPED, item.revision,
+                                                 message, waiting=True)
+                    self.emit(item.key, "waiting", message)
+                    return
+                why = "resume" if item.key in resumed else trigger
+                try:
+                    with span("rollout", resource=str(item.key), action=item.action,
+                              revision=item.revision or ""):
+                        outcomes[item.key] = await self._apply_item(item, desired, why)
+                except StoreError:
+                    # The database itself failed (disk full, server gone): not this resource's
+                    # fault. The pass ends with the store's code and hint; the journal written
+                    # so far lets the next start recover.
+                    raise
+                except ReconcilerError as exc:
+                    # Errors before a deployment exists (secrets, provider config): recorded on
+                    # the resource so `status` shows them, and the pass goes on.
+                    await self.store.update_status(item.key, last_result=st.FAILED,
+                                                   last_error=exc.message)
+                    outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
+                                                 exc.message, code=exc.code, hint=exc.hint)
+                    self.emit(item.key, "failed", exc.message, exc)
+
+        # A DAG, not waves: each resource starts as soon as what it depends on (and its
+        # Target) is done, so one slow rollout holds only its dependents. Waiting only on
+        # resources earlier in the plan order rules out a deadlock even on a leftover cycle;
+        # only resources that act this pass are waited on (the others are done already).
+        # plan.items is plan.order flattened, deletions moved to its end.
+        acting: list[PlanItem] = []
+        for i in plan.items:
+            k = i.key
+            if (selected is not None and k not in selected) or i.action == DELETE:
+                continue
+            if i.action == UNCHANGED:
+                # Nothing to do, and no task, event or span for it: a no-op pass over a
+                # large fleet must stay cheap.
+                outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+            else:
+                acting.append(i)
+        if acting:
+            position = {i.key: n for n, i in enumerate(acting)}
+            finished = {i.key: asyncio.Event() for i in acting}
+
+            async def when_ready(item: PlanItem) -> None:
+                try:
+                    resource = item.resource
+                    needs = list(resource.depends_on) if resource is not None else []
+                    if resource is not None and resource.target_key is not None:
+                        needs.append(resource.target_key)
+                    for dep in needs:
+                        if dep in finished and position[dep] < position[item.key]:
+                            await finished[dep].wait()
+                    await run(item)
+                finally:
+                    finished[item.key].set()
+
+            with gc_resumed():
+                await asyncio.gather(*(when_ready(i) for i in acting))
+        deletes = [i for i in plan.items if i.action == DELETE
+                   and (selected is None or i.key in selected)]
+        if deletes:
+            with gc_resumed():
+                for item in deletes:
+                    await run(item)
+        result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
+        result.duration_s = time.monotonic() - started
+        metrics.RECONCILE_DURATION.observe(result.duration_s)
+        converged = result.converged
+        metrics.RECONCILE_TOTAL.labels("converged" if converged else "failed").inc()
+        if converged:
+            metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
+        acted = any(o.result != CONVERGED for o in result.outcomes)
+        # A no-op pass changed no status: publish from the records the plan already read.
+        await self.publish_metrics(None if acted else [i.record for i in plan.items
+                                                       if i.record is not None])
+        return result
+
+    async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
+        if records is None:
+            records = await self.store.list_resources(with_specs=False)
+        rows = [(r.key.environment, r.key.kind, r.key.name, r.sync_status, r.health_status)
+                for r in records]
+        metrics.publish_resources(rows)
+
+    def _blocking_dependency(self, item: PlanItem,
+                             outcomes: dict[ResourceKey, Outcome]) -> ResourceKey | None:
+        if item.resource is None or item.action not in (CREATE, UPDATE):
+            return None
+        for dep in item.resource.depends_on:
+            out = outcomes.get(dep)
+            if out is not None and not out.ok:
+                return dep
+        return None
+
+    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str) -> Outcome:
+        key = item.key
+        if item.action in (UNCHANGED, SUSPENDED):
+            return Outcome(key, item.action, CONVERGED if item.action == UNCHANGED else SKIPPED,
+                           item.revision, item.reason)
+        if item.action == DEFERRED:
+            # Outside its sync window: shown as pending, applied by the pass after it opens.
+            await self.store.update_status(key, sync_status="OutOfSync",
+                                           last_error=item.reason or "deferred")
+            self.emit(key, DEFERRED, item.reason)
+            return Outcome(key, item.action, SKIPPED, item.revision, item.reason)
+        if item.action in (BLOCKED, ORPHAN):
+            sync = "OutOfSync"
+            await self.store.update_status(key, sync_status=sync)
+            self.emit(key, item.action, item.reason)
+            return Outcome(key, item.action, item.action, item.revision, item.reason)
+        if item.action == DELETE:
+            return await self.delete(item, desired)
+        resource = item.resource
+        assert resource is not None and item.revision is not None
+        await self.store.record_desired(key, revision=item.revision, spec_hash=resource.hash,
+                                        spec=resource.document(), config_commit=desired.commit)
+        if key.kind == "Target":
+            await self.store.record_applied(key, revision=item.revision, spec_hash=resource.hash,
+                                            spec=resource.document(),
+                                            config_commit=desired.commit)
+            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
+                                           last_result=st.SUCCEEDED, last_error=None)
+            await self.audit_target(key, "deploy", trigger, revision=item.revision,
+                                    config_commit=desired.commit,
+                                    message=f"target recorded ({item.action})")
+            self.emit(key, "synced", f"target recorded at {item.revision}")
+            return Outcome(key, item.action, CONVERGED, item.revision)
+        target = desired.target_of(resource)
+        if target is None:
+            raise DeploymentFailed(f"{key}: target {resource.spec.get('target')!r} not found")
+        running = self.rollouts.get(key)
+        if running is not None and not running.done():
+            msg = "waiting: a rollout of this resource is in progress (paused or waiting)"
+            return Outcome(key, item.action, SKIPPED, item.revision, msg, waiting=True)
+        lock = f"resource:{key}"
+        if not await self.take_lease(lock):
+            holder = await self.store.lock_owner(lock)
+            msg = f"resource lock held by {holder or 'another reconciler'}"
+            self.emit(key, "locked", msg)
+            return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}",
+                           waiting=True)
+        self.lost_leases.discard(lock)
+        if key.kind != "Service":
+            renew = asyncio.create_task(self.renew(lock))
+            try:
+                return await self.deploy_runnable(item, resource, target, desired, trigger)
+            finally:
+                renew.cancel()
+                await asyncio.gather(renew, return_exceptions=True)
+                await self.store.release_lock(lock, self.owner)
+        detached = asyncio.Event()
+
+        async def rollout() -> Outcome:
+            renew = asyncio.create_task(self.renew(lock))
+            try:
+                return await self.deploy_service(item, resource, target, desired, trigger,
+                                                 on_detach=detached.set)
+            finally:
+                renew.cancel()
+                await asyncio.gather(renew, return_exceptions=True)
+                await self.store.release_lock(lock, self.owner)
+
+        task = asyncio.create_task(rollout())
+        self.rollouts[key] = task
+        waiter = asyncio.create_task(detached.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            self.rollouts.pop(key, None)
+            return task.result()
+        msg = "waiting: rollout paused (`reconciler promote` / `abort`, or `resume`)"
+        self.emit(key, "paused", msg)
+        return Outcome(key, item.action, SKIPPED, item.revision, msg, waiting=True)
+

@@ -1,0 +1,95 @@
+"""Revisions: the content address of what would be deployed, resolved before planning.
+
+A revision is a hash of the resource's document, its Target's, and the identity of its source (a
+git tree id in the config repo, an app repo's commit, an artifact's digest). Resolving it may
+fetch an app repo; a plan is made from revisions resolved here, so planning itself is pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from reconciler.source.git import GitSource
+from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
+
+
+class Revisions:
+    """Revisions of resources, memoized where they are a pure function of the documents."""
+
+    def __init__(self, source: GitSource | None, state_dir: Path) -> None:
+        self.source = source  # the config repo (``source.path``)
+        self.state_dir = state_dir
+        self._app_sources: dict[str, GitSource] = {}
+        # revision_of of resources without a source, by (document hash, Target's document hash):
+        # a pure function of the two, and most of the per-resource cost of a no-op plan.
+        self._revisions: dict[tuple[str, str], str] = {}
+
+    def app_source(self, spec: dict[str, Any]) -> GitSource:
+        repo = str(spec["repo"])
+        src = self._app_sources.get(repo)
+        if src is None:
+            src = GitSource(repo, ref=spec.get("ref"), state_dir=self.state_dir)
+            self._app_sources[repo] = src
+        return src
+
+
+    def revision_of(self, resource: Resource, desired: DesiredState) -> str:
+        """Content address of what would be deployed: the document, its Target, and the
+        identity of its source (a git tree id, an app commit, an artifact digest)."""
+        target = desired.target_of(resource)
+        memo: tuple[str, str] | None = None
+        if resource.hash and not resource.spec.get("source") and (target is None or target.hash):
+            memo = (resource.hash, target.hash if target is not None else "")
+            known = self._revisions.get(memo)
+            if known is not None:
+                return known
+        parts = [_deploy_hash(resource)]
+        if target is not None:
+            parts.append(_deploy_hash(target))
+        source = resource.spec.get("source") or {}
+        if "path" in source and self.source is not None and desired.commit:
+            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
+        elif "git" in source:
+            app = self.app_source(source["git"])
+            parts.append(app.sync().commit)
+        elif "artifact" in source:
+            parts.append(str(source["artifact"].get("sha256", "")))
+        revision = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        if memo is not None:
+            if (len(self._revisions) >= 100_000
+                    and len(self._revisions) >= 2 * len(desired.resources)):
+                self._revisions.clear()
+            self._revisions[memo] = revision
+        return revision
+
+
+    def resolve(self, desired: DesiredState) -> dict[ResourceKey, str]:
+        """The revision of every resource of ``desired``: what ``make_plan`` compares."""
+        return {key: self.revision_of(resource, desired)
+                for key, resource in desired.resources.items()}
+
+
+# Document hash -> the hash without sync windows (a function of the document): a Target with
+# windows is hashed again for every resource on it otherwise.
+_WINDOWLESS: dict[str, str] = {}
+
+
+def _deploy_hash(resource: Resource) -> str:
+    """The document's hash without its sync windows: they say when a change may go out, not
+    what runs, so editing them must not make every resource on a Target a new revision."""
+    if "syncWindows" not in resource.spec:
+        return resource.hash
+    known = _WINDOWLESS.get(resource.hash) if resource.hash else None
+    if known is not None:
+        return known
+    document = resource.document()
+    document["spec"] = {k: v for k, v in resource.spec.items() if k != "syncWindows"}
+    digest = spec_hash(document)
+    if resource.hash:
+        if len(_WINDOWLESS) >= 20_000:
+            _WINDOWLESS.clear()
+        _WINDOWLESS[resource.hash] = digest
+    return digest
+
