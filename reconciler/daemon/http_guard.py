@@ -149,14 +149,14 @@ class AcceptErrorFilter(logging.Filter):
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection protocol, admitted and timed by a :class:`ConnectionGuard`."""
 
-    __slots__ = ("_admitted", "_busy", "_guard", "_peer", "_timer")
+    __slots__ = ("_admitted", "_guard", "guard_busy", "guard_peer", "guard_timer")
 
     def __init__(self, guard: ConnectionGuard, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
-        self._peer = ""
-        self._busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.guard_peer = ""  # the guard's bookkeeping of this connection
+        self.guard_busy = False
+        self.guard_timer: asyncio.TimerHandle | None = None
         self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -238,7 +238,7 @@ class ConnectionGuard:
         if len(self._open) >= self.max_connections and not self._evict(self._idle):
             self._refuse(transport, "connections", peer)
             return False
-        conn._peer = peer
+        conn.guard_peer = peer
         self._open.add(conn)
         self._per_peer[peer] += 1
         self._idle_again(conn, first=True)
@@ -254,7 +254,7 @@ class ConnectionGuard:
         if not idle:
             return False
         oldest = next(iter(idle))
-        self.refusals.note("evicted", oldest._peer)
+        self.refusals.note("evicted", oldest.guard_peer)
         self.forget(oldest)
         oldest.force_close()
         return True
@@ -264,41 +264,41 @@ class ConnectionGuard:
             return
         self._open.discard(conn)
         self._unidle(conn)
-        self._per_peer[conn._peer] -= 1
-        if self._per_peer[conn._peer] <= 0:
-            del self._per_peer[conn._peer]
+        self._per_peer[conn.guard_peer] -= 1
+        if self._per_peer[conn.guard_peer] <= 0:
+            del self._per_peer[conn.guard_peer]
 
     # -- request lifecycle ------------------------------------------------------------------------
     def _busy(self, conn: GuardedHandler) -> None:
-        conn._busy = True
+        conn.guard_busy = True
         self._unidle(conn)
 
     def _idle_again(self, conn: GuardedHandler, *, first: bool = False) -> None:
         if conn not in self._open:
             return
-        conn._busy = False
+        conn.guard_busy = False
         self._idle[conn] = None
-        self._idle_by_peer.setdefault(conn._peer, OrderedDict())[conn] = None
+        self._idle_by_peer.setdefault(conn.guard_peer, OrderedDict())[conn] = None
         # After a response the client may stay idle (keep-alive) before its next headers.
         wait = self.limits.header_timeout + (0.0 if first else self.limits.idle_timeout)
-        conn._timer = asyncio.get_running_loop().call_later(wait, self._deadline, conn)
+        conn.guard_timer = asyncio.get_running_loop().call_later(wait, self._deadline, conn)
 
     def _unidle(self, conn: GuardedHandler) -> None:
-        if conn._timer is not None:
-            conn._timer.cancel()
-            conn._timer = None
+        if conn.guard_timer is not None:
+            conn.guard_timer.cancel()
+            conn.guard_timer = None
         self._idle.pop(conn, None)
-        by_peer = self._idle_by_peer.get(conn._peer)
+        by_peer = self._idle_by_peer.get(conn.guard_peer)
         if by_peer is not None:
             by_peer.pop(conn, None)
             if not by_peer:
-                del self._idle_by_peer[conn._peer]
+                del self._idle_by_peer[conn.guard_peer]
 
     def _deadline(self, conn: GuardedHandler) -> None:
-        conn._timer = None
-        if conn._busy or conn not in self._open:
+        conn.guard_timer = None
+        if conn.guard_busy or conn not in self._open:
             return
-        self.refusals.note("header_timeout", conn._peer)
+        self.refusals.note("header_timeout", conn.guard_peer)
         self.forget(conn)
         conn.force_close()
 
