@@ -935,7 +935,7 @@ def db_check(opts: Options, output: str) -> None:
     import time
 
     async def main() -> dict[str, Any]:
-        from reconciler.state import redact_url
+        from reconciler.observe.redact import redact
 
         store = await open_store(opts, migrate=False)
         try:
@@ -948,7 +948,7 @@ def db_check(opts: Options, output: str) -> None:
                 started = time.perf_counter()
                 count = len(await store.list_resources(with_specs=False))
                 list_ms = (time.perf_counter() - started) * 1000
-            return {"url": redact_url(opts.db_url()), "reachable": True,
+            return {"url": redact(opts.db_url()), "reachable": True,
                     "migrationStatusMs": round(status_ms, 2), "resourceListMs": round(list_ms, 2),
                     "resources": count, "pendingMigrations": pending}
         finally:

@@ -631,7 +631,8 @@ class Daemon:
         await site.start()
         log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
                                                       f"{self.cfg.listen_port}",
-                                            "repo": self.cfg.repo, "path": self.source.path})
+                                            "repo": self.source.display_url,
+                                            "path": self.source.path})
         background = [asyncio.create_task(self.scheduler()), asyncio.create_task(self.heal()),
                       asyncio.create_task(self.watchdog()),
                       asyncio.create_task(self.audit_retention())]

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import git
 
 from reconciler.errors import SourceError
+from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
 
@@ -58,11 +59,6 @@ def git_timeout() -> float:
     return seconds
 
 
-def redact_url(url: str) -> str:
-    """A clone URL fit for logs and errors: credentials replaced by ``***``."""
-    return re.sub(r"://[^/@\s]+@", "://***@", url)
-
-
 def is_remote(repo: str) -> bool:
     """A clone URL (scheme:// or scp-like user@host:path) rather than a local path."""
     return bool(_URL_RE.match(repo))
@@ -83,7 +79,7 @@ class GitSource:
                  state_dir: Path | None = None, timeout: float | None = None) -> None:
         self.url = repo
         self.timeout = timeout if timeout is not None else git_timeout()
-        self.display_url = redact_url(repo)
+        self.display_url = redact(repo)
         self.ref = ref
         self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
         self.remote = is_remote(repo)
@@ -130,7 +126,7 @@ class GitSource:
                             kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}",
+            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc, self.url)}",
                               hint=_git_hint(exc, self.url)) from exc
         tmp.rename(self.checkout)
         return git.Repo(self.checkout)
@@ -164,7 +160,8 @@ class GitSource:
                 else:
                     self._fetch()
             except (git.GitCommandError, SourceError) as exc:
-                error = _git_reason(exc) if isinstance(exc, git.GitCommandError) else str(exc)
+                error = (_git_reason(exc, self.url) if isinstance(exc, git.GitCommandError)
+                         else str(exc))
                 log.warning("fetch failed, keeping last good desired state",
                             extra={"repo": self.display_url, "error": error})
                 if self.commit is None and self._repo is None:
@@ -287,13 +284,13 @@ def _git_hint(exc: BaseException, url: str) -> str | None:
     return None
 
 
-def _git_reason(exc: git.GitCommandError) -> str:
+def _git_reason(exc: git.GitCommandError, url: str) -> str:
     """The line of git's stderr that says what went wrong (GitPython wraps it in
     ``stderr: '…'``; the last line is often only the closing quote or a generic advice)."""
     text = (exc.stderr or "").strip() or str(exc)
     # Never echo credentials embedded in a clone URL.
     lines = [line.strip().removeprefix("stderr:").strip().strip("'").strip()
-             for line in redact_url(text).splitlines()]
+             for line in redact(text, urls=(url,)).splitlines()]
     lines = [line for line in lines if line]
     for marker in ("Host key verification failed", "Permission denied", "fatal:", "error:"):
         found = next((line for line in lines if marker in line), None)
