@@ -200,7 +200,15 @@ def validate(opts: Options, path: Path) -> None:
         click.echo(f"{path}: no such file or directory", err=True)
         sys.exit(2)
     files = files_from_directory(path)
+    if not files:
+        click.echo(f"{path}: no *.yaml or *.yml file (hidden files and folders are skipped); "
+                   "is PATH the folder of the desired state?", err=True)
+        sys.exit(2)
     state = load_desired_state(files)
+    if not state.resources:
+        click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
+                   "validate", err=True)
+        sys.exit(2)
     counts: dict[str, int] = {}
     for key in state.resources:
         counts[key.kind] = counts.get(key.kind, 0) + 1

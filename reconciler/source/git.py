@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -184,6 +185,7 @@ class GitSource:
         if tree.type != "tree":
             raise SourceError(f"{self.path}: not a folder at commit {commit[:12]}")
         out: list[SourceFile] = []
+        prefix = self.path + "/" if self.path else ""
         for item in tree.traverse():
             if not isinstance(item, git.Blob):
                 continue
@@ -192,7 +194,12 @@ class GitSource:
                 continue
             if any(part.startswith(".") for part in PurePosixPath(path).parts):
                 continue
-            out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item)))
+            blob, refused = _follow_links(tree, item, path.removeprefix(prefix), self.path)
+            if blob is None:
+                out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item),
+                                      refused=refused))
+                continue
+            out.append(SourceFile(path=path, blob_id=blob.hexsha, read=_reader(blob)))
         out.sort(key=lambda f: f.path)
         return out
 
@@ -219,6 +226,34 @@ class GitSource:
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
         await asyncio.to_thread(_extract, out, clean, dest)
+
+
+_LINK_MODE = 0o120000
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _follow_links(tree: git.Tree, blob: git.Blob, rel: str, folder: str
+                  ) -> tuple[git.Blob | None, str]:
+    """The blob a ``*.yaml`` entry stands for: itself, or for a symbolic link the file it
+    points to when that stays inside ``tree`` (the folder read); else ``(None, why)``. The same
+    rule as ``files_from_directory``, so validate on a checkout and the daemon agree."""
+    shown = folder or "the repository"
+    for _ in range(_MAX_LINKS):
+        if blob.mode != _LINK_MODE:
+            return blob, ""
+        target = bytes(blob.data_stream.read()).decode("utf-8", "surrogateescape")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            return None, (f"symbolic link to {target!r}, outside {shown}: not read (the "
+                          "desired state is read from files inside the tree only)")
+        try:
+            found = tree / joined
+        except (KeyError, TypeError, ValueError):  # missing, or through a non-folder
+            return None, f"symbolic link to {target!r}: no such file in {shown}"
+        if not isinstance(found, git.Blob):
+            return None, f"symbolic link to {target!r}: not a file"
+        blob, rel = found, joined
+    return None, "symbolic links nested too deeply: not read"
 
 
 def _reader(blob: git.Blob) -> Callable[[], bytes]:
