@@ -33,10 +33,9 @@ class Options:
 
     def resolved_state_dir(self) -> Path:
         from reconciler.state import default_state_dir
+        from reconciler.state.private import private_dir
 
-        path = self.state_dir or default_state_dir()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_dir(self.state_dir or default_state_dir())
 
     def db_url(self) -> str:
         from reconciler.state import default_db_url

@@ -92,8 +92,11 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
 
         path = sqlite_path(url)
         if path != ":memory:":
+            from reconciler.state.private import private_dir
+
             try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # missing folders owner-only; an existing one (the working directory) untouched
+                private_dir(Path(path).parent, tighten=False)
             except OSError as exc:
                 raise StoreError(f"{redact(url)}: cannot create {Path(path).parent}: "
                                  f"{exc.strerror}") from exc
