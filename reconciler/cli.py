@@ -18,6 +18,7 @@ import click
 from reconciler import __version__
 from reconciler.errors import NotFound, ReconcilerError, SpecError
 from reconciler.observe.logging import setup_logging
+from reconciler.observe.printable import printable
 from reconciler.spec.model import DesiredState, ResourceKey
 
 T = TypeVar("T")
@@ -44,8 +45,10 @@ class Options:
 
 
 def _fail(exc: ReconcilerError) -> None:
-    click.echo(f"error[{exc.code}]: {exc.message}" if not isinstance(exc, SpecError)
-               else exc.message, err=True)
+    # Messages quote user input (a NAME, --to, a branch): no controls or bidi characters.
+    message = printable(exc.message, lines=True)
+    click.echo(f"error[{exc.code}]: {message}" if not isinstance(exc, SpecError) else message,
+               err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)
     sys.exit(exc.exit_code)
@@ -66,7 +69,8 @@ def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except Exception as exc:
             if os.environ.get("RECONCILER_DEBUG") == "1":
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(printable(f"internal error: {type(exc).__name__}: {exc}", lines=True),
+                       err=True)
             click.echo("hint: rerun with RECONCILER_DEBUG=1 for a traceback", err=True)
             sys.exit(2)
         raise AssertionError("unreachable")
@@ -655,17 +659,20 @@ def _since(text: str) -> Any:
     from datetime import UTC, datetime, timedelta
 
     from reconciler.spec.durations import parse_duration
+    from reconciler.state.audit import utc_time
 
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
         pass
+    except OverflowError:  # longer ago than year 1: every event
+        return datetime.min.replace(tzinfo=UTC)
     try:
-        when = datetime.fromisoformat(text)
+        return utc_time(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as "
-                                 "30m or 24h", param_hint="--since") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        raise click.BadParameter(f"{printable(text)!r} is neither an ISO-8601 time (year 1 to "
+                                 "9999 in UTC) nor a duration such as 30m or 24h",
+                                 param_hint="--since") from None
 
 
 async def _audit_key(store: Any, name: str) -> ResourceKey:
@@ -791,8 +798,14 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.errors import ReconcilerError as _Err
-    from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
+
+    # Bad option values are usage errors (exit 2, the option named), checked before anything
+    # starts: not "internal error" from deep inside the start-up.
+    listen_host, listen_port = _listen(listen)
+    poll_interval = _duration(interval, "--interval")
+    lease_ttl = _duration(shard_ttl, "--shard-ttl")
+    heal_every = _duration(heal_interval, "--heal-interval") if heal_interval else None
 
     secrets: dict[str, bytes] = {}
     for item in webhook_secrets:
@@ -802,21 +815,47 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
             raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
                        "PROVIDER=file:PATH")
         secrets[provider.lower()] = resolve_env({"secret": {kind: value}})["secret"].encode()
-    host, _, port = listen.rpartition(":")
     branches = list(webhook_branches) or ([ref] if ref else [])
-    config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or
-                          "127.0.0.1", listen_port=int(port), interval=parse_duration(interval),
+    config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=listen_host,
+                          listen_port=listen_port, interval=poll_interval,
                           prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url(),
                           heal=not no_heal, webhook_secrets=secrets,
                           webhook_repos=list(webhook_repos), webhook_branches=branches,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
-                          shard_ttl=parse_duration(shard_ttl),
-                          heal_interval=parse_duration(heal_interval) if heal_interval else None,
+                          shard_ttl=lease_ttl, heal_interval=heal_every,
                           audit_retention=_retention(audit_retention, "--audit-retention"))
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty HOST is 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(
+            f"{printable(text)!r} is not HOST:PORT with a port from 1 to 65535 "
+            "(e.g. 127.0.0.1:9464, [::1]:9464)", param_hint="--listen")
+    if ":" in host and not text.startswith("["):
+        raise click.BadParameter(f"{printable(text)!r}: write an IPv6 address in brackets, "
+                                 "e.g. [::1]:9464", param_hint="--listen")
+    return host or "127.0.0.1", int(port)
+
+
+def _duration(text: str, param: str) -> float:
+    """A positive Go-style duration (30s, 5m, 1h30m)."""
+    from reconciler.spec.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(printable(str(exc)), param_hint=param) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{printable(text)!r} must be longer than zero",
+                                 param_hint=param)
+    return seconds
 
 
 def _retention(text: str, param: str) -> Any:
