@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
-from tests.e2e.conftest import fleet as fleet  # noqa: F401 - the fixture
+from tests.e2e.conftest import fleet as fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 UMASKS = [0o022, 0o000]
@@ -41,7 +41,7 @@ def cli(fleet: Fleet, umask: int, *args: str) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), *args],
         capture_output=True, text=True, timeout=120, cwd=fleet.repo,
-        preexec_fn=with_umask(umask))  # noqa: PLW1509 - a test child, single-threaded here
+        preexec_fn=with_umask(umask))
 
 
 @pytest.mark.timeout(180)
@@ -84,7 +84,7 @@ def test_daemon_database_wal_and_shm_are_owner_only(fleet: Fleet, umask: int) ->
         [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "daemon",
          *fleet.repo_args(), "--listen", f"127.0.0.1:{port}", "--interval", "1h"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=fleet.repo,
-        preexec_fn=with_umask(umask))  # noqa: PLW1509
+        preexec_fn=with_umask(umask))
     try:
         def ready() -> bool:
             try:
@@ -119,7 +119,7 @@ def test_an_older_state_dir_is_tightened(tmp_path: Path) -> None:
     wal.chmod(0o644)
     proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir", str(state), "db",
                            "migrate"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          preexec_fn=with_umask(0o022))  # noqa: PLW1509
+                          preexec_fn=with_umask(0o022))
     assert proc.returncode == 0, proc.stderr
     assert (mode(state), mode(db)) == (0o700, 0o600)
     assert not wal.exists() or mode(wal) == 0o600
@@ -130,13 +130,13 @@ def test_an_older_state_dir_is_tightened(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir", str(state),
                            "--db", "sqlite:///here.db", "db", "migrate"],
                           capture_output=True, text=True, timeout=60, cwd=shared,
-                          preexec_fn=with_umask(0o000))  # noqa: PLW1509
+                          preexec_fn=with_umask(0o000))
     assert proc.returncode == 0, proc.stderr
     assert mode(shared) == 0o755 and mode(shared / "here.db") == 0o600
     proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir", str(state),
                            "--db", f"sqlite:///{tmp_path}/new/sub/x.db", "db", "migrate"],
                           capture_output=True, text=True, timeout=60, cwd=shared,
-                          preexec_fn=with_umask(0o000))  # noqa: PLW1509
+                          preexec_fn=with_umask(0o000))
     assert proc.returncode == 0, proc.stderr
     assert mode(tmp_path / "new") == 0o700 and mode(tmp_path / "new" / "sub") == 0o700
     assert mode(tmp_path / "new" / "sub" / "x.db") == 0o600
