@@ -196,7 +196,11 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 @click.pass_obj
 @handles_errors
 def validate(opts: Options, path: Path) -> None:
-    """Load and schema-check the desired state in PATH (a plain folder or a work tree)."""
+    """Load and schema-check the desired state in PATH (a plain folder or a work tree).
+
+    Safe on untrusted trees (pull requests in CI): a symbolic link is followed only to a file
+    inside PATH; one leading out of it is reported, never read. PATH itself must not be a
+    symbolic link."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
 
     if not path.exists():
@@ -761,9 +765,10 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
 @cli.command()
 @with_repo
 @click.option("--listen", default="127.0.0.1:9464", show_default=True,
-              help="HOST:PORT for /metrics, /healthz, /readyz and webhooks.")
+              help="HOST:PORT for /metrics, /healthz, /readyz and webhooks ([::1]:PORT for "
+                   "IPv6; port 1-65535).")
 @click.option("--interval", default="30s", show_default=True,
-              help="Poll interval for remotes and full resync (Go duration).")
+              help="Poll interval for remotes and full resync (Go duration, above zero).")
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
 @click.option("--no-heal", is_flag=True, help="Report drift without redeploying.")
 @click.option("--heal-interval", default=None,
