@@ -465,6 +465,8 @@ def status(opts: Options, output: str) -> None:
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    # cells hold recorded text (errors, actors, triggers): no controls or bidi characters
+    rows = [[printable(str(c), lines=True) for c in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
