@@ -173,3 +173,36 @@ def test_redact_keeps_what_is_not_secret() -> None:
     assert redact('invalid percent-encoded token: "ab%zzpw1"',
                   urls=("postgresql://u:ab%zzpw1@h/db",)) == (
         'invalid percent-encoded token: "***"')
+
+
+@pytest.mark.timeout(30)
+def test_health_probe_messages_hide_url_credentials() -> None:
+    """A health URL written with user:password@ (or ?token=) is recorded in deployment errors:
+    shown redacted, whether nothing answers or the server answers with a wrong status."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from reconciler.health.probes import probe
+    from reconciler.providers import Instance
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server's naming
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        up = server.server_address[1]
+        for url in (f"http://probe:{SECRET}@127.0.0.1:{PORT}/healthz",
+                    f"http://probe:{SECRET}@127.0.0.1:{up}/healthz",
+                    f"http://127.0.0.1:{up}/healthz?token={SECRET}"):
+            result = asyncio.run(probe({"http": {"url": url}, "timeout": "2s"}, Instance("i")))
+            assert not result.ok
+            assert SECRET not in result.message and "127.0.0.1" in result.message, result
+    finally:
+        server.shutdown()
