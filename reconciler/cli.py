@@ -45,8 +45,11 @@ class Options:
 
 
 def _fail(exc: ReconcilerError) -> None:
-    # Messages quote user input (a NAME, --to, a branch): no controls or bidi characters.
-    message = printable(exc.message, lines=True)
+    from reconciler.observe.redact import redact
+
+    # Messages quote user input (a NAME, --to, a branch): no controls or bidi characters; and,
+    # as a last line of defence, no credential of a URL or DSN they may quote.
+    message = printable(redact(exc.message), lines=True)
     click.echo(f"error[{exc.code}]: {message}" if not isinstance(exc, SpecError) else message,
                err=True)
     if exc.hint:
@@ -69,8 +72,11 @@ def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except Exception as exc:
             if os.environ.get("RECONCILER_DEBUG") == "1":
                 raise
-            click.echo(printable(f"internal error: {type(exc).__name__}: {exc}", lines=True),
-                       err=True)
+            from reconciler.observe.redact import redact
+
+            # an unexpected exception's text may quote a URL or DSN with its password
+            click.echo(printable(redact(f"internal error: {type(exc).__name__}: {exc}"),
+                                 lines=True), err=True)
             click.echo("hint: rerun with RECONCILER_DEBUG=1 for a traceback", err=True)
             sys.exit(2)
         raise AssertionError("unreachable")
