@@ -39,8 +39,9 @@ def private_dir(path: Path, *, tighten: bool = True) -> Path:
 
 
 def private_file(path: Path) -> None:
-    """Make sure ``path`` exists and is 0600 (created empty if missing; never truncated)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+    """Make sure ``path`` exists and is 0600 (created empty if missing; never truncated). Read
+    only: another user's database stays readable for a read-only look, as SQLite allows."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
         _fchmod(fd, PRIVATE_FILE)
     finally:
