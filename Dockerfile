@@ -29,7 +29,8 @@ RUN if ! dpkg -s python3 git openssh-client ca-certificates >/dev/null 2>&1; the
  && groupadd --system --gid 10001 fraisier \
  && useradd --system --uid 10001 --gid fraisier --home-dir /var/lib/fraisier --no-create-home \
       --shell /usr/sbin/nologin fraisier \
- && install -d -o fraisier -g fraisier -m 0750 /var/lib/fraisier \
+ # owner-only, like the unit's StateDirectoryMode: the database and clones hold secrets
+ && install -d -o fraisier -g fraisier -m 0700 /var/lib/fraisier \
  # A config repo bind-mounted from the host is owned by another uid; git would refuse to read
  # it ("dubious ownership"). This container runs one user and reads only what it is given.
  && git config --system --add safe.directory '*'

@@ -76,7 +76,8 @@ def _help_text(cmd: click.Command) -> str:
 # The exit codes fixed by the CLI contract (/work/shared/DESIGN.md), for commands whose help
 # does not state them; a command's own "Exit …." sentence wins.
 CONTRACT_EXIT_CODES = {
-    "reconciler validate": "0 valid, 2 invalid (each problem printed as `file:line:col: message`)",
+    "reconciler validate": "0 valid, 2 invalid (each problem printed as `file:line:col: message`) "
+                           "or no YAML document at all",
     "reconciler status": "0 all healthy and in sync, 1 otherwise",
     "reconciler history": "0",
     "reconciler rollback": "0 rolled back, 1 the rollback failed",

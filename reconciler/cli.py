@@ -18,6 +18,7 @@ import click
 from reconciler import __version__
 from reconciler.errors import NotFound, ReconcilerError, SpecError
 from reconciler.observe.logging import setup_logging
+from reconciler.observe.printable import printable
 from reconciler.spec.model import DesiredState, ResourceKey
 
 T = TypeVar("T")
@@ -33,10 +34,9 @@ class Options:
 
     def resolved_state_dir(self) -> Path:
         from reconciler.state import default_state_dir
+        from reconciler.state.private import private_dir
 
-        path = self.state_dir or default_state_dir()
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return private_dir(self.state_dir or default_state_dir())
 
     def db_url(self) -> str:
         from reconciler.state import default_db_url
@@ -45,8 +45,13 @@ class Options:
 
 
 def _fail(exc: ReconcilerError) -> None:
-    click.echo(f"error[{exc.code}]: {exc.message}" if not isinstance(exc, SpecError)
-               else exc.message, err=True)
+    from reconciler.observe.redact import redact
+
+    # Messages quote user input (a NAME, --to, a branch): no controls or bidi characters; and,
+    # as a last line of defence, no credential of a URL or DSN they may quote.
+    message = printable(redact(exc.message), lines=True)
+    click.echo(f"error[{exc.code}]: {message}" if not isinstance(exc, SpecError) else message,
+               err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)
     sys.exit(exc.exit_code)
@@ -67,7 +72,11 @@ def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except Exception as exc:
             if os.environ.get("RECONCILER_DEBUG") == "1":
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+            from reconciler.observe.redact import redact
+
+            # an unexpected exception's text may quote a URL or DSN with its password
+            click.echo(printable(redact(f"internal error: {type(exc).__name__}: {exc}"),
+                                 lines=True), err=True)
             click.echo("hint: rerun with RECONCILER_DEBUG=1 for a traceback", err=True)
             sys.exit(2)
         raise AssertionError("unreachable")
@@ -223,7 +232,11 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 @handles_errors
 def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
     """Load and schema-check the desired state in PATH (a plain folder or a work tree), and
-    check it against the operator policy."""
+    check it against the operator policy.
+
+    Safe on untrusted trees (pull requests in CI): a symbolic link is followed only to a file
+    inside PATH; one leading out of it is reported, never read. PATH itself must not be a
+    symbolic link."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
 
     install_policy(policy_path, None, None, path)
@@ -231,7 +244,15 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
         click.echo(f"{path}: no such file or directory", err=True)
         sys.exit(2)
     files = files_from_directory(path)
+    if not files:
+        click.echo(f"{path}: no *.yaml or *.yml file (hidden files and folders are skipped); "
+                   "is PATH the folder of the desired state?", err=True)
+        sys.exit(2)
     state = load_desired_state(files)
+    if not state.resources:
+        click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
+                   "validate", err=True)
+        sys.exit(2)
     counts: dict[str, int] = {}
     for key in state.resources:
         counts[key.kind] = counts.get(key.kind, 0) + 1
@@ -486,6 +507,8 @@ def status(opts: Options, output: str) -> None:
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
+    # cells hold recorded text (errors, actors, triggers): no controls or bidi characters
+    rows = [[printable(str(c), lines=True) for c in row] for row in rows]
     if sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
@@ -687,17 +710,20 @@ def _since(text: str) -> Any:
     from datetime import UTC, datetime, timedelta
 
     from reconciler.spec.durations import parse_duration
+    from reconciler.state.audit import utc_time
 
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError:
         pass
+    except OverflowError:  # longer ago than year 1: every event
+        return datetime.min.replace(tzinfo=UTC)
     try:
-        when = datetime.fromisoformat(text)
+        return utc_time(text)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as "
-                                 "30m or 24h", param_hint="--since") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        raise click.BadParameter(f"{printable(text)!r} is neither an ISO-8601 time (year 1 to "
+                                 "9999 in UTC) nor a duration such as 30m or 24h",
+                                 param_hint="--since") from None
 
 
 async def _audit_key(store: Any, name: str) -> ResourceKey:
@@ -786,9 +812,10 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
 @cli.command()
 @with_repo
 @click.option("--listen", default="127.0.0.1:9464", show_default=True,
-              help="HOST:PORT for /metrics, /healthz, /readyz and webhooks.")
+              help="HOST:PORT for /metrics, /healthz, /readyz and webhooks ([::1]:PORT for "
+                   "IPv6; port 1-65535).")
 @click.option("--interval", default="30s", show_default=True,
-              help="Poll interval for remotes and full resync (Go duration).")
+              help="Poll interval for remotes and full resync (Go duration, above zero).")
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
 @click.option("--no-heal", is_flag=True, help="Report drift without redeploying.")
 @click.option("--heal-interval", default=None,
@@ -823,11 +850,16 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            heal_interval: str | None, audit_retention: str, policy_path: Path | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
-    from reconciler.errors import ReconcilerError as _Err
     from reconciler.source.webhooks import check_secret
     from reconciler.spec import policy
-    from reconciler.spec.durations import parse_duration
     from reconciler.spec.secrets import resolve_env
+
+    # Bad option values are usage errors (exit 2, the option named), checked before anything
+    # starts: not "internal error" from deep inside the start-up.
+    listen_host, listen_port = _listen(listen)
+    poll_interval = _duration(interval, "--interval")
+    lease_ttl = _duration(shard_ttl, "--shard-ttl")
+    heal_every = _duration(heal_interval, "--heal-interval") if heal_interval else None
 
     loaded = install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     if loaded.source is None:
@@ -839,8 +871,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
         provider, sep, ref_text = item.partition("=")
         kind, sep2, value = ref_text.partition(":")
         if not sep or not sep2 or kind not in ("env", "file"):
-            raise _Err(f"--webhook-secret {provider}: expected PROVIDER=env:NAME or "
-                       "PROVIDER=file:PATH")
+            raise click.BadParameter(f"{item!r}: expected PROVIDER=env:NAME or "
+                                     "PROVIDER=file:PATH", param_hint="--webhook-secret")
         # the operator's own secret: resolved without the policy, then out of the repo's reach
         secret = resolve_env({"secret": {kind: value}}, trusted=True)["secret"].encode()
         try:  # an empty or short secret would authenticate nothing: refuse to start
@@ -854,21 +886,47 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
             policy.protect_path(value)
     if api_token_file is not None:
         policy.protect_path(api_token_file)
-    host, _, port = listen.rpartition(":")
     branches = list(webhook_branches) or ([ref] if ref else [])
-    config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=host.strip("[]") or
-                          "127.0.0.1", listen_port=int(port), interval=parse_duration(interval),
+    config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=listen_host,
+                          listen_port=listen_port, interval=poll_interval,
                           prune=prune, state_dir=opts.resolved_state_dir(), db_url=opts.db_url(),
                           heal=not no_heal, webhook_secrets=secrets,
                           webhook_repos=list(webhook_repos), webhook_branches=branches,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
-                          shard_ttl=parse_duration(shard_ttl),
-                          heal_interval=parse_duration(heal_interval) if heal_interval else None,
+                          shard_ttl=lease_ttl, heal_interval=heal_every,
                           audit_retention=_retention(audit_retention, "--audit-retention"))
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6; an empty HOST is 127.0.0.1)."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not sep or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise click.BadParameter(
+            f"{printable(text)!r} is not HOST:PORT with a port from 1 to 65535 "
+            "(e.g. 127.0.0.1:9464, [::1]:9464)", param_hint="--listen")
+    if ":" in host and not text.startswith("["):
+        raise click.BadParameter(f"{printable(text)!r}: write an IPv6 address in brackets, "
+                                 "e.g. [::1]:9464", param_hint="--listen")
+    return host or "127.0.0.1", int(port)
+
+
+def _duration(text: str, param: str) -> float:
+    """A positive Go-style duration (30s, 5m, 1h30m)."""
+    from reconciler.spec.durations import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(printable(str(exc)), param_hint=param) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{printable(text)!r} must be longer than zero",
+                                 param_hint=param)
+    return seconds
 
 
 def _retention(text: str, param: str) -> Any:
@@ -994,7 +1052,7 @@ def db_check(opts: Options, output: str) -> None:
     import time
 
     async def main() -> dict[str, Any]:
-        from reconciler.state import redact_url
+        from reconciler.observe.redact import redact
 
         store = await open_store(opts, migrate=False)
         try:
@@ -1007,7 +1065,7 @@ def db_check(opts: Options, output: str) -> None:
                 started = time.perf_counter()
                 count = len(await store.list_resources(with_specs=False))
                 list_ms = (time.perf_counter() - started) * 1000
-            return {"url": redact_url(opts.db_url()), "reachable": True,
+            return {"url": redact(opts.db_url()), "reachable": True,
                     "migrationStatusMs": round(status_ms, 2), "resourceListMs": round(list_ms, 2),
                     "resources": count, "pendingMigrations": pending}
         finally:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from reconciler.errors import ReconcilerError
 from reconciler.spec.model import ResourceKey
+from reconciler.state.audit import utc_time
 from reconciler.state.store import AuditRecord, DeploymentRecord, ResourceRecord, Store
 
 log = logging.getLogger("reconciler.daemon.api")
@@ -170,10 +171,9 @@ def api_routes(store: Store, token: bytes | None) -> list[web.RouteDef]:
         since = None
         if "since" in request.query:
             try:
-                since = datetime.fromisoformat(request.query["since"])
+                since = utc_time(request.query["since"])
             except ValueError:
-                return _error(400, "since must be an ISO-8601 time")
-            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+                return _error(400, "since must be an ISO-8601 time from year 1 to 9999 in UTC")
         try:
             events = await store.list_audit(limit, resource=key, since=since)
         except ReconcilerError as exc:

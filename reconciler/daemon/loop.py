@@ -675,7 +675,8 @@ class Daemon:
                                         backlog=self.cfg.http.backlog)
         log.info("daemon listening", extra={"listen": f"{self.cfg.listen_host}:"
                                                       f"{self.cfg.listen_port}",
-                                            "repo": self.cfg.repo, "path": self.source.path,
+                                            "repo": self.source.display_url,
+                                            "path": self.source.path,
                                             "open_files_limit": [soft, hard],
                                             "max_connections": guard.max_connections,
                                             "fd_ceiling": guard.fd_ceiling})

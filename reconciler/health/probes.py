@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ProviderError
+from reconciler.observe.redact import redact
 from reconciler.providers.contract import CommandRunner, Instance
 from reconciler.spec.durations import to_seconds
 
@@ -72,6 +73,7 @@ async def _probe_http(
     url = str(spec["url"]).replace("{host}", _host_for_url(instance.address))
     expected = _expected_statuses(spec.get("expectStatus"))
     needle = spec.get("bodyContains")
+    shown = redact(url)  # a URL with user:password@ in the spec: messages end up recorded
     try:
         async with (
             asyncio.timeout(timeout),
@@ -82,10 +84,10 @@ async def _probe_http(
         ):
             status = response.status_code
             if expected is None and not 200 <= status < 300:
-                return False, f"{url}: status {status}, expected 2xx"
+                return False, f"{shown}: status {status}, expected 2xx"
             if expected is not None and status not in expected:
                 want = " or ".join(str(s) for s in expected)
-                return False, f"{url}: status {status}, expected {want}"
+                return False, f"{shown}: status {status}, expected {want}"
             if needle is not None:
                 body = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -93,15 +95,16 @@ async def _probe_http(
                     if len(body) >= _BODY_LIMIT:
                         break
                 if str(needle) not in body.decode(errors="replace"):
-                    return False, f"{url}: status {status}, body does not contain {str(needle)!r}"
-            return True, f"{url}: status {status}"
+                    return False, (f"{shown}: status {status}, body does not contain "
+                                   f"{str(needle)!r}")
+            return True, f"{shown}: status {status}"
     except (TimeoutError, httpx.TimeoutException):
-        return False, f"{url}: timed out after {timeout:g}s"
+        return False, f"{shown}: timed out after {timeout:g}s"
     except httpx.InvalidURL as exc:
-        return False, f"{url}: invalid URL: {exc}"
+        return False, redact(f"{shown}: invalid URL: {exc}", urls=(url,))
     except httpx.HTTPError as exc:
         reason = str(exc) or type(exc).__name__
-        return False, f"{url}: {reason}"
+        return False, redact(f"{shown}: {reason}", urls=(url,))
 
 
 async def _probe_tcp(

@@ -39,10 +39,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from reconciler.observe.redact import redact
 from reconciler.spec.durations import format_duration, parse_duration
 
 log = logging.getLogger("reconciler.rollout.analysis")
@@ -162,17 +162,6 @@ def render_query(query: str, variables: Mapping[str, str]) -> str:
 # --- Prometheus ----------------------------------------------------------------------------
 
 
-def _safe_url(url: str) -> str:
-    """The URL without user:password, for messages."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
-
-
 class _Unreachable(Exception):
     pass
 
@@ -191,7 +180,8 @@ class _Prometheus:
     def __init__(self, client: httpx.AsyncClient, url: str) -> None:
         self.client = client
         self.endpoint = url.rstrip("/") + "/api/v1/query"
-        self.shown = _safe_url(url)
+        self.shown = redact(url)
+        self.url = url
 
     async def query(self, promql: str, deadline: float) -> dict[str, Any]:
         """The ``data`` of a successful instant query. Retries (jittered exponential backoff)
@@ -210,7 +200,8 @@ class _Prometheus:
                     timeout=min(remaining, _MAX_ATTEMPT_TIMEOUT_S),
                 )
             except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last = (redact(f"{type(exc).__name__}: {exc}", urls=(self.url,)) if str(exc)
+                        else type(exc).__name__)
             else:
                 if response.status_code >= 500:
                     last = f"HTTP {response.status_code}: {_error_of(response)}"

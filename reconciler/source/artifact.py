@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 import httpx
 
 from reconciler.errors import SourceError
+from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 
 
@@ -50,6 +51,7 @@ async def fetch_artifact(url: str, sha256: str, dest: Path, *,
     """Download (``file://``, ``http(s)://``) and verify ``url``, then unpack it into ``dest``
     (tar or zip archives) or place it there as a single file. File work runs in a thread."""
     parsed = urlparse(url)
+    shown = redact(f"{parsed.scheme}://{parsed.netloc}{parsed.path}", urls=(url,))
     with tempfile.TemporaryDirectory() as tmp:
         name = PurePosixPath(unquote(parsed.path)).name or "artifact"
         local = Path(tmp) / name
@@ -61,17 +63,15 @@ async def fetch_artifact(url: str, sha256: str, dest: Path, *,
                 async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client, \
                         client.stream("GET", url) as resp:
                     if resp.status_code != 200:
-                        raise SourceError(f"artifact {parsed.netloc}{parsed.path}: "
-                                          f"HTTP {resp.status_code}")
+                        raise SourceError(f"artifact {shown}: HTTP {resp.status_code}")
                     with local.open("wb") as fout:
                         async for chunk in resp.aiter_bytes():
                             digest.update(chunk)
                             fout.write(chunk)
             except httpx.HTTPError as exc:
-                raise SourceError(f"artifact {parsed.netloc}{parsed.path}: "
-                                  f"{type(exc).__name__}") from exc
+                raise SourceError(f"artifact {shown}: {type(exc).__name__}") from exc
         else:
-            raise SourceError(f"artifact {url}: unsupported scheme {parsed.scheme!r}")
+            raise SourceError(f"artifact {shown}: unsupported scheme {parsed.scheme!r}")
         if not hmac.compare_digest(digest.hexdigest(), sha256.lower()):
             raise SourceError(f"artifact {name}: sha256 mismatch (got {digest.hexdigest()})")
         await asyncio.to_thread(_unpack, local, name, dest)

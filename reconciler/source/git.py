@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import git
 
 from reconciler.errors import SourceError
+from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
 
@@ -58,11 +60,6 @@ def git_timeout() -> float:
     return seconds
 
 
-def redact_url(url: str) -> str:
-    """A clone URL fit for logs and errors: credentials replaced by ``***``."""
-    return re.sub(r"://[^/@\s]+@", "://***@", url)
-
-
 def is_remote(repo: str) -> bool:
     """A clone URL (scheme:// or scp-like user@host:path) rather than a local path."""
     return bool(_URL_RE.match(repo))
@@ -83,7 +80,7 @@ class GitSource:
                  state_dir: Path | None = None, timeout: float | None = None) -> None:
         self.url = repo
         self.timeout = timeout if timeout is not None else git_timeout()
-        self.display_url = redact_url(repo)
+        self.display_url = redact(repo)
         self.ref = ref
         self.path = str(PurePosixPath(path)) if path not in ("", ".") else ""
         self.remote = is_remote(repo)
@@ -130,7 +127,7 @@ class GitSource:
                             kill_after_timeout=self.timeout)
         except git.GitCommandError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc)}",
+            raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc, self.url)}",
                               hint=_git_hint(exc, self.url)) from exc
         tmp.rename(self.checkout)
         return git.Repo(self.checkout)
@@ -164,7 +161,8 @@ class GitSource:
                 else:
                     self._fetch()
             except (git.GitCommandError, SourceError) as exc:
-                error = _git_reason(exc) if isinstance(exc, git.GitCommandError) else str(exc)
+                error = (_git_reason(exc, self.url) if isinstance(exc, git.GitCommandError)
+                         else str(exc))
                 log.warning("fetch failed, keeping last good desired state",
                             extra={"repo": self.display_url, "error": error})
                 if self.commit is None and self._repo is None:
@@ -187,6 +185,7 @@ class GitSource:
         if tree.type != "tree":
             raise SourceError(f"{self.path}: not a folder at commit {commit[:12]}")
         out: list[SourceFile] = []
+        prefix = self.path + "/" if self.path else ""
         for item in tree.traverse():
             if not isinstance(item, git.Blob):
                 continue
@@ -195,7 +194,12 @@ class GitSource:
                 continue
             if any(part.startswith(".") for part in PurePosixPath(path).parts):
                 continue
-            out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item)))
+            blob, refused = _follow_links(tree, item, path.removeprefix(prefix), self.path)
+            if blob is None:
+                out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item),
+                                      refused=refused))
+                continue
+            out.append(SourceFile(path=path, blob_id=blob.hexsha, read=_reader(blob)))
         out.sort(key=lambda f: f.path)
         return out
 
@@ -222,6 +226,34 @@ class GitSource:
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
         await asyncio.to_thread(_extract, out, clean, dest)
+
+
+_LINK_MODE = 0o120000
+_MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def _follow_links(tree: git.Tree, blob: git.Blob, rel: str, folder: str
+                  ) -> tuple[git.Blob | None, str]:
+    """The blob a ``*.yaml`` entry stands for: itself, or for a symbolic link the file it
+    points to when that stays inside ``tree`` (the folder read); else ``(None, why)``. The same
+    rule as ``files_from_directory``, so validate on a checkout and the daemon agree."""
+    shown = folder or "the repository"
+    for _ in range(_MAX_LINKS):
+        if blob.mode != _LINK_MODE:
+            return blob, ""
+        target = bytes(blob.data_stream.read()).decode("utf-8", "surrogateescape")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            return None, (f"symbolic link to {target!r}, outside {shown}: not read (the "
+                          "desired state is read from files inside the tree only)")
+        try:
+            found = tree / joined
+        except (KeyError, TypeError, ValueError):  # missing, or through a non-folder
+            return None, f"symbolic link to {target!r}: no such file in {shown}"
+        if not isinstance(found, git.Blob):
+            return None, f"symbolic link to {target!r}: not a file"
+        blob, rel = found, joined
+    return None, "symbolic links nested too deeply: not read"
 
 
 def _reader(blob: git.Blob) -> Callable[[], bytes]:
@@ -287,13 +319,13 @@ def _git_hint(exc: BaseException, url: str) -> str | None:
     return None
 
 
-def _git_reason(exc: git.GitCommandError) -> str:
+def _git_reason(exc: git.GitCommandError, url: str) -> str:
     """The line of git's stderr that says what went wrong (GitPython wraps it in
     ``stderr: '…'``; the last line is often only the closing quote or a generic advice)."""
     text = (exc.stderr or "").strip() or str(exc)
     # Never echo credentials embedded in a clone URL.
     lines = [line.strip().removeprefix("stderr:").strip().strip("'").strip()
-             for line in redact_url(text).splitlines()]
+             for line in redact(text, urls=(url,)).splitlines()]
     lines = [line for line in lines if line]
     for marker in ("Host key verification failed", "Permission denied", "fatal:", "error:"):
         found = next((line for line in lines if marker in line), None)

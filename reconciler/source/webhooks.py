@@ -29,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from reconciler.errors import ReconcilerError
+from reconciler.observe.printable import printable
 
 PROVIDERS: tuple[str, ...] = ("github", "gitlab", "gitea", "bitbucket")
 # Forgejo is a Gitea fork with identical payloads and signatures.
@@ -627,9 +628,9 @@ def normalize_repo_url(url: str) -> str | None:
 
 
 def _clip(text: str, limit: int = 120) -> str:
-    """Payload-supplied text made safe for a reason string (one line, bounded)."""
-    clean = _CONTROL_RE.sub("?", text)
-    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+    """Payload-supplied text made safe for a reason string (one line, bounded, no controls or
+    bidi characters)."""
+    return printable(text, limit)
 
 
 def matches(

@@ -64,6 +64,9 @@ class SourceFile:
     path: str  # shown in errors, posix, e.g. "examples/fleet/api.yaml"
     blob_id: str  # git blob sha1 of the content
     read: Callable[[], bytes]
+    # Why the file was not read (a symbolic link out of the tree, not a regular file): the
+    # loader reports it at file:1:1 and never calls ``read``.
+    refused: str | None = None
 
 
 def git_blob_id(data: bytes) -> str:
@@ -82,13 +85,19 @@ def files_from_directory(path: Path) -> list[SourceFile]:
     """Every ``*.yaml``/``*.yml`` file under ``path`` (or ``path`` itself if it is a file),
     recursively, sorted by relative path, skipping hidden files and directories.
 
-    Contents are read once here, so ``blob_id`` and ``read()`` always agree.
+    The tree is ``path`` (a file's folder for a file): ``validate`` runs on untrusted trees (pull
+    requests in CI), so a symbolic link is followed only to a regular file inside the tree;
+    anything else is returned ``refused`` and never read. Symlinked folders are not descended
+    (as in a git tree). Contents are read once here, so ``blob_id`` and ``read()`` agree.
     """
     root = Path(path)
     shown_root = PurePosixPath(root.as_posix())
+    _refuse_symlinked_root(root)
     if root.is_file():
         found = [(shown_root, root)]
+        tree = root.parent.resolve()
     elif root.is_dir():
+        tree = root.resolve()
         relative: list[PurePosixPath] = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -102,9 +111,46 @@ def files_from_directory(path: Path) -> list[SourceFile]:
         raise SourceError(f"{shown_root}: no such file or directory")
     files = []
     for shown, real in found:
-        data = real.read_bytes()
+        target, refused = _inside(real, tree, shown_root)
+        if target is None:
+            files.append(SourceFile(str(shown), "", _reader(b""), refused))
+            continue
+        data = target.read_bytes()
         files.append(SourceFile(str(shown), git_blob_id(data), _reader(data)))
     return files
+
+
+def _refuse_symlinked_root(root: Path) -> None:
+    """PATH itself, or a folder of a relative PATH, must not be a symbolic link: the tree it
+    names would be wherever the link points (an untrusted checkout could point it at $HOME)."""
+    parts = root.parts if not root.is_absolute() else (str(root),)
+    current = Path()
+    for part in parts:
+        current = current / part
+        if part not in (".", "..") and current.is_symlink():
+            raise SourceError(
+                f"{current.as_posix()}: is a symbolic link; validate reads a real folder",
+                hint="pass the folder it points to, if that folder is trusted")
+
+
+def _inside(real: Path, tree: Path, shown_root: PurePosixPath) -> tuple[Path | None, str]:
+    """``(path to read, "")`` for a regular file in ``tree`` (through symbolic links that stay
+    inside), else ``(None, why it is not read)``."""
+    target = real
+    if real.is_symlink():
+        link = os.readlink(real)
+        try:
+            target = real.resolve()
+        except (OSError, RuntimeError):  # a loop
+            return None, f"symbolic link to {link!r}: loops, not read"
+        if not target.is_relative_to(tree):
+            return None, (f"symbolic link to {link!r}, outside {shown_root}: not read (the "
+                          "desired state is read from files inside the tree only)")
+        if not target.exists():
+            return None, f"symbolic link to {link!r}: no such file in {shown_root}"
+    if not target.is_file():
+        return None, "not a regular file: not read"
+    return target, ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -798,6 +844,9 @@ def _load_desired_state(
 ) -> DesiredState:
     load = _Load(files)
     for file_index, source in enumerate(files):
+        if source.refused is not None:
+            load.problems.append(SpecProblem(source.path, 1, 1, source.refused))
+            continue
         records = cache.get(source.blob_id) if cache is not None else None
         if records is None:
             data = source.read()

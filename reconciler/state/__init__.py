@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from reconciler.errors import StoreError
+from reconciler.observe.redact import redact
 from reconciler.state.store import Store
 
 SQLITE_PREFIX = "sqlite:///"
@@ -57,28 +57,15 @@ def resolve_db_url(explicit: str | None = None) -> str:
     return explicit or os.environ.get("RECONCILER_DB") or default_db_url(default_state_dir())
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable database URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite:///`` URL (``:memory:`` passes through)."""
     if not url.startswith(SQLITE_PREFIX):
         raise StoreError(
-            f"{redact_url(url)}: a SQLite URL is sqlite:///relative/path or sqlite:////abs/path"
+            f"{redact(url)}: a SQLite URL is sqlite:///relative/path or sqlite:////abs/path"
         )
     path = url[len(SQLITE_PREFIX):]
     if not path:
-        raise StoreError(f"{url}: no database path after sqlite:///")
+        raise StoreError(f"{redact(url)}: no database path after sqlite:///")
     return path
 
 
@@ -105,10 +92,14 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
 
         path = sqlite_path(url)
         if path != ":memory:":
+            from reconciler.state.private import private_dir
+
             try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # missing folders owner-only; an existing one (the working directory) untouched
+                private_dir(Path(path).parent, tighten=False)
             except OSError as exc:
-                raise StoreError(f"{url}: cannot create {Path(path).parent}: {exc}") from exc
+                raise StoreError(f"{redact(url)}: cannot create {Path(path).parent}: "
+                                 f"{exc.strerror}") from exc
         return SQLiteStore(path, url=url, sql_dir=sql_dir)
     if scheme in ("postgresql", "postgres") or scheme.startswith(("postgresql+", "postgres+")):
         from reconciler.state.postgresql import PostgresStore
@@ -119,7 +110,7 @@ def open_store(url: str, *, sql_dir: Path | None = None) -> Store:
 
         return MySQLStore(url, sql_dir=sql_dir, retry_seconds=_retry_seconds())
     raise StoreError(
-        f"unsupported database URL {redact_url(url)!r}: use sqlite:///path, postgresql://… "
+        f"unsupported database URL {redact(url)!r}: use sqlite:///path, postgresql://… "
         "or mysql://…"
     )
 
@@ -129,7 +120,6 @@ __all__ = [
     "default_db_url",
     "default_state_dir",
     "open_store",
-    "redact_url",
     "resolve_db_url",
     "sqlite_path",
 ]

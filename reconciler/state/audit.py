@@ -24,10 +24,11 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reconciler.errors import StoreError
+from reconciler.observe.printable import printable
 from reconciler.spec.model import ResourceKey
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
@@ -57,8 +58,20 @@ _RENAMED = {"commit": "watch", "drift": "heal", "apply": "cli", "manual": "cli",
 
 def clip(text: str, limit: int, *, lines: bool = False) -> str:
     """Printable (newlines kept with ``lines``), at most ``limit`` characters (… when cut)."""
-    clean = "".join(c if c.isprintable() or (lines and c in "\n\t") else "?" for c in text)
-    return clean if len(clean) <= limit else clean[:limit - 1] + "…"
+    return printable(text, limit, lines=lines)
+
+
+def utc_time(text: str) -> datetime:
+    """An ISO-8601 time (UTC when it names no zone) as an aware UTC ``datetime``. ValueError
+    when it is not one, or when it is outside year 1 to 9999 once in UTC (what every store
+    can compare with; 0001-01-01T00:00+01:00 is in year 0)."""
+    when = datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is outside year 1 to 9999 in UTC") from None
 
 
 def cli_actor() -> str:

@@ -10,7 +10,8 @@ Driver choice: PyMySQL, run in a small thread pool (one thread per pooled connec
 
 URL: ``mysql://user[:password]@host[:port]/dbname`` (``mariadb://`` too; ``?unix_socket=PATH``).
 A password not in the URL comes from ``$RECONCILER_DB_PASSWORD`` or the file named by
-``$RECONCILER_DB_PASSWORD_FILE``; it is never logged (messages use ``redact_url``).
+``$RECONCILER_DB_PASSWORD_FILE``; it is never logged (messages go through
+``observe.redact``).
 
 Sessions run at READ COMMITTED (a parent row locked FOR UPDATE then shows the children other
 transactions committed: per-parent sequence numbers stay exact), UTC (DATETIME(6) columns hold
@@ -39,6 +40,7 @@ from pymysql.constants import CLIENT
 
 from reconciler.errors import StoreError
 from reconciler.observe.metrics import DB_CONNECTIONS
+from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state.migrations import MigrationRunner, MySQLMigrationConnection
 from reconciler.state.postgresql import password_from_env
@@ -58,7 +60,10 @@ _DUPLICATE_VALUE = re.compile(r"Duplicate entry '.*' for key", re.DOTALL)
 
 def connect_params(url: str) -> dict[str, Any]:
     """PyMySQL ``connect()`` arguments for a ``mysql://`` URL (password from env if absent)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unbracketed "[" in the password
+        raise StoreError(redact(f"invalid MySQL URL {url}: {exc}", urls=(url,))) from None
     if not parts.scheme.lower().startswith(("mysql", "mariadb")):
         raise StoreError("a MySQL URL is mysql://user@host:port/dbname")
     database = unquote(parts.path.lstrip("/"))
@@ -289,14 +294,14 @@ class MySQLStore(ServerStore):
         try:
             conn = open_connection(self._params, self.connect_timeout)
         except pymysql.err.MySQLError as exc:
-            raise StoreError(f"{self._redacted()}: {self._describe(exc)}") from exc
+            raise StoreError(f"{self._redacted()}: {self._described(exc)}") from exc
         try:
             # tuples, not dicts, for the runner
             conn.cursorclass = pymysql.cursors.Cursor
             runner = MigrationRunner(MySQLMigrationConnection(conn), self.sql_dir)
             return runner.status() if status_only else runner.migrate()
         except pymysql.err.MySQLError as exc:
-            raise StoreError(f"{self._redacted()}: {self._describe(exc)}") from exc
+            raise StoreError(f"{self._redacted()}: {self._described(exc)}") from exc
         finally:
             _close_quietly(conn)
 

@@ -3,7 +3,8 @@
 URL: ``postgresql://user[:password]@host[:port]/dbname[?sslmode=…]`` (``postgres://`` too). A
 password not in the URL comes from ``$RECONCILER_DB_PASSWORD``, a file named by
 ``$RECONCILER_DB_PASSWORD_FILE`` (systemd credentials, Docker secrets), or libpq's own
-``$PGPASSWORD`` / ``~/.pgpass``. It is never logged: messages use ``redact_url``.
+``$PGPASSWORD`` / ``~/.pgpass``. It is never logged: messages go through
+``observe.redact``.
 
 Schema migrations run on a dedicated synchronous psycopg connection in a worker thread (the
 runner is synchronous); everything else uses the async pool.
@@ -25,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from reconciler.errors import StoreError
 from reconciler.observe.metrics import DB_CONNECTIONS
+from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state.migrations import MigrationRunner, PostgresMigrationConnection
 from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, Row, ServerStore, Tx
@@ -59,7 +61,7 @@ def conninfo_from_url(url: str) -> str:
     try:
         params = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise StoreError(f"invalid PostgreSQL URL: {exc}") from None
+        raise StoreError(redact(f"invalid PostgreSQL URL {url}: {exc}", urls=(url,))) from None
     if "password" not in params and (password := password_from_env()) is not None:
         conninfo = psycopg.conninfo.make_conninfo(conninfo, password=password)
     return conninfo
@@ -142,7 +144,7 @@ class PostgresStore(ServerStore):
                 self._conninfo, connect_timeout=max(1, int(self.connect_timeout)))
         except psycopg.OperationalError as exc:
             if any(marker in str(exc) for marker in _FATAL_CONNECT):
-                raise StoreError(f"{self._redacted()}: {self._describe(exc)}") from exc
+                raise StoreError(f"{self._redacted()}: {self._described(exc)}") from exc
             raise  # server down: retryable, _run backs off
         await conn.close()
         if not self._opened:
@@ -209,7 +211,7 @@ class PostgresStore(ServerStore):
                 runner = MigrationRunner(PostgresMigrationConnection(conn), self.sql_dir)
                 return runner.status() if status_only else runner.migrate()
         except psycopg.Error as exc:
-            raise StoreError(f"{self._redacted()}: {self._describe(exc)}") from exc
+            raise StoreError(f"{self._redacted()}: {self._described(exc)}") from exc
 
     # -- values and dialect statements -----------------------------------------------------------
     def _db_time(self, value: datetime) -> Any:

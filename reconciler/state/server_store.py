@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from reconciler.errors import NotFound, ReconcilerError, StoreError
 from reconciler.observe.metrics import LOCK_WAIT, db_operation
+from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
@@ -186,7 +187,7 @@ class ServerStore(rows.AuditLog):
                 if time.monotonic() >= deadline or self._closed:
                     raise StoreError(
                         f"{self._redacted()}: {operation} failed after {attempt + 1} attempt(s) "
-                        f"over {self.retry_seconds:g} s: {self._describe(exc)}"
+                        f"over {self.retry_seconds:g} s: {self._described(exc)}"
                     ) from exc
                 await self._on_retryable_error(exc)
                 delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1)
@@ -196,7 +197,7 @@ class ServerStore(rows.AuditLog):
                 self._publish_pool_metrics()
 
     def _store_error(self, exc: BaseException) -> StoreError:
-        text = self._describe(exc)
+        text = self._described(exc)
         lowered = text.lower()
         if "does not exist" in lowered or "doesn't exist" in lowered:
             return StoreError(
@@ -206,9 +207,12 @@ class ServerStore(rows.AuditLog):
         return StoreError(f"{self._redacted()}: {text}")
 
     def _redacted(self) -> str:
-        from reconciler.state import redact_url
+        return redact(self.url)
 
-        return redact_url(self.url)
+    def _described(self, exc: BaseException) -> str:
+        """``_describe`` with the URL's credentials scrubbed: drivers echo parts of the URL (a
+        bad percent escape in the password, say)."""
+        return redact(self._describe(exc), urls=(self.url,))
 
     # -- schema ----------------------------------------------------------------------------------
     async def _migration_call(self, status_only: bool) -> list[MigrationInfo]:

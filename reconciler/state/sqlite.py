@@ -38,6 +38,7 @@ from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
+from reconciler.state.private import private_file
 from reconciler.state.store import (
     FINAL_STATUSES,
     PENDING,
@@ -71,6 +72,20 @@ def _storage_failure(exc: sqlite3.Error) -> bool:
         return (code & 0xFF) in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
     text = str(exc)
     return "disk is full" in text or "disk I/O error" in text
+
+
+def _private_database(path: Path) -> None:
+    """The database file exists 0600 before SQLite opens it: SQLite then creates the -wal, -shm
+    and -journal files with the database's own mode (whatever the umask). Companions an older
+    version left readable are tightened too."""
+    try:
+        private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                private_file(companion)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the database file: {exc.strerror}") from exc
 
 
 def now_text() -> str:
@@ -122,6 +137,8 @@ class SQLiteStore(rows.AuditLog):
 
     # -- plumbing ------------------------------------------------------------------------------
     def _connect(self) -> Database:
+        if self.path != ":memory:":
+            _private_database(Path(self.path))
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")

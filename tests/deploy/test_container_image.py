@@ -133,6 +133,10 @@ def test_container_serves_healthz_and_turns_healthy(docker_engine: Infra, image:
         # State landed in the volume (SQLite database), written by the non-root user.
         listing = docker(docker_engine, "exec", name, "ls", "-ln", "/var/lib/fraisier").stdout
         assert ".db" in listing and " 10001 " in listing, listing
+        # owner-only under the container's default umask (022): state dir 0700, database 0600
+        modes = docker(docker_engine, "exec", name, "stat", "-c", "%a %n", "/var/lib/fraisier",
+                       "/var/lib/fraisier/fraisier.db").stdout.split("\n")
+        assert modes[:2] == ["700 /var/lib/fraisier", "600 /var/lib/fraisier/fraisier.db"], modes
         stopped = time.monotonic()
         docker(docker_engine, "stop", "-t", "20", name, timeout=60)
         code = docker(docker_engine, "inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip()

@@ -216,7 +216,7 @@ async def test_prometheus_down_fails_honestly() -> None:
     )
     assert not result.passed
     message = result.measurements[0].message
-    assert "Prometheus at http://127.0.0.1:" in message and "unreachable" in message
+    assert "Prometheus at http://***@127.0.0.1:" in message and "unreachable" in message
     assert "ConnectError" in message
     attempts = int(message.rsplit("(", 1)[1].split()[0])
     assert attempts >= 3  # retried with backoff within the interval

@@ -13,7 +13,6 @@ from reconciler.state import (
     default_db_url,
     default_state_dir,
     open_store,
-    redact_url,
     resolve_db_url,
     sqlite_path,
 )
@@ -94,12 +93,6 @@ def test_unwritable_parent(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create"):
         open_store(f"sqlite:///{blocker}/sub/state.db")
-
-
-def test_redact_url() -> None:
-    assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert redact_url("mysql://root@127.0.0.1/test") == "mysql://root@127.0.0.1/test"
-    assert redact_url("sqlite:////var/lib/x.db") == "sqlite:////var/lib/x.db"
 
 
 def test_sqlite_path() -> None:

@@ -43,6 +43,8 @@ from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.transport import CommandTimeout, Transport
 
+_APPEND_LOG = ('umask 077 && mkdir -p -- "$1" && touch -- "$2" && chmod 600 -- "$2" && '
+               'exec dd of="$2" oflag=append conv=notrunc status=none')
 DEFAULT_KEEP_RELEASES = 5
 DEFAULT_STOP_TIMEOUT_S = 10.0
 DEFAULT_JOB_TIMEOUT_S = 3600.0
@@ -316,12 +318,10 @@ class BareMetalProvider:
         return RunResult(exit_code, tail.decode(errors="replace"))
 
     async def _append_log(self, ref: ServiceRef, data: bytes) -> None:
+        # dd appends stdin to the file; the paths are positional arguments, never shell text.
+        # Job output may carry secrets: folder and file owner-only whatever the host's umask.
         await self.transport.run(
-            ["mkdir", "-p", "--", posixpath.dirname(ref.log_path)], timeout=30.0, check=True
-        )
-        # dd appends stdin to the file; the same argv works over SSH (no shell redirection).
-        await self.transport.run(
-            ["dd", f"of={ref.log_path}", "oflag=append", "conv=notrunc", "status=none"],
+            ["sh", "-c", _APPEND_LOG, "sh", posixpath.dirname(ref.log_path), ref.log_path],
             stdin=data,
             timeout=60.0,
             check=True,

@@ -25,6 +25,7 @@ from typing import Any
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceRef, ServiceStatus
+from reconciler.state.private import open_private_append, private_dir
 from reconciler.transport.local import write_file_atomic
 
 _POLL_FIRST_S = 0.005  # polls back off from here to _POLL_MAX_S: most services stop at once
@@ -201,12 +202,12 @@ class Supervisor:
 
     def _start_sync(self, ref: ServiceRef, launch: LaunchSpec) -> ServiceStatus:
         log_path = Path(ref.log_path)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)  # service output may carry secrets: owner-only
         with contextlib.suppress(FileNotFoundError):
             if log_path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(log_path, log_path.with_name(log_path.name + ".1"))
         started_at = _now()
-        with log_path.open("ab") as log:
+        with open_private_append(log_path) as log:
             log.write(f"[fraisier {started_at}] starting revision {launch.revision}\n".encode())
             log.flush()
             try:

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from reconciler.observe.redact import redact
+
 from .config import TargetSettings
 from .errors import (
     CoolifyAPIDisabled,
@@ -33,7 +35,6 @@ from .errors import (
     CoolifyUnavailable,
 )
 
-REDACTED = "***"
 _RETRY_STATUSES = frozenset({500, 502, 503, 504})
 
 
@@ -77,11 +78,9 @@ class CoolifyClient:
         self._secrets.update(v for v in values if v)
 
     def redact(self, text: str) -> str:
-        # Longest first, so a secret containing another one is hidden whole.
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            if len(secret) >= 3:
-                text = text.replace(secret, REDACTED)
-        return text
+        # Values under 3 characters (env flags such as "1") would garble every message.
+        return redact(text, secrets=(s for s in self._secrets if len(s) >= 3),
+                      urls=(self.settings.url,))
 
     async def close(self) -> None:
         await self._http.aclose()

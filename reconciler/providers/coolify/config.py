@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reconciler.errors import SecretError
+from reconciler.observe.redact import redact
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 from reconciler.spec.secrets import describe_ref, is_secret_ref
@@ -90,7 +91,8 @@ class TargetSettings:
             )
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CoolifyConfigError(f"{where}: `url` must be an http(s) URL, got {url!r}")
+            raise CoolifyConfigError(
+                f"{where}: `url` must be an http(s) URL, got {redact(url)!r}")
         if parts.username or parts.password:
             raise CoolifyConfigError(f"{where}: `url` must not carry credentials; use `token`")
         base = url.rstrip("/")
