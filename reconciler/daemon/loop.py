@@ -26,7 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.daemon import notify
-from reconciler.errors import ReconcilerError, SpecError
+from reconciler.errors import ReconcilerError, SpecError, UnexpectedError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
@@ -154,6 +154,7 @@ class Daemon:
     redeploy: set[ResourceKey] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
     last_error: str | None = None
+    failed_resources: list[Any] = field(default_factory=list)  # Outcomes failed last pass
     reconciling: bool = False
     leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
@@ -205,13 +206,22 @@ class Daemon:
                                               cache=cache)
         except SpecError as exc:
             metrics.DESIRED_STATE_ERRORS.inc()
-            self.last_error = f"commit {sync.commit[:12]} is invalid; nothing applied"
+            first = f": {exc.problems[0]}" if exc.problems else ""
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            self.last_error = f"commit {sync.commit[:12]} is invalid; nothing applied{first}{more}"
             log.error("desired state invalid; keeping last good desired state",
                       extra={"commit": sync.commit, "problems": [str(p) for p in exc.problems]})
             return self.desired is not None
         except ReconcilerError as exc:
             self.last_error = exc.message
             log.error("cannot load desired state", extra=exc.log_fields())
+            return self.desired is not None
+        except Exception as exc:  # a commit must never stop the daemon: keep the last good one
+            metrics.DESIRED_STATE_ERRORS.inc()
+            failure = UnexpectedError.of(exc)
+            self.last_error = f"commit {sync.commit[:12]} cannot be loaded: {failure.recorded}"
+            log.error("cannot load desired state; keeping last good desired state",
+                      exc_info=exc, extra={"commit": sync.commit, **failure.log_fields()})
             return self.desired is not None
         desired = desired.only(self.cfg.environments)
         log.info("desired state loaded", extra={"commit": sync.commit,
@@ -270,6 +280,7 @@ class Daemon:
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
         failed = [o for o in result.failed() if not o.message.startswith("waiting")]
+        self.failed_resources = failed
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1
@@ -319,9 +330,24 @@ class Daemon:
             except ReconcilerError as exc:
                 log.error("reconcile pass failed", extra=exc.log_fields())
                 self.retry_at = time.monotonic() + jittered(10.0)
+            except Exception as exc:
+                # Nothing in the desired state may end the daemon: the pass failed, the next
+                # one retries with backoff (systemd's restart would only hit it again).
+                failure = UnexpectedError.of(exc)
+                log.error("reconcile pass failed unexpectedly; retrying with backoff",
+                          exc_info=exc, extra=failure.log_fields())
+                self.last_error = failure.recorded
+                self._back_off()
             finally:
                 self.reconciling = False
                 self.passed.set()
+
+    def _back_off(self) -> None:
+        """After a pass that failed unexpectedly: retry after 10 s, 20 s, … up to
+        --max-backoff, jittered (never a hot loop on a commit that breaks every pass)."""
+        self.failures += 1
+        self.retry_at = time.monotonic() + jittered(
+            min(self.cfg.max_backoff, 10.0 * 2.0 ** (self.failures - 1)), 0.2)
 
     async def watchdog(self) -> None:
         """WATCHDOG=1 every WatchdogSec/2, so systemd restarts a stopped or blocked daemon."""
@@ -399,6 +425,10 @@ class Daemon:
         except ReconcilerError as exc:
             log.error("schedule run failed", extra={"resource": str(resource.key),
                                                     **exc.log_fields()})
+        except Exception as exc:
+            log.error("schedule run failed unexpectedly", exc_info=exc,
+                      extra={"resource": str(resource.key),
+                             **UnexpectedError.of(exc).log_fields()})
 
     async def heal(self) -> None:
         """Compare live state with the applied revision; redeploy what drifted (self-heal).
@@ -433,6 +463,11 @@ class Daemon:
                 except ReconcilerError as exc:
                     log.warning("observe failed", extra={"resource": str(resource.key),
                                                          "error": exc.message})
+                    continue
+                except Exception as exc:  # one Service's observation must not end self-heal
+                    log.warning("observe failed unexpectedly", exc_info=exc,
+                                extra={"resource": str(resource.key),
+                                       "error": UnexpectedError.of(exc).message})
                     continue
                 if detail is not None:
                     drifted.add(resource.key)
@@ -511,8 +546,14 @@ class Daemon:
                                      status=503 if stale else 200)
 
         async def readyz(_: web.Request) -> web.Response:
+            # Resources that failed in the last pass do not make the daemon unready (it still
+            # serves webhooks and retries them); they are listed so a probe or an operator
+            # sees them.
+            failed = [{"resource": str(o.key), "result": o.result, "code": o.code or None,
+                       "error": o.message[:500]} for o in self.failed_resources[:50]]
             body = {"ready": self.ready, "commit": self.desired.commit if self.desired else None,
-                    "lastError": self.last_error}
+                    "lastError": self.last_error, "failed": failed,
+                    "failedCount": len(self.failed_resources)}
             return web.json_response(body, status=200 if self.ready else 503)
 
         if self.cfg.webhook_secrets:

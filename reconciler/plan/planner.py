@@ -44,6 +44,9 @@ class PlanItem:
     changes: list[FieldChange] = field(default_factory=list)
     reason: str = ""
     opens_at: datetime | None = None  # DEFERRED: when its sync windows next allow the change
+    # The revision could not be computed (an app repository that cannot be cloned, …): the
+    # item fails with this error when applied; the rest of the plan is unaffected.
+    error: Exception | None = None
 
     @property
     def in_sync(self) -> bool:

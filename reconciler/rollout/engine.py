@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ReconcilerError, StoreError
+from reconciler.errors import ReconcilerError, StoreError, UnexpectedError
 from reconciler.health import wait_healthy
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
@@ -69,6 +69,8 @@ log = logging.getLogger("reconciler.rollout")
 # Outcomes of one resource in one pass.
 CONVERGED = "converged"
 SKIPPED = "skipped"
+# Planned revision of a resource whose revision could not be computed (never a real one).
+UNRESOLVED = "unresolved"
 
 ProgressFn = Callable[[ResourceKey, str, str], None]
 
@@ -342,8 +344,28 @@ class Reconciler:
         if self.environments:
             desired = desired.only(self.environments)
             records = [r for r in records if r.key.environment in self.environments]
-        plan = make_plan(desired, records, lambda r: self.revision_of(r, desired),
-                         prune=prune, force=force, redeploy=redeploy)
+        unresolved: dict[ResourceKey, Exception] = {}
+
+        def revision(resource: Resource) -> str:
+            # One resource whose revision cannot be computed must not stop the plan of the
+            # others: it is planned with a placeholder and fails when applied.
+            try:
+                return self.revision_of(resource, desired)
+            except StoreError:
+                raise
+            except Exception as exc:
+                unresolved[resource.key] = exc
+                return UNRESOLVED
+
+        plan = make_plan(desired, records, revision, prune=prune, force=force,
+                         redeploy=redeploy)
+        if unresolved:
+            for item in plan.items:
+                exc = unresolved.get(item.key)
+                if exc is not None:
+                    item.error, item.revision = exc, None
+                    message = exc.message if isinstance(exc, ReconcilerError) else repr(exc)
+                    item.reason = f"revision unknown: {message}"
         if self.owns is not None:
             owns = self.owns
             plan.items = [i for i in plan.items if owns(i.key)]
@@ -444,23 +466,29 @@ class Reconciler:
                     self._emit(item.key, "waiting", message)
                     return
                 why = "resume" if item.key in resumed else trigger
+                opened: list[DeploymentRecord] = []  # the deployment this attempt created
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
                               revision=item.revision or ""):
-                        outcomes[item.key] = await self._apply_item(item, desired, why)
-                except StoreError:
+                        outcomes[item.key] = await self._apply_item(item, desired, why, opened)
+                except (StoreError, Interrupted):
                     # The database itself failed (disk full, server gone): not this resource's
                     # fault. The pass ends with the store's code and hint; the journal written
-                    # so far lets the next start recover.
+                    # so far lets the next start recover. Interrupted: stopping, resumed later.
                     raise
-                except ReconcilerError as exc:
-                    # Errors before a deployment exists (secrets, provider config): recorded on
-                    # the resource so `status` shows them, and the pass goes on.
+                except Exception as exc:
+                    # The boundary of one resource: errors before a deployment exists (secrets,
+                    # provider config) and anything unforeseen are recorded on the resource
+                    # (and its deployment, never left in_progress), and the pass goes on.
+                    failure = self._failure(item.key, exc)
+                    for dep in opened:
+                        await self._close_failed(dep, failure)
                     await self.store.update_status(item.key, last_result=st.FAILED,
-                                                   last_error=exc.message)
+                                                   last_error=_recorded(failure))
                     outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
-                                                 exc.message, code=exc.code, hint=exc.hint)
-                    self._emit(item.key, "failed", exc.message, exc)
+                                                 _recorded(failure), code=failure.code,
+                                                 hint=failure.hint)
+                    self._emit(item.key, "failed", _recorded(failure), failure)
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on
@@ -533,8 +561,34 @@ class Reconciler:
                 return dep
         return None
 
-    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str) -> Outcome:
+    @staticmethod
+    def _failure(key: ResourceKey, exc: Exception) -> ReconcilerError:
+        """The project's error for ``exc``; an unforeseen one is logged with its traceback."""
+        if isinstance(exc, ReconcilerError):
+            return exc
+        log.error("unexpected error; this resource failed, the pass goes on",
+                  exc_info=exc, extra={"resource": str(key), "error_type": type(exc).__name__,
+                                       "code": UnexpectedError.code})
+        return UnexpectedError.of(exc)
+
+    async def _close_failed(self, dep: DeploymentRecord, failure: ReconcilerError) -> None:
+        """An error escaped a deployment's own handling: close it (and its open steps) as
+        failed, so it never stays in_progress."""
+        current = await self.store.get_deployment(dep.id)
+        if current is None or current.status not in st.UNFINISHED_STATUSES:
+            return
+        for step in current.steps:
+            if step.finished_at is None:
+                await self.store.finish_step(step.id, st.STEP_FAILED, failure.code)
+        text = _recorded(failure)
+        await self.store.transition(dep.id, st.FAILED, error=text, message=text)
+
+    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str,
+                          opened: list[DeploymentRecord] | None = None) -> Outcome:
         key = item.key
+        if item.error is not None and item.action in (CREATE, UPDATE):
+            raise item.error  # its revision could not be computed (see _plan)
+        opened = opened if opened is not None else []
         if item.action in (UNCHANGED, SUSPENDED):
             return Outcome(key, item.action, CONVERGED if item.action == UNCHANGED else SKIPPED,
                            item.revision, item.reason)
@@ -550,7 +604,7 @@ class Reconciler:
             self._emit(key, item.action, item.reason)
             return Outcome(key, item.action, item.action, item.revision, item.reason)
         if item.action == DELETE:
-            return await self._delete(item, desired)
+            return await self._delete(item, desired, opened)
         resource = item.resource
         assert resource is not None and item.revision is not None
         await self.store.record_desired(key, revision=item.revision, spec_hash=resource.hash,
@@ -583,7 +637,8 @@ class Reconciler:
         if key.kind != "Service":
             renew = asyncio.create_task(self._renew(lock))
             try:
-                return await self._deploy_runnable(item, resource, target, desired, trigger)
+                return await self._deploy_runnable(item, resource, target, desired, trigger,
+                                                   opened)
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)
@@ -594,7 +649,7 @@ class Reconciler:
             renew = asyncio.create_task(self._renew(lock))
             try:
                 return await self._deploy_service(item, resource, target, desired, trigger,
-                                                  on_detach=detached.set)
+                                                  opened, on_detach=detached.set)
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)
@@ -668,7 +723,8 @@ class Reconciler:
 
     # -- Services ----------------------------------------------------------------------------
     async def _deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
-                              desired: DesiredState, trigger: str, *,
+                              desired: DesiredState, trigger: str,
+                              opened: list[DeploymentRecord], *,
                               on_detach: Callable[[], None] = lambda: None) -> Outcome:
         key, revision = item.key, item.revision
         assert revision is not None
@@ -680,6 +736,7 @@ class Reconciler:
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy.type, spec=resource.document())
+        opened.append(dep)
         started = time.monotonic()
         await self.store.transition(dep.id, st.IN_PROGRESS,
                                     message=f"{strategy.type} via {provider_name}")
@@ -709,6 +766,9 @@ class Reconciler:
             error, failure = exc.message, exc
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # unforeseen: this deployment fails, moved instances go back
+            failure = self._failure(key, exc)
+            error = _recorded(failure)
         duration = time.monotonic() - started
         metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
         if error is None:
@@ -930,7 +990,8 @@ class Reconciler:
 
     # -- Jobs and Schedules -------------------------------------------------------------------
     async def _deploy_runnable(self, item: PlanItem, resource: Resource, target: Resource,
-                               desired: DesiredState, trigger: str) -> Outcome:
+                               desired: DesiredState, trigger: str,
+                               opened: list[DeploymentRecord]) -> Outcome:
         """A Job runs to completion on each new revision; a Schedule is installed (the daemon's
         scheduler, or the provider's own timer, runs it on its cron schedule)."""
         key, revision = item.key, item.revision
@@ -943,6 +1004,7 @@ class Reconciler:
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy, spec=resource.document())
+        opened.append(dep)
         await self.store.transition(dep.id, st.IN_PROGRESS)
         self._emit(key, "running" if key.kind == "Job" else "installing", revision)
         error: str | None = None
@@ -980,6 +1042,8 @@ class Reconciler:
             error = exc.message
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # unforeseen: this run fails, the pass goes on
+            error = _recorded(self._failure(key, exc))
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, output=output, exit_code=exit_code)
             await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
@@ -1023,6 +1087,10 @@ class Reconciler:
                 error = f"exited with code {exit_code}"
         except ReconcilerError as exc:
             error = exc.message
+        except (StoreError, Interrupted):
+            raise
+        except Exception as exc:  # unforeseen: this run fails, never left in_progress
+            error = _recorded(self._failure(key, exc))
         status = st.SUCCEEDED if error is None else st.FAILED
         await self.store.transition(dep.id, status, error=error, output=output[-65536:],
                                     exit_code=exit_code, message=error)
@@ -1119,7 +1187,8 @@ class Reconciler:
                        dep.identifier)
 
     # -- deletion ---------------------------------------------------------------------------
-    async def _delete(self, item: PlanItem, desired: DesiredState) -> Outcome:
+    async def _delete(self, item: PlanItem, desired: DesiredState,
+                      opened: list[DeploymentRecord]) -> Outcome:
         key, record = item.key, item.record
         assert record is not None
         if key.kind != "Target":
@@ -1133,6 +1202,7 @@ class Reconciler:
                     key, from_revision=record.applied_revision,
                     to_revision=record.applied_revision or "none", config_commit=desired.commit,
                     trigger="prune", strategy="delete", spec=document)
+                opened.append(dep)
                 await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
                 try:
                     for variant in variants_of(resource):
@@ -1178,6 +1248,12 @@ class Reconciler:
 # Document hash -> the hash without sync windows (a function of the document): a Target with
 # windows is hashed again for every resource on it otherwise.
 _WINDOWLESS: dict[str, str] = {}
+
+
+def _recorded(failure: ReconcilerError) -> str:
+    """What a failure leaves on the resource and deployment: an unforeseen error carries its
+    code in the text (nothing else tells it apart there); the others their message."""
+    return failure.recorded if isinstance(failure, UnexpectedError) else failure.message
 
 
 def _deploy_hash(resource: Resource) -> str:
