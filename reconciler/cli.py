@@ -110,7 +110,8 @@ def load_commit(opts: Options, source: Any, commit: str) -> DesiredState:
 
     from reconciler.spec.loader import load_desired_state
 
-    desired = load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts))
+    desired = load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts),
+                                 tree=source.tree(commit))
     # A one-shot command keeps the desired state to the end: take its (many) objects out of the
     # cyclic GC's reach, or every later collection walks them all again.
     gc.freeze()
@@ -195,12 +196,15 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 def validate(opts: Options, path: Path) -> None:
     """Load and schema-check the desired state in PATH (a plain folder or a work tree)."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
+    from reconciler.spec.tree import DirectoryTree, work_tree_of
 
     if not path.exists():
         click.echo(f"{path}: no such file or directory", err=True)
         sys.exit(2)
     files = files_from_directory(path)
-    state = load_desired_state(files)
+    # source.path is rooted at the repository: checked when PATH is in a work tree
+    top = work_tree_of(path)
+    state = load_desired_state(files, tree=DirectoryTree(top) if top is not None else None)
     counts: dict[str, int] = {}
     for key in state.resources:
         counts[key.kind] = counts.get(key.kind, 0) + 1

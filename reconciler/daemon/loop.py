@@ -203,7 +203,7 @@ class Daemon:
         try:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
-                                              cache=cache)
+                                              cache=cache, tree=self.source.tree(sync.commit))
         except SpecError as exc:
             metrics.DESIRED_STATE_ERRORS.inc()
             first = f": {exc.problems[0]}" if exc.problems else ""

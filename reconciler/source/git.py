@@ -16,7 +16,7 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ import git
 from reconciler.errors import SourceError
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
+from reconciler.spec.tree import EntryKind
 
 log = logging.getLogger("reconciler.source")
 
@@ -210,6 +211,10 @@ class GitSource:
                 self._tree_ids[cache_key] = None
         return self._tree_ids[cache_key]
 
+    def tree(self, commit: str) -> GitTree:
+        """The repository's files at ``commit``, for the ``source.path`` checks of a load."""
+        return GitTree(self.repo, commit)
+
     async def export(self, commit: str, path: str, dest: Path) -> None:
         """Write the folder ``path`` of ``commit`` into ``dest`` (``git archive``, no work tree)."""
         clean = path.strip("/")
@@ -222,6 +227,42 @@ class GitSource:
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
         await asyncio.to_thread(_extract, out, clean, dest)
+
+
+_LINK_MODE = 0o120000
+_TYPE_BITS = 0o170000
+
+
+class GitTree:
+    """``spec.tree.SourceTree`` over a commit's tree: git keeps a link as a blob whose mode
+    says so and whose content is the target; nothing is followed."""
+
+    def __init__(self, repo: git.Repo, commit: str) -> None:
+        self._repo, self._commit = repo, commit
+        self._root: git.Tree | None = None
+
+    @property
+    def root(self) -> git.Tree:  # read on first use: in the loader's thread, not the caller's
+        if self._root is None:
+            self._root = self._repo.commit(self._commit).tree
+        return self._root
+
+    def kind(self, path: str) -> EntryKind | None:
+        try:
+            obj = self.root / path
+        except KeyError:
+            return None
+        if obj.type == "tree":
+            return "dir"
+        if obj.type != "blob":
+            return None  # a submodule: git archive leaves it empty
+        return "link" if obj.mode & _TYPE_BITS == _LINK_MODE else "file"
+
+    def links(self, folder: str) -> Iterator[tuple[str, str]]:
+        tree = self.root if folder == "." else self.root / folder
+        for item in tree.traverse():
+            if isinstance(item, git.Blob) and item.mode & _TYPE_BITS == _LINK_MODE:
+                yield str(item.path), item.data_stream.read().decode("utf-8", "replace")
 
 
 def _reader(blob: git.Blob) -> Callable[[], bytes]:
