@@ -280,7 +280,8 @@ class Daemon:
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
         failed = [o for o in result.failed() if not o.message.startswith("waiting")]
-        self.failed_resources = failed
+        # blocked / orphaned resources wait for an operator: not failures of this pass
+        self.failed_resources = [o for o in failed if o.result not in ("blocked", "orphan")]
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1
