@@ -234,6 +234,10 @@ def make_plan(
             action, reason = SUSPENDED, "suspended (removed from git)"
         elif prune:
             action, reason = DELETE, "removed from git"
+        elif record.applied_revision is None:
+            # Recorded only because it failed before anything was deployed (a secret that did
+            # not resolve, a revision that could not be computed): nothing runs to orphan.
+            action, reason = DELETE, "removed from git; never deployed"
         else:
             action, reason = ORPHAN, "removed from git; prune is off"
         items[key] = PlanItem(key, action, None, None, record, changes, reason)

@@ -300,6 +300,9 @@ spec:
         fleet.commit("drop bad")
         wait_for(lambda: alive(proc) and readyz(listen).get("failed") == [], timeout=30,
                  step=0.2)
+        # never deployed: forgotten, not left as an orphan that keeps the fleet unconverged
+        wait_for(lambda: [r["resource"] for r in fleet.json("status")["resources"]]
+                 == ["default/Service/api", "default/Target/local"], timeout=30, step=0.3)
         out = stop(proc, traceback_expected=True)
     # the log names the type, with its traceback, and the code
     assert "unexpected error; this resource failed" in out and "UnsafeProtocolError" in out
