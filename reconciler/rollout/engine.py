@@ -1087,7 +1087,7 @@ class Reconciler:
                 error = f"exited with code {exit_code}"
         except ReconcilerError as exc:
             error = exc.message
-        except (StoreError, Interrupted):
+        except Interrupted:
             raise
         except Exception as exc:  # unforeseen: this run fails, never left in_progress
             error = _recorded(self._failure(key, exc))
