@@ -391,34 +391,44 @@ class Daemon:
                 continue
             now = datetime.now(UTC)
             for resource in desired.of_kind("Schedule"):
-                key = resource.key
-                if self.engine.owns is not None and not self.engine.owns(key):
-                    continue
-                expr = resource.spec["schedule"]  # a cron string or {calendar: EXPR}
-                tz = str(resource.spec.get("timezone", "UTC"))
-                due = self._schedule_next.get(key)
-                if due is None:
-                    self._schedule_next[key] = next_fire(expr, now, tz)
-                    continue
-                if now < due:
-                    continue
-                self._schedule_next[key] = next_fire(expr, now, tz)
-                record = await self.store.get_resource(key)
-                if record is None or record.suspended or record.applied_revision is None:
-                    continue
-                running = self._schedule_running.get(key)
-                if running is not None and not running.done():
-                    if resource.spec.get("concurrencyPolicy", "Forbid") == "Forbid":
-                        log.warning("previous run still going; skipped",
-                                    extra={"resource": str(key)})
-                        continue
-                target = desired.target_of(resource)
-                if target is None:
-                    continue
-                if getattr(self.engine.provider_for(target), "schedules_natively", False):
-                    continue  # e.g. a systemd timer on the host fires it, not this daemon
-                self._schedule_running[key] = asyncio.create_task(
-                    self._run_schedule(resource, target, record))
+                try:
+                    await self._schedule_tick(resource, desired, now)
+                except Exception as exc:  # one Schedule must not stop the others' runs
+                    log.error("schedule check failed", exc_info=exc,
+                              extra={"resource": str(resource.key),
+                                     **(exc.log_fields() if isinstance(exc, ReconcilerError)
+                                        else UnexpectedError.of(exc).log_fields())})
+
+    async def _schedule_tick(self, resource: Any, desired: DesiredState, now: datetime) -> None:
+        """Start a run of ``resource`` if its schedule fired (and nothing forbids it)."""
+        key = resource.key
+        if self.engine.owns is not None and not self.engine.owns(key):
+            return
+        expr = resource.spec["schedule"]  # a cron string or {calendar: EXPR}
+        tz = str(resource.spec.get("timezone", "UTC"))
+        due = self._schedule_next.get(key)
+        if due is None:
+            self._schedule_next[key] = next_fire(expr, now, tz)
+            return
+        if now < due:
+            return
+        self._schedule_next[key] = next_fire(expr, now, tz)
+        record = await self.store.get_resource(key)
+        if record is None or record.suspended or record.applied_revision is None:
+            return
+        running = self._schedule_running.get(key)
+        if running is not None and not running.done():
+            if resource.spec.get("concurrencyPolicy", "Forbid") == "Forbid":
+                log.warning("previous run still going; skipped",
+                            extra={"resource": str(key)})
+                return
+        target = desired.target_of(resource)
+        if target is None:
+            return
+        if getattr(self.engine.provider_for(target), "schedules_natively", False):
+            return  # e.g. a systemd timer on the host fires it, not this daemon
+        self._schedule_running[key] = asyncio.create_task(
+            self._run_schedule(resource, target, record))
 
     async def _run_schedule(self, resource: Any, target: Any, record: Any) -> None:
         try:
