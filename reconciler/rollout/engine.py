@@ -650,6 +650,15 @@ class Reconciler:
             try:
                 return await self._deploy_service(item, resource, target, desired, trigger,
                                                   opened, on_detach=detached.set)
+            except Exception as exc:
+                if detached.is_set() and not isinstance(exc, (StoreError, Interrupted)):
+                    # A paused rollout no pass awaits any more: close its deployment here.
+                    failure = self._failure(key, exc)
+                    for dep in opened:
+                        await self._close_failed(dep, failure)
+                    await self.store.update_status(key, last_result=st.FAILED,
+                                                   last_error=_recorded(failure))
+                raise
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)
