@@ -345,7 +345,7 @@ class Daemon:
 
     def _back_off(self) -> None:
         """After a pass that failed unexpectedly: retry after 10 s, 20 s, … up to
-        --max-backoff, jittered (never a hot loop on a commit that breaks every pass)."""
+        max_backoff (5 min), jittered (never a hot loop on a commit that breaks every pass)."""
         self.failures += 1
         self.retry_at = time.monotonic() + jittered(
             min(self.cfg.max_backoff, 10.0 * 2.0 ** (self.failures - 1)), 0.2)
