@@ -104,6 +104,7 @@ def steady(host: InfraHost, main_pid: str) -> dict[str, str]:
 @pytest.mark.timeout(600)
 def test_bad_commits_do_not_crash_loop_the_unit(installed: tuple[InfraHost, str, int]) -> None:
     host, listen, web_port = installed
+    began = host.sh("date '+%Y-%m-%d %H:%M:%S'").strip()  # the journal keeps earlier runs
     start = host.run(["systemctl", "start", "reconciler.service"], timeout=120, check=False)
     assert start.returncode == 0, unit.journal(host)[-3000:]
     unit.wait_for("a converged pass", lambda: "converged" in (
@@ -127,6 +128,7 @@ def test_bad_commits_do_not_crash_loop_the_unit(installed: tuple[InfraHost, str,
     assert page(web_port) == b"ok\n"
 
     # 2. an exception nothing handles, in one resource: that resource fails, the rest is fine
+    since = host.sh("date '+%Y-%m-%d %H:%M:%S'").strip()  # the journal keeps earlier runs
     started = time.monotonic()
     commit(host, "a Service the code cannot plan",
            as_owner("fleet/fleet.yaml", fleet) + "\n" + as_owner("fleet/bad.yaml", BAD_SERVICE))
@@ -139,10 +141,12 @@ def test_bad_commits_do_not_crash_loop_the_unit(installed: tuple[InfraHost, str,
     time.sleep(5)  # retried with backoff meanwhile
     steady(host, main_pid)
     assert page(web_port) == b"ok\n"
-    log = unit.journal(host)
+    log = unit.journal(host, since)
     assert "unexpected error; this resource failed" in log, log[-3000:]
-    retries = log.count("resources failed; retrying with backoff")
-    assert 1 <= retries <= 6, retries  # backoff, not a hot loop
+    passes = log.count("unexpected error; this resource failed")
+    print(f"passes over the failing resource in {time.monotonic() - started:.1f}s: {passes}")
+    # backoff (2 s, 4 s, …) plus the 5 s poll of the test's unit: a handful, not a hot loop
+    assert 1 <= passes <= 6, passes
 
     # 3. a good commit converges
     started = time.monotonic()
@@ -155,4 +159,4 @@ def test_bad_commits_do_not_crash_loop_the_unit(installed: tuple[InfraHost, str,
     print(f"good commit converged in {time.monotonic() - started:.1f}s")
     final = steady(host, main_pid)
     print("unit after the bad commits and the fix:", final)
-    assert "internal error" not in unit.journal(host)
+    assert "internal error" not in unit.journal(host, began)
