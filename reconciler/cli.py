@@ -119,7 +119,8 @@ def load_commit(opts: Options, source: Any, commit: str) -> DesiredState:
 
     from reconciler.spec.loader import load_desired_state
 
-    desired = load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts))
+    desired = load_desired_state(source.files(commit), commit=commit, cache=spec_cache(opts),
+                                 tree=source.tree(commit))
     # A one-shot command keeps the desired state to the end: take its (many) objects out of the
     # cyclic GC's reach, or every later collection walks them all again.
     gc.freeze()
@@ -238,6 +239,7 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
     inside PATH; one leading out of it is reported, never read. PATH itself must not be a
     symbolic link."""
     from reconciler.spec.loader import files_from_directory, load_desired_state
+    from reconciler.spec.tree import DirectoryTree, work_tree_of
 
     install_policy(policy_path, None, None, path)
     if not path.exists():
@@ -248,7 +250,9 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
         click.echo(f"{path}: no *.yaml or *.yml file (hidden files and folders are skipped); "
                    "is PATH the folder of the desired state?", err=True)
         sys.exit(2)
-    state = load_desired_state(files)
+    # source.path is rooted at the repository: checked when PATH is in a work tree
+    top = work_tree_of(path)
+    state = load_desired_state(files, tree=DirectoryTree(top) if top is not None else None)
     if not state.resources:
         click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
                    "validate", err=True)

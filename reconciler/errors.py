@@ -43,6 +43,29 @@ class SpecProblem:
         return f"{self.file}:{self.line}:{self.col}: {self.message}"
 
 
+class UnexpectedError(ReconcilerError):
+    """An exception the code did not foresee, caught at the boundary of one resource or one
+    daemon pass: that resource (or pass) fails with this code, the others go on."""
+
+    code = "FR001"
+    hint = ("a case Fraisier does not handle yet: the resource failed, the rest of the pass went "
+            "on and the daemon retries with backoff; the daemon's log has the traceback "
+            "(report it); fix or revert the commit that introduced the resource's change")
+    exit_code = 1
+
+    @classmethod
+    def of(cls, exc: BaseException) -> UnexpectedError:
+        text = " ".join(str(exc).split())  # one line: log and status readers show it as is
+        if len(text) > 300:
+            text = text[:299] + "…"
+        return cls(f"unexpected {type(exc).__name__}" + (f": {text}" if text else ""))
+
+    @property
+    def recorded(self) -> str:
+        """The text stored on the deployment / resource: the code travels with it."""
+        return f"error[{self.code}]: {self.message}"
+
+
 class SpecError(ReconcilerError):
     """The desired state is invalid; carries every problem found, sorted by location."""
 
@@ -59,6 +82,15 @@ class SourceError(ReconcilerError):
     code = "FR200"
     hint = ("check --repo/--ref/--path: `git ls-remote REPO REF` must answer from this host (with "
             "its credentials) and PATH must be a folder of that commit")
+
+
+class UnsafeSourceError(SourceError):
+    """Release export refused: the files hold a link or path leading out of the source tree."""
+
+    code = "FR201"
+    hint = ("replace the link by the file it points to, or make it a relative link that stays "
+            "inside the folder (`git ls-files -s PATH | grep ^120000` lists links); nothing of "
+            "this release was written")
 
 
 class StoreError(ReconcilerError):

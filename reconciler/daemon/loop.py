@@ -33,7 +33,7 @@ from reconciler.daemon.http_guard import (
     open_fd_count,
     raise_nofile_limit,
 )
-from reconciler.errors import ReconcilerError, SpecError
+from reconciler.errors import ReconcilerError, SpecError, UnexpectedError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.plan.windows import earliest_open
@@ -163,6 +163,7 @@ class Daemon:
     redeploy: set[ResourceKey] = field(default_factory=set)
     heartbeat: float = field(default_factory=time.monotonic)
     last_error: str | None = None
+    failed_resources: list[Any] = field(default_factory=list)  # Outcomes failed last pass
     reconciling: bool = False
     leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
@@ -212,7 +213,7 @@ class Daemon:
         try:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
-                                              cache=cache)
+                                              cache=cache, tree=self.source.tree(sync.commit))
         except PolicyError as exc:
             await self._refuse(sync.commit, "policy", "breaks the operator policy", exc)
             return self.desired is not None
@@ -223,6 +224,13 @@ class Daemon:
         except ReconcilerError as exc:
             self.last_error = exc.message
             log.error("cannot load desired state", extra=exc.log_fields())
+            return self.desired is not None
+        except Exception as exc:  # a commit must never stop the daemon: keep the last good one
+            metrics.DESIRED_STATE_ERRORS.inc()
+            failure = UnexpectedError.of(exc)
+            self.last_error = f"commit {sync.commit[:12]} cannot be loaded: {failure.recorded}"
+            log.error("cannot load desired state; keeping last good desired state",
+                      exc_info=exc, extra={"commit": sync.commit, **failure.log_fields()})
             return self.desired is not None
         desired = desired.only(self.cfg.environments)
         log.info("desired state loaded", extra={"commit": sync.commit,
@@ -303,6 +311,8 @@ class Daemon:
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
         failed = [o for o in result.failed() if not o.waiting]
+        # blocked / orphaned resources wait for an operator: not failures of this pass
+        self.failed_resources = [o for o in failed if o.result not in ("blocked", "orphan")]
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1
@@ -352,9 +362,24 @@ class Daemon:
             except ReconcilerError as exc:
                 log.error("reconcile pass failed", extra=exc.log_fields())
                 self.retry_at = time.monotonic() + jittered(10.0)
+            except Exception as exc:
+                # Nothing in the desired state may end the daemon: the pass failed, the next
+                # one retries with backoff (systemd's restart would only hit it again).
+                failure = UnexpectedError.of(exc)
+                log.error("reconcile pass failed unexpectedly; retrying with backoff",
+                          exc_info=exc, extra=failure.log_fields())
+                self.last_error = failure.recorded
+                self._back_off()
             finally:
                 self.reconciling = False
                 self.passed.set()
+
+    def _back_off(self) -> None:
+        """After a pass that failed unexpectedly: retry after 10 s, 20 s, … up to
+        max_backoff (5 min), jittered (never a hot loop on a commit that breaks every pass)."""
+        self.failures += 1
+        self.retry_at = time.monotonic() + jittered(
+            min(self.cfg.max_backoff, 10.0 * 2.0 ** (self.failures - 1)), 0.2)
 
     async def watchdog(self) -> None:
         """WATCHDOG=1 every WatchdogSec/2, so systemd restarts a stopped or blocked daemon."""
@@ -397,34 +422,44 @@ class Daemon:
                 continue
             now = datetime.now(UTC)
             for resource in desired.of_kind("Schedule"):
-                key = resource.key
-                if self.engine.owns is not None and not self.engine.owns(key):
-                    continue
-                expr = resource.spec["schedule"]  # a cron string or {calendar: EXPR}
-                tz = str(resource.spec.get("timezone", "UTC"))
-                due = self._schedule_next.get(key)
-                if due is None:
-                    self._schedule_next[key] = next_fire(expr, now, tz)
-                    continue
-                if now < due:
-                    continue
-                self._schedule_next[key] = next_fire(expr, now, tz)
-                record = await self.store.get_resource(key)
-                if record is None or record.suspended or record.applied_revision is None:
-                    continue
-                running = self._schedule_running.get(key)
-                if running is not None and not running.done():
-                    if resource.spec.get("concurrencyPolicy", "Forbid") == "Forbid":
-                        log.warning("previous run still going; skipped",
-                                    extra={"resource": str(key)})
-                        continue
-                target = desired.target_of(resource)
-                if target is None:
-                    continue
-                if self.engine.provider_for(target).capabilities.schedules_natively:
-                    continue  # e.g. a systemd timer on the host fires it, not this daemon
-                self._schedule_running[key] = asyncio.create_task(
-                    self._run_schedule(resource, target, record))
+                try:
+                    await self._schedule_tick(resource, desired, now)
+                except Exception as exc:  # one Schedule must not stop the others' runs
+                    log.error("schedule check failed", exc_info=exc,
+                              extra={"resource": str(resource.key),
+                                     **(exc.log_fields() if isinstance(exc, ReconcilerError)
+                                        else UnexpectedError.of(exc).log_fields())})
+
+    async def _schedule_tick(self, resource: Any, desired: DesiredState, now: datetime) -> None:
+        """Start a run of ``resource`` if its schedule fired (and nothing forbids it)."""
+        key = resource.key
+        if self.engine.owns is not None and not self.engine.owns(key):
+            return
+        expr = resource.spec["schedule"]  # a cron string or {calendar: EXPR}
+        tz = str(resource.spec.get("timezone", "UTC"))
+        due = self._schedule_next.get(key)
+        if due is None:
+            self._schedule_next[key] = next_fire(expr, now, tz)
+            return
+        if now < due:
+            return
+        self._schedule_next[key] = next_fire(expr, now, tz)
+        record = await self.store.get_resource(key)
+        if record is None or record.suspended or record.applied_revision is None:
+            return
+        running = self._schedule_running.get(key)
+        if running is not None and not running.done():
+            if resource.spec.get("concurrencyPolicy", "Forbid") == "Forbid":
+                log.warning("previous run still going; skipped",
+                            extra={"resource": str(key)})
+                return
+        target = desired.target_of(resource)
+        if target is None:
+            return
+        if self.engine.provider_for(target).capabilities.schedules_natively:
+            return  # e.g. a systemd timer on the host fires it, not this daemon
+        self._schedule_running[key] = asyncio.create_task(
+            self._run_schedule(resource, target, record))
 
     async def _run_schedule(self, resource: Any, target: Any, record: Any) -> None:
         try:
@@ -432,6 +467,10 @@ class Daemon:
         except ReconcilerError as exc:
             log.error("schedule run failed", extra={"resource": str(resource.key),
                                                     **exc.log_fields()})
+        except Exception as exc:
+            log.error("schedule run failed unexpectedly", exc_info=exc,
+                      extra={"resource": str(resource.key),
+                             **UnexpectedError.of(exc).log_fields()})
 
     async def heal(self) -> None:
         """Compare live state with the applied revision; redeploy what drifted (self-heal).
@@ -466,6 +505,11 @@ class Daemon:
                 except ReconcilerError as exc:
                     log.warning("observe failed", extra={"resource": str(resource.key),
                                                          "error": exc.message})
+                    continue
+                except Exception as exc:  # one Service's observation must not end self-heal
+                    log.warning("observe failed unexpectedly", exc_info=exc,
+                                extra={"resource": str(resource.key),
+                                       "error": UnexpectedError.of(exc).message})
                     continue
                 if detail is not None:
                     drifted.add(resource.key)
@@ -545,8 +589,14 @@ class Daemon:
                                      status=503 if stale else 200)
 
         async def readyz(_: web.Request) -> web.Response:
+            # Resources that failed in the last pass do not make the daemon unready (it still
+            # serves webhooks and retries them); they are listed so a probe or an operator
+            # sees them.
+            failed = [{"resource": str(o.key), "result": o.result, "code": o.code or None,
+                       "error": o.message[:500]} for o in self.failed_resources[:50]]
             body = {"ready": self.ready, "commit": self.desired.commit if self.desired else None,
-                    "lastError": self.last_error}
+                    "lastError": self.last_error, "failed": failed,
+                    "failedCount": len(self.failed_resources)}
             return web.json_response(body, status=200 if self.ready else 503)
 
         if self.cfg.webhook_secrets:

@@ -44,6 +44,9 @@ class PlanItem:
     changes: list[FieldChange] = field(default_factory=list)
     reason: str = ""
     opens_at: datetime | None = None  # DEFERRED: when its sync windows next allow the change
+    # The revision could not be computed (an app repository that cannot be cloned, …): the
+    # item fails with this error when applied; the rest of the plan is unaffected.
+    error: Exception | None = None
 
     @property
     def in_sync(self) -> bool:
@@ -234,6 +237,10 @@ def make_plan(
             action, reason = SUSPENDED, "suspended (removed from git)"
         elif prune:
             action, reason = DELETE, "removed from git"
+        elif record.applied_revision is None:
+            # Recorded only because it failed before anything was deployed (a secret that did
+            # not resolve, a revision that could not be computed): nothing runs to orphan.
+            action, reason = DELETE, "removed from git; never deployed"
         else:
             action, reason = ORPHAN, "removed from git; prune is off"
         items[key] = PlanItem(key, action, None, None, record, changes, reason)

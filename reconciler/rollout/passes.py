@@ -29,6 +29,7 @@ from reconciler.plan.planner import (
     make_plan,
     order_deletions,
 )
+from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.leases import Leases
 from reconciler.rollout.outcome import (
     CONVERGED,
@@ -40,10 +41,11 @@ from reconciler.rollout.outcome import (
 from reconciler.rollout.prune import Pruning
 from reconciler.rollout.recovery import Recovery
 from reconciler.rollout.runnables import Runnables
+from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
-from reconciler.state.store import ResourceRecord
+from reconciler.state.store import DeploymentRecord, ResourceRecord
 
 log = logging.getLogger("reconciler.rollout")
 
@@ -66,8 +68,16 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
             desired = desired.only(self.environments)
             records = [r for r in records if r.key.environment in self.environments]
         # Revisions are resolved first (this may fetch an app repo): planning itself is pure.
-        plan = make_plan(desired, records, self.revisions.resolve(desired),
+        unresolved: dict[ResourceKey, Exception] = {}
+        plan = make_plan(desired, records, self.revisions.resolve(desired, unresolved),
                          prune=prune, force=force, redeploy=redeploy)
+        if unresolved:  # planned with a placeholder: fails when applied, the others go on
+            for item in plan.items:
+                exc = unresolved.get(item.key)
+                if exc is not None:
+                    item.error, item.revision = exc, None
+                    message = exc.message if isinstance(exc, ReconcilerError) else repr(exc)
+                    item.reason = f"revision unknown: {message}"
         if self.owns is not None:
             owns = self.owns
             plan.items = [i for i in plan.items if owns(i.key)]
@@ -138,23 +148,25 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                     self.emit(item.key, "waiting", message)
                     return
                 why = "resume" if item.key in resumed else trigger
+                opened: list[DeploymentRecord] = []  # the deployment this attempt created
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
                               revision=item.revision or ""):
-                        outcomes[item.key] = await self._apply_item(item, desired, why)
-                except StoreError:
+                        outcomes[item.key] = await self._apply_item(item, desired, why, opened)
+                except (StoreError, Interrupted):
                     # The database itself failed (disk full, server gone): not this resource's
                     # fault. The pass ends with the store's code and hint; the journal written
-                    # so far lets the next start recover.
+                    # so far lets the next start recover. Interrupted: stopping, resumed later.
                     raise
-                except ReconcilerError as exc:
-                    # Errors before a deployment exists (secrets, provider config): recorded on
-                    # the resource so `status` shows them, and the pass goes on.
-                    await self.store.update_status(item.key, last_result=st.FAILED,
-                                                   last_error=exc.message)
+                except Exception as exc:
+                    # The boundary of one resource: errors before a deployment exists (secrets,
+                    # provider config) and anything unforeseen are recorded on the resource
+                    # (and its deployment, never left in_progress), and the pass goes on.
+                    failure = await fail_resource(self.store, item.key, exc, opened)
                     outcomes[item.key] = Outcome(item.key, item.action, st.FAILED, item.revision,
-                                                 exc.message, code=exc.code, hint=exc.hint)
-                    self.emit(item.key, "failed", exc.message, exc)
+                                                 recorded(failure), code=failure.code,
+                                                 hint=failure.hint)
+                    self.emit(item.key, "failed", recorded(failure), failure)
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on
@@ -227,8 +239,12 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                 return dep
         return None
 
-    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str) -> Outcome:
+    async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str,
+                          opened: list[DeploymentRecord] | None = None) -> Outcome:
         key = item.key
+        if item.error is not None and item.action in (CREATE, UPDATE):
+            raise item.error  # its revision could not be computed (see _plan)
+        opened = opened if opened is not None else []
         if item.action in (UNCHANGED, SUSPENDED):
             return Outcome(key, item.action, CONVERGED if item.action == UNCHANGED else SKIPPED,
                            item.revision, item.reason)
@@ -244,7 +260,7 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
             self.emit(key, item.action, item.reason)
             return Outcome(key, item.action, item.action, item.revision, item.reason)
         if item.action == DELETE:
-            return await self.delete(item, desired)
+            return await self.delete(item, desired, opened)
         resource = item.resource
         assert resource is not None and item.revision is not None
         await self.store.record_desired(key, revision=item.revision, spec_hash=resource.hash,
@@ -278,7 +294,8 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         if key.kind != "Service":
             renew = asyncio.create_task(self.renew(lock))
             try:
-                return await self.deploy_runnable(item, resource, target, desired, trigger)
+                return await self.deploy_runnable(item, resource, target, desired, trigger,
+                                                  opened)
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)
@@ -289,7 +306,12 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
             renew = asyncio.create_task(self.renew(lock))
             try:
                 return await self.deploy_service(item, resource, target, desired, trigger,
-                                                 on_detach=detached.set)
+                                                 opened, on_detach=detached.set)
+            except Exception as exc:
+                if detached.is_set() and not isinstance(exc, (StoreError, Interrupted)):
+                    # A paused rollout no pass awaits any more: close its deployment here.
+                    await fail_resource(self.store, key, exc, opened)
+                raise
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)

@@ -11,12 +11,14 @@ from reconciler.rollout.releases import resource_from_document, variants_of
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.audit import actor_for_trigger, current_actor
+from reconciler.state.store import DeploymentRecord
 
 
 class Pruning(Journal):
     """Deleting resources gone from git; Target audit rows."""
 
-    async def delete(self, item: PlanItem, desired: DesiredState) -> Outcome:
+    async def delete(self, item: PlanItem, desired: DesiredState,
+                     opened: list[DeploymentRecord]) -> Outcome:
         key, record = item.key, item.record
         assert record is not None
         if key.kind != "Target":
@@ -30,6 +32,7 @@ class Pruning(Journal):
                     key, from_revision=record.applied_revision,
                     to_revision=record.applied_revision or "none", config_commit=desired.commit,
                     trigger="prune", strategy="delete", spec=document)
+                opened.append(dep)
                 await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
                 try:
                     for variant in variants_of(resource):

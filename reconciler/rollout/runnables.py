@@ -9,9 +9,11 @@ import asyncio
 from reconciler.errors import ReconcilerError
 from reconciler.observe import metrics
 from reconciler.plan.planner import PlanItem
+from reconciler.rollout.failures import failure_of, recorded
 from reconciler.rollout.journal import Journal
 from reconciler.rollout.outcome import Outcome
 from reconciler.rollout.releases import Releases
+from reconciler.rollout.runner import Interrupted
 from reconciler.spec.model import DesiredState, Resource
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
@@ -21,7 +23,8 @@ class Runnables(Journal, Releases):
     """Job runs and Schedule installs and runs."""
 
     async def deploy_runnable(self, item: PlanItem, resource: Resource, target: Resource,
-                              desired: DesiredState, trigger: str) -> Outcome:
+                              desired: DesiredState, trigger: str,
+                              opened: list[DeploymentRecord]) -> Outcome:
         """A Job runs to completion on each new revision; a Schedule is installed (the daemon's
         scheduler, or the provider's own timer, runs it on its cron schedule)."""
         key, revision = item.key, item.revision
@@ -34,6 +37,7 @@ class Runnables(Journal, Releases):
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy, spec=resource.document())
+        opened.append(dep)
         await self.store.transition(dep.id, st.IN_PROGRESS)
         self.emit(key, "running" if key.kind == "Job" else "installing", revision)
         error: str | None = None
@@ -71,6 +75,8 @@ class Runnables(Journal, Releases):
             error = exc.message
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # unforeseen: this run fails, the pass goes on
+            error = recorded(failure_of(key, exc))
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, output=output, exit_code=exit_code)
             await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
@@ -114,6 +120,10 @@ class Runnables(Journal, Releases):
                 error = f"exited with code {exit_code}"
         except ReconcilerError as exc:
             error = exc.message
+        except Interrupted:
+            raise
+        except Exception as exc:  # unforeseen: this run fails, never left in_progress
+            error = recorded(failure_of(key, exc))
         status = st.SUCCEEDED if error is None else st.FAILED
         await self.store.transition(dep.id, status, error=error, output=output[-65536:],
                                     exit_code=exit_code, message=error)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from reconciler.errors import ReconcilerError, StoreError
 from reconciler.observe import metrics
 from reconciler.plan.planner import PlanItem
+from reconciler.rollout.failures import failure_of, recorded
 from reconciler.rollout.outcome import Outcome
 from reconciler.rollout.rollback import Rollbacks
 from reconciler.rollout.runner import Aborted, Interrupted, RolloutFailed, RolloutRun
@@ -23,7 +24,8 @@ class Services(Rollbacks):
     """Service rollouts."""
 
     async def deploy_service(self, item: PlanItem, resource: Resource, target: Resource,
-                             desired: DesiredState, trigger: str, *,
+                             desired: DesiredState, trigger: str,
+                             opened: list[DeploymentRecord], *,
                              on_detach: Callable[[], None] = lambda: None) -> Outcome:
         key, revision = item.key, item.revision
         assert revision is not None
@@ -35,6 +37,7 @@ class Services(Rollbacks):
         dep = await self.store.create_deployment(
             key, from_revision=previous, to_revision=revision, config_commit=desired.commit,
             trigger=trigger, strategy=strategy.type, spec=resource.document())
+        opened.append(dep)
         started = time.monotonic()
         await self.store.transition(dep.id, st.IN_PROGRESS,
                                     message=f"{strategy.type} via {provider_name}")
@@ -64,6 +67,9 @@ class Services(Rollbacks):
             error, failure = exc.message, exc
         except (OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # unforeseen: this deployment fails, moved instances go back
+            failure = failure_of(key, exc)
+            error = recorded(failure)
         duration = time.monotonic() - started
         metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
         if error is None:

@@ -17,7 +17,7 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from reconciler.errors import SourceError
 from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
+from reconciler.spec.tree import EntryKind
 
 log = logging.getLogger("reconciler.source")
 
@@ -214,6 +215,10 @@ class GitSource:
                 self._tree_ids[cache_key] = None
         return self._tree_ids[cache_key]
 
+    def tree(self, commit: str) -> GitTree:
+        """The repository's files at ``commit``, for the ``source.path`` checks of a load."""
+        return GitTree(self.repo, commit)
+
     async def export(self, commit: str, path: str, dest: Path) -> None:
         """Write the folder ``path`` of ``commit`` into ``dest`` (``git archive``, no work tree)."""
         clean = path.strip("/")
@@ -254,6 +259,39 @@ def _follow_links(tree: git.Tree, blob: git.Blob, rel: str, folder: str
             return None, f"symbolic link to {target!r}: not a file"
         blob, rel = found, joined
     return None, "symbolic links nested too deeply: not read"
+_TYPE_BITS = 0o170000
+
+
+class GitTree:
+    """``spec.tree.SourceTree`` over a commit's tree: git keeps a link as a blob whose mode
+    says so and whose content is the target; nothing is followed."""
+
+    def __init__(self, repo: git.Repo, commit: str) -> None:
+        self._repo, self._commit = repo, commit
+        self._root: git.Tree | None = None
+
+    @property
+    def root(self) -> git.Tree:  # read on first use: in the loader's thread, not the caller's
+        if self._root is None:
+            self._root = self._repo.commit(self._commit).tree
+        return self._root
+
+    def kind(self, path: str) -> EntryKind | None:
+        try:
+            obj = self.root / path
+        except KeyError:
+            return None
+        if obj.type == "tree":
+            return "dir"
+        if obj.type != "blob":
+            return None  # a submodule: git archive leaves it empty
+        return "link" if obj.mode & _TYPE_BITS == _LINK_MODE else "file"
+
+    def links(self, folder: str) -> Iterator[tuple[str, str]]:
+        tree = self.root if folder == "." else self.root / folder
+        for item in tree.traverse():
+            if isinstance(item, git.Blob) and item.mode & _TYPE_BITS == _LINK_MODE:
+                yield str(item.path), item.data_stream.read().decode("utf-8", "replace")
 
 
 def _reader(blob: git.Blob) -> Callable[[], bytes]:

@@ -11,8 +11,12 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from reconciler.errors import StoreError
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
+
+# Planned revision of a resource whose revision could not be computed (never a real one).
+UNRESOLVED = "unresolved"
 
 
 class Revisions:
@@ -65,10 +69,27 @@ class Revisions:
         return revision
 
 
-    def resolve(self, desired: DesiredState) -> dict[ResourceKey, str]:
-        """The revision of every resource of ``desired``: what ``make_plan`` compares."""
-        return {key: self.revision_of(resource, desired)
-                for key, resource in desired.resources.items()}
+    def resolve(self, desired: DesiredState,
+                errors: dict[ResourceKey, Exception] | None = None) -> dict[ResourceKey, str]:
+        """The revision of every resource of ``desired``: what ``make_plan`` compares.
+
+        With ``errors``, a resource whose revision cannot be computed (an app repository that
+        cannot be cloned, …) must not stop the plan of the others: it gets the placeholder
+        :data:`UNRESOLVED` and its exception goes into ``errors``; a store error still raises.
+        """
+        if errors is None:
+            return {key: self.revision_of(resource, desired)
+                    for key, resource in desired.resources.items()}
+        revisions: dict[ResourceKey, str] = {}
+        for key, resource in desired.resources.items():
+            try:
+                revisions[key] = self.revision_of(resource, desired)
+            except StoreError:
+                raise
+            except Exception as exc:
+                errors[key] = exc
+                revisions[key] = UNRESOLVED
+        return revisions
 
 
 # Document hash -> the hash without sync windows (a function of the document): a Target with

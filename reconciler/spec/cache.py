@@ -29,7 +29,7 @@ import yaml
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "2"  # 2: systemd calendar schedules
+LOADER_VERSION = "3"  # 2: systemd calendar schedules; 3: control characters, root
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 

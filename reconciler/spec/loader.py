@@ -39,6 +39,7 @@ from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, R
 from reconciler.spec.policy import PolicyError
 from reconciler.spec.policy import violations as policy_violations
 from reconciler.spec.sync_windows import window_problems
+from reconciler.spec.tree import SourceTree, source_path_problems
 from reconciler.spec.validate import (
     API_VERSION,
     KIND_SCHEMAS,
@@ -384,9 +385,60 @@ def _record(index: int, line: int, kind: str, document: dict[str, Any]) -> Recor
     return (index, line, kind, name, environment, labels, spec, digest)
 
 
+# Characters no value of a document may hold: NUL (no argv, environment or path can carry it:
+# the deployment would fail at exec) and the other C0 controls and DEL, which no field needs and
+# which rewrite terminals and logs; tab and newline stay allowed (multi-line values). In a
+# YAML file they can only come from escapes ("\0", "\x1b", "\u0007"): raw ones are a syntax
+# error, and line breaks are normalised to "\n".
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _control_message(char: str) -> str:
+    if char == "\0":
+        return ("contains a NUL character (\\0), which no command argument, environment "
+                "variable or path can hold")
+    return (f"contains the control character U+{ord(char):04X}; only tab and newline are "
+            "allowed in values")
+
+
+def _control_issues(document: Any) -> list[Issue]:
+    """Every string (value or key) holding a character of ``_CONTROL``, with its path."""
+    issues: list[Issue] = []
+    stack: list[tuple[Path_, Any]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if type(value) is str:
+            found = _CONTROL.search(value)
+            if found:
+                issues.append(Issue(path, _at(path, _control_message(found.group()))))
+        elif type(value) is dict:
+            for key, item in value.items():
+                if type(key) is str and (found := _CONTROL.search(key)):
+                    where = (*path, key)
+                    issues.append(Issue(where, _at(where, "name " + _control_message(
+                        found.group())), at_key=True))
+                stack.append(((*path, key), item))
+        elif type(value) is list:
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    issues.sort(key=lambda issue: [str(p) for p in issue.path])
+    return issues
+
+
 def _semantic_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
     """Checks a schema cannot express, on a schema-valid document."""
     issues: list[Issue] = []
+    spec = document["spec"]
+    if kind == "Target" and spec.get("provider") == "bare_metal" and "root" in spec \
+            and not str(spec["root"]).startswith("/"):
+        # Relative to whatever the daemon's (or the SSH login's) working directory is: releases
+        # would land somewhere else after a restart or on another host.
+        issues.append(Issue(("spec", "root"), f"spec.root: {short_repr(spec['root'])} must be "
+                                              "an absolute path"))
+    source = spec.get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str) \
+            and ".." in PurePosixPath(source["path"]).parts:
+        issues.append(Issue(("spec", "source", "path"), "spec.source.path: must be a folder "
+                                                        "inside the config repository (no '..')"))
     if kind == "Schedule":
         spec = document["spec"]
         for path, message in schedule_errors(spec["schedule"], spec.get("timezone")):
@@ -457,6 +509,8 @@ def _load_fast(data: bytes) -> list[Record] | None:
         return None
     if _may_have_aliases(data) and any(_expands_beyond(d) for d in documents):
         return None
+    if b"\\" in data and any(_control_issues(d) for d in documents):
+        return None  # control characters only come from escapes: the slow path locates them
     records: list[Record] = []
     for index, (document, line) in enumerate(zip(documents, lines, strict=True)):
         if document is None:
@@ -695,6 +749,9 @@ def _check_document(
         odd = [Issue((), "document nested too deeply")]
     for issue in odd:
         add(issue)
+    if not odd and not _expands_beyond(document):
+        for issue in _control_issues(document):
+            add(issue)
     if not odd and _expands_beyond(document):
         add(
             Issue(
@@ -820,10 +877,13 @@ def load_desired_state(
     commit: str | None = None,
     cache: SpecCache | None = None,
     root: str = "",
+    tree: SourceTree | None = None,
 ) -> DesiredState:
-    """Parse, validate and cross-check ``files``; raise ``SpecError`` with every problem found."""
+    """Parse, validate and cross-check ``files``; raise ``SpecError`` with every problem found.
+    With ``tree`` (the repository the files come from), ``source.path`` folders are checked
+    too (``spec/tree.py``)."""
     with _gc_paused():
-        return _load_desired_state(files, commit=commit, cache=cache, root=root)
+        return _load_desired_state(files, commit=commit, cache=cache, root=root, tree=tree)
 
 
 @contextlib.contextmanager
@@ -840,7 +900,8 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _load_desired_state(
-    files: Sequence[SourceFile], *, commit: str | None, cache: SpecCache | None, root: str
+    files: Sequence[SourceFile], *, commit: str | None, cache: SpecCache | None, root: str,
+    tree: SourceTree | None = None,
 ) -> DesiredState:
     load = _Load(files)
     for file_index, source in enumerate(files):
@@ -860,7 +921,7 @@ def _load_desired_state(
             if clean and cache is not None:
                 cache.put(source.blob_id, records)
         load.valid.extend((file_index, record) for record in records)
-    resources = _cross_check(load)
+    resources = _cross_check(load, tree)
     # The operator policy is checked on every load, cached files included (the cache holds
     # what the repo says, the policy what the operator allows now).
     refused = [load.problem_at(*load.where[key][:2], path, message)
@@ -885,7 +946,7 @@ def _ref(key: _Key) -> str:
     return f"{key[1]}/{key[2]}"
 
 
-def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
+def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKey, Resource]:
     files = load.files
     resources: dict[_Key, Resource] = {}
     where = load.where  # file index, document index, line
@@ -947,6 +1008,20 @@ def _cross_check(load: _Load) -> dict[ResourceKey, Resource]:
                 resolved.append((position, dependency))
         resource.depends_on = [ResourceKey(*dependency) for _, dependency in resolved]
         edges[key] = resolved
+
+    if tree is not None:
+        checked: dict[str, list[str]] = {}  # one look per folder, however many resources
+        for key, resource in resources.items():
+            source = resource.spec.get("source")
+            if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+                continue
+            folder = source["path"]
+            if folder not in checked:
+                checked[folder] = source_path_problems(tree, folder)
+            file_index, index, _ = where[key]
+            for problem in checked[folder]:
+                load.problems.append(load.problem_at(
+                    file_index, index, ("spec", "source", "path"), f"spec.source.path: {problem}"))
 
     for cycle in _cycles(edges, where):
         start, following = cycle[0], cycle[1]

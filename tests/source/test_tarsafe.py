@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import SourceError
+from reconciler.errors import SourceError, UnsafeSourceError
 from reconciler.source import tarsafe
 
 
@@ -58,6 +58,19 @@ def test_unsafe_members_are_refused(tmp_path: Path, bad: tarfile.TarInfo, mode: 
     dest = tmp_path / "dest"
     dest.mkdir()
     tar = archive((bad, b""))
-    with pytest.raises((SourceError, tarfile.FilterError if mode == "native" else SourceError)):
+    # The project's error on both paths: tarfile's own FilterError (native path) is not one,
+    # and used to end the daemon (issue 16).
+    with pytest.raises(UnsafeSourceError):
         tarsafe.extract_data(tar, dest)
     assert not (tmp_path / "escape").exists()
+
+
+def test_unreadable_archive_is_a_source_error(tmp_path: Path, mode: str) -> None:
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = entry("big")
+        info.size = 4096
+        tar.addfile(info, io.BytesIO(b"x" * 4096))
+    truncated = tarfile.open(fileobj=io.BytesIO(data.getvalue()[:1024]))
+    with pytest.raises(SourceError, match="archive cannot be read"):
+        tarsafe.extract_data(truncated, tmp_path)
