@@ -168,6 +168,7 @@ class Daemon:
     leases: Any = None  # ShardLeases when running as one of several replicas
     _schedule_next: dict[ResourceKey, datetime] = field(default_factory=dict)
     _schedule_running: dict[ResourceKey, asyncio.Task[Any]] = field(default_factory=dict)
+    _stop_watch: asyncio.Event | None = None  # set by watch_local while it watches
     pins: list[Pin] = field(default_factory=list)  # verified pushes waiting for a pass
     passed: asyncio.Event = field(default_factory=asyncio.Event)  # a first pass has run
     _pin_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -701,9 +702,8 @@ class Daemon:
             notify.stopping()
         self.stopping = True
         self.engine.stopping = True
-        stop_watch = getattr(self, "_stop_watch", None)
-        if stop_watch is not None:
-            stop_watch.set()
+        if self._stop_watch is not None:
+            self._stop_watch.set()
         self.wake.set()
 
     async def run(self) -> int:

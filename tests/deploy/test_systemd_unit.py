@@ -32,7 +32,7 @@ from tests.infra.testinfra import InfraHost, lease_any
 
 UNIT = ROOT / "systemd" / "reconciler.service"
 SYSUSERS = ROOT / "systemd" / "fraisier.sysusers"
-EXPOSURE_GOAL = 3.0
+EXPOSURE_GOAL = 1.4  # issue 16: the packaged unit must not get weaker than it is (1.2)
 TEST_WATCHDOG_S = 4
 
 FLEET = """\
