@@ -22,7 +22,10 @@ from reconciler.spec.secrets import resolve_secret as resolve_shared
 
 from .errors import CoolifyConfigError
 
-GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")  # what Coolify records as a deployment's commit
+# A pin must be the full SHA: Coolify's shallow clone fetches the pinned commit by SHA
+# (ApplicationDeploymentJob), which git cannot do with an abbreviation.
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -193,9 +196,10 @@ class ServiceSettings:
         if not (uuid or name or tag):
             raise CoolifyConfigError(f"{where}: coolify: set `uuid`, or `name` and/or `tag`")
         sha = _opt_str(section, "gitCommitSha", where)
-        if sha is not None and not GIT_SHA.match(sha):
+        if sha is not None and not FULL_SHA.match(sha):
             raise CoolifyConfigError(
-                f"{where}: coolify.gitCommitSha must be 7-40 lowercase hex digits"
+                f"{where}: coolify.gitCommitSha must be a full commit SHA (40 lowercase hex "
+                "digits); an abbreviated SHA cannot be fetched by Coolify's shallow clone"
             )
         image = section.get("image")
         image_name = image_tag = None

@@ -38,6 +38,7 @@ from reconciler.spec.model import Resource
 
 from .client import CoolifyClient
 from .config import (
+    FULL_SHA,
     GIT_SHA,
     EnvSpec,
     ServiceSettings,
@@ -59,7 +60,6 @@ from .errors import (
 ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
 TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled-by-user"})
 DUPLICATE_MESSAGE = "already queued for this commit"
-FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 HISTORY_PAGE = 10
 BEARER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # RFC 6750 b64token and more, one line
