@@ -73,6 +73,9 @@ class TargetSettings:
     url: str
     api_base: str
     token_ref: Mapping[str, Any]
+    # A second token with only `read`: deployment status is polled with it, because Coolify
+    # adds the whole deployment log to every answer for a token with read:sensitive.
+    status_token_ref: Mapping[str, Any] | None = None
     verify_tls: bool = True
     ca_bundle: str | None = None
     request_timeout: float = 30.0
@@ -105,6 +108,12 @@ class TargetSettings:
             raise CoolifyConfigError(
                 f"{where}: `token` must be a secret reference {{env: NAME}} or {{file: /path}}"
             )
+        status_token = spec.get("statusToken")
+        if status_token is not None and not is_secret_ref(status_token):
+            raise CoolifyConfigError(
+                f"{where}: `statusToken` must be a secret reference {{env: NAME}} or "
+                "{file: /path}"
+            )
         retry_spec = spec.get("retry") or {}
         retry = RetryPolicy(
             attempts=int(retry_spec.get("attempts", RetryPolicy.attempts)),
@@ -127,6 +136,7 @@ class TargetSettings:
             url=base,
             api_base=api_base,
             token_ref=dict(token),  # type: ignore[arg-type,unused-ignore]
+            status_token_ref=dict(status_token) if status_token is not None else None,
             verify_tls=bool(spec.get("verifyTls", True)),
             ca_bundle=str(ca_bundle) if ca_bundle else None,
             request_timeout=parse_duration(
