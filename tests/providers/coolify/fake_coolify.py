@@ -969,9 +969,14 @@ class FakeCoolify:
         if app is None:
             return self._not_found()
         commit = payload["commit"].strip()
-        if commit not in ("", "HEAD") and (commit.startswith("-") or not GIT_REF.match(commit)):
-            return validation_failed({"commit": [
-                "Invalid rollback commit: contains disallowed characters."]})
+        if commit not in ("", "HEAD"):  # bootstrap/helpers/shared.php validateGitRef()
+            if commit.startswith("-"):
+                return validation_failed({"commit": [
+                    "Invalid rollback commit: must not start with a hyphen."]})
+            if not GIT_REF.match(commit):
+                return validation_failed({"commit": [
+                    "Invalid rollback commit: contains disallowed characters. Only alphanumeric "
+                    "characters, dots, hyphens, underscores, and slashes are allowed."]})
         deployment_uuid, _ = self.queue(app, commit=commit, rollback=True)
         return web.json_response(
             {"message": "Rollback deployment queued.", "deployment_uuid": deployment_uuid})
