@@ -806,10 +806,15 @@ class CoolifyProvider:
         """
         if image_mode or pin == "HEAD" or svc.force or self._pinned(app, False) == pin:
             return False
-        if pin not in await self._kept_images(uuid):
+        history = await self.deployments(uuid)
+        ran_before = any(
+            d.get("status") == "finished" and str(d.get("commit") or "") == pin for d in history
+        )
+        # Asking for the kept images makes Coolify list them on its server: only for a commit
+        # that recently ran (a first rollout of a commit has no image to go back to).
+        if not ran_before or pin not in await self._kept_images(uuid):
             return False
         api = await self.api()
-        history = await self.deployments(uuid)
         applied = next(
             (d for d in history if d.get("status") == "finished" and not d.get("restart_only")),
             None,
