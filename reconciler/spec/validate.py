@@ -501,6 +501,10 @@ _TITLED_MESSAGES = {
         "FRAISIER_REVISION, FRAISIER_SERVICE and FRAISIER_ENVIRONMENT in every process); "
         "rename the variable"
     ),
+    "Full commit SHA": (
+        "{value} is not a full commit SHA: give all 40 lowercase hex digits (an abbreviated SHA "
+        "cannot be fetched by a shallow clone; `git rev-parse <short>` prints the full one)"
+    ),
     "Reference": (
         '{value} is not a valid reference ("name" or "Kind/name", Kind one of '
         "Target, Service, Job, Schedule)"

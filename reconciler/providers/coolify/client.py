@@ -2,9 +2,9 @@
 
 Retries: transport faults and 5xx answers are retried with jittered exponential backoff up to
 ``retry.attempts`` tries; 429 waits for ``Retry-After`` (bounded by ``retry.maxRetryAfter``) up to
-``retry.rateLimitAttempts`` tries. Retrying a POST /deploy whose answer was lost is safe: Coolify
-answers a repeat for the same commit with "Deployment already queued for this commit." and the
-provider then follows the deployment already running.
+``retry.rateLimitAttempts`` tries. A request that queues a deployment is sent with ``once=True``:
+its answer may be lost after Coolify queued it, and a forced deploy or a rollback is never
+skipped as a duplicate, so the provider looks for the queued deployment before sending it again.
 """
 
 from __future__ import annotations
@@ -98,8 +98,12 @@ class CoolifyClient:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        once: bool = False,
     ) -> httpx.Response:
+        """``once``: a transport fault or 5xx raises CoolifyUnavailable at once (the caller
+        decides whether sending again is safe); 429 is still waited for (nothing was done)."""
         policy = self.settings.retry
+        attempts = 1 if once else policy.attempts
         faults = 0
         throttled = 0
         while True:
@@ -114,7 +118,7 @@ class CoolifyClient:
                     reason = "LocalProtocolError: the request could not be encoded"
                 else:
                     reason = self.redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-                if faults >= policy.attempts:
+                if faults >= attempts:
                     raise CoolifyUnavailable(
                         f"Coolify at {self.settings.url} did not answer {method} {path} after "
                         f"{faults} attempt(s): {reason}"
@@ -172,7 +176,7 @@ class CoolifyClient:
                 continue
             if response.status_code in _RETRY_STATUSES:
                 faults += 1
-                if faults >= policy.attempts:
+                if faults >= attempts:
                     raise CoolifyUnavailable(
                         f"Coolify at {self.settings.url} answered {method} {path} with HTTP "
                         f"{response.status_code} {faults} time(s): {self._message(response)}"
@@ -201,8 +205,9 @@ class CoolifyClient:
         *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
+        once: bool = False,
     ) -> Any:
-        response = await self.request(method, path, params=params, json=json)
+        response = await self.request(method, path, params=params, json=json, once=once)
         try:
             return response.json()
         except ValueError:

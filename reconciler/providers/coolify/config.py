@@ -22,7 +22,10 @@ from reconciler.spec.secrets import resolve_secret as resolve_shared
 
 from .errors import CoolifyConfigError
 
-GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")  # what Coolify records as a deployment's commit
+# A pin must be the full SHA: Coolify's shallow clone fetches the pinned commit by SHA
+# (ApplicationDeploymentJob), which git cannot do with an abbreviation.
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -70,6 +73,9 @@ class TargetSettings:
     url: str
     api_base: str
     token_ref: Mapping[str, Any]
+    # A second token with only `read`: deployment status is polled with it, because Coolify
+    # adds the whole deployment log to every answer for a token with read:sensitive.
+    status_token_ref: Mapping[str, Any] | None = None
     verify_tls: bool = True
     ca_bundle: str | None = None
     request_timeout: float = 30.0
@@ -102,6 +108,12 @@ class TargetSettings:
             raise CoolifyConfigError(
                 f"{where}: `token` must be a secret reference {{env: NAME}} or {{file: /path}}"
             )
+        status_token = spec.get("statusToken")
+        if status_token is not None and not is_secret_ref(status_token):
+            raise CoolifyConfigError(
+                f"{where}: `statusToken` must be a secret reference {{env: NAME}} or "
+                "{file: /path}"
+            )
         retry_spec = spec.get("retry") or {}
         retry = RetryPolicy(
             attempts=int(retry_spec.get("attempts", RetryPolicy.attempts)),
@@ -124,6 +136,7 @@ class TargetSettings:
             url=base,
             api_base=api_base,
             token_ref=dict(token),  # type: ignore[arg-type,unused-ignore]
+            status_token_ref=dict(status_token) if status_token is not None else None,
             verify_tls=bool(spec.get("verifyTls", True)),
             ca_bundle=str(ca_bundle) if ca_bundle else None,
             request_timeout=parse_duration(
@@ -193,9 +206,10 @@ class ServiceSettings:
         if not (uuid or name or tag):
             raise CoolifyConfigError(f"{where}: coolify: set `uuid`, or `name` and/or `tag`")
         sha = _opt_str(section, "gitCommitSha", where)
-        if sha is not None and not GIT_SHA.match(sha):
+        if sha is not None and not FULL_SHA.match(sha):
             raise CoolifyConfigError(
-                f"{where}: coolify.gitCommitSha must be 7-40 lowercase hex digits"
+                f"{where}: coolify.gitCommitSha must be a full commit SHA (40 lowercase hex "
+                "digits); an abbreviated SHA cannot be fetched by Coolify's shallow clone"
             )
         image = section.get("image")
         image_name = image_tag = None

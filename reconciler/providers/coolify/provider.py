@@ -4,9 +4,13 @@ Deploy = pin the revision on the application (PATCH git_commit_sha, or docker_re
 for image apps), sync its envs (the spec's, plus FRAISIER_REVISION, FRAISIER_SERVICE and
 FRAISIER_ENVIRONMENT from ``workload_env``), POST /deploy, then follow the deployment until
 Coolify reports a terminal status, and check that the application now carries the pinned
-revision. Rollback is the
-same call with the previous Release. Coolify's own application status (``running:healthy``...) is
-reported in InstanceState.facts so the health gate can combine it with its own checks.
+revision. Going back to a commit whose image Coolify still keeps (GET
+/applications/{uuid}/rollback-images) goes through Coolify's own rollback (POST
+/applications/{uuid}/rollback), which reuses that image instead of building the commit again.
+The FRAISIER_ envs are runtime-only (is_buildtime false): a build-time variable is part of
+Coolify's build configuration, so a new FRAISIER_REVISION would rebuild every time. Coolify's own
+application status (``running:healthy``...) is reported in InstanceState.facts so the health
+gate can combine it with its own checks.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +42,7 @@ from reconciler.spec.model import Resource
 
 from .client import CoolifyClient
 from .config import (
+    FULL_SHA,
     GIT_SHA,
     EnvSpec,
     ServiceSettings,
@@ -52,6 +57,8 @@ from .errors import (
     CoolifyDeployTimeout,
     CoolifyError,
     CoolifyNotFound,
+    CoolifyRequestError,
+    CoolifyUnavailable,
     CoolifyUnsupported,
 )
 
@@ -59,7 +66,6 @@ from .errors import (
 ACTIVE_STATUSES = frozenset({"queued", "in_progress"})
 TERMINAL_STATUSES = frozenset({"finished", "failed", "cancelled-by-user"})
 DUPLICATE_MESSAGE = "already queued for this commit"
-FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 HISTORY_PAGE = 10
 BEARER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # RFC 6750 b64token and more, one line
@@ -77,6 +83,7 @@ class CoolifyProvider:
         self.ctx = ctx
         self.log = ctx.logger
         self._client: CoolifyClient | None = None
+        self._status_client: CoolifyClient | None = None
         self._client_lock = asyncio.Lock()
         # (uuid, name, tag) -> application uuid; lookups by name/tag list every application.
         self._uuid_cache: dict[tuple[str | None, str | None, str | None], str] = {}
@@ -99,10 +106,32 @@ class CoolifyProvider:
                 self._client = CoolifyClient(self.settings, token, self.log, token_ref=ref)
             return self._client
 
+    async def status_api(self) -> CoolifyClient:
+        """The client that polls deployments: the statusToken's when set (Coolify leaves the
+        log out of deployment answers for a token without read:sensitive), else api()."""
+        ref_spec = self.settings.status_token_ref
+        if ref_spec is None:
+            return await self.api()
+        main = await self.api()
+        async with self._client_lock:
+            if self._status_client is None:
+                ref = describe_secret_ref(ref_spec)
+                token = resolve_secret(ref_spec, f"Target {self.target.name}: statusToken",
+                                       self.target.environment)
+                if not BEARER_TOKEN.fullmatch(token):
+                    raise CoolifyConfigError(
+                        f"Target {self.target.name}: statusToken from {ref} is not a bearer "
+                        "token (one line of printable characters without spaces)")
+                self._status_client = CoolifyClient(self.settings, token, self.log,
+                                                    token_ref=ref)
+                main.add_secrets([token])
+            return self._status_client
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        for client in (self._client, self._status_client):
+            if client is not None:
+                await client.close()
+        self._client = self._status_client = None
 
     # Which core revision wrote which pin, per application: lets observe() report the core's
     # revision while the pin is untouched, and the pin itself once someone changed it.
@@ -201,7 +230,7 @@ class CoolifyProvider:
         `{"count": N, "deployments": [ApplicationDeploymentQueue...]}` (contracts README §1).
         Both shapes are accepted so a future fix of either side does not break us.
         """
-        api = await self.api()
+        api = await self.status_api()
         body = await api.json(
             "GET", f"/deployments/applications/{uuid}", params={"skip": 0, "take": take}
         )
@@ -298,6 +327,9 @@ class CoolifyProvider:
         image_mode = self._image_mode(svc, app)
         pin = self._pin_for(svc, release, app, image_mode)
         envs_changed = await self.sync_envs(uuid, release, svc)
+        if await self._rollback_to_kept_image(release, svc, uuid, app, pin, image_mode,
+                                              envs_changed):
+            return
 
         patch: dict[str, Any] = {}
         if image_mode:
@@ -350,14 +382,17 @@ class CoolifyProvider:
                 except CoolifyDeployFailed:
                     pass  # its outcome is not ours; our own deployment follows
             in_flight = []
-        if in_flight and not svc.force:
-            deployment_uuid = str(in_flight[0]["deployment_uuid"])
+        # With force, only a forced build of this commit is ours to follow (an earlier try of
+        # this same deploy); Coolify never skips a forced deploy as a duplicate.
+        followable = [d for d in in_flight if not svc.force or d.get("force_rebuild")]
+        if followable and not (svc.force and needs_fresh):
+            deployment_uuid = str(followable[0]["deployment_uuid"])
             self.log.info(
                 "coolify deployment of this revision already in flight; following it",
                 extra={"application": uuid, "deployment": deployment_uuid},
             )
         else:
-            deployment_uuid = await self._trigger(uuid, pin, image_mode, svc)
+            deployment_uuid = await self._trigger(uuid, pin, image_mode, svc, history)
         final = await self.wait_for_deployment(uuid, deployment_uuid, pin, image_mode, timeout)
         await self._verify_active(uuid, final, pin, image_mode)
         self._save_record(uuid, release.revision, pin, image_mode)
@@ -503,7 +538,7 @@ class CoolifyProvider:
         ours = {k: v for k, (_, v) in desired.items() if k.startswith(RESERVED_ENV_PREFIX)}
         for key, (spec, value) in sorted(desired.items()):
             have = current.get(key)
-            wanted = {
+            wanted: dict[str, Any] = {
                 "key": key,
                 "value": value,
                 "is_preview": False,
@@ -511,14 +546,18 @@ class CoolifyProvider:
                 "is_multiline": spec.is_multiline,
                 "is_shown_once": spec.is_shown_once,
             }
+            flags = ["is_literal", "is_multiline", "is_shown_once"]
+            if key in ours:
+                # Runtime only: a build-time variable is part of Coolify's build configuration
+                # (and a --build-arg), so a new FRAISIER_REVISION would rebuild every deploy.
+                wanted.update(is_runtime=True, is_buildtime=False)
+                flags += ["is_runtime", "is_buildtime"]
             if have is None:
                 created.append(key)
                 upserts.append(wanted)
                 continue
-            same_flags = all(
-                bool(have.get(flag)) == wanted[flag]
-                for flag in ("is_literal", "is_multiline", "is_shown_once")
-            )
+            # Coolify's default for both is true (a variable created before this rule).
+            same_flags = all(bool(have.get(flag, True)) == wanted[flag] for flag in flags)
             # Without read:sensitive Coolify hides values; then we cannot compare and must write,
             # except our own FRAISIER_ envs, whose last written value we keep.
             if "value" in have:
@@ -630,40 +669,195 @@ class CoolifyProvider:
             return bool(record and record.get("image") is True and record.get("pin") == pin)
         return str(latest.get("commit") or "") == pin
 
-    async def _trigger(self, uuid: str, pin: str, image_mode: bool, svc: ServiceSettings) -> str:
+    async def _trigger(
+        self,
+        uuid: str,
+        pin: str,
+        image_mode: bool,
+        svc: ServiceSettings,
+        history: list[dict[str, Any]],
+    ) -> str:
         api = await self.api()
         params: dict[str, Any] = {"uuid": uuid}
         if svc.force:
             params["force"] = True
-        body = await api.json("POST", "/deploy", params=params)
-        items = body.get("deployments") if isinstance(body, Mapping) else None
-        if not isinstance(items, list) or not items:
-            raise CoolifyError(
-                f"POST /deploy on {self.settings.url} returned no deployment for {uuid}"
+
+        async def send() -> str:
+            body = await api.json("POST", "/deploy", params=params, once=True)
+            items = body.get("deployments") if isinstance(body, Mapping) else None
+            if not isinstance(items, list) or not items:
+                raise CoolifyError(
+                    f"POST /deploy on {self.settings.url} returned no deployment for {uuid}"
+                )
+            item = next(
+                (i for i in items if isinstance(i, Mapping) and i.get("resource_uuid") == uuid),
+                items[0],
             )
-        item = next(
-            (i for i in items if isinstance(i, Mapping) and i.get("resource_uuid") == uuid),
-            items[0],
+            message = str(item.get("message") or "")
+            if DUPLICATE_MESSAGE in message.lower():
+                # The returned deployment_uuid was generated but never stored: follow the real one.
+                self.log.info(
+                    "coolify already has this commit queued; following that deployment",
+                    extra={"application": uuid, "revision": pin},
+                )
+                return await self._find_running(uuid, pin, image_mode)
+            deployment_uuid = item.get("deployment_uuid")
+            if not deployment_uuid:
+                raise CoolifyError(
+                    f"POST /deploy on {self.settings.url} did not say which deployment it "
+                    f"queued: {message}"
+                )
+            return str(deployment_uuid)
+
+        deployment_uuid = await self._queue_once(
+            uuid, pin, image_mode, send, history, rollback=False, force=svc.force
         )
-        message = str(item.get("message") or "")
-        if DUPLICATE_MESSAGE in message.lower():
-            # The returned deployment_uuid was generated but never stored: follow the real one.
-            self.log.info(
-                "coolify already has this commit queued; following that deployment",
-                extra={"application": uuid, "revision": pin},
-            )
-            return await self._find_running(uuid, pin, image_mode)
-        deployment_uuid = item.get("deployment_uuid")
-        if not deployment_uuid:
-            raise CoolifyError(
-                f"POST /deploy on {self.settings.url} did not say which deployment it "
-                f"queued: {message}"
-            )
         self.log.info(
             "coolify deployment queued",
             extra={"application": uuid, "deployment": deployment_uuid, "revision": pin},
         )
-        return str(deployment_uuid)
+        return deployment_uuid
+
+    async def _queue_once(
+        self,
+        uuid: str,
+        pin: str,
+        image_mode: bool,
+        send: Callable[[], Awaitable[str]],
+        history: list[dict[str, Any]],
+        *,
+        rollback: bool,
+        force: bool,
+    ) -> str:
+        """Send a request that queues a deployment, at most one deployment per call.
+
+        The answer can be lost after Coolify queued it (a dropped connection, a timeout, a 5xx
+        from a proxy). A forced deploy and a rollback are never skipped as duplicates, so
+        sending again would queue a second build: first look for a deployment of this commit
+        that appeared since ``history`` was read, and follow it.
+        """
+        api = await self.api()
+        known = {str(d.get("deployment_uuid")) for d in history}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await send()
+            except CoolifyUnavailable as exc:
+                if attempt >= self.settings.retry.attempts:
+                    raise
+                reason = str(exc)
+            # Give a request the server is still handling time to land before looking.
+            await asyncio.sleep(api.backoff(attempt))
+            landed = [
+                d for d in await self.deployments(uuid)
+                if str(d.get("deployment_uuid")) not in known
+                and d.get("status") in ACTIVE_STATUSES | TERMINAL_STATUSES
+                and self._matches(d, pin, image_mode)
+                and bool(d.get("rollback")) == rollback
+                and (not force or bool(d.get("force_rebuild")))
+            ]
+            if landed:
+                deployment_uuid = str(landed[-1]["deployment_uuid"])  # the oldest new one
+                self.log.warning(
+                    "coolify queued the deployment although its answer was lost; following it",
+                    extra={"application": uuid, "deployment": deployment_uuid, "revision": pin},
+                )
+                return deployment_uuid
+            self.log.warning(
+                "coolify deploy request failed and queued nothing; sending it again",
+                extra={"application": uuid, "revision": pin, "attempt": attempt,
+                       "error": reason},
+            )
+
+    async def _kept_images(self, uuid: str) -> set[str]:
+        """Tags of the application's images still on its server (Coolify's rollback list).
+        Empty when the route is missing (Coolify before 4.3) or the server cannot be asked."""
+        api = await self.status_api()
+        try:
+            body = await api.json("GET", f"/applications/{uuid}/rollback-images")
+        except (CoolifyNotFound, CoolifyRequestError):
+            return set()
+        images = body.get("images") if isinstance(body, Mapping) else None
+        return {
+            str(i["tag"]) for i in (images if isinstance(images, list) else [])
+            if isinstance(i, Mapping) and i.get("tag")
+        }
+
+    async def _rollback_to_kept_image(
+        self,
+        release: Release,
+        svc: ServiceSettings,
+        uuid: str,
+        app: Mapping[str, Any],
+        pin: str,
+        image_mode: bool,
+        envs_changed: bool,
+    ) -> bool:
+        """Go back to a commit whose image Coolify still keeps through Coolify's own rollback
+        (POST /applications/{uuid}/rollback): the kept image runs again, nothing is built.
+        False (nothing done) when this deploy is not such a return.
+
+        Coolify reuses the image only when the build configuration equals the last finished
+        deployment's, and the pinned git_commit_sha is part of it. So the pin is moved before
+        the rollback when that deployment was made pinned to this commit (the newer one failed
+        to build), and after it otherwise (the newer one ran: its pin is the applied one).
+        Moving it at all keeps Coolify's later deployments (restart, auto-deploy) on it.
+        """
+        if image_mode or pin == "HEAD" or svc.force or self._pinned(app, False) == pin:
+            return False
+        history = await self.deployments(uuid)
+        ran_before = any(
+            d.get("status") == "finished" and str(d.get("commit") or "") == pin for d in history
+        )
+        # Asking for the kept images makes Coolify list them on its server: only for a commit
+        # that recently ran (a first rollout of a commit has no image to go back to).
+        if not ran_before or pin not in await self._kept_images(uuid):
+            return False
+        api = await self.api()
+        applied = next(
+            (d for d in history if d.get("status") == "finished" and not d.get("restart_only")),
+            None,
+        )
+        pin_first = bool(
+            applied and str(applied.get("commit") or "") == pin and not applied.get("rollback")
+        )
+        patch: dict[str, Any] = {"git_commit_sha": pin}
+        raw_settings = app.get("settings")
+        settings: Mapping[str, Any] = raw_settings if isinstance(raw_settings, Mapping) else {}
+        auto = svc.auto_deploy
+        if auto is not None and settings.get("is_auto_deploy_enabled") != auto:
+            patch["is_auto_deploy_enabled"] = auto
+        if pin_first:
+            await api.json("PATCH", f"/applications/{uuid}", json=patch)
+        in_flight = [
+            d for d in history
+            if d.get("status") in ACTIVE_STATUSES and d.get("rollback")
+            and str(d.get("commit") or "") == pin
+        ]
+        if in_flight and not envs_changed:
+            deployment_uuid = str(in_flight[0]["deployment_uuid"])
+        else:
+            async def send() -> str:
+                body = await api.json("POST", f"/applications/{uuid}/rollback",
+                                      json={"commit": pin}, once=True)
+                queued = body.get("deployment_uuid") if isinstance(body, Mapping) else None
+                return str(queued) if queued else await self._find_running(uuid, pin, False)
+
+            deployment_uuid = await self._queue_once(
+                uuid, pin, False, send, history, rollback=True, force=False
+            )
+        self.log.info(
+            "coolify rollback to the kept image of this commit",
+            extra={"application": uuid, "deployment": deployment_uuid, "revision": pin},
+        )
+        timeout = svc.deploy_timeout or self.settings.deploy_timeout
+        final = await self.wait_for_deployment(uuid, deployment_uuid, pin, False, timeout)
+        if not pin_first:
+            await api.json("PATCH", f"/applications/{uuid}", json=patch)
+        await self._verify_active(uuid, final, pin, False)
+        self._save_record(uuid, release.revision, pin, False)
+        return True
 
     async def _find_running(self, uuid: str, pin: str, image_mode: bool) -> str:
         history = await self.deployments(uuid)
@@ -682,13 +876,14 @@ class CoolifyProvider:
         self, uuid: str, deployment_uuid: str, pin: str, image_mode: bool, limit_s: float
     ) -> dict[str, Any]:
         api = await self.api()
+        poller = await self.status_api()
         deadline = time.monotonic() + limit_s
         interval = self.settings.poll_interval
         last_status: str | None = None
         followed_fallback = False
         while True:
             try:
-                deployment = await api.json("GET", f"/deployments/{deployment_uuid}")
+                deployment = await poller.json("GET", f"/deployments/{deployment_uuid}")
             except CoolifyNotFound:
                 if followed_fallback:
                     raise
@@ -705,6 +900,9 @@ class CoolifyProvider:
                 last_status = status
             if status in TERMINAL_STATUSES:
                 if status != "finished":
+                    if "logs" not in deployment and poller is not api:
+                        # Polled without the log: read it once, with the token that may.
+                        deployment = await api.json("GET", f"/deployments/{deployment_uuid}")
                     tail = [
                         api.redact(x) for x in parse_deployment_logs(deployment.get("logs"))[-5:]
                     ]

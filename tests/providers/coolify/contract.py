@@ -154,6 +154,23 @@ SPEC_GAPS: tuple[Gap, ...] = (
         "contracts README §1 Deploy: 404 'No resources found.'",
     ),
     Gap(
+        "PATCH",
+        "/applications/{uuid}",
+        422,
+        _ref("/components/responses/422/content/application~1json/schema"),
+        "Coolify 4.3.11 ApplicationsController::update_by_uuid answers 422 'Validation failed.' "
+        "with errors per field (Laravel rules of sharedDataApplications(), fields not allowed); "
+        "the spec does not list 422 for this route",
+    ),
+    Gap(
+        "PATCH",
+        "/applications/{uuid}/envs/bulk",
+        422,
+        _ref("/components/responses/422/content/application~1json/schema"),
+        "Coolify 4.3.11 ApplicationsController::create_bulk_envs answers 422 'Validation "
+        "failed.' when an item breaks its rules; the spec does not list 422 for this route",
+    ),
+    Gap(
         "POST",
         "/applications/{uuid}/envs",
         409,

@@ -3,7 +3,9 @@
 It keeps a small but realistic state: applications (git or docker-image), their envs, a
 deployment queue that moves queued -> in_progress -> finished | failed on a clock (with a
 per-server concurrency limit and Coolify's duplicate-deploy rule), per-token abilities, the
-API-disabled switch, 429 injection, dropped connections, and 405 for GET on action routes.
+API-disabled switch, Coolify's request validation (the Laravel rules of its controllers),
+images kept per commit and the build-skip rule, rollback, 429 injection, dropped
+connections, and 405 for GET on action routes.
 
 Every request and every response goes through the OpenAPI contract (contract.py). A request the
 spec does not allow is answered 422 "OpenAPI contract violation: …" and recorded in
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import ssl
 import time
@@ -27,6 +30,81 @@ from aiohttp import web
 from .contract import ContractViolation, OpenAPIContract
 
 API_PREFIX = "/api/v1"
+
+# Coolify 4.3.11's request validation (Laravel rules in its API controllers), modelled so a
+# request the OpenAPI shapes allow but Coolify refuses is refused here too.
+# bootstrap/helpers/api.php sharedDataApplications(): 'git_commit_sha' => ['string', 'regex:…']
+GIT_REF = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._\-/]*$")
+# app/Support/ValidationPatterns.php DOCKER_IMAGE_TAG_PATTERN
+DOCKER_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# ApplicationsController::update_by_uuid $allowedFields (the ones a Fraisier test may send)
+APP_UPDATE_FIELDS = frozenset({
+    "name", "description", "is_static", "is_spa", "is_auto_deploy_enabled",
+    "is_force_https_enabled", "is_preview_deployments_enabled", "domains", "git_repository",
+    "git_branch", "git_commit_sha", "docker_registry_image_name", "docker_registry_image_tag",
+    "build_pack", "instant_deploy", "ports_exposes", "health_check_enabled", "health_check_path",
+})
+ENV_BULK_FIELDS = ("key", "value", "is_preview", "is_literal", "is_multiline", "is_shown_once",
+                   "is_runtime", "is_buildtime", "comment")
+
+
+def _attribute(field_name: str) -> str:
+    return field_name.replace("_", " ")
+
+
+def laravel_errors(
+    payload: dict[str, Any], rules: dict[str, tuple[str, ...]]
+) -> dict[str, list[str]]:
+    """Laravel's messages for the rule kinds Coolify uses on these routes."""
+    errors: dict[str, list[str]] = {}
+    for name, kinds in rules.items():
+        if name not in payload:
+            if "required" in kinds:
+                errors[name] = [f"The {_attribute(name)} field is required."]
+            continue
+        value = payload[name]
+        if value is None and "nullable" in kinds:
+            continue
+        for kind in kinds:
+            problem = None
+            if kind == "string" and not isinstance(value, str):
+                problem = f"The {_attribute(name)} field must be a string."
+            elif kind == "boolean" and value not in (True, False, 0, 1, "0", "1"):
+                problem = f"The {_attribute(name)} field must be true or false."
+            elif kind.startswith("max:") and isinstance(value, str) and len(value) > int(kind[4:]):
+                problem = (f"The {_attribute(name)} field must not be greater than {kind[4:]} "
+                           "characters.")
+            elif kind == "git_ref" and isinstance(value, str) and not GIT_REF.match(value):
+                problem = f"The {_attribute(name)} field format is invalid."
+            elif (kind == "docker_tag" and isinstance(value, str)
+                  and not DOCKER_IMAGE_TAG.match(value)):
+                problem = f"The {_attribute(name)} field format is invalid."
+            if problem:
+                errors[name] = [problem]
+                break
+    return errors
+
+
+APP_UPDATE_RULES: dict[str, tuple[str, ...]] = {
+    "name": ("string", "max:255"),
+    "git_branch": ("string",),
+    "git_commit_sha": ("string", "git_ref"),
+    "docker_registry_image_name": ("nullable", "string"),
+    "docker_registry_image_tag": ("nullable", "string", "max:128", "docker_tag"),
+    "is_auto_deploy_enabled": ("boolean",),
+    "instant_deploy": ("boolean",),
+}
+ENV_BULK_RULES: dict[str, tuple[str, ...]] = {
+    "key": ("required", "string"),
+    "value": ("nullable", "string"),
+    "is_preview": ("boolean",), "is_literal": ("boolean",), "is_multiline": ("boolean",),
+    "is_shown_once": ("boolean",), "is_runtime": ("boolean",), "is_buildtime": ("boolean",),
+    "comment": ("nullable", "string", "max:256"),
+}
+
+
+def validation_failed(errors: dict[str, list[str]]) -> web.Response:
+    return web.json_response({"message": "Validation failed.", "errors": errors}, status=422)
 ACTIVE = ("queued", "in_progress")
 READ, WRITE, DEPLOY, SENSITIVE = "read", "write", "deploy", "read:sensitive"
 
@@ -59,6 +137,10 @@ class FakeEnv:
     is_literal: bool = False
     is_multiline: bool = False
     is_shown_once: bool = False
+    # Coolify's defaults for a new variable (create_bulk_envs): it reaches the build (as a
+    # build argument, and its value is part of the build configuration) and the container.
+    is_runtime: bool = True
+    is_buildtime: bool = True
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
 
@@ -81,6 +163,12 @@ class FakeApp:
     envs: list[FakeEnv] = field(default_factory=list)
     running_commit: str | None = None
     running_image_tag: str | None = None
+    # Images on the server, oldest first (`docker images` of the app's repository): the tag is
+    # the commit (ApplicationDeploymentJob::generate_image_names).
+    images: list[str] = field(default_factory=list)
+    # The build configuration of the last finished deployment (its configuration_snapshot,
+    # 'build' impact items only): the pin and every is_buildtime variable.
+    applied_build: tuple[str, tuple[tuple[str, str], ...]] | None = None
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
 
@@ -95,6 +183,9 @@ class FakeDeployment:
     force: bool = False
     restart_only: bool = False
     image_tag: str | None = None
+    rollback: bool = False
+    built: bool | None = None  # None until it ran: False when the image was reused
+    build_args: dict[str, str] | None = None  # what reached `docker build`
     created_at: str = field(default_factory=now_iso)
     updated_at: str = field(default_factory=now_iso)
     queued_at: float = field(default_factory=time.monotonic)
@@ -146,6 +237,8 @@ class FakeCoolify:
         self.drop_connections = 0
         self.deploy_fault_after_queue = 0  # drop the connection after queuing N /deploy calls
         self.duplicates_skipped = 0  # deploys Coolify's duplicate rule turned away
+        self.images_to_keep = 3  # docker_images_to_keep (+ the running one) after cleanup
+        self.log_bytes_sent = 0  # bytes of deployment `logs` sent in answers
         self._ids = 0
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -256,12 +349,37 @@ class FakeCoolify:
             dep.started_at = now
             dep.updated_at = now_iso()
             dep.image_tag = app.docker_registry_image_tag
-            dep.envs = {e.key: e.value for e in app.envs if not e.is_preview}
+            dep.envs = {e.key: e.value for e in app.envs if not e.is_preview and e.is_runtime}
             dep.log(f"Starting deployment of {app.name} ({dep.commit}).")
-            if app.envs:
-                secrets_line = " ".join(f"--build-arg {e.key}={e.value}" for e in app.envs)
-                dep.log("docker build", hidden=True, command=f"docker build {secrets_line} .")
+            self._build_or_reuse(app, dep)
             running += 1
+
+    def build_config(self, app: FakeApp) -> tuple[str, tuple[tuple[str, str], ...]]:
+        buildtime = tuple(sorted(
+            (e.key, e.value) for e in app.envs if not e.is_preview and e.is_buildtime
+        ))
+        return (app.git_commit_sha or "HEAD", buildtime)
+
+    def _build_or_reuse(self, app: FakeApp, dep: FakeDeployment) -> None:
+        """check_image_locally_or_remotely + should_skip_build: an image of this commit is reused
+        unless forced or a 'build' item of the configuration changed since the last finished
+        deployment (pendingDeploymentConfigurationDiff()->requiresBuild())."""
+        if dep.restart_only or app.build_pack == "dockerimage":
+            dep.built = False
+            return
+        if (not dep.force and dep.commit in app.images
+                and app.applied_build == self.build_config(app)):
+            dep.built = False
+            dep.log(f"No build configuration changed & image found ({app.uuid}:{dep.commit}) "
+                    "with the same Git Commit SHA. Build step skipped.")
+            return
+        dep.built = True
+        dep.build_args = {
+            e.key: e.value for e in app.envs if not e.is_preview and e.is_buildtime
+        }
+        if dep.build_args:
+            secrets_line = " ".join(f"--build-arg {k}={v}" for k, v in dep.build_args.items())
+            dep.log("docker build", hidden=True, command=f"docker build {secrets_line} .")
 
     def _finish(self, dep: FakeDeployment) -> None:
         app = self.apps[dep.app_uuid]
@@ -281,14 +399,26 @@ class FakeCoolify:
         if not dep.restart_only:
             app.running_commit = dep.commit
             app.running_image_tag = dep.image_tag
+            if app.build_pack != "dockerimage":
+                if dep.commit in app.images:
+                    app.images.remove(dep.commit)
+                app.images.append(dep.commit)
+                del app.images[: -self.images_to_keep]
+        app.applied_build = self.build_config(app)
         app.status = self.status_after_deploy
 
     def queue(
-        self, app: FakeApp, *, force: bool = False, restart_only: bool = False
+        self,
+        app: FakeApp,
+        *,
+        force: bool = False,
+        restart_only: bool = False,
+        commit: str | None = None,
+        rollback: bool = False,
     ) -> tuple[str, bool]:
         """Coolify's queue_application_deployment: returns (deployment uuid, created)."""
-        commit = app.git_commit_sha or "HEAD"
-        if not force and not restart_only:
+        commit = commit or app.git_commit_sha or "HEAD"
+        if not force and not restart_only and not rollback:
             for dep in self.deployments:
                 if dep.app_uuid == app.uuid and dep.status in ACTIVE and dep.commit == commit:
                     # Skipped as a duplicate; Coolify still hands out a fresh uuid it never stores.
@@ -301,6 +431,7 @@ class FakeCoolify:
             commit=commit,
             force=force,
             restart_only=restart_only,
+            rollback=rollback,
         )
         self.deployments.append(dep)
         return dep.uuid, True
@@ -392,10 +523,12 @@ class FakeCoolify:
             ),
             "destination_id": "1",
             "only_this_server": False,
-            "rollback": False,
+            "rollback": dep.rollback,
         }
         if sensitive:
+            # DeployController::removeSensitiveData: `logs` only for read:sensitive tokens.
             body["logs"] = json.dumps(dep.logs)
+            self.log_bytes_sent += len(body["logs"])
         return body
 
     def env_json(self, app: FakeApp, env: FakeEnv, sensitive: bool) -> dict[str, Any]:
@@ -407,8 +540,8 @@ class FakeCoolify:
             "is_literal": env.is_literal,
             "is_multiline": env.is_multiline,
             "is_preview": env.is_preview,
-            "is_runtime": True,
-            "is_buildtime": True,
+            "is_runtime": env.is_runtime,
+            "is_buildtime": env.is_buildtime,
             "is_shared": False,
             "is_shown_once": env.is_shown_once,
             "key": env.key,
@@ -559,9 +692,17 @@ class FakeCoolify:
     async def h_patch_app(
         self, request: web.Request, token: Token, payload: Any, uuid: str
     ) -> web.Response:
+        if not isinstance(payload, dict) or not payload:
+            return web.json_response({"message": "Invalid request.", "error": "Empty JSON."},
+                                     status=400)
         app = self._app(uuid)
         if app is None:
             return self._not_found()
+        errors = laravel_errors(payload, APP_UPDATE_RULES)
+        for extra in sorted(set(payload) - APP_UPDATE_FIELDS):
+            errors.setdefault(extra, []).append("This field is not allowed.")
+        if errors:
+            return validation_failed(errors)
         for key in (
             "git_commit_sha",
             "docker_registry_image_name",
@@ -598,7 +739,7 @@ class FakeCoolify:
             app.envs.append(env)
         env.value = item["value"]
         env.is_preview = preview
-        for flag in ("is_literal", "is_multiline", "is_shown_once"):
+        for flag in ("is_literal", "is_multiline", "is_shown_once", "is_runtime", "is_buildtime"):
             if flag in item:
                 setattr(env, flag, bool(item[flag]))
         env.updated_at = now_iso()
@@ -638,7 +779,15 @@ class FakeCoolify:
         app = self._app(uuid)
         if app is None:
             return self._not_found()
-        envs = [self._upsert_env(app, item) for item in payload["data"]]
+        if not payload.get("data"):
+            return web.json_response({"message": "Bulk data is required."}, status=400)
+        items = [{k: v for k, v in item.items() if k in ENV_BULK_FIELDS}
+                 for item in payload["data"]]
+        for item in items:
+            errors = laravel_errors(item, ENV_BULK_RULES)
+            if errors:
+                return validation_failed(errors)
+        envs = [self._upsert_env(app, item) for item in items]
         sensitive = token.can(SENSITIVE)
         return web.json_response([self.env_json(app, e, sensitive) for e in envs], status=201)
 
@@ -787,6 +936,51 @@ class FakeCoolify:
             }
         )
 
+    async def h_rollback_images(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
+        app = self._app(uuid)
+        if app is None:
+            return self._not_found()
+        current = app.running_commit
+        return web.json_response({
+            "current": current,
+            "images": [
+                {"tag": tag, "created_at": "2026-01-01 00:00:00 +0000 UTC",
+                 "is_current": tag == current}
+                for tag in app.images
+            ],
+        })
+
+    async def h_rollback(
+        self, request: web.Request, token: Token, payload: Any, uuid: str
+    ) -> web.Response:
+        """ApplicationsController::rollback_by_uuid: commit required, nothing else allowed,
+        validateGitRef, then a deployment with rollback=true (never skipped as a duplicate)."""
+        if not isinstance(payload, dict) or not payload:
+            return web.json_response({"message": "Invalid request.", "error": "Empty JSON."},
+                                     status=400)
+        errors = laravel_errors(payload, {"commit": ("required", "string")})
+        for extra in sorted(set(payload) - {"commit"}):
+            errors.setdefault(extra, []).append("This field is not allowed.")
+        if errors:
+            return validation_failed(errors)
+        app = self._app(uuid)
+        if app is None:
+            return self._not_found()
+        commit = payload["commit"].strip()
+        if commit not in ("", "HEAD"):  # bootstrap/helpers/shared.php validateGitRef()
+            if commit.startswith("-"):
+                return validation_failed({"commit": [
+                    "Invalid rollback commit: must not start with a hyphen."]})
+            if not GIT_REF.match(commit):
+                return validation_failed({"commit": [
+                    "Invalid rollback commit: contains disallowed characters. Only alphanumeric "
+                    "characters, dots, hyphens, underscores, and slashes are allowed."]})
+        deployment_uuid, _ = self.queue(app, commit=commit, rollback=True)
+        return web.json_response(
+            {"message": "Rollback deployment queued.", "deployment_uuid": deployment_uuid})
+
     async def h_version(self, request: web.Request, token: Token, payload: Any) -> web.Response:
         return web.Response(text="4.3.11")
 
@@ -804,6 +998,8 @@ _ROUTES: list[tuple[str, list[str], str, str]] = [
     ("POST", ["applications", ":uuid", "start"], "start", DEPLOY),
     ("POST", ["applications", ":uuid", "stop"], "stop", DEPLOY),
     ("POST", ["applications", ":uuid", "restart"], "restart", DEPLOY),
+    ("GET", ["applications", ":uuid", "rollback-images"], "rollback_images", READ),
+    ("POST", ["applications", ":uuid", "rollback"], "rollback", DEPLOY),
     ("POST", ["deploy"], "deploy", DEPLOY),
     ("GET", ["deployments"], "list_deployments", READ),
     ("GET", ["deployments", "applications", ":uuid"], "app_deployments", READ),

@@ -119,10 +119,10 @@ async def test_a_provider_sending_an_invalid_request_fails(
     client = await provider.api()
     original = client.request
 
-    async def buggy(method, path, *, params=None, json=None):
+    async def buggy(method, path, *, params=None, json=None, once=False):
         if path == "/deploy":
             params = {**(params or {}), "commit": "a" * 40}  # not a /deploy parameter
-        return await original(method, path, params=params, json=json)
+        return await original(method, path, params=params, json=json, once=once)
 
     monkeypatch.setattr(client, "request", buggy)
     try:

@@ -178,9 +178,9 @@ async def test_failed_deployment_raises_with_log_tail(fake: FakeCoolify, make_ta
 async def test_duplicate_deploy_answer_follows_the_running_deployment(
     fake: FakeCoolify, make_target, ctx
 ) -> None:
-    """POST /deploy queued the deployment but the answer was lost; the retried POST gets
-    'already queued for this commit' with a uuid that does not exist. The provider must follow
-    the real deployment, not poll the phantom uuid nor queue a second build."""
+    """POST /deploy queued the deployment but the answer was lost. The provider looks for the
+    deployment it may have queued before sending again, finds it and follows it: no second
+    request (a forced one would not be skipped as a duplicate), no phantom uuid polled."""
     app = fake.add_app("api")
     fake.deploy_fault_after_queue = 1
     service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)
@@ -190,7 +190,7 @@ async def test_duplicate_deploy_answer_follows_the_running_deployment(
         await provider.deploy(release(service, "rev-1"), instance)
     finally:
         await provider.close()
-    assert fake.calls("POST", "/deploy") == 2
+    assert fake.calls("POST", "/deploy") == 1
     [dep] = fake.history(app.uuid)
     assert dep.status == "finished"
     polled = {
@@ -213,7 +213,7 @@ async def test_duplicate_answer_resolves_to_the_queued_deployment(
     provider = provider_for(make_target, ctx)
     try:
         svc = provider_service(service)
-        found = await provider._trigger(app.uuid, SHA_A, False, svc)
+        found = await provider._trigger(app.uuid, SHA_A, False, svc, [])
     finally:
         await provider.close()
     assert found == real_uuid
@@ -239,7 +239,8 @@ async def test_in_flight_deployment_of_same_commit_is_followed(
         "FRAISIER_SERVICE": "api",
         "FRAISIER_ENVIRONMENT": "default",
     }.items():
-        fake._upsert_env(app, {"key": key, "value": value, "is_literal": True})
+        fake._upsert_env(app, {"key": key, "value": value, "is_literal": True,
+                               "is_runtime": True, "is_buildtime": False})
     fake.run_time = 0.3
     real_uuid, _ = fake.queue(app)  # e.g. started from the Coolify UI a moment ago
     service = service_resource(uuid=app.uuid, gitCommitSha=SHA_A)

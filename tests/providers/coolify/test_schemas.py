@@ -182,3 +182,45 @@ def test_what_validates_loads_to_the_same_duration(text: str, seconds: float) ->
     )
     assert settings.poll_interval == pytest.approx(seconds) == pytest.approx(parse_duration(text))
     assert settings.retry.backoff == pytest.approx(seconds)
+
+
+ABBREVIATED_FLEET = """apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {name: coolify}
+spec:
+  provider: coolify
+  url: https://coolify.example.com
+  token: {env: COOLIFY_TOKEN}
+---
+apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {name: api}
+spec:
+  target: coolify
+  coolify:
+    uuid: ck0abc123
+    gitCommitSha: 3f1c2a9
+"""
+
+
+@pytest.mark.parametrize("short", ["3f1c2a9", "3f1c2a9d8b7e6f5a4c3b2a1908f7e6d5c4b3a29"])
+def test_abbreviated_commit_sha_is_refused_with_its_location(
+    short: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Coolify's shallow clone fetches the pinned commit by SHA; git cannot fetch an abbreviated
+    one, so a 7-39 digit pin would only fail inside the build. validate refuses it, exit 2."""
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    (tmp_path / "fleet.yaml").write_text(ABBREVIATED_FLEET.replace("3f1c2a9", short))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["validate", "."])
+    assert result.exit_code == 2, result.output
+    assert f"fleet.yaml:16:19: spec.coolify.gitCommitSha: '{short}' is not a full commit SHA" in (
+        result.output
+    )
+    with pytest.raises(Exception, match="full commit SHA"):
+        ServiceSettings.from_resource(Resource(
+            ResourceKey("prod", "Service", "api"), {},
+            {"target": "coolify", "coolify": {"uuid": "x", "gitCommitSha": short}}, "s.yaml"))
