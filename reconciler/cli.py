@@ -310,7 +310,7 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
 
     async def main() -> Any:
-        from reconciler.plan.planner import UNCHANGED
+        from reconciler.plan.planner import BLOCKED, UNCHANGED
         from reconciler.rollout.engine import Reconciler
 
         source = make_source(opts, repo, ref, path)
@@ -323,11 +323,15 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
             plan = await engine.plan(desired, prune=prune)
             if live:
                 for item in plan.items:
-                    if (item.action != UNCHANGED or item.key.kind != "Service"
+                    if (item.action not in (UNCHANGED, BLOCKED) or item.key.kind != "Service"
                             or item.resource is None or item.record is None):
                         continue
+                    # A blocked Service runs its blocked-at (applied) revision: a crash of it
+                    # is drift too, shown beside why it is blocked.
                     detail = await engine.drift_of(item.resource, item.record, desired)
-                    if detail is not None:
+                    if detail is not None and item.action == BLOCKED:
+                        item.reason = f"{item.reason}; live state differs: {detail}"
+                    elif detail is not None:
                         item.action, item.reason = "drift", f"live state differs: {detail}"
             return plan
         finally:
@@ -450,12 +454,12 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
 
 async def _drifted(engine: Any, desired: DesiredState) -> set[ResourceKey]:
-    """Applied, unchanged Services whose live state differs from the record."""
-    from reconciler.plan.planner import UNCHANGED
+    """Applied Services, unchanged or blocked, whose live state differs from the record."""
+    from reconciler.plan.planner import BLOCKED, UNCHANGED
 
     out: set[ResourceKey] = set()
     for item in (await engine.plan(desired)).items:
-        if (item.action == UNCHANGED and item.key.kind == "Service"
+        if (item.action in (UNCHANGED, BLOCKED) and item.key.kind == "Service"
                 and item.resource is not None and item.record is not None):
             try:
                 if await engine.drift_of(item.resource, item.record, desired) is not None:

@@ -15,6 +15,7 @@ passes; otherwise it is rolled back to the last good revision and recorded ``rol
 - journal.py: journal first, then act (one step per provider action)
 - gate.py: the health gate of one instance
 - services.py / rollback.py: Service rollouts, and reverting them
+- heal.py: self-heal of a drifted Service, only its drifted instances (also when blocked)
 - runnables.py: Jobs and Schedules
 - prune.py: deleting what git no longer has
 - operator.py: operator actions (manual rollback)

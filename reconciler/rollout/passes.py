@@ -30,6 +30,7 @@ from reconciler.plan.planner import (
     order_deletions,
 )
 from reconciler.rollout.failures import fail_resource, recorded
+from reconciler.rollout.heal import Healing
 from reconciler.rollout.leases import Leases
 from reconciler.rollout.outcome import (
     CONVERGED,
@@ -50,7 +51,7 @@ from reconciler.state.store import DeploymentRecord, ResourceRecord
 log = logging.getLogger("reconciler.rollout")
 
 
-class Passes(Services, Runnables, Pruning, Leases, Recovery):
+class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
     """Planning and running one reconcile pass."""
 
     # -- planning ---------------------------------------------------------------------------
@@ -119,6 +120,7 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                     log.error("detached rollout failed", extra={
                         "resource": str(key), "error": repr(task.exception())})
         resumed = set(await self.recover())
+        healing = set(redeploy)  # drifted: only their drifted instances are redeployed
         with span("plan"):
             plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
         result = ReconcileResult(commit=desired.commit)
@@ -152,7 +154,8 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
                               revision=item.revision or ""):
-                        outcomes[item.key] = await self._apply_item(item, desired, why, opened)
+                        outcomes[item.key] = await self._apply_item(
+                            item, desired, why, opened, heal=item.key in healing)
                 except (StoreError, Interrupted):
                     # The database itself failed (disk full, server gone): not this resource's
                     # fault. The pass ends with the store's code and hint; the journal written
@@ -240,8 +243,12 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         return None
 
     async def _apply_item(self, item: PlanItem, desired: DesiredState, trigger: str,
-                          opened: list[DeploymentRecord] | None = None) -> Outcome:
+                          opened: list[DeploymentRecord] | None = None, *,
+                          heal: bool = False) -> Outcome:
         key = item.key
+        # Drift of an applied Service: its drifted instances go back to the applied revision
+        # (also when git's revision is blocked), the others are left alone.
+        heal = heal and self.heals_per_instance(item)
         if item.error is not None and item.action in (CREATE, UPDATE):
             raise item.error  # its revision could not be computed (see _plan)
         opened = opened if opened is not None else []
@@ -254,7 +261,7 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                                            last_error=item.reason or "deferred")
             self.emit(key, DEFERRED, item.reason)
             return Outcome(key, item.action, SKIPPED, item.revision, item.reason)
-        if item.action in (BLOCKED, ORPHAN):
+        if item.action in (BLOCKED, ORPHAN) and not heal:
             sync = "OutOfSync"
             await self.store.update_status(key, sync_status=sync)
             self.emit(key, item.action, item.reason)
@@ -263,8 +270,10 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
             return await self.delete(item, desired, opened)
         resource = item.resource
         assert resource is not None and item.revision is not None
-        await self.store.record_desired(key, revision=item.revision, spec_hash=resource.hash,
-                                        spec=resource.document(), config_commit=desired.commit)
+        if item.action != BLOCKED:
+            await self.store.record_desired(key, revision=item.revision,
+                                            spec_hash=resource.hash, spec=resource.document(),
+                                            config_commit=desired.commit)
         if key.kind == "Target":
             await self.store.record_applied(key, revision=item.revision, spec_hash=resource.hash,
                                             spec=resource.document(),
@@ -291,11 +300,14 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
             return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}",
                            waiting=True)
         self.lost_leases.discard(lock)
-        if key.kind != "Service":
+        if key.kind != "Service" or heal:
+            runnable = key.kind != "Service"
             renew = asyncio.create_task(self.renew(lock))
             try:
-                return await self.deploy_runnable(item, resource, target, desired, trigger,
-                                                  opened)
+                if runnable:
+                    return await self.deploy_runnable(item, resource, target, desired, trigger,
+                                                      opened)
+                return await self.heal_service(item, target, desired, trigger, opened)
             finally:
                 renew.cancel()
                 await asyncio.gather(renew, return_exceptions=True)

@@ -4,7 +4,9 @@ revision recorded in the database; the deployment closes rolled_back or rollback
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 
 from reconciler.errors import ReconcilerError
 from reconciler.observe import metrics
@@ -19,6 +21,10 @@ from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord
 
 log = logging.getLogger("reconciler.rollout")
+
+# How long a rollback keeps trying an instance the rollout could not reach (after the reachable
+# ones are restored): the apply ends, naming it, instead of waiting on a frozen host.
+UNREACHED_ROLLBACK_S = 30.0
 
 
 class Rollbacks(Gate, Journal, Releases):
@@ -70,8 +76,8 @@ class Rollbacks(Gate, Journal, Releases):
 
     async def rollback(self, dep: DeploymentRecord, provider: Provider, key: ResourceKey,
                        bad_revision: str, instances: list[Instance],
-                       reason: str, error: str | None = None, *, judged: bool = True
-                       ) -> tuple[str, str]:
+                       reason: str, error: str | None = None, *, judged: bool = True,
+                       unreached: Sequence[Instance] = ()) -> tuple[str, str]:
         """Back to the last good revision recorded in the database (not memory)."""
         good = await self.store.last_good(key)
         if good is None or good.to_revision == bad_revision or not good.spec:
@@ -100,15 +106,32 @@ class Rollbacks(Gate, Journal, Releases):
                 dep, key, bad_revision, error, failed=exc.message, judged=judged,
                 message=f"rollback to {good.to_revision} failed: {exc.message}")
         # Every instance is tried even when one fails: an unreachable host must not leave the
-        # reachable ones on the bad revision. The failures are reported together.
+        # reachable ones on the bad revision. The reachable ones go first; one whose deploy
+        # failed (unreachable, frozen) last, and only for UNREACHED_ROLLBACK_S. The failures
+        # are reported together.
         failures: list[str] = []
-        for instance in instances:
+        last = {i.id for i in unreached}
+        ordered = [i for i in instances if i.id not in last] + [i for i in instances
+                                                                if i.id in last]
+
+        async def restore(instance: Instance) -> None:
+            await self.step(dep.id, "rollback", instance, provider.deploy(release, instance),
+                            f"revision {good.to_revision}")
+            healthy, message = await self.health_gate(dep.id, provider, previous, instance)
+            if not healthy:
+                raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
+
+        for instance in ordered:
             try:
-                await self.step(dep.id, "rollback", instance, provider.deploy(release, instance),
-                                f"revision {good.to_revision}")
-                healthy, message = await self.health_gate(dep.id, provider, previous, instance)
-                if not healthy:
-                    raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
+                if instance.id in last:
+                    try:
+                        await asyncio.wait_for(restore(instance), UNREACHED_ROLLBACK_S)
+                    except TimeoutError:
+                        raise DeploymentFailed(
+                            f"{instance.id}: unreachable during the rollout; rollback gave up "
+                            f"after {UNREACHED_ROLLBACK_S:g}s") from None
+                else:
+                    await restore(instance)
             except ReconcilerError as exc:
                 failures.append(exc.message if instance.id in exc.message
                                 else f"{instance.id}: {exc.message}")

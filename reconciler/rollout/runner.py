@@ -114,6 +114,11 @@ class RolloutRun:
     started_new: list[Instance] = field(default_factory=list)
     traffic_moved: bool = False
     promoted_full: bool = False
+    # Instances an interrupted deployment of this revision already moved and gated, still
+    # running it: a resumed rollout continues after them instead of restarting them.
+    done: set[str] = field(default_factory=set)
+    # Instances whose deploy step failed (unreachable, frozen): a rollback tries them last.
+    unreached: list[Instance] = field(default_factory=list)
     _router: TrafficRouter | None = None
 
     @property
@@ -142,13 +147,19 @@ class RolloutRun:
     # -- in place: recreate, rolling ----------------------------------------------------------
     async def _batched(self, instances: list[Instance]) -> str:
         batches = self.strategy.batches(instances)
+        resumed = 0
         for n, batch in enumerate(batches, 1):
-            if n > 1:
+            if all(i.id in self.done for i in batch):
+                self.moved.extend(batch)  # gated before the interruption: reverted on failure
+                resumed += 1
+                continue
+            if n > resumed + 1:
                 await self.checkpoint(f"batch {n}/{len(batches)}")
                 if self.strategy.pause_s:
                     await self.wait(self.strategy.pause_s, f"pause before batch {n}")
             await self._move(batch, f"batch {n}/{len(batches)}")
-        return f"{len(instances)} instance(s) in {len(batches)} batch(es)"
+        return f"{len(instances)} instance(s) in {len(batches)} batch(es)" + (
+            f", resumed after batch {resumed}" if resumed else "")
 
     async def _move(self, batch: list[Instance], label: str) -> None:
         """Deploy the new revision to ``batch`` at once, then gate every instance of it."""
@@ -157,8 +168,14 @@ class RolloutRun:
 
         async def deploy_and_gate(instance: Instance) -> tuple[bool, str]:
             # each instance is gated as soon as it is up, not when the slowest of its batch is
-            await self.engine.step(self.dep.id, "deploy", instance,
-                                   self.provider.deploy(self.release, instance), detail)
+            if instance.id in self.done:  # moved and gated before an interruption
+                return True, "gated before the interruption"
+            try:
+                await self.engine.step(self.dep.id, "deploy", instance,
+                                       self.provider.deploy(self.release, instance), detail)
+            except (ReconcilerError, OSError, TimeoutError):
+                self.unreached.append(instance)
+                raise
             return await self.engine.health_gate(self.dep.id, self.provider, self.resource,
                                                  instance)
 

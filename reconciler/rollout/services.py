@@ -10,6 +10,7 @@ from collections.abc import Callable
 from reconciler.errors import ReconcilerError, StoreError
 from reconciler.observe import metrics
 from reconciler.plan.planner import PlanItem
+from reconciler.providers import Provider
 from reconciler.rollout.failures import failure_of, recorded
 from reconciler.rollout.outcome import Outcome
 from reconciler.rollout.rollback import Rollbacks
@@ -53,6 +54,8 @@ class Services(Rollbacks):
             run = RolloutRun(self, dep, provider, resource, release, strategy,
                              on_detach=on_detach)
             instances = [] if strategy.slotted else await provider.instances(resource)
+            if instances:
+                run.done = await self._gated_before(dep, provider, resource, revision)
             summary = await run.execute(instances)
         except Interrupted as exc:
             return await self._interrupted(dep, key, item, revision, str(exc))
@@ -98,7 +101,8 @@ class Services(Rollbacks):
             # Every instance moved so far goes back, newest batch first.
             status, message = await self.rollback(dep, provider, key, revision,
                                                   list(reversed(run.moved)), reason=reason,
-                                                  error=error, judged=judged)
+                                                  error=error, judged=judged,
+                                                  unreached=run.unreached)
         else:
             # Nothing was touched: nothing to roll back; the daemon retries with backoff.
             await self.store.transition(dep.id, st.FAILED, error=error, message=error)
@@ -112,6 +116,25 @@ class Services(Rollbacks):
         return Outcome(key, item.action, status, revision, f"{error}; {message}",
                        deployment=dep.identifier, code=failure.code if failure else "",
                        hint=failure.hint if failure else "")
+
+    async def _gated_before(self, dep: DeploymentRecord, provider: Provider,
+                            resource: Resource, revision: str) -> set[str]:
+        """Instances that interrupted deployments of this same revision (the ones right
+        before ``dep``, closed as cancelled by a stop or by recovery) moved and gated, and that
+        still run it: a resumed rollout continues after them."""
+        gated: set[str] = set()
+        for earlier in await self.store.list_deployments(dep.key, limit=10):
+            if earlier.id == dep.id:
+                continue
+            if earlier.status != st.CANCELLED or earlier.to_revision != revision:
+                break
+            gated |= {s.instance for s in earlier.steps
+                      if s.action == "health" and s.status == "succeeded"}
+        if not gated:
+            return gated
+        running = {s.instance.id for s in await provider.observe(resource)
+                   if s.running and s.revision == revision}
+        return gated & running
 
     async def _interrupted(self, dep: DeploymentRecord, key: ResourceKey, item: PlanItem,
                            revision: str, where: str) -> Outcome:

@@ -50,6 +50,8 @@ T = TypeVar("T")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TAIL_CHARS = 2000
 _UPLOAD_CHUNK = 1 << 20
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_KEEPALIVE_INTERVAL_S = 5.0
 # Grace on top of a command's timeout: the remote `timeout` sends TERM at the deadline and KILL
 # this long after; the client waits a little longer still before giving up on the channel.
 _KILL_AFTER_S = 5.0
@@ -158,10 +160,13 @@ class SSHHostConfig:
     known_hosts: str | None = None
     host_keys: tuple[str, ...] = ()
     sudo: bool = False
-    connect_timeout: float = 10.0
-    keepalive_interval: float = 15.0
+    # Fail-fast defaults (docs/reliability.md, "frozen host"): a frozen host is dropped after 3
+    # unanswered keepalives (15 s) and a reconnect gives up after 3 logins of 5 s each, so a
+    # deploy declares it down in about half a minute, not minutes.
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL_S
     keepalive_count_max: int = 3
-    connect_attempts: int = 4
+    connect_attempts: int = 3
     retry_base_delay: float = 0.25
     retry_max_delay: float = 5.0
     io_timeout: float = 300.0

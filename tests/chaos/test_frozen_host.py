@@ -141,3 +141,87 @@ def test_frozen_host_mid_deploy(tmp_path: Path, ssh_hosts: Any, testinfra: Any) 
     assert problems == [], problems
     for host in (good, frozen):
         assert unit_revision(host)[0] == unit_revision(host)[1] != v1_revision
+
+
+SCENARIO_FREEZE_DEFAULTS = ("test host frozen (docker pause) during an SSH deploy, "
+                            "default SSH settings")
+# With default settings (docs/reliability.md, "frozen host"): the frozen host is declared down
+# (its deploy step fails) in about 35 s; the healthy host is restored first; the apply ends once
+# the rollback gives up on the frozen host (its own 30 s deadline).
+DECLARED_DOWN_BOUND_S = 50.0
+HEALTHY_BACK_BOUND_S = 45.0
+APPLY_BOUND_S = 80.0
+
+
+@pytest.mark.timeout(240)
+def test_frozen_host_default_settings_healthy_host_restored_first(
+        tmp_path: Path, ssh_hosts: Any, testinfra: Any) -> None:
+    started = time.monotonic()
+    good, frozen = ssh_hosts[0], ssh_hosts[1]
+    ports = {}
+    for host in (good, frozen):
+        ports[host.name] = free_port()
+        host.run(["sh", "-c", 'printf %s "$1" >"$2"', "-", str(ports[host.name]), PORT_FILE])
+    fleet = SSHFleet(tmp_path, good)
+    (fleet.repo / "fleet" / "target.yaml").write_text(target_yaml([good, frozen]))
+    (fleet.repo / "fleet" / "api.yaml").write_text(
+        service_yaml() + "  strategy: {type: rolling, maxParallel: 1}\n")
+    fleet.release("v1")
+    first = fleet.apply()
+    assert first.returncode == 0, first.stdout + first.stderr
+    fleet.release("v2", files=100)
+    apply = fleet.start_apply()
+    paused_at: float | None = None
+    served_v2 = False
+    back_after: float | None = None
+    down_after: float | None = None
+    try:
+        wait(lambda: bool(raw_query(
+            fleet.url, "SELECT 1 FROM v_deployment_step WHERE action = 'deploy' "
+                       "AND instance = %s", (frozen.name,))) or apply.poll() is not None,
+             timeout=30, step=0.01)
+        assert apply.poll() is None, "the apply ended before the fault"
+        docker(testinfra, "pause", frozen.container)
+        paused_at = time.monotonic()
+        while apply.poll() is None and time.monotonic() - paused_at < APPLY_BOUND_S:
+            answer = http(ports[good.name])
+            served_v2 = served_v2 or answer == "v2 hi"
+            if back_after is None and served_v2 and answer == "v1 hi":
+                back_after = time.monotonic() - paused_at
+            if down_after is None and raw_query(
+                    fleet.url, "SELECT 1 FROM v_deployment_step WHERE action = 'deploy' "
+                               "AND instance = %s AND status = 'failed'", (frozen.name,)):
+                down_after = time.monotonic() - paused_at
+            time.sleep(0.1)
+        if apply.poll() is None:
+            apply.kill()
+        out, _ = apply.communicate(timeout=10)
+        apply_after = time.monotonic() - paused_at
+        if back_after is None and http(ports[good.name]) == "v1 hi":
+            back_after = apply_after
+        assert apply.returncode == 1, out
+        newest = history(fleet)[0]
+        steps = newest["steps"]
+        rollbacks = [s["instance"] for s in steps if s["action"] == "rollback"]
+        assert rollbacks == [good.name, frozen.name], rollbacks  # the reachable host first
+        assert newest["status"] == "rollback_failed", newest["status"]
+        assert http(ports[good.name]) == "v1 hi"
+    finally:
+        if paused_at is not None:
+            docker(testinfra, "unpause", frozen.container)
+        if apply.poll() is None:
+            apply.kill()
+            apply.wait(timeout=10)
+    frozen.wait_ssh(timeout=15)
+    rerun = fleet.apply("--force")
+    converged = rerun.returncode == 0 and all(http(p) == "v2 hi" for p in ports.values())
+    note = (f"defaults: {frozen.name} declared down {down_after}s after the pause; "
+            f"{good.name} back on v1 after {back_after}s; apply exit {apply.returncode} after "
+            f"{apply_after:.1f}s; rerun --force exit {rerun.returncode}")
+    record_trial(SCENARIO_FREEZE_DEFAULTS, converged, 0, note=note,
+                 seconds=time.monotonic() - started)
+    print(note)
+    assert down_after is not None and down_after < DECLARED_DOWN_BOUND_S, note
+    assert back_after is not None and back_after < HEALTHY_BACK_BOUND_S, note
+    assert apply_after < APPLY_BOUND_S, note
+    assert converged, rerun.stdout + rerun.stderr

@@ -69,7 +69,11 @@ def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
         RETRY_DEADLINE_S,
         SystemdSSHProvider,
     )
-    from reconciler.transport.ssh import SSHHostConfig
+    from reconciler.transport.ssh import (
+        DEFAULT_CONNECT_TIMEOUT_S,
+        DEFAULT_KEEPALIVE_INTERVAL_S,
+        SSHHostConfig,
+    )
 
     manager = spec.get("serviceManager", "systemd")
     if manager != "systemd":
@@ -83,9 +87,10 @@ def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
     ssh = spec.get("ssh") or {}
     overrides: dict[str, Any] = {}
     if "connectTimeout" in ssh:
-        overrides["connect_timeout"] = to_seconds(ssh["connectTimeout"], 10.0)
+        overrides["connect_timeout"] = to_seconds(ssh["connectTimeout"], DEFAULT_CONNECT_TIMEOUT_S)
     if "keepaliveInterval" in ssh:
-        overrides["keepalive_interval"] = to_seconds(ssh["keepaliveInterval"], 15.0)
+        overrides["keepalive_interval"] = to_seconds(ssh["keepaliveInterval"],
+                                                     DEFAULT_KEEPALIVE_INTERVAL_S)
     if "commandTimeout" in ssh:
         overrides["io_timeout"] = to_seconds(ssh["commandTimeout"], 300.0)
     configs = [SSHHostConfig.from_spec(h, **overrides) for h in hosts]

@@ -98,7 +98,7 @@ T = TypeVar("T")
 log = logging.getLogger("reconciler.provider.bare_metal")
 
 DEFAULT_ROOT = "/srv/fraisier"
-RETRY_DEADLINE_S = 90.0
+RETRY_DEADLINE_S = 20.0  # then the host is declared down (its deploy fails naming it)
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 5.0
 _REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

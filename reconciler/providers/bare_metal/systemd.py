@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from croniter import croniter
@@ -412,6 +414,21 @@ def unit_messages(journal_json: bytes, unit: str) -> bytes:
     return b"".join(line + b"\n" for line in lines)
 
 
+# TEST-ONLY crash point (tests/chaos/test_unit_reload.py): with this variable set to a file
+# path, a deploy that has just written a unit file creates that file and waits, so a test can
+# SIGKILL the reconciler exactly between the unit write and `systemctl daemon-reload`. Never
+# set it in production: the deploy would never finish.
+HOLD_AFTER_UNIT_WRITE_ENV = "FRAISIER_TEST_HOLD_AFTER_UNIT_WRITE"
+
+
+async def _hold_after_unit_write(path: str) -> None:
+    marker = os.environ.get(HOLD_AFTER_UNIT_WRITE_ENV)
+    if not marker:
+        return
+    await asyncio.to_thread(Path(marker).write_text, path + "\n")
+    await asyncio.sleep(3600)
+
+
 def parse_properties(text: str) -> dict[str, str]:
     props: dict[str, str] = {}
     for line in text.splitlines():
@@ -461,9 +478,15 @@ class Systemd:
             )
 
     async def install(self, files: Mapping[str, tuple[bytes, int]]) -> bool:
-        """Write the files that differ (path -> (content, mode)); True when a unit changed."""
+        """Write the files that differ (path -> (content, mode)); True when a unit changed.
+
+        systemd reloads when a unit was written, and also when systemd itself says a unit's
+        file is newer than what it loaded (``NeedDaemonReload``): a reconciler killed between
+        the write and the reload left identical content behind, and skipping the reload then
+        would run the old unit (a stale ``FRAISIER_REVISION``) and report drift forever."""
         paths = list(files)
         hashes = await self.file_hashes(paths)
+        units = [posixpath.basename(p) for p in paths if p.startswith(UNIT_DIR + "/")]
         changed_unit = False
         for path, current in zip(paths, hashes, strict=True):
             data, mode = files[path]
@@ -472,9 +495,17 @@ class Systemd:
             await self.transport.write_file(path, data, mode)
             if path.startswith(UNIT_DIR + "/"):
                 changed_unit = True
-        if changed_unit:
+                await _hold_after_unit_write(path)
+        if changed_unit or (units and await self.needs_reload(units)):
             await self.systemctl("daemon-reload")
         return changed_unit
+
+    async def needs_reload(self, units: Sequence[str]) -> bool:
+        """systemd's own word: a unit's file changed since it was loaded."""
+        result = await self.systemctl("show", "--no-pager", "-p", "NeedDaemonReload", "--",
+                                      *units, check=False)
+        return any(parse_properties(block).get("NeedDaemonReload") == "yes"
+                   for block in result.stdout.decode(errors="replace").split("\n\n"))
 
     async def observe(self, unit: str, service_dir: str, unit_file: str,
                       timer: str | None = None) -> dict[str, str]:
