@@ -257,6 +257,26 @@ def make_plan(
     return Plan(desired.commit, ordered, order)
 
 
+def name_target_changes(plan: Plan) -> None:
+    """Say which Target field an update comes from when the resource's own document did not
+    change (a Target's field is part of every revision on it): ``diff`` names the cause.
+    Needs the full records of the acting items (the Targets' changes)."""
+    targets = {i.key: i for i in plan.items if i.key.kind == "Target" and i.changes}
+    if not targets:
+        return
+    for item in plan.items:
+        if item.action not in (UPDATE, BLOCKED) or item.changes or item.resource is None:
+            continue
+        tkey = item.resource.target_key
+        target = targets.get(tkey) if tkey is not None else None
+        if target is None:
+            continue
+        paths = ", ".join(c.path for c in target.changes[:5])
+        more = f" (+{len(target.changes) - 5} more)" if len(target.changes) > 5 else ""
+        item.reason = (item.reason.replace(" (source content changed)", "")
+                       + f" (Target {target.key.name}: {paths}{more})")
+
+
 def order_deletions(plan: Plan) -> None:
     """Put the plan's deletions (its tail) in reverse dependency order by their recorded
     documents: a resource goes before what it depends on. ``make_plan`` works from light

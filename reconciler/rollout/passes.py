@@ -27,6 +27,7 @@ from reconciler.plan.planner import (
     gc_resumed,
     item_changes,
     make_plan,
+    name_target_changes,
     order_deletions,
 )
 from reconciler.rollout.failures import fail_resource, recorded
@@ -89,6 +90,7 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                     item.record = full
                     item.changes = item_changes(item)
         order_deletions(plan)  # by the recorded documents, read just above
+        name_target_changes(plan)
         return plan
 
     # -- the pass ---------------------------------------------------------------------------

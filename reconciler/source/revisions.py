@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.errors import StoreError
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
+from reconciler.spec.provider_schemas import provider_schemas, without_fields
 
 # Planned revision of a resource whose revision could not be computed (never a real one).
 UNRESOLVED = "unresolved"
@@ -51,7 +52,7 @@ class Revisions:
                 return known
         parts = [_deploy_hash(resource)]
         if target is not None:
-            parts.append(_deploy_hash(target))
+            parts.append(_reaching_hash(target))
         source = resource.spec.get("source") or {}
         if "path" in source and self.source is not None and desired.commit:
             parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
@@ -114,3 +115,30 @@ def _deploy_hash(resource: Resource) -> str:
         _WINDOWLESS[resource.hash] = digest
     return digest
 
+
+
+# Target document hash -> the hash of what reaches the hosts (no sync windows, no connection
+# fields): asked for every resource on the Target.
+_REACHING: dict[str, str] = {}
+
+
+def _reaching_hash(target: Resource) -> str:
+    """A Target's part of its resources' revisions: its document without sync windows and
+    without the fields its provider declares connection-only (``connection_fields``): an SSH
+    timeout says how the reconciler reaches a host, not what runs there."""
+    known = _REACHING.get(target.hash) if target.hash else None
+    if known is not None:
+        return known
+    schemas = provider_schemas().get(str(target.spec.get("provider")))
+    excluded = ("syncWindows", *(schemas.connection_fields if schemas is not None else ()))
+    if not any(path.split(".")[0].split("[")[0] in target.spec for path in excluded):
+        digest = target.hash
+    else:
+        document = target.document()
+        document["spec"] = without_fields(target.spec, excluded)
+        digest = spec_hash(document)
+    if target.hash:
+        if len(_REACHING) >= 20_000:
+            _REACHING.clear()
+        _REACHING[target.hash] = digest
+    return digest
