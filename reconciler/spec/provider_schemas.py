@@ -35,13 +35,18 @@ class ProviderSchemas:
     ``connection_fields``: the Target fields that only say how the reconciler reaches the
     platform (timeouts, keys, concurrency) and never reach a host, as paths in the Target's
     ``spec`` (``ssh``, ``hosts[].identityFile``: ``[]`` is every element of a list). Changing
-    one re-records the Target but gives no resource on it a new revision."""
+    one re-records the Target but gives no resource on it a new revision.
+
+    ``instance_vars``: where a Target lists each instance's own values, ``list[].key``
+    (bare_metal: ``hosts[].vars``), for ``{vars.NAME}`` (``spec/hostvars.py``); empty when
+    the provider has none."""
 
     target: dict[str, Any] = field(default_factory=_open_object)
     workload_key: str | None = None
     workload: dict[str, Any] | None = None
     source: str = ""
     connection_fields: tuple[str, ...] = ()
+    instance_vars: str = ""
 
 
 Source = Callable[[], Mapping[str, ProviderSchemas]]
