@@ -277,6 +277,16 @@ def name_target_changes(plan: Plan) -> None:
                        + f" (Target {target.key.name}: {paths}{more})")
 
 
+def recorded_target(item: PlanItem) -> ResourceKey | None:
+    """The Target of a resource by its recorded document (a deletion has no desired one)."""
+    record = item.record
+    doc = (record.applied_spec or record.desired_spec or {}) if record else {}
+    target = (doc.get("spec") or {}).get("target")
+    if item.key.kind == "Target" or not isinstance(target, str):
+        return None
+    return ResourceKey(item.key.environment, "Target", target)
+
+
 def order_deletions(plan: Plan) -> None:
     """Put the plan's deletions (its tail) in reverse dependency order by their recorded
     documents: a resource goes before what it depends on. ``make_plan`` works from light

@@ -29,6 +29,7 @@ from reconciler.plan.planner import (
     make_plan,
     name_target_changes,
     order_deletions,
+    recorded_target,
 )
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.leases import Leases
@@ -208,9 +209,23 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
         if deletes:
+            # Deletions run in reverse dependency order (a Target's resources before it); a
+            # Target whose resource could not be pruned stays, so the next pass still knows
+            # where that resource runs and how to reach it.
+            kept_targets: set[ResourceKey] = set()
             with gc_resumed():
                 for item in deletes:
+                    if item.key in kept_targets:
+                        message = "waiting: a resource on this Target could not be pruned"
+                        outcomes[item.key] = Outcome(item.key, item.action, SKIPPED, None,
+                                                     message, waiting=True)
+                        self.emit(item.key, "waiting", message)
+                        continue
                     await run(item)
+                    out = outcomes.get(item.key)
+                    target = recorded_target(item)
+                    if out is not None and not out.ok and target is not None:
+                        kept_targets.add(target)
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
         result.duration_s = time.monotonic() - started
         metrics.RECONCILE_DURATION.observe(result.duration_s)
