@@ -707,10 +707,13 @@ class ComposeProvider:
                     f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
                     f"{_tail(out)}{await self._health_summary(rendered.project)}"
                 )
-            await self._record_config_hashes(cli, prepared, env)
-            if wait:
-                remaining = wait_timeout - (time.monotonic() - started)
-                await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+            recording = asyncio.ensure_future(self._record_config_hashes(cli, prepared, env))
+            try:
+                if wait:
+                    remaining = wait_timeout - (time.monotonic() - started)
+                    await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+            finally:
+                await recording
             self.ctx.logger.info(
                 "compose: %s of %s up on %s at %s",
                 instance.id,
@@ -1110,10 +1113,14 @@ class ComposeProvider:
                     f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
                     f"{_tail(out)}{await self._health_summary(rendered.project)}"
                 )
-            await self._record_config_hashes(cli, prepared, env)
-            if wait and count > 0:
-                remaining = wait_timeout - (time.monotonic() - started)
-                await self._wait_started(rendered, count, max(remaining, 1.0))
+            # compose v1 takes ~0.7 s to start: asked while the containers start
+            recording = asyncio.ensure_future(self._record_config_hashes(cli, prepared, env))
+            try:
+                if wait and count > 0:
+                    remaining = wait_timeout - (time.monotonic() - started)
+                    await self._wait_started(rendered, count, max(remaining, 1.0))
+            finally:
+                await recording
             self.ctx.logger.info(
                 "compose: %s up on %s at %s",
                 rendered.project,
