@@ -47,6 +47,9 @@ class PlanItem:
     # The revision could not be computed (an app repository that cannot be cloned, …): the
     # item fails with this error when applied; the rest of the plan is unaffected.
     error: Exception | None = None
+    # UNCHANGED, but applied under an older revision formula (``legacy_revision_of``): the
+    # pass records ``revision`` as applied without deploying anything.
+    rerecord: bool = False
 
     @property
     def in_sync(self) -> bool:

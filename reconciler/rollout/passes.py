@@ -80,6 +80,15 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                     item.error, item.revision = exc, None
                     message = exc.message if isinstance(exc, ReconcilerError) else repr(exc)
                     item.reason = f"revision unknown: {message}"
+        for item in plan.items:
+            if (item.action == UPDATE and item.record is not None and item.resource is not None
+                    and item.error is None
+                    and item.record.applied_revision
+                    == self.revisions.legacy_revision_of(item.resource, desired)):
+                # Applied before connection-only Target fields were left out of revisions:
+                # the same deployment under its old name, not a reason to redeploy the fleet.
+                item.action, item.reason, item.changes = UNCHANGED, "", []
+                item.rerecord = True
         if self.owns is not None:
             owns = self.owns
             plan.items = [i for i in plan.items if owns(i.key)]
@@ -185,6 +194,10 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+                if i.rerecord and i.resource is not None and i.revision is not None:
+                    await self.store.record_applied(
+                        k, revision=i.revision, spec_hash=i.resource.hash,
+                        spec=i.resource.document(), config_commit=desired.commit)
             else:
                 acting.append(i)
         if acting:

@@ -50,24 +50,39 @@ class Revisions:
             known = self._revisions.get(memo)
             if known is not None:
                 return known
-        parts = [_deploy_hash(resource)]
-        if target is not None:
-            parts.append(_reaching_hash(target))
-        source = resource.spec.get("source") or {}
-        if "path" in source and self.source is not None and desired.commit:
-            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
-        elif "git" in source:
-            app = self.app_source(source["git"])
-            parts.append(app.sync().commit)
-        elif "artifact" in source:
-            parts.append(str(source["artifact"].get("sha256", "")))
-        revision = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        revision = self._revision(resource, desired,
+                                  _reaching_hash(target) if target is not None else None)
         if memo is not None:
             if (len(self._revisions) >= 100_000
                     and len(self._revisions) >= 2 * len(desired.resources)):
                 self._revisions.clear()
             self._revisions[memo] = revision
         return revision
+
+    def legacy_revision_of(self, resource: Resource, desired: DesiredState) -> str | None:
+        """The revision of ``resource`` as it was computed before Targets' connection fields
+        were left out (the whole Target document), when that differs from ``revision_of``:
+        a record applied under it is the same deployment, not a change."""
+        target = desired.target_of(resource)
+        if target is None or _reaching_hash(target) == _deploy_hash(target):
+            return None
+        return self._revision(resource, desired, _deploy_hash(target), fetch=False)
+
+    def _revision(self, resource: Resource, desired: DesiredState, target_part: str | None,
+                  *, fetch: bool = True) -> str:
+        parts = [_deploy_hash(resource)]
+        if target_part is not None:
+            parts.append(target_part)
+        source = resource.spec.get("source") or {}
+        if "path" in source and self.source is not None and desired.commit:
+            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
+        elif "git" in source:
+            app = self.app_source(source["git"])
+            # without fetch: the commit revision_of fetched this pass
+            parts.append(app.commit if not fetch and app.commit else app.sync().commit)
+        elif "artifact" in source:
+            parts.append(str(source["artifact"].get("sha256", "")))
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
     def resolve(self, desired: DesiredState,
