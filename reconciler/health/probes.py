@@ -3,10 +3,11 @@
 ``check`` is a Service's ``health`` mapping (or any mapping with one or more of ``http``, ``tcp``,
 ``exec`` and an optional ``timeout``). When several probe kinds are present, all must pass.
 
-http: ``url`` with ``{host}`` replaced by the instance address. ``expectStatus`` is one status
-code or a list of them; when it is unset any 2xx passes (redirects are not followed, so a 3xx
-fails: a health endpoint that redirects is usually a login page). ``bodyContains`` is an optional
-substring of the body.
+http: ``url`` with ``{host}`` replaced by the instance address and ``{vars.NAME}`` by the
+instance's own value (``Instance.vars``; also in tcp ``host``/``port`` and exec ``command``).
+``expectStatus`` is one status code or a list of them; when it is unset any 2xx passes
+(redirects are not followed, so a 3xx fails: a health endpoint that redirects is usually a
+login page). ``bodyContains`` is an optional substring of the body.
 tcp: connect to ``host`` (default: the instance address; ``{host}`` is replaced too) and ``port``.
 exec: run ``command`` (argv) through the given runner (default: this machine) in ``cwd`` — the
 release's working directory, ``InstanceState.working_dir`` — and exit 0 passes. Which runner is
@@ -28,6 +29,7 @@ from reconciler.errors import ProviderError
 from reconciler.observe.redact import redact
 from reconciler.providers.contract import CommandRunner, Instance
 from reconciler.spec.durations import to_seconds
+from reconciler.spec.hostvars import substitute, substitute_vars
 
 DEFAULT_TIMEOUT_S = 2.0
 PROBE_KINDS = ("http", "tcp", "exec")
@@ -70,7 +72,7 @@ async def _probe_http(
     import httpx  # on first http probe: it costs ~10% of the CLI's start-up otherwise
 
     timeout = limit_s
-    url = str(spec["url"]).replace("{host}", _host_for_url(instance.address))
+    url = substitute(str(spec["url"]), _host_for_url(instance.address), instance.vars)
     expected = _expected_statuses(spec.get("expectStatus"))
     needle = spec.get("bodyContains")
     shown = redact(url)  # a URL with user:password@ in the spec: messages end up recorded
@@ -111,8 +113,11 @@ async def _probe_tcp(
     spec: Mapping[str, Any], instance: Instance, limit_s: float
 ) -> tuple[bool, str]:
     timeout = limit_s
-    host = str(spec.get("host") or instance.address).replace("{host}", instance.address)
-    port = int(spec["port"])
+    host = substitute(str(spec.get("host") or instance.address), instance.address, instance.vars)
+    port_text = substitute_vars(str(spec["port"]), instance.vars)
+    if not port_text.isdigit():
+        return False, f"tcp {_host_for_url(host)}: port {port_text!r} is not a number"
+    port = int(port_text)
     where = f"tcp {_host_for_url(host)}:{port}"
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -172,7 +177,8 @@ async def probe(
             elif kind == "tcp":
                 work = _probe_tcp(spec, instance, timeout)
             else:
-                work = _probe_exec(spec, timeout, transport, cwd)
+                command = [substitute_vars(str(a), instance.vars) for a in spec["command"]]
+                work = _probe_exec({**spec, "command": command}, timeout, transport, cwd)
             passed, message = await asyncio.wait_for(work, timeout + 1.0)
         except TimeoutError:
             passed, message = False, f"{kind}: timed out after {timeout:g}s"

@@ -47,6 +47,9 @@ class PlanItem:
     # The revision could not be computed (an app repository that cannot be cloned, …): the
     # item fails with this error when applied; the rest of the plan is unaffected.
     error: Exception | None = None
+    # UNCHANGED, but applied under an older revision formula (``legacy_revision_of``): the
+    # pass records ``revision`` as applied without deploying anything.
+    rerecord: bool = False
 
     @property
     def in_sync(self) -> bool:
@@ -255,6 +258,36 @@ def make_plan(
         deletes = [i for i in reversed(ordered) if i.action == DELETE]
         ordered = [i for i in ordered if i.action != DELETE] + deletes
     return Plan(desired.commit, ordered, order)
+
+
+def name_target_changes(plan: Plan) -> None:
+    """Say which Target field an update comes from when the resource's own document did not
+    change (a Target's field is part of every revision on it): ``diff`` names the cause.
+    Needs the full records of the acting items (the Targets' changes)."""
+    targets = {i.key: i for i in plan.items if i.key.kind == "Target" and i.changes}
+    if not targets:
+        return
+    for item in plan.items:
+        if item.action not in (UPDATE, BLOCKED) or item.changes or item.resource is None:
+            continue
+        tkey = item.resource.target_key
+        target = targets.get(tkey) if tkey is not None else None
+        if target is None:
+            continue
+        paths = ", ".join(c.path for c in target.changes[:5])
+        more = f" (+{len(target.changes) - 5} more)" if len(target.changes) > 5 else ""
+        item.reason = (item.reason.replace(" (source content changed)", "")
+                       + f" (Target {target.key.name}: {paths}{more})")
+
+
+def recorded_target(item: PlanItem) -> ResourceKey | None:
+    """The Target of a resource by its recorded document (a deletion has no desired one)."""
+    record = item.record
+    doc = (record.applied_spec or record.desired_spec or {}) if record else {}
+    target = (doc.get("spec") or {}).get("target")
+    if item.key.kind == "Target" or not isinstance(target, str):
+        return None
+    return ResourceKey(item.key.environment, "Target", target)
 
 
 def order_deletions(plan: Plan) -> None:

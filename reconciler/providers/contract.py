@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
+from reconciler.spec.hostvars import substitute_vars
 from reconciler.spec.model import Resource
 from reconciler.transport import CommandResult
 
@@ -34,6 +35,9 @@ class Instance:
     id: str
     address: str = "127.0.0.1"
     labels: Mapping[str, str] = field(default_factory=dict)
+    # this instance's own values, for ``{vars.NAME}`` in health checks and env
+    # (``reconciler/spec/hostvars.py``; bare_metal: the host's ``vars``)
+    vars: Mapping[str, str] = field(default_factory=dict)
 
 
 Exporter = Callable[[Path], Awaitable[None]]
@@ -292,3 +296,18 @@ def probe_site(provider: Provider, instance: Instance,
     if provider.capabilities.exec_probes is ProbeSite.INSTANCE and state is not None:
         return cast(ProbesInInstance, provider).probe_runner(instance, state), cwd
     return None, cwd
+
+
+def instance_release(release: Release, instance: Instance) -> Release:
+    """``release`` with ``{vars.NAME}`` in its plain env values (not secrets) replaced by the
+    instance's values: what a provider with per-instance values deploys to ``instance``."""
+    spec_env = release.resource.spec.get("env")
+    if not instance.vars or not isinstance(spec_env, dict):
+        return release
+    env = dict(release.env)
+    changed = False
+    for key, value in spec_env.items():
+        if isinstance(value, str) and "{vars." in value and key in env:
+            env[key] = substitute_vars(value, instance.vars)
+            changed = True
+    return replace(release, env=env) if changed else release

@@ -34,16 +34,21 @@ ENTRY_POINT_GROUP = "reconciler.providers"
 _HERE = Path(__file__).resolve().parent
 
 
-def fragments_in(folder: Path, workload_key: str | None, source: str = "") -> ProviderSchemas:
+def fragments_in(folder: Path, workload_key: str | None, source: str = "",
+                 connection_fields: tuple[str, ...] = (),
+                 instance_vars: str = "") -> ProviderSchemas:
     """A provider folder's schema fragments: ``schema/target.json`` (the Target's spec fields)
     and, when the provider has a block in Services, Jobs and Schedules, ``schema/workload.json``
-    (the ``<workload_key>:`` block)."""
+    (the ``<workload_key>:`` block). ``connection_fields``: the Target fields that never reach
+    a host (``ProviderSchemas.connection_fields``); ``instance_vars``: where a Target lists
+    each instance's own values (``ProviderSchemas.instance_vars``)."""
     target = json.loads((folder / "schema" / "target.json").read_text())
     workload = None
     if workload_key is not None:
         workload = json.loads((folder / "schema" / "workload.json").read_text())
     return ProviderSchemas(target=target, workload_key=workload_key, workload=workload,
-                           source=source or folder.name + "/schema/")
+                           source=source or folder.name + "/schema/",
+                           connection_fields=connection_fields, instance_vars=instance_vars)
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,15 @@ class ProviderInfo:
 
 
 def _builtin(name: str, workload_key: str | None, capabilities: Capabilities,
-             description: str) -> ProviderInfo:
+             description: str, connection_fields: tuple[str, ...] = (),
+             instance_vars: str = "") -> ProviderInfo:
     return ProviderInfo(
         name=name,
         factory=f"reconciler.providers.{name}:create_provider",
         capabilities=capabilities,
         schemas=fragments_in(_HERE / name, workload_key,
-                             f"reconciler/providers/{name}/schema/"),
+                             f"reconciler/providers/{name}/schema/", connection_fields,
+                             instance_vars),
         description=description,
     )
 
@@ -99,11 +106,18 @@ def builtin_providers() -> dict[str, ProviderInfo]:
         for info in (
             _builtin("bare_metal", None, Capabilities(),
                      "releases in directories on a host, processes under the local supervisor "
-                     "or systemd over SSH"),
+                     "or systemd over SSH",
+                     # how the reconciler reaches the hosts, never what runs there
+                     ("ssh", "concurrency", "hosts[].identityFile", "hosts[].knownHosts",
+                      "hosts[].hostKeys"),
+                     "hosts[].vars"),
             _builtin("compose", "compose",
                      Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE),
                      "one Docker host, driven with the Docker Compose CLI"),
-            _builtin("coolify", "coolify", Capabilities(), "a Coolify v4 instance"),
+            _builtin("coolify", "coolify", Capabilities(), "a Coolify v4 instance",
+                     ("token", "verifyTls", "caBundle", "requestTimeout", "connectTimeout",
+                      "deployTimeout", "pollInterval", "pollMaxInterval", "cancelOnTimeout",
+                      "retry")),
         )
     }
 

@@ -27,7 +27,9 @@ from reconciler.plan.planner import (
     gc_resumed,
     item_changes,
     make_plan,
+    name_target_changes,
     order_deletions,
+    recorded_target,
 )
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.heal import Healing
@@ -79,6 +81,15 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     item.error, item.revision = exc, None
                     message = exc.message if isinstance(exc, ReconcilerError) else repr(exc)
                     item.reason = f"revision unknown: {message}"
+        for item in plan.items:
+            if (item.action == UPDATE and item.record is not None and item.resource is not None
+                    and item.error is None
+                    and item.record.applied_revision
+                    == self.revisions.legacy_revision_of(item.resource, desired)):
+                # Applied before connection-only Target fields were left out of revisions:
+                # the same deployment under its old name, not a reason to redeploy the fleet.
+                item.action, item.reason, item.changes = UNCHANGED, "", []
+                item.rerecord = True
         if self.owns is not None:
             owns = self.owns
             plan.items = [i for i in plan.items if owns(i.key)]
@@ -90,6 +101,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     item.record = full
                     item.changes = item_changes(item)
         order_deletions(plan)  # by the recorded documents, read just above
+        name_target_changes(plan)
         return plan
 
     # -- the pass ---------------------------------------------------------------------------
@@ -185,6 +197,10 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+                if i.rerecord and i.resource is not None and i.revision is not None:
+                    await self.store.record_applied(
+                        k, revision=i.revision, spec_hash=i.resource.hash,
+                        spec=i.resource.document(), config_commit=desired.commit)
             else:
                 acting.append(i)
         if acting:
@@ -209,9 +225,23 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         deletes = [i for i in plan.items if i.action == DELETE
                    and (selected is None or i.key in selected)]
         if deletes:
+            # Deletions run in reverse dependency order (a Target's resources before it); a
+            # Target whose resource could not be pruned stays, so the next pass still knows
+            # where that resource runs and how to reach it.
+            kept_targets: set[ResourceKey] = set()
             with gc_resumed():
                 for item in deletes:
+                    if item.key in kept_targets:
+                        message = "waiting: a resource on this Target could not be pruned"
+                        outcomes[item.key] = Outcome(item.key, item.action, SKIPPED, None,
+                                                     message, waiting=True)
+                        self.emit(item.key, "waiting", message)
+                        continue
                     await run(item)
+                    out = outcomes.get(item.key)
+                    target = recorded_target(item)
+                    if out is not None and not out.ok and target is not None:
+                        kept_targets.add(target)
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
         result.duration_s = time.monotonic() - started
         metrics.RECONCILE_DURATION.observe(result.duration_s)

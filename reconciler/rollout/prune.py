@@ -21,13 +21,13 @@ class Pruning(Journal):
                      opened: list[DeploymentRecord]) -> Outcome:
         key, record = item.key, item.record
         assert record is not None
+        note = ""
         if key.kind != "Target":
             document = record.applied_spec or record.desired_spec or {}
             resource = resource_from_document(key, document)
             target = self._recorded_target(resource, desired)
             target_doc = target or await self.target_from_store(resource)
             if target_doc is not None:
-                provider = self.provider_for(target_doc)
                 dep = await self.store.create_deployment(
                     key, from_revision=record.applied_revision,
                     to_revision=record.applied_revision or "none", config_commit=desired.commit,
@@ -35,20 +35,30 @@ class Pruning(Journal):
                 opened.append(dep)
                 await self.store.transition(dep.id, st.IN_PROGRESS, message="pruning")
                 try:
+                    provider = self.provider_for(target_doc)
                     for variant in variants_of(resource):
                         for instance in await provider.instances(variant):
                             await self.step(dep.id, "remove", instance,
                                             provider.remove(variant, instance))
                 except ReconcilerError as exc:
                     await self.store.transition(dep.id, st.FAILED, error=exc.message)
-                    return Outcome(key, DELETE, st.FAILED, None, exc.message, dep.identifier)
-                await self.store.transition(dep.id, st.SUCCEEDED, message="removed")
+                    if record.applied_revision is not None:
+                        return Outcome(key, DELETE, st.FAILED, None, exc.message,
+                                       dep.identifier, code=exc.code, hint=exc.hint)
+                    # Never deployed (its first attempt failed, often because the host never
+                    # answered): no revision of it ever ran, and a cleanup that cannot reach the
+                    # host would fail every pass for good. It is forgotten; the failed cleanup
+                    # stays in its history.
+                    note = f" (never deployed; cleanup failed: {exc.message})"
+                    self.emit(key, "cleanup-failed", exc.message, exc)
+                else:
+                    await self.store.transition(dep.id, st.SUCCEEDED, message="removed")
         await self.store.mark_deleted(key)
         if key.kind == "Target":
             await self.audit_target(key, "prune", "prune", revision=record.applied_revision,
                                     config_commit=desired.commit, message="target removed")
-        self.emit(key, "deleted")
-        return Outcome(key, DELETE, st.SUCCEEDED, None, "removed")
+        self.emit(key, "deleted", note.strip())
+        return Outcome(key, DELETE, st.SUCCEEDED, None, "removed" + note)
 
     async def audit_target(self, key: ResourceKey, action: str, trigger: str, *,
                            revision: str | None, config_commit: str | None,

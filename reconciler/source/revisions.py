@@ -14,6 +14,7 @@ from typing import Any
 from reconciler.errors import StoreError
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
+from reconciler.spec.provider_schemas import provider_schemas, without_fields
 
 # Planned revision of a resource whose revision could not be computed (never a real one).
 UNRESOLVED = "unresolved"
@@ -49,24 +50,39 @@ class Revisions:
             known = self._revisions.get(memo)
             if known is not None:
                 return known
-        parts = [_deploy_hash(resource)]
-        if target is not None:
-            parts.append(_deploy_hash(target))
-        source = resource.spec.get("source") or {}
-        if "path" in source and self.source is not None and desired.commit:
-            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
-        elif "git" in source:
-            app = self.app_source(source["git"])
-            parts.append(app.sync().commit)
-        elif "artifact" in source:
-            parts.append(str(source["artifact"].get("sha256", "")))
-        revision = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+        revision = self._revision(resource, desired,
+                                  _reaching_hash(target) if target is not None else None)
         if memo is not None:
             if (len(self._revisions) >= 100_000
                     and len(self._revisions) >= 2 * len(desired.resources)):
                 self._revisions.clear()
             self._revisions[memo] = revision
         return revision
+
+    def legacy_revision_of(self, resource: Resource, desired: DesiredState) -> str | None:
+        """The revision of ``resource`` as it was computed before Targets' connection fields
+        were left out (the whole Target document), when that differs from ``revision_of``:
+        a record applied under it is the same deployment, not a change."""
+        target = desired.target_of(resource)
+        if target is None or _reaching_hash(target) == _deploy_hash(target):
+            return None
+        return self._revision(resource, desired, _deploy_hash(target), fetch=False)
+
+    def _revision(self, resource: Resource, desired: DesiredState, target_part: str | None,
+                  *, fetch: bool = True) -> str:
+        parts = [_deploy_hash(resource)]
+        if target_part is not None:
+            parts.append(target_part)
+        source = resource.spec.get("source") or {}
+        if "path" in source and self.source is not None and desired.commit:
+            parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
+        elif "git" in source:
+            app = self.app_source(source["git"])
+            # without fetch: the commit revision_of fetched this pass
+            parts.append(app.commit if not fetch and app.commit else app.sync().commit)
+        elif "artifact" in source:
+            parts.append(str(source["artifact"].get("sha256", "")))
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
     def resolve(self, desired: DesiredState,
@@ -114,3 +130,30 @@ def _deploy_hash(resource: Resource) -> str:
         _WINDOWLESS[resource.hash] = digest
     return digest
 
+
+
+# Target document hash -> the hash of what reaches the hosts (no sync windows, no connection
+# fields): asked for every resource on the Target.
+_REACHING: dict[str, str] = {}
+
+
+def _reaching_hash(target: Resource) -> str:
+    """A Target's part of its resources' revisions: its document without sync windows and
+    without the fields its provider declares connection-only (``connection_fields``): an SSH
+    timeout says how the reconciler reaches a host, not what runs there."""
+    known = _REACHING.get(target.hash) if target.hash else None
+    if known is not None:
+        return known
+    schemas = provider_schemas().get(str(target.spec.get("provider")))
+    excluded = ("syncWindows", *(schemas.connection_fields if schemas is not None else ()))
+    if not any(path.split(".")[0].split("[")[0] in target.spec for path in excluded):
+        digest = target.hash
+    else:
+        document = target.document()
+        document["spec"] = without_fields(target.spec, excluded)
+        digest = spec_hash(document)
+    if target.hash:
+        if len(_REACHING) >= 20_000:
+            _REACHING.clear()
+        _REACHING[target.hash] = digest
+    return digest

@@ -35,9 +35,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
+from reconciler.spec.hostvars import instance_var_maps, placeholders, uses_vars
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
 from reconciler.spec.policy import PolicyError
 from reconciler.spec.policy import violations as policy_violations
+from reconciler.spec.provider_schemas import provider_schemas
 from reconciler.spec.sync_windows import window_problems
 from reconciler.spec.tree import SourceTree, source_path_problems
 from reconciler.spec.validate import (
@@ -993,6 +995,12 @@ def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKe
             file_index, index, _ = where[key]
             message = _target_problem(key, target, known, kinds_by_name)
             load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
+        elif key[1] != "Target" and isinstance(target, str) and uses_vars(spec):
+            target_resource = resources.get((key[0], "Target", target))
+            if target_resource is not None:
+                file_index, index, _ = where[key]
+                for location, undefined in _placeholder_problems(spec, target_resource):
+                    load.problems.append(load.problem_at(file_index, index, location, undefined))
         depends_on = spec.get("dependsOn")
         if not depends_on:
             continue
@@ -1034,6 +1042,31 @@ def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKe
         message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(names)
         load.problems.append(load.problem_at(file_index, index, location, message))
     return {resource.key: resource for resource in resources.values()}
+
+
+def _placeholder_problems(
+    spec: dict[str, Any], target: Resource
+) -> Iterator[tuple[Path_, str]]:
+    """``{vars.NAME}`` placeholders that some instance of the Target does not define."""
+    provider = str(target.spec.get("provider"))
+    schemas = provider_schemas().get(provider)
+    declared = schemas.instance_vars if schemas is not None else ""
+    maps = instance_var_maps(target.spec, declared) if declared else None
+    for location, name in placeholders(spec):
+        where = format_path(location)
+        if maps is None:
+            yield location, (
+                f"{where}: undefined placeholder {{vars.{name}}}: Target {target.name!r} gives "
+                f"its instances no values (bare_metal: hosts[].vars)"
+            )
+            continue
+        missing = [host for host, values in maps if name not in values]
+        if missing:
+            hosts = ", ".join(repr(h) for h in missing)
+            yield location, (
+                f"{where}: undefined placeholder {{vars.{name}}}: host {hosts} of Target "
+                f"{target.name!r} defines no vars.{name}"
+            )
 
 
 def _target_problem(

@@ -57,6 +57,7 @@ from reconciler.providers import (
     ProbeSite,
     Release,
     RunResult,
+    instance_release,
     workload_env,
 )
 from reconciler.providers.bare_metal.provider import (
@@ -170,6 +171,11 @@ class SystemdSSHProvider:
         self._export_locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
         self._warming: dict[str, asyncio.Task[None]] = {}
+        # each host's own values ({vars.NAME} in health checks and env)
+        self._vars: dict[str, dict[str, str]] = {
+            str(h["name"]): {str(k): str(v) for k, v in (h.get("vars") or {}).items()}
+            for h in target.spec.get("hosts") or [] if isinstance(h, dict) and "name" in h
+        }
 
     # -- naming --------------------------------------------------------------------------------
 
@@ -337,7 +343,8 @@ class SystemdSSHProvider:
     # -- Provider ------------------------------------------------------------------------------
 
     async def instances(self, resource: Resource) -> list[Instance]:
-        instances = [Instance(id=h.host_id, address=h.address) for h in self.hosts.values()]
+        instances = [Instance(id=h.host_id, address=h.address, vars=self._vars.get(h.host_id, {}))
+                     for h in self.hosts.values()]
         # Log in to every host now, concurrently: a rolling deploy then finds host N's
         # connection ready instead of paying for each login in turn. Failures are not
         # reported here; the first real call on that host raises them.
@@ -355,7 +362,7 @@ class SystemdSSHProvider:
     async def deploy(self, release: Release, instance: Instance) -> None:
         self._config(instance)
         resource = release.resource
-        release = self._cached_release(release)
+        release = self._cached_release(instance_release(release, instance))
         names = self.units(resource)
 
         if resource.kind == "Service":
@@ -383,7 +390,7 @@ class SystemdSSHProvider:
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self._config(instance)
         resource = release.resource
-        release = self._cached_release(release)
+        release = self._cached_release(instance_release(release, instance))
         names = self.units(resource)
         timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:

@@ -87,6 +87,12 @@ _TAIL_CHARS = 1500
 _RESERVED_ENV = re.compile(r"^(PATH|HOME|DOCKER_.*|COMPOSE_.*)$")
 # Observed revision of a container changed by hand (no release revision starts with it).
 UNMANAGED_PREFIX = "unmanaged:"
+# Compose's hash of a service's configuration, which it puts on every container it creates.
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
+# Beside a project's compose.yaml: what ``compose config --hash`` gave for the rendered document
+# (JSON {"compose_revision": ..., "services": {service: hash}}), so a container recreated from a
+# hand-edited copy of the document (fraisier's labels kept) is seen as drift by any process.
+CONFIG_HASH_FILE = "config-hash.json"
 _UNSAFE_DIR_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 # How long what a Release's replica deploys share (rendered template, exported files, images
 # checked or pulled, old-layout containers) is reused: one rollout, not forever.
@@ -175,10 +181,35 @@ def _slot_of(container: Mapping[str, Any], base: str) -> tuple[str, int]:
     return service, _int(labels.get(LABEL_REPLICA))
 
 
-def _is_deployed(container: Mapping[str, Any], revision: str, rendered: Rendered) -> bool:
+@dataclass(frozen=True)
+class _ConfigHashes:
+    """What compose computes for a rendered document, per service (``CONFIG_HASH_FILE``)."""
+
+    compose_revision: str
+    services: Mapping[str, str]
+
+    def edited(self, container: Mapping[str, Any]) -> bool:
+        """The container was made from this document's revision, but not from this document:
+        compose's own hash of its configuration differs (a hand edit through compose)."""
+        labels = _labels(container)
+        wanted = self.services.get(labels.get(SERVICE_LABEL, ""))
+        return (
+            wanted is not None
+            and labels.get(LABEL_COMPOSE_REVISION) == self.compose_revision
+            and labels.get(CONFIG_HASH_LABEL) != wanted
+        )
+
+
+def _is_deployed(
+    container: Mapping[str, Any],
+    revision: str,
+    rendered: Rendered,
+    hashes: _ConfigHashes | None = None,
+) -> bool:
     labels = _labels(container)
     return (
-        labels.get(LABEL_REVISION) == revision
+        not (hashes is not None and hashes.edited(container))
+        and labels.get(LABEL_REVISION) == revision
         and labels.get(LABEL_COMPOSE_REVISION) == rendered.compose_revision
         and str((container.get("Config") or {}).get("Image")) == labels.get(LABEL_IMAGE)
         and _running(container)
@@ -225,6 +256,8 @@ class ComposeProvider:
         self._plan_lock = asyncio.Lock()
         self._made_dirs: set[str] = set()
         self._removing: dict[str, int] = {}  # base project -> replica removals in progress
+        # compose file -> its config hashes (read once; rewritten only by a deploy)
+        self._hashes: dict[str, _ConfigHashes | None] = {}
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -349,6 +382,56 @@ class ComposeProvider:
         argv = cli.argv(rendered.project, prepared.compose_file, prepared.workdir, *args)
         result = await self.transport.run(argv, timeout=timeout, env=env)
         return result.returncode, result.text()
+
+    @staticmethod
+    def _hash_file(compose_file: str) -> str:
+        return posixpath.join(posixpath.dirname(compose_file), CONFIG_HASH_FILE)
+
+    async def _record_config_hashes(
+        self, cli: ComposeCLI, prepared: _Prepared, env: Mapping[str, str]
+    ) -> None:
+        """Ask compose for its hash of every service of the document just brought up (the
+        same CLI and environment as ``up``, so the same value it labelled the containers
+        with) and keep it beside the document."""
+        code, out = await self._compose(
+            cli, prepared, env, "config", "--hash", "*", timeout=COMMAND_TIMEOUT_S
+        )
+        path = self._hash_file(prepared.compose_file)
+        services: dict[str, str] = {}
+        for line in out.splitlines() if code == 0 else ():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in prepared.rendered.services:
+                services[parts[0]] = parts[1]
+        if not services:
+            # An older compose without `config --hash`: drift is then read from the labels only.
+            self.ctx.logger.warning(
+                "compose: %s on %s: no config hash (`config --hash` exit %s); hand edits "
+                "through compose are not detected", prepared.rendered.project, self.host_id, code)
+            self._hashes[prepared.compose_file] = None
+            await self.transport.run(["rm", "-f", "--", path], timeout=30)
+            return
+        hashes = _ConfigHashes(prepared.rendered.compose_revision, services)
+        data = {"compose_revision": hashes.compose_revision, "services": services}
+        await self.transport.write_file(path, json.dumps(data).encode(), mode=0o600)
+        self._hashes[prepared.compose_file] = hashes
+
+    async def _config_hashes(self, compose_file: str) -> _ConfigHashes | None:
+        """The recorded config hashes of a compose file (None: none recorded)."""
+        if compose_file in self._hashes:
+            return self._hashes[compose_file]
+        raw = await self.transport.read_file(self._hash_file(compose_file))
+        hashes: _ConfigHashes | None = None
+        if raw is not None:
+            try:
+                data = json.loads(raw)
+                hashes = _ConfigHashes(
+                    str(data["compose_revision"]),
+                    {str(k): str(v) for k, v in dict(data["services"]).items()},
+                )
+            except (ValueError, KeyError, TypeError):
+                hashes = None  # unreadable: compared by the labels only
+        self._hashes[compose_file] = hashes
+        return hashes
 
     async def _write_document(self, prepared: _Prepared, cli: ComposeCLI) -> None:
         directory = posixpath.dirname(prepared.compose_file)
@@ -608,7 +691,8 @@ class ComposeProvider:
                 for c in await self._project_containers(rendered.project)
                 if _labels(c).get(SERVICE_LABEL) == service
             ]
-            if len(mine) == 1 and _is_deployed(mine[0], release.revision, rendered):
+            hashes = await self._config_hashes(prepared.compose_file)
+            if len(mine) == 1 and _is_deployed(mine[0], release.revision, rendered, hashes):
                 return
             cli = await self.cli()
             env = self._env(release, rendered)
@@ -623,9 +707,13 @@ class ComposeProvider:
                     f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
                     f"{_tail(out)}{await self._health_summary(rendered.project)}"
                 )
-            if wait:
-                remaining = wait_timeout - (time.monotonic() - started)
-                await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+            recording = asyncio.ensure_future(self._record_config_hashes(cli, prepared, env))
+            try:
+                if wait:
+                    remaining = wait_timeout - (time.monotonic() - started)
+                    await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+            finally:
+                await recording
             self.ctx.logger.info(
                 "compose: %s of %s up on %s at %s",
                 instance.id,
@@ -659,10 +747,13 @@ class ComposeProvider:
             else:
                 extras.append(container)
         states: list[InstanceState] = []
-        for instance in expected:
-            slot = (instance.labels["service"], int(instance.labels["replica"]))
+        slots = [(i.labels["service"], int(i.labels["replica"])) for i in expected]
+        all_hashes = await asyncio.gather(
+            *(self._config_hashes(self._replica_file(base, slot[1])) for slot in slots)
+        )
+        for instance, slot, hashes in zip(expected, slots, all_hashes, strict=True):
             state, left = self._replica_state(
-                instance, slot, current.pop(slot, []), older.pop(slot, [])
+                instance, slot, current.pop(slot, []), older.pop(slot, []), hashes
             )
             states.append(state)
             extras += left
@@ -678,6 +769,7 @@ class ComposeProvider:
         slot: tuple[str, int],
         found: list[dict[str, Any]],
         stale: list[dict[str, Any]],
+        hashes: _ConfigHashes | None = None,
     ) -> tuple[InstanceState, list[dict[str, Any]]]:
         """The state of one replica from its own project's containers (``found``) and the
         scaled layout's of its slot (``stale``); returns it with the containers left over."""
@@ -704,7 +796,7 @@ class ComposeProvider:
                 },
             )
             return missing, extras
-        state = self._container_state(instance, found[-1])
+        state = self._container_state(instance, found[-1], None if adopted else hashes)
         state.facts["replica"] = slot[1]
         state.facts["layout"] = LAYOUT_SCALED if adopted else LAYOUT_PER_REPLICA
         if adopted:
@@ -724,11 +816,12 @@ class ComposeProvider:
             if slot is not None and "project" in instance.labels:
                 base = project_name(resource)
                 project = replica_project(base, slot[1])
-                own, scaled = await asyncio.gather(
+                own, scaled, hashes = await asyncio.gather(
                     self.engine.containers(
                         {PROJECT_LABEL: project, LABEL_RESOURCE: str(resource.key)}
                     ),
                     self._project_containers(base),
+                    self._config_hashes(self._replica_file(base, slot[1])),
                 )
                 found = [
                     c
@@ -736,7 +829,7 @@ class ComposeProvider:
                     if _labels(c).get(ONEOFF_LABEL) != "True" and _slot_of(c, base) == slot
                 ]
                 stale = [c for c in scaled if _slot_of(c, base) == slot]
-                return self._replica_state(instance, slot, found, stale)[0]
+                return self._replica_state(instance, slot, found, stale, hashes)[0]
         for state in await self.observe(resource):
             if state.instance.id == instance.id:
                 return state
@@ -850,7 +943,10 @@ class ComposeProvider:
         project = project_name(resource)
         expected = await self.instances(resource)
         by_slot: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for container in await self._project_containers(project):
+        containers, hashes = await asyncio.gather(
+            self._project_containers(project), self._config_hashes(self._compose_file(project))
+        )
+        for container in containers:
             labels = _labels(container)
             try:
                 number = int(labels.get(NUMBER_LABEL, "0"))
@@ -875,7 +971,7 @@ class ComposeProvider:
                     )
                 )
                 continue
-            states.append(self._container_state(instance, found[-1]))
+            states.append(self._container_state(instance, found[-1], hashes))
             for extra in found[:-1]:
                 states.append(self._extra_state(extra, project))
         for containers in by_slot.values():
@@ -900,7 +996,12 @@ class ComposeProvider:
         state.detail = ("unexpected container; " + state.detail).rstrip("; ")
         return state
 
-    def _container_state(self, instance: Instance, container: dict[str, Any]) -> InstanceState:
+    def _container_state(
+        self,
+        instance: Instance,
+        container: dict[str, Any],
+        hashes: _ConfigHashes | None = None,
+    ) -> InstanceState:
         labels = _labels(container)
         state = container.get("State") or {}
         image = str((container.get("Config") or {}).get("Image", ""))
@@ -919,6 +1020,12 @@ class ComposeProvider:
                 f"container runs {image}, its revision was rendered with {deployed_image}"
             )
             revision = f"{UNMANAGED_PREFIX}{image}"
+        elif hashes is not None and hashes.edited(container):
+            details.append(
+                "container's configuration differs from the rendered document (compose config "
+                "hash): changed outside fraisier"
+            )
+            revision = f"{UNMANAGED_PREFIX}edited"
         if not running:
             details.append(f"{state.get('Status', 'unknown')} (exit code {state.get('ExitCode')})")
         if health == "unhealthy":
@@ -988,7 +1095,7 @@ class ComposeProvider:
             # A strategy change from rolling/canary: the replicas' own projects make way.
             grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
             await self._remove_replica_projects(resource, cli, grace=grace)
-            if await self._already_deployed(rendered, release.revision, count):
+            if await self._already_deployed(prepared, release.revision, count):
                 return
             env = self._env(release, rendered)
             await self._write_document(prepared, cli)
@@ -1006,9 +1113,14 @@ class ComposeProvider:
                     f"{self.host_id}: compose up of {rendered.project} failed (exit {code}): "
                     f"{_tail(out)}{await self._health_summary(rendered.project)}"
                 )
-            if wait and count > 0:
-                remaining = wait_timeout - (time.monotonic() - started)
-                await self._wait_started(rendered, count, max(remaining, 1.0))
+            # compose v1 takes ~0.7 s to start: asked while the containers start
+            recording = asyncio.ensure_future(self._record_config_hashes(cli, prepared, env))
+            try:
+                if wait and count > 0:
+                    remaining = wait_timeout - (time.monotonic() - started)
+                    await self._wait_started(rendered, count, max(remaining, 1.0))
+            finally:
+                await recording
             self.ctx.logger.info(
                 "compose: %s up on %s at %s",
                 rendered.project,
@@ -1016,8 +1128,12 @@ class ComposeProvider:
                 rendered.compose_revision,
             )
 
-    async def _already_deployed(self, rendered: Rendered, revision: str, count: int) -> bool:
-        containers = await self._project_containers(rendered.project)
+    async def _already_deployed(self, prepared: _Prepared, revision: str, count: int) -> bool:
+        rendered = prepared.rendered
+        containers, hashes = await asyncio.gather(
+            self._project_containers(rendered.project),
+            self._config_hashes(prepared.compose_file),
+        )
         wanted = {(s, n) for s in rendered.services for n in range(1, count + 1)}
         seen: set[tuple[str, int]] = set()
         for container in containers:
@@ -1028,6 +1144,7 @@ class ComposeProvider:
                 or str((container.get("Config") or {}).get("Image")) != labels.get(LABEL_IMAGE)
                 or not _running(container)
                 or _health(container) == "unhealthy"
+                or (hashes is not None and hashes.edited(container))
             ):
                 return False
             seen.add((labels.get(SERVICE_LABEL, ""), int(labels.get(NUMBER_LABEL, "0") or 0)))
