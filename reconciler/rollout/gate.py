@@ -80,6 +80,7 @@ class Gate(EngineCore):
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()
+            self.emit(resource.key, "health check failed", f"{instance.id}: {message}")
         await self.store.finish_step(step, "succeeded" if ok else "failed", message)
         return ok, message
 
@@ -153,7 +154,7 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
     if not lines:
         try:
             lines = await provider.logs(resource, instance, tail=LAST_LINES)
-        except Exception:  # noqa: BLE001 - output is a courtesy; the verdict stands without it
+        except Exception:  # output is a courtesy: the verdict stands without it
             lines = []
     lines = [line.rstrip() for line in lines[-LAST_LINES:] if line.strip()]
     if not lines:

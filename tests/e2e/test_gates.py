@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class _Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server protocol
+    def do_GET(self) -> None:
         body = b'{"greeting": "stranger"}'
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
