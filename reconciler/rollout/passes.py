@@ -174,6 +174,7 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         # only resources that act this pass are waited on (the others are done already).
         # plan.items is plan.order flattened, deletions moved to its end.
         acting: list[PlanItem] = []
+        rerecorded = False
         for i in plan.items:
             k = i.key
             if (selected is not None and k not in selected) or i.action == DELETE:
@@ -182,6 +183,8 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
+                if await self._rerecord_desired(i, desired):
+                    rerecorded = True
             else:
                 acting.append(i)
         if acting:
@@ -216,11 +219,26 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         metrics.RECONCILE_TOTAL.labels("converged" if converged else "failed").inc()
         if converged:
             metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
-        acted = any(o.result != CONVERGED for o in result.outcomes)
+        acted = rerecorded or any(o.result != CONVERGED for o in result.outcomes)
         # A no-op pass changed no status: publish from the records the plan already read.
         await self.publish_metrics(None if acted else [i.record for i in plan.items
                                                        if i.record is not None])
         return result
+
+    async def _rerecord_desired(self, item: PlanItem, desired: DesiredState) -> bool:
+        """An unchanged item whose record still names another desired revision (git went back
+        to the applied one, say by reverting a commit that was rolled back) is recorded as
+        wanted again, which makes it Synced. Written only when it differs: a no-op pass reads
+        the records it already has and writes nothing."""
+        record, resource = item.record, item.resource
+        if record is None or resource is None or item.revision is None:
+            return False
+        if record.desired_revision == item.revision and record.desired_hash == resource.hash:
+            return False
+        await self.store.record_desired(item.key, revision=item.revision,
+                                        spec_hash=resource.hash, spec=resource.document(),
+                                        config_commit=desired.commit)
+        return True
 
     async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
         if records is None:

@@ -1,0 +1,37 @@
+"""`status` is what is known, with how fresh it is (issue 15, item 7): after a `git revert` of
+a rolled-back commit the desired revision is recorded again, so the resource is Synced."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Fleet, free_port, git, service_yaml
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def api_row(fleet: Fleet) -> dict[str, object]:
+    status = fleet.json("status")
+    return next(r for r in status["resources"] if r["name"] == "api")
+
+
+def test_reverting_a_rolled_back_commit_is_synced_again(fleet: Fleet) -> None:
+    port = free_port()
+    fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
+    fleet.commit("good")
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 0
+    good = api_row(fleet)["appliedRevision"]
+
+    fleet.write("api.yaml", service_yaml("api", port, greeting="two", fail=True))
+    fleet.commit("bad")
+    assert fleet.cli("apply", *fleet.repo_args()).returncode == 1
+    assert api_row(fleet)["sync"] == "OutOfSync"
+
+    git(fleet.repo, "revert", "--no-edit", "HEAD")
+    out = fleet.cli("apply", *fleet.repo_args())
+    assert out.returncode == 0, out.stdout + out.stderr
+    row = api_row(fleet)
+    assert row["desiredRevision"] == row["appliedRevision"] == good, row
+    assert row["sync"] == "Synced", row
+    status = fleet.cli("status")
+    assert status.returncode == 0, status.stdout
