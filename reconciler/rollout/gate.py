@@ -82,6 +82,8 @@ class Gate(EngineCore):
             metrics.HEALTH_CHECK_FAILURES.inc()
             self.emit(resource.key, "health check failed", f"{instance.id}: {message}")
         await self.store.finish_step(step, "succeeded" if ok else "failed", message)
+        if ok:  # `status` says how fresh the health it shows is
+            await self.store.mark_observed([resource.key])
         return ok, message
 
 

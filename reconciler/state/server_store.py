@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -382,6 +382,25 @@ class ServerStore(rows.AuditLog):
         (a resource not recorded yet gets a bare row first, as on SQLite)."""
         rows.check_status_fields(fields)
         await self._update_resource("update_status", key, fields, True)
+
+    async def mark_observed(self, keys: Iterable[ResourceKey],
+                            health_status: str | None = None) -> None:
+        """These resources' health was observed now (and is ``health_status``, when given)."""
+        keys = list(keys)
+        if health_status is not None:
+            rows.check_status_fields({"health_status": health_status})
+        if not keys:
+            return
+
+        async def op(tx: Tx, _: bool) -> None:
+            now = self._db_time(utc_now())
+            for key in keys:
+                await tx.execute(
+                    f"UPDATE tb_resource SET health_observed_at = %s, health_status = "  # noqa: S608
+                    f"COALESCE(%s, health_status) WHERE {self._RESOURCE_WHERE}",
+                    (now, health_status, *self._key_params(key)))
+
+        await self._run("mark_observed", op)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
         """Pause/resume reconciling a known resource (NotFound otherwise: likely a typo)."""
