@@ -183,7 +183,8 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
-                if await self._rerecord_desired(i, desired):
+                if desired_moved(i):  # a plain comparison: no await for the common case
+                    await self._rerecord_desired(i, desired)
                     rerecorded = True
             else:
                 acting.append(i)
@@ -225,20 +226,15 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
                                                        if i.record is not None])
         return result
 
-    async def _rerecord_desired(self, item: PlanItem, desired: DesiredState) -> bool:
+    async def _rerecord_desired(self, item: PlanItem, desired: DesiredState) -> None:
         """An unchanged item whose record still names another desired revision (git went back
         to the applied one, say by reverting a commit that was rolled back) is recorded as
-        wanted again, which makes it Synced. Written only when it differs: a no-op pass reads
-        the records it already has and writes nothing."""
-        record, resource = item.record, item.resource
-        if record is None or resource is None or item.revision is None:
-            return False
-        if record.desired_revision == item.revision and record.desired_hash == resource.hash:
-            return False
+        wanted again, which makes it Synced."""
+        resource = item.resource
+        assert resource is not None and item.revision is not None
         await self.store.record_desired(item.key, revision=item.revision,
                                         spec_hash=resource.hash, spec=resource.document(),
                                         config_commit=desired.commit)
-        return True
 
     async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
         if records is None:
@@ -349,3 +345,11 @@ class Passes(Services, Runnables, Pruning, Leases, Recovery):
         self.emit(key, "paused", msg)
         return Outcome(key, item.action, SKIPPED, item.revision, msg, waiting=True)
 
+
+def desired_moved(item: PlanItem) -> bool:
+    """Does the record name another desired revision than the plan (only then is it written:
+    a no-op pass reads the records it already has and writes nothing)?"""
+    record, resource = item.record, item.resource
+    if record is None or resource is None or item.revision is None:
+        return False
+    return record.desired_revision != item.revision or record.desired_hash != resource.hash

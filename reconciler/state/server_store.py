@@ -70,6 +70,9 @@ class Tx(Protocol):
         """Insert one row; return its generated ``pk``."""
 
 
+MARK_OBSERVED_CHUNK = 500  # resources per UPDATE of mark_observed
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -394,11 +397,15 @@ class ServerStore(rows.AuditLog):
 
         async def op(tx: Tx, _: bool) -> None:
             now = self._db_time(utc_now())
-            for key in keys:
+            # a few statements for a whole fleet, not one round trip per resource
+            for start in range(0, len(keys), MARK_OBSERVED_CHUNK):
+                chunk = keys[start:start + MARK_OBSERVED_CHUNK]
+                rows_in = ", ".join(["(%s, %s, %s)"] * len(chunk))
                 await tx.execute(
-                    f"UPDATE tb_resource SET health_observed_at = %s, health_status = "  # noqa: S608
-                    f"COALESCE(%s, health_status) WHERE {self._RESOURCE_WHERE}",
-                    (now, health_status, *self._key_params(key)))
+                    "UPDATE tb_resource SET health_observed_at = %s, "  # noqa: S608
+                    "health_status = COALESCE(%s, health_status) "
+                    f"WHERE (environment, kind, name) IN ({rows_in})",
+                    (now, health_status, *(p for k in chunk for p in self._key_params(k))))
 
         await self._run("mark_observed", op)
 
