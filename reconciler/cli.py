@@ -571,19 +571,20 @@ def status(opts: Options, live: bool, max_age: str, output: str) -> None:
     now = datetime.now(UTC)
     replicas = any(owners.values())  # only when daemons run with --ha
     rows = []
+    shown_health: dict[str, str] = {}  # text only: JSON stays a function of the records
     for r in records:
-        shown, age, stale = health_shown(r, now, max_age_s)
+        shown, _, stale = health_shown(r, now, max_age_s)
         if r.key in unobserved:
             shown, stale = f"Unknown: {unobserved[r.key]}", True
+        shown_health[str(r.key)] = shown
         rows.append({
             "resource": str(r.key), "environment": r.key.environment, "kind": r.key.kind,
             "name": r.key.name, "desiredRevision": r.desired_revision,
             "appliedRevision": r.applied_revision, "configCommit": r.config_commit,
             "sync": r.sync_status, "health": "Unknown" if stale else r.health_status,
-            "healthShown": shown, "recordedHealth": r.health_status,
+            "recordedHealth": r.health_status, "healthStale": stale,
             "healthObservedAt": (r.health_observed_at.isoformat()
                                  if r.health_observed_at else None),
-            "healthAgeSeconds": round(age, 3) if age is not None else None,
             "lastResult": r.last_result,
             "lastError": r.last_error, "suspended": r.suspended,
             "updatedAt": r.updated_at.isoformat() if r.updated_at else None,
@@ -595,7 +596,7 @@ def status(opts: Options, live: bool, max_age: str, output: str) -> None:
     else:
         print_table(["RESOURCE", "DESIRED", "APPLIED", "SYNC", "HEALTH", "LAST", "NOTE"], [
             [r["resource"], r["desiredRevision"] or "-", r["appliedRevision"] or "-", r["sync"],
-             r["healthShown"], r["lastResult"] or "-",
+             shown_health[r["resource"]], r["lastResult"] or "-",
              ("suspended " if r["suspended"] else "")
              + (f"owner {r['owner']} " if r["owner"] else "") + (r["lastError"] or "")]
             for r in rows])
