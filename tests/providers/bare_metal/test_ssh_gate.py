@@ -68,3 +68,14 @@ def test_a_unit_that_exits_fails_its_gate_with_its_exit_code(tmp_path: Path,
     assert "systemd says bye" in health[0]["detail"], health
     # the rollback's gate saw the old unit running again
     assert health[-1]["status"] == "succeeded", health
+
+    # Item 7: with the unit stopped by hand and no daemon, `status` would show the database's
+    # memory; `status --live` looks at the host, says so, exits 1 and records it.
+    assert cli("status").returncode == 1  # OutOfSync: the rolled-back revision is desired
+    hosts[0].run(["systemctl", "stop", "fraisier-default_quits.service"])
+    live = cli("status", "--live", "-o", "json")
+    assert live.returncode == 1, live.stdout + live.stderr
+    row = next(r for r in json.loads(live.stdout)["resources"] if r["name"] == "quits")
+    assert row["health"] == "Degraded", row
+    assert "live state differs" in (row["lastError"] or ""), row
+    assert row["healthObservedAt"] and row["healthStale"] is False, row

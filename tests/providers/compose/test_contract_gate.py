@@ -150,3 +150,37 @@ async def test_a_container_that_exits_during_the_gate_fails_it_with_its_exit_cod
     assert "compose says bye" in error, web
     assert "Connect call failed" not in error, web
     assert took < 15, took  # not the 20 s start period and its thresholds
+
+
+async def test_status_live_sees_a_stopped_container(fleet: Fleet) -> None:
+    """Issue 15, item 7: with the container stopped and no daemon, `status` showed the
+    database's "Synced Healthy"; `status --live` observes it, says Degraded and exits 1."""
+    import subprocess
+
+    from reconciler.providers import Phase
+
+    await fleet.commit({"targets.yaml": fleet.target(),
+                        "web.yaml": service(fleet, health=None, compose={})}, "web")
+    code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
+    assert code == 0, (out, err)
+    code, out, _ = await fleet.cli("status")
+    assert code == 0 and " ago" in out, out
+
+    target = make_target(fleet.environment,
+                         {"host": fleet.infra.docker_host, "composeCommand": fleet.compose})
+    provider = load_provider(target, ProviderContext(state_dir=fleet.state))
+    try:
+        web = make_resource(fleet.environment, "Service", "web", {"compose": {"image": "x"}})
+        [state] = await provider.observe(web)
+        assert state.phase is Phase.RUNNING and state.identity.container_id
+        subprocess.run([fleet.infra.docker_cli, "stop", "-t", "1", state.identity.container_id],
+                       check=True, capture_output=True, timeout=60,
+                       env={**fleet.env, "DOCKER_HOST": fleet.infra.docker_host})
+    finally:
+        await provider.close()
+    code, out, err = await fleet.cli("status", "--live")
+    assert code == 1, (out, err)
+    line = next(x for x in out.splitlines() if "Service/web" in x)
+    assert "Degraded" in line and "live state differs" in line, line
+    row = resource_status(await fleet.cli_json("status"), "web")
+    assert row["health"] == "Degraded", row
