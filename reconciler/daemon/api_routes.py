@@ -51,6 +51,7 @@ def resource_json(r: ResourceRecord) -> dict[str, Any]:
         "sync": r.sync_status, "health": r.health_status, "lastResult": r.last_result,
         "lastError": r.last_error, "failedRevision": r.failed_revision,
         "suspended": r.suspended, "updatedAt": _iso(r.updated_at),
+        "healthObservedAt": _iso(r.health_observed_at),
     }
 
 

@@ -488,6 +488,7 @@ class Daemon:
             if desired is None or self.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift
             drifted: set[ResourceKey] = set()
+            observed: list[ResourceKey] = []  # running as recorded: healthy, seen now
             # Two queries per pass, not two per Service: an idle daemon must stay cheap.
             records = {r.key: r for r in await self.store.list_resources(with_specs=False)}
             now = datetime.now(UTC)
@@ -512,12 +513,17 @@ class Daemon:
                                 extra={"resource": str(resource.key),
                                        "error": UnexpectedError.of(exc).message})
                     continue
-                if detail is not None:
+                if detail is None:
+                    observed.append(resource.key)
+                else:
                     drifted.add(resource.key)
                     await self.store.update_status(resource.key, sync_status="OutOfSync",
                                                    health_status="Degraded")
                     log.warning("drift detected", extra={"resource": str(resource.key),
                                                          "detail": detail})
+            # one statement each, so `status` says how fresh the health it shows is
+            await self.store.mark_observed(observed, "Healthy")
+            await self.store.mark_observed(drifted)
             metrics.DRIFT_RESOURCES.set(len(drifted))
             if drifted and self.cfg.heal:
                 self.redeploy |= drifted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,21 @@ class TextFormatter(logging.Formatter):
         return f"{line}  {extras}" if extras else line
 
 
+# Dependency warnings known to be harmless here: asyncssh names cryptography's DSA types in its
+# signatures (10 CryptographyDeprecationWarning lines at import); Fraisier never offers DSA.
+HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
+    (r"DSA is deprecated", r"asyncssh(\..*)?$"),
+)
+
+
+def capture_warnings() -> None:
+    """Python warnings go to the ``py.warnings`` logger (so to the structured log, one object
+    per line, at ``warning``), never to stderr as raw lines; the harmless ones are dropped."""
+    for message, module in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+    logging.captureWarnings(True)
+
+
 def setup_logging(fmt: str = "json", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
@@ -48,5 +64,6 @@ def setup_logging(fmt: str = "json", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    capture_warnings()
     for noisy in ("asyncssh", "httpx", "httpcore", "watchfiles", "git", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

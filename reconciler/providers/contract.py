@@ -128,9 +128,24 @@ class Identity:
     container_id: str | None = None
     deployment_uuid: str | None = None  # Coolify deployment
 
+    def parts(self) -> dict[str, Any]:
+        """Each field under a name for people."""
+        return {"pid": self.pid, "started": self.started_at, "invocation": self.unit_invocation,
+                "container": self.container_id, "deployment": self.deployment_uuid}
+
     def __bool__(self) -> bool:
-        return any(v is not None for v in (self.pid, self.started_at, self.unit_invocation,
-                                            self.container_id, self.deployment_uuid))
+        return any(v is not None for v in self.parts().values())
+
+    def same_as(self, other: Identity) -> bool:
+        """Could this be the same process as ``other``: no field both know differs (a field
+        one observation lacks, a pid of a stopped unit say, decides nothing)."""
+        mine, theirs = self.parts(), other.parts()
+        return all(mine[k] is None or theirs[k] is None or mine[k] == theirs[k] for k in mine)
+
+    def __str__(self) -> str:
+        known = [f"{k} {str(v)[:12] if k == 'container' else v}"
+                 for k, v in self.parts().items() if v is not None]
+        return ", ".join(known) or "an unknown instance"
 
 
 @dataclass

@@ -20,6 +20,16 @@ from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.rollout")
 
+# The log level of a progress event: failures at ``error`` and reverts at ``warning``, so the
+# `level == "error"` / `"warning"` filters of docs/monitoring.md catch them; the rest is ``info``.
+EVENT_LEVELS = {
+    "failed": logging.ERROR,
+    "rollback failed": logging.ERROR,
+    "rolling back": logging.WARNING,
+    "rolled back": logging.WARNING,
+    "health check failed": logging.WARNING,
+}
+
 
 class EngineCore:
     """The state the engine's parts share; each part is a mixin of ``Reconciler``."""
@@ -45,7 +55,7 @@ class EngineCore:
         extra: dict[str, Any] = {"resource": str(key), "phase": phase}
         if error is not None:  # the log line carries the code and remediation of the failure
             extra.update(code=error.code, hint=error.hint)
-        log.info(message or phase, extra=extra)
+        log.log(EVENT_LEVELS.get(phase, logging.INFO), message or phase, extra=extra)
         if self.progress:
             self.progress(key, phase, message)
 

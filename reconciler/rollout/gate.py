@@ -1,19 +1,55 @@
-"""The health gate of one instance: its probes (where the instance runs) or, with none, the
-provider's own signal; journaled as a ``health`` step.
+"""The health gate of one instance, journaled as a ``health`` step.
+
+A gate judges the instance its deploy started, known by the ``Identity`` the provider reports
+(pid + start time, systemd invocation, container, Coolify deployment), not whatever answers on
+its port: a probe that passes while the new process has died (an older process still holds the
+port) must not make a release healthy. So, beside the judge, a watcher observes the instance
+(first soon, then every probe ``interval``); the instance exiting, or being replaced by a
+restart, fails the gate at once with "exited with code N" and its last output lines.
+
+The judge: with probes (http/tcp/exec), they decide (``health/wait.py``), and a pass counts once
+the instance has been seen running, the same one, for one probe interval. Without probes, the
+provider's own signal decides once settled, and the instance must still run, the same one,
+``startPeriod`` after the deploy (``DEFAULT_STAY_UP_S`` without a ``health`` section).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from reconciler.health import wait_healthy, wait_settled
+from reconciler.health import has_probes, wait_healthy, wait_settled
+from reconciler.health.wait import DEFAULT_INTERVAL_S, FIRST_RETRY_S, HealthPolicy
 from reconciler.observe import metrics
+from reconciler.observe.redact import redact
 from reconciler.observe.tracing import span
-from reconciler.providers import Instance, Provider, observe_one, probe_site
+from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
+from reconciler.providers.contract import Phase
 from reconciler.rollout.core import EngineCore
 from reconciler.rollout.strategies import health_for
+from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
+
+# How long a Service without probes must keep running after its deploy (its
+# ``health.startPeriod`` when it has a health section without probes).
+DEFAULT_STAY_UP_S = 2.0
+LAST_LINES = 5  # output lines recorded with an exit
+
+
+def departure(started: InstanceState | None, now: InstanceState | None) -> str | None:
+    """Why ``now`` is no longer the instance ``started`` (None: it still runs, the same one)."""
+    if now is None:
+        return "not found"
+    if now.phase is Phase.MISSING:
+        return now.detail or "missing"
+    if not now.running:
+        if now.exit_code is not None:
+            return f"exited with code {now.exit_code}"
+        return f"exited ({now.detail})" if now.detail else "exited"
+    if started is not None and started.running and not now.identity.same_as(started.identity):
+        return f"restarted: {started.identity} was replaced by {now.identity}"
+    return None
 
 
 class Gate(EngineCore):
@@ -28,27 +64,101 @@ class Gate(EngineCore):
         def observed() -> Any:
             return observe_one(provider, resource, instance)
 
-        async def is_running() -> bool:
-            state = await observed()
-            return bool(state and state.running)
+        policy = HealthPolicy.from_spec(health or {})
+        interval = policy.interval if health else DEFAULT_INTERVAL_S
 
         with span("health_gate", resource=str(resource.key), instance=instance.id):
-            if health:
-                state = await observed()
-                # exec probes run where the provider's capability says (host, container)
-                runner, cwd = probe_site(provider, instance, state)
-                result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
-                                            is_running=is_running)
-                ok, message = result.healthy, result.message
+            first = await observed()
+            gone = departure(None, first)
+            if gone is not None:
+                ok, message = False, await _with_output(provider, resource, instance, first, gone)
             else:
-                # No health section: healthy when the provider reports the instance running and
-                # its own health signal (Docker healthcheck, Coolify status), once decided, is
-                # not negative.
-                state = await wait_settled(observed)
-                problem = state.problem if state is not None else "not found"
-                ok, message = problem is None, problem or "running"
+                ok, message = await _race(
+                    _judge(provider, resource, instance, health, policy, first, observed,
+                           started),
+                    _watch(provider, resource, instance, first, observed, interval))
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()
+            self.emit(resource.key, "health check failed", f"{instance.id}: {message}")
         await self.store.finish_step(step, "succeeded" if ok else "failed", message)
+        if ok:  # `status` says how fresh the health it shows is
+            await self.store.mark_observed([resource.key])
         return ok, message
+
+
+async def _race(judge: Any, watch: Any) -> tuple[bool, str]:
+    """The judge's verdict, unless the watcher sees the instance go first."""
+    tasks = [asyncio.ensure_future(judge), asyncio.ensure_future(watch)]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        result: tuple[bool, str] = next(iter(done)).result()
+        return result
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _watch(provider: Provider, resource: Resource, instance: Instance,
+                 first: InstanceState | None, observed: Any, interval: float) -> tuple[bool, str]:
+    """Observe until the instance is gone or replaced: soon after the start (most exits come
+    early), then every probe interval. Returns only with a failure."""
+    pause = FIRST_RETRY_S
+    while True:
+        await asyncio.sleep(min(pause, interval))
+        pause *= 2
+        now = await observed()
+        gone = departure(first, now)
+        if gone is not None:
+            return False, await _with_output(provider, resource, instance, now, gone)
+
+
+async def _judge(provider: Provider, resource: Resource, instance: Instance,
+                 health: dict[str, Any] | None, policy: HealthPolicy,
+                 first: InstanceState | None, observed: Any,
+                 started: float) -> tuple[bool, str]:
+    if has_probes(health):
+        runner, cwd = probe_site(provider, instance, first)
+        result = await wait_healthy(health, instance, transport=runner, cwd=cwd)
+        if not result.healthy:
+            return False, result.message
+        # A pass from whatever holds the port counts once our instance has been up for a
+        # probe interval (the watcher fails the gate meanwhile if it goes).
+        await _sleep_until(started + policy.interval)
+        message = result.message
+    else:
+        # The provider's own signal (Docker healthcheck, Coolify status), once decided, must
+        # not be negative; then the instance must stay up for its start period.
+        state = await wait_settled(observed)
+        problem = departure(first, state) or (state.problem if state is not None else None)
+        if problem is not None:
+            return False, await _with_output(provider, resource, instance, state, problem)
+        stay = (to_seconds((health or {}).get("startPeriod"), DEFAULT_STAY_UP_S)
+                if health else DEFAULT_STAY_UP_S)
+        await _sleep_until(started + stay)
+        message = f"running for {stay:g}s"
+    last = await observed()
+    gone = departure(first, last) or (last.problem if last is not None else None)
+    if gone is not None:
+        return False, await _with_output(provider, resource, instance, last, gone)
+    return True, message
+
+
+async def _sleep_until(when: float) -> None:
+    await asyncio.sleep(max(0.0, when - time.monotonic()))
+
+
+async def _with_output(provider: Provider, resource: Resource, instance: Instance,
+                       state: InstanceState | None, why: str) -> str:
+    """``why`` with the instance's last output lines (redacted: they go to the store)."""
+    lines = list(state.last_output) if state is not None else []
+    if not lines:
+        try:
+            lines = await provider.logs(resource, instance, tail=LAST_LINES)
+        except Exception:  # output is a courtesy: the verdict stands without it
+            lines = []
+    lines = [line.rstrip() for line in lines[-LAST_LINES:] if line.strip()]
+    if not lines:
+        return why
+    return redact(f"{why}; last output: " + " | ".join(lines))

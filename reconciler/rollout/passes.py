@@ -189,6 +189,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         # only resources that act this pass are waited on (the others are done already).
         # plan.items is plan.order flattened, deletions moved to its end.
         acting: list[PlanItem] = []
+        rerecorded = False
         for i in plan.items:
             k = i.key
             if (selected is not None and k not in selected) or i.action == DELETE:
@@ -201,6 +202,10 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     await self.store.record_applied(
                         k, revision=i.revision, spec_hash=i.resource.hash,
                         spec=i.resource.document(), config_commit=desired.commit)
+                    rerecorded = True
+                if desired_moved(i):  # a plain comparison: no await for the common case
+                    await self._rerecord_desired(i, desired)
+                    rerecorded = True
             else:
                 acting.append(i)
         if acting:
@@ -249,11 +254,21 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         metrics.RECONCILE_TOTAL.labels("converged" if converged else "failed").inc()
         if converged:
             metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()
-        acted = any(o.result != CONVERGED for o in result.outcomes)
+        acted = rerecorded or any(o.result != CONVERGED for o in result.outcomes)
         # A no-op pass changed no status: publish from the records the plan already read.
         await self.publish_metrics(None if acted else [i.record for i in plan.items
                                                        if i.record is not None])
         return result
+
+    async def _rerecord_desired(self, item: PlanItem, desired: DesiredState) -> None:
+        """An unchanged item whose record still names another desired revision (git went back
+        to the applied one, say by reverting a commit that was rolled back) is recorded as
+        wanted again, which makes it Synced."""
+        resource = item.resource
+        assert resource is not None and item.revision is not None
+        await self.store.record_desired(item.key, revision=item.revision,
+                                        spec_hash=resource.hash, spec=resource.document(),
+                                        config_commit=desired.commit)
 
     async def publish_metrics(self, records: list[ResourceRecord] | None = None) -> None:
         if records is None:
@@ -373,3 +388,11 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         self.emit(key, "paused", msg)
         return Outcome(key, item.action, SKIPPED, item.revision, msg, waiting=True)
 
+
+def desired_moved(item: PlanItem) -> bool:
+    """Does the record name another desired revision than the plan (only then is it written:
+    a no-op pass reads the records it already has and writes nothing)?"""
+    record, resource = item.record, item.resource
+    if record is None or resource is None or item.revision is None:
+        return False
+    return record.desired_revision != item.revision or record.desired_hash != resource.hash

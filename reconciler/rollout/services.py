@@ -83,6 +83,7 @@ class Services(Rollbacks):
             await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
                                            last_result=st.SUCCEEDED, last_error=None,
                                            failed_revision=None)
+            await self.store.mark_observed([key])  # the gates just saw it healthy
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.SUCCEEDED).inc()
             self.emit(key, "succeeded", f"{revision} healthy ({summary})")
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)

@@ -53,7 +53,7 @@ RESOURCE_UPDATE_FIELDS = STATUS_FIELDS | {"suspended", "deleted"}
 LIGHT_RESOURCE_COLUMNS = (
     "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
     "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
-    "failed_revision, suspended, deleted, updated_at, NULL AS desired_spec, "
+    "failed_revision, suspended, deleted, updated_at, health_observed_at, NULL AS desired_spec, "
     "NULL AS applied_spec"
 )
 
@@ -107,6 +107,7 @@ def to_resource(row: Row, load_json: JsonDecoder) -> ResourceRecord:
         suspended=bool(row["suspended"]),
         deleted=bool(row["deleted"]),
         updated_at=parse_time(row["updated_at"]),
+        health_observed_at=parse_time(row.get("health_observed_at")),
     )
 
 

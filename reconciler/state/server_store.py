@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -68,6 +68,9 @@ class Tx(Protocol):
 
     async def insert(self, table: str, values: dict[str, Any], pk: str) -> int:
         """Insert one row; return its generated ``pk``."""
+
+
+MARK_OBSERVED_CHUNK = 500  # resources per UPDATE of mark_observed
 
 
 def utc_now() -> datetime:
@@ -382,6 +385,29 @@ class ServerStore(rows.AuditLog):
         (a resource not recorded yet gets a bare row first, as on SQLite)."""
         rows.check_status_fields(fields)
         await self._update_resource("update_status", key, fields, True)
+
+    async def mark_observed(self, keys: Iterable[ResourceKey],
+                            health_status: str | None = None) -> None:
+        """These resources' health was observed now (and is ``health_status``, when given)."""
+        keys = list(keys)
+        if health_status is not None:
+            rows.check_status_fields({"health_status": health_status})
+        if not keys:
+            return
+
+        async def op(tx: Tx, _: bool) -> None:
+            now = self._db_time(utc_now())
+            # a few statements for a whole fleet, not one round trip per resource
+            for start in range(0, len(keys), MARK_OBSERVED_CHUNK):
+                chunk = keys[start:start + MARK_OBSERVED_CHUNK]
+                rows_in = ", ".join(["(%s, %s, %s)"] * len(chunk))
+                await tx.execute(
+                    "UPDATE tb_resource SET health_observed_at = %s, "  # noqa: S608
+                    "health_status = COALESCE(%s, health_status) "
+                    f"WHERE (environment, kind, name) IN ({rows_in})",
+                    (now, health_status, *(p for k in chunk for p in self._key_params(k))))
+
+        await self._run("mark_observed", op)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
         """Pause/resume reconciling a known resource (NotFound otherwise: likely a typo)."""

@@ -24,7 +24,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -415,6 +415,22 @@ class SQLiteStore(rows.AuditLog):
         """
         rows.check_status_fields(fields)
         await self._run(self._update_resource, key, fields, True)
+
+    def _mark_observed(self, keys: list[ResourceKey], health_status: str | None) -> None:
+        with self._write():
+            self._db.conn.executemany(
+                f"UPDATE tb_resource SET health_observed_at = ?, health_status = "  # noqa: S608
+                f"COALESCE(?, health_status) WHERE {self._RESOURCE_WHERE}",
+                [(now_text(), health_status, *self._key_params(k)) for k in keys])
+
+    async def mark_observed(self, keys: Iterable[ResourceKey],
+                            health_status: str | None = None) -> None:
+        """These resources' health was observed now (and is ``health_status``, when given)."""
+        keys = list(keys)
+        if health_status is not None:
+            rows.check_status_fields({"health_status": health_status})
+        if keys:
+            await self._run(self._mark_observed, keys, health_status)
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None:
         """Pause/resume reconciling a known resource (NotFound otherwise: likely a typo)."""

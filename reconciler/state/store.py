@@ -6,6 +6,7 @@ Nothing here may hold a secret value: specs are stored with secret *references* 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -76,6 +77,8 @@ class ResourceRecord:
     suspended: bool = False
     deleted: bool = False
     updated_at: datetime | None = None
+    # When health_status was last observed live (a gate, the daemon's check, `status --live`)
+    health_observed_at: datetime | None = None
 
 
 @dataclass
@@ -206,6 +209,12 @@ class Store(Protocol):
 
     async def update_status(self, key: ResourceKey, **fields: Any) -> None:
         """Set any of sync_status, health_status, last_result, last_error, failed_revision."""
+
+    async def mark_observed(self, keys: Iterable[ResourceKey],
+                            health_status: str | None = None) -> None:
+        """These resources' health was observed now (and is ``health_status``, when given):
+        one statement for many, so a check over a whole fleet stays cheap. Unknown keys are
+        skipped."""
 
     async def set_suspended(self, key: ResourceKey, suspended: bool) -> None: ...
 

@@ -500,3 +500,26 @@ async def test_listings_sort_by_code_point_on_every_backend(any_store: Store) ->
     assert [r.key.name for r in await any_store.list_resources()] == sorted(names)
     assert [lock.name for lock in await any_store.list_locks()] == sorted(
         f"lock-{n}" for n in names)
+
+
+async def test_mark_observed_records_when_health_was_seen(any_store: Store) -> None:
+    api, web = ResourceKey("prod", "Service", "api"), ResourceKey("prod", "Service", "web")
+    for key in (api, web):
+        await any_store.record_desired(key, revision="r1", spec_hash="h1", spec={"a": 1},
+                                       config_commit=None)
+    before = datetime.now(UTC)
+    assert all(r.health_observed_at is None
+               for r in await any_store.list_resources(with_specs=False))
+    await any_store.mark_observed([api], "Healthy")
+    await any_store.mark_observed([web])
+    await any_store.mark_observed([ResourceKey("prod", "Service", "gone")], "Degraded")
+    records = {r.key: r for r in await any_store.list_resources(with_specs=False)}
+    assert records[api].health_status == "Healthy"
+    assert records[web].health_status == "Unknown"  # only the time, as asked
+    for key in (api, web):
+        seen = records[key].health_observed_at
+        assert seen is not None and abs((seen - before).total_seconds()) < 30
+    one = await any_store.get_resource(api)
+    assert one is not None and one.health_observed_at == records[api].health_observed_at
+    with pytest.raises(StoreError):
+        await any_store.mark_observed([api], "Fine")

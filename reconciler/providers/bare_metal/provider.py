@@ -188,6 +188,7 @@ class BareMetalProvider:
             self.instance, revision, status.running, status.detail, facts,
             phase=None if status.running or current is not None else Phase.MISSING,
             working_dir=working_dir,
+            exit_code=None if status.running else status.exit_code,
             identity=Identity(pid=status.pid, started_at=status.started_at),
         )]
 

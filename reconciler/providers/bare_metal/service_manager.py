@@ -41,6 +41,7 @@ class ServiceStatus:
     pid: int | None = None
     started_at: str | None = None
     detail: str = ""
+    exit_code: int | None = None  # of an exited process, when known
 
 
 class ServiceManager(Protocol):

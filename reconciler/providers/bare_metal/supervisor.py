@@ -76,21 +76,22 @@ def _read_pidfile(ref: ServiceRef) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
-def _is_ours_and_alive(pid: int, start_time: int) -> tuple[bool, str]:
+def _is_ours_and_alive(pid: int, start_time: int) -> tuple[bool, str, int | None]:
+    """(alive, detail, exit code when it exited and we reaped it)."""
     stat = procfs.read_stat(pid)
     if stat is None:
         code = _EXIT_CODES.get((pid, start_time))
-        return False, "exited" if code is None else f"exited with status {code}"
+        return False, "exited" if code is None else f"exited with status {code}", code
     if stat.start_time != start_time:
-        return False, f"exited (pid {pid} now belongs to another process)"
+        return False, f"exited (pid {pid} now belongs to another process)", None
     if stat.dead:
         code = _reap(pid)
         if code is not None:
             _EXIT_CODES[(pid, start_time)] = code
     else:
-        return True, f"running (pid {pid})"
+        return True, f"running (pid {pid})", None
     code = _EXIT_CODES.get((pid, start_time))
-    return False, "exited" if code is None else f"exited with status {code}"
+    return False, "exited" if code is None else f"exited with status {code}", code
 
 
 def _group_is_ours(pid: int, start_time: int) -> bool:
@@ -115,7 +116,7 @@ async def _wait_group_gone(pid: int, start_time: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     delay = _POLL_FIRST_S
     while True:
-        leader_alive, _ = _is_ours_and_alive(pid, start_time)
+        leader_alive, _, _ = _is_ours_and_alive(pid, start_time)
         if not leader_alive and not await asyncio.to_thread(procfs.group_members, pid):
             return True
         if time.monotonic() >= deadline:
@@ -256,13 +257,14 @@ class Supervisor:
             return ServiceStatus(False, detail=f"unreadable pidfile {pidfile_path(ref)}")
         revision = record.get("revision")
         started_at = record.get("started_at")
-        alive, detail = _is_ours_and_alive(pid, start_time)
+        alive, detail, code = _is_ours_and_alive(pid, start_time)
         return ServiceStatus(
             alive,
             str(revision) if revision is not None else None,
             pid,
             str(started_at) if started_at is not None else None,
             detail,
+            exit_code=code,
         )
 
     async def stop(self, ref: ServiceRef, timeout_s: float) -> None:

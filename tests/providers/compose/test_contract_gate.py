@@ -124,3 +124,63 @@ async def test_probe_runner_execs_in_the_container_with_either_engine(
     gone = ContainerExec(provider.engine, "fraisier-no-such-container")
     missing = await gone.run(["true"], timeout=10)
     assert not missing.ok and missing.stderr
+
+
+async def test_a_container_that_exits_during_the_gate_fails_it_with_its_exit_code(
+        fleet: Fleet) -> None:
+    """Issue 15, item 1: the gate watches the container it started. With ``wait: false`` only
+    the gate sees the exit; a tcp check would have waited out its start period and reported
+    "Connect call failed", never the exit code."""
+    import time
+
+    from tests.providers.compose.conftest import free_port
+
+    compose = {"wait": False, "restart": "no",
+               "command": ["sh", "-c", "echo compose says bye; exit 3"]}
+    health = {"tcp": {"port": free_port()}, "startPeriod": "20s"}
+    await fleet.commit({"targets.yaml": fleet.target(),
+                        "web.yaml": service(fleet, health=health, compose=compose)}, "web")
+    started = time.monotonic()
+    code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
+    took = time.monotonic() - started
+    assert code == 1, (out, err)
+    web = resource_status(await fleet.cli_json("status"), "web")
+    error = web.get("lastError") or ""
+    assert "exited with code 3" in error, web
+    assert "compose says bye" in error, web
+    assert "Connect call failed" not in error, web
+    assert took < 15, took  # not the 20 s start period and its thresholds
+
+
+async def test_status_live_sees_a_stopped_container(fleet: Fleet) -> None:
+    """Issue 15, item 7: with the container stopped and no daemon, `status` showed the
+    database's "Synced Healthy"; `status --live` observes it, says Degraded and exits 1."""
+    import subprocess
+
+    from reconciler.providers import Phase
+
+    await fleet.commit({"targets.yaml": fleet.target(),
+                        "web.yaml": service(fleet, health=None, compose={})}, "web")
+    code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
+    assert code == 0, (out, err)
+    code, out, _ = await fleet.cli("status")
+    assert code == 0 and " ago" in out, out
+
+    target = make_target(fleet.environment,
+                         {"host": fleet.infra.docker_host, "composeCommand": fleet.compose})
+    provider = load_provider(target, ProviderContext(state_dir=fleet.state))
+    try:
+        web = make_resource(fleet.environment, "Service", "web", {"compose": {"image": "x"}})
+        [state] = await provider.observe(web)
+        assert state.phase is Phase.RUNNING and state.identity.container_id
+        subprocess.run([fleet.infra.docker_cli, "stop", "-t", "1", state.identity.container_id],
+                       check=True, capture_output=True, timeout=60,
+                       env={**fleet.env, "DOCKER_HOST": fleet.infra.docker_host})
+    finally:
+        await provider.close()
+    code, out, err = await fleet.cli("status", "--live")
+    assert code == 1, (out, err)
+    line = next(x for x in out.splitlines() if "Service/web" in x)
+    assert "Degraded" in line and "live state differs" in line, line
+    row = resource_status(await fleet.cli_json("status"), "web")
+    assert row["health"] == "Degraded", row
