@@ -125,6 +125,7 @@ async def test_example_apps_pass_under_profile(profile: str, ssh_hosts: Any, hos
     directory work sandboxed; the Job's state survives between runs."""
     provider = provider_for(ssh_hosts[:1], tmp_path / "state", sandbox=profile)
     host = ssh_hosts[0]
+    host.run(["rm", "-rf", "/var/lib/fraisier", "/var/lib/private/fraisier"])  # earlier runs'
     try:
         app = make_resource("app", host_app_spec())
         instance = (await provider.instances(app))[0]
@@ -161,12 +162,12 @@ async def test_example_apps_pass_under_profile(profile: str, ssh_hosts: Any, hos
         for expected in ("1", "2"):
             result = await provider.run(release, instance)
             assert result.exit_code == 0, result.output
-            assert host.sh(f"cat /var/lib/fraisier/{ENV}_counter.job/count") == expected
+            assert host.sh(f"cat /var/lib/fraisier/{ENV}_counter.job/count").strip() == expected
         # the release is readable by the unit and writable by root only
-        listing = host.sh("stat -c '%a %U' /srv/fraisier/test/counter /srv/fraisier/test/counter/"
-                          "releases /srv/fraisier/test/counter/releases/r1 "
-                          "/srv/fraisier/test/counter/releases/r1/job.py "
-                          "/srv/fraisier/test/counter/environment").split("\n")
+        listing = host.sh("stat -c '%a %U' /srv/fraisier/test/counter.job /srv/fraisier/test/counter.job/"
+                          "releases /srv/fraisier/test/counter.job/releases/r1 "
+                          "/srv/fraisier/test/counter.job/releases/r1/job.py "
+                          "/srv/fraisier/test/counter.job/environment").strip().split("\n")
         assert listing == ["755 root", "755 root", "755 root", "644 root", "600 root"], listing
     finally:
         await provider.close()
@@ -183,12 +184,12 @@ async def test_writing_outside_allowed_paths_fails_with_diagnosis(ssh_host: Any,
         deadline = time.monotonic() + 20
         while True:
             state = (await provider.observe(svc))[0]
-            if not state.running and "sandbox" in state.details:
+            if not state.running and "sandbox" in state.detail:
                 break
             assert time.monotonic() < deadline, state
             await asyncio.sleep(0.3)
-        assert "ProtectSystem=strict" in state.details, state.details
-        assert "writablePaths" in state.details and "STATE_DIRECTORY" in state.details
+        assert "ProtectSystem=strict" in state.detail, state.detail
+        assert "writablePaths" in state.detail and "STATE_DIRECTORY" in state.detail
         # a Job failing the same way says so in its output
         job = make_resource("scribble", {"target": "hosts", "command": ["python3", "w.py"],
                                          "timeout": "20s"}, kind="Job")
@@ -199,7 +200,9 @@ async def test_writing_outside_allowed_paths_fails_with_diagnosis(ssh_host: Any,
         await provider.remove(svc, instance)
     finally:
         await provider.close()
-    ssh_host.run(["mkdir", "-p", "/srv/scratch"])
+    # writablePaths lifts the read-only mount; file permissions still apply (a DynamicUser has
+    # no fixed uid: the directory is open to everyone here, sticky like /tmp)
+    ssh_host.run(["mkdir", "-p", "-m", "1777", "/srv/scratch"])
     allowed = provider_for([ssh_host], tmp_path / "state2",
                            allow={"writablePaths": ["/srv/scratch"]})
     try:
@@ -230,7 +233,7 @@ async def test_non_root_user_reads_its_release(profile: str, ssh_host: Any, tmp_
         instance = (await provider.instances(web))[0]
         await provider.deploy(release_of(tmp_path, web, {"index.html": "as deploy"}), instance)
         assert await wait_http(port) == "as deploy"
-        assert ssh_host.sh(f"ps -o user= -C busybox | sort -u") == "deploy"
+        assert ssh_host.sh("ps -o user= -C busybox | sort -u").strip() == "deploy"
         denied = ssh_host.run(["sudo", "-u", "deploy", "touch",
                                "/srv/fraisier/test/web/current/x"], check=False)
         assert denied.returncode != 0
