@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from reconciler.providers import ProviderContext, Release
 from reconciler.providers.bare_metal import SystemdSSHProvider, create_provider
 from tests.providers.bare_metal.conftest import (
     ENV,
-    FolderExport,
     HostApp,
     free_port,
     host_app_spec,
@@ -47,14 +47,22 @@ def provider_for(hosts: Any, state_dir: Path, **systemd: Any) -> SystemdSSHProvi
     return p
 
 
+@dataclass
+class FilesExport:
+    """Writes files into the export directory it is given, leaving that directory's own mode
+    alone, as the git export does (a fresh temporary directory: 0700)."""
+
+    files: dict[str, str]
+
+    async def __call__(self, dest: Path) -> None:
+        for name, text in self.files.items():
+            (dest / name).write_text(text)
+
+
 def release_of(tmp_path: Path, resource: Any, files: dict[str, str],
                revision: str = "r1") -> Release:
-    folder = tmp_path / "src" / resource.name / revision
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text)
     return Release(resource=resource, revision=revision, config_commit="c0ffee",
-                   export=FolderExport(folder), env={})
+                   export=FilesExport(files), env={})
 
 
 def exposure(host: Any, unit: str) -> float:
@@ -253,3 +261,4 @@ def test_unknown_allow_setting_is_refused() -> None:
     over = UnitSettings.from_target({"sandbox": "strict", "overrides": {"web": {"sandbox": "off"}}},
                                     "web")
     assert over.sandbox.profile == "off"
+
