@@ -32,6 +32,7 @@ from typing import Any
 from croniter import croniter
 
 from reconciler.errors import ProviderError
+from reconciler.providers.sandbox import DEFAULT_PROFILE, PROFILES, profile_word
 from reconciler.spec.cron import cron_error
 from reconciler.spec.durations import to_seconds
 from reconciler.transport import CommandResult, Transport
@@ -60,8 +61,6 @@ _LIMIT_VALUE = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTP%]?)\Z")
 # Profiles of docs/sandboxing.md. `default` keeps ordinary apps working (they write to their
 # StateDirectory/CacheDirectory/LogsDirectory, never to the release); `strict` adds what breaks
 # some apps (JITs, outbound network, /proc beyond the process's own).
-PROFILES = ("off", "default", "strict")
-DEFAULT_PROFILE = "default"
 _CAPABILITY = re.compile(r"^CAP_[A-Z_]+\Z")
 _FAMILY = re.compile(r"^AF_[A-Z0-9]+\Z")
 _IP_RANGE = re.compile(r"^(localhost|link-local|multicast|any|[0-9a-fA-F:.]+(/[0-9]{1,3})?)\Z")
@@ -106,7 +105,7 @@ class Sandbox:
 
     @classmethod
     def from_section(cls, profile: Any, allow: Mapping[str, Any] | None) -> Sandbox:
-        text = DEFAULT_PROFILE if profile is None else str(profile)
+        text = profile_word(profile)
         if text not in PROFILES:
             raise ProviderError(f"systemd sandbox {text!r}: expected one of {PROFILES}")
         allow = dict(allow or {})

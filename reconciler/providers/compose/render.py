@@ -39,6 +39,7 @@ import yaml
 
 from reconciler.errors import ProviderError
 from reconciler.providers import RESERVED_ENV_PREFIX, placement_of, workload_env
+from reconciler.providers.sandbox import PROFILES, profile_word
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 
@@ -445,12 +446,11 @@ def _from_file(
 
 
 # Sandbox profiles (docs/sandboxing.md), the same words as bare_metal's systemd units.
-PROFILES = ("off", "default", "strict")
 NOBODY = "65534:65534"
 
 
 def sandbox_profile(section: Mapping[str, Any]) -> str:
-    profile = str(section.get("sandbox", "default"))
+    profile = profile_word(section.get("sandbox"))
     if profile not in PROFILES:
         raise ProviderError(f"compose.sandbox {profile!r}: expected one of {PROFILES}")
     return profile
