@@ -532,7 +532,13 @@ props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecM
 printf '%s\n' "$props"
 pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
 echo "FraisierCurrent=$(readlink -- "$dir/current")"
-if [ -n "$pid" ] && [ "$pid" != 0 ]; then echo "FraisierCwd=$(readlink /proc/$pid/cwd)"; fi
+if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+  # A sandboxed process runs as another user and is not ptrace-able by a root without
+  # CAP_SYS_PTRACE (a container): then ask as the process's own user.
+  cwd=$(readlink /proc/$pid/cwd 2>/dev/null) || cwd=$(setpriv --reuid="$(stat -c %u /proc/$pid)" \
+    --regid="$(stat -c %g /proc/$pid)" --clear-groups readlink /proc/$pid/cwd 2>/dev/null)
+  echo "FraisierCwd=$cwd"
+fi
 if [ -f "$unitfile" ]; then
   echo "FraisierUnitHash=$(sha256sum -- "$unitfile" | cut -d' ' -f1)"
 fi
