@@ -43,6 +43,10 @@ def sandbox_off_warnings(resources: Iterable[Resource]) -> list[str]:
                 if isinstance(override, dict) and profile_word(override.get("sandbox")) == "off":
                     warnings.append(f"{where}: Target {resource.name} runs {name} unsandboxed "
                                     f"(systemd.overrides.{name}.sandbox: off)")
+        if resource.kind == "Target" and spec.get("provider") == "compose" and profile_word(
+                spec.get("sandbox")) == "off":
+            warnings.append(f"{where}: Target {resource.name} runs its containers unsandboxed "
+                            "(sandbox: off)")
         compose = spec.get("compose")
         if isinstance(compose, dict) and profile_word(compose.get("sandbox")) == "off":
             warnings.append(f"{where}: {resource.kind} {resource.name} runs its containers "

@@ -29,6 +29,7 @@ kind: Target
 metadata: {name: docker, environment: prod}
 spec:
   provider: compose
+  sandbox: off
 ---
 apiVersion: fraisier.dev/v1
 kind: Service
@@ -50,7 +51,9 @@ def test_validate_warns_when_the_sandbox_is_off(profile: str, tmp_path: Path,
     expected = [
         "warning: fleet.yaml:1: Target hosts runs legacy unsandboxed "
         "(systemd.overrides.legacy.sandbox: off); see docs/sandboxing.md",
-        "warning: fleet.yaml:21: Service box runs its containers unsandboxed "
+        "warning: fleet.yaml:15: Target docker runs its containers unsandboxed (sandbox: off); "
+        "see docs/sandboxing.md",
+        "warning: fleet.yaml:22: Service box runs its containers unsandboxed "
         "(compose.sandbox: off); see docs/sandboxing.md",
     ]
     if profile == "off":

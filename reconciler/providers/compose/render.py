@@ -449,20 +449,21 @@ def _from_file(
 NOBODY = "65534:65534"
 
 
-def sandbox_profile(section: Mapping[str, Any]) -> str:
-    profile = profile_word(section.get("sandbox"))
+def sandbox_profile(section: Mapping[str, Any], target_profile: Any = None) -> str:
+    """The workload's ``compose.sandbox``, else its Target's ``sandbox``, else default."""
+    profile = profile_word(section.get("sandbox", target_profile))
     if profile not in PROFILES:
         raise ProviderError(f"compose.sandbox {profile!r}: expected one of {PROFILES}")
     return profile
 
 
-def _harden(svc: dict[str, Any], section: Mapping[str, Any]) -> None:
+def _harden(svc: dict[str, Any], section: Mapping[str, Any], target_profile: Any) -> None:
     """Least privilege for one compose service: no new privileges, every capability dropped but
     the declared ones (``compose.capabilities``, or the file's own ``cap_add``), a read-only root
     filesystem with ``compose.writablePaths`` as tmpfs mounts when asked for (always in strict),
     and in strict a non-root user unless one is declared. Settings the service states itself
     (``cap_drop``, ``read_only``, ``user``) are kept: they are the declaration."""
-    profile = sandbox_profile(section)
+    profile = sandbox_profile(section, target_profile)
     if profile == "off":
         return
     options = [str(o) for o in svc.get("security_opt") or []]
@@ -573,12 +574,14 @@ def volumes_to_create(template: Rendered) -> list[tuple[str, str, dict[str, Any]
     return out
 
 
-def render(resource: Resource, revision: str, file_text: str | None = None) -> Rendered:
+def render(resource: Resource, revision: str, file_text: str | None = None,
+           target_sandbox: Any = None) -> Rendered:
     """Render the compose document of ``resource`` stamped with ``revision`` (Release.revision).
 
     ``file_text`` is the referenced compose file's content (file shape only). In the per-replica
     layout this is the template (``{replica}`` kept); in the scaled layout ``{replica}`` is 1 for
-    a single replica and an error for more (they share one definition)."""
+    a single replica and an error for more (they share one definition). ``target_sandbox``:
+    the Target's ``sandbox`` profile, used when the workload names none."""
     section = compose_section(resource)
     project = project_name(resource)
     services = service_names(resource)
@@ -606,7 +609,7 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
         for name in placeholders:
             document["services"][name] = _substitute_service(document["services"][name], "1")
     for name in services:
-        _harden(document["services"][name], section)
+        _harden(document["services"][name], section, target_sandbox)
     # The hash covers the document as the operator described it; the labels stamped below are
     # derived from it (and from the core's revision), so they stay out of the hash.
     document_hash = _document_hash(document)

@@ -55,10 +55,11 @@ async def test_strict_profile_read_only_non_root(make_provider: Any, environment
 
 
 def test_render_profiles() -> None:
-    def svc(**compose: Any) -> dict[str, Any]:
+    def svc(target_sandbox: Any = None, **compose: Any) -> dict[str, Any]:
         spec = {"compose": {"image": "x:1", **compose}}
         resource = make_resource("t", "Service", "web", spec)
-        return dict(render(resource, "r1").document["services"]["web"])
+        rendered = render(resource, "r1", target_sandbox=target_sandbox)
+        return dict(rendered.document["services"]["web"])
 
     off = svc(sandbox="off")
     assert "security_opt" not in off and "cap_drop" not in off
@@ -68,3 +69,7 @@ def test_render_profiles() -> None:
     default = svc(readOnly=True)
     assert default["read_only"] is True and default["tmpfs"] == ["/tmp"]
     assert "user" not in default
+    # the Target's profile applies unless the workload names one; YAML's bare `off` is False
+    assert "cap_drop" not in svc(target_sandbox=False)
+    assert svc(target_sandbox="strict")["user"] == "65534:65534"
+    assert svc(target_sandbox="off", sandbox="default")["cap_drop"] == ["ALL"]
