@@ -20,7 +20,9 @@ spec:
     sandbox: SANDBOX
     overrides:
       legacy: {sandbox: off}
-      web: {sandbox: strict, allow: {writablePaths: [/srv/data], capabilities: [CAP_NET_BIND_SERVICE]}}
+      web:
+        sandbox: strict
+        allow: {writablePaths: [/srv/data], capabilities: [CAP_NET_BIND_SERVICE]}
   hosts:
     - {name: h1, address: 127.0.0.1, user: root}
 ---
@@ -51,9 +53,9 @@ def test_validate_warns_when_the_sandbox_is_off(profile: str, tmp_path: Path,
     expected = [
         "warning: fleet.yaml:1: Target hosts runs legacy unsandboxed "
         "(systemd.overrides.legacy.sandbox: off); see docs/sandboxing.md",
-        "warning: fleet.yaml:15: Target docker runs its containers unsandboxed (sandbox: off); "
+        "warning: fleet.yaml:17: Target docker runs its containers unsandboxed (sandbox: off); "
         "see docs/sandboxing.md",
-        "warning: fleet.yaml:22: Service box runs its containers unsandboxed "
+        "warning: fleet.yaml:24: Service box runs its containers unsandboxed "
         "(compose.sandbox: off); see docs/sandboxing.md",
     ]
     if profile == "off":

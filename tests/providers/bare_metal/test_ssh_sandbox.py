@@ -172,10 +172,9 @@ async def test_example_apps_pass_under_profile(profile: str, ssh_hosts: Any, hos
             assert result.exit_code == 0, result.output
             assert host.sh(f"cat /var/lib/fraisier/{ENV}_counter.job/count").strip() == expected
         # the release is readable by the unit and writable by root only
-        listing = host.sh("stat -c '%a %U' /srv/fraisier/test/counter.job /srv/fraisier/test/counter.job/"
-                          "releases /srv/fraisier/test/counter.job/releases/r1 "
-                          "/srv/fraisier/test/counter.job/releases/r1/job.py "
-                          "/srv/fraisier/test/counter.job/environment").strip().split("\n")
+        base = "/srv/fraisier/test/counter.job"
+        listing = host.sh(f"stat -c '%a %U' {base} {base}/releases {base}/releases/r1 "
+                          f"{base}/releases/r1/job.py {base}/environment").strip().split("\n")
         assert listing == ["755 root", "755 root", "755 root", "644 root", "600 root"], listing
     finally:
         await provider.close()
