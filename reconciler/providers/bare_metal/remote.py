@@ -57,6 +57,7 @@ from reconciler.providers import (
     ProbeSite,
     Release,
     RunResult,
+    placement_of,
     workload_env,
 )
 from reconciler.providers.bare_metal.provider import (
@@ -258,8 +259,14 @@ class SystemdSSHProvider:
 
     # -- units ---------------------------------------------------------------------------------
 
+    def _settings(self, resource: Resource) -> UnitSettings:
+        """The Target's ``systemd`` settings for ``resource``; a blue-green slot's copy
+        (``web-green``) takes the overrides written for the Service (``web``)."""
+        name = resource.name.removesuffix(placement_of(resource).name_suffix)
+        return UnitSettings.from_target(self.systemd_section, name)
+
     def _profile(self, resource: Resource) -> str:
-        return UnitSettings.from_target(self.systemd_section, resource.name).sandbox.profile
+        return self._settings(resource).sandbox.profile
 
     def _unit_files(self, release: Release) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
         """(files to install, OnCalendar values) for ``release``."""
@@ -274,7 +281,7 @@ class SystemdSSHProvider:
         if "/" in argv[0] and not argv[0].startswith("/"):
             # relative to the release, as the local supervisor runs it
             argv[0] = posixpath.normpath(posixpath.join(working_dir, argv[0]))
-        settings = UnitSettings.from_target(self.systemd_section, resource.name)
+        settings = self._settings(resource)
         names = self.units(resource)
         env_path = posixpath.join(service_dir, "environment")
         unit = render_service_unit(

@@ -261,3 +261,18 @@ def test_unknown_allow_setting_is_refused() -> None:
                                     "web")
     assert over.sandbox.profile == "off"
 
+
+
+def test_a_blue_green_slot_takes_the_services_overrides(tmp_path: Path) -> None:
+    from reconciler.rollout.strategies import slot_resource
+
+    hosts = [type("H", (), {"name": "h1", "address": "127.0.0.1", "port": 22,
+                            "identity_file": "/k", "known_hosts": "/kh"})()]
+    provider = provider_for(hosts, tmp_path, sandbox="default",
+                            overrides={"web": {"sandbox": "strict"}})
+    web = make_resource("web", {"target": "hosts", "command": ["python3", "app.py"]})
+    green = slot_resource(web, "green", 18000)
+    for resource in (web, green):
+        files, _ = provider._unit_files(release_of(tmp_path, resource, {}))
+        unit = next(data for path, (data, _) in files.items() if path.endswith(".service"))
+        assert b"MemoryDenyWriteExecute=yes" in unit, resource.name
