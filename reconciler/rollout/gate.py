@@ -5,15 +5,29 @@ provider's own signal; journaled as a ``health`` step.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from reconciler.errors import ProviderError
 from reconciler.health import wait_healthy, wait_settled
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
-from reconciler.providers import Instance, Provider, observe_one, probe_site
+from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
 from reconciler.rollout.core import EngineCore
 from reconciler.rollout.strategies import health_for
 from reconciler.spec.model import Resource
+
+
+async def _why_not_running(observed: Callable[[], Awaitable[InstanceState | None]]) -> str:
+    """What the provider says of an instance that failed its probes and is not running (e.g.
+    which sandbox setting stopped it); empty when it runs or cannot be observed."""
+    try:
+        state = await observed()
+    except ProviderError:
+        return ""
+    if state is None or state.running or not state.detail:
+        return ""
+    return f"; the instance is not running: {state.detail}"
 
 
 class Gate(EngineCore):
@@ -40,6 +54,8 @@ class Gate(EngineCore):
                 result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
                                             is_running=is_running)
                 ok, message = result.healthy, result.message
+                if not ok:
+                    message += await _why_not_running(observed)
             else:
                 # No health section: healthy when the provider reports the instance running and
                 # its own health signal (Docker healthcheck, Coolify status), once decided, is
