@@ -36,6 +36,11 @@ def sandbox_off_warnings(resources: Iterable[Resource]) -> list[str]:
             section = spec.get("systemd") or {}
             if not isinstance(section, dict):
                 continue
+            if spec.get("transport", "local") == "local" and section.get("sandbox") not in (
+                    None, False, "off"):
+                warnings.append(f"{where}: Target {resource.name} asks for systemd.sandbox: "
+                                f"{section.get('sandbox')}, but transport: local runs processes "
+                                "without systemd: they are not sandboxed")
             if profile_word(section.get("sandbox")) == "off":
                 warnings.append(f"{where}: Target {resource.name} runs its units unsandboxed "
                                 "(systemd.sandbox: off)")

@@ -70,3 +70,15 @@ def test_validate_rejects_an_unknown_profile(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["validate", "."])
     assert result.exit_code == 2 and "sandbox" in result.output, result.output
+
+
+def test_validate_warns_that_a_local_target_is_not_sandboxed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "fleet.yaml").write_text(
+        "apiVersion: fraisier.dev/v1\nkind: Target\nmetadata: {name: here}\n"
+        "spec: {provider: bare_metal, systemd: {sandbox: strict}}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["validate", "."])
+    assert result.exit_code == 0, result.output
+    assert ("warning: fleet.yaml:1: Target here asks for systemd.sandbox: strict, but transport: "
+            "local runs processes without systemd: they are not sandboxed" in result.output)
