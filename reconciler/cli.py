@@ -262,6 +262,10 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
     for key in state.resources:
         counts[key.kind] = counts.get(key.kind, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no resources"
+    from reconciler.providers.sandbox import sandbox_off_warnings
+
+    for warning in sandbox_off_warnings(state.resources.values()):
+        click.echo(f"warning: {warning}; see docs/sandboxing.md", err=True)
     click.echo(f"valid: {len(files)} files, {summary}")
 
 

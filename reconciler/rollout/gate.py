@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from reconciler.errors import ProviderError
 from reconciler.health import has_probes, wait_healthy, wait_settled
 from reconciler.health.wait import DEFAULT_INTERVAL_S, FIRST_RETRY_S, HealthPolicy
 from reconciler.observe import metrics
@@ -50,6 +52,18 @@ def departure(started: InstanceState | None, now: InstanceState | None) -> str |
     if started is not None and started.running and not now.identity.same_as(started.identity):
         return f"restarted: {started.identity} was replaced by {now.identity}"
     return None
+
+
+async def _why_not_running(observed: Callable[[], Awaitable[InstanceState | None]]) -> str:
+    """What the provider says of an instance that failed its probes and is not running (e.g.
+    which sandbox setting stopped it); empty when it runs or cannot be observed."""
+    try:
+        state = await observed()
+    except ProviderError:
+        return ""
+    if state is None or state.running or not state.detail:
+        return ""
+    return f"; the instance is not running: {state.detail}"
 
 
 class Gate(EngineCore):
@@ -122,7 +136,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
         runner, cwd = probe_site(provider, instance, first)
         result = await wait_healthy(health, instance, transport=runner, cwd=cwd)
         if not result.healthy:
-            return False, result.message
+            return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
         # probe interval (the watcher fails the gate meanwhile if it goes).
         await _sleep_until(started + policy.interval)
@@ -159,6 +173,8 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
         except Exception:  # output is a courtesy: the verdict stands without it
             lines = []
     lines = [line.rstrip() for line in lines[-LAST_LINES:] if line.strip()]
+    if state is not None and not state.running and state.detail and state.detail not in why:
+        why += f"; {state.detail}"  # what the provider says of it (e.g. the sandbox setting)
     if not lines:
         return why
     return redact(f"{why}; last output: " + " | ".join(lines))

@@ -32,13 +32,19 @@ _SAFE_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FS_TIMEOUT_S = 60.0
 STATE_FILE = "releases.json"
 # Constant scripts, every variable part a positional argument (never spliced into the text).
-_SWITCH_SCRIPT = 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
+# The service directory ($4), ``releases`` and the release itself readable by the unit's own
+# identity (a ``User=`` or a ``DynamicUser=``, which no chown can name) and writable by root only:
+# a release created 0700 by an older Fraisier is opened on the next switch (no recursive walk).
+_OPEN = 'chmod -- go+rx,go-w "$4" "$4/releases" "$4/$1" || exit {code}; '
+_SWITCH_SCRIPT = _OPEN.format(code=1) + 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
+# A new release: every directory enterable and every file readable, nothing writable but by root.
+_PUBLISH_SCRIPT = 'chmod -R -- u+rwX,go+rX,go-w "$1"'
 _FRESH_SCRIPT = 'rm -rf -- "$1" && mkdir -p -- "$2"'
 # The switch, then (in the same command: over SSH each command is a round trip and a process)
 # whatever argv follows, e.g. the restart. Exit 97: the switch itself failed.
 SWITCH_FAILED = 97
-_SWITCH_THEN_SCRIPT = (
-    f'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3" || exit {SWITCH_FAILED}; shift 3; exec "$@"'
+_SWITCH_THEN_SCRIPT = _OPEN.format(code=SWITCH_FAILED) + (
+    f'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3" || exit {SWITCH_FAILED}; shift 4; exec "$@"'
 )
 
 
@@ -148,6 +154,7 @@ class ReleaseStore:
             await self._build(
                 revision, final, list(build), within(final, working_dir), env, build_timeout_s
             )
+        await self._fs("sh", "-c", _PUBLISH_SCRIPT, "fraisier-publish", final)
         state = await self.load_state()
         state["releases"][revision] = {
             "config_commit": release.config_commit,
@@ -231,7 +238,8 @@ class ReleaseStore:
         result: CommandResult | None = None
         if then:
             result = await self.transport.run(
-                ["sh", "-c", _SWITCH_THEN_SCRIPT, "fraisier-switch", relative, tmp, link, *then],
+                ["sh", "-c", _SWITCH_THEN_SCRIPT, "fraisier-switch", relative, tmp, link,
+                 self.service_dir, *then],
                 timeout=_FS_TIMEOUT_S + then_timeout_s,
             )
             if result.returncode == SWITCH_FAILED:
@@ -240,7 +248,8 @@ class ReleaseStore:
                     f"failed: {output_tail(result.stdout + result.stderr)}"
                 )
         else:
-            await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link)
+            await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link,
+                           self.service_dir)
         state = await self.load_state()
         state["history"] = [r for r in state["history"] if r != revision] + [revision]
         await self.save_state(state)

@@ -58,6 +58,7 @@ from reconciler.providers import (
     Release,
     RunResult,
     instance_release,
+    placement_of,
     workload_env,
 )
 from reconciler.providers.bare_metal.provider import (
@@ -81,6 +82,7 @@ from reconciler.providers.bare_metal.systemd import (
     on_calendar,
     render_service_unit,
     render_timer_unit,
+    sandbox_hint,
 )
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
@@ -263,6 +265,15 @@ class SystemdSSHProvider:
 
     # -- units ---------------------------------------------------------------------------------
 
+    def _settings(self, resource: Resource) -> UnitSettings:
+        """The Target's ``systemd`` settings for ``resource``; a blue-green slot's copy
+        (``web-green``) takes the overrides written for the Service (``web``)."""
+        name = resource.name.removesuffix(placement_of(resource).name_suffix)
+        return UnitSettings.from_target(self.systemd_section, name)
+
+    def _profile(self, resource: Resource) -> str:
+        return self._settings(resource).sandbox.profile
+
     def _unit_files(self, release: Release) -> tuple[dict[str, tuple[bytes, int]], list[str]]:
         """(files to install, OnCalendar values) for ``release``."""
         resource = release.resource
@@ -276,7 +287,7 @@ class SystemdSSHProvider:
         if "/" in argv[0] and not argv[0].startswith("/"):
             # relative to the release, as the local supervisor runs it
             argv[0] = posixpath.normpath(posixpath.join(working_dir, argv[0]))
-        settings = UnitSettings.from_target(self.systemd_section, resource.name)
+        settings = self._settings(resource)
         names = self.units(resource)
         env_path = posixpath.join(service_dir, "environment")
         unit = render_service_unit(
@@ -293,6 +304,8 @@ class SystemdSSHProvider:
             if resource.kind != "Service" else None,
             stop_timeout_s=to_seconds(spec.get("stopTimeout"), DEFAULT_STOP_TIMEOUT_S),
             install=resource.kind == "Service",
+            kind=resource.kind,
+            state_name=names.base.removeprefix("fraisier-"),
         ).encode()
         files: dict[str, tuple[bytes, int]] = {
             posixpath.join(UNIT_DIR, names.service): (unit, 0o644),
@@ -378,9 +391,11 @@ class SystemdSSHProvider:
             transport, store, result = await self._prepare(release, instance, then=restart)
             if result is not None and not result.ok:
                 journal = await Systemd(transport).journal(names.service, 10)
+                message = f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
+                hint = sandbox_hint(self._profile(resource), message)
                 raise ProviderError(
-                    f"{instance.id}: starting {unit} failed: "
-                    f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
+                    f"{instance.id}: starting {unit} failed: {message}"
+                    + (f"\n{hint}" if hint else "")
                 )
             await store.prune(self.keep_releases, current=release.revision)
 
@@ -401,7 +416,13 @@ class SystemdSSHProvider:
         # Not retried: a run that lost its connection may still be going on the host.
         props, output = await Systemd(transport).run_oneshot(names.service, timeout_s)
         exit_code = exit_code_of(props)
-        return RunResult(exit_code, output[-RUN_OUTPUT_LIMIT:].decode(errors="replace"))
+        text = output[-RUN_OUTPUT_LIMIT:].decode(errors="replace")
+        if exit_code != 0:
+            status = f"status={props.get('ExecMainStatus', '')}/{props.get('Result', '')}"
+            hint = sandbox_hint(self._profile(resource), f"{text}\n{status}")
+            if hint:
+                text += f"\nfraisier: {hint}\n"
+        return RunResult(exit_code, text)
 
     async def observe(self, resource: Resource) -> list[InstanceState]:
         instances = await self.instances(resource)
@@ -475,6 +496,12 @@ class SystemdSSHProvider:
             revision = revision if revision != current else f"timer-stopped:{current or '-'}"
             details.append(f"timer {names.timer} is {facts.get('timer_state')}")
         status = props.get("ExecMainStatus")
+        journal = props.get("FraisierJournal")
+        if not running and journal:
+            hint = sandbox_hint(self._profile(resource), journal)
+            if hint:
+                details.append(hint)
+                facts["sandbox_hint"] = hint
         return InstanceState(
             instance, revision, running, "; ".join(details), facts,
             phase=Phase.MISSING if not running and current is None else None,

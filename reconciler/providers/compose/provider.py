@@ -337,7 +337,8 @@ class ComposeProvider:
                 f"{resource.key}: compose.file needs the release's files (spec.source)",
                 hint="add spec.source (e.g. path: <folder of the config repo>) holding the file",
             )
-        rendered = render(resource, release.revision, file_text)
+        rendered = render(resource, release.revision, file_text,
+                          target_sandbox=self.target.spec.get("sandbox"))
         return _Prepared(rendered, self._compose_file(project), workdir)
 
     @staticmethod

@@ -39,6 +39,7 @@ import yaml
 
 from reconciler.errors import ProviderError
 from reconciler.providers import RESERVED_ENV_PREFIX, placement_of, workload_env
+from reconciler.providers.sandbox import PROFILES, profile_word
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 
@@ -444,6 +445,44 @@ def _from_file(
     return document, images
 
 
+# Sandbox profiles (docs/sandboxing.md), the same words as bare_metal's systemd units.
+NOBODY = "65534:65534"
+
+
+def sandbox_profile(section: Mapping[str, Any], target_profile: Any = None) -> str:
+    """The workload's ``compose.sandbox``, else its Target's ``sandbox``, else default."""
+    profile = profile_word(section.get("sandbox", target_profile))
+    if profile not in PROFILES:
+        raise ProviderError(f"compose.sandbox {profile!r}: expected one of {PROFILES}")
+    return profile
+
+
+def _harden(svc: dict[str, Any], section: Mapping[str, Any], target_profile: Any) -> None:
+    """Least privilege for one compose service: no new privileges, every capability dropped but
+    the declared ones (``compose.capabilities``, or the file's own ``cap_add``), a read-only root
+    filesystem with ``compose.writablePaths`` as tmpfs mounts when asked for (always in strict),
+    and in strict a non-root user unless one is declared. Settings the service states itself
+    (``cap_drop``, ``read_only``, ``user``) are kept: they are the declaration."""
+    profile = sandbox_profile(section, target_profile)
+    if profile == "off":
+        return
+    options = [str(o) for o in svc.get("security_opt") or []]
+    if not any(o.replace("=", ":").startswith("no-new-privileges") for o in options):
+        options.append("no-new-privileges:true")
+    svc["security_opt"] = options
+    svc.setdefault("cap_drop", ["ALL"])
+    declared = [str(c).removeprefix("CAP_") for c in section.get("capabilities") or []]
+    if declared:
+        svc["cap_add"] = list(dict.fromkeys([*(svc.get("cap_add") or []), *declared]))
+    if section.get("readOnly", profile == "strict"):
+        svc.setdefault("read_only", True)
+        mounts = [str(p) for p in section.get("writablePaths") or ["/tmp"]]  # noqa: S108 (in the container)
+        tmpfs = [str(t) for t in svc.get("tmpfs") or []]
+        svc["tmpfs"] = list(dict.fromkeys([*tmpfs, *mounts]))
+    if profile == "strict":
+        svc.setdefault("user", NOBODY)
+
+
 # Where ``{replica}`` is replaced: the per-replica fields of a compose service.
 _REPLICA_FIELDS = ("command", "entrypoint", "environment", "ports")
 
@@ -535,12 +574,14 @@ def volumes_to_create(template: Rendered) -> list[tuple[str, str, dict[str, Any]
     return out
 
 
-def render(resource: Resource, revision: str, file_text: str | None = None) -> Rendered:
+def render(resource: Resource, revision: str, file_text: str | None = None,
+           target_sandbox: Any = None) -> Rendered:
     """Render the compose document of ``resource`` stamped with ``revision`` (Release.revision).
 
     ``file_text`` is the referenced compose file's content (file shape only). In the per-replica
     layout this is the template (``{replica}`` kept); in the scaled layout ``{replica}`` is 1 for
-    a single replica and an error for more (they share one definition)."""
+    a single replica and an error for more (they share one definition). ``target_sandbox``:
+    the Target's ``sandbox`` profile, used when the workload names none."""
     section = compose_section(resource)
     project = project_name(resource)
     services = service_names(resource)
@@ -567,6 +608,8 @@ def render(resource: Resource, revision: str, file_text: str | None = None) -> R
             )
         for name in placeholders:
             document["services"][name] = _substitute_service(document["services"][name], "1")
+    for name in services:
+        _harden(document["services"][name], section, target_sandbox)
     # The hash covers the document as the operator described it; the labels stamped below are
     # derived from it (and from the core's revision), so they stay out of the hash.
     document_hash = _document_hash(document)

@@ -145,13 +145,14 @@ def test_exec_argv_refuses_prefix_characters() -> None:
 @pytest.mark.timeout(120)
 async def test_schedule_timer_really_fires(ssh_provider: SystemdSSHProvider, tmp_path: Path,
                                            ssh_hosts: Any) -> None:
-    mark = "/var/lib/fraisier/schedule-mark"
+    # sandboxed (the default profile): the Schedule writes to its own state directory
+    mark = f"/var/lib/fraisier/{ENV}_tick.schedule/schedule-mark"
     spec = job_spec(schedule={"calendar": "*:*:0/2"})  # systemd calendar syntax, every 2 s
     assert schedule_errors(spec["schedule"]) == []  # what `reconciler validate` checks
     schedule = make_resource("tick", spec, kind="Schedule")
     release = job_release(tmp_path, schedule, env={"MARK": mark, "MSG": "tick"})
     host = ssh_hosts[0]
-    host.run(["mkdir", "-p", "/var/lib/fraisier"])
+    host.run(["rm", "-rf", "/var/lib/fraisier", "/var/lib/private/fraisier"])  # earlier runs'
     instance = (await ssh_provider.instances(schedule))[0]
     await ssh_provider.deploy(release, instance)
     timer = f"fraisier-{ENV}_tick.schedule.timer"
