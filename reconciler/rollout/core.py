@@ -16,6 +16,7 @@ from reconciler.rollout.outcome import Outcome, ProgressFn, ReconcileResult
 from reconciler.source.git import GitSource
 from reconciler.source.revisions import Revisions
 from reconciler.spec.model import Resource, ResourceKey
+from reconciler.state import store as st
 from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.rollout")
@@ -49,6 +50,15 @@ class EngineCore:
     lost_leases: set[str]
     # Service rollouts that outlived their pass (a canary paused until promoted).
     rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
+
+    async def record_succeeded(self, key: ResourceKey, revision: str, resource: Resource,
+                               commit: str | None) -> None:
+        """A deployment of ``resource`` at ``revision`` succeeded: it is what runs now."""
+        await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
+                                        spec=resource.document(), config_commit=commit)
+        await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
+                                       last_result=st.SUCCEEDED, last_error=None,
+                                       failed_revision=None)
 
     def emit(self, key: ResourceKey, phase: str, message: str = "",
              error: ReconcilerError | None = None) -> None:

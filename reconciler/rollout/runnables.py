@@ -79,12 +79,7 @@ class Runnables(Journal, Releases):
             error = recorded(failure_of(key, exc))
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, output=output, exit_code=exit_code)
-            await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
-                                            spec=resource.document(),
-                                            config_commit=desired.commit)
-            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
-                                           last_result=st.SUCCEEDED, last_error=None,
-                                           failed_revision=None)
+            await self.record_succeeded(key, revision, resource, desired.commit)
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.SUCCEEDED).inc()
             self.emit(key, "succeeded", f"{revision}" + (f" exit {exit_code}"
                                                           if exit_code is not None else ""))

@@ -77,12 +77,7 @@ class Services(Rollbacks):
         metrics.DEPLOYMENT_DURATION.labels(provider_name).observe(duration)
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, message=f"healthy: {summary}")
-            await self.store.record_applied(key, revision=revision, spec_hash=resource.hash,
-                                            spec=resource.document(),
-                                            config_commit=desired.commit)
-            await self.store.update_status(key, sync_status="Synced", health_status="Healthy",
-                                           last_result=st.SUCCEEDED, last_error=None,
-                                           failed_revision=None)
+            await self.record_succeeded(key, revision, resource, desired.commit)
             await self.store.mark_observed([key])  # the gates just saw it healthy
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.SUCCEEDED).inc()
             self.emit(key, "succeeded", f"{revision} healthy ({summary})")

@@ -108,9 +108,23 @@ class Revisions:
         return revisions
 
 
+class HashMemo(dict[str, str]):
+    """Document hash -> a hash derived from that document alone, bounded: asked for once per
+    resource on a Target, so it must not grow with every document ever seen."""
+
+    LIMIT = 20_000
+
+    def remember(self, key: str, digest: str) -> str:
+        if key:
+            if len(self) >= self.LIMIT:
+                self.clear()
+            self[key] = digest
+        return digest
+
+
 # Document hash -> the hash without sync windows (a function of the document): a Target with
 # windows is hashed again for every resource on it otherwise.
-_WINDOWLESS: dict[str, str] = {}
+_WINDOWLESS = HashMemo()
 
 
 def _deploy_hash(resource: Resource) -> str:
@@ -123,18 +137,13 @@ def _deploy_hash(resource: Resource) -> str:
         return known
     document = resource.document()
     document["spec"] = {k: v for k, v in resource.spec.items() if k != "syncWindows"}
-    digest = spec_hash(document)
-    if resource.hash:
-        if len(_WINDOWLESS) >= 20_000:
-            _WINDOWLESS.clear()
-        _WINDOWLESS[resource.hash] = digest
-    return digest
+    return _WINDOWLESS.remember(resource.hash, spec_hash(document))
 
 
 
 # Target document hash -> the hash of what reaches the hosts (no sync windows, no connection
 # fields): asked for every resource on the Target.
-_REACHING: dict[str, str] = {}
+_REACHING = HashMemo()
 
 
 def _reaching_hash(target: Resource) -> str:
@@ -152,8 +161,4 @@ def _reaching_hash(target: Resource) -> str:
         document = target.document()
         document["spec"] = without_fields(target.spec, excluded)
         digest = spec_hash(document)
-    if target.hash:
-        if len(_REACHING) >= 20_000:
-            _REACHING.clear()
-        _REACHING[target.hash] = digest
-    return digest
+    return _REACHING.remember(target.hash, digest)
