@@ -35,7 +35,11 @@ from reconciler.spec.model import Resource
 
 # How long a Service without probes must keep running after its deploy (its
 # ``health.startPeriod`` when it has a health section without probes).
-DEFAULT_STAY_UP_S = 2.0
+DEFAULT_STAY_UP_S = 1.0
+# A probe pass counts once the instance it judges has run this long (or its probe interval, if
+# shorter): a process that dies at start (a port held by another, a bad argument) is seen gone
+# first, while a gate does not wait a whole default interval for every instance.
+PASS_AFTER_UP_S = 1.0
 LAST_LINES = 5  # output lines recorded with an exit
 
 
@@ -139,7 +143,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
             return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
         # probe interval (the watcher fails the gate meanwhile if it goes).
-        await _sleep_until(started + policy.interval)
+        await _sleep_until(started + min(policy.interval, PASS_AFTER_UP_S))
         message = result.message
     else:
         # The provider's own signal (Docker healthcheck, Coolify status), once decided, must
