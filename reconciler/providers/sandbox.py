@@ -8,6 +8,7 @@ Target's ``systemd`` section (per resource under ``overrides``); ``compose`` fro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from reconciler.spec.model import Resource
@@ -24,6 +25,24 @@ def profile_word(value: object) -> str:
     if value is False:
         return "off"
     return str(value)
+
+
+# What a sandboxed process prints (or its supervisor says of it) -> the setting that likely
+# caused it and how to allow exactly that. Each provider has its own table (its own settings);
+# checked in order, the first match wins.
+HintTable = tuple[tuple[re.Pattern[str], str], ...]
+
+
+def diagnose(profile: str, text: str, table: HintTable) -> str | None:
+    """Which sandbox setting most likely made a process fail, judging by ``text`` (its last
+    output lines and its supervisor's messages about it), and how to allow it; None when
+    sandboxing is off or nothing in ``text`` points at it."""
+    if profile == "off":
+        return None
+    for pattern, hint in table:
+        if pattern.search(text):
+            return f"sandbox {profile!r} likely caused this: {hint} (docs/sandboxing.md)"
+    return None
 
 
 def sandbox_off_warnings(resources: Iterable[Resource]) -> list[str]:

@@ -34,7 +34,13 @@ from typing import Any
 from croniter import croniter
 
 from reconciler.errors import ProviderError
-from reconciler.providers.sandbox import DEFAULT_PROFILE, PROFILES, profile_word
+from reconciler.providers.sandbox import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    HintTable,
+    diagnose,
+    profile_word,
+)
 from reconciler.spec.cron import cron_error
 from reconciler.spec.durations import to_seconds
 from reconciler.transport import CommandResult, Transport
@@ -173,7 +179,7 @@ class Sandbox:
 
 # What a process of a sandboxed unit prints (or systemd's EXIT_* status) -> the setting that
 # likely caused it and how to allow exactly that. Checked in order; the first match wins.
-_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+_HINTS: HintTable = (
     (re.compile(r"status=200/CHDIR|Changing to the requested working directory failed"),
      "the working directory is not readable by the unit's user (User=/DynamicUser=): "
      "releases must be readable by it (Fraisier opens them on deploy)"),
@@ -208,15 +214,9 @@ _HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def sandbox_hint(profile: str, text: str) -> str | None:
-    """Which sandbox setting most likely made a process fail, judging by ``text`` (its last
-    output lines and systemd's messages about it), and how to allow it; None when sandboxing
-    is off or nothing in ``text`` points at it."""
-    if profile == "off":
-        return None
-    for pattern, hint in _HINTS:
-        if pattern.search(text):
-            return f"sandbox {profile!r} likely caused this: {hint} (docs/sandboxing.md)"
-    return None
+    """``diagnose`` with the systemd unit's settings: ``text`` is a process's last output lines
+    and systemd's messages about it."""
+    return diagnose(profile, text, _HINTS)
 
 
 # cron day-of-week numbers (0 and 7 are Sunday) -> systemd names

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from reconciler.errors import ProviderError
+from reconciler.observe.redact import redact
 from reconciler.providers import (
     Capabilities,
     Health,
@@ -69,6 +70,7 @@ from reconciler.providers.compose.render import (
     replica_of_project,
     replica_project,
     replicas,
+    sandbox_hint,
     seconds,
     service_names,
     volumes_to_create,
@@ -81,6 +83,7 @@ COMMAND_TIMEOUT_S = 120.0  # stop, down, pull of one project
 DEFAULT_JOB_TIMEOUT_S = 600.0
 KEEP_RELEASES = 5
 LOG_KEEP_LINES = 1000
+_EXIT_LINES = 5  # output lines of an exited container that a failed deploy reports
 _POLL_S = 0.1
 _TAIL_CHARS = 1500
 # Variables of the compose process that a resource's env must not override.
@@ -1197,6 +1200,7 @@ class ComposeProvider:
                     raise ProviderError(
                         f"{self.host_id}: container {name} exited (exit code "
                         f"{state.get('ExitCode')}, restarts {c.get('RestartCount', 0)})"
+                        + await self._why_exited(name, rendered.sandbox)
                     )
                 if health == "unhealthy":
                     raise ProviderError(
@@ -1221,6 +1225,19 @@ class ComposeProvider:
                     f"(ready: {len(ready & wanted)}/{len(wanted)})"
                 )
             await asyncio.sleep(_POLL_S)
+
+    async def _why_exited(self, container: str, profile: str) -> str:
+        """``; last output: …`` of a container that exited, and the sandbox setting that likely
+        stopped it (redacted: the message reaches the store)."""
+        try:
+            lines = [line.rstrip() for line in await self.engine.logs(container, _EXIT_LINES)]
+        except ProviderError:  # output is a courtesy: the failure stands without it
+            return ""
+        lines = [line for line in lines if line.strip()]
+        if not lines:
+            return ""
+        hint = sandbox_hint(profile, "\n".join(lines))
+        return redact("; last output: " + " | ".join(lines) + (f"; {hint}" if hint else ""))
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:

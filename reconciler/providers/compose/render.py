@@ -39,7 +39,7 @@ import yaml
 
 from reconciler.errors import ProviderError
 from reconciler.providers import RESERVED_ENV_PREFIX, placement_of, workload_env
-from reconciler.providers.sandbox import PROFILES, profile_word
+from reconciler.providers.sandbox import PROFILES, HintTable, diagnose, profile_word
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
 
@@ -199,6 +199,7 @@ class Rendered:
     document_hash: str
     secret_env_names: list[str] = field(default_factory=list)
     replica: int | None = None  # set on a per-replica document
+    sandbox: str = "off"  # the profile its services were hardened with
 
     @property
     def compose_revision(self) -> str:
@@ -483,6 +484,34 @@ def _harden(svc: dict[str, Any], section: Mapping[str, Any], target_profile: Any
         svc.setdefault("user", NOBODY)
 
 
+# What a container of a sandboxed service prints -> the compose setting of ``_harden`` that
+# likely caused it and how to allow exactly that (docs/sandboxing.md). First match wins.
+_HINTS: HintTable = (
+    (re.compile(r"Read-only file system|EROFS|errno 30\b", re.IGNORECASE),
+     "the root filesystem is read-only (compose.readOnly; always in strict): write to a path "
+     "listed in compose.writablePaths (a tmpfs, default [/tmp]) or to a volume, or add the path "
+     "to compose.writablePaths"),
+    (re.compile(r"must be suid|no new privileges|effective uid is not 0", re.IGNORECASE),
+     "no-new-privileges: a setuid program cannot gain privileges; run the container as the "
+     "user it needs (compose.user) or set compose.sandbox: off for this resource"),
+    (re.compile(r"Permission denied|EACCES|errno 13\b", re.IGNORECASE),
+     "the container runs without capabilities (cap_drop: ALL), and in strict as nobody "
+     "(65534) unless compose.user is set: set compose.user to the user the image expects, keep "
+     "a capability with compose.capabilities (e.g. NET_BIND_SERVICE for a port below 1024, "
+     "DAC_OVERRIDE for root writing files it does not own) or write to "
+     "compose.writablePaths or a volume"),
+    (re.compile(r"Operation not permitted|EPERM|errno 1\b", re.IGNORECASE),
+     "every capability is dropped (cap_drop: ALL) but those in compose.capabilities: add the "
+     "one the app needs (e.g. CHOWN, FOWNER, SETUID, SETGID, KILL, NET_RAW) to "
+     "compose.capabilities, or set compose.sandbox: off for this resource"),
+)
+
+
+def sandbox_hint(profile: str, output: str) -> str | None:
+    """``diagnose`` with the compose settings: ``output`` is a container's last output lines."""
+    return diagnose(profile, output, _HINTS)
+
+
 # Where ``{replica}`` is replaced: the per-replica fields of a compose service.
 _REPLICA_FIELDS = ("command", "entrypoint", "environment", "ports")
 
@@ -545,6 +574,7 @@ def replica_document(template: Rendered, number: int, pull_policy_override: str 
         template.document_hash,
         template.secret_env_names,
         number,
+        template.sandbox,
     )
 
 
@@ -613,7 +643,8 @@ def render(resource: Resource, revision: str, file_text: str | None = None,
     # The hash covers the document as the operator described it; the labels stamped below are
     # derived from it (and from the core's revision), so they stay out of the hash.
     document_hash = _document_hash(document)
-    rendered = Rendered(project, services, document, images, document_hash, secrets)
+    rendered = Rendered(project, services, document, images, document_hash, secrets,
+                        sandbox=sandbox_profile(section, target_sandbox))
     for name in services:
         svc = document["services"][name]
         _stamp_environment(resource, name, svc, revision)
