@@ -71,6 +71,7 @@ from reconciler.providers.compose.render import (
     replica_project,
     replicas,
     sandbox_hint,
+    sandbox_profile,
     seconds,
     service_names,
     volumes_to_create,
@@ -833,7 +834,9 @@ class ComposeProvider:
                     if _labels(c).get(ONEOFF_LABEL) != "True" and _slot_of(c, base) == slot
                 ]
                 stale = [c for c in scaled if _slot_of(c, base) == slot]
-                return self._replica_state(instance, slot, found, stale, hashes)[0]
+                state = self._replica_state(instance, slot, found, stale, hashes)[0]
+                await self._diagnose(resource, state)
+                return state
         for state in await self.observe(resource):
             if state.instance.id == instance.id:
                 return state
@@ -942,8 +945,29 @@ class ComposeProvider:
     async def observe(self, resource: Resource) -> list[InstanceState]:
         if resource.kind != "Service":
             return await self._observe_runs(resource)
-        if layout(resource) == LAYOUT_PER_REPLICA:
-            return await self._observe_replicas(resource)
+        states = await (self._observe_replicas(resource) if layout(resource) == LAYOUT_PER_REPLICA
+                        else self._observe_scaled(resource))
+        await asyncio.gather(*(self._diagnose(resource, state) for state in states))
+        return states
+
+    async def _diagnose(self, resource: Resource, state: InstanceState) -> None:
+        """An exited container of ours: its last output lines, and in its detail the sandbox
+        setting that likely stopped it (the gate's and ``status``'s message of it)."""
+        container = state.identity.container_id
+        if state.running or container is None or "unexpected" in state.instance.labels:
+            return
+        try:
+            profile = sandbox_profile(compose_section(resource), self.target.spec.get("sandbox"))
+            lines = await self.engine.logs(container, _EXIT_LINES)
+        except ProviderError:  # output is a courtesy: the state stands without it
+            return
+        state.last_output = tuple(line.rstrip() for line in lines if line.strip())
+        hint = sandbox_hint(profile, "\n".join(state.last_output))
+        if hint:
+            state.detail = f"{state.detail}; {hint}" if state.detail else hint
+            state.facts["sandbox_hint"] = hint
+
+    async def _observe_scaled(self, resource: Resource) -> list[InstanceState]:
         project = project_name(resource)
         expected = await self.instances(resource)
         by_slot: dict[tuple[str, int], list[dict[str, Any]]] = {}

@@ -35,10 +35,12 @@ class SandboxFleet(CliFleet):
         return document("Target", "docker", self.environment, {"provider": "compose",
                                                                 "docker": docker})  # fmt: skip
 
-    def web(self, image: str, first: str, **compose: Any) -> str:
+    def web(self, image: str, first: str, spec_extra: dict[str, Any] | None = None,
+            **compose: Any) -> str:
         """busybox httpd, started once ``first`` succeeded (else the container exits 3)."""
         script = f"{first} || exit 3; exec httpd -f -p 127.0.0.1:{self.port} -h /"
         spec = {
+            **(spec_extra or {}),
             "target": "docker",
             "stopTimeout": "1s",
             "compose": {
@@ -91,3 +93,17 @@ def test_dropped_capability_names_capabilities(fleet: SandboxFleet, tiny_image: 
     assert "Operation not permitted" in message, message
     assert "sandbox 'default' likely caused this" in message, message
     assert "compose.capabilities" in message and "CHOWN" in message, message
+
+
+@pytest.mark.timeout(90)
+def test_container_that_exits_during_the_gate_names_read_only_root(fleet: SandboxFleet,
+                                                                   tiny_image: str) -> None:
+    # Up long enough for the deploy's wait to see it running; gone while the gate watches
+    # (no restart: it stays exited, so the gate reads the exited container's state).
+    # httpd never listens: the probe fails only after the long start period, the watcher first.
+    health = {"tcp": {"port": fleet.port}, "interval": "200ms", "startPeriod": "20s"}
+    message = fleet.failure(fleet.web(tiny_image, "sleep 1; echo x > /data", {"health": health},
+                                      sandbox="strict", restart="no"))
+    assert "exited" in message and "Read-only file system" in message, message
+    assert "sandbox 'strict' likely caused this" in message, message
+    assert "compose.writablePaths" in message, message
