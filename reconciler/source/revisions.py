@@ -13,7 +13,6 @@ from typing import Any
 
 from reconciler.errors import StoreError
 from reconciler.source.git import GitSource
-from reconciler.spec.memo import HashMemo
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.spec.provider_schemas import provider_schemas, without_fields
 
@@ -109,9 +108,23 @@ class Revisions:
         return revisions
 
 
+class HashMemo(dict[str, str]):
+    """Document hash -> a hash derived from that document alone, bounded: asked for once per
+    resource on a Target, so it must not grow with every document ever seen."""
+
+    LIMIT = 20_000
+
+    def remember(self, key: str, digest: str) -> str:
+        if key:
+            if len(self) >= self.LIMIT:
+                self.clear()
+            self[key] = digest
+        return digest
+
+
 # Document hash -> the hash without sync windows (a function of the document): a Target with
 # windows is hashed again for every resource on it otherwise.
-_WINDOWLESS: HashMemo[str] = HashMemo()
+_WINDOWLESS = HashMemo()
 
 
 def _deploy_hash(resource: Resource) -> str:
@@ -130,7 +143,7 @@ def _deploy_hash(resource: Resource) -> str:
 
 # Target document hash -> the hash of what reaches the hosts (no sync windows, no connection
 # fields): asked for every resource on the Target.
-_REACHING: HashMemo[str] = HashMemo()
+_REACHING = HashMemo()
 
 
 def _reaching_hash(target: Resource) -> str:

@@ -36,7 +36,6 @@ from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
 from reconciler.spec.hostvars import instance_var_maps, placeholders, uses_vars
-from reconciler.spec.memo import HashMemo
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
 from reconciler.spec.policy import PolicyError
 from reconciler.spec.policy import violations as policy_violations
@@ -949,16 +948,6 @@ def _ref(key: _Key) -> str:
     return f"{key[1]}/{key[2]}"
 
 
-# Document hash -> whether it names per-host values (asked of every resource at every load).
-_USES_VARS: HashMemo[bool] = HashMemo()
-
-
-def _uses_vars(resource: Resource) -> bool:
-    known = _USES_VARS.get(resource.hash) if resource.hash else None
-    return known if known is not None else _USES_VARS.remember(resource.hash,
-                                                               uses_vars(resource.spec))
-
-
 def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKey, Resource]:
     files = load.files
     resources: dict[_Key, Resource] = {}
@@ -1006,7 +995,7 @@ def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKe
             file_index, index, _ = where[key]
             message = _target_problem(key, target, known, kinds_by_name)
             load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
-        elif key[1] != "Target" and isinstance(target, str) and _uses_vars(resource):
+        elif key[1] != "Target" and isinstance(target, str) and uses_vars(spec):
             target_resource = resources.get((key[0], "Target", target))
             if target_resource is not None:
                 file_index, index, _ = where[key]

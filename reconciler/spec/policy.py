@@ -35,7 +35,6 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
-from reconciler.spec.memo import HashMemo
 from reconciler.spec.model import Resource, ResourceKey
 
 POLICY_ENV = "RECONCILER_POLICY"
@@ -265,33 +264,6 @@ def _refs(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str |
                 yield (*path, key, "value"), item["value"]
 
 
-RefEntry = tuple[tuple[str | int, ...], Mapping[str, Any], tuple[str, str]]
-# (its secret references with their (kind, where), whether anything else in it is judged)
-PolicyFacts = tuple[tuple[RefEntry, ...], bool]
-
-# Document hash -> what of it the policy looks at: a pure function of the document, asked of
-# every resource at every load (the judgement itself is made afresh: files change).
-_FACTS: HashMemo[PolicyFacts] = HashMemo()
-
-
-def _policy_facts(resource: Resource) -> PolicyFacts:
-    spec = resource.spec
-    found = list(_refs(spec.get("env"), ("env",)))
-    coolify = spec.get("coolify")
-    if isinstance(coolify, Mapping):
-        found.extend(_refs(coolify.get("envs"), ("coolify", "envs")))
-    refs = tuple((path, ref, _ref_key(ref)) for path, ref in found)
-    strategy = spec.get("strategy")
-    needs_rest = resource.kind == "Target" or (
-        isinstance(strategy, Mapping) and ("traffic" in strategy or "prometheus" in strategy))
-    return refs, needs_rest
-
-
-def _ref_key(ref: Mapping[str, Any]) -> tuple[str, str]:
-    ((kind, where),) = ref.items()
-    return str(kind), str(where)
-
-
 def _is_ref(value: Any) -> bool:
     # the shape of reconciler.spec.secrets.is_secret_ref (which imports this module)
     return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
@@ -304,33 +276,28 @@ def violations(resources: Iterable[Resource], policy: Policy | None = None) -> l
     # A fleet names the same few references thousands of times; a file check costs syscalls
     # (realpath), so each (reference, environment) is judged once per load.
     judged: dict[tuple[str, str, str], str | None] = {}
-    rules_of: dict[str, Rules] = {}
+
+    def judge(ref: Mapping[str, Any], env: str) -> str | None:
+        ((kind, where),) = ref.items()
+        memo = (kind, str(where), env)
+        if memo not in judged:
+            judged[memo] = ref_problem(ref, env, policy)
+        return judged[memo]
 
     for resource in resources:
-        facts = _FACTS.get(resource.hash) if resource.hash else None
-        if facts is None:
-            facts = _FACTS.remember(resource.hash, _policy_facts(resource))
-        refs, needs_rest = facts
-        if not refs and not needs_rest:
-            continue  # most resources: literals only, nothing the policy judges
         env, spec, key = resource.environment, resource.spec, resource.key
-        for path, ref, (kind, where) in refs:
-            memo = (kind, where, env)
-            if memo not in judged:
-                judged[memo] = ref_problem(ref, env, policy)
-            message = judged[memo]
-            if message:
-                out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
-        if not needs_rest:
-            continue
-        rules = rules_of.get(env)
-        if rules is None:
-            rules = rules_of[env] = policy.rules_for(env)
+        rules = policy.rules_for(env)
 
         def add(path: tuple[str | int, ...], message: str | None, key: ResourceKey = key) -> None:
             if message:
                 out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
 
+        for path, ref in _refs(spec.get("env"), ("env",)):
+            add(path, judge(ref, env))
+        coolify = spec.get("coolify")
+        if isinstance(coolify, Mapping):
+            for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
+                add(path, judge(ref, env))
         if resource.kind == "Target":
             _check_target(spec, env, rules, policy, add)
         strategy = spec.get("strategy")
