@@ -90,9 +90,18 @@ def stop(proc: subprocess.Popen[str], *, traceback_expected: bool = False) -> st
     return out
 
 
-def no_deployment_in_progress(fleet: Fleet, name: str) -> None:
-    history = fleet.json("history", name)
-    assert all(d["status"] not in ("pending", "in_progress") for d in history), history
+def no_deployment_in_progress(fleet: Fleet, name: str, *, not_of: str | None = None) -> None:
+    """No deployment of ``name`` stays pending or in progress (the bug: one left so for good;
+    a pass of the last good state, e.g. a heal, may still be finishing), and none was made
+    from the commit ``not_of``."""
+    def settled() -> tuple[list[dict[str, object]]] | None:
+        history = fleet.json("history", name)
+        busy = [d for d in history if d["status"] in ("pending", "in_progress")]
+        return None if busy else (history,)  # a tuple: an empty history is settled too
+
+    (history,) = wait_for(settled, timeout=20, step=0.3)
+    if not_of is not None:
+        assert all(d["configCommit"] != not_of for d in history), history
 
 
 def refused_then_converges(fleet: Fleet, edit: Callable[[Fleet], None], expect: str) -> None:
@@ -121,7 +130,7 @@ def refused_then_converges(fleet: Fleet, edit: Callable[[Fleet], None], expect: 
         time.sleep(1.0)  # a pass over the bad commit would have started by now
         alive(proc)
         assert greeting(port) == "one"
-        no_deployment_in_progress(fleet, "api")
+        no_deployment_in_progress(fleet, "api", not_of=bad)
 
         # the fix: back to a clean tree, a new greeting
         subprocess.run(["git", "-C", str(fleet.repo), "clean", "-fdxq"], check=True)
