@@ -29,12 +29,16 @@ import yaml
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "3"  # 2: systemd calendar schedules; 3: control characters, root
+LOADER_VERSION = "4"  # 2: systemd calendar schedules; 3: control characters, root; 4: facts
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 
 # (document index in file, line, kind, name, environment, labels, spec, hash)
 Record = tuple[int, int, str, str, str, dict[str, str], dict[str, Any], str]
+# What the cross-file checks need of a file's records (spec/facts.py): (positions of the records
+# naming per-host values, distinct (environment, policy check) pairs).
+Facts = tuple[tuple[int, ...], tuple[tuple[str, tuple[Any, ...]], ...]]
+Entry = tuple[list[Record], Facts]
 
 
 def _module_fingerprint(module: Any) -> str:
@@ -81,25 +85,28 @@ class SpecCache:
             raise ValueError(f"not a git blob id: {blob_id!r}")
         return self.root / blob_id[:2] / blob_id
 
-    def get(self, blob_id: str) -> list[Record] | None:
-        """The records stored for ``blob_id``, or None (absent or unreadable: treated as a miss)."""
+    def get(self, blob_id: str) -> Entry | None:
+        """The records and facts stored for ``blob_id``, or None (absent or unreadable: treated
+        as a miss)."""
         path = self._path(blob_id)  # a malformed id is the caller's bug: raise, do not miss
         try:
             raw = path.read_bytes()
-            records = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
+            entry = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
         except (OSError, EOFError, ValueError, TypeError):
             self.misses += 1
             return None
-        if not isinstance(records, list):
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], list)
+                and isinstance(entry[1], tuple)):
             self.misses += 1
             return None
         self.hits += 1
-        return records
+        return entry
 
-    def put(self, blob_id: str, records: list[Record]) -> None:
-        """Store ``records`` atomically (readers never see a half-written file)."""
+    def put(self, blob_id: str, records: list[Record], facts: Facts) -> None:
+        """Store ``records`` and their ``facts`` atomically (readers never see a half-written
+        file)."""
         path = self._path(blob_id)
-        data = marshal.dumps(records)
+        data = marshal.dumps((records, facts))
         try:
             if not self._checked_root:
                 self._checked_root = True

@@ -35,9 +35,11 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
-from reconciler.spec.hostvars import instance_var_maps, placeholders, uses_vars
+from reconciler.spec.facts import file_facts
+from reconciler.spec.hostvars import instance_var_maps, placeholders
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
-from reconciler.spec.policy import PolicyError
+from reconciler.spec.policy import Check, PolicyError
+from reconciler.spec.policy import all_allowed as policy_allowed
 from reconciler.spec.policy import violations as policy_violations
 from reconciler.spec.provider_schemas import provider_schemas
 from reconciler.spec.sync_windows import window_problems
@@ -834,6 +836,9 @@ class _Load:
         self.partial: list[_Identity] = []
         # (environment, kind, name) -> (file index, document index, line) of each resource
         self.where: dict[_Key, tuple[int, int, int]] = {}
+        # from each file's facts (spec/facts.py): who names per-host values, what the policy judges
+        self.uses_vars: set[_Key] = set()
+        self.checks: set[tuple[str, Check]] = set()
 
     def parse(self, file_index: int, data: bytes | None = None) -> _Parsed:
         parsed = self.parsed.get(file_index)
@@ -910,8 +915,8 @@ def _load_desired_state(
         if source.refused is not None:
             load.problems.append(SpecProblem(source.path, 1, 1, source.refused))
             continue
-        records = cache.get(source.blob_id) if cache is not None else None
-        if records is None:
+        entry = cache.get(source.blob_id) if cache is not None else None
+        if entry is None:
             data = source.read()
             records = _load_fast(data)
             if records is None:
@@ -920,14 +925,20 @@ def _load_desired_state(
                 clean = len(load.problems) == before
             else:
                 clean = True
+            entry = (records, file_facts(records))
             if clean and cache is not None:
-                cache.put(source.blob_id, records)
+                cache.put(source.blob_id, *entry)
+        records, (with_vars, checks) = entry
         load.valid.extend((file_index, record) for record in records)
+        load.uses_vars.update((records[i][4], records[i][2], records[i][3]) for i in with_vars)
+        load.checks.update(checks)
     resources = _cross_check(load, tree)
     # The operator policy is checked on every load, cached files included (the cache holds
-    # what the repo says, the policy what the operator allows now).
-    refused = [load.problem_at(*load.where[key][:2], path, message)
-               for key, path, message in policy_violations(resources.values())]
+    # what the repo says, the policy what the operator allows now): the distinct checks of the
+    # fleet, then every document only when one of them is forbidden, to say where.
+    refused = [] if policy_allowed(load.checks) else [
+        load.problem_at(*load.where[key][:2], path, message)
+        for key, path, message in policy_violations(resources.values())]
     if load.problems:
         raise SpecError(load.problems + refused)
     if refused:
@@ -995,7 +1006,7 @@ def _cross_check(load: _Load, tree: SourceTree | None = None) -> dict[ResourceKe
             file_index, index, _ = where[key]
             message = _target_problem(key, target, known, kinds_by_name)
             load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
-        elif key[1] != "Target" and isinstance(target, str) and uses_vars(spec):
+        elif key[1] != "Target" and isinstance(target, str) and key in load.uses_vars:
             target_resource = resources.get((key[0], "Target", target))
             if target_resource is not None:
                 file_index, index, _ = where[key]

@@ -269,80 +269,127 @@ def _is_ref(value: Any) -> bool:
     return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
 
 
+# What the policy judges in a document, as plain data (so the spec cache can keep it beside the
+# document, spec/facts.py): a pure function of the document, while its judgement depends on the
+# policy, the daemon's own credentials and, for secret files, the file system at the time.
+#   ("ref", "env" | "file", where)           a secret reference
+#   ("url", field_name, url, credentials)     an endpoint URL (coolifyUrls, prometheusUrls)
+#   ("host", field_name, host)                an endpoint host (sshHosts, dockerHosts)
+#   ("local",)                                a bare_metal Target on the reconciler's host
+#   ("traffic",)                              traffic switching on the reconciler's host
+Check = tuple[Any, ...]
+Fact = tuple[tuple[str | int, ...], Check]  # (path in the spec, check)
+
+_ALLOWED_BY_FIELD = {"coolifyUrls": "coolify_urls", "prometheusUrls": "prometheus_urls",
+                     "sshHosts": "ssh_hosts", "dockerHosts": "docker_hosts"}
+
+
+def facts(kind: str, spec: Mapping[str, Any]) -> list[Fact]:
+    """Everything of one document the policy judges, in the order violations are reported."""
+    out: list[Fact] = []
+    for path, ref in _refs(spec.get("env"), ("env",)):
+        _add_ref(out, path, ref)
+    coolify = spec.get("coolify")
+    if isinstance(coolify, Mapping):
+        for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
+            _add_ref(out, path, ref)
+    if kind == "Target":
+        _target_facts(spec, out)
+    strategy = spec.get("strategy")
+    if isinstance(strategy, Mapping):
+        if "traffic" in strategy:
+            out.append((("strategy", "traffic"), ("traffic",)))
+        prometheus = strategy.get("prometheus")
+        if isinstance(prometheus, Mapping) and isinstance(prometheus.get("url"), str):
+            url = prometheus["url"]
+            parts = urlsplit(url)
+            out.append((("strategy", "prometheus", "url"),
+                        ("url", "prometheusUrls", url, bool(parts.username or parts.password))))
+    return out
+
+
+def _add_ref(out: list[Fact], path: tuple[str | int, ...], ref: Mapping[str, Any]) -> None:
+    if len(ref) != 1:
+        return
+    ((kind, where),) = ref.items()
+    if isinstance(where, str) and where:  # malformed: the resolver reports it
+        out.append((path, ("ref", str(kind), where)))
+
+
+def _target_facts(spec: Mapping[str, Any], out: list[Fact]) -> None:
+    provider = spec.get("provider")
+    if provider == "coolify":
+        if isinstance(spec.get("token"), Mapping):
+            _add_ref(out, ("token",), spec["token"])
+        if isinstance(spec.get("url"), str):
+            out.append((("url",), ("url", "coolifyUrls", spec["url"], True)))
+    elif provider == "bare_metal":
+        if spec.get("transport", "local") == "local":
+            out.append((("transport",), ("local",)))
+        for index, host in enumerate(spec.get("hosts") or []):
+            if isinstance(host, Mapping) and isinstance(host.get("address"), str):
+                out.append((("hosts", index, "address"), ("host", "sshHosts", host["address"])))
+    elif provider == "compose":
+        found = spec.get("docker")
+        docker: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        host = str(docker.get("host") or "unix:///var/run/docker.sock")
+        out.append((("docker", "host") if "host" in docker else ("provider",),
+                    ("host", "dockerHosts", host)))
+
+
+def judge(check: Check, env: str, policy: Policy | None = None) -> str | None:
+    """Why ``check`` (one of ``facts``) is forbidden in environment ``env`` (None: allowed)."""
+    policy = policy or _active
+    what = check[0]
+    if what == "ref":
+        if check[1] == "env":
+            return env_problem(check[2], env, policy)
+        return file_problem(check[2], env, policy)
+    rules = policy.rules_for(env)
+    if what == "url":
+        _, field_name, url, credentials = check
+        return url_problem(url, getattr(rules, _ALLOWED_BY_FIELD[field_name]),
+                           field_name=field_name, receives_credentials=credentials,
+                           environment=env, policy=policy)
+    if what == "host":
+        _, field_name, host = check
+        return _host_problem(host, getattr(rules, _ALLOWED_BY_FIELD[field_name]), field_name,
+                             env, policy)
+    if what == "local":
+        return None if rules.local_host else (
+            f"the local host (the reconciler's own) is not allowed in environment {env!r} by "
+            f"the {policy.described} (endpoints.localHost)")
+    if what == "traffic":
+        return None if rules.traffic else (
+            f"traffic switching runs on the reconciler host and is not allowed in environment "
+            f"{env!r} by the {policy.described} (traffic)")
+    raise ValueError(f"unknown policy check {what!r}")
+
+
+def all_allowed(checks: Iterable[tuple[str, Check]], policy: Policy | None = None) -> bool:
+    """Whether no (environment, check) of ``checks`` is forbidden: judging the distinct checks a
+    fleet names (a few dozen, however many documents name them) instead of every document."""
+    policy = policy or _active
+    return not any(judge(check, env, policy) for env, check in checks)
+
+
 def violations(resources: Iterable[Resource], policy: Policy | None = None) -> list[Violation]:
     """Everything in ``resources`` the policy (and the invariants) forbid, with the spec path."""
     policy = policy or _active
     out: list[Violation] = []
     # A fleet names the same few references thousands of times; a file check costs syscalls
-    # (realpath), so each (reference, environment) is judged once per load.
-    judged: dict[tuple[str, str, str], str | None] = {}
-
-    def judge(ref: Mapping[str, Any], env: str) -> str | None:
-        ((kind, where),) = ref.items()
-        memo = (kind, str(where), env)
-        if memo not in judged:
-            judged[memo] = ref_problem(ref, env, policy)
-        return judged[memo]
-
+    # (realpath), so each (check, environment) is judged once per call.
+    judged: dict[tuple[Check, str], str | None] = {}
     for resource in resources:
-        env, spec, key = resource.environment, resource.spec, resource.key
-        rules = policy.rules_for(env)
-
-        def add(path: tuple[str | int, ...], message: str | None, key: ResourceKey = key) -> None:
+        env = resource.environment
+        for path, check in facts(resource.kind, resource.spec):
+            memo = (check, env)
+            if memo not in judged:
+                judged[memo] = judge(check, env, policy)
+            message = judged[memo]
             if message:
-                out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
-
-        for path, ref in _refs(spec.get("env"), ("env",)):
-            add(path, judge(ref, env))
-        coolify = spec.get("coolify")
-        if isinstance(coolify, Mapping):
-            for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
-                add(path, judge(ref, env))
-        if resource.kind == "Target":
-            _check_target(spec, env, rules, policy, add)
-        strategy = spec.get("strategy")
-        if isinstance(strategy, Mapping):
-            if "traffic" in strategy and not rules.traffic:
-                add(("strategy", "traffic"),
-                    f"traffic switching runs on the reconciler host and is not allowed in "
-                    f"environment {env!r} by the {policy.described} (traffic)")
-            prometheus = strategy.get("prometheus")
-            if isinstance(prometheus, Mapping) and isinstance(prometheus.get("url"), str):
-                url = prometheus["url"]
-                parts = urlsplit(url)
-                add(("strategy", "prometheus", "url"),
-                    url_problem(url, rules.prometheus_urls, field_name="prometheusUrls",
-                                receives_credentials=bool(parts.username or parts.password),
-                                environment=env, policy=policy))
+                out.append((resource.key, ("spec", *path), f"{_dotted(path)}: {message}"))
     return out
-
-
-def _check_target(spec: Mapping[str, Any], env: str, rules: Rules, policy: Policy,
-                  add: Any) -> None:
-    provider = spec.get("provider")
-    if provider == "coolify":
-        if isinstance(spec.get("token"), Mapping):
-            add(("token",), ref_problem(spec["token"], env, policy))
-        if isinstance(spec.get("url"), str):
-            add(("url",), url_problem(spec["url"], rules.coolify_urls, field_name="coolifyUrls",
-                                      receives_credentials=True, environment=env,
-                                      policy=policy))
-    elif provider == "bare_metal":
-        if spec.get("transport", "local") == "local":
-            if not rules.local_host:
-                add(("transport",), f"the local host (the reconciler's own) is not allowed in "
-                                    f"environment {env!r} by the {policy.described} "
-                                    "(endpoints.localHost)")
-        for index, host in enumerate(spec.get("hosts") or []):
-            if isinstance(host, Mapping) and isinstance(host.get("address"), str):
-                add(("hosts", index, "address"),
-                    _host_problem(host["address"], rules.ssh_hosts, "sshHosts", env, policy))
-    elif provider == "compose":
-        found = spec.get("docker")
-        docker: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
-        host = str(docker.get("host") or "unix:///var/run/docker.sock")
-        add(("docker", "host") if "host" in docker else ("provider",),
-            _host_problem(host, rules.docker_hosts, "dockerHosts", env, policy))
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:

@@ -1,0 +1,37 @@
+"""What the cross-file checks need of a file's documents, computed once per file content and
+kept beside its records in the spec cache (``spec/cache.py``), so a warm load does not look
+into every cached document again:
+
+* which of its documents name per-host values (``{vars.NAME}``, ``spec/hostvars.py``): only
+  those are checked against their Target's instances;
+* the distinct (environment, check) pairs the operator policy judges in it (``spec/policy.py``
+  ``facts``): the secret references and endpoints it names.
+
+Both are functions of the file's bytes alone (the cache key). The *judgement* is not stored:
+it depends on the policy file, the daemon's own credentials and, for secret files, on what
+the path resolves to now; a load judges the distinct checks of the whole fleet (a few dozen,
+however many documents name them) and only when one is forbidden goes through every document
+to say where (``policy.violations``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from reconciler.spec.cache import Facts, Record
+from reconciler.spec.hostvars import uses_vars
+from reconciler.spec.policy import Check
+from reconciler.spec.policy import facts as policy_facts
+
+
+def file_facts(records: Sequence[Record]) -> Facts:
+    """(positions in ``records`` of the documents naming per-host values, the distinct
+    (environment, policy check) pairs of all of them)."""
+    with_vars: list[int] = []
+    checks: dict[tuple[str, Check], None] = {}  # ordered, distinct
+    for position, (_, _, kind, _, environment, _, spec, _) in enumerate(records):
+        if kind != "Target" and uses_vars(spec):
+            with_vars.append(position)
+        for _, check in policy_facts(kind, spec):
+            checks[(environment, check)] = None
+    return tuple(with_vars), tuple(checks)
