@@ -1,0 +1,87 @@
+"""plan/cron_table.py answers what croniter answers: the latest fire at or before a wall time
+and the first after it, for random expressions (names, ranges, steps, lists, both day fields)
+and times, and sync windows built on it give croniter's (start, next start) around any instant,
+across DST changes. Expressions the table does not model go to croniter."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from croniter import croniter
+
+from reconciler.plan.cron_table import compile_cron
+from reconciler.plan.windows import parse_window
+
+DOW_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+MONTH_NAMES = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+               "dec"]
+
+
+def field(rng: random.Random, low: int, high: int, names: list[str] | None = None) -> str:
+    choice = rng.random()
+    if choice < 0.3:
+        return "*"
+    if choice < 0.45:
+        return f"*/{rng.randint(2, max(2, (high - low) // 2))}"
+    if choice < 0.6:
+        a = rng.randint(low, high)
+        b = rng.randint(a, high)
+        return f"{a}-{b}" + (f"/{rng.randint(1, 3)}" if rng.random() < 0.3 else "")
+    values = rng.sample(range(low, high + 1), rng.randint(1, 3))
+    if names is not None and rng.random() < 0.3:
+        return ",".join(names[v - low] for v in values)
+    return ",".join(str(v) for v in values)
+
+
+def expression(rng: random.Random) -> str:
+    return " ".join([field(rng, 0, 59), field(rng, 0, 23), field(rng, 1, 31),
+                     field(rng, 1, 12, MONTH_NAMES), field(rng, 0, 6, DOW_NAMES)])
+
+
+def test_prev_and_next_fire_agree_with_croniter() -> None:
+    rng = random.Random(17)
+    checked = 0
+    while checked < 200:
+        expr = expression(rng)
+        try:
+            croniter(expr, datetime(2026, 1, 1)).get_next(datetime)
+        except Exception:  # an expression that never fires (February 30th)
+            continue
+        table = compile_cron(expr)
+        assert table is not None, expr
+        for _ in range(3):
+            wall = datetime(2024, 1, 1) + timedelta(minutes=rng.randint(0, 3 * 525_600),
+                                                    seconds=rng.choice([0, 0, 17]))
+            expected_prev = croniter(expr, wall + timedelta(microseconds=1)).get_prev(datetime)
+            expected_next = croniter(expr, wall).get_next(datetime)
+            assert table.prev_fire(wall) == expected_prev, (expr, wall)
+            assert table.next_fire(wall) == expected_next, (expr, wall)
+        checked += 1
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe"])
+def test_windows_around_any_instant_agree_with_croniter(zone: str) -> None:
+    rng = random.Random(zone)
+    for schedule in ["30 2 * * *", "0 1-3 * * 0", "*/20 * * * *", "0 0 29 2 *", "15 2 * 3,10 *",
+                     "@daily", "0 9 * * mon-fri", "0 0 1,15 * fri"]:
+        window = parse_window({"kind": "deny", "schedule": schedule, "duration": "1h",
+                               "timezone": zone})
+        assert compile_cron(window.schedule) is not None
+        for _ in range(12):
+            # around the DST changes of 2026 as well as anywhere
+            now = (datetime(2026, rng.choice([3, 4, 10, 11]), 1, tzinfo=UTC)
+                   + timedelta(seconds=rng.randint(0, 40 * 86_400)))
+            wall = now.astimezone(window.zone).replace(tzinfo=None)
+            assert window.uncached_around(now) == window._croniter_around(now, wall), (
+                schedule, zone, now)
+
+
+def test_what_the_table_does_not_model_goes_to_croniter() -> None:
+    assert compile_cron("0 0 L * *") is None
+    assert compile_cron("0 0 * * 5#2") is None
+    window = parse_window({"kind": "deny", "schedule": "0 0 L * *", "duration": "1h"})
+    now = datetime(2026, 2, 10, tzinfo=UTC)
+    assert window.uncached_around(now) == (datetime(2026, 1, 31, tzinfo=UTC),
+                                           datetime(2026, 2, 28, tzinfo=UTC))
