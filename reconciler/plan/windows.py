@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
-from weakref import WeakKeyDictionary
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -84,6 +83,9 @@ class SyncWindow:
     duration: timedelta
     timezone: str = DEFAULT_TIMEZONE
     zone: ZoneInfo = field(default=ZoneInfo(DEFAULT_TIMEZONE), compare=False, repr=False)
+    # [generation of _around, the last answers of around]: kept on the window, which is
+    # cheaper to reach than a table keyed by it (asked several times per resource in a plan)
+    spans: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def describe(self) -> str:
         """``allow 0 2 * * * for 1h, Europe/Paris``"""
@@ -152,7 +154,7 @@ class SyncWindow:
     def active_until(self, now: datetime) -> datetime | None:
         """When the occurrence active at ``now`` ends (UTC), or None when it is not active."""
         now = _aware(now)
-        last, _ = self.around(now)
+        last, _ = _around(self, now)
         end = last + self.duration
         return end if last <= now < end else None
 
@@ -171,13 +173,13 @@ class _Spans:
     KEEP = 8
 
     def __init__(self) -> None:
-        self._spans: WeakKeyDictionary[SyncWindow, list[tuple[datetime, datetime]]] = (
-            WeakKeyDictionary())
+        self.generation = 0
 
     def __call__(self, window: SyncWindow, now: datetime) -> tuple[datetime, datetime]:
-        spans = self._spans.get(window)
-        if spans is None:
-            spans = self._spans[window] = []
+        memo = window.spans
+        if not memo or memo[0] != self.generation:
+            memo[:] = [self.generation, []]
+        spans: list[tuple[datetime, datetime]] = memo[1]
         for span in spans:
             if span[0] <= now < span[1]:
                 return span
@@ -188,7 +190,7 @@ class _Spans:
         return span
 
     def cache_clear(self) -> None:
-        self._spans.clear()
+        self.generation += 1
 
 
 _around = _Spans()
@@ -282,11 +284,17 @@ def next_open(windows: Sequence[SyncWindow], now: datetime) -> datetime | None:
     return None
 
 
-def explain(windows: Sequence[SyncWindow], now: datetime) -> str | None:
-    """Why a change cannot be applied at ``now`` (None when it can), with when it can be."""
+_UNKNOWN: Any = object()
+
+
+def explain(windows: Sequence[SyncWindow], now: datetime,
+            opens: datetime | None = _UNKNOWN) -> str | None:
+    """Why a change cannot be applied at ``now`` (None when it can), with when it can be
+    (``opens``: ``next_open(windows, now)`` when the caller has it already)."""
     if allowed(windows, now):
         return None
-    opens = next_open(windows, now)
+    if opens is _UNKNOWN:
+        opens = next_open(windows, now)
     denying = [w for w in windows if w.kind == DENY and w.active(now)]
     if denying:
         detail = ", ".join(f"{w.describe()} is active" for w in denying)
@@ -360,7 +368,8 @@ class Deferrals:
         if not windows:
             return None
         if windows not in self._reasons:
-            self._reasons[windows] = explain(windows, self.now)
+            self._reasons[windows] = None if allowed(windows, self.now) else explain(
+                windows, self.now, self.next_open(windows))
         return self._reasons[windows]
 
     def next_open(self, windows: tuple[SyncWindow, ...]) -> datetime | None:
