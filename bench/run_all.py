@@ -42,6 +42,7 @@ QUICK: dict[str, list[str]] = {
     "compose": ["--rounds", "3"],
     "store": ["--deployments", "100"],
     "rolling": ["--rounds", "2"],
+    "diff_scale": ["--sizes", "10000"],  # the 1,000 and 50,000 growth sizes: make bench only
 }
 TIMEOUT_S = 3600
 
