@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
-from croniter import croniter
-
 # how far back or ahead a matching day is looked for before croniter takes over (February 29th
 # on a given weekday can be years away)
 _MAX_DAYS = 4 * 366 + 1
@@ -154,6 +152,8 @@ def _expand(expression: str) -> list[list[int | str]] | None:
             fields.append(["*"] if full else sorted(values))
         else:
             return fields
+    from croniter import croniter  # the forms _simple_field leaves
+
     try:
         expanded, nth = croniter.expand(expression)
     except (ValueError, KeyError, TypeError):

@@ -26,8 +26,6 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from reconciler.plan.cron_table import compile_cron, fires
 from reconciler.spec.cron import cron_error, timezone_error
 from reconciler.spec.durations import format_duration, parse_duration
@@ -138,6 +136,8 @@ class SyncWindow:
             last = start
 
     def _croniter_around(self, now: datetime, wall: datetime) -> tuple[datetime, datetime]:
+        from croniter import croniter  # only for what the cron table does not model
+
         it = croniter(self.schedule, wall + _TINY)  # get_prev is strict: include ``wall``
         fire: datetime = it.get_prev(datetime)
         last = self._start(fire)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import marshal
 import os
 import re
@@ -22,7 +23,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import croniter
 import fastjsonschema
 import yaml
 
@@ -44,8 +44,13 @@ Entry = tuple[list[Record], Facts]
 def _module_fingerprint(module: Any) -> str:
     """Where ``module``'s code is and its size and mtime: changes with any upgrade of it.
     A ``stat`` instead of ``importlib.metadata.version``, which scans every installed
-    distribution (tens of ms at each CLI start)."""
-    path = getattr(module, "__file__", None)
+    distribution (tens of ms at each CLI start). ``module`` may be a name: found without
+    importing it (croniter is needed only when a schedule is checked)."""
+    if isinstance(module, str):
+        found = importlib.util.find_spec(module)
+        path = found.origin if found is not None else None
+    else:
+        path = getattr(module, "__file__", None)
     if not path:
         return "?"
     try:
@@ -63,7 +68,7 @@ def cache_version() -> str:
         sys.version,
         str(marshal.version),
         yaml.__version__,
-        _module_fingerprint(croniter),
+        _module_fingerprint("croniter"),
         fastjsonschema.VERSION,
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]

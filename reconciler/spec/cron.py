@@ -13,9 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-from croniter.croniter import CroniterError
-
 FIELDS = "minute hour day-of-month month day-of-week"
 # croniter's aliases; each maps to a five-field expression, so a systemd timer can express it.
 ALIASES = frozenset(
@@ -37,6 +34,10 @@ def cron_error(expr: object) -> str | None:
             f"{expr!r} is not a valid cron expression: "
             f"expected 5 fields ({FIELDS}), got {len(fields)}"
         )
+    # imported when a schedule is checked: a warm load or a plan asks nothing of croniter
+    from croniter import croniter
+    from croniter.croniter import CroniterError
+
     try:
         # get_next also rejects expressions that never fire (e.g. "0 0 30 2 *", February 30th)
         croniter(text, _PROBE_START).get_next(datetime)
@@ -112,6 +113,8 @@ def next_fire(expr: str | Mapping[str, Any], after: datetime, tz: str) -> dateti
         raise ValueError(error)
     if after.tzinfo is None or after.utcoffset() is None:
         raise ValueError("next_fire needs a timezone-aware datetime, e.g. datetime.now(UTC)")
+    from croniter import croniter
+
     zone = ZoneInfo(tz)
     result: datetime = croniter(expr.strip(), after.astimezone(zone)).get_next(datetime)
     return result.astimezone(zone)
