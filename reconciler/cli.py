@@ -174,6 +174,24 @@ def with_repo(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+commit_status_option = click.option(
+    "--commit-status", "commit_status", multiple=True, envvar="RECONCILER_COMMIT_STATUS",
+    metavar="HOST:REPO,token=REF[,api=URL][,url=LINK]",
+    help="Set a commit status (context fraisier/ENVIRONMENT) on the config commit: pending when "
+         "its rollout starts, then success/failure (docs/commit-status.md). HOST: github, "
+         "gitlab, gitea (forgejo), bitbucket; token=env:NAME or file:/path. Repeatable; env "
+         "RECONCILER_COMMIT_STATUS (space-separated).")
+
+
+def _commit_status_targets(values: tuple[str, ...]) -> list[Any]:
+    from reconciler.source.commit_status import TargetError, operator_targets
+
+    try:
+        return operator_targets(values)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--commit-status") from None
+
+
 policy_option = click.option(
     "--policy", "policy_path", envvar="RECONCILER_POLICY", default=None, metavar="FILE",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -404,12 +422,13 @@ class Progress:
 @click.option("--ignore-windows", is_flag=True,
               help="Apply now even changes their sync windows defer (operator override).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@commit_status_option
 @policy_option
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
           prune: bool, force: bool, live: bool, ignore_windows: bool, output: str,
-          policy_path: Path | None) -> None:
+          commit_status: tuple[str, ...], policy_path: Path | None) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error.
 
     Changes outside their sync windows are deferred (listed, not failed) unless
@@ -417,8 +436,13 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     from reconciler.plan.windows import ignoring_windows
 
+    status_targets = _commit_status_targets(commit_status)
+
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
+        from reconciler.source.commit_status import CommitStatusReporter
+
+        statuses = CommitStatusReporter(status_targets) if status_targets else None
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
@@ -427,7 +451,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         progress = Progress(live=sys.stdout.isatty() and output == "text")
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             progress=progress if output == "text" else None,
-                            environments=set(environments))
+                            environments=set(environments), status_sink=statuses)
         try:
             drifted = await _drifted(engine, desired) if live else set()
             with progress:
@@ -438,6 +462,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         finally:
             await engine.close()
             await store.close()
+            if statuses is not None:  # a one-shot run waits, bounded, for its statuses
+                await statuses.aclose(grace=30.0)
 
     with ignoring_windows(ignore_windows):
         result = run(main())
@@ -944,6 +970,7 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
               show_default=True, metavar="DAYS|DURATION",
               help="Delete audit events older than this, hourly (90d, 90, 720h; 0 keeps them "
                    "forever). Env RECONCILER_AUDIT_RETENTION.")
+@commit_status_option
 @policy_option
 @click.pass_obj
 @handles_errors
@@ -952,7 +979,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None, audit_retention: str, policy_path: Path | None) -> None:
+           heal_interval: str | None, audit_retention: str, commit_status: tuple[str, ...],
+           policy_path: Path | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.source.webhooks import check_secret
@@ -991,6 +1019,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
             policy.protect_path(value)
     if api_token_file is not None:
         policy.protect_path(api_token_file)
+    status_targets = _commit_status_targets(commit_status)
     branches = list(webhook_branches) or ([ref] if ref else [])
     config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=listen_host,
                           listen_port=listen_port, interval=poll_interval,
@@ -1000,7 +1029,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
                           shard_ttl=lease_ttl, heal_interval=heal_every,
-                          audit_retention=_retention(audit_retention, "--audit-retention"))
+                          audit_retention=_retention(audit_retention, "--audit-retention"),
+                          commit_status=status_targets)
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))
