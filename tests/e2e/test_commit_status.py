@@ -77,3 +77,14 @@ def test_good_failed_and_deferred_commits_on_four_hosts(fleet: Fleet, fakes: Fak
     for proc in (first, second, third):
         for token in fakes.env().values():
             assert token not in proc.stdout + proc.stderr
+
+
+def test_bad_commit_status_values_are_usage_errors(fleet: Fleet) -> None:
+    fleet.commit("just the target")
+    for value, why in [("github:acme,token=env:X", "REPO must be OWNER/NAME"),
+                       ("github:acme/config,token=env:FRAISIER_TEST_UNSET",
+                        "env:FRAISIER_TEST_UNSET is not set")]:
+        proc = fleet.cli("apply", *fleet.repo_args(), "--commit-status", value)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "--commit-status" in proc.stderr and why in proc.stderr, proc.stderr
+    assert fleet.json("status")["resources"] == []  # nothing was applied
