@@ -163,3 +163,18 @@ def test_targets_are_parsed_with_defaults_and_clear_errors() -> None:
                      ("github:a/b,token=env:X,colour=red", "unknown or empty option")]:
         with pytest.raises(TargetError, match=why):
             parse_target(bad)
+
+
+def test_the_excerpts_are_the_verbatim_upstream_fragments() -> None:
+    """README.md pins each byte-exact fragment by length and sha256: an edit shows."""
+    import hashlib
+    import re
+
+    from tests.source.commit_status_fakes import CONTRACTS
+
+    rows = re.findall(r"^\| `([\w.-]+\.fragment)` \|.*\| (\d+) \| `([0-9a-f]{64})` \|$",
+                      (CONTRACTS / "README.md").read_text(), re.MULTILINE)
+    assert len(rows) == 3
+    for name, size, digest in rows:
+        raw = (CONTRACTS / name).read_bytes()
+        assert (len(raw), hashlib.sha256(raw).hexdigest()) == (int(size), digest), name
