@@ -16,12 +16,14 @@ import copy
 import json
 import re
 import socket
+import textwrap
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 from aiohttp import web
 
 CONTRACTS = Path(__file__).resolve().parents[1] / "contracts" / "commit_status"
@@ -53,6 +55,7 @@ class Contract:
     body: dict[str, Any]  # JSON Schema of the body
     states: dict[str, str]  # the host's state word -> pending | success | failure | other
     context_field: str  # where the status's context travels in the body
+    success: int = 201  # the status the description answers an accepted request with
 
     @property
     def regex(self) -> re.Pattern[str]:
@@ -89,13 +92,27 @@ def gitea_contract() -> Contract:
 def _transcribed(name: str, host: str, states: dict[str, str], context: str) -> Contract:
     doc = json.loads((CONTRACTS / name).read_text())
     return Contract(host, doc["method"], doc["path"], doc["auth_headers"], doc["body"], states,
-                    context)
+                    context, success=doc["success"])
+
+
+def _yaml_fragment(name: str) -> dict[str, Any]:
+    """A byte-exact YAML excerpt (members of a mapping, indented as upstream)."""
+    return dict(yaml.safe_load(textwrap.dedent((CONTRACTS / name).read_text())))
 
 
 def gitlab_contract() -> Contract:
-    return _transcribed("gitlab.post-commit-status.json", "gitlab",
-                        {"pending": "pending", "running": "pending", "success": "success",
-                         "failed": "failure", "canceled": "other", "skipped": "other"}, "name")
+    item = _yaml_fragment("gitlab.postApiV4ProjectsIdStatusesSha.yaml.fragment")
+    ((template, ops),) = item.items()
+    op = ops["post"]
+    definitions = _yaml_fragment("gitlab.definitions.yaml.fragment")
+    body_param = next(p for p in op["parameters"] if p["in"] == "body")
+    body = {**body_param["schema"], "definitions": definitions}
+    # docs.gitlab.com/api/rest/authentication: PRIVATE-TOKEN, or Authorization: Bearer
+    return Contract("gitlab", "POST", template,
+                    {"PRIVATE-TOKEN": r"^\S+$", "Authorization": r"^Bearer \S+$"}, body,
+                    {"pending": "pending", "running": "pending", "success": "success",
+                     "failed": "failure", "canceled": "other", "skipped": "other"}, "name",
+                    success=200)
 
 
 def bitbucket_contract() -> Contract:
@@ -190,7 +207,7 @@ class FakeHost:
             self.contract.states[raw_state], raw_state, str(body.get("description") or ""),
             body.get("target_url") or body.get("url")))
         return web.json_response({"id": self.requests, "state": raw_state, "context": context},
-                                 status=201 if self.host != "bitbucket" else 200)
+                                 status=self.contract.success)
 
     def transitions(self, sha: str, context: str) -> list[tuple[str, str]]:
         return [(t.state, t.description) for t in self.statuses.get((sha, context), [])]
