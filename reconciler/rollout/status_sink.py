@@ -8,7 +8,7 @@ raises), so a slow or broken git host cannot hold a pass.
 Per environment, only where something acts (created, updated, deleted or window-deferred):
 - start: ``pending`` "rollout of N resource(s) started", or ``pending`` "deferred by sync window"
   when every change of the environment waits for its window;
-- end: ``failure`` when a resource failed / was rolled back / is blocked, ``success`` when all
+- end: ``failure`` when a resource failed or was rolled back, ``success`` when all
   converged, ``pending`` "deferred by sync window" when the rest converged and some changes
   still wait for their window; nothing when a resource is still waiting (a paused canary, a
   lease) or the pass was interrupted: the status stays ``pending`` until a pass decides.
