@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, service_yaml
-from tests.e2e.test_sync_windows import deny_now_until
+from tests.e2e.conftest import Fleet, free_port, service_yaml, wait_for
+from tests.e2e.test_sync_windows import deny_now_until, ready
 from tests.source.commit_status_fakes import FakeHosts
 
 pytestmark = pytest.mark.timeout(180)
@@ -88,3 +88,40 @@ def test_bad_commit_status_values_are_usage_errors(fleet: Fleet) -> None:
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "--commit-status" in proc.stderr and why in proc.stderr, proc.stderr
     assert fleet.json("status")["resources"] == []  # nothing was applied
+
+
+def test_daemon_reports_a_deferred_commit_then_its_release(fleet: Fleet,
+                                                          fakes: FakeHosts) -> None:
+    """The daemon: a commit held by a window is pending "deferred by sync window" (once, not at
+    every pass), then pending "rollout started" and success when the window opens."""
+    port, listen = free_port(), free_port()
+    fleet.commit("the Target only")
+    cmd = [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
+           "text", "daemon", *fleet.repo_args(), "--listen", f"127.0.0.1:{listen}",
+           "--interval", "1s"]
+    for flag in fakes.flags():
+        cmd += ["--commit-status", flag]
+    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, **fakes.env()})
+    try:
+        wait_for(lambda: ready(listen), timeout=60, step=0.2)
+        opens = datetime.now(UTC) + timedelta(seconds=6)
+        fleet.write("api.yaml", service_yaml("api", port) + deny_now_until(opens))
+        held = fleet.commit("api, in a deny window ending in a few seconds")
+
+        def states(name: str) -> list[str]:
+            return [s for s, _ in fakes.hosts[name].transitions(held, "fraisier/default")]
+
+        wait_for(lambda: all(states(n)[-1:] == ["success"] for n in fakes.hosts),
+                 timeout=60, step=0.2)
+    finally:
+        daemon.terminate()
+        out, _ = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0, out
+    for name, fake in fakes.hosts.items():
+        seen = fake.transitions(held, "fraisier/default")
+        assert [s for s, _ in seen] == ["pending", "pending", "success"], (name, seen)
+        assert seen[0][1].startswith("deferred by sync window: "), (name, seen)
+        assert seen[1][1] == "rollout of 1 resource(s) started", (name, seen)
+    for token in fakes.env().values():
+        assert token not in out
