@@ -463,7 +463,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
             await engine.close()
             await store.close()
             if statuses is not None:  # a one-shot run waits, bounded, for its statuses
-                await statuses.aclose(grace=30.0)
+                await statuses.aclose(grace=10.0)
 
     with ignoring_windows(ignore_windows):
         result = run(main())

@@ -184,6 +184,7 @@ class _Lane:
         self.token = token
         self.queue: asyncio.Queue[StatusUpdate] = asyncio.Queue(maxsize=size)
         self.task: asyncio.Task[None] | None = None
+        self.dropping = False  # logged once while the queue overflows, not per update
 
 
 class CommitStatusReporter:
@@ -220,8 +221,11 @@ class CommitStatusReporter:
                     lane.queue.get_nowait()
                     lane.queue.task_done()
                 metrics.COMMIT_STATUS_TOTAL.labels(host, "dropped").inc()
-                log.warning("commit status queue full: oldest update dropped",
-                            extra={"target": lane.target.label})
+                if not lane.dropping:
+                    lane.dropping = True
+                    log.warning("commit status queue full: oldest updates dropped until it "
+                                "drains (reconciler_commit_status_total{result=\"dropped\"})",
+                                extra={"target": lane.target.label})
             lane.queue.put_nowait(update)
             if lane.task is None or lane.task.done():
                 lane.task = asyncio.get_running_loop().create_task(self._run(lane))
@@ -254,6 +258,7 @@ class CommitStatusReporter:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.is_success:
+                    lane.dropping = False
                     metrics.COMMIT_STATUS_TOTAL.labels(host, "sent").inc()
                     log.info("commit status sent", extra={
                         "target": target.label, "commit": update.commit[:12],

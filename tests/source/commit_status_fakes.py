@@ -237,7 +237,7 @@ class FakeHosts:
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             fake.port = int(sock.getsockname()[1])
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, shutdown_timeout=1.0).start()  # a hung handler
             self._runners.append(runner)
 
     def __exit__(self, *exc: object) -> None:
