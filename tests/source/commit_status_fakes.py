@@ -232,18 +232,23 @@ class FakeHosts:
         for fake in self.hosts.values():
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", fake.handle)
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # a hung handler
             await runner.setup()
             sock = socket.socket()
             sock.bind(("127.0.0.1", 0))
             fake.port = int(sock.getsockname()[1])
-            await web.SockSite(runner, sock, shutdown_timeout=1.0).start()  # a hung handler
+            await web.SockSite(runner, sock).start()
             self._runners.append(runner)
 
     def __exit__(self, *exc: object) -> None:
         async def stop() -> None:
             for runner in self._runners:
                 await runner.cleanup()
+            # handlers still asleep in ``hang`` end here, not as "Task was destroyed" noise
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
