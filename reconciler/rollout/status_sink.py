@@ -94,9 +94,11 @@ def report_finished(sink: CommitStatusSink, commit: str | None, items: Iterable[
             continue  # not part of this pass (``only``)
         failed = [o for o in done if not o.ok and not o.waiting]
         if failed:
+            # The resource, its outcome and error code, not the error text: a commit page may
+            # be public, and error texts name hosts, URLs and paths (``reconciler history``
+            # has them).
             first = failed[0]
-            why = f"{first.key}: {first.result}" + (f" — {first.message}" if first.message
-                                                    else "")
+            why = f"{first.key}: {first.result}" + (f" ({first.code})" if first.code else "")
             sink.report(StatusUpdate(commit, environment, CommitState.FAILURE,
                                      _short(f"{len(failed)} of {len(done)} failed; {why}")))
         elif any(o.waiting for o in done):

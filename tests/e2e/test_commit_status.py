@@ -63,7 +63,8 @@ def test_good_failed_and_deferred_commits_on_four_hosts(fleet: Fleet, fakes: Fak
         assert ok[0][1] == "rollout of 2 resource(s) started", (name, ok)
         failed = fake.transitions(bad, "fraisier/default")
         assert [s for s, _ in failed] == ["pending", "failure"], (name, failed)
-        assert "default/Service/api: rolled_back" in failed[1][1], (name, failed)
+        assert "default/Service/api: rolled_back (FR" in failed[1][1], (name, failed)
+        assert "http" not in failed[1][1]  # no error text (URLs, hosts) on a commit page
         deferred = fake.transitions(held, "fraisier/default")
         assert [s for s, _ in deferred] == ["pending"], (name, deferred)
         assert deferred[0][1].startswith("deferred by sync window: outside sync window"), name

@@ -32,8 +32,9 @@ def item(env: str, name: str, action: str, reason: str = "") -> PlanItem:
     return PlanItem(ResourceKey(env, "Service", name), action, "rev", reason=reason)
 
 
-def out(i: PlanItem, result: str, message: str = "", *, waiting: bool = False) -> Outcome:
-    return Outcome(i.key, i.action, result, "rev", message, waiting=waiting)
+def out(i: PlanItem, result: str, message: str = "", *, waiting: bool = False,
+        code: str = "") -> Outcome:
+    return Outcome(i.key, i.action, result, "rev", message, waiting=waiting, code=code)
 
 
 def test_start_and_end_per_environment() -> None:
@@ -51,13 +52,14 @@ def test_start_and_end_per_environment() -> None:
     ]  # dev: nothing changes, no status
     assert [u.deferred for u in sink.updates] == [False, False, True]
     sink.updates.clear()
-    outcomes = {a.key: out(a, st.SUCCEEDED), b.key: out(b, st.ROLLED_BACK, "health gate failed"),
+    gate = "GET http://10.0.0.5:8080/healthz: 500"
+    outcomes = {a.key: out(a, st.SUCCEEDED), b.key: out(b, st.ROLLED_BACK, gate, code="FR800"),
                 c.key: out(c, SKIPPED, c.reason), d.key: out(d, CONVERGED),
                 e.key: out(e, st.SUCCEEDED)}
     report_finished(sink, SHA, items, outcomes, interrupted=False)
     assert sink.seen() == [
         ("prod", CommitState.FAILURE,
-         "1 of 2 failed; prod/Service/b: rolled_back — health gate failed"),
+         "1 of 2 failed; prod/Service/b: rolled_back (FR800)"),
         ("qa", CommitState.SUCCESS, "1 resource(s) applied"),
         ("stage", CommitState.PENDING,
          "deferred by sync window: outside sync window: next opens 09:00"),
@@ -92,8 +94,8 @@ def test_only_selected_resources_and_descriptions_are_bounded() -> None:
     sink = Sink()
     report_started(sink, SHA, [a, b], {b.key})
     assert [u.environment for u in sink.updates] == ["stage"]
-    report_finished(sink, SHA, [a, b], {b.key: out(b, st.FAILED, "x" * 500)},
-                    interrupted=False)
+    b = PlanItem(ResourceKey("stage", "Service", "b" * 200), UPDATE, "rev")
+    report_finished(sink, SHA, [a, b], {b.key: out(b, st.FAILED, "x")}, interrupted=False)
     last = sink.updates[-1]
     assert last.state == CommitState.FAILURE and len(last.description) == MAX_DESCRIPTION
     assert len(sink.updates) == 2  # prod was not part of the pass: nothing said about it
