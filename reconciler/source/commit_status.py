@@ -30,7 +30,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -321,4 +321,9 @@ def operator_targets(values: tuple[str, ...] | list[str]) -> list[StatusTarget]:
             policy.protect_env(where)
         else:
             policy.protect_path(where)
+        host = (urlsplit(target.api_url).hostname or "").lower()
+        if target.api_url.startswith("http://") and host not in ("localhost", "127.0.0.1",
+                                                                  "::1"):
+            log.warning("commit status api= is plain http: the token travels unencrypted",
+                        extra={"target": target.label})
     return targets

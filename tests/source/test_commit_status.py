@@ -180,3 +180,20 @@ def test_the_excerpts_are_the_verbatim_upstream_fragments() -> None:
     for name, size, digest in rows:
         raw = (CONTRACTS / name).read_bytes()
         assert (len(raw), hashlib.sha256(raw).hexdigest()) == (int(size), digest), name
+
+
+def test_operator_targets_check_tokens_and_warn_on_plain_http(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from reconciler.source.commit_status import operator_targets
+
+    monkeypatch.setenv("FRAISIER_TEST_STATUS_TOKEN", "t0k")
+    monkeypatch.setenv("FRAISIER_TEST_EMPTY_TOKEN", "")
+    with caplog.at_level(logging.WARNING, logger="reconciler.commit_status"):
+        operator_targets(["gitea:a/b,token=env:FRAISIER_TEST_STATUS_TOKEN,api=http://127.0.0.1:1"])
+        assert "plain http" not in caplog.text  # loopback
+        operator_targets(["gitea:a/b,token=env:FRAISIER_TEST_STATUS_TOKEN,api=http://git.example"])
+        assert "plain http: the token travels unencrypted" in caplog.text
+    with pytest.raises(TargetError, match="token env:FRAISIER_TEST_EMPTY_TOKEN is empty"):
+        operator_targets(["github:a/b,token=env:FRAISIER_TEST_EMPTY_TOKEN"])
+    with pytest.raises(TargetError, match="file:/nonexistent/t cannot be read"):
+        operator_targets(["github:a/b,token=file:/nonexistent/t"])
