@@ -277,6 +277,10 @@ class CommitStatusReporter:
             await asyncio.sleep(min(wait, d.max_backoff))
             delay = min(delay * 2, d.max_backoff)
         metrics.COMMIT_STATUS_TOTAL.labels(host, "failed").inc()
+        # Not delivered: the next pass that reports the same status sends it again.
+        key = (target.label, update.commit, update.environment)
+        if self._sent.get(key) == (update.state, update.description):
+            del self._sent[key]
         log.warning("commit status not delivered", extra={
             "target": target.label, "commit": update.commit[:12],
             "context": CONTEXT_PREFIX + update.environment, "state": update.state.value,

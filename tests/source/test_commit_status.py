@@ -107,12 +107,15 @@ async def test_a_refusal_is_final_and_logged_without_the_token(
     with caplog.at_level(logging.WARNING, logger="reconciler.commit_status"):
         sink.report(StatusUpdate(SHA, "prod", CommitState.PENDING, "x"))
         assert await sink.flush(10)
-    await sink.aclose()
     assert gitea.requests == 1  # 401: not retried
+    sink.report(StatusUpdate(SHA, "prod", CommitState.PENDING, "x"))  # the next pass: again
+    assert await sink.flush(10)
+    assert gitea.requests == 2
     record = next(r for r in caplog.records if r.getMessage() == "commit status not delivered")
     assert "HTTP 401" in record.error  # type: ignore[attr-defined]
     assert record.token == "env:WRONG"  # type: ignore[attr-defined]
     assert "n0t-the-t0ken" not in caplog.text
+    await sink.aclose()
 
 
 async def test_a_hanging_host_blocks_neither_report_nor_the_others(fakes: FakeHosts) -> None:
