@@ -18,6 +18,8 @@ from reconciler.cli.common import (
     load_commit,
     make_source,
     open_store,
+    commit_status_option,
+    commit_status_targets,
     policy_option,
     run,
     style,
@@ -82,12 +84,13 @@ class Progress:
 @click.option("--ignore-windows", is_flag=True,
               help="Apply now even changes their sync windows defer (operator override).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@commit_status_option
 @policy_option
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
           prune: bool, force: bool, live: bool, ignore_windows: bool, output: str,
-          policy_path: Path | None) -> None:
+          commit_status: tuple[str, ...], policy_path: Path | None) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error.
 
     Changes outside their sync windows are deferred (listed, not failed) unless
@@ -95,8 +98,13 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     from reconciler.plan.windows import ignoring_windows
 
+    status_targets = commit_status_targets(commit_status)
+
     async def main() -> Any:
         from reconciler.rollout.engine import Reconciler
+        from reconciler.source.commit_status import CommitStatusReporter
+
+        statuses = CommitStatusReporter(status_targets) if status_targets else None
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
@@ -105,7 +113,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         progress = Progress(live=sys.stdout.isatty() and output == "text")
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             progress=progress if output == "text" else None,
-                            environments=set(environments))
+                            environments=set(environments), status_sink=statuses)
         try:
             drifted = await _drifted(engine, desired) if live else set()
             with progress:
@@ -116,6 +124,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         finally:
             await engine.close()
             await store.close()
+            if statuses is not None:  # a one-shot run waits, bounded, for its statuses
+                await statuses.aclose(grace=10.0)
 
     with ignoring_windows(ignore_windows):
         result = run(main())

@@ -171,6 +171,24 @@ def with_repo(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+commit_status_option = click.option(
+    "--commit-status", "commit_status", multiple=True, envvar="RECONCILER_COMMIT_STATUS",
+    metavar="HOST:REPO,token=REF[,api=URL][,url=LINK]",
+    help="Set a commit status (context fraisier/ENVIRONMENT) on the config commit: pending when "
+         "its rollout starts, then success/failure (docs/commit-status.md). HOST: github, "
+         "gitlab, gitea (forgejo), bitbucket; token=env:NAME or file:/path. Repeatable; env "
+         "RECONCILER_COMMIT_STATUS (space-separated).")
+
+
+def commit_status_targets(values: tuple[str, ...]) -> list[Any]:
+    from reconciler.source.commit_status import TargetError, operator_targets
+
+    try:
+        return operator_targets(values)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc), param_hint="--commit-status") from None
+
+
 policy_option = click.option(
     "--policy", "policy_path", envvar="RECONCILER_POLICY", default=None, metavar="FILE",
     type=click.Path(dir_okay=False, path_type=Path),

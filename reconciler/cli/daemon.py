@@ -15,6 +15,8 @@ from reconciler.cli.common import (
     Options,
     handles_errors,
     install_policy,
+    commit_status_option,
+    commit_status_targets,
     policy_option,
     retention_option,
     with_repo,
@@ -55,6 +57,7 @@ log = logging.getLogger("reconciler.cli")
               show_default=True, metavar="DAYS|DURATION",
               help="Delete audit events older than this, hourly (90d, 90, 720h; 0 keeps them "
                    "forever). Env RECONCILER_AUDIT_RETENTION.")
+@commit_status_option
 @policy_option
 @click.pass_obj
 @handles_errors
@@ -63,7 +66,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None, audit_retention: str, policy_path: Path | None) -> None:
+           heal_interval: str | None, audit_retention: str, commit_status: tuple[str, ...],
+           policy_path: Path | None) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.source.webhooks import check_secret
@@ -102,6 +106,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
             policy.protect_path(value)
     if api_token_file is not None:
         policy.protect_path(api_token_file)
+    status_targets = commit_status_targets(commit_status)
     branches = list(webhook_branches) or ([ref] if ref else [])
     config = DaemonConfig(repo=repo, ref=ref, path=path, listen_host=listen_host,
                           listen_port=listen_port, interval=poll_interval,
@@ -111,7 +116,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
                           shard_ttl=lease_ttl, heal_interval=heal_every,
-                          audit_retention=retention_option(audit_retention, "--audit-retention"))
+                          audit_retention=retention_option(audit_retention, "--audit-retention"),
+                          commit_status=status_targets)
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))

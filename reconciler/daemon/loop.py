@@ -81,6 +81,8 @@ class DaemonConfig:
     # replay older than that still cannot move the fleet back (a pass never goes backwards)
     delivery_retention: timedelta = timedelta(days=30)
     http: HttpLimits = field(default_factory=HttpLimits)  # timeouts and connection caps
+    # --commit-status targets (source/commit_status.py StatusTarget)
+    commit_status: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -801,7 +803,16 @@ async def _run_daemon(cfg: DaemonConfig) -> int:
         from reconciler.state.shards import ShardLeases
 
         leases = ShardLeases(store, process_identity(), ttl=cfg.shard_ttl)
+    statuses = None
+    if cfg.commit_status:
+        from reconciler.source.commit_status import CommitStatusReporter
+
+        statuses = CommitStatusReporter(cfg.commit_status)
     engine = Reconciler(store, state_dir=cfg.state_dir, source=source,
                         environments=cfg.environments,
-                        owns=leases.owns if leases is not None else None)
-    return await Daemon(cfg, store, source, engine, leases=leases).run()
+                        owns=leases.owns if leases is not None else None, status_sink=statuses)
+    try:
+        return await Daemon(cfg, store, source, engine, leases=leases).run()
+    finally:
+        if statuses is not None:  # what is queued gets a few seconds, then shutdown goes on
+            await statuses.aclose(grace=5.0)

@@ -54,6 +54,11 @@ LAST_SUCCESSFUL_SYNC = Gauge(
     "reconciler_last_successful_sync_timestamp_seconds",
     "Unix time of the last reconcile pass that converged.", registry=REGISTRY,
 )
+COMMIT_STATUS_TOTAL = Counter(
+    "reconciler_commit_status_total",
+    "Commit status updates by git host and result (sent, retried, failed, dropped, skipped).",
+    ["host", "result"], registry=REGISTRY,
+)
 DESIRED_STATE_ERRORS = Counter(
     "reconciler_desired_state_errors_total",
     "Commits whose desired state failed validation (nothing applied).", registry=REGISTRY,

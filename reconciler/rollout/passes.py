@@ -46,6 +46,7 @@ from reconciler.rollout.recovery import Recovery
 from reconciler.rollout.runnables import Runnables
 from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
+from reconciler.rollout.status_sink import report_finished, report_started
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
@@ -139,6 +140,8 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         selected = set(only) if only is not None else None
         outcomes: dict[ResourceKey, Outcome] = {}
         sem = asyncio.Semaphore(self.concurrency)
+        if self.status_sink is not None:  # only queued: never waits on a git host
+            report_started(self.status_sink, desired.commit, plan.items, selected)
 
         async def run(item: PlanItem) -> None:
             async with sem:
@@ -248,6 +251,9 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     if out is not None and not out.ok and target is not None:
                         kept_targets.add(target)
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
+        if self.status_sink is not None:
+            report_finished(self.status_sink, desired.commit, plan.items, outcomes,
+                            interrupted=result.interrupted)
         result.duration_s = time.monotonic() - started
         metrics.RECONCILE_DURATION.observe(result.duration_s)
         converged = result.converged
