@@ -41,6 +41,7 @@ from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
+from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.spec.policy import PolicyError
@@ -215,6 +216,10 @@ class Daemon:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
                                               cache=cache, tree=self.source.tree(sync.commit))
+        except SecretFileRefused as exc:
+            await self._refuse(sync.commit, "secrets", "references an encrypted file that "
+                               "cannot be used", exc)
+            return self.desired is not None
         except PolicyError as exc:
             await self._refuse(sync.commit, "policy", "breaks the operator policy", exc)
             return self.desired is not None

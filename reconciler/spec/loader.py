@@ -35,6 +35,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from reconciler.errors import SourceError, SpecError, SpecProblem
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
+from reconciler.spec.encrypted import SecretFileRefused
+from reconciler.spec.encrypted import check as check_encrypted
 from reconciler.spec.hostvars import instance_var_maps, placeholders, uses_vars
 from reconciler.spec.model import DEFAULT_ENVIRONMENT, DesiredState, Resource, ResourceKey
 from reconciler.spec.policy import PolicyError
@@ -932,6 +934,10 @@ def _load_desired_state(
         raise SpecError(load.problems + refused)
     if refused:
         raise PolicyError(refused)
+    unusable = [load.problem_at(*load.where[key][:2], path, message) for key, path, message
+                in check_encrypted(resources.values(), tree.read if tree is not None else None)]
+    if unusable:
+        raise SecretFileRefused(unusable)
     return DesiredState(resources=resources, commit=commit, root=root)
 
 
