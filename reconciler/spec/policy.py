@@ -299,7 +299,8 @@ def violations(resources: Iterable[Resource], policy: Policy | None = None) -> l
     judged: dict[tuple[str, str, str], str | None] = {}
 
     def judge(ref: Mapping[str, Any], env: str) -> str | None:
-        memo = (refs.describe(ref), "", env)
+        ((kind, where),) = ref.items()
+        memo = (kind, str(where), env)
         if memo not in judged:
             judged[memo] = ref_problem(ref, env, policy)
         return judged[memo]

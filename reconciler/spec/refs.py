@@ -23,12 +23,15 @@ REPO_KINDS = ("sops", "age")  # encrypted files in the config repo
 KINDS = HOST_KINDS + REPO_KINDS
 
 
+_KIND_SET = frozenset(KINDS)
+
+
 def ref_kind(value: Any) -> str | None:
     """The kind of reference ``value`` is (one of :data:`KINDS`), None for anything else."""
-    if isinstance(value, Mapping) and len(value) == 1:
-        for kind in KINDS:
-            if kind in value:
-                return kind
+    # asked of every env value of every resource at each load: dict first (no ABC check)
+    if (isinstance(value, dict) or isinstance(value, Mapping)) and len(value) == 1:
+        (kind,) = value
+        return kind if kind in _KIND_SET else None
     return None
 
 
