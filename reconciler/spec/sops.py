@@ -43,14 +43,14 @@ _LIST_PART = re.compile(r"__list_(\d+)__map_")
 DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"
 
 
-class _NoDates(yaml.SafeLoader):
+class _NoDates(yaml.CSafeLoader):
     """Safe YAML without timestamps: sops (go-yaml) keeps ``2021-04-06`` a string, and so must
     the MAC here."""
 
 
 _NoDates.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
 }
 
 
