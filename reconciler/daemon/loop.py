@@ -262,7 +262,7 @@ class Daemon:
             metrics.DESIRED_STATE_REFUSED.labels(reason).inc()
         if first_time and isinstance(exc, PolicyError):
             try:
-                await self.store.record_audit("refuse", actor="policy", outcome="failed",
+                await self.store.record_audit("refuse", actor=reason, outcome="failed",
                                               config_commit=commit, message=message)
             except ReconcilerError as err:
                 log.warning("cannot record audit event", extra={"error": err.message})

@@ -16,7 +16,7 @@ import base64
 import binascii
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyrage
 
@@ -56,7 +56,6 @@ class Keyring:
     sources: tuple[str, ...] = ()  # where they came from (files, variables): for messages
     # False for `validate` without identities: encrypted files are checked for shape only
     required: bool = True
-    _by_public: Mapping[str, pyrage.x25519.Identity] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # never the keys
         return f"Keyring(public_keys={self.public_keys!r}, sources={self.sources!r})"
@@ -109,9 +108,8 @@ def keyring_from(paths: Iterable[str], environ: Mapping[str, str] | None = None,
     if env.get(SOPS_KEY_ENV):
         identities += parse_identities(env[SOPS_KEY_ENV], f"${SOPS_KEY_ENV}")
         sources.append(f"${SOPS_KEY_ENV}")
-    by_public = {str(i.to_public()): i for i in identities}
-    return Keyring(tuple(by_public.values()), tuple(by_public), tuple(sources), required,
-                   by_public)
+    by_public = {str(i.to_public()): i for i in identities}  # one entry per key
+    return Keyring(tuple(by_public.values()), tuple(by_public), tuple(sources), required)
 
 
 # -- process-wide state, like the policy: set once by the CLI ----------------------------------

@@ -160,6 +160,7 @@ def test_sops_secrets_deploy_redeploy_refuse_and_never_leak(fleet: Fleet, tmp_pa
     assert trail.returncode == 0
     refusals = [e for e in json.loads(trail.stdout) if e.get("action") == "refuse"]
     assert refusals and "secrets/prod.yaml" in json.dumps(refusals)
+    assert {e.get("actor") for e in refusals} == {"secrets"}
     for fmt in ("json", "text"):
         assert run("status", "-o", "text", fmt=fmt).returncode in (0, 1)
         assert run("history", "api", "-o", "json", fmt=fmt).returncode == 0
