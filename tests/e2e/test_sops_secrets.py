@@ -122,6 +122,8 @@ def test_sops_secrets_deploy_redeploy_refuse_and_never_leak(fleet: Fleet, tmp_pa
     # tampered commit is refused with the last good state kept.
     write_secret(V2)
     fleet.commit("rotate the db password")
+    rotated = run("diff", *fleet.repo_args(), fmt="text")
+    assert rotated.returncode == 1 and b"an encrypted secret's value changed" in rotated.stdout
     listen = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state),
