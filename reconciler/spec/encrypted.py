@@ -6,8 +6,8 @@ loaded every file a resource references is decrypted with the operator's age ide
 (``spec/age_files.py``) and its MAC checked (``spec/sops.py``): a file that cannot be read,
 decrypted or authenticated, or lacks the key, refuses the whole commit (``SecretFileRefused``;
 the daemon keeps the last good state). Each resource then carries a keyed digest of the values
-it references (HMAC-SHA-256 under a key of the reconciler's own, ``secret-digest.key`` in its
-state directory): it is part of the resource's revision, so re-encrypting a new value
+it references (HMAC-SHA-256 under a key derived from the age identities, ``digest_key``): it
+is part of the resource's revision, so re-encrypting a new value
 redeploys the resources that use it, while the digest says nothing of the value to whoever
 reads the database. At deploy time the value is decrypted again from the deployed commit
 (``resolve``): plaintext lives only in this process.
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets as _random
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,6 @@ from reconciler.spec.policy import (
     repo_path_problem,
 )
 
-DIGEST_KEY_FILE = "secret-digest.key"
 _CACHE_LIMIT = 256  # decrypted files kept by content hash (a fleet names a few files)
 
 Reader = Callable[[str], bytes | None]
@@ -53,46 +50,19 @@ class SecretFileRefused(PolicyError):
 
 
 # -- the digest key ----------------------------------------------------------------------------
-_digest_key: bytes | None = None
+def digest_key(keyring: Keyring | None = None) -> bytes:
+    """The HMAC key of the digests: derived from the age identities the reconciler holds, so
+    every process that can decrypt the secrets (HA replicas, a `diff` run by hand with another
+    state directory) computes the same revisions, and no one else can."""
+    keyring = keyring or age_files.active()
+    material = "\n".join(sorted(str(identity) for identity in keyring.identities))
+    return hmac.new(b"fraisier/secret-digest/v1", material.encode(), hashlib.sha256).digest()
 
 
-def configure(state_dir: Path | None) -> None:
-    """Use (create on first use, mode 0600) the digest key of ``state_dir``; without a state
-    directory (``validate``) a key of this process only."""
-    global _digest_key
-    if state_dir is None:
-        _digest_key = _random.token_bytes(32)
-        return
-    path = Path(state_dir) / DIGEST_KEY_FILE
-    try:
-        _digest_key = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = _random.token_bytes(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process of the same state dir was first
-            _digest_key = path.read_bytes()
-            return
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-        _digest_key = key
-    if len(_digest_key) != 32:
-        raise SecretError(f"{path}: the secret digest key must be 32 bytes; delete it to make a "
-                          "new one (resources using encrypted secrets redeploy once)")
-
-
-def digest_key() -> bytes:
-    global _digest_key
-    if _digest_key is None:
-        _digest_key = _random.token_bytes(32)
-    return _digest_key
-
-
-def keyed_digest(pairs: Iterable[tuple[str, str]]) -> str:
+def keyed_digest(pairs: Iterable[tuple[str, str]], keyring: Keyring | None = None) -> str:
     """HMAC-SHA-256 of (reference, value) pairs under the digest key: equal values give equal
     digests for this reconciler, and nothing about the value to anyone else."""
-    mac = hmac.new(digest_key(), digestmod=hashlib.sha256)
+    mac = hmac.new(digest_key(keyring), digestmod=hashlib.sha256)
     for where, value in sorted(pairs):
         mac.update(f"{len(where)}:{where}{len(value)}:".encode() + value.encode())
     return mac.hexdigest()[:16]
@@ -197,7 +167,7 @@ def check(resources: Iterable[Resource], reader: Reader | None,
             except DecryptError as exc:
                 out.append((resource.key, ("spec", *path),
                             f"{dotted_path(path)}: {refs.describe(ref)}: {exc.message}"))
-        resource.sealed_digest = keyed_digest(pairs) if pairs else ""
+        resource.sealed_digest = keyed_digest(pairs, keyring) if pairs else ""
     return out
 
 
@@ -236,5 +206,4 @@ def install_keys(identity_paths: Iterable[str], state_dir: Path | None) -> Keyri
     for name in (age_files.SOPS_KEY_ENV, age_files.SOPS_KEY_FILE_ENV):
         protect_env(name)
     age_files.install(keyring)
-    configure(state_dir)
     return keyring

@@ -91,7 +91,8 @@ def test_one_shape_for_every_reference() -> None:
     assert "inside the config repository" in (policy.ref_problem(bad, "default") or "")
 
 
-def test_the_revision_moves_with_the_value_not_the_ciphertext(repo: Repo) -> None:
+def test_the_revision_moves_with_the_value_not_the_ciphertext(repo: Repo,
+                                                              keys: tuple[Path, str]) -> None:
     (repo.root / "fleet" / "api.yaml").write_text(service(DB_REF))
     repo.secret(SECRET)
     revisions = Revisions(None, repo.root / "state")
@@ -107,9 +108,14 @@ def test_the_revision_moves_with_the_value_not_the_ciphertext(repo: Repo) -> Non
     assert revision() == first
     repo.secret(SECRET + "-rotated")
     assert revision() != first
-    # the digest is keyed: another reconciler (another key) gets another one for the same value
+    # keyed by the identities: the same identities (another process, an HA replica) give the
+    # same digest; one more identity another key, so another digest for the same value
     before = repo.load().resources[API].sealed_digest
-    encrypted.configure(repo.root / "other-state")
+    age_files.install(keyring_from([str(keys[0])], environ={}))
+    assert repo.load().resources[API].sealed_digest == before
+    extra = repo.root.parent / "extra.key"
+    extra.write_text(generate_identity()[0])
+    age_files.install(keyring_from([str(keys[0]), str(extra)], environ={}))
     assert repo.load().resources[API].sealed_digest != before
 
 
