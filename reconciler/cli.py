@@ -211,7 +211,7 @@ def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None
     policy.protect_defaults(state_dir)
     from reconciler.spec.encrypted import install_keys
 
-    install_keys(_age_identity_paths, state_dir)
+    install_keys(_age_identity_paths, state_dir, repo)
     if db_url and db_url.startswith("sqlite:///"):
         policy.protect_path(db_url.removeprefix("sqlite://"))
     return loaded

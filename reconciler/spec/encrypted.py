@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -195,14 +196,22 @@ def _check_shape(ref: Mapping[str, Any], file: str, data: bytes) -> None:
         raise DecryptError(f"sops file {file} has no key {key!r}")
 
 
-def install_keys(identity_paths: Iterable[str], state_dir: Path | None) -> Keyring:
-    """What a command starts with: the operator's age identities (protected from secret
-    references, like every credential of the reconciler) and the digest key of ``state_dir``.
-    Without a state directory (``validate``) identities are optional."""
+def install_keys(identity_paths: Iterable[str], state_dir: Path | None,
+                 repo: str | os.PathLike[str] | None = None) -> Keyring:
+    """What a command starts with: the operator's age identities, protected from secret
+    references like every credential of the reconciler, and never a file of the config repo
+    ``repo`` (when it is a local folder). Without a state directory (``validate``) identities
+    are optional."""
     keyring = age_files.keyring_from(identity_paths, required=state_dir is not None)
+    tree = os.path.realpath(repo) if repo is not None and os.path.isdir(repo) else None
     for source in keyring.sources:
-        if not source.startswith("$"):
-            protect_path(source)
+        if source.startswith("$"):
+            continue
+        if tree is not None and os.path.realpath(source).startswith(tree.rstrip("/") + "/"):
+            # whoever can read the repo could decrypt every secret in it
+            raise age_files.IdentityFileError(f"{source}: the age identity file must be outside "
+                                              f"the config repository ({repo})")
+        protect_path(source)
     for name in (age_files.SOPS_KEY_ENV, age_files.SOPS_KEY_FILE_ENV):
         protect_env(name)
     age_files.install(keyring)

@@ -226,3 +226,16 @@ def test_a_git_tree_reads_files_not_links(tmp_path: Path) -> None:
     assert tree.read("secrets/a.yaml") == b"x"
     assert tree.read("secrets/link.yaml") is None and tree.read("secrets/none") is None
     assert DirectoryTree(repo).read("secrets/link.yaml") is None
+
+
+def test_an_identity_inside_the_config_repo_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "config"
+    repo.mkdir()
+    (repo / "age.key").write_text(generate_identity()[0])
+    before = age_files.active()
+    try:
+        with pytest.raises(age_files.IdentityFileError, match="must be outside the config"):
+            encrypted.install_keys([str(repo / "age.key")], tmp_path / "state", repo)
+        assert age_files.active() is before  # nothing installed
+    finally:
+        age_files.install(before)
