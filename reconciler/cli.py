@@ -211,7 +211,9 @@ def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None
     policy.protect_defaults(state_dir)
     from reconciler.spec.encrypted import install_keys
 
-    install_keys(_age_identity_paths, state_dir, repo)
+    ctx = click.get_current_context(silent=True)  # -e: the environments this command deploys
+    install_keys(_age_identity_paths, state_dir, repo,
+                 (ctx.params.get("environments") or ()) if ctx is not None else ())
     if db_url and db_url.startswith("sqlite:///"):
         policy.protect_path(db_url.removeprefix("sqlite://"))
     return loaded

@@ -56,6 +56,9 @@ class Keyring:
     sources: tuple[str, ...] = ()  # where they came from (files, variables): for messages
     # False for `validate` without identities: encrypted files are checked for shape only
     required: bool = True
+    # the environments this process deploys (-e); empty: all. A staging reconciler holds the
+    # staging key only: production's files are not its to decrypt.
+    environments: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:  # never the keys
         return f"Keyring(public_keys={self.public_keys!r}, sources={self.sources!r})"
@@ -86,7 +89,7 @@ def parse_identities(text: str, source: str) -> list[pyrage.x25519.Identity]:
 
 
 def keyring_from(paths: Iterable[str], environ: Mapping[str, str] | None = None,
-                 required: bool = True) -> Keyring:
+                 required: bool = True, environments: Iterable[str] = ()) -> Keyring:
     """The keyring of ``paths`` (the flag), then the variables (see the module text)."""
     env = os.environ if environ is None else environ
     files = [p for p in paths if p]
@@ -109,7 +112,8 @@ def keyring_from(paths: Iterable[str], environ: Mapping[str, str] | None = None,
         identities += parse_identities(env[SOPS_KEY_ENV], f"${SOPS_KEY_ENV}")
         sources.append(f"${SOPS_KEY_ENV}")
     by_public = {str(i.to_public()): i for i in identities}  # one entry per key
-    return Keyring(tuple(by_public.values()), tuple(by_public), tuple(sources), required)
+    return Keyring(tuple(by_public.values()), tuple(by_public), tuple(sources), required,
+                   frozenset(environments))
 
 
 # -- process-wide state, like the policy: set once by the CLI ----------------------------------

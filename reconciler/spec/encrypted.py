@@ -142,9 +142,12 @@ def check(resources: Iterable[Resource], reader: Reader | None,
     out: list[Violation] = []
     contents: dict[str, bytes | DecryptError] = {}
     shape_only = not keyring.identities and not keyring.required
+    scope = keyring.environments
     for resource in resources:
         if not _may_reference_files(resource.spec):
             continue  # the common case, kept cheap: a fleet has thousands of resources
+        if scope and resource.key.environment not in scope:
+            continue  # not deployed by this process (-e): its files may be for another key
         pairs: list[tuple[str, str]] = []
         for path, ref in refs.spec_refs(resource.spec):
             if not refs.is_repo_ref(ref):
@@ -197,12 +200,14 @@ def _check_shape(ref: Mapping[str, Any], file: str, data: bytes) -> None:
 
 
 def install_keys(identity_paths: Iterable[str], state_dir: Path | None,
-                 repo: str | os.PathLike[str] | None = None) -> Keyring:
+                 repo: str | os.PathLike[str] | None = None,
+                 environments: Iterable[str] = ()) -> Keyring:
     """What a command starts with: the operator's age identities, protected from secret
     references like every credential of the reconciler, and never a file of the config repo
     ``repo`` (when it is a local folder). Without a state directory (``validate``) identities
     are optional."""
-    keyring = age_files.keyring_from(identity_paths, required=state_dir is not None)
+    keyring = age_files.keyring_from(identity_paths, required=state_dir is not None,
+                                     environments=environments)
     tree = os.path.realpath(repo) if repo is not None and os.path.isdir(repo) else None
     for source in keyring.sources:
         if source.startswith("$"):

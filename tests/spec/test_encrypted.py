@@ -239,3 +239,18 @@ def test_an_identity_inside_the_config_repo_is_refused(tmp_path: Path) -> None:
         assert age_files.active() is before  # nothing installed
     finally:
         age_files.install(before)
+
+
+def test_a_reconciler_of_some_environments_decrypts_only_theirs(repo: Repo,
+                                                                 keys: tuple[Path, str]) -> None:
+    """One key per environment: a staging reconciler (-e staging) holds the staging key and
+    must still load a commit whose production files it cannot decrypt."""
+    _, production_key = generate_identity()
+    (repo.root / "secrets" / "prod.yaml").write_bytes(
+        sops_yaml({"db": {"password": SECRET}}, [production_key]))
+    (repo.root / "fleet" / "api.yaml").write_text(service(DB_REF))
+    age_files.install(keyring_from([str(keys[0])], environ={}))
+    with pytest.raises(SecretFileRefused, match=f"encrypted for {production_key}"):
+        repo.load()
+    age_files.install(keyring_from([str(keys[0])], environ={}, environments=["staging"]))
+    assert repo.load().resources[API].sealed_digest == ""  # not this reconciler's
