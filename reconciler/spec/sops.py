@@ -62,16 +62,19 @@ class SopsFile:
     tree: Any  # the document without its ``sops`` metadata
     metadata: dict[str, Any]
 
+    def entries(self, name: str) -> list[dict[str, Any]]:
+        """The entries of a key service's list (``age``, ``pgp``, …); malformed ones dropped."""
+        found = self.metadata.get(name)
+        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
     @property
     def recipients(self) -> list[str]:
         """Who the data key was written for: age recipients, then other services by name."""
-        out = [str(entry.get("recipient")) for entry in self.metadata.get("age") or []
-               if isinstance(entry, dict)]
+        out = [str(entry.get("recipient")) for entry in self.entries("age")]
         for name, field in (("pgp", "fp"), ("kms", "arn"), ("gcp_kms", "resource_id"),
                             ("azure_kv", "vault_url"), ("hc_vault", "vault_address")):
-            for entry in self.metadata.get(name) or []:
-                if isinstance(entry, dict):
-                    out.append(f"{name} {entry.get(field, '?')}")
+            for entry in self.entries(name):
+                out.append(f"{name} {entry.get(field, '?')}")
         if self.metadata.get("key_groups"):
             out.append("key groups (shamir)")
         return out
@@ -234,7 +237,7 @@ def data_key(parsed: SopsFile, keyring: Keyring | None = None) -> bytes:
     keyring = keyring or age_files.active()
     what = f"sops file {parsed.path}"
     recipients = parsed.described_recipients
-    entries = [e for e in parsed.metadata.get("age") or [] if isinstance(e, dict)]
+    entries = parsed.entries("age")
     if not entries:
         raise DecryptError(f"{what} cannot be decrypted: it has no age recipient (encrypted "
                            f"for {recipients}); only age is supported")
@@ -261,11 +264,15 @@ def decrypt(data: bytes, path: str, keyring: Keyring | None = None) -> dict[str,
     parsed = parse(data, path)
     key = data_key(parsed, keyring)
     what = f"sops file {path} (encrypted for {parsed.described_recipients})"
-    only_encrypted = bool(parsed.metadata.get("mac_only_encrypted"))
+    only_encrypted = parsed.metadata.get("mac_only_encrypted") in (True, "true")
     digest = hashlib.sha512()
     values: dict[str, str] = {}
     for dotted, keys, value in _walk(parsed.tree, [], []):
-        encrypted = _should_encrypt(keys, parsed.metadata)
+        try:
+            encrypted = _should_encrypt(keys, parsed.metadata)
+        except (re.error, TypeError):
+            raise DecryptError(f"{what}: its encryption rules (sops.*_regex, sops.*_suffix) "
+                               "are invalid") from None
         if encrypted:
             if not isinstance(value, str):
                 raise DecryptError(f"{what}: {'.'.join(dotted)} should be encrypted but is "

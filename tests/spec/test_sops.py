@@ -161,3 +161,21 @@ def test_whole_age_files_and_identity_errors(tmp_path: Path) -> None:
                                      "SOPS_AGE_KEY": generate_identity()[0]})
     assert public in both.public_keys and len(both.public_keys) == 2
     assert "AGE-SECRET-KEY" not in repr(both)
+
+
+@pytest.mark.parametrize("edit", [
+    (b"    age:\n", b"    age: 5\n    agex:\n"),
+    (b"encrypted_regex: ^(data|stringData)$", b"encrypted_regex: '(('"),
+    (b"encrypted_regex: ^(data|stringData)$", b"encrypted_regex: 5"),
+    (b"iv:DuJce2Ebx1Y49DaLCOJ74OOkgiv21roxhz/sZqKCSSs=", b"iv:!!"),
+    (b'lastmodified: "2021-04-06T09:07:05Z"', b"lastmodified: 5"),
+    (b"    mac: ", b"    macx: "),
+    (b"sops:\n", b"sops: 5\nx:\n"),
+    (b"apiVersion: v1", b"\xff\xfe"),
+])
+def test_a_malformed_file_is_a_decrypt_error_never_a_crash(
+        vectors: Path, test_key: Keyring, edit: tuple[bytes, bytes]) -> None:
+    data = (vectors / "secret.age.yaml").read_bytes()
+    assert edit[0] in data
+    with pytest.raises(DecryptError, match=r"sops file f\.yaml"):
+        sops.decrypt(data.replace(edit[0], edit[1]), "f.yaml", test_key)
