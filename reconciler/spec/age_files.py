@@ -173,7 +173,8 @@ def decrypt(data: bytes, what: str, recipients: str, keyring: Keyring | None = N
     try:
         return bytes(pyrage.decrypt(dearmor(data), list(keyring.identities)))
     except (ValueError, pyrage.DecryptError) as exc:
-        reason = "not an age file" if isinstance(exc, ValueError) else "no identity matches"
+        reason = ("no identity matches" if not isinstance(exc, ValueError) and stanza_types(data)
+                  else "not an age file")
         raise DecryptError(f"{what} cannot be decrypted ({reason}): it was encrypted for "
                            f"{recipients}; {keyring.described}") from None
 
