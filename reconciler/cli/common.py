@@ -189,12 +189,24 @@ def commit_status_targets(values: tuple[str, ...]) -> list[Any]:
         raise click.BadParameter(str(exc), param_hint="--commit-status") from None
 
 
-policy_option = click.option(
+_policy_option = click.option(
     "--policy", "policy_path", envvar="RECONCILER_POLICY", default=None, metavar="FILE",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Operator policy (outside the config repo): which secrets, endpoints and traffic "
          "commands the desired state may use, per environment (docs/security.md). Env "
          "RECONCILER_POLICY. Default: built-in (the invariants only).")
+_age_identity_paths: list[str] = []
+_age_identity_option = click.option(
+    "--age-identity", multiple=True, expose_value=False, metavar="FILE",
+    callback=lambda _ctx, _param, value: _age_identity_paths.extend(value),
+    help="age identity file (age-keygen) to decrypt the repo's sops/age files with; "
+         "repeatable. Also RECONCILER_AGE_IDENTITY, SOPS_AGE_KEY_FILE, SOPS_AGE_KEY "
+         "(docs/sops.md).")
+
+
+def policy_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--policy and --age-identity: what the repo may reach, and the keys to its secrets."""
+    return _policy_option(_age_identity_option(fn))
 
 
 def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None,
@@ -212,6 +224,11 @@ def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None
     loaded = policy.load_policy(str(path) if path is not None else None)
     policy.install(loaded)
     policy.protect_defaults(state_dir)
+    from reconciler.spec.encrypted import install_keys
+
+    ctx = click.get_current_context(silent=True)  # -e: the environments this command deploys
+    install_keys(_age_identity_paths, state_dir, repo,
+                 (ctx.params.get("environments") or ()) if ctx is not None else ())
     if db_url and db_url.startswith("sqlite:///"):
         policy.protect_path(db_url.removeprefix("sqlite://"))
     return loaded

@@ -41,6 +41,7 @@ from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
+from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.spec.policy import PolicyError
@@ -217,6 +218,10 @@ class Daemon:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
                                               cache=cache, tree=self.source.tree(sync.commit))
+        except SecretFileRefused as exc:
+            await self._refuse(sync.commit, "secrets", "references an encrypted file that "
+                               "cannot be used", exc)
+            return self.desired is not None
         except PolicyError as exc:
             await self._refuse(sync.commit, "policy", "breaks the operator policy", exc)
             return self.desired is not None
@@ -259,7 +264,7 @@ class Daemon:
             metrics.DESIRED_STATE_REFUSED.labels(reason).inc()
         if first_time and isinstance(exc, PolicyError):
             try:
-                await self.store.record_audit("refuse", actor="policy", outcome="failed",
+                await self.store.record_audit("refuse", actor=reason, outcome="failed",
                                               config_commit=commit, message=message)
             except ReconcilerError as err:
                 log.warning("cannot record audit event", extra={"error": err.message})

@@ -30,6 +30,7 @@ from reconciler.plan.planner import (
     name_target_changes,
     order_deletions,
     recorded_target,
+    with_content_reason,
 )
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.heal import Healing
@@ -101,6 +102,9 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                 if full is not None:
                     item.record = full
                     item.changes = item_changes(item)
+                    if item.action == UPDATE and not item.changes and item.resource is not None:
+                        # planned from a light record: the document's changes were unknown
+                        item.reason = with_content_reason(item.reason, item.resource)
         order_deletions(plan)  # by the recorded documents, read just above
         name_target_changes(plan)
         return plan

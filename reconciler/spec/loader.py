@@ -29,6 +29,8 @@ from reconciler.spec import fast_path
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cross_check import cross_check
 from reconciler.spec.document_checks import EXPANSION_LIMIT
+from reconciler.spec.encrypted import SecretFileRefused
+from reconciler.spec.encrypted import check as check_encrypted
 from reconciler.spec.fast_path import document_lines
 from reconciler.spec.files import YAML_SUFFIXES, SourceFile, files_from_directory, git_blob_id
 from reconciler.spec.load_state import LoadState
@@ -111,4 +113,8 @@ def _load_desired_state(
         raise SpecError(load.problems + refused)
     if refused:
         raise PolicyError(refused)
+    unusable = [load.problem_at(*load.where[key][:2], path, message) for key, path, message
+                in check_encrypted(resources.values(), tree.read if tree is not None else None)]
+    if unusable:
+        raise SecretFileRefused(unusable)
     return DesiredState(resources=resources, commit=commit, root=root)

@@ -62,6 +62,8 @@ class Resource:
     line: int = 1
     hash: str = ""
     depends_on: list[ResourceKey] = field(default_factory=list)
+    # keyed digest of the encrypted secrets it references (spec/encrypted.py): in its revision
+    sealed_digest: str = ""
 
     @property
     def kind(self) -> str:
