@@ -932,7 +932,8 @@ def _load_desired_state(
         raise SpecError(load.problems + refused)
     if refused:
         raise PolicyError(refused)
-    return DesiredState(resources=resources, commit=commit, root=root)
+    notifiers = {k: resources.pop(k) for k in [k for k in resources if k[1] == "Notifier"]}
+    return DesiredState(resources=resources, commit=commit, root=root, notifiers=notifiers)
 
 
 # Inside the cross-file checks identities are plain (environment, kind, name) tuples: hashing
