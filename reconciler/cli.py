@@ -18,6 +18,8 @@ import click
 
 from reconciler import __version__
 from reconciler.errors import NotFound, ReconcilerError, SpecError
+from reconciler.notifications.cli_options import notify_options
+from reconciler.notifications.settings import NotifySettings
 from reconciler.observe.logging import setup_logging
 from reconciler.observe.printable import printable
 from reconciler.spec.model import DesiredState, ResourceKey
@@ -945,6 +947,7 @@ def _new_lines(before: list[str], after: list[str]) -> list[str]:
               help="Delete audit events older than this, hourly (90d, 90, 720h; 0 keeps them "
                    "forever). Env RECONCILER_AUDIT_RETENTION.")
 @policy_option
+@notify_options
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str,
@@ -952,7 +955,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None, audit_retention: str, policy_path: Path | None) -> None:
+           heal_interval: str | None, audit_retention: str, policy_path: Path | None,
+           notify: NotifySettings) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.source.webhooks import check_secret
@@ -1000,7 +1004,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
                           shard_ttl=lease_ttl, heal_interval=heal_every,
-                          audit_retention=_retention(audit_retention, "--audit-retention"))
+                          audit_retention=_retention(audit_retention, "--audit-retention"),
+                          notify=notify)
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))

@@ -19,28 +19,18 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler.notifications.destinations import Destination
 from reconciler.notifications.digest import Memory, Message, Sent, forget, remember
+from reconciler.notifications.settings import DeliveryLimits
 from reconciler.observe import metrics
 from reconciler.observe.redact import redact
 
 log = logging.getLogger("reconciler.notifications")
 
 SendFn = Callable[[Destination, Message], Awaitable[None]]
-
-
-@dataclass
-class DeliveryLimits:
-    queue: int = 100  # messages waiting per destination; past it new ones are dropped
-    attempts: int = 4  # sends of one message before it is given up
-    backoff_s: float = 1.0  # before the 2nd attempt; doubled each time, jittered ±50 %
-    max_backoff_s: float = 30.0
-    timeout_s: float = 15.0  # one attempt, however Apprise's own timeouts are set
-    delivered_kept: int = 500  # ids of delivered messages remembered in the state file
 
 
 class DeliveryFailed(Exception):

@@ -12,13 +12,13 @@ from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.notifications.events import DEFAULT_EVENTS, PLATFORM, Event, EventKind
+from reconciler.notifications.settings import DEFAULT_REPEAT_S
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import DesiredState, Resource
 from reconciler.spec.secrets import describe_ref, resolve_secret
 
 log = logging.getLogger("reconciler.notifications")
 
-DEFAULT_REPEAT_S = 4 * 3600.0
 
 
 def label_of(url: str, owner: str) -> str:

@@ -197,7 +197,7 @@ class Notifications:
         for event in events:
             if event.commit is not None and self.commit_info is not None:
                 event = Event(event.kind, event.subject, event.resource, event.labels,
-                              event.hosts, self._commit(event.commit.sha), event.outcome,
+                              event.hosts, await self._commit(event.commit.sha), event.outcome,
                               event.reason, event.revision)
             if (event.kind in PROBLEMS and event.resource is not None
                     and self.hosts_of is not None and lookups < MAX_HOST_LOOKUPS):
@@ -208,11 +208,12 @@ class Notifications:
             out.append(event)
         return out
 
-    def _commit(self, sha: str) -> CommitInfo:
+    async def _commit(self, sha: str) -> CommitInfo:
         info = self._commits.get(sha)
         if info is None:
-            try:
-                info = self.commit_info(sha) if self.commit_info else CommitInfo(sha)
+            try:  # git reads in a thread: never on the event loop the passes share
+                info = (await asyncio.to_thread(self.commit_info, sha) if self.commit_info
+                        else CommitInfo(sha))
             except Exception:  # an unknown commit still has its SHA
                 info = CommitInfo(sha)
             if len(self._commits) > 256:
