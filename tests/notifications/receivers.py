@@ -27,7 +27,7 @@ class Mailbox:
         self.received = asyncio.Event()
         self.loop = asyncio.get_running_loop()
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(email.message_from_bytes(envelope.content))
         self.loop.call_soon_threadsafe(self.received.set)
         return "250 OK"
