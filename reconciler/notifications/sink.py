@@ -119,7 +119,7 @@ class Notifications:
                 events.append(Event(EventKind.CONVERGING, DAEMON,
                                     commit=CommitInfo(result.commit) if result.commit else None,
                                     reason="a pass converged"))
-        self._put(events, desired)
+        self.tell(events, desired)
 
     def drift_detected(self, drifted: Mapping[ResourceKey, str],
                        desired: DesiredState) -> None:
@@ -129,13 +129,14 @@ class Notifications:
             labels = tuple(sorted(resource.labels.items())) if resource is not None else ()
             events.append(Event(EventKind.DRIFT_DETECTED, str(key), key, labels,
                                 outcome="OutOfSync", reason=detail))
-        self._put(events, desired)
+        self.tell(events, desired)
 
     def desired_refused(self, commit: str, reason: str, message: str) -> None:
-        self._put([Event(EventKind.REFUSED, COMMITS, commit=CommitInfo(commit),
+        self.tell([Event(EventKind.REFUSED, COMMITS, commit=CommitInfo(commit),
                          outcome=reason, reason=message)], None)
 
-    def _put(self, events: list[Event], desired: DesiredState | None) -> None:
+    def tell(self, events: list[Event], desired: DesiredState | None) -> None:
+        """Queue ``events`` for routing (never waits; dropped and counted when far behind)."""
         if not events and desired is None:
             return
         try:
@@ -233,5 +234,5 @@ class Notifications:
                 reason = f"no converged pass for {format_duration(round(idle))}"
                 if why:
                     reason += f"; last error: {why}"
-                self._put([Event(EventKind.NOT_CONVERGING, DAEMON, outcome="not converged",
+                self.tell([Event(EventKind.NOT_CONVERGING, DAEMON, outcome="not converged",
                                  reason=reason)], None)

@@ -4,6 +4,7 @@ server that records every request and checks it against the documented payload s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import json
 import socket
@@ -53,12 +54,14 @@ class Receiver:
     port: int = 0
     runner: web.AppRunner | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends a hang at stop()
 
     async def handle(self, request: web.Request) -> web.Response:
         self.hits.append(Hit(request.path, dict(request.headers), await request.read()))
         self.arrived.set()
         if self.hang:
-            await asyncio.sleep(self.hang)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.released.wait(), self.hang)
         if request.path.startswith("/api/webhooks/") and self.status == 200:
             return web.Response(status=204)  # Discord answers 204 No Content
         return web.Response(status=self.status, text="ok" if self.status == 200 else "boom")
@@ -73,6 +76,7 @@ class Receiver:
         return self
 
     async def stop(self) -> None:
+        self.released.set()
         if self.runner is not None:
             await self.runner.cleanup()
 
