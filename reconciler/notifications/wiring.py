@@ -31,12 +31,13 @@ class DaemonLike(Protocol):
 def start_notifications(daemon: DaemonLike, settings: NotifySettings,
                         state_dir: Path) -> Notifications:
     """Notifications for ``daemon``, started and set as its event sink."""
-    git_dir = daemon.source.git_dir
+    source = daemon.source
 
     def commit_info(sha: str) -> CommitInfo:
         import git  # a Repo of its own: the daemon's is used from other threads
 
-        commit = git.Repo(git_dir).commit(sha)
+        # read here, not at start: a remote repo is cloned by the first fetch, which may fail
+        commit = git.Repo(source.git_dir).commit(sha)
         return CommitInfo(sha, str(commit.summary), str(commit.author.name or ""))
 
     async def hosts_of(key: ResourceKey) -> list[str]:
