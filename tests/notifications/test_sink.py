@@ -1,7 +1,7 @@
 """Notifications end to end: a real engine (fake provider through the contract, SQLite store)
 rolls back a deployment; the sink's summary reaches real loopback servers through Apprise —
-an SMTP server (aiosmtpd), and HTTP receivers speaking as Slack, Discord, ntfy and a JSON
-webhook, each payload checked against that service's documented shape. Slack and Discord only
+an SMTP server (aiosmtpd), and HTTP receivers speaking as Slack, Discord, ntfy, Gotify and a
+JSON webhook, each payload checked against that service's documented shape. Slack and Discord only
 post to their cloud hosts, so their Apprise plugins' base URLs are pointed at the loopback
 receiver (the plugin code building the request is Apprise's own, unchanged)."""
 
@@ -111,6 +111,7 @@ async def test_a_rolled_back_deploy_reaches_email_slack_discord_ntfy_and_json(
         f"slack://{SLACK_TOKENS}/#ops",
         f"discord://{DISCORD}",
         f"ntfy://127.0.0.1:{http.port}/fleet",
+        f"gotify://127.0.0.1:{http.port}/AgotifyAppToken1",
         f"json://127.0.0.1:{http.port}/ops",
     ])
     notifications = Notifications(operator, state_dir=state, ui_url="https://fraisier.example",
@@ -162,6 +163,13 @@ async def test_a_rolled_back_deploy_reaches_email_slack_discord_ntfy_and_json(
         [ntfy] = [h for h in http.hits if h.path == "/"]
         payload = ntfy.json()
         assert payload["topic"] == "fleet" and "ROLLED BACK" in payload["title"]
+        assert "prod/Service/api" in payload["message"]
+        # Gotify (gotify.net/api-docs: POST /message, app token in X-Gotify-Key, JSON title,
+        # message, priority)
+        [gotify] = http.of("/message")
+        assert gotify.headers["X-Gotify-Key"] == "AgotifyAppToken1"
+        payload = gotify.json()
+        assert isinstance(payload["priority"], int) and "ROLLED BACK" in payload["title"]
         assert "prod/Service/api" in payload["message"]
         # Apprise's json:// (version, title, message, type): the operator's and the Notifier's
         [ops] = http.of("/ops")

@@ -1,7 +1,8 @@
 """The daemon's hooks: a real config repo (git), the real engine running a Job on the local host,
 the daemon's pass function driven directly. A failed Job and a refused commit reach a loopback
 JSON receiver through Apprise, each saying which commit (short SHA, subject, author); a daemon
-that has not converged for --notify-stale-after says so once, and once when it converges."""
+that has not converged for --notify-stale-after says so once, and once when it converges; drift
+found by the heal check (fake provider) is told, and its heal."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from reconciler.notifications.destinations import operator_destinations
 from reconciler.notifications.settings import DeliveryLimits, NotifySettings
 from reconciler.notifications.sink import Notifications
 from reconciler.notifications.wiring import start_notifications
+from reconciler.providers import registry
 from reconciler.rollout.engine import Reconciler
 from reconciler.rollout.outcome import ReconcileResult
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState
+from reconciler.spec.validate import reload_schemas
 from reconciler.state.sqlite import SQLiteStore
 from tests.notifications.receivers import Receiver
+from tests.providers.fake import World, fake_info
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,7 +93,7 @@ spec:
         assert doc["type"] == "failure" and "1 FAILED in default" in doc["title"]
         message = doc["message"]
         assert f"commit {first[:7]} 'migrate to schema v7' by Ada Lovelace" in message
-        assert "default/Job/migrate" in message
+        assert "FAILED: default/Job/migrate on local" in message  # where: the host
         assert "https://fraisier.example/resources/default/Job/migrate" in message
 
         (work / "broken.yaml").write_text("apiVersion: fraisier.dev/v1\nkind: Service\n"
@@ -146,3 +150,63 @@ def test_a_notify_value_that_is_no_url_stops_the_daemon_before_it_starts(
                                       str(tmp_path), "--notify", "hooks.example/abc"])
     assert result.exit_code == 2
     assert "--notify" in result.output and "not an Apprise URL" in result.output
+
+
+async def test_drift_found_by_the_heal_check_is_told_and_so_is_its_heal(
+        tmp_path: Path) -> None:
+    world = World()
+    registry.register(fake_info(world))
+    reload_schemas()
+    receiver = await Receiver().start()
+    work, state = tmp_path / "work", tmp_path / "state"
+    work.mkdir()
+    (work / "fleet.yaml").write_text("""apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {name: fleet}
+spec: {provider: fake, instances: 2}
+---
+apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {name: api}
+spec: {target: fleet, command: [app], fake: {health: healthy}}
+""")
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "api")
+    state.mkdir()
+    store = SQLiteStore(state / "fraisier.db")
+    await store.migrate()
+    source = GitSource(str(work), state_dir=state)
+    engine = Reconciler(store, state_dir=state, source=source)
+    cfg = DaemonConfig(repo=str(work), ref=None, path="", listen_host="127.0.0.1",
+                       listen_port=0, interval=3600, prune=False, state_dir=state,
+                       db_url=store.url)
+    daemon = Daemon(cfg, store, source, engine)
+    notifications = start_notifications(daemon, NotifySettings(
+        urls=[f"json://127.0.0.1:{receiver.port}/ops"], stale_after_s=None), state)
+    heal: asyncio.Task[None] | None = None
+    try:
+        daemon.trigger("startup")
+        await daemon.reconcile_once()
+        world.kill("api-2")
+        daemon.passed.set()
+        heal = asyncio.create_task(daemon.heal())  # its first check runs at once
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+        [drift] = [h.json() for h in receiver.hits]
+        assert "drift detected" in drift["title"] and "default/Service/api" in drift["message"]
+        assert "api-2" in drift["message"] and drift["type"] == "warning"
+        receiver.hits.clear()
+        await daemon.reconcile_once()  # the heal pass the check triggered
+        await settle(notifications)
+        [healed] = [h.json() for h in receiver.hits]
+        assert "drift healed" in healed["title"] and healed["type"] == "success"
+    finally:
+        if heal is not None:
+            heal.cancel()
+            await asyncio.gather(heal, return_exceptions=True)
+        await notifications.close()
+        await engine.close()
+        await store.close()
+        await receiver.stop()
+        registry.unregister("fake")
+        reload_schemas()
