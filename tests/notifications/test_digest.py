@@ -99,3 +99,15 @@ def test_a_notifier_url_is_a_secret_reference_only(tmp_path: Path) -> None:
     d = from_notifier(notifier, environ={"OPS_HOOK": "json://127.0.0.1:9/x"})
     assert (d.id, d.label, d.events, d.environments, d.repeat_s) == (
         "prod/Notifier/ops", "prod/ops:json", frozenset({EventKind.FAILED}), None, 1800.0)
+
+
+def test_validate_counts_notifiers(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    (tmp_path / "n.yaml").write_text(
+        "apiVersion: fraisier.dev/v1\nkind: Notifier\nmetadata: {name: ops}\n"
+        "spec: {url: {env: OPS}}\n")
+    result = CliRunner().invoke(cli, ["validate", str(tmp_path)])
+    assert result.exit_code == 0 and "1 Notifier" in result.output, result.output
