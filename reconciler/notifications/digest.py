@@ -70,7 +70,9 @@ def select(dest: Destination, events: Iterable[Event], memory: dict[str, Sent],
         if event.kind in PROBLEMS:
             if event.kind not in dest.events:
                 continue
-            if told is not None and told.kind == event.kind and now - told.at < dest.repeat_s:
+            if (told is not None and now - told.at < dest.repeat_s
+                    and (told.kind == event.kind
+                         or told.kind in _CONTINUES.get(event.kind, ()))):
                 held += 1
                 continue
             chosen.append(event)
@@ -81,6 +83,12 @@ def select(dest: Destination, events: Iterable[Event], memory: dict[str, Sent],
                                                               EventKind.DRIFT_HEALED):
                 chosen.append(event)  # a plain success, when asked for
     return chosen, held
+
+
+# A problem that is the next state of one already told: a revision rolled back (or failed) is
+# blocked in the passes after, and saying so again is a repeat, not news.
+_CONTINUES = {EventKind.BLOCKED: {str(EventKind.FAILED), str(EventKind.ROLLED_BACK),
+                                  str(EventKind.ROLLBACK_FAILED)}}
 
 
 def _recovery_of(told: Sent, event: Event) -> Event:

@@ -45,8 +45,9 @@ def test_a_repeat_is_held_back_within_the_interval_and_told_after_it() -> None:
     assert (len(chosen), held) == (1, 0)
     assert select(d, [failed], memory, 1059.0) == ([], 1)
     assert len(select(d, [failed], memory, 1061.0)[0]) == 1
-    # another problem of the same resource is news
+    # another problem of the same resource is news; its revision blocked after it is not
     assert len(select(d, [ev(EventKind.ROLLED_BACK, "api")], memory, 1001.0)[0]) == 1
+    assert select(d, [ev(EventKind.BLOCKED, "api")], memory, 1002.0) == ([], 1)
 
 
 def test_recoveries_are_told_once_and_named_after_the_problem() -> None:

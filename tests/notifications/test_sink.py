@@ -178,10 +178,12 @@ async def test_a_rolled_back_deploy_reaches_email_slack_discord_ntfy_and_json(
         [team] = http.of("/team")
         assert "prod/Service/api" in team.json()["message"]
 
-        # the same failure again: held back (repeat interval); the metric counts deliveries
-        # by a label that carries no token
+        # the next pass: api's rolled-back revision is blocked, the same incident: held back
+        # (repeat interval); the metric counts deliveries by a label that carries no token
         http.hits.clear()
-        notifications.pass_finished(result, desired)
+        again = await engine.reconcile(desired)
+        assert [o.result for o in again.outcomes if o.key.name == "api"] == ["blocked"]
+        notifications.pass_finished(again, desired)
         await settle(notifications)
         assert http.hits == []
         exposed = _exposition()
