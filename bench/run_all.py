@@ -79,7 +79,8 @@ def run_one(name: str, extra: list[str], logs: Path) -> tuple[int, float, dict[s
     supports_json = "add_json_flag" in text or "\"--json\"" in text
     argv = [sys.executable, str(script), *extra, *(["--json"] if supports_json else [])]
     log = logs / f"{name}.log"
-    print(f"== {name} {' '.join(extra)} (log: {log.relative_to(ROOT)})", flush=True)
+    shown = log.relative_to(ROOT) if log.is_relative_to(ROOT) else log
+    print(f"== {name} {' '.join(extra)} (log: {shown})", flush=True)
     started = time.monotonic()
     document = None
     with log.open("w") as handle:
