@@ -1,9 +1,10 @@
 """Notifications end to end: a real engine (fake provider through the contract, SQLite store)
-rolls back a deployment; the sink's summary reaches real loopback servers through Apprise —
-an SMTP server (aiosmtpd), and HTTP receivers speaking as Slack, Discord, ntfy, Gotify and a
-JSON webhook, each payload checked against that service's documented shape. Slack and Discord only
-post to their cloud hosts, so their Apprise plugins' base URLs are pointed at the loopback
-receiver (the plugin code building the request is Apprise's own, unchanged)."""
+rolls back a deployment (and defers one by a sync window, then releases it); the sink's summary
+reaches real loopback servers through Apprise: an SMTP server (aiosmtpd), and HTTP receivers
+speaking as Slack, Discord, ntfy, Gotify and a JSON webhook, each payload checked against that
+service's documented shape. Slack and Discord only post to their cloud hosts, so their Apprise
+plugins' base URLs are pointed at the loopback receiver (the plugin code building the request is
+Apprise's own, unchanged)."""
 
 from __future__ import annotations
 
@@ -220,3 +221,43 @@ def _exposition() -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(metrics.REGISTRY).decode()
+
+
+async def test_a_change_deferred_by_a_sync_window_is_told_and_so_is_its_release(
+        tmp_path: Path, world: World, http: Receiver) -> None:
+    root, state = tmp_path / "fleet", tmp_path / "state"
+    root.mkdir()
+    write(root, "target", {"apiVersion": "fraisier.dev/v1", "kind": "Target",
+                           "metadata": {"name": "fleet", "environment": "prod"},
+                           "spec": {"provider": "fake", "instances": 1}})
+    service(root, "api", "healthy")
+    store = open_store(default_db_url(state))
+    await store.migrate()
+    engine = Reconciler(store, state_dir=state)
+    notifications = Notifications(
+        operator_destinations([f"json://127.0.0.1:{http.port}/ops"]), state_dir=state)
+    notifications.start()
+    try:
+        first = load_desired_state(files_from_directory(root), commit="a" * 40)
+        await engine.reconcile(first)
+        freeze = [{"kind": "deny", "schedule": "* * * * *", "duration": "1h"}]
+        service(root, "api", "healthy", env={"V": "2"}, syncWindows=freeze)
+        frozen = load_desired_state(files_from_directory(root), commit="b" * 40)
+        result = await engine.reconcile(frozen)
+        assert [o.action for o in result.outcomes if o.key.name == "api"] == ["deferred"]
+        notifications.pass_finished(result, frozen)
+        await settle(notifications)
+        [deferred] = [h.json() for h in http.hits]
+        assert "1 deferred by sync window in prod" in deferred["title"]
+        assert deferred["type"] == "warning"
+        http.hits.clear()
+        service(root, "api", "healthy", env={"V": "2"})  # the freeze is lifted
+        thawed = load_desired_state(files_from_directory(root), commit="c" * 40)
+        notifications.pass_finished(await engine.reconcile(thawed), thawed)
+        await settle(notifications)
+        [released] = [h.json() for h in http.hits]
+        assert "1 released" in released["title"] and "prod/Service/api" in released["message"]
+    finally:
+        await notifications.close()
+        await engine.close()
+        await store.close()
