@@ -81,12 +81,13 @@ def from_notifier(resource: Resource, environ: Mapping[str, str] | None = None) 
 
 def operator_destinations(values: Iterable[str], repeat_s: float = DEFAULT_REPEAT_S,
                           environ: Mapping[str, str] | None = None) -> list[Destination]:
-    """``--notify`` values and ``RECONCILER_NOTIFY`` (URLs separated by spaces or commas): a URL,
-    or ``env:NAME`` / ``file:PATH`` naming where it is (so no token shows in ``ps``)."""
+    """``--notify`` values and ``RECONCILER_NOTIFY`` (URLs separated by spaces; not commas,
+    which Apprise URLs use: ``mailto://…?to=a@x,b@y``): a URL, or ``env:NAME`` / ``file:PATH``
+    naming where it is (so no token shows in ``ps``)."""
     out: list[Destination] = []
     n = 0
     for value in values:
-        for item in value.replace(",", " ").split():
+        for item in value.split():
             kind, sep, where = item.partition(":")
             if sep and kind in ("env", "file") and not where.startswith("//"):
                 url = resolve_secret({kind: where}, environ=environ, trusted=True)

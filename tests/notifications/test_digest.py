@@ -112,3 +112,16 @@ def test_validate_counts_notifiers(tmp_path: Path) -> None:
         "spec: {url: {env: OPS}}\n")
     result = CliRunner().invoke(cli, ["validate", str(tmp_path)])
     assert result.exit_code == 0 and "1 Notifier" in result.output, result.output
+
+
+def test_operator_urls_split_on_spaces_only_and_come_from_references(tmp_path: Path) -> None:
+    from reconciler.notifications.destinations import operator_destinations
+
+    (tmp_path / "url").write_text("ntfy://127.0.0.1:9/topic\n")
+    dests = operator_destinations(
+        ["mailto://127.0.0.1:25?from=f@example.org&to=a@example.org,b@example.org "
+         f"file:{tmp_path / 'url'}", "env:OPS_URL"],
+        environ={"OPS_URL": "json://127.0.0.1:9/ops"})
+    assert [d.label for d in dests] == ["operator1:mailto", "operator2:ntfy", "operator3:json"]
+    assert dests[0].url.endswith("to=a@example.org,b@example.org")
+    assert dests[1].url == "ntfy://127.0.0.1:9/topic"  # one trailing newline dropped
