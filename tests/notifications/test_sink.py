@@ -190,6 +190,9 @@ async def test_a_rolled_back_deploy_reaches_email_slack_discord_ntfy_and_json(
         exposed = _exposition()
         assert 'destination="operator2:slack",event="rolled_back",result="delivered"' in exposed
         assert SLACK_TOKENS.split("/")[2] not in exposed and "JHZ7lQml" not in exposed
+        saved = (state / "notifications.json").read_text()  # what survives a restart
+        assert "prod/Service/api" in saved
+        assert SLACK_TOKENS.split("/")[2] not in saved and "JHZ7lQml" not in saved
 
         # a restart: the state file keeps what was told (no repeat), and the recovery is
         # sent once
