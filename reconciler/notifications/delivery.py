@@ -27,6 +27,7 @@ from reconciler.notifications.digest import Memory, Message, Sent, forget, remem
 from reconciler.notifications.settings import DeliveryLimits
 from reconciler.observe import metrics
 from reconciler.observe.redact import redact
+from reconciler.spec.model import ResourceKey
 
 log = logging.getLogger("reconciler.notifications")
 
@@ -154,6 +155,15 @@ class Deliveries:
         for message in list(self.outbox.values()):
             if message.destination in self.destinations and message.id not in self.queued:
                 self._enqueue(message, persist=False)
+
+    def open_keys(self) -> set[ResourceKey]:
+        """The resources some destination was told of a problem of (a handful, not the fleet)."""
+        keys: set[ResourceKey] = set()
+        for subjects in self.memory.values():
+            for subject in subjects:
+                if subject.count("/") >= 2:  # a resource key, not "daemon" or "commits"
+                    keys.add(ResourceKey.parse(subject))
+        return keys
 
     def memory_of(self, dest: Destination) -> dict[str, Sent]:
         return self.memory.setdefault(dest.id, {})

@@ -13,6 +13,7 @@ from typing import Any
 
 from reconciler.notifications.destinations import Destination
 from reconciler.notifications.events import (
+    CLOSED_BY_IN_SYNC,
     PROBLEMS,
     RECOVERIES,
     Event,
@@ -77,6 +78,9 @@ def select(dest: Destination, events: Iterable[Event], memory: dict[str, Sent],
                 continue
             chosen.append(event)
         elif event.kind in RECOVERIES:
+            if event.kind == EventKind.IN_SYNC and (
+                    told is None or EventKind(told.kind) not in CLOSED_BY_IN_SYNC):
+                continue
             if told is not None:  # closes a problem this destination was told of
                 chosen.append(_recovery_of(told, event))
             elif event.kind in dest.events and event.kind in (EventKind.SUCCEEDED,
@@ -105,7 +109,8 @@ def _recovery_of(told: Sent, event: Event) -> Event:
 _ORDER = {k: n for n, k in enumerate([
     EventKind.ROLLBACK_FAILED, EventKind.FAILED, EventKind.ROLLED_BACK, EventKind.REFUSED,
     EventKind.NOT_CONVERGING, EventKind.BLOCKED, EventKind.DRIFT_DETECTED, EventKind.DEFERRED,
-    EventKind.CONVERGING, EventKind.DRIFT_HEALED, EventKind.RELEASED, EventKind.SUCCEEDED])}
+    EventKind.CONVERGING, EventKind.DRIFT_HEALED, EventKind.RELEASED, EventKind.IN_SYNC,
+    EventKind.SUCCEEDED])}
 _FAILURES = {EventKind.ROLLBACK_FAILED, EventKind.FAILED, EventKind.ROLLED_BACK,
              EventKind.REFUSED, EventKind.NOT_CONVERGING}
 _WARNINGS = {EventKind.BLOCKED, EventKind.DRIFT_DETECTED, EventKind.DEFERRED}

@@ -22,6 +22,9 @@ class EventKind(StrEnum):
     REFUSED = "refused"  # a commit invalid or refused by the operator policy
     NOT_CONVERGING = "not_converging"
     CONVERGING = "converging"
+    # Sent only to close a problem told before: the resource is in sync with nothing deployed
+    # (the bad commit was reverted to what runs), so no deployment will ever report success.
+    IN_SYNC = "in_sync"
 
 
 # A problem stays open for its subject until a recovery closes it: repeats of the same open
@@ -30,12 +33,16 @@ PROBLEMS = frozenset({EventKind.FAILED, EventKind.ROLLED_BACK, EventKind.ROLLBAC
                       EventKind.DRIFT_DETECTED, EventKind.BLOCKED, EventKind.DEFERRED,
                       EventKind.REFUSED, EventKind.NOT_CONVERGING})
 RECOVERIES = frozenset({EventKind.SUCCEEDED, EventKind.DRIFT_HEALED, EventKind.RELEASED,
-                        EventKind.CONVERGING})
+                        EventKind.CONVERGING, EventKind.IN_SYNC})
+# Problems a resource found in sync (unchanged) ends; not drift: the plan does not see live state.
+CLOSED_BY_IN_SYNC = frozenset({EventKind.FAILED, EventKind.ROLLED_BACK,
+                               EventKind.ROLLBACK_FAILED, EventKind.BLOCKED,
+                               EventKind.DEFERRED})
 # Events of the daemon or of a whole commit, not of one resource.
 PLATFORM = frozenset({EventKind.REFUSED, EventKind.NOT_CONVERGING, EventKind.CONVERGING})
 # What a destination gets unless it lists its events: everything but plain successes (a
 # success that ends a problem it was told of still comes, as that problem's recovery).
-DEFAULT_EVENTS = frozenset(EventKind) - {EventKind.SUCCEEDED}
+DEFAULT_EVENTS = frozenset(EventKind) - {EventKind.SUCCEEDED, EventKind.IN_SYNC}
 # Subjects of platform events.
 DAEMON = "daemon"
 COMMITS = "commits"
@@ -47,6 +54,7 @@ _TITLES = {
     EventKind.BLOCKED: "blocked", EventKind.DEFERRED: "deferred by sync window",
     EventKind.RELEASED: "released (sync window open)", EventKind.REFUSED: "commit refused",
     EventKind.NOT_CONVERGING: "NOT CONVERGING", EventKind.CONVERGING: "converging again",
+    EventKind.IN_SYNC: "back in sync",
 }
 
 

@@ -30,7 +30,7 @@ from reconciler.notifications.events import (
     EventKind,
 )
 from reconciler.observe import metrics
-from reconciler.rollout.outcome import ReconcileResult
+from reconciler.rollout.outcome import CONVERGED, ReconcileResult
 from reconciler.spec.durations import format_duration
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
@@ -55,13 +55,19 @@ class EventSink(Protocol):
 
 
 def events_of_pass(result: ReconcileResult, desired: DesiredState,
-                   healed: Collection[ResourceKey] = ()) -> list[Event]:
+                   healed: Collection[ResourceKey] = (),
+                   open_keys: Collection[ResourceKey] = ()) -> list[Event]:
     """The events of a pass: a deployment's end, a blocked revision, a deferred change.
-    Unchanged resources give none (a no-op pass over a large fleet stays cheap)."""
+    Unchanged resources give none (a no-op pass over a large fleet stays cheap), except those
+    in ``open_keys`` (a destination was told of a problem of theirs): ``in_sync``."""
     commit = CommitInfo(result.commit) if result.commit else None
     events: list[Event] = []
     for o in result.outcomes:
-        if o.waiting:
+        if o.result == CONVERGED and o.key in open_keys:
+            events.append(Event(EventKind.IN_SYNC, str(o.key), o.key, (), (), commit,
+                                outcome=f"{o.action} {o.result}", revision=o.revision))
+            continue
+        if o.result == CONVERGED or o.waiting:  # the bulk of a no-op pass: leave at once
             continue
         if o.action == "deferred":
             kind: EventKind | None = EventKind.DEFERRED
@@ -111,7 +117,7 @@ class Notifications:
     # -- EventSink ----------------------------------------------------------------------------
     def pass_finished(self, result: ReconcileResult, desired: DesiredState, *,
                       healed: Collection[ResourceKey] = ()) -> None:
-        events = events_of_pass(result, desired, healed)
+        events = events_of_pass(result, desired, healed, self.deliveries.open_keys())
         if result.converged:
             self.last_converged = time.monotonic()
             if self.stale_told:

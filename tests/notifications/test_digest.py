@@ -64,6 +64,12 @@ def test_recoveries_are_told_once_and_named_after_the_problem() -> None:
     assert message.severity == "success"
     remember(memory, message)
     assert select(d, ok, memory, 2.0) == ([], 0)  # once
+    # in sync again with nothing deployed (a revert) ends a failure, never a drift, and is
+    # never news on its own
+    memory = {"prod/Service/api": Sent("rolled_back", 0.0), "prod/Service/web":
+              Sent("drift_detected", 0.0)}
+    in_sync = [ev(EventKind.IN_SYNC, n) for n in ("api", "web", "db")]
+    assert [e.subject for e in select(d, in_sync, memory, 1.0)[0]] == ["prod/Service/api"]
     asked = dest(events=DEFAULT_EVENTS | {EventKind.SUCCEEDED})
     assert len(select(asked, ok, {}, 0.0)[0]) == 3
 

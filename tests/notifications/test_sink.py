@@ -203,12 +203,16 @@ async def test_a_rolled_back_deploy_reaches_email_slack_discord_ntfy_and_json(
         notifications.pass_finished(result, desired)
         await settle(notifications)
         assert http.hits == []
-        service(root, "api", "healthy", env={"V": "3"})
+        # the bad commit reverted: api is unchanged (it runs that revision), no deployment will
+        # ever succeed, and the problem still ends: "back in sync", once
+        service(root, "api", "healthy")
         fixed = load_desired_state(files_from_directory(root), commit="c" * 40)
-        notifications.pass_finished(await engine.reconcile(fixed), fixed)
+        reverted = await engine.reconcile(fixed)
+        assert [o.result for o in reverted.outcomes if o.key.name == "api"] == ["converged"]
+        notifications.pass_finished(reverted, fixed)
         await settle(notifications)
         [recovered] = http.of("/ops")
-        assert "succeeded" in recovered.json()["title"]
+        assert "1 back in sync" in recovered.json()["title"]
         assert recovered.json()["type"] == "success"
         http.hits.clear()
         notifications.pass_finished(await engine.reconcile(fixed), fixed)
