@@ -12,14 +12,14 @@ import click
 
 from reconciler.cli.common import (
     Options,
+    commit_status_option,
+    commit_status_targets,
     emit_json,
     handles_errors,
     install_policy,
     load_commit,
     make_source,
     open_store,
-    commit_status_option,
-    commit_status_targets,
     policy_option,
     run,
     style,

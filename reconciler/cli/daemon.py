@@ -13,14 +13,16 @@ import click
 
 from reconciler.cli.common import (
     Options,
-    handles_errors,
-    install_policy,
     commit_status_option,
     commit_status_targets,
+    handles_errors,
+    install_policy,
     policy_option,
     retention_option,
     with_repo,
 )
+from reconciler.notifications.cli_options import notify_options
+from reconciler.notifications.settings import NotifySettings
 from reconciler.observe.printable import printable
 
 log = logging.getLogger("reconciler.cli")
@@ -59,6 +61,7 @@ log = logging.getLogger("reconciler.cli")
                    "forever). Env RECONCILER_AUDIT_RETENTION.")
 @commit_status_option
 @policy_option
+@notify_options
 @click.pass_obj
 @handles_errors
 def daemon(opts: Options, repo: str, ref: str | None, path: str,
@@ -67,7 +70,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
            heal_interval: str | None, audit_retention: str, commit_status: tuple[str, ...],
-           policy_path: Path | None) -> None:
+           policy_path: Path | None, notify: NotifySettings) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.loop import DaemonConfig, run_daemon
     from reconciler.source.webhooks import check_secret
@@ -117,7 +120,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           environments=set(environments), ha=ha,
                           shard_ttl=lease_ttl, heal_interval=heal_every,
                           audit_retention=retention_option(audit_retention, "--audit-retention"),
-                          commit_status=status_targets)
+                          commit_status=status_targets, notify=notify)
     import asyncio
 
     sys.exit(asyncio.run(run_daemon(config)))

@@ -54,12 +54,12 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
     # source.path is rooted at the repository: checked when PATH is in a work tree
     top = work_tree_of(path)
     state = load_desired_state(files, tree=DirectoryTree(top) if top is not None else None)
-    if not state.resources:
+    if not state.resources and not state.notifiers:
         click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
                    "validate", err=True)
         sys.exit(2)
     counts: dict[str, int] = {}
-    for key in state.resources:
+    for key in [*state.resources, *state.notifiers]:
         counts[key.kind] = counts.get(key.kind, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no resources"
     from reconciler.providers.sandbox import sandbox_off_warnings

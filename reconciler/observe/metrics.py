@@ -70,6 +70,13 @@ DESIRED_STATE_REFUSED = Counter(
 )
 for _reason in ("invalid", "policy"):
     DESIRED_STATE_REFUSED.labels(_reason)
+NOTIFICATIONS_TOTAL = Counter(
+    "reconciler_notifications_total",
+    "Notification messages by destination (who configured it and the service, never the URL), "
+    "event kind in the message and result: delivered, failed (gave up after its retries), "
+    "dropped (queue full) or suppressed (a repeat held back within the repeat interval).",
+    ["destination", "event", "result"], registry=REGISTRY,
+)
 JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,

@@ -117,4 +117,5 @@ def _load_desired_state(
                 in check_encrypted(resources.values(), tree.read if tree is not None else None)]
     if unusable:
         raise SecretFileRefused(unusable)
-    return DesiredState(resources=resources, commit=commit, root=root)
+    notifiers = {k: resources.pop(k) for k in [k for k in resources if k[1] == "Notifier"]}
+    return DesiredState(resources=resources, commit=commit, root=root, notifiers=notifiers)
