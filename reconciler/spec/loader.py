@@ -79,6 +79,11 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            # What a load built lives as long as the desired state: moved to the oldest
+            # generation unscanned (freeze + unfreeze), else the first young collection after
+            # the pause scans all of it (~60 ms of a 10,000-Service warm load of ~165 ms).
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
