@@ -29,7 +29,8 @@ import yaml
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "3"  # 2: systemd calendar schedules; 3: control characters, root
+LOADER_VERSION = "4"  # 2: systemd calendar schedules; 3: control characters, root;
+# 4: shared definitions (metadata.environments) and Environment records
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 

@@ -33,6 +33,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import SourceError, SpecError, SpecProblem
+from reconciler.spec import environments
 from reconciler.spec.cache import Record, SpecCache
 from reconciler.spec.cron import schedule_errors, timezone_error
 from reconciler.spec.hostvars import instance_var_maps, placeholders, uses_vars
@@ -522,6 +523,14 @@ def _load_fast(data: bytes) -> list[Record] | None:
         kind = document.get("kind")
         if document.get("apiVersion") != API_VERSION or not isinstance(kind, str):
             return None
+        if kind in KIND_SCHEMAS and environments.is_definition(document):
+            if environments.definition_issues(kind, document):
+                return None
+            record = environments.definition_record(index, line, kind, document)
+            if record is None:
+                return None
+            records.append(record)
+            continue
         if kind not in KIND_SCHEMAS or fast_errors(kind, document) is not None:
             return None
         if _semantic_issues(kind, document):
@@ -788,6 +797,12 @@ def _check_document(
         return None, None, problems
     assert isinstance(kind, str)
     identity = _identity(kind, document)
+    if known_api and not odd and environments.is_definition(document):
+        for issue in environments.definition_issues(kind, document):
+            add(issue)
+        record = None if problems else environments.definition_record(
+            index, node.start_mark.line + 1, kind, document)
+        return record, None, problems
     if known_api and not odd:
         try:
             issues = schema_issues(kind, document)
@@ -923,6 +938,9 @@ def _load_desired_state(
             if clean and cache is not None:
                 cache.put(source.blob_id, records)
         load.valid.extend((file_index, record) for record in records)
+    resolved = environments.resolve(load.valid, [f.blob_id for f in files], cache, _checks(load))
+    load.valid, load.partial = resolved.valid, load.partial + resolved.partial
+    load.problems.extend(resolved.problems)
     resources = _cross_check(load, tree)
     # The operator policy is checked on every load, cached files included (the cache holds
     # what the repo says, the policy what the operator allows now).
@@ -933,6 +951,18 @@ def _load_desired_state(
     if refused:
         raise PolicyError(refused)
     return DesiredState(resources=resources, commit=commit, root=root)
+
+
+def _resolved_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
+    """The checks of a written document, for one resolved from a shared definition."""
+    message = fast_errors(kind, document)
+    if message is not None:
+        return schema_issues(kind, document) or [fast_message_issue(message)]
+    return _semantic_issues(kind, document)
+
+
+def _checks(load: _Load) -> environments.Checks:
+    return environments.Checks(_resolved_issues, _record, load.problem_at)
 
 
 # Inside the cross-file checks identities are plain (environment, kind, name) tuples: hashing

@@ -45,6 +45,9 @@ KIND_SCHEMAS: dict[str, str] = {
     "Service": "service.json",
     "Job": "job.json",
     "Schedule": "schedule.json",
+    # values of one environment for shared definitions (spec/environments.py); consumed by
+    # the loader, never a resource of its own
+    "Environment": "environment.json",
 }
 # Registry base for the slow validator; the files themselves carry no $id, so editors resolve
 # their relative $refs against the files' own locations.

@@ -1,0 +1,168 @@
+"""``${NAME}`` substitution in a shared definition (``spec/environments.py`` says where).
+
+A string that is exactly ``${NAME}`` becomes the value itself, with its type (a number, a list
+of hosts, a map of env vars); a ``${NAME}`` inside a longer string becomes the value's text
+(strings, numbers and booleans only). ``$${`` writes a literal ``${`` (a shell command that
+needs ``${HOME}`` writes ``$${HOME}``). Keys are never substituted: a document's shape is fixed
+by its definition, only values vary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+NAME_RE = re.compile(NAME)
+# $${...} (escape) or ${...}; what is inside the braces is checked separately so that a
+# malformed reference (``${}``, ``${a b}``) is reported rather than silently kept.
+_TOKEN = re.compile(r"\$(\$?)\{([^}]*)\}")
+_WHOLE = re.compile(r"\$\{(" + NAME + r")\}")
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Use:
+    """One ``${NAME}`` written at ``path`` (of the document being substituted)."""
+
+    path: Path_
+    name: str
+    whole: bool  # the whole string: the value keeps its type
+
+
+@dataclass
+class Failure:
+    """Why a use could not be substituted (``kind``: undefined, malformed, not-scalar)."""
+
+    path: Path_
+    name: str
+    kind: str
+
+
+@dataclass
+class Result:
+    value: Any
+    uses: list[Use] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+UNDEFINED = "undefined"
+MALFORMED = "malformed"
+NOT_SCALAR = "not-scalar"
+
+
+def has_reference(text: str) -> bool:
+    return "${" in text
+
+
+def copy_value(value: Any) -> Any:
+    """An independent copy of a JSON value (resources of two environments never share a list)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: copy_value(v) for k, v in value.items()}
+    if kind is list:
+        return [copy_value(v) for v in value]
+    return value
+
+
+def as_text(value: Any) -> str | None:
+    """How a value reads inside a longer string; None for a list, a map or null."""
+    if type(value) is str:
+        return value
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) in (int, float):
+        return json.dumps(value)
+    return None
+
+
+def substitute(value: Any, values: Mapping[str, Any], path: Path_ = ()) -> Result:
+    """``value`` with every ``${NAME}`` replaced from ``values``; unknown or unusable
+    references are collected in ``failures`` (and left as written)."""
+    result = Result(None)
+    result.value = _walk(value, values, path, result)
+    return result
+
+
+def _walk(value: Any, values: Mapping[str, Any], path: Path_, result: Result) -> Any:
+    kind = type(value)
+    if kind is str:
+        if "${" not in value:
+            return value
+        return _string(value, values, path, result)
+    if kind is dict:
+        return {k: _walk(v, values, (*path, k), result) for k, v in value.items()}
+    if kind is list:
+        return [_walk(v, values, (*path, i), result) for i, v in enumerate(value)]
+    return value
+
+
+def _string(text: str, values: Mapping[str, Any], path: Path_, result: Result) -> Any:
+    whole = _WHOLE.fullmatch(text)
+    if whole is not None:
+        name = whole.group(1)
+        result.uses.append(Use(path, name, True))
+        if name not in values:
+            result.failures.append(Failure(path, name, UNDEFINED))
+            return text
+        return copy_value(values[name])
+
+    def replace(match: re.Match[str]) -> str:
+        escaped, name = match.group(1), match.group(2)
+        if escaped:
+            return "${" + name + "}"
+        if not NAME_RE.fullmatch(name):
+            result.failures.append(Failure(path, name, MALFORMED))
+            return match.group(0)
+        result.uses.append(Use(path, name, False))
+        if name not in values:
+            result.failures.append(Failure(path, name, UNDEFINED))
+            return match.group(0)
+        text_value = as_text(values[name])
+        if text_value is None:
+            result.failures.append(Failure(path, name, NOT_SCALAR))
+            return match.group(0)
+        return text_value
+
+    return _TOKEN.sub(replace, text)
+
+
+def references(value: Any, path: Path_ = ()) -> list[Use]:
+    """Every well-formed ``${NAME}`` in ``value`` (escapes excluded), with its path."""
+    found: list[Use] = []
+    stack: list[tuple[Path_, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if type(item) is str:
+            if "${" not in item:
+                continue
+            whole = _WHOLE.fullmatch(item) is not None
+            for match in _TOKEN.finditer(item):
+                if not match.group(1) and NAME_RE.fullmatch(match.group(2)):
+                    found.append(Use(where, match.group(2), whole))
+        elif type(item) is dict:
+            stack.extend(((*where, k), v) for k, v in item.items())
+        elif type(item) is list:
+            stack.extend(((*where, i), v) for i, v in enumerate(item))
+    found.sort(key=lambda use: [str(p) for p in use.path])
+    return found
+
+
+def keys_with_references(value: Any, path: Path_ = ()) -> list[Path_]:
+    """Paths of mapping keys that hold ``${`` (keys are not substituted: a mistake to report)."""
+    found: list[Path_] = []
+    stack: list[tuple[Path_, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if type(item) is dict:
+            for key, child in item.items():
+                if type(key) is str and "${" in key:
+                    found.append((*where, key))
+                stack.append(((*where, key), child))
+        elif type(item) is list:
+            stack.extend(((*where, i), v) for i, v in enumerate(item))
+    return found
