@@ -229,10 +229,14 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 # -- validate ---------------------------------------------------------------------------------
 @cli.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
+@click.option("-e", "--environment", "environments", multiple=True,
+              help="Only report this environment (repeatable; everything is still checked); "
+                   "`reconciler render -e ENV` prints it.")
 @policy_option
 @click.pass_obj
 @handles_errors
-def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
+def validate(opts: Options, path: Path, environments: tuple[str, ...],
+             policy_path: Path | None) -> None:
     """Load and schema-check the desired state in PATH (a plain folder or a work tree), and
     check it against the operator policy.
 
@@ -258,6 +262,8 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
         click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
                    "validate", err=True)
         sys.exit(2)
+    cli_render.check_environments(state, environments)
+    state = state.only(set(environments))
     counts: dict[str, int] = {}
     for key in state.resources:
         counts[key.kind] = counts.get(key.kind, 0) + 1
@@ -270,7 +276,7 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
 
 
 # -- diff -------------------------------------------------------------------------------------
-def render_plan(plan: Any) -> None:
+def render_plan(plan: Any, origins: Any = None) -> None:
     from reconciler.plan.planner import SYMBOLS, UNCHANGED
 
     colours = {"create": "green", "update": "yellow", "delete": "red", "orphan": "red",
@@ -293,6 +299,8 @@ def render_plan(plan: Any) -> None:
             else:
                 line = f"    - {change.path}"
             click.echo(_style(line, fg={"~": "yellow", "+": "green", "-": "red"}[change.op]))
+            for origin in cli_render.origins_under(origins, item.key, change.path):
+                click.echo(f"        {origin}")
         if len(item.changes) > 50:
             click.echo(f"    … {len(item.changes) - 50} more changes")
     if plan.in_sync:
@@ -306,11 +314,15 @@ def render_plan(plan: Any) -> None:
               help="Also observe applied Services through their providers and show drift "
                    "(stopped, replaced or changed by hand).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--show-origin", is_flag=True,
+              help="Under each changed value, where it came from: the ${NAME} of a shared "
+                   "definition and the Environment defining it (docs/environments.md).")
 @policy_option
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, live: bool, output: str, policy_path: Path | None) -> None:
+         prune: bool, live: bool, output: str, show_origin: bool,
+         policy_path: Path | None) -> None:
     """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
 
@@ -321,6 +333,10 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
         desired = load_commit(opts, source, commit)
+        if show_origin:
+            from reconciler.spec.environments import origins
+
+            found.update(origins(source.files(commit)))
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             environments=set(environments))
@@ -343,11 +359,14 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
             await engine.close()
             await store.close()
 
+    found: dict[Any, Any] = {}
     plan = run(main())
     if output == "json":
-        emit_json(plan.to_json())
+        document = plan.to_json()
+        cli_render.add_origins_to_plan_json(document, found)
+        emit_json(document)
     else:
-        render_plan(plan)
+        render_plan(plan, found)
     sys.exit(0 if plan.in_sync else 1)
 
 
@@ -1213,7 +1232,7 @@ def db_copy(src_url: str, dst_url: str) -> None:
 
 
 # Commands kept in their own modules, registered on `cli` when imported.
-from reconciler import cli_rollout  # noqa: E402, F401
+from reconciler import cli_render, cli_rollout  # noqa: E402, F401
 
 
 def main() -> None:
