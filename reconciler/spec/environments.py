@@ -426,10 +426,11 @@ def origins(files: Sequence[Any]) -> dict[tuple[str, str, str], list[Origin]]:
                 name = (document.get("metadata") or {}).get("name")
                 values = _node_at(node, ("spec", "values"))
                 if isinstance(name, str) and isinstance(values, MappingNode):
+                    # the value's own position, as in validation messages: what to edit
                     values_at[name] = {
-                        str(k.value): Mark(source.path, k.start_mark.line + 1,
-                                           k.start_mark.column + 1)
-                        for k, _ in values.value if isinstance(k, ScalarNode)}
+                        str(k.value): Mark(source.path, v.start_mark.line + 1,
+                                           v.start_mark.column + 1)
+                        for k, v in values.value if isinstance(k, ScalarNode)}
             elif is_definition(document):
                 definitions.append((source.path, node, document))
     found: dict[tuple[str, str, str], list[Origin]] = {}

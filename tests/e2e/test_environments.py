@@ -110,9 +110,9 @@ def test_one_definition_two_environments(fleet: Fleet) -> None:
     [origin] = change["origins"]
     # ${greeting} is written at api.yaml line 21, column 15; production defines it at line 16
     assert origin == {"path": "spec.env.GREETING", "value": "greeting",
-                      "use": "fleet/api.yaml:21:15", "definition": "fleet/environments.yaml:16:5"}
+                      "use": "fleet/api.yaml:21:15", "definition": "fleet/environments.yaml:16:15"}
     text = fleet.cli("diff", *fleet.repo_args(), "--show-origin")
-    assert "${greeting} used at fleet/api.yaml:21:15, defined at fleet/environments.yaml:16:5" \
+    assert "${greeting} used at fleet/api.yaml:21:15, defined at fleet/environments.yaml:16:15" \
         in text.stdout
 
     second = fleet.cli("apply", *fleet.repo_args())
