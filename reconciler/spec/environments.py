@@ -37,13 +37,16 @@ from reconciler.errors import SpecProblem
 from reconciler.spec.cache import Record
 from reconciler.spec.model import Mark
 from reconciler.spec.substitute import (
+    IN_KEY,
     MALFORMED,
     NAME_RE,
     NOT_SCALAR,
     UNDEFINED,
     Failure,
     Path_,
+    Prepared,
     Use,
+    fast_substitute_text,
     keys_with_references,
     references,
     substitute,
@@ -69,8 +72,11 @@ def _valid_name(value: Any) -> bool:
     return type(value) is str and len(value) <= 63 and _NAME.fullmatch(value) is not None
 
 
-def definition_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
-    """What is wrong with a shared definition before any value is substituted."""
+def definition_issues(kind: str, document: dict[str, Any], *,
+                      thorough: bool = True) -> list[Issue]:
+    """What is wrong with a shared definition before any value is substituted. The loader's
+    fast path passes ``thorough=False``: references in keys and malformed references are then
+    found by the substitution itself (``resolve``), without two more walks of every document."""
     issues: list[Issue] = []
     if kind not in DEFINABLE_KINDS:
         return [Issue(("metadata", "environments"), f"metadata.environments: a {kind} cannot "
@@ -107,31 +113,38 @@ def definition_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
         issues.append(Issue(("metadata", "labels"), "metadata.labels: expected a mapping"))
     if type(document.get("spec")) is not dict:
         issues.append(Issue(("spec",), "spec: expected a mapping"))
-    for path in keys_with_references(document):
-        issues.append(Issue(path, f"{format_path(path)}: ${{...}} in a key is not substituted "
-                            "(only values vary between environments)", True))
-    issues.extend(_malformed(document))
+    if thorough:
+        for path in keys_with_references(document):
+            issues.append(Issue(path, _in_key_message(path), True))
+        found = substitute({"metadata": {"labels": document["metadata"].get("labels")},
+                            "spec": document.get("spec")}, {}).failures
+        issues.extend(Issue(f.path, _malformed_message(f)) for f in found
+                      if f.kind == MALFORMED)
     return issues
 
 
-def _malformed(document: dict[str, Any]) -> list[Issue]:
-    found = substitute({"metadata": {"labels": document["metadata"].get("labels")},
-                        "spec": document.get("spec")}, {}).failures
-    return [Issue(f.path, f"{format_path(f.path)}: malformed reference ${{{f.name}}}: write "
-                  "${NAME} (letters, digits, '_'), or $${ for a literal ${")
-            for f in found if f.kind == MALFORMED]
+def _in_key_message(path: Path_) -> str:
+    return (f"{format_path(path)}: ${{...}} in a key is not substituted (only values vary "
+            "between environments)")
+
+
+def _malformed_message(failure: Failure) -> str:
+    return (f"{format_path(failure.path)}: malformed reference ${{{failure.name}}}: write "
+            "${NAME} (letters, digits, '_'), or $${ for a literal ${")
 
 
 def definition_record(index: int, line: int, kind: str, document: dict[str, Any]) -> Record | None:
     """The (unresolved) record of a shared definition: ``environment`` is ``DEFINITION`` and
-    ``spec`` holds ``{"environments", "labels", "spec"}``; None if not plain JSON data."""
+    ``spec`` holds ``{"environments", "text"}``, ``text`` being the JSON of ``{"labels",
+    "spec"}`` (what substitution works on); None if not plain JSON data."""
     metadata = document["metadata"]
-    kept = {"environments": metadata["environments"], "labels": metadata.get("labels", {}),
-            "spec": document["spec"]}
     try:
-        json.dumps(kept, allow_nan=False)
-    except (TypeError, ValueError, RecursionError):
+        text = json.dumps({"labels": metadata.get("labels", {}), "spec": document["spec"]},
+                          ensure_ascii=False, allow_nan=False)
+        text.encode()  # no lone surrogate
+    except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
         return None
+    kept = {"environments": metadata["environments"], "text": text}
     return (index, line, kind, metadata["name"], DEFINITION, {}, kept, "")
 
 
@@ -155,7 +168,7 @@ class Checks:
     # the record of a valid document (index, line, kind, document)
     record: Callable[[int, int, str, dict[str, Any]], Record | None]
     # a problem located at ``path`` of document ``index`` of file ``file_index``
-    problem_at: Callable[[int, int, Path_, str], SpecProblem]
+    problem_at: Callable[..., SpecProblem]  # (file index, index, path, message, at_key=False)
 
 
 @dataclass
@@ -166,6 +179,7 @@ class _Environment:
     raw: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
+    prepared: Prepared | None = None
 
 
 @dataclass
@@ -322,20 +336,35 @@ def _resolve_one(file_index: int, record: Record, position: int, env_name: str,
             file_index, index, where,
             f"{format_path(where)}: no Environment {env_name!r} (defined: {known}); write a "
             f"document with kind: Environment, metadata.name: {env_name}")]
-    labels = substitute(definition["labels"], env.values, ("metadata", "labels"))
-    spec = substitute(definition["spec"], env.values, ("spec",))
+    if env.prepared is None:
+        env.prepared = Prepared(env.values)
+    body = fast_substitute_text(definition["text"], env.prepared)
+    if body is not None:  # the common case: every reference resolved
+        document = _document(kind, name, env_name, body)
+        issues = checks.issues(kind, document)
+        if not issues:
+            resolved = checks.record(index, line, kind, document)
+            if resolved is not None:
+                return resolved, []
+    # something is wrong: substitute again, walking, to say what and where
+    written = json.loads(definition["text"])
+    labels = substitute(written["labels"], env.values, ("metadata", "labels"))
+    spec = substitute(written["spec"], env.values, ("spec",))
     problems: list[SpecProblem] = []
     for failure in labels.failures + spec.failures:
+        if failure.kind in (MALFORMED, IN_KEY):  # the same in every environment: once
+            if position == 0:
+                problems.append(checks.problem_at(
+                    file_index, index, failure.path,
+                    _malformed_message(failure) if failure.kind == MALFORMED
+                    else _in_key_message(failure.path), failure.kind == IN_KEY))
+            continue
         message = _failure_message(failure, env, checks)
         if message is not None:
             problems.append(checks.problem_at(file_index, index, failure.path, message))
     if labels.failures or spec.failures:
         return None, problems
-    metadata: dict[str, Any] = {"name": name, "environment": env_name}
-    if definition["labels"]:
-        metadata["labels"] = labels.value
-    document = {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata,
-                "spec": spec.value}
+    document = _document(kind, name, env_name, {"labels": labels.value, "spec": spec.value})
     issues = checks.issues(kind, document)
     if issues:
         uses = labels.uses + spec.uses
@@ -347,6 +376,13 @@ def _resolve_one(file_index: int, record: Record, position: int, env_name: str,
         return None, [checks.problem_at(file_index, index, (), "the resolved document holds "
                                         "values that have no JSON equivalent")]
     return resolved, []
+
+
+def _document(kind: str, name: str, environment: str, body: dict[str, Any]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "environment": environment}
+    if body["labels"]:
+        metadata["labels"] = body["labels"]
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": body["spec"]}
 
 
 def _failure_message(failure: Failure, env: _Environment, checks: Checks) -> str | None:
@@ -362,7 +398,7 @@ def _failure_message(failure: Failure, env: _Environment, checks: Checks) -> str
         return (f"{where}: ${{{failure.name}}} is a {_shape(env.values[failure.name])} in "
                 f"environment {env.name!r} ({_definition_at(env, checks, failure.name)}); "
                 f"only a whole string \"${{{failure.name}}}\" can hold one")
-    return None  # malformed: reported once by definition_issues
+    return None
 
 
 def _located_issue(file_index: int, index: int, issue: Issue, uses: Iterable[Use],

@@ -524,7 +524,7 @@ def _load_fast(data: bytes) -> list[Record] | None:
         if document.get("apiVersion") != API_VERSION or not isinstance(kind, str):
             return None
         if kind in KIND_SCHEMAS and environments.is_definition(document):
-            if environments.definition_issues(kind, document):
+            if environments.definition_issues(kind, document, thorough=False):
                 return None
             record = environments.definition_record(index, line, kind, document)
             if record is None:

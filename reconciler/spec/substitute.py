@@ -36,7 +36,8 @@ class Use:
 
 @dataclass
 class Failure:
-    """Why a use could not be substituted (``kind``: undefined, malformed, not-scalar)."""
+    """Why a use could not be substituted (``kind``: undefined, malformed, not-scalar,
+    in-key)."""
 
     path: Path_
     name: str
@@ -53,6 +54,7 @@ class Result:
 UNDEFINED = "undefined"
 MALFORMED = "malformed"
 NOT_SCALAR = "not-scalar"
+IN_KEY = "in-key"
 
 
 def has_reference(text: str) -> bool:
@@ -95,7 +97,12 @@ def _walk(value: Any, values: Mapping[str, Any], path: Path_, result: Result) ->
             return value
         return _string(value, values, path, result)
     if kind is dict:
-        return {k: _walk(v, values, (*path, k), result) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if "${" in k:  # keys are not substituted: reported (one loop, no second walk)
+                result.failures.append(Failure((*path, k), k, IN_KEY))
+            out[k] = _walk(v, values, (*path, k), result)
+        return out
     if kind is list:
         return [_walk(v, values, (*path, i), result) for i, v in enumerate(value)]
     return value
@@ -129,6 +136,82 @@ def _string(text: str, values: Mapping[str, Any], path: Path_, result: Result) -
         return text_value
 
     return _TOKEN.sub(replace, text)
+
+
+# -- fast path: substitution on the JSON text of a document -----------------------------------
+# A walk in Python over every node of 10,000 documents costs a third of parsing them; the
+# same substitution on each document's JSON text runs in C (dumps, one regex, loads). Anything
+# unusual (an undefined or unusable value, a reference in a key, a malformed reference) makes
+# it give up, and the walk above then says exactly what and where.
+_TEXT_TOKEN = re.compile(r'"\$\{(' + NAME + r')\}"(:?)|\$(\$?)\{([^}"\\]*)\}')
+
+
+class Prepared:
+    """One environment's values, encoded once for ``fast_substitute``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        # whole string "${NAME}" -> the value's JSON; inside a string -> its escaped text
+        self.whole = {name: json.dumps(value, ensure_ascii=False) for name, value in
+                      values.items()}
+        self.part: dict[str, str] = {}
+        for name, value in values.items():
+            text = as_text(value)
+            if text is not None:
+                self.part[name] = json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+class _GiveUp(Exception):
+    pass
+
+
+def _in_key(text: str, position: int) -> bool:
+    """Whether ``position`` (inside a JSON string of ``text``) is inside a mapping key: the
+    string's closing quote is followed by ':'."""
+    end = text.find('"', position)
+    while end > 0:
+        backslashes = 0
+        while text[end - 1 - backslashes] == "\\":
+            backslashes += 1
+        if backslashes % 2 == 0:
+            return text.startswith(":", end + 1)
+        end = text.find('"', end + 1)
+    return False
+
+
+def fast_substitute(value: Any, prepared: Prepared) -> Any:
+    """``substitute(value, values).value`` when nothing fails, else None (then call
+    ``substitute`` for the failures). ``value`` is plain JSON data."""
+    return fast_substitute_text(
+        json.dumps(value, ensure_ascii=False, allow_nan=False, check_circular=False), prepared)
+
+
+def fast_substitute_text(text: str, prepared: Prepared) -> Any:
+    """``fast_substitute`` of the value whose JSON text (``json.dumps`` default separators)
+    is ``text``."""
+    if "${" not in text:
+        return json.loads(text)
+    whole, part = prepared.whole, prepared.part
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is not None:
+            if match.group(2) or name not in whole:  # a key, or undefined
+                raise _GiveUp
+            return whole[name]
+        if _in_key(text, match.end()):
+            raise _GiveUp
+        escaped, inner = match.group(3), match.group(4)
+        if escaped:
+            return "${" + inner + "}"
+        found = part.get(inner)
+        if found is None:  # undefined, a list or map, or malformed
+            raise _GiveUp
+        return found
+
+    try:
+        return json.loads(_TEXT_TOKEN.sub(replace, text))
+    except _GiveUp:
+        return None
 
 
 def references(value: Any, path: Path_ = ()) -> list[Use]:

@@ -159,6 +159,7 @@ def test_a_cycle_between_values_lists_each_definition() -> None:
      "'qa'"),
     ("labels: {version: \"${tag}\"}", "spec.command[2]: malformed reference ${not valid}"),
     ("command:", "spec.${tag}: ${...} in a key is not substituted"),
+    ("escaped", "spec.$${tag}: ${...} in a key is not substituted"),
 ])
 def test_definition_mistakes_are_located(change: str, expected: str) -> None:
     definitions = DEFINITIONS
@@ -166,11 +167,15 @@ def test_definition_mistakes_are_located(change: str, expected: str) -> None:
         definitions = definitions.replace(change, "environments: [staging, qa]\n  labels")
     elif change.startswith("labels"):
         definitions = definitions.replace('--image, "${image}"', '--image, "${not valid}"')
+    elif change == "escaped":
+        definitions = definitions.replace("  command:", "  $${tag}: x\n  command:")
     else:
         definitions = definitions.replace("  command:", "  ${tag}: x\n  command:")
     with pytest.raises(SpecError) as raised:
         load_desired_state(fleet(environments(), definitions))
-    assert any(expected in p.message for p in raised.value.problems), raised.value.problems
+    # reported once, not once per environment
+    assert [expected in p.message for p in raised.value.problems].count(True) == 1, \
+        raised.value.problems
 
 
 def test_environment_and_environments_together_are_refused() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from reconciler.spec.substitute import (
+    IN_KEY,
     MALFORMED,
     NOT_SCALAR,
     UNDEFINED,
+    Prepared,
+    fast_substitute,
     keys_with_references,
     references,
     substitute,
@@ -46,3 +49,25 @@ def test_references_and_keys() -> None:
     assert [(u.path, u.name) for u in references(document)] == [
         (("spec", "env", "A"), "a"), (("spec", "l", 1), "b")]
     assert keys_with_references(document) == [("spec", "env", "${k}")]
+
+
+CASES = [
+    {"a": "${tag}", "b": "x${port}y", "c": "$${HOME}", "d": ["${hosts}"], "e": "${debug}-$${x}"},
+    {"q": 'say "${tag}"', "n": "${ratio}", "u": "ä ${tag} ü", "nested": {"l": ["${port}"]}},
+    {"${tag}": 1}, {"k${tag}y": {"a": 1}}, {"$${tag}": 1}, {'a\\"${tag}': 1},
+    {"a": "${nope}"}, {"a": "x ${hosts}"}, {"a": "${ bad}"}, {"a": 'x\\"${tag}": 1'},
+]
+
+
+def test_the_fast_path_agrees_with_the_walk_or_gives_up() -> None:
+    """The JSON-text substitution gives the walk's result whenever the walk has no failure,
+    and gives up (None) whenever it has one: references in keys, undefined, malformed."""
+    prepared = Prepared(VALUES)
+    for case in CASES:
+        walked = substitute(case, VALUES)
+        fast = fast_substitute(case, prepared)
+        if walked.failures:
+            assert fast is None, case
+            assert walked.failures[0].kind in (IN_KEY, UNDEFINED, NOT_SCALAR, MALFORMED)
+        else:
+            assert fast == walked.value, case
