@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -170,9 +171,8 @@ def diff_cli(repo: Path, state: Path, *, cold: bool) -> tuple[float, int]:
     return used, proc.returncode
 
 
-def best(repeat: int, measure: object) -> tuple[float, int]:
-    runs = [measure() for _ in range(repeat)]  # type: ignore[operator]
-    return min(runs)
+def best(repeat: int, measure: Callable[[], tuple[float, int]]) -> tuple[float, int]:
+    return min(measure() for _ in range(repeat))
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ from _figures import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-ORDER = ["spec_load", "diff_scale", "store", "latency", "compose", "bare_metal", "rolling",
-         "sync_windows", "idle"]
+ORDER = ["spec_load", "diff_scale", "environments", "store", "latency", "compose", "bare_metal",
+         "rolling", "sync_windows", "idle"]
 QUICK: dict[str, list[str]] = {
     "idle": ["--seconds", "20", "--scenario", "services"],
     "bare_metal": ["--rounds", "3", "--no-ansible"],
@@ -42,6 +42,7 @@ QUICK: dict[str, list[str]] = {
     "compose": ["--rounds", "3"],
     "store": ["--deployments", "100"],
     "rolling": ["--rounds", "2"],
+    "environments": ["--repeat", "1"],
 }
 TIMEOUT_S = 3600
 
