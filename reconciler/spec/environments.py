@@ -46,10 +46,11 @@ from reconciler.spec.substitute import (
     Path_,
     Prepared,
     Use,
-    fast_substitute_text,
+    canonical,
     keys_with_references,
     references,
     substitute,
+    substitute_text,
 )
 from reconciler.spec.validate import API_VERSION, Issue, format_path, short_repr
 
@@ -135,16 +136,17 @@ def _malformed_message(failure: Failure) -> str:
 
 def definition_record(index: int, line: int, kind: str, document: dict[str, Any]) -> Record | None:
     """The (unresolved) record of a shared definition: ``environment`` is ``DEFINITION`` and
-    ``spec`` holds ``{"environments", "text"}``, ``text`` being the JSON of ``{"labels",
-    "spec"}`` (what substitution works on); None if not plain JSON data."""
+    ``spec`` holds ``{"environments", "labels", "spec"}``, the last two as canonical JSON text
+    (what substitution works on); None if not plain JSON data."""
     metadata = document["metadata"]
     try:
-        text = json.dumps({"labels": metadata.get("labels", {}), "spec": document["spec"]},
-                          ensure_ascii=False, allow_nan=False)
-        text.encode()  # no lone surrogate
+        labels = canonical(metadata.get("labels", {}))
+        spec = canonical(document["spec"])
+        spec.encode()  # no lone surrogate
+        labels.encode()
     except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
         return None
-    kept = {"environments": metadata["environments"], "text": text}
+    kept = {"environments": metadata["environments"], "labels": labels, "spec": spec}
     return (index, line, kind, metadata["name"], DEFINITION, {}, kept, "")
 
 
@@ -338,18 +340,23 @@ def _resolve_one(file_index: int, record: Record, position: int, env_name: str,
             f"document with kind: Environment, metadata.name: {env_name}")]
     if env.prepared is None:
         env.prepared = Prepared(env.values)
-    body = fast_substitute_text(definition["text"], env.prepared)
-    if body is not None:  # the common case: every reference resolved
+    labels_text = substitute_text(definition["labels"], env.prepared)
+    spec_text = substitute_text(definition["spec"], env.prepared) if labels_text else None
+    if labels_text is not None and spec_text is not None:  # every reference resolved
+        body = {"labels": json.loads(labels_text), "spec": json.loads(spec_text)}
         document = _document(kind, name, env_name, body)
-        issues = checks.issues(kind, document)
-        if not issues:
-            resolved = checks.record(index, line, kind, document)
-            if resolved is not None:
-                return resolved, []
+        if not checks.issues(kind, document):
+            # the record the loader makes of a written document (``_record``: the hash of the
+            # canonical JSON of kind, metadata and spec), from the substituted canonical texts
+            # rather than dumping the document again; test_environments checks they agree
+            text = (f'{{"kind":{canonical(kind)},"metadata":{{"environment":'
+                    f'{canonical(env_name)},"labels":{labels_text},"name":{canonical(name)}}},'
+                    f'"spec":{spec_text}}}')
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            return (index, line, kind, name, env_name, body["labels"], body["spec"], digest), []
     # something is wrong: substitute again, walking, to say what and where
-    written = json.loads(definition["text"])
-    labels = substitute(written["labels"], env.values, ("metadata", "labels"))
-    spec = substitute(written["spec"], env.values, ("spec",))
+    labels = substitute(json.loads(definition["labels"]), env.values, ("metadata", "labels"))
+    spec = substitute(json.loads(definition["spec"]), env.values, ("spec",))
     problems: list[SpecProblem] = []
     for failure in labels.failures + spec.failures:
         if failure.kind in (MALFORMED, IN_KEY):  # the same in every environment: once

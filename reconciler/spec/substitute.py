@@ -146,13 +146,20 @@ def _string(text: str, values: Mapping[str, Any], path: Path_, result: Result) -
 _TEXT_TOKEN = re.compile(r'"\$\{(' + NAME + r')\}"(:?)|\$(\$?)\{([^}"\\]*)\}')
 
 
+def canonical(value: Any) -> str:
+    """The canonical JSON of ``value`` (``model.canonical_json``: sorted keys, no spaces),
+    refusing what JSON cannot hold. Substituting canonical values into a canonical text keeps
+    it canonical: keys are never substituted, so their order does not change."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
 class Prepared:
     """One environment's values, encoded once for ``fast_substitute``."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         # whole string "${NAME}" -> the value's JSON; inside a string -> its escaped text
-        self.whole = {name: json.dumps(value, ensure_ascii=False) for name, value in
-                      values.items()}
+        self.whole = {name: canonical(value) for name, value in values.items()}
         self.part: dict[str, str] = {}
         for name, value in values.items():
             text = as_text(value)
@@ -186,10 +193,16 @@ def fast_substitute(value: Any, prepared: Prepared) -> Any:
 
 
 def fast_substitute_text(text: str, prepared: Prepared) -> Any:
-    """``fast_substitute`` of the value whose JSON text (``json.dumps`` default separators)
-    is ``text``."""
+    """``fast_substitute`` of the value whose JSON text is ``text``."""
+    substituted = substitute_text(text, prepared)
+    return None if substituted is None else json.loads(substituted)
+
+
+def substitute_text(text: str, prepared: Prepared) -> str | None:
+    """The JSON text ``text`` with every reference substituted (canonical if ``text`` is), or
+    None when anything fails."""
     if "${" not in text:
-        return json.loads(text)
+        return text
     whole, part = prepared.whole, prepared.part
 
     def replace(match: re.Match[str]) -> str:
@@ -209,7 +222,7 @@ def fast_substitute_text(text: str, prepared: Prepared) -> Any:
         return found
 
     try:
-        return json.loads(_TEXT_TOKEN.sub(replace, text))
+        return _TEXT_TOKEN.sub(replace, text)
     except _GiveUp:
         return None
 

@@ -11,7 +11,7 @@ from reconciler.errors import SpecError
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.environments import origins
 from reconciler.spec.loader import SourceFile, load_desired_state
-from reconciler.spec.model import ResourceKey
+from reconciler.spec.model import ResourceKey, spec_hash
 from tests.spec.conftest import source
 
 
@@ -90,6 +90,9 @@ def test_one_definition_becomes_one_resource_per_environment() -> None:
     staging_hosts = state.resources[ResourceKey("staging", "Target", "web")].spec["hosts"]
     assert staging_hosts is not hosts and staging_hosts[0] is not hosts[0]
     assert production.file == "defs.yaml" and production.line == 11
+    # resolved records are hashed from their substituted text: the same hash as any document
+    for resource in state.resources.values():
+        assert resource.hash == spec_hash(resource.document()), resource.key
     assert state.resources[STAGING_API].depends_on == []
 
 

@@ -8,10 +8,12 @@ from reconciler.spec.substitute import (
     NOT_SCALAR,
     UNDEFINED,
     Prepared,
+    canonical,
     fast_substitute,
     keys_with_references,
     references,
     substitute,
+    substitute_text,
 )
 
 VALUES = {"port": 8080, "tag": "1.4", "debug": False, "hosts": ["a", "b"], "ratio": 0.5}
@@ -71,3 +73,5 @@ def test_the_fast_path_agrees_with_the_walk_or_gives_up() -> None:
             assert walked.failures[0].kind in (IN_KEY, UNDEFINED, NOT_SCALAR, MALFORMED)
         else:
             assert fast == walked.value, case
+            # canonical in, canonical out: what the resolved record's hash is computed from
+            assert substitute_text(canonical(case), prepared) == canonical(walked.value), case
