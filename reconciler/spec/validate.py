@@ -39,12 +39,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 API_VERSION = "fraisier.dev/v1"
-KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule")
+KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule", "Notifier")
 KIND_SCHEMAS: dict[str, str] = {
     "Target": "target.json",
     "Service": "service.json",
     "Job": "job.json",
     "Schedule": "schedule.json",
+    "Notifier": "notifier.json",
     # values of one environment for shared definitions (spec/environments.py); consumed by
     # the loader, never a resource of its own
     "Environment": "environment.json",
@@ -75,7 +76,8 @@ def schema_dir() -> Path:
 EDITOR_BUNDLE = "fraisier.json"
 _WORKLOAD_KINDS = ("service.json", "job.json", "schedule.json")
 _DISPATCH_DESCRIPTION = (
-    "Any Fraisier desired-state document (Target, Service, Job or Schedule), chosen by kind. "
+    "Any Fraisier desired-state document (Target, Service, Job, Schedule, Notifier or "
+    "Environment), chosen by kind. "
     "Point an editor at it with the modeline "
     "`# yaml-language-server: $schema=<path>/schemas/fraisier.json`."
 )
@@ -96,8 +98,9 @@ def _dispatcher() -> dict[str, Any]:
             "kind": {
                 "enum": list(KIND_SCHEMAS),
                 "description": "Resource kind: Target (where things run), Service (long-running, "
-                "health-checked), Job (runs to completion per revision) or Schedule (runs on a "
-                "cron schedule).",
+                "health-checked), Job (runs to completion per revision), Schedule (runs on a "
+                "cron schedule), Notifier (where outcomes are reported) or Environment (values of "
+                "one environment for shared definitions).",
             },
         },
         "required": ["apiVersion", "kind"],

@@ -1,7 +1,7 @@
 """`reconciler render`: the desired state of one environment as it will be applied, and where
 each substituted value came from (``--show-origin``, also used by ``diff --show-origin``).
 
-Registered on the main group by ``reconciler.cli``. Shared definitions and ``Environment``
+Added to the group by ``reconciler.cli``. Shared definitions and ``Environment``
 values: ``reconciler/spec/environments.py``, docs/environments.md.
 """
 
@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from reconciler import API_VERSION
-from reconciler.cli import cli as main_group
-from reconciler.cli import handles_errors, install_policy
+from reconciler.cli.common import handles_errors, install_policy, policy_option
 
 if TYPE_CHECKING:  # the loader's modules are imported by the commands that load (start-up)
     from reconciler.spec.environments import Origin
@@ -95,7 +94,7 @@ def render_state(state: DesiredState, output: str, found: OriginMap | None) -> s
     return "---\n".join(parts)
 
 
-@main_group.command()
+@click.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
 @click.option("-e", "--environment", "environments", multiple=True,
               help="Only this environment (repeatable; default: all).")
@@ -104,9 +103,7 @@ def render_state(state: DesiredState, output: str, found: OriginMap | None) -> s
 @click.option("--show-origin", is_flag=True,
               help="Say where each substituted value came from: the ${NAME} written in the "
                    "definition and the Environment that defines it (file:line:col each).")
-@click.option("--policy", "policy_path", envvar="RECONCILER_POLICY", default=None,
-              metavar="FILE", type=click.Path(dir_okay=False, path_type=Path),
-              help="Operator policy to check against (as validate; env RECONCILER_POLICY).")
+@policy_option
 @handles_errors
 def render(path: Path, environments: tuple[str, ...], output: str, show_origin: bool,
            policy_path: Path | None) -> None:
