@@ -5,11 +5,14 @@ process alone, render, and an undefined value refused with both positions."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from reconciler.state import DB_FILE_NAME
 from tests.e2e.conftest import Fleet, free_port, http_get
 
 pytestmark = pytest.mark.timeout(180)
@@ -143,3 +146,55 @@ def test_one_definition_two_environments(fleet: Fleet) -> None:
                 f"fleet/environments.yaml:{line}:") in refused.stderr
     assert revisions(fleet) == after
     assert pids(fleet.root, "staging") == staging_pids
+
+
+def test_each_environment_takes_its_own_encrypted_file(fleet: Fleet, tmp_path: Path) -> None:
+    """A value chooses which SOPS file a shared definition reads per environment; render, diff
+    (with origins) and apply never show a decrypted value, and each process gets its own."""
+    from tests.e2e.test_secrets_redacted import environ_of
+    from tests.e2e.test_sops_secrets import hits
+    from tests.spec.sops_writer import generate_identity, sops_yaml
+
+    staging_secret, production_secret = "s0ps-V1-4c0ffee9d1", "s0ps-V2-8badf00d77"
+    assert not hits(b"nothing") and hits(production_secret.encode())  # the grep can hit
+    identity, public = generate_identity()
+    keys = tmp_path / "operator" / "age.txt"  # outside the repo
+    keys.parent.mkdir()
+    keys.write_text(identity)
+    (fleet.repo / "secrets").mkdir()
+    for environment, value in (("staging", staging_secret), ("production", production_secret)):
+        (fleet.repo / "secrets" / f"{environment}.yaml").write_bytes(
+            sops_yaml({"db": {"password": value}}, [public]))
+    staging_port, production_port = free_port(), free_port()
+    (fleet.repo / "fleet" / "target.yaml").unlink()
+    fleet.write("environments.yaml", environments_yaml(staging_port, production_port, "p1")
+                .replace("    interval: 200ms\n", "    interval: 200ms\n    secrets: staging\n")
+                .replace("    interval: 300ms\n", "    interval: 300ms\n    secrets: production\n"))
+    fleet.write("api.yaml", definitions_yaml(
+        fleet.root, "\n    DB_PASSWORD: {sops: {file: \"secrets/${secrets}.yaml\", "
+                    "key: db.password}}"))
+    fleet.commit("per-environment encrypted files")
+    env = {**os.environ, "RECONCILER_AGE_IDENTITY": str(keys)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir",
+                               str(fleet.state), "--log-level", "debug", *args],
+                              capture_output=True, timeout=90, cwd=fleet.repo, env=env)
+        assert not hits(proc.stdout + proc.stderr), args
+        return proc
+
+    rendered = run("render", "fleet", "-e", "production", "--show-origin")
+    assert rendered.returncode == 0, rendered.stderr
+    assert b"file: secrets/production.yaml" in rendered.stdout
+    assert b"${secrets} used at fleet/api.yaml:" in rendered.stdout
+    assert run("diff", *fleet.repo_args(), "--show-origin").returncode == 1
+    applied = run("apply", *fleet.repo_args())
+    assert applied.returncode == 0, applied.stderr[-2000:]
+    production_of = {}
+    for pidfile in fleet.root.rglob("*.pid"):
+        environ = environ_of(int(json.loads(pidfile.read_text())["pid"]))
+        production_of[environ.get("DB_PASSWORD")] = "production" in str(pidfile)
+    assert production_of == {staging_secret: False, production_secret: True}
+    stored = b"".join(p.read_bytes() for p in fleet.state.glob(DB_FILE_NAME + "*"))  # + -wal
+    assert b"secrets/production.yaml" in stored  # the reference is recorded
+    assert not hits(stored)  # the values are not
