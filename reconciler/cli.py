@@ -305,21 +305,44 @@ def render_plan(plan: Any) -> None:
 @click.option("--live", is_flag=True,
               help="Also observe applied Services through their providers and show drift "
                    "(stopped, replaced or changed by hand).")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--base", default=None, metavar="REF",
+              help="Plan the change from this commit to --ref (a pull request's): no host "
+                   "and no database unless --db is given (then against the recorded state, "
+                   "read only).")
+@click.option("--at", default=None, metavar="TIME",
+              help="With --base or -o markdown: evaluate sync windows at this ISO 8601 time "
+                   "(default: now).")
+@click.option("--max-chars", default=60_000, show_default=True,
+              help="-o markdown: cap on the comment's size (what is left out is counted).")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "markdown"]),
+              default="text")
 @policy_option
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, live: bool, output: str, policy_path: Path | None) -> None:
-    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
+         prune: bool, live: bool, base: str | None, at: str | None, max_chars: int,
+         output: str, policy_path: Path | None) -> None:
+    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error.
+
+    With --base REF: the plan of the change between two commits, for a pull request
+    (-o markdown renders it as a comment; docs/pull-requests.md)."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
+    if base is not None or output == "markdown":
+        from reconciler.cli_plan import diff_change
+
+        diff_change(opts, repo=repo, ref=ref, path=path, base=base, environments=environments,
+                    prune=prune, at=at, output=output, max_chars=max_chars)
 
     async def main() -> Any:
         from reconciler.plan.planner import BLOCKED, UNCHANGED
         from reconciler.rollout.engine import Reconciler
+        from reconciler.source.worktree import uncommitted_warning
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
+        dirty = uncommitted_warning(source, commit)
+        if dirty is not None:
+            click.echo(f"warning: {dirty}", err=True)
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
