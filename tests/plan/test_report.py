@@ -4,161 +4,29 @@ the diff before committing), and its exit codes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.plan.diff import FieldChange
 from reconciler.plan.report import HIDDEN, MARKER, is_secret_change, masked
+from tests.plan.sample import AT, SECRET_LITERAL, build
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("FRAISIER_UPDATE_GOLDEN") == "1"
-AT = "2026-12-04T15:00:00Z"  # a Friday, 16:00 in Paris: inside staging's deny window
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmsl6Yz0tn0sKEvVbvRQW4jF9yXvWc0NRLZDGdf4rSa"
-SECRET_LITERAL = "s3cr3t-literal-value"
-
-TARGET_WEB = f"""apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {{name: web, environment: prod}}
-spec:
-  provider: bare_metal
-  transport: ssh
-  hosts:
-    - {{name: web-1, address: 127.0.0.1, port: 2222, user: deploy, hostKeys: ["{KEY}"]}}
-    - {{name: web-2, address: 127.0.0.1, port: 2223, user: deploy, hostKeys: ["{KEY}"]}}
-"""
-
-BASE_PROD = TARGET_WEB + """---
-apiVersion: fraisier.dev/v1
-kind: Job
-metadata: {name: migrate, environment: prod}
-spec:
-  target: web
-  source: {path: app}
-  command: [python3, app.py, migrate]
-  env: {SCHEMA_VERSION: "3"}
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {name: api, environment: prod}
-spec:
-  target: web
-  dependsOn: [Job/migrate]
-  source: {path: app}
-  command: [python3, app.py, --port, "18081"]
-  env:
-    GREETING: hello
-    DB_PASSWORD: {env: API_DB_PASSWORD}
-  strategy: {type: rolling, maxParallel: 1}
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {name: legacy-api, environment: prod}
-spec:
-  target: web
-  source: {path: app}
-  command: [python3, app.py, --port, "18090"]
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {name: legacy-ui, environment: prod}
-spec:
-  target: web
-  dependsOn: [legacy-api]
-  source: {path: app}
-  command: [python3, app.py, --port, "18091"]
-"""
-
-HEAD_PROD = TARGET_WEB + f"""---
-apiVersion: fraisier.dev/v1
-kind: Job
-metadata: {{name: migrate, environment: prod}}
-spec:
-  target: web
-  source: {{path: app}}
-  command: [python3, app.py, migrate]
-  env: {{SCHEMA_VERSION: "4"}}
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {{name: api, environment: prod}}
-spec:
-  target: web
-  dependsOn: [Job/migrate]
-  source: {{path: app}}
-  command: [python3, app.py, --port, "18081"]
-  env:
-    GREETING: hello again
-    DB_PASSWORD: {{env: API_DB_PASSWORD_V2}}
-    API_TOKEN: {SECRET_LITERAL}
-  strategy: {{type: rolling, maxParallel: 1}}
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {{name: cache, environment: prod}}
-spec:
-  target: web
-  dependsOn: [api]
-  source: {{path: app}}
-  command: [python3, app.py, --port, "18082"]
-  strategy: {{type: blue-green, ports: {{blue: 18083, green: 18084}}}}
-"""
-
-STAGING = """apiVersion: fraisier.dev/v1
-kind: Target
-metadata: {{name: frozen, environment: staging}}
-spec:
-  provider: bare_metal
-  transport: local
-  syncWindows:
-    - {{kind: deny, schedule: "0 14 * * 5", duration: 3h, timezone: Europe/Paris}}
----
-apiVersion: fraisier.dev/v1
-kind: Service
-metadata: {{name: shop, environment: staging}}
-spec:
-  target: frozen
-  source: {{path: app}}
-  command: [python3, app.py, --port, "18085"]
-  env: {{GREETING: {greeting}}}
-"""
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Ada", "GIT_AUTHOR_EMAIL": "ada@example.org",
-           "GIT_COMMITTER_NAME": "Ada", "GIT_COMMITTER_EMAIL": "ada@example.org",
-           "GIT_AUTHOR_DATE": "2026-12-01T10:00:00Z", "GIT_COMMITTER_DATE": "2026-12-01T10:00:00Z"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, env=env).stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str], message: str) -> str:
-    for name, text in files.items():
-        path = repo / name
-        if text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        else:
-            path.unlink()
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
-
-
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A config repo with two commits: base and head (fixed dates: fixed commit ids)."""
     repo = tmp_path_factory.mktemp("plan") / "config"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    base = commit(repo, {"app/app.py": "print('v1')\n", "fleet/prod.yaml": BASE_PROD,
-                         "fleet/staging.yaml": STAGING.format(greeting="hi")}, "base")
-    head = commit(repo, {"app/app.py": "print('v1')\n", "fleet/prod.yaml": HEAD_PROD,
-                         "fleet/staging.yaml": STAGING.format(greeting="hello")}, "head")
+    base, head = build(repo)
     return repo, base, head
 
 
@@ -263,3 +131,96 @@ def test_secret_detection() -> None:
     assert not is_secret_change(FieldChange("~", "spec.env.PLAIN", "x", "y"), docs)
     assert masked({"A": {"file": "/x"}, "PASSWORD": "p", "B": ["ok"]}) == {
         "A": HIDDEN, "PASSWORD": HIDDEN, "B": ["ok"]}
+
+
+async def _record_base(url: str, repo: Path, base: str, state: Path) -> None:
+    """The base commit recorded as applied, as a pass that deployed it would leave it."""
+    from reconciler.source.git import GitSource
+    from reconciler.source.revisions import Revisions
+    from reconciler.spec.loader import load_desired_state
+    from reconciler.state import open_store
+
+    source = GitSource(str(repo), path="fleet", state_dir=state)
+    desired = load_desired_state(source.files(base), commit=base, tree=source.tree(base))
+    revisions = Revisions(source, state).resolve(desired)
+    store = open_store(url)
+    try:
+        await store.migrate()
+        for key, resource in desired.resources.items():
+            fields = {"revision": revisions[key], "spec_hash": resource.hash,
+                      "spec": resource.document(), "config_commit": base}
+            await store.record_desired(key, **fields)
+            await store.record_applied(key, **fields)
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def plan_reader(backend: str, url: str) -> Iterator[str]:
+    """A login that may only SELECT from the view v_resource (docs/pull-requests.md), and the
+    database URL as that login."""
+    import psycopg
+    import pymysql
+
+    user = f"fraisier_plan_{uuid.uuid4().hex[:8]}"
+    database = url.rsplit("/", 1)[1]
+    if backend == "postgresql":
+        def admin(sql: str) -> None:
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                conn.execute(sql)
+
+        admin(f"CREATE ROLE {user} LOGIN")
+        admin(f"GRANT USAGE ON SCHEMA public TO {user}")
+        admin(f"GRANT SELECT ON v_resource TO {user}")
+        try:
+            yield f"postgresql://{user}@127.0.0.1:5432/{database}"
+        finally:
+            admin(f"DROP OWNED BY {user}")
+            admin(f"DROP ROLE {user}")
+        return
+
+    def my_admin(sql: str) -> None:
+        conn = pymysql.connect(host="127.0.0.1", port=3306, user="root", connect_timeout=10)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(sql)
+        finally:
+            conn.close()
+
+    my_admin(f"CREATE USER '{user}'@'%'")
+    my_admin(f"GRANT SELECT ON `{database}`.`v_resource` TO '{user}'@'%'")
+    try:
+        yield f"mysql://{user}@127.0.0.1:3306/{database}"
+    finally:
+        my_admin(f"DROP USER '{user}'@'%'")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_against_recorded_state_with_select_on_v_resource_only(
+        backend: str, sample: tuple[Path, str, str], tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    repo, base, _ = sample
+    url = request.getfixturevalue(f"{backend}_url")
+    asyncio.run(_record_base(url, repo, base, tmp_path))
+    from_base = json.loads(diff(repo, "--base", base, "-o", "json", state=tmp_path).stdout)
+    with plan_reader(backend, url) as reader:
+        done = subprocess.run(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path), "--db", reader,
+             "diff", "--repo", str(repo), "--path", "fleet", "--prune", "--at", AT,
+             "--base", base, "-o", "json"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        recorded = json.loads(done.stdout)
+        md = subprocess.run(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path), "--db", reader,
+             "diff", "--repo", str(repo), "--path", "fleet", "--prune", "--at", AT,
+             "-o", "markdown"], capture_output=True, text=True, timeout=60)
+        assert md.returncode == 1, md.stderr
+        assert "against the recorded state (database, read-only)" in md.stdout
+    assert recorded["against"] == "database"
+
+    def actions(doc: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(r["resource"], r["action"]) for r in doc["resources"]]
+
+    # the recorded state is the base commit applied: the same plan, in the same order
+    assert actions(recorded) == actions(from_base)
