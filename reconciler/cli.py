@@ -68,6 +68,10 @@ def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except ReconcilerError as exc:
             _fail(exc)
+        except BrokenPipeError:
+            from reconciler.console.pipes import end_quietly
+
+            end_quietly()  # `reconciler diff | head -1`: no message, exit 141
         except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
@@ -1240,7 +1244,10 @@ from reconciler import cli_rollout  # noqa: E402, F401
 
 
 def main() -> None:
-    cli(prog_name="reconciler")
+    from reconciler.console.pipes import closed_pipe_ends_quietly
+
+    with closed_pipe_ends_quietly():
+        cli(prog_name="reconciler")
 
 
 if __name__ == "__main__":
