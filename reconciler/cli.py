@@ -634,21 +634,23 @@ def status(opts: Options, live: bool, max_age: str, output: str) -> None:
              shown_health[r["resource"]], r["lastResult"] or "-",
              ("suspended " if r["suspended"] else "")
              + (f"owner {r['owner']} " if r["owner"] else "") + (r["lastError"] or "")]
-            for r in rows])
+            for r in rows], whole=(0, 1, 2, 3, 5), drop=(1, 2, 5))
     sys.exit(0 if ok else 1)
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]], *, whole: tuple[int, ...] = (0,),
+                drop: tuple[int, ...] = ()) -> None:
+    """On a terminal: identifying (``whole``) columns never cut, the others wrapped, and
+    ``drop`` (first first) left out when the terminal is too narrow (console/tables.py)."""
     # cells hold recorded text (errors, actors, triggers): no controls or bidi characters
     rows = [[printable(str(c), lines=True) for c in row] for row in rows]
     if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
+        import shutil
 
-        table = Table(*header, header_style="bold")
-        for row in rows:
-            table.add_row(*[str(c) for c in row])
-        Console().print(table)
+        from reconciler.console.tables import render
+
+        width = shutil.get_terminal_size().columns
+        click.echo(render(header, rows, width, whole=whole, drop=drop), nl=False)
         return
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
     widths[-1] = 0
@@ -692,7 +694,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
          d["toRevision"],
          (d["configCommit"] or "-")[:12],
          d["createdAt"].strftime("%Y-%m-%d %H:%M:%S") if d["createdAt"] else "-",
-         d["error"] or ""] for d in docs])
+         d["error"] or ""] for d in docs], whole=(0, 1, 3, 4, 5, 6), drop=(5, 3, 2, 6, 4))
 
 
 def _short(text: str, width: int) -> str:
