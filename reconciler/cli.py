@@ -156,8 +156,10 @@ def _style(text: str, **kw: Any) -> str:
 
 def emit_json(doc: Any) -> None:
     # Indented for a person at a terminal; compact (C encoder, ~5x faster) for programs.
+    from reconciler.console.pipes import echo_long
+
     indent = 2 if sys.stdout.isatty() else None
-    click.echo(json.dumps(doc, indent=indent, default=str))
+    echo_long(json.dumps(doc, indent=indent, default=str) + "\n")
 
 
 # -- the group ----------------------------------------------------------------------------
@@ -346,7 +348,9 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
         commit = source.sync().commit
         dirty = uncommitted_warning(source, commit)
         if dirty is not None:
-            click.echo(f"warning: {dirty}", err=True)
+            from reconciler.console.notes import warn
+
+            warn(dirty)
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,

@@ -15,6 +15,8 @@ from typing import Any
 import click
 
 from reconciler.cli import Options, emit_json, load_commit, make_source, run
+from reconciler.console.notes import warn
+from reconciler.console.pipes import echo_long
 from reconciler.errors import ReconcilerError
 from reconciler.plan.report import PlanReport, render_markdown, render_text
 from reconciler.source.worktree import uncommitted_warning
@@ -86,11 +88,11 @@ def diff_change(opts: Options, *, repo: str, ref: str | None, path: str, base: s
     report = plan_report(opts, repo=repo, ref=ref, path=path, base=base,
                          environments=environments, prune=prune, at=parse_at(at))
     for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(warning)
     if output == "json":
         emit_json(report.to_json())
     elif output == "markdown":
-        click.echo(render_markdown(report, max_chars=max_chars), nl=False)
+        echo_long(render_markdown(report, max_chars=max_chars))
     else:
         for line in render_text(report):
             click.echo(line)

@@ -37,3 +37,17 @@ def closed_pipe_ends_quietly() -> Iterator[None]:
             sys.stdout.flush()
         except BrokenPipeError:
             end_quietly()
+
+
+CHUNK = 16384
+
+
+def echo_long(text: str) -> None:
+    """Write a long output (a JSON document, a Markdown comment) in pieces: one large write
+    into a pipe whose reader left is cut short without an error (the buffered writer returns
+    the part it wrote), so the exit status would not say the output was lost; the next piece
+    raises BrokenPipeError and the command ends as ``end_quietly`` does."""
+    out = sys.stdout
+    for start in range(0, len(text), CHUNK):
+        out.write(text[start:start + CHUNK])
+        out.flush()
