@@ -383,49 +383,6 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
 
 
 # -- apply ------------------------------------------------------------------------------------
-class Progress:
-    """Live per-resource progress on a TTY (rich); plain lines otherwise."""
-
-    def __init__(self, live: bool) -> None:
-        self.live = live
-        self.rows: dict[str, tuple[str, str]] = {}
-        self._live: Any = None
-
-    def __enter__(self) -> Progress:
-        if self.live:
-            from rich.live import Live
-
-            self._live = Live(self._table(), refresh_per_second=8, transient=False)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._live is not None:
-            self._live.update(self._table())
-            self._live.__exit__(*exc)
-
-    def _table(self) -> Any:
-        from rich.table import Table
-
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("resource")
-        table.add_column("phase")
-        table.add_column("detail", overflow="fold")
-        colour = {"succeeded": "green", "failed": "red", "rolled back": "yellow",
-                  "rollback failed": "red", "synced": "green"}
-        for key, (phase, detail) in self.rows.items():
-            table.add_row(key, f"[{colour.get(phase, 'cyan')}]{phase}[/]", detail)
-        return table
-
-    def __call__(self, key: ResourceKey, phase: str, message: str) -> None:
-        self.rows[str(key)] = (phase, message)
-        if self._live is not None:
-            self._live.update(self._table())
-        else:
-            click.echo(f"{key}: {phase}" + (f" — {message}" if message and message != phase
-                                           else ""))
-
-
 @cli.command()
 @with_repo
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
@@ -446,6 +403,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
+    from reconciler.console.progress import Progress
+    from reconciler.console.summary import print_summary
     from reconciler.plan.windows import ignoring_windows
 
     async def main() -> Any:
@@ -455,7 +414,8 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         commit = source.sync().commit
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
-        progress = Progress(live=sys.stdout.isatty() and output == "text")
+        progress = Progress(live=sys.stdout.isatty() and output == "text", echo=click.echo)
+        progress_of["progress"] = progress
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             progress=progress if output == "text" else None,
                             environments=set(environments))
@@ -470,22 +430,13 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
             await engine.close()
             await store.close()
 
+    progress_of: dict[str, Progress] = {}
     with ignoring_windows(ignore_windows):
         result = run(main())
     if output == "json":
         emit_json(result.to_json())
     else:
-        failed = result.failed()
-        state = "converged" if result.converged else f"{len(failed)} resource(s) not converged"
-        click.echo(f"{state} at {(result.commit or '?')[:12]} in {result.duration_s:.1f}s")
-        for out in failed:
-            code = f"[{out.code}] " if out.code else ""
-            click.echo(_style(f"  {out.key}: {out.result} — {code}{out.message}", fg="red"))
-            if out.hint:
-                click.echo(f"    hint: {out.hint}")
-        for out in result.outcomes:
-            if out.action == "deferred":
-                click.echo(_style(f"  {out.key}: deferred — {out.message}", fg="blue"))
+        print_summary(result, progress_of.get("progress"))
     sys.exit(0 if result.converged else 1)
 
 
@@ -732,8 +683,10 @@ def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: 
             source = make_source(opts, repo, ref, path)
         except ReconcilerError:
             source = None  # releases already on the hosts need no export
+        from reconciler.console.progress import Progress
+
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
-                            progress=Progress(live=False))
+                            progress=Progress(live=False, echo=click.echo))
         try:
             key = await find_key(store, name)
             try:

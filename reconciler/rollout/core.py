@@ -23,7 +23,9 @@ log = logging.getLogger("reconciler.rollout")
 
 # The log level of a progress event: failures at ``error`` and reverts at ``warning``, so the
 # `level == "error"` / `"warning"` filters of docs/monitoring.md catch them; the rest is ``info``.
+HEALTH_CHECK = "health check"  # progress of a gate: one event per probe, for a terminal
 EVENT_LEVELS = {
+    HEALTH_CHECK: logging.DEBUG,
     "failed": logging.ERROR,
     "rollback failed": logging.ERROR,
     "rolling back": logging.WARNING,

@@ -22,13 +22,18 @@ from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.health import has_probes, wait_healthy, wait_settled
-from reconciler.health.wait import DEFAULT_INTERVAL_S, FIRST_RETRY_S, HealthPolicy
+from reconciler.health.wait import (
+    DEFAULT_INTERVAL_S,
+    FIRST_RETRY_S,
+    HealthPolicy,
+    ProbeProgress,
+)
 from reconciler.observe import metrics
-from reconciler.observe.redact import redact
 from reconciler.observe.tracing import span
 from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
 from reconciler.providers.contract import Phase
-from reconciler.rollout.core import EngineCore
+from reconciler.rollout.core import HEALTH_CHECK, EngineCore
+from reconciler.rollout.lastlines import LAST_LINES, tail, with_output
 from reconciler.rollout.strategies import health_for
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
@@ -40,7 +45,6 @@ DEFAULT_STAY_UP_S = 1.0
 # shorter): a process that dies at start (a port held by another, a bad argument) is seen gone
 # first, while a gate does not wait a whole default interval for every instance.
 PASS_AFTER_UP_S = 1.0
-LAST_LINES = 5  # output lines recorded with an exit
 
 
 def departure(started: InstanceState | None, now: InstanceState | None) -> str | None:
@@ -91,9 +95,14 @@ class Gate(EngineCore):
             if gone is not None:
                 ok, message = False, await _with_output(provider, resource, instance, first, gone)
             else:
+                def on_probe(progress: ProbeProgress) -> None:
+                    self.emit(resource.key, HEALTH_CHECK,
+                              f"{instance.id}: {progress.describe()}")
+
+                self.emit(resource.key, HEALTH_CHECK, f"{instance.id}: starting")
                 ok, message = await _race(
                     _judge(provider, resource, instance, health, policy, first, observed,
-                           started),
+                           started, on_probe),
                     _watch(provider, resource, instance, first, observed, interval))
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
@@ -135,10 +144,12 @@ async def _watch(provider: Provider, resource: Resource, instance: Instance,
 async def _judge(provider: Provider, resource: Resource, instance: Instance,
                  health: dict[str, Any] | None, policy: HealthPolicy,
                  first: InstanceState | None, observed: Any,
-                 started: float) -> tuple[bool, str]:
+                 started: float, on_probe: Callable[[ProbeProgress], None]
+                 ) -> tuple[bool, str]:
     if has_probes(health):
         runner, cwd = probe_site(provider, instance, first)
-        result = await wait_healthy(health, instance, transport=runner, cwd=cwd)
+        result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
+                                    on_probe=on_probe)
         if not result.healthy:
             return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
@@ -176,9 +187,6 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
             lines = await provider.logs(resource, instance, tail=LAST_LINES)
         except Exception:  # output is a courtesy: the verdict stands without it
             lines = []
-    lines = [line.rstrip() for line in lines[-LAST_LINES:] if line.strip()]
     if state is not None and not state.running and state.detail and state.detail not in why:
         why += f"; {state.detail}"  # what the provider says of it (e.g. the sandbox setting)
-    if not lines:
-        return why
-    return redact(f"{why}; last output: " + " | ".join(lines))
+    return with_output(why, tail(lines))
