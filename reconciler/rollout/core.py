@@ -42,6 +42,9 @@ class EngineCore:
     source: GitSource | None  # the config repo
     owner: str
     progress: ProgressFn | None
+    # The last output lines of the instance whose health gate failed, by resource: the
+    # Outcome of its deployment carries them (rollout/lastlines.py)
+    failed_output: dict[ResourceKey, tuple[str, ...]]
     concurrency: int
     environments: set[str] | None
     owns: Callable[[ResourceKey], bool] | None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from reconciler.errors import ProviderError
@@ -74,6 +75,11 @@ async def _why_not_running(observed: Callable[[], Awaitable[InstanceState | None
     return f"; the instance is not running: {state.detail}"
 
 
+# The last output lines a failed gate found, for the Outcome (set per health_gate call).
+_LAST_OUTPUT: ContextVar[list[str] | None] = ContextVar("reconciler_gate_output",
+                                                         default=None)
+
+
 class Gate(EngineCore):
     """The health gate of one instance."""
 
@@ -90,24 +96,33 @@ class Gate(EngineCore):
         interval = policy.interval if health else DEFAULT_INTERVAL_S
 
         with span("health_gate", resource=str(resource.key), instance=instance.id):
-            first = await observed()
-            gone = departure(None, first)
-            if gone is not None:
-                ok, message = False, await _with_output(provider, resource, instance, first, gone)
-            else:
-                def on_probe(progress: ProbeProgress) -> None:
-                    self.emit(resource.key, HEALTH_CHECK,
-                              f"{instance.id}: {progress.describe()}")
+            # the judge and the watcher run as tasks: they fill this list, shared with them
+            output: list[str] = []
+            token = _LAST_OUTPUT.set(output)
+            try:
+                first = await observed()
+                gone = departure(None, first)
+                if gone is not None:
+                    ok, message = False, await _with_output(provider, resource, instance,
+                                                            first, gone)
+                else:
+                    def on_probe(progress: ProbeProgress) -> None:
+                        self.emit(resource.key, HEALTH_CHECK,
+                                  f"{instance.id}: {progress.describe()}")
 
-                self.emit(resource.key, HEALTH_CHECK, f"{instance.id}: starting")
-                ok, message = await _race(
-                    _judge(provider, resource, instance, health, policy, first, observed,
-                           started, on_probe),
-                    _watch(provider, resource, instance, first, observed, interval))
+                    self.emit(resource.key, HEALTH_CHECK, f"{instance.id}: starting")
+                    ok, message = await _race(
+                        _judge(provider, resource, instance, health, policy, first, observed,
+                               started, on_probe),
+                        _watch(provider, resource, instance, first, observed, interval))
+            finally:
+                _LAST_OUTPUT.reset(token)
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()
             self.emit(resource.key, "health check failed", f"{instance.id}: {message}")
+            if output:
+                self.failed_output[resource.key] = tuple(output)
         await self.store.finish_step(step, "succeeded" if ok else "failed", message)
         if ok:  # `status` says how fresh the health it shows is
             await self.store.mark_observed([resource.key])
@@ -189,4 +204,8 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
             lines = []
     if state is not None and not state.running and state.detail and state.detail not in why:
         why += f"; {state.detail}"  # what the provider says of it (e.g. the sandbox setting)
-    return with_output(why, tail(lines))
+    kept = tail(lines)
+    holder = _LAST_OUTPUT.get()
+    if holder is not None:
+        holder[:] = kept
+    return with_output(why, kept)

@@ -37,7 +37,20 @@ spec:
   env: {{MSG: "boom: table users is locked", CODE: "3"}}
   timeout: 30s
 """)
-    f.commit("a slow gate, a failing gate, a failing job")
+    f.write("crash.yaml", f"""apiVersion: fraisier.dev/v1
+kind: Service
+metadata:
+  name: crash
+spec:
+  target: local
+  source: {{path: app}}
+  command: [{sys.executable}, -c, "print('reading /etc/crash.toml'); print('error: no such file'); raise SystemExit(4)"]
+  health:
+    tcp: {{port: {free_port()}}}
+    interval: 200ms
+    startPeriod: 5s
+""")
+    f.commit("a slow gate, a failing gate, a crashing Service, a failing job")
 
 
 @pytest.mark.timeout(180)
@@ -63,6 +76,10 @@ def test_apply_shows_the_gate_live_and_where_failures_happened(fleet: Fleet,
            "table users is locked" in flat, screen
     assert "failed in: running" in flat and "| job says boom: table users is locked" in flat
     assert "failed in: health check (deploying → health check → health check failed" in flat
+    # the Service that exited: its last output lines, from the provider's InstanceState
+    crash = flat.split("default/Service/crash: failed")[1]
+    assert "last output: | [fraisier" in crash, screen  # one line each, under the failure
+    assert "| reading /etc/crash.toml | error: no such file hint:" in crash, screen
     # the table was redrawn in place, not printed again below itself at every refresh
     assert screen.count("RESOURCE") == 1, screen
 
