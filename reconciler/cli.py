@@ -340,17 +340,13 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
                     prune=prune, at=at, output=output, max_chars=max_chars)
 
     async def main() -> Any:
+        from reconciler.console.notes import warn_uncommitted
         from reconciler.plan.planner import BLOCKED, UNCHANGED
         from reconciler.rollout.engine import Reconciler
-        from reconciler.source.worktree import uncommitted_warning
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
-        dirty = uncommitted_warning(source, commit)
-        if dirty is not None:
-            from reconciler.console.notes import warn
-
-            warn(dirty)
+        warn_uncommitted(source, commit)
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
@@ -408,10 +404,12 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     from reconciler.plan.windows import ignoring_windows
 
     async def main() -> Any:
+        from reconciler.console.notes import warn_uncommitted
         from reconciler.rollout.engine import Reconciler
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
+        warn_uncommitted(source, commit)
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
         progress = Progress(live=sys.stdout.isatty() and output == "text", echo=click.echo)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from typing import Any
 
 import click
 
@@ -17,3 +18,12 @@ def warn(message: str) -> None:
         text = "\n".join(textwrap.wrap(text, width=width, subsequent_indent="  ",
                                        break_long_words=False, break_on_hyphens=False))
     click.echo(text, err=True)
+
+
+def warn_uncommitted(source: Any, commit: str) -> None:
+    """`diff` and `apply` plan the commit, not the work tree: say so when they differ."""
+    from reconciler.source.worktree import uncommitted_warning
+
+    message = uncommitted_warning(source, commit)
+    if message is not None:
+        warn(message)

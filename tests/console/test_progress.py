@@ -19,6 +19,7 @@ from tests.console.tmux import run_in_terminal
 from tests.e2e.conftest import Fleet, fleet, free_port, service_yaml
 
 __all__ = ["fleet"]  # the e2e fixture: a config repo and a local Target
+CRASH = "print('reading /etc/crash.toml'); print('error: no such file'); raise SystemExit(4)"
 
 
 def fleet_with_a_slow_gate_and_two_failures(f: Fleet) -> None:
@@ -44,7 +45,7 @@ metadata:
 spec:
   target: local
   source: {{path: app}}
-  command: [{sys.executable}, -c, "print('reading /etc/crash.toml'); print('error: no such file'); raise SystemExit(4)"]
+  command: [{sys.executable}, -c, "{CRASH}"]
   health:
     tcp: {{port: {free_port()}}}
     interval: 200ms
