@@ -11,9 +11,9 @@ listed without figures.
 
 ``--quick`` shortens the slow ones (idle: a 20 s window on Services only instead of 60 s on
 both scenarios; bare_metal: 3 rounds and no ansible-core; latency: 10 commits; compose: 3
-rounds; store: 100 deployments; rolling: 2 rounds). The full run took 10 min on a quiet 2-core
-machine (docs/performance.md), most of it idle's two 60 s windows and the first ansible-core
-install.
+rounds; store: 100 deployments; rolling: 2 rounds; notifications: 200 resources). The full
+run took 10 min on a quiet 2-core machine (docs/performance.md), most of it idle's two 60 s
+windows and the first ansible-core install.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from _figures import PREFIX
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 ORDER = ["spec_load", "diff_scale", "store", "latency", "compose", "bare_metal", "rolling",
-         "sync_windows", "idle"]
+         "sync_windows", "notifications", "idle"]
 QUICK: dict[str, list[str]] = {
     "idle": ["--seconds", "20", "--scenario", "services"],
     "bare_metal": ["--rounds", "3", "--no-ansible"],
@@ -42,6 +42,7 @@ QUICK: dict[str, list[str]] = {
     "compose": ["--rounds", "3"],
     "store": ["--deployments", "100"],
     "rolling": ["--rounds", "2"],
+    "notifications": ["--resources", "200"],
 }
 TIMEOUT_S = 3600
 
@@ -78,7 +79,8 @@ def run_one(name: str, extra: list[str], logs: Path) -> tuple[int, float, dict[s
     supports_json = "add_json_flag" in text or "\"--json\"" in text
     argv = [sys.executable, str(script), *extra, *(["--json"] if supports_json else [])]
     log = logs / f"{name}.log"
-    print(f"== {name} {' '.join(extra)} (log: {log.relative_to(ROOT)})", flush=True)
+    shown = log.relative_to(ROOT) if log.is_relative_to(ROOT) else log
+    print(f"== {name} {' '.join(extra)} (log: {shown})", flush=True)
     started = time.monotonic()
     document = None
     with log.open("w") as handle:

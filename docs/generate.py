@@ -156,7 +156,7 @@ def generate_cli() -> str:
     from reconciler.cli import cli
 
     root_ctx = click.Context(cli, info_name="reconciler")
-    out = [BANNER.format(source="the click CLI in reconciler/cli.py"), "", "# CLI reference", ""]
+    out = [BANNER.format(source="the click CLI in reconciler/cli/"), "", "# CLI reference", ""]
     out += [
         "Every command, option and help text of `reconciler`, read from the CLI itself. Options "
         "of the top-level `reconciler` command go before the subcommand "

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 API_VERSION = "fraisier.dev/v1"
-KINDS = ("Target", "Service", "Job", "Schedule")
+KINDS = ("Target", "Service", "Job", "Schedule", "Notifier")
 
 
 def _hand_provider_schemas() -> None:

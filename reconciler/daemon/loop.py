@@ -34,6 +34,9 @@ from reconciler.daemon.http_guard import (
     raise_nofile_limit,
 )
 from reconciler.errors import ReconcilerError, SpecError, UnexpectedError
+from reconciler.notifications.settings import NotifySettings
+from reconciler.notifications.sink import EventSink
+from reconciler.notifications.wiring import start_notifications
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.plan.windows import earliest_open
@@ -41,6 +44,7 @@ from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource, SyncResult
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cron import next_fire
+from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.spec.policy import PolicyError
@@ -81,6 +85,9 @@ class DaemonConfig:
     # replay older than that still cannot move the fleet back (a pass never goes backwards)
     delivery_retention: timedelta = timedelta(days=30)
     http: HttpLimits = field(default_factory=HttpLimits)  # timeouts and connection caps
+    # --commit-status targets (source/commit_status.py StatusTarget)
+    commit_status: list[Any] = field(default_factory=list)
+    notify: NotifySettings = field(default_factory=NotifySettings)  # --notify, --ui-url, …
 
 
 @dataclass
@@ -174,6 +181,7 @@ class Daemon:
     _pin_tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     window_at: datetime | None = None  # a deferred change's sync window opens: run a pass then
     refused: str | None = None  # the last commit refused as a whole (audited once)
+    events: EventSink | None = None  # notifications (reconciler/notifications/)
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -215,6 +223,10 @@ class Daemon:
             files = await asyncio.to_thread(self.source.files, sync.commit)
             desired = await asyncio.to_thread(load_desired_state, files, commit=sync.commit,
                                               cache=cache, tree=self.source.tree(sync.commit))
+        except SecretFileRefused as exc:
+            await self._refuse(sync.commit, "secrets", "references an encrypted file that "
+                               "cannot be used", exc)
+            return self.desired is not None
         except PolicyError as exc:
             await self._refuse(sync.commit, "policy", "breaks the operator policy", exc)
             return self.desired is not None
@@ -255,9 +267,11 @@ class Daemon:
                          "problems": [str(p) for p in exc.problems]})
         if first_time:
             metrics.DESIRED_STATE_REFUSED.labels(reason).inc()
+            if self.events is not None:
+                self.events.desired_refused(commit, reason, message)
         if first_time and isinstance(exc, PolicyError):
             try:
-                await self.store.record_audit("refuse", actor="policy", outcome="failed",
+                await self.store.record_audit("refuse", actor=reason, outcome="failed",
                                               config_commit=commit, message=message)
             except ReconcilerError as err:
                 log.warning("cannot record audit event", extra={"error": err.message})
@@ -311,6 +325,8 @@ class Daemon:
         with acting_as(actor):  # what the audit trail names as the actor of this pass
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
+        if self.events is not None:
+            self.events.pass_finished(result, self.desired, healed=redeploy)
         failed = [o for o in result.failed() if not o.waiting]
         # blocked / orphaned resources wait for an operator: not failures of this pass
         self.failed_resources = [o for o in failed if o.result not in ("blocked", "orphan")]
@@ -487,7 +503,7 @@ class Daemon:
             desired = self.desired
             if desired is None or self.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift
-            drifted: set[ResourceKey] = set()
+            drifted: dict[ResourceKey, str] = {}
             observed: list[ResourceKey] = []  # running as recorded: healthy, seen now
             # Two queries per pass, not two per Service: an idle daemon must stay cheap.
             records = {r.key: r for r in await self.store.list_resources(with_specs=False)}
@@ -516,7 +532,7 @@ class Daemon:
                 if detail is None:
                     observed.append(resource.key)
                 else:
-                    drifted.add(resource.key)
+                    drifted[resource.key] = detail
                     await self.store.update_status(resource.key, sync_status="OutOfSync",
                                                    health_status="Degraded")
                     log.warning("drift detected", extra={"resource": str(resource.key),
@@ -525,8 +541,10 @@ class Daemon:
             await self.store.mark_observed(observed, "Healthy")
             await self.store.mark_observed(drifted)
             metrics.DRIFT_RESOURCES.set(len(drifted))
+            if drifted and self.events is not None:
+                self.events.drift_detected(drifted, desired)
             if drifted and self.cfg.heal:
-                self.redeploy |= drifted
+                self.redeploy |= set(drifted)
                 self.trigger("drift")
 
     async def audit_retention(self) -> None:
@@ -744,9 +762,11 @@ class Daemon:
             background.append(asyncio.create_task(self.shard_heartbeat()))
         if not self.source.remote:
             background.append(asyncio.create_task(self.watch_local()))
+        notifications = start_notifications(self, self.cfg.notify, self.cfg.state_dir)
         try:
             await self.main_loop()
         finally:
+            await notifications.close()
             for task in background:
                 task.cancel()
             for task in list(self._schedule_running.values()):
@@ -801,7 +821,16 @@ async def _run_daemon(cfg: DaemonConfig) -> int:
         from reconciler.state.shards import ShardLeases
 
         leases = ShardLeases(store, process_identity(), ttl=cfg.shard_ttl)
+    statuses = None
+    if cfg.commit_status:
+        from reconciler.source.commit_status import CommitStatusReporter
+
+        statuses = CommitStatusReporter(cfg.commit_status)
     engine = Reconciler(store, state_dir=cfg.state_dir, source=source,
                         environments=cfg.environments,
-                        owns=leases.owns if leases is not None else None)
-    return await Daemon(cfg, store, source, engine, leases=leases).run()
+                        owns=leases.owns if leases is not None else None, status_sink=statuses)
+    try:
+        return await Daemon(cfg, store, source, engine, leases=leases).run()
+    finally:
+        if statuses is not None:  # what is queued gets a few seconds, then shutdown goes on
+            await statuses.aclose(grace=5.0)

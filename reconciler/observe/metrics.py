@@ -54,6 +54,11 @@ LAST_SUCCESSFUL_SYNC = Gauge(
     "reconciler_last_successful_sync_timestamp_seconds",
     "Unix time of the last reconcile pass that converged.", registry=REGISTRY,
 )
+COMMIT_STATUS_TOTAL = Counter(
+    "reconciler_commit_status_total",
+    "Commit status updates by git host and result (sent, retried, failed, dropped, skipped).",
+    ["host", "result"], registry=REGISTRY,
+)
 DESIRED_STATE_ERRORS = Counter(
     "reconciler_desired_state_errors_total",
     "Commits whose desired state failed validation (nothing applied).", registry=REGISTRY,
@@ -65,6 +70,13 @@ DESIRED_STATE_REFUSED = Counter(
 )
 for _reason in ("invalid", "policy"):
     DESIRED_STATE_REFUSED.labels(_reason)
+NOTIFICATIONS_TOTAL = Counter(
+    "reconciler_notifications_total",
+    "Notification messages by destination (who configured it and the service, never the URL), "
+    "event kind in the message and result: delivered, failed (gave up after its retries), "
+    "dropped (queue full) or suppressed (a repeat held back within the repeat interval).",
+    ["destination", "event", "result"], registry=REGISTRY,
+)
 JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,

@@ -165,6 +165,17 @@ def gc_resumed() -> Iterator[None]:
             gc.disable()
 
 
+SOURCE_CHANGED = " (source content changed)"
+# the digest of a resource's encrypted secrets is in its revision, never their values
+SOURCE_OR_ENCRYPTED_CHANGED = " (source content or an encrypted secret's value changed)"
+
+
+def with_content_reason(reason: str, resource: Resource) -> str:
+    """An update whose document did not change: say what else is in its revision."""
+    suffix = SOURCE_OR_ENCRYPTED_CHANGED if resource.sealed_digest else SOURCE_CHANGED
+    return reason if reason.endswith(suffix) else reason + suffix
+
+
 def item_changes(item: PlanItem) -> list[FieldChange]:
     """Field changes of an item from its record's applied document (needs a full record)."""
     record, resource = item.record, item.resource
@@ -221,7 +232,7 @@ def make_plan(
             changes = diff_documents(record.applied_spec or {}, resource.document())
             action, reason = UPDATE, f"{record.applied_revision} -> {revision}"
             if not changes:
-                reason += " (source content changed)"
+                reason = with_content_reason(reason, resource)
         if record is not None and record.failed_revision == revision and action != UNCHANGED:
             if not force:
                 action = BLOCKED
@@ -276,7 +287,8 @@ def name_target_changes(plan: Plan) -> None:
             continue
         paths = ", ".join(c.path for c in target.changes[:5])
         more = f" (+{len(target.changes) - 5} more)" if len(target.changes) > 5 else ""
-        item.reason = (item.reason.replace(" (source content changed)", "")
+        item.reason = (item.reason.replace(SOURCE_CHANGED, "")
+                       .replace(SOURCE_OR_ENCRYPTED_CHANGED, "")
                        + f" (Target {target.key.name}: {paths}{more})")
 
 

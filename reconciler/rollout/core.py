@@ -13,6 +13,7 @@ from typing import Any
 from reconciler.errors import ReconcilerError
 from reconciler.providers import Provider, ProviderContext, load_provider
 from reconciler.rollout.outcome import Outcome, ProgressFn, ReconcileResult
+from reconciler.rollout.status_sink import CommitStatusSink
 from reconciler.source.git import GitSource
 from reconciler.source.revisions import Revisions
 from reconciler.spec.model import Resource, ResourceKey
@@ -55,6 +56,8 @@ class EngineCore:
     lost_leases: set[str]
     # Service rollouts that outlived their pass (a canary paused until promoted).
     rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
+    # Where the state of each environment at the config commit is told (commit statuses).
+    status_sink: CommitStatusSink | None
 
     async def record_succeeded(self, key: ResourceKey, revision: str, resource: Resource,
                                commit: str | None) -> None:

@@ -42,6 +42,7 @@ from reconciler.rollout.outcome import (
 )
 from reconciler.rollout.passes import Passes
 from reconciler.rollout.releases import resource_from_document, variants_of
+from reconciler.rollout.status_sink import CommitStatusSink
 from reconciler.rollout.strategies import SLOTS, Strategy, slot_resource
 from reconciler.source.git import GitSource
 from reconciler.source.revisions import Revisions
@@ -78,6 +79,7 @@ class Reconciler(Passes, OperatorActions):
         concurrency: int = 8,
         environments: set[str] | None = None,
         owns: Callable[[ResourceKey], bool] | None = None,
+        status_sink: CommitStatusSink | None = None,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -98,6 +100,7 @@ class Reconciler(Passes, OperatorActions):
         self.rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
         self.failed_output: dict[ResourceKey, tuple[str, ...]] = {}
         self.revisions = Revisions(source, state_dir)
+        self.status_sink = status_sink
 
     def revision_of(self, resource: Resource, desired: DesiredState) -> str:
         """Content address of what would be deployed (``reconciler.source.revisions``)."""

@@ -30,6 +30,7 @@ from reconciler.plan.planner import (
     name_target_changes,
     order_deletions,
     recorded_target,
+    with_content_reason,
 )
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.heal import Healing
@@ -46,6 +47,7 @@ from reconciler.rollout.recovery import Recovery
 from reconciler.rollout.runnables import Runnables
 from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
+from reconciler.rollout.status_sink import report_finished, report_started
 from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
@@ -100,6 +102,9 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                 if full is not None:
                     item.record = full
                     item.changes = item_changes(item)
+                    if item.action == UPDATE and not item.changes and item.resource is not None:
+                        # planned from a light record: the document's changes were unknown
+                        item.reason = with_content_reason(item.reason, item.resource)
         order_deletions(plan)  # by the recorded documents, read just above
         name_target_changes(plan)
         return plan
@@ -139,6 +144,8 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         selected = set(only) if only is not None else None
         outcomes: dict[ResourceKey, Outcome] = {}
         sem = asyncio.Semaphore(self.concurrency)
+        if self.status_sink is not None:  # only queued: never waits on a git host
+            report_started(self.status_sink, desired.commit, plan.items, selected)
 
         async def run(item: PlanItem) -> None:
             async with sem:
@@ -248,6 +255,9 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     if out is not None and not out.ok and target is not None:
                         kept_targets.add(target)
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
+        if self.status_sink is not None:
+            report_finished(self.status_sink, desired.commit, plan.items, outcomes,
+                            interrupted=result.interrupted)
         result.duration_s = time.monotonic() - started
         metrics.RECONCILE_DURATION.observe(result.duration_s)
         converged = result.converged

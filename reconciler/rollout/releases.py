@@ -41,7 +41,10 @@ class Releases(EngineCore):
     """Releases of resources at a revision."""
 
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release:
-        env = resolve_env(resource.spec.get("env") or {}, environment=resource.environment)
+        # sops/age references are read from the config repo at the deployed commit
+        repo = self.source.tree(commit).read if self.source is not None and commit else None
+        env = resolve_env(resource.spec.get("env") or {}, environment=resource.environment,
+                          repo=repo)
         source = resource.spec.get("source") or {}
         export: Exporter | None = None
         if "path" in source:

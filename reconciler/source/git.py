@@ -28,7 +28,7 @@ from reconciler.errors import SourceError
 from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
-from reconciler.spec.tree import EntryKind
+from reconciler.spec.tree import MAX_READ, EntryKind
 
 log = logging.getLogger("reconciler.source")
 
@@ -292,6 +292,16 @@ class GitTree:
         for item in tree.traverse():
             if isinstance(item, git.Blob) and item.mode & _TYPE_BITS == _LINK_MODE:
                 yield str(item.path), item.data_stream.read().decode("utf-8", "replace")
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            obj = self.root / path
+        except (KeyError, TypeError, ValueError):
+            return None
+        if (not isinstance(obj, git.Blob) or obj.mode & _TYPE_BITS == _LINK_MODE
+                or obj.size > MAX_READ):
+            return None
+        return bytes(obj.data_stream.read())
 
 
 def _reader(blob: git.Blob) -> Callable[[], bytes]:

@@ -46,7 +46,8 @@ class Revisions:
         target = desired.target_of(resource)
         memo: tuple[str, str] | None = None
         if resource.hash and not resource.spec.get("source") and (target is None or target.hash):
-            memo = (resource.hash, target.hash if target is not None else "")
+            memo = (resource.hash + resource.sealed_digest,
+                    target.hash if target is not None else "")
             known = self._revisions.get(memo)
             if known is not None:
                 return known
@@ -71,6 +72,8 @@ class Revisions:
     def _revision(self, resource: Resource, desired: DesiredState, target_part: str | None,
                   *, fetch: bool = True) -> str:
         parts = [_deploy_hash(resource)]
+        if resource.sealed_digest:  # a re-encrypted secret value is a new revision
+            parts.append(resource.sealed_digest)
         if target_part is not None:
             parts.append(target_part)
         source = resource.spec.get("source") or {}

@@ -62,6 +62,8 @@ class Resource:
     line: int = 1
     hash: str = ""
     depends_on: list[ResourceKey] = field(default_factory=list)
+    # keyed digest of the encrypted secrets it references (spec/encrypted.py): in its revision
+    sealed_digest: str = ""
 
     @property
     def kind(self) -> str:
@@ -105,6 +107,9 @@ class DesiredState:
     resources: dict[ResourceKey, Resource]
     commit: str | None = None
     root: str = ""
+    # Notifier documents: configuration of the daemon's notifications, never planned or
+    # deployed, so kept out of ``resources`` (reconciler/notifications/).
+    notifiers: dict[ResourceKey, Resource] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"DesiredState(commit={self.commit!r}, resources={len(self.resources)})"
@@ -121,7 +126,8 @@ class DesiredState:
         if not environments:
             return self
         kept = {k: r for k, r in self.resources.items() if k.environment in environments}
-        return DesiredState(kept, commit=self.commit, root=self.root)
+        notifiers = {k: r for k, r in self.notifiers.items() if k.environment in environments}
+        return DesiredState(kept, commit=self.commit, root=self.root, notifiers=notifiers)
 
     def of_kind(self, kind: str) -> list[Resource]:
         return [r for k, r in sorted(self.resources.items()) if k.kind == kind]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
+from reconciler.spec import refs
 from reconciler.spec.model import Resource, ResourceKey
 
 POLICY_ENV = "RECONCILER_POLICY"
@@ -82,6 +83,8 @@ class Rules:
 
     env: tuple[str, ...] | None = None
     file_dirs: tuple[str, ...] | None = None
+    # config-repo files (``PATH_GLOB`` or ``PATH_GLOB#KEY_GLOB``) sops/age references may name
+    encrypted_files: tuple[str, ...] | None = None
     ssh_hosts: tuple[str, ...] | None = None
     docker_hosts: tuple[str, ...] | None = None
     coolify_urls: tuple[str, ...] | None = None
@@ -91,7 +94,7 @@ class Rules:
 
 
 # An environment a policy file does not mention (and that has no "*") may reference nothing.
-DENY_ALL = Rules((), (), (), (), (), (), local_host=False, traffic=False)
+DENY_ALL = Rules((), (), (), (), (), (), (), local_host=False, traffic=False)
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,44 @@ def file_problem(path: str, environment: str, policy: Policy | None = None) -> s
     return None
 
 
+def repo_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file of the config repo (None: it can)."""
+    parts = path.split("/")
+    if path.startswith("/") or ".." in parts or "\\" in path:
+        return (f"{path} must be a relative path inside the config repository (no leading /, "
+                "no ..)")
+    return None
+
+
+def encrypted_problem(path: str, key: str | None, environment: str,
+                      policy: Policy | None = None) -> str | None:
+    """Why a ``sops``/``age`` reference to ``path`` (``key`` of a sops file) may not be used in
+    ``environment``: a path out of the repository, or one the policy does not list."""
+    policy = policy or _active
+    shown = f"{path}#{key}" if key is not None else path
+    problem = repo_path_problem(path)
+    if problem is not None:
+        return problem
+    allowed = policy.rules_for(environment).encrypted_files
+    if allowed is None:
+        return None
+    for pattern in allowed:
+        file_glob, _, key_glob = pattern.partition("#")
+        if fnmatch.fnmatchcase(path, file_glob) and (
+                not key_glob or key is None or fnmatch.fnmatchcase(key, key_glob)):
+            return None
+    return (f"encrypted file {shown} is not allowed in environment {environment!r} by the "
+            f"{policy.described} (secrets.encryptedFiles)")
+
+
 def ref_problem(ref: Mapping[str, Any], environment: str,
                 policy: Policy | None = None) -> str | None:
+    kind = refs.ref_kind(ref)
+    if kind in refs.REPO_KINDS:
+        path = refs.repo_file(ref)
+        if path is None:
+            return None  # malformed: the schema / the resolver reports it
+        return encrypted_problem(path, refs.sops_key(ref), environment, policy)
     ((kind, where),) = ref.items()
     if not isinstance(where, str) or not where:
         return None  # malformed: the resolver reports it
@@ -251,24 +290,6 @@ def _host_problem(value: str, allowed: tuple[str, ...] | None, field_name: str,
 Violation = tuple[ResourceKey, tuple[str | int, ...], str]
 
 
-def _refs(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...],
-                                                                    Mapping[str, Any]]]:
-    """Every secret reference under an ``env``-like mapping (``{value: ref}`` forms included)."""
-    if not isinstance(value, Mapping):
-        return
-    for key, item in value.items():
-        if isinstance(item, Mapping):
-            if len(item) == 1 and ("env" in item or "file" in item):
-                yield (*path, key), item
-            elif _is_ref(item.get("value")):
-                yield (*path, key, "value"), item["value"]
-
-
-def _is_ref(value: Any) -> bool:
-    # the shape of reconciler.spec.secrets.is_secret_ref (which imports this module)
-    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
-
-
 def violations(resources: Iterable[Resource], policy: Policy | None = None) -> list[Violation]:
     """Everything in ``resources`` the policy (and the invariants) forbid, with the spec path."""
     policy = policy or _active
@@ -290,14 +311,10 @@ def violations(resources: Iterable[Resource], policy: Policy | None = None) -> l
 
         def add(path: tuple[str | int, ...], message: str | None, key: ResourceKey = key) -> None:
             if message:
-                out.append((key, ("spec", *path), f"{_dotted(path)}: {message}"))
+                out.append((key, ("spec", *path), f"{dotted_path(path)}: {message}"))
 
-        for path, ref in _refs(spec.get("env"), ("env",)):
+        for path, ref in refs.spec_refs(spec):
             add(path, judge(ref, env))
-        coolify = spec.get("coolify")
-        if isinstance(coolify, Mapping):
-            for path, ref in _refs(coolify.get("envs"), ("coolify", "envs")):
-                add(path, judge(ref, env))
         if resource.kind == "Target":
             _check_target(spec, env, rules, policy, add)
         strategy = spec.get("strategy")
@@ -345,7 +362,7 @@ def _check_target(spec: Mapping[str, Any], env: str, rules: Rules, policy: Polic
             _host_problem(host, rules.docker_hosts, "dockerHosts", env, policy))
 
 
-def _dotted(path: tuple[str | int, ...]) -> str:
+def dotted_path(path: tuple[str | int, ...]) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
                    for i, p in enumerate(path))
 
@@ -354,6 +371,7 @@ def _dotted(path: tuple[str | int, ...]) -> str:
 _RULE_LISTS = {
     ("secrets", "env"): "env",
     ("secrets", "fileDirs"): "file_dirs",
+    ("secrets", "encryptedFiles"): "encrypted_files",
     ("endpoints", "sshHosts"): "ssh_hosts",
     ("endpoints", "dockerHosts"): "docker_hosts",
     ("endpoints", "coolifyUrls"): "coolify_urls",
@@ -404,7 +422,7 @@ def _rules(node: Node, environment: str, located: _Located) -> Rules:
     top = _mapping(node, where, located, ("secrets", "endpoints", "traffic"))
     lists: dict[str, tuple[str, ...]] = {}
     flags: dict[str, bool] = {"local_host": False, "traffic": False}
-    sections = {"secrets": ("env", "fileDirs"),
+    sections = {"secrets": ("env", "fileDirs", "encryptedFiles"),
                 "endpoints": ("sshHosts", "dockerHosts", "coolifyUrls", "prometheusUrls",
                               "localHost")}
     for section, known in sections.items():
@@ -429,6 +447,7 @@ def _rules(node: Node, environment: str, located: _Located) -> Rules:
     if "traffic" in top:
         flags["traffic"] = _flag(top["traffic"][1], f"{where}.traffic", located)
     return Rules(env=lists.get("env", ()), file_dirs=lists.get("file_dirs", ()),
+                 encrypted_files=lists.get("encrypted_files", ()),
                  ssh_hosts=lists.get("ssh_hosts", ()), docker_hosts=lists.get("docker_hosts", ()),
                  coolify_urls=lists.get("coolify_urls", ()),
                  prometheus_urls=lists.get("prometheus_urls", ()), **flags)

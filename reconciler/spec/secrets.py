@@ -1,8 +1,11 @@
 """Resolve environment values and secret references at apply time.
 
 A value is a literal (string or number) or a reference: ``{env: NAME}`` (a variable of the
-reconciler's own environment) or ``{file: /path}`` (a file's content, one trailing newline
-dropped). Errors name the reference (``env:NAME``, ``file:/path``), never a value.
+reconciler's own environment), ``{file: /path}`` (a file's content, one trailing newline
+dropped), or an encrypted file of the config repo, ``{sops: {file, key}}`` / ``{age: {file}}``
+(``spec/encrypted.py``; read through ``repo``, the config repo at the deployed commit). The
+shapes are ``spec/refs.py``'s. Errors name the reference (``env:NAME``, ``file:/path``,
+``sops:FILE#KEY``), never a value.
 
 References written in the config repo are resolved against the operator policy
 (``reconciler.spec.policy``): never one of the reconciler's own credentials, files only when
@@ -14,28 +17,23 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reconciler.errors import SecretError
-from reconciler.spec import policy
+from reconciler.spec import encrypted, policy, refs
 from reconciler.spec.model import DEFAULT_ENVIRONMENT
 
+# Reads a file of the config repo at the deployed commit (None: no such file).
+RepoReader = Callable[[str], bytes | None]
 
-def is_secret_ref(value: Any) -> bool:
-    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
-
-
-def describe_ref(value: Any) -> str:
-    """``env:NAME`` / ``file:/path`` for a reference; safe to log (it is not the value)."""
-    if is_secret_ref(value):
-        ((kind, where),) = value.items()
-        return f"{kind}:{where}"
-    return "<literal>"
+is_secret_ref = refs.is_secret_ref
+describe_ref = refs.describe
 
 
 def resolve_secret(value: Any, *, environ: Mapping[str, str] | None = None,
-                   environment: str = DEFAULT_ENVIRONMENT, trusted: bool = False) -> str:
+                   environment: str = DEFAULT_ENVIRONMENT, trusted: bool = False,
+                   repo: RepoReader | None = None) -> str:
     """The string a literal or a secret reference stands for.
 
     ``environment``: the environment of the resource the reference was written in (its policy
@@ -49,8 +47,14 @@ def resolve_secret(value: Any, *, environ: Mapping[str, str] | None = None,
     if not is_secret_ref(value):
         raise SecretError(
             f"unsupported value of type {type(value).__name__}: expected a string, a number, "
-            "{env: NAME} or {file: /path}"
+            "{env: NAME}, {file: /path}, {sops: {file, key}} or {age: {file}}"
         )
+    if refs.is_repo_ref(value):
+        if not trusted:
+            problem = policy.ref_problem(value, environment)
+            if problem is not None:
+                raise policy.SecretRefused(f"secret reference refused: {problem}")
+        return encrypted.resolve(value, repo)
     ((kind, where),) = value.items()
     if not isinstance(where, str) or not where:
         raise SecretError(f"invalid secret reference {kind}:{where!r}")
@@ -103,6 +107,7 @@ def read_secret_file(path: str, *, follow: bool = False) -> str:
 def resolve_env(
     env: Mapping[str, Any], *, environ: Mapping[str, str] | None = None,
     environment: str = DEFAULT_ENVIRONMENT, trusted: bool = False,
+    repo: RepoReader | None = None,
 ) -> dict[str, str]:
     """Every variable of a spec's ``env`` with references resolved.
 
@@ -112,7 +117,8 @@ def resolve_env(
     for name, value in env.items():
         try:
             resolved[str(name)] = resolve_secret(value, environ=environ,
-                                                environment=environment, trusted=trusted)
+                                                environment=environment, trusted=trusted,
+                                                repo=repo)
         except SecretError as exc:
             raise type(exc)(f"env {name}: {exc.message}") from None  # FR500 or FR501
     return resolved

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 EntryKind = Literal["dir", "file", "link"]
+MAX_READ = 1 << 20  # an encrypted secret file is small; a larger one is not read
 MAX_LINK_PROBLEMS = 5  # per folder: enough to show the pattern, not a page of them
 
 
@@ -29,6 +30,10 @@ class SourceTree(Protocol):
 
     def links(self, folder: str) -> Iterator[tuple[str, str]]:
         """(path relative to the repository root, target) of every link below ``folder``."""
+
+    def read(self, path: str) -> bytes | None:
+        """The content of the regular file ``path`` (relative to the repository root); None
+        when it does not exist or is not a regular file (a link is not followed)."""
 
 
 def link_escapes(folder: str, link: str, target: str) -> bool:
@@ -93,6 +98,18 @@ class DirectoryTree:
                 full = Path(dirpath) / name
                 if full.is_symlink():
                     yield full.relative_to(self.root).as_posix(), os.readlink(full)
+
+    def read(self, path: str) -> bytes | None:
+        full = self.root / path
+        # no link anywhere on the way: the repository's file, as git would have it
+        for part in (full, *full.parents):
+            if part == self.root:
+                break
+            if part.is_symlink():
+                return None
+        if not full.is_file() or full.stat().st_size > MAX_READ:
+            return None
+        return full.read_bytes()
 
 
 def work_tree_of(path: Path) -> Path | None:

@@ -39,12 +39,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 API_VERSION = "fraisier.dev/v1"
-KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule")
+KINDS: tuple[str, ...] = ("Target", "Service", "Job", "Schedule", "Notifier")
 KIND_SCHEMAS: dict[str, str] = {
     "Target": "target.json",
     "Service": "service.json",
     "Job": "job.json",
     "Schedule": "schedule.json",
+    "Notifier": "notifier.json",
 }
 # Registry base for the slow validator; the files themselves carry no $id, so editors resolve
 # their relative $refs against the files' own locations.
@@ -72,7 +73,8 @@ def schema_dir() -> Path:
 EDITOR_BUNDLE = "fraisier.json"
 _WORKLOAD_KINDS = ("service.json", "job.json", "schedule.json")
 _DISPATCH_DESCRIPTION = (
-    "Any Fraisier desired-state document (Target, Service, Job or Schedule), chosen by kind. "
+    "Any Fraisier desired-state document (Target, Service, Job, Schedule or Notifier), chosen "
+    "by kind. "
     "Point an editor at it with the modeline "
     "`# yaml-language-server: $schema=<path>/schemas/fraisier.json`."
 )
@@ -93,8 +95,8 @@ def _dispatcher() -> dict[str, Any]:
             "kind": {
                 "enum": list(KIND_SCHEMAS),
                 "description": "Resource kind: Target (where things run), Service (long-running, "
-                "health-checked), Job (runs to completion per revision) or Schedule (runs on a "
-                "cron schedule).",
+                "health-checked), Job (runs to completion per revision), Schedule (runs on a "
+                "cron schedule) or Notifier (where outcomes are reported).",
             },
         },
         "required": ["apiVersion", "kind"],

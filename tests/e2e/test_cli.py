@@ -118,7 +118,7 @@ def test_db_copy_sqlite_to_postgresql(fleet: Fleet, tmp_path: Path, postgresql_u
 
 
 def test_logs_host_filter_and_new_lines(fleet: Fleet) -> None:
-    from reconciler.cli import _new_lines
+    from reconciler.cli.logs import _new_lines
 
     assert _new_lines(["a", "b", "c"], ["b", "c", "d"]) == ["d"]
     assert _new_lines([], ["x"]) == ["x"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.errors import SpecError
-from reconciler.spec import loader
+from reconciler.spec import fast_path
 from reconciler.spec.cache import SpecCache, cache_version
 from reconciler.spec.loader import files_from_directory, load_desired_state
 from reconciler.spec.model import DesiredState
@@ -34,13 +34,13 @@ def fleet(tmp_path: Path) -> Path:
 
 def count_fast_parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     parsed: list[bytes] = []
-    real = loader._load_fast
+    real = fast_path.load_fast
 
     def counting(data: bytes) -> object:
         parsed.append(data)
         return real(data)
 
-    monkeypatch.setattr(loader, "_load_fast", counting)
+    monkeypatch.setattr(fast_path, "load_fast", counting)
     return parsed
 
 

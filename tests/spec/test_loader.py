@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from reconciler.errors import SourceError, SpecError
-from reconciler.spec import loader
+from reconciler.spec import yaml_parse
 from reconciler.spec.loader import (
     document_lines,
     files_from_directory,
@@ -164,13 +164,13 @@ def test_other_line_endings_give_the_same_lines(newline: str) -> None:
 
 def test_happy_path_never_parses_with_marks(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = loader._parse_with_marks
+    real = yaml_parse.parse_with_marks
 
-    def counting(path: str, data: bytes) -> loader._Parsed:
+    def counting(path: str, data: bytes) -> yaml_parse.Parsed:
         calls.append(path)
         return real(path, data)
 
-    monkeypatch.setattr(loader, "_parse_with_marks", counting)
+    monkeypatch.setattr(yaml_parse, "parse_with_marks", counting)
     load_desired_state(files_from_directory(BASIC))
     assert calls == []
     # ...while a failing file (and only it) is parsed again to locate its problems
@@ -188,8 +188,8 @@ def test_cross_file_problem_reparses_only_the_file_involved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[str] = []
-    real = loader._parse_with_marks
-    monkeypatch.setattr(loader, "_parse_with_marks", lambda p, d: calls.append(p) or real(p, d))
+    real = yaml_parse.parse_with_marks
+    monkeypatch.setattr(yaml_parse, "parse_with_marks", lambda p, d: calls.append(p) or real(p, d))
     orphan = source(
         "orphan.yaml",
         "apiVersion: fraisier.dev/v1\nkind: Job\nmetadata: {name: j}\nspec: {target: nowhere}\n",

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import SpecError
-from reconciler.spec import loader
+from reconciler.spec import fast_path, loader
+from reconciler.spec.load_state import LoadState
 from reconciler.spec.loader import SourceFile, files_from_directory, load_desired_state
 from reconciler.spec.model import DesiredState, spec_hash
 from tests.spec.conftest import VALID, source
@@ -87,8 +88,8 @@ def test_arbitrary_bytes_give_a_state_or_a_spec_error(data: bytes) -> None:
 @given(st.integers(min_value=0, max_value=len(FLEET) - 1), st.lists(_EDIT, min_size=1, max_size=4))
 def test_fast_path_accepts_exactly_what_the_slow_path_accepts(which: int, edits: list) -> None:  # type: ignore[type-arg]
     data = mutate(TEXTS[which], edits)
-    fast = loader._load_fast(data)
-    load = loader._Load([source("f.yaml", data)])
+    fast = fast_path.load_fast(data)
+    load = LoadState([source("f.yaml", data)])
     slow = load.load_slowly(0, data)
     if fast is not None:
         # same documents, same lines (the text scan agrees with compose), same hashes

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from reconciler.spec.loader import _expands_beyond
+from reconciler.spec.document_checks import expands_beyond
 from reconciler.spec.validate import (
     KIND_SCHEMAS,
     KINDS,
@@ -143,7 +143,7 @@ def documents(root: Path) -> Iterator[tuple[str, Any]]:
             continue
         for index, doc in enumerate(docs):
             if isinstance(doc, dict) and doc.get("kind") in KIND_SCHEMAS:
-                if _expands_beyond(doc):  # the alias bomb: rejected before any schema runs
+                if expands_beyond(doc):  # the alias bomb: rejected before any schema runs
                     continue
                 yield f"{path.relative_to(root)}#{index}", doc
 

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from reconciler.cli import cli
 from reconciler.errors import SpecError
-from reconciler.spec.loader import _load_fast, files_from_directory, load_desired_state
+from reconciler.spec.fast_path import load_fast
+from reconciler.spec.loader import files_from_directory, load_desired_state
 from reconciler.spec.sync_windows import window_problems
 from tests.spec.conftest import INVALID, source
 
@@ -66,7 +67,7 @@ spec:
 
 def test_windows_are_accepted_on_every_kind_and_every_provider_target() -> None:
     data = FLEET.encode()
-    assert _load_fast(data) is not None  # valid documents stay on the fast path
+    assert load_fast(data) is not None  # valid documents stay on the fast path
     state = load_desired_state([source("fleet.yaml", FLEET)])
     windows = {k.name: r.spec.get("syncWindows") for k, r in state.resources.items()}
     assert windows["local"][1] == {"kind": "deny", "schedule": "0 22 * * 5", "duration": "60h"}

@@ -17,11 +17,8 @@ from urllib.parse import urlsplit
 from reconciler.errors import ProviderError
 from reconciler.providers import ProviderContext
 from reconciler.providers.compose.engine import AiodockerEngine, CliEngine
-from reconciler.providers.compose.provider import (
-    GO_RUNTIME_ENV,
-    ComposeProvider,
-    local_base_env,
-)
+from reconciler.providers.compose.host import GO_RUNTIME_ENV, local_base_env
+from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.spec.model import Resource
 from reconciler.transport import Transport
 from reconciler.transport.local import LocalTransport

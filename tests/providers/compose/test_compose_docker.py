@@ -471,7 +471,7 @@ async def test_pull_policy_never_refuses_a_missing_image(make_provider, environm
 @pytest.mark.timeout(30)
 async def test_compose_cli_detection(docker_engine: Infra):
     from reconciler.providers.compose.cli import detect
-    from reconciler.providers.compose.provider import local_base_env
+    from reconciler.providers.compose.host import local_base_env
 
     transport = LocalTransport()
     env = local_base_env(docker_engine.docker_host)
@@ -499,7 +499,7 @@ async def test_compose_plugin_runs_standalone(docker_engine: Infra, tmp_path: Pa
         _standalone_plugin,
         detect,
     )
-    from reconciler.providers.compose.provider import local_base_env
+    from reconciler.providers.compose.host import local_base_env
 
     transport = LocalTransport()
     home = tmp_path / "home"

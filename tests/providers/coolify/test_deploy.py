@@ -213,7 +213,7 @@ async def test_duplicate_answer_resolves_to_the_queued_deployment(
     provider = provider_for(make_target, ctx)
     try:
         svc = provider_service(service)
-        found = await provider._trigger(app.uuid, SHA_A, False, svc, [])
+        found = await provider.deployer._trigger(app.uuid, SHA_A, False, svc, [])
     finally:
         await provider.close()
     assert found == real_uuid

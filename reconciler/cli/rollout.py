@@ -1,6 +1,6 @@
 """`reconciler promote|abort NAME` and `reconciler lock status`: talking to rollouts in progress.
 
-Registered on the main group by ``reconciler.cli``. Signals go through the database (see
+Added to the main group by ``reconciler.cli``. Signals go through the database (see
 ``reconciler.rollout.control``), so they reach a rollout run by the daemon on another host.
 """
 
@@ -14,9 +14,8 @@ from typing import Any
 
 import click
 
-from reconciler.cli import (
+from reconciler.cli.common import (
     Options,
-    cli,
     emit_json,
     find_key,
     handles_errors,
@@ -63,7 +62,7 @@ def _signal(opts: Options, name: str, verb: str) -> tuple[bool, str]:
     return run(main())
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--full", is_flag=True, help="Skip every remaining step (pauses, analysis) and "
                                            "promote the new revision everywhere.")
@@ -78,7 +77,7 @@ def promote(opts: Options, name: str, full: bool) -> None:
     raise SystemExit(0 if delivered else 1)
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.pass_obj
 @handles_errors
@@ -90,7 +89,7 @@ def abort(opts: Options, name: str) -> None:
     raise SystemExit(0 if delivered else 1)
 
 
-@cli.group()
+@click.group()
 def lock() -> None:
     """Resource locks (one rollout per resource at a time, across processes)."""
 

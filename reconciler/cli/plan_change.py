@@ -1,6 +1,6 @@
 """`reconciler diff --base REF` and `diff -o markdown`: the plan of a change, for a pull request.
 
-Called by the ``diff`` command of ``reconciler.cli``. Without ``--db`` nothing but the config
+Called by the ``diff`` command (``reconciler.cli.plan``). Without ``--db`` nothing but the config
 repository is read: the base commit stands in for the recorded state
 (``reconciler.plan.compare``). With ``--db`` the head is planned against the recorded state,
 read only (``SELECT`` on the view ``v_resource``: docs/pull-requests.md).
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from reconciler.cli import Options, emit_json, load_commit, make_source, run
+from reconciler.cli.common import Options, emit_json, load_commit, make_source, run
 from reconciler.console.notes import warn
 from reconciler.console.pipes import echo_long
 from reconciler.errors import ReconcilerError

@@ -1,0 +1,60 @@
+"""What the daemon's notifications are built from (its flags) and how they are plugged into a
+running daemon: commits read from its config repo, hosts from its providers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+from reconciler.notifications.destinations import operator_destinations
+from reconciler.notifications.events import CommitInfo
+from reconciler.notifications.settings import NotifySettings
+from reconciler.notifications.sink import EventSink, Notifications
+from reconciler.rollout.engine import Reconciler
+from reconciler.source.git import GitSource
+from reconciler.spec.model import DesiredState, ResourceKey
+
+log = logging.getLogger("reconciler.notifications")
+
+
+class DaemonLike(Protocol):
+    """What notifications read of the daemon (daemon/loop.py ``Daemon``)."""
+
+    source: GitSource
+    engine: Reconciler
+    desired: DesiredState | None
+    last_error: str | None
+    events: EventSink | None
+
+
+def start_notifications(daemon: DaemonLike, settings: NotifySettings,
+                        state_dir: Path) -> Notifications:
+    """Notifications for ``daemon``, started and set as its event sink."""
+    source = daemon.source
+
+    def commit_info(sha: str) -> CommitInfo:
+        import git  # a Repo of its own: the daemon's is used from other threads
+
+        # read here, not at start: a remote repo is cloned by the first fetch, which may fail
+        commit = git.Repo(source.git_dir).commit(sha)
+        return CommitInfo(sha, str(commit.summary), str(commit.author.name or ""))
+
+    async def hosts_of(key: ResourceKey) -> list[str]:
+        desired = daemon.desired
+        resource = desired.get(key) if desired is not None else None
+        target = desired.target_of(resource) if desired is not None and resource else None
+        if resource is None or target is None:
+            return []
+        provider = daemon.engine.provider_for(target)
+        return [i.id if i.address in (i.id, "127.0.0.1") else f"{i.id} ({i.address})"
+                for i in await provider.instances(resource)]
+
+    notifications = Notifications(
+        operator_destinations(settings.urls, settings.repeat_s),
+        state_dir=state_dir, ui_url=settings.ui_url, stale_after_s=settings.stale_after_s,
+        commit_info=commit_info, hosts_of=hosts_of, last_error=lambda: daemon.last_error,
+        limits=settings.limits)
+    notifications.start()
+    daemon.events = notifications
+    return notifications

@@ -1,0 +1,73 @@
+"""The state of one load of the desired state (``LoadState``): the files, their parses with
+marks (kept to locate problems found later), every problem, the valid records and where each
+resource is defined; ``load_slowly`` is the slow path of one file (parse with marks, check
+each document) and ``problem_at`` locates a problem found across files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from reconciler.errors import SpecProblem
+from reconciler.spec import yaml_parse
+from reconciler.spec.cache import Record
+from reconciler.spec.document_checks import Identity, check_document
+from reconciler.spec.files import SourceFile
+from reconciler.spec.validate import Path_
+from reconciler.spec.yaml_parse import UNBUILT, Parsed, node_position
+
+# Inside the cross-file checks identities are plain (environment, kind, name) tuples: hashing
+# them is several times cheaper than hashing ResourceKey, and 10,000 resources hash a lot.
+Key = tuple[str, str, str]
+
+
+class LoadState:
+    """State of one ``load_desired_state`` call."""
+
+    def __init__(self, files: Sequence[SourceFile]) -> None:
+        self.files = files
+        self.parsed: dict[int, Parsed] = {}
+        self.problems: list[SpecProblem] = []
+        # (file index, record) of every valid document, in file order
+        self.valid: list[tuple[int, Record]] = []
+        self.partial: list[Identity] = []
+        # (environment, kind, name) -> (file index, document index, line) of each resource
+        self.where: dict[Key, tuple[int, int, int]] = {}
+
+    def parse(self, file_index: int, data: bytes | None = None) -> Parsed:
+        parsed = self.parsed.get(file_index)
+        if parsed is None:
+            source = self.files[file_index]
+            data = source.read() if data is None else data
+            parsed = yaml_parse.parse_with_marks(source.path, data)
+            self.parsed[file_index] = parsed
+        return parsed
+
+    def load_slowly(self, file_index: int, data: bytes) -> list[Record]:
+        path = self.files[file_index].path
+        parsed = self.parse(file_index, data)
+        records: list[Record] = []
+        if parsed.problem is not None:
+            self.problems.append(parsed.problem)
+        for index, (node, value) in enumerate(parsed.documents):
+            if value is None or value is UNBUILT:
+                continue
+            record, identity, problems = check_document(path, index, node, value)
+            self.problems.extend(problems)
+            if record is not None:
+                records.append(record)
+            elif identity is not None:
+                self.partial.append(identity)
+        return records
+
+    def problem_at(
+        self, file_index: int, index: int, path: Path_, message: str, at_key: bool = False
+    ) -> SpecProblem:
+        """A cross-file problem, located by parsing that one file with marks."""
+        source = self.files[file_index]
+        documents = self.parse(file_index).documents
+        if index < len(documents):
+            line, col = node_position(documents[index][0], path, at_key)
+        else:  # the file changed under us; still report the problem
+            line, col = 1, 1
+        return SpecProblem(source.path, line, col, message)
