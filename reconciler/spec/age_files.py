@@ -17,10 +17,12 @@ import binascii
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-import pyrage
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcilerError, SecretError
+
+if TYPE_CHECKING:  # imported where used: every CLI start imports this module, few decrypt
+    import pyrage
 
 IDENTITY_ENV = "RECONCILER_AGE_IDENTITY"
 SOPS_KEY_FILE_ENV = "SOPS_AGE_KEY_FILE"
@@ -79,7 +81,7 @@ def parse_identities(text: str, source: str) -> list[pyrage.x25519.Identity]:
         if not line or line.startswith("#"):
             continue
         try:
-            found.append(pyrage.x25519.Identity.from_str(line))
+            found.append(_pyrage().x25519.Identity.from_str(line))
         except Exception:  # pyrage's error repeats the input: it must not reach the message
             raise IdentityFileError(f"{source}:{number}: not an age identity (expected "
                                     "AGE-SECRET-KEY-1…)") from None
@@ -171,8 +173,8 @@ def decrypt(data: bytes, what: str, recipients: str, keyring: Keyring | None = N
         raise DecryptError(f"{what} cannot be decrypted: {keyring.described}; it was encrypted "
                            f"for {recipients}")
     try:
-        return bytes(pyrage.decrypt(dearmor(data), list(keyring.identities)))
-    except (ValueError, pyrage.DecryptError) as exc:
+        return bytes(_pyrage().decrypt(dearmor(data), list(keyring.identities)))
+    except (ValueError, _pyrage().DecryptError) as exc:
         reason = ("no identity matches" if not isinstance(exc, ValueError) and stanza_types(data)
                   else "not an age file")
         raise DecryptError(f"{what} cannot be decrypted ({reason}): it was encrypted for "
@@ -193,3 +195,9 @@ def describe_stanzas(data: bytes) -> str:
 def decrypt_file(data: bytes, path: str, keyring: Keyring | None = None) -> bytes:
     """A whole age-encrypted file of the config repo (``{age: {file: PATH}}``)."""
     return decrypt(data, f"age file {path}", describe_stanzas(data), keyring)
+
+
+def _pyrage() -> Any:
+    import pyrage
+
+    return pyrage

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from reconciler.spec import age_files
 from reconciler.spec.age_files import DecryptError, Keyring
@@ -186,6 +184,10 @@ def decrypt_value(token: str, key: bytes, aad: str) -> tuple[str, str]:
     if match is None:
         raise ValueError("not an encrypted sops value")
     data, iv, tag, kind = match.groups()
+    # imported here: every CLI start imports this module, few runs decrypt anything
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         plain = AESGCM(key).decrypt(_b64(iv), _b64(data) + _b64(tag), aad.encode())
     except (binascii.Error, InvalidTag, ValueError):
