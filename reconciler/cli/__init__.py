@@ -56,7 +56,10 @@ for command in (validate, render, diff, apply, status, history, rollback, suspen
 
 
 def main() -> None:
-    cli(prog_name="reconciler")
+    from reconciler.console.pipes import closed_pipe_ends_quietly
+
+    with closed_pipe_ends_quietly():
+        cli(prog_name="reconciler")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,17 @@ def render_plan(plan: Any, origins: Any = None) -> None:
 @click.option("--live", is_flag=True,
               help="Also observe applied Services through their providers and show drift "
                    "(stopped, replaced or changed by hand).")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--base", default=None, metavar="REF",
+              help="Plan the change from this commit to --ref (a pull request's): no host "
+                   "and no database unless --db is given (then against the recorded state, "
+                   "read only).")
+@click.option("--at", default=None, metavar="TIME",
+              help="With --base or -o markdown: evaluate sync windows at this ISO 8601 time "
+                   "(default: now).")
+@click.option("--max-chars", default=60_000, show_default=True,
+              help="-o markdown: cap on the comment's size (what is left out is counted).")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "markdown"]),
+              default="text")
 @click.option("--show-origin", is_flag=True,
               help="Under each changed value, where it came from: the ${NAME} of a shared "
                    "definition and the Environment defining it (docs/environments.md).")
@@ -122,17 +132,27 @@ def render_plan(plan: Any, origins: Any = None) -> None:
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, live: bool, output: str, show_origin: bool,
-         policy_path: Path | None) -> None:
-    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
+         prune: bool, live: bool, base: str | None, at: str | None, max_chars: int,
+         output: str, show_origin: bool, policy_path: Path | None) -> None:
+    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error.
+
+    With --base REF: the plan of the change between two commits, for a pull request
+    (-o markdown renders it as a comment; docs/pull-requests.md)."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
+    if base is not None or output == "markdown":
+        from reconciler.cli.plan_change import diff_change
+
+        diff_change(opts, repo=repo, ref=ref, path=path, base=base, environments=environments,
+                    prune=prune, at=at, output=output, max_chars=max_chars)
 
     async def main() -> Any:
+        from reconciler.console.notes import warn_uncommitted
         from reconciler.plan.planner import BLOCKED, UNCHANGED
         from reconciler.rollout.engine import Reconciler
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
+        warn_uncommitted(source, commit)
         desired = load_commit(opts, source, commit)
         if show_origin:
             from reconciler.spec.environments import origins

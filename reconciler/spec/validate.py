@@ -523,6 +523,18 @@ _EXACTLY_ONE = {
 }
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else "string"
+
+
 def schema_issues(kind: str, document: Any) -> list[Issue]:
     """Every violation of ``kind``'s schema in ``document``, as located-able issues."""
     issues: list[Issue] = []
@@ -548,6 +560,13 @@ def _issues(error: ValidationError) -> Iterator[Issue]:
         else:
             message = f"invalid key {short_repr(instance)}: {error.message}"
         yield Issue(key_path, _prefixed(key_path, message), at_key=True)
+        return
+    if title == "Secret reference" and not isinstance(instance, dict):
+        # a literal where a reference belongs is most likely the secret itself: never echo it
+        yield Issue(path, _prefixed(path, (
+            f"expected a secret reference ({{env: NAME}} or {{file: /path}}), got "
+            f"{_JSON_TYPE_NAMES.get(_json_type(instance), 'a value')} (not shown: it may be "
+            "the secret itself; commit a reference, not the value)")))
         return
     if validator == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
