@@ -33,8 +33,8 @@ from _figures import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-ORDER = ["spec_load", "diff_scale", "store", "latency", "compose", "bare_metal", "rolling",
-         "sync_windows", "notifications", "idle"]
+ORDER = ["spec_load", "diff_scale", "environments", "store", "latency", "compose", "bare_metal",
+         "rolling", "sync_windows", "notifications", "idle"]
 QUICK: dict[str, list[str]] = {
     "idle": ["--seconds", "20", "--scenario", "services"],
     "bare_metal": ["--rounds", "3", "--no-ansible"],
@@ -43,6 +43,7 @@ QUICK: dict[str, list[str]] = {
     "store": ["--deployments", "100"],
     "rolling": ["--rounds", "2"],
     "notifications": ["--resources", "200"],
+    "environments": ["--repeat", "1"],
     "diff_scale": ["--sizes", "10000"],  # the 1,000 and 50,000 growth sizes: make bench only
 }
 TIMEOUT_S = 3600

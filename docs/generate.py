@@ -170,6 +170,8 @@ def generate_cli() -> str:
         "| 1 | the command worked and found a negative answer: changes pending, a resource "
         "failed or was rolled back, something unhealthy, migrations pending |",
         "| 2 | error: invalid input, unreachable repository or database, a usage error |",
+        "| 141 | the reader of the output went away (`reconciler diff \\| head -1`): the "
+        "command stops quietly, as a program killed by SIGPIPE would |",
         "",
         "An error is printed as `error[FRnnn]: message` followed by `hint: …` and exits with "
         "the code of its class:",

@@ -1,9 +1,9 @@
 """`reconciler` command line: the top-level click group (global options, logging, the audited
 actor) and `main`, the console entry point. Each command lives in the module named for its
-job (`plan`: validate and diff, `apply`, `status`: status and history, `manual`: rollback,
-suspend and resume, `audit`, `logs`, `daemon`, `db`, `rollout`: promote, abort and locks) and
-is added to the group here; what they share is in `common`. Exit codes are part of the
-interface (docs/cli.md "Exit codes")."""
+job (`plan`: validate and diff, `render`: the desired state resolved, `apply`, `status`: status
+and history, `manual`: rollback, suspend and resume, `audit`, `logs`, `daemon`, `db`,
+`rollout`: promote, abort and locks) and is added to the group here; what they share is in
+`common`. Exit codes are part of the interface (docs/cli.md "Exit codes")."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from reconciler.cli.db import db
 from reconciler.cli.logs import logs
 from reconciler.cli.manual import resume, rollback, suspend
 from reconciler.cli.plan import diff, validate
+from reconciler.cli.render import render
 from reconciler.cli.rollout import abort, lock, promote
 from reconciler.cli.status import history, status
 from reconciler.observe.logging import setup_logging
@@ -49,13 +50,16 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
         ctx.with_resource(acting_as(cli_actor()))
 
 
-for command in (validate, diff, apply, status, history, rollback, suspend, resume, audit, logs,
-                daemon, db, promote, abort, lock):
+for command in (validate, render, diff, apply, status, history, rollback, suspend, resume, audit,
+                logs, daemon, db, promote, abort, lock):
     cli.add_command(command)
 
 
 def main() -> None:
-    cli(prog_name="reconciler")
+    from reconciler.console.pipes import closed_pipe_ends_quietly
+
+    with closed_pipe_ends_quietly():
+        cli(prog_name="reconciler")
 
 
 if __name__ == "__main__":

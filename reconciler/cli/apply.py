@@ -1,5 +1,6 @@
 """`reconciler apply`: one reconcile pass from the command line, with live per-resource progress
-(`Progress`, also used by `rollback`) and a first look for drifted Services to redeploy."""
+(`reconciler.console.progress`, also used by `rollback`) and a first look for drifted Services
+to redeploy."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from reconciler.cli.common import (
     open_store,
     policy_option,
     run,
-    style,
     with_repo,
 )
 from reconciler.errors import ReconcilerError
@@ -32,49 +32,6 @@ log = logging.getLogger("reconciler.cli")
 
 
 # -- apply ------------------------------------------------------------------------------------
-class Progress:
-    """Live per-resource progress on a TTY (rich); plain lines otherwise."""
-
-    def __init__(self, live: bool) -> None:
-        self.live = live
-        self.rows: dict[str, tuple[str, str]] = {}
-        self._live: Any = None
-
-    def __enter__(self) -> Progress:
-        if self.live:
-            from rich.live import Live
-
-            self._live = Live(self._table(), refresh_per_second=8, transient=False)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._live is not None:
-            self._live.update(self._table())
-            self._live.__exit__(*exc)
-
-    def _table(self) -> Any:
-        from rich.table import Table
-
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("resource")
-        table.add_column("phase")
-        table.add_column("detail", overflow="fold")
-        colour = {"succeeded": "green", "failed": "red", "rolled back": "yellow",
-                  "rollback failed": "red", "synced": "green"}
-        for key, (phase, detail) in self.rows.items():
-            table.add_row(key, f"[{colour.get(phase, 'cyan')}]{phase}[/]", detail)
-        return table
-
-    def __call__(self, key: ResourceKey, phase: str, message: str) -> None:
-        self.rows[str(key)] = (phase, message)
-        if self._live is not None:
-            self._live.update(self._table())
-        else:
-            click.echo(f"{key}: {phase}" + (f" — {message}" if message and message != phase
-                                           else ""))
-
-
 @click.command()
 @with_repo
 @click.option("--prune", is_flag=True, help="Delete resources removed from git.")
@@ -96,6 +53,9 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     Changes outside their sync windows are deferred (listed, not failed) unless
     --ignore-windows."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
+    from reconciler.console.notes import warn_uncommitted
+    from reconciler.console.progress import Progress
+    from reconciler.console.summary import print_summary
     from reconciler.plan.windows import ignoring_windows
 
     status_targets = commit_status_targets(commit_status)
@@ -108,9 +68,11 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
+        warn_uncommitted(source, commit)
         desired = load_commit(opts, source, commit)
         store = await open_store(opts)
-        progress = Progress(live=sys.stdout.isatty() and output == "text")
+        progress = Progress(live=sys.stdout.isatty() and output == "text", echo=click.echo)
+        progress_of["progress"] = progress
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             progress=progress if output == "text" else None,
                             environments=set(environments), status_sink=statuses)
@@ -127,22 +89,13 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
             if statuses is not None:  # a one-shot run waits, bounded, for its statuses
                 await statuses.aclose(grace=10.0)
 
+    progress_of: dict[str, Progress] = {}
     with ignoring_windows(ignore_windows):
         result = run(main())
     if output == "json":
         emit_json(result.to_json())
     else:
-        failed = result.failed()
-        state = "converged" if result.converged else f"{len(failed)} resource(s) not converged"
-        click.echo(f"{state} at {(result.commit or '?')[:12]} in {result.duration_s:.1f}s")
-        for out in failed:
-            code = f"[{out.code}] " if out.code else ""
-            click.echo(style(f"  {out.key}: {out.result} — {code}{out.message}", fg="red"))
-            if out.hint:
-                click.echo(f"    hint: {out.hint}")
-        for out in result.outcomes:
-            if out.action == "deferred":
-                click.echo(style(f"  {out.key}: deferred — {out.message}", fg="blue"))
+        print_summary(result, progress_of.get("progress"))
     sys.exit(0 if result.converged else 1)
 
 

@@ -66,6 +66,10 @@ def handles_errors(fn: Callable[..., T]) -> Callable[..., T]:
             return fn(*args, **kwargs)
         except ReconcilerError as exc:
             _fail(exc)
+        except BrokenPipeError:
+            from reconciler.console.pipes import end_quietly
+
+            end_quietly()  # `reconciler diff | head -1`: no message, exit 141
         except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
@@ -150,8 +154,10 @@ def style(text: str, **kw: Any) -> str:
 
 def emit_json(doc: Any) -> None:
     # Indented for a person at a terminal; compact (C encoder, ~5x faster) for programs.
+    from reconciler.console.pipes import echo_long
+
     indent = 2 if sys.stdout.isatty() else None
-    click.echo(json.dumps(doc, indent=indent, default=str))
+    echo_long(json.dumps(doc, indent=indent, default=str) + "\n")
 
 
 repo_options = [
@@ -233,17 +239,19 @@ def install_policy(path: Path | None, state_dir: Path | None, db_url: str | None
         policy.protect_path(db_url.removeprefix("sqlite://"))
     return loaded
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]], *, whole: tuple[int, ...] = (0,),
+                drop: tuple[int, ...] = ()) -> None:
+    """On a terminal: identifying (``whole``) columns never cut, the others wrapped, and
+    ``drop`` (first first) left out when the terminal is too narrow (console/tables.py)."""
     # cells hold recorded text (errors, actors, triggers): no controls or bidi characters
     rows = [[printable(str(c), lines=True) for c in row] for row in rows]
     if sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
+        import shutil
 
-        table = Table(*header, header_style="bold")
-        for row in rows:
-            table.add_row(*[str(c) for c in row])
-        Console().print(table)
+        from reconciler.console.tables import render
+
+        width = shutil.get_terminal_size().columns
+        click.echo(render(header, rows, width, whole=whole, drop=drop), nl=False)
         return
     widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
     widths[-1] = 0

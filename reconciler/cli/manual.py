@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from reconciler.cli.apply import Progress
 from reconciler.cli.common import (
     Options,
     find_key,
@@ -50,8 +49,10 @@ def rollback(opts: Options, name: str, to_revision: str | None, repo: str, ref: 
             source = make_source(opts, repo, ref, path)
         except ReconcilerError:
             source = None  # releases already on the hosts need no export
+        from reconciler.console.progress import Progress
+
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
-                            progress=Progress(live=False))
+                            progress=Progress(live=False, echo=click.echo))
         try:
             key = await find_key(store, name)
             try:

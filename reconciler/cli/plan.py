@@ -24,15 +24,20 @@ from reconciler.cli.common import (
     style,
     with_repo,
 )
+from reconciler.cli.render import add_origins_to_plan_json, check_environments, origins_under
 
 
 # -- validate ---------------------------------------------------------------------------------
 @click.command()
 @click.argument("path", default=".", type=click.Path(path_type=Path))
+@click.option("-e", "--environment", "environments", multiple=True,
+              help="Only report this environment (repeatable; everything is still checked); "
+                   "`reconciler render -e ENV` prints it.")
 @policy_option
 @click.pass_obj
 @handles_errors
-def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
+def validate(opts: Options, path: Path, environments: tuple[str, ...],
+             policy_path: Path | None) -> None:
     """Load and schema-check the desired state in PATH (a plain folder or a work tree), and
     check it against the operator policy.
 
@@ -58,6 +63,8 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
         click.echo(f"{path}: {len(files)} file(s) but no YAML document in them: nothing to "
                    "validate", err=True)
         sys.exit(2)
+    check_environments(state, environments)
+    state = state.only(set(environments))
     counts: dict[str, int] = {}
     for key in [*state.resources, *state.notifiers]:
         counts[key.kind] = counts.get(key.kind, 0) + 1
@@ -70,7 +77,7 @@ def validate(opts: Options, path: Path, policy_path: Path | None) -> None:
 
 
 # -- diff -------------------------------------------------------------------------------------
-def render_plan(plan: Any) -> None:
+def render_plan(plan: Any, origins: Any = None) -> None:
     from reconciler.plan.planner import SYMBOLS, UNCHANGED
 
     colours = {"create": "green", "update": "yellow", "delete": "red", "orphan": "red",
@@ -93,6 +100,8 @@ def render_plan(plan: Any) -> None:
             else:
                 line = f"    - {change.path}"
             click.echo(style(line, fg={"~": "yellow", "+": "green", "-": "red"}[change.op]))
+            for origin in origins_under(origins, item.key, change.path):
+                click.echo(f"        {origin}")
         if len(item.changes) > 50:
             click.echo(f"    … {len(item.changes) - 50} more changes")
     if plan.in_sync:
@@ -105,22 +114,50 @@ def render_plan(plan: Any) -> None:
 @click.option("--live", is_flag=True,
               help="Also observe applied Services through their providers and show drift "
                    "(stopped, replaced or changed by hand).")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--base", default=None, metavar="REF",
+              help="Plan the change from this commit to --ref (a pull request's): no host "
+                   "and no database unless --db is given (then against the recorded state, "
+                   "read only).")
+@click.option("--at", default=None, metavar="TIME",
+              help="With --base or -o markdown: evaluate sync windows at this ISO 8601 time "
+                   "(default: now).")
+@click.option("--max-chars", default=60_000, show_default=True,
+              help="-o markdown: cap on the comment's size (what is left out is counted).")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "markdown"]),
+              default="text")
+@click.option("--show-origin", is_flag=True,
+              help="Under each changed value, where it came from: the ${NAME} of a shared "
+                   "definition and the Environment defining it (docs/environments.md).")
 @policy_option
 @click.pass_obj
 @handles_errors
 def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
-         prune: bool, live: bool, output: str, policy_path: Path | None) -> None:
-    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error."""
+         prune: bool, live: bool, base: str | None, at: str | None, max_chars: int,
+         output: str, show_origin: bool, policy_path: Path | None) -> None:
+    """Plan without acting. Exit 0 in sync, 1 changes pending, 2 error.
+
+    With --base REF: the plan of the change between two commits, for a pull request
+    (-o markdown renders it as a comment; docs/pull-requests.md)."""
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
+    if base is not None or output == "markdown":
+        from reconciler.cli.plan_change import diff_change
+
+        diff_change(opts, repo=repo, ref=ref, path=path, base=base, environments=environments,
+                    prune=prune, at=at, output=output, max_chars=max_chars)
 
     async def main() -> Any:
+        from reconciler.console.notes import warn_uncommitted
         from reconciler.plan.planner import BLOCKED, UNCHANGED
         from reconciler.rollout.engine import Reconciler
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
+        warn_uncommitted(source, commit)
         desired = load_commit(opts, source, commit)
+        if show_origin:
+            from reconciler.spec.environments import origins
+
+            found.update(origins(source.files(commit)))
         store = await open_store(opts)
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             environments=set(environments))
@@ -143,9 +180,12 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
             await engine.close()
             await store.close()
 
+    found: dict[Any, Any] = {}
     plan = run(main())
     if output == "json":
-        emit_json(plan.to_json())
+        document = plan.to_json()
+        add_origins_to_plan_json(document, found)
+        emit_json(document)
     else:
-        render_plan(plan)
+        render_plan(plan, found)
     sys.exit(0 if plan.in_sync else 1)

@@ -153,7 +153,7 @@ def status(opts: Options, live: bool, max_age: str, output: str) -> None:
              shown_health[r["resource"]], r["lastResult"] or "-",
              ("suspended " if r["suspended"] else "")
              + (f"owner {r['owner']} " if r["owner"] else "") + (r["lastError"] or "")]
-            for r in rows])
+            for r in rows], whole=(0, 1, 2, 3, 5), drop=(1, 2, 5))
     sys.exit(0 if ok else 1)
 
 
@@ -194,7 +194,7 @@ def history(opts: Options, name: str, limit: int, output: str) -> None:
          d["toRevision"],
          (d["configCommit"] or "-")[:12],
          d["createdAt"].strftime("%Y-%m-%d %H:%M:%S") if d["createdAt"] else "-",
-         d["error"] or ""] for d in docs])
+         d["error"] or ""] for d in docs], whole=(0, 1, 3, 4, 5, 6), drop=(5, 3, 2, 6, 4))
 
 
 def _short(text: str, width: int) -> str:

@@ -80,6 +80,28 @@ def has_probes(health: Mapping[str, Any] | None) -> bool:
     return any(health.get(k) is not None for k in PROBE_KINDS)
 
 
+@dataclass(frozen=True)
+class ProbeProgress:
+    """Where a health gate stands after one probe: for people watching (``apply`` on a
+    terminal), never for deciding anything."""
+
+    number: int  # probes so far
+    ok: bool
+    message: str
+    passes: int  # consecutive passes / needed
+    success_threshold: int
+    failures: int  # consecutive failures counted (not during the start period) / allowed
+    failure_threshold: int
+    elapsed_s: float
+    deadline_s: float
+
+    def describe(self) -> str:
+        verdict = "ok" if self.ok else "failing"
+        return (f"probe {self.number} {verdict}: {self.passes} of {self.success_threshold} "
+                f"passes, {self.failures} of {self.failure_threshold} failures, "
+                f"{self.elapsed_s:.0f}s of {self.deadline_s:.0f}s")
+
+
 async def wait_healthy(
     health: Mapping[str, Any] | None,
     instance: Instance,
@@ -88,9 +110,11 @@ async def wait_healthy(
     cwd: str | None = None,
     is_running: Callable[[], Awaitable[bool]] | None = None,
     deadline_s: float | None = None,
+    on_probe: Callable[[ProbeProgress], None] | None = None,
 ) -> HealthResult:
     """Probe ``instance`` until the thresholds decide; never raises for an unhealthy service.
-    ``transport`` and ``cwd`` are where exec probes run (see ``probe``)."""
+    ``transport`` and ``cwd`` are where exec probes run (see ``probe``); ``on_probe`` hears
+    of every probe (progress on a terminal)."""
     health = health or {}
     policy = HealthPolicy.from_spec(health)
     started = time.monotonic()
@@ -117,14 +141,18 @@ async def wait_healthy(
             passed_once = True
             passes += 1
             failures = 0
-            if passes >= policy.success_threshold:
-                return HealthResult(True, last, probes)
         else:
             passes = 0
             if probe_started - started >= policy.start_period:
                 failures += 1
-                if failures >= policy.failure_threshold:
-                    return HealthResult(False, f"{last} ({failures} consecutive failures)", probes)
+        if on_probe is not None:
+            on_probe(ProbeProgress(probes, result.ok, last, passes, policy.success_threshold,
+                                   failures, policy.failure_threshold,
+                                   time.monotonic() - started, deadline - started))
+        if result.ok and passes >= policy.success_threshold:
+            return HealthResult(True, last, probes)
+        if not result.ok and failures >= policy.failure_threshold:
+            return HealthResult(False, f"{last} ({failures} consecutive failures)", probes)
         next_at = probe_started + policy.interval
         if not passed_once and probe_started - started < policy.start_period:
             next_at = probe_started + min(retry, policy.interval)

@@ -85,3 +85,16 @@ def redact(text: str, *, urls: Iterable[str] = (), secrets: Iterable[str] = ()) 
     text = _USERINFO.sub(_userinfo, text)
     text = _QUERY.sub(lambda m: m.group("lead") + MASK, text)
     return _DSN.sub(lambda m: m.group("lead").rstrip() + MASK, text)
+
+
+_CREDENTIAL_NAME = re.compile(
+    r"(^|[_\-.])(password|passwd|pwd|secret|token|key|api_?key|private_?key|credentials?)($|[_\-.])",
+    re.IGNORECASE)
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a field or variable named ``name`` holds a credential by its name
+    (``DB_PASSWORD``, ``apiToken``, ``client-secret``): its literal value is not shown
+    where documents are rendered for people (``diff -o markdown``)."""
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)  # apiToken -> api_Token
+    return bool(_CREDENTIAL_NAME.search(snake))

@@ -24,7 +24,9 @@ log = logging.getLogger("reconciler.rollout")
 
 # The log level of a progress event: failures at ``error`` and reverts at ``warning``, so the
 # `level == "error"` / `"warning"` filters of docs/monitoring.md catch them; the rest is ``info``.
+HEALTH_CHECK = "health check"  # progress of a gate: one event per probe, for a terminal
 EVENT_LEVELS = {
+    HEALTH_CHECK: logging.DEBUG,
     "failed": logging.ERROR,
     "rollback failed": logging.ERROR,
     "rolling back": logging.WARNING,
@@ -41,6 +43,9 @@ class EngineCore:
     source: GitSource | None  # the config repo
     owner: str
     progress: ProgressFn | None
+    # The last output lines of the instance whose health gate failed, by resource: the
+    # Outcome of its deployment carries them (rollout/lastlines.py)
+    failed_output: dict[ResourceKey, tuple[str, ...]]
     concurrency: int
     environments: set[str] | None
     owns: Callable[[ResourceKey], bool] | None

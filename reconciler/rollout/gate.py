@@ -18,17 +18,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.health import has_probes, wait_healthy, wait_settled
-from reconciler.health.wait import DEFAULT_INTERVAL_S, FIRST_RETRY_S, HealthPolicy
+from reconciler.health.wait import (
+    DEFAULT_INTERVAL_S,
+    FIRST_RETRY_S,
+    HealthPolicy,
+    ProbeProgress,
+)
 from reconciler.observe import metrics
-from reconciler.observe.redact import redact
 from reconciler.observe.tracing import span
 from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
 from reconciler.providers.contract import Phase
-from reconciler.rollout.core import EngineCore
+from reconciler.rollout.core import HEALTH_CHECK, EngineCore
+from reconciler.rollout.lastlines import LAST_LINES, tail, with_output
 from reconciler.rollout.strategies import health_for
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource
@@ -40,7 +46,6 @@ DEFAULT_STAY_UP_S = 1.0
 # shorter): a process that dies at start (a port held by another, a bad argument) is seen gone
 # first, while a gate does not wait a whole default interval for every instance.
 PASS_AFTER_UP_S = 1.0
-LAST_LINES = 5  # output lines recorded with an exit
 
 
 def departure(started: InstanceState | None, now: InstanceState | None) -> str | None:
@@ -70,6 +75,11 @@ async def _why_not_running(observed: Callable[[], Awaitable[InstanceState | None
     return f"; the instance is not running: {state.detail}"
 
 
+# The last output lines a failed gate found, for the Outcome (set per health_gate call).
+_LAST_OUTPUT: ContextVar[list[str] | None] = ContextVar("reconciler_gate_output",
+                                                         default=None)
+
+
 class Gate(EngineCore):
     """The health gate of one instance."""
 
@@ -86,19 +96,33 @@ class Gate(EngineCore):
         interval = policy.interval if health else DEFAULT_INTERVAL_S
 
         with span("health_gate", resource=str(resource.key), instance=instance.id):
-            first = await observed()
-            gone = departure(None, first)
-            if gone is not None:
-                ok, message = False, await _with_output(provider, resource, instance, first, gone)
-            else:
-                ok, message = await _race(
-                    _judge(provider, resource, instance, health, policy, first, observed,
-                           started),
-                    _watch(provider, resource, instance, first, observed, interval))
+            # the judge and the watcher run as tasks: they fill this list, shared with them
+            output: list[str] = []
+            token = _LAST_OUTPUT.set(output)
+            try:
+                first = await observed()
+                gone = departure(None, first)
+                if gone is not None:
+                    ok, message = False, await _with_output(provider, resource, instance,
+                                                            first, gone)
+                else:
+                    def on_probe(progress: ProbeProgress) -> None:
+                        self.emit(resource.key, HEALTH_CHECK,
+                                  f"{instance.id}: {progress.describe()}")
+
+                    self.emit(resource.key, HEALTH_CHECK, f"{instance.id}: starting")
+                    ok, message = await _race(
+                        _judge(provider, resource, instance, health, policy, first, observed,
+                               started, on_probe),
+                        _watch(provider, resource, instance, first, observed, interval))
+            finally:
+                _LAST_OUTPUT.reset(token)
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
         if not ok:
             metrics.HEALTH_CHECK_FAILURES.inc()
             self.emit(resource.key, "health check failed", f"{instance.id}: {message}")
+            if output:
+                self.failed_output[resource.key] = tuple(output)
         await self.store.finish_step(step, "succeeded" if ok else "failed", message)
         if ok:  # `status` says how fresh the health it shows is
             await self.store.mark_observed([resource.key])
@@ -135,10 +159,12 @@ async def _watch(provider: Provider, resource: Resource, instance: Instance,
 async def _judge(provider: Provider, resource: Resource, instance: Instance,
                  health: dict[str, Any] | None, policy: HealthPolicy,
                  first: InstanceState | None, observed: Any,
-                 started: float) -> tuple[bool, str]:
+                 started: float, on_probe: Callable[[ProbeProgress], None]
+                 ) -> tuple[bool, str]:
     if has_probes(health):
         runner, cwd = probe_site(provider, instance, first)
-        result = await wait_healthy(health, instance, transport=runner, cwd=cwd)
+        result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
+                                    on_probe=on_probe)
         if not result.healthy:
             return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
@@ -176,9 +202,10 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
             lines = await provider.logs(resource, instance, tail=LAST_LINES)
         except Exception:  # output is a courtesy: the verdict stands without it
             lines = []
-    lines = [line.rstrip() for line in lines[-LAST_LINES:] if line.strip()]
     if state is not None and not state.running and state.detail and state.detail not in why:
         why += f"; {state.detail}"  # what the provider says of it (e.g. the sandbox setting)
-    if not lines:
-        return why
-    return redact(f"{why}; last output: " + " | ".join(lines))
+    kept = tail(lines)
+    holder = _LAST_OUTPUT.get()
+    if holder is not None:
+        holder[:] = kept
+    return with_output(why, kept)

@@ -34,6 +34,8 @@ class Outcome:
     # Not done yet by design (waiting for a dependency, a lease, a paused rollout, a resume):
     # neither converged nor failed, and no reason for the daemon to back off.
     waiting: bool = False
+    # A failed run's last output lines (rollout/lastlines.py): shown under the failure
+    last_output: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -45,6 +47,8 @@ class Outcome:
                                "message": self.message, "deployment": self.deployment}
         if self.code:
             doc.update(code=self.code, hint=self.hint)
+        if self.last_output:
+            doc["lastOutput"] = list(self.last_output)
         return doc
 
 

@@ -11,6 +11,7 @@ from reconciler.observe import metrics
 from reconciler.plan.planner import PlanItem
 from reconciler.rollout.failures import failure_of, recorded
 from reconciler.rollout.journal import Journal
+from reconciler.rollout.lastlines import tail, with_output
 from reconciler.rollout.outcome import Outcome
 from reconciler.rollout.releases import Releases
 from reconciler.rollout.runner import Interrupted
@@ -43,6 +44,7 @@ class Runnables(Journal, Releases):
         error: str | None = None
         output: str | None = None
         exit_code: int | None = None
+        last_output: tuple[str, ...] = ()
         try:
             release = self.release_for(resource, revision, desired.commit)
             instances = await provider.instances(resource)
@@ -60,7 +62,8 @@ class Runnables(Journal, Releases):
                     output = "\n".join(outputs)[-65536:]
                     if exit_code == 0:
                         break
-                    error = f"exited with code {exit_code}"
+                    last_output = tail(output.splitlines())
+                    error = with_output(f"exited with code {exit_code}", last_output)
                     if attempt + 1 < attempts:
                         await asyncio.sleep(min(2 ** attempt, 30))
                 if exit_code == 0:
@@ -90,7 +93,8 @@ class Runnables(Journal, Releases):
                                        last_result=st.FAILED, last_error=error)
         metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy, st.FAILED).inc()
         self.emit(key, "failed", error)
-        return Outcome(key, item.action, st.FAILED, revision, error, deployment=dep.identifier)
+        return Outcome(key, item.action, st.FAILED, revision, error, deployment=dep.identifier,
+                       last_output=last_output if exit_code else ())
 
     async def run_schedule(self, resource: Resource, target: Resource, record: ResourceRecord,
                            trigger: str = "schedule") -> DeploymentRecord:
@@ -112,7 +116,7 @@ class Runnables(Journal, Releases):
                 output += run.output
                 exit_code = exit_code or run.exit_code
             if exit_code:
-                error = f"exited with code {exit_code}"
+                error = with_output(f"exited with code {exit_code}", tail(output.splitlines()))
         except ReconcilerError as exc:
             error = exc.message
         except Interrupted:

@@ -44,6 +44,7 @@ class Services(Rollbacks):
                                     message=f"{strategy.type} via {provider_name}")
         await self.store.update_status(key, health_status="Progressing", sync_status="OutOfSync")
         self.emit(key, "deploying", f"{previous or 'nothing'} -> {revision} ({strategy.type})")
+        self.failed_output.pop(key, None)  # only this deployment's gates count
         error: str | None = None
         failure: ReconcilerError | None = None  # its code and hint go with the outcome
         reason = "error"
@@ -107,11 +108,13 @@ class Services(Rollbacks):
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.FAILED).inc()
             return Outcome(key, item.action, st.FAILED, revision, error,
                            deployment=dep.identifier, code=failure.code if failure else "",
-                           hint=failure.hint if failure else "")
+                           hint=failure.hint if failure else "",
+                           last_output=self.failed_output.pop(key, ()))
         metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, status).inc()
         return Outcome(key, item.action, status, revision, f"{error}; {message}",
                        deployment=dep.identifier, code=failure.code if failure else "",
-                       hint=failure.hint if failure else "")
+                       hint=failure.hint if failure else "",
+                       last_output=self.failed_output.pop(key, ()))
 
     async def _gated_before(self, dep: DeploymentRecord, provider: Provider,
                             resource: Resource, revision: str) -> set[str]:

@@ -29,7 +29,8 @@ import yaml
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "4"  # 2: systemd calendar schedules; 3: control characters, root; 4: facts
+LOADER_VERSION = "5"  # 2: systemd calendar schedules; 3: control characters, root;
+# 4: shared definitions (metadata.environments) and Environment records; 5: facts (entries)
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 
@@ -90,28 +91,53 @@ class SpecCache:
             raise ValueError(f"not a git blob id: {blob_id!r}")
         return self.root / blob_id[:2] / blob_id
 
-    def get(self, blob_id: str) -> Entry | None:
-        """The records and facts stored for ``blob_id``, or None (absent or unreadable: treated
-        as a miss)."""
+    def get(self, blob_id: str) -> list[Record] | None:
+        """The records stored under ``blob_id`` (a key of records only, e.g. the resolved
+        records of a shared definition), or None (absent or unreadable: a miss)."""
+        stored = self._read(blob_id)
+        if stored is None or isinstance(stored, list):
+            return stored
+        self._missed()
+        return None
+
+    def put(self, blob_id: str, records: list[Record]) -> None:
+        """Store ``records`` atomically (readers never see a half-written file)."""
+        self._write(blob_id, records)
+
+    def get_entry(self, blob_id: str) -> Entry | None:
+        """The records and facts stored for a file's ``blob_id``, or None (a miss)."""
+        stored = self._read(blob_id)
+        if stored is None:
+            return None
+        if (isinstance(stored, tuple) and len(stored) == 2 and isinstance(stored[0], list)
+                and isinstance(stored[1], tuple)):
+            return stored
+        self._missed()
+        return None
+
+    def put_entry(self, blob_id: str, records: list[Record], facts: Facts) -> None:
+        """Store a file's ``records`` and their ``facts`` (``spec/facts.py``) atomically."""
+        self._write(blob_id, (records, facts))
+
+    def _missed(self) -> None:
+        """What was read is not of the shape asked for (another format): a miss."""
+        self.misses += 1
+        self.hits -= 1  # _read counted a hit
+
+    def _read(self, blob_id: str) -> Any:
         path = self._path(blob_id)  # a malformed id is the caller's bug: raise, do not miss
         try:
             raw = path.read_bytes()
-            entry = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
+            stored = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
         except (OSError, EOFError, ValueError, TypeError):
             self.misses += 1
             return None
-        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], list)
-                and isinstance(entry[1], tuple)):
-            self.misses += 1
-            return None
         self.hits += 1
-        return entry
+        return stored
 
-    def put(self, blob_id: str, records: list[Record], facts: Facts) -> None:
-        """Store ``records`` and their ``facts`` atomically (readers never see a half-written
-        file)."""
+    def _write(self, blob_id: str, value: Any) -> None:
         path = self._path(blob_id)
-        data = marshal.dumps((records, facts))
+        data = marshal.dumps(value)
         try:
             if not self._checked_root:
                 self._checked_root = True

@@ -18,6 +18,7 @@ from typing import Any
 from yaml.nodes import Node
 
 from reconciler.errors import SpecProblem
+from reconciler.spec import environments
 from reconciler.spec.cache import Record
 from reconciler.spec.cron import schedule_errors, timezone_error
 from reconciler.spec.model import DEFAULT_ENVIRONMENT
@@ -300,6 +301,12 @@ def check_document(
         return None, None, problems
     assert isinstance(kind, str)
     identity = _identity(kind, document)
+    if known_api and not odd and environments.is_definition(document):
+        for issue in environments.definition_issues(kind, document):
+            add(issue)
+        record = None if problems else environments.definition_record(
+            index, node.start_mark.line + 1, kind, document)
+        return record, None, problems
     if known_api and not odd:
         try:
             issues = schema_issues(kind, document)

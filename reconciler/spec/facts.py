@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from reconciler.spec.cache import Facts, Record
+from reconciler.spec.environments import DEFINITION, ENVIRONMENT_KIND
 from reconciler.spec.hostvars import uses_vars
 from reconciler.spec.policy import Check
 from reconciler.spec.policy import facts as policy_facts
@@ -30,6 +31,8 @@ def file_facts(records: Sequence[Record]) -> Facts:
     with_vars: list[int] = []
     checks: dict[tuple[str, Check], None] = {}  # ordered, distinct
     for position, (_, _, kind, _, environment, _, spec, _) in enumerate(records):
+        if kind == ENVIRONMENT_KIND or environment == DEFINITION:
+            continue  # values and shared definitions: their resolved records are looked at
         if kind != "Target" and uses_vars(spec):
             with_vars.append(position)
         for _, check in policy_facts(kind, spec):

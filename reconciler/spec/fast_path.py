@@ -10,6 +10,7 @@ import re
 
 import yaml
 
+from reconciler.spec import environments
 from reconciler.spec.cache import Record
 from reconciler.spec.document_checks import (
     control_issues,
@@ -163,6 +164,14 @@ def load_fast(data: bytes) -> list[Record] | None:
         kind = document.get("kind")
         if document.get("apiVersion") != API_VERSION or not isinstance(kind, str):
             return None
+        if kind in KIND_SCHEMAS and environments.is_definition(document):
+            if environments.definition_issues(kind, document, thorough=False):
+                return None
+            record = environments.definition_record(index, line, kind, document)
+            if record is None:
+                return None
+            records.append(record)
+            continue
         if kind not in KIND_SCHEMAS or fast_errors(kind, document) is not None:
             return None
         if semantic_issues(kind, document):

@@ -12,6 +12,7 @@ from reconciler.errors import SpecProblem
 from reconciler.spec import yaml_parse
 from reconciler.spec.cache import Facts, Record
 from reconciler.spec.document_checks import Identity, check_document
+from reconciler.spec.facts import file_facts
 from reconciler.spec.files import SourceFile
 from reconciler.spec.policy import Check
 from reconciler.spec.validate import Path_
@@ -45,6 +46,19 @@ class LoadState:
         self.valid.extend((file_index, record) for record in records)
         self.uses_vars.update((records[i][4], records[i][2], records[i][3]) for i in with_vars)
         self.checks.update(checks)
+
+    def add_resolved(self, written: list[tuple[int, Record]]) -> None:
+        """The facts of the records that shared definitions resolved into (``self.valid`` now;
+        ``written``: the records as the files hold them): their values are substituted, so
+        they are looked at here, not taken from the files' facts."""
+        if self.valid is written:
+            return
+        passed = {id(record) for _, record in written}
+        fresh = [record for _, record in self.valid if id(record) not in passed]
+        if fresh:
+            with_vars, checks = file_facts(fresh)
+            self.uses_vars.update((fresh[i][4], fresh[i][2], fresh[i][3]) for i in with_vars)
+            self.checks.update(checks)
 
     def parse(self, file_index: int, data: bytes | None = None) -> Parsed:
         parsed = self.parsed.get(file_index)

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from reconciler.errors import SpecError, SpecProblem
-from reconciler.spec import fast_path
+from reconciler.spec import environments, fast_path
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cross_check import cross_check
-from reconciler.spec.document_checks import EXPANSION_LIMIT
+from reconciler.spec.document_checks import EXPANSION_LIMIT, document_record, semantic_issues
 from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.encrypted import check as check_encrypted
 from reconciler.spec.facts import file_facts
@@ -39,6 +40,7 @@ from reconciler.spec.model import DesiredState
 from reconciler.spec.policy import PolicyError
 from reconciler.spec.tree import SourceTree
 from reconciler.spec.tree_policy_checks import policy_problems, source_path_problems_in
+from reconciler.spec.validate import Issue, fast_errors, fast_message_issue, schema_issues
 from reconciler.spec.yaml_parse import FastLoader, StrictLoader
 
 __all__ = [
@@ -87,6 +89,14 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _resolved_issues(kind: str, document: dict[str, Any]) -> list[Issue]:
+    """The checks of a written document, for one resolved from a shared definition."""
+    message = fast_errors(kind, document)
+    if message is not None:
+        return schema_issues(kind, document) or [fast_message_issue(message)]
+    return semantic_issues(kind, document)
+
+
 def _load_desired_state(
     files: Sequence[SourceFile], *, commit: str | None, cache: SpecCache | None, root: str,
     tree: SourceTree | None = None,
@@ -96,7 +106,7 @@ def _load_desired_state(
         if source.refused is not None:
             load.problems.append(SpecProblem(source.path, 1, 1, source.refused))
             continue
-        entry = cache.get(source.blob_id) if cache is not None else None
+        entry = cache.get_entry(source.blob_id) if cache is not None else None
         if entry is None:
             data = source.read()
             records = fast_path.load_fast(data)
@@ -108,8 +118,15 @@ def _load_desired_state(
                 clean = True
             entry = (records, file_facts(records))
             if clean and cache is not None:
-                cache.put(source.blob_id, *entry)
+                cache.put_entry(source.blob_id, *entry)
         load.add_file(file_index, *entry)
+    written = load.valid
+    resolved = environments.resolve(written, [f.blob_id for f in files], cache,
+                                    environments.Checks(_resolved_issues, document_record,
+                                                        load.problem_at))
+    load.valid, load.partial = resolved.valid, load.partial + resolved.partial
+    load.add_resolved(written)
+    load.problems.extend(resolved.problems)
     resources = cross_check(load)
     if tree is not None:
         source_path_problems_in(load, resources, tree)

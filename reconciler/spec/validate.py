@@ -46,6 +46,9 @@ KIND_SCHEMAS: dict[str, str] = {
     "Job": "job.json",
     "Schedule": "schedule.json",
     "Notifier": "notifier.json",
+    # values of one environment for shared definitions (spec/environments.py); consumed by
+    # the loader, never a resource of its own
+    "Environment": "environment.json",
 }
 # Registry base for the slow validator; the files themselves carry no $id, so editors resolve
 # their relative $refs against the files' own locations.
@@ -73,8 +76,8 @@ def schema_dir() -> Path:
 EDITOR_BUNDLE = "fraisier.json"
 _WORKLOAD_KINDS = ("service.json", "job.json", "schedule.json")
 _DISPATCH_DESCRIPTION = (
-    "Any Fraisier desired-state document (Target, Service, Job, Schedule or Notifier), chosen "
-    "by kind. "
+    "Any Fraisier desired-state document (Target, Service, Job, Schedule, Notifier or "
+    "Environment), chosen by kind. "
     "Point an editor at it with the modeline "
     "`# yaml-language-server: $schema=<path>/schemas/fraisier.json`."
 )
@@ -96,7 +99,8 @@ def _dispatcher() -> dict[str, Any]:
                 "enum": list(KIND_SCHEMAS),
                 "description": "Resource kind: Target (where things run), Service (long-running, "
                 "health-checked), Job (runs to completion per revision), Schedule (runs on a "
-                "cron schedule) or Notifier (where outcomes are reported).",
+                "cron schedule), Notifier (where outcomes are reported) or Environment (values of "
+                "one environment for shared definitions).",
             },
         },
         "required": ["apiVersion", "kind"],

@@ -23,7 +23,7 @@ CODE_SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 GENERATED = {"cli.md", "yaml-reference.md"}
 # Guides whose YAML must be complete, valid fleets (each file's blocks together).
 GUIDES = ["guide-bare-metal.md", "guide-compose.md", "guide-coolify.md", "strategies.md",
-          "examples.md"]
+          "examples.md", "environments.md"]
 
 
 def doc_files() -> list[Path]:

@@ -48,7 +48,8 @@ def test_audit_trail_through_the_cli(fleet: Fleet) -> None:
     assert {e["resource"] for e in events} == {"default/Job/migrate"}
     run_failed, run_ok = events[3], events[4]
     assert (run_ok["configCommit"], run_failed["configCommit"]) == (first, second)
-    assert run_failed["message"] == "exited with code 3"
+    # with its last output lines (rollout/lastlines.py)
+    assert run_failed["message"] == "exited with code 3; last output: job says hello job"
     assert run_ok["deployment"] == "default/Job/migrate#1"
     assert "no succeeded deployment" in events[0]["message"]
     # the Target recorded by the first apply has no deployment, but is audited all the same

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.observe.redact import redact
+from reconciler.observe.redact import is_credential_name, redact
 
 SECRET = "Sekr1tPw9x"
 
@@ -206,3 +206,12 @@ def test_health_probe_messages_hide_url_credentials() -> None:
             assert SECRET not in result.message and "127.0.0.1" in result.message, result
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("name", "secret"), [
+    ("DB_PASSWORD", True), ("apiToken", True), ("client-secret", True), ("STRIPE_KEY", True),
+    ("private_key", True), ("credentials", True), ("GREETING", False), ("monkey", False),
+    ("keepReleases", False), ("hostKeys", False), ("SERVICE_NAME", False)])
+def test_credential_names(name: str, secret: bool) -> None:
+    """What `diff -o markdown` hides by a field's name (a literal under it is a value)."""
+    assert is_credential_name(name) is secret

@@ -175,5 +175,5 @@ def test_prune_keeps_only_the_given_blobs(fleet: Path, tmp_path: Path) -> None:
     load_desired_state(files, cache=cache)
     keep = {files[0].blob_id}
     assert cache.prune(keep) == 2
-    assert cache.get(files[0].blob_id) is not None
-    assert cache.get(files[1].blob_id) is None
+    assert cache.get_entry(files[0].blob_id) is not None
+    assert cache.get_entry(files[1].blob_id) is None

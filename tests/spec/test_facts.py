@@ -171,7 +171,7 @@ def test_an_entry_of_the_old_format_is_a_miss(tmp_path: Path) -> None:
     files = files_from_directory(fleet)
     cache = SpecCache(tmp_path / "cache")
     load_desired_state(files, cache=cache)
-    entry = cache.get(files[0].blob_id)
+    entry = cache.get_entry(files[0].blob_id)
     assert entry is not None
     import marshal
 
@@ -179,7 +179,7 @@ def test_an_entry_of_the_old_format_is_a_miss(tmp_path: Path) -> None:
     path = cache.root / files[0].blob_id[:2] / files[0].blob_id
     path.write_bytes(marshal.dumps(entry[0]))
     misses = cache.misses
-    assert cache.get(files[0].blob_id) is None and cache.misses == misses + 1
+    assert cache.get_entry(files[0].blob_id) is None and cache.misses == misses + 1
 
 
 def test_a_load_leaves_what_it_built_out_of_the_young_generation(tmp_path: Path) -> None:
@@ -204,3 +204,59 @@ def test_a_load_leaves_what_it_built_out_of_the_young_generation(tmp_path: Path)
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+SHARED = """apiVersion: fraisier.dev/v1
+kind: Environment
+metadata: {{name: staging}}
+spec:
+  values: {{secret: "{good}"}}
+---
+apiVersion: fraisier.dev/v1
+kind: Environment
+metadata: {{name: production}}
+spec:
+  values: {{secret: "{bad}"}}
+---
+apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {{name: local, environments: [staging, production]}}
+spec: {{provider: bare_metal, transport: local}}
+---
+apiVersion: fraisier.dev/v1
+kind: Service
+metadata: {{name: api, environments: [staging, production]}}
+spec:
+  target: local
+  command: [./api]
+  env:
+    DB: {{file: "${{secret}}"}}
+"""
+
+
+def test_a_secret_path_a_shared_definition_substitutes_is_judged_per_environment(
+    tmp_path: Path, restore_policy: None
+) -> None:
+    # The files' facts skip shared definitions: the records they resolve into (values
+    # substituted) are looked at, on a cold load and on a warm one alike.
+    allowed = tmp_path / "secrets"
+    allowed.mkdir()
+    (allowed / "db").write_text("s3cret")
+    outside = tmp_path / "outside"
+    outside.write_text("other")
+    fleet = tmp_path / "fleet"
+    fleet.mkdir()
+    (fleet / "shared.yaml").write_text(SHARED.format(good=allowed / "db", bad=outside))
+    policy.install(parse_policy(
+        "apiVersion: fraisier.dev/v1\nkind: Policy\nmetadata: {name: test}\nspec:\n"
+        "  environments:\n    \"*\":\n      secrets:\n"
+        f"        fileDirs: [{allowed}]\n      endpoints:\n        localHost: true\n",
+        "p.yaml"))
+    cache = SpecCache(tmp_path / "cache")
+    for _ in range(2):  # cold, then from the cache
+        with pytest.raises(PolicyError) as refused:
+            load_desired_state(files_from_directory(fleet), cache=cache)
+        messages = [p.message for p in refused.value.problems]
+        assert len(messages) == 1 and str(outside) in messages[0], messages
+        assert "environment 'production'" in messages[0], messages
+    assert cache.hits >= 1

@@ -32,6 +32,9 @@ def test_every_error_kind_has_a_case() -> None:
         "encoding",
         "duplicate-key",
         "alias-bomb",
+        "env-undefined-value",  # shared definitions: use and definition both located
+        "env-value-cycle",
+        "env-type-after-substitution",
     }
 
 
