@@ -14,6 +14,7 @@ from reconciler.notifications.sink import EventSink, Notifications
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.notifications")
 
@@ -26,6 +27,7 @@ class DaemonLike(Protocol):
     desired: DesiredState | None
     last_error: str | None
     events: EventSink | None
+    store: Store  # what was told, shared by the replicas of `daemon --ha`
 
 
 def start_notifications(daemon: DaemonLike, settings: NotifySettings,
@@ -54,7 +56,7 @@ def start_notifications(daemon: DaemonLike, settings: NotifySettings,
         operator_destinations(settings.urls, settings.repeat_s),
         state_dir=state_dir, ui_url=settings.ui_url, stale_after_s=settings.stale_after_s,
         commit_info=commit_info, hosts_of=hosts_of, last_error=lambda: daemon.last_error,
-        limits=settings.limits)
+        limits=settings.limits, claims=daemon.store)
     notifications.start()
     daemon.events = notifications
     return notifications
