@@ -343,6 +343,11 @@ class Deliveries:
             task.cancel()
         await asyncio.gather(*self.workers.values(), return_exceptions=True)
         self.save()  # what is still in the outbox is sent after the restart
+        if self.state_path is None:  # no restart will send it: another process may
+            for message in list(self.outbox.values()):
+                dest = self.destinations.get(message.destination)
+                if dest is not None:
+                    await self._settle(dest, message, delivered=False)
         if self._pool is not None:
             self._pool.close()
 
