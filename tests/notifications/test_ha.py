@@ -1,12 +1,17 @@
 """Notifications under ``daemon --ha``: three replicas (three sinks, each with a store of its own
 and a state dir of its own) share one real PostgreSQL / MariaDB database (and SQLite file). A
 refused commit, which every replica sees, reaches a loopback JSON receiver (Apprise json://)
-once; again within the repeat interval, not at all; again after it, once."""
+once; again within the repeat interval, not at all; again after it, once. And three real
+`reconciler daemon --ha` processes on PostgreSQL send a refused commit once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +25,7 @@ from reconciler.notifications.sink import Notifications
 from reconciler.state import open_store
 from reconciler.state.notices import Claim
 from reconciler.state.store import Store
+from tests.e2e.conftest import Fleet, free_port, git, http_get
 from tests.helpers import need
 from tests.notifications.receivers import Receiver
 from tests.state.backends import available, throwaway_url
@@ -117,3 +123,64 @@ async def test_claims_between_stores(stores: list[Store]) -> None:
     assert await a.release_notice("m11") == 0
     assert [await a.close_notice("ops", "prod/Service/api"),
             await b.close_notice("ops", "prod/Service/api")] == [True, False]
+
+
+
+def _told(port: int) -> float:
+    """Refused-commit messages a daemon replica delivered or held back (from its /metrics)."""
+    try:
+        _, text = http_get(port, "/metrics")
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("reconciler_notifications_total{")
+               and 'event="refused"' in line
+               and ('result="delivered"' in line or 'result="suppressed"' in line))
+
+
+@pytest.mark.timeout(120)
+async def test_three_daemon_replicas_send_a_refused_commit_once(tmp_path: Path) -> None:
+    """The same with real `reconciler daemon --ha` processes on one PostgreSQL database."""
+    ok, reason = available("postgresql")
+    need(ok, reason)
+    receiver = await Receiver().start()
+    repo = tmp_path / "config"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    fleet = Fleet(repo, tmp_path / "state", tmp_path / "root")
+    fleet.write("target.yaml", f"""apiVersion: fraisier.dev/v1
+kind: Target
+metadata: {{name: local}}
+spec: {{provider: bare_metal, transport: local, root: {tmp_path / 'root'}}}
+""")
+    fleet.commit("target")
+    ports = [free_port() for _ in range(REPLICAS)]
+    procs: list[subprocess.Popen[bytes]] = []
+    with throwaway_url("postgresql", tmp_path) as db:
+        try:
+            for n, port in enumerate(ports):
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "reconciler", "--db", db, "--state-dir",
+                     str(tmp_path / f"state{n}"), "daemon", *fleet.repo_args(), "--listen",
+                     f"127.0.0.1:{port}", "--interval", "1s", "--ha", "--shard-ttl", "3s",
+                     "--notify", f"json://127.0.0.1:{receiver.port}/ops"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True))
+            fleet.write("api.yaml", "apiVersion: fraisier.dev/v1\nkind: Service\n"
+                                    "metadata: {name: api}\nspec: {target: local, imgae: x}\n")
+            bad = fleet.commit("typo")
+            deadline = time.monotonic() + 60
+            # every replica saw the commit and settled its message: delivered or held back
+            while sum(_told(p) for p in ports) < REPLICAS:
+                assert time.monotonic() < deadline, [_told(p) for p in ports]
+                assert all(p.poll() is None for p in procs)
+                await asyncio.sleep(0.2)
+            assert len(receiver.hits) == 1, [h.json() for h in receiver.hits]
+            assert bad[:7] in receiver.hits[0].json()["message"]
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=20)
+            await receiver.stop()
