@@ -26,6 +26,8 @@ from reconciler.cli.common import (
     with_repo,
 )
 from reconciler.errors import ReconcilerError
+from reconciler.notifications.cli_options import apply_notify_options
+from reconciler.notifications.settings import NotifySettings
 from reconciler.spec.model import DesiredState, ResourceKey
 
 log = logging.getLogger("reconciler.cli")
@@ -42,12 +44,14 @@ log = logging.getLogger("reconciler.cli")
               help="Apply now even changes their sync windows defer (operator override).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 @commit_status_option
+@apply_notify_options
 @policy_option
 @click.pass_obj
 @handles_errors
 def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tuple[str, ...],
           prune: bool, force: bool, live: bool, ignore_windows: bool, output: str,
-          commit_status: tuple[str, ...], policy_path: Path | None) -> None:
+          commit_status: tuple[str, ...], notify: NotifySettings,
+          policy_path: Path | None) -> None:
     """One reconcile pass. Exit 0 converged, 1 a resource failed or was rolled back, 2 error.
 
     Changes outside their sync windows are deferred (listed, not failed) unless
@@ -61,6 +65,7 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
     status_targets = commit_status_targets(commit_status)
 
     async def main() -> Any:
+        from reconciler.notifications.wiring import start_apply_notifications
         from reconciler.rollout.engine import Reconciler
         from reconciler.source.commit_status import CommitStatusReporter
 
@@ -76,15 +81,22 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
         engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
                             progress=progress if output == "text" else None,
                             environments=set(environments), status_sink=statuses)
+        notifications = None
         try:
+            notifications = start_apply_notifications(notify, desired, source, engine, store)
             drifted = await _drifted(engine, desired) if live else set()
             with progress:
                 result = await engine.reconcile(desired, trigger="apply", prune=prune,
                                                 force=force, redeploy=drifted)
                 # A canary paused until promoted: apply waits for `promote` / `abort`.
-                return await engine.settle(result)
+                result = await engine.settle(result)
+            if notifications is not None:
+                notifications.pass_finished(result, desired, healed=drifted)
+            return result
         finally:
             await engine.close()
+            if notifications is not None:  # waits, bounded, for delivery (the store is used)
+                await notifications.close(drain_s=10.0)
             await store.close()
             if statuses is not None:  # a one-shot run waits, bounded, for its statuses
                 await statuses.aclose(grace=10.0)

@@ -28,36 +28,48 @@ def _seconds(text: str, param: str, *, zero_is_off: bool = False) -> float | Non
 
 
 def notify_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    @click.option("--notify", "notify_urls", multiple=True, envvar="RECONCILER_NOTIFY",
-                  metavar="URL",
-                  help="Operator destination for notifications (repeatable): an Apprise URL "
-                       "(slack://…, mailto://…, ntfy://…, json://…) or env:NAME / file:PATH "
-                       "holding one. Gets every event of every environment, platform events "
-                       "(refused commits, not converging) included. Env RECONCILER_NOTIFY "
-                       "(space-separated).")
-    @click.option("--ui-url", envvar="RECONCILER_UI_URL", default=None, metavar="URL",
-                  help="Base URL for links in notifications "
-                       "(<URL>/resources/<env>/<kind>/<name>). Env RECONCILER_UI_URL.")
-    @click.option("--notify-stale-after", default="30m", show_default=True,
-                  metavar="DURATION",
-                  help="Notify `not_converging` when no pass has converged for this long "
-                       "(0: never).")
-    @click.option("--notify-repeat", default="4h", show_default=True, metavar="DURATION",
-                  help="The operator destinations are not told the same failure again before "
-                       "this (a Notifier sets its own repeatInterval).")
+    """The daemon's flags: destinations, links, repeats, and when to say it is not converging."""
+    return _options(command, stale=True)
+
+
+def apply_notify_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A one-shot command's flags (``apply``): destinations, links, repeats."""
+    return _options(command, stale=False)
+
+
+def _options(command: Callable[..., Any], *, stale: bool) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, notify_urls: tuple[str, ...], ui_url: str | None,
-                notify_stale_after: str, notify_repeat: str, **kwargs: Any) -> Any:
+                notify_repeat: str, notify_stale_after: str = "0", **kwargs: Any) -> Any:
         repeat = _seconds(notify_repeat, "--notify-repeat")
         assert repeat is not None
         settings = NotifySettings(
             urls=list(notify_urls), ui_url=ui_url or None, repeat_s=repeat,
             stale_after_s=_seconds(notify_stale_after, "--notify-stale-after",
                                    zero_is_off=True))
-        try:  # checked before the daemon starts: a bad URL is a usage error, exit 2
+        try:  # checked before anything runs: a bad URL is a usage error, exit 2
             operator_destinations(settings.urls)
         except ReconcilerError as exc:
             raise click.BadParameter(exc.message, param_hint="--notify") from None
         return command(*args, notify=settings, **kwargs)
 
-    return wrapper
+    decorated: Callable[..., Any] = click.option(
+        "--notify-repeat", default="4h", show_default=True, metavar="DURATION",
+        help="The operator destinations are not told the same failure again before "
+             "this (a Notifier sets its own repeatInterval).")(wrapper)
+    if stale:
+        decorated = click.option(
+            "--notify-stale-after", default="30m", show_default=True, metavar="DURATION",
+            help="Notify `not_converging` when no pass has converged for this long "
+                 "(0: never).")(decorated)
+    decorated = click.option(
+        "--ui-url", envvar="RECONCILER_UI_URL", default=None, metavar="URL",
+        help="Base URL for links in notifications "
+             "(<URL>/resources/<env>/<kind>/<name>). Env RECONCILER_UI_URL.")(decorated)
+    return click.option(
+        "--notify", "notify_urls", multiple=True, envvar="RECONCILER_NOTIFY", metavar="URL",
+        help="Operator destination for notifications (repeatable): an Apprise URL "
+             "(slack://…, mailto://…, ntfy://…, json://…) or env:NAME / file:PATH "
+             "holding one. Gets every event of every environment, platform events "
+             "(refused commits, not converging) included. Env RECONCILER_NOTIFY "
+             "(space-separated).")(decorated)

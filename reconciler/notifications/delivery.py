@@ -17,21 +17,42 @@ import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from reconciler.notifications.destinations import Destination
-from reconciler.notifications.digest import Memory, Message, Sent, forget, remember
+from reconciler.notifications.digest import (
+    Memory,
+    Message,
+    Sent,
+    continued_by,
+    forget,
+    remember,
+)
 from reconciler.notifications.settings import DeliveryLimits
 from reconciler.observe import metrics
 from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
+from reconciler.state.notices import Claim
 
 log = logging.getLogger("reconciler.notifications")
 
 SendFn = Callable[[Destination, Message], Awaitable[None]]
+
+
+class Claims(Protocol):
+    """What replicas sharing a database told (``Store``: reconciler/state/notices.py)."""
+
+    async def claim_notice(self, destination: str, subject: str, kind: str, message_id: str,
+                           repeat_s: float, *, continues: Collection[str] = ()) -> Claim: ...
+
+    async def close_notice(self, destination: str, subject: str) -> bool: ...
+
+    async def notice_delivered(self, message_id: str) -> None: ...
+
+    async def release_notice(self, message_id: str) -> int: ...
 
 
 class DeliveryFailed(Exception):
@@ -101,11 +122,18 @@ def _apprise_send(url: str, message: Message) -> tuple[bool, list[str]]:
 
 
 class Deliveries:
-    """The queues, workers and state file of every destination."""
+    """The queues, workers and state file of every destination.
+
+    With ``claims`` (the store: several replicas of ``daemon --ha``, or ``apply`` runs, share
+    its database), the worker claims each problem a message tells before sending it, and sends
+    only what it won: the database, not this process, says what was told and when. The state
+    file then only keeps this process's queue (and a cache of what it told) across a restart.
+    Claims are written by the worker, never by a pass."""
 
     def __init__(self, state_path: Path | None, *, limits: DeliveryLimits | None = None,
-                 send: SendFn | None = None) -> None:
+                 send: SendFn | None = None, claims: Claims | None = None) -> None:
         self.state_path = state_path
+        self.claims = claims
         self.limits = limits or DeliveryLimits()
         self._pool = ApprisePool() if send is None else None
         self._send: SendFn = send if send is not None else self._pool.send  # type: ignore[union-attr]
@@ -221,6 +249,14 @@ class Deliveries:
             self.outbox.pop(message.id, None)
             self.save()
             return
+        verdict = await self._claim(dest, message)
+        if verdict is not Claim.WON:  # told by another replica, or by this one before a restart
+            for kind in message.kinds:
+                outcome = "suppressed" if verdict is Claim.HELD else "delivered"
+                metrics.NOTIFICATIONS_TOTAL.labels(dest.label, kind, outcome).inc()
+            self.outbox.pop(message.id, None)
+            self.save()
+            return
         limits = self.limits
         error = ""
         for attempt in range(1, limits.attempts + 1):
@@ -242,6 +278,7 @@ class Deliveries:
                 self.delivered.append(message.id)
                 del self.delivered[:-limits.delivered_kept]
                 self.save()
+                await self._settle(dest, message, delivered=True)
                 return
             log.warning("notification attempt failed", extra={
                 "destination": dest.label, "attempt": attempt, "of": limits.attempts,
@@ -257,6 +294,43 @@ class Deliveries:
         forget(self.memory_of(dest), message)
         self.outbox.pop(message.id, None)
         self.save()
+        await self._settle(dest, message, delivered=False)
+
+    async def _claim(self, dest: Destination, message: Message) -> Claim:
+        """Whether this process is to send ``message``: won when it claimed one of the problems
+        it tells or closed one of them (or tells neither: a plain success, which only the
+        replica owning the resource sees); done when it was delivered before a restart."""
+        if self.claims is None or not (message.opened or message.closed):
+            return Claim.WON
+        verdicts: list[Claim] = []
+        try:
+            for subject, kind in message.opened.items():
+                verdicts.append(await self.claims.claim_notice(
+                    dest.id, subject, kind, message.id, dest.repeat_s,
+                    continues=continued_by(kind)))
+            for subject in message.closed:
+                closed = await self.claims.close_notice(dest.id, subject)
+                verdicts.append(Claim.WON if closed else Claim.HELD)
+        except Exception as exc:  # the database is away: better told twice than never
+            log.warning("notification claim failed; sending unclaimed", extra={
+                "destination": dest.label, "error": redact(str(exc))})
+            return Claim.WON
+        if Claim.WON in verdicts:
+            return Claim.WON
+        return Claim.DONE if verdicts and all(v is Claim.DONE for v in verdicts) else Claim.HELD
+
+    async def _settle(self, dest: Destination, message: Message, *, delivered: bool) -> None:
+        """Record in the database that ``message`` was delivered, or drop its claims."""
+        if self.claims is None or not message.opened:
+            return
+        try:
+            if delivered:
+                await self.claims.notice_delivered(message.id)
+            else:
+                await self.claims.release_notice(message.id)
+        except Exception as exc:
+            log.warning("notification claim not updated", extra={
+                "destination": dest.label, "error": redact(str(exc))})
 
     async def drain(self, within_s: float) -> bool:
         """Wait until every queue is empty (or ``within_s``); True when they are."""
@@ -269,6 +343,11 @@ class Deliveries:
             task.cancel()
         await asyncio.gather(*self.workers.values(), return_exceptions=True)
         self.save()  # what is still in the outbox is sent after the restart
+        if self.state_path is None:  # no restart will send it: another process may
+            for message in list(self.outbox.values()):
+                dest = self.destinations.get(message.destination)
+                if dest is not None:
+                    await self._settle(dest, message, delivered=False)
         if self._pool is not None:
             self._pool.close()
 

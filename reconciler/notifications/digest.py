@@ -95,6 +95,14 @@ _CONTINUES = {EventKind.BLOCKED: {str(EventKind.FAILED), str(EventKind.ROLLED_BA
                                   str(EventKind.ROLLBACK_FAILED)}}
 
 
+def continued_by(kind: str) -> frozenset[str]:
+    """The problems ``kind`` continues (told again as ``kind``, it is a repeat, not news)."""
+    try:
+        return frozenset(_CONTINUES.get(EventKind(kind), ()))
+    except ValueError:
+        return frozenset()
+
+
 def _recovery_of(told: Sent, event: Event) -> Event:
     """A success named after the problem it ends: a deferred change applied is ``released``,
     a drift redeployed ``drift_healed``."""

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.notifications.delivery import Deliveries, DeliveryLimits, SendFn
+from reconciler.notifications.delivery import Claims, Deliveries, DeliveryLimits, SendFn
 from reconciler.notifications.destinations import Destination, Notifiers
 from reconciler.notifications.digest import compose, select
 from reconciler.notifications.events import (
@@ -96,10 +96,10 @@ class Notifications:
                  hosts_of: Callable[[ResourceKey], Awaitable[list[str]]] | None = None,
                  last_error: Callable[[], str | None] | None = None,
                  limits: DeliveryLimits | None = None, send: SendFn | None = None,
-                 intake: int = 64) -> None:
+                 claims: Claims | None = None, intake: int = 64) -> None:
         self.notifiers = Notifiers(operator)
         self.deliveries = Deliveries(state_dir / "notifications.json" if state_dir else None,
-                                     limits=limits, send=send)
+                                     limits=limits, send=send, claims=claims)
         self.ui_url = ui_url
         self.stale_after_s = stale_after_s
         self.commit_info = commit_info

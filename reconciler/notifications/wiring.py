@@ -4,6 +4,7 @@ running daemon: commits read from its config repo, hosts from its providers."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -14,6 +15,7 @@ from reconciler.notifications.sink import EventSink, Notifications
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.notifications")
 
@@ -26,12 +28,11 @@ class DaemonLike(Protocol):
     desired: DesiredState | None
     last_error: str | None
     events: EventSink | None
+    store: Store  # what was told, shared by the replicas of `daemon --ha`
 
 
-def start_notifications(daemon: DaemonLike, settings: NotifySettings,
-                        state_dir: Path) -> Notifications:
-    """Notifications for ``daemon``, started and set as its event sink."""
-    source = daemon.source
+def commit_reader(source: GitSource) -> Callable[[str], CommitInfo]:
+    """Subject and author of a commit of ``source``'s repository."""
 
     def commit_info(sha: str) -> CommitInfo:
         import git  # a Repo of its own: the daemon's is used from other threads
@@ -40,21 +41,51 @@ def start_notifications(daemon: DaemonLike, settings: NotifySettings,
         commit = git.Repo(source.git_dir).commit(sha)
         return CommitInfo(sha, str(commit.summary), str(commit.author.name or ""))
 
+    return commit_info
+
+
+def hosts_reader(engine: Reconciler, desired_of: Callable[[], DesiredState | None]
+                 ) -> Callable[[ResourceKey], Awaitable[list[str]]]:
+    """The instances a resource runs on, named for a message."""
+
     async def hosts_of(key: ResourceKey) -> list[str]:
-        desired = daemon.desired
+        desired = desired_of()
         resource = desired.get(key) if desired is not None else None
         target = desired.target_of(resource) if desired is not None and resource else None
         if resource is None or target is None:
             return []
-        provider = daemon.engine.provider_for(target)
+        provider = engine.provider_for(target)
         return [i.id if i.address in (i.id, "127.0.0.1") else f"{i.id} ({i.address})"
                 for i in await provider.instances(resource)]
 
+    return hosts_of
+
+
+def start_notifications(daemon: DaemonLike, settings: NotifySettings,
+                        state_dir: Path) -> Notifications:
+    """Notifications for ``daemon``, started and set as its event sink."""
     notifications = Notifications(
         operator_destinations(settings.urls, settings.repeat_s),
         state_dir=state_dir, ui_url=settings.ui_url, stale_after_s=settings.stale_after_s,
-        commit_info=commit_info, hosts_of=hosts_of, last_error=lambda: daemon.last_error,
-        limits=settings.limits)
+        commit_info=commit_reader(daemon.source),
+        hosts_of=hosts_reader(daemon.engine, lambda: daemon.desired),
+        last_error=lambda: daemon.last_error, limits=settings.limits, claims=daemon.store)
     notifications.start()
     daemon.events = notifications
+    return notifications
+
+
+def start_apply_notifications(settings: NotifySettings, desired: DesiredState,
+                              source: GitSource, engine: Reconciler,
+                              store: Store) -> Notifications | None:
+    """Notifications of a one-shot ``apply`` (None when it has no destination): no state file
+    (a daemon may share the state dir), what was told is the database's, like the daemon's;
+    the caller waits for delivery at exit (``close``)."""
+    if not settings.urls and not desired.notifiers:
+        return None
+    notifications = Notifications(
+        operator_destinations(settings.urls, settings.repeat_s), state_dir=None,
+        ui_url=settings.ui_url, stale_after_s=None, commit_info=commit_reader(source),
+        hosts_of=hosts_reader(engine, lambda: desired), limits=settings.limits, claims=store)
+    notifications.start()
     return notifications

@@ -381,6 +381,22 @@ class MySQLStore(ServerStore):
             raise
         return True
 
+    async def _notice_insert(self, values: dict[str, Any]) -> bool:
+        names = ", ".join(values)
+        marks = ", ".join("%s" for _ in values)
+
+        async def op(tx: Tx, _: bool) -> bool:
+            try:
+                await tx.execute(f"INSERT INTO tb_notification ({names}) "  # noqa: S608
+                                 f"VALUES ({marks})", tuple(values.values()))
+            except pymysql.err.IntegrityError as exc:
+                if self._code(exc) == DUPLICATE_KEY:
+                    return False
+                raise
+            return True
+
+        return await self._run("notification", op)
+
 
 def _close_quietly(conn: pymysql.Connection[Any]) -> None:
     try:

@@ -268,5 +268,12 @@ class PostgresStore(ServerStore):
         )
         return count == 1
 
+    async def _notice_insert(self, values: dict[str, Any]) -> bool:
+        names = ", ".join(values)
+        marks = ", ".join("%s" for _ in values)
+        return await self._run("notification", lambda tx, _: tx.execute(
+            f"INSERT INTO tb_notification ({names}) VALUES ({marks}) "  # noqa: S608
+            "ON CONFLICT DO NOTHING", tuple(values.values()))) == 1
+
 
 __all__ = ["PostgresStore", "conninfo_from_url", "password_from_env"]

@@ -35,6 +35,7 @@ from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
+from reconciler.state.notices import NotificationClaims
 from reconciler.state.store import (
     FINAL_STATUSES,
     PENDING,
@@ -85,7 +86,7 @@ def is_uuid(value: str) -> bool:
     return True
 
 
-class ServerStore(rows.AuditLog):
+class ServerStore(rows.AuditLog, NotificationClaims):
     """``Store`` over a database server; subclasses provide the driver specifics."""
 
     dialect: str  # "postgresql" | "mysql": metric label and sql/ folder
@@ -727,6 +728,15 @@ class ServerStore(rows.AuditLog):
         # safe to retry: rows a lost commit deleted are simply not found again
         return await self._run("prune_audit", lambda tx, _: tx.execute(
             self.audit_prune_sql, (cutoff, batch_size)))
+
+    # -- notifications (claim_notice, close_notice, …: notices.NotificationClaims) -------------
+    async def _notice_execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        # safe to retry: a claim retried after a lost commit finds its own message_id
+        return await self._run("notification", lambda tx, _: tx.execute(sql, params))
+
+    async def _notice_row(self, sql: str, params: tuple[Any, ...]) -> Row | None:
+        return await self._run("notification", lambda tx, _: tx.one(sql, params),
+                               transaction=False)
 
     # -- bulk import (reconciler.state.copy) -----------------------------------------------------
     async def is_empty(self) -> bool:

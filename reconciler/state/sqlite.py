@@ -38,6 +38,7 @@ from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
+from reconciler.state.notices import NotificationClaims
 from reconciler.state.private import private_file
 from reconciler.state.store import (
     FINAL_STATUSES,
@@ -108,7 +109,7 @@ def _sync_mode() -> str:
     return mode.upper()
 
 
-class SQLiteStore(rows.AuditLog):
+class SQLiteStore(rows.AuditLog, NotificationClaims):
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
     dialect = "sqlite"
@@ -768,6 +769,29 @@ class SQLiteStore(rows.AuditLog):
 
     async def _delete_audit_batch(self, cutoff: Any, batch_size: int) -> int:
         return await self._run(self._delete_audit_batch_sync, cutoff, batch_size)
+
+    # -- notifications (claim_notice, close_notice, …: notices.NotificationClaims) ------------
+    def _notice_insert_sync(self, values: dict[str, Any]) -> bool:
+        names = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._write():
+            return self._db.execute(
+                f"INSERT INTO tb_notification ({names}) VALUES ({marks}) "  # noqa: S608
+                "ON CONFLICT DO NOTHING", tuple(values.values())
+            ).rowcount == 1
+
+    async def _notice_insert(self, values: dict[str, Any]) -> bool:
+        return await self._run(self._notice_insert_sync, values)
+
+    def _notice_execute_sync(self, sql: str, params: tuple[Any, ...]) -> int:
+        with self._write():
+            return int(self._db.execute(sql, params).rowcount)
+
+    async def _notice_execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        return await self._run(self._notice_execute_sync, sql, params)
+
+    async def _notice_row(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        return await self._run(self._one, sql, params)
 
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]

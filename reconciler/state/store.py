@@ -6,13 +6,14 @@ Nothing here may hold a secret value: specs are stored with secret *references* 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from reconciler.errors import StoreError
 from reconciler.spec.model import ResourceKey
+from reconciler.state.notices import Claim
 
 # Deployment statuses (docs/architecture.md "Deployment record").
 PENDING = "pending"
@@ -308,3 +309,17 @@ class Store(Protocol):
     async def prune_audit(self, before: datetime, *, batch_size: int = 1000) -> int:
         """Delete audit events recorded before ``before`` (retention), in batches of
         ``batch_size`` rows, one transaction each; return how many were deleted."""
+
+    # -- notifications (rules: reconciler/state/notices.py) --------------------------------
+    async def claim_notice(self, destination: str, subject: str, kind: str, message_id: str,
+                           repeat_s: float, *, continues: Collection[str] = ()) -> Claim:
+        """Claim telling ``kind`` of ``subject`` to ``destination``: exactly one of the replicas
+        sharing the database wins within ``repeat_s``."""
+
+    async def close_notice(self, destination: str, subject: str) -> bool:
+        """The problem is over; True when this call removed it (its recovery is to be sent)."""
+
+    async def notice_delivered(self, message_id: str) -> None: ...
+
+    async def release_notice(self, message_id: str) -> int:
+        """Drop the undelivered claims of a message that could not be delivered."""

@@ -405,7 +405,7 @@ async def test_new_migration_is_pending_then_applied(db_url: str, any_sql_copy: 
 
 
 VIEWS = ("v_resource", "v_deployment", "v_deployment_event", "v_deployment_step", "v_lock",
-         "v_webhook_delivery", "v_resource_status", "v_deployment_history")
+         "v_webhook_delivery", "v_resource_status", "v_deployment_history", "v_notification")
 
 
 async def test_views_are_valid_and_hide_internal_keys(any_store: Store, db_url: str) -> None:
@@ -415,6 +415,7 @@ async def test_views_are_valid_and_hide_internal_keys(any_store: Store, db_url: 
     await any_store.transition(deployment, "succeeded")
     await any_store.acquire_lock("l", "o", 10)
     await any_store.record_delivery("github", "d")
+    await any_store.claim_notice("operator1:json", "commits", "refused", "m1", 60)
     for view in VIEWS:
         rows = raw_query(db_url, f"SELECT * FROM {view}")
         assert len(rows) == (3 if view == "v_deployment_event" else 1), view

@@ -44,7 +44,7 @@ def test_trinity_columns_on_every_write_table(conn: sqlite3.Connection) -> None:
     entity_tables = [t for t in tables(conn, "table") if t != "tb_schema_migration"]
     assert set(entity_tables) >= {
         "tb_resource", "tb_deployment", "tb_deployment_event", "tb_deployment_step", "tb_lock",
-        "tb_webhook_delivery",
+        "tb_webhook_delivery", "tb_notification",
     }
     for table in entity_tables:
         assert table.startswith("tb_"), table
@@ -225,6 +225,8 @@ async def test_timestamps_are_iso_utc_with_microseconds(
     await store.start_step(d.id, "a", "i")
     await store.acquire_lock("l", "o", 10)
     await store.record_delivery("github", "x")
+    await store.claim_notice("operator1:json", "commits", "refused", "m1", 60)
+    await store.notice_delivered("m1")
     pattern = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
     values = []
     for table, columns in {
@@ -234,6 +236,7 @@ async def test_timestamps_are_iso_utc_with_microseconds(
         "tb_deployment_step": ("started_at",),
         "tb_lock": ("acquired_at", "expires_at"),
         "tb_webhook_delivery": ("received_at",),
+        "tb_notification": ("sent_at", "delivered_at"),
         "tb_schema_migration": ("applied_at",),
     }.items():
         for row in conn.execute(f"SELECT {', '.join(columns)} FROM {table}"):
