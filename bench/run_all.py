@@ -11,7 +11,8 @@ listed without figures.
 
 ``--quick`` shortens the slow ones (idle: a 20 s window on Services only instead of 60 s on
 both scenarios; bare_metal: 3 rounds and no ansible-core; latency: 10 commits; compose: 3
-rounds; store: 100 deployments; rolling: 2 rounds). The full run took 10 min on a quiet 2-core
+rounds; store: 100 deployments; rolling: 2 rounds;
+fleet: 5 Services per host, no ansible-core). The full run took 10 min on a quiet 2-core
 machine (docs/performance.md), most of it idle's two 60 s windows and the first ansible-core
 install.
 """
@@ -33,7 +34,7 @@ from _figures import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-ORDER = ["spec_load", "diff_scale", "store", "latency", "compose", "bare_metal", "rolling",
+ORDER = ["spec_load", "diff_scale", "store", "latency", "compose", "bare_metal", "fleet", "rolling",
          "sync_windows", "idle"]
 QUICK: dict[str, list[str]] = {
     "idle": ["--seconds", "20", "--scenario", "services"],
@@ -42,6 +43,7 @@ QUICK: dict[str, list[str]] = {
     "compose": ["--rounds", "3"],
     "store": ["--deployments", "100"],
     "rolling": ["--rounds", "2"],
+    "fleet": ["--quick"],
 }
 TIMEOUT_S = 3600
 
