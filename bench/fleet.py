@@ -197,11 +197,12 @@ def write_app(folder: Path, version: str) -> None:
     (folder / "www" / "index.html").write_text(f"<p>{version}</p>\n" * 50)
 
 
-def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+def run_timed(argv: list[str], env: dict[str, str],
+              cwd: Path = ROOT) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one process (wait4: its own, not other children's)."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            cwd=ROOT)
+                            cwd=cwd)
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -214,7 +215,8 @@ def run_timed(argv: list[str], env: dict[str, str]) -> tuple[float, float, float
 
 class Fleet:
     def __init__(self, hosts: list[InfraHost], services: int, tmp: Path,
-                 ansible_bin: Path | None) -> None:
+                 ansible_bin: Path | None, code: Path) -> None:
+        self.code = code  # the checkout whose reconciler runs (another one: a before figure)
         self.hosts = hosts
         self.services = services
         self.tmp = tmp
@@ -278,9 +280,10 @@ class Fleet:
         git(self.repo, "commit", "-q", "-m", message)
 
     def run_reconciler(self) -> tuple[float, float, float]:
-        argv = [sys.executable, "-m", "reconciler", "--state-dir", str(self.state),
+        python = sys.executable if self.code == ROOT else str(self.code / ".venv/bin/python")
+        argv = [python, "-m", "reconciler", "--state-dir", str(self.state),
                 "--log-format", "text", "apply", "--repo", str(self.repo), "--path", "fleet"]
-        return run_timed(argv, self.py_env)
+        return run_timed(argv, self.py_env, cwd=self.code)
 
     # -- plain ----------------------------------------------------------------------------------
     def run_plain(self, mode: str, only: set[tuple[int, int]] | None = None) -> float:
@@ -386,6 +389,8 @@ def main() -> None:
     parser.add_argument("--heal", type=int, default=100, help="units stopped by hand")
     parser.add_argument("--quick", action="store_true", help="5 Services per host, no Ansible")
     parser.add_argument("--no-ansible", action="store_true")
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="run the reconciler of this checkout (its .venv): a before figure")
     parser.add_argument("--ansible-venv", type=Path,
                         default=Path("/var/tmp/fraisier-bench/ansible-venv"))
     add_json_flag(parser)
@@ -413,7 +418,7 @@ def main() -> None:
         versions["ansible-core"] = out.stdout.split("[core ")[-1].split("]")[0]
     units = args.hosts * args.services
     print(f"fleet: {args.hosts} hosts x {args.services} Services = {units} units; "
-          f"versions {versions}")
+          f"versions {versions}; reconciler from {args.code}; load {loadavg()}")
     if ansible_bin is not None:
         print("ansible settings: pipelining, ssh ControlMaster=auto ControlPersist=60s, "
               f"gathering explicit (gather_facts false), forks {args.hosts}, strategy linear")
@@ -426,7 +431,7 @@ def main() -> None:
         print(f"  {pass_name:<12} {method:<10} {value:7.2f}s  (load {loadavg()})", flush=True)
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-fleet-") as tmp_s:
-        fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin)
+        fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin, args.code.resolve())
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
         fleet.repo.mkdir()
         git(fleet.repo, "init", "-q", "-b", "main")
