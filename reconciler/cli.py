@@ -460,19 +460,9 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
 async def _drifted(engine: Any, desired: DesiredState) -> set[ResourceKey]:
     """Applied Services, unchanged or blocked, whose live state differs from the record."""
-    from reconciler.plan.planner import BLOCKED, UNCHANGED
+    from reconciler.rollout.drift import drifted
 
-    out: set[ResourceKey] = set()
-    for item in (await engine.plan(desired)).items:
-        if (item.action in (UNCHANGED, BLOCKED) and item.key.kind == "Service"
-                and item.resource is not None and item.record is not None):
-            try:
-                if await engine.drift_of(item.resource, item.record, desired) is not None:
-                    out.add(item.key)
-            except ReconcilerError as exc:
-                log.warning("observe failed", extra={"resource": str(item.key),
-                                                     "error": exc.message})
-    return out
+    return await drifted(engine, desired)
 
 
 # -- status / history ---------------------------------------------------------------------------

@@ -65,6 +65,11 @@ DESIRED_STATE_REFUSED = Counter(
 )
 for _reason in ("invalid", "policy"):
     DESIRED_STATE_REFUSED.labels(_reason)
+SSH_CONNECTIONS = Counter(
+    "reconciler_ssh_connections_total",
+    "SSH logins made (each pooled connection is reused across resources and passes, so this "
+    "grows by about one per host unless connections are lost).", registry=REGISTRY,
+)
 JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,
