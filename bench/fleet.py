@@ -52,8 +52,10 @@ from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
-PORT_BASE = 31000  # host h (1-based), Service i (1-based): PORT_BASE + 3000*method + 100*h + i
+# Below the ephemeral range (32768+), where outgoing connections would take ports at random.
+PORT_BASE = 21000  # host h (1-based), Service i (1-based): PORT_BASE + 2500*method + 100*h + i
 METHODS = ("reconciler", "plain", "ansible")
+LOGS = ROOT / ".state" / "bench"  # each apply's own output (its log lines have timestamps)
 
 PLAIN = r'''
 """The lean script: one connection + one SFTP session per host, one command chain per host."""
@@ -197,8 +199,8 @@ def write_app(folder: Path, version: str) -> None:
     (folder / "www" / "index.html").write_text(f"<p>{version}</p>\n" * 50)
 
 
-def run_timed(argv: list[str], env: dict[str, str],
-              cwd: Path = ROOT) -> tuple[float, float, float]:
+def run_timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT,
+              log: Path | None = None) -> tuple[float, float, float]:
     """(wall s, CPU s, peak RSS MB) of one process (wait4: its own, not other children's)."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -208,6 +210,8 @@ def run_timed(argv: list[str], env: dict[str, str],
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - started
+    if log is not None:
+        log.write_bytes(output)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({proc.returncode}):\n{output.decode()[-4000:]}")
     return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
@@ -228,20 +232,32 @@ class Fleet:
         self.repo = tmp / "config"
         self.state = tmp / "state"
         self.rev = "v0"
+        self.passes = 0
 
     def each_host(self, fn: Callable[[InfraHost], Any]) -> list[Any]:
         return list(self.pool.map(fn, self.hosts))
 
     def port(self, method: str, h: int, i: int) -> int:
-        return PORT_BASE + 3000 * METHODS.index(method) + 100 * h + i
+        return PORT_BASE + 2500 * METHODS.index(method) + 100 * h + i
 
     def name(self, h: int, i: int) -> str:
         return f"s{h:02d}-{i:02d}"
 
     # -- logins counted on the hosts --------------------------------------------------------
     def logins(self) -> int:
+        """sshd's "Accepted publickey" lines on every host, less this count's own login (a
+        fresh one, not the test helpers' shared master connection, which may have expired)."""
         script = "journalctl -q -u ssh --no-pager -o cat | grep -c 'Accepted publickey' || true"
-        return sum(int(h.sh(script).strip() or 0) for h in self.hosts)
+
+        def count(host: InfraHost) -> int:
+            full = host.ssh_argv()
+            argv = [a for i, a in enumerate(full) if not a.startswith("Control")
+                    and not (a == "-o" and full[i + 1].startswith("Control"))]
+            out = subprocess.run([*argv[:-1], "-o", "ControlMaster=no", "-o", "ControlPath=none",
+                                  argv[-1], script], capture_output=True, check=True, timeout=60)
+            return int(out.stdout.strip() or 0) - 1
+
+        return sum(self.each_host(count))
 
     # -- reconciler ---------------------------------------------------------------------------
     def write_repo(self) -> None:
@@ -279,11 +295,13 @@ class Fleet:
         git(self.repo, "add", "-A")
         git(self.repo, "commit", "-q", "-m", message)
 
-    def run_reconciler(self) -> tuple[float, float, float]:
+    def run_reconciler(self, name: str) -> tuple[float, float, float]:
         python = sys.executable if self.code == ROOT else str(self.code / ".venv/bin/python")
         argv = [python, "-m", "reconciler", "--state-dir", str(self.state),
                 "--log-format", "text", "apply", "--repo", str(self.repo), "--path", "fleet"]
-        return run_timed(argv, self.py_env, cwd=self.code)
+        self.passes += 1
+        log = LOGS / f"fleet-{self.passes:02d}-{name}.log"
+        return run_timed(argv, self.py_env, cwd=self.code, log=log)
 
     # -- plain ----------------------------------------------------------------------------------
     def run_plain(self, mode: str, only: set[tuple[int, int]] | None = None) -> float:
@@ -430,6 +448,7 @@ def main() -> None:
         times.setdefault(pass_name, {}).setdefault(method, []).append(value)
         print(f"  {pass_name:<12} {method:<10} {value:7.2f}s  (load {loadavg()})", flush=True)
 
+    LOGS.mkdir(parents=True, exist_ok=True)
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-fleet-") as tmp_s:
         fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin, args.code.resolve())
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
@@ -439,7 +458,7 @@ def main() -> None:
 
         def reconciler_pass(name: str) -> None:
             before = fleet.logins()
-            wall, cpu, rss = fleet.run_reconciler()
+            wall, cpu, rss = fleet.run_reconciler(name)
             logins = fleet.logins() - before
             record(name, "reconciler", wall)
             extra_figs.setdefault(name, []).append((logins, cpu, rss))
