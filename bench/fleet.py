@@ -245,7 +245,7 @@ class Fleet:
 
     # -- logins counted on the hosts --------------------------------------------------------
     def logins(self) -> int:
-        """sshd's "Accepted publickey" lines on every host, less this count's own login (a
+        """sshd's "Accepted publickey" lines on every host, this count's own login excluded (a
         fresh one, not the test helpers' shared master connection, which may have expired)."""
         script = "journalctl -q -u ssh --no-pager -o cat | grep -c 'Accepted publickey' || true"
 
@@ -255,7 +255,7 @@ class Fleet:
                     and not (a == "-o" and full[i + 1].startswith("Control"))]
             out = subprocess.run([*argv[:-1], "-o", "ControlMaster=no", "-o", "ControlPath=none",
                                   argv[-1], script], capture_output=True, check=True, timeout=60)
-            return int(out.stdout.strip() or 0) - 1
+            return int(out.stdout.strip() or 0) - 1  # sshd logs this login before it runs
 
         return sum(self.each_host(count))
 
@@ -459,7 +459,8 @@ def main() -> None:
         def reconciler_pass(name: str) -> None:
             before = fleet.logins()
             wall, cpu, rss = fleet.run_reconciler(name)
-            logins = fleet.logins() - before
+            # less the `before` count's own login on each host, which `after` sees
+            logins = fleet.logins() - before - len(hosts)
             record(name, "reconciler", wall)
             extra_figs.setdefault(name, []).append((logins, cpu, rss))
             print(f"  {'':<12} {'':<10} ssh logins {logins} ({logins / len(hosts):.1f}/host), "
