@@ -66,39 +66,43 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 """
 
 PLAIN = r'''
-"""The plain script: what a hand-written asyncssh deploy does, and nothing more."""
-import asyncio, shlex, sys, time
+"""The lean script, as a competent engineer writes it: every host's login at once up front,
+then rolling: one SFTP session (the tree), one command chain (move into place, switch
+`current`, restart, poll the health check every 100 ms on the host) per host."""
+import asyncio, shlex, sys
 import asyncssh
 
 hosts = [h.split(":") for h in sys.argv[1].split(",")]  # addr:port
 src, rev, key, known = sys.argv[2:6]
 base = "/srv/bench-plain"
+CHAIN = """set -e
+mv -T "$1/releases/$2.tmp" "$1/releases/$2"
+ln -sfn "releases/$2" "$1/.current" && mv -fT "$1/.current" "$1/current"
+systemctl restart bench-plain.service
+cd "$1/current"
+for i in $(seq 300); do python3 app.py check "$3" && exit 0; sleep 0.1; done
+exit 1
+"""
 
 
-async def deploy(addr, port):
-    async with asyncssh.connect(addr, int(port), username="root", client_keys=[key],
-                                known_hosts=known, agent_path=None, config=None) as conn:
-        release = f"{base}/releases/{rev}"
-        await conn.run(shlex.join(["mkdir", "-p", f"{base}/releases"]), check=True)
-        async with conn.start_sftp_client() as sftp:
-            await sftp.put(src, release + ".tmp", recurse=True, preserve=True)
-        await conn.run(shlex.join(["mv", "-T", release + ".tmp", release]), check=True)
-        await conn.run(shlex.join(["ln", "-sfn", f"releases/{rev}", f"{base}/.current"]) + " && "
-                       + shlex.join(["mv", "-fT", f"{base}/.current", f"{base}/current"]),
-                       check=True)
-        await conn.run(shlex.join(["systemctl", "restart", "bench-plain.service"]), check=True)
-        check = shlex.join(["sh", "-c", 'cd "$1" && exec python3 app.py check "$2"', "-",
-                            f"{base}/current", "/etc/fraisier-bench-plain-port"])
-        deadline = time.monotonic() + 30
-        while (await conn.run(check)).exit_status != 0:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{addr}:{port} not healthy")
-            await asyncio.sleep(0.1)
+async def deploy(conn):
+    release = f"{base}/releases/{rev}"
+    async with conn.start_sftp_client() as sftp:
+        await sftp.makedirs(f"{base}/releases", exist_ok=True)
+        await sftp.put(src, release + ".tmp", recurse=True, preserve=True)
+    await conn.run(shlex.join(["sh", "-c", CHAIN, "-", base, rev,
+                               "/etc/fraisier-bench-plain-port"]), check=True)
 
 
 async def main():
-    for addr, port in hosts:  # rolling, like reconciler apply
-        await deploy(addr, port)
+    conns = await asyncio.gather(*(
+        asyncssh.connect(addr, int(port), username="root", client_keys=[key],
+                         known_hosts=known, agent_path=None, config=None)
+        for addr, port in hosts))
+    for conn in conns:  # rolling, like reconciler apply
+        await deploy(conn)
+    for conn in conns:
+        conn.close()
 
 asyncio.run(main())
 '''
@@ -106,6 +110,7 @@ asyncio.run(main())
 PLAYBOOK = """\
 - hosts: bench
   gather_facts: false
+  strategy: linear
   serial: 1
   vars:
     base: /srv/bench-ansible
@@ -134,6 +139,14 @@ PLAYBOOK = """\
         done
         exit 1
 """
+
+
+# As users tune it: pipelining, a persistent master connection per host (ControlPersist),
+# no fact gathering, forks >= hosts; strategy linear with serial: 1 (rolling, like apply).
+ANSIBLE_TUNING = {"ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
+                  "ANSIBLE_GATHERING": "explicit", "ANSIBLE_RETRY_FILES_ENABLED": "0",
+                  "ANSIBLE_NOCOLOR": "1"}
+ANSIBLE_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=60s"
 
 
 def unit(name: str, base: str, port_file: str) -> str:
@@ -206,6 +219,16 @@ def main() -> None:
         raise SystemExit(reason or "need at least 2 test hosts")
     playbook_bin = None if args.no_ansible else ensure_ansible(args.ansible_venv)
     hosts: list[InfraHost] = list(infra.hosts[:2])
+    import asyncssh
+
+    versions = {"python": sys.version.split()[0], "asyncssh": asyncssh.__version__}
+    if playbook_bin is not None:
+        out = subprocess.run([str(playbook_bin), "--version"], capture_output=True, text=True)
+        versions["ansible-core"] = out.stdout.split("[core ")[-1].split("]")[0]
+        print("ansible-core settings: " + " ".join(f"{k}={v}" for k, v in ANSIBLE_TUNING.items())
+              + f" ANSIBLE_FORKS={len(hosts)} ANSIBLE_SSH_ARGS='{ANSIBLE_SSH_ARGS}'; "
+              "playbook: gather_facts false, strategy linear, serial 1")
+    print(f"versions: {versions}; load average {os.getloadavg()}", flush=True)
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -268,14 +291,15 @@ def main() -> None:
         inventory.write_text("[bench]\n" + "".join(
             f"{h.name} ansible_host={h.address} ansible_port={h.port} ansible_user=root "
             f"ansible_ssh_private_key_file={h.identity_file} "
-            f"ansible_ssh_common_args='-o UserKnownHostsFile={h.known_hosts} "
+            f"ansible_ssh_extra_args='-o UserKnownHostsFile={h.known_hosts} "
             f"-o StrictHostKeyChecking=yes' ansible_python_interpreter=/usr/bin/python3\n"
             for h in hosts))
         playbook = tmp / "deploy.yml"
         playbook.write_text(PLAYBOOK)
-        ansible_env = {**py_env, "ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
-                       "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-local"),
-                       "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_NOCOLOR": "1"}
+        ansible_env = {**py_env, **ANSIBLE_TUNING, "ANSIBLE_FORKS": str(len(hosts)),
+                       "ANSIBLE_SSH_ARGS": ANSIBLE_SSH_ARGS,
+                       "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "ansible-cp"),
+                       "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-local")}
 
         def run_plain(version: str) -> float:
             src = tmp / "plain-src" / version
@@ -311,13 +335,17 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             version = f"v{round_no}"
             commit(version)
-            times["reconciler"].append(run_reconciler())
-            noop.append(run_reconciler())
-            times["plain"].append(run_plain(version))
+            # alternate which goes first: a load spike from another process hits both sides
+            steps = [("reconciler", run_reconciler), ("plain", lambda v=version: run_plain(v))]
             if not args.no_ansible:
-                times["ansible"].append(run_ansible(version))
+                steps.append(("ansible", lambda v=version: run_ansible(v)))
+            for name, step in (steps if round_no % 2 else steps[::-1]):
+                times[name].append(step())
+                if name == "reconciler":
+                    noop.append(run_reconciler())
             print(f"round {round_no}: " + "  ".join(
-                f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+                f"{k} {v[-1]:.2f}s" for k, v in times.items())
+                + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
         for host in hosts:  # every method really deployed the last version
             for method, port_file in (("reconciler", "reconciler"), ("plain", "plain"),
                                       ("ansible", "ansible")):
@@ -355,7 +383,7 @@ def main() -> None:
                               at_most(med["reconciler"] / med["ansible"], 1 / 3)))
     if args.json:
         emit("bare_metal", figures, rounds=args.rounds, files=args.files,
-             ansible=not args.no_ansible)
+             ansible=not args.no_ansible, load=round(os.getloadavg()[0], 1), **versions)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,10 @@ listed without figures.
 
 ``--quick`` shortens the slow ones (idle: a 20 s window on Services only instead of 60 s on
 both scenarios; bare_metal: 3 rounds and no ansible-core; latency: 10 commits; compose: 3
-rounds; store: 100 deployments; rolling: 2 rounds; notifications: 200 resources). The full
-run took 10 min on a quiet 2-core machine (docs/performance.md), most of it idle's two 60 s
-windows and the first ansible-core install.
+rounds; store: 100 deployments; rolling: 2 rounds; notifications: 200 resources;
+fleet: 5 Services per host, no ansible-core). The full run took 10 min on a quiet 2-core
+machine (docs/performance.md), most of it idle's two 60 s windows and the first ansible-core
+install.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from _figures import PREFIX
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 ORDER = ["spec_load", "diff_scale", "environments", "store", "latency", "compose", "bare_metal",
-         "rolling", "sync_windows", "notifications", "idle"]
+         "fleet", "rolling", "sync_windows", "notifications", "idle"]
 QUICK: dict[str, list[str]] = {
     "idle": ["--seconds", "20", "--scenario", "services"],
     "bare_metal": ["--rounds", "3", "--no-ansible"],
@@ -45,6 +46,7 @@ QUICK: dict[str, list[str]] = {
     "notifications": ["--resources", "200"],
     "environments": ["--repeat", "1"],
     "diff_scale": ["--sizes", "10000"],  # the 1,000 and 50,000 growth sizes: make bench only
+    "fleet": ["--quick"],
 }
 TIMEOUT_S = 3600
 

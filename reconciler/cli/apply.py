@@ -25,7 +25,6 @@ from reconciler.cli.common import (
     run,
     with_repo,
 )
-from reconciler.errors import ReconcilerError
 from reconciler.notifications.cli_options import apply_notify_options
 from reconciler.notifications.settings import NotifySettings
 from reconciler.spec.model import DesiredState, ResourceKey
@@ -113,16 +112,6 @@ def apply(opts: Options, repo: str, ref: str | None, path: str, environments: tu
 
 async def _drifted(engine: Any, desired: DesiredState) -> set[ResourceKey]:
     """Applied Services, unchanged or blocked, whose live state differs from the record."""
-    from reconciler.plan.planner import BLOCKED, UNCHANGED
+    from reconciler.rollout.drift import drifted
 
-    out: set[ResourceKey] = set()
-    for item in (await engine.plan(desired)).items:
-        if (item.action in (UNCHANGED, BLOCKED) and item.key.kind == "Service"
-                and item.resource is not None and item.record is not None):
-            try:
-                if await engine.drift_of(item.resource, item.record, desired) is not None:
-                    out.add(item.key)
-            except ReconcilerError as exc:
-                log.warning("observe failed", extra={"resource": str(item.key),
-                                                     "error": exc.message})
-    return out
+    return await drifted(engine, desired)

@@ -77,6 +77,11 @@ NOTIFICATIONS_TOTAL = Counter(
     "dropped (queue full) or suppressed (a repeat held back within the repeat interval).",
     ["destination", "event", "result"], registry=REGISTRY,
 )
+SSH_CONNECTIONS = Counter(
+    "reconciler_ssh_connections_total",
+    "SSH logins made (each pooled connection is reused across resources and passes, so this "
+    "grows by about one per host unless connections are lost).", registry=REGISTRY,
+)
 JOB_RUNS_TOTAL = Counter(
     "reconciler_job_runs_total", "Job and Schedule runs by kind and result.", ["kind", "result"],
     registry=REGISTRY,

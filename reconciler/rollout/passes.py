@@ -52,6 +52,9 @@ from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
 
+# Rollouts in flight at once in a pass, over all Targets (each Target: `concurrency`).
+MAX_IN_FLIGHT = 128
+
 log = logging.getLogger("reconciler.rollout")
 
 
@@ -143,12 +146,26 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         result = ReconcileResult(commit=desired.commit)
         selected = set(only) if only is not None else None
         outcomes: dict[ResourceKey, Outcome] = {}
-        sem = asyncio.Semaphore(self.concurrency)
+        # Concurrency follows the Targets (their hosts), not the count of resources: each Target
+        # runs up to `concurrency` rollouts at once (its provider caps the actions per host),
+        # so 20 one-host Targets are all busy at once instead of 8 of them; a global cap keeps
+        # a pass over hundreds of Targets within the store's and the event loop's means.
+        in_flight = asyncio.Semaphore(max(self.concurrency, MAX_IN_FLIGHT))
+        per_target: dict[ResourceKey | None, asyncio.Semaphore] = {}
+
+        def slots(item: PlanItem) -> asyncio.Semaphore:
+            target = (item.resource.target_key if item.resource is not None
+                      else recorded_target(item))
+            sem = per_target.get(target)
+            if sem is None:
+                sem = per_target[target] = asyncio.Semaphore(self.concurrency)
+            return sem
+
         if self.status_sink is not None:  # only queued: never waits on a git host
             report_started(self.status_sink, desired.commit, plan.items, selected)
 
         async def run(item: PlanItem) -> None:
-            async with sem:
+            async with in_flight, slots(item):
                 if self.stopping:
                     result.interrupted = True
                     return

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import asyncssh
 
 from reconciler.errors import ProviderError
+from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
 
 log = logging.getLogger(__name__)
@@ -376,6 +377,7 @@ class SSHTransport:
                 last = exc
                 continue
             self.connects += 1
+            metrics.SSH_CONNECTIONS.inc()
             log.debug("ssh %s: connected (#%d)", self.host_id, self.connects)
             return conn
         if last is None:

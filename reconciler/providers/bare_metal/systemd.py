@@ -26,7 +26,8 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -526,34 +527,45 @@ def digest(data: bytes) -> str:
 _INSPECT_SCRIPT = """for f do
   if [ -f "$f" ]; then sha256sum -- "$f" | cut -d' ' -f1; else echo -; fi
 done"""
-# Everything observe() needs from one host in one round trip.
-_OBSERVE_SCRIPT = """unit=$1 dir=$2 unitfile=$3
-props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
-  -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-  -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$unit")
-printf '%s\n' "$props"
-pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
-echo "FraisierCurrent=$(readlink -- "$dir/current")"
-if [ -n "$pid" ] && [ "$pid" != 0 ]; then
-  # A sandboxed process runs as another user and is not ptrace-able by a root without
-  # CAP_SYS_PTRACE (a container): then ask as the process's own user.
-  cwd=$(readlink /proc/$pid/cwd 2>/dev/null) || cwd=$(setpriv --reuid="$(stat -c %u /proc/$pid)" \
-    --regid="$(stat -c %g /proc/$pid)" --clear-groups readlink /proc/$pid/cwd 2>/dev/null)
-  echo "FraisierCwd=$cwd"
-fi
-if [ -f "$unitfile" ]; then
-  echo "FraisierUnitHash=$(sha256sum -- "$unitfile" | cut -d' ' -f1)"
-fi
-echo "FraisierRecordedHash=$(cat -- "$dir/unit.sha256" 2>/dev/null)"
-case "$props" in
-  *ActiveState=failed*|*SubState=auto-restart*)
-    # why it failed, for the sandbox diagnosis: systemd's own lines and the process's
-    journalctl --no-pager -q -o cat -n 12 -u "$unit" 2>/dev/null | sed 's/^/FraisierJournal=/' ;;
-esac
-if [ -n "${4:-}" ]; then
-  systemctl show --no-pager -p NextElapseUSecRealtime -p LastTriggerUSec \
-    -p ActiveState -- "$4" | sed 's/^/Timer/'
-fi
+# Everything observe() needs from one host in one round trip. One unit's state: systemctl's
+# properties, then Fraisier's own facts; a function over groups of four arguments (unit, service
+# dir, unit file, timer or ""), so one remote command observes many units, each unit's block
+# ending with the _OBSERVED line.
+_OBSERVED = "FraisierObserved=1"
+_OBSERVE_SCRIPT = """observe() {
+  unit=$1 dir=$2 unitfile=$3
+  props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
+    -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
+    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$unit")
+  printf '%s\n' "$props"
+  pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
+  echo "FraisierCurrent=$(readlink -- "$dir/current")"
+  if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+    # A sandboxed process runs as another user and is not ptrace-able by a root without
+    # CAP_SYS_PTRACE (a container): then ask as the process's own user.
+    cwd=$(readlink /proc/$pid/cwd 2>/dev/null) || cwd=$(setpriv --reuid="$(stat -c %u /proc/$pid)" \
+      --regid="$(stat -c %g /proc/$pid)" --clear-groups readlink /proc/$pid/cwd 2>/dev/null)
+    echo "FraisierCwd=$cwd"
+  fi
+  if [ -f "$unitfile" ]; then
+    echo "FraisierUnitHash=$(sha256sum -- "$unitfile" | cut -d' ' -f1)"
+  fi
+  echo "FraisierRecordedHash=$(cat -- "$dir/unit.sha256" 2>/dev/null)"
+  case "$props" in
+    *ActiveState=failed*|*SubState=auto-restart*)
+      # why it failed, for the sandbox diagnosis: systemd's own lines and the process's
+      journalctl --no-pager -q -o cat -n 12 -u "$unit" 2>/dev/null | sed 's/^/FraisierJournal=/' ;;
+  esac
+  if [ -n "${4:-}" ]; then
+    systemctl show --no-pager -p NextElapseUSecRealtime -p LastTriggerUSec \
+      -p ActiveState -- "$4" | sed 's/^/Timer/'
+  fi
+}
+while [ "$#" -ge 4 ]; do
+  observe "$1" "$2" "$3" "$4"
+  echo FraisierObserved=1
+  shift 4
+done
 """
 # Start a oneshot unit, wait for it, report how it ended and what it printed. The journal is
 # read from a cursor taken before the start (an inactive unit forgets its InvocationID), and
@@ -621,11 +633,118 @@ def parse_properties(text: str) -> dict[str, str]:
     return props
 
 
+class ReloadBatcher:
+    """One ``systemctl daemon-reload`` for every unit write of a host that waits for one.
+
+    systemd reloads its whole configuration on each call (slower the more units the host has)
+    and runs them one at a time, so 50 Services deployed on a host at once paid 50 reloads in
+    a row. A caller asks after writing its unit; it returns once a reload that *started after*
+    the request has succeeded: the first waiter runs it for everyone who asked so far, the
+    others find their request covered. A failed reload covers nobody (each waiter retries).
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._requested = 0  # requests so far (a ticket number each)
+        self._covered = 0  # requests that a finished reload started after
+        self.reloads = 0  # reloads run (tests read it)
+
+    async def reload(self, run: Callable[[], Awaitable[object]]) -> None:
+        self._requested += 1
+        ticket = self._requested
+        async with self._lock:
+            if self._covered >= ticket:
+                return
+            covers = self._requested  # every request made before this reload starts
+            await run()
+            self.reloads += 1
+            self._covered = max(self._covered, covers)
+
+
+# One batcher per host connection (the pool keeps one transport per host for a pass).
+_BATCHERS: weakref.WeakKeyDictionary[Transport, ReloadBatcher] = weakref.WeakKeyDictionary()
+
+
+def reload_batcher(transport: Transport) -> ReloadBatcher:
+    batcher = _BATCHERS.get(transport)
+    if batcher is None:
+        batcher = _BATCHERS[transport] = ReloadBatcher()
+    return batcher
+
+
+Group = tuple[str, str, str, str]  # unit, service dir, unit file, timer ("": none)
+
+
+class ObserveBatcher:
+    """Observations of one host's units, many per remote command.
+
+    A request waits for the next batch that starts after it (never an answer read before it
+    asked, which a health gate relies on); a batch takes every request queued by then, up to
+    ``MAX_OBSERVE_BATCH``. So 50 Services gated or checked for drift at once on a host cost a
+    few round trips, not 50. The batch runs in its own task: a caller cancelled while waiting
+    (a gate's watcher, once the verdict is in) does not stop a read the others wait for.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Group, asyncio.Future[dict[str, str]]]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self.batches = 0  # remote commands run (tests read it)
+
+    async def observe(self, group: Group,
+                      run: Callable[[Sequence[Group]], Awaitable[list[dict[str, str]]]]
+                      ) -> dict[str, str]:
+        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._pending.append((group, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain(run))
+        return await future
+
+    async def _drain(self, run: Callable[[Sequence[Group]], Awaitable[list[dict[str, str]]]]
+                     ) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_OBSERVE_BATCH]
+            del self._pending[:MAX_OBSERVE_BATCH]
+            batch = [(g, f) for g, f in batch if not f.done()]  # callers that gave up
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                results = await run([g for g, _ in batch])
+            except Exception as exc:  # every caller of this batch gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (loop shutting down): nobody waits forever
+                for _, future in batch + self._pending:
+                    future.cancel()
+                self._pending.clear()
+                raise
+            for (_, future), props in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(props)
+
+
+MAX_OBSERVE_BATCH = 64  # units per remote command (a bounded command line)
+_OBSERVERS: weakref.WeakKeyDictionary[Transport, ObserveBatcher] = weakref.WeakKeyDictionary()
+
+
+def observe_batcher(transport: Transport) -> ObserveBatcher:
+    batcher = _OBSERVERS.get(transport)
+    if batcher is None:
+        batcher = _OBSERVERS[transport] = ObserveBatcher()
+    return batcher
+
+
 class Systemd:
     """systemctl/journalctl on one host (through its transport; sudo is the transport's)."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+
+    async def daemon_reload(self) -> None:
+        """``systemctl daemon-reload``, shared with concurrent callers on the same host."""
+        await reload_batcher(self.transport).reload(lambda: self.systemctl("daemon-reload"))
 
     async def _run(self, argv: list[str], limit_s: float = _SYSTEMCTL_TIMEOUT_S,
                    check: bool = True) -> CommandResult:
@@ -670,17 +789,18 @@ class Systemd:
         paths = list(files)
         hashes = await self.file_hashes(paths)
         units = [posixpath.basename(p) for p in paths if p.startswith(UNIT_DIR + "/")]
+        stale = [p for p, current in zip(paths, hashes, strict=True)
+                 if current != digest(files[p][0])]
+        # Written at once (SFTP requests pipeline on one session: one round trip, not one per
+        # file); each write is atomic on its own (temp file + rename) and the reload comes after.
+        await asyncio.gather(*(self.transport.write_file(p, *files[p]) for p in stale))
         changed_unit = False
-        for path, current in zip(paths, hashes, strict=True):
-            data, mode = files[path]
-            if current == digest(data):
-                continue
-            await self.transport.write_file(path, data, mode)
+        for path in stale:
             if path.startswith(UNIT_DIR + "/"):
                 changed_unit = True
                 await _hold_after_unit_write(path)
         if changed_unit or (units and await self.needs_reload(units)):
-            await self.systemctl("daemon-reload")
+            await self.daemon_reload()
         return changed_unit
 
     async def needs_reload(self, units: Sequence[str]) -> bool:
@@ -692,11 +812,21 @@ class Systemd:
 
     async def observe(self, unit: str, service_dir: str, unit_file: str,
                       timer: str | None = None) -> dict[str, str]:
-        result = await self._run(
-            ["sh", "-c", _OBSERVE_SCRIPT, "fraisier-observe", unit, service_dir, unit_file,
-             timer or ""],
-        )
-        return parse_properties(result.stdout.decode(errors="replace"))
+        """One unit's properties, observed together with the other units of this host that
+        are asked for meanwhile (one remote command for all of them)."""
+        return await observe_batcher(self.transport).observe(
+            (unit, service_dir, unit_file, timer or ""),
+            lambda groups: self._observe_many(groups))
+
+    async def _observe_many(self, groups: Sequence[tuple[str, str, str, str]]
+                            ) -> list[dict[str, str]]:
+        args = [a for group in groups for a in group]
+        result = await self._run(["sh", "-c", _OBSERVE_SCRIPT, "fraisier-observe", *args])
+        blocks = result.stdout.decode(errors="replace").split(_OBSERVED + "\n")
+        if len(blocks) != len(groups) + 1:
+            raise ProviderError(f"{self.transport.host_id}: observing {len(groups)} unit(s) "
+                                f"returned {len(blocks) - 1} block(s)")
+        return [parse_properties(block) for block in blocks[:-1]]
 
     async def run_oneshot(self, unit: str, timeout_s: float) -> tuple[dict[str, str], bytes]:
         result = await self._run(["sh", "-c", _RUN_SCRIPT, "fraisier-run", unit],
@@ -715,7 +845,7 @@ class Systemd:
         await self.systemctl("disable", "--now", "--", *units, check=False)
         paths = [posixpath.join(UNIT_DIR, u) for u in units]
         await self._run(["rm", "-f", "--", *paths])
-        await self.systemctl("daemon-reload")
+        await self.daemon_reload()
         await self.systemctl("reset-failed", "--", *units, check=False)
 
 

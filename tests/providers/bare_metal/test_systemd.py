@@ -1,0 +1,112 @@
+"""Batching per host: one daemon-reload for many unit writes (systemd.ReloadBatcher), one remote
+command for many units' observations (systemd.ObserveBatcher); never an answer that started
+before the caller asked."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.providers import Release
+from reconciler.providers.bare_metal import SystemdSSHProvider
+from reconciler.providers.bare_metal.systemd import (
+    ObserveBatcher,
+    ReloadBatcher,
+    observe_batcher,
+    reload_batcher,
+)
+from tests.providers.bare_metal.conftest import ENV, FolderExport, make_resource
+
+
+async def test_a_request_during_a_reload_gets_a_later_one() -> None:
+    batcher = ReloadBatcher()
+    started: list[int] = []  # reload number each caller's reload started as
+    release = asyncio.Event()
+
+    async def reload() -> None:
+        started.append(len(started) + 1)
+        if len(started) == 1:
+            await release.wait()  # the first reload is running while others ask
+
+    first = asyncio.create_task(batcher.reload(reload))
+    await asyncio.sleep(0)
+    assert started == [1]
+    later = [asyncio.create_task(batcher.reload(reload)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in later)  # reload 1 started before they asked
+    release.set()
+    await asyncio.gather(first, *later)
+    assert started == [1, 2]  # the five share one reload, started after all of them asked
+    assert batcher.reloads == 2
+
+
+async def test_a_failed_reload_covers_nobody() -> None:
+    batcher = ReloadBatcher()
+    calls = 0
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("reload failed")
+
+    with pytest.raises(RuntimeError):
+        await batcher.reload(flaky)
+    await batcher.reload(flaky)  # asks again: runs again
+    assert calls == 2 and batcher.reloads == 1
+
+
+async def test_observations_asked_during_a_batch_get_the_next_one() -> None:
+    batcher = ObserveBatcher()
+    batches: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(groups: Any) -> list[dict[str, str]]:
+        batches.append([g[0] for g in groups])
+        if len(batches) == 1:
+            await gate.wait()
+        return [{"Unit": g[0], "Batch": str(len(batches))} for g in groups]
+
+    first = asyncio.create_task(batcher.observe(("a", "", "", ""), run))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(batcher.observe((u, "", "", ""), run)) for u in "bcd"]
+    quitter = asyncio.create_task(batcher.observe(("e", "", "", ""), run))
+    await asyncio.sleep(0)
+    quitter.cancel()  # a caller giving up does not stop the batch the others wait for
+    gate.set()
+    assert (await first) == {"Unit": "a", "Batch": "1"}
+    assert [await t for t in later] == [{"Unit": u, "Batch": "2"} for u in "bcd"]
+    assert batches == [["a"], ["b", "c", "d"]]  # "e" gave up before its batch started
+
+
+@pytest.mark.timeout(120)
+async def test_concurrent_installs_on_a_host_share_reloads(
+    ssh_provider: SystemdSSHProvider, tmp_path: Path, ssh_hosts: Any
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text("print('hi')\n")
+    jobs = [make_resource(f"batch{i}", {"target": "hosts", "command": ["python3", "job.py"]},
+                          kind="Job") for i in range(8)]
+    instance = (await ssh_provider.instances(jobs[0]))[0]
+    await asyncio.gather(*(
+        ssh_provider.deploy(Release(resource=j, revision="r1", config_commit="c0",
+                                    export=FolderExport(src), env={}), instance)
+        for j in jobs))
+    reloads = reload_batcher(ssh_provider.transport_for(instance)).reloads
+    assert 1 <= reloads < len(jobs)  # 4 installs at once per host: they shared reloads
+    units = [f"fraisier-{ENV}_batch{i}.job.service" for i in range(8)]
+    shown = ssh_hosts[0].sh("systemctl show -p LoadState -p NeedDaemonReload -- "
+                            + " ".join(units))
+    assert shown.count("LoadState=loaded") == 8  # every unit written was reloaded
+    assert "NeedDaemonReload=yes" not in shown
+    # observed at once: each gets its own unit's state, in a few remote commands
+    observer = observe_batcher(ssh_provider.transport_for(instance))
+    before = observer.batches
+    states = await asyncio.gather(*(ssh_provider.observe_instance(j, instance) for j in jobs))
+    assert [s.facts["unit"] for s in states] == units
+    assert all(s.revision == "r1" and s.facts["current"] == "r1" for s in states)
+    assert 1 <= observer.batches - before < len(jobs)
