@@ -9,7 +9,8 @@ restart, fails the gate at once with "exited with code N" and its last output li
 
 The judge: with probes (http/tcp/exec), they decide (``health/wait.py``), and a pass counts once
 the instance has been seen running, the same one, for one probe interval. Without probes, the
-provider's own signal decides once settled, and the instance must still run, the same one,
+provider's own signal decides once settled: a platform check that passed on this instance
+(Docker healthcheck, Coolify) is enough; without one the instance must still run, the same one,
 ``startPeriod`` after the deploy (``DEFAULT_STAY_UP_S`` without a ``health`` section).
 """
 
@@ -32,7 +33,7 @@ from reconciler.health.wait import (
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
 from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
-from reconciler.providers.contract import Phase
+from reconciler.providers.contract import Health, Phase
 from reconciler.rollout.core import HEALTH_CHECK, EngineCore
 from reconciler.rollout.lastlines import LAST_LINES, tail, with_output
 from reconciler.rollout.strategies import health_for
@@ -178,10 +179,16 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
         problem = departure(first, state) or (state.problem if state is not None else None)
         if problem is not None:
             return False, await _with_output(provider, resource, instance, state, problem)
-        stay = (to_seconds((health or {}).get("startPeriod"), DEFAULT_STAY_UP_S)
-                if health else DEFAULT_STAY_UP_S)
-        await _sleep_until(started + stay)
-        message = f"running for {stay:g}s"
+        if not health and state is not None and state.health is Health.HEALTHY:
+            # The platform's own check (a Docker healthcheck, Coolify's) passed on this very
+            # instance, which has therefore run at least one check interval: that is the
+            # signal the user declared, and the default stay-up would only add dead time.
+            message = "healthy by the platform's own check"
+        else:
+            stay = (to_seconds((health or {}).get("startPeriod"), DEFAULT_STAY_UP_S)
+                    if health else DEFAULT_STAY_UP_S)
+            await _sleep_until(started + stay)
+            message = f"running for {stay:g}s"
     last = await observed()
     gone = departure(first, last) or (last.problem if last is not None else None)
     if gone is not None:

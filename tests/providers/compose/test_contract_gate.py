@@ -184,3 +184,36 @@ async def test_status_live_sees_a_stopped_container(fleet: Fleet) -> None:
     assert "Degraded" in line and "live state differs" in line, line
     row = resource_status(await fleet.cli_json("status"), "web")
     assert row["health"] == "Degraded", row
+
+
+async def test_docker_healthy_instance_passes_without_the_default_stay_up(fleet: Fleet) -> None:
+    """A Service without a ``health`` section whose Docker healthcheck passed on the container
+    the deploy started is judged by that check: the gate used to wait the default stay-up
+    (1 s) from its own start on top, though the container had already run a check interval."""
+    compose = {
+        "healthcheck": {"test": ["wget", "-q", "-O", "/dev/null",
+                                 f"http://127.0.0.1:{fleet.port}/health"],
+                        "interval": "300ms", "retries": 3, "timeout": "2s"},
+    }
+    await fleet.commit({"targets.yaml": fleet.target(),
+                        "web.yaml": service(fleet, health=None, compose=compose)}, "web")
+    code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
+    assert code == 0, out + err
+    [deployment] = await fleet.cli_json("history", "web")
+    health_steps = [s for s in deployment["steps"] if s["action"] == "health"]
+    assert health_steps and all(s["status"] == "succeeded" for s in health_steps), deployment
+    assert all(s["detail"] == "healthy by the platform's own check" for s in health_steps), \
+        health_steps
+
+
+async def test_no_platform_check_keeps_the_default_stay_up(fleet: Fleet) -> None:
+    """Without any health signal (no probes, no Docker healthcheck) the container must still
+    run, the same one, the default stay-up after the deploy."""
+    await fleet.commit({"targets.yaml": fleet.target(),
+                        "web.yaml": service(fleet, health=None, compose={})}, "web")
+    code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
+    assert code == 0, (out, err)
+    [deployment] = await fleet.cli_json("history", "web")
+    health_steps = [s for s in deployment["steps"] if s["action"] == "health"]
+    assert health_steps and all(s["detail"] == "running for 1s" for s in health_steps), \
+        health_steps
