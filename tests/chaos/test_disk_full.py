@@ -44,11 +44,12 @@ def fill(directory: Path, leave: int) -> Path:
     """Fill the filesystem of ``directory`` up, then give back ``leave`` bytes."""
     filler = directory / "filler"
     chunk = b"\0" * (1 << 16)
-    with filler.open("wb") as out:
+    # unbuffered: a buffered writer keeps the tail of a partial write and raises ENOSPC again
+    # when closed, whenever the free space is not a multiple of the chunk
+    with filler.open("wb", buffering=0) as out:
         with contextlib.suppress(OSError):
             while True:
                 out.write(chunk)
-                out.flush()
     with contextlib.suppress(OSError):
         os.truncate(filler, max(0, filler.stat().st_size - leave))
     return filler
