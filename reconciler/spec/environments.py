@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import yaml
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import SpecProblem
@@ -462,7 +463,9 @@ def origins(files: Sequence[Any]) -> dict[tuple[str, str, str], list[Origin]]:
         for node in nodes:
             if not isinstance(node, MappingNode):
                 continue
-            document = yaml.load(yaml.serialize(node), Loader=yaml.CSafeLoader)
+            # the composed node built in place (as spec/yaml_parse.py does for keys), not
+            # serialized and parsed again
+            document = SafeConstructor().construct_document(node)
             if type(document) is not dict:
                 continue
             if document.get("kind") == ENVIRONMENT_KIND:
