@@ -12,12 +12,14 @@ import math
 import posixpath
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.observe.redact import redact
 from reconciler.providers import Instance, Release
+from reconciler.providers.compose.cli import ComposeCLI
 from reconciler.providers.compose.containers import (
     EXIT_LINES,
     health_of,
@@ -110,14 +112,7 @@ class Deployer:
                 args += ["--scale", f"{service}={count}"]
             args += rendered.services
             started = time.monotonic()
-            code, out = await self.host.compose(
-                cli, prepared, env, *args, timeout=UP_TIMEOUT_S + wait_timeout
-            )
-            if code != 0:
-                raise ProviderError(
-                    f"{self.host.host_id}: compose up of {rendered.project} failed (exit {code}): "
-                    f"{tail(out)}{await self._health_summary(rendered.project)}"
-                )
+            await self._up(cli, prepared, env, rendered, args, UP_TIMEOUT_S + wait_timeout)
             # compose v1 takes ~0.7 s to start: asked while the containers start
             recording = asyncio.ensure_future(self.host.record_config_hashes(cli, prepared, env))
             try:
@@ -154,6 +149,16 @@ class Deployer:
                 return False
             seen.add((labels.get(SERVICE_LABEL, ""), int(labels.get(NUMBER_LABEL, "0") or 0)))
         return seen == wanted and len(containers) == len(wanted)
+
+    async def _up(self, cli: ComposeCLI, prepared: Prepared, env: Mapping[str, str],
+                  rendered: Rendered, args: list[str], limit_s: float) -> None:
+        """``compose ARGS`` for an ``up``; a failure says why, with the containers' health."""
+        code, out = await self.host.compose(cli, prepared, env, *args, timeout=limit_s)
+        if code != 0:
+            raise ProviderError(
+                f"{self.host.host_id}: compose up of {rendered.project} failed (exit {code}): "
+                f"{tail(out)}{await self._health_summary(rendered.project)}"
+            )
 
     async def _health_summary(self, project: str) -> str:
         try:
@@ -376,14 +381,7 @@ class Deployer:
             await self.host.write_document(prepared, cli)
             args = ["up", "-d", "--no-deps", "--remove-orphans", "--scale", f"{service}=1", service]
             started = time.monotonic()
-            code, out = await self.host.compose(
-                cli, prepared, env, *args, timeout=UP_TIMEOUT_S + wait_timeout
-            )
-            if code != 0:
-                raise ProviderError(
-                    f"{self.host.host_id}: compose up of {rendered.project} failed (exit {code}): "
-                    f"{tail(out)}{await self._health_summary(rendered.project)}"
-                )
+            await self._up(cli, prepared, env, rendered, args, UP_TIMEOUT_S + wait_timeout)
             recording = asyncio.ensure_future(self.host.record_config_hashes(cli, prepared, env))
             try:
                 if wait:
