@@ -69,9 +69,10 @@ mode = job["mode"]  # deploy | heal
 
 def unit_text(name, port, env):
     lines = "".join(f"Environment={k}={v}\n" for k, v in env.items())
+    sandbox = "".join(line.replace("{name}", name) + "\n" for line in job["sandbox"])
     return (f"[Service]\nWorkingDirectory={base}/{name}/current\n{lines}"
             f"ExecStart=/bin/busybox httpd -f -p 127.0.0.1:{port} -h www\n"
-            "Restart=on-failure\n")
+            f"Restart=on-failure\n{sandbox}")
 
 
 async def healthy(port, deadline):
@@ -146,6 +147,8 @@ PLAYBOOK = """\
           {% for k, v in item.env.items() %}Environment={{ k }}={{ v }}
           {% endfor %}ExecStart=/bin/busybox httpd -f -p 127.0.0.1:{{ item.port }} -h www
           Restart=on-failure
+          {% for line in sandbox %}{{ line | replace('{name}', item.name) }}
+          {% endfor %}
       loop: "{{ services }}"
       register: units
     - name: current
@@ -219,7 +222,8 @@ def run_timed(argv: list[str], env: dict[str, str], cwd: Path = ROOT,
 
 class Fleet:
     def __init__(self, hosts: list[InfraHost], services: int, tmp: Path,
-                 ansible_bin: Path | None, code: Path) -> None:
+                 ansible_bin: Path | None, code: Path, sandbox: str = "default") -> None:
+        self.sandbox = sandbox  # the systemd sandbox profile of every method's units
         self.code = code  # the checkout whose reconciler runs (another one: a before figure)
         self.hosts = hosts
         self.services = services
@@ -233,6 +237,15 @@ class Fleet:
         self.state = tmp / "state"
         self.rev = "v0"
         self.passes = 0
+
+    def sandbox_lines(self, method: str) -> list[str]:
+        """The sandbox lines of the reconciler's own units (same profile, from its renderer),
+        for the baselines' units: the same work on the host. ``{name}`` stands for the
+        Service's name."""
+        from reconciler.providers.bare_metal.systemd import Sandbox
+
+        return Sandbox.from_section(self.sandbox, None).directives(
+            kind="Service", state_name=f"{method}-{{name}}", has_user=False)
 
     def each_host(self, fn: Callable[[InfraHost], Any]) -> list[Any]:
         return list(self.pool.map(fn, self.hosts))
@@ -274,6 +287,7 @@ class Fleet:
                   hosts:
                     - {{name: {host.name}, address: {host.address}, port: {host.port}, user: root,
                        identityFile: {host.identity_file}, knownHosts: {host.known_hosts}}}
+                  systemd: {{sandbox: {self.sandbox}}}
                 """)]
             for i in range(1, self.services + 1):
                 port = self.port("reconciler", h, i)
@@ -309,6 +323,7 @@ class Fleet:
         write_app(src, self.rev)
         job = {"base": "/srv/fleet-plain", "src": str(src), "rev": self.rev, "mode": mode,
                "key": self.hosts[0].identity_file, "known": self.hosts[0].known_hosts,
+               "sandbox": self.sandbox_lines("plain"),
                "hosts": [{"addr": host.address, "port": host.port, "units": [
                    {"name": self.name(h, i), "port": self.port("plain", h, i),
                     "env": self.extra.get((h, i), {})}
@@ -331,6 +346,7 @@ class Fleet:
                 "ansible_host": host.address, "ansible_port": host.port, "ansible_user": "root",
                 "ansible_ssh_private_key_file": host.identity_file,
                 "ansible_python_interpreter": "/usr/bin/python3",
+                "sandbox": self.sandbox_lines("ansible"),
                 "services": [{"name": self.name(h, i), "port": self.port("ansible", h, i),
                               "env": self.extra.get((h, i), {})}
                              for i in range(1, self.services + 1)]}
@@ -407,6 +423,11 @@ def main() -> None:
     parser.add_argument("--heal", type=int, default=100, help="units stopped by hand")
     parser.add_argument("--quick", action="store_true", help="5 Services per host, no Ansible")
     parser.add_argument("--no-ansible", action="store_true")
+    parser.add_argument("--ansible-passes", default="converge,change-all,change-one,heal",
+                        help="the passes Ansible runs too (comma-separated; at 20 x 50 each "
+                             "of its passes takes minutes)")
+    parser.add_argument("--sandbox", choices=("default", "strict", "off"), default="default",
+                        help="systemd sandbox profile of every method's units (the same for all)")
     parser.add_argument("--code", type=Path, default=ROOT,
                         help="run the reconciler of this checkout (its .venv): a before figure")
     parser.add_argument("--ansible-venv", type=Path,
@@ -450,7 +471,8 @@ def main() -> None:
 
     LOGS.mkdir(parents=True, exist_ok=True)
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-fleet-") as tmp_s:
-        fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin, args.code.resolve())
+        fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin, args.code.resolve(),
+                      args.sandbox)
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
         fleet.repo.mkdir()
         git(fleet.repo, "init", "-q", "-b", "main")
@@ -467,9 +489,14 @@ def main() -> None:
                   f"apply CPU {cpu:.1f}s, peak RSS {rss:.0f} MB", flush=True)
 
         order = list(methods)
+        ansible_passes = set(args.ansible_passes.split(","))
+
+        def wanted(method: str, pass_name: str) -> bool:
+            return method != "ansible" or pass_name in ansible_passes
+
         # converge from nothing
         for method in (["plain", "reconciler", "ansible"]):
-            if method not in methods:
+            if method not in methods or not wanted(method, "converge"):
                 continue
             if method == "reconciler":
                 reconciler_pass("converge")
@@ -477,7 +504,7 @@ def main() -> None:
                 record("converge", "plain", fleet.run_plain("deploy"))
             else:
                 record("converge", "ansible", fleet.run_ansible())
-        for method in methods:
+        for method in (m for m in methods if wanted(m, "converge")):
             fleet.verify(method)
 
         for round_no in range(1, args.rounds + 1):
@@ -485,20 +512,20 @@ def main() -> None:
             # change all: a new revision of the shared source
             fleet.rev = f"v{round_no}"
             fleet.commit(fleet.rev)
-            for method in order:
+            for method in (m for m in order if wanted(m, "change-all")):
                 if method == "reconciler":
                     reconciler_pass("change-all")
                 elif method == "plain":
                     record("change-all", "plain", fleet.run_plain("deploy"))
                 else:
                     record("change-all", "ansible", fleet.run_ansible())
-            for method in methods:
+            for method in (m for m in methods if wanted(m, "change-all")):
                 fleet.verify(method)
             # change one: one Service's env
             target = (1 + round_no % len(hosts), 1 + round_no % args.services)
             fleet.extra[target] = {"ROUND": str(round_no)}
             fleet.commit(f"env of {fleet.name(*target)}")
-            for method in order:
+            for method in (m for m in order if wanted(m, "change-one")):
                 if method == "reconciler":
                     reconciler_pass("change-one")
                 elif method == "plain":
@@ -506,7 +533,7 @@ def main() -> None:
                 else:
                     record("change-one", "ansible", fleet.run_ansible())
             # heal: units stopped by hand
-            for method in order:
+            for method in (m for m in order if wanted(m, "heal")):
                 fleet.stop_by_hand(method, args.heal)
                 if method == "reconciler":
                     reconciler_pass("heal")
@@ -514,7 +541,7 @@ def main() -> None:
                     record("heal", "plain", fleet.run_plain("heal"))
                 else:
                     record("heal", "ansible", fleet.run_ansible())
-            for method in methods:
+            for method in (m for m in methods if wanted(m, "change-all")):
                 fleet.verify(method)
         # a pass with nothing to do: the fixed cost of a pass over the fleet (live observe)
         reconciler_pass("no-op")

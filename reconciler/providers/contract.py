@@ -93,11 +93,16 @@ class Capabilities:
     daemon does not fire them itself.
     ``exec_probes``: where ``health.exec`` runs; with ``INSTANCE`` the provider gives the runner
     (``probe_runner(instance, state)``).
+    ``host_batching``: the provider bounds its own actions per host and commits a host's
+    concurrent deploys together (one reload, one remote command): core then runs every rollout
+    of the Target at once (within the pass's cap) instead of ``concurrency`` per Target, so a
+    host's deploys meet in one batch.
     """
 
     observe_one: bool = False
     schedules_natively: bool = False
     exec_probes: ProbeSite = ProbeSite.LOCAL
+    host_batching: bool = False
 
 
 # -- observed state ---------------------------------------------------------------------------

@@ -82,6 +82,11 @@ trap - EXIT
 # file is renamed over its old version, so no reader sees a half-written file. With $3 = 1 the
 # tree is first copied next to $2 (it was uploaded to another filesystem, e.g. /tmp). With
 # $4 = 1 an existing $2 is deleted first, so the new tree still appears with one rename.
+# Ciphers in order of preference. AES-GCM first: one AEAD call per packet on AES-NI hardware,
+# where asyncssh's chacha20-poly1305 builds cipher objects per packet (docs/performance.md:
+# client CPU per command + SFTP write + read, same host). All are OpenSSH's defaults.
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes128-ctr", "aes192-ctr", "aes256-ctr")
 _TREE_SCRIPT = """set -eu
 src=$1 dst=$2 copy=$3 replace=${4:-0}
 parent=$(dirname -- "$dst")
@@ -329,6 +334,7 @@ class SSHTransport:
                     login_timeout=cfg.connect_timeout,
                     keepalive_interval=cfg.keepalive_interval,
                     keepalive_count_max=cfg.keepalive_count_max,
+                    encryption_algs=CIPHERS,
                 ),
                 cfg.connect_timeout + 1.0,
             )
@@ -722,13 +728,26 @@ class SSHTransport:
         except BaseException:
             await self._cleanup(stage)
             raise
-        await self._exec(
-            ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", stage, remote_dir, "0",
-             "1" if replace else "0"],
-            sudo=False,
-            timeout=self.config.io_timeout,
-            check=True,
-        )
+        if not await self._rename_into_place(stage, remote_dir):
+            await self._exec(
+                ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", stage, remote_dir, "0",
+                 "1" if replace else "0"],
+                sudo=False,
+                timeout=self.config.io_timeout,
+                check=True,
+            )
+
+    async def _rename_into_place(self, stage: str, remote_dir: str) -> bool:
+        """The staged tree renamed to ``remote_dir`` over SFTP when nothing is there (a new
+        release, the common case: no remote process). False: something is there (to merge
+        or replace), left to the tree script."""
+        sftp = await self._sftp()
+        try:
+            await self._file_op(f"rename of {stage}",
+                                lambda: sftp.rename(stage, remote_dir))
+        except SSHError:
+            return False
+        return True
 
     async def read_file(self, remote: str) -> bytes | None:
         if self.config.sudo:

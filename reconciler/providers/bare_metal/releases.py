@@ -11,12 +11,14 @@ a coreutils command or a Transport file call, so the same code drives a remote h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import posixpath
 import re
 import secrets
 import shlex
+import stat
 import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,20 +34,17 @@ _SAFE_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FS_TIMEOUT_S = 60.0
 STATE_FILE = "releases.json"
 # Constant scripts, every variable part a positional argument (never spliced into the text).
-# The service directory ($4), ``releases`` and the release itself readable by the unit's own
-# identity (a ``User=`` or a ``DynamicUser=``, which no chown can name) and writable by root only:
-# a release created 0700 by an older Fraisier is opened on the next switch (no recursive walk).
-_OPEN = 'chmod -- go+rx,go-w "$4" "$4/releases" "$4/$1" || exit {code}; '
-_SWITCH_SCRIPT = _OPEN.format(code=1) + 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
+# The switch, over the four arguments of ``switch_args()`` (a script that switches several
+# releases, commit.py, uses it too): the service directory ($4), ``releases`` and the release
+# itself readable by the unit's own identity (a ``User=`` or a ``DynamicUser=``, which no chown
+# can name) and writable by root only: a release created 0700 by an older Fraisier is opened on
+# the next switch (no recursive walk); then the link, renamed over ``current``.
+SWITCH_COMMANDS = ('chmod -- go+rx,go-w "$4" "$4/releases" "$4/$1" && '
+                   'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"')
+_SWITCH_SCRIPT = SWITCH_COMMANDS
 # A new release: every directory enterable and every file readable, nothing writable but by root.
 _PUBLISH_SCRIPT = 'chmod -R -- u+rwX,go+rX,go-w "$1"'
 _FRESH_SCRIPT = 'rm -rf -- "$1" && mkdir -p -- "$2"'
-# The switch, then (in the same command: over SSH each command is a round trip and a process)
-# whatever argv follows, e.g. the restart. Exit 97: the switch itself failed.
-SWITCH_FAILED = 97
-_SWITCH_THEN_SCRIPT = _OPEN.format(code=SWITCH_FAILED) + (
-    f'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3" || exit {SWITCH_FAILED}; shift 4; exec "$@"'
-)
 
 
 def check_revision(revision: str) -> str:
@@ -53,6 +52,20 @@ def check_revision(revision: str) -> str:
     if not _SAFE_REVISION.match(revision) or revision in (".", ".."):
         raise ProviderError(f"revision {revision!r} cannot name a release directory")
     return revision
+
+
+def publish_modes(root: Path) -> None:
+    """``chmod -R u+rwX,go+rX,go-w`` of a local tree (what _PUBLISH_SCRIPT does on a host)."""
+    for folder, _, files in os.walk(root):
+        # world-readable on purpose: the unit's own (dynamic) user reads the release
+        os.chmod(folder, (os.stat(folder).st_mode | 0o755) & 0o7755)  # noqa: S103
+        for name in files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue  # a link's own mode means nothing; its target is in the tree or not
+            execute = 0o111 if mode & 0o111 else 0
+            os.chmod(path, (mode | 0o644 | execute) & 0o7755)
 
 
 def within(base: str, relative: str | None) -> str:
@@ -75,6 +88,7 @@ class ReleaseStore:
         # (a deploy, a rollback) under the provider's per-service-and-host lock, so it is the
         # only writer meanwhile: read once, not once per step (each read is a round trip).
         self._state: dict[str, Any] | None = None
+        self._unsaved = False  # _state holds a change not yet written (see switched())
 
     def path(self, revision: str) -> str:
         return posixpath.join(self.releases_dir, check_revision(revision))
@@ -106,6 +120,7 @@ class ReleaseStore:
         self._state = None  # if the write fails, read the file again next time
         await self.transport.write_file(posixpath.join(self.service_dir, STATE_FILE), data)
         self._state = dict(state)
+        self._unsaved = False
 
     # -- releases ----------------------------------------------------------------------------
 
@@ -143,6 +158,8 @@ class ReleaseStore:
             try:
                 with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
                     await release.export(Path(tmp))
+                    # published here, before the upload (which keeps modes): no remote chmod
+                    await asyncio.to_thread(publish_modes, Path(tmp))
                     await self.transport.put_tree(
                         Path(tmp), final, replace=True,
                         stage=f".staging-{revision}-{secrets.token_hex(4)}")
@@ -154,7 +171,8 @@ class ReleaseStore:
             await self._build(
                 revision, final, list(build), within(final, working_dir), env, build_timeout_s
             )
-        await self._fs("sh", "-c", _PUBLISH_SCRIPT, "fraisier-publish", final)
+        if build or isinstance(self.transport, LocalTransport):
+            await self._fs("sh", "-c", _PUBLISH_SCRIPT, "fraisier-publish", final)
         state = await self.load_state()
         state["releases"][revision] = {
             "config_commit": release.config_commit,
@@ -224,36 +242,33 @@ class ReleaseStore:
         target = result.stdout.decode(errors="replace").strip()
         return posixpath.basename(target.rstrip("/")) or None
 
-    async def switch(self, revision: str, then: Sequence[str] | None = None,
-                     then_timeout_s: float = _FS_TIMEOUT_S) -> CommandResult | None:
-        """Point ``current`` at ``revision`` atomically and record it as the newest deploy.
+    def switch_args(self, revision: str) -> tuple[str, str, str, str]:
+        """What a switch script takes: the release relative to the service dir, a fresh
+        temporary link name, the ``current`` link, the service dir."""
+        return (posixpath.join("releases", check_revision(revision)),
+                posixpath.join(self.service_dir, f".current-{secrets.token_hex(4)}"),
+                posixpath.join(self.service_dir, "current"), self.service_dir)
 
-        ``then``: a command run right after the switch, in the same remote command (a restart:
-        one round trip less); its result is returned, unchecked. A failed switch raises."""
-        link = posixpath.join(self.service_dir, "current")
-        tmp = posixpath.join(self.service_dir, f".current-{secrets.token_hex(4)}")
-        relative = posixpath.join("releases", check_revision(revision))
-        # mv -T renames the symlink itself over `current` (rename(2)): no moment without one.
-        # One command for both steps: over SSH every command is a round trip.
-        result: CommandResult | None = None
-        if then:
-            result = await self.transport.run(
-                ["sh", "-c", _SWITCH_THEN_SCRIPT, "fraisier-switch", relative, tmp, link,
-                 self.service_dir, *then],
-                timeout=_FS_TIMEOUT_S + then_timeout_s,
-            )
-            if result.returncode == SWITCH_FAILED:
-                raise ProviderError(
-                    f"{self.label}: switching {link} to {relative} on {self.transport.host_id} "
-                    f"failed: {output_tail(result.stdout + result.stderr)}"
-                )
-        else:
-            await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link,
-                           self.service_dir)
+    async def switched(self, revision: str) -> None:
+        """Record ``revision`` as the newest deploy after a switch made by someone else (a
+        batched commit): kept in memory, written by the next ``prune`` or state write."""
         state = await self.load_state()
         state["history"] = [r for r in state["history"] if r != revision] + [revision]
-        await self.save_state(state)
-        return result
+        self._unsaved = True
+
+    async def flush(self) -> None:
+        """Write what ``switched()`` recorded, if nothing has written it since."""
+        if self._unsaved and self._state is not None:
+            await self.save_state(self._state)
+
+    async def switch(self, revision: str) -> None:
+        """Point ``current`` at ``revision`` atomically and record it as the newest deploy."""
+        relative, tmp, link, service_dir = self.switch_args(revision)
+        # mv -T renames the symlink itself over `current` (rename(2)): no moment without one.
+        await self._fs("sh", "-c", _SWITCH_SCRIPT, "fraisier-switch", relative, tmp, link,
+                       service_dir)
+        await self.switched(revision)
+        await self.flush()
 
     async def previous(self) -> str | None:
         """The release that was live before the current one."""
@@ -293,5 +308,6 @@ class ReleaseStore:
             for name in doomed:
                 state["releases"].pop(name, None)
             state["history"] = [r for r in history if r not in doomed]
+        if doomed or self._unsaved:
             await self.save_state(state)
         return doomed

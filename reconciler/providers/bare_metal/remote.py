@@ -42,7 +42,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ from reconciler.providers import (
     placement_of,
     workload_env,
 )
+from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -86,7 +87,7 @@ from reconciler.providers.bare_metal.systemd import (
 )
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
-from reconciler.transport import CommandResult, Transport
+from reconciler.transport import Transport
 from reconciler.transport.ssh import (
     SSHAuthError,
     SSHConfigError,
@@ -109,16 +110,6 @@ _REMOTE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # rendered by env_file(): every value double-quoted with "\`$ escaped, so sh reads it as data.
 _BUILD_SCRIPT = 'set -a && . "$1" && set +a && shift && exec "$@"'
 _NOT_RETRIED = (SSHHostKeyError, SSHAuthError, SSHConfigError)
-# `enable` only when the unit is not enabled yet, and with --no-reload: the unit is loaded
-# already (install() reloaded after writing it), enabling only adds the symlink read at boot,
-# while the implicit reload of systemd's whole configuration cost one more reload per new unit
-# (they run one at a time: 50 new Services on a host queued behind each other).
-_RESTART_TIMEOUT_S = 120.0
-_RESTART_SCRIPT = (
-    'systemctl is-enabled --quiet -- "$1" || systemctl enable --quiet --no-reload -- "$1" '
-    '|| exit; '
-    'exec systemctl restart -- "$1"'
-)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -145,7 +136,8 @@ class SystemdSSHProvider:
     # The daemon's own scheduler must not run this provider's Schedules: systemd timers do.
     # One host is observed on its own; exec probes run on the instance's host.
     capabilities = Capabilities(
-        observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE
+        observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE,
+        host_batching=True,
     )
 
     def __init__(
@@ -323,12 +315,12 @@ class SystemdSSHProvider:
             files[posixpath.join(UNIT_DIR, names.timer)] = (timer, 0o644)
         return files, calendars
 
-    async def _prepare(
-        self, release: Release, instance: Instance, then: Sequence[str] | None = None
-    ) -> tuple[Transport, ReleaseStore, CommandResult | None]:
-        """Release uploaded (or reused), units and environment installed, ``current`` switched
-        (and ``then`` run right after, in the same remote command). Returns the transport, the
-        release store (its state already read) and the result of ``then``."""
+    async def _stage(
+        self, release: Release, instance: Instance
+    ) -> tuple[Transport, ReleaseStore, bool, list[str]]:
+        """Release uploaded (or reused), unit and environment files installed; systemd not
+        reloaded, ``current`` not switched. Returns the transport, the release store (its
+        state already read), whether a unit file was written and the units' names."""
         resource = release.resource
         transport = self.transport_for(instance)
         files, calendars = self._unit_files(release)  # validates before anything is touched
@@ -340,7 +332,7 @@ class SystemdSSHProvider:
             # The build sees the release's environment (secrets too) by reading the 0600 file,
             # never through its command line: write that file first.
             env_path = posixpath.join(self.service_dir(resource), "environment")
-            await systemd.install({env_path: files[env_path]})
+            await systemd.install({env_path: files[env_path]}, reload=False)
             build_argv = ["sh", "-c", _BUILD_SCRIPT, "fraisier-build", env_path,
                           *(str(a) for a in build)]
         await store.ensure(
@@ -353,9 +345,19 @@ class SystemdSSHProvider:
         )
         if calendars:
             await systemd.check_calendar(calendars)
-        await systemd.install(files)
-        result = await store.switch(release.revision, then=then, then_timeout_s=_RESTART_TIMEOUT_S)
-        return transport, store, result
+        written = await systemd.install(files, reload=False)
+        units = [posixpath.basename(p) for p in files if p.startswith(UNIT_DIR + "/")]
+        return transport, store, written, units
+
+    async def _prepare(self, release: Release, instance: Instance
+                       ) -> tuple[Transport, ReleaseStore]:
+        """Staged, systemd reloaded if a unit changed, ``current`` switched (a Job's run)."""
+        transport, store, written, units = await self._stage(release, instance)
+        systemd = Systemd(transport)
+        if written or (units and await systemd.needs_reload(units)):
+            await systemd.daemon_reload()
+        await store.switch(release.revision)
+        return transport, store
 
     # -- Provider ------------------------------------------------------------------------------
 
@@ -388,14 +390,25 @@ class SystemdSSHProvider:
             unit = names.timer
         else:
             unit = None  # a Job runs in run(); deploying installs it
-        restart = ["sh", "-c", _RESTART_SCRIPT, "fraisier-restart", unit] if unit else None
 
         async def once() -> None:
-            # the restart runs in the same remote command as the switch of `current`
-            transport, store, result = await self._prepare(release, instance, then=restart)
-            if result is not None and not result.ok:
+            commits = host_commits(self.transport_for(instance))
+            async with commits.staging(self._slots[instance.id]):
+                transport, store, written, units = await self._stage(release, instance)
+            # reload, switch and restart together with the host's other deploys in flight
+            outcome = await commits.commit(CommitRequest(
+                switch=store.switch_args(release.revision), restart=unit,
+                unit_written=written, units=tuple(units)))
+            if not outcome.switched:
+                raise ProviderError(
+                    f"{resource.key}: switching current to {release.revision} on "
+                    f"{instance.id} failed: {outcome.output.strip()[-500:]}"
+                )
+            await store.switched(release.revision)
+            if not outcome.ok:
+                await store.flush()
                 journal = await Systemd(transport).journal(names.service, 10)
-                message = f"{result.text().strip()[-500:]}\n" + "\n".join(journal)
+                message = f"{outcome.output.strip()[-500:]}\n" + "\n".join(journal)
                 hint = sandbox_hint(self._profile(resource), message)
                 raise ProviderError(
                     f"{instance.id}: starting {unit} failed: {message}"
@@ -403,7 +416,7 @@ class SystemdSSHProvider:
                 )
             await store.prune(self.keep_releases, current=release.revision)
 
-        async with self._lock(resource.key, instance.id), self._slots[instance.id]:
+        async with self._lock(resource.key, instance.id):
             await self._retrying(instance, f"deploy of {resource.key}", once)
 
     async def run(self, release: Release, instance: Instance) -> RunResult:
@@ -413,7 +426,7 @@ class SystemdSSHProvider:
         names = self.units(resource)
         timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:
-            transport, store, _ = await self._retrying(
+            transport, store = await self._retrying(
                 instance, f"install of {resource.key}", lambda: self._prepare(release, instance)
             )
             await store.prune(self.keep_releases, current=release.revision)

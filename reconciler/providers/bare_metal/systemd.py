@@ -527,45 +527,81 @@ def digest(data: bytes) -> str:
 _INSPECT_SCRIPT = """for f do
   if [ -f "$f" ]; then sha256sum -- "$f" | cut -d' ' -f1; else echo -; fi
 done"""
-# Everything observe() needs from one host in one round trip. One unit's state: systemctl's
-# properties, then Fraisier's own facts; a function over groups of four arguments (unit, service
-# dir, unit file, timer or ""), so one remote command observes many units, each unit's block
-# ending with the _OBSERVED line.
+# Everything observe() needs from one host in one round trip, for many units at once. The
+# arguments are groups of four (unit, service dir, unit file, timer or ""). What costs on the
+# host is processes, systemctl's above all: one `systemctl show` answers for every unit, one
+# `sha256sum` hashes every unit file, one `grep` reads every recorded hash; only the link of
+# `current` and the process's working directory are read per unit. Output: each unit's
+# properties and facts, ending with the _OBSERVED line, in the order of the groups; then the
+# hashes, keyed by path (FraisierSum=<hash>  <unit file>, FraisierRecorded=<file>:<hash>).
 _OBSERVED = "FraisierObserved=1"
-_OBSERVE_SCRIPT = """observe() {
-  unit=$1 dir=$2 unitfile=$3
-  props=$(systemctl show --no-pager -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
+_OBSERVE_SCRIPT = """show() {
+  i=0
+  for a do i=$((i + 1)); [ $((i % 4)) -eq 1 ] && set -- "$@" "$a"; done
+  shift "$i"
+  systemctl show --no-pager -p Id -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
     -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$unit")
-  printf '%s\n' "$props"
-  pid=$(printf '%s\n' "$props" | sed -n 's/^MainPID=//p')
-  echo "FraisierCurrent=$(readlink -- "$dir/current")"
-  if [ -n "$pid" ] && [ "$pid" != 0 ]; then
-    # A sandboxed process runs as another user and is not ptrace-able by a root without
-    # CAP_SYS_PTRACE (a container): then ask as the process's own user.
-    cwd=$(readlink /proc/$pid/cwd 2>/dev/null) || cwd=$(setpriv --reuid="$(stat -c %u /proc/$pid)" \
-      --regid="$(stat -c %g /proc/$pid)" --clear-groups readlink /proc/$pid/cwd 2>/dev/null)
-    echo "FraisierCwd=$cwd"
-  fi
-  if [ -f "$unitfile" ]; then
-    echo "FraisierUnitHash=$(sha256sum -- "$unitfile" | cut -d' ' -f1)"
-  fi
-  echo "FraisierRecordedHash=$(cat -- "$dir/unit.sha256" 2>/dev/null)"
-  case "$props" in
-    *ActiveState=failed*|*SubState=auto-restart*)
-      # why it failed, for the sandbox diagnosis: systemd's own lines and the process's
-      journalctl --no-pager -q -o cat -n 12 -u "$unit" 2>/dev/null | sed 's/^/FraisierJournal=/' ;;
-  esac
-  if [ -n "${4:-}" ]; then
-    systemctl show --no-pager -p NextElapseUSecRealtime -p LastTriggerUSec \
-      -p ActiveState -- "$4" | sed 's/^/Timer/'
-  fi
+    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$@"
+  echo
 }
-while [ "$#" -ge 4 ]; do
-  observe "$1" "$2" "$3" "$4"
-  echo FraisierObserved=1
-  shift 4
-done
+hashes() {
+  i=0
+  for a do
+    i=$((i + 1))
+    case $((i % 4)) in 2) set -- "$@" "$a/unit.sha256" ;; esac
+  done
+  shift "$i"
+  grep -H '' -- "$@" 2>/dev/null | sed 's/^/FraisierRecorded=/'
+}
+unit_files() {
+  i=0
+  for a do i=$((i + 1)); [ $((i % 4)) -eq 3 ] && set -- "$@" "$a"; done
+  shift "$i"
+  sha256sum -- "$@" 2>/dev/null | sed 's/^/FraisierSum=/'
+}
+show "$@" | {
+  pid= active= sub=
+  while IFS= read -r line; do
+    if [ -n "$line" ]; then
+      printf '%s\\n' "$line"
+      case $line in
+        MainPID=*) pid=${line#MainPID=} ;;
+        ActiveState=*) active=${line#ActiveState=} ;;
+        SubState=*) sub=${line#SubState=} ;;
+      esac
+      continue
+    fi
+    [ "$#" -ge 4 ] || break
+    echo "FraisierCurrent=$(readlink -- "$2/current")"
+    if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+      # A sandboxed process runs as another user and is not ptrace-able by a root without
+      # CAP_SYS_PTRACE (a container): ask as the process's own user, unless it is ours.
+      cwd=
+      if [ -O "/proc/$pid" ]; then
+        cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null)
+      fi
+      if [ -z "$cwd" ] && ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null); then
+        cwd=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" --clear-groups \\
+          readlink "/proc/$pid/cwd" 2>/dev/null)
+      fi
+      echo "FraisierCwd=$cwd"
+    fi
+    case $active/$sub in
+      failed/*|*/auto-restart)
+        # why it failed, for the sandbox diagnosis: systemd's own lines and the process's
+        journalctl --no-pager -q -o cat -n 12 -u "$1" 2>/dev/null | sed 's/^/FraisierJournal=/' ;;
+    esac
+    if [ -n "$4" ]; then
+      systemctl show --no-pager -p NextElapseUSecRealtime -p LastTriggerUSec \\
+        -p ActiveState -- "$4" | sed 's/^/Timer/'
+    fi
+    echo FraisierObserved=1
+    pid= active= sub=
+    shift 4
+  done
+}
+unit_files "$@"
+hashes "$@"
 """
 # Start a oneshot unit, wait for it, report how it ended and what it printed. The journal is
 # read from a cursor taken before the start (an inactive unit forgets its InvocationID), and
@@ -779,13 +815,15 @@ class Systemd:
                 f"{result.stderr.decode(errors='replace').strip()[-400:]}"
             )
 
-    async def install(self, files: Mapping[str, tuple[bytes, int]]) -> bool:
+    async def install(self, files: Mapping[str, tuple[bytes, int]], *,
+                      reload: bool = True) -> bool:
         """Write the files that differ (path -> (content, mode)); True when a unit changed.
 
         systemd reloads when a unit was written, and also when systemd itself says a unit's
         file is newer than what it loaded (``NeedDaemonReload``): a reconciler killed between
         the write and the reload left identical content behind, and skipping the reload then
-        would run the old unit (a stale ``FRAISIER_REVISION``) and report drift forever."""
+        would run the old unit (a stale ``FRAISIER_REVISION``) and report drift forever.
+        ``reload=False``: the caller reloads by that same rule (a batched commit does)."""
         paths = list(files)
         hashes = await self.file_hashes(paths)
         units = [posixpath.basename(p) for p in paths if p.startswith(UNIT_DIR + "/")]
@@ -799,7 +837,7 @@ class Systemd:
             if path.startswith(UNIT_DIR + "/"):
                 changed_unit = True
                 await _hold_after_unit_write(path)
-        if changed_unit or (units and await self.needs_reload(units)):
+        if reload and (changed_unit or (units and await self.needs_reload(units))):
             await self.daemon_reload()
         return changed_unit
 
@@ -826,7 +864,25 @@ class Systemd:
         if len(blocks) != len(groups) + 1:
             raise ProviderError(f"{self.transport.host_id}: observing {len(groups)} unit(s) "
                                 f"returned {len(blocks) - 1} block(s)")
-        return [parse_properties(block) for block in blocks[:-1]]
+        sums: dict[str, str] = {}
+        recorded: dict[str, str] = {}
+        for line in blocks[-1].splitlines():
+            key, _, value = line.partition("=")
+            if key == "FraisierSum":
+                digest_text, _, path = value.partition("  ")
+                sums[path] = digest_text
+            elif key == "FraisierRecorded":
+                path, _, digest_text = value.rpartition(":")
+                recorded[path] = digest_text
+        observed = []
+        for (_, service_dir, unit_file, _), block in zip(groups, blocks[:-1], strict=True):
+            props = parse_properties(block)
+            if unit_file in sums:
+                props["FraisierUnitHash"] = sums[unit_file]
+            props["FraisierRecordedHash"] = recorded.get(
+                posixpath.join(service_dir, "unit.sha256"), "")
+            observed.append(props)
+        return observed
 
     async def run_oneshot(self, unit: str, timeout_s: float) -> tuple[dict[str, str], bytes]:
         result = await self._run(["sh", "-c", _RUN_SCRIPT, "fraisier-run", unit],

@@ -1,6 +1,7 @@
 """Batching per host: one daemon-reload for many unit writes (systemd.ReloadBatcher), one remote
-command for many units' observations (systemd.ObserveBatcher); never an answer that started
-before the caller asked."""
+command for the commits of a host's deploys in flight (commit.HostCommits), one remote command
+for many units' observations (systemd.ObserveBatcher); never an answer that started before the
+caller asked."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import pytest
 
 from reconciler.providers import Release
 from reconciler.providers.bare_metal import SystemdSSHProvider
+from reconciler.providers.bare_metal.commit import host_commits
 from reconciler.providers.bare_metal.systemd import (
     ObserveBatcher,
     ReloadBatcher,
     observe_batcher,
-    reload_batcher,
 )
 from tests.providers.bare_metal.conftest import ENV, FolderExport, make_resource
 
@@ -83,7 +84,7 @@ async def test_observations_asked_during_a_batch_get_the_next_one() -> None:
 
 
 @pytest.mark.timeout(120)
-async def test_concurrent_installs_on_a_host_share_reloads(
+async def test_concurrent_deploys_on_a_host_share_one_commit(
     ssh_provider: SystemdSSHProvider, tmp_path: Path, ssh_hosts: Any
 ) -> None:
     src = tmp_path / "src"
@@ -96,8 +97,8 @@ async def test_concurrent_installs_on_a_host_share_reloads(
         ssh_provider.deploy(Release(resource=j, revision="r1", config_commit="c0",
                                     export=FolderExport(src), env={}), instance)
         for j in jobs))
-    reloads = reload_batcher(ssh_provider.transport_for(instance)).reloads
-    assert 1 <= reloads < len(jobs)  # 4 installs at once per host: they shared reloads
+    # staged 4 at a time (the host's slots), committed together: one reload, one command
+    assert host_commits(ssh_provider.transport_for(instance)).batches == 1
     units = [f"fraisier-{ENV}_batch{i}.job.service" for i in range(8)]
     shown = ssh_hosts[0].sh("systemctl show -p LoadState -p NeedDaemonReload -- "
                             + " ".join(units))

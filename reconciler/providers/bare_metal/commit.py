@@ -1,0 +1,209 @@
+"""The last step of the deploys of one host, many per remote command.
+
+A deploy on a host has two halves: staging (the release uploaded, unit and environment files
+written) and the commit (``systemctl daemon-reload`` when a unit changed, ``current`` switched,
+the unit enabled and restarted). Staging is per Service; the commit is where a host's deploys
+meet. systemd reloads its whole configuration on each ``daemon-reload`` and every remote command
+is a login session and a few processes on the host, so fifty Services deployed at once on a host
+cost fifty of each when committed one by one. ``HostCommits`` commits them together: one remote
+command reloads once, switches every release and restarts every unit (in parallel: systemd runs
+the jobs concurrently), and reports each one's result on its own.
+
+A batch starts once no deploy of the host is still staging (or waiting for a staging slot), so
+it takes every deploy in flight there; a deploy that keeps arriving never holds the others back
+for longer than ``MAX_LINGER_S``. A deploy alone on its host (one change) commits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from reconciler.errors import ProviderError
+from reconciler.providers.bare_metal.releases import SWITCH_COMMANDS
+from reconciler.transport import Transport
+
+MAX_LINGER_S = 5.0  # the longest a staged deploy waits for the host's other deploys
+MAX_BATCH = 256  # deploys per remote command (a bounded command line)
+COMMIT_TIMEOUT_S = 180.0  # reload + switches + the parallel restarts (each bounded by systemd)
+_OUTPUT_LIMIT = 2000  # bytes of a failed step's output kept (one line each, written whole)
+
+# Constant script, every variable part a positional argument. $1: 1 when a unit file was
+# written (reload), else 0 (reload only if systemd says a listed unit's file changed since it was
+# loaded: a reconciler killed between a write and the reload); $2: N, then N unit names to ask
+# that of; then groups of five: release (relative to the service dir), a temporary link name,
+# the `current` link, the service dir, the unit to enable and restart ("" for none). Output: one
+# line per group, "S <i> <output>" (the switch failed) or "R <i> <exit> <output>" (switched; the
+# restart's exit status), or one "L <output>" line if the reload failed; outputs are base64.
+_COMMIT_SCRIPT = f"""reload=$1 n=$2
+shift 2
+encode() {{ [ -n "$1" ] && printf '%s' "$1" | tail -c {_OUTPUT_LIMIT} | base64 | tr -d '\\n'; }}
+stale() {{
+  k=$1; shift; i=0
+  for a do [ "$i" -lt "$k" ] && set -- "$@" "$a"; i=$((i + 1)); done
+  shift "$i"
+  [ "$#" -gt 0 ] || return 1
+  systemctl show --no-pager -p NeedDaemonReload -- "$@" | grep -qx 'NeedDaemonReload=yes'
+}}
+if [ "$reload" = 1 ] || stale "$n" "$@"; then
+  if ! out=$(systemctl daemon-reload 2>&1); then
+    printf 'L %s\\n' "$(encode "$out")"
+    exit 0
+  fi
+fi
+shift "$n"
+i=0
+while [ "$#" -ge 5 ]; do
+  i=$((i + 1))
+  if out=$({{ {SWITCH_COMMANDS}; }} 2>&1); then
+    if [ -n "$5" ]; then
+      # `enable` only when not enabled yet, and with --no-reload: the unit is loaded already,
+      # enabling adds the symlink read at boot (an implicit reload per new unit was costly)
+      (
+        out=$({{ systemctl is-enabled --quiet -- "$5" ||
+                systemctl enable --quiet --no-reload -- "$5"; }} 2>&1 &&
+              systemctl restart -- "$5" 2>&1)
+        rc=$?
+        printf 'R %s %s %s\\n' "$i" "$rc" "$(encode "$out")"
+      ) &
+    else
+      printf 'R %s 0 \\n' "$i"
+    fi
+  else
+    printf 'S %s %s\\n' "$i" "$(encode "$out")"
+  fi
+  shift 5
+done
+wait
+"""
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    """One deploy's commit: ``switch`` is ``ReleaseStore.switch_args()``; ``restart`` the unit
+    to enable and restart after it (None: a Job, only switched)."""
+
+    switch: tuple[str, str, str, str]
+    restart: str | None
+    unit_written: bool  # a unit file of this deploy was written: the host must reload
+    units: tuple[str, ...]  # this deploy's units (asked NeedDaemonReload when none was written)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    switched: bool
+    returncode: int  # the restart's exit status (0 without a restart)
+    output: str  # what the failed step printed (empty on success)
+
+    @property
+    def ok(self) -> bool:
+        return self.switched and self.returncode == 0
+
+
+class HostCommits:
+    """The commits of one host's deploys, batched (see the module docstring)."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self._pending: list[tuple[CommitRequest, asyncio.Future[CommitResult]]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._staging = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.batches = 0  # remote commands run (tests read it)
+
+    @contextlib.asynccontextmanager
+    async def staging(self, slot: asyncio.Semaphore) -> AsyncIterator[None]:
+        """Hold one of the host's staging slots; counted from the wait on, so a batch waits
+        for deploys queued for a slot too."""
+        self._staging += 1
+        self._idle.clear()
+        try:
+            async with slot:
+                yield
+        finally:
+            self._staging -= 1
+            if self._staging == 0:
+                self._idle.set()
+
+    async def commit(self, request: CommitRequest) -> CommitResult:
+        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), MAX_LINGER_S)
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            batch = [(r, f) for r, f in batch if not f.done()]  # callers that gave up
+            if not batch:
+                continue
+            self.batches += 1
+            try:
+                results = await self._run([r for r, _ in batch])
+            except Exception as exc:  # every deploy of this batch gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (loop shutting down): nobody waits forever
+                for _, future in batch + self._pending:
+                    future.cancel()
+                self._pending.clear()
+                raise
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _run(self, requests: Sequence[CommitRequest]) -> list[CommitResult]:
+        reload = any(r.unit_written for r in requests)
+        check = [] if reload else [u for r in requests for u in r.units]
+        args = ["1" if reload else "0", str(len(check)), *check]
+        for request in requests:
+            args += [*request.switch, request.restart or ""]
+        result = await self.transport.run(
+            ["sh", "-c", _COMMIT_SCRIPT, "fraisier-commit", *args],
+            timeout=COMMIT_TIMEOUT_S, check=True,
+        )
+        found: dict[int, CommitResult] = {}
+        for line in result.stdout.decode(errors="replace").splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "L":
+                raise ProviderError(f"{self.transport.host_id}: systemctl daemon-reload failed: "
+                                    f"{_decode(rest)}")
+            if kind == "S":
+                index, _, output = rest.partition(" ")
+                found[int(index)] = CommitResult(False, 0, _decode(output))
+            elif kind == "R":
+                index, _, rest = rest.partition(" ")
+                code, _, output = rest.partition(" ")
+                found[int(index)] = CommitResult(True, int(code), _decode(output))
+        missing = [i for i in range(1, len(requests) + 1) if i not in found]
+        if missing:
+            raise ProviderError(f"{self.transport.host_id}: committing {len(requests)} "
+                                f"deploy(s) reported no result for {len(missing)}")
+        return [found[i] for i in range(1, len(requests) + 1)]
+
+
+def _decode(text: str) -> str:
+    text = text.strip()
+    return base64.b64decode(text).decode(errors="replace") if text else ""
+
+
+# One per host connection (the pool keeps one transport per host for a pass).
+_COMMITS: weakref.WeakKeyDictionary[Transport, HostCommits] = weakref.WeakKeyDictionary()
+
+
+def host_commits(transport: Transport) -> HostCommits:
+    commits = _COMMITS.get(transport)
+    if commits is None:
+        commits = _COMMITS[transport] = HostCommits(transport)
+    return commits
