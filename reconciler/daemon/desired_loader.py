@@ -35,6 +35,9 @@ class LoadingDaemon(Protocol):
 
 
 class DesiredStateLoader:
+    """Sets ``daemon.desired`` to the desired state of the commit a pass runs at, and
+    ``daemon.last_error`` to why it could not (the last good desired state stays)."""
+
     def __init__(self, daemon: LoadingDaemon, cfg: DaemonConfig, source: GitSource,
                  store: Store) -> None:
         self.refused: str | None = None  # the last commit refused as a whole (audited once)

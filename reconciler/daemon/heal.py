@@ -42,6 +42,9 @@ class HealedDaemon(Protocol):
 
 
 class SelfHeal:
+    """The self-heal checks of ``daemon``'s desired state; what drifted is queued for the next
+    pass when ``--heal`` is on (else only reported)."""
+
     def __init__(self, daemon: HealedDaemon, cfg: DaemonConfig, engine: Reconciler,
                  store: Store) -> None:
         self._daemon = daemon
