@@ -1,6 +1,6 @@
 """`reconciler daemon`: checks its options (listen address, durations, webhook secrets, API
 token) as usage errors before anything starts, installs the operator policy and runs the
-daemon loop (reconciler.daemon.loop) until signalled."""
+daemon (reconciler.daemon.startup) until signalled."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            heal_interval: str | None, audit_retention: str, commit_status: tuple[str, ...],
            policy_path: Path | None, notify: NotifySettings) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
-    from reconciler.daemon.loop import DaemonConfig, run_daemon
+    from reconciler.daemon.config import DaemonConfig
+    from reconciler.daemon.startup import run_daemon
     from reconciler.source.webhooks import check_secret
     from reconciler.spec import policy
     from reconciler.spec.secrets import resolve_env

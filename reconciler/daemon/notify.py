@@ -9,9 +9,11 @@ line must not take the reconciler down (the watchdog, if enabled, will notice a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 log = logging.getLogger("reconciler.daemon.notify")
 
@@ -100,3 +102,15 @@ def watchdog_interval() -> float | None:
     except ValueError:
         return None
     return value / 1_000_000 if value > 0 else None
+
+
+async def feed_watchdog(stopping: Callable[[], bool]) -> None:
+    """WATCHDOG=1 every WatchdogSec/2, so systemd restarts a stopped or blocked daemon."""
+    interval = watchdog_interval()
+    if interval is None:
+        return
+    while not stopping():
+        # Pinged while the event loop turns: a stopped or blocked process misses it. A long
+        # pass (a slow health gate) is not a hang: every provider call has its own timeout.
+        watchdog()
+        await asyncio.sleep(interval / 2)

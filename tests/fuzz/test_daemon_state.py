@@ -21,7 +21,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from reconciler.daemon.loop import Daemon, DaemonConfig
+from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.loop import Daemon
 from reconciler.errors import SpecError
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import cli
-from reconciler.daemon.loop import Daemon, DaemonConfig
+from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.loop import Daemon
 from reconciler.notifications.destinations import operator_destinations
 from reconciler.notifications.settings import DeliveryLimits, NotifySettings
 from reconciler.notifications.sink import Notifications
@@ -190,7 +191,7 @@ spec: {target: fleet, command: [app], fake: {health: healthy}}
         await daemon.reconcile_once()
         world.kill("api-2")
         daemon.passed.set()
-        heal = asyncio.create_task(daemon.heal())  # its first check runs at once
+        heal = asyncio.create_task(daemon.self_heal.run())  # its first check runs at once
         await asyncio.wait_for(receiver.arrived.wait(), 10)
         [drift] = [h.json() for h in receiver.hits]
         assert "drift detected" in drift["title"] and "default/Service/api" in drift["message"]

@@ -1,26 +1,22 @@
-"""The daemon and the audit trail: Target changes are audited with the actor of the pass that
-made them (no deployment writes their row), never with a secret value; and the retention task
-deletes events older than ``--audit-retention`` while keeping the rest.
+"""The daemon's pass and the audit trail: Target changes are audited with the actor of the pass
+that made them (no deployment writes their row), never with a secret value.
 
-Real git (a local config repo), the real engine and a real SQLite store; the daemon's pass and
-retention functions are driven directly (no HTTP)."""
+Real git (a local config repo), the real engine and a real SQLite store; the daemon's pass
+function is driven directly (no HTTP)."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from reconciler.daemon.loop import Daemon, DaemonConfig
+from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.loop import Daemon
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.state.sqlite import SQLiteStore
-from reconciler.state.store import AuditRecord
 from tests.e2e.conftest import git
 
 pytestmark = pytest.mark.timeout(90)
@@ -74,8 +70,7 @@ spec:
     engine = Reconciler(store, state_dir=state, source=source)
     cfg = DaemonConfig(repo=str(work), ref=None, path="fleet", listen_host="127.0.0.1",
                        listen_port=0, interval=3600, prune=True, state_dir=state,
-                       db_url=store.url, audit_retention=timedelta(days=30),
-                       audit_prune_interval=0.05)
+                       db_url=store.url)
     it = Setup(work, tmp_path / "root", Daemon(cfg, store, source, engine), store)
     try:
         yield it
@@ -126,70 +121,3 @@ async def test_target_changes_are_audited_with_the_actor_of_the_pass(setup: Setu
     db = Path(setup.store.path)
     data = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     assert TOKEN.encode() not in data and b"default/Target/paas" in data
-
-
-def _event(days_ago: float, number: int) -> AuditRecord:
-    return AuditRecord(id=str(uuid.uuid4()), identifier=f"-:sync:{number}",
-                       at=datetime.now(UTC) - timedelta(days=days_ago), actor="poll",
-                       action="sync", outcome="failed", revision=f"r{number}")
-
-
-async def test_retention_task_prunes_old_events_periodically(setup: Setup) -> None:
-    setup.local_target(3)
-    setup.commit("targets")
-    await setup.run_pass("startup")  # two Target events, written now
-    for number, days in enumerate((300, 31, 29, 1)):
-        await setup.store.import_audit(_event(days, number))
-
-    task = asyncio.create_task(setup.daemon.audit_retention())
-    try:
-        async def old_left() -> int:
-            return len([e for e in await setup.store.list_audit(limit=0)
-                        if e.revision in ("r0", "r1")])
-
-        await asyncio.sleep(0.3)
-        assert await old_left() == 2  # the task waits for the main loop's first pass
-        setup.daemon.passed.set()
-        for _ in range(100):
-            if await old_left() == 0:
-                break
-            await asyncio.sleep(0.05)
-        left = await setup.store.list_audit(limit=0)
-        assert sorted(e.revision or e.resource or "" for e in left if e.action == "sync") == [
-            "r2", "r3"]
-        assert len(left) == 4  # the two Target events and the two recent ones
-        # an event that ages past the retention later goes at the next run (every 0.05 s)
-        await setup.store.import_audit(_event(40, 9))
-        for _ in range(100):
-            if len(await setup.store.list_audit(limit=0)) == 4:
-                break
-            await asyncio.sleep(0.05)
-        assert len(await setup.store.list_audit(limit=0)) == 4
-        assert not task.done()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-async def test_retention_zero_keeps_everything(setup: Setup) -> None:
-    setup.daemon.cfg.audit_retention = None
-    await setup.store.import_audit(_event(3650, 0))
-    assert await setup.daemon.prune_audit_once() == 0
-    setup.daemon.passed.set()
-    task = asyncio.create_task(setup.daemon.audit_retention())  # runs every 0.05 s
-    await asyncio.sleep(0.3)
-    assert not task.done()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    assert [e.revision for e in await setup.store.list_audit(limit=0)] == ["r0"]
-    setup.daemon.cfg.audit_retention = timedelta(days=3649)
-    assert await setup.daemon.prune_audit_once() == 1
-
-
-async def test_webhook_delivery_ids_are_forgotten_after_the_replay_window(setup: Setup) -> None:
-    assert await setup.store.record_delivery("github", "d-1")
-    assert await setup.daemon.prune_deliveries_once() == 0  # 30 days by default
-    assert not await setup.store.record_delivery("github", "d-1")  # still a replay
-    setup.daemon.cfg.delivery_retention = timedelta(0)
-    assert await setup.daemon.prune_deliveries_once() == 1
-    assert await setup.store.record_delivery("github", "d-1")  # forgotten: new again

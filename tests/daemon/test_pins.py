@@ -1,6 +1,7 @@
 """A webhook pass runs exactly at the pushed SHA: real git (a bare ``file://`` remote), the real
 GitHub push sample parsed by the real parser, the real engine running a Job on the local host,
-and a real SQLite store. The daemon's pass function is driven directly (no HTTP, no timers)."""
+and a real SQLite store (pins.py, through the daemon that owns them). The daemon's pass function
+is driven directly (no HTTP, no timers)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.daemon.loop import Daemon, DaemonConfig
+from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.loop import Daemon
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.source.webhooks import parse
@@ -112,7 +114,7 @@ spec: {{provider: bare_metal, transport: local, root: {tmp_path / 'root'}}}
         yield it
     finally:
         it.daemon.stop()
-        await asyncio.gather(*it.daemon._pin_tasks, return_exceptions=True)
+        await it.daemon.pins.drain()
         await engine.close()
         await store.close()
 
@@ -180,7 +182,7 @@ async def test_missing_commit_is_fetched_again_then_reported(setup: Setup) -> No
         except TimeoutError:
             break  # no retry scheduled any more
     assert passes == 3  # the first fetch and pin_retries=2 more
-    await asyncio.gather(*daemon._pin_tasks)
+    await daemon.pins.drain()
     assert len(await setup.deployments()) == before  # nothing ran at another commit
     assert daemon.last_error is not None and ghost[:12] in daemon.last_error
     (event, *_) = await setup.store.list_audit()

@@ -1,0 +1,143 @@
+"""Start-up and shutdown of the daemon: the store, the source, the engine and the commit statuses
+built from its config; signals, the HTTP listener, the background tasks and notifications around
+the pass loop; and everything closed, in order, once it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from reconciler.daemon import notify
+from reconciler.daemon.config import DaemonConfig
+from reconciler.daemon.http_app import http_app
+from reconciler.daemon.http_guard import (
+    AcceptErrorFilter,
+    ConnectionGuard,
+    open_fd_count,
+    raise_nofile_limit,
+)
+from reconciler.daemon.loop import Daemon
+from reconciler.daemon.wakeups import hold_shards
+from reconciler.errors import ReconcilerError
+from reconciler.notifications.wiring import start_notifications
+from reconciler.observe.tracing import setup_tracing, shutdown_tracing
+from reconciler.rollout.engine import Reconciler
+from reconciler.source.git import GitSource
+from reconciler.state import open_store
+
+log = logging.getLogger("reconciler.daemon")
+
+
+async def run_daemon(cfg: DaemonConfig) -> int:
+    setup_tracing("fraisier")
+    try:
+        return await _build_and_serve(cfg)
+    finally:
+        shutdown_tracing()
+
+
+async def serve(daemon: Daemon) -> int:
+    """Run ``daemon`` until signalled (SIGTERM, SIGINT; SIGHUP reloads), then shut it down."""
+    cfg = daemon.cfg
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    # Descriptors first: clients must never take the ones git, SQLite and pidfile reads need.
+    soft, hard = raise_nofile_limit()
+    guard = ConnectionGuard(cfg.http, soft_limit=soft, open_fds=open_fd_count())
+    accept_errors = AcceptErrorFilter(guard.refusals)
+    logging.getLogger("asyncio").addFilter(accept_errors)
+    runner = web.AppRunner(http_app(daemon, guard), access_log=None)
+    await runner.setup()
+    assert runner.server is not None
+    # Not a TCPSite: every accepted connection goes through the guard's protocol factory.
+    http = await loop.create_server(guard.factory(runner.server), cfg.listen_host,
+                                    cfg.listen_port, reuse_address=True,
+                                    backlog=cfg.http.backlog)
+    log.info("daemon listening", extra={"listen": f"{cfg.listen_host}:{cfg.listen_port}",
+                                        "repo": daemon.source.display_url,
+                                        "path": daemon.source.path,
+                                        "open_files_limit": [soft, hard],
+                                        "max_connections": guard.max_connections,
+                                        "fd_ceiling": guard.fd_ceiling})
+
+    def stopping() -> bool:
+        return daemon.stopping
+
+    background = [asyncio.create_task(daemon.scheduler.run()),
+                  asyncio.create_task(daemon.self_heal.run()),
+                  asyncio.create_task(notify.feed_watchdog(stopping)),
+                  asyncio.create_task(daemon.retention.run())]
+    leases = daemon.leases
+    if leases is not None:
+        await leases.heartbeat()  # take a share before the first pass
+        background.append(asyncio.create_task(hold_shards(leases, stopping, daemon.trigger)))
+    if not daemon.source.remote:
+        background.append(asyncio.create_task(daemon.local_watch.run()))
+    notifications = start_notifications(daemon, cfg.notify, cfg.state_dir)
+    try:
+        await daemon.main_loop()
+    finally:
+        await notifications.close()
+        for task in background:
+            task.cancel()
+        await daemon.scheduler.finish_runs(30)
+        await asyncio.gather(*background, daemon.pins.drain(), return_exceptions=True)
+        http.close()
+        await runner.cleanup()
+        guard.refusals.close()
+        logging.getLogger("asyncio").removeFilter(accept_errors)
+        if leases is not None:
+            with contextlib.suppress(ReconcilerError):
+                await leases.leave()  # the other replicas take over at once
+        await daemon.engine.close()
+        await daemon.store.close()
+    log.info("daemon stopped")
+    return 0
+
+
+def _followed_branch(source: GitSource) -> list[str]:
+    """The branch the daemon follows (its --ref, else what HEAD names), for webhook matching:
+    pushes to other branches must not trigger. Empty when it cannot be told (detached HEAD)."""
+    if source.ref:
+        return [source.ref.removeprefix("refs/heads/")]
+    try:
+        source.sync()
+        return [str(source.repo.head.reference.name)]
+    except (ReconcilerError, TypeError, ValueError):
+        return []
+
+
+async def _build_and_serve(cfg: DaemonConfig) -> int:
+    store = open_store(cfg.db_url)
+    await store.migrate()
+    source = GitSource(cfg.repo, ref=cfg.ref, path=cfg.path, state_dir=cfg.state_dir)
+    if cfg.webhook_secrets and not cfg.webhook_branches:
+        cfg.webhook_branches = await asyncio.to_thread(_followed_branch, source)
+    if cfg.webhook_secrets and not (cfg.webhook_repos or source.remote):
+        log.warning("webhooks enabled but no repository URL to match pushes against: every "
+                    "push will be ignored; pass --webhook-repo URL")
+    leases = None
+    if cfg.ha:
+        from reconciler.rollout.engine import process_identity
+        from reconciler.state.shards import ShardLeases
+
+        leases = ShardLeases(store, process_identity(), ttl=cfg.shard_ttl)
+    statuses = None
+    if cfg.commit_status:
+        from reconciler.source.commit_status import CommitStatusReporter
+
+        statuses = CommitStatusReporter(cfg.commit_status)
+    engine = Reconciler(store, state_dir=cfg.state_dir, source=source,
+                        environments=cfg.environments,
+                        owns=leases.owns if leases is not None else None, status_sink=statuses)
+    try:
+        return await serve(Daemon(cfg, store, source, engine, leases=leases))
+    finally:
+        if statuses is not None:  # what is queued gets a few seconds, then shutdown goes on
+            await statuses.aclose(grace=5.0)
