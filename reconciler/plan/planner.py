@@ -346,8 +346,6 @@ def _defer_outside_windows(items: Iterable[PlanItem], desired: DesiredState,
         if view is None:
             view = Deferrals(desired, now if now is not None else datetime.now(UTC))
         spec = (item.record.applied_spec or item.record.desired_spec) if item.record else None
-        windows = view.windows_for(item.key, item.resource, spec)
-        reason = view.reason(windows)
+        reason, opens = view.decide(item.key, item.resource, spec)
         if reason is not None:
-            item.action, item.reason = DEFERRED, reason
-            item.opens_at = view.next_open(windows)
+            item.action, item.reason, item.opens_at = DEFERRED, reason, opens
