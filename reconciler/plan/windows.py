@@ -383,11 +383,13 @@ class Deferrals:
         self._opens: dict[tuple[SyncWindow, ...], datetime | None] = {}
         self._decided: dict[tuple[tuple[SyncWindow, ...], tuple[SyncWindow, ...]],
                             tuple[str | None, datetime | None]] = {}
-        # per shared (Target) set: allowed at now, and its deny windows active at now
-        self._shared_now: dict[tuple[SyncWindow, ...], tuple[bool, list[str]]] = {}
+        # per shared (Target) set: allowed at now, its deny windows active now, its opening
+        self._shared_now: dict[tuple[SyncWindow, ...],
+                               tuple[bool, list[str], datetime | None]] = {}
         self._shared_open: dict[tuple[tuple[SyncWindow, ...], datetime], datetime | None] = {}
         self._allow_detail: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
-        self._iso: dict[datetime, str] = {}
+        # the reason of a resource waiting for its shared windows' opening, per opening
+        self._waiting: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
 
     def _target_windows(self, key: ResourceKey | None) -> tuple[SyncWindow, ...]:
         if key is None:
@@ -461,10 +463,20 @@ class Deferrals:
         """``decide`` for own windows that are all deny windows, the shared part judged once."""
         now = self.now
         own_active = [w for w in own if _active_end(w, now) is not None]
-        shared_allowed, shared_denying = self._shared_at_now(shared)
+        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
         if shared_allowed and not own_active:
             return None, None
-        opens = self._own_denies_open(own, shared)
+        opens = self._own_denies_open(own, shared, shared_opens)
+        if opens is not None and not own_active and not shared_denying:
+            # the usual deferral: waiting for an allow window, the same text for every resource
+            # that waits for the same opening
+            key = (shared, opens)
+            text = self._waiting.get(key)
+            if text is None:
+                text = self._waiting[key] = (
+                    f"outside sync window: next opens {iso(opens)} "
+                    f"({self._allows_active_at(shared, opens)})")
+            return text, opens
         # the text of ``explain(own + shared, now, opens)``: own windows come first
         if own_active or shared_denying:
             detail = ", ".join([f"{w.describe()} is active" for w in own_active]
@@ -475,19 +487,27 @@ class Deferrals:
             detail = "no allow window is active"
         if opens is None:
             return f"outside sync window: no opening found ahead ({detail})", None
-        opens_text = self._iso.get(opens)
-        if opens_text is None:
-            opens_text = self._iso[opens] = iso(opens)
-        return f"outside sync window: next opens {opens_text} ({detail})", opens
+        return f"outside sync window: next opens {iso(opens)} ({detail})", opens
 
-    def _shared_at_now(self, shared: tuple[SyncWindow, ...]) -> tuple[bool, list[str]]:
+    def _shared_at_now(self, shared: tuple[SyncWindow, ...],
+                       ) -> tuple[bool, list[str], datetime | None]:
+        """(whether the shared windows allow now, those of their deny windows active now,
+        when they next allow)."""
         cached = self._shared_now.get(shared)
         if cached is None:
             cached = (allowed(shared, self.now),
                       [f"{w.describe()} is active" for w in shared
-                       if w.kind == DENY and w.active(self.now)])
+                       if w.kind == DENY and w.active(self.now)],
+                      self._shared_open_from(shared, self.now))
             self._shared_now[shared] = cached
         return cached
+
+    def _shared_open_from(self, shared: tuple[SyncWindow, ...], t: datetime) -> datetime | None:
+        key = (shared, t)
+        if key in self._shared_open:
+            return self._shared_open[key]
+        opens = self._shared_open[key] = next_open(shared, t)
+        return opens
 
     def _allows_active_at(self, shared: tuple[SyncWindow, ...], moment: datetime) -> str:
         cached = self._allow_detail.get((shared, moment))
@@ -496,18 +516,14 @@ class Deferrals:
             self._allow_detail[(shared, moment)] = cached
         return cached
 
-    def _own_denies_open(self, own: tuple[SyncWindow, ...],
-                         shared: tuple[SyncWindow, ...]) -> datetime | None:
-        """``next_open(own + shared, now)`` for own windows that are all deny windows: the
-        first time the shared windows allow at which none of the own is active. Both searches
-        only step over times that are not open, so both find the first open time."""
-        t: datetime | None = self.now
-        shared_open = self._shared_open
+    def _own_denies_open(self, own: tuple[SyncWindow, ...], shared: tuple[SyncWindow, ...],
+                         shared_opens: datetime | None) -> datetime | None:
+        """``next_open(own + shared, now)`` for own windows that are all deny windows, given
+        ``shared_opens``, the shared windows' next opening from now: the first time the shared
+        windows allow at which none of the own is active. Both searches only step over times
+        that are not open, so both find the first open time."""
+        t = shared_opens
         for _ in range(self.OWN_STEPS):
-            assert t is not None
-            key = (shared, t)
-            t = shared_open[key] if key in shared_open else shared_open.setdefault(
-                key, next_open(shared, t))
             if t is None:
                 break  # the shared part gave up from there: leave the answer to the whole set
             if t > self._limit:
@@ -519,7 +535,7 @@ class Deferrals:
                     latest = end
             if latest is None:
                 return t
-            t = latest
+            t = self._shared_open_from(shared, latest)
         return next_open(own + shared, self.now)
 
     def reason(self, windows: tuple[SyncWindow, ...]) -> str | None:
