@@ -13,7 +13,7 @@ from operator import attrgetter
 from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
-from reconciler.plan.ordering import waves
+from reconciler.plan.ordering import layered, waves
 from reconciler.plan.windows import Deferrals, iso, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
@@ -330,8 +330,9 @@ def order_deletions(plan: Plan) -> None:
                 named = by_name.get((key.environment, name), [])
                 found += named if len(named) == 1 else []
         depends[key] = found
-    # waves() puts dependencies first; deletions go the other way round
-    ordered = [by_key[k] for layer in reversed(waves(by_key, depends)) for k in layer]
+    # layered() puts dependencies first; deletions go the other way round (not waves(): its
+    # memo holds the plan order of the whole fleet, asked again at the next pass)
+    ordered = [by_key[k] for layer in reversed(layered(by_key, depends)) for k in layer]
     plan.items = [i for i in plan.items if i.action != DELETE] + ordered
 
 
