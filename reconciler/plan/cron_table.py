@@ -21,6 +21,9 @@ from functools import lru_cache
 # on a given weekday can be years away)
 _MAX_DAYS = 4 * 366 + 1
 _ONE_DAY = timedelta(days=1)
+_ALL_MINUTES = tuple(range(60))
+_ALL_HOURS = tuple(range(24))
+_ALL_MONTHS = frozenset(range(1, 13))
 _LONGEST = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # days in each month, at most
 
 
@@ -130,29 +133,49 @@ def _simple_field(text: str, low: int, high: int,
     return found
 
 
+@lru_cache(maxsize=4096)
+def _plain_field(index: int, text: str, other_day_star: bool) -> tuple[int, ...] | None:
+    """croniter.expand's values of field ``index`` written the plain way (``()`` for a field
+    covering every value, croniter's ``["*"]``), or None for a form left to croniter. Cached
+    per field text: fleets of windows share most fields (``* * *``) even when every schedule
+    differs. ``other_day_star``: whether the other day field holds a ``*``."""
+    low, high, names = _FIELDS[index]
+    values = _simple_field(text, low, high, names)
+    if values is None:
+        return None
+    if high == 7:  # day of week: 7 is Sunday
+        values = {v % 7 for v in values}
+        high = 6
+    full = len(values) == high - low + 1
+    # croniter keeps a full day field that is not a plain "*" restricted (so "either day
+    # field" still holds) unless the other day field is written with a "*"
+    if full and text != "*" and index in (2, 4) and not other_day_star:
+        full = False
+    return () if full else tuple(sorted(values))
+
+
+def _plain_fields(expression: str) -> list[tuple[int, ...]] | None:
+    """Every field by ``_plain_field``, or None when one is left to croniter."""
+    parts = expression.split()
+    if len(parts) != 5:
+        return None
+    fields = []
+    for index, text in enumerate(parts):
+        values = _plain_field(index, text, index in (2, 4) and "*" in parts[6 - index])
+        if values is None:
+            return None
+        fields.append(values)
+    return fields
+
+
 def _expand(expression: str) -> list[list[int | str]] | None:
     """croniter.expand's fields (a field covering every value is ``["*"]``), computed here for
     the plain forms and by croniter for the rest; None when croniter refuses it or uses
     features the table does not model."""
-    parts = expression.split()
-    if len(parts) == 5:
-        fields: list[list[int | str]] = []
-        for index, (text, (low, high, names)) in enumerate(zip(parts, _FIELDS, strict=True)):
-            values = _simple_field(text, low, high, names)
-            if values is None:
-                break
-            if high == 7:  # day of week: 7 is Sunday
-                values = {v % 7 for v in values}
-                high = 6
-            full = len(values) == high - low + 1
-            # croniter keeps a full day field that is not a plain "*" restricted (so "either
-            # day field" still holds) unless the other day field is written with a "*"
-            if full and text != "*" and index in (2, 4) and "*" not in parts[6 - index]:
-                full = False
-            fields.append(["*"] if full else sorted(values))
-        else:
-            return fields
-    from croniter import croniter  # the forms _simple_field leaves
+    plain = _plain_fields(expression)
+    if plain is not None:
+        return [list(values) if values else ["*"] for values in plain]
+    from croniter import croniter  # the forms _plain_field leaves
 
     try:
         expanded, nth = croniter.expand(expression)
@@ -163,35 +186,49 @@ def _expand(expression: str) -> list[list[int | str]] | None:
     return [list(field) for field in expanded]
 
 
+def _every(field: list[int | str], low: int, high: int) -> tuple[int, ...]:
+    return tuple(range(low, high + 1)) if field == ["*"] else tuple(sorted(
+        {int(v) for v in field}))
+
+
 @lru_cache(maxsize=16384)
 def compile_cron(expression: str) -> CronTable | None:
     """The table of a (valid) five-field expression or alias; None when it uses what the table
     does not model."""
-    fields = _expand(expression.strip())
+    expression = expression.strip()
+    plain = _plain_fields(expression)
+    if plain is not None:  # the usual forms, without building croniter's lists
+        table = CronTable(
+            minutes=plain[0] or _ALL_MINUTES,
+            hours=plain[1] or _ALL_HOURS,
+            doms=frozenset(plain[2]) if plain[2] else None,
+            months=frozenset(plain[3]) if plain[3] else _ALL_MONTHS,
+            dows=frozenset(plain[4]) if plain[4] else None,
+        )
+        return table if _comes(table) else None
+    fields = _expand(expression)
     if fields is None:
         return None
     if any(not isinstance(v, int) and v != "*" for field in fields for v in field):
         return None  # "l" (last day) and the like
     minute, hour, dom, month, dow = fields
-
-    def every(field: list[int | str], low: int, high: int) -> tuple[int, ...]:
-        return tuple(range(low, high + 1)) if field == ["*"] else tuple(sorted(
-            {int(v) for v in field}))
-
-    minutes, hours = every(minute, 0, 59), every(hour, 0, 23)
+    minutes, hours = _every(minute, 0, 59), _every(hour, 0, 23)
     if not minutes or not hours or minutes[-1] > 59 or hours[-1] > 23:
         return None
     table = CronTable(
         minutes=minutes,
         hours=hours,
         doms=None if dom == ["*"] else frozenset(int(v) for v in dom),
-        months=frozenset(every(month, 1, 12)),
+        months=frozenset(_every(month, 1, 12)),
         dows=None if dow == ["*"] else frozenset(int(v) % 7 for v in dow),
     )
-    if table.doms is not None and table.dows is None and not any(
-            d <= _LONGEST[m - 1] for m in table.months for d in table.doms):
-        return None  # e.g. February 30th, which never comes: croniter's check says so
-    return table
+    return table if _comes(table) else None
+
+
+def _comes(table: CronTable) -> bool:
+    """False for a day that never comes, e.g. February 30th (croniter's check says so)."""
+    return table.doms is None or table.dows is not None or any(
+        d <= _LONGEST[m - 1] for m in table.months for d in table.doms)
 
 
 def fires(expression: str) -> bool:

@@ -13,7 +13,7 @@ from operator import attrgetter
 from typing import Any
 
 from reconciler.plan.diff import FieldChange, diff_documents
-from reconciler.plan.ordering import waves
+from reconciler.plan.ordering import layered, waves
 from reconciler.plan.windows import Deferrals, iso, windows_ignored
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord
@@ -330,8 +330,9 @@ def order_deletions(plan: Plan) -> None:
                 named = by_name.get((key.environment, name), [])
                 found += named if len(named) == 1 else []
         depends[key] = found
-    # waves() puts dependencies first; deletions go the other way round
-    ordered = [by_key[k] for layer in reversed(waves(by_key, depends)) for k in layer]
+    # layered() puts dependencies first; deletions go the other way round (not waves(): its
+    # memo holds the plan order of the whole fleet, asked again at the next pass)
+    ordered = [by_key[k] for layer in reversed(layered(by_key, depends)) for k in layer]
     plan.items = [i for i in plan.items if i.action != DELETE] + ordered
 
 
@@ -346,8 +347,6 @@ def _defer_outside_windows(items: Iterable[PlanItem], desired: DesiredState,
         if view is None:
             view = Deferrals(desired, now if now is not None else datetime.now(UTC))
         spec = (item.record.applied_spec or item.record.desired_spec) if item.record else None
-        windows = view.windows_for(item.key, item.resource, spec)
-        reason = view.reason(windows)
+        reason, opens = view.decide(item.key, item.resource, spec)
         if reason is not None:
-            item.action, item.reason = DEFERRED, reason
-            item.opens_at = view.next_open(windows)
+            item.action, item.reason, item.opens_at = DEFERRED, reason, opens

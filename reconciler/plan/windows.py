@@ -42,6 +42,7 @@ MAX_JUMPS = 500
 HORIZON = timedelta(days=5 * 366)  # covers an allow window on February 29th
 
 _TINY = timedelta(microseconds=1)
+_NOTHING = timedelta(0)
 
 # Operator override (`reconciler apply --ignore-windows`): set around a pass, read by the planner.
 _IGNORED: ContextVar[bool] = ContextVar("fraisier_ignore_sync_windows", default=False)
@@ -82,7 +83,8 @@ class SyncWindow:
     timezone: str = DEFAULT_TIMEZONE
     zone: ZoneInfo = field(default=ZoneInfo(DEFAULT_TIMEZONE), compare=False, repr=False)
     # [generation of _around, the last answers of around]: kept on the window, which is
-    # cheaper to reach than a table keyed by it (asked several times per resource in a plan)
+    # cheaper to reach than a table keyed by it (asked several times per resource in a plan);
+    # shared by every window with the same schedule and zone (``around`` depends on nothing else)
     spans: list[Any] = field(default_factory=list, compare=False, repr=False)
 
     def describe(self) -> str:
@@ -163,6 +165,22 @@ class SyncWindow:
         return self.around(now)[1]
 
 
+def _active_end(window: SyncWindow, now: datetime) -> datetime | None:
+    """``window.active_until(now)`` for a ``now`` already in UTC; the window's memo of spans
+    read here first (the planner asks this twice for every resource with windows of its own)."""
+    memo = window.spans
+    if memo and memo[0] == _around.generation:
+        for last, following in memo[1]:
+            if last <= now < following:
+                break
+        else:
+            last = _around(window, now)[0]
+    else:
+        last = _around(window, now)[0]
+    end = last + window.duration
+    return end if last <= now < end else None
+
+
 class _Spans:
     """Per window, the last few answers of ``around`` and the span of times each holds for:
     any time from that latest start up to (not including) the next start has the very same
@@ -196,36 +214,64 @@ class _Spans:
 _around = _Spans()
 
 
+@lru_cache(maxsize=16384)
+def _shared_spans(schedule: str, timezone: str) -> list[Any]:
+    """The memo of ``around`` answers for every window firing on ``schedule`` in ``timezone``:
+    windows that differ only in kind or duration ask the cron table once between them."""
+    return []
+
+
+@lru_cache(maxsize=1024)
+def _window_duration(text: str) -> timedelta:
+    """A window's duration; ValueError naming the field (parsed once per spelling)."""
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise ValueError(f"duration: {exc}") from None
+
+
+@lru_cache(maxsize=256)
+def _window_zone(name: str) -> ZoneInfo:
+    """A window's time zone; ValueError naming the field (checked once per name)."""
+    error = timezone_error(name)
+    if error:
+        raise ValueError(f"timezone: {error}")
+    return ZoneInfo(name)
+
+
 def parse_window(raw: Mapping[str, Any]) -> SyncWindow:
     """One window from its YAML mapping; ValueError naming the bad field."""
-    kind = raw.get("kind")
+    return _window(raw.get("kind"), raw.get("schedule"), raw.get("duration", ""),
+                   raw.get("timezone", DEFAULT_TIMEZONE))
+
+
+def _window(kind: Any, schedule: Any, duration_text: Any, timezone: Any) -> SyncWindow:
+    """``parse_window`` of the fields of a window."""
     if kind not in KINDS:
         raise ValueError(f"kind: {kind!r} is not one of 'allow', 'deny'")
-    schedule = raw.get("schedule")
     # a schedule the cron table models and that fires is valid: croniter's check costs ~0.1 ms
     error = None if isinstance(schedule, str) and fires(schedule) else cron_error(schedule)
     if error:
         raise ValueError(f"schedule: {error}")
     assert isinstance(schedule, str)
-    try:
-        seconds = parse_duration(str(raw.get("duration", "")))
-    except ValueError as exc:
-        raise ValueError(f"duration: {exc}") from None
-    if seconds <= 0:
-        raise ValueError(f"duration: {raw.get('duration')!r} must be more than 0")
-    timezone = raw.get("timezone", DEFAULT_TIMEZONE)
-    error = timezone_error(timezone)
-    if error:
-        raise ValueError(f"timezone: {error}")
-    assert isinstance(timezone, str)
-    return SyncWindow(str(kind), schedule.strip(), timedelta(seconds=seconds), timezone,
-                      ZoneInfo(timezone))
+    duration = _window_duration(str(duration_text))
+    if duration <= _NOTHING:
+        raise ValueError(f"duration: {duration_text!r} must be more than 0")
+    if not isinstance(timezone, str):
+        raise ValueError(f"timezone: {timezone_error(timezone)}")
+    schedule = schedule.strip()
+    # the fields set as the frozen dataclass's __init__ would, without its object.__setattr__
+    # per field: that __init__ was the largest cost of a plan with a window per Service
+    window = object.__new__(SyncWindow)
+    window.__dict__.update(kind=str(kind), schedule=schedule, duration=duration,
+                           timezone=timezone, zone=_window_zone(timezone),
+                           spans=_shared_spans(schedule, timezone))
+    return window
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def _parse_cached(items: tuple[tuple[str, str, str, str], ...]) -> tuple[SyncWindow, ...]:
-    return tuple(parse_window({"kind": k, "schedule": s, "duration": d, "timezone": z})
-                 for k, s, d, z in items)
+    return tuple([_window(*item) for item in items])
 
 
 def windows_in(spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
@@ -233,9 +279,9 @@ def windows_in(spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
     raw = spec.get("syncWindows") if spec else None
     if not raw:
         return ()
-    items = tuple((str(w.get("kind")), str(w.get("schedule")), str(w.get("duration")),
-                   str(w.get("timezone", DEFAULT_TIMEZONE))) for w in raw)
-    return _parse_cached(items)
+    return _parse_cached(tuple([(str(w.get("kind")), str(w.get("schedule")),
+                                 str(w.get("duration")), str(w.get("timezone", DEFAULT_TIMEZONE)))
+                                for w in raw]))
 
 
 def windows_of(resource: Resource, target: Resource | None) -> tuple[SyncWindow, ...]:
@@ -315,15 +361,35 @@ def deferral(resource: Resource, target: Resource | None, now: datetime) -> str 
 
 class Deferrals:
     """The planner's view: one ``now``, Target windows parsed once, each distinct set of
-    windows evaluated once (a fleet of 10,000 Services on three Targets evaluates three)."""
+    windows evaluated once (a fleet of 10,000 Services on three Targets evaluates three).
+
+    A resource's windows are its own and its Target's (``shared``, the same for every resource
+    on that Target). When its own are all deny windows (the usual case: a freeze of one
+    Service), the Target's part is judged once per Target and only the resource's own windows
+    are asked about per resource: when the Target's windows next open, whether one of its own
+    denies is active then (``_own_denies_open``). Any other set is judged whole."""
+
+    # how many times a resource's own deny windows may push the Target's opening later before
+    # the whole set is searched the generic way (``next_open``)
+    OWN_STEPS = 8
 
     def __init__(self, desired: DesiredState, now: datetime) -> None:
         self.desired = desired
         self.now = _aware(now)
+        self._limit = self.now + HORIZON
         self._targets: dict[ResourceKey, tuple[SyncWindow, ...]] = {}
         self._env: dict[str, tuple[SyncWindow, ...]] = {}
         self._reasons: dict[tuple[SyncWindow, ...], str | None] = {}
         self._opens: dict[tuple[SyncWindow, ...], datetime | None] = {}
+        self._decided: dict[tuple[tuple[SyncWindow, ...], tuple[SyncWindow, ...]],
+                            tuple[str | None, datetime | None]] = {}
+        # per shared (Target) set: allowed at now, its deny windows active now, its opening
+        self._shared_now: dict[tuple[SyncWindow, ...],
+                               tuple[bool, list[str], datetime | None]] = {}
+        self._shared_open: dict[tuple[tuple[SyncWindow, ...], datetime], datetime | None] = {}
+        self._allow_detail: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
+        # the reason of a resource waiting for its shared windows' opening, per opening
+        self._waiting: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
 
     def _target_windows(self, key: ResourceKey | None) -> tuple[SyncWindow, ...]:
         if key is None:
@@ -345,24 +411,132 @@ class Deferrals:
             self._env[environment] = cached
         return cached
 
+    def _parts(self, key: ResourceKey, resource: Resource | None,
+               recorded_spec: Mapping[str, Any] | None,
+               ) -> tuple[tuple[SyncWindow, ...], tuple[SyncWindow, ...]]:
+        """(the resource's own windows, its Target's or its environment's): see
+        ``windows_for``."""
+        if resource is not None:
+            if resource.kind == "Target":
+                return (), self._target_windows(resource.key)
+            return windows_in(resource.spec), self._target_windows(resource.target_key)
+        spec = (recorded_spec or {}).get("spec") if recorded_spec else None
+        if isinstance(spec, Mapping):
+            if key.kind == "Target":
+                return (), windows_in(spec)
+            target = spec.get("target")
+            target_key = (ResourceKey(key.environment, "Target", target)
+                          if isinstance(target, str) else None)
+            return windows_in(spec), self._target_windows(target_key)
+        return (), self.environment_windows(key.environment)
+
     def windows_for(self, key: ResourceKey, resource: Resource | None,
                     recorded_spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
         """Windows governing a change to ``key``: a desired resource's own and its Target's;
         for one gone from git, those of its recorded spec, or, when that is not at hand, every
         Target window of its environment (deleting is never less guarded than deploying)."""
-        if resource is not None:
-            if resource.kind == "Target":
-                return self._target_windows(resource.key)
-            return windows_in(resource.spec) + self._target_windows(resource.target_key)
-        spec = (recorded_spec or {}).get("spec") if recorded_spec else None
-        if isinstance(spec, Mapping):
-            if key.kind == "Target":
-                return windows_in(spec)
-            target = spec.get("target")
-            target_key = (ResourceKey(key.environment, "Target", target)
-                          if isinstance(target, str) else None)
-            return windows_in(spec) + self._target_windows(target_key)
-        return self.environment_windows(key.environment)
+        own, shared = self._parts(key, resource, recorded_spec)
+        return own + shared
+
+    def decide(self, key: ResourceKey, resource: Resource | None,
+               recorded_spec: Mapping[str, Any] | None,
+               ) -> tuple[str | None, datetime | None]:
+        """(why a change to ``key`` is deferred now, when its windows next open), or
+        (None, None) when it may be applied now: ``explain`` and ``next_open`` of
+        ``windows_for(...)``, the same answers."""
+        own, shared = self._parts(key, resource, recorded_spec)
+        generic = not own or not shared
+        for window in own:
+            if window.kind != DENY:
+                generic = True
+        if generic:
+            windows = own + shared
+            reason = self.reason(windows)
+            return reason, (self.next_open(windows) if reason is not None else None)
+        decided = self._decided.get((own, shared))
+        if decided is None:
+            decided = self._decided[(own, shared)] = self._own_denies(own, shared)
+        return decided
+
+    def _own_denies(self, own: tuple[SyncWindow, ...], shared: tuple[SyncWindow, ...],
+                    ) -> tuple[str | None, datetime | None]:
+        """``decide`` for own windows that are all deny windows, the shared part judged once."""
+        now = self.now
+        own_active = [w for w in own if _active_end(w, now) is not None]
+        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
+        if shared_allowed and not own_active:
+            return None, None
+        opens = self._own_denies_open(own, shared, shared_opens)
+        if opens is not None and not own_active and not shared_denying:
+            # the usual deferral: waiting for an allow window, the same text for every resource
+            # that waits for the same opening
+            key = (shared, opens)
+            text = self._waiting.get(key)
+            if text is None:
+                text = self._waiting[key] = (
+                    f"outside sync window: next opens {iso(opens)} "
+                    f"({self._allows_active_at(shared, opens)})")
+            return text, opens
+        # the text of ``explain(own + shared, now, opens)``: own windows come first
+        if own_active or shared_denying:
+            detail = ", ".join([f"{w.describe()} is active" for w in own_active]
+                               + shared_denying)
+        elif opens is not None:
+            detail = self._allows_active_at(shared, opens)
+        else:
+            detail = "no allow window is active"
+        if opens is None:
+            return f"outside sync window: no opening found ahead ({detail})", None
+        return f"outside sync window: next opens {iso(opens)} ({detail})", opens
+
+    def _shared_at_now(self, shared: tuple[SyncWindow, ...],
+                       ) -> tuple[bool, list[str], datetime | None]:
+        """(whether the shared windows allow now, those of their deny windows active now,
+        when they next allow)."""
+        cached = self._shared_now.get(shared)
+        if cached is None:
+            cached = (allowed(shared, self.now),
+                      [f"{w.describe()} is active" for w in shared
+                       if w.kind == DENY and w.active(self.now)],
+                      self._shared_open_from(shared, self.now))
+            self._shared_now[shared] = cached
+        return cached
+
+    def _shared_open_from(self, shared: tuple[SyncWindow, ...], t: datetime) -> datetime | None:
+        key = (shared, t)
+        if key in self._shared_open:
+            return self._shared_open[key]
+        opens = self._shared_open[key] = next_open(shared, t)
+        return opens
+
+    def _allows_active_at(self, shared: tuple[SyncWindow, ...], moment: datetime) -> str:
+        cached = self._allow_detail.get((shared, moment))
+        if cached is None:
+            cached = ", ".join(w.describe() for w in shared if w.kind == ALLOW and w.active(moment))
+            self._allow_detail[(shared, moment)] = cached
+        return cached
+
+    def _own_denies_open(self, own: tuple[SyncWindow, ...], shared: tuple[SyncWindow, ...],
+                         shared_opens: datetime | None) -> datetime | None:
+        """``next_open(own + shared, now)`` for own windows that are all deny windows, given
+        ``shared_opens``, the shared windows' next opening from now: the first time the shared
+        windows allow at which none of the own is active. Both searches only step over times
+        that are not open, so both find the first open time."""
+        t = shared_opens
+        for _ in range(self.OWN_STEPS):
+            if t is None:
+                break  # the shared part gave up from there: leave the answer to the whole set
+            if t > self._limit:
+                return None
+            latest = None
+            for window in own:
+                end = _active_end(window, t)
+                if end is not None and (latest is None or end > latest):
+                    latest = end
+            if latest is None:
+                return t
+            t = self._shared_open_from(shared, latest)
+        return next_open(own + shared, self.now)
 
     def reason(self, windows: tuple[SyncWindow, ...]) -> str | None:
         if not windows:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -109,6 +109,23 @@ def to_resource(row: Row, load_json: JsonDecoder) -> ResourceRecord:
         updated_at=parse_time(row["updated_at"]),
         health_observed_at=parse_time(row.get("health_observed_at")),
     )
+
+
+def light_resources(values: Iterable[Sequence[Any]]) -> list[ResourceRecord]:
+    """Records from rows of ``LIGHT_RESOURCE_COLUMNS`` read as tuples, by position: what
+    ``to_resource`` gives for those rows, without a dict per row (a no-op pass reads every
+    row of the fleet)."""
+    new_key = tuple.__new__  # ResourceKey(...) goes through a Python-level __new__
+    return [
+        ResourceRecord(new_key(ResourceKey, (environment, kind, name)), str(id_), desired_revision,
+                       desired_hash, None, applied_revision, applied_hash, None, config_commit,
+                       sync_status, health_status, last_result, last_error, failed_revision,
+                       bool(suspended), bool(deleted), parse_time(updated_at),
+                       parse_time(health_observed_at))
+        for (id_, environment, kind, name, desired_revision, desired_hash, applied_revision,
+             applied_hash, config_commit, sync_status, health_status, last_result, last_error,
+             failed_revision, suspended, deleted, updated_at, health_observed_at, _, _) in values
+    ]
 
 
 def to_deployment(row: Row, events: list[DeploymentEvent], steps: list[StepRecord],

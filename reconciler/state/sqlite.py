@@ -241,6 +241,10 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     def _all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
         return list(self._db.query(sql, params))
 
+    def _tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Rows as tuples, in the order of the SELECT's columns (no dict per row)."""
+        return self._conn.execute(sql, params).fetchall()
+
     # -- schema ------------------------------------------------------------------------------
     def _runner(self) -> MigrationRunner:
         return MigrationRunner(SQLiteMigrationConnection(self._conn), self.sql_dir)
@@ -323,10 +327,16 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         where = "" if include_deleted else "WHERE deleted = 0"
-        columns = "*" if with_specs else rows.LIGHT_RESOURCE_COLUMNS
+        if not with_specs:
+            values = await self._run(
+                self._tuples,
+                f"SELECT {rows.LIGHT_RESOURCE_COLUMNS} FROM v_resource {where} "  # noqa: S608
+                "ORDER BY environment, kind, name",
+            )
+            return rows.light_resources(values)
         found = await self._run(
             self._all,
-            f"SELECT {columns} FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
+            f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
         )
         return [self._to_resource(row) for row in found]
 

@@ -89,3 +89,7 @@ def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
     code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)  # no-op pass
     assert code == 0
     assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo)
+    assert code == 0  # in sync
+    assert "reconciler" in modules
+    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))

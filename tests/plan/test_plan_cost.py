@@ -68,6 +68,31 @@ def test_waves_match_the_plain_layered_definition_on_random_graphs() -> None:
         assert waves(nodes, deps) == reference_waves(nodes, deps), (nodes, deps)
 
 
+def test_waves_answer_again_only_the_very_same_question() -> None:
+    """waves() keeps its last answer for the next plan of the same fleet: a changed node list,
+    a dependency added in place to a list it saw, or its caller editing the answer must not
+    bring back a stale order."""
+    rng = random.Random(17)
+    for _ in range(300):
+        nodes = [ResourceKey("a", rng.choice(["Target", "Service", "Job"]), f"n{i}")
+                 for i in range(rng.randint(2, 20))]
+        deps: dict[ResourceKey, list[ResourceKey]] = {n: [] for n in nodes
+                                                      if rng.random() < 0.5}
+        first = waves(nodes, deps)
+        assert first == reference_waves(nodes, deps)
+        first[-1].append(ResourceKey("a", "Service", "added-by-the-caller"))
+        again = waves(list(nodes), dict(deps))
+        assert again == reference_waves(nodes, deps)
+        again[0].clear()
+        assert waves(nodes, deps) == reference_waves(nodes, deps)
+        if deps:
+            dependent = rng.choice(list(deps))
+            deps[dependent].append(rng.choice(nodes))  # in place: the same list object
+            assert waves(nodes, deps) == reference_waves(nodes, deps)
+        fewer = nodes[1:]
+        assert waves(fewer, deps) == reference_waves(fewer, deps)
+
+
 def test_waves_put_a_leftover_cycle_last_and_keep_its_dependents_out_of_earlier_layers() -> None:
     t = ResourceKey("e", "Target", "t")
     a, b, c = (ResourceKey("e", "Service", n) for n in "abc")
