@@ -22,13 +22,19 @@ from typing import Any
 from reconciler.errors import ProviderError
 from reconciler.providers import Instance, ProviderContext, Release
 from reconciler.providers.compose.cli import ComposeCLI, detect
-from reconciler.providers.compose.containers import ConfigHashes, labels_of, tail
+from reconciler.providers.compose.containers import (
+    CONFIG_HASH_LABEL,
+    ConfigHashes,
+    labels_of,
+    tail,
+)
 from reconciler.providers.compose.engine import DockerEngine
 from reconciler.providers.compose.render import (
     LABEL_RESOURCE,
     LAYOUT_PER_REPLICA,
     ONEOFF_LABEL,
     PROJECT_LABEL,
+    SERVICE_LABEL,
     Rendered,
     compose_section,
     is_file_reference,
@@ -236,18 +242,24 @@ class ComposeHost:
     async def record_config_hashes(
         self, cli: ComposeCLI, prepared: Prepared, env: Mapping[str, str]
     ) -> None:
-        """Ask compose for its hash of every service of the document just brought up (the
-        same CLI and environment as ``up``, so the same value it labelled the containers
-        with) and keep it beside the document."""
-        code, out = await self.compose(
-            cli, prepared, env, "config", "--hash", "*", timeout=COMMAND_TIMEOUT_S
-        )
+        """Keep beside the document just brought up the hash compose computes for each of its
+        services: the one compose labelled the service's containers with in that ``up`` (it
+        makes or keeps only containers whose label is the document's hash), else — a service
+        without a container, containers that disagree — what ``compose config --hash`` says
+        with the same CLI and environment as ``up``. The label costs one engine listing; the
+        command, a compose process per replica deployed."""
+        services = await self._labelled_hashes(prepared)
+        code: int | None = 0
+        if services is None:
+            code, out = await self.compose(
+                cli, prepared, env, "config", "--hash", "*", timeout=COMMAND_TIMEOUT_S
+            )
+            services = {}
+            for line in out.splitlines() if code == 0 else ():
+                parts = line.split()
+                if len(parts) == 2 and parts[0] in prepared.rendered.services:
+                    services[parts[0]] = parts[1]
         path = self._hash_file(prepared.compose_file)
-        services: dict[str, str] = {}
-        for line in out.splitlines() if code == 0 else ():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] in prepared.rendered.services:
-                services[parts[0]] = parts[1]
         if not services:
             # An older compose without `config --hash`: drift is then read from the labels only.
             self.ctx.logger.warning(
@@ -264,6 +276,22 @@ class ComposeHost:
         data = {"compose_revision": hashes.compose_revision, "services": services}
         await self.transport.write_file(path, json.dumps(data).encode(), mode=0o600)
         self._hashes[prepared.compose_file] = hashes
+
+    async def _labelled_hashes(self, prepared: Prepared) -> dict[str, str] | None:
+        """Each service's config-hash label, when every service of the document has
+        containers (one-off ones aside) in its project and they all carry one same value."""
+        rendered = prepared.rendered
+        listed = await self.engine.labelled(
+            {PROJECT_LABEL: rendered.project}, [SERVICE_LABEL, CONFIG_HASH_LABEL, ONEOFF_LABEL]
+        )
+        seen: dict[str, set[str]] = {service: set() for service in rendered.services}
+        for _, labels in listed:
+            service = labels.get(SERVICE_LABEL, "")
+            if service in seen and labels.get(ONEOFF_LABEL) != "True":
+                seen[service].add(labels.get(CONFIG_HASH_LABEL, ""))
+        if any(len(values) != 1 or "" in values for values in seen.values()):
+            return None
+        return {service: values.pop() for service, values in seen.items()}
 
     async def config_hashes(self, compose_file: str) -> ConfigHashes | None:
         """The recorded config hashes of a compose file (None: none recorded)."""
