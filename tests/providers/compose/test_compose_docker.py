@@ -546,7 +546,12 @@ async def test_stop_ends_a_job_run_in_progress(make_provider, environment, test_
         return state.running and state.facts["active_runs"] == 1
 
     await eventually(running)
-    assert "working" in await provider.logs(job, instance)  # the live run's output
+
+    async def said_working() -> bool:  # the live run's output, once its shell has written it
+        return "working" in await provider.logs(job, instance)
+
+    # (the engine answers within ms of the start: the echo may not have run yet)
+    await eventually(said_working)
     await provider.stop(job, instance)
     result = await asyncio.wait_for(run, 20)
     assert result.exit_code in (137, 143) and "working" in result.output
