@@ -541,7 +541,8 @@ _OBSERVE_SCRIPT = """show() {
   shift "$i"
   systemctl show --no-pager -p Id -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
     -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -- "$@"
+    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -p UID -p GID \
+    -- "$@"
   echo
 }
 hashes() {
@@ -560,29 +561,40 @@ unit_files() {
   sha256sum -- "$@" 2>/dev/null | sed 's/^/FraisierSum=/'
 }
 show "$@" | {
-  pid= active= sub=
+  pid= active= sub= uid= gid=
   while IFS= read -r line; do
     if [ -n "$line" ]; then
       printf '%s\\n' "$line"
       case $line in
         MainPID=*) pid=${line#MainPID=} ;;
+        UID=*) uid=${line#UID=} ;;
+        GID=*) gid=${line#GID=} ;;
         ActiveState=*) active=${line#ActiveState=} ;;
         SubState=*) sub=${line#SubState=} ;;
       esac
       continue
     fi
     [ "$#" -ge 4 ] || break
-    echo "FraisierCurrent=$(readlink -- "$2/current")"
+    # Shell builtins where they do (cd -P sets PWD to the physical path): a process each per
+    # unit was most of what an observation cost the host.
+    cur=
+    cd -P -- "$2/current" 2>/dev/null && cur=$PWD
+    cd /
+    echo "FraisierCurrent=$cur"
     if [ -n "$pid" ] && [ "$pid" != 0 ]; then
-      # A sandboxed process runs as another user and is not ptrace-able by a root without
-      # CAP_SYS_PTRACE (a container): ask as the process's own user, unless it is ours.
       cwd=
-      if [ -O "/proc/$pid" ]; then
-        cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null)
-      fi
-      if [ -z "$cwd" ] && ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null); then
-        cwd=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" --clear-groups \\
-          readlink "/proc/$pid/cwd" 2>/dev/null)
+      case $uid in
+        ''|0|'[not set]') cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD; cd / ;;
+      esac
+      if [ -z "$cwd" ]; then
+        # A sandboxed process runs as another user and is not ptrace-able by a root without
+        # CAP_SYS_PTRACE (a container): ask as the process's own user.
+        case $uid in
+          ''|'[not set]') ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null) ;;
+          *) ids="$uid $gid" ;;
+        esac
+        [ -n "$ids" ] && cwd=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" \\
+          --clear-groups readlink "/proc/$pid/cwd" 2>/dev/null)
       fi
       echo "FraisierCwd=$cwd"
     fi
@@ -596,7 +608,7 @@ show "$@" | {
         -p ActiveState -- "$4" | sed 's/^/Timer/'
     fi
     echo FraisierObserved=1
-    pid= active= sub=
+    pid= active= sub= uid= gid=
     shift 4
   done
 }
