@@ -11,6 +11,7 @@ so the fetch must be bounded by RECONCILER_GIT_TIMEOUT or the daemon's loop hang
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -161,7 +162,10 @@ def _run(fleet: Fleet, tmp_path: Path, processes: list[Any], remote: GitDaemon,
         return dict(json.loads(body)) if status in (200, 503) and body else {}
 
     def serving(greeting: str) -> bool:
-        status, body = http_get(port) if _port_open(port) else (0, "")
+        try:
+            status, body = http_get(port) if _port_open(port) else (0, "")
+        except (OSError, http.client.HTTPException):  # the old process went away mid-answer
+            return False
         return status == 200 and f'"{greeting}"' in body
 
     daemon = start_daemon()
