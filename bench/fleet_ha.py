@@ -37,6 +37,7 @@ Each replica's CPU time (``/proc/<pid>/stat``, its reaped children included) and
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -218,7 +219,7 @@ class HaBench:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.read().decode().strip() == f"ok {version}")
-        except OSError:
+        except (OSError, http.client.HTTPException):  # refused, or cut by a restart
             return False
 
     def serving(self, pending: set[tuple[int, int]], version: str) -> set[tuple[int, int]]:
