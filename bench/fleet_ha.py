@@ -320,19 +320,22 @@ class HaBench:
 
         watcher = threading.Thread(target=watch_shards, daemon=True)
         watcher.start()
+        served: float | None = None
         try:
-            while pending or not taken_over:
+            while served is None or not taken_over:
                 pending -= self.serving(pending, self.fleet.rev)
+                if not pending and served is None:
+                    served = time.monotonic() - killed
                 if time.monotonic() - killed > timeout:
                     raise SystemExit(f"{name}: {len(pending)} units not serving "
                                      f"{self.fleet.rev}, shards taken over: {bool(taken_over)}, "
                                      f"{timeout:.0f} s after the kill")
-                if pending or not taken_over:
+                if served is None or not taken_over:
                     time.sleep(0.2)
         finally:
             watching.set()
             watcher.join(timeout=30)
-        converged = time.monotonic() - killed
+        converged = served
         self.wait_recorded(self.windows[-1][1], timeout)
         recorded = time.monotonic() - killed
         after = self.deployments()
