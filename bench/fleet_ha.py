@@ -9,15 +9,17 @@ port, ``--interval 30s``, ``--shard-ttl`` 15 s as documented). The config repo i
 repo: each replica watches its refs, so a commit reaches every replica within ~0.1 s — the fastest
 trigger the daemon has and the one a local repo gets in production.
 
-Passes (each timed from the commit until every unit answers the new version over HTTP, checked
-from here on every unit's port, as fleet.py's ``verify`` does):
+Passes, each timed from the commit (after a kill: from the kill) until every unit answers the
+new version over HTTP, checked from here on every unit's port as fleet.py's ``verify`` does
+("served"), and until every Service's deployment of the pass succeeded in the deployment journal
+("recorded"):
 
 * warm-up: the Targets only; the replicas start, split the 64 shards and go idle;
 * converge: every Service appears (hosts wiped: no release, no unit);
 * change-all: a new revision of the shared app directory, every unit restarts;
 * kill during rollout: a new revision is committed; once ``--kill-at`` of the units serve it,
   the replica holding the most shards gets SIGKILL (its process group). Takeover = from the kill
-  until the survivors hold every shard; converged = from the kill until every unit serves it;
+  until the survivors hold every shard;
 * kill before commit: a fresh replica joins (back to R), then the replica holding the most
   shards is killed and a new revision committed right after.
 
@@ -27,7 +29,9 @@ replica's ``reconciler_deployments_total`` on its ``/metrics``). Double deploys,
 independently: (1) on the hosts, systemd's "Started" journal entries (MESSAGE_ID of a started
 job) of every ``fraisier-*`` unit, grouped by the pass (= revision) whose window they fall in —
 a unit started more than once in one pass was deployed twice for the same revision; (2) in the
-database's deployment journal, more than one deployment of a resource to the same revision.
+database's deployment journal, more than one deployment of a resource to the same revision. Both
+are printed apart when the earlier deployment was one a killed replica left open and the new
+owner's recovery deployed again (rollout/recovery.py: cancelled, then redeployed).
 Each replica's CPU time (``/proc/<pid>/stat``, its reaped children included) and peak RSS
 (``VmHWM``), sampled every 0.5 s while it runs (a killed replica: its last sample).
 
@@ -149,13 +153,12 @@ class Replica:
 
 
 class HaBench:
-    def __init__(self, fleet: Fleet, db: str, replicas: int, ttl: str, interval: str) -> None:
+    def __init__(self, fleet: Fleet, db: str, ttl: str, interval: str) -> None:
         self.fleet = fleet
         self.db = db
         self.ttl = ttl
         self.interval = interval
         self.replicas: list[Replica] = []
-        self.count = replicas
         self.http = ThreadPoolExecutor(max_workers=32)
         self.windows: list[tuple[str, float]] = []  # (pass, epoch of its commit), in order
         self._sampling = threading.Event()
@@ -469,7 +472,7 @@ def main() -> None:
                                check=True, capture_output=True, env=fleet.py_env, cwd=ROOT)
                 fleet.repo.mkdir()
                 git(fleet.repo, "init", "-q", "-b", "main")
-                bench = HaBench(fleet, db, args.replicas, args.shard_ttl, args.interval)
+                bench = HaBench(fleet, db, args.shard_ttl, args.interval)
                 try:
                     results = run_passes(bench, args)
                 finally:
