@@ -7,9 +7,15 @@ must reload anyway, because systemd says so, or the unit restarts with the old
 
 The kill is placed with the test-only hook ``FRAISIER_TEST_HOLD_AFTER_UNIT_WRITE``
 (reconciler/providers/bare_metal/systemd.py): the deploy writes the unit, says so in the marker
-file and waits; the test SIGKILLs the process there. 20 trials on two real systemd+sshd hosts;
-a trial converges when the next apply leaves both hosts running the new revision's unit, and
-has a heal loop when `diff --live` still reports drift after it.
+file and waits; the test SIGKILLs the process there. A trial converges when the next apply leaves
+both hosts running the new revision's unit, and has a heal loop when `diff --live` still reports
+drift after it.
+
+Trials: 5 on two real systemd+sshd hosts in `make test`, FRAISIER_CHAOS_TRIALS for more (the
+figure in docs/reliability.md is 20). The hook puts every kill at the same point, and each trial
+asserts that its kill left a unit unloaded: without the fix every trial heal-loops, so the first
+one already fails; the later trials only add run-to-run variation (which host was written when
+the kill came).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from tests.rollout.fleets import ssh_fleet
 from tests.rollout.test_rolling_ssh import APP, greetings, service
 
 SCENARIO = "SIGKILL between unit write and daemon-reload (SSH, 2 hosts)"
-TRIALS = int(os.environ.get("FRAISIER_CHAOS_TRIALS", "20"))
+TRIALS = int(os.environ.get("FRAISIER_CHAOS_TRIALS", "5"))
 UNIT = "fraisier-default_api.service"
 
 
