@@ -115,7 +115,7 @@ async def host(h):
         else:
             chain = [shlex.join(["systemctl", "start", *names])]
         await conn.run(" && ".join(chain), check=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # as the Ansible play: 300 tries, 1 s apart
     await asyncio.gather(*(healthy(u["port"], deadline) for u in units))
 
 

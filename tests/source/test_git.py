@@ -115,3 +115,25 @@ async def test_export_folder_at_commit(repo: Path, tmp_path: Path) -> None:
     await src.export(commit, "", whole)
     assert (whole / "fleet" / "a.yaml").exists()
     assert src.tree_id(commit, "app") == git(repo, "rev-parse", f"{commit}:app")
+
+
+async def test_exports_of_one_folder_share_one_archive_and_follow_the_commit(
+        repo: Path, tmp_path: Path) -> None:
+    """Many Services built from one folder: one `git archive` for all their exports, each
+    export complete on its own; another commit's export is that commit's files."""
+    import asyncio
+
+    src = GitSource(str(repo))
+    first = src.sync().commit
+    dests = [tmp_path / f"out{i}" for i in range(20)]
+    await asyncio.gather(*(src.export(first, "app", d) for d in dests))
+    assert all((d / "main.py").read_text() == "print('hi')\n" for d in dests)
+    assert src.archives_made == 1
+    (repo / "app" / "main.py").write_text("print('v2')\n")
+    git(repo, "commit", "-qam", "v2")
+    second = src.sync().commit
+    await src.export(second, "app", tmp_path / "v2")
+    await src.export(first, "app", tmp_path / "v1-again")
+    assert (tmp_path / "v2" / "main.py").read_text() == "print('v2')\n"
+    assert (tmp_path / "v1-again" / "main.py").read_text() == "print('hi')\n"
+    assert src.archives_made == 2  # the first commit's archive was kept
