@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from reconciler.errors import ProviderError
+from reconciler.providers.bare_metal.batches import RequestBatches
 from reconciler.providers.bare_metal.releases import SWITCH_COMMANDS
 from reconciler.transport import Transport
 
@@ -109,12 +110,15 @@ class HostCommits:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._pending: list[tuple[CommitRequest, asyncio.Future[CommitResult]]] = []
-        self._runner: asyncio.Task[None] | None = None
         self._staging = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.batches = 0  # remote commands run (tests read it)
+        self._batches: RequestBatches[CommitRequest, CommitResult] = RequestBatches(
+            self._run, limit=MAX_BATCH, ready=self._staged)
+
+    @property
+    def batches(self) -> int:  # remote commands run (tests read it)
+        return self._batches.batches
 
     @contextlib.asynccontextmanager
     async def staging(self, slot: asyncio.Semaphore) -> AsyncIterator[None]:
@@ -131,37 +135,12 @@ class HostCommits:
                 self._idle.set()
 
     async def commit(self, request: CommitRequest) -> CommitResult:
-        future: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._drain())
-        return await future
+        return await self._batches.ask(request)
 
-    async def _drain(self) -> None:
-        while self._pending:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), MAX_LINGER_S)
-            batch = self._pending[:MAX_BATCH]
-            del self._pending[:MAX_BATCH]
-            batch = [(r, f) for r, f in batch if not f.done()]  # callers that gave up
-            if not batch:
-                continue
-            self.batches += 1
-            try:
-                results = await self._run([r for r, _ in batch])
-            except Exception as exc:  # every deploy of this batch gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            except BaseException:  # cancelled (loop shutting down): nobody waits forever
-                for _, future in batch + self._pending:
-                    future.cancel()
-                self._pending.clear()
-                raise
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+    async def _staged(self) -> None:
+        """Until no deploy of the host is staging, at most MAX_LINGER_S."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), MAX_LINGER_S)
 
     async def _run(self, requests: Sequence[CommitRequest]) -> list[CommitResult]:
         reload = any(r.unit_written for r in requests)

@@ -35,6 +35,7 @@ from typing import Any
 from croniter import croniter
 
 from reconciler.errors import ProviderError
+from reconciler.providers.bare_metal.batches import RequestBatches
 from reconciler.providers.sandbox import (
     DEFAULT_PROFILE,
     PROFILES,
@@ -724,53 +725,25 @@ Group = tuple[str, str, str, str]  # unit, service dir, unit file, timer ("": no
 
 
 class ObserveBatcher:
-    """Observations of one host's units, many per remote command.
-
-    A request waits for the next batch that starts after it (never an answer read before it
-    asked, which a health gate relies on); a batch takes every request queued by then, up to
-    ``MAX_OBSERVE_BATCH``. So 50 Services gated or checked for drift at once on a host cost a
-    few round trips, not 50. The batch runs in its own task: a caller cancelled while waiting
-    (a gate's watcher, once the verdict is in) does not stop a read the others wait for.
-    """
+    """Observations of one host's units, many per remote command (``RequestBatches``: a
+    request waits for the next batch that starts after it, which a health gate relies on), up
+    to ``MAX_OBSERVE_BATCH``. So 50 Services gated or checked for drift at once on a host cost a
+    few round trips, not 50."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Group, asyncio.Future[dict[str, str]]]] = []
-        self._runner: asyncio.Task[None] | None = None
-        self.batches = 0  # remote commands run (tests read it)
+        self._batches: RequestBatches[Group, dict[str, str]] | None = None
+
+    @property
+    def batches(self) -> int:  # remote commands run (tests read it)
+        return self._batches.batches if self._batches is not None else 0
 
     async def observe(self, group: Group,
                       run: Callable[[Sequence[Group]], Awaitable[list[dict[str, str]]]]
                       ) -> dict[str, str]:
-        future: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
-        self._pending.append((group, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._drain(run))
-        return await future
-
-    async def _drain(self, run: Callable[[Sequence[Group]], Awaitable[list[dict[str, str]]]]
-                     ) -> None:
-        while self._pending:
-            batch = self._pending[:MAX_OBSERVE_BATCH]
-            del self._pending[:MAX_OBSERVE_BATCH]
-            batch = [(g, f) for g, f in batch if not f.done()]  # callers that gave up
-            if not batch:
-                continue
-            self.batches += 1
-            try:
-                results = await run([g for g, _ in batch])
-            except Exception as exc:  # every caller of this batch gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            except BaseException:  # cancelled (loop shutting down): nobody waits forever
-                for _, future in batch + self._pending:
-                    future.cancel()
-                self._pending.clear()
-                raise
-            for (_, future), props in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(props)
+        # ``run`` is the same command for every caller (one transport): the first one's serves
+        if self._batches is None:
+            self._batches = RequestBatches(run, limit=MAX_OBSERVE_BATCH)
+        return await self._batches.ask(group)
 
 
 MAX_OBSERVE_BATCH = 64  # units per remote command (a bounded command line)
