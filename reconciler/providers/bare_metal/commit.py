@@ -29,7 +29,7 @@ from reconciler.providers.bare_metal.releases import SWITCH_COMMANDS
 from reconciler.transport import Transport
 
 MAX_LINGER_S = 5.0  # the longest a staged deploy waits for the host's other deploys
-MAX_BATCH = 256  # deploys per remote command (a bounded command line)
+MAX_BATCH = 64  # deploys per remote command: the command line stays well inside one SSH packet
 COMMIT_TIMEOUT_S = 180.0  # reload + switches + the parallel restarts (each bounded by systemd)
 _OUTPUT_LIMIT = 2000  # bytes of a failed step's output kept (one line each, written whole)
 
