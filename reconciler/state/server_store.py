@@ -24,7 +24,7 @@ import random
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -657,6 +657,16 @@ class ServerStore(rows.AuditLog, NotificationClaims):
             f"SELECT owner FROM v_lock WHERE name = %s AND expires_at > {self._db_clock()}",  # noqa: S608
             (name,)), transaction=False)
         return str(row["owner"]) if row is not None else None
+
+    async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
+        """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
+        if not names:
+            return {}
+        marks = ", ".join(["%s"] * len(names))
+        rows = await self._run("lock_owners", lambda tx, _: tx.all(
+            f"SELECT name, owner FROM v_lock WHERE name IN ({marks}) "  # noqa: S608
+            f"AND expires_at > {self._db_clock()}", tuple(names)), transaction=False)
+        return {str(row["name"]): str(row["owner"]) for row in rows}
 
     async def release_lock(self, name: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""

@@ -24,7 +24,7 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -701,6 +701,17 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     async def lock_owner(self, name: str) -> str | None:
         """Who holds an unexpired lease on ``name`` (None: free or expired)."""
         return await self._run(self._lock_owner, name)
+
+    def _lock_owners(self, names: Sequence[str]) -> dict[str, str]:
+        marks = ", ".join("?" * len(names))
+        now = now_text()
+        return {str(name): str(owner) for name, owner, expires_at in self._tuples(
+            f"SELECT name, owner, expires_at FROM v_lock WHERE name IN ({marks})",  # noqa: S608
+            tuple(names)) if expires_at > now}
+
+    async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
+        """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
+        return await self._run(self._lock_owners, list(names)) if names else {}
 
     def _release_lock(self, name: str, owner: str) -> None:
         with self._write():

@@ -6,7 +6,7 @@ Nothing here may hold a secret value: specs are stored with secret *references* 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -273,6 +273,9 @@ class Store(Protocol):
 
     async def lock_owner(self, name: str) -> str | None:
         """Who holds an unexpired lease on ``name`` (None: free or expired)."""
+
+    async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
+        """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
 
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name: lets crash recovery find (and release, passing the recorded

@@ -296,6 +296,16 @@ async def test_leases(any_store: Store, any_second: Store) -> None:
     await any_store.release_lock("reconcile", "replica-1")
     assert await any_store.lock_owner("reconcile") is None
     assert await any_second.acquire_lock("reconcile", "replica-2", 30) is True
+    # several at once, one query: only the held, unexpired ones
+    assert await any_store.acquire_lock("signal:abort:x", "cli", 30) is True
+    assert await any_store.acquire_lock("signal:promote:x", "gone", 0.01) is True
+    await asyncio.sleep(0.05)
+    assert await any_second.lock_owners(
+        ["reconcile", "signal:abort:x", "signal:promote:x", "never"]) == {
+        "reconcile": "replica-2", "signal:abort:x": "cli"}
+    assert await any_second.lock_owners([]) == {}
+    await any_store.release_lock("signal:abort:x", "cli")
+    await any_store.release_lock("signal:promote:x", "gone")
 
     # expiry: a short lease of a "dead" owner is taken over after its TTL
     assert await any_store.acquire_lock("resource:prod/Service/api", "dead", 0.3) is True
