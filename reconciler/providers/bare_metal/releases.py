@@ -20,7 +20,8 @@ import secrets
 import shlex
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,10 @@ class ReleaseStore:
         working_dir: str | None,
         env: Mapping[str, str],
         build_timeout_s: float,
-        tree: Callable[[], Awaitable[Path]] | None = None,
+        tree: Callable[[], AbstractAsyncContextManager[Path]] | None = None,
     ) -> tuple[str, bool]:
         """The release's directory, exported (and built) unless it is already complete.
-        Returns ``(path, created)``. ``tree``: gives a local directory holding the release's
+        Returns ``(path, created)``. ``tree``: lends a local directory holding the release's
         files with their modes published (a provider's export, shared by every host and
         Service that ships the same files), uploaded as it is; else the release is exported
         into a temporary directory first."""
@@ -162,7 +163,8 @@ class ReleaseStore:
             stage = f".staging-{revision}-{secrets.token_hex(4)}"
             try:
                 if tree is not None:
-                    await self.transport.put_tree(await tree(), final, replace=True, stage=stage)
+                    async with tree() as local:
+                        await self.transport.put_tree(local, final, replace=True, stage=stage)
                 else:
                     with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
                         await release.export(Path(tmp))

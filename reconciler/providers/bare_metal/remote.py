@@ -42,7 +42,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +101,7 @@ T = TypeVar("T")
 log = logging.getLogger("reconciler.provider.bare_metal")
 
 DEFAULT_ROOT = "/srv/fraisier"
+EXPORTS_KEPT = 16  # release exports kept on this machine for further uploads
 RETRY_DEADLINE_S = 20.0  # then the host is declared down (its deploy fails naming it)
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 5.0
@@ -164,8 +165,9 @@ class SystemdSSHProvider:
         self.pool = SSHPool()
         self._slots = {h.host_id: asyncio.Semaphore(max(1, concurrency)) for h in hosts}
         self._locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
-        self._exports: dict[str, Path] = {}  # release content -> its published export
+        self._exports: dict[str, Path] = {}  # release content -> its export, oldest first
         self._export_locks: dict[str, asyncio.Lock] = {}
+        self._export_readers: dict[str, int] = {}  # uploads reading an export now
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
         self._warming: dict[str, asyncio.Task[None]] = {}
         # each host's own values ({vars.NAME} in health checks and env)
@@ -208,17 +210,22 @@ class SystemdSSHProvider:
 
     # -- releases ------------------------------------------------------------------------------
 
-    def _release_tree(self, release: Release) -> Callable[[], Awaitable[Path]] | None:
-        """What gives ``release``'s files as a local directory (modes published) to upload:
+    def _release_tree(
+        self, release: Release
+    ) -> Callable[[], contextlib.AbstractAsyncContextManager[Path]] | None:
+        """What lends ``release``'s files as a local directory (modes published) to upload:
         exported the first time a host needs them, then shared read-only by every host and by
         every release of the same ``content`` (1,000 Services from one folder: one export, not
-        a copy per deploy). A host that already has the release never calls it."""
+        a copy per deploy). A host that already has the release never asks. The newest
+        ``EXPORTS_KEPT`` exports are kept (a daemon lives through many commits); an older one
+        goes once no upload reads it."""
         export = release.export
         if export is None:
             return None
         key = release.content or f"{release.resource.key}@{release.revision}"
 
-        async def tree() -> Path:
+        @contextlib.asynccontextmanager
+        async def tree() -> AsyncIterator[Path]:
             lock = self._export_locks.setdefault(key, asyncio.Lock())
             async with lock:
                 path = self._exports.get(key)
@@ -234,10 +241,23 @@ class SystemdSSHProvider:
                     except BaseException:
                         shutil.rmtree(path, ignore_errors=True)
                         raise
-                    self._exports[key] = path
-            return path
+                self._exports.pop(key, None)
+                self._exports[key] = path  # the newest last
+                self._export_readers[key] = self._export_readers.get(key, 0) + 1
+            try:
+                yield path
+            finally:
+                self._export_readers[key] -= 1
+                self._drop_old_exports()
 
         return tree
+
+    def _drop_old_exports(self) -> None:
+        for key in list(self._exports)[: max(0, len(self._exports) - EXPORTS_KEPT)]:
+            if self._export_readers.get(key, 0) == 0 and not self._export_locks[key].locked():
+                shutil.rmtree(self._exports.pop(key), ignore_errors=True)
+                self._export_readers.pop(key, None)
+                self._export_locks.pop(key, None)
 
     def _store(self, transport: Transport, resource: Resource) -> ReleaseStore:
         return ReleaseStore(transport, self.service_dir(resource), str(resource.key))
@@ -570,6 +590,7 @@ class SystemdSSHProvider:
         await pool.close()
         self._exports.clear()
         self._export_locks.clear()
+        self._export_readers.clear()
         if self._export_root is not None:
             with contextlib.suppress(OSError):
                 self._export_root.cleanup()

@@ -92,3 +92,41 @@ async def test_releases_of_the_same_content_export_once_for_every_service_and_ho
         for name in ("same0", "same2", "other"):
             path = f"/srv/fraisier/{ENV}/{name}/releases/r1/www/VERSION"
             assert host.sh(f"stat -c %a {path} && cat {path}").split() == ["644", "r1"]
+
+
+async def test_only_the_newest_exports_are_kept_on_this_machine(
+    ssh_provider: SystemdSSHProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon lives through many commits: an export older than the newest EXPORTS_KEPT goes
+    once no upload reads it (exported again if a host needs it later)."""
+    monkeypatch.setattr("reconciler.providers.bare_metal.remote.EXPORTS_KEPT", 1)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "VERSION").write_text("r1\n")
+    exports = {"a": Recording(src), "b": Recording(src)}
+    instance = (await ssh_provider.instances(service("x", ["/bin/sleep", "600"])))[0]
+
+    async def deploy(name: str, content: str) -> None:
+        await ssh_provider.deploy(Release(
+            resource=service(name, ["/bin/sleep", "600"]), revision="r1", config_commit="c0",
+            export=exports[content], env={}, content=content), instance)
+
+    await deploy("x", "a")
+    await deploy("y", "a")  # kept: shared
+    assert exports["a"].calls == 1 and exports["a"].dests[0].is_dir()
+    await deploy("z", "b")  # the newest one: the export of "a" goes
+    assert not exports["a"].dests[0].exists() and exports["b"].dests[0].is_dir()
+    await deploy("w", "a")  # a host without it: exported again
+    assert exports["a"].calls == 2
+
+
+class Recording(FolderExport):
+    """A FolderExport that remembers where it exported to."""
+
+    def __init__(self, source: Path) -> None:
+        super().__init__(source)
+        self.dests: list[Path] = []
+
+    async def __call__(self, dest: Path) -> None:
+        self.dests.append(dest)
+        await super().__call__(dest)
