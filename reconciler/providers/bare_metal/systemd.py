@@ -529,7 +529,8 @@ _INSPECT_SCRIPT = """for f do
   if [ -f "$f" ]; then sha256sum -- "$f" | cut -d' ' -f1; else echo -; fi
 done"""
 # Everything observe() needs from one host in one round trip, for many units at once. The
-# arguments are groups of four (unit, service dir, unit file, timer or ""). What costs on the
+# arguments are groups of five (unit, service dir, unit file, timer or "", the process whose
+# cwd the caller knows: "MainPID/ExecMainStartTimestamp" or ""). What costs on the
 # host is processes, systemctl's above all: one `systemctl show` answers for every unit, one
 # `sha256sum` hashes every unit file, one `grep` reads every recorded hash; only the link of
 # `current` and the process's working directory are read per unit. Output: each unit's
@@ -538,7 +539,7 @@ done"""
 _OBSERVED = "FraisierObserved=1"
 _OBSERVE_SCRIPT = """show() {
   i=0
-  for a do i=$((i + 1)); [ $((i % 4)) -eq 1 ] && set -- "$@" "$a"; done
+  for a do i=$((i + 1)); [ $((i % 5)) -eq 1 ] && set -- "$@" "$a"; done
   shift "$i"
   systemctl show --no-pager -p Id -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
     -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
@@ -550,24 +551,25 @@ hashes() {
   i=0
   for a do
     i=$((i + 1))
-    case $((i % 4)) in 2) set -- "$@" "$a/unit.sha256" ;; esac
+    case $((i % 5)) in 2) set -- "$@" "$a/unit.sha256" ;; esac
   done
   shift "$i"
   grep -H '' -- "$@" 2>/dev/null | sed 's/^/FraisierRecorded=/'
 }
 unit_files() {
   i=0
-  for a do i=$((i + 1)); [ $((i % 4)) -eq 3 ] && set -- "$@" "$a"; done
+  for a do i=$((i + 1)); [ $((i % 5)) -eq 3 ] && set -- "$@" "$a"; done
   shift "$i"
   sha256sum -- "$@" 2>/dev/null | sed 's/^/FraisierSum=/'
 }
 show "$@" | {
-  pid= active= sub= uid= gid=
+  pid= active= sub= uid= gid= started=
   while IFS= read -r line; do
     if [ -n "$line" ]; then
       printf '%s\\n' "$line"
       case $line in
         MainPID=*) pid=${line#MainPID=} ;;
+        ExecMainStartTimestamp=*) started=${line#ExecMainStartTimestamp=} ;;
         UID=*) uid=${line#UID=} ;;
         GID=*) gid=${line#GID=} ;;
         ActiveState=*) active=${line#ActiveState=} ;;
@@ -575,14 +577,18 @@ show "$@" | {
       esac
       continue
     fi
-    [ "$#" -ge 4 ] || break
+    [ "$#" -ge 5 ] || break
     # Shell builtins where they do (cd -P sets PWD to the physical path): a process each per
     # unit was most of what an observation cost the host.
     cur=
     cd -P -- "$2/current" 2>/dev/null && cur=$PWD
     cd /
     echo "FraisierCurrent=$cur"
-    if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+    if [ -n "$pid" ] && [ "$pid" != 0 ] && [ "$5" = "$pid/$started" ]; then
+      # the same process as the caller's last look: its cwd is known (a gate's watcher and a
+      # drift check ask again and again; a setpriv per unit was most of their cost)
+      echo "FraisierCwdKnown=1"
+    elif [ -n "$pid" ] && [ "$pid" != 0 ]; then
       # Root reads any process's cwd where it holds CAP_SYS_PTRACE (a host), a builtin:
       cwd=
       cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD
@@ -609,8 +615,8 @@ show "$@" | {
         -p ActiveState -- "$4" | sed 's/^/Timer/'
     fi
     echo FraisierObserved=1
-    pid= active= sub= uid= gid=
-    shift 4
+    pid= active= sub= uid= gid= started=
+    shift 5
   done
 }
 unit_files "$@"
@@ -732,6 +738,9 @@ class ObserveBatcher:
 
     def __init__(self) -> None:
         self._batches: RequestBatches[Group, dict[str, str]] | None = None
+        # unit -> ("MainPID/ExecMainStartTimestamp", cwd) of its process as last observed: a
+        # process's identity does not come back, so its cwd is not asked for again
+        self.cwds: dict[str, tuple[str, str]] = {}
 
     @property
     def batches(self) -> int:  # remote commands run (tests read it)
@@ -843,7 +852,9 @@ class Systemd:
 
     async def _observe_many(self, groups: Sequence[tuple[str, str, str, str]]
                             ) -> list[dict[str, str]]:
-        args = [a for group in groups for a in group]
+        cwds = observe_batcher(self.transport).cwds
+        args = [a for group in groups
+                for a in (*group, cwds.get(group[0], ("", ""))[0])]
         result = await self._run(["sh", "-c", _OBSERVE_SCRIPT, "fraisier-observe", *args])
         blocks = result.stdout.decode(errors="replace").split(_OBSERVED + "\n")
         if len(blocks) != len(groups) + 1:
@@ -860,8 +871,16 @@ class Systemd:
                 path, _, digest_text = value.rpartition(":")
                 recorded[path] = digest_text
         observed = []
-        for (_, service_dir, unit_file, _), block in zip(groups, blocks[:-1], strict=True):
+        for (unit, service_dir, unit_file, _), block in zip(groups, blocks[:-1], strict=True):
             props = parse_properties(block)
+            identity = f"{props.get('MainPID', '')}/{props.get('ExecMainStartTimestamp', '')}"
+            known = cwds.get(unit)
+            if props.pop("FraisierCwdKnown", None) is not None and known is not None:
+                props["FraisierCwd"] = known[1]
+            elif props.get("FraisierCwd"):
+                cwds[unit] = (identity, props["FraisierCwd"])
+            else:
+                cwds.pop(unit, None)
             if unit_file in sums:
                 props["FraisierUnitHash"] = sums[unit_file]
             props["FraisierRecordedHash"] = recorded.get(

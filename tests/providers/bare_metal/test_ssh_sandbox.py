@@ -276,3 +276,38 @@ def test_a_blue_green_slot_takes_the_services_overrides(tmp_path: Path) -> None:
         files, _ = provider._unit_files(release_of(tmp_path, resource, {}))
         unit = next(data for path, (data, _) in files.items() if path.endswith(".service"))
         assert b"MemoryDenyWriteExecute=yes" in unit, resource.name
+
+
+@pytest.mark.timeout(120)
+async def test_a_sandboxed_process_cwd_is_read_once_per_process(ssh_host: Any, tmp_path: Path
+                                                                ) -> None:
+    """The release a process runs is read from its cwd (as its own user where root cannot:
+    a container's root, a DynamicUser unit). A process seen before is not asked again — its
+    cwd is remembered by its identity (MainPID + start time) — and a new process is."""
+    from reconciler.providers.bare_metal.systemd import observe_batcher
+
+    provider = provider_for([ssh_host], tmp_path / "state", sandbox="default")
+    port = free_port()
+    try:
+        web = make_resource("web", {"target": "hosts", "command": [
+            "busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "."]})
+        instance = (await provider.instances(web))[0]
+        await provider.deploy(release_of(tmp_path, web, {"index.html": "one"}), instance)
+        first = await provider.observe_instance(web, instance)
+        assert first.running and first.facts["running_revision"] == "r1", first
+        cwds = observe_batcher(provider.transport_for(instance)).cwds
+        unit = f"fraisier-{ENV}_web.service"
+        identity, cwd = cwds[unit]
+        assert cwd == "/srv/fraisier/test/web/releases/r1"
+        # the same process: its remembered cwd stands (a planted one proves it is not re-read)
+        cwds[unit] = (identity, "/srv/fraisier/test/web/releases/planted")
+        again = await provider.observe_instance(web, instance)
+        assert again.facts["running_revision"] == "planted"
+        # a new process (r2 deployed, restarted): read again, the planted value is gone
+        await provider.deploy(release_of(tmp_path, web, {"index.html": "two"}, "r2"), instance)
+        assert await wait_http(port) == "two"
+        after = await provider.observe_instance(web, instance)
+        assert after.facts["running_revision"] == "r2" and after.revision == "r2", after
+        assert cwds[unit][1] == "/srv/fraisier/test/web/releases/r2"
+    finally:
+        await provider.close()
