@@ -32,6 +32,7 @@ from reconciler.plan.planner import (
     recorded_target,
     with_content_reason,
 )
+from reconciler.rollout.core import MAX_IN_FLIGHT
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.heal import Healing
 from reconciler.rollout.leases import Leases
@@ -48,17 +49,14 @@ from reconciler.rollout.runnables import Runnables
 from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
 from reconciler.rollout.status_sink import report_finished, report_started
-from reconciler.spec.model import DesiredState, Resource, ResourceKey
+from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
-
-# Rollouts in flight at once in a pass, over all Targets (each Target: `concurrency`).
-MAX_IN_FLIGHT = 1024
 
 log = logging.getLogger("reconciler.rollout")
 
 
-class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
+class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
     """Planning and running one reconcile pass."""
 
     # -- planning ---------------------------------------------------------------------------
@@ -112,17 +110,6 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         name_target_changes(plan)
         return plan
 
-    def _rollouts_per_target(self, target: Resource | None) -> int:
-        """``concurrency``, or all of them (the pass's cap) for a Target whose provider bounds
-        and batches the actions on each host itself (``host_batching``)."""
-        if target is None:
-            return self.concurrency
-        try:
-            batching = self.provider_for(target).capabilities.host_batching
-        except ReconcilerError:  # a Target that cannot load: its rollouts record why
-            return self.concurrency
-        return max(self.concurrency, MAX_IN_FLIGHT) if batching else self.concurrency
-
     # -- the pass ---------------------------------------------------------------------------
     async def reconcile(
         self,
@@ -170,7 +157,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
             sem = per_target.get(target)
             if sem is None:
                 sem = per_target[target] = asyncio.Semaphore(
-                    self._rollouts_per_target(desired.get(target) if target else None))
+                    self.rollouts_per_target(desired.get(target) if target else None))
             return sem
 
         if self.status_sink is not None:  # only queued: never waits on a git host
