@@ -44,7 +44,7 @@ from reconciler.rollout.outcome import (
     ReconcileResult,
 )
 from reconciler.rollout.prune import Pruning
-from reconciler.rollout.recovery import Recovery
+from reconciler.rollout.recovery import Recovered, Recovery
 from reconciler.rollout.runnables import Runnables
 from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
@@ -124,20 +124,26 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
         # The collector stays off but while resources are rolled out: a no-op pass is all
         # bookkeeping (gc_paused).
         with span("reconcile", commit=desired.commit or "", trigger=trigger), gc_paused():
-            return await self._reconcile(desired, trigger=trigger, prune=prune, force=force,
-                                         only=only, redeploy=redeploy)
+            started = time.monotonic()
+            for key, task in list(self.rollouts.items()):
+                if task.done():  # a detached rollout ended since the last pass
+                    self.rollouts.pop(key, None)
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("detached rollout failed", extra={
+                            "resource": str(key), "error": repr(task.exception())})
+            recovered = await self.recover()
+            try:
+                return await self._reconcile(desired, recovered, started, trigger=trigger,
+                                             prune=prune, force=force, only=only,
+                                             redeploy=redeploy)
+            except BaseException:
+                await recovered.abandon()
+                raise
 
-    async def _reconcile(self, desired: DesiredState, *, trigger: str, prune: bool, force: bool,
+    async def _reconcile(self, desired: DesiredState, recovered: Recovered, started: float, *,
+                         trigger: str, prune: bool, force: bool,
                          only: Iterable[ResourceKey] | None,
                          redeploy: Iterable[ResourceKey]) -> ReconcileResult:
-        started = time.monotonic()
-        for key, task in list(self.rollouts.items()):
-            if task.done():  # a detached rollout ended since the last pass
-                self.rollouts.pop(key, None)
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("detached rollout failed", extra={
-                        "resource": str(key), "error": repr(task.exception())})
-        resumed = set(await self.recover())
         healing = set(redeploy)  # drifted: only their drifted instances are redeployed
         with span("plan"):
             plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
@@ -164,6 +170,15 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
             report_started(self.status_sink, desired.commit, plan.items, selected)
 
         async def run(item: PlanItem) -> None:
+            # an interrupted deployment of this resource being adopted ends first
+            adopted, resumed = await recovered.adoption(item.key)
+            if adopted is not None and item.action in (CREATE, UPDATE, UNCHANGED) \
+                    and item.revision == adopted.revision:
+                outcomes[item.key] = Outcome(
+                    item.key, item.action, st.SUCCEEDED, item.revision,
+                    f"adopted after an interruption: {adopted.instances} instance(s) ran it",
+                    deployment=adopted.deployment, adopted=True)
+                return
             async with in_flight, slots(item):
                 if self.stopping:
                     result.interrupted = True
@@ -184,7 +199,7 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                                                  message, waiting=True)
                     self.emit(item.key, "waiting", message)
                     return
-                why = "resume" if item.key in resumed else trigger
+                why = "resume" if resumed else trigger
                 opened: list[DeploymentRecord] = []  # the deployment this attempt created
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
@@ -217,7 +232,7 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
             k = i.key
             if (selected is not None and k not in selected) or i.action == DELETE:
                 continue
-            if i.action == UNCHANGED:
+            if i.action == UNCHANGED and i.key not in recovered.adoptions:
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
@@ -270,6 +285,7 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                     target = recorded_target(item)
                     if out is not None and not out.ok and target is not None:
                         kept_targets.add(target)
+        await recovered.settle()  # adoptions of resources that did not act this pass
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
         if self.status_sink is not None:
             report_finished(self.status_sink, desired.commit, plan.items, outcomes,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from reconciler.errors import ReconcilerError, StoreError
 from reconciler.observe import metrics
@@ -37,8 +37,9 @@ ADOPT = "adopt"
 # whole judgement of a rollout that already moved every instance (a canary's analysis or a
 # blue-green traffic switch is not re-run here; those resume instead).
 _ADOPTABLE = frozenset({RECREATE, ROLLING})
-# Steps of a rollout going forward; any other (rollback, stop, retire) means a revert began.
-_FORWARD = frozenset({"deploy", "health"})
+# Steps of a rollout going forward (or of an adoption an earlier recovery did not finish); any
+# other (rollback, stop, retire) means a revert began.
+_FORWARD = frozenset({"deploy", "health", ADOPT})
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,62 @@ class _Candidate:
     target: Resource
 
 
+@dataclass(frozen=True)
+class Adopted:
+    """An interrupted deployment recovery adopted: it ended ``succeeded`` at ``revision``."""
+
+    deployment: str  # its identifier
+    revision: str
+    instances: int
+
+
+@dataclass
+class Recovered:
+    """What recovery made of the deployments a crash left open.
+
+    ``resumed``: cancelled, for the pass to deploy again (trigger ``resume``). ``adoptions``:
+    being adopted, each a task ending with the ``Adopted`` deployment, or None when it was
+    cancelled instead (then it resumes too). The pass awaits a resource's adoption before that
+    resource's turn and every adoption before it ends, so one resource's gates hold only it."""
+
+    resumed: set[ResourceKey] = field(default_factory=set)
+    adoptions: dict[ResourceKey, asyncio.Task[Adopted | None]] = field(default_factory=dict)
+
+    async def adoption(self, key: ResourceKey) -> tuple[Adopted | None, bool]:
+        """(the adopted deployment or None, whether ``key`` resumes an interrupted one)."""
+        task = self.adoptions.get(key)
+        if task is None:
+            return None, key in self.resumed
+        adopted = await task
+        return adopted, adopted is None
+
+    async def settle(self) -> None:
+        """Wait for every adoption; raise the first error (the store's)."""
+        for result in await asyncio.gather(*self.adoptions.values(), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+
+    async def abandon(self) -> None:
+        """The pass failed: stop the adoptions still gating (their deployments stay open, an
+        open step each, for the next recovery)."""
+        for task in self.adoptions.values():
+            task.cancel()
+        await asyncio.gather(*self.adoptions.values(), return_exceptions=True)
+
+
 class Recovery(Gate, Releases, Leases):
     """Closing — or adopting — the deployments a crash left open."""
 
-    async def recover(self) -> list[ResourceKey]:
-        """Close the deployments a crash left open; return the resources to resume.
+    async def recover(self) -> Recovered:
+        """Close the deployments a crash left open.
 
-        Adopted deployments end ``succeeded`` (the resource is applied at their revision).
-        The others end ``cancelled`` with the step that was interrupted; the resource keeps its
-        last applied revision, so the next plan deploys the desired one again (resume) — or, if
-        it is gone from git, prunes/orphans it."""
-        orphaned: list[tuple[DeploymentRecord, str]] = []
+        Adoptable ones are adopted by tasks that run beside the pass (an adopted deployment
+        ends ``succeeded``: the resource is applied at its revision). The others end
+        ``cancelled`` with the step that was interrupted; the resource keeps its last applied
+        revision, so the next plan deploys the desired one again (resume) — or, if it is gone
+        from git, prunes/orphans it."""
+        recovered = Recovered()
+        limits: dict[ResourceKey, asyncio.Semaphore] = {}
         for dep in await self.store.unfinished_deployments():
             if self.owns is not None and not self.owns(dep.key):
                 continue  # another replica's shard
@@ -76,43 +122,39 @@ class Recovery(Gate, Releases, Leases):
             for step in open_steps:
                 await self.store.finish_step(step.id, "interrupted", "reconciler stopped")
             where = open_steps[-1].action if open_steps else "before the first step"
-            orphaned.append((dep, where))
-        adopted = await self._adopt_all([dep for dep, _ in orphaned])
-        resumed: list[ResourceKey] = []
-        for dep, where in orphaned:
-            if dep.id in adopted:
+            candidate = await self._candidate(dep)
+            if candidate is None:
+                await self._cancel(dep, where)
+                recovered.resumed.add(dep.key)
                 continue
-            await self.store.transition(
-                dep.id, st.CANCELLED,
-                message=f"interrupted during {where}; resumed by the next reconcile",
-            )
-            await self.store.update_status(dep.key, last_result=st.CANCELLED,
-                                           last_error=f"interrupted during {where}")
-            log.warning("recovered interrupted deployment",
-                        extra={"resource": str(dep.key), "deployment": dep.identifier})
-            resumed.append(dep.key)
-        return resumed
+            # per Target, as many adoptions at once as a pass would roll out
+            limit = limits.get(candidate.target.key)
+            if limit is None:
+                limit = limits[candidate.target.key] = asyncio.Semaphore(
+                    self.rollouts_per_target(candidate.target))
+            recovered.adoptions[dep.key] = asyncio.create_task(
+                self._adopt_or_cancel(candidate, where, limit))
+        return recovered
+
+    async def _cancel(self, dep: DeploymentRecord, where: str) -> None:
+        await self.store.transition(
+            dep.id, st.CANCELLED,
+            message=f"interrupted during {where}; resumed by the next reconcile",
+        )
+        await self.store.update_status(dep.key, last_result=st.CANCELLED,
+                                       last_error=f"interrupted during {where}")
+        log.warning("recovered interrupted deployment",
+                    extra={"resource": str(dep.key), "deployment": dep.identifier})
+
+    async def _adopt_or_cancel(self, candidate: _Candidate, where: str,
+                               limit: asyncio.Semaphore) -> Adopted | None:
+        async with limit:
+            adopted = await self._adopt(candidate)
+        if adopted is None:
+            await self._cancel(candidate.dep, where)
+        return adopted
 
     # -- adoption ---------------------------------------------------------------------------
-    async def _adopt_all(self, deps: Sequence[DeploymentRecord]) -> set[str]:
-        """Adopt what can be, concurrently (per Target as many as a pass would roll out);
-        returns the ids of the deployments adopted."""
-        candidates = [c for c in [await self._candidate(d) for d in deps] if c is not None]
-        if not candidates:
-            return set()
-        per_target: dict[ResourceKey, asyncio.Semaphore] = {}
-
-        async def adopt(candidate: _Candidate) -> str | None:
-            key = candidate.target.key
-            sem = per_target.get(key)
-            if sem is None:
-                sem = per_target[key] = asyncio.Semaphore(
-                    self.rollouts_per_target(candidate.target))
-            async with sem:
-                return candidate.dep.id if await self._adopt(candidate) else None
-
-        return {i for i in await asyncio.gather(*(adopt(c) for c in candidates)) if i}
-
     async def _candidate(self, dep: DeploymentRecord) -> _Candidate | None:
         """``dep`` with its resource and Target when its journal allows adopting it: a Service
         rollout in place, to a new revision (a forced redeploy of the running revision must
@@ -130,12 +172,12 @@ class Recovery(Gate, Releases, Leases):
         target = await self.target_from_store(resource)
         return _Candidate(dep, resource, target) if target is not None else None
 
-    async def _adopt(self, candidate: _Candidate) -> bool:
-        """Adopt one interrupted deployment (True), or leave it to be cancelled (False)."""
+    async def _adopt(self, candidate: _Candidate) -> Adopted | None:
+        """Adopt one interrupted deployment, or None: it is to be cancelled."""
         dep, resource = candidate.dep, candidate.resource
         lock = f"resource:{dep.key}"
         if not await self.take_lease(lock):
-            return False  # someone else took it since: cancelled and resumed as before
+            return None  # someone else took it since: cancelled and resumed as before
         renew = asyncio.create_task(self.renew(lock))
         try:
             provider = self.provider_for(candidate.target)
@@ -143,7 +185,7 @@ class Recovery(Gate, Releases, Leases):
             found = running_target(instances, await provider.observe(resource),
                                    dep.to_revision)
             if found is None:
-                return False
+                return None
             return await self._gate_adopted(dep, provider, resource, candidate.target,
                                             list(zip(instances, found, strict=True)))
         except StoreError:
@@ -154,7 +196,7 @@ class Recovery(Gate, Releases, Leases):
             log.warning("adopting an interrupted deployment failed; resuming it instead",
                         extra={"resource": str(dep.key), "deployment": dep.identifier,
                                "error": message})
-            return False
+            return None
         finally:
             renew.cancel()
             await asyncio.gather(renew, return_exceptions=True)
@@ -162,7 +204,7 @@ class Recovery(Gate, Releases, Leases):
 
     async def _gate_adopted(self, dep: DeploymentRecord, provider: Provider,
                             resource: Resource, target: Resource,
-                            found: list[tuple[Instance, InstanceState]]) -> bool:
+                            found: list[tuple[Instance, InstanceState]]) -> Adopted | None:
         """Every instance runs the target: journal what was found, gate each instance as the
         rollout would have, and on success record the deployment as succeeded."""
         key, revision = dep.key, dep.to_revision
@@ -178,7 +220,7 @@ class Recovery(Gate, Releases, Leases):
                if not ok]
         if bad:
             self.emit(key, "health check failed", "; ".join(bad) + "; resuming the rollout")
-            return False
+            return None
         summary = f"adopted after an interruption: {len(found)} instance(s) ran {revision}"
         await self.store.transition(dep.id, st.SUCCEEDED, message=f"healthy: {summary}")
         await self.record_succeeded(key, revision, resource, dep.config_commit)
@@ -186,7 +228,7 @@ class Recovery(Gate, Releases, Leases):
         metrics.DEPLOYMENTS_TOTAL.labels(str(target.spec.get("provider")), dep.strategy,
                                          st.SUCCEEDED).inc()
         self.emit(key, "adopted", f"{revision} healthy ({summary})")
-        return True
+        return Adopted(dep.identifier, revision, len(found))
 
 
 def running_target(instances: Sequence[Instance], states: Sequence[InstanceState],

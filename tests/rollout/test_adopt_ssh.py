@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,10 +110,13 @@ def test_killed_after_the_switch_is_adopted_without_a_second_restart(
     interrupted = fleet.json("history", "api")[0]
     assert interrupted["status"] == "in_progress"
 
-    out = fleet.cli("apply", *fleet.repo_args(), timeout=180)
+    out = fleet.cli("apply", *fleet.repo_args(), "-o", "json", timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert set(greetings(fleet).values()) == {"v2"}, greetings(fleet)
     assert invocations(hosts) == started  # not restarted a second time
+    [api] = [r for r in json.loads(out.stdout)["resources"] if r["resource"].endswith("/api")]
+    assert api["result"] == "succeeded" and api.get("adopted") is True, api
+    assert api["deployment"] == interrupted["deployment"], api
     history = fleet.json("history", "api")
     newest = history[0]
     assert newest["id"] == interrupted["id"], [(d["status"], d["trigger"]) for d in history]
