@@ -179,6 +179,9 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                     f"adopted after an interruption: {adopted.instances} instance(s) ran it",
                     deployment=adopted.deployment, adopted=True)
                 return
+            if adopted is not None and item.record is not None:
+                # git moved on since: deployed from what was adopted, not the record planned
+                item.record = await self.store.get_resource(item.key) or item.record
             async with in_flight, slots(item):
                 if self.stopping:
                     result.interrupted = True
