@@ -34,12 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -392,6 +396,77 @@ class Fleet:
                     raise SystemExit(f"{method} {self.name(h, i)} serves {body!r}")
 
 
+class FleetDaemon:
+    """``reconciler daemon`` on the fleet's repo and state (as operators run it): the figure of
+    a change to one Service from its commit to its deployment recorded as succeeded (health
+    gate passed), with no process start-up and no drift check of the other units in it."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        python = sys.executable if fleet.code == ROOT else str(fleet.code / ".venv/bin/python")
+        # a long interval: the local repo is watched (a commit starts a pass at once), so no
+        # poll or heal pass of all 1,000 units runs beside the one timed
+        argv = [python, "-m", "reconciler", "--state-dir", str(fleet.state), "--log-format",
+                "text", "daemon", "--repo", str(fleet.repo), "--path", "fleet", "--listen",
+                f"127.0.0.1:{self.port}", "--interval", "10m"]
+        self.log = (LOGS / "fleet-daemon.log").open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=fleet.py_env, cwd=fleet.code, start_new_session=True)
+
+    def passes(self) -> float:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("reconciler_reconcile_duration_seconds_count"))
+
+    def wait_idle(self, timeout: float = 600.0) -> None:
+        """Until the start-up pass (adopting what apply deployed) has finished."""
+        deadline = time.monotonic() + timeout
+        while self.passes() < 1:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"daemon: no pass finished (see {self.log.name})")
+            time.sleep(0.2)
+
+    def succeeded(self, name: str) -> int:
+        db = sqlite3.connect(f"file:{self.fleet.state / 'fraisier.db'}?mode=ro", uri=True,
+                             timeout=10)
+        try:
+            row = db.execute("""SELECT count(*) FROM tb_deployment d
+                                JOIN tb_resource r ON r.pk_resource = d.fk_resource
+                                WHERE r.kind = 'Service' AND r.name = ? AND
+                                      d.status = 'succeeded'""", (name,)).fetchone()
+        finally:
+            db.close()
+        return int(row[0])
+
+    def change_one(self, target: tuple[int, int], message: str) -> float:
+        name = self.fleet.name(*target)
+        before = self.succeeded(name)
+        started = time.perf_counter()
+        self.fleet.commit(message)
+        while self.succeeded(name) == before:
+            if self.proc.poll() is not None or time.perf_counter() - started > 120:
+                raise SystemExit(f"daemon: {name} not deployed (see {self.log.name})")
+            time.sleep(0.02)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
 ANSIBLE_SETTINGS = {"ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
                     "ANSIBLE_RETRY_FILES_ENABLED": "0", "ANSIBLE_NOCOLOR": "1",
                     "ANSIBLE_GATHERING": "explicit"}
@@ -421,6 +496,8 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=50, help="Services per host")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of change-all/one")
     parser.add_argument("--heal", type=int, default=100, help="units stopped by hand")
+    parser.add_argument("--daemon-rounds", type=int, default=5,
+                        help="changes of one Service through `reconciler daemon` (0: none)")
     parser.add_argument("--quick", action="store_true", help="5 Services per host, no Ansible")
     parser.add_argument("--no-ansible", action="store_true")
     parser.add_argument("--ansible-passes", default="converge,change-all,change-one,heal",
@@ -545,6 +622,18 @@ def main() -> None:
                 fleet.verify(method)
         # a pass with nothing to do: the fixed cost of a pass over the fleet (live observe)
         reconciler_pass("no-op")
+        # the daemon: one Service changed, commit -> deployed and gated
+        if args.daemon_rounds:
+            daemon = FleetDaemon(fleet)
+            try:
+                daemon.wait_idle()
+                for n in range(args.daemon_rounds):
+                    target = (1 + n % len(hosts), 2 + n % (args.services - 1))
+                    fleet.extra[target] = {"DAEMON_ROUND": str(n)}
+                    record("daemon-one", "reconciler",
+                           daemon.change_one(target, f"daemon: env of {fleet.name(*target)}"))
+            finally:
+                daemon.stop()
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
 
     print(f"\n{args.hosts} hosts x {args.services} Services ({units} units), median; "
@@ -559,9 +648,16 @@ def main() -> None:
         if "ansible" in med:
             ratio += f" | ansible/reconciler {med['ansible'] / med['reconciler']:.2f}x"
         print(f"  {pass_name:<12} {line}{ratio}")
+        label = f"{pass_name}, fleet {args.hosts}x{args.services}"
+        if pass_name == "daemon-one":
+            spread = ", ".join(f"{v:.2f}" for v in by_method["reconciler"])
+            print(f"  {'':<12} commit -> deployed and gated by a running daemon ({spread} s)")
+            figures.append(Figure(f"{label}: one unit, commit to gated by the daemon",
+                                  med["reconciler"], "s", None, "", "<= 2 s",
+                                  at_most(med["reconciler"], 2.0)))
+            continue
         logins, cpu, rss = extra_figs[pass_name][-1]
         print(f"  {'':<12} ssh logins {logins}, apply CPU {cpu:.1f}s, peak RSS {rss:.0f} MB")
-        label = f"{pass_name}, fleet {args.hosts}x{args.services}"
         if "plain" in med:
             limit = goals.get(pass_name)
             figures.append(Figure(f"{label} vs plain script", med["reconciler"], "s",
@@ -570,8 +666,9 @@ def main() -> None:
                                   at_most(med["reconciler"] / med["plain"], limit)
                                   if limit else None))
         if pass_name == "change-one":
-            figures.append(Figure(f"{label}: one unit, end to end", med["reconciler"], "s",
-                                  None, "", "<= 2 s", at_most(med["reconciler"], 2.0)))
+            figures.append(Figure(f"{label}: one unit, `apply` (start-up + drift check of all)",
+                                  med["reconciler"], "s", None, "", "<= 2 s",
+                                  at_most(med["reconciler"], 2.0)))
         if "ansible" in med and pass_name in goals:
             figures.append(Figure(f"{label} vs tuned ansible-core", med["reconciler"], "s",
                                   med["ansible"], "ansible-core", "<= 0.2x (5x faster)",

@@ -51,6 +51,10 @@ class Release:
     ``config_commit``, an app repo at a pinned SHA, or a verified artifact); providers that keep
     old releases reuse them instead of exporting again. ``env`` holds resolved values, secrets
     included: hand it to the process, never to a log, an exception or the store.
+
+    ``content`` names what ``export`` writes: releases with the same ``content`` export the same
+    files (a folder of a git commit, an artifact by its sha256), so a provider may export once
+    for all of them; None when that is not known (export per resource and revision).
     """
 
     resource: Resource
@@ -58,6 +62,7 @@ class Release:
     config_commit: str | None
     export: Exporter | None = None
     env: dict[str, str] = field(default_factory=dict, repr=False)
+    content: str | None = None
 
 
 @dataclass

@@ -47,21 +47,25 @@ class Releases(EngineCore):
                           repo=repo)
         source = resource.spec.get("source") or {}
         export: Exporter | None = None
+        content: str | None = None
         if "path" in source:
             if self.source is None or commit is None:
                 raise DeploymentFailed(f"{resource.key}: source.path needs a config repo commit")
             export = partial(self.source.export, commit, str(source["path"]))
+            content = f"config@{commit}:{source['path']}"
         elif "git" in source:
             app = self.revisions.app_source(source["git"])
             app_commit = app.commit or app.sync().commit
             export = partial(app.export, app_commit, str(source["git"].get("path", "")))
+            content = f"git {app.display_url}@{app_commit}:{source['git'].get('path', '')}"
         elif "artifact" in source:
             from reconciler.source.artifact import fetch_artifact
 
             artifact = source["artifact"]
             export = partial(fetch_artifact, str(artifact["url"]), str(artifact["sha256"]))
+            content = f"artifact sha256:{artifact['sha256']}"
         return Release(resource=resource, revision=revision, config_commit=commit,
-                       export=export, env=env)
+                       export=export, env=env, content=content)
 
     async def target_from_store(self, resource: Resource) -> Resource | None:
         """The Target of ``resource`` as recorded (applied, else desired): for resources

@@ -20,7 +20,7 @@ import secrets
 import shlex
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,9 +138,13 @@ class ReleaseStore:
         working_dir: str | None,
         env: Mapping[str, str],
         build_timeout_s: float,
+        tree: Callable[[], Awaitable[Path]] | None = None,
     ) -> tuple[str, bool]:
         """The release's directory, exported (and built) unless it is already complete.
-        Returns ``(path, created)``."""
+        Returns ``(path, created)``. ``tree``: gives a local directory holding the release's
+        files with their modes published (a provider's export, shared by every host and
+        Service that ships the same files), uploaded as it is; else the release is exported
+        into a temporary directory first."""
         revision = check_revision(release.revision)
         final = self.path(revision)
         if await self.has(revision):
@@ -155,14 +159,17 @@ class ReleaseStore:
         else:
             # A remote host: the transport stages the upload next to ``final`` and renames it
             # into place, replacing whatever an interrupted attempt left there: one command.
+            stage = f".staging-{revision}-{secrets.token_hex(4)}"
             try:
-                with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
-                    await release.export(Path(tmp))
-                    # published here, before the upload (which keeps modes): no remote chmod
-                    await asyncio.to_thread(publish_modes, Path(tmp))
-                    await self.transport.put_tree(
-                        Path(tmp), final, replace=True,
-                        stage=f".staging-{revision}-{secrets.token_hex(4)}")
+                if tree is not None:
+                    await self.transport.put_tree(await tree(), final, replace=True, stage=stage)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="fraisier-export-") as tmp:
+                        await release.export(Path(tmp))
+                        # published here, before the upload (which keeps modes): no remote chmod
+                        await asyncio.to_thread(publish_modes, Path(tmp))
+                        await self.transport.put_tree(Path(tmp), final, replace=True,
+                                                      stage=stage)
             except (ProviderError, OSError) as exc:
                 raise ProviderError(f"{self.label}: export of {revision} failed: {exc}") from exc
         # Build in place (after the rename) so absolute paths it records — virtualenvs,

@@ -43,7 +43,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +70,7 @@ from reconciler.providers.bare_metal.provider import (
     RUN_OUTPUT_LIMIT,
     BareMetalProvider,
 )
-from reconciler.providers.bare_metal.releases import ReleaseStore, within
+from reconciler.providers.bare_metal.releases import ReleaseStore, publish_modes, within
 from reconciler.providers.bare_metal.systemd import (
     UNIT_DIR,
     Systemd,
@@ -165,8 +164,8 @@ class SystemdSSHProvider:
         self.pool = SSHPool()
         self._slots = {h.host_id: asyncio.Semaphore(max(1, concurrency)) for h in hosts}
         self._locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
-        self._exports: dict[tuple[ResourceKey, str], Path] = {}
-        self._export_locks: dict[tuple[ResourceKey, str], asyncio.Lock] = {}
+        self._exports: dict[str, Path] = {}  # release content -> its published export
+        self._export_locks: dict[str, asyncio.Lock] = {}
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
         self._warming: dict[str, asyncio.Task[None]] = {}
         # each host's own values ({vars.NAME} in health checks and env)
@@ -209,16 +208,17 @@ class SystemdSSHProvider:
 
     # -- releases ------------------------------------------------------------------------------
 
-    def _cached_release(self, release: Release) -> Release:
-        """``release`` with an exporter that exports once per pass (the first time a host
-        needs the files) and copies that export for every other host. A host that already has
-        the release (a rollback, a redeploy) never calls it: nothing is exported at all."""
-        original = release.export
-        if original is None:
-            return release
-        key = (release.resource.key, release.revision)
+    def _release_tree(self, release: Release) -> Callable[[], Awaitable[Path]] | None:
+        """What gives ``release``'s files as a local directory (modes published) to upload:
+        exported the first time a host needs them, then shared read-only by every host and by
+        every release of the same ``content`` (1,000 Services from one folder: one export, not
+        a copy per deploy). A host that already has the release never calls it."""
+        export = release.export
+        if export is None:
+            return None
+        key = release.content or f"{release.resource.key}@{release.revision}"
 
-        async def copy(dest: Path) -> None:
+        async def tree() -> Path:
             lock = self._export_locks.setdefault(key, asyncio.Lock())
             async with lock:
                 path = self._exports.get(key)
@@ -229,15 +229,15 @@ class SystemdSSHProvider:
                         )
                     path = Path(tempfile.mkdtemp(dir=self._export_root.name))
                     try:
-                        await original(path)
+                        await export(path)
+                        await asyncio.to_thread(publish_modes, path)
                     except BaseException:
                         shutil.rmtree(path, ignore_errors=True)
                         raise
                     self._exports[key] = path
-            exported = path
-            await asyncio.to_thread(shutil.copytree, exported, dest, dirs_exist_ok=True)
+            return path
 
-        return replace(release, export=copy)
+        return tree
 
     def _store(self, transport: Transport, resource: Resource) -> ReleaseStore:
         return ReleaseStore(transport, self.service_dir(resource), str(resource.key))
@@ -337,6 +337,7 @@ class SystemdSSHProvider:
                           *(str(a) for a in build)]
         await store.ensure(
             release,
+            tree=self._release_tree(release),
             build=build_argv,
             working_dir=resource.spec.get("workingDir"),
             env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8",
@@ -381,7 +382,7 @@ class SystemdSSHProvider:
     async def deploy(self, release: Release, instance: Instance) -> None:
         self._config(instance)
         resource = release.resource
-        release = self._cached_release(instance_release(release, instance))
+        release = instance_release(release, instance)
         names = self.units(resource)
 
         if resource.kind == "Service":
@@ -422,7 +423,7 @@ class SystemdSSHProvider:
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self._config(instance)
         resource = release.resource
-        release = self._cached_release(instance_release(release, instance))
+        release = instance_release(release, instance)
         names = self.units(resource)
         timeout_s = to_seconds(resource.spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:

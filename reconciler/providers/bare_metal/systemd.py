@@ -583,10 +583,10 @@ show "$@" | {
     cd /
     echo "FraisierCurrent=$cur"
     if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+      # Root reads any process's cwd where it holds CAP_SYS_PTRACE (a host), a builtin:
       cwd=
-      case $uid in
-        ''|0|'[not set]') cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD; cd / ;;
-      esac
+      cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD
+      cd /
       if [ -z "$cwd" ]; then
         # A sandboxed process runs as another user and is not ptrace-able by a root without
         # CAP_SYS_PTRACE (a container): ask as the process's own user.

@@ -61,3 +61,34 @@ async def test_one_unit_that_cannot_start_fails_alone(
                 export=FolderExport(src), env={"X": "1"}), instance)
     assert host_commits(ssh_provider.transport_for(instance)).batches == before + 1
     assert host.sh(f"readlink /srv/fraisier/{ENV}/sleeper0/current").strip() == "releases/r2"
+
+
+async def test_releases_of_the_same_content_export_once_for_every_service_and_host(
+    ssh_provider: SystemdSSHProvider, tmp_path: Path, ssh_hosts: Any
+) -> None:
+    """Services built from one folder of one commit (``Release.content``) share one export
+    on every host; a release whose content is unknown exports for itself; modes arrive
+    published (world-readable, writable by root only) without a remote chmod."""
+    src = tmp_path / "src"
+    (src / "www").mkdir(parents=True)
+    (src / "www" / "VERSION").write_text("r1\n")
+    (src / "www" / "VERSION").chmod(0o600)  # as git would never ship it: published on export
+    shared = FolderExport(src)
+    alone = FolderExport(src)
+    services = [service(f"same{i}", ["/bin/sleep", "600"]) for i in range(3)]
+    other = service("other", ["/bin/sleep", "600"])
+    instances = await ssh_provider.instances(services[0])
+    assert len(instances) >= 2, "the shared test infra has 3 hosts"
+    await asyncio.gather(
+        *(ssh_provider.deploy(Release(resource=r, revision="r1", config_commit="c0",
+                                      export=shared, env={}, content="config@c0:src"), i)
+          for r in services for i in instances),
+        *(ssh_provider.deploy(Release(resource=other, revision="r1", config_commit="c0",
+                                      export=alone, env={}), i) for i in instances))
+    assert shared.calls == 1
+    assert alone.calls == 1  # per resource and revision: once for all its hosts
+    for instance in instances:
+        host = next(h for h in ssh_hosts if h.name == instance.id)
+        for name in ("same0", "same2", "other"):
+            path = f"/srv/fraisier/{ENV}/{name}/releases/r1/www/VERSION"
+            assert host.sh(f"stat -c %a {path} && cat {path}").split() == ["644", "r1"]
