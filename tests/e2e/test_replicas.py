@@ -95,12 +95,6 @@ WHERE d.status = 'in_progress'
               AND s.action = 'deploy' AND s.status = 'succeeded')"""
 
 
-def process_of(fleet: Fleet, name: str) -> object:
-    """The pidfile of a Service the local supervisor runs: its pid and start time."""
-    [pidfile] = fleet.root.rglob(f"{name}.pid")
-    return json.loads(pidfile.read_text())
-
-
 @pytest.mark.timeout(420)
 def test_a_killed_replicas_finished_rollouts_are_adopted(fleet: Fleet, server_db: str,
                                                          tmp_path: Path) -> None:
@@ -148,7 +142,7 @@ def test_a_killed_replicas_finished_rollouts_are_adopted(fleet: Fleet, server_db
         adoptable = {str(row[1]): str(row[0]) for row in raw_query(server_db, _GATING)
                      if owner_pid(str(row[2])) == victim.pid}
         assert adoptable
-        started = {name: process_of(fleet, name) for name in adoptable}
+        started = {name: fleet.process(name) for name in adoptable}
 
         wait_for(lambda: all(greeting(p) == "two" for p in ports.values()), timeout=120,
                  step=0.2)
@@ -164,7 +158,7 @@ def test_a_killed_replicas_finished_rollouts_are_adopted(fleet: Fleet, server_db
             assert "adopt" in [s["action"] for s in adopted["steps"]], adopted["steps"]
             assert [d["trigger"] for d in history].count("resume") == 0, history
             # the process the victim started is the one running (same pid and start time)
-            assert process_of(fleet, name) == started[name], (name, brief)
+            assert fleet.process(name) == started[name], (name, brief)
     finally:
         for proc in replicas.values():
             if proc.poll() is None:
