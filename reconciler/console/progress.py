@@ -19,10 +19,10 @@ from typing import Any
 
 from reconciler.spec.model import ResourceKey
 
-_COLOURS = {"succeeded": "green", "failed": "red", "rolled back": "yellow",
+_COLOURS = {"succeeded": "green", "adopted": "green", "failed": "red", "rolled back": "yellow",
             "rollback failed": "red", "synced": "green", "health check failed": "red",
             "deferred": "blue"}
-_DONE = frozenset({"succeeded", "failed", "rolled back", "rollback failed", "synced",
+_DONE = frozenset({"succeeded", "adopted", "failed", "rolled back", "rollback failed", "synced",
                    "deleted", "deferred", "ran"})
 
 

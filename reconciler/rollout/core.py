@@ -22,6 +22,9 @@ from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.rollout")
 
+# Rollouts in flight at once in a pass, over all Targets (each Target: `concurrency`).
+MAX_IN_FLIGHT = 1024
+
 # The log level of a progress event: failures at ``error`` and reverts at ``warning``, so the
 # `level == "error"` / `"warning"` filters of docs/monitoring.md catch them; the rest is ``info``.
 HEALTH_CHECK = "health check"  # progress of a gate: one event per probe, for a terminal
@@ -86,6 +89,17 @@ class EngineCore:
             provider = load_provider(target, ctx)
             self._providers[cache_key] = provider
         return provider
+
+    def rollouts_per_target(self, target: Resource | None) -> int:
+        """``concurrency``, or all of them (the pass's cap) for a Target whose provider bounds
+        and batches the actions on each host itself (``host_batching``)."""
+        if target is None:
+            return self.concurrency
+        try:
+            batching = self.provider_for(target).capabilities.host_batching
+        except ReconcilerError:  # a Target that cannot load: its rollouts record why
+            return self.concurrency
+        return max(self.concurrency, MAX_IN_FLIGHT) if batching else self.concurrency
 
     async def close(self) -> None:
         if self.rollouts_in_progress:

@@ -19,7 +19,7 @@ passes; otherwise it is rolled back to the last good revision and recorded ``rol
 - runnables.py: Jobs and Schedules
 - prune.py: deleting what git no longer has
 - operator.py: operator actions (manual rollback)
-- recovery.py: closing what a crash left open
+- recovery.py: closing what a crash left open, or adopting what it had finished
 - ``reconciler.source.revisions``: revisions, resolved before planning
 """
 

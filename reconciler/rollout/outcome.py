@@ -36,6 +36,9 @@ class Outcome:
     waiting: bool = False
     # A failed run's last output lines (rollout/lastlines.py): shown under the failure
     last_output: tuple[str, ...] = ()
+    # The deployment was interrupted (a crash, a killed replica) after its instances were
+    # moved; recovery found them running the revision and gated them: nothing redeployed.
+    adopted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -49,6 +52,8 @@ class Outcome:
             doc.update(code=self.code, hint=self.hint)
         if self.last_output:
             doc["lastOutput"] = list(self.last_output)
+        if self.adopted:
+            doc["adopted"] = True
         return doc
 
 

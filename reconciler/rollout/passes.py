@@ -32,6 +32,7 @@ from reconciler.plan.planner import (
     recorded_target,
     with_content_reason,
 )
+from reconciler.rollout.core import MAX_IN_FLIGHT
 from reconciler.rollout.failures import fail_resource, recorded
 from reconciler.rollout.heal import Healing
 from reconciler.rollout.leases import Leases
@@ -43,22 +44,19 @@ from reconciler.rollout.outcome import (
     ReconcileResult,
 )
 from reconciler.rollout.prune import Pruning
-from reconciler.rollout.recovery import Recovery
+from reconciler.rollout.recovery import Recovered, Recovery
 from reconciler.rollout.runnables import Runnables
 from reconciler.rollout.runner import Interrupted
 from reconciler.rollout.services import Services
 from reconciler.rollout.status_sink import report_finished, report_started
-from reconciler.spec.model import DesiredState, Resource, ResourceKey
+from reconciler.spec.model import DesiredState, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import DeploymentRecord, ResourceRecord
-
-# Rollouts in flight at once in a pass, over all Targets (each Target: `concurrency`).
-MAX_IN_FLIGHT = 1024
 
 log = logging.getLogger("reconciler.rollout")
 
 
-class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
+class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
     """Planning and running one reconcile pass."""
 
     # -- planning ---------------------------------------------------------------------------
@@ -112,17 +110,6 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         name_target_changes(plan)
         return plan
 
-    def _rollouts_per_target(self, target: Resource | None) -> int:
-        """``concurrency``, or all of them (the pass's cap) for a Target whose provider bounds
-        and batches the actions on each host itself (``host_batching``)."""
-        if target is None:
-            return self.concurrency
-        try:
-            batching = self.provider_for(target).capabilities.host_batching
-        except ReconcilerError:  # a Target that cannot load: its rollouts record why
-            return self.concurrency
-        return max(self.concurrency, MAX_IN_FLIGHT) if batching else self.concurrency
-
     # -- the pass ---------------------------------------------------------------------------
     async def reconcile(
         self,
@@ -137,20 +124,26 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
         # The collector stays off but while resources are rolled out: a no-op pass is all
         # bookkeeping (gc_paused).
         with span("reconcile", commit=desired.commit or "", trigger=trigger), gc_paused():
-            return await self._reconcile(desired, trigger=trigger, prune=prune, force=force,
-                                         only=only, redeploy=redeploy)
+            started = time.monotonic()
+            for key, task in list(self.rollouts.items()):
+                if task.done():  # a detached rollout ended since the last pass
+                    self.rollouts.pop(key, None)
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("detached rollout failed", extra={
+                            "resource": str(key), "error": repr(task.exception())})
+            recovered = await self.recover()
+            try:
+                return await self._reconcile(desired, recovered, started, trigger=trigger,
+                                             prune=prune, force=force, only=only,
+                                             redeploy=redeploy)
+            except BaseException:
+                await recovered.abandon()
+                raise
 
-    async def _reconcile(self, desired: DesiredState, *, trigger: str, prune: bool, force: bool,
+    async def _reconcile(self, desired: DesiredState, recovered: Recovered, started: float, *,
+                         trigger: str, prune: bool, force: bool,
                          only: Iterable[ResourceKey] | None,
                          redeploy: Iterable[ResourceKey]) -> ReconcileResult:
-        started = time.monotonic()
-        for key, task in list(self.rollouts.items()):
-            if task.done():  # a detached rollout ended since the last pass
-                self.rollouts.pop(key, None)
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("detached rollout failed", extra={
-                        "resource": str(key), "error": repr(task.exception())})
-        resumed = set(await self.recover())
         healing = set(redeploy)  # drifted: only their drifted instances are redeployed
         with span("plan"):
             plan = await self.plan(desired, prune=prune, force=force, redeploy=redeploy)
@@ -170,13 +163,25 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
             sem = per_target.get(target)
             if sem is None:
                 sem = per_target[target] = asyncio.Semaphore(
-                    self._rollouts_per_target(desired.get(target) if target else None))
+                    self.rollouts_per_target(desired.get(target) if target else None))
             return sem
 
         if self.status_sink is not None:  # only queued: never waits on a git host
             report_started(self.status_sink, desired.commit, plan.items, selected)
 
         async def run(item: PlanItem) -> None:
+            # an interrupted deployment of this resource being adopted ends first
+            adopted, resumed = await recovered.adoption(item.key)
+            if adopted is not None and item.action in (CREATE, UPDATE, UNCHANGED) \
+                    and item.revision == adopted.revision:
+                outcomes[item.key] = Outcome(
+                    item.key, item.action, st.SUCCEEDED, item.revision,
+                    f"adopted after an interruption: {adopted.instances} instance(s) ran it",
+                    deployment=adopted.deployment, adopted=True)
+                return
+            if adopted is not None and item.record is not None:
+                # git moved on since: deployed from what was adopted, not the record planned
+                item.record = await self.store.get_resource(item.key) or item.record
             async with in_flight, slots(item):
                 if self.stopping:
                     result.interrupted = True
@@ -197,7 +202,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                                                  message, waiting=True)
                     self.emit(item.key, "waiting", message)
                     return
-                why = "resume" if item.key in resumed else trigger
+                why = "resume" if resumed else trigger
                 opened: list[DeploymentRecord] = []  # the deployment this attempt created
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
@@ -230,7 +235,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
             k = i.key
             if (selected is not None and k not in selected) or i.action == DELETE:
                 continue
-            if i.action == UNCHANGED:
+            if i.action == UNCHANGED and i.key not in recovered.adoptions:
                 # Nothing to do, and no task, event or span for it: a no-op pass over a
                 # large fleet must stay cheap.
                 outcomes[k] = Outcome(k, i.action, CONVERGED, i.revision)
@@ -283,6 +288,7 @@ class Passes(Services, Healing, Runnables, Pruning, Leases, Recovery):
                     target = recorded_target(item)
                     if out is not None and not out.ok and target is not None:
                         kept_targets.add(target)
+        await recovered.settle()  # adoptions of resources that did not act this pass
         result.outcomes = [outcomes[i.key] for i in plan.items if i.key in outcomes]
         if self.status_sink is not None:
             report_finished(self.status_sink, desired.commit, plan.items, outcomes,

@@ -7,14 +7,14 @@ from reconciler.errors import ReconcilerError
 from reconciler.plan.planner import DELETE, PlanItem
 from reconciler.rollout.journal import Journal
 from reconciler.rollout.outcome import Outcome
-from reconciler.rollout.releases import resource_from_document, variants_of
+from reconciler.rollout.releases import Releases, resource_from_document, variants_of
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.audit import actor_for_trigger, current_actor
 from reconciler.state.store import DeploymentRecord
 
 
-class Pruning(Journal):
+class Pruning(Journal, Releases):
     """Deleting resources gone from git; Target audit rows."""
 
     async def delete(self, item: PlanItem, desired: DesiredState,
@@ -74,15 +74,6 @@ class Pruning(Journal):
     @staticmethod
     def _recorded_target(resource: Resource, desired: DesiredState) -> Resource | None:
         return desired.target_of(resource)
-
-    async def target_from_store(self, resource: Resource) -> Resource | None:
-        tkey = resource.target_key
-        if tkey is None:
-            return None
-        rec = await self.store.get_resource(tkey)
-        if rec is None or not (rec.applied_spec or rec.desired_spec):
-            return None
-        return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})
 
 
 # Document hash -> the hash without sync windows (a function of the document): a Target with

@@ -66,3 +66,14 @@ class Releases(EngineCore):
             content = f"artifact sha256:{artifact['sha256']}"
         return Release(resource=resource, revision=revision, config_commit=commit,
                        export=export, env=env, content=content)
+
+    async def target_from_store(self, resource: Resource) -> Resource | None:
+        """The Target of ``resource`` as recorded (applied, else desired): for resources
+        handled without the desired state (rollbacks, deletions, recovery)."""
+        tkey = resource.target_key
+        if tkey is None:
+            return None
+        rec = await self.store.get_resource(tkey)
+        if rec is None or not (rec.applied_spec or rec.desired_spec):
+            return None
+        return resource_from_document(tkey, rec.applied_spec or rec.desired_spec or {})

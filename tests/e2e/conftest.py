@@ -88,6 +88,12 @@ class Fleet:
         assert proc.stdout, proc.stderr
         return json.loads(proc.stdout)
 
+    def process(self, name: str) -> Any:
+        """The pidfile of a Service the local supervisor runs (its pid and start time): the
+        same value later means the same process, never restarted."""
+        [pidfile] = self.root.rglob(f"{name}.pid")
+        return json.loads(pidfile.read_text())
+
     def stop_all(self) -> None:
         """Kill every process the supervisor started (pidfiles under the target root)."""
         for pidfile in self.root.rglob("*.pid"):

@@ -1,4 +1,5 @@
-"""kill -9 of `reconciler apply` mid-rollout: the rerun resumes, nothing is left in_progress."""
+"""kill -9 of `reconciler apply` mid-rollout: the rerun adopts what it finished, nothing is left
+in_progress."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_fo
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_kill_9_mid_rollout_then_rerun_resumes(fleet: Fleet) -> None:
+def test_kill_9_in_the_health_gate_then_rerun_adopts(fleet: Fleet) -> None:
+    """Killed once the new process was started (its gate waiting for it): the rerun finds it
+    running the revision, gates it and records the interrupted deployment as succeeded, with
+    an ``adopt`` step, without starting it again (before: cancelled, then deployed again)."""
     port = free_port()
     fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
     fleet.commit()
@@ -39,15 +43,18 @@ def test_kill_9_mid_rollout_then_rerun_resumes(fleet: Fleet) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+    started = fleet.process("api")
     interrupted = fleet.json("history", "api")[0]
     assert interrupted["status"] == "in_progress"  # the journal shows where it died
 
     rerun = fleet.cli("apply", *fleet.repo_args())
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert json.loads(http_get(port)[1])["greeting"] == "two"
+    assert fleet.process("api") == started  # the process the killed apply started
     history = fleet.json("history", "api")
     assert all(d["status"] not in ("in_progress", "pending") for d in history)
-    by_id = {d["id"]: d for d in history}
-    assert by_id[interrupted["id"]]["status"] == "cancelled"
-    assert "interrupted during health" in json.dumps(by_id[interrupted["id"]]["events"])
-    assert history[0]["status"] == "succeeded" and history[0]["trigger"] == "resume"
-    assert json.loads(http_get(port)[1])["greeting"] == "two"
+    newest = history[0]
+    assert newest["id"] == interrupted["id"] and newest["status"] == "succeeded"
+    actions = [s["action"] for s in newest["steps"]]
+    assert actions.count("deploy") == 1 and "adopt" in actions, actions
+    assert actions.index("deploy") < actions.index("adopt"), actions
