@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from _figures import Figure, add_json_flag, at_most, emit
-from fleet import LOGS, ROOT, WIPE, Fleet, git, loadavg
+from fleet import LOGS, ROOT, WIPE, Fleet, git, loadavg, stop_daemon
 
 from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import ResourceKey
@@ -142,13 +142,7 @@ class Replica:
         self.killed = True
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_daemon(self.proc)
         self.log.close()
 
 
