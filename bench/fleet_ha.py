@@ -546,11 +546,14 @@ def main() -> None:
                            "s", ttl, "shard TTL", "<= TTL + one heartbeat (TTL x 1.37)",
                            at_most(r["takeover"], ttl * (1 + 1.1 / 3)))
                     for name, r in results.items() if r.get("takeover") is not None]
-        figures.append(Figure(f"{label}: double deploys on the hosts, all", host_twice, ""))
+        # the goal counts every one: a kill's recovery adopts what the victim finished
+        figures.append(Figure(f"{label}: double deploys on the hosts, all", host_twice, "",
+                              None, "", "0", at_most(host_twice, 0)))
         figures.append(Figure(f"{label}: double deploys on the hosts, not after a kill",
                               host_twice - host_resumed, "", None, "", "0",
                               at_most(host_twice - host_resumed, 0)))
-        figures.append(Figure(f"{label}: double deploys in the journal, all", db_doubles, ""))
+        figures.append(Figure(f"{label}: double deploys in the journal, all", db_doubles, "",
+                              None, "", "0", at_most(db_doubles, 0)))
         figures.append(Figure(f"{label}: double deploys in the journal, not after a kill",
                               db_doubles - db_resumed, "", None, "", "0",
                               at_most(db_doubles - db_resumed, 0)))
