@@ -224,7 +224,6 @@ class Recovery(Gate, Releases, Leases):
         summary = f"adopted after an interruption: {len(found)} instance(s) ran {revision}"
         await self.store.transition(dep.id, st.SUCCEEDED, message=f"healthy: {summary}")
         await self.record_succeeded(key, revision, resource, dep.config_commit)
-        await self.store.mark_observed([key])  # the gates just saw it healthy
         metrics.DEPLOYMENTS_TOTAL.labels(str(target.spec.get("provider")), dep.strategy,
                                          st.SUCCEEDED).inc()
         self.emit(key, "adopted", f"{revision} healthy ({summary})")

@@ -79,7 +79,6 @@ class Services(Rollbacks):
         if error is None:
             await self.store.transition(dep.id, st.SUCCEEDED, message=f"healthy: {summary}")
             await self.record_succeeded(key, revision, resource, desired.commit)
-            await self.store.mark_observed([key])  # the gates just saw it healthy
             metrics.DEPLOYMENTS_TOTAL.labels(provider_name, strategy.type, st.SUCCEEDED).inc()
             self.emit(key, "succeeded", f"{revision} healthy ({summary})")
             return Outcome(key, item.action, st.SUCCEEDED, revision, deployment=dep.identifier)
