@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import need
 from tests.infra.testinfra import UP_HINT, Infra, InfraHost, lease_all, lease_any, load
+from tests.state.private_postgresql import PrivatePostgreSQL, installed
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 SERVICE_FIXTURES = frozenset({
     "testinfra", "testhosts", "ssh_host", "ssh_hosts", "docker_engine", "docker_client",
     "tiny_image", "compose_cli", "postgresql_url", "mysql_url", "postgresql_server",
-    "mysql_server",
+    "mysql_server", "private_postgresql",
     "server_backend", "server_url", "server_db",
 })
 SERVER_BACKENDS = frozenset({"postgresql", "mysql"})
@@ -87,6 +88,23 @@ def postgresql_url(tmp_path: Path) -> Iterator[str]:
 def mysql_url(tmp_path: Path) -> Iterator[str]:
     """A fresh database on the MariaDB/MySQL server (127.0.0.1:3306), dropped afterwards."""
     yield from _server_url("mysql", tmp_path)
+
+
+@pytest.fixture
+def private_postgresql() -> Iterator[PrivatePostgreSQL]:
+    """A running PostgreSQL server of this test's own, with an empty database at ``.url``: for
+    the tests that stop and start the server (tests/state/private_postgresql.py says why)."""
+    from tests.e2e.conftest import free_port
+
+    ok, reason = installed()
+    need(ok, reason)
+    server = PrivatePostgreSQL(free_port())
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(scope="session")
