@@ -36,9 +36,13 @@ demo: $(STAMP)
 # (~0.1 s) — an installed copy has its bytecode, so tests and benches run with it too
 BYTECODE = $(BIN)/python -m compileall -q reconciler >/dev/null
 
+# Tests mostly wait (SSH hosts, systemd, process start-up), so they run in pytest-xdist workers;
+# --dist loadgroup keeps the tests on the shared test hosts in one worker (tests/conftest.py).
+# PYTEST_WORKERS=0 runs them in this process (xdist off), e.g. for a debugger.
+PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	@$(BYTECODE)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench

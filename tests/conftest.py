@@ -16,6 +16,7 @@ import pytest
 
 from tests.helpers import need
 from tests.infra.testinfra import UP_HINT, Infra, InfraHost, lease_all, lease_any, load
+from tests.state.private_postgresql import PrivatePostgreSQL, installed
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,7 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 SERVICE_FIXTURES = frozenset({
     "testinfra", "testhosts", "ssh_host", "ssh_hosts", "docker_engine", "docker_client",
     "tiny_image", "compose_cli", "postgresql_url", "mysql_url", "postgresql_server",
-    "mysql_server",
+    "mysql_server", "private_postgresql",
     "server_backend", "server_url", "server_db",
 })
 SERVER_BACKENDS = frozenset({"postgresql", "mysql"})
@@ -48,11 +49,68 @@ def needs_service(item: pytest.Item) -> bool:
     return any(params.get(name) in SERVER_BACKENDS for name in SERVICE_PARAMS)
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+# -- parallel runs (`make test` runs the suite in pytest-xdist workers, --dist loadgroup) ---------
+# Tests on the systemd+sshd test hosts run one after another in one worker: a test that leases
+# every host would otherwise wait behind the other workers' single-host leases (and its wait
+# counts against its timeout). Tests sharing an expensive module or session fixture (built once
+# per worker) run in one worker too, so it is built once. Everything else is spread test by test.
+HOST_FIXTURES = frozenset({"testhosts", "ssh_host", "ssh_hosts"})
+SHARED_SETUP_FIXTURES = {
+    "wheels": "wheels",  # tests/deploy: the dependency wheelhouse, the project wheel
+    "image": "wheels",  # tests/deploy/test_container_image: docker build of the Dockerfile
+    "prometheus": "prometheus",  # tests/rollout/test_analysis: a real Prometheus server
+}
+IN_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """The worker group of a test (None: any worker)."""
+    names = set(getattr(item, "fixturenames", ()))
+    if HOST_FIXTURES & names:
+        return "testhosts"
+    for fixture, group in SHARED_SETUP_FIXTURES.items():
+        if fixture in names:
+            return group
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker, and before xdist reads groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if needs_service(item):
             item.add_marker(pytest.mark.integration)
+        group = xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A worker hands its chaos trials (tests/chaos/report.py) to the controller."""
+    if IN_WORKER:
+        from tests.chaos.report import to_wire, trials
+
+        session.config.workeroutput["chaos_trials"] = to_wire(trials())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: called in the controller of a parallel run
+def pytest_testnodedown(node: Any, error: object) -> None:
+    if error is None:
+        from tests.chaos.report import merge
+
+        merge(node.workeroutput.get("chaos_trials", []))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The chaos report, when any test recorded a trial (not per worker: the controller's)."""
+    from tests.chaos.report import render, trials, write_report
+
+    if IN_WORKER or not trials():
+        return
+    path = write_report()
+    terminalreporter.section("chaos report")
+    for line in render().splitlines():
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"(written to {path})")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,6 +145,23 @@ def postgresql_url(tmp_path: Path) -> Iterator[str]:
 def mysql_url(tmp_path: Path) -> Iterator[str]:
     """A fresh database on the MariaDB/MySQL server (127.0.0.1:3306), dropped afterwards."""
     yield from _server_url("mysql", tmp_path)
+
+
+@pytest.fixture
+def private_postgresql() -> Iterator[PrivatePostgreSQL]:
+    """A running PostgreSQL server of this test's own, with an empty database at ``.url``: for
+    the tests that stop and start the server (tests/state/private_postgresql.py says why)."""
+    from tests.e2e.conftest import free_port
+
+    ok, reason = installed()
+    need(ok, reason)
+    server = PrivatePostgreSQL(free_port())
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(scope="session")

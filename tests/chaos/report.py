@@ -1,7 +1,8 @@
 """The chaos report: one row per scenario (trials, converged, records lost).
 
 Any test may import ``record_trial`` and add a row (tests/rollout's SIGKILL trials do); the
-terminal summary hook of tests/chaos/conftest.py prints the table at the end of the session and
+terminal summary hook of tests/conftest.py prints the table at the end of the session (under
+pytest-xdist, from the trials each worker sent the controller) and
 writes it to ``$FRAISIER_CHAOS_REPORT`` (default ``$ARTIFACTS/chaos-report.md`` when ARTIFACTS is
 set, else /var/tmp/fraisier-chaos/report.md). Every trial is also appended, as it happens, to a
 JSON-lines file beside the report, so a session that dies half way still leaves its trials.
@@ -60,6 +61,19 @@ def record_trial(scenario: str, converged: bool, lost: int = 0, *, note: str = "
 def trials() -> list[Trial]:
     with _lock:
         return list(_trials)
+
+
+def to_wire(recorded: list[Trial]) -> list[dict[str, object]]:
+    """Trials as plain data, for a parallel worker to hand to the controller (xdist)."""
+    return [asdict(trial) for trial in recorded]
+
+
+def merge(wire: list[dict[str, object]]) -> None:
+    """Add the trials another process (a parallel worker) recorded, sent with ``to_wire``."""
+    received = [Trial(str(t["scenario"]), bool(t["converged"]), int(str(t["lost"])),
+                      str(t["note"]), float(str(t["seconds"]))) for t in wire]
+    with _lock:
+        _trials.extend(received)
 
 
 def rows(recorded: list[Trial] | None = None) -> list[tuple[str, int, int, int]]:

@@ -3,7 +3,8 @@ rolls a Service out on the local host: the pass completes (the store reconnects 
 fails honestly, the next apply converges, and no deployment record is lost or left open.
 
 tests/state/test_resilience.py covers the store alone (40 writes across a stop/start); this is
-the same fault under a whole reconcile: planning, the journal of a rollout, the health gate."""
+the same fault under a whole reconcile: planning, the journal of a rollout, the health gate. The
+server is the test's own (tests/state/private_postgresql.py), not the shared one."""
 
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ import pytest
 from tests.chaos.journal import deployment_ids, journal_problems
 from tests.chaos.report import record_trial
 from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
-from tests.helpers import need
 from tests.state.backends import raw_query
-from tests.state.test_resilience import PG_CTL, _pg_running
+from tests.state.private_postgresql import PrivatePostgreSQL
 
 pytestmark = pytest.mark.timeout(150)
 SCENARIO = "PostgreSQL restart during a reconcile"
@@ -37,23 +37,20 @@ def in_phase(url: str, action: str) -> bool:
         return False
 
 
-def restart_postgresql() -> None:
+def restart_postgresql(server: PrivatePostgreSQL) -> None:
     try:
-        subprocess.run([*PG_CTL, "stop", "-m", "fast"], check=True, timeout=60,
-                       capture_output=True)
+        server.stop("fast")
         time.sleep(0.5)
     finally:
-        subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
-    if not _pg_running():
-        subprocess.run([*PG_CTL, "start"], check=True, timeout=60, capture_output=True)
+        if not server.running():
+            server.start()
 
 
 def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path,
-                                          postgresql_url: str) -> None:
-    need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
-         "pg_ctlcluster not installed")
+                                          private_postgresql: PrivatePostgreSQL) -> None:
+    server = private_postgresql
     port = free_port()
-    url = postgresql_url
+    url = server.url
     db = ["--db", url]
     fleet.write("api.yaml", service_yaml("api", port, greeting="one"))
     fleet.commit("one")
@@ -61,13 +58,14 @@ def test_postgresql_restart_mid_reconcile(fleet: Fleet, tmp_path: Path,
     assert first.returncode == 0, first.stdout + first.stderr
     # restarted while the new revision waits to become healthy, then while it is started
     for greeting, when in (("two", "health"), ("three", "start")):
-        _trial(fleet, url, port, greeting, when)
-    _daemon_trial(fleet, url, port, tmp_path)
+        _trial(fleet, server, port, greeting, when)
+    _daemon_trial(fleet, server, port, tmp_path)
 
 
-def _daemon_trial(fleet: Fleet, url: str, port: int, tmp_path: Path) -> None:
+def _daemon_trial(fleet: Fleet, server: PrivatePostgreSQL, port: int, tmp_path: Path) -> None:
     """The same fault under the daemon: it must ride it out and converge on its own."""
     started = time.monotonic()
+    url = server.url
     log = tmp_path / "daemon.log"
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--state-dir", str(fleet.state), "--db", url,
@@ -82,7 +80,7 @@ def _daemon_trial(fleet: Fleet, url: str, port: int, tmp_path: Path) -> None:
         fleet.commit("four, slow start")
         wait_for(lambda: in_phase(url, "health"), timeout=40, step=0.05)
         before = deployment_ids(url)
-        restart_postgresql()
+        restart_postgresql(server)
 
         def settled() -> bool:
             try:
@@ -117,7 +115,8 @@ def _daemon_trial(fleet: Fleet, url: str, port: int, tmp_path: Path) -> None:
                 daemon.wait(timeout=10)
 
 
-def _trial(fleet: Fleet, url: str, port: int, greeting: str, when: str) -> None:
+def _trial(fleet: Fleet, server: PrivatePostgreSQL, port: int, greeting: str, when: str) -> None:
+    url = server.url
     db = ["--db", url]
     started = time.monotonic()
     fleet.write("api.yaml", service_yaml("api", port, greeting=greeting, start_period="20s",
@@ -134,14 +133,14 @@ def _trial(fleet: Fleet, url: str, port: int, greeting: str, when: str) -> None:
         else:  # the new deployment is recorded: its revision is being started
             wait_for(lambda: len(deployment_ids(url)) > count, timeout=30, step=0.02)
         before = deployment_ids(url)
-        restart_postgresql()
+        restart_postgresql(server)
         out, _ = apply.communicate(timeout=90)
     finally:
         if apply.poll() is None:
             apply.kill()
             apply.wait(timeout=10)
-        if not _pg_running():
-            subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
+        if not server.running():
+            server.start()
     assert apply.returncode in (0, 1, 2), out
     assert "Traceback" not in out, out
     if apply.returncode == 2:  # failed honestly: a coded error, not a crash

@@ -29,6 +29,10 @@ def run_in_terminal(command: str, *, width: int, cwd: Path, env: dict[str, str] 
     done = cwd / f".{name}.rc"
     full_env = {**os.environ, **(env or {}), "TERM": "xterm-256color"}
     full_env.pop("TMUX", None)
+    # the pane's size is the terminal's; an inherited COLUMNS/LINES would override it (a
+    # pytest-xdist worker has COLUMNS=80 LINES=24: a 120-column pane printed 80 columns)
+    full_env.pop("COLUMNS", None)
+    full_env.pop("LINES", None)
     # the command is the pane's own program (no prompt, no echo of what was typed); the
     # pane stays open after it, for capture-pane
     script = f"{command}; echo $? > {shlex.quote(str(done))}; sleep 600"

@@ -8,6 +8,7 @@ is tested is what is checked out. FRAISIER_DEPLOY_SOURCE names another checkout 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -53,16 +54,20 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Wheels:
     src = copy_source(tmp_path_factory.mktemp("src"))
     key = hashlib.sha256((src / "pyproject.toml").read_bytes() + b"+build").hexdigest()[:16]
     deps = CACHE / f"wheels-{key}"
-    if not deps.is_dir():
-        building = CACHE / f".wheels-{key}.tmp"
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir(parents=True)
-        _pip_wheel([str(src)], building)
-        # What building the project needs (offline `pip install /src` in the Dockerfile).
-        _pip_wheel(["setuptools>=77", "wheel"], building)
-        for own in building.glob("fraisier-*.whl"):
-            own.unlink()
-        building.rename(deps)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / f".wheels-{key}.lock").open("w") as lock:
+        # parallel workers and sessions build one wheelhouse, not into each other's temp dir
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not deps.is_dir():
+            building = CACHE / f".wheels-{key}.tmp"
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir(parents=True)
+            _pip_wheel([str(src)], building)
+            # What building the project needs (offline `pip install /src` in the Dockerfile).
+            _pip_wheel(["setuptools>=77", "wheel"], building)
+            for own in building.glob("fraisier-*.whl"):
+                own.unlink()
+            building.rename(deps)
     out = tmp_path_factory.mktemp("wheel")
     _pip_wheel(["--no-deps", str(src)], out)
     (project,) = out.glob("fraisier-*.whl")

@@ -1,11 +1,11 @@
 """Connection loss and server restarts: the store reconnects with backoff, retries the write and
-loses (or doubles) no record. PostgreSQL is really stopped and started; MariaDB connections are
-killed server-side (restarting the shared MariaDB would disturb every other test for longer)."""
+loses (or doubles) no record. PostgreSQL is really stopped and started (a server of the test's own:
+stopping the shared one would fail every other test using it at that moment); MariaDB connections
+are killed server-side (restarting the shared MariaDB would disturb every other test for longer)."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,22 +16,9 @@ from reconciler.spec.model import ResourceKey
 from reconciler.state import Store, open_store
 from tests.helpers import need
 from tests.state.backends import available, raw_query, throwaway_url
+from tests.state.private_postgresql import PrivatePostgreSQL
 
 KEY = ResourceKey("prod", "Service", "api")
-
-
-def _pg_version() -> str:
-    """The newest installed cluster version (what .ci/run starts), e.g. "15"."""
-    versions = sorted((p.name for p in Path("/etc/postgresql").glob("*") if p.name.isdigit()),
-                      key=int)
-    return versions[-1] if versions else "15"
-
-
-PG_CTL = ["pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main"]
-
-
-def _pg_running() -> bool:
-    return subprocess.run([*PG_CTL, "status"], capture_output=True, timeout=30).returncode == 0
 
 
 async def _write_deployments(store: Store, count: int, done: list[str]) -> None:
@@ -57,11 +44,10 @@ def _assert_journal_complete(url: str, count: int) -> None:
 
 
 @pytest.mark.timeout(150)
-async def test_postgresql_restart_loses_no_write(tmp_path: Path, postgresql_url: str) -> None:
-    need(subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode == 0,
-         "pg_ctlcluster not installed")
+async def test_postgresql_restart_loses_no_write(private_postgresql: PrivatePostgreSQL) -> None:
     count = 40
-    url = postgresql_url
+    server = private_postgresql
+    url = server.url
     store = open_store(url)
     await store.migrate()
     errors_before = DB_ERRORS._value.get()
@@ -72,19 +58,15 @@ async def test_postgresql_restart_loses_no_write(tmp_path: Path, postgresql_url:
             await asyncio.sleep(0.01)
         stopped_at = time.monotonic()
         try:
-            await asyncio.to_thread(subprocess.run, [*PG_CTL, "stop", "-m", "fast"],
-                                    check=True, timeout=60, capture_output=True)
+            await asyncio.to_thread(server.stop, "fast")
             during_outage = len(done)
             await asyncio.sleep(1.5)  # the writer is backing off meanwhile
             assert len(done) == during_outage  # nothing can be written while it is down
         finally:
-            await asyncio.to_thread(subprocess.run, [*PG_CTL, "start"], timeout=60,
-                                    capture_output=True)
+            await asyncio.to_thread(server.start)
         await asyncio.wait_for(writer, timeout=90)
         recovered_in = time.monotonic() - stopped_at
     finally:
-        if not _pg_running():  # whatever happened, leave the server running
-            subprocess.run([*PG_CTL, "start"], timeout=60, capture_output=True)
         await store.close()
     print(f"PostgreSQL stop/start: writer finished {recovered_in:.1f} s after the stop")
     assert len(done) == count
