@@ -126,6 +126,8 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         self.sql_dir = sql_dir
         self.busy_timeout = busy_timeout
         self._closed = False
+        # the last light listing and the database's state it was read at (_light_resources)
+        self._light: tuple[tuple[int, int, bool], list[ResourceRecord]] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraisier-sqlite")
         try:
             self._conn: sqlite3.Connection = self._executor.submit(
@@ -331,17 +333,29 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
                              with_specs: bool = True) -> list[ResourceRecord]:
         where = "" if include_deleted else "WHERE deleted = 0"
         if not with_specs:
-            values = await self._run(
-                self._tuples,
-                f"SELECT {rows.LIGHT_RESOURCE_COLUMNS} FROM v_resource {where} "  # noqa: S608
-                "ORDER BY environment, kind, name",
-            )
-            return rows.light_resources(values)
+            return await self._run(self._light_resources, include_deleted)
         found = await self._run(
             self._all,
             f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
         )
         return [self._to_resource(row) for row in found]
+
+    def _light_resources(self, include_deleted: bool) -> list[ResourceRecord]:
+        """The light listing (every no-op pass of a daemon reads it), read again only when the
+        database changed since the last one: ``PRAGMA data_version`` moves when another
+        connection (process) commits, ``total_changes`` when this one writes a row. The records
+        are shared between the listings (nothing changes a record: the store makes new ones)."""
+        conn = self._conn
+        stamp = (int(conn.execute("PRAGMA data_version").fetchone()[0]), conn.total_changes,
+                 include_deleted)
+        if self._light is not None and self._light[0] == stamp:
+            return list(self._light[1])
+        where = "" if include_deleted else "WHERE deleted = 0"
+        records = rows.light_resources(self._tuples(
+            f"SELECT {rows.LIGHT_RESOURCE_COLUMNS} FROM v_resource {where} "  # noqa: S608
+            "ORDER BY environment, kind, name"))
+        self._light = (stamp, records)
+        return list(records)
 
     def _record_desired(self, key: ResourceKey, revision: str, spec_hash: str,
                         spec: dict[str, Any], config_commit: str | None) -> dict[str, Any]:
