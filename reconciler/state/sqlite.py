@@ -328,6 +328,25 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         row = await self._run(self._resource_row, key)
         return self._to_resource(row) if row is not None else None
 
+    def _resource_rows(self, identifiers: list[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        with self._read():
+            for start in range(0, len(identifiers), rows.KEYS_PER_QUERY):
+                chunk = identifiers[start:start + rows.KEYS_PER_QUERY]
+                found += self._all(
+                    f"SELECT * FROM v_resource WHERE identifier IN "  # noqa: S608
+                    f"({', '.join('?' for _ in chunk)})", tuple(chunk))
+        return found
+
+    async def get_resources(self, keys: Iterable[ResourceKey]
+                            ) -> dict[ResourceKey, ResourceRecord]:
+        identifiers = list(dict.fromkeys(str(key) for key in keys))
+        if not identifiers:
+            return {}
+        records = [self._to_resource(row)
+                   for row in await self._run(self._resource_rows, identifiers)]
+        return {record.key: record for record in records}
+
 
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
