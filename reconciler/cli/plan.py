@@ -138,6 +138,12 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
 
     With --base REF: the plan of the change between two commits, for a pull request
     (-o markdown renders it as a comment; docs/pull-requests.md)."""
+    # A one-shot command that acts on nothing: what it builds (the desired state, the records,
+    # the plan and its JSON) lives to its end, so the cyclic collector could only rescan it, a
+    # tenth of a warm diff over a large fleet (docs/performance.md).
+    import gc
+
+    gc.disable()
     install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     if base is not None or output == "markdown":
         from reconciler.cli.plan_change import diff_change

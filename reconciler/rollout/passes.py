@@ -97,15 +97,17 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
             owns = self.owns
             plan.items = [i for i in plan.items if owns(i.key)]
             plan.order = [[k for k in layer if owns(k)] for layer in plan.order]
-        for item in plan.items:
-            if item.record is not None and item.action not in (UNCHANGED, SUSPENDED):
-                full = await self.store.get_resource(item.key)
-                if full is not None:
-                    item.record = full
-                    item.changes = item_changes(item)
-                    if item.action == UPDATE and not item.changes and item.resource is not None:
-                        # planned from a light record: the document's changes were unknown
-                        item.reason = with_content_reason(item.reason, item.resource)
+        changing = [item for item in plan.items
+                    if item.record is not None and item.action not in (UNCHANGED, SUSPENDED)]
+        fulls = await self.store.get_resources(i.key for i in changing) if changing else {}
+        for item in changing:
+            full = fulls.get(item.key)
+            if full is not None:
+                item.record = full
+                item.changes = item_changes(item)
+                if item.action == UPDATE and not item.changes and item.resource is not None:
+                    # planned from a light record: the document's changes were unknown
+                    item.reason = with_content_reason(item.reason, item.resource)
         order_deletions(plan)  # by the recorded documents, read just above
         name_target_changes(plan)
         return plan

@@ -3,11 +3,18 @@
 Every reconcile is pinned to one commit SHA. Remote repositories are cloned (bare) into the state
 dir and fetched; a fetch failure keeps the last fetched commit and is reported, never raised into
 the loop (see ``GitSource.sync``).
+
+Commits are read with the ``git`` command itself (``rev-parse``, ``ls-tree``, one ``cat-file
+--batch`` process for the blobs), as GitPython did underneath; GitPython (``GitSource.repo``) is
+imported only to clone and fetch and by the daemon's other uses of the repository, so a `diff` or
+`apply` of a local repository does not load it (its import is a large part of their start-up,
+docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
@@ -15,20 +22,25 @@ import os
 import posixpath
 import re
 import shutil
+import subprocess
 import tarfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
-
-import git
 
 from reconciler.errors import SourceError
 from reconciler.observe.redact import redact
 from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
 from reconciler.spec.tree import MAX_READ, EntryKind
+
+if TYPE_CHECKING:
+    import git
 
 log = logging.getLogger("reconciler.source")
 
@@ -90,37 +102,46 @@ class GitSource:
         self.remote = is_remote(repo)
         self.commit: str | None = None
         self._tree_ids: dict[tuple[str, str], str | None] = {}
+        self._repo: git.Repo | None = None  # GitPython, opened on first use of ``repo``
+        self._blobs: _Blobs | None = None
+        # the work tree of a local, non-bare repository (uncommitted edits are looked for there)
+        self.work_tree: Path | None = None
         if self.remote:
             if state_dir is None:
                 raise SourceError("a state directory is needed to clone a remote repository")
             digest = hashlib.sha256(repo.encode()).hexdigest()[:16]
             self.checkout = state_dir / "repos" / digest
-            self._repo: git.Repo | None = None
+            self._cloned = False  # the first sync clones, or opens a clone left by a process
         else:
             local = Path(repo).expanduser().resolve()
-            try:
-                self._repo = git.Repo(local, search_parent_directories=True)
-            except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+            found = _discover(local)
+            if found is None:
                 raise SourceError(
                     f"{repo}: not a git repository (apply and diff read committed state; "
                     "`reconciler validate PATH` checks plain folders)"
-                ) from exc
-            self.checkout = Path(self._repo.git_dir)
-            if self._repo.working_tree_dir and self.path == "":
+                )
+            self.checkout, self.work_tree, prefix = found
+            self._cloned = True
+            if self.work_tree is not None and self.path == "":
                 # --repo pointing inside a work tree means "this folder": keep it as the path.
-                rel = local.relative_to(Path(self._repo.working_tree_dir).resolve())
-                self.path = "" if str(rel) == "." else rel.as_posix()
+                self.path = prefix.rstrip("/")
 
     # -- repository access -------------------------------------------------------------
     @property
     def repo(self) -> git.Repo:
+        """The repository through GitPython (the daemon's pins, notifications, worktree)."""
         if self._repo is None:
-            self._repo = self._open_or_clone()
+            import git
+
+            self._repo = git.Repo(self.git_dir)
         return self._repo
 
-    def _open_or_clone(self) -> git.Repo:
+    def _clone(self) -> None:
+        import git
+
         if (self.checkout / "HEAD").exists():
-            return git.Repo(self.checkout)
+            self._cloned = True
+            return
         self.checkout.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkout.with_suffix(".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,34 +155,66 @@ class GitSource:
             raise SourceError(f"cannot clone {self.display_url}: {_git_reason(exc, self.url)}",
                               hint=_git_hint(exc, self.url)) from exc
         tmp.rename(self.checkout)
-        return git.Repo(self.checkout)
+        self._cloned = True
 
     @property
     def git_dir(self) -> Path:
-        return Path(self.repo.git_dir)
+        if not self._cloned:
+            self._clone()
+        return self.checkout
 
     def _fetch(self) -> None:
-        repo = self.repo
         # A bare clone maps remote branches straight onto local refs, so `ref` resolves as-is.
-        repo.git.fetch("--prune", "--tags", "--force", "origin",
-                       "+refs/heads/*:refs/heads/*", kill_after_timeout=self.timeout)
+        self.repo.git.fetch("--prune", "--tags", "--force", "origin",
+                            "+refs/heads/*:refs/heads/*", kill_after_timeout=self.timeout)
+
+    def _git(self, *args: str) -> bytes | None:
+        """stdout of ``git ARGS`` on the repository; None when git fails (exit code not 0)."""
+        proc = subprocess.run(["git", "--git-dir", str(self.git_dir), *args],
+                              capture_output=True, timeout=self.timeout, check=False)
+        return proc.stdout if proc.returncode == 0 else None
 
     def resolve(self, ref: str | None = None) -> str:
         """The commit SHA ``ref`` (default: the followed ref, else HEAD) points to now."""
         name = ref or self.ref or "HEAD"
-        try:
-            return str(self.repo.commit(name).hexsha)
-        except (git.BadName, ValueError, git.GitCommandError) as exc:
-            raise SourceError(f"{self.display_url}: cannot resolve ref {name!r}") from exc
+        out = self._git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                        f"{name}^{{commit}}")
+        if out is None:
+            raise SourceError(f"{self.display_url}: cannot resolve ref {name!r}")
+        return out.decode().strip()
+
+    def blob_reader(self) -> _Blobs:
+        if self._blobs is None:
+            self._blobs = _Blobs(self.git_dir)
+        return self._blobs
+
+    def entries_at(self, commit: str, folder: str) -> dict[str, _Entry] | None:
+        """Every entry below ``folder`` at ``commit`` (paths relative to it), or None when
+        ``folder`` is not a folder there."""
+        out = self._git("ls-tree", "-r", "-t", "-l", "-z", "--end-of-options",
+                        f"{commit}:{folder}" if folder else f"{commit}^{{tree}}")
+        if out is None:
+            return None
+        entries: dict[str, _Entry] = {}
+        for line in out.split(b"\0"):
+            if not line:
+                continue
+            meta, _, name = line.partition(b"\t")
+            mode, kind, sha, size = meta.split()
+            entries[name.decode("utf-8", "surrogateescape")] = _Entry(
+                int(mode, 8), kind.decode(), sha.decode(), int(size) if size != b"-" else 0)
+        return entries
 
     def sync(self) -> SyncResult:
         """Fetch (remotes) and resolve the followed ref. A failed fetch keeps the last commit."""
         started = time.monotonic()
         error: str | None = None
         if self.remote:
+            import git  # clone and fetch only
+
             try:
-                if self._repo is None:
-                    self._repo = self._open_or_clone()
+                if not self._cloned:
+                    self._clone()
                 else:
                     self._fetch()
             except (git.GitCommandError, SourceError) as exc:
@@ -169,7 +222,7 @@ class GitSource:
                          else str(exc))
                 log.warning("fetch failed, keeping last good desired state",
                             extra={"repo": self.display_url, "error": error})
-                if self.commit is None and self._repo is None:
+                if self.commit is None and not self._cloned:
                     raise SourceError(f"cannot fetch {self.display_url}: {error}",
                                       hint=_git_hint(exc, self.url)) from exc
         commit = self.resolve()
@@ -180,30 +233,28 @@ class GitSource:
     # -- reading -------------------------------------------------------------------------
     def files(self, commit: str) -> list[SourceFile]:
         """Desired-state YAML files below ``path`` at ``commit`` (blob ids for the spec cache)."""
-        tree = self.repo.commit(commit).tree
-        if self.path:
-            try:
-                tree = tree / self.path
-            except KeyError as exc:
-                raise SourceError(f"{self.path}: no such folder at commit {commit[:12]}") from exc
-        if tree.type != "tree":
+        entries = self.entries_at(commit, self.path)
+        if entries is None:
+            if self._git("cat-file", "-e", "--end-of-options", f"{commit}:{self.path}") is None:
+                raise SourceError(f"{self.path}: no such folder at commit {commit[:12]}")
             raise SourceError(f"{self.path}: not a folder at commit {commit[:12]}")
+        blobs = self.blob_reader()
         out: list[SourceFile] = []
         prefix = self.path + "/" if self.path else ""
-        for item in tree.traverse():
-            if not isinstance(item, git.Blob):
+        for rel, item in entries.items():
+            if item.kind != "blob":
                 continue
-            path = str(item.path)
+            path = prefix + rel
             if not path.endswith(YAML_SUFFIXES):
                 continue
             if any(part.startswith(".") for part in PurePosixPath(path).parts):
                 continue
-            blob, refused = _follow_links(tree, item, path.removeprefix(prefix), self.path)
+            blob, refused = _follow_links(entries, blobs, item, rel, self.path)
             if blob is None:
-                out.append(SourceFile(path=path, blob_id=item.hexsha, read=_reader(item),
+                out.append(SourceFile(path=path, blob_id=item.sha, read=blobs.reader(item.sha),
                                       refused=refused))
                 continue
-            out.append(SourceFile(path=path, blob_id=blob.hexsha, read=_reader(blob)))
+            out.append(SourceFile(path=path, blob_id=blob.sha, read=blobs.reader(blob.sha)))
         out.sort(key=lambda f: f.path)
         return out
 
@@ -211,16 +262,14 @@ class GitSource:
         """Git tree (or blob) id of ``path`` at ``commit``: a path source's revision hangs on it."""
         cache_key = (commit, path)
         if cache_key not in self._tree_ids:
-            try:
-                obj = self.repo.commit(commit).tree / path.strip("/")
-                self._tree_ids[cache_key] = str(obj.hexsha)
-            except KeyError:
-                self._tree_ids[cache_key] = None
+            out = self._git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                            f"{commit}:{path.strip('/')}")
+            self._tree_ids[cache_key] = out.decode().strip() if out is not None else None
         return self._tree_ids[cache_key]
 
     def tree(self, commit: str) -> GitTree:
         """The repository's files at ``commit``, for the ``source.path`` checks of a load."""
-        return GitTree(self.repo, commit)
+        return GitTree(self, commit)
 
     async def export(self, commit: str, path: str, dest: Path) -> None:
         """Write the folder ``path`` of ``commit`` into ``dest`` (``git archive``, no work tree)."""
@@ -268,27 +317,35 @@ _LINK_MODE = 0o120000
 _MAX_LINKS = 40  # as the kernel's ELOOP limit
 
 
-def _follow_links(tree: git.Tree, blob: git.Blob, rel: str, folder: str
-                  ) -> tuple[git.Blob | None, str]:
+class _Entry(NamedTuple):
+    """One entry of ``git ls-tree``: mode, type (blob, tree, commit), object id, size."""
+
+    mode: int
+    kind: str
+    sha: str
+    size: int
+
+
+def _follow_links(entries: dict[str, _Entry], blobs: _Blobs, entry: _Entry, rel: str,
+                  folder: str) -> tuple[_Entry | None, str]:
     """The blob a ``*.yaml`` entry stands for: itself, or for a symbolic link the file it
-    points to when that stays inside ``tree`` (the folder read); else ``(None, why)``. The same
-    rule as ``files_from_directory``, so validate on a checkout and the daemon agree."""
+    points to when that stays inside ``entries`` (the folder read); else ``(None, why)``. The
+    same rule as ``files_from_directory``, so validate on a checkout and the daemon agree."""
     shown = folder or "the repository"
     for _ in range(_MAX_LINKS):
-        if blob.mode != _LINK_MODE:
-            return blob, ""
-        target = bytes(blob.data_stream.read()).decode("utf-8", "surrogateescape")
+        if entry.mode != _LINK_MODE:
+            return entry, ""
+        target = blobs.read(entry.sha).decode("utf-8", "surrogateescape")
         joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
         if target.startswith("/") or joined == ".." or joined.startswith("../"):
             return None, (f"symbolic link to {target!r}, outside {shown}: not read (the "
                           "desired state is read from files inside the tree only)")
-        try:
-            found = tree / joined
-        except (KeyError, TypeError, ValueError):  # missing, or through a non-folder
+        found = entries.get(joined)
+        if found is None:  # missing, or through a non-folder
             return None, f"symbolic link to {target!r}: no such file in {shown}"
-        if not isinstance(found, git.Blob):
+        if found.kind != "blob":
             return None, f"symbolic link to {target!r}: not a file"
-        blob, rel = found, joined
+        entry, rel = found, joined
     return None, "symbolic links nested too deeply: not read"
 _TYPE_BITS = 0o170000
 
@@ -297,46 +354,118 @@ class GitTree:
     """``spec.tree.SourceTree`` over a commit's tree: git keeps a link as a blob whose mode
     says so and whose content is the target; nothing is followed."""
 
-    def __init__(self, repo: git.Repo, commit: str) -> None:
-        self._repo, self._commit = repo, commit
-        self._root: git.Tree | None = None
+    def __init__(self, source: GitSource, commit: str) -> None:
+        self._source, self._commit = source, commit
+        self._entries: dict[str, _Entry] | None = None
 
     @property
-    def root(self) -> git.Tree:  # read on first use: in the loader's thread, not the caller's
-        if self._root is None:
-            self._root = self._repo.commit(self._commit).tree
-        return self._root
+    def entries(self) -> dict[str, _Entry]:  # listed on first use: in the loader's thread
+        if self._entries is None:
+            self._entries = self._source.entries_at(self._commit, "") or {}
+        return self._entries
 
     def kind(self, path: str) -> EntryKind | None:
-        try:
-            obj = self.root / path
-        except KeyError:
+        entry = self.entries.get(path)
+        if entry is None:
             return None
-        if obj.type == "tree":
+        if entry.kind == "tree":
             return "dir"
-        if obj.type != "blob":
+        if entry.kind != "blob":
             return None  # a submodule: git archive leaves it empty
-        return "link" if obj.mode & _TYPE_BITS == _LINK_MODE else "file"
+        return "link" if entry.mode & _TYPE_BITS == _LINK_MODE else "file"
 
     def links(self, folder: str) -> Iterator[tuple[str, str]]:
-        tree = self.root if folder == "." else self.root / folder
-        for item in tree.traverse():
-            if isinstance(item, git.Blob) and item.mode & _TYPE_BITS == _LINK_MODE:
-                yield str(item.path), item.data_stream.read().decode("utf-8", "replace")
+        prefix = "" if folder == "." else folder + "/"
+        blobs = self._source.blob_reader()
+        for path, entry in self.entries.items():
+            if (path.startswith(prefix) and entry.kind == "blob"
+                    and entry.mode & _TYPE_BITS == _LINK_MODE):
+                yield path, blobs.read(entry.sha).decode("utf-8", "replace")
 
     def read(self, path: str) -> bytes | None:
-        try:
-            obj = self.root / path
-        except (KeyError, TypeError, ValueError):
+        entry = self.entries.get(path)
+        if (entry is None or entry.kind != "blob" or entry.mode & _TYPE_BITS == _LINK_MODE
+                or entry.size > MAX_READ):
             return None
-        if (not isinstance(obj, git.Blob) or obj.mode & _TYPE_BITS == _LINK_MODE
-                or obj.size > MAX_READ):
-            return None
-        return bytes(obj.data_stream.read())
+        return self._source.blob_reader().read(entry.sha)
 
 
-def _reader(blob: git.Blob) -> Callable[[], bytes]:
-    return lambda: bytes(blob.data_stream.read())
+class _Blobs:
+    """Blob contents through one ``git cat-file --batch`` process, started on the first read
+    and kept for the next ones (a cold load reads every file of the fleet); reads from several
+    threads take turns."""
+
+    def __init__(self, git_dir: Path) -> None:
+        self.git_dir = git_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def reader(self, sha: str) -> Callable[[], bytes]:
+        return lambda: self.read(sha)
+
+    def read(self, sha: str) -> bytes:
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                proc = self._proc = subprocess.Popen(
+                    ["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                weakref.finalize(self, _stop, proc)
+            stdin, stdout = proc.stdin, proc.stdout
+            assert stdin is not None and stdout is not None
+            try:
+                stdin.write(sha.encode() + b"\n")
+                stdin.flush()
+                header = stdout.readline().split()
+                if len(header) != 3:  # "<sha> missing", or git ended
+                    raise SourceError(f"git object {sha} cannot be read")
+                data = _read_exactly(stdout, int(header[2]))
+                stdout.read(1)  # the newline after the content
+            except (OSError, ValueError) as exc:
+                _stop(proc)
+                raise SourceError(f"git object {sha} cannot be read: {exc}") from exc
+            return data
+
+
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) != size:
+        raise ValueError("git cat-file ended early")
+    return data
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _discover(local: Path) -> tuple[Path, Path | None, str] | None:
+    """(git dir, work tree or None when bare, ``local`` relative to the work tree with a
+    trailing slash or "") of the repository holding ``local``, as git finds it; None when
+    there is none."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+    try:
+        proc = subprocess.run(["git", "-C", str(local), "rev-parse", "--absolute-git-dir",
+                               "--is-inside-work-tree", "--show-prefix"],
+                              capture_output=True, env=env, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = proc.stdout.decode("utf-8", "surrogateescape").split("\n")
+    if proc.returncode != 0 or len(lines) < 3:
+        return None
+    git_dir, inside, prefix = Path(lines[0]), lines[1] == "true", lines[2]
+    if not inside:
+        return git_dir, None, ""
+    depth = len(PurePosixPath(prefix).parts)
+    return git_dir, local.parents[depth - 1] if depth else local, prefix
 
 
 def _extract(archive: bytes, folder: str, dest: Path) -> None:

@@ -6,7 +6,7 @@ Saying "In sync." then, without a word about it, misleads whoever just edited a 
 
 from __future__ import annotations
 
-import git
+import subprocess
 
 from reconciler.source.git import GitSource
 
@@ -14,18 +14,22 @@ from reconciler.source.git import GitSource
 def uncommitted(source: GitSource, commit: str) -> list[str]:
     """Files below the source's folder that differ between the work tree and ``commit``
     (edited, staged, deleted or new and not ignored). Empty for a remote or bare repo."""
-    if source.remote:
-        return []
-    repo = source.repo
-    if repo.bare or not repo.working_tree_dir:
+    if source.remote or source.work_tree is None:
         return []
     pathspec = source.path or "."
-    try:
-        changed = repo.git.diff("--name-only", "--no-renames", commit, "--", pathspec)
-        new = repo.git.ls_files("--others", "--exclude-standard", "--", pathspec)
-    except git.GitCommandError:
-        return []
-    return sorted({line for line in (changed + "\n" + new).splitlines() if line})
+    git = ["git", "-C", str(source.work_tree), "--git-dir", str(source.git_dir)]
+    found: set[str] = set()
+    for args in (["diff", "--name-only", "--no-renames", commit, "--", pathspec],
+                 ["ls-files", "--others", "--exclude-standard", "--", pathspec]):
+        try:
+            proc = subprocess.run([*git, *args], capture_output=True, text=True, check=False,
+                                  timeout=source.timeout)
+        except subprocess.TimeoutExpired:
+            return []
+        if proc.returncode != 0:
+            return []
+        found.update(line for line in proc.stdout.splitlines() if line)
+    return sorted(found)
 
 
 def uncommitted_warning(source: GitSource, commit: str) -> str | None:

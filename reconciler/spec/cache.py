@@ -21,6 +21,7 @@ import sys
 import tempfile
 from functools import cache
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 import fastjsonschema
@@ -76,7 +77,8 @@ def cache_version() -> str:
 
 
 class SpecCache:
-    """Directory-backed cache: ``<dir>/<version>/<blob[:2]>/<blob>``, one marshal file per blob."""
+    """Directory-backed cache: ``<dir>/<version>/<blob[:2]>/<blob>``, one marshal file per blob;
+    and ``<dir>/<version>/code/<name>``, the compiled schema validators (``get_code``)."""
 
     def __init__(self, directory: Path, *, version: str | None = None) -> None:
         self.directory = Path(directory)
@@ -119,6 +121,23 @@ class SpecCache:
         """Store a file's ``records`` and their ``facts`` (``spec/facts.py``) atomically."""
         self._write(blob_id, (records, facts))
 
+    def get_code(self, name: str, key: str) -> tuple[str, CodeType] | None:
+        """A compiled validator kept under ``name`` for ``key`` (``spec.validate.CodeStore``);
+        None when absent, unreadable or made for another key."""
+        try:
+            stored = marshal.loads((self.root / "code" / name).read_bytes())  # noqa: S302
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        if (isinstance(stored, tuple) and len(stored) == 3 and stored[0] == key
+                and isinstance(stored[1], str) and isinstance(stored[2], CodeType)):
+            return stored[1], stored[2]
+        return None
+
+    def put_code(self, name: str, key: str, entry: tuple[str, CodeType]) -> None:
+        """Keep a compiled validator (``get_code``), atomically; a failed write only costs
+        speed."""
+        self._store(self.root / "code" / name, marshal.dumps((key, *entry)))
+
     def _missed(self) -> None:
         """What was read is not of the shape asked for (another format): a miss."""
         self.misses += 1
@@ -136,8 +155,9 @@ class SpecCache:
         return stored
 
     def _write(self, blob_id: str, value: Any) -> None:
-        path = self._path(blob_id)
-        data = marshal.dumps(value)
+        self._store(self._path(blob_id), marshal.dumps(value))
+
+    def _store(self, path: Path, data: bytes) -> None:
         try:
             if not self._checked_root:
                 self._checked_root = True
@@ -179,6 +199,8 @@ class SpecCache:
         except OSError:
             return 0
         for bucket in buckets:
+            if bucket.name == "code":  # the compiled validators (get_code), not blob entries
+                continue
             try:
                 entries = list(bucket.iterdir())
             except OSError:

@@ -40,7 +40,13 @@ from reconciler.spec.model import DesiredState
 from reconciler.spec.policy import PolicyError
 from reconciler.spec.tree import SourceTree
 from reconciler.spec.tree_policy_checks import policy_problems, source_path_problems_in
-from reconciler.spec.validate import Issue, fast_errors, fast_message_issue, schema_issues
+from reconciler.spec.validate import (
+    Issue,
+    fast_errors,
+    fast_message_issue,
+    schema_issues,
+    use_code_store,
+)
 from reconciler.spec.yaml_parse import FastLoader, StrictLoader
 
 __all__ = [
@@ -67,6 +73,8 @@ def load_desired_state(
     """Parse, validate and cross-check ``files``; raise ``SpecError`` with every problem found.
     With ``tree`` (the repository the files come from), ``source.path`` folders are checked
     too (``spec/tree.py``)."""
+    if cache is not None:
+        use_code_store(cache)  # the compiled validators are kept beside the records
     with _gc_paused():
         return _load_desired_state(files, commit=commit, cache=cache, root=root, tree=tree)
 

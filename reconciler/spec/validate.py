@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import CodeType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fastjsonschema
 
@@ -328,23 +329,75 @@ def _inline_refs(schema: Any, root: dict[str, Any], active: tuple[str, ...] = ()
     return _map_subschemas(schema, lambda sub: _inline_refs(sub, root, active))
 
 
+class CodeStore(Protocol):
+    """Where compiled validators are kept between processes (``spec.cache.SpecCache``): an
+    entry is only valid for the schemas, Python and fastjsonschema it was made with, which the
+    store's namespace covers, and for this module's code (``key`` says which)."""
+
+    def get_code(self, name: str, key: str) -> tuple[str, CodeType] | None: ...
+
+    def put_code(self, name: str, key: str, entry: tuple[str, CodeType]) -> None: ...
+
+
+_code_store: CodeStore | None = None
+
+
+def use_code_store(store: CodeStore | None) -> None:
+    """Keep the compiled validators in ``store`` (None: in this process only). Generating and
+    compiling one is tens of ms at every process that validates a document of its kind (a
+    `diff` or `apply` of a commit that changed a Service file, a daemon's first load); reading
+    it back is about a millisecond (docs/performance.md)."""
+    global _code_store
+    _code_store = store
+
+
 @cache
-def fast_validator(kind: str) -> Callable[[Any], Any]:
-    """Compiled validator of one kind (compiled on first use, then reused by the process)."""
+def _code_key() -> str:
+    """What the generated code depends on: the schemas, this module as loaded (bundling,
+    rewrites), fastjsonschema and Python."""
+    try:
+        st = os.stat(__file__)
+        module = f"{__file__}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        module = "?"
+    parts = (schemas_version(), module, fastjsonschema.VERSION, sys.version)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def _validator_code(kind: str) -> tuple[str, CodeType]:
+    """(name of the validating function, code of the module defining it) for one kind."""
     bundled = bundle(KIND_SCHEMAS[kind])
     inlined = _inline_refs({k: v for k, v in bundled.items() if k != "$defs"}, bundled)
     inlined["$defs"] = bundled["$defs"]  # still the target of any recursive $ref
     # without detailed exceptions the generated code does not embed the schema in every raise
-    try:
-        validator: Callable[[Any], Any] = fastjsonschema.compile(inlined, detailed_exceptions=False)
-    except Exception as exc:  # a construct fastjsonschema cannot compile: stay correct, slower
-        logger.warning(
-            "schema of %s cannot be compiled by fastjsonschema (%s); validating it with "
-            "jsonschema, which is slower",
-            kind,
-            exc,
-        )
-        return _slow_as_fast(kind)
+    resolver = fastjsonschema.RefResolver.from_schema(inlined, handlers={}, store={})
+    source = fastjsonschema.compile_to_code(inlined, detailed_exceptions=False)
+    return resolver.get_scope_name(), compile(source, f"<fastjsonschema {kind}>", "exec")
+
+
+@cache
+def fast_validator(kind: str) -> Callable[[Any], Any]:
+    """Compiled validator of one kind (compiled on first use, then reused by the process; kept
+    in the code store when there is one)."""
+    store, name = _code_store, f"validator-{kind}"
+    entry = store.get_code(name, _code_key()) if store is not None else None
+    if entry is None:
+        try:
+            entry = _validator_code(kind)
+        except Exception as exc:  # a construct fastjsonschema cannot compile: stay correct
+            logger.warning(
+                "schema of %s cannot be compiled by fastjsonschema (%s); validating it with "
+                "jsonschema, which is slower",
+                kind,
+                exc,
+            )
+            return _slow_as_fast(kind)
+        if store is not None:
+            store.put_code(name, _code_key(), entry)
+    function, code = entry
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # noqa: S102 - generated here from our schemas, or kept by us
+    validator: Callable[[Any], Any] = namespace[function]
     return validator
 
 
@@ -419,7 +472,8 @@ def kind_validator(kind: str) -> Draft202012Validator:
 
 def reload_schemas() -> None:
     """Forget every schema, digest and compiled validator; the next use reads the files again."""
-    for cached in (_schema_files, schemas_version, fast_validator, _registry, slow_validator):
+    for cached in (_schema_files, schemas_version, fast_validator, _registry, slow_validator,
+                   _code_key):
         cached.cache_clear()
 
 

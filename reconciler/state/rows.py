@@ -50,6 +50,10 @@ STATUS_FIELDS = frozenset(
 RESOURCE_UPDATE_FIELDS = STATUS_FIELDS | {"suspended", "deleted"}
 
 # Everything but the spec documents: what a plan over a large fleet needs for every row.
+# Keys per ``IN (…)`` of a batched read (``get_resources``): far below every backend's limit of
+# bound parameters (SQLite's is 32,766 since 3.32, 999 before).
+KEYS_PER_QUERY = 500
+
 LIGHT_RESOURCE_COLUMNS = (
     "id, environment, kind, name, desired_revision, desired_hash, applied_revision, "
     "applied_hash, config_commit, sync_status, health_status, last_result, last_error, "
@@ -325,6 +329,7 @@ class AuditLog(ABC):
 __all__ = [
     "AUDIT_PRUNE_BATCH",
     "FINAL_AUDIT_SELECT",
+    "KEYS_PER_QUERY",
     "LIGHT_RESOURCE_COLUMNS",
     "STATUS_FIELDS",
     "AuditLog",

@@ -284,6 +284,26 @@ class ServerStore(rows.AuditLog, NotificationClaims):
                               transaction=False)
         return self._to_resource(row) if row is not None else None
 
+    async def get_resources(self, keys: Iterable[ResourceKey]
+                            ) -> dict[ResourceKey, ResourceRecord]:
+        identifiers = list(dict.fromkeys(str(key) for key in keys))
+        if not identifiers:
+            return {}
+
+        async def read(tx: Tx, _: Any) -> list[Row]:
+            found: list[Row] = []
+            for start in range(0, len(identifiers), rows.KEYS_PER_QUERY):
+                chunk = identifiers[start:start + rows.KEYS_PER_QUERY]
+                marks = ", ".join(self.param_mark for _ in chunk)
+                found += await tx.all(
+                    f"SELECT * FROM v_resource WHERE identifier IN ({marks})",  # noqa: S608
+                    tuple(chunk))
+            return found
+
+        found = await self._run("get_resources", read, read_only=True)  # one snapshot
+        records = [self._to_resource(row) for row in found]
+        return {record.key: record for record in records}
+
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None."""

@@ -31,8 +31,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database
-
 from reconciler.errors import NotFound, StoreError
 from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state import journal, rows
@@ -128,16 +126,19 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         self.sql_dir = sql_dir
         self.busy_timeout = busy_timeout
         self._closed = False
+        # the last light listing and the database's state it was read at (_light_resources)
+        self._light: tuple[tuple[int, int, bool], list[ResourceRecord]] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fraisier-sqlite")
         try:
-            self._db: Database = self._executor.submit(self._guarded, self._connect).result()
+            self._conn: sqlite3.Connection = self._executor.submit(
+                self._guarded, self._connect).result()
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
         self.journal_mode: str = self._executor.submit(self._journal_mode).result()
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _connect(self) -> Database:
+    def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             _private_database(Path(self.path))
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
@@ -146,13 +147,13 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             conn.execute("PRAGMA journal_mode = WAL")  # persistent; ":memory:" stays "memory"
             conn.execute(f"PRAGMA synchronous = {_sync_mode()}")
             conn.execute("PRAGMA foreign_keys = ON")
-            return Database(conn, execute_plugins=False)
+            return conn
         except BaseException:
             conn.close()
             raise
 
     def _journal_mode(self) -> str:
-        return str(self._db.conn.execute("PRAGMA journal_mode").fetchone()[0])
+        return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
 
     def _guarded(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run in the worker thread; turn driver errors into StoreError (no SQL values leak)."""
@@ -200,17 +201,13 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         call = functools.partial(self._guarded, fn, *args, **kwargs)
         return await loop.run_in_executor(self._executor, call)
 
-    @property
-    def _conn(self) -> sqlite3.Connection:
-        return self._db.conn
-
     @contextmanager
-    def _write(self) -> Iterator[Database]:
+    def _write(self) -> Iterator[None]:
         """One write transaction holding the write lock from its start."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -218,15 +215,15 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             raise
 
     @contextmanager
-    def _read(self) -> Iterator[Database]:
+    def _read(self) -> Iterator[None]:
         """A read snapshot, so a deployment and its events/steps are read consistently."""
         conn = self._conn
         if conn.in_transaction:  # already inside _write: that transaction is the snapshot
-            yield self._db
+            yield
             return
         conn.execute("BEGIN")
         try:
-            yield self._db
+            yield
         finally:
             if conn.in_transaction:
                 conn.execute("COMMIT")
@@ -235,11 +232,23 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     # the S608 waivers); every value travels as a bound parameter.
     def _one(self, sql: str, params: Params = ()) -> dict[str, Any] | None:
         # Drained, not next(): an unfinished SELECT would hold its read snapshot open.
-        rows = list(self._db.query(sql, params))
+        rows = self._all(sql, params)
         return rows[0] if rows else None
 
     def _all(self, sql: str, params: Params = ()) -> list[dict[str, Any]]:
-        return list(self._db.query(sql, params))
+        cursor = self._conn.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def _insert(self, table: str, values: dict[str, Any]) -> int:
+        """INSERT one row (column names from the code, values bound); its integer key."""
+        names = ", ".join(f'"{name}"' for name in values)  # "trigger" is an SQL keyword
+        marks = ", ".join("?" for _ in values)
+        cursor = self._conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608
+                                    tuple(values.values()))
+        pk = cursor.lastrowid
+        assert isinstance(pk, int)
+        return pk
 
     def _tuples(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Rows as tuples, in the order of the SELECT's columns (no dict per row)."""
@@ -298,8 +307,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
                         self._key_params(key))
         if row is not None:
             return int(row["pk_resource"])
-        table = self._db.table("tb_resource")
-        table.insert({
+        return self._insert("tb_resource", {
             "id": str(uuid.uuid4()),
             "identifier": str(key),
             "environment": key.environment,
@@ -308,9 +316,6 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             "created_at": now,
             "updated_at": now,
         })
-        pk = table.last_pk
-        assert isinstance(pk, int)
-        return pk
 
     def _require_resource(self, key: ResourceKey) -> dict[str, Any]:
         row = self._one(f"SELECT * FROM tb_resource WHERE {self._RESOURCE_WHERE}",  # noqa: S608
@@ -323,29 +328,60 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         row = await self._run(self._resource_row, key)
         return self._to_resource(row) if row is not None else None
 
+    def _resource_rows(self, identifiers: list[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        with self._read():
+            for start in range(0, len(identifiers), rows.KEYS_PER_QUERY):
+                chunk = identifiers[start:start + rows.KEYS_PER_QUERY]
+                found += self._all(
+                    f"SELECT * FROM v_resource WHERE identifier IN "  # noqa: S608
+                    f"({', '.join('?' for _ in chunk)})", tuple(chunk))
+        return found
+
+    async def get_resources(self, keys: Iterable[ResourceKey]
+                            ) -> dict[ResourceKey, ResourceRecord]:
+        identifiers = list(dict.fromkeys(str(key) for key in keys))
+        if not identifiers:
+            return {}
+        records = [self._to_resource(row)
+                   for row in await self._run(self._resource_rows, identifiers)]
+        return {record.key: record for record in records}
+
 
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         where = "" if include_deleted else "WHERE deleted = 0"
         if not with_specs:
-            values = await self._run(
-                self._tuples,
-                f"SELECT {rows.LIGHT_RESOURCE_COLUMNS} FROM v_resource {where} "  # noqa: S608
-                "ORDER BY environment, kind, name",
-            )
-            return rows.light_resources(values)
+            return await self._run(self._light_resources, include_deleted)
         found = await self._run(
             self._all,
             f"SELECT * FROM v_resource {where} ORDER BY environment, kind, name",  # noqa: S608
         )
         return [self._to_resource(row) for row in found]
 
+    def _light_resources(self, include_deleted: bool) -> list[ResourceRecord]:
+        """The light listing (every no-op pass of a daemon reads it), read again only when the
+        database changed since the last one: ``PRAGMA data_version`` moves when another
+        connection (process) commits, ``total_changes`` when this one writes a row. The records
+        are shared between the listings (nothing changes a record: the store makes new ones)."""
+        conn = self._conn
+        stamp = (int(conn.execute("PRAGMA data_version").fetchone()[0]), conn.total_changes,
+                 include_deleted)
+        if self._light is not None and self._light[0] == stamp:
+            return list(self._light[1])
+        where = "" if include_deleted else "WHERE deleted = 0"
+        records = rows.light_resources(self._tuples(
+            f"SELECT {rows.LIGHT_RESOURCE_COLUMNS} FROM v_resource {where} "  # noqa: S608
+            "ORDER BY environment, kind, name"))
+        self._light = (stamp, records)
+        return list(records)
+
     def _record_desired(self, key: ResourceKey, revision: str, spec_hash: str,
                         spec: dict[str, Any], config_commit: str | None) -> dict[str, Any]:
         with self._write():
             now = now_text()
             pk = self._ensure_resource(key, now)
-            self._db.execute(
+            self._conn.execute(
                 """UPDATE tb_resource
                    SET desired_revision = ?, desired_hash = ?, desired_spec = ?,
                        config_commit = ?, deleted = 0, updated_at = ?,
@@ -379,7 +415,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         with self._write():
             now = now_text()
             pk = self._ensure_resource(key, now)
-            self._db.execute(
+            self._conn.execute(
                 """UPDATE tb_resource
                    SET applied_revision = ?, applied_hash = ?, applied_spec = ?,
                        config_commit = COALESCE(?, config_commit), updated_at = ?,
@@ -411,7 +447,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             )
             if fields:
                 assignments = ", ".join(f"{name} = :{name}" for name in sorted(fields))
-                self._db.execute(
+                self._conn.execute(
                     f"UPDATE tb_resource SET {assignments}, updated_at = :updated_at "  # noqa: S608
                     "WHERE pk_resource = :pk",
                     {**fields, "updated_at": now, "pk": pk},
@@ -429,7 +465,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
 
     def _mark_observed(self, keys: list[ResourceKey], health_status: str | None) -> None:
         with self._write():
-            self._db.conn.executemany(
+            self._conn.executemany(
                 f"UPDATE tb_resource SET health_observed_at = ?, health_status = "  # noqa: S608
                 f"COALESCE(?, health_status) WHERE {self._RESOURCE_WHERE}",
                 [(now_text(), health_status, *self._key_params(k)) for k in keys])
@@ -490,7 +526,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     def _add_event(self, pk_deployment: int, identifier: str, status: str,
                    message: str | None, at: str) -> None:
         seq = self._next_seq("tb_deployment_event", "fk_deployment", pk_deployment)
-        self._db.table("tb_deployment_event").insert(journal.event_row(
+        self._insert("tb_deployment_event", journal.event_row(
             str(uuid.uuid4()), pk_deployment, identifier, seq, status, message, at))
 
     def _next_seq(self, table: str, fk_column: str, fk: int) -> int:
@@ -508,10 +544,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             seq = self._next_seq("tb_deployment", "fk_resource", pk_resource)
             row = journal.deployment_row(deployment_id, key, pk_resource, seq, now)
             identifier = row["identifier"]
-            table = self._db.table("tb_deployment")
-            table.insert({**row, **values})
-            pk = table.last_pk
-            assert isinstance(pk, int)
+            pk = self._insert("tb_deployment", {**row, **values})
             self._add_event(pk, identifier, PENDING, None, now)
             created = self._get_deployment(deployment_id)
         assert created is not None
@@ -560,7 +593,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             now = now_text()
             values = journal.transition_values(row, status, extra, now)
             assignments = ", ".join(f"{name} = :{name}" for name in sorted(values))
-            self._db.execute(
+            self._conn.execute(
                 f"UPDATE tb_deployment SET {assignments} WHERE pk_deployment = :pk",  # noqa: S608
                 {**values, "pk": row["pk_deployment"]},
             )
@@ -579,7 +612,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
                                                    actor, str(uuid.uuid4())))
 
     def _insert_audit(self, values: dict[str, Any]) -> None:
-        self._db.table("tb_audit_event").insert(values)
+        self._insert("tb_audit_event", values)
 
     async def transition(
         self,
@@ -608,7 +641,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         with self._write():
             row = self._require_deployment(deployment_id)
             seq = self._next_seq("tb_deployment_step", "fk_deployment", row["pk_deployment"])
-            self._db.table("tb_deployment_step").insert(journal.step_row(
+            self._insert("tb_deployment_step", journal.step_row(
                 step_id, row, seq, action, instance, detail, now_text()))
         return step_id
 
@@ -624,7 +657,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
                 "WHERE id = ?", (step_id,)
             ), step_id)
             journal.step_to_finish(row, status)
-            self._db.execute(
+            self._conn.execute(
                 "UPDATE tb_deployment_step SET status = ?, detail = COALESCE(?, detail), "
                 "finished_at = ? WHERE pk_deployment_step = ?",
                 (status, detail, now_text(), row["pk_deployment_step"]),
@@ -668,7 +701,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
             now = datetime.now(UTC)
             # One statement decides: insert, renew (same owner, acquired_at kept) or take over
             # an expired lease; a live lease of another owner leaves the row untouched.
-            cursor = self._db.execute(
+            cursor = self._conn.execute(
                 """INSERT INTO tb_lock (id, identifier, name, owner, acquired_at, expires_at)
                    VALUES (?, ?, ?, ?, ?, ?)
                    ON CONFLICT (name) DO UPDATE SET
@@ -715,7 +748,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
 
     def _release_lock(self, name: str, owner: str) -> None:
         with self._write():
-            self._db.execute("DELETE FROM tb_lock WHERE name = ? AND owner = ?", (name, owner))
+            self._conn.execute("DELETE FROM tb_lock WHERE name = ? AND owner = ?", (name, owner))
 
     async def release_lock(self, name: str, owner: str) -> None:
         """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
@@ -733,7 +766,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     # -- webhooks ----------------------------------------------------------------------------
     def _record_delivery(self, provider: str, delivery_id: str) -> bool:
         with self._write():
-            cursor = self._db.execute(
+            cursor = self._conn.execute(
                 """INSERT INTO tb_webhook_delivery (id, identifier, provider, delivery_id,
                                                     received_at)
                    VALUES (?, ?, ?, ?, ?)
@@ -749,7 +782,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
 
     def _prune_deliveries(self, before: datetime) -> int:
         with self._write():
-            cursor = self._db.execute(
+            cursor = self._conn.execute(
                 "DELETE FROM tb_webhook_delivery WHERE received_at < ?",
                 (before.astimezone(UTC).isoformat(timespec="microseconds"),),
             )
@@ -783,7 +816,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
     def _delete_audit_batch_sync(self, cutoff: str, batch_size: int) -> int:
         with self._write():
             # no DELETE … LIMIT in a stock SQLite build: the oldest rows by the index on "at"
-            return self._db.execute(
+            return self._conn.execute(
                 "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
                 "FROM tb_audit_event WHERE at < ? ORDER BY at LIMIT ?)",
                 (cutoff, batch_size)).rowcount
@@ -796,7 +829,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         names = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._write():
-            return self._db.execute(
+            return self._conn.execute(
                 f"INSERT INTO tb_notification ({names}) VALUES ({marks}) "  # noqa: S608
                 "ON CONFLICT DO NOTHING", tuple(values.values())
             ).rowcount == 1
@@ -806,7 +839,7 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
 
     def _notice_execute_sync(self, sql: str, params: tuple[Any, ...]) -> int:
         with self._write():
-            return int(self._db.execute(sql, params).rowcount)
+            return int(self._conn.execute(sql, params).rowcount)
 
     async def _notice_execute(self, sql: str, params: tuple[Any, ...]) -> int:
         return await self._run(self._notice_execute_sync, sql, params)

@@ -181,6 +181,11 @@ class Store(Protocol):
     # -- resources ---------------------------------------------------------------
     async def get_resource(self, key: ResourceKey) -> ResourceRecord | None: ...
 
+    async def get_resources(self, keys: Iterable[ResourceKey]
+                            ) -> dict[ResourceKey, ResourceRecord]:
+        """The records of those of ``keys`` the store has (documents included), read together:
+        a plan reads the full records of every resource that changes."""
+
     async def list_resources(self, include_deleted: bool = False, *,
                              with_specs: bool = True) -> list[ResourceRecord]:
         """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None

@@ -3,8 +3,10 @@
 OpenTelemetry is needed only once tracing is set up (the daemon), asyncssh only for an ``ssh``
 Target, aiodocker (and aiohttp) only for a compose Target. Each of them costs tens to hundreds of
 milliseconds of every `reconciler` run (docs/performance.md, the compose row), so a module-level
-import that brings one back fails here. The commands run in a real interpreter, as users run them,
-and the test looks at that process's ``sys.modules`` when it exits.
+import that brings one back fails here. A `diff` or `apply` of a local config repository needs no
+GitPython (commits are read with git itself; GitPython clones and fetches), and a `diff` counts
+nothing, so it does not load prometheus_client either. The commands run in a real interpreter,
+as users run them, and the test looks at that process's ``sys.modules`` when it exits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml
 pytestmark = pytest.mark.timeout(120)
 
 HEAVY = ("opentelemetry", "asyncssh", "aiodocker", "aiohttp")
+LOCAL_REPO = (*HEAVY, "git")  # GitPython's package
+DIFF = (*LOCAL_REPO, "prometheus_client")
 
 # Runs `reconciler ARGS...` in this interpreter, then prints the exit code and the top-level
 # packages of sys.modules (one JSON line on stdout, after the command's own output).
@@ -57,12 +61,17 @@ def test_import_cli_pulls_no_heavy_optional_module() -> None:
     assert python_imports("import reconciler.cli").isdisjoint(HEAVY)
 
 
-def test_the_probe_sees_a_heavy_import() -> None:
+def test_the_probe_sees_a_heavy_import(tmp_path: Path) -> None:
     # The checks above and below can fail: the same probe sees each module once it is used.
     assert "opentelemetry" in python_imports(
         "from reconciler.observe.tracing import setup_tracing\nsetup_tracing('t')")
     assert "asyncssh" in python_imports(
         "from reconciler.providers.bare_metal import SystemdSSHProvider")
+    assert "prometheus_client" in python_imports(
+        "from reconciler.observe import metrics\nmetrics.RECONCILE_TOTAL")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert "git" in python_imports(
+        f"from reconciler.source.git import GitSource\nGitSource({str(tmp_path)!r}).repo")
 
 
 def test_help_and_validate_pull_no_heavy_module() -> None:
@@ -85,11 +94,16 @@ def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
     assert code == 0
     assert http_get(port)[0] == 200  # it did deploy, through the bare-metal provider
     assert "reconciler" in modules
-    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    assert modules.isdisjoint(LOCAL_REPO), sorted(modules & set(LOCAL_REPO))
     code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)  # no-op pass
     assert code == 0
-    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    assert modules.isdisjoint(LOCAL_REPO), sorted(modules & set(LOCAL_REPO))
     code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo)
     assert code == 0  # in sync
     assert "reconciler" in modules
-    assert modules.isdisjoint(HEAVY), sorted(modules & set(HEAVY))
+    assert modules.isdisjoint(DIFF), sorted(modules & set(DIFF))
+    fleet.write("api.yaml", service_yaml("api", port, greeting="changed"))
+    fleet.commit()
+    code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo)
+    assert code == 1  # a change pending: its file read from git, its plan shown
+    assert modules.isdisjoint(DIFF), sorted(modules & set(DIFF))

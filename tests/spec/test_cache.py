@@ -177,3 +177,38 @@ def test_prune_keeps_only_the_given_blobs(fleet: Path, tmp_path: Path) -> None:
     assert cache.prune(keep) == 2
     assert cache.get_entry(files[0].blob_id) is not None
     assert cache.get_entry(files[1].blob_id) is None
+
+
+def test_compiled_validators_are_kept_for_the_next_process(
+    fleet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.spec import validate
+
+    validate.reload_schemas()  # nothing compiled in this process yet
+    cache = SpecCache(tmp_path / "cache")
+    load_desired_state(files_from_directory(fleet), cache=cache)
+    assert {"validator-Service", "validator-Target", "validator-Job"} <= {
+        p.name for p in (cache.root / "code").iterdir()}
+
+    # A fresh process (nothing in memory) validating a changed Service file reads the kept
+    # validator back instead of generating and compiling it again, and it still judges.
+    validate.reload_schemas()
+    generated: list[str] = []
+    real = validate._validator_code
+    monkeypatch.setattr(validate, "_validator_code",
+                        lambda kind: generated.append(kind) or real(kind))
+    api = fleet / "apps" / "api.yaml"
+    api.write_text(api.read_text().replace("GREETING: hello", "GREETING: changed"))
+    changed = load_desired_state(files_from_directory(fleet), cache=SpecCache(tmp_path / "cache"))
+    assert generated == []
+    assert any(r.spec.get("env", {}).get("GREETING") == "changed"
+               for r in changed.resources.values())
+    api.write_text(api.read_text().replace("stopTimeout: 10s", "stopTimeout: 10"))
+    with pytest.raises(SpecError) as raised:
+        load_desired_state(files_from_directory(fleet), cache=SpecCache(tmp_path / "cache"))
+    assert generated == []
+    assert "stopTimeout" in str(raised.value)
+    # kept for other schemas (another key): not used
+    assert cache.get_code("validator-Service", "another key") is None
+    (cache.root / "code" / "validator-Service").write_bytes(b"damaged")
+    assert cache.get_code("validator-Service", validate._code_key()) is None

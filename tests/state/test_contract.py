@@ -503,6 +503,26 @@ async def test_light_listing_leaves_specs_out(any_store: Store) -> None:
     assert light[0].__dict__ | {"desired_spec": SPEC, "applied_spec": SPEC} == full[0].__dict__
 
 
+async def test_get_resources_reads_the_full_records_of_many_keys(any_store: Store) -> None:
+    from reconciler.state.rows import KEYS_PER_QUERY
+
+    keys = [ResourceKey("prod", "Service", f"s{i:04d}") for i in range(KEYS_PER_QUERY + 3)]
+    for n, key in enumerate(keys):
+        await any_store.record_desired(key, revision=f"r{n}", spec_hash="h", spec={"n": n},
+                                       config_commit="c1")
+    await any_store.record_applied(keys[1], revision="r1", spec_hash="h", spec={"n": 1},
+                                   config_commit="c1")
+    gone = ResourceKey("prod", "Service", "never-recorded")
+    asked = [*reversed(keys), keys[0], gone]  # more than one IN (…), a repeat, one unknown
+    found = await any_store.get_resources(asked)
+    assert sorted(found) == sorted(keys)
+    for key in (keys[0], keys[1], keys[-1]):
+        assert found[key] == await any_store.get_resource(key)  # the same full record
+    assert found[keys[1]].applied_spec == {"n": 1} and found[keys[-1]].desired_spec == {
+        "n": len(keys) - 1}
+    assert await any_store.get_resources([]) == {}
+
+
 async def test_listings_sort_by_code_point_on_every_backend(any_store: Store) -> None:
     names = ["b", "B", "a", "é", "Z", "_x", "a-b", "a_b", "10", "9"]
     for name in names:

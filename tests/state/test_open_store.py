@@ -154,7 +154,7 @@ async def test_sqlite_synchronous_mode(tmp_path: Path, monkeypatch: pytest.Monke
         try:
             assert isinstance(store, SQLiteStore)
             row = store._executor.submit(
-                lambda: store._db.conn.execute("PRAGMA synchronous").fetchone()).result()
+                lambda: store._conn.execute("PRAGMA synchronous").fetchone()).result()
             return int(row[0])
         finally:
             await store.close()
