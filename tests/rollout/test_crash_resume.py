@@ -169,7 +169,7 @@ spec:
   provider: compose
   docker: {{host: "{docker_engine.docker_host}"}}
 """)
-    prefix = port_prefix(4)
+    prefix = port_prefix(7)  # 4 replicas, then the blue/green slots <prefix>6 and <prefix>7
     try:
         yield fleet, environment, tiny_image, prefix
     finally:

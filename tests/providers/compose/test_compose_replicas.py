@@ -31,9 +31,14 @@ def _free(port: int) -> bool:
 
 
 def port_prefix(count: int) -> int:
-    """A number P such that 127.0.0.1:P1 .. P<count> are free (``{replica}`` appended)."""
+    """A number P such that 127.0.0.1:P1 .. P<count> are free (``{replica}`` appended).
+
+    The ports lie below the kernel's ephemeral range: a port found free there could be handed to
+    any other process's connection or bind(0) (other tests' free_port) before compose binds it.
+    """
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
-        prefix = random.randint(2000, 6400)
+        prefix = random.randint(2000, ephemeral_low // 10 - 1)
         if all(_free(prefix * 10 + n) for n in range(1, count + 1)):
             return prefix
     raise AssertionError("no free port range")
