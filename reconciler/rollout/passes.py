@@ -392,6 +392,16 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
             return Outcome(key, item.action, SKIPPED, item.revision, f"waiting: {msg}",
                            waiting=True)
         self.lost_leases.discard(lock)
+        if key.kind == "Service" and not heal and item.action in (CREATE, UPDATE):
+            # The plan was read before the lease: another reconciler (a replica that held the
+            # shard until now, an `apply` beside the daemon) may have deployed it meanwhile.
+            now = await self.store.get_resource(key)
+            if (now is not None and now.applied_revision == item.revision
+                    and now.applied_hash == resource.hash):
+                await self.store.release_lock(lock, self.owner)
+                msg = f"{item.revision} was deployed meanwhile by another reconciler"
+                self.emit(key, "synced", msg)
+                return Outcome(key, item.action, CONVERGED, item.revision, msg)
         if key.kind != "Service" or heal:
             runnable = key.kind != "Service"
             renew = asyncio.create_task(self.renew(lock))

@@ -170,3 +170,33 @@ async def test_prune_removes_dependents_first(fleet: Fleet) -> None:
     order = list(dict.fromkeys(removed))
     assert order == ["prod/Service/web", "prod/Service/api", "prod/Service/db"], removed
     assert fleet.world.slots == {}
+
+
+async def test_a_plan_made_before_another_reconciler_deployed_does_not_deploy_again(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reconcilers on one database (HA replicas around a shard move, `apply` beside the
+    daemon): the second one's plan was read before the first deployed. Holding the resource's
+    lease, it reads the record again and does not deploy the same revision a second time."""
+    fleet.service("api", {"health": "healthy"})
+    desired = fleet.load()
+    await fleet.engine.reconcile(desired)
+    fleet.service("api", {"health": "healthy"}, env={"V": "2"})
+    desired = fleet.load()
+    other = Reconciler(fleet.store, state_dir=fleet.root.parent / "other-state")
+    try:
+        stale = await other.plan(desired)  # read now, acted upon after the first deployed
+        assert [i.action for i in stale.items if i.key == API] == ["update"]
+        assert result_of(await fleet.engine.reconcile(desired), API) == "succeeded"
+        deploys = [c for c in fleet.world.calls if c[0] == "deploy"]
+
+        async def plan_read_earlier(*args: Any, **kwargs: Any) -> Any:
+            return stale
+
+        monkeypatch.setattr(other, "plan", plan_read_earlier)
+        second = await other.reconcile(desired)
+        assert result_of(second, API) == "converged"
+        assert [c for c in fleet.world.calls if c[0] == "deploy"] == deploys  # none more
+        history = await fleet.store.list_deployments(API, limit=10)
+        assert [d.status for d in history] == ["succeeded", "succeeded"]  # two revisions
+    finally:
+        await other.close()
