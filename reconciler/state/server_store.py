@@ -186,6 +186,12 @@ class ServerStore(rows.AuditLog, NotificationClaims):
             except (ReconcilerError, asyncio.CancelledError):
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled, and the driver's cleanup (a rollback on a connection whose
+                    # query was cut) raised over the CancelledError: a retry would carry on a
+                    # call its caller gave up — a lease renewal that never ends, say.
+                    raise asyncio.CancelledError() from exc
                 if not self._is_retryable(exc):
                     raise self._store_error(exc) from exc
                 if time.monotonic() >= deadline or self._closed:

@@ -164,3 +164,60 @@ async def test_lost_commit_acknowledgement_does_not_write_twice(
             ("pending",), ("in_progress",)]
         assert raw_query(url, "SELECT status FROM v_deployment_step") == [("succeeded",)]
         assert raw_query(url, "SELECT COUNT(*) FROM tb_webhook_delivery") == [(1,)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+async def test_a_cancelled_call_is_not_retried_when_the_driver_raises_over_the_cancel(
+    backend: str, tmp_path: Path
+) -> None:
+    """A call cancelled while its connection is busy (a lease renewal when its rollout ends):
+    the driver's cleanup on that connection may fail and raise over the CancelledError. That
+    error looks like a lost connection, but the caller gave up: no retry, the cancel stands
+    (a renewal that retried returned normally and went on renewing a finished rollout's lease
+    forever)."""
+    from contextlib import asynccontextmanager
+    from typing import Any
+
+    ok, reason = available(backend)
+    need(ok, reason)
+    if backend == "postgresql":
+        import psycopg
+
+        def lost() -> Exception:
+            return psycopg.OperationalError("another command is already in progress")
+    else:
+        import pymysql
+
+        def lost() -> Exception:
+            return pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    with throwaway_url(backend, tmp_path) as url:
+        store: Any = open_store(url)
+        await store.migrate()
+        real = store._connection
+        busy = asyncio.Event()
+        calls = {"n": 0}
+
+        @asynccontextmanager
+        async def busy_then_broken(*, transaction: bool, read_only: bool = False) -> Any:
+            calls["n"] += 1
+            async with real(transaction=transaction, read_only=read_only) as tx:
+                if calls["n"] == 1:
+                    busy.set()
+                    try:
+                        await asyncio.sleep(30)  # the statement waits (a lock, a slow server)
+                    except asyncio.CancelledError:
+                        raise lost() from None  # the cleanup fails, over the cancel
+                yield tx
+
+        store._connection = busy_then_broken
+        try:
+            renewal = asyncio.create_task(store.acquire_lock("lease", "me", 30))
+            await asyncio.wait_for(busy.wait(), 10)
+            renewal.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(renewal, 10)
+            assert calls["n"] == 1  # not retried
+        finally:
+            await store.close()
