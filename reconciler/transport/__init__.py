@@ -49,6 +49,11 @@ class Transport(Protocol):
 
     host_id: str
     address: str
+    @property
+    def reads_in_process(self) -> bool:
+        """A file read starts no process on the host (in-process here, an SFTP request over
+        SSH); False where each read is a command (a sudo login): callers that read many small
+        files then ask one command instead."""
 
     async def run(
         self,

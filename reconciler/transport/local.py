@@ -52,6 +52,8 @@ class LocalTransport:
     build it on purpose so that the daemon's own variables do not leak into services.
     """
 
+    reads_in_process = True
+
     def __init__(self, host_id: str = "local", address: str = "127.0.0.1") -> None:
         self.host_id = host_id
         self.address = address

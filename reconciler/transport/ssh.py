@@ -275,6 +275,11 @@ class SSHTransport:
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
 
+    @property
+    def reads_in_process(self) -> bool:
+        """A read is an SFTP request unless the login reads through sudo (a command each)."""
+        return not self.config.sudo
+
     def __repr__(self) -> str:
         return f"SSHTransport({self.host_id} {self.config.user}@{self.config.endpoint})"
 

@@ -787,11 +787,10 @@ class Systemd:
         """sha256 of each file (None: missing). Read over SFTP when that needs no remote
         process (a plain SSH login: several small reads cost less than one command), else with
         one ``sha256sum`` command (sudo hosts, whose reads are commands each)."""
-        config = getattr(self.transport, "config", None)
-        if config is not None and getattr(config, "sudo", True) is False:
+        if self.transport.reads_in_process:
             try:
                 contents = await asyncio.gather(*(self.transport.read_file(p) for p in paths))
-            except ProviderError:
+            except (ProviderError, OSError):
                 pass  # e.g. a file this login cannot read: ask the host instead
             else:
                 return [None if c is None else digest(c) for c in contents]
