@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 from reconciler.spec.model import ResourceKey
 from reconciler.state.store import LockInfo, Store
@@ -44,11 +44,7 @@ def shard_lock_name(shard: int) -> str:
 async def store_now(store: Store) -> datetime:
     """The clock leases are judged by: the server's for PostgreSQL/MySQL, this host's for
     SQLite (one host)."""
-    database_now = getattr(store, "database_now", None)
-    if database_now is not None:
-        result: datetime = await database_now()
-        return result
-    return datetime.now(UTC)
+    return await store.database_now()
 
 
 class ShardLeases:

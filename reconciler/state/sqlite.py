@@ -754,6 +754,10 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
         await self._run(self._release_lock, name, owner)
 
+    async def database_now(self) -> datetime:
+        """This host's clock, which the leases of a SQLite database (one host) are judged by."""
+        return datetime.now(UTC)
+
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name (expired ones included)."""
         found = await self._run(self._all, "SELECT * FROM v_lock ORDER BY name")

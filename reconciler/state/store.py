@@ -282,6 +282,10 @@ class Store(Protocol):
     async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
         """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
 
+    async def database_now(self) -> datetime:
+        """The clock leases are judged by: the database server's (PostgreSQL, MySQL), this
+        host's for SQLite (one host)."""
+
     async def list_locks(self) -> list[LockInfo]:
         """Every lease row, by name: lets crash recovery find (and release, passing the recorded
         owner to ``release_lock``) leases of a process that is gone."""

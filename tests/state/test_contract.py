@@ -296,6 +296,9 @@ async def test_leases(any_store: Store, any_second: Store) -> None:
     await any_store.release_lock("reconcile", "replica-1")
     assert await any_store.lock_owner("reconcile") is None
     assert await any_second.acquire_lock("reconcile", "replica-2", 30) is True
+    # the clock leases are judged by: the server's, or this host's for SQLite (~ now here)
+    from datetime import UTC, datetime
+    assert abs((await any_store.database_now() - datetime.now(UTC)).total_seconds()) < 5
     # several at once, one query: only the held, unexpired ones
     assert await any_store.acquire_lock("signal:abort:x", "cli", 30) is True
     assert await any_store.acquire_lock("signal:promote:x", "gone", 0.01) is True
