@@ -59,6 +59,9 @@ class EngineCore:
     lost_leases: set[str]
     # Service rollouts that outlived their pass (a canary paused until promoted).
     rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
+    # Deployments this process carries out beside its passes (a Schedule's run): open in the
+    # journal, and alive — not a crash's leftover for recovery to close.
+    running_deployments: set[str]
     # Where the state of each environment at the config commit is told (commit statuses).
     status_sink: CommitStatusSink | None
 

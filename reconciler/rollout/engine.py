@@ -98,6 +98,7 @@ class Reconciler(Passes, OperatorActions):
         # Service rollouts that outlived their pass (a canary paused until promoted): the task
         # holds the resource's lease; later passes leave the resource alone until it ends.
         self.rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
+        self.running_deployments: set[str] = set()
         self.failed_output: dict[ResourceKey, tuple[str, ...]] = {}
         self.revisions = Revisions(source, state_dir)
         self.status_sink = status_sink

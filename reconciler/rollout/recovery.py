@@ -113,6 +113,8 @@ class Recovery(Gate, Releases, Leases):
             running = self.rollouts.get(dep.key)
             if running is not None and not running.done():
                 continue  # our own detached rollout (a paused canary), alive and well
+            if dep.id in self.running_deployments:
+                continue  # our own Schedule run, going on beside the pass
             holder = await self.store.lock_owner(f"resource:{dep.key}")
             if holder is not None and holder != self.owner:
                 if owner_alive(holder) is not False:

@@ -9,6 +9,7 @@ import asyncio
 from reconciler.errors import ReconcilerError
 from reconciler.observe import metrics
 from reconciler.plan.planner import PlanItem
+from reconciler.providers import Provider
 from reconciler.rollout.failures import failure_of, recorded
 from reconciler.rollout.journal import Journal
 from reconciler.rollout.lastlines import tail, with_output
@@ -105,12 +106,21 @@ class Runnables(Journal, Releases):
         dep = await self.store.create_deployment(
             key, from_revision=revision, to_revision=revision, config_commit=record.config_commit,
             trigger=trigger, strategy="run", spec=resource.document())
+        self.running_deployments.add(dep.id)
+        try:
+            return await self._run_schedule(dep, resource, provider)
+        finally:
+            self.running_deployments.discard(dep.id)
+
+    async def _run_schedule(self, dep: DeploymentRecord, resource: Resource,
+                            provider: Provider) -> DeploymentRecord:
+        key, revision = resource.key, dep.to_revision
         await self.store.transition(dep.id, st.IN_PROGRESS)
         error: str | None = None
         output = ""
         exit_code: int | None = None
         try:
-            release = self.release_for(resource, revision, record.config_commit)
+            release = self.release_for(resource, revision, dep.config_commit)
             for instance in await provider.instances(resource):
                 run = await self.step(dep.id, "run", instance, provider.run(release, instance))
                 output += run.output

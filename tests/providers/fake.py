@@ -10,6 +10,7 @@ looks, then healthy), ``crash`` (exits at once), ``failDeploy``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +78,9 @@ class World:
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (op, resource, instance)
     probes: list[tuple[str, tuple[str, ...], str | None]] = field(default_factory=list)
     next_pid: int = 1000
+    # When set, a run waits for it (``run_started`` is set once a run is going on).
+    run_gate: asyncio.Event | None = None
+    run_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kill(self, instance: str) -> None:
         self.slots[instance].phase = Phase.EXITED
@@ -169,6 +173,9 @@ class FakeProvider:
 
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self.world.calls.append(("run", str(release.resource.key), instance.id))
+        self.world.run_started.set()
+        if self.world.run_gate is not None:
+            await self.world.run_gate.wait()
         return RunResult(0, "ran\n")
 
     async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:

@@ -9,6 +9,7 @@ last good revision, self-heal of an instance that died, and the order of prune.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -200,3 +201,30 @@ async def test_a_plan_made_before_another_reconciler_deployed_does_not_deploy_ag
         assert [d.status for d in history] == ["succeeded", "succeeded"]  # two revisions
     finally:
         await other.close()
+
+
+async def test_a_schedule_run_going_on_beside_a_pass_is_not_taken_for_a_crash(
+        fleet: Fleet) -> None:
+    """The daemon runs Schedules beside its passes; every pass first closes the deployments a
+    crash left open. A run still going on in this process is not one of them: it ends as it
+    ends (it was closed `cancelled` under it, and its end then refused)."""
+    fleet.write("report", {
+        "apiVersion": "fraisier.dev/v1", "kind": "Schedule",
+        "metadata": {"name": "report", "environment": "prod"},
+        "spec": {"target": "fleet", "schedule": "0 3 * * *", "command": ["report"]}})
+    desired = fleet.load()
+    await fleet.engine.reconcile(desired)
+    report = ResourceKey("prod", "Schedule", "report")
+    record = await fleet.store.get_resource(report)
+    assert record is not None and record.applied_revision
+    fleet.world.run_gate = asyncio.Event()
+    run = asyncio.create_task(fleet.engine.run_schedule(
+        desired.resources[report], desired.resources[ResourceKey("prod", "Target", "fleet")],
+        record))
+    await asyncio.wait_for(fleet.world.run_started.wait(), 10)
+    await fleet.engine.reconcile(desired)  # a pass meanwhile: its recovery runs first
+    fleet.world.run_gate.set()
+    finished = await asyncio.wait_for(run, 10)
+    assert finished.status == "succeeded", finished
+    assert next(d.status for d in await fleet.store.list_deployments(report, limit=5)) == (
+        "succeeded")
