@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,19 @@ async def test_mysql_killed_connections_lose_no_write(tmp_path: Path, mysql_url:
     _assert_journal_complete(url, count)
 
 
+def lost_connection(backend: str, postgresql_message: str) -> Callable[[], Exception]:
+    """What the backend's driver raises when its connection broke (skips a missing backend)."""
+    ok, reason = available(backend)
+    need(ok, reason)
+    if backend == "postgresql":
+        import psycopg
+
+        return lambda: psycopg.OperationalError(postgresql_message)
+    import pymysql
+
+    return lambda: pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mysql"])
 async def test_lost_commit_acknowledgement_does_not_write_twice(
     backend: str, tmp_path: Path
@@ -112,18 +126,7 @@ async def test_lost_commit_acknowledgement_does_not_write_twice(
     from contextlib import asynccontextmanager
     from typing import Any
 
-    ok, reason = available(backend)
-    need(ok, reason)
-    if backend == "postgresql":
-        import psycopg
-
-        def lost() -> Exception:
-            return psycopg.OperationalError("server closed the connection unexpectedly")
-    else:
-        import pymysql
-
-        def lost() -> Exception:
-            return pymysql.err.OperationalError(2013, "Lost connection to server during query")
+    lost = lost_connection(backend, "server closed the connection unexpectedly")
 
     with throwaway_url(backend, tmp_path) as url:
         store: Any = open_store(url)
@@ -179,18 +182,7 @@ async def test_a_cancelled_call_is_not_retried_when_the_driver_raises_over_the_c
     from contextlib import asynccontextmanager
     from typing import Any
 
-    ok, reason = available(backend)
-    need(ok, reason)
-    if backend == "postgresql":
-        import psycopg
-
-        def lost() -> Exception:
-            return psycopg.OperationalError("another command is already in progress")
-    else:
-        import pymysql
-
-        def lost() -> Exception:
-            return pymysql.err.OperationalError(2013, "Lost connection to server during query")
+    lost = lost_connection(backend, "another command is already in progress")
 
     with throwaway_url(backend, tmp_path) as url:
         store: Any = open_store(url)
