@@ -246,7 +246,7 @@ class Fleet:
         """The sandbox lines of the reconciler's own units (same profile, from its renderer),
         for the baselines' units: the same work on the host. ``{name}`` stands for the
         Service's name."""
-        from reconciler.providers.bare_metal.systemd import Sandbox
+        from reconciler.providers.bare_metal.unit_sandbox import Sandbox
 
         return Sandbox.from_section(self.sandbox, None).directives(
             kind="Service", state_name=f"{method}-{{name}}", has_user=False)

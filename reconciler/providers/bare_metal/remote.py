@@ -77,13 +77,13 @@ from reconciler.providers.bare_metal.systemd import (
     UnitNames,
     UnitSettings,
     digest,
-    env_file,
     exit_code_of,
     on_calendar,
     render_service_unit,
     render_timer_unit,
-    sandbox_hint,
 )
+from reconciler.providers.bare_metal.unit_sandbox import sandbox_hint
+from reconciler.providers.bare_metal.unit_text import env_file
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.transport import Transport

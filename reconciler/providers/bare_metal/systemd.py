@@ -2,10 +2,11 @@
 
 Everything a unit file says is *rendered here* from the resource and the Target's ``systemd``
 settings; nothing from the config is ever interpolated into a shell command. Values that end up
-in a unit file are escaped for systemd's own parser (``exec_argv``: quotes, ``%`` specifiers,
-``$`` expansion); the release's environment values go into an ``EnvironmentFile`` (mode 0600),
-never onto a command line or into the unit. Only Fraisier's own variables (``FRAISIER_REVISION``,
-``FRAISIER_SERVICE``, ``FRAISIER_ENVIRONMENT``: not secret) are ``Environment=`` lines.
+in a unit file are escaped for systemd's own parser (``unit_text.exec_argv``: quotes, ``%``
+specifiers, ``$`` expansion); the release's environment values go into an
+``EnvironmentFile`` (mode 0600), never onto a command line or into the unit. Only Fraisier's
+own variables (``FRAISIER_REVISION``, ``FRAISIER_SERVICE``, ``FRAISIER_ENVIRONMENT``: not
+secret) are ``Environment=`` lines.
 
 Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
 ``fraisier-<environment>_<name>.job.service`` for a Job, and
@@ -36,12 +37,11 @@ from croniter import croniter
 
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal.batches import RequestBatches
-from reconciler.providers.sandbox import (
-    DEFAULT_PROFILE,
-    PROFILES,
-    HintTable,
-    diagnose,
-    profile_word,
+from reconciler.providers.bare_metal.unit_sandbox import Sandbox
+from reconciler.providers.bare_metal.unit_text import (
+    environment_lines,
+    exec_argv,
+    unit_value,
 )
 from reconciler.spec.cron import cron_error
 from reconciler.spec.durations import to_seconds
@@ -50,10 +50,8 @@ from reconciler.transport import CommandResult, Transport
 UNIT_DIR = "/etc/systemd/system"
 _SYSTEMCTL_TIMEOUT_S = 60.0
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]*[$]?\Z")
 # An argv[0] systemd looks up in its own PATH (no directory part, no prefix character).
-_BARE_PROGRAM = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\Z")
 _RESTART = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always")
 # Resource limits the Target may set: spec key -> unit directive. Values are validated below.
 LIMITS = {
@@ -67,160 +65,6 @@ LIMITS = {
 }
 _LIMIT_VALUE = re.compile(r"^(infinity|[0-9]+(\.[0-9]+)?[KMGTP%]?)\Z")
 
-# -- sandbox ----------------------------------------------------------------------------------
-# Profiles of docs/sandboxing.md. `default` keeps ordinary apps working (they write to their
-# StateDirectory/CacheDirectory/LogsDirectory, never to the release); `strict` adds what breaks
-# some apps (JITs, outbound network, /proc beyond the process's own).
-_CAPABILITY = re.compile(r"^CAP_[A-Z_]+\Z")
-_FAMILY = re.compile(r"^AF_[A-Z0-9]+\Z")
-_IP_RANGE = re.compile(r"^(localhost|link-local|multicast|any|[0-9a-fA-F:.]+(/[0-9]{1,3})?)\Z")
-_BASE_FAMILIES = ("AF_UNIX", "AF_INET", "AF_INET6")
-# Every profile but `off`: (directive, value), in unit order.
-_DEFAULT_DIRECTIVES = (
-    ("NoNewPrivileges", "yes"),
-    ("ProtectSystem", "strict"),
-    ("ProtectHome", "yes"),
-    ("PrivateTmp", "yes"),
-    ("PrivateDevices", "yes"),
-    ("ProtectKernelTunables", "yes"),
-    ("ProtectKernelModules", "yes"),
-    ("ProtectKernelLogs", "yes"),
-    ("ProtectControlGroups", "yes"),
-    ("ProtectClock", "yes"),
-    ("ProtectHostname", "yes"),
-    ("ProtectProc", "invisible"),
-    ("RestrictSUIDSGID", "yes"),
-    ("RestrictNamespaces", "yes"),
-    ("RestrictRealtime", "yes"),
-    ("LockPersonality", "yes"),
-    ("RemoveIPC", "yes"),
-    ("SystemCallArchitectures", "native"),
-    ("SystemCallFilter", "@system-service"),
-    ("SystemCallErrorNumber", "EPERM"),
-    ("UMask", "0077"),
-)
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    """A unit's sandbox: the profile and what the app declared it needs (``allow``)."""
-
-    profile: str = DEFAULT_PROFILE
-    writable_paths: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
-    address_families: tuple[str, ...] = ()
-    ip_allow: tuple[str, ...] = ()
-    jit: bool = False
-    network: bool = False
-
-    @classmethod
-    def from_section(cls, profile: Any, allow: Mapping[str, Any] | None) -> Sandbox:
-        text = profile_word(profile)
-        if text not in PROFILES:
-            raise ProviderError(f"systemd sandbox {text!r}: expected one of {PROFILES}")
-        allow = dict(allow or {})
-        unknown = sorted(set(allow) - {"writablePaths", "capabilities", "addressFamilies",
-                                       "ipAddresses", "jit", "network"})
-        if unknown:
-            raise ProviderError(f"systemd allow: unknown setting(s) {unknown}")
-
-        def words(key: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
-            values = tuple(str(v) for v in allow.get(key) or ())
-            for value in values:
-                if not pattern.match(value):
-                    raise ProviderError(f"systemd allow.{key}: {value!r} is not valid")
-            return values
-
-        paths = tuple(str(p) for p in allow.get("writablePaths") or ())
-        for path in paths:
-            if not path.startswith("/") or any(c.isspace() or ord(c) < 0x20 for c in path):
-                raise ProviderError(f"systemd allow.writablePaths: {path!r} must be an "
-                                    "absolute path without spaces")
-        return cls(
-            profile=text,
-            writable_paths=paths,
-            capabilities=words("capabilities", _CAPABILITY),
-            address_families=words("addressFamilies", _FAMILY),
-            ip_allow=words("ipAddresses", _IP_RANGE),
-            jit=bool(allow.get("jit", False)),
-            network=bool(allow.get("network", False)),
-        )
-
-    def directives(self, *, kind: str, state_name: str, has_user: bool) -> list[str]:
-        """The unit lines of this sandbox for a ``kind`` unit whose per-service directories are
-        named ``state_name`` (under /var/lib, /var/cache, /var/log)."""
-        if self.profile == "off":
-            return []
-        lines = [] if has_user else ["DynamicUser=yes"]
-        lines += [f"{key}={value}" for key, value in _DEFAULT_DIRECTIVES]
-        caps = " ".join(self.capabilities)
-        lines += [f"CapabilityBoundingSet={caps}", f"AmbientCapabilities={caps}"]
-        families = dict.fromkeys((*_BASE_FAMILIES, *self.address_families))
-        lines.append(f"RestrictAddressFamilies={' '.join(families)}")
-        for directive in ("StateDirectory", "CacheDirectory", "LogsDirectory"):
-            lines.append(f"{directive}=fraisier/{state_name}")
-        if self.writable_paths:
-            paths = " ".join(_unit_value(p, "path") for p in self.writable_paths)
-            lines.append(f"ReadWritePaths={paths}")
-        if self.profile == "strict":
-            lines += [
-                "SystemCallFilter=~@privileged @resources",
-                "ProcSubset=pid",
-                "KeyringMode=private",
-                "DevicePolicy=closed",
-            ]
-            if not self.jit:
-                lines.append("MemoryDenyWriteExecute=yes")
-            if kind != "Service" and not self.network:
-                lines.append("PrivateNetwork=yes")  # a Job that declared no network needs none
-            else:
-                lines.append("IPAddressDeny=any")
-                lines.append(f"IPAddressAllow={' '.join(('localhost', *self.ip_allow))}")
-        return lines
-
-
-# What a process of a sandboxed unit prints (or systemd's EXIT_* status) -> the setting that
-# likely caused it and how to allow exactly that. Checked in order; the first match wins.
-_HINTS: HintTable = (
-    (re.compile(r"status=200/CHDIR|Changing to the requested working directory failed"),
-     "the working directory is not readable by the unit's user (User=/DynamicUser=): "
-     "releases must be readable by it (Fraisier opens them on deploy)"),
-    (re.compile(r"status=226/NAMESPACE|Failed to set up mount namespacing"),
-     "a mount of the sandbox failed (ProtectSystem=/ReadWritePaths=): a path listed in "
-     "systemd.allow.writablePaths must exist on the host"),
-    (re.compile(r"status=218/CAPABILITIES"),
-     "a capability in systemd.allow.capabilities is unknown to this kernel"),
-    (re.compile(r"status=217/USER"), "the unit's User= does not exist on the host"),
-    (re.compile(r"Read-only file system|EROFS|errno 30\b", re.IGNORECASE),
-     "ProtectSystem=strict: everything but the unit's StateDirectory ($STATE_DIRECTORY, "
-     "/var/lib/fraisier/<unit>), CacheDirectory and LogsDirectory is read-only; write there, "
-     "or list the path in systemd.allow.writablePaths"),
-    (re.compile(r"Address family not supported|EAFNOSUPPORT", re.IGNORECASE),
-     "RestrictAddressFamilies=: add the family to systemd.allow.addressFamilies"),
-    (re.compile(r"Network is unreachable|ENETUNREACH", re.IGNORECASE),
-     "strict: a Job or Schedule has no network (PrivateNetwork=): set "
-     "systemd.allow.network: true"),
-    (re.compile(r"Bad system call|SIGSYS|status=31/SYS", re.IGNORECASE),
-     "SystemCallFilter=: the process made a system call outside @system-service; set "
-     "systemd.sandbox: off for this resource if it really needs it"),
-    (re.compile(r"Permission denied|EACCES|errno 13\b", re.IGNORECASE),
-     "the unit runs as an unprivileged user (DynamicUser=/User=) without capabilities: "
-     "write to $STATE_DIRECTORY, keep a capability with systemd.allow.capabilities (e.g. "
-     "CAP_NET_BIND_SERVICE for a port below 1024) or open a path with "
-     "systemd.allow.writablePaths"),
-    (re.compile(r"Operation not permitted|EPERM|errno 1\b", re.IGNORECASE),
-     "an operation the sandbox denies (CapabilityBoundingSet=, SystemCallFilter=, "
-     "IPAddressDeny= in strict): allow what the app needs with systemd.allow "
-     "(capabilities, ipAddresses) or set systemd.sandbox: off for this resource"),
-)
-
-
-def sandbox_hint(profile: str, text: str) -> str | None:
-    """``diagnose`` with the systemd unit's settings: ``text`` is a process's last output lines
-    and systemd's messages about it."""
-    return diagnose(profile, text, _HINTS)
-
-
 # cron day-of-week numbers (0 and 7 are Sunday) -> systemd names
 _DOW = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _CRON_ALIASES = {
@@ -232,86 +76,6 @@ _CRON_ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-
-
-# -- escaping ---------------------------------------------------------------------------------
-
-
-def _escape_word(value: str) -> str:
-    """One argument, double-quoted for systemd's ExecStart parser: C escapes for quotes,
-    backslashes and control characters, ``%%`` for specifiers and ``$$`` against expansion."""
-    if "\0" in value:
-        raise ProviderError("an argument contains a NUL character")
-    out = []
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "%":
-            out.append("%%")
-        elif ch == "$":
-            out.append("$$")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def exec_argv(argv: Sequence[str]) -> str:
-    """``ExecStart=`` value that systemd splits back into exactly ``argv``.
-
-    ``argv[0]`` must be absolute or a bare program name: systemd reads a leading ``-@:+!`` of the
-    (unquoted) first word as flags, so nothing else is allowed there."""
-    if not argv:
-        raise ProviderError("empty command")
-    program = argv[0]
-    if not (program.startswith("/") or _BARE_PROGRAM.match(program)):
-        raise ProviderError(
-            f"command {program!r} must be an absolute path, a program name, or a path relative "
-            "to the release"
-        )
-    return " ".join(_escape_word(a) for a in argv)
-
-
-def _unit_value(value: str, what: str) -> str:
-    """A single-line unit setting (paths, descriptions): no newlines; ``%`` escaped."""
-    if any(ord(c) < 0x20 for c in value):
-        raise ProviderError(f"{what} {value!r} contains a control character")
-    return value.replace("%", "%%")
-
-
-def environment_lines(env: Mapping[str, str]) -> list[str]:
-    """``Environment=`` lines for variables that are not secret (the unit is world-readable):
-    each assignment double-quoted, ``\\`` and ``"`` escaped, ``%`` doubled (a specifier)."""
-    lines = []
-    for name, value in sorted(env.items()):
-        if not _ENV_NAME.match(name):
-            raise ProviderError(f"invalid environment variable name {name!r}")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ProviderError(f"environment variable {name} contains a control character")
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-        lines.append(f'Environment="{name}={escaped}"')
-    return lines
-
-
-def env_file(env: Mapping[str, str]) -> bytes:
-    """An ``EnvironmentFile=``: every value double-quoted, ``"\\`$`` escaped (systemd's own
-    rules), newlines kept inside the quotes."""
-    lines = ["# written by fraisier; values are secrets: mode 0600"]
-    for name, value in sorted(env.items()):
-        if not _ENV_NAME.match(name):
-            raise ProviderError(f"invalid environment variable name {name!r}")
-        if "\0" in value:
-            raise ProviderError(f"environment variable {name} contains a NUL character")
-        escaped = re.sub(r'(["\\`$])', r"\\\1", value)
-        lines.append(f'{name}="{escaped}"')
-    return ("\n".join(lines) + "\n").encode()
 
 
 # -- calendar --------------------------------------------------------------------------------
@@ -472,14 +236,14 @@ def render_service_unit(
     lines = [
         "# Managed by fraisier: edits are drift and are overwritten by the next deploy.",
         "[Unit]",
-        f"Description={_unit_value(description, 'description')}",
+        f"Description={unit_value(description, 'description')}",
         "",
         "[Service]",
         f"Type={'oneshot' if oneshot else 'exec'}",
         f"ExecStart={exec_argv(argv)}",
-        f"WorkingDirectory={_unit_value(working_dir, 'working directory')}",
+        f"WorkingDirectory={unit_value(working_dir, 'working directory')}",
         *environment_lines(environment or {}),
-        f"EnvironmentFile={_unit_value(env_path, 'environment file')}",
+        f"EnvironmentFile={unit_value(env_path, 'environment file')}",
         f"TimeoutStopSec={stop_timeout_s:g}s",
     ]
     if settings.user:
@@ -505,10 +269,10 @@ def render_timer_unit(description: str, calendars: Sequence[str]) -> str:
     lines = [
         "# Managed by fraisier: edits are drift and are overwritten by the next deploy.",
         "[Unit]",
-        f"Description={_unit_value(description, 'description')}",
+        f"Description={unit_value(description, 'description')}",
         "",
         "[Timer]",
-        *(f"OnCalendar={_unit_value(c, 'calendar')}" for c in calendars),
+        *(f"OnCalendar={unit_value(c, 'calendar')}" for c in calendars),
         "AccuracySec=1s",
         "",
         "[Install]",

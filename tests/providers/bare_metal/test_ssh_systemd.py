@@ -16,7 +16,8 @@ from reconciler.errors import ProviderError
 from reconciler.providers import ProviderContext, Release
 from reconciler.providers.bare_metal import SystemdSSHProvider, create_provider
 from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
-from reconciler.providers.bare_metal.systemd import exec_argv, on_calendar
+from reconciler.providers.bare_metal.systemd import on_calendar
+from reconciler.providers.bare_metal.unit_text import exec_argv
 from reconciler.spec.cron import schedule_errors
 from reconciler.transport.ssh import SSHHostKeyError
 from tests.providers.bare_metal.conftest import (
