@@ -1,10 +1,13 @@
 """Benchmark: one Service update on 2 SSH+systemd hosts — `reconciler apply` vs a plain asyncssh
 script vs an ansible-core playbook, on the same test hosts in the same run (issue 3).
 
-Each method deploys the same update of the same tiny HTTP app, rolling (one host after the
-other, as `reconciler apply` does): upload the release tree, switch a `current` symlink, restart
-the systemd unit, poll an exec health check on the host every 100 ms until it passes. Each is run
-as its own process, so interpreter start-up counts for all three. Rounds are interleaved; the
+Each method deploys the same update of the same tiny HTTP app, rolling by default (one host
+after the other: the Service declares `strategy: {type: rolling, maxParallel: 1}`, the script
+loops over its hosts, the playbook has `serial: 1`; `--strategy recreate`: every method does all
+hosts at once) and with the same systemd unit sandbox lines (`--sandbox`): upload the release
+tree, switch a `current` symlink, restart the systemd unit, poll an exec health check on the
+host every 100 ms until it passes. Each is run as its own process, so interpreter start-up
+counts for all three. Rounds are interleaved; the
 medians and their ratios are printed (goals: reconciler <= 1.15x the plain script, >= 3x faster
 than Ansible).
 
@@ -67,13 +70,14 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 
 PLAIN = r'''
 """The lean script, as a competent engineer writes it: every host's login at once up front,
-then rolling: one SFTP session (the tree), one command chain (move into place, switch
-`current`, restart, poll the health check every 100 ms on the host) per host."""
+then one SFTP session (the tree), one command chain (move into place, switch `current`,
+restart, poll the health check every 100 ms on the host) per host: rolling (one host after
+the other) or all hosts at once."""
 import asyncio, shlex, sys
 import asyncssh
 
 hosts = [h.split(":") for h in sys.argv[1].split(",")]  # addr:port
-src, rev, key, known = sys.argv[2:6]
+src, rev, key, known, strategy = sys.argv[2:7]
 base = "/srv/bench-plain"
 CHAIN = """set -e
 mv -T "$1/releases/$2.tmp" "$1/releases/$2"
@@ -99,8 +103,11 @@ async def main():
         asyncssh.connect(addr, int(port), username="root", client_keys=[key],
                          known_hosts=known, agent_path=None, config=None)
         for addr, port in hosts))
-    for conn in conns:  # rolling, like reconciler apply
-        await deploy(conn)
+    if strategy == "rolling":
+        for conn in conns:
+            await deploy(conn)
+    else:
+        await asyncio.gather(*(deploy(conn) for conn in conns))
     for conn in conns:
         conn.close()
 
@@ -111,7 +118,7 @@ PLAYBOOK = """\
 - hosts: bench
   gather_facts: false
   strategy: linear
-  serial: 1
+  serial: {serial}
   vars:
     base: /srv/bench-ansible
   tasks:
@@ -142,20 +149,30 @@ PLAYBOOK = """\
 
 
 # As users tune it: pipelining, a persistent master connection per host (ControlPersist),
-# no fact gathering, forks >= hosts; strategy linear with serial: 1 (rolling, like apply).
+# no fact gathering, forks >= hosts; strategy linear with serial: 1 when rolling.
 ANSIBLE_TUNING = {"ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
                   "ANSIBLE_GATHERING": "explicit", "ANSIBLE_RETRY_FILES_ENABLED": "0",
                   "ANSIBLE_NOCOLOR": "1"}
 ANSIBLE_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=60s"
 
 
-def unit(name: str, base: str, port_file: str) -> str:
+def sandbox_lines(profile: str, method: str) -> list[str]:
+    """The sandbox lines of the reconciler's own units (the same profile, from its renderer),
+    for the baselines' units: the same work on the host."""
+    from reconciler.providers.bare_metal.unit_sandbox import Sandbox
+
+    return Sandbox.from_section(profile, None).directives(
+        kind="Service", state_name=f"bench-{method}", has_user=False)
+
+
+def unit(name: str, base: str, port_file: str, sandbox: list[str]) -> str:
     return textwrap.dedent(f"""\
         [Service]
         Type=exec
         WorkingDirectory={base}/current
         ExecStart=/usr/bin/python3 app.py serve {port_file}
         Restart=on-failure
+        """) + "".join(line + "\n" for line in sandbox) + textwrap.dedent("""\
         [Install]
         WantedBy=multi-user.target
         """)
@@ -209,6 +226,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=20, help="asset files per release")
     parser.add_argument("--ansible-venv", type=Path,
                         default=Path("/var/tmp/fraisier-bench/ansible-venv"))
+    parser.add_argument("--strategy", choices=("rolling", "recreate"), default="rolling",
+                        help="every method: one host after the other, or all hosts at once")
+    parser.add_argument("--sandbox", choices=("default", "strict", "off"), default="default",
+                        help="systemd sandbox profile of every method's units (the same for all)")
     parser.add_argument("--no-ansible", action="store_true",
                         help="skip the ansible-core comparison (installs from PyPI, slowest)")
     add_json_flag(parser)
@@ -227,8 +248,10 @@ def main() -> None:
         versions["ansible-core"] = out.stdout.split("[core ")[-1].split("]")[0]
         print("ansible-core settings: " + " ".join(f"{k}={v}" for k, v in ANSIBLE_TUNING.items())
               + f" ANSIBLE_FORKS={len(hosts)} ANSIBLE_SSH_ARGS='{ANSIBLE_SSH_ARGS}'; "
-              "playbook: gather_facts false, strategy linear, serial 1")
-    print(f"versions: {versions}; load average {os.getloadavg()}", flush=True)
+              f"playbook: gather_facts false, strategy linear, serial "
+              f"{'1' if args.strategy == 'rolling' else 'all'}")
+    print(f"versions: {versions}; systemd sandbox profile of every method's units: "
+          f"{args.sandbox}; load average {os.getloadavg()}", flush=True)
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -246,7 +269,8 @@ def main() -> None:
                           f"/etc/fraisier-bench-{method}-port"])
             for method in ("plain", "ansible"):
                 base = f"/srv/bench-{method}"
-                text = unit(method, base, f"/etc/fraisier-bench-{method}-port")
+                text = unit(method, base, f"/etc/fraisier-bench-{method}-port",
+                            sandbox_lines(args.sandbox, method))
                 host.run(["sh", "-c", 'cat >"$1"', "-",
                           f"/etc/systemd/system/bench-{method}.service"], input=text.encode())
             host.run(["systemctl", "daemon-reload"])
@@ -260,7 +284,8 @@ def main() -> None:
             f"identityFile: {h.identity_file}, knownHosts: {h.known_hosts}}}" for h in hosts)
         (repo / "fleet" / "target.yaml").write_text(
             "apiVersion: fraisier.dev/v1\nkind: Target\nmetadata: {name: hosts}\nspec:\n"
-            "  provider: bare_metal\n  transport: ssh\n  hosts:" + entries + "\n")
+            "  provider: bare_metal\n  transport: ssh\n"
+            f"  systemd: {{sandbox: {args.sandbox}}}\n  hosts:" + entries + "\n")
         (repo / "fleet" / "api.yaml").write_text(textwrap.dedent("""\
             apiVersion: fraisier.dev/v1
             kind: Service
@@ -273,7 +298,8 @@ def main() -> None:
                 exec: {command: [python3, app.py, check, /etc/fraisier-bench-reconciler-port]}
                 interval: 100ms
                 startPeriod: 10s
-            """))
+            """) + ("  strategy: {type: rolling, maxParallel: 1}\n" if args.strategy == "rolling"
+                    else "  strategy: {type: recreate}\n"))
         git(repo, "init", "-q", "-b", "main")
         state = tmp / "state"
         reconciler = [sys.executable, "-m", "reconciler", "--state-dir", str(state),
@@ -295,7 +321,9 @@ def main() -> None:
             f"-o StrictHostKeyChecking=yes' ansible_python_interpreter=/usr/bin/python3\n"
             for h in hosts))
         playbook = tmp / "deploy.yml"
-        playbook.write_text(PLAYBOOK)
+        # serial: 1 rolls one host after the other; serial: 0 means all hosts in one batch
+        playbook.write_text(PLAYBOOK.replace("{serial}", "1" if args.strategy == "rolling"
+                                             else "0"))
         ansible_env = {**py_env, **ANSIBLE_TUNING, "ANSIBLE_FORKS": str(len(hosts)),
                        "ANSIBLE_SSH_ARGS": ANSIBLE_SSH_ARGS,
                        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(tmp / "ansible-cp"),
@@ -305,7 +333,8 @@ def main() -> None:
             src = tmp / "plain-src" / version
             write_app(src, version, args.files)
             return timed([sys.executable, str(plain_script), host_list, str(src), version,
-                          hosts[0].identity_file, hosts[0].known_hosts], env=py_env)
+                          hosts[0].identity_file, hosts[0].known_hosts, args.strategy],
+                         env=py_env)
 
         def run_reconciler() -> float:
             return timed(reconciler, env=py_env)

@@ -22,6 +22,7 @@ import pytest
 from tests.chaos.journal import deployment_ids, journal_problems, newest_status
 from tests.chaos.report import record_trial
 from tests.chaos.test_ssh_faults import SSHFleet, http
+from tests.chaos.units import process_revision, unit_props
 from tests.e2e.conftest import wait_for as wait
 from tests.providers.bare_metal.conftest import PORT_FILE, free_port
 from tests.providers.bare_metal.test_ssh_cli import service_yaml, target_yaml
@@ -49,13 +50,10 @@ def history(fleet: SSHFleet) -> list[dict[str, Any]]:
 
 
 def unit_revision(host: Any) -> tuple[str, str, str]:
-    """(FRAISIER_REVISION of the unit, release `current` points at, ActiveState)."""
-    props = dict(line.split("=", 1) for line in host.sh(
-        "systemctl show -p Environment -p ActiveState fraisier-default_api.service"
-    ).splitlines() if "=" in line)
-    env = dict(item.split("=", 1) for item in props["Environment"].split())
+    """(FRAISIER_REVISION of the unit's process, release `current` points at, ActiveState)."""
+    props = unit_props(host, "fraisier-default_api.service", "ActiveState")
     current = host.sh("readlink /srv/fraisier/default/api/current").strip().rsplit("/", 1)[-1]
-    return env["FRAISIER_REVISION"], current, props["ActiveState"]
+    return process_revision(host, props), current, props["ActiveState"]
 
 
 @pytest.mark.timeout(120)

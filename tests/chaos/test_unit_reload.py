@@ -33,6 +33,7 @@ import pytest
 from reconciler.providers.bare_metal.systemd import HOLD_AFTER_UNIT_WRITE_ENV
 from tests.chaos.journal import deployment_ids, journal_problems
 from tests.chaos.report import record_trial
+from tests.chaos.units import process_revision, unit_props
 from tests.e2e.conftest import wait_for as wait
 from tests.rollout.fleets import ssh_fleet
 from tests.rollout.test_rolling_ssh import APP, greetings, service
@@ -43,12 +44,10 @@ UNIT = "fraisier-default_api.service"
 
 
 def unit_state(host: Any) -> tuple[str, str, str]:
-    """(FRAISIER_REVISION systemd runs the unit with, `current` release, NeedDaemonReload)."""
-    props = dict(line.split("=", 1) for line in host.sh(
-        f"systemctl show -p Environment -p NeedDaemonReload {UNIT}").splitlines() if "=" in line)
-    env = dict(item.split("=", 1) for item in props["Environment"].split())
+    """(FRAISIER_REVISION of the unit's process, `current` release, NeedDaemonReload)."""
+    props = unit_props(host, UNIT, "NeedDaemonReload")
     current = host.sh("readlink /srv/fraisier/default/api/current").strip().rsplit("/", 1)[-1]
-    return env.get("FRAISIER_REVISION", ""), current, props["NeedDaemonReload"]
+    return process_revision(host, props), current, props["NeedDaemonReload"]
 
 
 @pytest.mark.integration
@@ -68,7 +67,9 @@ def test_sigkill_after_unit_write_never_heal_loops(tmp_path: Path, ssh_hosts: An
     notes: list[str] = []
     for n in range(1, TRIALS + 1):
         started = time.monotonic()
-        fleet.write("api.yaml", service(f"v{n}", strategy))
+        # a unit setting changes (the revision alone no longer changes the unit)
+        fleet.write("api.yaml", service(f"v{n}", strategy).replace(
+            "stopTimeout: 2s", f"stopTimeout: {n + 2}s"))
         fleet.commit(f"v{n}")
         marker = tmp_path / f"held-{n}"
         apply = subprocess.Popen(

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError
 from reconciler.providers import (
+    ENV_REVISION,
     Capabilities,
     Identity,
     Instance,
@@ -306,15 +307,19 @@ class SystemdSSHProvider:
         settings = self._settings(resource)
         names = self.units(resource)
         env_path = posixpath.join(service_dir, "environment")
+        unit_env = workload_env(resource, release.revision)
+        process_env = {ENV_REVISION: unit_env.pop(ENV_REVISION), **release.env}
         unit = render_service_unit(
             description=f"fraisier {resource.key}",
             argv=argv,
             working_dir=working_dir,
             env_path=env_path,
             settings=settings,
-            # FRAISIER_REVISION & co. in the unit (`systemctl show -p Environment`): the unit
-            # changes with the revision, and its recorded hash with it (no drift).
-            environment=workload_env(resource, release.revision),
+            # FRAISIER_SERVICE and FRAISIER_ENVIRONMENT in the unit (`systemctl show -p
+            # Environment`); FRAISIER_REVISION in the environment file, so that a release that
+            # changes only code leaves the unit as it is: no daemon-reload (systemd re-reads
+            # its whole configuration) per deploy.
+            environment=unit_env,
             oneshot=resource.kind != "Service",
             timeout_s=to_seconds(spec.get("timeout"), DEFAULT_JOB_TIMEOUT_S)
             if resource.kind != "Service" else None,
@@ -325,7 +330,7 @@ class SystemdSSHProvider:
         ).encode()
         files: dict[str, tuple[bytes, int]] = {
             posixpath.join(UNIT_DIR, names.service): (unit, 0o644),
-            env_path: (env_file(release.env), 0o600),
+            env_path: (env_file(process_env), 0o600),
             posixpath.join(service_dir, "unit.sha256"): (digest(unit).encode() + b"\n", 0o644),
         }
         calendars: list[str] = []

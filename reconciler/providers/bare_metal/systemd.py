@@ -4,9 +4,10 @@ Everything a unit file says is *rendered here* from the resource and the Target'
 settings; nothing from the config is ever interpolated into a shell command. Values that end up
 in a unit file are escaped for systemd's own parser (``unit_text.exec_argv``: quotes, ``%``
 specifiers, ``$`` expansion); the release's environment values go into an
-``EnvironmentFile`` (mode 0600), never onto a command line or into the unit. Only Fraisier's
-own variables (``FRAISIER_REVISION``, ``FRAISIER_SERVICE``, ``FRAISIER_ENVIRONMENT``: not
-secret) are ``Environment=`` lines.
+``EnvironmentFile`` (mode 0600), never onto a command line or into the unit, and so does
+``FRAISIER_REVISION`` (the unit stays the same from one revision to the next: no daemon-reload
+for a release that changes only code). ``FRAISIER_SERVICE`` and ``FRAISIER_ENVIRONMENT`` (not
+secret, constant) are ``Environment=`` lines.
 
 Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
 ``fraisier-<environment>_<name>.job.service`` for a Job, and
@@ -14,7 +15,8 @@ Unit names: ``fraisier-<environment>_<name>.service`` for a Service,
 contain ``_`` or ``.``, so two resources never share a unit name.
 
 A Service's unit runs ``<service_dir>/current`` (WorkingDirectory through the symlink): a rollback
-is a switch of ``current``, the unit's ``FRAISIER_REVISION`` line, a daemon-reload and a restart.
+is a switch of ``current``, the environment file's ``FRAISIER_REVISION`` and a restart (a
+daemon-reload only when the unit itself differs).
 The unit is rendered from the release, and the hash recorded beside it (``unit.sha256``) is the
 hash of that same render, so a new revision is never mistaken for a hand edit.
 """
@@ -579,7 +581,7 @@ class Systemd:
         systemd reloads when a unit was written, and also when systemd itself says a unit's
         file is newer than what it loaded (``NeedDaemonReload``): a reconciler killed between
         the write and the reload left identical content behind, and skipping the reload then
-        would run the old unit (a stale ``FRAISIER_REVISION``) and report drift forever.
+        would run the old unit and report drift forever.
         ``reload=False``: the caller reloads by that same rule (a batched commit does)."""
         paths = list(files)
         hashes = await self.file_hashes(paths)

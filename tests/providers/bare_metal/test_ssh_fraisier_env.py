@@ -1,10 +1,11 @@
 """FRAISIER_REVISION & co. on real systemd hosts over SSH, through the real CLI.
 
 A rolling Service on two hosts and a blue-green Service (its slots are units of their own) on
-one: each unit carries ``Environment="FRAISIER_REVISION=…"`` (``systemctl show -p Environment``),
-the running process has it in /proc/<pid>/environ, the value is the revision `reconciler status`
-records, a new revision moves every one of them, and nothing is reported as drift afterwards
-(the unit changes with the revision, and so does the hash recorded beside it).
+one: each running process has the three variables in /proc/<pid>/environ (FRAISIER_SERVICE and
+FRAISIER_ENVIRONMENT are also the unit's ``Environment=``, ``systemctl show -p Environment``),
+the revision is the one `reconciler status` records, a new revision moves every one of them, and
+nothing is reported as drift afterwards. A release that changes only code leaves the unit file
+as it is and systemd unreloaded (FRAISIER_REVISION lives in the environment file).
 """
 
 from __future__ import annotations
@@ -69,17 +70,29 @@ spec:
 
 
 def unit_environment(host: Any, unit: str) -> dict[str, str]:
-    """The unit's Environment= (systemd's view) and its main process's /proc environ."""
+    """FRAISIER_* of the unit's main process (/proc environ), checked against what systemd
+    declares for the unit (``Environment=``: FRAISIER_SERVICE and FRAISIER_ENVIRONMENT)."""
     props = dict(line.split("=", 1) for line in host.sh(
         f"systemctl show -p Environment -p MainPID {unit}").splitlines() if "=" in line)
     declared = dict(item.split("=", 1) for item in props["Environment"].split())
     pid = int(props["MainPID"])
     assert pid > 0, f"{host.name}: {unit} is not running"
     raw = host.run(["cat", f"/proc/{pid}/environ"]).stdout
-    environ = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    for name in ("FRAISIER_REVISION", "FRAISIER_SERVICE", "FRAISIER_ENVIRONMENT"):
-        assert environ[name.encode()].decode() == declared[name], (host.name, unit, name)
-    return declared
+    environ = {k.decode(): v.decode() for k, v in (
+        item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)}
+    assert set(declared) == {"FRAISIER_SERVICE", "FRAISIER_ENVIRONMENT"}, (host.name, declared)
+    for name, value in declared.items():
+        assert environ[name] == value, (host.name, unit, name)
+    return {k: v for k, v in environ.items() if k.startswith("FRAISIER_")}
+
+
+def unit_file_and_reloads(host: Any, unit: str) -> tuple[str, int]:
+    """The unit file's inode and content hash (a deploy writes a new file by rename), and how
+    many times systemd has reloaded (its own journal)."""
+    stat = host.sh(f"stat -c %i /etc/systemd/system/{unit}; "
+                   f"sha256sum /etc/systemd/system/{unit}").split()[:2]
+    reloads = host.sh("journalctl --no-pager -o cat _PID=1 | grep -c '^Reloading' || true")
+    return " ".join(stat), int(reloads.strip() or 0)
 
 
 def test_ssh_units_carry_the_revision(tmp_path: Path, ssh_hosts: Any) -> None:
@@ -119,8 +132,19 @@ def test_ssh_units_carry_the_revision(tmp_path: Path, ssh_hosts: Any) -> None:
         return {blue: "blue", green: "green"}[port]
 
     previous: dict[str, str] = {}
+    units_before: list[tuple[str, int]] = []
     for version in ("v1", "v2"):
         revisions = commit_and_apply(version)
+        units_now = [unit_file_and_reloads(host, "fraisier-default_api.service")
+                     for host in hosts]
+        if units_before:  # v2 changed code only: same unit file, no daemon-reload
+            for host, (file_before, reloads_before), (file_now, reloads_now) in zip(
+                    hosts, units_before, units_now, strict=True):
+                assert file_now == file_before, (host.name, file_before, file_now)
+                if host is not hosts[0]:  # there, the blue-green slot's new unit reloads
+                    assert reloads_now == reloads_before, (host.name, reloads_before,
+                                                           reloads_now)
+        units_before = units_now
         assert revisions["api"] != previous.get("api")
         for host in hosts:
             env = unit_environment(host, "fraisier-default_api.service")
