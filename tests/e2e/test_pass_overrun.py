@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -54,6 +55,7 @@ def test_overrunning_pass_makes_readyz_not_ready_until_it_ends(fleet: Fleet) -> 
         fleet.write("api.yaml", service_yaml(
             "api", port, extra_env=f'\n    SLOW_START: "{SLOW_START_S}"', start_period="90s"))
         fleet.commit("a slow starter")
+        committed = time.monotonic()
 
         _, body = wait_for(lambda: (r := readyz(listen))[0] == 503 and r, timeout=30,
                            step=0.2)
@@ -67,9 +69,16 @@ def test_overrunning_pass_makes_readyz_not_ready_until_it_ends(fleet: Fleet) -> 
         assert [r["resource"] for r in overrun["resources"]] == ["default/Service/api"]
         assert pass_age(listen) >= LIMIT_S
         assert not _listening(port)  # the pass really waits: the process is still asleep
+        # measured, not asserted tightly (CI machines vary)
+        print(f"not ready {time.monotonic() - committed:.2f}s after the commit, the pass "
+              f"{overrun['passSeconds']}s old (limit {LIMIT_S:g}s)")
 
         # the health gate passes, the pass ends: ready again, no overrun, the age back to 0
-        wait_for(lambda: readyz(listen)[0] == 200, timeout=90, step=0.2)
+        wait_for(lambda: _listening(port), timeout=60, step=0.05)
+        serving = time.monotonic()
+        wait_for(lambda: readyz(listen)[0] == 200, timeout=60, step=0.05)
+        print(f"ready again {time.monotonic() - serving:.2f}s after the Service listened "
+              f"({time.monotonic() - committed:.1f}s after the commit)")
         body = readyz(listen)[1]
         assert body["ready"] is True and body["reason"] is None and body["overrun"] is None
         assert http_get(port)[0] == 200  # the rollout succeeded
