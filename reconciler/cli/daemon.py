@@ -40,6 +40,10 @@ log = logging.getLogger("reconciler.cli")
 @click.option("--no-heal", is_flag=True, help="Report drift without redeploying.")
 @click.option("--heal-interval", default=None,
               help="How often live state is compared with the record (default: --interval).")
+@click.option("--pass-overrun", default=None, metavar="DURATION",
+              help="A reconcile pass running longer than this makes /readyz answer 503 (naming "
+                   "the resources still being applied) until it ends; the pass goes on "
+                   "(default: the larger of 30m and 10 x --interval).")
 @click.option("--webhook-secret", "webhook_secrets", multiple=True, metavar="PROVIDER=REF",
               help="Enable POST /webhooks/PROVIDER with a secret reference, e.g. "
                    "github=env:GITHUB_WEBHOOK_SECRET or gitlab=file:/etc/reconciler/gitlab.")
@@ -69,7 +73,8 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
            prune: bool, no_heal: bool, webhook_secrets: tuple[str, ...],
            webhook_repos: tuple[str, ...], webhook_branches: tuple[str, ...],
            api_token_file: Path | None, ha: bool, shard_ttl: str,
-           heal_interval: str | None, audit_retention: str, commit_status: tuple[str, ...],
+           heal_interval: str | None, pass_overrun: str | None, audit_retention: str,
+           commit_status: tuple[str, ...],
            policy_path: Path | None, notify: NotifySettings) -> None:
     """Watch/poll the config repo and keep the fleet converged until signalled."""
     from reconciler.daemon.config import DaemonConfig
@@ -84,6 +89,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
     poll_interval = _duration(interval, "--interval")
     lease_ttl = _duration(shard_ttl, "--shard-ttl")
     heal_every = _duration(heal_interval, "--heal-interval") if heal_interval else None
+    overrun_after = _duration(pass_overrun, "--pass-overrun") if pass_overrun else None
 
     loaded = install_policy(policy_path, opts.resolved_state_dir(), opts.db_url(), repo)
     if loaded.source is None:
@@ -120,6 +126,7 @@ def daemon(opts: Options, repo: str, ref: str | None, path: str,
                           api_token=_api_token(api_token_file),
                           environments=set(environments), ha=ha,
                           shard_ttl=lease_ttl, heal_interval=heal_every,
+                          pass_overrun=overrun_after,
                           audit_retention=retention_option(audit_retention, "--audit-retention"),
                           commit_status=status_targets, notify=notify)
     import asyncio

@@ -30,6 +30,8 @@ class DaemonConfig:
     api_token: bytes | None = field(default=None, repr=False)
     environments: set[str] = field(default_factory=set)
     heal_interval: float | None = None  # None: every --interval
+    # a pass running longer makes /readyz not ready (None: overrun.default_limit(interval))
+    pass_overrun: float | None = None
     ha: bool = False  # share the fleet with other replicas on the same database
     shard_ttl: float = 15.0
     pin_retries: int = 6  # fetches of a pushed commit not found yet (0.5 s, 1 s, 2 s, … apart)

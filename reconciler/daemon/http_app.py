@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.http_guard import ConnectionGuard
+from reconciler.daemon.overrun import PassWatch
 from reconciler.observe import metrics
 from reconciler.source.git import GitSource
 from reconciler.source.webhooks import WebhookEvent
@@ -48,6 +49,9 @@ class ServedDaemon(Protocol):
     @property
     def heartbeat(self) -> float: ...
 
+    @property
+    def pass_watch(self) -> PassWatch: ...
+
     async def on_push(self, event: WebhookEvent) -> str: ...
 
 
@@ -70,14 +74,20 @@ def http_app(daemon: ServedDaemon, guard: ConnectionGuard | None = None) -> web.
     async def readyz(_: web.Request) -> web.Response:
         # Resources that failed in the last pass do not make the daemon unready (it still
         # serves webhooks and retries them); they are listed so a probe or an operator
-        # sees them.
+        # sees them. A pass running past --pass-overrun does (overrun.py).
         failed = [{"resource": str(o.key), "result": o.result, "code": o.code or None,
                    "error": o.message[:500]} for o in daemon.failed_resources[:50]]
         desired = daemon.desired
-        body = {"ready": daemon.ready, "commit": desired.commit if desired else None,
+        overrun = daemon.pass_watch.overrun()
+        ready = daemon.ready and overrun is None
+        reason = (overrun.reason() if overrun is not None
+                  else None if daemon.ready else "no desired state loaded yet")
+        body = {"ready": ready, "reason": reason,
+                "commit": desired.commit if desired else None,
                 "lastError": daemon.last_error, "failed": failed,
-                "failedCount": len(daemon.failed_resources)}
-        return web.json_response(body, status=200 if daemon.ready else 503)
+                "failedCount": len(daemon.failed_resources),
+                "overrun": overrun.as_json() if overrun is not None else None}
+        return web.json_response(body, status=200 if ready else 503)
 
     if cfg.webhook_secrets:
         from reconciler.daemon.webhook_routes import WebhookConfig, webhook_routes

@@ -23,6 +23,7 @@ from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.desired_loader import DesiredStateLoader
 from reconciler.daemon.heal import SelfHeal
 from reconciler.daemon.jitter import jittered
+from reconciler.daemon.overrun import PassWatch, default_limit
 from reconciler.daemon.pins import Pin, PinTracker
 from reconciler.daemon.retention import Retention
 from reconciler.daemon.schedules import Scheduler
@@ -72,6 +73,7 @@ class Daemon:
     self_heal: SelfHeal = field(init=False, repr=False)
     retention: Retention = field(init=False, repr=False)
     local_watch: LocalRefsWatch = field(init=False, repr=False)  # started for a local repo
+    pass_watch: PassWatch = field(init=False, repr=False)  # a pass running past its limit
 
     def __post_init__(self) -> None:
         self.loader = DesiredStateLoader(self, self.cfg, self.source, self.store)
@@ -83,6 +85,8 @@ class Daemon:
         self.self_heal = SelfHeal(self, self.cfg, self.engine, self.store)
         self.retention = Retention(self.cfg, self.store, self.passed, lambda: self.stopping)
         self.local_watch = LocalRefsWatch(self.source, self.trigger)
+        self.pass_watch = PassWatch(self.cfg.pass_overrun or default_limit(self.cfg.interval),
+                                    lambda: self.engine.applying)
 
     def trigger(self, reason: str) -> None:
         self.reasons.add(reason)
@@ -201,7 +205,8 @@ class Daemon:
                                  else "poll")
             self.reconciling = True
             try:
-                await self.reconcile_once()
+                with self.pass_watch.running():
+                    await self.reconcile_once()
             except ReconcilerError as exc:
                 log.error("reconcile pass failed", extra=exc.log_fields())
                 self.retry_at = time.monotonic() + jittered(10.0)

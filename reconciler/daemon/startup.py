@@ -24,6 +24,7 @@ from reconciler.daemon.loop import Daemon
 from reconciler.daemon.wakeups import hold_shards
 from reconciler.errors import ReconcilerError
 from reconciler.notifications.wiring import start_notifications
+from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
@@ -68,6 +69,8 @@ async def serve(daemon: Daemon) -> int:
 
     def stopping() -> bool:
         return daemon.stopping
+
+    metrics.RECONCILE_AGE.set_function(daemon.pass_watch.age)
 
     background = [asyncio.create_task(daemon.scheduler.run()),
                   asyncio.create_task(daemon.self_heal.run()),

@@ -49,6 +49,11 @@ GIT_FETCH_ERRORS = Counter(
     "reconciler_git_fetch_errors_total", "Failed git fetches (last good state kept).",
     registry=REGISTRY,
 )
+RECONCILE_AGE = Gauge(
+    "reconciler_reconcile_age_seconds",
+    "Age of the reconcile pass in progress (0 between passes); past --pass-overrun /readyz "
+    "answers not ready.", registry=REGISTRY,
+)
 LAST_SUCCESSFUL_SYNC = Gauge(
     "reconciler_last_successful_sync_timestamp_seconds",
     "Unix time of the last reconcile pass that converged.", registry=REGISTRY,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what __getattr__ gives, for the type checker
     from reconciler.observe.instruments import LOCK_WAIT as LOCK_WAIT
     from reconciler.observe.instruments import NOTIFICATIONS_TOTAL as NOTIFICATIONS_TOTAL
     from reconciler.observe.instruments import PROCESS as PROCESS
+    from reconciler.observe.instruments import RECONCILE_AGE as RECONCILE_AGE
     from reconciler.observe.instruments import RECONCILE_DURATION as RECONCILE_DURATION
     from reconciler.observe.instruments import RECONCILE_TOTAL as RECONCILE_TOTAL
     from reconciler.observe.instruments import REGISTRY as REGISTRY

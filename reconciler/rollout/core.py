@@ -59,6 +59,9 @@ class EngineCore:
     lost_leases: set[str]
     # Service rollouts that outlived their pass (a canary paused until promoted).
     rollouts: dict[ResourceKey, asyncio.Task[Outcome]]
+    # Resources the current pass is applying now, with when each started (time.monotonic()):
+    # what the daemon names when a pass overruns (daemon/overrun.py).
+    applying: dict[ResourceKey, float]
     # Deployments this process carries out beside its passes (a Schedule's run): open in the
     # journal, and alive — not a crash's leftover for recovery to close.
     running_deployments: set[str]

@@ -99,6 +99,7 @@ class Reconciler(Passes, OperatorActions):
         # holds the resource's lease; later passes leave the resource alone until it ends.
         self.rollouts: dict[ResourceKey, asyncio.Task[Outcome]] = {}
         self.running_deployments: set[str] = set()
+        self.applying: dict[ResourceKey, float] = {}
         self.failed_output: dict[ResourceKey, tuple[str, ...]] = {}
         self.revisions = Revisions(source, state_dir)
         self.status_sink = status_sink

@@ -206,6 +206,7 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                     return
                 why = "resume" if resumed else trigger
                 opened: list[DeploymentRecord] = []  # the deployment this attempt created
+                self.applying[item.key] = time.monotonic()
                 try:
                     with span("rollout", resource=str(item.key), action=item.action,
                               revision=item.revision or ""):
@@ -225,6 +226,8 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                                                  recorded(failure), code=failure.code,
                                                  hint=failure.hint)
                     self.emit(item.key, "failed", recorded(failure), failure)
+                finally:
+                    self.applying.pop(item.key, None)
 
         # A DAG, not waves: each resource starts as soon as what it depends on (and its
         # Target) is done, so one slow rollout holds only its dependents. Waiting only on

@@ -44,7 +44,8 @@ from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state.migrations import MigrationRunner, MySQLMigrationConnection
 from reconciler.state.postgresql import password_from_env
-from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, Row, ServerStore, Tx
+from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, ServerStore
+from reconciler.state.server_tx import Row, Tx
 from reconciler.state.store import MigrationInfo
 
 T = TypeVar("T")

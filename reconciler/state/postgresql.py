@@ -29,7 +29,8 @@ from reconciler.observe.metrics import DB_CONNECTIONS
 from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state.migrations import MigrationRunner, PostgresMigrationConnection
-from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, Row, ServerStore, Tx
+from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, ServerStore
+from reconciler.state.server_tx import Row, Tx
 from reconciler.state.store import MigrationInfo
 
 # Errors that retrying cannot fix: a wrong password or database name must fail at once.

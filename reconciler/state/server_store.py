@@ -3,8 +3,10 @@ transaction interface (``Tx``), retries with backoff, and metrics.
 
 Each backend (``postgresql.py``, ``mysql.py``) supplies connections, a ``Tx`` and the few
 statements whose syntax differs (upserts, the lease, the database clock). Everything else, the
-journal rules included, is written once here so the two servers behave identically; the
-contract suite in tests/state runs the same tests on SQLite, PostgreSQL and MariaDB.
+journal rules included, is written once so the two servers behave identically: resources, the
+deployment journal, audit and bulk import here, leases in ``server_leases.py``, webhook
+deliveries in ``server_deliveries.py``, over the hooks of ``server_tx.py``; the contract suite
+in tests/state runs the same tests on SQLite, PostgreSQL and MariaDB.
 
 Concurrency (several processes or replicas on one database): a write runs in one transaction at
 READ COMMITTED. Per-parent sequence numbers (deployment ``#n``, event and step seq) are computed
@@ -24,69 +26,42 @@ import random
 import time
 import uuid
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from reconciler.errors import NotFound, ReconcilerError, StoreError
-from reconciler.observe.metrics import LOCK_WAIT, db_operation
+from reconciler.observe.metrics import db_operation
 from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state import journal, rows
 from reconciler.state.audit import current_actor
 from reconciler.state.notices import NotificationClaims
+from reconciler.state.server_deliveries import ServerDeliveries
+from reconciler.state.server_leases import ServerLeases
+from reconciler.state.server_tx import Row, Tx, is_uuid, utc_now
 from reconciler.state.store import (
     FINAL_STATUSES,
     PENDING,
     SUCCEEDED,
     DeploymentEvent,
     DeploymentRecord,
-    LockInfo,
     MigrationInfo,
     ResourceRecord,
     StepRecord,
 )
 
 T = TypeVar("T")
-Row = dict[str, Any]
 
 DEFAULT_RETRY_SECONDS = 60.0  # how long a write keeps retrying through an outage
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 IN_LIST_CHUNK = 500
-
-
-class Tx(Protocol):
-    """One connection, inside a transaction (or in autocommit mode for ``transaction=False``)."""
-
-    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> Row | None: ...
-
-    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]: ...
-
-    async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        """Run a statement; return its row count."""
-
-    async def insert(self, table: str, values: dict[str, Any], pk: str) -> int:
-        """Insert one row; return its generated ``pk``."""
-
-
 MARK_OBSERVED_CHUNK = 500  # resources per UPDATE of mark_observed
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    return True
-
-
-class ServerStore(rows.AuditLog, NotificationClaims):
+class ServerStore(ServerLeases, ServerDeliveries, rows.AuditLog, NotificationClaims):
     """``Store`` over a database server; subclasses provide the driver specifics."""
 
     dialect: str  # "postgresql" | "mysql": metric label and sql/ folder
@@ -96,9 +71,6 @@ class ServerStore(rows.AuditLog, NotificationClaims):
     # SQL fragments that differ between dialects
     null_safe_equal: str  # e.g. "a IS NOT DISTINCT FROM b" / "a <=> b" with {a} {b}
     trigger_column: str  # the quoted name of the reserved word column
-    # appended to text columns in ORDER BY: code point order, as SQLite's BINARY (whatever
-    # collation the database was created with)
-    binary_order: str = ""
     # one batch of prune_audit: the oldest rows before a cutoff, through the index on "at"
     # (MySQL/MariaDB refuse LIMIT in an IN subquery: mysql.py uses DELETE … ORDER BY … LIMIT)
     audit_prune_sql: str = (
@@ -136,29 +108,15 @@ class ServerStore(rows.AuditLog, NotificationClaims):
 
     # value conversions (to the driver, from the driver)
     @abstractmethod
-    def _db_time(self, value: datetime) -> Any: ...
-
-    @abstractmethod
     def _db_json(self, value: dict[str, Any] | None) -> Any: ...
 
     @abstractmethod
     def _py_json(self, value: Any) -> dict[str, Any] | None: ...
 
-    def _t(self, value: Any) -> datetime:
-        return rows.parse_time_required(value)
-
     # dialect-specific statements
     @abstractmethod
     async def _insert_resource_if_missing(self, tx: Tx, key: ResourceKey, now: datetime) -> None:
         ...
-
-    @abstractmethod
-    async def _acquire_lock_tx(self, tx: Tx, name: str, owner: str, ttl_seconds: float) -> bool:
-        ...
-
-    @abstractmethod
-    def _db_clock(self) -> str:
-        """SQL for the database server's current UTC time (the one clock replicas share)."""
 
     # -- plumbing --------------------------------------------------------------------------------
     async def _run(self, operation: str, fn: Callable[[Tx, bool], Awaitable[T]], *,
@@ -659,83 +617,6 @@ class ServerStore(rows.AuditLog, NotificationClaims):
             "seq DESC", 1), read_only=True)
         return found[0] if found else None
 
-    # -- locks (leases judged by the database clock) ---------------------------------------------
-    async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        """Take or renew a named lease; False if another owner holds an unexpired one.
-
-        Expiry is computed and compared on the database server, so replicas on hosts whose
-        clocks disagree still agree on who holds a lease.
-        """
-        rows.check_ttl(ttl_seconds)
-        started = time.perf_counter()
-        try:
-            return await self._run(
-                "acquire_lock",
-                lambda tx, _: self._acquire_lock_tx(tx, name, owner, ttl_seconds),
-                transaction=False,
-            )
-        finally:
-            LOCK_WAIT.observe(time.perf_counter() - started)
-
-    async def lock_owner(self, name: str) -> str | None:
-        """Who holds an unexpired lease on ``name`` (None: free or expired)."""
-        row = await self._run("lock_owner", lambda tx, _: tx.one(
-            f"SELECT owner FROM v_lock WHERE name = %s AND expires_at > {self._db_clock()}",  # noqa: S608
-            (name,)), transaction=False)
-        return str(row["owner"]) if row is not None else None
-
-    async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
-        """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
-        if not names:
-            return {}
-        marks = ", ".join(["%s"] * len(names))
-        rows = await self._run("lock_owners", lambda tx, _: tx.all(
-            f"SELECT name, owner FROM v_lock WHERE name IN ({marks}) "  # noqa: S608
-            f"AND expires_at > {self._db_clock()}", tuple(names)), transaction=False)
-        return {str(row["name"]): str(row["owner"]) for row in rows}
-
-    async def release_lock(self, name: str, owner: str) -> None:
-        """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
-        await self._run("release_lock", lambda tx, _: tx.execute(
-            "DELETE FROM tb_lock WHERE name = %s AND owner = %s", (name, owner)),
-            transaction=False)
-
-    async def list_locks(self) -> list[LockInfo]:
-        """Every lease row, by name (expired ones included)."""
-        found = await self._run("list_locks", lambda tx, _: tx.all(
-            "SELECT name, owner, acquired_at, expires_at FROM v_lock "  # noqa: S608
-            f"ORDER BY name{self.binary_order}"),
-            transaction=False)
-        return [LockInfo(r["name"], r["owner"], self._t(r["acquired_at"]),
-                         self._t(r["expires_at"])) for r in found]
-
-    async def database_now(self) -> datetime:
-        """The database server's clock (what lease expiry is judged by)."""
-        row = await self._run("database_now", lambda tx, _: tx.one(
-            f"SELECT {self._db_clock()} AS now"), transaction=False)
-        assert row is not None
-        return self._t(row["now"])
-
-    # -- webhooks --------------------------------------------------------------------------------
-    async def record_delivery(self, provider: str, delivery_id: str) -> bool:
-        """Remember a webhook delivery id; False when it was seen before (a replay)."""
-        row_id = str(uuid.uuid4())
-
-        async def op(tx: Tx, retrying: bool) -> bool:
-            existing = await tx.one(
-                "SELECT id FROM tb_webhook_delivery WHERE provider = %s AND delivery_id = %s",
-                (provider, delivery_id))
-            if existing is not None:
-                return retrying and str(existing["id"]) == row_id
-            return await self._insert_delivery(tx, row_id, provider, delivery_id)
-
-        return await self._run("record_delivery", op)
-
-    @abstractmethod
-    async def _insert_delivery(self, tx: Tx, row_id: str, provider: str,
-                               delivery_id: str) -> bool:
-        """Insert unless (provider, delivery_id) exists; True when inserted."""
-
     # -- audit -----------------------------------------------------------------------------------
     # record_audit, list_audit and import_audit: rows.AuditLog over these hooks
     def _audit_time(self, value: datetime) -> Any:
@@ -852,11 +733,5 @@ class ServerStore(rows.AuditLog, NotificationClaims):
 
         await self._run("import_deployment", op)
 
-    async def prune_deliveries(self, before: datetime) -> int:
-        """Forget deliveries received before ``before`` (bounded table); returns the count."""
-        return await self._run("prune_deliveries", lambda tx, _: tx.execute(
-            "DELETE FROM tb_webhook_delivery WHERE received_at < %s",
-            (self._db_time(before.astimezone(UTC)),)))
 
-
-__all__ = ["DEFAULT_RETRY_SECONDS", "ServerStore", "Tx", "is_uuid", "utc_now"]
+__all__ = ["DEFAULT_RETRY_SECONDS", "ServerStore"]

@@ -1,4 +1,6 @@
-"""SQLite implementation of the ``Store`` protocol (the default, embedded backend).
+"""SQLite implementation of the ``Store`` protocol (the default, embedded backend): resources,
+the deployment journal and audit here; leases in ``sqlite_leases.py``, webhook deliveries in
+``sqlite_deliveries.py``, over the hooks of ``sqlite_tx.py``.
 
 Safe across processes (the daemon and a CLI command such as ``reconciler suspend`` share one
 file): WAL lets readers run beside the single writer, ``busy_timeout`` makes a writer wait for
@@ -24,10 +26,10 @@ import json
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,20 +40,21 @@ from reconciler.state.audit import current_actor
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
 from reconciler.state.notices import NotificationClaims
 from reconciler.state.private import private_file
+from reconciler.state.sqlite_deliveries import SQLiteDeliveries
+from reconciler.state.sqlite_leases import SQLiteLeases
+from reconciler.state.sqlite_tx import Params, now_text
 from reconciler.state.store import (
     FINAL_STATUSES,
     PENDING,
     SUCCEEDED,
     DeploymentEvent,
     DeploymentRecord,
-    LockInfo,
     MigrationInfo,
     ResourceRecord,
     StepRecord,
 )
 
 T = TypeVar("T")
-Params = tuple[Any, ...] | dict[str, Any]
 
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
 # WAL with synchronous=NORMAL: a commit is not fsynced (the WAL is at checkpoints), so a killed
@@ -87,11 +90,6 @@ def _private_database(path: Path) -> None:
         raise StoreError(f"{path}: cannot open the database file: {exc.strerror}") from exc
 
 
-def now_text() -> str:
-    """ISO-8601 UTC with microseconds: sorts lexically, parses back to an aware datetime."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 def _json(value: dict[str, Any] | None) -> str | None:
     return canonical_json(value) if value is not None else None
 
@@ -107,7 +105,7 @@ def _sync_mode() -> str:
     return mode.upper()
 
 
-class SQLiteStore(rows.AuditLog, NotificationClaims):
+class SQLiteStore(SQLiteLeases, SQLiteDeliveries, rows.AuditLog, NotificationClaims):
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
     dialect = "sqlite"
@@ -695,107 +693,6 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
                                 (*self._key_params(key), SUCCEEDED), "seq DESC", 1)
         return found[0] if found else None
 
-    # -- locks -------------------------------------------------------------------------------
-    def _acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        with self._write():
-            now = datetime.now(UTC)
-            # One statement decides: insert, renew (same owner, acquired_at kept) or take over
-            # an expired lease; a live lease of another owner leaves the row untouched.
-            cursor = self._conn.execute(
-                """INSERT INTO tb_lock (id, identifier, name, owner, acquired_at, expires_at)
-                   VALUES (?, ?, ?, ?, ?, ?)
-                   ON CONFLICT (name) DO UPDATE SET
-                       acquired_at = CASE WHEN tb_lock.owner = excluded.owner
-                                          THEN tb_lock.acquired_at
-                                          ELSE excluded.acquired_at END,
-                       owner = excluded.owner,
-                       expires_at = excluded.expires_at
-                   WHERE tb_lock.owner = excluded.owner
-                      OR tb_lock.expires_at <= excluded.acquired_at""",
-                (
-                    str(uuid.uuid4()), name, name, owner,
-                    now.isoformat(timespec="microseconds"),
-                    (now + timedelta(seconds=ttl_seconds)).isoformat(timespec="microseconds"),
-                ),
-            )
-            return cursor.rowcount == 1
-
-    async def acquire_lock(self, name: str, owner: str, ttl_seconds: float) -> bool:
-        """Take or renew a named lease; False if another owner holds an unexpired one."""
-        rows.check_ttl(ttl_seconds)
-        return await self._run(self._acquire_lock, name, owner, ttl_seconds)
-
-    def _lock_owner(self, name: str) -> str | None:
-        row = self._one("SELECT owner, expires_at FROM v_lock WHERE name = ?", (name,))
-        if row is None or row["expires_at"] <= now_text():
-            return None
-        return str(row["owner"])
-
-    async def lock_owner(self, name: str) -> str | None:
-        """Who holds an unexpired lease on ``name`` (None: free or expired)."""
-        return await self._run(self._lock_owner, name)
-
-    def _lock_owners(self, names: Sequence[str]) -> dict[str, str]:
-        marks = ", ".join("?" * len(names))
-        now = now_text()
-        return {str(name): str(owner) for name, owner, expires_at in self._tuples(
-            f"SELECT name, owner, expires_at FROM v_lock WHERE name IN ({marks})",  # noqa: S608
-            tuple(names)) if expires_at > now}
-
-    async def lock_owners(self, names: Sequence[str]) -> dict[str, str]:
-        """``lock_owner`` of several names in one query: name -> owner of each unexpired one."""
-        return await self._run(self._lock_owners, list(names)) if names else {}
-
-    def _release_lock(self, name: str, owner: str) -> None:
-        with self._write():
-            self._conn.execute("DELETE FROM tb_lock WHERE name = ? AND owner = ?", (name, owner))
-
-    async def release_lock(self, name: str, owner: str) -> None:
-        """Drop the lease if ``owner`` holds it; releasing someone else's lock does nothing."""
-        await self._run(self._release_lock, name, owner)
-
-    async def database_now(self) -> datetime:
-        """This host's clock, which the leases of a SQLite database (one host) are judged by."""
-        return datetime.now(UTC)
-
-    async def list_locks(self) -> list[LockInfo]:
-        """Every lease row, by name (expired ones included)."""
-        found = await self._run(self._all, "SELECT * FROM v_lock ORDER BY name")
-        return [
-            LockInfo(row["name"], row["owner"], datetime.fromisoformat(row["acquired_at"]),
-                     datetime.fromisoformat(row["expires_at"]))
-            for row in found
-        ]
-
-    # -- webhooks ----------------------------------------------------------------------------
-    def _record_delivery(self, provider: str, delivery_id: str) -> bool:
-        with self._write():
-            cursor = self._conn.execute(
-                """INSERT INTO tb_webhook_delivery (id, identifier, provider, delivery_id,
-                                                    received_at)
-                   VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (provider, delivery_id) DO NOTHING""",
-                (str(uuid.uuid4()), f"{provider}/{delivery_id}", provider, delivery_id,
-                 now_text()),
-            )
-            return cursor.rowcount == 1
-
-    async def record_delivery(self, provider: str, delivery_id: str) -> bool:
-        """Remember a webhook delivery id; False when it was seen before (a replay)."""
-        return await self._run(self._record_delivery, provider, delivery_id)
-
-    def _prune_deliveries(self, before: datetime) -> int:
-        with self._write():
-            cursor = self._conn.execute(
-                "DELETE FROM tb_webhook_delivery WHERE received_at < ?",
-                (before.astimezone(UTC).isoformat(timespec="microseconds"),),
-            )
-            return cursor.rowcount
-
-    async def prune_deliveries(self, before: datetime) -> int:
-        """Forget deliveries received before ``before`` (bounded table); returns the count."""
-        return await self._run(self._prune_deliveries, before)
-
     # -- audit (record_audit, list_audit, import_audit: rows.AuditLog) ------------------------
     def _audit_time(self, value: datetime) -> str:
         return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -852,4 +749,4 @@ class SQLiteStore(rows.AuditLog, NotificationClaims):
         return await self._run(self._one, sql, params)
 
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore", "now_text"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT", "SQLiteStore"]

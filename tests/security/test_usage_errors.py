@@ -1,9 +1,9 @@
 """Issue 16, problem 9 (the non-webhook part): bad input is a 4xx or a usage error, never a 500
 or an "internal error".
 
-- ``reconciler daemon --listen/--interval/--shard-ttl/--heal-interval`` with a bad value: exit 2
-  with click's usage error naming the option (they used to die with ``internal error:
-  ValueError``/``OverflowError`` after start-up had begun; ``--interval 0s`` spun).
+- ``reconciler daemon --listen/--interval/--shard-ttl/--heal-interval/--pass-overrun`` with a bad
+  value: exit 2 with click's usage error naming the option (they used to die with ``internal
+  error: ValueError``/``OverflowError`` after start-up had begun; ``--interval 0s`` spun).
 - ``GET /api/v1/audit?since=`` with a time that leaves year 1..9999 once in UTC: 400 (was 500),
   asked of a real daemon over a real socket; ``reconciler audit --since`` alike.
 """
@@ -37,6 +37,7 @@ BAD_OPTIONS = [
     ("--listen", ":x"), ("--listen", "::1:9464"), ("--listen", "127.0.0.1:-1"),
     ("--interval", "xyz"), ("--interval", "0s"), ("--interval", "-5s"),
     ("--shard-ttl", "zz"), ("--heal-interval", "q"), ("--heal-interval", "0s"),
+    ("--pass-overrun", "soon"), ("--pass-overrun", "0s"),
 ]
 
 
