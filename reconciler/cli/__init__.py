@@ -42,9 +42,15 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
     """Fraisier: declarative GitOps for fleets that do not live on Kubernetes."""
     level = log_level or ("info" if ctx.invoked_subcommand == "daemon" else "warning")
     setup_logging(log_format, level)
+    whole_process = isinstance(ctx.obj, WholeProcess)
     ctx.obj = Options(db, state_dir, log_format, level)
     if ctx.invoked_subcommand != "daemon":  # the daemon names the actor of each pass itself
         from reconciler.state.audit import acting_as, cli_actor
+
+        if whole_process:  # only the daemon serves /metrics: nothing would read them
+            from reconciler.observe import metrics
+
+            metrics.discard()
 
         # every state change this command makes is audited as the user at the keyboard
         ctx.with_resource(acting_as(cli_actor()))
@@ -55,11 +61,16 @@ for command in (validate, render, diff, apply, status, history, rollback, suspen
     cli.add_command(command)
 
 
+class WholeProcess:
+    """``ctx.obj`` as ``main`` starts the group: the command is the whole process (not a call
+    from a program or a test that goes on afterwards), so process-wide settings may change."""
+
+
 def main() -> None:
     from reconciler.console.pipes import closed_pipe_ends_quietly
 
     with closed_pipe_ends_quietly():
-        cli(prog_name="reconciler")
+        cli(prog_name="reconciler", obj=WholeProcess())
 
 
 if __name__ == "__main__":

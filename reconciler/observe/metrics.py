@@ -3,7 +3,9 @@
 The instruments (``RECONCILE_TOTAL``, ``REGISTRY``, …) are defined in
 `reconciler.observe.instruments` and made on the first use of one through this module: importing
 prometheus_client and building them is ~40 ms of CPU, which a command that counts nothing (`diff`,
-`status`, `validate`) does not pay. Every module uses them as ``metrics.NAME``.
+`status`, `validate`) does not pay. Every module uses them as ``metrics.NAME``. Only the daemon
+serves them: a one-shot command (`apply`, `rollback`, …) calls ``discard()`` and its updates go
+nowhere, without prometheus_client.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what __getattr__ gives, for the type checker
     from reconciler.observe.instruments import COMMIT_STATUS_TOTAL as COMMIT_STATUS_TOTAL
@@ -44,6 +46,47 @@ if TYPE_CHECKING:  # what __getattr__ gives, for the type checker
     from reconciler.observe.instruments import WEBHOOK_REQUESTS as WEBHOOK_REQUESTS
 
 
+# The instruments a command updates as it works (`reconciler.observe.instruments` makes them;
+# a test keeps this list equal to what it defines). ``discard()`` turns these into no-ops.
+UPDATED = ("COMMIT_STATUS_TOTAL", "DB_CONNECTIONS", "DB_ERRORS", "DB_QUERY_DURATION",
+           "DEPLOYMENT_DURATION", "DEPLOYMENTS_TOTAL", "DESIRED_STATE_ERRORS",
+           "DESIRED_STATE_REFUSED", "DRIFT_RESOURCES", "GIT_FETCH_DURATION", "GIT_FETCH_ERRORS",
+           "HEALTH_CHECK_DURATION", "HEALTH_CHECK_FAILURES", "HTTP_REFUSED", "JOB_RUNS_TOTAL",
+           "LAST_SUCCESSFUL_SYNC", "LOCK_WAIT", "NOTIFICATIONS_TOTAL", "RECONCILE_AGE",
+           "RECONCILE_DURATION", "RECONCILE_TOTAL", "RESOURCE_INFO", "ROLLBACKS_TOTAL",
+           "SSH_CONNECTIONS", "WEBHOOK_REQUESTS")
+
+
+class Discarded:
+    """An instrument of a process that serves no metrics: every update goes nowhere."""
+
+    rows: frozenset[tuple[str, ...]] = frozenset()
+
+    def labels(self, *values: object, **named: object) -> Discarded:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        return None
+
+    def observe(self, value: float) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def set_to_current_time(self) -> None:
+        return None
+
+    def set_function(self, function: object) -> None:
+        return None
+
+
+def discard() -> None:
+    """This process serves no metrics (a one-shot command: only the daemon has /metrics): its
+    instruments become ``Discarded``, and prometheus_client is not imported for them."""
+    globals().update(dict.fromkeys(UPDATED, Discarded()))
+
+
 def __getattr__(name: str) -> object:
     """``metrics.NAME`` of an instrument: imports `instruments` (once) and binds every
     instrument here, so later uses are plain module globals."""
@@ -52,15 +95,20 @@ def __getattr__(name: str) -> object:
     made = {k: v for k, v in vars(instruments).items() if k.isupper()}
     if name not in made:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals().update(made)
+    globals().update({k: v for k, v in made.items() if k not in globals()})
     return made[name]
+
+
+def _bound(name: str) -> Any:
+    """An instrument by name from inside this module (a module's ``__getattr__`` serves only
+    attribute access from outside)."""
+    made = globals().get(name)
+    return made if made is not None else __getattr__(name)
 
 
 def publish_resources(rows: Iterable[tuple[object, ...]]) -> None:
     """Make the resource_info series the current set (one atomic swap of the snapshot)."""
-    from reconciler.observe import instruments
-
-    instruments.RESOURCE_INFO.rows = frozenset(
+    _bound("RESOURCE_INFO").rows = frozenset(
         (str(env), str(kind), str(name), str(sync), str(health))
         for env, kind, name, sync, health in rows)
 
@@ -71,10 +119,8 @@ DEPLOYMENT_RESULTS = ("succeeded", "failed", "rolled_back", "rollback_failed")
 def init_deployment_series(provider: str, strategy: str) -> None:
     """Create every result series of a provider/strategy pair at 0, before its first deployment
     finishes, so the "deployment failed" alert sees the first failure (see instruments)."""
-    from reconciler.observe import instruments
-
     for result in DEPLOYMENT_RESULTS:
-        instruments.DEPLOYMENTS_TOTAL.labels(provider, strategy, result)
+        _bound("DEPLOYMENTS_TOTAL").labels(provider, strategy, result)
 
 
 @contextmanager
@@ -83,14 +129,12 @@ def db_operation(backend: str, operation: str) -> Iterator[None]:
 
     ``operation`` must come from a fixed set (method names), never from data.
     """
-    from reconciler.observe import instruments
-
     started = time.perf_counter()
     try:
         yield
     except Exception:
-        instruments.DB_ERRORS.inc()
+        _bound("DB_ERRORS").inc()
         raise
     finally:
         elapsed = time.perf_counter() - started
-        instruments.DB_QUERY_DURATION.labels(backend, operation).observe(elapsed)
+        _bound("DB_QUERY_DURATION").labels(backend, operation).observe(elapsed)

@@ -4,8 +4,8 @@ OpenTelemetry is needed only once tracing is set up (the daemon), asyncssh only 
 Target, aiodocker (and aiohttp) only for a compose Target. Each of them costs tens to hundreds of
 milliseconds of every `reconciler` run (docs/performance.md, the compose row), so a module-level
 import that brings one back fails here. A `diff` or `apply` of a local config repository needs no
-GitPython (commits are read with git itself; GitPython clones and fetches), and a `diff` counts
-nothing, so it does not load prometheus_client either. The commands run in a real interpreter,
+GitPython (commits are read with git itself; GitPython clones and fetches), and no one-shot
+command loads prometheus_client: only the daemon serves metrics, elsewhere they are discarded. The commands run in a real interpreter,
 as users run them, and the test looks at that process's ``sys.modules`` when it exits.
 """
 
@@ -23,8 +23,8 @@ from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml
 pytestmark = pytest.mark.timeout(120)
 
 HEAVY = ("opentelemetry", "asyncssh", "aiodocker", "aiohttp")
-LOCAL_REPO = (*HEAVY, "git")  # GitPython's package
-DIFF = (*LOCAL_REPO, "prometheus_client")
+LOCAL_REPO = (*HEAVY, "git", "prometheus_client")  # GitPython's package; metrics (daemon only)
+DIFF = LOCAL_REPO
 
 # Runs `reconciler ARGS...` in this interpreter, then prints the exit code and the top-level
 # packages of sys.modules (one JSON line on stdout, after the command's own output).

@@ -74,3 +74,36 @@ def test_published_resources_are_exactly_the_last_snapshot() -> None:
     text = generate_latest(REGISTRY).decode()
     assert ('reconciler_resource_info{environment="prod",health_status="Healthy",kind="Service",'
             'name="web",sync_status="Synced"} 1.0') in text
+
+
+def test_discard_covers_every_instrument_a_command_updates() -> None:
+    """`metrics.UPDATED` is what instruments.py defines, less the registry, the process
+    collector and constants; a one-shot command's discarded instruments take every update the
+    code makes (checked in a fresh interpreter: discard() rebinds this module's globals)."""
+    import subprocess
+    import sys
+
+    from reconciler.observe import instruments, metrics
+
+    defined = {name for name, value in vars(instruments).items()
+               if name.isupper() and name not in ("REGISTRY", "PROCESS")
+               and not isinstance(value, tuple)}
+    assert set(metrics.UPDATED) == defined
+    code = (
+        "import sys\n"
+        "from reconciler.observe import metrics\n"
+        "metrics.discard()\n"
+        "metrics.RECONCILE_TOTAL.labels('default', 'ok').inc()\n"
+        "metrics.DEPLOYMENT_DURATION.labels('p').observe(1.0)\n"
+        "metrics.LAST_SUCCESSFUL_SYNC.set_to_current_time()\n"
+        "metrics.DRIFT_RESOURCES.set(3)\n"
+        "metrics.RECONCILE_AGE.set_function(lambda: 0.0)\n"
+        "metrics.publish_resources([('default', 'Service', 'api', 'Synced', 'Healthy')])\n"
+        "metrics.init_deployment_series('bare_metal', 'recreate')\n"
+        "with metrics.db_operation('sqlite', 'get'):\n"
+        "    pass\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    assert out == "False"
