@@ -414,6 +414,8 @@ class Deferrals:
         # per shared (Target) set: allowed at now, its deny windows active now, its opening
         self._shared_now: dict[tuple[SyncWindow, ...],
                                tuple[bool, list[str], datetime | None]] = {}
+        # per shared set: [``_usual_answer``, the last own window found to get it]
+        self._usual: dict[tuple[SyncWindow, ...], list[Any]] = {}
         self._shared_open: dict[tuple[tuple[SyncWindow, ...], datetime], datetime | None] = {}
         self._allow_detail: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
         # the reason of a resource waiting for its shared windows' opening, per opening
@@ -485,6 +487,23 @@ class Deferrals:
             windows = own + shared
             reason = self.reason(windows)
             return reason, (self.next_open(windows) if reason is not None else None)
+        if len(own) == 1:
+            # one own deny window (a freeze of one Service): when it is active neither now nor
+            # when the shared windows open, the answer is theirs, the same for every resource.
+            # Checked rather than kept per resource (keeping 10,000 distinct answers costs
+            # more), except that the last window to get it gets it again without asking.
+            usual = self._usual.get(shared)
+            if usual is None:
+                usual = self._usual[shared] = [self._usual_answer(shared), None]
+            answer = usual[0]
+            if answer is not None:
+                window = own[0]
+                if window is usual[1]:
+                    return answer
+                if _active_end(window, self.now) is None and (
+                        answer[1] is None or _active_end(window, answer[1]) is None):
+                    usual[1] = window
+                    return answer
         decided = self._decided.get((own, shared))
         if decided is None:
             decided = self._decided[(own, shared)] = self._own_denies(own, shared)
@@ -495,14 +514,6 @@ class Deferrals:
         """``decide`` for own windows that are all deny windows, the shared part judged once."""
         now = self.now
         shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
-        if len(own) == 1 and _active_end(own[0], now) is None:
-            # one own deny window, not active now (a freeze of one Service, most of the time):
-            # what the code below finds, asked directly
-            if shared_allowed:
-                return None, None
-            if (not shared_denying and shared_opens is not None and shared_opens <= self._limit
-                    and _active_end(own[0], shared_opens) is None):
-                return self._waiting_for(shared, shared_opens), shared_opens
         own_active = [w for w in own if _active_end(w, now) is not None]
         if shared_allowed and not own_active:
             return None, None
@@ -520,6 +531,19 @@ class Deferrals:
         if opens is None:
             return f"outside sync window: no opening found ahead ({detail})", None
         return f"outside sync window: next opens {iso(opens)} ({detail})", opens
+
+    def _usual_answer(self, shared: tuple[SyncWindow, ...],
+                      ) -> tuple[str | None, datetime | None] | None:
+        """``decide``'s answer for own deny windows active neither now nor at the shared
+        windows' next opening: (None, None) when the shared windows allow now, the wait for
+        their opening when none of their deny windows is active now; None otherwise (judged
+        whole)."""
+        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
+        if shared_allowed:
+            return None, None
+        if shared_denying or shared_opens is None or shared_opens > self._limit:
+            return None
+        return self._waiting_for(shared, shared_opens), shared_opens
 
     def _waiting_for(self, shared: tuple[SyncWindow, ...], opens: datetime) -> str:
         """The usual deferral: waiting for an allow window, the same text for every resource
