@@ -31,7 +31,9 @@ _ALL_MONTHS = frozenset(range(1, 13))
 _LONGEST = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # days in each month, at most
 
 
-@dataclass(frozen=True)
+# not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, a
+# sizeable part of compiling an expression; tables are shared (compile_cron), never changed
+@dataclass(slots=True)
 class CronTable:
     minutes: tuple[int, ...]  # sorted
     hours: tuple[int, ...]  # sorted
