@@ -405,7 +405,8 @@ class Deferrals:
         self.desired = desired
         self.now = _aware(now)
         self._limit = self.now + HORIZON
-        self._targets: dict[ResourceKey, tuple[SyncWindow, ...]] = {}
+        # each Target's windows, by (environment, name): asked for every resource on it
+        self._targets: dict[tuple[str, str], tuple[SyncWindow, ...]] = {}
         self._env: dict[str, tuple[SyncWindow, ...]] = {}
         self._reasons: dict[tuple[SyncWindow, ...], str | None] = {}
         self._opens: dict[tuple[SyncWindow, ...], datetime | None] = {}
@@ -422,13 +423,14 @@ class Deferrals:
         self._waiting: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
 
     def _target_windows(self, key: ResourceKey | None) -> tuple[SyncWindow, ...]:
-        if key is None:
-            return ()
-        cached = self._targets.get(key)
+        return () if key is None else self._named_target_windows(key[0], key[2])
+
+    def _named_target_windows(self, environment: str, name: str) -> tuple[SyncWindow, ...]:
+        cached = self._targets.get((environment, name))
         if cached is None:
-            target = self.desired.resources.get(key)
+            target = self.desired.resources.get(ResourceKey(environment, "Target", name))
             cached = windows_in(target.spec) if target is not None else ()
-            self._targets[key] = cached
+            self._targets[(environment, name)] = cached
         return cached
 
     def environment_windows(self, environment: str) -> tuple[SyncWindow, ...]:
@@ -475,8 +477,15 @@ class Deferrals:
         (None, None) when it may be applied now: ``explain`` and ``next_open`` of
         ``windows_for(...)``, the same answers."""
         if resource is not None and resource.key[1] != "Target":  # ``_parts``, the usual case
-            own = windows_in(resource.spec)
-            shared = self._target_windows(resource.target_key)
+            spec = resource.spec
+            own = windows_in(spec)
+            name = spec.get("target")  # what ``resource.target_key`` names, without the key
+            shared: tuple[SyncWindow, ...] = ()
+            if isinstance(name, str):
+                environment = resource.key[0]
+                cached = self._targets.get((environment, name))
+                shared = (cached if cached is not None
+                          else self._named_target_windows(environment, name))
         else:
             own, shared = self._parts(key, resource, recorded_spec)
         generic = not own or not shared
