@@ -301,7 +301,9 @@ def windows_in(spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
     if parsed is None:
         if len(_parsed) >= PARSED_KEEP:
             _parsed.clear()
-        parsed = _parsed[key] = _parse(raw)
+        parsed = _parsed[key] = (
+            (_window(str(key[0]), str(key[1]), str(key[2]), str(key[3])),) if len(raw) == 1
+            else _parse(raw))
     return parsed
 
 
