@@ -417,8 +417,10 @@ class Deferrals:
         # per shared (Target) set: allowed at now, its deny windows active now, its opening
         self._shared_now: dict[tuple[SyncWindow, ...],
                                tuple[bool, list[str], datetime | None]] = {}
-        # per shared set: [``_usual_answer``, the last own window found to get it]
-        self._usual: dict[tuple[SyncWindow, ...], list[Any]] = {}
+        # per shared set: (``_usual_answer``, {(schedule, zone): ``_slack``})
+        self._usual: dict[tuple[SyncWindow, ...],
+                          tuple[tuple[str | None, datetime | None] | None,
+                                dict[tuple[str, str], timedelta]]] = {}
         self._shared_open: dict[tuple[tuple[SyncWindow, ...], datetime], datetime | None] = {}
         self._allow_detail: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
         # the reason of a resource waiting for its shared windows' opening, per opening
@@ -501,19 +503,19 @@ class Deferrals:
         if len(own) == 1:
             # one own deny window (a freeze of one Service): when it is active neither now nor
             # when the shared windows open, the answer is theirs, the same for every resource.
-            # Checked rather than kept per resource (keeping 10,000 distinct answers costs
-            # more), except that the last window to get it gets it again without asking.
+            # Whether it is: its duration against its schedule's slack (below), the same for
+            # every window on that schedule; keeping an answer per resource would cost more.
             usual = self._usual.get(shared)
             if usual is None:
-                usual = self._usual[shared] = [self._usual_answer(shared), None]
-            answer = usual[0]
+                usual = self._usual[shared] = (self._usual_answer(shared), {})
+            answer, slacks = usual
             if answer is not None:
                 window = own[0]
-                if window is usual[1]:
-                    return answer
-                if _active_end(window, self.now) is None and (
-                        answer[1] is None or _active_end(window, answer[1]) is None):
-                    usual[1] = window
+                when = (window.schedule, window.timezone)
+                slack = slacks.get(when)
+                if slack is None:
+                    slack = slacks[when] = self._slack(window, answer[1])
+                if window.duration <= slack:
                     return answer
         decided = self._decided.get((own, shared))
         if decided is None:
@@ -542,6 +544,16 @@ class Deferrals:
         if opens is None:
             return f"outside sync window: no opening found ahead ({detail})", None
         return f"outside sync window: next opens {iso(opens)} ({detail})", opens
+
+    def _slack(self, window: SyncWindow, opens: datetime | None) -> timedelta:
+        """The longest duration a window on ``window``'s schedule and zone may have and be
+        active neither now nor at ``opens`` (when not None): the time since its latest start
+        at or before each (a window is active at t when t - that start < its duration)."""
+        now = self.now
+        slack = now - _around(window, now)[0]
+        if opens is not None:
+            slack = min(slack, opens - _around(window, opens)[0])
+        return slack
 
     def _usual_answer(self, shared: tuple[SyncWindow, ...],
                       ) -> tuple[str | None, datetime | None] | None:

@@ -180,3 +180,26 @@ def test_one_own_deny_window_per_resource_gets_what_its_whole_set_gives() -> Non
             deferred += expected is not None
             allowed_now += expected is None
     assert deferred > 300 and allowed_now > 100  # both sides of the shortcut were asked
+
+
+@pytest.mark.parametrize(("schedule", "duration"), [
+    ("0 11 * * *", "1h"),  # ends exactly now: not active now
+    ("0 11 * * *", "60m1s"),  # one second longer: active now
+    ("0 1 * * *", "1h"),  # ends exactly when the Target's allow window opens
+    ("0 1 * * *", "61m"),  # still active then: the change waits for its end
+    ("0 2 * * *", "1s"),  # starts exactly when the Target's window opens
+])
+def test_an_own_deny_window_ending_or_starting_on_the_edge(schedule: str, duration: str) -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    target = Resource(ResourceKey("prod", "Target", "t"), {}, {"syncWindows": [
+        {"kind": "allow", "schedule": "0 2 * * *", "duration": "2h"}]}, "t.yaml")
+    services = [  # a shorter window on the same schedule asks first, and again after
+        Resource(ResourceKey("prod", "Service", f"s{i}"), {}, {"target": "t", "syncWindows": [
+            {"kind": "deny", "schedule": schedule, "duration": length}]}, "s.yaml")
+        for i, length in enumerate(["1m", duration, "1m"])]
+    desired = DesiredState({r.key: r for r in [target, *services]})
+    view = Deferrals(desired, now)
+    for service in services:
+        windows = view.windows_for(service.key, service, None)
+        assert view.decide(service.key, service, None) == (
+            explain(windows, now), next_open(windows, now)), (schedule, duration)
