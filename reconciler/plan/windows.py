@@ -397,7 +397,10 @@ class Deferrals:
     on that Target). When its own are all deny windows (the usual case: a freeze of one
     Service), the Target's part is judged once per Target and only the resource's own windows
     are asked about per resource: when the Target's windows next open, whether one of its own
-    denies is active then (``_own_denies_open``). Any other set is judged whole."""
+    denies is active then (``_own_denies_open``). A single own deny window that is active
+    neither now nor then gets the Target's answer: told by its duration alone, against the
+    time since its schedule's latest start at each of the two (``_slack``, once per schedule
+    and Target). Any other set is judged whole."""
 
     # how many times a resource's own deny windows may push the Target's opening later before
     # the whole set is searched the generic way (``next_open``)
