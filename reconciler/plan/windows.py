@@ -529,8 +529,8 @@ class Deferrals:
                     ) -> tuple[str | None, datetime | None]:
         """``decide`` for own windows that are all deny windows, the shared part judged once."""
         now = self.now
-        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
         own_active = [w for w in own if _active_end(w, now) is not None]
+        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
         if shared_allowed and not own_active:
             return None, None
         opens = self._own_denies_open(own, shared, shared_opens)
