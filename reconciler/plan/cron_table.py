@@ -21,13 +21,19 @@ from functools import lru_cache
 # on a given weekday can be years away)
 _MAX_DAYS = 4 * 366 + 1
 _ONE_DAY = timedelta(days=1)
+_MIDNIGHT = time()
+# each minute of a day as the time since midnight: summed with a midnight, never multiplied out
+_AT = tuple(timedelta(minutes=m) for m in range(24 * 60))
+_combine = datetime.combine
 _ALL_MINUTES = tuple(range(60))
 _ALL_HOURS = tuple(range(24))
 _ALL_MONTHS = frozenset(range(1, 13))
 _LONGEST = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # days in each month, at most
 
 
-@dataclass(frozen=True)
+# not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, a
+# sizeable part of compiling an expression; tables are shared (compile_cron), never changed
+@dataclass(slots=True)
 class CronTable:
     minutes: tuple[int, ...]  # sorted
     hours: tuple[int, ...]  # sorted
@@ -36,6 +42,7 @@ class CronTable:
     dows: frozenset[int] | None  # 0 = Sunday; None: any day of the week
 
     def day_fires(self, day: date) -> bool:
+        """Whether the schedule fires on ``day`` (a date, or a datetime: its date)."""
         if day.month not in self.months:
             return False
         doms, dows = self.doms, self.dows
@@ -45,51 +52,63 @@ class CronTable:
             return day.day in doms
         return day.day in doms or (day.weekday() + 1) % 7 in dows  # both restricted: either
 
+    # The two searches below add the time of a fire to the day's midnight: the same code
+    # answers for a naive wall time and for an aware UTC instant (a UTC window's fires are its
+    # starts, no zone conversion). Keyword arguments to datetime's methods and multiplied
+    # timedeltas cost several times more than these sums of precomputed values.
+
     def prev_fire(self, wall: datetime) -> datetime | None:
-        """The latest fire at or before ``wall`` (naive wall-clock time); None: ask croniter."""
-        day = wall.date()
-        if self.day_fires(day):
+        """The latest fire at or before ``wall`` (naive wall-clock time, or an instant in UTC:
+        the answer is in the same form); None: ask croniter."""
+        midnight = _combine(wall.date(), _MIDNIGHT, wall.tzinfo)
+        if self.day_fires(midnight):
             at = self._last_at_or_before(wall.hour, wall.minute)
             if at is not None:
-                return datetime.combine(day, at)
+                return midnight + at
+        last = _AT[self.hours[-1] * 60 + self.minutes[-1]]
+        day = midnight
         for _ in range(_MAX_DAYS):
             day -= _ONE_DAY
             if self.day_fires(day):
-                return datetime.combine(day, time(self.hours[-1], self.minutes[-1]))
+                return day + last
         return None
 
     def next_fire(self, wall: datetime) -> datetime | None:
-        """The first fire strictly after ``wall`` (naive); None: ask croniter."""
-        day = wall.date()
-        if self.day_fires(day):
+        """The first fire strictly after ``wall`` (as ``prev_fire``); None: ask croniter."""
+        midnight = _combine(wall.date(), _MIDNIGHT, wall.tzinfo)
+        if self.day_fires(midnight):
             at = self._first_after(wall.hour, wall.minute)
             if at is not None:
-                return datetime.combine(day, at)
+                return midnight + at
+        first = _AT[self.hours[0] * 60 + self.minutes[0]]
+        day = midnight
         for _ in range(_MAX_DAYS):
             day += _ONE_DAY
             if self.day_fires(day):
-                return datetime.combine(day, time(self.hours[0], self.minutes[0]))
+                return day + first
         return None
 
-    def _last_at_or_before(self, hour: int, minute: int) -> time | None:
+    def _last_at_or_before(self, hour: int, minute: int) -> timedelta | None:
+        """The latest fire of a day at or before hour:minute, as time since midnight."""
         hours, minutes = self.hours, self.minutes
         i = bisect_right(hours, hour)  # hours[:i] <= hour
         if i and hours[i - 1] == hour:
             j = bisect_right(minutes, minute)
             if j:
-                return time(hour, minutes[j - 1])
+                return _AT[hour * 60 + minutes[j - 1]]
             i -= 1
-        return time(hours[i - 1], minutes[-1]) if i else None
+        return _AT[hours[i - 1] * 60 + minutes[-1]] if i else None
 
-    def _first_after(self, hour: int, minute: int) -> time | None:
+    def _first_after(self, hour: int, minute: int) -> timedelta | None:
+        """The first fire of a day after hour:minute, as time since midnight."""
         hours, minutes = self.hours, self.minutes
         i = bisect_left(hours, hour)  # hours[i:] >= hour
         if i < len(hours) and hours[i] == hour:
             j = bisect_right(minutes, minute)
             if j < len(minutes):
-                return time(hour, minutes[j])
+                return _AT[hour * 60 + minutes[j]]
             i += 1
-        return time(hours[i], minutes[0]) if i < len(hours) else None
+        return _AT[hours[i] * 60 + minutes[0]] if i < len(hours) else None
 
 
 _MONTHS = {name: n for n, name in enumerate(

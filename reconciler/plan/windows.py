@@ -75,17 +75,20 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat()
 
 
-@dataclass(frozen=True, eq=False)  # identity: parsing shares equal windows
+# identity: parsing shares equal windows. Not frozen: a frozen dataclass's __init__ sets each
+# field through object.__setattr__, which was the largest cost of parsing a window per Service;
+# the slots make it cheaper still. Windows are shared, so nothing assigns to one after parsing.
+@dataclass(eq=False, slots=True)
 class SyncWindow:
     kind: str  # allow | deny
     schedule: str
     duration: timedelta
     timezone: str = DEFAULT_TIMEZONE
-    zone: ZoneInfo = field(default=ZoneInfo(DEFAULT_TIMEZONE), compare=False, repr=False)
+    zone: ZoneInfo = field(default=ZoneInfo(DEFAULT_TIMEZONE), repr=False)
     # [generation of _around, the last answers of around]: kept on the window, which is
     # cheaper to reach than a table keyed by it (asked several times per resource in a plan);
     # shared by every window with the same schedule and zone (``around`` depends on nothing else)
-    spans: list[Any] = field(default_factory=list, compare=False, repr=False)
+    spans: list[Any] = field(default_factory=list, repr=False)
 
     def describe(self) -> str:
         """``allow 0 2 * * * for 1h, Europe/Paris``"""
@@ -119,8 +122,14 @@ class SyncWindow:
 
     def uncached_around(self, now: datetime) -> tuple[datetime, datetime]:
         """``around`` computed from the cron schedule (``around`` caches it per window)."""
-        wall = now.astimezone(self.zone).replace(tzinfo=None)
+        now = _aware(now)
         table = compile_cron(self.schedule)
+        if table is not None and self.timezone == "UTC":
+            # no zone to convert to and no DST: the fires around ``now`` are the starts
+            last, following = table.prev_fire(now), table.next_fire(now)
+            if last is not None and following is not None:
+                return last, following
+        wall = now.astimezone(self.zone).replace(tzinfo=None)
         fire = table.prev_fire(wall) if table is not None else None
         if table is None or fire is None:
             return self._croniter_around(now, wall)
@@ -214,13 +223,6 @@ class _Spans:
 _around = _Spans()
 
 
-@lru_cache(maxsize=16384)
-def _shared_spans(schedule: str, timezone: str) -> list[Any]:
-    """The memo of ``around`` answers for every window firing on ``schedule`` in ``timezone``:
-    windows that differ only in kind or duration ask the cron table once between them."""
-    return []
-
-
 @lru_cache(maxsize=1024)
 def _window_duration(text: str) -> timedelta:
     """A window's duration; ValueError naming the field (parsed once per spelling)."""
@@ -230,13 +232,18 @@ def _window_duration(text: str) -> timedelta:
         raise ValueError(f"duration: {exc}") from None
 
 
-@lru_cache(maxsize=256)
-def _window_zone(name: str) -> ZoneInfo:
-    """A window's time zone; ValueError naming the field (checked once per name)."""
-    error = timezone_error(name)
-    if error:
-        raise ValueError(f"timezone: {error}")
-    return ZoneInfo(name)
+@lru_cache(maxsize=16384)
+def _when(schedule: str, timezone: str) -> tuple[str | None, str | None, str, ZoneInfo | None,
+                                                  list[Any]]:
+    """What a window's schedule and zone give, checked once per pair: (the schedule's error,
+    the zone's error, the schedule stripped, the zone, the memo of ``around`` answers shared
+    by every window firing on that schedule in that zone — windows that differ only in kind or
+    duration ask the cron table once between them)."""
+    # a schedule the cron table models and that fires is valid: croniter's check costs ~0.1 ms
+    schedule_error = None if fires(schedule) else cron_error(schedule)
+    zone_error = timezone_error(timezone)
+    return (schedule_error, zone_error, schedule.strip(),
+            None if zone_error else ZoneInfo(timezone), [])
 
 
 def parse_window(raw: Mapping[str, Any]) -> SyncWindow:
@@ -247,31 +254,32 @@ def parse_window(raw: Mapping[str, Any]) -> SyncWindow:
 
 def _window(kind: Any, schedule: Any, duration_text: Any, timezone: Any) -> SyncWindow:
     """``parse_window`` of the fields of a window."""
-    if kind not in KINDS:
+    if kind != ALLOW and kind != DENY:
         raise ValueError(f"kind: {kind!r} is not one of 'allow', 'deny'")
-    # a schedule the cron table models and that fires is valid: croniter's check costs ~0.1 ms
-    error = None if isinstance(schedule, str) and fires(schedule) else cron_error(schedule)
-    if error:
-        raise ValueError(f"schedule: {error}")
-    assert isinstance(schedule, str)
+    if not isinstance(schedule, str):
+        raise ValueError(f"schedule: {cron_error(schedule)}")
+    named = isinstance(timezone, str)
+    schedule_error, zone_error, stripped, zone, spans = _when(
+        schedule, timezone if named else DEFAULT_TIMEZONE)
+    if schedule_error:
+        raise ValueError(f"schedule: {schedule_error}")
     duration = _window_duration(str(duration_text))
     if duration <= _NOTHING:
         raise ValueError(f"duration: {duration_text!r} must be more than 0")
-    if not isinstance(timezone, str):
-        raise ValueError(f"timezone: {timezone_error(timezone)}")
-    schedule = schedule.strip()
-    # the fields set as the frozen dataclass's __init__ would, without its object.__setattr__
-    # per field: that __init__ was the largest cost of a plan with a window per Service
-    window = object.__new__(SyncWindow)
-    window.__dict__.update(kind=str(kind), schedule=schedule, duration=duration,
-                           timezone=timezone, zone=_window_zone(timezone),
-                           spans=_shared_spans(schedule, timezone))
-    return window
+    if not named or zone is None:
+        raise ValueError(f"timezone: {zone_error if named else timezone_error(timezone)}")
+    return SyncWindow(kind, stripped, duration, timezone, zone, spans)
 
 
-@lru_cache(maxsize=16384)
-def _parse_cached(items: tuple[tuple[str, str, str, str], ...]) -> tuple[SyncWindow, ...]:
-    return tuple([_window(*item) for item in items])
+# The parsed windows of each content of ``syncWindows`` seen (a plain dict: an lru_cache's miss
+# and insertion cost more than parsing a window); emptied when it reaches PARSED_KEEP.
+_parsed: dict[Any, tuple[SyncWindow, ...]] = {}
+PARSED_KEEP = 16384
+
+
+def _fields(window: Mapping[str, Any]) -> tuple[Any, Any, Any, Any]:
+    return (window.get("kind"), window.get("schedule"), window.get("duration"),
+            window.get("timezone", DEFAULT_TIMEZONE))
 
 
 def windows_in(spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
@@ -279,9 +287,31 @@ def windows_in(spec: Mapping[str, Any] | None) -> tuple[SyncWindow, ...]:
     raw = spec.get("syncWindows") if spec else None
     if not raw:
         return ()
-    return _parse_cached(tuple([(str(w.get("kind")), str(w.get("schedule")),
-                                 str(w.get("duration")), str(w.get("timezone", DEFAULT_TIMEZONE)))
-                                for w in raw]))
+    # the key: the fields as written, of the one window most specs have, or of each window
+    if len(raw) == 1:
+        window = raw[0]
+        key: Any = (window.get("kind"), window.get("schedule"), window.get("duration"),
+                    window.get("timezone", DEFAULT_TIMEZONE))
+    else:
+        key = tuple([_fields(window) for window in raw])
+    try:
+        parsed = _parsed.get(key)
+    except TypeError:  # a field that is a list or a mapping: no key; the schema refuses those
+        return _parse(raw)
+    if parsed is None:
+        if len(_parsed) >= PARSED_KEEP:
+            _parsed.clear()
+        parsed = _parsed[key] = (
+            (_window(str(key[0]), str(key[1]), str(key[2]), str(key[3])),) if len(raw) == 1
+            else _parse(raw))
+    return parsed
+
+
+def _parse(raw: Iterable[Mapping[str, Any]]) -> tuple[SyncWindow, ...]:
+    # every field as text, as the YAML of a valid window has it (and says so in its errors)
+    return tuple([_window(str(window.get("kind")), str(window.get("schedule")),
+                          str(window.get("duration")),
+                          str(window.get("timezone", DEFAULT_TIMEZONE))) for window in raw])
 
 
 def windows_of(resource: Resource, target: Resource | None) -> tuple[SyncWindow, ...]:
@@ -367,7 +397,10 @@ class Deferrals:
     on that Target). When its own are all deny windows (the usual case: a freeze of one
     Service), the Target's part is judged once per Target and only the resource's own windows
     are asked about per resource: when the Target's windows next open, whether one of its own
-    denies is active then (``_own_denies_open``). Any other set is judged whole."""
+    denies is active then (``_own_denies_open``). A single own deny window that is active
+    neither now nor then gets the Target's answer: told by its duration alone, against the
+    time since its schedule's latest start at each of the two (``_slack``, once per schedule
+    and Target). Any other set is judged whole."""
 
     # how many times a resource's own deny windows may push the Target's opening later before
     # the whole set is searched the generic way (``next_open``)
@@ -377,7 +410,8 @@ class Deferrals:
         self.desired = desired
         self.now = _aware(now)
         self._limit = self.now + HORIZON
-        self._targets: dict[ResourceKey, tuple[SyncWindow, ...]] = {}
+        # each Target's windows, by (environment, name): asked for every resource on it
+        self._targets: dict[tuple[str, str], tuple[SyncWindow, ...]] = {}
         self._env: dict[str, tuple[SyncWindow, ...]] = {}
         self._reasons: dict[tuple[SyncWindow, ...], str | None] = {}
         self._opens: dict[tuple[SyncWindow, ...], datetime | None] = {}
@@ -386,19 +420,24 @@ class Deferrals:
         # per shared (Target) set: allowed at now, its deny windows active now, its opening
         self._shared_now: dict[tuple[SyncWindow, ...],
                                tuple[bool, list[str], datetime | None]] = {}
+        # per shared set: (``_usual_answer``, {(schedule, zone): ``_slack``})
+        self._usual: dict[tuple[SyncWindow, ...],
+                          tuple[tuple[str | None, datetime | None] | None,
+                                dict[tuple[str, str], timedelta]]] = {}
         self._shared_open: dict[tuple[tuple[SyncWindow, ...], datetime], datetime | None] = {}
         self._allow_detail: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
         # the reason of a resource waiting for its shared windows' opening, per opening
         self._waiting: dict[tuple[tuple[SyncWindow, ...], datetime], str] = {}
 
     def _target_windows(self, key: ResourceKey | None) -> tuple[SyncWindow, ...]:
-        if key is None:
-            return ()
-        cached = self._targets.get(key)
+        return () if key is None else self._named_target_windows(key[0], key[2])
+
+    def _named_target_windows(self, environment: str, name: str) -> tuple[SyncWindow, ...]:
+        cached = self._targets.get((environment, name))
         if cached is None:
-            target = self.desired.resources.get(key)
+            target = self.desired.resources.get(ResourceKey(environment, "Target", name))
             cached = windows_in(target.spec) if target is not None else ()
-            self._targets[key] = cached
+            self._targets[(environment, name)] = cached
         return cached
 
     def environment_windows(self, environment: str) -> tuple[SyncWindow, ...]:
@@ -444,7 +483,18 @@ class Deferrals:
         """(why a change to ``key`` is deferred now, when its windows next open), or
         (None, None) when it may be applied now: ``explain`` and ``next_open`` of
         ``windows_for(...)``, the same answers."""
-        own, shared = self._parts(key, resource, recorded_spec)
+        if resource is not None and resource.key[1] != "Target":  # ``_parts``, the usual case
+            spec = resource.spec
+            own = windows_in(spec)
+            name = spec.get("target")  # what ``resource.target_key`` names, without the key
+            shared: tuple[SyncWindow, ...] = ()
+            if isinstance(name, str):
+                environment = resource.key[0]
+                cached = self._targets.get((environment, name))
+                shared = (cached if cached is not None
+                          else self._named_target_windows(environment, name))
+        else:
+            own, shared = self._parts(key, resource, recorded_spec)
         generic = not own or not shared
         for window in own:
             if window.kind != DENY:
@@ -453,6 +503,23 @@ class Deferrals:
             windows = own + shared
             reason = self.reason(windows)
             return reason, (self.next_open(windows) if reason is not None else None)
+        if len(own) == 1:
+            # one own deny window (a freeze of one Service): when it is active neither now nor
+            # when the shared windows open, the answer is theirs, the same for every resource.
+            # Whether it is: its duration against its schedule's slack (below), the same for
+            # every window on that schedule; keeping an answer per resource would cost more.
+            usual = self._usual.get(shared)
+            if usual is None:
+                usual = self._usual[shared] = (self._usual_answer(shared), {})
+            answer, slacks = usual
+            if answer is not None:
+                window = own[0]
+                when = (window.schedule, window.timezone)
+                slack = slacks.get(when)
+                if slack is None:
+                    slack = slacks[when] = self._slack(window, answer[1])
+                if window.duration <= slack:
+                    return answer
         decided = self._decided.get((own, shared))
         if decided is None:
             decided = self._decided[(own, shared)] = self._own_denies(own, shared)
@@ -468,15 +535,7 @@ class Deferrals:
             return None, None
         opens = self._own_denies_open(own, shared, shared_opens)
         if opens is not None and not own_active and not shared_denying:
-            # the usual deferral: waiting for an allow window, the same text for every resource
-            # that waits for the same opening
-            key = (shared, opens)
-            text = self._waiting.get(key)
-            if text is None:
-                text = self._waiting[key] = (
-                    f"outside sync window: next opens {iso(opens)} "
-                    f"({self._allows_active_at(shared, opens)})")
-            return text, opens
+            return self._waiting_for(shared, opens), opens
         # the text of ``explain(own + shared, now, opens)``: own windows come first
         if own_active or shared_denying:
             detail = ", ".join([f"{w.describe()} is active" for w in own_active]
@@ -488,6 +547,39 @@ class Deferrals:
         if opens is None:
             return f"outside sync window: no opening found ahead ({detail})", None
         return f"outside sync window: next opens {iso(opens)} ({detail})", opens
+
+    def _slack(self, window: SyncWindow, opens: datetime | None) -> timedelta:
+        """The longest duration a window on ``window``'s schedule and zone may have and be
+        active neither now nor at ``opens`` (when not None): the time since its latest start
+        at or before each (a window is active at t when t - that start < its duration)."""
+        now = self.now
+        slack = now - _around(window, now)[0]
+        if opens is not None:
+            slack = min(slack, opens - _around(window, opens)[0])
+        return slack
+
+    def _usual_answer(self, shared: tuple[SyncWindow, ...],
+                      ) -> tuple[str | None, datetime | None] | None:
+        """``decide``'s answer for own deny windows active neither now nor at the shared
+        windows' next opening: (None, None) when the shared windows allow now, the wait for
+        their opening when none of their deny windows is active now; None otherwise (judged
+        whole)."""
+        shared_allowed, shared_denying, shared_opens = self._shared_at_now(shared)
+        if shared_allowed:
+            return None, None
+        if shared_denying or shared_opens is None or shared_opens > self._limit:
+            return None
+        return self._waiting_for(shared, shared_opens), shared_opens
+
+    def _waiting_for(self, shared: tuple[SyncWindow, ...], opens: datetime) -> str:
+        """The usual deferral: waiting for an allow window, the same text for every resource
+        that waits for the same opening."""
+        key = (shared, opens)
+        text = self._waiting.get(key)
+        if text is None:
+            text = self._waiting[key] = (f"outside sync window: next opens {iso(opens)} "
+                                         f"({self._allows_active_at(shared, opens)})")
+        return text
 
     def _shared_at_now(self, shared: tuple[SyncWindow, ...],
                        ) -> tuple[bool, list[str], datetime | None]:

@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from croniter import croniter
@@ -112,3 +113,78 @@ print("croniter" in sys.modules)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.split() == ["False"], proc.stdout + proc.stderr
+
+
+def random_expressions(rng: random.Random, count: int) -> list[str]:
+    """``count`` random expressions that fire (croniter says so)."""
+    found: list[str] = []
+    while len(found) < count:
+        expr = expression(rng)
+        try:
+            croniter(expr, datetime(2026, 1, 1)).get_next(datetime)
+        except Exception:  # never fires (February 30th)
+            continue
+        found.append(expr)
+    return found
+
+
+def test_fires_around_an_instant_in_utc_agree_with_croniter() -> None:
+    # A UTC window asks the table with the instant itself (no wall time, no zone work): the
+    # answers must be croniter's for the aware time, at any second, on a fire and just before.
+    rng = random.Random(2026)
+    for expr in random_expressions(rng, 200):
+        table = compile_cron(expr)
+        assert table is not None, expr
+        for _ in range(3):
+            now = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(
+                minutes=rng.randint(0, 3 * 525_600), seconds=rng.choice([0, 0, 17, 59]),
+                microseconds=rng.choice([0, 0, 1, 999_999]))
+            fire = croniter(expr, now).get_next(datetime)
+            for moment in (now, fire, fire - timedelta(microseconds=1)):
+                expected_prev = croniter(expr, moment + timedelta(microseconds=1)).get_prev(
+                    datetime)
+                expected_next = croniter(expr, moment).get_next(datetime)
+                assert table.prev_fire(moment) == expected_prev, (expr, moment)
+                assert table.next_fire(moment) == expected_next, (expr, moment)
+                assert table.prev_fire(moment).tzinfo is UTC
+
+
+def dst_changes(zone: ZoneInfo, year: int) -> list[datetime]:
+    """The instants (UTC, to the hour) around which ``zone``'s offset changes in ``year``."""
+    changes = []
+    moment = datetime(year, 1, 1, tzinfo=UTC)
+    offset = moment.astimezone(zone).utcoffset()
+    while moment.year == year:
+        moment += timedelta(hours=1)
+        current = moment.astimezone(zone).utcoffset()
+        if current != offset:
+            changes.append(moment)
+            offset = current
+    return changes
+
+
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Pacific/Chatham",
+         "America/St_Johns", "Asia/Kathmandu"]
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_windows_on_random_schedules_agree_with_croniter_across_dst(zone: str) -> None:
+    # random expressions (not only the usual ones) in zones with whole, half-hour and 45-minute
+    # offsets and DST changes of one hour or of 30 minutes, at instants near each change
+    rng = random.Random(f"dst {zone}")
+    changes = dst_changes(ZoneInfo(zone), 2026)
+    assert changes or zone in ("UTC", "Asia/Kathmandu")
+    for expr in random_expressions(rng, 40):
+        window = parse_window({"kind": "deny", "schedule": expr, "duration": "1h",
+                               "timezone": zone})
+        for _ in range(8):
+            base = (rng.choice(changes) if changes and rng.random() < 0.75
+                    else datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=rng.randint(0, 364)))
+            now = base + timedelta(seconds=rng.randint(-2 * 86_400, 2 * 86_400))
+            wall = now.astimezone(window.zone).replace(tzinfo=None)
+            expected = window._croniter_around(now, wall)
+            assert window.uncached_around(now) == expected, (expr, zone, now)
+            if zone == "UTC":  # croniter alone, on the aware instant
+                assert expected == (
+                    croniter(expr, now + timedelta(microseconds=1)).get_prev(datetime),
+                    croniter(expr, now).get_next(datetime)), (expr, now)

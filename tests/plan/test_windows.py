@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from reconciler.plan import windows as windows_module
 from reconciler.plan.windows import (
     SyncWindow,
     allowed,
@@ -183,6 +184,13 @@ def test_naive_times_are_refused() -> None:
         ({"kind": "allow", "schedule": "* * * * *", "duration": "0s"}, "more than 0"),
         ({"kind": "allow", "schedule": "* * * * *", "duration": "1h", "timezone": "Mars/Base"},
          "timezone"),
+        ({"kind": "allow", "schedule": "* * * * *", "duration": "1h", "timezone": 5},
+         "^timezone: 5 is not a time zone name"),
+        # the first bad field is named: schedule, then duration, then zone
+        ({"kind": "allow", "schedule": "0 0 30 2 *", "duration": "1 hour",
+          "timezone": "Mars/Base"}, "^schedule"),
+        ({"kind": "allow", "schedule": "0 0 * * *", "duration": "1 hour",
+          "timezone": "Mars/Base"}, "^duration"),
     ],
 )
 def test_parse_window_refuses_bad_fields(raw: dict[str, str], message: str) -> None:
@@ -220,6 +228,41 @@ def test_parsed_windows_are_shared_between_equal_specs() -> None:
     b = windows_in({"syncWindows": [dict(NIGHTLY)]})
     assert a is b
     assert windows_in({}) == () and windows_in(None) == ()
+
+
+def test_parsed_windows_are_told_apart_by_every_field_and_their_order() -> None:
+    one = windows_in({"syncWindows": [dict(NIGHTLY)]})
+    both = windows_in({"syncWindows": [dict(NIGHTLY), dict(FREEZE)]})
+    swapped = windows_in({"syncWindows": [dict(FREEZE), dict(NIGHTLY)]})
+    assert [x.kind for x in both] == ["allow", "deny"]
+    assert [x.kind for x in swapped] == ["deny", "allow"]
+    assert len(one) == 1 and len(both) == 2
+    for field, value in (("kind", "deny"), ("schedule", "0 3 * * *"), ("duration", "2h"),
+                         ("timezone", "Europe/Paris")):
+        other = windows_in({"syncWindows": [{**NIGHTLY, field: value}]})[0]
+        assert getattr(other, field) != getattr(one[0], field)
+        assert other is not one[0]
+    assert windows_in({"syncWindows": [{**NIGHTLY, "duration": "2h"}]})[0].duration == (
+        timedelta(hours=2))
+    # "UTC" written out is the same window as the default
+    assert windows_in({"syncWindows": [{**NIGHTLY, "timezone": "UTC"}]}) is one
+
+
+def test_parsing_windows_keeps_a_bounded_memo_and_still_answers() -> None:
+    first = windows_in({"syncWindows": [dict(NIGHTLY)]})
+    for minute in range(windows_module.PARSED_KEEP + 10):  # fills and empties the memo
+        windows_in({"syncWindows": [{**NIGHTLY, "duration": f"{minute + 1}s"}]})
+    assert len(windows_module._parsed) <= windows_module.PARSED_KEEP
+    again = windows_in({"syncWindows": [dict(NIGHTLY)]})
+    assert again[0].schedule == first[0].schedule and again[0].duration == first[0].duration
+
+
+@pytest.mark.parametrize("field", ["kind", "schedule", "duration", "timezone"])
+def test_a_window_field_that_is_not_text_is_refused_by_name(field: str) -> None:
+    # not a key of the memo of parsed windows (a list is not hashable): still a ValueError that
+    # names the field, as for any other bad value
+    with pytest.raises(ValueError, match=f"^{field}"):
+        windows_in({"syncWindows": [{**NIGHTLY, field: ["0 2 * * *"]}]})
 
 
 def test_ignoring_windows_is_scoped() -> None:

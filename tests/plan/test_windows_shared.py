@@ -129,3 +129,77 @@ def test_a_cached_field_is_not_reused_in_another_context(expression: str) -> Non
         expected = croniter(expression, wall).get_next(datetime)
         assert table.next_fire(wall) == expected, (expression, wall)
         wall = expected
+
+
+def test_one_own_deny_window_per_resource_gets_what_its_whole_set_gives() -> None:
+    # The planner's shortcut for a single own deny window (a freeze of one Service): the
+    # Target's answer unless the window is active now or when the Target's windows open. Many
+    # distinct windows (a minute and a duration of their own, as bench/sync_windows.py has
+    # them) around those openings, some repeated so that parsing shares them, in random order.
+    rng = random.Random("one own deny")
+    target_windows = [
+        [{"kind": "allow", "schedule": "0 2 * * 1-5", "duration": "2h",
+          "timezone": "Europe/Paris"}, {"kind": "deny", "schedule": "0 0 24 12 *",
+                                        "duration": "72h"}],
+        [{"kind": "allow", "schedule": "30 */6 * * *", "duration": "1h",
+          "timezone": "America/New_York"}],
+        [{"kind": "deny", "schedule": "0 12 * * *", "duration": "3h"}],  # deny only
+    ]
+    resources: dict[ResourceKey, Resource] = {}
+    for t, windows in enumerate(target_windows):
+        target = Resource(ResourceKey("prod", "Target", f"t{t}"), {},
+                          {"syncWindows": windows}, "t.yaml")
+        resources[target.key] = target
+    own = [{"kind": "deny", "schedule": f"{rng.randint(0, 59)} {rng.randint(0, 23)} * * *",
+            "duration": rng.choice(["1m", "30m", "2h", "5h"]),
+            "timezone": rng.choice(["UTC", "UTC", "Europe/Paris"])} for _ in range(80)]
+    for i in range(300):
+        window = dict(rng.choice(own))
+        service = Resource(ResourceKey("prod", "Service", f"s{i}"), {},
+                           {"target": f"t{rng.randrange(3)}", "syncWindows": [window]},
+                           "s.yaml")
+        resources[service.key] = service
+    desired = DesiredState(resources, commit="c" * 40)
+    nows = [datetime(2026, 11, 26, 12, 0, tzinfo=UTC)]  # the bench's time
+    nows += [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randint(0, 525_600))
+             for _ in range(5)]
+    nows += [datetime(2026, 12, 23, 23, 0, tzinfo=UTC)]  # just before the Christmas deny
+    deferred = allowed_now = 0
+    for now in nows:
+        windows_module._around.cache_clear()
+        view = Deferrals(desired, now)
+        for key, resource in desired.resources.items():
+            if key.kind == "Target":
+                continue
+            windows = view.windows_for(key, resource, None)
+            reason, opens = view.decide(key, resource, None)
+            expected = explain(windows, now)
+            assert reason == expected, (key, now, windows)
+            assert opens == (next_open(windows, now) if expected is not None else None), (
+                key, now, windows)
+            deferred += expected is not None
+            allowed_now += expected is None
+    assert deferred > 300 and allowed_now > 100  # both sides of the shortcut were asked
+
+
+@pytest.mark.parametrize(("schedule", "duration"), [
+    ("0 11 * * *", "1h"),  # ends exactly now: not active now
+    ("0 11 * * *", "60m1s"),  # one second longer: active now
+    ("0 1 * * *", "1h"),  # ends exactly when the Target's allow window opens
+    ("0 1 * * *", "61m"),  # still active then: the change waits for its end
+    ("0 2 * * *", "1s"),  # starts exactly when the Target's window opens
+])
+def test_an_own_deny_window_ending_or_starting_on_the_edge(schedule: str, duration: str) -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    target = Resource(ResourceKey("prod", "Target", "t"), {}, {"syncWindows": [
+        {"kind": "allow", "schedule": "0 2 * * *", "duration": "2h"}]}, "t.yaml")
+    services = [  # a shorter window on the same schedule asks first, and again after
+        Resource(ResourceKey("prod", "Service", f"s{i}"), {}, {"target": "t", "syncWindows": [
+            {"kind": "deny", "schedule": schedule, "duration": length}]}, "s.yaml")
+        for i, length in enumerate(["1m", duration, "1m"])]
+    desired = DesiredState({r.key: r for r in [target, *services]})
+    view = Deferrals(desired, now)
+    for service in services:
+        windows = view.windows_for(service.key, service, None)
+        assert view.decide(service.key, service, None) == (
+            explain(windows, now), next_open(windows, now)), (schedule, duration)
