@@ -5,8 +5,9 @@ Target, aiodocker (and aiohttp) only for a compose Target. Each of them costs te
 milliseconds of every `reconciler` run (docs/performance.md, the compose row), so a module-level
 import that brings one back fails here. A `diff` or `apply` of a local config repository needs no
 GitPython (commits are read with git itself; GitPython clones and fetches), and no one-shot
-command loads prometheus_client: only the daemon serves metrics, elsewhere they are discarded. The commands run in a real interpreter,
-as users run them, and the test looks at that process's ``sys.modules`` when it exits.
+command loads prometheus_client: only the daemon serves metrics, elsewhere they are discarded.
+The commands run in a real interpreter, as users run them, and the test looks at that process's
+``sys.modules`` when it exits.
 """
 
 from __future__ import annotations
