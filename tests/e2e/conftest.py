@@ -140,6 +140,18 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str
         return exc.code, exc.read().decode()
 
 
+def stop_daemon(daemon: subprocess.Popen[str]) -> int:
+    """SIGTERM, then the daemon's exit code within 30 s; killed (and the timeout raised) if it
+    hangs."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        return daemon.wait(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, step: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

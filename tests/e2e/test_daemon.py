@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
+from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, stop_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -93,12 +93,7 @@ spec:
         run = next(d for d in fleet.json("history", "report") if d["trigger"] == "schedule")
         assert run["status"] == "succeeded"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=30)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        code = stop_daemon(daemon)
     out = daemon.stdout.read() if daemon.stdout else ""
     assert code == 0, out[-3000:]
     assert "Traceback" not in out
@@ -128,9 +123,4 @@ def test_daemon_heals_a_killed_service(fleet: Fleet) -> None:
         hist = fleet.json("history", "api")
         assert "drift" in hist[0]["trigger"] and hist[0]["status"] == "succeeded", hist
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            assert daemon.wait(timeout=30) == 0
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        assert stop_daemon(daemon) == 0

@@ -5,7 +5,6 @@ process that starts slowly keeps the pass running past a short --pass-overrun; /
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
+from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, stop_daemon, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -84,12 +83,7 @@ def test_overrunning_pass_makes_readyz_not_ready_until_it_ends(fleet: Fleet) -> 
         assert http_get(port)[0] == 200  # the rollout succeeded
         assert pass_age(listen) < LIMIT_S
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=30)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        code = stop_daemon(daemon)
     out = daemon.stdout.read() if daemon.stdout else ""
     assert code == 0, out[-3000:]
     assert out.count("reconcile pass overrunning") == 1, out[-3000:]  # once per overrun

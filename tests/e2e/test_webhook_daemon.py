@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, git, http_get, service_yaml, wait_for
+from tests.e2e.conftest import (
+    Fleet,
+    free_port,
+    git,
+    http_get,
+    service_yaml,
+    stop_daemon,
+    wait_for,
+)
 from tests.helpers import need
 
 pytestmark = pytest.mark.timeout(180)
@@ -190,12 +197,7 @@ def test_signed_push_webhook_rolls_out_remote_commit(fleet: Fleet, tmp_path: Pat
         assert status == 413
         assert greeting(port) == "three"
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=30)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+        code = stop_daemon(daemon)
     err = daemon.stderr.read() if daemon.stderr else ""
     assert code == 0, err[-3000:]
     assert "Traceback" not in err

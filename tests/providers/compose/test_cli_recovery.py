@@ -8,7 +8,6 @@ run knows reaches the next only through the database (and Docker itself).
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import stop_daemon
 from tests.infra.testinfra import Infra
 from tests.providers.compose.conftest import (
     IMAGE_REPO,
@@ -173,13 +173,7 @@ def test_daemon_redeploys_a_container_removed_by_hand(
         assert "drift" in history[0]["trigger"], history[0]
         assert [d["status"] for d in history] == ["succeeded", "succeeded"]
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            code = daemon.wait(timeout=30)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
-                daemon.wait(timeout=10)
+        code = stop_daemon(daemon)
     out = daemon.stdout.read() if daemon.stdout else ""
     assert code == 0, out[-3000:]
     assert "drift detected" in out
