@@ -261,9 +261,12 @@ class Provider(Protocol):
     async def observe(self, resource: Resource) -> list[InstanceState]:
         """Live state of each instance: which revision runs, is it up."""
 
-    async def deploy(self, release: Release, instance: Instance) -> None:
+    async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
         """Deliver ``release`` to ``instance`` and (re)start it. Returns once started; health is
-        checked by the caller. Deploying a release that is already on the instance reuses it."""
+        checked by the caller. Deploying a release that is already on the instance reuses it.
+        Returns the instance as observed right after the (re)start when the provider observed
+        it on the way (the health gate then starts from it, without observing it again);
+        None otherwise."""
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         """Stop the resource on the instance, keeping its releases."""

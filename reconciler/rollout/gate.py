@@ -85,7 +85,10 @@ class Gate(EngineCore):
     """The health gate of one instance."""
 
     async def health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
-                          instance: Instance) -> tuple[bool, str]:
+                          instance: Instance, as_deployed: InstanceState | None = None
+                          ) -> tuple[bool, str]:
+        """``as_deployed``: the instance as its deploy observed it right after the (re)start
+        (``Provider.deploy``), the gate's first look; None: the gate looks first."""
         health = health_for(resource, instance)
         step = await self.store.start_step(deployment_id, "health", instance.id)
         started = time.monotonic()
@@ -101,7 +104,7 @@ class Gate(EngineCore):
             output: list[str] = []
             token = _LAST_OUTPUT.set(output)
             try:
-                first = await observed()
+                first = as_deployed if as_deployed is not None else await observed()
                 gone = departure(None, first)
                 if gone is not None:
                     ok, message = False, await _with_output(provider, resource, instance,

@@ -121,9 +121,11 @@ class Healing(Gate, Journal, Releases):
         failures: list[str] = []
         for instance in drifted:
             try:
-                await self.step(dep.id, "deploy", instance, provider.deploy(release, instance),
-                                f"revision {revision} (heal)")
-                healthy, message = await self.health_gate(dep.id, provider, resource, instance)
+                started = await self.step(dep.id, "deploy", instance,
+                                          provider.deploy(release, instance),
+                                          f"revision {revision} (heal)")
+                healthy, message = await self.health_gate(dep.id, provider, resource, instance,
+                                                          started)
                 if not healthy:
                     failures.append(f"{instance.id}: health check failed: {message}")
             except ReconcilerError as exc:

@@ -115,9 +115,11 @@ class Rollbacks(Gate, Journal, Releases):
                                                                 if i.id in last]
 
         async def restore(instance: Instance) -> None:
-            await self.step(dep.id, "rollback", instance, provider.deploy(release, instance),
-                            f"revision {good.to_revision}")
-            healthy, message = await self.health_gate(dep.id, provider, previous, instance)
+            started = await self.step(dep.id, "rollback", instance,
+                                      provider.deploy(release, instance),
+                                      f"revision {good.to_revision}")
+            healthy, message = await self.health_gate(dep.id, provider, previous, instance,
+                                                      started)
             if not healthy:
                 raise DeploymentFailed(f"{instance.id}: previous revision unhealthy: {message}")
 

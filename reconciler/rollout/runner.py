@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from reconciler.errors import ReconcilerError
 from reconciler.health.probes import probe
 from reconciler.health.wait import has_probes
-from reconciler.providers import Instance, Provider, Release, probe_site
+from reconciler.providers import Instance, InstanceState, Provider, Release, probe_site
 from reconciler.rollout import control
 from reconciler.rollout.strategies import (
     BLUE_GREEN,
@@ -91,7 +91,8 @@ class RolloutEngine(Protocol):
                    operation: Awaitable[Any], detail: str = "") -> Any: ...
 
     async def health_gate(self, deployment_id: str, provider: Provider, resource: Resource,
-                          instance: Instance) -> tuple[bool, str]: ...
+                          instance: Instance, as_deployed: InstanceState | None = None
+                          ) -> tuple[bool, str]: ...
 
     def release_for(self, resource: Resource, revision: str, commit: str | None) -> Release: ...
 
@@ -171,13 +172,14 @@ class RolloutRun:
             if instance.id in self.done:  # moved and gated before an interruption
                 return True, "gated before the interruption"
             try:
-                await self.engine.step(self.dep.id, "deploy", instance,
-                                       self.provider.deploy(self.release, instance), detail)
+                started: InstanceState | None = await self.engine.step(
+                    self.dep.id, "deploy", instance,
+                    self.provider.deploy(self.release, instance), detail)
             except (ReconcilerError, OSError, TimeoutError):
                 self.unreached.append(instance)
                 raise
             return await self.engine.health_gate(self.dep.id, self.provider, self.resource,
-                                                 instance)
+                                                 instance, started)
 
         results = await _all(deploy_and_gate(i) for i in batch)
         bad = [f"{i.id}: health check failed: {msg}"
@@ -245,13 +247,13 @@ class RolloutRun:
                                               self.release.config_commit)
         # 1. the new slot beside the old one, health-gated
         self.started_new = list(self.new_instances)
-        await _all(self.engine.step(self.dep.id, "deploy", i,
-                                    self.provider.deploy(new_release, i),
-                                    f"revision {self.revision} (slot {new})")
-                   for i in self.new_instances)
+        started: list[InstanceState | None] = await _all(
+            self.engine.step(self.dep.id, "deploy", i, self.provider.deploy(new_release, i),
+                             f"revision {self.revision} (slot {new})")
+            for i in self.new_instances)
         results = await asyncio.gather(*(
-            self.engine.health_gate(self.dep.id, self.provider, self.slot_new, i)
-            for i in self.new_instances))
+            self.engine.health_gate(self.dep.id, self.provider, self.slot_new, i, state)
+            for i, state in zip(self.new_instances, started, strict=True)))
         bad = [f"{i.id} (slot {new}): health check failed: {msg}"
                for i, (ok, msg) in zip(self.new_instances, results, strict=True) if not ok]
         if bad:

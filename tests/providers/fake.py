@@ -55,6 +55,8 @@ WORKLOAD_SCHEMA: dict[str, Any] = {
         "health": {"enum": ["healthy", "unhealthy", "starting", "none", "crash"],
                    "description": "The platform's own health signal after a deploy."},
         "failDeploy": {"type": "boolean", "description": "deploy raises ProviderError."},
+        "reportsStart": {"type": "boolean",
+                         "description": "deploy returns the instance as it started."},
     },
     "additionalProperties": False,
 }
@@ -78,6 +80,10 @@ class World:
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (op, resource, instance)
     probes: list[tuple[str, tuple[str, ...], str | None]] = field(default_factory=list)
     next_pid: int = 1000
+    # Observations of each instance since its last deploy, and their number when each exec
+    # probe ran (what the health gate looked at before probing).
+    looks: dict[str, int] = field(default_factory=dict)
+    looks_at_probe: list[tuple[str, int]] = field(default_factory=list)
     # When set, a run waits for it (``run_started`` is set once a run is going on).
     run_gate: asyncio.Event | None = None
     run_started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,6 +108,7 @@ class InstanceShell:
     async def run(self, argv: Sequence[str], *, timeout: float = 60.0,
                   cwd: str | None = None) -> CommandResult:
         self.world.probes.append((self.instance, tuple(argv), cwd))
+        self.world.looks_at_probe.append((self.instance, self.world.looks.get(self.instance, 0)))
         slot = self.world.slots.get(self.instance)
         ok = slot is not None and slot.phase is Phase.RUNNING and list(argv) == ["true"]
         return CommandResult(0 if ok else 1, b"", b"" if ok else b"probe failed")
@@ -124,6 +131,7 @@ class FakeProvider:
         return [await self.observe_instance(resource, i) for i in await self.instances(resource)]
 
     async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState:
+        self.world.looks[instance.id] = self.world.looks.get(instance.id, 0) + 1
         slot = self.world.slots.get(instance.id)
         if slot is None:
             return InstanceState(instance, None, False, "nothing deployed", phase=Phase.MISSING)
@@ -143,7 +151,7 @@ class FakeProvider:
     def probe_runner(self, instance: Instance, state: InstanceState) -> InstanceShell:
         return InstanceShell(self.world, instance.id)
 
-    async def deploy(self, release: Release, instance: Instance) -> None:
+    async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
         resource = release.resource
         self.world.calls.append(("deploy", str(resource.key), instance.id))
         behaviour = dict(resource.spec.get("fake") or {})
@@ -160,6 +168,12 @@ class FakeProvider:
             pid=self.world.next_pid,
             starting_looks=3 if health == "starting" else 0,
         )
+        self.world.looks[instance.id] = 0
+        if not behaviour.get("reportsStart"):
+            return None
+        started = await self.observe_instance(resource, instance)
+        self.world.looks[instance.id] = 0  # the provider's own look on the way, not the gate's
+        return started
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         self.world.calls.append(("stop", str(resource.key), instance.id))

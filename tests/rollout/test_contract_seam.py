@@ -135,6 +135,21 @@ async def test_exec_probes_run_where_the_capability_says(fleet: Fleet) -> None:
         ("api-1", ("true",), "/fake/api"), ("api-2", ("true",), "/fake/api")}
 
 
+async def test_the_gate_starts_from_the_state_a_deploy_reports(fleet: Fleet) -> None:
+    """A provider whose deploy returns the instance as it started (bare metal's commit observes
+    the units it restarted) spares the gate its first look: the first probe runs after no
+    observation; otherwise the gate looks once before probing."""
+    health = {"exec": {"command": ["true"]}, "interval": "50ms", "timeout": "1s"}
+    fleet.service("api", {"health": "none", "reportsStart": True}, health=health)
+    fleet.service("web", {"health": "none"}, health=health)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) == "succeeded"
+    first: dict[str, int] = {}
+    for instance, looks in fleet.world.looks_at_probe:
+        first.setdefault(instance, looks)
+    assert first == {"api-1": 0, "api-2": 0, "web-1": 1, "web-2": 1}, first
+
+
 async def test_heal_redeploys_an_instance_that_died(fleet: Fleet) -> None:
     fleet.service("api", {"health": "healthy"})
     desired = fleet.load()

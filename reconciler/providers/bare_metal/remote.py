@@ -42,7 +42,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,6 +74,7 @@ from reconciler.providers.bare_metal.provider import (
 from reconciler.providers.bare_metal.releases import ReleaseStore, publish_modes, within
 from reconciler.providers.bare_metal.systemd import (
     UNIT_DIR,
+    Group,
     Systemd,
     UnitNames,
     UnitSettings,
@@ -404,7 +405,9 @@ class SystemdSSHProvider:
         with contextlib.suppress(ProviderError, OSError):
             await transport.connect()
 
-    async def deploy(self, release: Release, instance: Instance) -> None:
+    async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
+        """Staged, committed with the host's other deploys; a Service's instance as observed
+        right after its restart (by the commit's own remote command)."""
         self._config(instance)
         resource = release.resource
         release = instance_release(release, instance)
@@ -417,14 +420,17 @@ class SystemdSSHProvider:
         else:
             unit = None  # a Job runs in run(); deploying installs it
 
-        async def once() -> None:
+        async def once() -> InstanceState | None:
             commits = host_commits(self.transport_for(instance))
             async with commits.staging(self._slots[instance.id]):
                 transport, store, written, units = await self._stage(release, instance)
-            # reload, switch and restart together with the host's other deploys in flight
+            # reload, switch and restart together with the host's other deploys in flight; a
+            # Service's unit is observed by the same remote command once restarted (the state
+            # its health gate starts from)
             outcome = await commits.commit(CommitRequest(
                 switch=store.switch_args(release.revision), restart=unit,
-                unit_written=written, units=tuple(units)))
+                unit_written=written, units=tuple(units),
+                observe=self._observe_group(resource) if resource.kind == "Service" else None))
             if not outcome.switched:
                 raise ProviderError(
                     f"{resource.key}: switching current to {release.revision} on "
@@ -441,9 +447,12 @@ class SystemdSSHProvider:
                     + (f"\n{hint}" if hint else "")
                 )
             await store.prune(self.keep_releases, current=release.revision)
+            if outcome.observed is None:
+                return None
+            return self._state(resource, instance, outcome.observed)
 
         async with self._lock(resource.key, instance.id):
-            await self._retrying(instance, f"deploy of {resource.key}", once)
+            return await self._retrying(instance, f"deploy of {resource.key}", once)
 
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self._config(instance)
@@ -475,21 +484,30 @@ class SystemdSSHProvider:
         """One host's state (the health gate of one instance needs no other host's)."""
         return await self._observe(resource, instance)
 
-    async def _observe(self, resource: Resource, instance: Instance) -> InstanceState:
+    def _observe_group(self, resource: Resource) -> Group:
+        """What ``OBSERVE_SCRIPT`` is given for ``resource``'s unit."""
         names = self.units(resource)
-        service_dir = self.service_dir(resource)
-        releases_dir = posixpath.join(service_dir, "releases")
+        return (names.service, self.service_dir(resource),
+                posixpath.join(UNIT_DIR, names.service),
+                names.timer if resource.kind == "Schedule" else "")
+
+    async def _observe(self, resource: Resource, instance: Instance) -> InstanceState:
         systemd = Systemd(self.transport_for(instance))
         try:
-            props = await systemd.observe(
-                names.service, service_dir, posixpath.join(UNIT_DIR, names.service),
-                names.timer if resource.kind == "Schedule" else None,
-            )
+            props = await systemd.observe(*self._observe_group(resource))
         except ProviderError as exc:
             if not _retryable(exc):
                 raise
             return InstanceState(instance, None, False, f"unreachable: {exc.message}",
                                  {"reachable": False})
+        return self._state(resource, instance, props)
+
+    def _state(self, resource: Resource, instance: Instance,
+               props: Mapping[str, str]) -> InstanceState:
+        """The instance as ``OBSERVE_SCRIPT``'s properties of its unit describe it."""
+        names = self.units(resource)
+        service_dir = self.service_dir(resource)
+        releases_dir = posixpath.join(service_dir, "releases")
         current_link = props.get("FraisierCurrent", "")
         current = posixpath.basename(current_link.rstrip("/")) or None
         cwd = props.get("FraisierCwd", "")

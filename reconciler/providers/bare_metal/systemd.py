@@ -303,7 +303,7 @@ done"""
 # properties and facts, ending with the _OBSERVED line, in the order of the groups; then the
 # hashes, keyed by path (FraisierSum=<hash>  <unit file>, FraisierRecorded=<file>:<hash>).
 _OBSERVED = "FraisierObserved=1"
-_OBSERVE_SCRIPT = """show() {
+OBSERVE_SCRIPT = """show() {
   i=0
   for a do i=$((i + 1)); [ $((i % 5)) -eq 1 ] && set -- "$@" "$a"; done
   shift "$i"
@@ -615,13 +615,22 @@ class Systemd:
             (unit, service_dir, unit_file, timer or ""),
             lambda groups: self._observe_many(groups))
 
-    async def _observe_many(self, groups: Sequence[tuple[str, str, str, str]]
-                            ) -> list[dict[str, str]]:
+    async def _observe_many(self, groups: Sequence[Group]) -> list[dict[str, str]]:
+        result = await self._run(["sh", "-c", OBSERVE_SCRIPT, "fraisier-observe",
+                                  *self.observe_args(groups)])
+        return self.observed(result.stdout.decode(errors="replace"), groups)
+
+    def observe_args(self, groups: Sequence[Group]) -> list[str]:
+        """The arguments of ``OBSERVE_SCRIPT`` for ``groups`` (with each process whose cwd is
+        known already)."""
         cwds = observe_batcher(self.transport).cwds
-        args = [a for group in groups
-                for a in (*group, cwds.get(group[0], ("", ""))[0])]
-        result = await self._run(["sh", "-c", _OBSERVE_SCRIPT, "fraisier-observe", *args])
-        blocks = result.stdout.decode(errors="replace").split(_OBSERVED + "\n")
+        return [a for group in groups for a in (*group, cwds.get(group[0], ("", ""))[0])]
+
+    def observed(self, output: str, groups: Sequence[Group]) -> list[dict[str, str]]:
+        """Each group's properties from what ``OBSERVE_SCRIPT`` printed for ``groups`` (run here
+        or inside another script, the batched commit's)."""
+        cwds = observe_batcher(self.transport).cwds
+        blocks = output.split(_OBSERVED + "\n")
         if len(blocks) != len(groups) + 1:
             raise ProviderError(f"{self.transport.host_id}: observing {len(groups)} unit(s) "
                                 f"returned {len(blocks) - 1} block(s)")

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from reconciler.errors import ProviderError
-from reconciler.providers import Release
+from reconciler.providers import InstanceState, Release
 from reconciler.providers.bare_metal import SystemdSSHProvider
 from reconciler.providers.bare_metal.commit import host_commits
+from reconciler.providers.bare_metal.systemd import observe_batcher
 from tests.providers.bare_metal.conftest import ENV, FolderExport, make_resource
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -38,14 +39,26 @@ async def test_one_unit_that_cannot_start_fails_alone(
         return Release(resource=resource, revision="r1", config_commit="c0",
                        export=FolderExport(src), env={})
 
+    transport = ssh_provider.transport_for(instance)
+    observations = observe_batcher(transport).batches
     results = await asyncio.gather(
         *(ssh_provider.deploy(release(r), instance) for r in [*good, bad]),
         return_exceptions=True)
-    assert results[:3] == [None, None, None], results
     assert isinstance(results[3], ProviderError)
     assert f"starting fraisier-{ENV}_noexec.service failed" in results[3].message
-    assert host_commits(ssh_provider.transport_for(instance)).batches == 1
+    assert host_commits(transport).batches == 1
     host = next(h for h in ssh_hosts if h.name == instance.id)
+    # Each started Service comes back as observed by the commit's own command, right after its
+    # restart (no observation of its own): the very process systemd runs now.
+    assert observe_batcher(transport).batches == observations
+    for resource, started in zip(good, results[:3], strict=True):
+        assert isinstance(started, InstanceState), results
+        assert started.running and started.revision == "r1", started
+        unit = f"fraisier-{ENV}_{resource.name}.service"
+        main_pid = host.sh(f"systemctl show -p MainPID --value {unit}").strip()
+        assert started.identity.pid == int(main_pid), (started.identity, main_pid)
+        now = await ssh_provider.observe_instance(resource, instance)
+        assert now.identity.same_as(started.identity), (now.identity, started.identity)
     active = host.sh("systemctl is-active -- " + " ".join(
         f"fraisier-{ENV}_sleeper{i}.service" for i in range(3)) + " || true").split()
     assert active == ["active"] * 3
