@@ -31,9 +31,9 @@ from reconciler.spec.model import Links
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "6"  # 2: systemd calendar schedules; 3: control characters, root;
+LOADER_VERSION = "7"  # 2: systemd calendar schedules; 3: control characters, root;
 # 4: shared definitions (metadata.environments) and Environment records; 5: facts (entries);
-# 6: packed records (entries)
+# 6, 7: packed records (entries)
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 

@@ -55,7 +55,7 @@ def packed(records: Sequence[Record]) -> list[Record | PackedRecord]:
             continue
         target = spec.get("target")
         links = (target if isinstance(target, str) else None, spec.get("dependsOn"),
-                 frozenset(spec), may_reference_files(spec))
+                 tuple(spec), may_reference_files(spec))
         out.append((index, line, kind, name, environment, digest,
                     (marshal.dumps((labels, spec)), links)))
     return out

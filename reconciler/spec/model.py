@@ -138,7 +138,7 @@ class Resource:
 # What the loader, the revisions and the secret check read of every resource, kept beside its
 # packed document in the spec cache (``spec/facts.py``): spec.target if a name, spec.dependsOn,
 # the spec's top-level fields, whether it may reference encrypted files.
-Links = tuple[str | None, list[str] | None, frozenset[str], bool]
+Links = tuple[str | None, list[str] | None, tuple[str, ...], bool]
 
 
 class PackedResource(Resource):
