@@ -128,8 +128,12 @@ def _load_desired_state(
             clean = True
         facts = file_facts(records)
         if clean and cache is not None:
-            cache.put_entry(source.blob_id, packed(records), facts)
-        load.add_file(file_index, records, facts)
+            # used packed too: the next load's records, and the documents freed now
+            stored = packed(records)
+            cache.put_entry(source.blob_id, stored, facts)
+            load.add_file(file_index, stored, facts)
+        else:
+            load.add_file(file_index, records, facts)
     written = load.valid
     resolved = environments.resolve(written, [f.blob_id for f in files], cache,
                                     environments.Checks(_resolved_issues, document_record,
