@@ -45,7 +45,8 @@ class Revisions:
         identity of its source (a git tree id, an app commit, an artifact digest)."""
         target = desired.target_of(resource)
         memo: tuple[str, str] | None = None
-        if resource.hash and not resource.spec.get("source") and (target is None or target.hash):
+        if (resource.hash and not (resource.has_field("source") and resource.spec.get("source"))
+                and (target is None or target.hash)):
             memo = (resource.hash + resource.sealed_digest,
                     target.hash if target is not None else "")
             known = self._revisions.get(memo)
@@ -76,7 +77,7 @@ class Revisions:
             parts.append(resource.sealed_digest)
         if target_part is not None:
             parts.append(target_part)
-        source = resource.spec.get("source") or {}
+        source = (resource.spec.get("source") if resource.has_field("source") else None) or {}
         if "path" in source and self.source is not None and desired.commit:
             parts.append(self.source.tree_id(desired.commit, str(source["path"])) or "missing")
         elif "git" in source:
@@ -133,7 +134,7 @@ _WINDOWLESS = HashMemo()
 def _deploy_hash(resource: Resource) -> str:
     """The document's hash without its sync windows: they say when a change may go out, not
     what runs, so editing them must not make every resource on a Target a new revision."""
-    if "syncWindows" not in resource.spec:
+    if not resource.has_field("syncWindows"):
         return resource.hash
     known = _WINDOWLESS.get(resource.hash) if resource.hash else None
     if known is not None:

@@ -27,11 +27,13 @@ from typing import Any
 import fastjsonschema
 import yaml
 
+from reconciler.spec.model import Links
 from reconciler.spec.validate import schemas_version
 
 # Bump when the loader's records or checks change meaning.
-LOADER_VERSION = "5"  # 2: systemd calendar schedules; 3: control characters, root;
-# 4: shared definitions (metadata.environments) and Environment records; 5: facts (entries)
+LOADER_VERSION = "7"  # 2: systemd calendar schedules; 3: control characters, root;
+# 4: shared definitions (metadata.environments) and Environment records; 5: facts (entries);
+# 6, 7: packed records (entries)
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
 
@@ -40,7 +42,11 @@ Record = tuple[int, int, str, str, str, dict[str, str], dict[str, Any], str]
 # What the cross-file checks need of a file's records (spec/facts.py): (positions of the records
 # naming per-host values, distinct (environment, policy check) pairs).
 Facts = tuple[tuple[int, ...], tuple[tuple[str, tuple[Any, ...]], ...]]
-Entry = tuple[list[Record], Facts]
+# A record as a file's entry keeps it (``spec/facts.py`` ``packed``): (document index, line,
+# kind, name, environment, hash, (marshalled (labels, spec), links)); decoded only when used
+# (``model.PackedResource``). Environment and shared-definition records are kept as Records.
+PackedRecord = tuple[int, int, str, str, str, str, tuple[bytes, Links]]
+Entry = tuple[list[Record | PackedRecord], Facts]
 
 
 def _module_fingerprint(module: Any) -> str:
@@ -117,8 +123,10 @@ class SpecCache:
         self._missed()
         return None
 
-    def put_entry(self, blob_id: str, records: list[Record], facts: Facts) -> None:
-        """Store a file's ``records`` and their ``facts`` (``spec/facts.py``) atomically."""
+    def put_entry(self, blob_id: str, records: list[Record | PackedRecord],
+                  facts: Facts) -> None:
+        """Store a file's ``records`` (packed: ``spec/facts.py``) and their ``facts``
+        atomically."""
         self._write(blob_id, (records, facts))
 
     def get_code(self, name: str, key: str) -> tuple[str, CodeType] | None:

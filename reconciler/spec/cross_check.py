@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
+from reconciler.spec.cache import PackedRecord, Record
 from reconciler.spec.hostvars import instance_var_maps, placeholders
 from reconciler.spec.load_state import Key, LoadState
-from reconciler.spec.model import Resource, ResourceKey
+from reconciler.spec.model import PackedResource, Resource, ResourceKey
 from reconciler.spec.provider_schemas import provider_schemas
 from reconciler.spec.validate import Path_, format_path
 
@@ -32,7 +33,8 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
     resources: dict[Key, Resource] = {}
     where = load.where  # file index, document index, line
     kinds_by_name: dict[tuple[str, str], set[str]] = {}
-    for file_index, (index, line, kind, name, environment, labels, spec, digest) in load.valid:
+    for file_index, record in load.valid:
+        index, line, kind, name, environment = record[:5]
         key = (environment, kind, name)
         first = where.get(key)
         if first is not None:
@@ -42,14 +44,20 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             )
             load.problems.append(load.problem_at(file_index, index, ("metadata", "name"), message))
             continue
-        resources[key] = Resource(
-            key=_new_key(ResourceKey, key),
-            labels=labels,
-            spec=spec,
-            file=files[file_index].path,
-            line=line,
-            hash=digest,
-        )
+        if len(record) == 8:  # whole (just parsed, or resolved from a shared definition)
+            _, _, _, _, _, labels, spec, digest = cast(Record, record)
+            resources[key] = Resource(
+                key=_new_key(ResourceKey, key),
+                labels=labels,
+                spec=spec,
+                file=files[file_index].path,
+                line=line,
+                hash=digest,
+            )
+        else:  # packed, from the spec cache
+            _, _, _, _, _, digest, (body, links) = cast(PackedRecord, record)
+            resources[key] = PackedResource(_new_key(ResourceKey, key), body, links,
+                                            files[file_index].path, line, digest)
         where[key] = (file_index, index, line)
         kinds = kinds_by_name.get((environment, name))
         if kinds is None:
@@ -64,23 +72,23 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
     # resolved dependsOn: resource -> [(index in dependsOn, key)]
     edges: dict[Key, list[tuple[int, Key]]] = {}
     for key, resource in resources.items():
-        spec = resource.spec
-        target = spec.get("target")
+        target = resource.target
         if (
             key[1] != "Target"
-            and isinstance(target, str)
+            and target is not None
             and (key[0], "Target", target) not in known
         ):
             file_index, index, _ = where[key]
             message = _target_problem(key, target, known, kinds_by_name)
             load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
-        elif key[1] != "Target" and isinstance(target, str) and key in load.uses_vars:
+        elif key[1] != "Target" and target is not None and key in load.uses_vars:
             target_resource = resources.get((key[0], "Target", target))
             if target_resource is not None:
                 file_index, index, _ = where[key]
-                for location, undefined in _placeholder_problems(spec, target_resource):
+                for location, undefined in _placeholder_problems(resource.spec,
+                                                                 target_resource):
                     load.problems.append(load.problem_at(file_index, index, location, undefined))
-        depends_on = spec.get("dependsOn")
+        depends_on = resource.depends_on_refs
         if not depends_on:
             continue
         resolved: list[tuple[int, Key]] = []

@@ -144,7 +144,8 @@ def check(resources: Iterable[Resource], reader: Reader | None,
     shape_only = not keyring.identities and not keyring.required
     scope = keyring.environments
     for resource in resources:
-        if not _may_reference_files(resource.spec):
+        known = resource.file_refs  # kept in the spec cache (spec/facts.py), else looked for
+        if not (may_reference_files(resource.spec) if known is None else known):
             continue  # the common case, kept cheap: a fleet has thousands of resources
         if scope and resource.key.environment not in scope:
             continue  # not deployed by this process (-e): its files may be for another key
@@ -175,7 +176,7 @@ def check(resources: Iterable[Resource], reader: Reader | None,
     return out
 
 
-def _may_reference_files(spec: Mapping[str, Any]) -> bool:
+def may_reference_files(spec: Mapping[str, Any]) -> bool:
     """Whether ``spec`` may hold a sops/age reference (a superset of ``refs.spec_refs``)."""
     if "coolify" in spec:
         return True

@@ -28,14 +28,14 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import SpecProblem
-from reconciler.spec.cache import Record
+from reconciler.spec.cache import PackedRecord, Record
 from reconciler.spec.model import Mark
 from reconciler.spec.substitute import (
     IN_KEY,
@@ -187,17 +187,18 @@ class _Environment:
 
 @dataclass
 class Resolved:
-    valid: list[tuple[int, Record]]  # plain records plus one per definition and environment
+    # plain records (packed from the spec cache or whole) plus one per definition and environment
+    valid: list[tuple[int, Record | PackedRecord]]
     problems: list[SpecProblem]
     partial: list[tuple[str, str, str]]  # identities not produced because of a problem
     environments: list[str]  # every environment an Environment document defines
 
 
-def resolve(valid: Sequence[tuple[int, Record]], blob_ids: Sequence[str],
+def resolve(valid: Sequence[tuple[int, Record | PackedRecord]], blob_ids: Sequence[str],
             cache: Cache | None, checks: Checks) -> Resolved:
     """Replace the Environment and shared-definition records of ``valid`` by one resolved
     record per definition and environment."""
-    plain: list[tuple[int, Record]] = []
+    plain: list[tuple[int, Record | PackedRecord]] = []
     definitions: dict[int, list[Record]] = {}
     environments: dict[str, _Environment] = {}
     problems: list[SpecProblem] = []
@@ -213,10 +214,11 @@ def resolve(valid: Sequence[tuple[int, Record]], blob_ids: Sequence[str],
                     f"metadata.name: duplicate Environment {name!r} (first defined at "
                     f"{where.file}:{where.line}:{where.col})"))
                 continue
+            # Environment and definition records are never packed (spec/facts.py)
             environments[name] = _Environment(name, file_index, record[0],
-                                              dict(record[6].get("values", {})))
+                                              dict(cast(Record, record)[6].get("values", {})))
         elif environment == DEFINITION:
-            definitions.setdefault(file_index, []).append(record)
+            definitions.setdefault(file_index, []).append(cast(Record, record))
         else:
             plain.append((file_index, record))
     if not definitions and not environments:

@@ -16,9 +16,11 @@ to say where (``policy.violations``).
 
 from __future__ import annotations
 
+import marshal
 from collections.abc import Sequence
 
-from reconciler.spec.cache import Facts, Record
+from reconciler.spec.cache import Facts, PackedRecord, Record
+from reconciler.spec.encrypted import may_reference_files
 from reconciler.spec.environments import DEFINITION, ENVIRONMENT_KIND
 from reconciler.spec.hostvars import uses_vars
 from reconciler.spec.policy import Check
@@ -38,3 +40,22 @@ def file_facts(records: Sequence[Record]) -> Facts:
         for _, check in policy_facts(kind, spec):
             checks[(environment, check)] = None
     return tuple(with_vars), tuple(checks)
+
+
+def packed(records: Sequence[Record]) -> list[Record | PackedRecord]:
+    """``records`` as a file's cache entry keeps them: each resource's labels and spec
+    marshalled apart, with what every load reads of them (``model.Links``), so a warm load
+    decodes only the documents something looks into (``model.PackedResource``). Environment
+    and shared-definition records stay whole: they are resolved at each load."""
+    out: list[Record | PackedRecord] = []
+    for record in records:
+        index, line, kind, name, environment, labels, spec, digest = record
+        if kind == ENVIRONMENT_KIND or environment == DEFINITION:
+            out.append(record)
+            continue
+        target = spec.get("target")
+        links = (target if isinstance(target, str) else None, spec.get("dependsOn"),
+                 tuple(spec), may_reference_files(spec))
+        out.append((index, line, kind, name, environment, digest,
+                    (marshal.dumps((labels, spec)), links)))
+    return out

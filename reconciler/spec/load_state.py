@@ -7,10 +7,11 @@ each document) and ``problem_at`` locates a problem found across files.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from reconciler.errors import SpecProblem
 from reconciler.spec import yaml_parse
-from reconciler.spec.cache import Facts, Record
+from reconciler.spec.cache import Facts, PackedRecord, Record
 from reconciler.spec.document_checks import Identity, check_document
 from reconciler.spec.facts import file_facts
 from reconciler.spec.files import SourceFile
@@ -30,8 +31,9 @@ class LoadState:
         self.files = files
         self.parsed: dict[int, Parsed] = {}
         self.problems: list[SpecProblem] = []
-        # (file index, record) of every valid document, in file order
-        self.valid: list[tuple[int, Record]] = []
+        # (file index, record) of every valid document, in file order; packed as the spec
+        # cache keeps them (spec/facts.py) or whole (just parsed, resolved, not cacheable)
+        self.valid: list[tuple[int, Record | PackedRecord]] = []
         self.partial: list[Identity] = []
         # (environment, kind, name) -> (file index, document index, line) of each resource
         self.where: dict[Key, tuple[int, int, int]] = {}
@@ -40,21 +42,23 @@ class LoadState:
         self.uses_vars: set[Key] = set()
         self.checks: set[tuple[str, Check]] = set()
 
-    def add_file(self, file_index: int, records: list[Record], facts: Facts) -> None:
+    def add_file(self, file_index: int, records: Sequence[Record | PackedRecord],
+                 facts: Facts) -> None:
         """The valid records of one file and their facts (from the cache or just computed)."""
         with_vars, checks = facts
         self.valid.extend((file_index, record) for record in records)
         self.uses_vars.update((records[i][4], records[i][2], records[i][3]) for i in with_vars)
         self.checks.update(checks)
 
-    def add_resolved(self, written: list[tuple[int, Record]]) -> None:
+    def add_resolved(self, written: list[tuple[int, Record | PackedRecord]]) -> None:
         """The facts of the records that shared definitions resolved into (``self.valid`` now;
         ``written``: the records as the files hold them): their values are substituted, so
         they are looked at here, not taken from the files' facts."""
         if self.valid is written:
             return
         passed = {id(record) for _, record in written}
-        fresh = [record for _, record in self.valid if id(record) not in passed]
+        # resolved records are whole (only files' records are packed, spec/facts.py)
+        fresh = [cast(Record, record) for _, record in self.valid if id(record) not in passed]
         if fresh:
             with_vars, checks = file_facts(fresh)
             self.uses_vars.update((fresh[i][4], fresh[i][2], fresh[i][3]) for i in with_vars)

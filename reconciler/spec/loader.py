@@ -32,7 +32,7 @@ from reconciler.spec.cross_check import cross_check
 from reconciler.spec.document_checks import EXPANSION_LIMIT, document_record, semantic_issues
 from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.encrypted import check as check_encrypted
-from reconciler.spec.facts import file_facts
+from reconciler.spec.facts import file_facts, packed
 from reconciler.spec.fast_path import document_lines
 from reconciler.spec.files import YAML_SUFFIXES, SourceFile, files_from_directory, git_blob_id
 from reconciler.spec.load_state import LoadState
@@ -115,19 +115,25 @@ def _load_desired_state(
             load.problems.append(SpecProblem(source.path, 1, 1, source.refused))
             continue
         entry = cache.get_entry(source.blob_id) if cache is not None else None
-        if entry is None:
-            data = source.read()
-            records = fast_path.load_fast(data)
-            if records is None:
-                before = len(load.problems)
-                records = load.load_slowly(file_index, data)
-                clean = len(load.problems) == before
-            else:
-                clean = True
-            entry = (records, file_facts(records))
-            if clean and cache is not None:
-                cache.put_entry(source.blob_id, *entry)
-        load.add_file(file_index, *entry)
+        if entry is not None:
+            load.add_file(file_index, *entry)
+            continue
+        data = source.read()
+        records = fast_path.load_fast(data)
+        if records is None:
+            before = len(load.problems)
+            records = load.load_slowly(file_index, data)
+            clean = len(load.problems) == before
+        else:
+            clean = True
+        facts = file_facts(records)
+        if clean and cache is not None:
+            # used packed too: the next load's records, and the documents freed now
+            stored = packed(records)
+            cache.put_entry(source.blob_id, stored, facts)
+            load.add_file(file_index, stored, facts)
+        else:
+            load.add_file(file_index, records, facts)
     written = load.valid
     resolved = environments.resolve(written, [f.blob_id for f in files], cache,
                                     environments.Checks(_resolved_issues, document_record,

@@ -19,6 +19,8 @@ def source_path_problems_in(load: LoadState, resources: dict[ResourceKey, Resour
     where = load.where
     checked: dict[str, list[str]] = {}  # one look per folder, however many resources
     for key, resource in resources.items():
+        if not resource.has_field("source"):
+            continue  # without reading the document (a packed one stays packed)
         source = resource.spec.get("source")
         if not isinstance(source, dict) or not isinstance(source.get("path"), str):
             continue
