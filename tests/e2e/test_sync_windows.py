@@ -108,7 +108,9 @@ def test_daemon_applies_when_the_window_opens_not_at_the_next_poll(fleet: Fleet)
         served_at = datetime.now(UTC)
         assert served_at >= opens
         print(f"window opened -> serving: {(served_at - opens).total_seconds():.2f}s")
-        deployments = fleet.json("history", "api")
+        # serving comes a moment before the gate records its verdict
+        deployments = wait_for(lambda: [d for d in fleet.json("history", "api")
+                                        if d["status"] != "in_progress"], timeout=30, step=0.1)
         assert [d["status"] for d in deployments] == ["succeeded"]
         assert "window" in deployments[0]["trigger"]  # a pass of its own, not the 10m poll
     finally:
