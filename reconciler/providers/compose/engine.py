@@ -3,7 +3,7 @@
 Two implementations with one shape (container dicts are what ``GET /containers/{id}/json`` and
 ``docker inspect`` both return):
 
-- ``SocketEngine``: the engine API over a local socket (``unix://``), through httpx;
+- ``SocketEngine``: the engine API over a local socket (``unix://``), through httpcore;
 - ``CliEngine``: the ``docker`` CLI run through a ``Transport``, for Docker hosts reached over SSH
   (the engine socket is local to that host and is not tunnelled).
 """
@@ -18,14 +18,17 @@ import ssl
 import struct
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
+import httpcore
 
 from reconciler.errors import ProviderError
 from reconciler.transport import CommandResult, CommandTimeout, Transport
 
 _API_TIMEOUT_S = 30.0
+# Concurrent requests on one engine (a Service's inspects run together, one per replica; waits
+# and exec streams hold theirs): httpx's default.
+_MAX_CONNECTIONS = 100
 
 
 class DockerEngine(Protocol):
@@ -138,33 +141,62 @@ def _quoted(name: str) -> str:
     return quote(name, safe="/:@")
 
 
+class _Answer:
+    """An engine response, read whole."""
+
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    def refusal(self) -> EngineRefusal:
+        try:
+            message = str(json.loads(self.body).get("message") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        return EngineRefusal(self.status, message or self.body[:500].decode(errors="replace"))
+
+
+# What a broken socket, a dead engine or an answer that is not the engine's HTTP and JSON raise.
+_BROKEN = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError,
+           ValueError)  # fmt: skip
+_NO_ANSWER = (TimeoutError, httpcore.TimeoutException)
+
+
+def _timeouts(read: float | None) -> dict[str, Any]:
+    return {"timeout": {"connect": _API_TIMEOUT_S, "write": _API_TIMEOUT_S,
+                        "pool": _API_TIMEOUT_S, "read": read}}  # fmt: skip
+
+
 class SocketEngine:
-    """The engine API on a local unix socket, over HTTP/1.1 with httpx (the HTTP client the
-    project already uses: no second client stack to import at start-up)."""
+    """The engine API on a local unix socket: HTTP/1.1 through httpcore, the transport of httpx
+    (httpx itself would add its command-line module's imports, rich and pygments, to every
+    `apply`; docs/performance.md)."""
 
     def __init__(self, url: str, host_id: str) -> None:
         self.url = url
         self.host_id = host_id
         self.socket_path = urlsplit(url).path
-        self._http: httpx.AsyncClient | None = None
+        self._pool: httpcore.AsyncConnectionPool | None = None
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> httpcore.AsyncConnectionPool:
         # Created on first use: its connections belong to the running event loop.
-        if self._http is None:
-            # The URL is plain http on a unix socket: no TLS ever happens, so the transport gets
-            # a verifying context without trust anchors instead of loading the CA bundle.
-            plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            self._http = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=self.socket_path, verify=plain),
-                base_url="http://docker",
-                timeout=httpx.Timeout(_API_TIMEOUT_S),
-                trust_env=False,
-                follow_redirects=False,
+        if self._pool is None:
+            # The URLs are plain http on a unix socket: no TLS ever happens, so the pool gets a
+            # verifying context without trust anchors instead of loading the CA bundle.
+            self._pool = httpcore.AsyncConnectionPool(
+                uds=self.socket_path,
+                ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+                max_connections=_MAX_CONNECTIONS,
             )
-        return self._http
+        return self._pool
 
     def _error(self, what: str, exc: Exception) -> ProviderError:
-        return ProviderError(f"{self.host_id}: docker engine: {what}: {exc}")
+        reason = str(exc) or type(exc).__name__
+        return ProviderError(f"{self.host_id}: docker engine: {what}: {reason}")
 
     @contextlib.asynccontextmanager
     async def _deadline(self, what: str, seconds: float = _API_TIMEOUT_S) -> AsyncIterator[None]:
@@ -173,21 +205,36 @@ class SocketEngine:
         try:
             async with asyncio.timeout(seconds):
                 yield
-        except (TimeoutError, httpx.TimeoutException) as exc:
+        except _NO_ANSWER as exc:
             raise ProviderError(
                 f"{self.host_id}: docker engine: {what}: no answer after {seconds:g}s"
             ) from exc
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            # ValueError: a body that is not the JSON the engine documents
+        except _BROKEN as exc:
             raise self._error(what, exc) from exc
 
     @staticmethod
-    def _refusal(response: httpx.Response) -> EngineRefusal:
-        try:
-            message = str(response.json().get("message") or "")
-        except (ValueError, AttributeError):
-            message = ""
-        return EngineRefusal(response.status_code, message or response.text[:500].strip())
+    def _request(
+        method: str, path: str, params: dict[str, Any] | None, body: Any
+    ) -> tuple[str, list[tuple[str, str]], bytes | None]:
+        url = f"http://docker{path}" + (f"?{urlencode(params)}" if params else "")
+        if body is None:
+            return url, [], None
+        return url, [("Content-Type", "application/json")], json.dumps(body).encode()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        read_timeout: float | None = _API_TIMEOUT_S,
+    ) -> _Answer:
+        url, headers, content = self._request(method, path, params, body)
+        response = await self._client().request(
+            method, url, headers=headers, content=content, extensions=_timeouts(read_timeout)
+        )
+        return _Answer(response.status, response.headers, response.content)
 
     async def _call(
         self,
@@ -196,15 +243,14 @@ class SocketEngine:
         *,
         params: dict[str, Any] | None = None,
         body: Any = None,
-        timeout: float | None = _API_TIMEOUT_S,  # noqa: ASYNC109 - httpx's per-read timeout
+        read_timeout: float | None = _API_TIMEOUT_S,
     ) -> Any:
         """The decoded JSON answer (None when empty); EngineRefusal for a status >= 400."""
-        response = await self._client().request(
-            method, path, params=params, json=body, timeout=httpx.Timeout(timeout)
-        )
-        if response.status_code >= 400:
-            raise self._refusal(response)
-        return response.json() if response.content else None
+        answer = await self._send(method, path, params=params, body=body,
+                                  read_timeout=read_timeout)  # fmt: skip
+        if answer.status >= 400:
+            raise answer.refusal()
+        return answer.json()
 
     async def _list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         filters = json.dumps({"label": _label_filters(labels)})
@@ -258,12 +304,12 @@ class SocketEngine:
         async with self._deadline(what):
             path = f"/containers/{_quoted(container)}"
             params = {"stdout": 1, "stderr": 1, "tail": tail}
-            response = await self._client().get(f"{path}/logs", params=params)
-            if response.status_code == 404:
+            answer = await self._send("GET", f"{path}/logs", params=params)
+            if answer.status == 404:
                 return []
-            if response.status_code >= 400:
-                raise self._error(what, self._refusal(response))
-            kind = response.headers.get("content-type", "")
+            if answer.status >= 400:
+                raise self._error(what, answer.refusal())
+            kind = answer.headers.get("content-type", "")
             if kind == _MULTIPLEXED:
                 multiplexed = True
             elif kind == _RAW:
@@ -276,7 +322,7 @@ class SocketEngine:
                         return []
                     raise self._error(what, exc) from exc
                 multiplexed = not (shown.get("Config") or {}).get("Tty")
-            data = response.content
+            data = answer.body
             if multiplexed:  # both streams, in the order they were written
                 data = b"".join(payload for _, payload in frames(data))
             return data.decode(errors="replace").splitlines()
@@ -286,13 +332,13 @@ class SocketEngine:
         try:
             async with asyncio.timeout(timeout):
                 status = await self._call(
-                    "POST", f"/containers/{_quoted(container)}/wait", timeout=None
+                    "POST", f"/containers/{_quoted(container)}/wait", read_timeout=None
                 )
         except TimeoutError:
             return None
         except EngineRefusal as exc:
             raise self._error(what, exc) from exc
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except _BROKEN as exc:
             raise self._error(what, exc) from exc
         return int(status.get("StatusCode", -1))
 
@@ -305,7 +351,7 @@ class SocketEngine:
                     "POST",
                     f"/containers/{_quoted(container)}/stop",
                     params={"t": seconds},
-                    timeout=_API_TIMEOUT_S + seconds,
+                    read_timeout=_API_TIMEOUT_S + seconds,
                 )
             except EngineRefusal as exc:
                 if exc.status != 404:
@@ -367,16 +413,17 @@ class SocketEngine:
                 path = f"/exec/{_quoted(str(created['Id']))}"
                 # Without an Upgrade header the engine answers 200 and then writes the raw
                 # frames on the connection until the command ends and it closes the connection.
+                url, headers, content = self._request(
+                    "POST", f"{path}/start", None, {"Detach": False, "Tty": False}
+                )
+                data = bytearray()
                 async with self._client().stream(
-                    "POST", f"{path}/start", json={"Detach": False, "Tty": False},
-                    timeout=httpx.Timeout(_API_TIMEOUT_S, read=None),
+                    "POST", url, headers=headers, content=content, extensions=_timeouts(None)
                 ) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise self._refusal(response)
-                    data = bytearray()
-                    async for chunk in response.aiter_raw():
+                    async for chunk in response.aiter_stream():
                         data += chunk
+                if response.status >= 400:
+                    raise _Answer(response.status, response.headers, bytes(data)).refusal()
                 info = await self._call("GET", f"{path}/json")
             except EngineRefusal as exc:
                 # not running, gone: the probe fails with the engine's reason
@@ -386,9 +433,9 @@ class SocketEngine:
         return CommandResult(int(code) if code is not None else 126, out, err)
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
 
 class CliEngine:
