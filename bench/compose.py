@@ -127,9 +127,13 @@ class Reconciler:
         self.repo.mkdir()
         self.infra, self.compose, self.port, self.interval = infra, compose, port, interval
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        self.env.update(GIT_ENV, PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+        self.env.update(GIT_ENV)
         if from_source:
+            # the installed packages' and the standard library's caches are used, the project's
+            # own modules are compiled at every run (no caches are written beside them)
             self.env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         self.git("init", "-q", "-b", "main")
         target = {
             "provider": "compose",
