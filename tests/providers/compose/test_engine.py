@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -184,3 +185,31 @@ async def test_engine_failures_are_provider_errors_naming_the_host(tmp_path: Pat
         with pytest.raises(ProviderError, match="listing volumes: 500 something broke"):
             await refusing.volumes({"a": "b"})
         await refusing.close()
+
+
+class _Searches:
+    """A meta path finder that only counts the module searches that reach it."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        self.names.append(name)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+async def test_requests_search_for_no_module(engine: SocketEngine) -> None:
+    # httpcore asks sniffio for the running event loop at every lock and event of a request;
+    # without sniffio installed (a declared dependency) each ask was a failed import searching
+    # sys.path, four per request: half of a request's CPU.
+    await engine.containers({"dev.fraisier.test": "none"})  # first use: its imports are done
+    searches = _Searches()
+    sys.meta_path.insert(0, searches)
+    try:
+        for _ in range(5):
+            await engine.containers({"dev.fraisier.test": "none"})
+            await engine.image("fraisier-no-such-image:0")
+    finally:
+        sys.meta_path.remove(searches)
+    assert searches.names == []
