@@ -27,8 +27,10 @@ from reconciler.transport import CommandResult, CommandTimeout, Transport
 
 _API_TIMEOUT_S = 30.0
 # Concurrent requests on one engine (a Service's inspects run together, one per replica; waits
-# and exec streams hold theirs): httpx's default.
+# and exec streams hold theirs): httpx's default. Idle ones kept: httpcore polls each idle
+# connection at every request, so a rollout's peak of them is not kept for the rest of it.
 _MAX_CONNECTIONS = 100
+_KEEP_IDLE = 5
 
 
 class DockerEngine(Protocol):
@@ -191,6 +193,7 @@ class SocketEngine:
                 uds=self.socket_path,
                 ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
                 max_connections=_MAX_CONNECTIONS,
+                max_keepalive_connections=_KEEP_IDLE,
             )
         return self._pool
 
