@@ -98,10 +98,6 @@ def _label_filters(labels: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(labels.items())]
 
 
-def _split_lines(chunks: Sequence[str]) -> list[str]:
-    return "".join(chunks).splitlines()
-
-
 class EngineRefusal(Exception):
     """dockerd answered a request with an error status (its own message kept)."""
 
@@ -217,8 +213,9 @@ class SocketEngine:
 
     @staticmethod
     def _request(
-        method: str, path: str, params: dict[str, Any] | None, body: Any
+        path: str, params: dict[str, Any] | None, body: Any
     ) -> tuple[str, list[tuple[str, str]], bytes | None]:
+        """URL, headers and body of a request (the host part is ignored on a unix socket)."""
         url = f"http://docker{path}" + (f"?{urlencode(params)}" if params else "")
         if body is None:
             return url, [], None
@@ -233,7 +230,7 @@ class SocketEngine:
         body: Any = None,
         read_timeout: float | None = _API_TIMEOUT_S,
     ) -> _Answer:
-        url, headers, content = self._request(method, path, params, body)
+        url, headers, content = self._request(path, params, body)
         response = await self._client().request(
             method, url, headers=headers, content=content, extensions=_timeouts(read_timeout)
         )
@@ -417,7 +414,7 @@ class SocketEngine:
                 # Without an Upgrade header the engine answers 200 and then writes the raw
                 # frames on the connection until the command ends and it closes the connection.
                 url, headers, content = self._request(
-                    "POST", f"{path}/start", None, {"Detach": False, "Tty": False}
+                    f"{path}/start", None, {"Detach": False, "Tty": False}
                 )
                 data = bytearray()
                 async with self._client().stream(
