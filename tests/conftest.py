@@ -8,7 +8,8 @@ RECONCILER_REQUIRE_INTEGRATION=1 (set by .ci/run). Pick the compose flavour with
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # another fixture), or is parametrised onto a database server: it gets the `integration` marker
 # from that, so `pytest -m "not integration"` runs on a machine with no service at all.
 SERVICE_FIXTURES = frozenset({
-    "testinfra", "testhosts", "ssh_host", "ssh_hosts", "docker_engine", "docker_client",
+    "testinfra", "testhosts", "ssh_host", "ssh_hosts", "docker_engine", "docker_cli",
     "tiny_image", "compose_cli", "postgresql_url", "mysql_url", "postgresql_server",
     "mysql_server", "private_postgresql",
     "server_backend", "server_url", "server_db",
@@ -205,16 +206,27 @@ def docker_engine(testinfra: Infra) -> Infra:
     return testinfra
 
 
-@pytest.fixture
-async def docker_client(docker_engine: Infra) -> AsyncIterator[Any]:
-    """An aiodocker client on the test engine, closed after the test."""
-    import aiodocker
+class DockerCLI:
+    """The docker CLI on the test engine: what a test does or checks by hand, independent of the
+    provider's own engine client."""
 
-    client = aiodocker.Docker(url=docker_engine.docker_host)
-    try:
-        yield client
-    finally:
-        await client.close()
+    def __init__(self, infra: Infra) -> None:
+        self.argv = [infra.docker_cli]
+        self.env = {**os.environ, "DOCKER_HOST": infra.docker_host}
+
+    def __call__(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run([*self.argv, *args], capture_output=True, text=True, timeout=60,
+                              env=self.env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
+        return proc.stdout
+
+
+@pytest.fixture
+def docker_cli(docker_engine: Infra) -> DockerCLI:
+    """Runs ``docker ARGS...`` on the test engine; its stdout (AssertionError if it fails)."""
+    return DockerCLI(docker_engine)
 
 
 @pytest.fixture(scope="session")

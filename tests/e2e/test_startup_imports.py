@@ -1,11 +1,13 @@
 """Start-up cost guard: a one-shot CLI command imports no module it does not use.
 
 OpenTelemetry is needed only once tracing is set up (the daemon), asyncssh only for an ``ssh``
-Target, aiodocker (and aiohttp) only for a compose Target. Each of them costs tens to hundreds of
-milliseconds of every `reconciler` run (docs/performance.md, the compose row), so a module-level
-import that brings one back fails here. A `diff` or `apply` of a local config repository needs no
-GitPython (commits are read with git itself; GitPython clones and fetches), and no one-shot
-command loads prometheus_client: only the daemon serves metrics, elsewhere they are discarded.
+Target, aiohttp only for the daemon's HTTP server; aiodocker is no dependency any more (the
+compose provider talks to dockerd's socket with httpcore), so no command loads it, a compose
+`apply` included. Each of them costs tens to hundreds of milliseconds of every `reconciler` run
+(docs/performance.md, the compose row), so a module-level import that brings one back fails
+here. A `diff` or `apply` of a local config repository needs no GitPython (commits are read with
+git itself; GitPython clones and fetches), and no one-shot command loads prometheus_client: only
+the daemon serves metrics, elsewhere they are discarded.
 The commands run in a real interpreter, as users run them, and the test looks at that process's
 ``sys.modules`` when it exits.
 """
@@ -15,11 +17,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml
+from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
+from tests.infra.testinfra import Infra
+from tests.providers.compose.conftest import _remove_environment, document
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,3 +113,38 @@ def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
     code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo)
     assert code == 1  # a change pending: its file read from git, its plan shown
     assert modules.isdisjoint(DIFF), sorted(modules & set(DIFF))
+
+
+def test_apply_of_a_compose_service_pulls_no_docker_client_library(
+    fleet: Fleet, docker_engine: Infra, compose_cli: list[str], tiny_image: str
+) -> None:
+    # The engine is read through httpcore on the unix socket: a compose `apply` that deploys,
+    # waits for Docker's health check and records loads neither aiodocker nor aiohttp (0.3-0.75 s
+    # of every such run when it did), nor httpx (its import loads rich and pygments; a Service
+    # with an http probe imports it for the probe).
+    unused = {*HEAVY, "httpx", "rich", "pygments", "prometheus_client"}
+    environment = f"i{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    docker = {"host": docker_engine.docker_host, "composeCommand": compose_cli}
+    fleet.write("target.yaml", document("Target", "docker", environment,
+                                        {"provider": "compose", "docker": docker}))
+    check = ["wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{port}/health"]
+    compose = {"image": tiny_image, "pullPolicy": "never", "networkMode": "host",
+               "command": ["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
+               "healthcheck": {"test": check, "interval": "200ms", "timeout": "2s", "retries": 3},
+               "waitTimeout": "30s"}
+    fleet.write("web.yaml", document("Service", "web", environment,
+                                     {"target": "docker", "compose": compose}))
+    fleet.commit()
+    state = ["--state-dir", str(fleet.state), "--log-format", "json"]
+    try:
+        code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)
+        assert code == 0
+        assert wait_for(lambda: http_get(port, "/health")[0] == 200)  # it deployed
+        assert "reconciler" in modules
+        assert modules.isdisjoint(unused), sorted(modules & unused)
+        code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo)  # observes
+        assert code == 0
+        assert modules.isdisjoint(unused), sorted(modules & unused)
+    finally:
+        _remove_environment(docker_engine, environment)

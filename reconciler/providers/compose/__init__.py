@@ -3,7 +3,7 @@
 ``docker.host`` says how to reach it:
 
 - ``unix:///var/run/docker.sock`` (default): this machine. The compose CLI runs through
-  ``LocalTransport``; reads go to the engine API through aiodocker.
+  ``LocalTransport``; reads go to the engine API on that socket (httpcore).
 - ``ssh://user@host[:port]``: another machine. The compose and docker CLIs run on that host through
   the SSH transport (strict host-key checking), where the engine socket is local.
 """
@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from reconciler.errors import ProviderError
 from reconciler.providers import ProviderContext
-from reconciler.providers.compose.engine import AiodockerEngine, CliEngine
+from reconciler.providers.compose.engine import CliEngine, SocketEngine
 from reconciler.providers.compose.host import GO_RUNTIME_ENV, local_base_env
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.spec.model import Resource
@@ -74,7 +74,7 @@ def create_provider(target: Resource, ctx: ProviderContext) -> ComposeProvider:
     if scheme == "unix":
         transport: Transport = LocalTransport(host_id=target.name, address="127.0.0.1")
         state_root = str(docker.get("stateDir") or (ctx.state_dir / "compose"))
-        engine: AiodockerEngine | CliEngine = AiodockerEngine(host, target.name)
+        engine: SocketEngine | CliEngine = SocketEngine(host, target.name)
         base_env = local_base_env(host)
     elif scheme == "ssh":
         transport = _ssh_transport(target, host, docker)

@@ -3,9 +3,9 @@
 Two implementations with one shape (container dicts are what ``GET /containers/{id}/json`` and
 ``docker inspect`` both return):
 
-- ``AiodockerEngine``: the engine API over a local socket (``unix://``), through aiodocker;
+- ``SocketEngine``: the engine API over a local socket (``unix://``), through httpcore;
 - ``CliEngine``: the ``docker`` CLI run through a ``Transport``, for Docker hosts reached over SSH
-  (the engine socket is local to that host, and aiodocker cannot tunnel through SSH).
+  (the engine socket is local to that host and is not tunnelled).
 """
 
 from __future__ import annotations
@@ -14,17 +14,23 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+import ssl
+import struct
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol
+from urllib.parse import quote, urlencode, urlsplit
 
-import aiodocker
-import aiohttp
-from aiodocker.volumes import DockerVolume
+import httpcore
 
 from reconciler.errors import ProviderError
 from reconciler.transport import CommandResult, CommandTimeout, Transport
 
 _API_TIMEOUT_S = 30.0
+# Concurrent requests on one engine (a Service's inspects run together, one per replica; waits
+# and exec streams hold theirs): httpx's default. Idle ones kept: httpcore polls each idle
+# connection at every request, so a rollout's peak of them is not kept for the rest of it.
+_MAX_CONNECTIONS = 100
+_KEEP_IDLE = 5
 
 
 class DockerEngine(Protocol):
@@ -92,146 +98,293 @@ def _label_filters(labels: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(labels.items())]
 
 
-def _split_lines(chunks: Sequence[str]) -> list[str]:
-    return "".join(chunks).splitlines()
+class EngineRefusal(Exception):
+    """dockerd answered a request with an error status (its own message kept)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
 
 
-class AiodockerEngine:
-    """The engine API on a local socket."""
+# Stream framing of a container's stdout/stderr when it has no TTY (logs, exec): 8-byte headers
+# (stream id, 3 zero bytes, big-endian payload length), then the payload.
+_FRAME_HEADER = struct.Struct(">BxxxL")
+_MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
+_RAW = "application/vnd.docker.raw-stream"
+
+
+def frames(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(stream, payload) of each frame of a multiplexed stream, in order (1 stdout, 2 stderr); a
+    frame cut short by the end of the stream gives what arrived."""
+    at = 0
+    while at + _FRAME_HEADER.size <= len(data):
+        stream, size = _FRAME_HEADER.unpack_from(data, at)
+        at += _FRAME_HEADER.size
+        yield stream, data[at : at + size]
+        at += size
+
+
+def demultiplex(data: bytes) -> tuple[bytes, bytes]:
+    """(stdout, stderr) of a multiplexed stream."""
+    out, err = bytearray(), bytearray()
+    for stream, payload in frames(data):
+        (err if stream == 2 else out).extend(payload)
+    return bytes(out), bytes(err)
+
+
+def _quoted(name: str) -> str:
+    """A container, image or volume name as one path segment of an engine URL (image references
+    keep their ``/``, ``:`` and ``@``, which the engine's routes expect)."""
+    return quote(name, safe="/:@")
+
+
+class _Answer:
+    """An engine response, read whole."""
+
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status = status
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    def refusal(self) -> EngineRefusal:
+        try:
+            message = str(json.loads(self.body).get("message") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        return EngineRefusal(self.status, message or self.body[:500].decode(errors="replace"))
+
+
+# What a broken socket, a dead engine or an answer that is not the engine's HTTP and JSON raise.
+_BROKEN = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError,
+           ValueError)  # fmt: skip
+_NO_ANSWER = (TimeoutError, httpcore.TimeoutException)
+
+
+def _timeouts(read: float | None) -> dict[str, Any]:
+    return {"timeout": {"connect": _API_TIMEOUT_S, "write": _API_TIMEOUT_S,
+                        "pool": _API_TIMEOUT_S, "read": read}}  # fmt: skip
+
+
+class SocketEngine:
+    """The engine API on a local unix socket: HTTP/1.1 through httpcore, the transport of httpx
+    (httpx itself would add its command-line module's imports, rich and pygments, to every
+    `apply`; docs/performance.md)."""
 
     def __init__(self, url: str, host_id: str) -> None:
         self.url = url
         self.host_id = host_id
-        self._docker: aiodocker.Docker | None = None
+        self.socket_path = urlsplit(url).path
+        self._pool: httpcore.AsyncConnectionPool | None = None
 
-    def _client(self) -> aiodocker.Docker:
-        # Created on first use: aiohttp sessions belong to the running event loop.
-        if self._docker is None:
-            self._docker = aiodocker.Docker(
-                url=self.url, timeout=aiohttp.ClientTimeout(total=_API_TIMEOUT_S)
+    def _client(self) -> httpcore.AsyncConnectionPool:
+        # Created on first use: its connections belong to the running event loop.
+        if self._pool is None:
+            # The URLs are plain http on a unix socket: no TLS ever happens, so the pool gets a
+            # verifying context without trust anchors instead of loading the CA bundle.
+            self._pool = httpcore.AsyncConnectionPool(
+                uds=self.socket_path,
+                ssl_context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT),
+                max_connections=_MAX_CONNECTIONS,
+                max_keepalive_connections=_KEEP_IDLE,
             )
-        return self._docker
+        return self._pool
 
     def _error(self, what: str, exc: Exception) -> ProviderError:
-        return ProviderError(f"{self.host_id}: docker engine: {what}: {exc}")
+        reason = str(exc) or type(exc).__name__
+        return ProviderError(f"{self.host_id}: docker engine: {what}: {reason}")
 
     @contextlib.asynccontextmanager
     async def _deadline(self, what: str, seconds: float = _API_TIMEOUT_S) -> AsyncIterator[None]:
-        """Every engine call is bounded, streaming ones (logs, stop) included."""
+        """Every engine call is bounded, streaming ones (logs, stop, exec) included; a broken
+        socket or an unreadable answer is a ProviderError naming the call."""
         try:
             async with asyncio.timeout(seconds):
                 yield
-        except TimeoutError as exc:
+        except _NO_ANSWER as exc:
             raise ProviderError(
                 f"{self.host_id}: docker engine: {what}: no answer after {seconds:g}s"
             ) from exc
+        except _BROKEN as exc:
+            raise self._error(what, exc) from exc
+
+    @staticmethod
+    def _request(
+        path: str, params: dict[str, Any] | None, body: Any
+    ) -> tuple[str, list[tuple[str, str]], bytes | None]:
+        """URL, headers and body of a request (the host part is ignored on a unix socket)."""
+        url = f"http://docker{path}" + (f"?{urlencode(params)}" if params else "")
+        if body is None:
+            return url, [], None
+        return url, [("Content-Type", "application/json")], json.dumps(body).encode()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        read_timeout: float | None = _API_TIMEOUT_S,
+    ) -> _Answer:
+        url, headers, content = self._request(path, params, body)
+        response = await self._client().request(
+            method, url, headers=headers, content=content, extensions=_timeouts(read_timeout)
+        )
+        return _Answer(response.status, response.headers, response.content)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        read_timeout: float | None = _API_TIMEOUT_S,
+    ) -> Any:
+        """The decoded JSON answer (None when empty); EngineRefusal for a status >= 400."""
+        answer = await self._send(method, path, params=params, body=body,
+                                  read_timeout=read_timeout)  # fmt: skip
+        if answer.status >= 400:
+            raise answer.refusal()
+        return answer.json()
+
+    async def _list(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        filters = json.dumps({"label": _label_filters(labels)})
+        params = {"all": 1, "filters": filters}
+        return list(await self._call("GET", "/containers/json", params=params))
 
     async def containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
-        async with self._deadline("listing containers"):
-            docker = self._client()
+        what = "listing containers"
+        async with self._deadline(what):
             try:
-                listed = await docker.containers.list(
-                    all=True, filters={"label": _label_filters(labels)}
-                )
+                listed = await self._list(labels)
 
-                async def show(container: Any) -> dict[str, Any] | None:
+                async def show(container_id: str) -> dict[str, Any] | None:
                     try:
-                        return dict(await container.show())
-                    except aiodocker.DockerError as exc:
+                        return dict(await self._call("GET", f"/containers/{container_id}/json"))
+                    except EngineRefusal as exc:
                         if exc.status == 404:  # removed between list and inspect
                             return None
                         raise
 
                 # inspected concurrently: a per-replica Service has a container per replica
-                shown = await asyncio.gather(*(show(c) for c in listed))
-                return [c for c in shown if c is not None]
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-                raise self._error("listing containers", exc) from exc
+                shown = await asyncio.gather(*(show(str(c["Id"])) for c in listed))
+            except EngineRefusal as exc:
+                raise self._error(what, exc) from exc
+            return [c for c in shown if c is not None]
 
     async def labelled(self, labels: dict[str, str], keys: Sequence[str]) -> list[Labelled]:
-        async with self._deadline("listing containers"):
+        what = "listing containers"
+        async with self._deadline(what):
             try:
-                listed = await self._client().containers.list(
-                    all=True, filters={"label": _label_filters(labels)}
-                )
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-                raise self._error("listing containers", exc) from exc
+                listed = await self._list(labels)
+            except EngineRefusal as exc:
+                raise self._error(what, exc) from exc
             result: list[Labelled] = []
             for container in listed:
-                found = dict(container["Labels"] or {})
+                found = dict(container.get("Labels") or {})
                 result.append((str(container["Id"]), {k: found[k] for k in keys if k in found}))
             return result
 
     async def image(self, ref: str) -> dict[str, Any] | None:
-        async with self._deadline("inspecting an image"):
+        async with self._deadline(f"inspecting image {ref}"):
             try:
-                return await self._client().images.inspect(ref)
-            except aiodocker.DockerError as exc:
+                return dict(await self._call("GET", f"/images/{_quoted(ref)}/json"))
+            except EngineRefusal as exc:
                 if exc.status == 404:
                     return None
                 raise self._error(f"inspecting image {ref}", exc) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._error(f"inspecting image {ref}", exc) from exc
 
     async def logs(self, container: str, tail: int) -> list[str]:
-        async with self._deadline("reading logs"):
-            try:
-                handle = self._client().containers.container(container)
-                chunks = await handle.log(stdout=True, stderr=True, tail=tail)
-            except aiodocker.DockerError as exc:
-                if exc.status == 404:
-                    return []
-                raise self._error(f"reading logs of {container}", exc) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._error(f"reading logs of {container}", exc) from exc
-            return _split_lines(chunks)
+        what = f"reading logs of {container}"
+        async with self._deadline(what):
+            path = f"/containers/{_quoted(container)}"
+            params = {"stdout": 1, "stderr": 1, "tail": tail}
+            answer = await self._send("GET", f"{path}/logs", params=params)
+            if answer.status == 404:
+                return []
+            if answer.status >= 400:
+                raise self._error(what, answer.refusal())
+            kind = answer.headers.get("content-type", "")
+            if kind == _MULTIPLEXED:
+                multiplexed = True
+            elif kind == _RAW:
+                multiplexed = False
+            else:  # engines before API 1.42 do not say: a container with a TTY has no framing
+                try:
+                    shown = await self._call("GET", f"{path}/json")
+                except EngineRefusal as exc:
+                    if exc.status == 404:
+                        return []
+                    raise self._error(what, exc) from exc
+                multiplexed = not (shown.get("Config") or {}).get("Tty")
+            data = answer.body
+            if multiplexed:  # both streams, in the order they were written
+                data = b"".join(payload for _, payload in frames(data))
+            return data.decode(errors="replace").splitlines()
 
     async def wait(self, container: str, timeout: float) -> int | None:  # noqa: ASYNC109
-        handle = self._client().containers.container(container)
+        what = f"waiting for {container}"
         try:
-            status = await asyncio.wait_for(handle.wait(timeout=None), timeout)
+            async with asyncio.timeout(timeout):
+                status = await self._call(
+                    "POST", f"/containers/{_quoted(container)}/wait", read_timeout=None
+                )
         except TimeoutError:
             return None
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-            raise self._error(f"waiting for {container}", exc) from exc
+        except EngineRefusal as exc:
+            raise self._error(what, exc) from exc
+        except _BROKEN as exc:
+            raise self._error(what, exc) from exc
         return int(status.get("StatusCode", -1))
 
     async def stop_container(self, container: str, grace: float) -> None:
-        async with self._deadline("stopping a container", _API_TIMEOUT_S + grace):
+        seconds = math.ceil(grace)
+        async with self._deadline(f"stopping {container}", _API_TIMEOUT_S + grace):
             try:
-                await self._client().containers.container(container).stop(t=math.ceil(grace))
-            except aiodocker.DockerError as exc:
-                if exc.status not in (304, 404):
+                # 304: stopped already
+                await self._call(
+                    "POST",
+                    f"/containers/{_quoted(container)}/stop",
+                    params={"t": seconds},
+                    read_timeout=_API_TIMEOUT_S + seconds,
+                )
+            except EngineRefusal as exc:
+                if exc.status != 404:
                     raise self._error(f"stopping {container}", exc) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._error(f"stopping {container}", exc) from exc
 
     async def remove_container(self, container: str) -> None:
-        async with self._deadline("removing a container"):
+        async with self._deadline(f"removing {container}"):
             try:
-                await self._client().containers.container(container).delete(force=True, v=False)
-            except aiodocker.DockerError as exc:
+                await self._call(
+                    "DELETE", f"/containers/{_quoted(container)}", params={"force": 1, "v": 0}
+                )
+            except EngineRefusal as exc:
                 # 409 "removal ... is already in progress": someone else is removing it
-                if exc.status != 404 and not (exc.status == 409 and "in progress" in str(exc)):
+                if exc.status != 404 and not (exc.status == 409 and "in progress" in exc.message):
                     raise self._error(f"removing {container}", exc) from exc
 
     async def volumes(self, labels: dict[str, str]) -> list[str]:
-        async with self._deadline("listing volumes"):
+        what = "listing volumes"
+        async with self._deadline(what):
+            filters = json.dumps({"label": _label_filters(labels)})
             try:
-                data = await self._client().volumes.list(filters={"label": _label_filters(labels)})
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
-                raise self._error("listing volumes", exc) from exc
+                data = await self._call("GET", "/volumes", params={"filters": filters})
+            except EngineRefusal as exc:
+                raise self._error(what, exc) from exc
             return sorted(str(v["Name"]) for v in data.get("Volumes") or [])
 
     async def remove_volume(self, name: str) -> None:
-        async with self._deadline("removing a volume"):
+        async with self._deadline(f"removing volume {name}"):
             try:
-                await DockerVolume(self._client(), name).delete()
-            except aiodocker.DockerError as exc:
+                await self._call("DELETE", f"/volumes/{_quoted(name)}")
+            except EngineRefusal as exc:
                 if exc.status != 404:
                     raise self._error(f"removing volume {name}", exc) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._error(f"removing volume {name}", exc) from exc
 
     async def create_volume(
         self, name: str, labels: dict[str, str], driver: str | None, options: dict[str, str]
@@ -239,40 +392,50 @@ class AiodockerEngine:
         config: dict[str, Any] = {"Name": name, "Labels": labels, "DriverOpts": options}
         if driver:
             config["Driver"] = driver
-        async with self._deadline("creating a volume"):
+        async with self._deadline(f"creating volume {name}"):
             try:
                 # Creating an existing volume returns it unchanged (labels included).
-                await self._client().volumes.create(config)
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as exc:
+                await self._call("POST", "/volumes/create", body=config)
+            except EngineRefusal as exc:
                 raise self._error(f"creating volume {name}", exc) from exc
 
     async def exec(
         self, container: str, argv: Sequence[str], timeout: float, cwd: str | None  # noqa: ASYNC109
     ) -> CommandResult:
-        out: list[bytes] = []
-        err: list[bytes] = []
+        config: dict[str, Any] = {"AttachStdout": True, "AttachStderr": True, "Cmd": list(argv)}
+        if cwd:
+            config["WorkingDir"] = cwd
         async with self._deadline(f"exec in {container}", timeout):
             try:
-                handle = self._client().containers.container(container)
-                execution = await handle.exec(
-                    list(argv), stdout=True, stderr=True, workdir=cwd or None
+                created = await self._call(
+                    "POST", f"/containers/{_quoted(container)}/exec", body=config
                 )
-                async with execution.start(detach=False) as stream:
-                    while (message := await stream.read_out()) is not None:
-                        (out if message.stream == 1 else err).append(message.data)
-                info = await execution.inspect()
-            except aiodocker.DockerError as exc:
+                path = f"/exec/{_quoted(str(created['Id']))}"
+                # Without an Upgrade header the engine answers 200 and then writes the raw
+                # frames on the connection until the command ends and it closes the connection.
+                url, headers, content = self._request(
+                    f"{path}/start", None, {"Detach": False, "Tty": False}
+                )
+                data = bytearray()
+                async with self._client().stream(
+                    "POST", url, headers=headers, content=content, extensions=_timeouts(None)
+                ) as response:
+                    async for chunk in response.aiter_stream():
+                        data += chunk
+                if response.status >= 400:
+                    raise _Answer(response.status, response.headers, bytes(data)).refusal()
+                info = await self._call("GET", f"{path}/json")
+            except EngineRefusal as exc:
                 # not running, gone: the probe fails with the engine's reason
-                return CommandResult(126, b"", str(exc).encode())
-            except (aiohttp.ClientError, OSError) as exc:
-                raise self._error(f"exec in {container}", exc) from exc
+                return CommandResult(126, b"", exc.message.encode())
+        out, err = demultiplex(bytes(data))
         code = info.get("ExitCode")
-        return CommandResult(int(code) if code is not None else 126, b"".join(out), b"".join(err))
+        return CommandResult(int(code) if code is not None else 126, out, err)
 
     async def close(self) -> None:
-        if self._docker is not None:
-            await self._docker.close()
-            self._docker = None
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
 
 
 class CliEngine:

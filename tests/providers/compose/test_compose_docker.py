@@ -8,7 +8,6 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-import aiodocker
 import pytest
 
 from reconciler.errors import ProviderError
@@ -197,7 +196,7 @@ async def test_fresh_provider_observes_running_revision(make_provider, environme
 
 
 async def test_container_removed_or_replaced_by_hand_is_drift(
-    make_provider, environment, test_images, docker_client
+    make_provider, environment, test_images, docker_cli
 ):
     port = free_port()
     provider = make_provider()
@@ -207,7 +206,7 @@ async def test_container_removed_or_replaced_by_hand_is_drift(
     state = await only_state(provider, service)
 
     # Removed by hand: the instance is missing.
-    await docker_client.containers.container(state.facts["container_id"]).delete(force=True)
+    docker_cli("rm", "-f", state.facts["container_id"])
     missing = await only_state(provider, service)
     assert missing.revision is None and not missing.running
     assert missing.detail == "container missing" and missing.facts["present"] is False
@@ -221,15 +220,10 @@ async def test_container_removed_or_replaced_by_hand_is_drift(
         "dev.fraisier.revision": "r1",
         "dev.fraisier.image": test_images["v1"],
     }
-    impostor = await docker_client.containers.run(
-        {
-            "Image": test_images["v2"],
-            "Cmd": ["sleep", "300"],
-            "Labels": labels,
-            "HostConfig": {"NetworkMode": "host", "Init": True},
-        },
-        name=f"{project_name(service)}-impostor",
-    )
+    impostor = f"{project_name(service)}-impostor"
+    label_args = [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
+    docker_cli("run", "-d", "--name", impostor, "--network", "host", "--init", *label_args,
+               test_images["v2"], "sleep", "300")
     try:
         drifted = await only_state(provider, service)
         # what the daemon's self-heal compares: running, but not the applied revision
@@ -237,14 +231,13 @@ async def test_container_removed_or_replaced_by_hand_is_drift(
         assert test_images["v2"] in drifted.detail
 
         # Reconciling again puts the declared revision back.
-        await impostor.delete(force=True)
+        docker_cli("rm", "-f", impostor)
         await provider.deploy(release(service, "r1"), instance)
         healed = await only_state(provider, service)
         assert healed.revision == "r1" and healed.running
         assert await http_get(port, "/version") == (200, "version v1\n")
     finally:
-        with contextlib.suppress(aiodocker.DockerError):
-            await impostor.delete(force=True)
+        docker_cli("rm", "-f", impostor, check=False)
 
 
 async def test_job_run_exit_code_output_and_secret_env(
@@ -311,20 +304,20 @@ async def test_schedule_run_timeout_kills_the_run(make_provider, environment, te
 
 
 async def test_remove_keeps_volumes_unless_asked(
-    make_provider, environment, test_images, docker_client
+    make_provider, environment, test_images, docker_cli
 ):
     port = free_port()
     provider = make_provider()
     service = make_resource(environment, "Service", "web", web_spec(test_images["v1"], port))
     (instance,) = await provider.instances(service)
     project = project_name(service)
-    volume_filter = {"label": [f"com.docker.compose.project={project}"]}
+    volume_filter = ("--filter", f"label=com.docker.compose.project={project}")
 
     await provider.deploy(release(service, "r1"), instance)
     await provider.remove(service, instance)
     gone = await only_state(provider, service)
     assert gone.detail == "container missing" and not gone.running
-    volumes = (await docker_client.volumes.list(filters=volume_filter))["Volumes"] or []
+    volumes = docker_cli("volume", "ls", "-q", *volume_filter).split()
     assert len(volumes) == 1  # the data volume survived the removal
 
     await provider.deploy(release(service, "r1"), instance)
@@ -333,7 +326,7 @@ async def test_remove_keeps_volumes_unless_asked(
         environment, "Service", "web", web_spec(test_images["v1"], port, removeVolumes=True)
     )
     await provider.remove(purge, instance)
-    assert (await docker_client.volumes.list(filters=volume_filter))["Volumes"] in (None, [])
+    assert docker_cli("volume", "ls", "-q", *volume_filter).split() == []
     assert not Path(provider.state_root, project).exists()
     await provider.remove(purge, instance)  # idempotent
 

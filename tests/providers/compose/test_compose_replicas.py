@@ -192,7 +192,7 @@ async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
 
 
 async def test_strategy_change_moves_replicas_without_duplicates(
-    make_provider, environment, test_images, docker_client, docker_engine
+    make_provider, environment, test_images, docker_cli, docker_engine
 ):
     provider: ComposeProvider = make_provider()
     script = (
@@ -272,10 +272,9 @@ async def test_strategy_change_moves_replicas_without_duplicates(
     assert not Path(provider.state_root, base, "replicas", "1").exists()
 
     # One volume all along, shared by the replicas of every layout: six boots in it.
-    volumes = await docker_client.volumes.list(
-        filters={"label": [f"com.docker.compose.project={base}"]}
-    )
-    assert [v["Name"] for v in volumes["Volumes"]] == [f"{base}_data"]
+    project = f"label=com.docker.compose.project={base}"
+    volumes = docker_cli("volume", "ls", "-q", "--filter", project)
+    assert volumes.split() == [f"{base}_data"]
     # made for the project as compose makes its own (also through the docker CLI)
     made = f"{base}_made"
     await cli_engine.create_volume(made, {"com.docker.compose.project": base}, None, {})
