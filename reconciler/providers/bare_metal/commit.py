@@ -69,11 +69,13 @@ while [ "$i" -lt "$groups" ]; do
   if out=$({{ {SWITCH_COMMANDS}; }} 2>&1); then
     if [ -n "$5" ]; then
       # `enable` only when not enabled yet, and with --no-reload: the unit is loaded already,
-      # enabling adds the symlink read at boot (an implicit reload per new unit was costly)
+      # enabling adds the symlink read at boot (an implicit reload per new unit was costly).
+      # reset-failed first: a deploy's restart is not one of the crash restarts systemd's
+      # start limit counts (5 in 10 s by default), so deploys in quick succession all start.
       (
         out=$({{ systemctl is-enabled --quiet -- "$5" ||
                 systemctl enable --quiet --no-reload -- "$5"; }} 2>&1 &&
-              systemctl restart -- "$5" 2>&1)
+              {{ systemctl reset-failed -- "$5" 2>/dev/null; systemctl restart -- "$5" 2>&1; }})
         rc=$?
         printf 'R %s %s %s\\n' "$i" "$rc" "$(encode "$out")"
       ) &

@@ -143,3 +143,27 @@ class Recording(FolderExport):
     async def __call__(self, dest: Path) -> None:
         self.dests.append(dest)
         await super().__call__(dest)
+
+
+async def test_deploys_in_quick_succession_all_start(
+    ssh_provider: SystemdSSHProvider, tmp_path: Path, ssh_hosts: Any
+) -> None:
+    """systemd refuses a unit's sixth start within 10 s (its default start limit) unless
+    something resets the count; a new revision no longer reloads systemd (which reset it), so
+    the commit resets it for the restart it asks for: eight deploys in a row all start."""
+    src = tmp_path / "src"
+    src.mkdir()
+    resource = service("quick", ["/bin/sleep", "600"])
+    instance = (await ssh_provider.instances(resource))[0]
+    host = next(h for h in ssh_hosts if h.name == instance.id)
+    pids = set()
+    for n in range(8):
+        (src / "VERSION").write_text(f"r{n}\n")
+        started = await ssh_provider.deploy(Release(
+            resource=resource, revision=f"r{n}", config_commit=f"c{n}",
+            export=FolderExport(src), env={}), instance)
+        assert isinstance(started, InstanceState) and started.running, (n, started)
+        pids.add(started.identity.pid)
+    assert len(pids) == 8  # a new process each time
+    unit = f"fraisier-{ENV}_quick.service"
+    assert host.sh(f"systemctl is-active {unit} || true").strip() == "active"
