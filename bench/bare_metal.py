@@ -82,7 +82,7 @@ base = "/srv/bench-plain"
 CHAIN = """set -e
 mv -T "$1/releases/$2.tmp" "$1/releases/$2"
 ln -sfn "releases/$2" "$1/.current" && mv -fT "$1/.current" "$1/current"
-systemctl reset-failed bench-plain.service
+systemctl reset-failed bench-plain.service 2>/dev/null || true  # an inactive unit is "not loaded"
 systemctl restart bench-plain.service
 cd "$1/current"
 for i in $(seq 300); do python3 app.py check "$3" && exit 0; sleep 0.1; done
