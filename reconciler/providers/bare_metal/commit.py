@@ -55,6 +55,18 @@ stale() {{
   [ "$#" -gt 0 ] || return 1
   systemctl show --no-pager -p NeedDaemonReload -- "$@" | grep -qx 'NeedDaemonReload=yes'
 }}
+# systemd refuses a unit's sixth start in 10 s (its start limit, which a daemon-reload used to
+# reset); a deploy's restart is not a crash restart: the count of every unit about to be
+# restarted is reset first, in one command (crash loops between deploys are still limited)
+reset_failed() {{
+  k=$1; shift; i=0
+  for a do
+    i=$((i + 1))
+    [ "$i" -le $((k * 5)) ] && [ $((i % 5)) -eq 0 ] && [ -n "$a" ] && set -- "$@" "$a"
+  done
+  shift "$i"
+  [ "$#" -eq 0 ] || systemctl reset-failed -- "$@" 2>/dev/null
+}}
 groups=$k
 if [ "$reload" = 1 ] || stale "$n" "$@"; then
   if ! out=$(systemctl daemon-reload 2>&1); then
@@ -63,19 +75,18 @@ if [ "$reload" = 1 ] || stale "$n" "$@"; then
   fi
 fi
 shift "$n"
+reset_failed "$groups" "$@"
 i=0
 while [ "$i" -lt "$groups" ]; do
   i=$((i + 1))
   if out=$({{ {SWITCH_COMMANDS}; }} 2>&1); then
     if [ -n "$5" ]; then
       # `enable` only when not enabled yet, and with --no-reload: the unit is loaded already,
-      # enabling adds the symlink read at boot (an implicit reload per new unit was costly).
-      # reset-failed first: a deploy's restart is not one of the crash restarts systemd's
-      # start limit counts (5 in 10 s by default), so deploys in quick succession all start.
+      # enabling adds the symlink read at boot (an implicit reload per new unit was costly)
       (
         out=$({{ systemctl is-enabled --quiet -- "$5" ||
                 systemctl enable --quiet --no-reload -- "$5"; }} 2>&1 &&
-              {{ systemctl reset-failed -- "$5" 2>/dev/null; systemctl restart -- "$5" 2>&1; }})
+              systemctl restart -- "$5" 2>&1)
         rc=$?
         printf 'R %s %s %s\\n' "$i" "$rc" "$(encode "$out")"
       ) &
