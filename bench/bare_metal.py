@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+from _units import sandbox_lines  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
@@ -161,15 +162,6 @@ ANSIBLE_TUNING = {"ANSIBLE_PIPELINING": "1", "ANSIBLE_HOST_KEY_CHECKING": "1",
 ANSIBLE_SSH_ARGS = "-o ControlMaster=auto -o ControlPersist=60s"
 
 
-def sandbox_lines(profile: str, method: str) -> list[str]:
-    """The sandbox lines of the reconciler's own units (the same profile, from its renderer),
-    for the baselines' units: the same work on the host."""
-    from reconciler.providers.bare_metal.unit_sandbox import Sandbox
-
-    return Sandbox.from_section(profile, None).directives(
-        kind="Service", state_name=f"bench-{method}", has_user=False)
-
-
 def unit(name: str, base: str, port_file: str, sandbox: list[str]) -> str:
     return textwrap.dedent(f"""\
         [Service]
@@ -275,7 +267,7 @@ def main() -> None:
             for method in ("plain", "ansible"):
                 base = f"/srv/bench-{method}"
                 text = unit(method, base, f"/etc/fraisier-bench-{method}-port",
-                            sandbox_lines(args.sandbox, method))
+                            sandbox_lines(args.sandbox, f"bench-{method}"))
                 host.run(["sh", "-c", 'cat >"$1"', "-",
                           f"/etc/systemd/system/bench-{method}.service"], input=text.encode())
             host.run(["systemctl", "daemon-reload"])

@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+from _units import sandbox_lines  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
@@ -243,13 +244,9 @@ class Fleet:
         self.passes = 0
 
     def sandbox_lines(self, method: str) -> list[str]:
-        """The sandbox lines of the reconciler's own units (same profile, from its renderer),
-        for the baselines' units: the same work on the host. ``{name}`` stands for the
-        Service's name."""
-        from reconciler.providers.bare_metal.unit_sandbox import Sandbox
-
-        return Sandbox.from_section(self.sandbox, None).directives(
-            kind="Service", state_name=f"{method}-{{name}}", has_user=False)
+        """The reconciler's sandbox lines for the baselines' units (``{name}`` stands for the
+        Service's name)."""
+        return sandbox_lines(self.sandbox, f"{method}-{{name}}")
 
     def each_host(self, fn: Callable[[InfraHost], Any]) -> list[Any]:
         return list(self.pool.map(fn, self.hosts))
