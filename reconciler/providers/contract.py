@@ -178,6 +178,9 @@ class InstanceState:
     last_output: tuple[str, ...] = ()
     identity: Identity = field(default_factory=Identity)
     working_dir: str | None = None  # where the release runs; exec probes start there
+    # How long the instance (``identity``) had been running when observed, by its host's own
+    # clock; None when the provider cannot tell. The health gate's stay-up rule counts it.
+    up_for: float | None = None
 
     def __post_init__(self) -> None:
         if self.phase is None:

@@ -173,7 +173,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
             return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
         # probe interval (the watcher fails the gate meanwhile if it goes).
-        await _sleep_until(started + min(policy.interval, PASS_AFTER_UP_S))
+        last = await _stayed_up(observed, first, started, min(policy.interval, PASS_AFTER_UP_S))
         message = result.message
     else:
         # The provider's own signal (Docker healthcheck, Coolify status), once decided, must
@@ -187,16 +187,36 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
             # instance, which has therefore run at least one check interval: that is the
             # signal the user declared, and the default stay-up would only add dead time.
             message = "healthy by the platform's own check"
+            last = await observed()
         else:
             stay = (to_seconds((health or {}).get("startPeriod"), DEFAULT_STAY_UP_S)
                     if health else DEFAULT_STAY_UP_S)
-            await _sleep_until(started + stay)
+            last = await _stayed_up(observed, first, started, stay)
             message = f"running for {stay:g}s"
-    last = await observed()
     gone = departure(first, last) or (last.problem if last is not None else None)
     if gone is not None:
         return False, await _with_output(provider, resource, instance, last, gone)
     return True, message
+
+
+async def _stayed_up(observed: Callable[[], Awaitable[InstanceState | None]],
+                     first: InstanceState | None, started: float,
+                     needed: float) -> InstanceState | None:
+    """The instance's look once it has been up for ``needed``: by its host's clock when the
+    provider reports its age (``up_for``: the first look's age counts, so a process started
+    well before the gate began waits less), else since the gate began. Not later than
+    ``needed`` after the gate began: the instance has been seen, the same one, that long."""
+    head = first.up_for if first is not None and first.up_for is not None else 0.0
+    await _sleep_until(started + needed - head)
+    while True:
+        last = await observed()
+        if last is None or not last.running:
+            return last  # the caller says why it is gone
+        short = needed - last.up_for if last.up_for is not None else needed
+        wait = min(short, started + needed - time.monotonic())
+        if wait <= 0:
+            return last
+        await asyncio.sleep(wait)
 
 
 async def _sleep_until(when: float) -> None:

@@ -11,6 +11,7 @@ looks, then healthy), ``crash`` (exits at once), ``failDeploy``.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,9 @@ WORKLOAD_SCHEMA: dict[str, Any] = {
         "failDeploy": {"type": "boolean", "description": "deploy raises ProviderError."},
         "reportsStart": {"type": "boolean",
                          "description": "deploy returns the instance as it started."},
+        "startedAgo": {"type": "number", "minimum": 0,
+                       "description": "The platform reports each instance's age (up_for): "
+                                      "this many seconds at its deploy, plus the time since."},
     },
     "additionalProperties": False,
 }
@@ -70,6 +74,7 @@ class Slot:
     health: Health
     pid: int
     starting_looks: int = 0  # looks left while "starting"
+    started: float | None = None  # time.monotonic() of the start, when the age is reported
 
 
 @dataclass
@@ -84,6 +89,8 @@ class World:
     # probe ran (what the health gate looked at before probing).
     looks: dict[str, int] = field(default_factory=dict)
     looks_at_probe: list[tuple[str, int]] = field(default_factory=list)
+    # (instance, age reported) of every look that reported one
+    ages: list[tuple[str, float]] = field(default_factory=list)
     # When set, a run waits for it (``run_started`` is set once a run is going on).
     run_gate: asyncio.Event | None = None
     run_started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -140,9 +147,13 @@ class FakeProvider:
             slot.starting_looks -= 1
             if slot.starting_looks <= 0:
                 slot.health = Health.HEALTHY
+        up_for = None
+        if slot.started is not None and slot.phase is Phase.RUNNING:
+            up_for = time.monotonic() - slot.started
+            self.world.ages.append((instance.id, up_for))
         return InstanceState(
             instance, slot.revision, slot.phase is Phase.RUNNING,
-            "unhealthy" if health is Health.UNHEALTHY else "",
+            "unhealthy" if health is Health.UNHEALTHY else "", up_for=up_for,
             phase=slot.phase, health=health,
             exit_code=None if slot.phase is Phase.RUNNING else 1,
             identity=Identity(pid=slot.pid), working_dir=f"/fake/{resource.name}",
@@ -167,6 +178,8 @@ class FakeProvider:
                     "starting": Health.STARTING}.get(health, Health.UNKNOWN),
             pid=self.world.next_pid,
             starting_looks=3 if health == "starting" else 0,
+            started=(time.monotonic() - float(behaviour["startedAgo"])
+                     if "startedAgo" in behaviour else None),
         )
         self.world.looks[instance.id] = 0
         if not behaviour.get("reportsStart"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,44 @@ async def test_the_gate_starts_from_the_state_a_deploy_reports(fleet: Fleet) -> 
     for instance, looks in fleet.world.looks_at_probe:
         first.setdefault(instance, looks)
     assert first == {"api-1": 0, "api-2": 0, "web-1": 1, "web-2": 1}, first
+
+
+async def test_the_stay_up_rule_counts_the_age_the_platform_reports(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe pass counts once the instance has been up for its interval (1 s here). A
+    provider that reports each instance's age (``up_for``, by its host's clock) spares the wait
+    for an instance already up that long; an instance just started is waited for all the same,
+    and no gate passes before the age its platform reported reached the interval."""
+    from reconciler.rollout import gate
+
+    waits: list[float] = []
+    sleep_until = gate._sleep_until
+
+    async def recording(when: float) -> None:
+        waits.append(when - time.monotonic())
+        await sleep_until(when)
+
+    monkeypatch.setattr(gate, "_sleep_until", recording)
+    health = {"exec": {"command": ["true"]}, "interval": "2s", "timeout": "1s"}
+    fleet.service("api", {"health": "none", "reportsStart": True, "startedAgo": 30},
+                  health=health)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) == "succeeded"
+    assert waits and max(waits) <= 0, waits  # up for 30 s already: no wait
+    assert min(age for _, age in fleet.world.ages) >= 30
+
+    waits.clear()
+    fleet.world.ages.clear()
+    fleet.service("web", {"health": "none", "reportsStart": True, "startedAgo": 0},
+                  health=health)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, ResourceKey("prod", "Service", "web")) == "succeeded"
+    assert waits and min(waits) > 0.5, waits  # just started: waited for the rest of 1 s
+    last_age: dict[str, float] = {}
+    for instance, age in fleet.world.ages:
+        last_age[instance] = age
+    assert set(last_age) == {"web-1", "web-2"}
+    assert min(last_age.values()) >= 1.0, last_age  # the verdict's look: up for 1 s
 
 
 async def test_heal_redeploys_an_instance_that_died(fleet: Fleet) -> None:

@@ -22,16 +22,39 @@ class ProcStat:
         return self.state in ("Z", "X", "x")
 
 
+# Clock ticks per second of /proc's times: USER_HZ, fixed at 100 by the kernel's ABI.
+USER_HZ = 100
+
+
+def parse_stat(pid: int, raw: str) -> ProcStat:
+    """The fields of a /proc/<pid>/stat line (ValueError/IndexError when it is not one)."""
+    # The command name (field 2) is in parentheses and may itself contain spaces and ")".
+    rest = raw[raw.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); field N is rest[N - 3].
+    return ProcStat(pid=pid, state=rest[0], pgrp=int(rest[5 - 3]), start_time=int(rest[22 - 3]))
+
+
 def read_stat(pid: int) -> ProcStat | None:
     """Fields of /proc/<pid>/stat, or None when no such process exists."""
     try:
         raw = (PROC / str(pid) / "stat").read_bytes().decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
         return None
-    # The command name (field 2) is in parentheses and may itself contain spaces and ")".
-    rest = raw[raw.rindex(")") + 2 :].split()
-    # rest[0] is field 3 (state); field N is rest[N - 3].
-    return ProcStat(pid=pid, state=rest[0], pgrp=int(rest[5 - 3]), start_time=int(rest[22 - 3]))
+    return parse_stat(pid, raw)
+
+
+def age_s(pid: int, stat_line: str, uptime_line: str) -> float | None:
+    """How long process ``pid`` has run, from its /proc/<pid>/stat line and /proc/uptime read
+    on the same host: both count from boot in the same clock (the start time is in ticks, so
+    the age is rounded down to one). None when either is missing or is not what it should be."""
+    try:
+        stat = parse_stat(pid, stat_line)
+        uptime = float(uptime_line.split()[0])
+    except (ValueError, IndexError):
+        return None
+    if stat.pid != pid or not stat_line.startswith(f"{pid} ("):
+        return None
+    return max(0.0, uptime - (stat.start_time + 1) / USER_HZ)
 
 
 def start_time(pid: int) -> int | None:

@@ -61,6 +61,7 @@ from reconciler.providers import (
     placement_of,
     workload_env,
 )
+from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
@@ -172,6 +173,7 @@ class SystemdSSHProvider:
         self._export_readers: dict[str, int] = {}  # uploads reading an export now
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
         self._warming: dict[str, asyncio.Task[None]] = {}
+        self._pruning: set[asyncio.Task[None]] = set()  # see _prune_after
         # each host's own values ({vars.NAME} in health checks and env)
         self._vars: dict[str, dict[str, str]] = {
             str(h["name"]): {str(k): str(v) for k, v in (h.get("vars") or {}).items()}
@@ -420,7 +422,7 @@ class SystemdSSHProvider:
         else:
             unit = None  # a Job runs in run(); deploying installs it
 
-        async def once() -> InstanceState | None:
+        async def once() -> tuple[InstanceState | None, ReleaseStore]:
             commits = host_commits(self.transport_for(instance))
             async with commits.staging(self._slots[instance.id]):
                 transport, store, written, units = await self._stage(release, instance)
@@ -446,13 +448,40 @@ class SystemdSSHProvider:
                     f"{instance.id}: starting {unit} failed: {message}"
                     + (f"\n{hint}" if hint else "")
                 )
-            await store.prune(self.keep_releases, current=release.revision)
             if outcome.observed is None:
-                return None
-            return self._state(resource, instance, outcome.observed)
+                return None, store
+            return self._state(resource, instance, outcome.observed), store
 
-        async with self._lock(resource.key, instance.id):
-            return await self._retrying(instance, f"deploy of {resource.key}", once)
+        # The lock is held until the old releases are pruned, which goes on beside the health
+        # gate: the next operation on this Service and host finds them pruned, the gate does
+        # not wait for it.
+        lock = self._lock(resource.key, instance.id)
+        await lock.acquire()
+        try:
+            started, store = await self._retrying(instance, f"deploy of {resource.key}", once)
+        except BaseException:
+            lock.release()
+            raise
+        self._prune_after(store, release.revision, instance, lock)
+        return started
+
+    def _prune_after(self, store: ReleaseStore, revision: str, instance: Instance,
+                     lock: asyncio.Lock) -> None:
+        """Prune ``store``'s old releases (and write the history a commit recorded) in a task
+        that releases ``lock`` when done; ``close()`` waits for it. A failure leaves the old
+        releases for the next deploy: the release it deployed runs all the same."""
+        async def prune() -> None:
+            try:
+                await store.prune(self.keep_releases, current=revision)
+            except (ProviderError, OSError) as exc:
+                log.warning("%s: pruning old releases of %s failed: %s", instance.id,
+                            store.label, exc.message if isinstance(exc, ProviderError) else exc)
+            finally:
+                lock.release()
+
+        task = asyncio.create_task(prune())
+        self._pruning.add(task)
+        task.add_done_callback(self._pruning.discard)
 
     async def run(self, release: Release, instance: Instance) -> RunResult:
         self._config(instance)
@@ -563,9 +592,14 @@ class SystemdSSHProvider:
             if hint:
                 details.append(hint)
                 facts["sandbox_hint"] = hint
+        main_pid = facts["main_pid"]
+        up_for = (procfs.age_s(main_pid, props.get("FraisierStat", ""),
+                               props.get("FraisierUptime", ""))
+                  if running and main_pid else None)
         return InstanceState(
             instance, revision, running, "; ".join(details), facts,
             phase=Phase.MISSING if not running and current is None else None,
+            up_for=up_for,
             exit_code=int(status) if not running and status and status.isdigit() else None,
             working_dir=working_dir,
             identity=Identity(
@@ -605,6 +639,8 @@ class SystemdSSHProvider:
 
     async def close(self) -> None:
         """Close every connection (the provider stays usable: the next call reconnects)."""
+        if self._pruning:
+            await asyncio.gather(*self._pruning, return_exceptions=True)
         warming, self._warming = list(self._warming.values()), {}
         for task in warming:
             task.cancel()

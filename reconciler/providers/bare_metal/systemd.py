@@ -371,6 +371,14 @@ show "$@" | {
       fi
       echo "FraisierCwd=$cwd"
     fi
+    if [ -n "$pid" ] && [ "$pid" != 0 ]; then
+      # the process's age by the host's own clock (two builtin reads): a gate's stay-up rule
+      st= up=
+      { IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null
+      { read -r up _ < /proc/uptime; } 2>/dev/null
+      echo "FraisierStat=$st"
+      echo "FraisierUptime=$up"
+    fi
     case $active/$sub in
       failed/*|*/auto-restart)
         # why it failed, for the sandbox diagnosis: systemd's own lines and the process's

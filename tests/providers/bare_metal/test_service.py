@@ -486,3 +486,22 @@ async def test_a_process_whose_pidfile_was_never_written_is_stopped_before_a_sta
     assert await wait_for_http(f"http://127.0.0.1:{port}/", "r2") == "r2 "
     [state] = await provider.observe(resource)
     assert state.running and state.revision == "r2"
+
+
+def test_age_of_a_process_from_its_stat_line_and_uptime() -> None:
+    """``procfs.age_s`` reads a /proc/<pid>/stat line (whose command name may hold spaces and
+    parentheses) and /proc/uptime of the same host; anything else is no age, never a guess."""
+    from reconciler.providers.bare_metal import procfs
+
+    fields = ["S", "1", "42"] + ["0"] * 16 + ["12345"] + ["0"] * 30  # field 22: start 123.45 s
+    line = "42 (my (odd) name) " + " ".join(fields)
+    assert procfs.age_s(42, line, "130.00 250.00") == pytest.approx(130.0 - 123.46)
+    assert procfs.age_s(43, line, "130.00 250.00") is None  # another process's line
+    assert procfs.age_s(42, "", "130.00 250.00") is None
+    assert procfs.age_s(42, line, "") is None
+    assert procfs.age_s(42, line, "100.00 1.00") == 0.0  # never negative
+    # the age of this very process, read as the observation reads it
+    pid = os.getpid()
+    with open(f"/proc/{pid}/stat") as stat, open("/proc/uptime") as uptime:
+        age = procfs.age_s(pid, stat.readline(), uptime.readline())
+    assert age is not None and 0 <= age < 24 * 3600
