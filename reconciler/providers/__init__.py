@@ -29,6 +29,7 @@ from reconciler.providers.contract import (
     observe_one,
     placement_of,
     probe_site,
+    stage_ahead,
 )
 from reconciler.spec.model import Resource
 
@@ -58,6 +59,7 @@ __all__ = [
     "observe_one",
     "placement_of",
     "probe_site",
+    "stage_ahead",
     "workload_env",
 ]
 

@@ -102,12 +102,16 @@ class Capabilities:
     concurrent deploys together (one reload, one remote command): core then runs every rollout
     of the Target at once (within the pass's cap) instead of ``concurrency`` per Target, so a
     host's deploys meet in one batch.
+    ``stages_ahead``: ``stage(release, instance)`` delivers a release's files to an instance
+    ahead of its deploy without changing what runs there (the deploy then finds them): a
+    rolling rollout stages its later batches while the first ones roll.
     """
 
     observe_one: bool = False
     schedules_natively: bool = False
     exec_probes: ProbeSite = ProbeSite.LOCAL
     host_batching: bool = False
+    stages_ahead: bool = False
 
 
 # -- observed state ---------------------------------------------------------------------------
@@ -293,6 +297,15 @@ class ObservesOne(Protocol):
     async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState: ...
 
 
+class StagesAhead(Protocol):
+    """Required with ``Capabilities.stages_ahead``."""
+
+    async def stage(self, release: Release, instance: Instance) -> None:
+        """Deliver ``release``'s files to ``instance`` for a deploy to come; nothing that runs
+        there changes (no restart, no switch, no configuration the running instance reads).
+        Best effort: the deploy delivers whatever staging did not."""
+
+
 class ProbesInInstance(Protocol):
     """Required with ``Capabilities.exec_probes = ProbeSite.INSTANCE``."""
 
@@ -318,6 +331,13 @@ async def observe_one(provider: Provider, resource: Resource,
         if state.instance.id == instance.id:
             return state
     return None
+
+
+async def stage_ahead(provider: Provider, release: Release, instance: Instance) -> None:
+    """``release`` staged on ``instance`` for its deploy to come, where the provider declares
+    it can (``stages_ahead``); nothing otherwise."""
+    if provider.capabilities.stages_ahead:
+        await cast(StagesAhead, provider).stage(release, instance)
 
 
 def probe_site(provider: Provider, instance: Instance,

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from reconciler.errors import ReconcilerError
 from reconciler.health.probes import probe
 from reconciler.health.wait import has_probes
-from reconciler.providers import Instance, InstanceState, Provider, Release, probe_site
+from reconciler.providers import (
+    Instance,
+    InstanceState,
+    Provider,
+    Release,
+    probe_site,
+    stage_ahead,
+)
 from reconciler.rollout import control
 from reconciler.rollout.strategies import (
     BLUE_GREEN,
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reconciler.rollout")
 
 POLL_S = 0.5  # how often waits look for promote/abort/suspend signals
+STAGE_AHEAD = 8  # instances of later batches staged at once while the first batches roll
 
 # The gates a rollout can fail (RolloutFailed.gate).
 HEALTH = "health"
@@ -149,18 +157,47 @@ class RolloutRun:
     async def _batched(self, instances: list[Instance]) -> str:
         batches = self.strategy.batches(instances)
         resumed = 0
-        for n, batch in enumerate(batches, 1):
-            if all(i.id in self.done for i in batch):
-                self.moved.extend(batch)  # gated before the interruption: reverted on failure
-                resumed += 1
-                continue
-            if n > resumed + 1:
-                await self.checkpoint(f"batch {n}/{len(batches)}")
-                if self.strategy.pause_s:
-                    await self.wait(self.strategy.pause_s, f"pause before batch {n}")
-            await self._move(batch, f"batch {n}/{len(batches)}")
+        staging = self._stage_ahead([i for batch in batches[1:] for i in batch
+                                     if i.id not in self.done])
+        try:
+            for n, batch in enumerate(batches, 1):
+                if all(i.id in self.done for i in batch):
+                    self.moved.extend(batch)  # gated before the interruption: reverted on failure
+                    resumed += 1
+                    continue
+                if n > resumed + 1:
+                    await self.checkpoint(f"batch {n}/{len(batches)}")
+                    if self.strategy.pause_s:
+                        await self.wait(self.strategy.pause_s, f"pause before batch {n}")
+                await self._move(batch, f"batch {n}/{len(batches)}")
+        finally:
+            if staging is not None:
+                staging.cancel()
+                await asyncio.gather(staging, return_exceptions=True)
         return f"{len(instances)} instance(s) in {len(batches)} batch(es)" + (
             f", resumed after batch {resumed}" if resumed else "")
+
+    def _stage_ahead(self, instances: list[Instance]) -> asyncio.Task[None] | None:
+        """The new release staged on ``instances`` (later batches), in rollout order, while the
+        first batches deploy and gate, where the provider can (``stages_ahead``): a batch's
+        upload is then done when its turn comes. Nothing that runs changes, so this is not a
+        journaled step; a failure is left to the instance's own deploy, which delivers again."""
+        if not instances or not self.provider.capabilities.stages_ahead:
+            return None
+        slots = asyncio.Semaphore(STAGE_AHEAD)
+
+        async def stage(instance: Instance) -> None:
+            async with slots:
+                try:
+                    await stage_ahead(self.provider, self.release, instance)
+                except (ReconcilerError, OSError) as exc:
+                    log.debug("staging ahead failed", extra={
+                        "resource": str(self.key), "instance": instance.id, "error": str(exc)})
+
+        async def stage_all() -> None:
+            await asyncio.gather(*(stage(i) for i in instances))
+
+        return asyncio.create_task(stage_all())
 
     async def _move(self, batch: list[Instance], label: str) -> None:
         """Deploy the new revision to ``batch`` at once, then gate every instance of it."""

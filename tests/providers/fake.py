@@ -89,6 +89,8 @@ class World:
     # probe ran (what the health gate looked at before probing).
     looks: dict[str, int] = field(default_factory=dict)
     looks_at_probe: list[tuple[str, int]] = field(default_factory=list)
+    # (instance, revision staged, revision running then) of every stage call
+    staged: list[tuple[str, str, str | None]] = field(default_factory=list)
     # (instance, age reported) of every look that reported one
     ages: list[tuple[str, float]] = field(default_factory=list)
     # When set, a run waits for it (``run_started`` is set once a run is going on).
@@ -122,7 +124,8 @@ class InstanceShell:
 
 
 class FakeProvider:
-    capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE)
+    capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE,
+                                stages_ahead=True)
 
     def __init__(self, world: World, target: Resource) -> None:
         self.world = world
@@ -161,6 +164,13 @@ class FakeProvider:
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> InstanceShell:
         return InstanceShell(self.world, instance.id)
+
+    async def stage(self, release: Release, instance: Instance) -> None:
+        """Staging changes nothing that runs: it is only recorded, with what ran then."""
+        slot = self.world.slots.get(instance.id)
+        self.world.calls.append(("stage", str(release.resource.key), instance.id))
+        self.world.staged.append((instance.id, release.revision,
+                                  slot.revision if slot is not None else None))
 
     async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
         resource = release.resource

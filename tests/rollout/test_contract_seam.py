@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,64 @@ async def test_the_stay_up_rule_counts_the_age_the_platform_reports(
         last_age[instance] = age
     assert set(last_age) == {"web-1", "web-2"}
     assert min(last_age.values()) >= 1.0, last_age  # the verdict's look: up for 1 s
+
+
+def three_instances(fleet: Fleet) -> None:
+    fleet.write("target", {"apiVersion": "fraisier.dev/v1", "kind": "Target",
+                           "metadata": {"name": "fleet", "environment": "prod"},
+                           "spec": {"provider": "fake", "instances": 3}})
+
+
+async def test_a_rolling_rollout_stages_its_later_batches_ahead(fleet: Fleet) -> None:
+    """With ``stages_ahead``, a rolling rollout of one instance per batch stages the new
+    revision on instances 2 and 3 while instance 1 deploys: each staged before its own deploy,
+    the first never (it deploys at once), and staging leaves what runs as it was."""
+    three_instances(fleet)
+    rolling = {"type": "rolling", "maxParallel": 1}
+    fleet.service("api", {"health": "none"}, strategy=rolling)
+    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
+    v1 = fleet.world.running(str(API))
+    fleet.world.calls.clear()
+    fleet.world.staged.clear()
+    fleet.service("api", {"health": "none"}, strategy=rolling, env={"V": "2"})
+    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
+    v2 = fleet.world.running(str(API))
+    assert set(v2.values()) != set(v1.values())
+    order = [(op, i) for op, r, i in fleet.world.calls if r == str(API)]
+    assert sorted(i for op, i in order if op == "stage") == ["api-2", "api-3"], order
+    for instance in ("api-2", "api-3"):
+        assert order.index(("stage", instance)) < order.index(("deploy", instance)), order
+    # what ran on each staged instance then: the old revision; staged: the new one
+    assert sorted(fleet.world.staged) == sorted(
+        (i, v2[i], v1[i]) for i in ("api-2", "api-3"))
+
+
+async def test_staged_instances_are_not_deployed_when_the_first_batch_fails(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollout whose first batch fails its gate rolls back; instances staged ahead were
+    never deployed (they keep running the old revision). A provider that does not declare
+    ``stages_ahead`` is never asked to stage."""
+    three_instances(fleet)
+    rolling = {"type": "rolling", "maxParallel": 1}
+    fleet.service("api", {"health": "none"}, strategy=rolling)
+    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
+    v1 = fleet.world.running(str(API))
+    fleet.world.calls.clear()
+    fleet.service("api", {"health": "crash"}, strategy=rolling)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) != "succeeded"
+    deployed = [i for op, r, i in fleet.world.calls if op == "deploy" and r == str(API)]
+    assert set(deployed) == {"api-1"}, deployed  # the failed one, then its rollback
+    assert fleet.world.running(str(API)) == v1
+
+    from tests.providers.fake import FakeProvider
+
+    monkeypatch.setattr(FakeProvider, "capabilities",
+                        replace(FakeProvider.capabilities, stages_ahead=False))
+    fleet.world.calls.clear()
+    fleet.service("api", {"health": "none"}, strategy=rolling, env={"V": "3"})
+    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
+    assert not [c for c in fleet.world.calls if c[0] == "stage"]
 
 
 async def test_heal_redeploys_an_instance_that_died(fleet: Fleet) -> None:

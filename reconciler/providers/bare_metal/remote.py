@@ -140,7 +140,7 @@ class SystemdSSHProvider:
     # One host is observed on its own; exec probes run on the instance's host.
     capabilities = Capabilities(
         observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE,
-        host_batching=True,
+        host_batching=True, stages_ahead=True,
     )
 
     def __init__(
@@ -377,6 +377,22 @@ class SystemdSSHProvider:
         written = await systemd.install(files, reload=False)
         units = [posixpath.basename(p) for p in files if p.startswith(UNIT_DIR + "/")]
         return transport, store, written, units
+
+    async def stage(self, release: Release, instance: Instance) -> None:
+        """The release's tree uploaded to the host for a deploy to come (``stages_ahead``):
+        only ``releases/<revision>`` and the record that it is complete; no unit, environment
+        file or ``current`` changes, so what runs does not. A release with a build is left to
+        its deploy (the build reads the environment file, which the running unit reads too)."""
+        resource = release.resource
+        self._config(instance)
+        if resource.spec.get("build"):
+            return
+        async with self._lock(resource.key, instance.id), self._slots[instance.id]:
+            transport = self.transport_for(instance)
+            await self._store(transport, resource).ensure(
+                release, tree=self._release_tree(release), build=None,
+                working_dir=resource.spec.get("workingDir"), env={},
+                build_timeout_s=BUILD_TIMEOUT_S)
 
     async def _prepare(self, release: Release, instance: Instance
                        ) -> tuple[Transport, ReleaseStore]:

@@ -279,3 +279,34 @@ async def test_old_releases_are_pruned_after_the_deploy_returns(
     assert sorted(state["releases"]) == ["v3", "v4", "v5"]
     status, body = await host_app.get(host.name)
     assert (status, body.split()) == (200, ["v5"])
+
+
+@pytest.mark.timeout(120)
+async def test_staging_ahead_uploads_the_release_and_changes_nothing_that_runs(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
+    """``stage`` puts ``releases/v2`` on the host and records it complete, while the unit, its
+    environment file, ``current`` and the running process stay as they were; the deploy that
+    follows uploads nothing more (a file left in the staged tree is still there after it)."""
+    resource = make_resource("api", host_app_spec(env={"GREETING": "one"}))
+    [instance, _] = await ssh_provider.instances(resource)
+    await ssh_provider.deploy(host_app.release(resource, "v1", env={"GREETING": "one"}),
+                              instance)
+    host = next(h for h in ssh_hosts if h.name == instance.id)
+    before = host.sh(f"sha256sum {unit_path()} {SERVICE_DIR}/environment; "
+                     f"readlink {SERVICE_DIR}/current; systemctl show -p MainPID --value {UNIT}")
+    changed = make_resource("api", host_app_spec(env={"GREETING": "two"}))
+    v2 = host_app.release(changed, "v2", env={"GREETING": "two"})
+    await ssh_provider.stage(v2, instance)
+    after = host.sh(f"sha256sum {unit_path()} {SERVICE_DIR}/environment; "
+                    f"readlink {SERVICE_DIR}/current; systemctl show -p MainPID --value {UNIT}")
+    assert after == before
+    assert await host_app.get(host.name) == (200, "v1 one")
+    assert "v2" in json.loads(host.sh(f"cat {SERVICE_DIR}/releases.json"))["releases"]
+    host.run(["touch", f"{SERVICE_DIR}/releases/v2/staged-marker"])
+    await ssh_provider.deploy(v2, instance)
+    assert await host_app.get(host.name) == (200, "v2 two")
+    assert host.sh(f"ls {SERVICE_DIR}/releases/v2/staged-marker").strip()
+    # a release with a build is left to its deploy: the build reads the environment file
+    built = make_resource("api", host_app_spec(build=["true"]))
+    await ssh_provider.stage(host_app.release(built, "v3"), instance)
+    assert "v3" not in host.sh(f"ls {SERVICE_DIR}/releases").split()
