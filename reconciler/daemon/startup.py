@@ -71,6 +71,7 @@ async def serve(daemon: Daemon) -> int:
         return daemon.stopping
 
     metrics.RECONCILE_AGE.set_function(daemon.pass_watch.age)
+    metrics.PASS_OVERRUN_LIMIT.set(daemon.pass_watch.limit)  # what FraisierPassOverrun compares
 
     background = [asyncio.create_task(daemon.scheduler.run()),
                   asyncio.create_task(daemon.self_heal.run()),

@@ -54,6 +54,11 @@ RECONCILE_AGE = Gauge(
     "Age of the reconcile pass in progress (0 between passes); past --pass-overrun /readyz "
     "answers not ready.", registry=REGISTRY,
 )
+PASS_OVERRUN_LIMIT = Gauge(
+    "reconciler_pass_overrun_limit_seconds",
+    "The --pass-overrun limit: a pass in progress longer than this makes /readyz not ready.",
+    registry=REGISTRY,
+)
 LAST_SUCCESSFUL_SYNC = Gauge(
     "reconciler_last_successful_sync_timestamp_seconds",
     "Unix time of the last reconcile pass that converged.", registry=REGISTRY,

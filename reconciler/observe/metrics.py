@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # what __getattr__ gives, for the type checker
     from reconciler.observe.instruments import LAST_SUCCESSFUL_SYNC as LAST_SUCCESSFUL_SYNC
     from reconciler.observe.instruments import LOCK_WAIT as LOCK_WAIT
     from reconciler.observe.instruments import NOTIFICATIONS_TOTAL as NOTIFICATIONS_TOTAL
+    from reconciler.observe.instruments import PASS_OVERRUN_LIMIT as PASS_OVERRUN_LIMIT
     from reconciler.observe.instruments import PROCESS as PROCESS
     from reconciler.observe.instruments import RECONCILE_AGE as RECONCILE_AGE
     from reconciler.observe.instruments import RECONCILE_DURATION as RECONCILE_DURATION
@@ -52,9 +53,9 @@ UPDATED = ("COMMIT_STATUS_TOTAL", "DB_CONNECTIONS", "DB_ERRORS", "DB_QUERY_DURAT
            "DEPLOYMENT_DURATION", "DEPLOYMENTS_TOTAL", "DESIRED_STATE_ERRORS",
            "DESIRED_STATE_REFUSED", "DRIFT_RESOURCES", "GIT_FETCH_DURATION", "GIT_FETCH_ERRORS",
            "HEALTH_CHECK_DURATION", "HEALTH_CHECK_FAILURES", "HTTP_REFUSED", "JOB_RUNS_TOTAL",
-           "LAST_SUCCESSFUL_SYNC", "LOCK_WAIT", "NOTIFICATIONS_TOTAL", "RECONCILE_AGE",
-           "RECONCILE_DURATION", "RECONCILE_TOTAL", "RESOURCE_INFO", "ROLLBACKS_TOTAL",
-           "SSH_CONNECTIONS", "WEBHOOK_REQUESTS")
+           "LAST_SUCCESSFUL_SYNC", "LOCK_WAIT", "NOTIFICATIONS_TOTAL", "PASS_OVERRUN_LIMIT",
+           "RECONCILE_AGE", "RECONCILE_DURATION", "RECONCILE_TOTAL", "RESOURCE_INFO",
+           "ROLLBACKS_TOTAL", "SSH_CONNECTIONS", "WEBHOOK_REQUESTS")
 
 
 class Discarded:

@@ -31,10 +31,14 @@ def readyz(listen: int) -> tuple[int, dict[str, object]]:
         return 0, {}
 
 
-def pass_age(listen: int) -> float:
+def gauge(listen: int, name: str) -> float:
     body = http_get(listen, "/metrics")[1]
-    line = next(x for x in body.splitlines() if x.startswith("reconciler_reconcile_age_seconds "))
+    line = next(x for x in body.splitlines() if x.startswith(f"{name} "))
     return float(line.split()[-1])
+
+
+def pass_age(listen: int) -> float:
+    return gauge(listen, "reconciler_reconcile_age_seconds")
 
 
 def test_overrunning_pass_makes_readyz_not_ready_until_it_ends(fleet: Fleet) -> None:
@@ -48,6 +52,8 @@ def test_overrunning_pass_makes_readyz_not_ready_until_it_ends(fleet: Fleet) -> 
     try:
         wait_for(lambda: readyz(listen)[0] == 200, timeout=60, step=0.2)
         assert readyz(listen)[1]["overrun"] is None
+        # the limit is exported: FraisierPassOverrun compares the age with it
+        assert gauge(listen, "reconciler_pass_overrun_limit_seconds") == LIMIT_S
 
         # the new Service's process listens only after SLOW_START_S: its health gate (start
         # period 90s) holds the rollout, and with it the pass, that long
