@@ -126,10 +126,12 @@ class ReleaseStore:
     # -- releases ----------------------------------------------------------------------------
 
     async def has(self, revision: str) -> bool:
+        """The state file records ``revision`` complete and its directory is there (a listing
+        of the releases: an SFTP request over SSH, no command on the host)."""
         state = await self.load_state()
         if revision not in state["releases"]:
             return False
-        return (await self._fs("test", "-d", self.path(revision), check=False)).ok
+        return check_revision(revision) in (await self.list_dirs())
 
     async def ensure(
         self,

@@ -316,3 +316,21 @@ async def test_staging_ahead_uploads_the_release_and_changes_nothing_that_runs(
     built = make_resource("api", host_app_spec(build=["true"]))
     await ssh_provider.stage(host_app.release(built, "v3"), instance)
     assert "v3" not in host.sh(f"ls {SERVICE_DIR}/releases").split()
+
+
+@pytest.mark.timeout(120)
+async def test_a_release_removed_by_hand_is_uploaded_again(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
+    """The state file says v1 is complete, but its directory is gone (removed by hand): the
+    next deploy of v1 uploads it again instead of switching to nothing."""
+    resource = make_resource("api", host_app_spec())
+    [instance, _] = await ssh_provider.instances(resource)
+    await ssh_provider.deploy(host_app.release(resource, "v1"), instance)
+    await ssh_provider.deploy(host_app.release(resource, "v2"), instance)
+    host = next(h for h in ssh_hosts if h.name == instance.id)
+    host.run(["rm", "-rf", f"{SERVICE_DIR}/releases/v1"])
+    assert "v1" in json.loads(host.sh(f"cat {SERVICE_DIR}/releases.json"))["releases"]
+    started = await ssh_provider.deploy(host_app.release(resource, "v1"), instance)
+    assert started is not None and started.running and started.revision == "v1"
+    status, body = await host_app.get(host.name)
+    assert (status, body.split()) == (200, ["v1"])
