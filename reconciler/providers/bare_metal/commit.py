@@ -26,7 +26,14 @@ from dataclasses import dataclass, replace
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal.batches import RequestBatches
 from reconciler.providers.bare_metal.releases import SWITCH_COMMANDS
-from reconciler.providers.bare_metal.systemd import OBSERVE_SCRIPT, Group, Systemd
+from reconciler.providers.bare_metal.systemd import (
+    OBSERVE_SCRIPT,
+    SERVICE_INSTALL_TARGET,
+    TIMER_INSTALL_TARGET,
+    UNIT_DIR,
+    Group,
+    Systemd,
+)
 from reconciler.transport import Transport
 
 MAX_LINGER_S = 5.0  # the longest a staged deploy waits for the host's other deploys
@@ -82,9 +89,15 @@ while [ "$i" -lt "$groups" ]; do
   if out=$({{ {SWITCH_COMMANDS}; }} 2>&1); then
     if [ -n "$5" ]; then
       # `enable` only when not enabled yet, and with --no-reload: the unit is loaded already,
-      # enabling adds the symlink read at boot (an implicit reload per new unit was costly)
+      # enabling adds the symlink read at boot (an implicit reload per new unit was costly).
+      # Enabled is that symlink being there: a builtin test (`systemctl is-enabled` was one
+      # more process per unit restarted)
       (
-        out=$({{ systemctl is-enabled --quiet -- "$5" ||
+        case $5 in
+          *.timer) wants={UNIT_DIR}/{TIMER_INSTALL_TARGET}.wants ;;
+          *) wants={UNIT_DIR}/{SERVICE_INSTALL_TARGET}.wants ;;
+        esac
+        out=$({{ [ -L "$wants/$5" ] ||
                 systemctl enable --quiet --no-reload -- "$5"; }} 2>&1 &&
               systemctl restart -- "$5" 2>&1)
         rc=$?

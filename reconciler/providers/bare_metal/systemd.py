@@ -50,6 +50,10 @@ from reconciler.spec.durations import to_seconds
 from reconciler.transport import CommandResult, Transport
 
 UNIT_DIR = "/etc/systemd/system"
+# The targets our units are installed into ([Install] WantedBy=): `systemctl enable` links a
+# unit into <UNIT_DIR>/<target>.wants/, which the commit reads to tell an enabled unit.
+SERVICE_INSTALL_TARGET = "multi-user.target"
+TIMER_INSTALL_TARGET = "timers.target"
 _SYSTEMCTL_TIMEOUT_S = 60.0
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]*[$]?\Z")
@@ -263,7 +267,7 @@ def render_service_unit(
         kind=kind, state_name=state_name, has_user=bool(settings.user)
     )
     if install:
-        lines += ["", "[Install]", "WantedBy=multi-user.target"]
+        lines += ["", "[Install]", f"WantedBy={SERVICE_INSTALL_TARGET}"]
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +282,7 @@ def render_timer_unit(description: str, calendars: Sequence[str]) -> str:
         "AccuracySec=1s",
         "",
         "[Install]",
-        "WantedBy=timers.target",
+        f"WantedBy={TIMER_INSTALL_TARGET}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -334,3 +334,25 @@ async def test_a_release_removed_by_hand_is_uploaded_again(
     assert started is not None and started.running and started.revision == "v1"
     status, body = await host_app.get(host.name)
     assert (status, body.split()) == (200, ["v1"])
+
+
+@pytest.mark.timeout(120)
+async def test_a_unit_disabled_by_hand_is_enabled_again_by_the_next_deploy(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
+    """The commit tells an enabled unit by `systemctl enable`'s link in
+    multi-user.target.wants: a unit disabled by hand (link gone) is enabled again, so it
+    still starts at boot; an enabled one keeps its link."""
+    resource = make_resource("api", host_app_spec())
+    [instance, _] = await ssh_provider.instances(resource)
+    await ssh_provider.deploy(host_app.release(resource, "v1"), instance)
+    host = next(h for h in ssh_hosts if h.name == instance.id)
+    link = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+    assert host.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+    assert host.sh(f"readlink {link}").strip() == unit_path()
+    host.run(["systemctl", "disable", "--quiet", UNIT])
+    assert host.run(["systemctl", "is-enabled", UNIT], check=False).stdout.strip() == b"disabled"
+    await ssh_provider.deploy(host_app.release(resource, "v2"), instance)
+    assert host.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
+    assert host.sh(f"readlink {link}").strip() == unit_path()
+    await ssh_provider.deploy(host_app.release(resource, "v3"), instance)
+    assert host.sh(f"systemctl is-enabled {UNIT}").strip() == "enabled"
