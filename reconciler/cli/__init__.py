@@ -7,26 +7,42 @@ and history, `manual`: rollback, suspend and resume, `audit`, `logs`, `daemon`, 
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
 from reconciler import __version__
-from reconciler.cli.apply import apply
-from reconciler.cli.audit import audit
 from reconciler.cli.common import Options
-from reconciler.cli.daemon import daemon
-from reconciler.cli.db import db
-from reconciler.cli.logs import logs
-from reconciler.cli.manual import resume, rollback, suspend
-from reconciler.cli.plan import diff, validate
-from reconciler.cli.render import render
-from reconciler.cli.rollout import abort, lock, promote
-from reconciler.cli.status import history, status
 from reconciler.observe.logging import setup_logging
 
+# Each command by the module it lives in: a command's module (and what it imports) is loaded
+# when that command runs or is listed, so `diff` does not import `apply`'s notifications or
+# the daemon's HTTP stack (docs/performance.md, session 9).
+COMMANDS = {
+    "validate": "plan", "render": "render", "diff": "plan", "apply": "apply",
+    "status": "status", "history": "status", "rollback": "manual", "suspend": "manual",
+    "resume": "manual", "audit": "audit", "logs": "logs", "daemon": "daemon", "db": "db",
+    "promote": "rollout", "abort": "rollout", "lock": "rollout",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """The top-level group: commands imported on first use (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"reconciler.cli.{COMMANDS[cmd_name]}")
+            command = getattr(module, cmd_name)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reconciler")
 @click.option("--db", envvar="RECONCILER_DB", default=None,
               help="Database URL (sqlite:///…, postgresql://…, mysql://…). Env RECONCILER_DB.")
@@ -54,11 +70,6 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
 
         # every state change this command makes is audited as the user at the keyboard
         ctx.with_resource(acting_as(cli_actor()))
-
-
-for command in (validate, render, diff, apply, status, history, rollback, suspend, resume, audit,
-                logs, daemon, db, promote, abort, lock):
-    cli.add_command(command)
 
 
 class WholeProcess:

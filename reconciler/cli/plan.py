@@ -188,7 +188,11 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
 
     found: dict[Any, Any] = {}
     plan = run(main())
-    if output == "json":
+    if output == "json" and not found and not sys.stdout.isatty():
+        from reconciler.console.pipes import echo_long
+
+        echo_long(plan.json_text() + "\n")  # what emit_json writes, item by item
+    elif output == "json":
         document = plan.to_json()
         add_origins_to_plan_json(document, found)
         emit_json(document)

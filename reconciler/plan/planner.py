@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json import dumps
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any
 
@@ -75,6 +77,30 @@ class PlanItem:
 
 
 _action_of = attrgetter("action")
+_ITEM = ('{"resource": %s, "environment": %s, "kind": %s, "name": %s, "action": %s, '
+         '"revision": %s, "appliedRevision": %s, "reason": %s, "changes": []}')
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _plain_item_text(item: PlanItem) -> str | None:
+    """``PlanItem.to_json`` of an item without changes as JSON text, as ``json.dumps`` writes
+    it; None when a value is not a plain string (then ``json.dumps`` decides)."""
+    record = item.record
+    applied = record.applied_revision if record is not None else None
+    environment, kind, name = item.key
+    revision, reason, action = item.revision, item.reason, item.action
+    if (action == DEFERRED or type(environment) is not str or type(kind) is not str
+            or type(name) is not str or type(action) is not str or type(reason) is not str
+            or not (revision is None or type(revision) is str)
+            or not (applied is None or type(applied) is str)):
+        return None
+    return _ITEM % (encode_basestring_ascii(f"{environment}/{kind}/{name}"),
+                    encode_basestring_ascii(environment), encode_basestring_ascii(kind),
+                    encode_basestring_ascii(name), encode_basestring_ascii(action),
+                    _text(revision), _text(applied), encode_basestring_ascii(reason))
 
 
 @dataclass(repr=False)
@@ -106,6 +132,20 @@ class Plan:
             "summary": self.counts(),
             "resources": [i.to_json() for i in self.items],
         }
+
+    def json_text(self) -> str:
+        """``json.dumps(self.to_json(), default=str)``, the same text, without a dict per
+        item: an item with no changes (every unchanged resource of a fleet) is written from
+        its strings directly (``diff -o json`` prints every item; a dict each and their
+        encoding were ~45 ms of a 10,000-resource warm diff)."""
+        counts = self.counts()
+        head = {"commit": self.commit, "inSync": all(a in _IN_SYNC for a in counts),
+                "summary": counts}
+        parts = []
+        for item in self.items:
+            text = _plain_item_text(item) if not item.changes else None
+            parts.append(text if text is not None else dumps(item.to_json(), default=str))
+        return dumps(head, default=str)[:-1] + ', "resources": [' + ", ".join(parts) + "]}"
 
 
 class _Pause:
