@@ -18,8 +18,8 @@ import pytest
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.rollout.engine import Reconciler
 from reconciler.rollout.planning import plan_against_store
-from reconciler.source.revisions import Revisions
 from reconciler.source.git import GitSource
+from reconciler.source.revisions import Revisions
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import load_desired_state
 from reconciler.spec.model import DesiredState, PackedResource, ResourceKey
