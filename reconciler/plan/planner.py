@@ -77,15 +77,15 @@ class PlanItem:
 
 
 _action_of = attrgetter("action")
-_ITEM = ('{"resource": %s, "environment": %s, "kind": %s, "name": %s, "action": %s, '
-         '"revision": %s, "appliedRevision": %s, "reason": %s, "changes": []}')
+# The parts of an item's text that follow from (environment, kind, action), made once each.
+_Heads = dict[tuple[str, str, str], tuple[str, str, str]]
 
 
 def _text(value: str | None) -> str:
     return "null" if value is None else encode_basestring_ascii(value)
 
 
-def _plain_item_text(item: PlanItem) -> str | None:
+def _plain_item_text(item: PlanItem, heads: _Heads) -> str | None:
     """``PlanItem.to_json`` of an item without changes as JSON text, as ``json.dumps`` writes
     it; None when a value is not a plain string (then ``json.dumps`` decides)."""
     record = item.record
@@ -97,10 +97,20 @@ def _plain_item_text(item: PlanItem) -> str | None:
             or not (revision is None or type(revision) is str)
             or not (applied is None or type(applied) is str)):
         return None
-    return _ITEM % (encode_basestring_ascii(f"{environment}/{kind}/{name}"),
-                    encode_basestring_ascii(environment), encode_basestring_ascii(kind),
-                    encode_basestring_ascii(name), encode_basestring_ascii(action),
-                    _text(revision), _text(applied), encode_basestring_ascii(reason))
+    head = heads.get((environment, kind, action))
+    if head is None:
+        # a JSON string escapes character by character: the text of "env/kind/" + name is
+        # that of "env/kind/" without its closing quote, then that of name without its
+        # opening one
+        head = heads[(environment, kind, action)] = (
+            '{"resource": ' + encode_basestring_ascii(f"{environment}/{kind}/")[:-1],
+            f', "environment": {encode_basestring_ascii(environment)}, '
+            f'"kind": {encode_basestring_ascii(kind)}, "name": ',
+            f', "action": {encode_basestring_ascii(action)}, "revision": ')
+    quoted = encode_basestring_ascii(name)
+    return (f'{head[0]}{quoted[1:]}{head[1]}{quoted}{head[2]}{_text(revision)}, '
+            f'"appliedRevision": {_text(applied)}, "reason": '
+            f'{encode_basestring_ascii(reason)}, "changes": []}}')
 
 
 @dataclass(repr=False)
@@ -142,8 +152,9 @@ class Plan:
         head = {"commit": self.commit, "inSync": all(a in _IN_SYNC for a in counts),
                 "summary": counts}
         parts = []
+        heads: _Heads = {}
         for item in self.items:
-            text = _plain_item_text(item) if not item.changes else None
+            text = _plain_item_text(item, heads) if not item.changes else None
             parts.append(text if text is not None else dumps(item.to_json(), default=str))
         return dumps(head, default=str)[:-1] + ', "resources": [' + ", ".join(parts) + "]}"
 
