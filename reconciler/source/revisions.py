@@ -40,6 +40,7 @@ class Revisions:
         # the next process's plan computes only the revisions of what changed.
         self._kept = kept
         self._kept_name = ""
+        self._used: list[tuple[str, str]] | None = None  # memo keys asked for, while kept
 
     def app_source(self, spec: dict[str, Any]) -> GitSource:
         repo = str(spec["repo"])
@@ -59,6 +60,8 @@ class Revisions:
                 and (target is None or target.hash)):
             memo = (resource.hash + resource.sealed_digest,
                     target.hash if target is not None else "")
+            if self._used is not None:
+                self._used.append(memo)
             known = self._revisions.get(memo)
             if known is not None:
                 return known
@@ -108,12 +111,14 @@ class Revisions:
         :data:`UNRESOLVED` and its exception goes into ``errors``; a store error still raises.
         """
         known = len(self._revisions)
-        if self._kept is not None and not self._kept_name:
-            self._kept_name = "revisions-" + _memo_fingerprint()
-            stored = self._kept.get_value(self._kept_name)
-            if isinstance(stored, dict) and not self._revisions:
-                self._revisions = stored
-                known = len(stored)
+        if self._kept is not None:
+            if not self._kept_name:
+                self._kept_name = "revisions-" + _memo_fingerprint()
+                stored = self._kept.get_value(self._kept_name)
+                if isinstance(stored, dict) and not self._revisions:
+                    self._revisions = stored
+                    known = len(stored)
+            self._used = []
         if errors is None:
             revisions = {key: self.revision_of(resource, desired)
                          for key, resource in desired.resources.items()}
@@ -127,18 +132,15 @@ class Revisions:
                 except Exception as exc:
                     errors[key] = exc
                     revisions[key] = UNRESOLVED
-        if self._kept is not None and len(self._revisions) != known:
-            self._keep(desired)
+        used, self._used = self._used, None
+        if (self._kept is not None and used is not None
+                and (len(self._revisions) != known or len(self._revisions) > len(used) + 1000)):
+            # written back when something was computed (or many entries went unused): the
+            # entries this plan asked for, so the memo follows the fleet and stays its size
+            memo = self._revisions  # (a revision that failed has no entry)
+            self._kept.put_value(self._kept_name, {key: found for key in used
+                                                   if (found := memo.get(key)) is not None})
         return revisions
-
-    def _keep(self, desired: DesiredState) -> None:
-        """Write the memo back, bounded: the entries of the resources planned now, and as many
-        older ones again (a branch switched back and forth stays warm)."""
-        assert self._kept is not None
-        memo = self._revisions
-        if len(memo) > 2 * len(desired.resources) + 1000:
-            memo = dict(list(memo.items())[-(2 * len(desired.resources) + 1000):])
-        self._kept.put_value(self._kept_name, memo)
 
 
 def _memo_fingerprint() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import random
 import subprocess
 import sys
@@ -369,6 +370,12 @@ def test_kept_revisions_are_reused_and_follow_a_target_change(tmp_path: Path,
     updated = {i["name"] for i in json.loads(warm_text)["resources"] if i["action"] == "update"}
     on_hosts = {d["name"] for file in fleet.files for d in file if d["spec"]["target"] == "hosts"}
     assert updated == on_hosts | {"hosts"} and len(on_hosts) >= 4
+    # the memo kept is the fleet's: one entry per resource without a source, none of the
+    # revisions the Target's old document gave
+    [kept_file] = (SpecCache(tmp_path / "cache").root / "memo").glob("revisions-*")
+    memo = marshal.loads(kept_file.read_bytes())
+    assert len(memo) == len(cold.resources) - len(with_source)
+    assert set(memo.values()) <= {i["revision"] for i in json.loads(warm_text)["resources"]}
 
 
 def test_diff_prints_the_same_from_a_warm_cache_as_from_none(tmp_path: Path) -> None:
