@@ -7,6 +7,7 @@ and history, `manual`: rollback, suspend and resume, `audit`, `logs`, `daemon`, 
 
 from __future__ import annotations
 
+import gc
 import importlib
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
     level = log_level or ("info" if ctx.invoked_subcommand == "daemon" else "warning")
     setup_logging(log_format, level)
     whole_process = isinstance(ctx.obj, WholeProcess)
+    if whole_process:
+        gc.enable()  # off while the process started (main); the command decides from here
     ctx.obj = Options(db, state_dir, log_format, level)
     if ctx.invoked_subcommand != "daemon":  # the daemon names the actor of each pass itself
         from reconciler.state.audit import acting_as, cli_actor
@@ -78,6 +81,8 @@ class WholeProcess:
 
 
 def main() -> None:
+    # The collector off until the command runs (``cli``): what start-up builds lives on.
+    gc.disable()
     from reconciler.console.pipes import closed_pipe_ends_quietly
 
     with closed_pipe_ends_quietly():

@@ -69,6 +69,28 @@ def python_imports(code: str) -> set[str]:
     return set(proc.stdout.split())
 
 
+def test_the_collector_is_off_during_start_up_only(tmp_path: Path) -> None:
+    # `python -m reconciler` starts with the cyclic collector off (what start-up builds lives
+    # on); the command itself runs with it on, as the daemon and `apply` need.
+    probe = ("import gc, runpy, sys\n"
+             "sys.argv = ['reconciler', '--state-dir', sys.argv[1], 'db', 'status']\n"
+             "seen = []\n"
+             "import reconciler.cli.db as db\n"
+             "original = db.db_status.callback\n"
+             "def spy(*args, **kwargs):\n"
+             "    seen.append(gc.isenabled())\n"
+             "    return original(*args, **kwargs)\n"
+             "db.db_status.callback = spy\n"
+             "try:\n"
+             "    runpy.run_module('reconciler', run_name='__main__', alter_sys=True)\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('SEEN', seen)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert "SEEN [True]" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_import_cli_pulls_no_heavy_optional_module() -> None:
     assert python_imports("import reconciler.cli").isdisjoint(HEAVY)
 
