@@ -7,26 +7,43 @@ and history, `manual`: rollback, suspend and resume, `audit`, `logs`, `daemon`, 
 
 from __future__ import annotations
 
+import gc
+import importlib
 from pathlib import Path
 
 import click
 
 from reconciler import __version__
-from reconciler.cli.apply import apply
-from reconciler.cli.audit import audit
 from reconciler.cli.common import Options
-from reconciler.cli.daemon import daemon
-from reconciler.cli.db import db
-from reconciler.cli.logs import logs
-from reconciler.cli.manual import resume, rollback, suspend
-from reconciler.cli.plan import diff, validate
-from reconciler.cli.render import render
-from reconciler.cli.rollout import abort, lock, promote
-from reconciler.cli.status import history, status
 from reconciler.observe.logging import setup_logging
 
+# Each command by the module it lives in: a command's module (and what it imports) is loaded
+# when that command runs or is listed, so `diff` does not import `apply`'s notifications or
+# the daemon's HTTP stack (docs/performance.md, session 9).
+COMMANDS = {
+    "validate": "plan", "render": "render", "diff": "plan", "apply": "apply",
+    "status": "status", "history": "status", "rollback": "manual", "suspend": "manual",
+    "resume": "manual", "audit": "audit", "logs": "logs", "daemon": "daemon", "db": "db",
+    "promote": "rollout", "abort": "rollout", "lock": "rollout",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """The top-level group: commands imported on first use (``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module = importlib.import_module(f"reconciler.cli.{COMMANDS[cmd_name]}")
+            command = getattr(module, cmd_name)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reconciler")
 @click.option("--db", envvar="RECONCILER_DB", default=None,
               help="Database URL (sqlite:///…, postgresql://…, mysql://…). Env RECONCILER_DB.")
@@ -43,6 +60,8 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
     level = log_level or ("info" if ctx.invoked_subcommand == "daemon" else "warning")
     setup_logging(log_format, level)
     whole_process = isinstance(ctx.obj, WholeProcess)
+    if whole_process:
+        gc.enable()  # off while the process started (main); the command decides from here
     ctx.obj = Options(db, state_dir, log_format, level)
     if ctx.invoked_subcommand != "daemon":  # the daemon names the actor of each pass itself
         from reconciler.state.audit import acting_as, cli_actor
@@ -56,17 +75,14 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
         ctx.with_resource(acting_as(cli_actor()))
 
 
-for command in (validate, render, diff, apply, status, history, rollback, suspend, resume, audit,
-                logs, daemon, db, promote, abort, lock):
-    cli.add_command(command)
-
-
 class WholeProcess:
     """``ctx.obj`` as ``main`` starts the group: the command is the whole process (not a call
     from a program or a test that goes on afterwards), so process-wide settings may change."""
 
 
 def main() -> None:
+    # The collector off until the command runs (``cli``): what start-up builds lives on.
+    gc.disable()
     from reconciler.console.pipes import closed_pipe_ends_quietly
 
     with closed_pipe_ends_quietly():

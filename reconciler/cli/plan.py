@@ -21,6 +21,7 @@ from reconciler.cli.common import (
     open_store,
     policy_option,
     run,
+    spec_cache,
     style,
     with_repo,
 )
@@ -154,7 +155,8 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
     async def main() -> Any:
         from reconciler.console.notes import warn_uncommitted
         from reconciler.plan.planner import BLOCKED, UNCHANGED
-        from reconciler.rollout.engine import Reconciler
+        from reconciler.rollout.planning import plan_against_store
+        from reconciler.source.revisions import Revisions
 
         source = make_source(opts, repo, ref, path)
         commit = source.sync().commit
@@ -165,30 +167,43 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
 
             found.update(origins(source.files(commit)))
         store = await open_store(opts)
-        engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
-                            environments=set(environments))
         try:
-            plan = await engine.plan(desired, prune=prune)
+            # Planning only: the rollout engine is imported for --live alone.
+            revisions = Revisions(source, opts.resolved_state_dir(), kept=spec_cache(opts))
+            plan = await plan_against_store(store, desired, revisions,
+                                            environments=set(environments) or None,
+                                            prune=prune, plan_rows=True)
             if live:
-                for item in plan.items:
-                    if (item.action not in (UNCHANGED, BLOCKED) or item.key.kind != "Service"
-                            or item.resource is None or item.record is None):
-                        continue
-                    # A blocked Service runs its blocked-at (applied) revision: a crash of it
-                    # is drift too, shown beside why it is blocked.
-                    detail = await engine.drift_of(item.resource, item.record, desired)
-                    if detail is not None and item.action == BLOCKED:
-                        item.reason = f"{item.reason}; live state differs: {detail}"
-                    elif detail is not None:
-                        item.action, item.reason = "drift", f"live state differs: {detail}"
+                from reconciler.rollout.engine import Reconciler
+
+                engine = Reconciler(store, state_dir=opts.resolved_state_dir(), source=source,
+                                    environments=set(environments))
+                try:
+                    for item in plan.items:
+                        if (item.action not in (UNCHANGED, BLOCKED)
+                                or item.key.kind != "Service"
+                                or item.resource is None or item.record is None):
+                            continue
+                        # A blocked Service runs its blocked-at (applied) revision: a crash of
+                        # it is drift too, shown beside why it is blocked.
+                        detail = await engine.drift_of(item.resource, item.record, desired)
+                        if detail is not None and item.action == BLOCKED:
+                            item.reason = f"{item.reason}; live state differs: {detail}"
+                        elif detail is not None:
+                            item.action, item.reason = "drift", f"live state differs: {detail}"
+                finally:
+                    await engine.close()
             return plan
         finally:
-            await engine.close()
             await store.close()
 
     found: dict[Any, Any] = {}
     plan = run(main())
-    if output == "json":
+    if output == "json" and not found and not sys.stdout.isatty():
+        from reconciler.console.pipes import echo_long
+
+        echo_long(plan.json_text() + "\n")  # what emit_json writes, item by item
+    elif output == "json":
         document = plan.to_json()
         add_origins_to_plan_json(document, found)
         emit_json(document)

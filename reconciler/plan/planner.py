@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json import dumps
+from json.encoder import encode_basestring_ascii
 from operator import attrgetter
 from typing import Any
 
@@ -75,6 +77,40 @@ class PlanItem:
 
 
 _action_of = attrgetter("action")
+# The parts of an item's text that follow from (environment, kind, action), made once each.
+_Heads = dict[tuple[str, str, str], tuple[str, str, str]]
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _plain_item_text(item: PlanItem, heads: _Heads) -> str | None:
+    """``PlanItem.to_json`` of an item without changes as JSON text, as ``json.dumps`` writes
+    it; None when a value is not a plain string (then ``json.dumps`` decides)."""
+    record = item.record
+    applied = record.applied_revision if record is not None else None
+    environment, kind, name = item.key
+    revision, reason, action = item.revision, item.reason, item.action
+    if (action == DEFERRED or type(environment) is not str or type(kind) is not str
+            or type(name) is not str or type(action) is not str or type(reason) is not str
+            or not (revision is None or type(revision) is str)
+            or not (applied is None or type(applied) is str)):
+        return None
+    head = heads.get((environment, kind, action))
+    if head is None:
+        # a JSON string escapes character by character: the text of "env/kind/" + name is
+        # that of "env/kind/" without its closing quote, then that of name without its
+        # opening one
+        head = heads[(environment, kind, action)] = (
+            '{"resource": ' + encode_basestring_ascii(f"{environment}/{kind}/")[:-1],
+            f', "environment": {encode_basestring_ascii(environment)}, '
+            f'"kind": {encode_basestring_ascii(kind)}, "name": ',
+            f', "action": {encode_basestring_ascii(action)}, "revision": ')
+    quoted = encode_basestring_ascii(name)
+    return (f'{head[0]}{quoted[1:]}{head[1]}{quoted}{head[2]}{_text(revision)}, '
+            f'"appliedRevision": {_text(applied)}, "reason": '
+            f'{encode_basestring_ascii(reason)}, "changes": []}}')
 
 
 @dataclass(repr=False)
@@ -106,6 +142,21 @@ class Plan:
             "summary": self.counts(),
             "resources": [i.to_json() for i in self.items],
         }
+
+    def json_text(self) -> str:
+        """``json.dumps(self.to_json(), default=str)``, the same text, without a dict per
+        item: an item with no changes (every unchanged resource of a fleet) is written from
+        its strings directly (``diff -o json`` prints every item; a dict each and their
+        encoding were ~45 ms of a 10,000-resource warm diff)."""
+        counts = self.counts()
+        head = {"commit": self.commit, "inSync": all(a in _IN_SYNC for a in counts),
+                "summary": counts}
+        parts = []
+        heads: _Heads = {}
+        for item in self.items:
+            text = _plain_item_text(item, heads) if not item.changes else None
+            parts.append(text if text is not None else dumps(item.to_json(), default=str))
+        return dumps(head, default=str)[:-1] + ', "resources": [' + ", ".join(parts) + "]}"
 
 
 class _Pause:

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from reconciler.errors import ReconcilerError, StoreError
+from reconciler.errors import StoreError
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
 from reconciler.plan.planner import (
@@ -25,12 +25,7 @@ from reconciler.plan.planner import (
     PlanItem,
     gc_paused,
     gc_resumed,
-    item_changes,
-    make_plan,
-    name_target_changes,
-    order_deletions,
     recorded_target,
-    with_content_reason,
 )
 from reconciler.rollout.core import MAX_IN_FLIGHT
 from reconciler.rollout.failures import fail_resource, recorded
@@ -43,6 +38,7 @@ from reconciler.rollout.outcome import (
     Outcome,
     ReconcileResult,
 )
+from reconciler.rollout.planning import plan_against_store
 from reconciler.rollout.prune import Pruning
 from reconciler.rollout.recovery import Recovered, Recovery
 from reconciler.rollout.runnables import Runnables
@@ -61,56 +57,19 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
 
     # -- planning ---------------------------------------------------------------------------
     async def plan(self, desired: DesiredState, *, prune: bool = False, force: bool = False,
-                   redeploy: Iterable[ResourceKey] = ()) -> Plan:
+                   redeploy: Iterable[ResourceKey] = (), plan_rows: bool = False) -> Plan:
+        """The plan against the recorded state. ``plan_rows``: the records of unchanged items
+        carry only what the plan reads (``Store.plan_listing``), for a caller that shows the
+        plan and keeps no record (``diff``)."""
         with gc_paused():
-            return await self._plan(desired, prune=prune, force=force, redeploy=redeploy)
+            return await self._plan(desired, prune=prune, force=force, redeploy=redeploy,
+                                    plan_rows=plan_rows)
 
     async def _plan(self, desired: DesiredState, *, prune: bool, force: bool,
-                    redeploy: Iterable[ResourceKey]) -> Plan:
-        # Light records (no documents) for the whole fleet; full ones only where something
-        # changes, so a plan costs O(changed) in document decoding, not O(fleet).
-        records = await self.store.list_resources(with_specs=False)
-        if self.environments:
-            desired = desired.only(self.environments)
-            records = [r for r in records if r.key.environment in self.environments]
-        # Revisions are resolved first (this may fetch an app repo): planning itself is pure.
-        unresolved: dict[ResourceKey, Exception] = {}
-        plan = make_plan(desired, records, self.revisions.resolve(desired, unresolved),
-                         prune=prune, force=force, redeploy=redeploy)
-        if unresolved:  # planned with a placeholder: fails when applied, the others go on
-            for item in plan.items:
-                exc = unresolved.get(item.key)
-                if exc is not None:
-                    item.error, item.revision = exc, None
-                    message = exc.message if isinstance(exc, ReconcilerError) else repr(exc)
-                    item.reason = f"revision unknown: {message}"
-        for item in plan.items:
-            if (item.action == UPDATE and item.record is not None and item.resource is not None
-                    and item.error is None
-                    and item.record.applied_revision
-                    == self.revisions.legacy_revision_of(item.resource, desired)):
-                # Applied before connection-only Target fields were left out of revisions:
-                # the same deployment under its old name, not a reason to redeploy the fleet.
-                item.action, item.reason, item.changes = UNCHANGED, "", []
-                item.rerecord = True
-        if self.owns is not None:
-            owns = self.owns
-            plan.items = [i for i in plan.items if owns(i.key)]
-            plan.order = [[k for k in layer if owns(k)] for layer in plan.order]
-        changing = [item for item in plan.items
-                    if item.record is not None and item.action not in (UNCHANGED, SUSPENDED)]
-        fulls = await self.store.get_resources(i.key for i in changing) if changing else {}
-        for item in changing:
-            full = fulls.get(item.key)
-            if full is not None:
-                item.record = full
-                item.changes = item_changes(item)
-                if item.action == UPDATE and not item.changes and item.resource is not None:
-                    # planned from a light record: the document's changes were unknown
-                    item.reason = with_content_reason(item.reason, item.resource)
-        order_deletions(plan)  # by the recorded documents, read just above
-        name_target_changes(plan)
-        return plan
+                    redeploy: Iterable[ResourceKey], plan_rows: bool = False) -> Plan:
+        return await plan_against_store(
+            self.store, desired, self.revisions, environments=self.environments,
+            owns=self.owns, prune=prune, force=force, redeploy=redeploy, plan_rows=plan_rows)
 
     # -- the pass ---------------------------------------------------------------------------
     async def reconcile(

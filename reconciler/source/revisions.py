@@ -8,13 +8,18 @@ fetch an app repo; a plan is made from revisions resolved here, so planning itse
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import StoreError
 from reconciler.source.git import GitSource
+from reconciler.spec import model
 from reconciler.spec.model import DesiredState, Resource, ResourceKey, spec_hash
 from reconciler.spec.provider_schemas import provider_schemas, without_fields
+
+if TYPE_CHECKING:
+    from reconciler.spec.cache import SpecCache
 
 # Planned revision of a resource whose revision could not be computed (never a real one).
 UNRESOLVED = "unresolved"
@@ -23,13 +28,19 @@ UNRESOLVED = "unresolved"
 class Revisions:
     """Revisions of resources, memoized where they are a pure function of the documents."""
 
-    def __init__(self, source: GitSource | None, state_dir: Path) -> None:
+    def __init__(self, source: GitSource | None, state_dir: Path, *,
+                 kept: SpecCache | None = None) -> None:
         self.source = source  # the config repo (``source.path``)
         self.state_dir = state_dir
         self._app_sources: dict[str, GitSource] = {}
         # revision_of of resources without a source, by (document hash, Target's document hash):
         # a pure function of the two, and most of the per-resource cost of a no-op plan.
         self._revisions: dict[tuple[str, str], str] = {}
+        # A one-shot command's memo comes from the spec cache and goes back to it (``kept``):
+        # the next process's plan computes only the revisions of what changed.
+        self._kept = kept
+        self._kept_name = ""
+        self._used: list[tuple[str, str]] | None = None  # memo keys asked for, while kept
 
     def app_source(self, spec: dict[str, Any]) -> GitSource:
         repo = str(spec["repo"])
@@ -49,6 +60,8 @@ class Revisions:
                 and (target is None or target.hash)):
             memo = (resource.hash + resource.sealed_digest,
                     target.hash if target is not None else "")
+            if self._used is not None:
+                self._used.append(memo)
             known = self._revisions.get(memo)
             if known is not None:
                 return known
@@ -97,19 +110,48 @@ class Revisions:
         cannot be cloned, …) must not stop the plan of the others: it gets the placeholder
         :data:`UNRESOLVED` and its exception goes into ``errors``; a store error still raises.
         """
+        known = len(self._revisions)
+        if self._kept is not None:
+            if not self._kept_name:
+                self._kept_name = "revisions-" + _memo_fingerprint()
+                stored = self._kept.get_value(self._kept_name)
+                if isinstance(stored, dict) and not self._revisions:
+                    self._revisions = stored
+                    known = len(stored)
+            self._used = []
         if errors is None:
-            return {key: self.revision_of(resource, desired)
-                    for key, resource in desired.resources.items()}
-        revisions: dict[ResourceKey, str] = {}
-        for key, resource in desired.resources.items():
-            try:
-                revisions[key] = self.revision_of(resource, desired)
-            except StoreError:
-                raise
-            except Exception as exc:
-                errors[key] = exc
-                revisions[key] = UNRESOLVED
+            revisions = {key: self.revision_of(resource, desired)
+                         for key, resource in desired.resources.items()}
+        else:
+            revisions = {}
+            for key, resource in desired.resources.items():
+                try:
+                    revisions[key] = self.revision_of(resource, desired)
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    errors[key] = exc
+                    revisions[key] = UNRESOLVED
+        used, self._used = self._used, None
+        if (self._kept is not None and used is not None
+                and (len(self._revisions) != known or len(self._revisions) > len(used) + 1000)):
+            # written back when something was computed (or many entries went unused): the
+            # entries this plan asked for, so the memo follows the fleet and stays its size
+            memo = self._revisions  # (a revision that failed has no entry)
+            self._kept.put_value(self._kept_name, {key: found for key in used
+                                                   if (found := memo.get(key)) is not None})
         return revisions
+
+
+def _memo_fingerprint() -> str:
+    """What a kept memo's revisions were computed by: this module and the document hash's
+    (their size and mtime), and every provider's connection-only Target fields (left out of
+    a Target's part of a revision). A memo made by other code or fields is not read."""
+    parts = [f"{path}:{os.stat(path).st_size}:{os.stat(path).st_mtime_ns}"
+             for path in (__file__, model.__file__)]
+    parts += [f"{name}={','.join(info.connection_fields)}"
+              for name, info in sorted(provider_schemas().items())]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 class HashMemo(dict[str, str]):

@@ -84,7 +84,8 @@ def cache_version() -> str:
 
 class SpecCache:
     """Directory-backed cache: ``<dir>/<version>/<blob[:2]>/<blob>``, one marshal file per blob;
-    and ``<dir>/<version>/code/<name>``, the compiled schema validators (``get_code``)."""
+    ``<dir>/<version>/code/<name>``, the compiled schema validators (``get_code``); and
+    ``<dir>/<version>/memo/<name>``, values derived from them (``get_value``)."""
 
     def __init__(self, directory: Path, *, version: str | None = None) -> None:
         self.directory = Path(directory)
@@ -145,6 +146,23 @@ class SpecCache:
         """Keep a compiled validator (``get_code``), atomically; a failed write only costs
         speed."""
         self._store(self.root / "code" / name, marshal.dumps((key, *entry)))
+
+    def get_value(self, name: str) -> Any:
+        """A value kept under ``name`` (``put_value``): plain data a later process may reuse,
+        derived from what the version covers (``source/revisions.py``'s memo); None when
+        absent or unreadable."""
+        try:
+            return marshal.loads((self.root / "memo" / name).read_bytes())  # noqa: S302
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+
+    def put_value(self, name: str, value: Any) -> None:
+        """Keep ``value`` under ``name``, atomically; a failed write only costs speed."""
+        try:
+            data = marshal.dumps(value)
+        except ValueError:
+            return
+        self._store(self.root / "memo" / name, data)
 
     def _missed(self) -> None:
         """What was read is not of the shape asked for (another format): a miss."""
@@ -207,7 +225,7 @@ class SpecCache:
         except OSError:
             return 0
         for bucket in buckets:
-            if bucket.name == "code":  # the compiled validators (get_code), not blob entries
+            if bucket.name in ("code", "memo"):  # get_code, get_value: not blob entries
                 continue
             try:
                 entries = list(bucket.iterdir())

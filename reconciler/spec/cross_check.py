@@ -30,12 +30,13 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
     host vars its placeholders need), ``dependsOn`` references and cycles; problems are added
     to ``load.problems``."""
     files = load.files
-    resources: dict[Key, Resource] = {}
+    # keyed by ResourceKey from the start (the loader's result as it is): a ResourceKey is
+    # equal to, and hashes as, the plain tuple the other maps use
+    resources: dict[ResourceKey, Resource] = {}
     where = load.where  # file index, document index, line
-    kinds_by_name: dict[tuple[str, str], set[str]] = {}
     for file_index, record in load.valid:
         index, line, kind, name, environment = record[:5]
-        key = (environment, kind, name)
+        key = _new_key(ResourceKey, (environment, kind, name))
         first = where.get(key)
         if first is not None:
             message = (
@@ -47,7 +48,7 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
         if len(record) == 8:  # whole (just parsed, or resolved from a shared definition)
             _, _, _, _, _, labels, spec, digest = cast(Record, record)
             resources[key] = Resource(
-                key=_new_key(ResourceKey, key),
+                key=key,
                 labels=labels,
                 spec=spec,
                 file=files[file_index].path,
@@ -56,18 +57,22 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             )
         else:  # packed, from the spec cache
             _, _, _, _, _, digest, (body, links) = cast(PackedRecord, record)
-            resources[key] = PackedResource(_new_key(ResourceKey, key), body, links,
-                                            files[file_index].path, line, digest)
+            resources[key] = PackedResource(key, body, links, files[file_index].path, line,
+                                            digest)
         where[key] = (file_index, index, line)
-        kinds = kinds_by_name.get((environment, name))
-        if kinds is None:
-            kinds_by_name[(environment, name)] = {kind}
-        else:
-            kinds.add(kind)
     known: set[Key] = set(resources)
-    for identity in load.partial:
-        known.add(identity)
-        kinds_by_name.setdefault((identity[0], identity[2]), set()).add(identity[1])
+    known.update(load.partial)
+    # The kinds of each (environment, name): for dependsOn references and problem messages
+    # only, so made when the first of them needs it (a fleet without dependsOn never does).
+    by_name: dict[tuple[str, str], set[str]] | None = None
+
+    def kinds_by_name() -> dict[tuple[str, str], set[str]]:
+        nonlocal by_name
+        if by_name is None:
+            by_name = {}
+            for environment, kind, name in known:
+                by_name.setdefault((environment, name), set()).add(kind)
+        return by_name
 
     # resolved dependsOn: resource -> [(index in dependsOn, key)]
     edges: dict[Key, list[tuple[int, Key]]] = {}
@@ -79,10 +84,10 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             and (key[0], "Target", target) not in known
         ):
             file_index, index, _ = where[key]
-            message = _target_problem(key, target, known, kinds_by_name)
+            message = _target_problem(key, target, known, kinds_by_name())
             load.problems.append(load.problem_at(file_index, index, ("spec", "target"), message))
         elif key[1] != "Target" and target is not None and key in load.uses_vars:
-            target_resource = resources.get((key[0], "Target", target))
+            target_resource = resources.get(_new_key(ResourceKey, (key[0], "Target", target)))
             if target_resource is not None:
                 file_index, index, _ = where[key]
                 for location, undefined in _placeholder_problems(resource.spec,
@@ -93,7 +98,7 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             continue
         resolved: list[tuple[int, Key]] = []
         for position, ref in enumerate(depends_on):
-            dependency, problem = _resolve(key[0], ref, known, kinds_by_name)
+            dependency, problem = _resolve(key[0], ref, known, kinds_by_name())
             if problem:
                 file_index, index, _ = where[key]
                 location = ("spec", "dependsOn", position)
@@ -114,7 +119,7 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             names = [*names[:4], f"... ({len(names) - 8} more)", *names[-4:]]
         message = f"{format_path(location)}: dependsOn cycle: " + " -> ".join(names)
         load.problems.append(load.problem_at(file_index, index, location, message))
-    return {resource.key: resource for resource in resources.values()}
+    return resources
 
 
 def _placeholder_problems(

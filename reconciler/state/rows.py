@@ -61,6 +61,12 @@ LIGHT_RESOURCE_COLUMNS = (
     "NULL AS applied_spec"
 )
 
+# What a plan reads of every resource (``Store.plan_listing``): the light listing's 20 columns
+# as Python objects were most of a one-shot diff's listing.
+PLAN_RESOURCE_COLUMNS = (
+    "id, environment, kind, name, applied_revision, failed_revision, last_result, suspended"
+)
+
 # The columns of the deployment + resource join that an audit row of a deployment needs
 # (``trigger`` is a reserved word: the caller passes its quoted name).
 FINAL_AUDIT_SELECT = (
@@ -129,6 +135,19 @@ def light_resources(values: Iterable[Sequence[Any]]) -> list[ResourceRecord]:
         for (id_, environment, kind, name, desired_revision, desired_hash, applied_revision,
              applied_hash, config_commit, sync_status, health_status, last_result, last_error,
              failed_revision, suspended, deleted, updated_at, health_observed_at, _, _) in values
+    ]
+
+
+def plan_resources(values: Iterable[Sequence[Any]]) -> list[ResourceRecord]:
+    """Records from rows of ``PLAN_RESOURCE_COLUMNS`` (not deleted), by position; every other
+    field at its default."""
+    new_key = tuple.__new__
+    return [
+        ResourceRecord(new_key(ResourceKey, (environment, kind, name)), str(id_), None, None,
+                       None, applied_revision, None, None, None, "Unknown", "Unknown",
+                       last_result, None, failed_revision, bool(suspended))
+        for (id_, environment, kind, name, applied_revision, failed_revision, last_result,
+             suspended) in values
     ]
 
 
@@ -331,6 +350,7 @@ __all__ = [
     "FINAL_AUDIT_SELECT",
     "KEYS_PER_QUERY",
     "LIGHT_RESOURCE_COLUMNS",
+    "PLAN_RESOURCE_COLUMNS",
     "STATUS_FIELDS",
     "AuditLog",
     "audit_filter",

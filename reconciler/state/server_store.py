@@ -278,6 +278,16 @@ class ServerStore(ServerLeases, ServerDeliveries, rows.AuditLog, NotificationCla
         found = await self._run("list_resources", lambda tx, _: tx.all(sql), transaction=False)
         return [self._to_resource(row) for row in found]
 
+    async def plan_listing(self) -> list[ResourceRecord]:
+        order = ", ".join(f"{c}{self.binary_order}" for c in ("environment", "kind", "name"))
+        sql = (f"SELECT {rows.PLAN_RESOURCE_COLUMNS} FROM tb_resource "  # noqa: S608
+               f"WHERE deleted = FALSE ORDER BY {order}")
+        found = await self._run("plan_listing", lambda tx, _: tx.all(sql), transaction=False)
+        return rows.plan_resources(
+            tuple(row[c] for c in ("id", "environment", "kind", "name", "applied_revision",
+                                   "failed_revision", "last_result", "suspended"))
+            for row in found)
+
     async def record_desired(
         self,
         key: ResourceKey,

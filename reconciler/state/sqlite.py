@@ -357,6 +357,14 @@ class SQLiteStore(SQLiteLeases, SQLiteDeliveries, rows.AuditLog, NotificationCla
         )
         return [self._to_resource(row) for row in found]
 
+    async def plan_listing(self) -> list[ResourceRecord]:
+        return await self._run(self._plan_listing)
+
+    def _plan_listing(self) -> list[ResourceRecord]:
+        return rows.plan_resources(self._tuples(
+            f"SELECT {rows.PLAN_RESOURCE_COLUMNS} FROM tb_resource "  # noqa: S608
+            "WHERE deleted = 0 ORDER BY environment, kind, name"))
+
     def _light_resources(self, include_deleted: bool) -> list[ResourceRecord]:
         """The light listing (every no-op pass of a daemon reads it), read again only when the
         database changed since the last one: ``PRAGMA data_version`` moves when another

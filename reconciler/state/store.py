@@ -191,6 +191,11 @@ class Store(Protocol):
         """Every resource; ``with_specs=False`` leaves ``desired_spec``/``applied_spec`` None
         (a plan reads every row but needs the documents of the few that changed)."""
 
+    async def plan_listing(self) -> list[ResourceRecord]:
+        """Every resource not deleted, with only what a plan reads of it: key, id, applied
+        and failed revision, last result, suspended; every other field at its default. For a
+        one-shot plan (``diff``) that keeps no record: fewer columns to read and convert."""
+
     async def record_desired(
         self,
         key: ResourceKey,

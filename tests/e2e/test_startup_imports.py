@@ -43,17 +43,23 @@ try:
 except SystemExit as exc:
     code = exc.code
 top = sorted({m.split(".")[0] for m in sys.modules})
-print("\\nPROBE " + json.dumps({"exit": code, "top": top}))
+print("\\nPROBE " + json.dumps({"exit": code, "top": top, "all": sorted(sys.modules)}))
 """
+# What a `diff` does not run: other commands' modules (imported when they run) and the rollout
+# engine (planning is rollout/planning.py; the engine is imported for --live only).
+NOT_FOR_DIFF = ("reconciler.cli.apply", "reconciler.cli.daemon", "reconciler.cli.status",
+                "reconciler.rollout.engine", "reconciler.rollout.passes",
+                "reconciler.notifications.destinations")
 
 
-def loaded(*args: str, cwd: Path | None = None) -> tuple[int, set[str]]:
+def loaded(*args: str, cwd: Path | None = None, every: bool = False) -> tuple[int, set[str]]:
+    """The exit code and the top-level packages loaded (``every``: every module's name)."""
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
                           timeout=90, cwd=cwd)
     line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")]
     assert line, proc.stdout + proc.stderr
     result = json.loads(line[-1].removeprefix("PROBE "))
-    return int(result["exit"] or 0), set(result["top"])
+    return int(result["exit"] or 0), set(result["all" if every else "top"])
 
 
 def python_imports(code: str) -> set[str]:
@@ -61,6 +67,28 @@ def python_imports(code: str) -> set[str]:
                            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"],
                           capture_output=True, text=True, timeout=60, check=True)
     return set(proc.stdout.split())
+
+
+def test_the_collector_is_off_during_start_up_only(tmp_path: Path) -> None:
+    # `python -m reconciler` starts with the cyclic collector off (what start-up builds lives
+    # on); the command itself runs with it on, as the daemon and `apply` need.
+    probe = ("import gc, runpy, sys\n"
+             "sys.argv = ['reconciler', '--state-dir', sys.argv[1], 'db', 'status']\n"
+             "seen = []\n"
+             "import reconciler.cli.db as db\n"
+             "original = db.db_status.callback\n"
+             "def spy(*args, **kwargs):\n"
+             "    seen.append(gc.isenabled())\n"
+             "    return original(*args, **kwargs)\n"
+             "db.db_status.callback = spy\n"
+             "try:\n"
+             "    runpy.run_module('reconciler', run_name='__main__', alter_sys=True)\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('SEEN', seen)\n")
+    proc = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert "SEEN [True]" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_import_cli_pulls_no_heavy_optional_module() -> None:
@@ -110,9 +138,11 @@ def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
     assert modules.isdisjoint(DIFF), sorted(modules & set(DIFF))
     fleet.write("api.yaml", service_yaml("api", port, greeting="changed"))
     fleet.commit()
-    code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo)
+    code, modules = loaded(*state, "diff", *fleet.repo_args(), cwd=fleet.repo, every=True)
     assert code == 1  # a change pending: its file read from git, its plan shown
-    assert modules.isdisjoint(DIFF), sorted(modules & set(DIFF))
+    assert {m.split(".")[0] for m in modules}.isdisjoint(DIFF), sorted(modules & set(DIFF))
+    assert "reconciler.rollout.planning" in modules  # the probe sees submodules
+    assert modules.isdisjoint(NOT_FOR_DIFF), sorted(modules & set(NOT_FOR_DIFF))
 
 
 def test_apply_of_a_compose_service_pulls_no_docker_client_library(

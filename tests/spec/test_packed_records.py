@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import random
 import subprocess
 import sys
@@ -17,10 +18,12 @@ import pytest
 
 from reconciler.errors import ReconcilerError, SpecError
 from reconciler.rollout.engine import Reconciler
+from reconciler.rollout.planning import plan_against_store
 from reconciler.source.git import GitSource
+from reconciler.source.revisions import Revisions
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.loader import load_desired_state
-from reconciler.spec.model import DesiredState, PackedResource
+from reconciler.spec.model import DesiredState, PackedResource, ResourceKey
 from reconciler.state import default_db_url, open_store
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,7 +41,7 @@ spec:
   provider: bare_metal
   transport: ssh
   hosts:
-    - {{name: web1, address: 127.0.0.1, user: root, vars: {{port: "8081"}}}}
+    - {{name: web1, address: 127.0.0.1, user: {user}, vars: {{port: "8081"}}}}
 """
 ENVIRONMENTS = ("default", "prod")
 FILES = 4
@@ -80,6 +83,7 @@ class RandomFleet:
         (self.repo / "app").mkdir()
         (self.repo / "app" / "main.py").write_text("print('hi')\n")
         self.local = {env: "local" for env in ENVIRONMENTS}
+        self.user = {env: "root" for env in ENVIRONMENTS}  # of the "hosts" Target
         names = [f"svc-{n}" for n in range(24)]
         self.files: list[list[dict[str, Any]]] = [[] for _ in range(FILES)]
         for n, name in enumerate(names):
@@ -93,7 +97,7 @@ class RandomFleet:
         fleet = self.repo / "fleet"
         for env in ENVIRONMENTS:
             (fleet / f"targets-{env}.yaml").write_text(
-                TARGETS.format(local=self.local[env], env=env))
+                TARGETS.format(local=self.local[env], env=env, user=self.user[env]))
         for number, docs in enumerate(self.files):
             path = fleet / f"services-{number}.yaml"
             if docs:
@@ -117,7 +121,8 @@ class RandomFleet:
         docs = [d for file in self.files for d in file]
         doc = rng.choice(docs)
         what = rng.choice(["command", "retarget", "depends", "rename-target", "move",
-                           "delete", "duplicate", "cycle", "windows", "vars", "source"])
+                           "delete", "duplicate", "cycle", "windows", "vars", "source",
+                           "target-field"])
         spec = doc["spec"]
         if what == "command":
             spec["command"][-1] = str(rng.randrange(2000, 9000))
@@ -128,6 +133,9 @@ class RandomFleet:
         elif what == "rename-target":  # every cached Service on it now names no Target
             env = rng.choice(ENVIRONMENTS)
             self.local[env] = "local" if self.local[env] != "local" else "local2"
+        elif what == "target-field":  # a new revision of every Service on "hosts"
+            env = rng.choice(ENVIRONMENTS)
+            self.user[env] = "root" if self.user[env] != "root" else "deploy"
         elif what == "move":
             for file in self.files:
                 if doc in file:
@@ -180,6 +188,54 @@ async def plan_json(fleet: RandomFleet, state: Path, desired: DesiredState) -> A
         await store.close()
 
 
+async def plan_texts(fleet: RandomFleet, state: Path, cold: DesiredState, warm: DesiredState,
+                     cache: SpecCache, redeploy: set[ResourceKey]) -> tuple[str, str]:
+    """The JSON text of the plan as a pass makes it from ``cold`` (the light listing, the
+    revisions computed), and as ``diff`` makes it from ``warm`` (the plan listing, the
+    revision memo kept in ``cache`` by the previous diff)."""
+    store = open_store(default_db_url(state))
+    await store.migrate()
+    source = GitSource(str(fleet.repo), path="fleet")
+    engine = Reconciler(store, state_dir=state, source=source)
+    try:
+        cold_plan = await engine.plan(cold, prune=True, redeploy=redeploy)
+        warm_plan = await plan_against_store(
+            store, warm, Revisions(source, state, kept=cache), prune=True, redeploy=redeploy,
+            plan_rows=True)
+        return json.dumps(cold_plan.to_json(), default=str), warm_plan.json_text()
+    finally:
+        await engine.close()
+        await store.close()
+
+
+async def disturb_records(state: Path, rng: random.Random) -> set[ResourceKey]:
+    """Random recorded states, as a fleet's history leaves them: suspended, rolled back at the
+    revision git now wants (blocked), deployed at an older revision, failed, deleted; and a
+    few resources to redeploy (drift healing)."""
+    store = open_store(default_db_url(state))
+    await store.migrate()
+    try:
+        records = await store.list_resources(with_specs=False)
+        for record in rng.sample(records, min(len(records), 6)):
+            what = rng.choice(["suspend", "resume", "blocked", "older", "failed", "deleted"])
+            if what in ("suspend", "resume"):
+                await store.set_suspended(record.key, what == "suspend")
+            elif what == "blocked" and record.applied_revision is not None:
+                await store.update_status(record.key, last_result="rolled_back",
+                                          failed_revision=record.desired_revision)
+            elif what == "older":
+                await store.record_applied(record.key, revision="000000000000",
+                                           spec_hash="old", spec={"kind": record.key.kind},
+                                           config_commit=None)
+            elif what == "failed":
+                await store.update_status(record.key, last_result="failed")
+            else:
+                await store.mark_deleted(record.key)
+        return {r.key for r in rng.sample(records, min(len(records), 2))}
+    finally:
+        await store.close()
+
+
 async def record_applied(fleet: RandomFleet, state: Path, desired: DesiredState) -> None:
     store = open_store(default_db_url(state))
     await store.migrate()
@@ -206,8 +262,13 @@ def test_a_warm_load_plans_and_fails_as_a_load_that_parses_everything(
     assert first is not None, problem
     asyncio.run(record_applied(fleet, state, first))
     outcomes = set()
+    good = json.dumps([fleet.files, fleet.local, fleet.user])  # the last state that loaded
     for step in range(12):
         what = fleet.mutate()
+        if step % 4 == 3:  # and a new revision of every Service on an environment's "hosts"
+            env = fleet.rng.choice(ENVIRONMENTS)
+            fleet.user[env] = "root" if fleet.user[env] != "root" else "deploy"
+            what += f", hosts user in {env}"
         fleet.write()
         cold, cold_problem = load(fleet, None)
         # a fresh cache object: what another process (a later `diff`) reads from disk
@@ -217,15 +278,26 @@ def test_a_warm_load_plans_and_fails_as_a_load_that_parses_everything(
         if cold is None or warm is None:
             assert cold is None and warm is None, context
             outcomes.add("error")
+            if fleet.rng.random() < 0.7:  # mostly back to the last state that loaded
+                fleet.files, fleet.local, fleet.user = json.loads(good)
+                fleet.write()
             continue
         outcomes.add("loaded")
+        good = json.dumps([fleet.files, fleet.local, fleet.user])
         assert warm.resources == cold.resources, context
         assert warm.notifiers == cold.notifiers, context
         assert ({k: r.document() for k, r in warm.resources.items()}
                 == {k: r.document() for k, r in cold.resources.items()}), context
         assert asyncio.run(plan_json(fleet, state, warm)) == asyncio.run(
             plan_json(fleet, state, cold)), context
-    assert outcomes  # the steps ran
+        # what `diff` prints (its plan listing, the revisions kept by the previous step's
+        # plan) against a pass's plan, over random recorded states
+        redeploy = asyncio.run(disturb_records(state, fleet.rng))
+        cold_text, warm_text = asyncio.run(plan_texts(
+            fleet, state, cold, warm, SpecCache(tmp_path / "cache"), redeploy))
+        assert warm_text == cold_text, context
+        outcomes.add("planned")
+    assert "planned" in outcomes  # the steps ran, and some loaded
 
 
 def test_a_warm_plan_decodes_only_the_documents_that_change(tmp_path: Path) -> None:
@@ -254,6 +326,56 @@ def test_a_warm_plan_decodes_only_the_documents_that_change(tmp_path: Path) -> N
             if "source" in d["spec"] or "syncWindows" in d["spec"]}
     assert decoded - read == {"local", changed["name"]}, decoded  # and the update's diff
     assert len(decoded) < len(packed) / 2
+
+
+def test_kept_revisions_are_reused_and_follow_a_target_change(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    # Fails before the revision memo was kept: every process computed every revision.
+    fleet = RandomFleet(tmp_path, 5)
+    fleet.simplify()
+    for file in fleet.files:
+        for doc in file[::2]:
+            doc["spec"]["target"] = "hosts"
+    fleet.write()
+    state, cache = tmp_path / "state", SpecCache(tmp_path / "cache")
+    first, problem = load(fleet, cache)
+    assert first is not None, problem
+    asyncio.run(record_applied(fleet, state, first))
+    calls: list[str] = []
+    computed = Revisions._revision
+
+    def counted(self: Revisions, resource: Any, *args: Any, **kwargs: Any) -> str:
+        calls.append(resource.name)
+        return computed(self, resource, *args, **kwargs)
+
+    monkeypatch.setattr(Revisions, "_revision", counted)
+    cold_text, warm_text = asyncio.run(plan_texts(fleet, state, first, first, cache, set()))
+    assert warm_text == cold_text
+    assert json.loads(warm_text)["inSync"]
+    calls.clear()
+    # a later process computes only what no memo can hold (a source's tree id)
+    kept = Revisions(None, state, kept=SpecCache(tmp_path / "cache")).resolve(first)
+    with_source = sorted(d["name"] for file in fleet.files for d in file if "source" in d["spec"])
+    assert sorted(calls) == with_source
+    assert kept == Revisions(None, state).resolve(first)
+    for env in ENVIRONMENTS:
+        fleet.user[env] = "deploy"  # every Service on "hosts" gets a new revision
+    fleet.write()
+    cold, _ = load(fleet, None)
+    warm, _ = load(fleet, SpecCache(tmp_path / "cache"))
+    assert cold is not None and warm is not None
+    cold_text, warm_text = asyncio.run(plan_texts(fleet, state, cold, warm,
+                                                  SpecCache(tmp_path / "cache"), set()))
+    assert warm_text == cold_text
+    updated = {i["name"] for i in json.loads(warm_text)["resources"] if i["action"] == "update"}
+    on_hosts = {d["name"] for file in fleet.files for d in file if d["spec"]["target"] == "hosts"}
+    assert updated == on_hosts | {"hosts"} and len(on_hosts) >= 4
+    # the memo kept is the fleet's: one entry per resource without a source, none of the
+    # revisions the Target's old document gave
+    [kept_file] = (SpecCache(tmp_path / "cache").root / "memo").glob("revisions-*")
+    memo = marshal.loads(kept_file.read_bytes())
+    assert len(memo) == len(cold.resources) - len(with_source)
+    assert set(memo.values()) <= {i["revision"] for i in json.loads(warm_text)["resources"]}
 
 
 def test_diff_prints_the_same_from_a_warm_cache_as_from_none(tmp_path: Path) -> None:

@@ -506,6 +506,29 @@ async def test_light_listing_leaves_specs_out(any_store: Store) -> None:
     assert light[0].__dict__ | {"desired_spec": SPEC, "applied_spec": SPEC} == full[0].__dict__
 
 
+async def test_plan_listing_gives_what_a_plan_reads_of_every_resource(any_store: Store) -> None:
+    keys = [ResourceKey("prod", "Service", n) for n in ("b", "a", "é", "c", "gone")]
+    for n, key in enumerate(keys):
+        await any_store.record_desired(key, revision=f"r{n}", spec_hash="h", spec={"n": n},
+                                       config_commit="c1")
+    await any_store.record_applied(keys[0], revision="r0", spec_hash="h", spec={"n": 0},
+                                   config_commit="c1")
+    await any_store.update_status(keys[1], last_result="rolled_back", failed_revision="r1")
+    await any_store.set_suspended(keys[2], True)
+    await any_store.mark_deleted(keys[4])
+    light = await any_store.list_resources(with_specs=False)
+    planned = await any_store.plan_listing()
+    fields = ("key", "id", "applied_revision", "failed_revision", "last_result", "suspended",
+              "deleted")
+    assert ([tuple(getattr(r, f) for f in fields) for r in planned]
+            == [tuple(getattr(r, f) for f in fields) for r in light])  # same order, no deleted
+    assert [r.key.name for r in planned] == ["a", "b", "c", "é"]
+    by_name = {r.key.name: r for r in planned}
+    assert by_name["b"].applied_revision == "r0" and by_name["a"].failed_revision == "r1"
+    assert by_name["a"].last_result == "rolled_back" and by_name["é"].suspended
+    assert by_name["b"].desired_spec is None and by_name["b"].applied_spec is None
+
+
 async def test_get_resources_reads_the_full_records_of_many_keys(any_store: Store) -> None:
     from reconciler.state.rows import KEYS_PER_QUERY
 
