@@ -128,6 +128,8 @@ class RolloutRun:
     done: set[str] = field(default_factory=set)
     # Instances whose deploy step failed (unreachable, frozen): a rollback tries them last.
     unreached: list[Instance] = field(default_factory=list)
+    # Stagings ahead still going on, by instance id (``_stage_ahead``).
+    staging: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     _router: TrafficRouter | None = None
 
     @property
@@ -157,8 +159,7 @@ class RolloutRun:
     async def _batched(self, instances: list[Instance]) -> str:
         batches = self.strategy.batches(instances)
         resumed = 0
-        staging = self._stage_ahead([i for batch in batches[1:] for i in batch
-                                     if i.id not in self.done])
+        self._stage_ahead([i for batch in batches[1:] for i in batch if i.id not in self.done])
         try:
             for n, batch in enumerate(batches, 1):
                 if all(i.id in self.done for i in batch):
@@ -171,19 +172,20 @@ class RolloutRun:
                         await self.wait(self.strategy.pause_s, f"pause before batch {n}")
                 await self._move(batch, f"batch {n}/{len(batches)}")
         finally:
-            if staging is not None:
-                staging.cancel()
-                await asyncio.gather(staging, return_exceptions=True)
+            await self._stop_staging(list(self.staging))
         return f"{len(instances)} instance(s) in {len(batches)} batch(es)" + (
             f", resumed after batch {resumed}" if resumed else "")
 
-    def _stage_ahead(self, instances: list[Instance]) -> asyncio.Task[None] | None:
+    def _stage_ahead(self, instances: list[Instance]) -> None:
         """The new release staged on ``instances`` (later batches), in rollout order, while the
         first batches deploy and gate, where the provider can (``stages_ahead``): a batch's
         upload is then done when its turn comes. Nothing that runs changes, so this is not a
-        journaled step; a failure is left to the instance's own deploy, which delivers again."""
+        journaled step; a failure is left to the instance's own deploy, which delivers again.
+        A staging not done when its instance's turn comes is stopped: the deploy delivers
+        under its own retry policy (a host that froze under a staging is not waited for
+        twice)."""
         if not instances or not self.provider.capabilities.stages_ahead:
-            return None
+            return
         slots = asyncio.Semaphore(STAGE_AHEAD)
 
         async def stage(instance: Instance) -> None:
@@ -194,10 +196,14 @@ class RolloutRun:
                     log.debug("staging ahead failed", extra={
                         "resource": str(self.key), "instance": instance.id, "error": str(exc)})
 
-        async def stage_all() -> None:
-            await asyncio.gather(*(stage(i) for i in instances))
+        for instance in instances:
+            self.staging[instance.id] = asyncio.create_task(stage(instance))
 
-        return asyncio.create_task(stage_all())
+    async def _stop_staging(self, instance_ids: list[str]) -> None:
+        tasks = [t for t in (self.staging.pop(i, None) for i in instance_ids) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _move(self, batch: list[Instance], label: str) -> None:
         """Deploy the new revision to ``batch`` at once, then gate every instance of it."""
@@ -208,6 +214,7 @@ class RolloutRun:
             # each instance is gated as soon as it is up, not when the slowest of its batch is
             if instance.id in self.done:  # moved and gated before an interruption
                 return True, "gated before the interruption"
+            await self._stop_staging([instance.id])  # done by now, or its deploy takes over
             try:
                 started: InstanceState | None = await self.engine.step(
                     self.dep.id, "deploy", instance,
