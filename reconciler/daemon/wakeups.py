@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,15 +54,23 @@ class LocalRefsWatch:
 async def hold_shards(leases: ShardLeases, stopping: Callable[[], bool],
                       trigger: Callable[[str], None]) -> None:
     """Hold this replica's share of the shards; a change of share triggers a pass."""
+    due = time.monotonic()
     while not stopping():
         before = leases.owned
+        late = time.monotonic() - due  # how long the loop kept this heartbeat waiting
         try:
             owned = await leases.heartbeat()
         except ReconcilerError as exc:
             log.warning("shard heartbeat failed", extra={"error": exc.message})
         else:
-            if owned != before:
+            beat = leases.last
+            if owned != before and beat is not None:
                 log.info("shards changed", extra={
-                    "owned": len(owned), "replicas": len(leases.live_replicas)})
+                    "owned": len(owned), "replicas": len(leases.live_replicas),
+                    "claimed": list(beat.claimed), "released": list(beat.released),
+                    "late_s": round(late, 3), "took_s": round(beat.took, 3),
+                    "overdue_s": None if beat.overdue is None else round(beat.overdue, 3)})
                 trigger("shards")
-        await asyncio.sleep(jittered(leases.interval, 0.1))
+        pause = jittered(leases.interval, 0.1)
+        due = time.monotonic() + pause
+        await asyncio.sleep(pause)

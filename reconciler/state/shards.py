@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 from reconciler.spec.model import ResourceKey
@@ -47,6 +48,19 @@ async def store_now(store: Store) -> datetime:
     return await store.database_now()
 
 
+@dataclass(frozen=True)
+class Beat:
+    """What one heartbeat did and when (what the daemon logs when its share changes)."""
+
+    started: float  # monotonic
+    took: float  # seconds, its store round trips included
+    claimed: tuple[int, ...]  # shards taken that were free, expired or released
+    released: tuple[int, ...]
+    # how long the longest-expired shard claimed had been expired when the heartbeat saw it
+    # (database clock): the part of a takeover spent waiting for this heartbeat
+    overdue: float | None
+
+
 class ShardLeases:
     """One replica's view of the shard leases; call ``heartbeat()`` every ``ttl / 3`` seconds."""
 
@@ -63,6 +77,7 @@ class ShardLeases:
         # Monotonic deadline of the leases renewed by the last heartbeat, with a margin so a
         # replica stops acting before another can take over.
         self._valid_until = 0.0
+        self.last: Beat | None = None
 
     @property
     def interval(self) -> float:
@@ -89,9 +104,11 @@ class ShardLeases:
         mine = sorted(n for n, lock in shard_locks.items()
                       if lock.owner == self.replica_id and lock.expires_at > now)
         held: set[int] = set()
+        released: list[int] = []
         for number in mine:
             if len(held) >= target:  # a replica joined: hand the extras over
                 await self.store.release_lock(shard_lock_name(number), self.replica_id)
+                released.append(number)
             elif await self.store.acquire_lock(shard_lock_name(number), self.replica_id,
                                                self.ttl):
                 held.add(number)
@@ -107,9 +124,14 @@ class ShardLeases:
                 if await self.store.acquire_lock(shard_lock_name(number), self.replica_id,
                                                  self.ttl):
                     held.add(number)
+        claimed = tuple(sorted(held.difference(mine)))
+        overdue = [(now - shard_locks[n].expires_at).total_seconds() for n in claimed
+                   if n in shard_locks]
         self.owned = frozenset(held)
         self.live_replicas = frozenset(live)
         self._valid_until = started + self.ttl * 0.8
+        self.last = Beat(started, time.monotonic() - started, claimed, tuple(released),
+                         max(overdue) if overdue else None)
         return self.owned
 
     def owns(self, key: ResourceKey | str) -> bool:
@@ -138,5 +160,5 @@ async def shard_owners(store: Store, shards: int = DEFAULT_SHARDS) -> dict[int, 
     return owners
 
 
-__all__ = ["DEFAULT_SHARDS", "DEFAULT_TTL", "ShardLeases", "shard_lock_name", "shard_of",
+__all__ = ["DEFAULT_SHARDS", "DEFAULT_TTL", "Beat", "ShardLeases", "shard_lock_name", "shard_of",
            "shard_owners", "store_now"]
