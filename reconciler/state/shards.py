@@ -30,6 +30,8 @@ DEFAULT_SHARDS = 64
 DEFAULT_TTL = 15.0
 SHARD_PREFIX = "shard:"
 REPLICA_PREFIX = "replica:"
+EXPIRY_MARGIN = 0.05  # seconds after another's lease expires before looking again
+MIN_PAUSE = 0.05  # between two heartbeats, whatever expires
 
 
 def shard_of(key: ResourceKey | str, shards: int = DEFAULT_SHARDS) -> int:
@@ -78,6 +80,9 @@ class ShardLeases:
         # replica stops acting before another can take over.
         self._valid_until = 0.0
         self.last: Beat | None = None
+        # Monotonic time at which the earliest live lease of another replica (membership or
+        # shard) expires, as of the last heartbeat: when a dead replica's share becomes free.
+        self._next_expiry: float | None = None
 
     @property
     def interval(self) -> float:
@@ -89,6 +94,7 @@ class ShardLeases:
         started = time.monotonic()
         await self.store.acquire_lock(REPLICA_PREFIX + self.replica_id, self.replica_id,
                                       self.ttl)
+        asked = time.monotonic()  # `now` is the database's clock between this and the answer
         now = await store_now(self.store)
         locks = await self.store.list_locks()
         live = {lock.owner for lock in locks
@@ -107,6 +113,8 @@ class ShardLeases:
         released: list[int] = []
         for number in mine:
             if len(held) >= target:  # a replica joined: hand the extras over
+                # not ours from now on: another replica may claim it as soon as it is released
+                self.owned = self.owned - {number}
                 await self.store.release_lock(shard_lock_name(number), self.replica_id)
                 released.append(number)
             elif await self.store.acquire_lock(shard_lock_name(number), self.replica_id,
@@ -127,12 +135,26 @@ class ShardLeases:
         claimed = tuple(sorted(held.difference(mine)))
         overdue = [(now - shard_locks[n].expires_at).total_seconds() for n in claimed
                    if n in shard_locks]
+        others = [(lock.expires_at - now).total_seconds() for lock in locks
+                  if lock.owner != self.replica_id and lock.expires_at > now
+                  and lock.name.startswith((REPLICA_PREFIX, SHARD_PREFIX))]
+        self._next_expiry = asked + min(others) if others else None
         self.owned = frozenset(held)
         self.live_replicas = frozenset(live)
         self._valid_until = started + self.ttl * 0.8
         self.last = Beat(started, time.monotonic() - started, claimed, tuple(released),
                          max(overdue) if overdue else None)
         return self.owned
+
+    def next_beat_in(self, pause: float) -> float:
+        """Seconds until the next heartbeat: ``pause`` (about ``interval``), or sooner when
+        another replica's lease expires before then — a dead replica's shards are claimed as
+        they expire rather than up to a heartbeat later."""
+        wait = pause
+        if self._next_expiry is not None:
+            # + a little: the database judges a lease expired once its clock passed it
+            wait = min(wait, self._next_expiry + EXPIRY_MARGIN - time.monotonic())
+        return max(MIN_PAUSE, wait)
 
     def owns(self, key: ResourceKey | str) -> bool:
         """True while this replica holds the shard of ``key`` (and its lease cannot have

@@ -4,6 +4,7 @@ a replica killed with SIGKILL within the TTL (real processes on PostgreSQL and M
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,93 @@ async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> No
             err = proc.stderr.read()
             assert "Traceback" not in err or proc.returncode == -signal.SIGKILL, err
         await store.close()
+
+
+def _start_busy(url: str, replica: str, ttl: float, shards: int,
+                busy: float) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_DB")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.state.busy_replica", url, replica, str(ttl), str(shards),
+         str(busy)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env)
+
+
+def _beliefs_overlap(lines: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """Shards two replicas' ``owns()`` answered True for at once: per replica and shard, the
+    spans from the first to the last sample of a run of samples holding it; two replicas'
+    spans of one shard must not intersect."""
+    spans: dict[int, list[tuple[float, float, str]]] = {}
+    for replica in {str(line["replica"]) for line in lines}:
+        samples = sorted((float(e["t"]), set(e["owns"])) for e in lines
+                         if e["replica"] == replica)
+        open_: dict[int, tuple[float, float]] = {}
+        for t, owns in samples:
+            for shard in list(open_):
+                if shard not in owns:
+                    spans.setdefault(shard, []).append((*open_.pop(shard), replica))
+            for shard in owns:
+                first, _ = open_.get(shard, (t, t))
+                open_[shard] = (first, t)
+        for shard, (first, last) in open_.items():
+            spans.setdefault(shard, []).append((first, last, replica))
+    overlaps = []
+    for shard, found in spans.items():
+        for i, (start_a, end_a, a) in enumerate(found):
+            overlaps += [(shard, a, b) for start_b, end_b, b in found[i + 1:]
+                         if a != b and start_a <= end_b and start_b <= end_a]
+    return overlaps
+
+
+@pytest.mark.timeout(120)
+async def test_busy_replicas_keep_and_take_over_shards(db_url: str) -> None:
+    """A replica whose event loop a long pass keeps busy (CPU-bound stretches of 8 s, longer
+    than the TTL) still renews its shards and claims a killed replica's share within TTL + one
+    heartbeat; no shard is ever believed owned by two replicas at once."""
+    ttl, shards, busy = 3.0, 16, 8.0
+    store = open_store(db_url)
+    await store.migrate()
+    procs = {f"replica-{i}": _start_busy(db_url, f"replica-{i}", ttl, shards, busy)
+             for i in range(3)}
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # settle: every shard held, three ways
+            owners = await shard_owners(store, shards)
+            counts = Counter(owners.values())
+            if None not in counts and len(counts) == 3 and min(counts.values()) >= 4:
+                break
+            assert time.monotonic() < deadline, f"never balanced: {counts}"
+            await asyncio.sleep(0.1)
+        # more than one busy stretch of every replica: their leases never lapse
+        until = time.monotonic() + busy * 1.5
+        while time.monotonic() < until:
+            owners = await shard_owners(store, shards)
+            assert None not in owners.values(), f"a lease lapsed while its loop was busy: {owners}"
+            await asyncio.sleep(0.1)
+        victim = "replica-0"
+        share = {n for n, o in owners.items() if o == victim}
+        procs[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        while True:
+            owners = await shard_owners(store, shards)
+            if all(owners[n] not in (None, victim) for n in share):
+                break
+            # TTL + one heartbeat, + 1 s for a loaded machine (the loops are 8 s busy)
+            assert time.monotonic() - killed_at < ttl + ttl / 3 + 1.0, owners
+            await asyncio.sleep(0.05)
+        print(f"{len(share)} shards of the killed replica taken over in "
+              f"{time.monotonic() - killed_at:.2f} s by busy survivors (ttl {ttl} s)")
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        await store.close()
+    lines = []
+    for proc in procs.values():
+        assert proc.stdout is not None and proc.stderr is not None
+        lines += [json.loads(line) for line in proc.stdout.read().splitlines() if line]
+        err = proc.stderr.read()
+        assert "Traceback" not in err, err
+    assert {line["replica"] for line in lines} == set(procs)
+    overlaps = _beliefs_overlap(lines)
+    assert overlaps == [], overlaps[:5]
