@@ -110,7 +110,7 @@ class ShardKeeper:
                     owned = await leases.heartbeat()
                 except ReconcilerError as exc:
                     log.warning("shard heartbeat failed", extra={"error": exc.message})
-                except Exception as exc:  # noqa: BLE001 - one bad beat must not end the thread
+                except Exception as exc:  # one bad beat must not end the thread
                     log.error("shard heartbeat failed unexpectedly", exc_info=exc)
                 else:
                     beat = leases.last

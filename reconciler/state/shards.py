@@ -6,8 +6,10 @@ live replicas, and holds about ``ceil(shards / live)`` shard leases ``shard:<n>`
 its own, releasing extras when a replica joined, claiming free or expired ones when a replica
 left or died. Exclusivity comes from ``Store.acquire_lock``, one atomic statement judged by the
 database clock: a shard lease has one owner at any time. A replica killed with SIGKILL stops
-renewing; its leases expire after ``ttl`` and the survivors claim them on their next heartbeat,
-so its share is taken over within ``ttl + ttl / 3`` (bench/store.py measures it).
+renewing; its leases expire after ``ttl``. A heartbeat also notes when the earliest live lease
+of another replica expires and the next one runs then if that is sooner than ``ttl / 3``, so the
+survivors claim a dead replica's shards as they expire: within ``ttl`` of its last renewal plus
+a heartbeat's round trips, rather than up to a heartbeat later (bench/store.py, bench/fleet_ha.py).
 
 Why shard leases and not one lease per resource: 10,000 resource leases renewed every few
 seconds by every replica would be thousands of writes per second for nothing; 64 shards cost a
