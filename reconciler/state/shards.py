@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -85,6 +87,9 @@ class ShardLeases:
         # Monotonic time at which the earliest live lease of another replica (membership or
         # shard) expires, as of the last heartbeat: when a dead replica's share becomes free.
         self._next_expiry: float | None = None
+        # The share a pass started with (``one_pass``): a pass acts on those shards only, so
+        # its recovery of a dead replica's open deployments and its plan see the same share.
+        self._pass_share: frozenset[int] | None = None
 
     @property
     def interval(self) -> float:
@@ -161,7 +166,22 @@ class ShardLeases:
     def owns(self, key: ResourceKey | str) -> bool:
         """True while this replica holds the shard of ``key`` (and its lease cannot have
         expired yet): reconcile only those resources."""
-        return time.monotonic() < self._valid_until and shard_of(key, self.shards) in self.owned
+        shard = shard_of(key, self.shards)
+        share = self._pass_share
+        return (time.monotonic() < self._valid_until and shard in self.owned
+                and (share is None or shard in share))
+
+    @contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Within: ``owns`` answers for the shards held when the block began (and still held).
+        A shard claimed meanwhile waits for the pass its claim triggers: that pass's recovery
+        closes or adopts what the dead replica left open before anything plans it — a plan
+        that saw the shard without its recovery deployed the revision a second time."""
+        self._pass_share = self.owned
+        try:
+            yield
+        finally:
+            self._pass_share = None
 
     async def leave(self) -> None:
         """Release everything (clean shutdown): the others take over at their next heartbeat."""

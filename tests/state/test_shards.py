@@ -55,6 +55,28 @@ async def test_join_leave_and_expiry_rebalance(any_store: Store, any_second: Sto
     assert await b.heartbeat() == frozenset(range(8))
 
 
+@pytest.mark.timeout(60)
+async def test_a_pass_acts_on_the_share_it_started_with(any_store: Store,
+                                                      any_second: Store) -> None:
+    """A shard claimed while a pass runs is not that pass's: its recovery skipped the shard,
+    so its plan must too (fleet_ha saw a pass deploy a dead replica's open deployment again
+    when a second claim landed between the two)."""
+    a = ShardLeases(any_store, "a", shards=8, ttl=10)
+    b = ShardLeases(any_second, "b", shards=8, ttl=10)
+    for leases in (a, b, a, b):
+        await leases.heartbeat()
+    assert len(a.owned) == len(b.owned) == 4
+    key = next(f"prod/Service/s{i}" for i in range(100) if shard_of(f"prod/Service/s{i}", 8)
+               in b.owned)
+    kept = next(f"prod/Service/s{i}" for i in range(100) if shard_of(f"prod/Service/s{i}", 8)
+                in a.owned)
+    with a.one_pass():
+        await b.leave()
+        assert await a.heartbeat() == frozenset(range(8))  # claimed during the pass
+        assert not a.owns(key) and a.owns(kept)
+    assert a.owns(key)  # the next pass (the one the claim triggers) acts on it
+
+
 def _start(url: str, replica: str, ttl: float, shards: int) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_DB")}
     return subprocess.Popen(
