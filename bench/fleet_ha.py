@@ -574,7 +574,10 @@ def run_passes(bench: HaBench, args: argparse.Namespace) -> dict[str, dict[str, 
 
     def report(name: str, result: dict[str, Any]) -> None:
         results[name] = result
-        print(f"  {name:<24} {result['seconds']:6.1f}s  deploys {result['deploys']}  "
+        # the takeover too: a later pass that times out loses the summary
+        takeover = (f"  takeover {result['takeover']:.1f}s" if result.get("takeover") is not None
+                    else "")
+        print(f"  {name:<24} {result['seconds']:6.1f}s{takeover}  deploys {result['deploys']}  "
               f"(load {result['load']})", flush=True)
 
     # warm-up: Targets only; the replicas start, split the shards, go idle
