@@ -85,13 +85,14 @@ class Replica:
         self.port = free_port()
         self.state = fleet.tmp / f"state-{number}"
         self.log_path = LOGS / f"fleet-ha-replica{number}.log"
-        argv = [sys.executable, "-m", "reconciler", "--db", db, "--state-dir", str(self.state),
+        python = sys.executable if fleet.code == ROOT else str(fleet.code / ".venv/bin/python")
+        argv = [python, "-m", "reconciler", "--db", db, "--state-dir", str(self.state),
                 "--log-format", "text", "daemon", "--repo", str(fleet.repo), "--path", "fleet",
                 "--listen", f"127.0.0.1:{self.port}", "--interval", interval, "--ha",
                 "--shard-ttl", ttl]
         self.log = self.log_path.open("wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=fleet.py_env, cwd=ROOT, start_new_session=True)
+                                     env=fleet.py_env, cwd=fleet.code, start_new_session=True)
         self.cpu = 0.0
         self.peak_rss_mb = 0.0
         self.killed = False
@@ -454,6 +455,8 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.1,
                         help="kill once this fraction of the units serve the new revision")
     parser.add_argument("--timeout", type=float, default=900, help="per pass, seconds")
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="run the replicas of this checkout (its .venv): a before figure")
     add_json_flag(parser)
     args = parser.parse_args()
 
@@ -471,12 +474,12 @@ def main() -> None:
     units = args.hosts * args.services
     print(f"fleet --ha: {args.hosts} hosts x {args.services} Services = {units} units, "
           f"{args.replicas} replicas, --shard-ttl {args.shard_ttl}, --interval {args.interval}; "
-          f"load {loadavg()}", flush=True)
+          f"replicas from {args.code}; load {loadavg()}", flush=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-fleet-ha-") as tmp_s:
         tmp = Path(tmp_s)
-        fleet = Fleet(hosts, args.services, tmp, None, ROOT)
+        fleet = Fleet(hosts, args.services, tmp, None, args.code.resolve())
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
         try:
             with throwaway_url("postgresql", tmp) as db:
@@ -571,7 +574,10 @@ def run_passes(bench: HaBench, args: argparse.Namespace) -> dict[str, dict[str, 
 
     def report(name: str, result: dict[str, Any]) -> None:
         results[name] = result
-        print(f"  {name:<24} {result['seconds']:6.1f}s  deploys {result['deploys']}  "
+        # the takeover too: a later pass that times out loses the summary
+        takeover = (f"  takeover {result['takeover']:.1f}s" if result.get("takeover") is not None
+                    else "")
+        print(f"  {name:<24} {result['seconds']:6.1f}s{takeover}  deploys {result['deploys']}  "
               f"(load {result['load']})", flush=True)
 
     # warm-up: Targets only; the replicas start, split the shards, go idle

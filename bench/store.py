@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from _figures import Figure, emit  # noqa: E402
 
+from reconciler.daemon.wakeups import ShardKeeper  # noqa: E402
 from reconciler.spec.model import ResourceKey  # noqa: E402
 from reconciler.state import Store, open_store  # noqa: E402
 from reconciler.state.shards import ShardLeases, shard_of, shard_owners  # noqa: E402
@@ -176,14 +177,14 @@ def bench_replicas(url: str, replicas: int, ttl: float, resources: int) -> dict[
 
 
 async def replica_main(url: str, replica: str, ttl: float) -> None:
-    store = open_store(url)
-    leases = ShardLeases(store, replica, shards=SHARDS, ttl=ttl)
+    """A replica holding its shards as the daemon does (``ShardKeeper``) until killed."""
+    keeper = ShardKeeper(ShardLeases(open_store(url), replica, shards=SHARDS, ttl=ttl),
+                         lambda _reason: None)
+    await keeper.start()
     try:
-        while True:
-            await leases.heartbeat()
-            await asyncio.sleep(leases.interval)
+        await asyncio.Event().wait()
     finally:
-        await store.close()
+        await keeper.stop()
 
 
 async def bench_backend(url: str, args: argparse.Namespace) -> dict[str, Any]:

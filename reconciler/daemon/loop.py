@@ -152,7 +152,8 @@ class Daemon:
             log.info("webhook pass pinned to the pushed commit",
                      extra={"reconcile_id": pinned.reconcile_id, "sha": pinned.sha,
                             "trigger": trigger})
-        with acting_as(actor):  # what the audit trail names as the actor of this pass
+        share = self.leases.one_pass() if self.leases is not None else contextlib.nullcontext()
+        with acting_as(actor), share:  # the actor the audit trail names; the shards it acts on
             result = await self.engine.reconcile(self.desired, trigger=trigger,
                                                  prune=self.cfg.prune, redeploy=redeploy)
         if self.events is not None:

@@ -5,7 +5,6 @@ the pass loop; and everything closed, in order, once it stops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -21,7 +20,7 @@ from reconciler.daemon.http_guard import (
     raise_nofile_limit,
 )
 from reconciler.daemon.loop import Daemon
-from reconciler.daemon.wakeups import hold_shards
+from reconciler.daemon.wakeups import ShardKeeper
 from reconciler.errors import ReconcilerError
 from reconciler.notifications.wiring import start_notifications
 from reconciler.observe import metrics
@@ -77,10 +76,9 @@ async def serve(daemon: Daemon) -> int:
                   asyncio.create_task(daemon.self_heal.run()),
                   asyncio.create_task(notify.feed_watchdog(stopping)),
                   asyncio.create_task(daemon.retention.run())]
-    leases = daemon.leases
-    if leases is not None:
-        await leases.heartbeat()  # take a share before the first pass
-        background.append(asyncio.create_task(hold_shards(leases, stopping, daemon.trigger)))
+    keeper = ShardKeeper(daemon.leases, daemon.trigger) if daemon.leases is not None else None
+    if keeper is not None:
+        await keeper.start()  # a share taken before the first pass
     if not daemon.source.remote:
         background.append(asyncio.create_task(daemon.local_watch.run()))
     notifications = start_notifications(daemon, cfg.notify, cfg.state_dir)
@@ -96,9 +94,8 @@ async def serve(daemon: Daemon) -> int:
         await runner.cleanup()
         guard.refusals.close()
         logging.getLogger("asyncio").removeFilter(accept_errors)
-        if leases is not None:
-            with contextlib.suppress(ReconcilerError):
-                await leases.leave()  # the other replicas take over at once
+        if keeper is not None:
+            await keeper.stop()  # leases released: the other replicas take over at once
         await daemon.engine.close()
         await daemon.store.close()
     log.info("daemon stopped")
@@ -131,7 +128,8 @@ async def _build_and_serve(cfg: DaemonConfig) -> int:
         from reconciler.rollout.engine import process_identity
         from reconciler.state.shards import ShardLeases
 
-        leases = ShardLeases(store, process_identity(), ttl=cfg.shard_ttl)
+        # a store of its own: its heartbeats never wait for a connection a pass holds
+        leases = ShardLeases(open_store(cfg.db_url), process_identity(), ttl=cfg.shard_ttl)
     statuses = None
     if cfg.commit_status:
         from reconciler.source.commit_status import CommitStatusReporter

@@ -1,7 +1,8 @@
-"""A replica for test_shards / bench: heartbeats shard leases until killed.
+"""A replica for test_shards: holds shard leases as the daemon does (its ``ShardKeeper``) until
+killed.
 
 Usage: python -m tests.state.shard_process URL REPLICA_ID TTL SHARDS
-Prints one JSON line per heartbeat: {"replica": id, "owned": [...]}.
+Prints one JSON line whenever its share changes: {"replica": id, "owned": [...]}.
 """
 
 from __future__ import annotations
@@ -10,20 +11,23 @@ import asyncio
 import json
 import sys
 
+from reconciler.daemon.wakeups import ShardKeeper
 from reconciler.state import open_store
 from reconciler.state.shards import ShardLeases
 
 
 async def run(url: str, replica: str, ttl: float, shards: int) -> None:
-    store = open_store(url)
-    leases = ShardLeases(store, replica, shards=shards, ttl=ttl)
+    leases = ShardLeases(open_store(url), replica, shards=shards, ttl=ttl)
+
+    def changed(_reason: str) -> None:
+        print(json.dumps({"replica": replica, "owned": sorted(leases.owned)}), flush=True)
+
+    keeper = ShardKeeper(leases, changed)
+    await keeper.start()
     try:
-        while True:
-            owned = await leases.heartbeat()
-            print(json.dumps({"replica": replica, "owned": sorted(owned)}), flush=True)
-            await asyncio.sleep(leases.interval)
+        await asyncio.Event().wait()  # until killed
     finally:
-        await store.close()
+        await keeper.stop()
 
 
 def main() -> None:
