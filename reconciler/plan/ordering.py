@@ -38,6 +38,29 @@ def layered(nodes: Iterable[ResourceKey],
     are their environment's Targets, and at 10,000 resources a set and a list per node were
     most of the time of a no-op plan (and fed the cyclic GC)."""
     pending = dict.fromkeys(nodes)
+    if not any(depends_on.get(n) for n in depends_on if n in pending):
+        return _two_layers(pending)
+    return _kahn(pending, depends_on)
+
+
+def _two_layers(pending: dict[ResourceKey, None]) -> list[list[ResourceKey]]:
+    """``_kahn`` when no node has an explicit dependency (most fleets): the Targets and what
+    has no Target in its environment first, then everything else, each layer sorted."""
+    with_targets = {n[0] for n in pending if n[1] == "Target"}
+    first: list[ResourceKey] = []
+    second: list[ResourceKey] = []
+    for n in pending:
+        if n[1] != "Target" and n[0] in with_targets:
+            second.append(n)
+        else:
+            first.append(n)
+    first.sort()
+    second.sort()
+    return [layer for layer in (first, second) if layer]
+
+
+def _kahn(pending: dict[ResourceKey, None],
+          depends_on: Mapping[ResourceKey, Iterable[ResourceKey]]) -> list[list[ResourceKey]]:
     targets: dict[str, list[ResourceKey]] = {}
     for n in pending:
         if n[1] == "Target":

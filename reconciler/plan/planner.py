@@ -81,36 +81,45 @@ _action_of = attrgetter("action")
 _Heads = dict[tuple[str, str, str], tuple[str, str, str]]
 
 
-def _text(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
+def _plain_items_text(items: Iterable[PlanItem], parts: list[str]) -> None:
+    """``PlanItem.to_json`` of each item as JSON text, as ``json.dumps`` writes it, appended
+    to ``parts``: an item without changes whose values are plain strings written from them
+    directly (the parts that follow from (environment, kind, action) made once), any other
+    through ``json.dumps``. One loop with no call per item: it runs for every resource of
+    the fleet."""
+    heads: _Heads = {}
+    enc = encode_basestring_ascii
+    for item in items:
+        record = item.record
+        applied = record.applied_revision if record is not None else None
+        environment, kind, name = item.key
+        revision, reason, action = item.revision, item.reason, item.action
+        if (item.changes or action == DEFERRED
+                or not (type(environment) is type(kind) is type(name) is type(action)
+                        is type(reason) is str)
+                or not (revision is None or type(revision) is str)
+                or not (applied is None or type(applied) is str)):
+            parts.append(dumps(item.to_json(), default=str))
+            continue
+        head = heads.get((environment, kind, action))
+        if head is None:
+            # a JSON string escapes character by character: the text of "env/kind/" + name
+            # is that of "env/kind/" without its closing quote, then that of name without
+            # its opening one
+            head = heads[(environment, kind, action)] = (
+                '{"resource": ' + enc(f"{environment}/{kind}/")[:-1],
+                f', "environment": {enc(environment)}, "kind": {enc(kind)}, "name": ',
+                f', "action": {enc(action)}, "revision": ')
+        quoted = enc(name)
+        revision_text = "null" if revision is None else enc(revision)
+        applied_text = (revision_text if applied == revision
+                        else "null" if applied is None else enc(applied))
+        parts.append(f'{head[0]}{quoted[1:]}{head[1]}{quoted}{head[2]}{revision_text}, '
+                     f'"appliedRevision": {applied_text}, "reason": '
+                     f'{enc(reason) if reason else _EMPTY}, "changes": []}}')
 
 
-def _plain_item_text(item: PlanItem, heads: _Heads) -> str | None:
-    """``PlanItem.to_json`` of an item without changes as JSON text, as ``json.dumps`` writes
-    it; None when a value is not a plain string (then ``json.dumps`` decides)."""
-    record = item.record
-    applied = record.applied_revision if record is not None else None
-    environment, kind, name = item.key
-    revision, reason, action = item.revision, item.reason, item.action
-    if (action == DEFERRED or type(environment) is not str or type(kind) is not str
-            or type(name) is not str or type(action) is not str or type(reason) is not str
-            or not (revision is None or type(revision) is str)
-            or not (applied is None or type(applied) is str)):
-        return None
-    head = heads.get((environment, kind, action))
-    if head is None:
-        # a JSON string escapes character by character: the text of "env/kind/" + name is
-        # that of "env/kind/" without its closing quote, then that of name without its
-        # opening one
-        head = heads[(environment, kind, action)] = (
-            '{"resource": ' + encode_basestring_ascii(f"{environment}/{kind}/")[:-1],
-            f', "environment": {encode_basestring_ascii(environment)}, '
-            f'"kind": {encode_basestring_ascii(kind)}, "name": ',
-            f', "action": {encode_basestring_ascii(action)}, "revision": ')
-    quoted = encode_basestring_ascii(name)
-    return (f'{head[0]}{quoted[1:]}{head[1]}{quoted}{head[2]}{_text(revision)}, '
-            f'"appliedRevision": {_text(applied)}, "reason": '
-            f'{encode_basestring_ascii(reason)}, "changes": []}}')
+_EMPTY = encode_basestring_ascii("")
 
 
 @dataclass(repr=False)
@@ -151,11 +160,8 @@ class Plan:
         counts = self.counts()
         head = {"commit": self.commit, "inSync": all(a in _IN_SYNC for a in counts),
                 "summary": counts}
-        parts = []
-        heads: _Heads = {}
-        for item in self.items:
-            text = _plain_item_text(item, heads) if not item.changes else None
-            parts.append(text if text is not None else dumps(item.to_json(), default=str))
+        parts: list[str] = []
+        _plain_items_text(self.items, parts)
         return dumps(head, default=str)[:-1] + ', "resources": [' + ", ".join(parts) + "]}"
 
 
@@ -265,7 +271,7 @@ def make_plan(
         revision = revisions[key]
         record = recorded.get(key)
         if (record is not None and record.applied_revision == revision and not record.suspended
-                and key not in heal):
+                and (not heal or key not in heal)):
             # The common case of a large fleet, kept short: applied as it is in git.
             items[key] = PlanItem(key, UNCHANGED, revision, resource, record)
             continue

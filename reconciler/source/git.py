@@ -23,7 +23,6 @@ import posixpath
 import re
 import shutil
 import subprocess
-import tarfile
 import threading
 import time
 import weakref
@@ -35,7 +34,6 @@ from urllib.parse import urlsplit
 
 from reconciler.errors import SourceError
 from reconciler.observe.redact import redact
-from reconciler.source.tarsafe import extract_data
 from reconciler.spec.loader import SourceFile
 from reconciler.spec.tree import MAX_READ, EntryKind
 
@@ -470,6 +468,12 @@ def _discover(local: Path) -> tuple[Path, Path | None, str] | None:
 
 def _extract(archive: bytes, folder: str, dest: Path) -> None:
     """Unpack ``folder`` of a ``git archive`` tarball into ``dest``, dropping the prefix."""
+    # imported here: a command that reads the config repo without unpacking a folder
+    # (`diff`) does not import tarfile (docs/performance.md, session 9)
+    import tarfile
+
+    from reconciler.source.tarsafe import extract_data
+
     dest.mkdir(parents=True, exist_ok=True)
     prefix = folder + "/" if folder else ""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # Planned revision of a resource whose revision could not be computed (never a real one).
 UNRESOLVED = "unresolved"
+# ResourceKey from a plain tuple in C (ResourceKey(...) runs a Python-level __new__).
+_new_key = tuple.__new__
 
 
 class Revisions:
@@ -119,12 +121,35 @@ class Revisions:
                     self._revisions = stored
                     known = len(stored)
             self._used = []
-        if errors is None:
-            revisions = {key: self.revision_of(resource, desired)
-                         for key, resource in desired.resources.items()}
-        else:
-            revisions = {}
-            for key, resource in desired.resources.items():
+        revisions: dict[ResourceKey, str] = {}
+        memo, used = self._revisions, self._used
+        resources = desired.resources
+        # The memo's hits inline (``revision_of``'s first half, the same key), each Target
+        # looked up once: this loop runs for every resource of the fleet at every plan.
+        targets: dict[tuple[str, str], Resource | None] = {}
+        for key, resource in resources.items():
+            digest = resource.hash
+            if digest and not (resource.has_field("source") and resource.spec.get("source")):
+                name = None if key[1] == "Target" else resource.target
+                target: Resource | None = None
+                if name is not None:
+                    where = (key[0], name)
+                    if where in targets:
+                        target = targets[where]
+                    else:
+                        target = targets[where] = resources.get(
+                            _new_key(ResourceKey, (key[0], "Target", name)))
+                target_hash = "" if target is None else target.hash
+                if target is None or target_hash:
+                    found = memo.get(key_ := (digest + resource.sealed_digest, target_hash))
+                    if found is not None:
+                        if used is not None:
+                            used.append(key_)
+                        revisions[key] = found
+                        continue
+            if errors is None:
+                revisions[key] = self.revision_of(resource, desired)
+            else:
                 try:
                     revisions[key] = self.revision_of(resource, desired)
                 except StoreError:

@@ -105,6 +105,12 @@ def _sync_mode() -> str:
     return mode.upper()
 
 
+# What a plan reads of every resource, in key order: from the covering index
+# ``ix_resource_plan`` alone (sql/sqlite/007), not from the rows and their documents.
+PLAN_LISTING_SQL = (f"SELECT {rows.PLAN_RESOURCE_COLUMNS} FROM tb_resource "  # noqa: S608
+                    "WHERE deleted = 0 ORDER BY environment, kind, name")
+
+
 class SQLiteStore(SQLiteLeases, SQLiteDeliveries, rows.AuditLog, NotificationClaims):
     """``Store`` on one SQLite file (or ``:memory:``)."""
 
@@ -361,9 +367,7 @@ class SQLiteStore(SQLiteLeases, SQLiteDeliveries, rows.AuditLog, NotificationCla
         return await self._run(self._plan_listing)
 
     def _plan_listing(self) -> list[ResourceRecord]:
-        return rows.plan_resources(self._tuples(
-            f"SELECT {rows.PLAN_RESOURCE_COLUMNS} FROM tb_resource "  # noqa: S608
-            "WHERE deleted = 0 ORDER BY environment, kind, name"))
+        return rows.plan_resources(self._tuples(PLAN_LISTING_SQL))
 
     def _light_resources(self, include_deleted: bool) -> list[ResourceRecord]:
         """The light listing (every no-op pass of a daemon reads it), read again only when the

@@ -49,7 +49,8 @@ print("\\nPROBE " + json.dumps({"exit": code, "top": top, "all": sorted(sys.modu
 # engine (planning is rollout/planning.py; the engine is imported for --live only).
 NOT_FOR_DIFF = ("reconciler.cli.apply", "reconciler.cli.daemon", "reconciler.cli.status",
                 "reconciler.rollout.engine", "reconciler.rollout.passes",
-                "reconciler.notifications.destinations")
+                "reconciler.notifications.destinations",
+                "tarfile")  # unpacks a source folder; a diff reads the repository only
 
 
 def loaded(*args: str, cwd: Path | None = None, every: bool = False) -> tuple[int, set[str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.spec.model import ResourceKey
-from reconciler.state.sqlite import SQLiteStore
+from reconciler.state.sqlite import PLAN_LISTING_SQL, SQLiteStore
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
     FAILED,
@@ -284,5 +284,8 @@ async def test_read_queries_use_their_indexes(tmp_path: Path, api: ResourceKey) 
             "AND name = 'api' ORDER BY seq DESC LIMIT 50"
         )
         assert "SCAN" not in per_resource, per_resource
+        # the plan listing reads an index, not the rows with their documents (a warm diff)
+        listing = plan(PLAN_LISTING_SQL)
+        assert "COVERING INDEX ix_resource_plan" in listing, listing
     finally:
         conn.close()
