@@ -36,6 +36,15 @@ async def deploy_all(provider: SystemdSSHProvider, release: Any) -> list[Instanc
     return instances
 
 
+async def healthy_on(provider: SystemdSSHProvider, resource: Any, instance: Instance) -> None:
+    """The Service's health check passes on ``instance`` (a deploy returns once started)."""
+    state = await provider.observe_instance(resource, instance)
+    result = await wait_healthy(resource.spec["health"], instance,
+                                transport=provider.transport_for(instance),
+                                cwd=state.working_dir)
+    assert result.healthy, f"{instance.id}: {result.message}"
+
+
 async def healthy_everywhere(provider: SystemdSSHProvider, resource: Any) -> None:
     for instance in await provider.instances(resource):
         states = {s.instance.id: s for s in await provider.observe(resource)}
@@ -277,6 +286,7 @@ async def test_old_releases_are_pruned_after_the_deploy_returns(
     for n in range(1, 6):
         started = await ssh_provider.deploy(host_app.release(resource, f"v{n}"), instance)
         assert started is not None and started.revision == f"v{n}"
+    await healthy_on(ssh_provider, resource, instance)
     await ssh_provider.close()
     host = next(h for h in ssh_hosts if h.name == instance.id)
     assert sorted(host.sh(f"ls {SERVICE_DIR}/releases").split()) == ["v3", "v4", "v5"]
@@ -302,6 +312,7 @@ async def test_staging_ahead_uploads_the_release_and_changes_nothing_that_runs(
                      f"readlink {SERVICE_DIR}/current; systemctl show -p MainPID --value {UNIT}")
     changed = make_resource("api", host_app_spec(env={"GREETING": "two"}))
     v2 = host_app.release(changed, "v2", env={"GREETING": "two"})
+    await healthy_on(ssh_provider, resource, instance)
     await ssh_provider.stage(v2, instance)
     after = host.sh(f"sha256sum {unit_path()} {SERVICE_DIR}/environment; "
                     f"readlink {SERVICE_DIR}/current; systemctl show -p MainPID --value {UNIT}")
@@ -310,6 +321,7 @@ async def test_staging_ahead_uploads_the_release_and_changes_nothing_that_runs(
     assert "v2" in json.loads(host.sh(f"cat {SERVICE_DIR}/releases.json"))["releases"]
     host.run(["touch", f"{SERVICE_DIR}/releases/v2/staged-marker"])
     await ssh_provider.deploy(v2, instance)
+    await healthy_on(ssh_provider, changed, instance)
     assert await host_app.get(host.name) == (200, "v2 two")
     assert host.sh(f"ls {SERVICE_DIR}/releases/v2/staged-marker").strip()
     # a release with a build is left to its deploy: the build reads the environment file
@@ -332,6 +344,7 @@ async def test_a_release_removed_by_hand_is_uploaded_again(
     assert "v1" in json.loads(host.sh(f"cat {SERVICE_DIR}/releases.json"))["releases"]
     started = await ssh_provider.deploy(host_app.release(resource, "v1"), instance)
     assert started is not None and started.running and started.revision == "v1"
+    await healthy_on(ssh_provider, resource, instance)
     status, body = await host_app.get(host.name)
     assert (status, body.split()) == (200, ["v1"])
 
