@@ -221,6 +221,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--files", type=int, default=20, help="asset files per release")
+    parser.add_argument("--code", type=Path, default=ROOT,
+                        help="run the reconciler of this checkout (a before figure); it runs "
+                             "with the checkout as its working directory, which `python -m` "
+                             "puts ahead of PYTHONPATH")
     parser.add_argument("--ansible-venv", type=Path,
                         default=Path("/var/tmp/fraisier-bench/ansible-venv"))
     parser.add_argument("--strategy", choices=("rolling", "recreate"), default="rolling",
@@ -248,7 +252,8 @@ def main() -> None:
               f"playbook: gather_facts false, strategy linear, serial "
               f"{'1' if args.strategy == 'rolling' else 'all'}")
     print(f"versions: {versions}; systemd sandbox profile of every method's units: "
-          f"{args.sandbox}; load average {os.getloadavg()}", flush=True)
+          f"{args.sandbox}; reconciler from {args.code}; load average {os.getloadavg()}",
+          flush=True)
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -333,8 +338,11 @@ def main() -> None:
                           hosts[0].identity_file, hosts[0].known_hosts, args.strategy],
                          env=py_env)
 
+        code = args.code.resolve()
+        reconciler_env = {**py_env, "PYTHONPATH": str(code)}
+
         def run_reconciler() -> float:
-            return timed(reconciler, env=py_env)
+            return timed(reconciler, env=reconciler_env, cwd=code)
 
         def run_ansible(version: str) -> float:
             # A tree goes up as one archive (`unarchive`), as Ansible users ship one: `copy` of
