@@ -189,24 +189,27 @@ async def test_the_stay_up_rule_counts_the_age_the_platform_reports(
     assert min(last_age.values()) >= 1.0, last_age  # the verdict's look: up for 1 s
 
 
-def three_instances(fleet: Fleet) -> None:
+ROLLING = {"type": "rolling", "maxParallel": 1}
+
+
+async def rolled_out_on_three(fleet: Fleet) -> dict[str, str]:
+    """api rolled out on 3 instances, one per batch; what runs where (calls forgotten)."""
     fleet.write("target", {"apiVersion": "fraisier.dev/v1", "kind": "Target",
                            "metadata": {"name": "fleet", "environment": "prod"},
                            "spec": {"provider": "fake", "instances": 3}})
+    fleet.service("api", {"health": "none"}, strategy=ROLLING)
+    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
+    fleet.world.calls.clear()
+    fleet.world.staged.clear()
+    return fleet.world.running(str(API))
 
 
 async def test_a_rolling_rollout_stages_its_later_batches_ahead(fleet: Fleet) -> None:
     """With ``stages_ahead``, a rolling rollout of one instance per batch stages the new
     revision on instances 2 and 3 while instance 1 deploys: each staged before its own deploy,
     the first never (it deploys at once), and staging leaves what runs as it was."""
-    three_instances(fleet)
-    rolling = {"type": "rolling", "maxParallel": 1}
-    fleet.service("api", {"health": "none"}, strategy=rolling)
-    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
-    v1 = fleet.world.running(str(API))
-    fleet.world.calls.clear()
-    fleet.world.staged.clear()
-    fleet.service("api", {"health": "none"}, strategy=rolling, env={"V": "2"})
+    v1 = await rolled_out_on_three(fleet)
+    fleet.service("api", {"health": "none"}, strategy=ROLLING, env={"V": "2"})
     assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
     v2 = fleet.world.running(str(API))
     assert set(v2.values()) != set(v1.values())
@@ -224,13 +227,8 @@ async def test_staged_instances_are_not_deployed_when_the_first_batch_fails(
     """A rollout whose first batch fails its gate rolls back; instances staged ahead were
     never deployed (they keep running the old revision). A provider that does not declare
     ``stages_ahead`` is never asked to stage."""
-    three_instances(fleet)
-    rolling = {"type": "rolling", "maxParallel": 1}
-    fleet.service("api", {"health": "none"}, strategy=rolling)
-    assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
-    v1 = fleet.world.running(str(API))
-    fleet.world.calls.clear()
-    fleet.service("api", {"health": "crash"}, strategy=rolling)
+    v1 = await rolled_out_on_three(fleet)
+    fleet.service("api", {"health": "crash"}, strategy=ROLLING)
     result = await fleet.engine.reconcile(fleet.load())
     assert result_of(result, API) != "succeeded"
     deployed = [i for op, r, i in fleet.world.calls if op == "deploy" and r == str(API)]
@@ -242,7 +240,7 @@ async def test_staged_instances_are_not_deployed_when_the_first_batch_fails(
     monkeypatch.setattr(FakeProvider, "capabilities",
                         replace(FakeProvider.capabilities, stages_ahead=False))
     fleet.world.calls.clear()
-    fleet.service("api", {"health": "none"}, strategy=rolling, env={"V": "3"})
+    fleet.service("api", {"health": "none"}, strategy=ROLLING, env={"V": "3"})
     assert result_of(await fleet.engine.reconcile(fleet.load()), API) == "succeeded"
     assert not [c for c in fleet.world.calls if c[0] == "stage"]
 

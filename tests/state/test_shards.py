@@ -84,6 +84,18 @@ def _start(url: str, replica: str, ttl: float, shards: int) -> subprocess.Popen[
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+async def balanced(store: Any, shards: int, at_least: int) -> dict[int, str | None]:
+    """The shard owners once every shard is held, three ways, each by ``at_least`` (30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        owners = await shard_owners(store, shards)
+        counts = Counter(owners.values())
+        if None not in counts and len(counts) == 3 and min(counts.values()) >= at_least:
+            return owners
+        assert time.monotonic() < deadline, f"never balanced: {counts}"
+        await asyncio.sleep(0.1)
+
+
 @pytest.mark.timeout(90)
 async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> None:
     ttl, shards = 1.5, 64
@@ -91,14 +103,7 @@ async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> No
     await store.migrate()
     procs = {f"replica-{i}": _start(server_url, f"replica-{i}", ttl, shards) for i in range(3)}
     try:
-        deadline = time.monotonic() + 30
-        while True:  # settle: every shard held, three ways
-            owners = await shard_owners(store, shards)
-            counts = Counter(owners.values())
-            if None not in counts and len(counts) == 3 and min(counts.values()) >= 20:
-                break
-            assert time.monotonic() < deadline, f"never balanced: {counts}"
-            await asyncio.sleep(0.1)
+        owners = await balanced(store, shards, at_least=20)
         victim = "replica-0"
         share = {n for n, o in owners.items() if o == victim}
         procs[victim].send_signal(signal.SIGKILL)
@@ -175,14 +180,7 @@ async def test_busy_replicas_keep_and_take_over_shards(db_url: str, tmp_path: Pa
     procs = {f"replica-{i}": _start_busy(db_url, f"replica-{i}", ttl, shards, busy, samples)
              for i in range(3)}
     try:
-        deadline = time.monotonic() + 30
-        while True:  # settle: every shard held, three ways
-            owners = await shard_owners(store, shards)
-            counts = Counter(owners.values())
-            if None not in counts and len(counts) == 3 and min(counts.values()) >= 4:
-                break
-            assert time.monotonic() < deadline, f"never balanced: {counts}"
-            await asyncio.sleep(0.1)
+        owners = await balanced(store, shards, at_least=4)
         # more than one busy stretch of every replica: their leases never lapse
         until = time.monotonic() + busy * 1.5
         while time.monotonic() < until:
