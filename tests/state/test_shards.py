@@ -96,6 +96,22 @@ async def balanced(store: Any, shards: int, at_least: int) -> dict[int, str | No
         await asyncio.sleep(0.1)
 
 
+async def kill_and_wait_taken(procs: dict[str, Any], owners: dict[int, str | None],
+                              store: Any, shards: int, limit: float) -> tuple[set[int], float]:
+    """SIGKILL replica-0; once the others hold every shard it held (within ``limit`` seconds):
+    its share and how long that took."""
+    victim = "replica-0"
+    share = {n for n, o in owners.items() if o == victim}
+    procs[victim].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    while True:
+        owners = await shard_owners(store, shards)
+        if all(owners[n] not in (None, victim) for n in share):
+            return share, time.monotonic() - killed_at
+        assert time.monotonic() - killed_at < limit, owners
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.timeout(90)
 async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> None:
     ttl, shards = 1.5, 64
@@ -104,17 +120,7 @@ async def test_killed_replica_share_taken_over_within_ttl(server_url: str) -> No
     procs = {f"replica-{i}": _start(server_url, f"replica-{i}", ttl, shards) for i in range(3)}
     try:
         owners = await balanced(store, shards, at_least=20)
-        victim = "replica-0"
-        share = {n for n, o in owners.items() if o == victim}
-        procs[victim].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        while True:
-            owners = await shard_owners(store, shards)
-            if all(owners[n] not in (None, victim) for n in share):
-                break
-            assert time.monotonic() - killed_at < 3 * ttl, owners
-            await asyncio.sleep(0.05)
-        takeover = time.monotonic() - killed_at
+        share, takeover = await kill_and_wait_taken(procs, owners, store, shards, 3 * ttl)
         print(f"{len(share)} shards of the killed replica taken over in {takeover:.2f} s "
               f"(ttl {ttl} s)")
         assert takeover <= ttl + ttl / 3 + 1.5  # TTL + one heartbeat + slack for a busy CI
@@ -187,19 +193,11 @@ async def test_busy_replicas_keep_and_take_over_shards(db_url: str, tmp_path: Pa
             owners = await shard_owners(store, shards)
             assert None not in owners.values(), f"a lease lapsed while its loop was busy: {owners}"
             await asyncio.sleep(0.1)
-        victim = "replica-0"
-        share = {n for n, o in owners.items() if o == victim}
-        procs[victim].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        while True:
-            owners = await shard_owners(store, shards)
-            if all(owners[n] not in (None, victim) for n in share):
-                break
-            # TTL + one heartbeat, + 1 s for a loaded machine (the loops are 8 s busy)
-            assert time.monotonic() - killed_at < ttl + ttl / 3 + 1.0, owners
-            await asyncio.sleep(0.05)
+        # TTL + one heartbeat, + 1 s for a loaded machine (the loops are 8 s busy)
+        share, takeover = await kill_and_wait_taken(procs, owners, store, shards,
+                                                    ttl + ttl / 3 + 1.0)
         print(f"{len(share)} shards of the killed replica taken over in "
-              f"{time.monotonic() - killed_at:.2f} s by busy survivors (ttl {ttl} s)")
+              f"{takeover:.2f} s by busy survivors (ttl {ttl} s)")
     finally:
         for proc in procs.values():
             if proc.poll() is None:
