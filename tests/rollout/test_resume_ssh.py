@@ -46,7 +46,10 @@ def test_resumed_rollout_continues_after_the_last_gated_batch(tmp_path: Path,
     data.mkdir()
     for i in range(100):
         (data / f"{i}.bin").write_bytes(os.urandom(16384))
-    fleet.write("api.yaml", service("v2", ROLLING))
+    # with a build, the release is not staged ahead on host 2 while batch 1 rolls: its upload
+    # stays in batch 2's deploy, where the kill lands
+    fleet.write("api.yaml", service("v2", ROLLING).replace(
+        "  command: [python3, app.py]\n", "  command: [python3, app.py]\n  build: [\"true\"]\n"))
     fleet.commit("v2")
     url = f"sqlite:///{fleet.state / 'fraisier.db'}"
     apply = subprocess.Popen(
