@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class Fleet:
     repo: Path
     state: Path
     root: Path
+    env: Mapping[str, str] | None = None  # the CLI's environment; None: this process's
 
     def write(self, rel: str, text: str) -> None:
         path = self.repo / "fleet" / rel
@@ -78,7 +79,7 @@ class Fleet:
         cmd = [sys.executable, "-m", "reconciler", "--state-dir", str(self.state),
                "--log-format", "text", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              cwd=self.repo)
+                              cwd=self.repo, env=self.env)
 
     def repo_args(self) -> list[str]:
         return ["--repo", str(self.repo), "--path", "fleet"]

@@ -1,24 +1,25 @@
 """A provider packaged outside the reconciler (tests/providers/plugin_example/, its own
 pyproject.toml and entry point) validates and deploys with zero edits outside its folder.
 
-The package is pip-installed (editable) into this venv by a session fixture, as a user installs
-a provider plugin; the reconciler then runs as a user runs it, in a new process: before the
-provider contract, `validate` rejected it (`spec.provider: 'example' is not one of ...`).
+The package is pip-installed by a session fixture, as a user installs a provider plugin, into a
+directory of its own that only these tests' processes have on their path (installed into the
+venv, it changed what every later test and bench found there); the reconciler then runs as a
+user runs it, in a new process: before the provider contract, `validate` rejected it
+(`spec.provider: 'example' is not one of ...`).
 Real processes, a real git repository, no service.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -31,35 +32,37 @@ PLUGIN = Path(__file__).resolve().parent / "plugin_example"
 
 
 @pytest.fixture(scope="session")
-def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The example plugin, pip-installed (editable, no dependencies) into this venv once."""
-    lock_path = Path(sys.prefix) / ".fraisier-example-plugin.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel sessions on one venv install it once
-        if not any(ep.name == "example" for ep in entry_points(group="reconciler.providers")):
-            argv = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(PLUGIN)]
-            if all(importlib.util.find_spec(m) is not None for m in ("setuptools", "wheel")):
-                argv.insert(4, "--no-build-isolation")  # offline: the venv's setuptools builds it
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-            assert done.returncode == 0, done.stdout + done.stderr
-    return "example"
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin, pip-installed (no dependencies) into a directory of its own: the
+    value of PYTHONPATH that lets a process find it."""
+    target = tmp_path_factory.mktemp("example-plugin")
+    source = tmp_path_factory.mktemp("example-plugin-source") / "plugin"
+    shutil.copytree(PLUGIN, source)  # pip builds in the source tree (build/, egg-info)
+    argv = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+            str(source)]
+    if all(importlib.util.find_spec(m) is not None for m in ("setuptools", "wheel")):
+        argv.insert(4, "--no-build-isolation")  # offline: the venv's setuptools builds it
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return target
 
 
 @pytest.fixture
-def plugin_fleet(tmp_path: Path, example_plugin: str) -> Iterator[Fleet]:
+def plugin_fleet(tmp_path: Path, example_plugin: Path) -> Iterator[Fleet]:
     repo = tmp_path / "config"
     (repo / "app").mkdir(parents=True)
     app = Path(__file__).resolve().parents[2] / "examples" / "app" / "app.py"
     (repo / "app" / "app.py").write_text(app.read_text())
     git(repo, "init", "-q", "-b", "main")
     root = tmp_path / "root"
-    fleet = Fleet(repo, tmp_path / "state", root)
+    fleet = Fleet(repo, tmp_path / "state", root,
+                  env={**os.environ, "PYTHONPATH": str(example_plugin)})
     fleet.write("target.yaml", f"""apiVersion: fraisier.dev/v1
 kind: Target
 metadata:
   name: local
 spec:
-  provider: {example_plugin}
+  provider: example
   root: {root}
 """)
     try:
