@@ -109,6 +109,15 @@ def test_the_probe_sees_a_heavy_import(tmp_path: Path) -> None:
         f"from reconciler.source.git import GitSource\nGitSource({str(tmp_path)!r}).repo")
 
 
+def test_the_ssh_provider_loads_croniter_for_a_cron_schedule_only() -> None:
+    # A Service's deploy over SSH converts no cron expression: croniter (and dateutil, ~5 ms)
+    # is imported by the conversion of a Schedule's cron, not with the provider.
+    assert "croniter" not in python_imports("import reconciler.providers.bare_metal.remote")
+    assert "croniter" in python_imports(
+        "from reconciler.providers.bare_metal.systemd import on_calendar\n"
+        "on_calendar('0 3 * * *')")
+
+
 def test_help_and_validate_pull_no_heavy_module() -> None:
     # Neither runs an event loop: not even asyncio (~50 ms) is imported.
     root = Path(__file__).resolve().parents[2]

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from croniter import croniter
-
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal.batches import RequestBatches
 from reconciler.providers.bare_metal.unit_sandbox import Sandbox
@@ -134,6 +132,8 @@ def on_calendar(schedule: str | Mapping[str, Any], timezone: str | None = "UTC")
     if error is not None:
         raise ProviderError(f"schedule: {error} (systemd calendar syntax is written "
                             "{calendar: EXPR})")
+    from croniter import croniter  # a Schedule's cron only: a Service's deploy never needs it
+
     try:
         fields, _ = croniter.expand(cron)
     except (ValueError, KeyError, TypeError) as exc:
