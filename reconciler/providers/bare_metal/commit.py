@@ -74,15 +74,25 @@ reset_failed() {{
   shift "$i"
   [ "$#" -eq 0 ] || systemctl reset-failed -- "$@" 2>/dev/null
 }}
+daemon_reload() {{
+  out=$(systemctl daemon-reload 2>&1) && return 0
+  printf 'L %s\\n' "$(encode "$out")"
+  exit 0
+}}
 groups=$k
-if [ "$reload" = 1 ] || stale "$n" "$@"; then
-  if ! out=$(systemctl daemon-reload 2>&1); then
-    printf 'L %s\\n' "$(encode "$out")"
-    exit 0
-  fi
+if [ "$reload" = 1 ]; then
+  daemon_reload
+  shift "$n"
+  reset_failed "$groups" "$@"
+else
+  # systemd's word on stale units is asked while the restart counts are reset (two systemctl
+  # calls at once, not one after the other); a reload it calls for comes before any restart
+  stale "$n" "$@" &
+  checking=$!
+  shift "$n"
+  reset_failed "$groups" "$@"
+  if wait "$checking"; then daemon_reload; fi
 fi
-shift "$n"
-reset_failed "$groups" "$@"
 i=0
 while [ "$i" -lt "$groups" ]; do
   i=$((i + 1))
