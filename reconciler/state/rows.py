@@ -12,6 +12,7 @@ marker (``?`` or ``%s``), passed in as ``mark``.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -95,6 +96,24 @@ def parse_time_required(value: Any) -> datetime:
 
 def key_of(row: Row) -> ResourceKey:
     return ResourceKey(row["environment"], row["kind"], row["name"])
+
+
+def key_params(key: ResourceKey) -> tuple[str, str, str]:
+    """The parameters of a resource's key, in the order of ``environment, kind, name``."""
+    return (key.environment, key.kind, key.name)
+
+
+def new_resource_values(key: ResourceKey, now: Any) -> Row:
+    """The columns of a bare resource row (a new id; ``now`` as the backend stores times)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "identifier": str(key),
+        "environment": key.environment,
+        "kind": key.kind,
+        "name": key.name,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 # -- rows → records ------------------------------------------------------------------------------
