@@ -29,6 +29,7 @@ from reconciler.state.store import (
 )
 
 IN_LIST_CHUNK = 500  # deployment ids per IN (…) when reading their events and steps
+FINISH_STEP_UPDATE = rows.FINISH_STEP_UPDATE.format(mark="%s")
 
 
 async def insert_event(tx: Tx, pk_deployment: int, identifier: str, seq: int, status: str,
@@ -82,8 +83,8 @@ class ServerJournal(ServerHooks):
 
     async def _next_seq(self, tx: Tx, table: str, fk_column: str, fk: int) -> int:
         # Safe only while the parent row is locked FOR UPDATE by this transaction.
-        row = await tx.one(f"SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} "  # noqa: S608
-                           f"WHERE {fk_column} = %s", (fk,))
+        row = await tx.one(rows.NEXT_SEQ_SELECT.format(table=table, fk_column=fk_column,
+                                                       mark="%s"), (fk,))
         assert row is not None
         return int(row["seq"])
 
@@ -221,11 +222,8 @@ class ServerJournal(ServerHooks):
             row = journal.found_step(found, step_id)
             if not journal.step_to_finish(row, status, retrying=retrying):
                 return  # the earlier attempt committed; its acknowledgement was lost
-            await tx.execute(
-                "UPDATE tb_deployment_step SET status = %s, detail = COALESCE(%s, detail), "
-                "finished_at = %s WHERE pk_deployment_step = %s",
-                (status, detail, self._db_time(utc_now()), row["pk_deployment_step"]),
-            )
+            await tx.execute(FINISH_STEP_UPDATE, (status, detail, self._db_time(utc_now()),
+                                                  row["pk_deployment_step"]))
 
         await self._run("finish_step", op)
 

@@ -20,6 +20,7 @@ from reconciler.state.server_tx import RESOURCE_WHERE, Row, ServerHooks, Tx, utc
 from reconciler.state.store import ResourceRecord
 
 MARK_OBSERVED_CHUNK = 500  # resources per UPDATE of mark_observed
+RECORD_APPLIED_UPDATE = rows.RECORD_APPLIED_UPDATE.format(mark="%s")
 
 
 class ServerResources(ServerHooks):
@@ -108,20 +109,14 @@ class ServerResources(ServerHooks):
 
         ``sync_status`` follows: Synced when the applied hash equals this one, else OutOfSync.
         """
-        same = self.null_safe_equal.format(a="applied_hash", b="%s")
+        sql = rows.RECORD_DESIRED_UPDATE.format(
+            mark="%s", same=self.null_safe_equal.format(a="applied_hash", b="%s"))
 
         async def op(tx: Tx, _: bool) -> Row:
             now = utc_now()
             pk = await self._ensure_resource(tx, key, now)
-            await tx.execute(
-                f"""UPDATE tb_resource
-                   SET desired_revision = %s, desired_hash = %s, desired_spec = %s,
-                       config_commit = %s, deleted = FALSE, updated_at = %s,
-                       sync_status = CASE WHEN {same} THEN 'Synced' ELSE 'OutOfSync' END
-                   WHERE pk_resource = %s""",  # noqa: S608
-                (revision, spec_hash, self._db_json(spec), config_commit, self._db_time(now),
-                 spec_hash, pk),
-            )
+            await tx.execute(sql, (revision, spec_hash, self._db_json(spec), config_commit,
+                                   False, self._db_time(now), spec_hash, pk))
             row = await self._resource_row(tx, key)
             assert row is not None
             return row
@@ -142,17 +137,9 @@ class ServerResources(ServerHooks):
         async def op(tx: Tx, _: bool) -> None:
             now = utc_now()
             pk = await self._ensure_resource(tx, key, now)
-            await tx.execute(
-                """UPDATE tb_resource
-                   SET applied_revision = %s, applied_hash = %s, applied_spec = %s,
-                       config_commit = COALESCE(%s, config_commit), updated_at = %s,
-                       sync_status = CASE WHEN desired_hash IS NULL THEN sync_status
-                                          WHEN desired_hash = %s THEN 'Synced'
-                                          ELSE 'OutOfSync' END
-                   WHERE pk_resource = %s""",
-                (revision, spec_hash, self._db_json(spec), config_commit, self._db_time(now),
-                 spec_hash, pk),
-            )
+            await tx.execute(RECORD_APPLIED_UPDATE, (
+                revision, spec_hash, self._db_json(spec), config_commit, self._db_time(now),
+                spec_hash, pk))
 
         await self._run("record_applied", op)
 

@@ -59,11 +59,8 @@ class ServerStore(ServerResources, ServerJournal, ServerImport, ServerLeases, Se
     dialect: str  # "postgresql" | "mysql": metric label and sql/ folder
     url: str
     retry_seconds: float = DEFAULT_RETRY_SECONDS
-    # one batch of prune_audit: the oldest rows before a cutoff, through the index on "at"
-    # (MySQL/MariaDB refuse LIMIT in an IN subquery: mysql.py uses DELETE … ORDER BY … LIMIT)
-    audit_prune_sql: str = (
-        "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
-        "FROM tb_audit_event WHERE at < %s ORDER BY at LIMIT %s)")
+    # one batch of prune_audit (mysql.py: DELETE … ORDER BY … LIMIT of its own)
+    audit_prune_sql: str = rows.AUDIT_PRUNE_DELETE.format(mark="%s")
 
     def __init__(self) -> None:
         self._closed = False

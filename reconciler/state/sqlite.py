@@ -55,6 +55,7 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's tran
 # restores it.
 _SYNC_ENV = "RECONCILER_SQLITE_SYNC"
 _SYNC_MODES = ("normal", "full", "extra")
+AUDIT_PRUNE_DELETE = rows.AUDIT_PRUNE_DELETE.format(mark="?")
 
 
 def _storage_failure(exc: sqlite3.Error) -> bool:
@@ -289,11 +290,7 @@ class SQLiteStore(SQLiteResources, SQLiteJournal, SQLiteLeases, SQLiteDeliveries
 
     def _delete_audit_batch_sync(self, cutoff: str, batch_size: int) -> int:
         with self._write():
-            # no DELETE … LIMIT in a stock SQLite build: the oldest rows by the index on "at"
-            return self._conn.execute(
-                "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
-                "FROM tb_audit_event WHERE at < ? ORDER BY at LIMIT ?)",
-                (cutoff, batch_size)).rowcount
+            return self._conn.execute(AUDIT_PRUNE_DELETE, (cutoff, batch_size)).rowcount
 
     async def _delete_audit_batch(self, cutoff: Any, batch_size: int) -> int:
         return await self._run(self._delete_audit_batch_sync, cutoff, batch_size)

@@ -26,6 +26,8 @@ from reconciler.state.store import (
     StepRecord,
 )
 
+FINISH_STEP_UPDATE = rows.FINISH_STEP_UPDATE.format(mark="?")
+
 
 class SQLiteJournal(SQLiteHooks):
     """``create_deployment``, ``transition``, ``start_step``, ``finish_step``,
@@ -74,8 +76,8 @@ class SQLiteJournal(SQLiteHooks):
 
     def _next_seq(self, table: str, fk_column: str, fk: int) -> int:
         # Safe only inside _write: BEGIN IMMEDIATE keeps other writers out until COMMIT.
-        row = self._one(f"SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} "  # noqa: S608
-                        f"WHERE {fk_column} = ?", (fk,))
+        row = self._one(rows.NEXT_SEQ_SELECT.format(table=table, fk_column=fk_column,
+                                                    mark="?"), (fk,))
         assert row is not None
         return int(row["seq"])
 
@@ -197,11 +199,8 @@ class SQLiteJournal(SQLiteHooks):
                 "WHERE id = ?", (step_id,)
             ), step_id)
             journal.step_to_finish(row, status)
-            self._conn.execute(
-                "UPDATE tb_deployment_step SET status = ?, detail = COALESCE(?, detail), "
-                "finished_at = ? WHERE pk_deployment_step = ?",
-                (status, detail, now_text(), row["pk_deployment_step"]),
-            )
+            self._conn.execute(FINISH_STEP_UPDATE, (status, detail, now_text(),
+                                                    row["pk_deployment_step"]))
 
     async def finish_step(self, step_id: str, status: str, detail: str | None = None) -> None:
         """Close a started step as ``succeeded``, ``failed`` or ``interrupted`` (once);

@@ -17,6 +17,8 @@ from reconciler.state.store import ResourceRecord
 # ``ix_resource_plan`` alone (sql/sqlite/007), not from the rows and their documents.
 PLAN_LISTING_SQL = (f"SELECT {rows.PLAN_RESOURCE_COLUMNS} FROM tb_resource "  # noqa: S608
                     "WHERE deleted = 0 ORDER BY environment, kind, name")
+RECORD_DESIRED_UPDATE = rows.RECORD_DESIRED_UPDATE.format(mark="?", same="applied_hash IS ?")
+RECORD_APPLIED_UPDATE = rows.RECORD_APPLIED_UPDATE.format(mark="?")
 
 
 class SQLiteResources(SQLiteHooks):
@@ -113,15 +115,8 @@ class SQLiteResources(SQLiteHooks):
         with self._write():
             now = now_text()
             pk = self._ensure_resource(key, now)
-            self._conn.execute(
-                """UPDATE tb_resource
-                   SET desired_revision = ?, desired_hash = ?, desired_spec = ?,
-                       config_commit = ?, deleted = 0, updated_at = ?,
-                       sync_status = CASE WHEN applied_hash IS ? THEN 'Synced'
-                                          ELSE 'OutOfSync' END
-                   WHERE pk_resource = ?""",
-                (revision, spec_hash, json_text(spec), config_commit, now, spec_hash, pk),
-            )
+            self._conn.execute(RECORD_DESIRED_UPDATE, (
+                revision, spec_hash, json_text(spec), config_commit, False, now, spec_hash, pk))
             row = self._resource_row(key)
         assert row is not None
         return row
@@ -147,16 +142,8 @@ class SQLiteResources(SQLiteHooks):
         with self._write():
             now = now_text()
             pk = self._ensure_resource(key, now)
-            self._conn.execute(
-                """UPDATE tb_resource
-                   SET applied_revision = ?, applied_hash = ?, applied_spec = ?,
-                       config_commit = COALESCE(?, config_commit), updated_at = ?,
-                       sync_status = CASE WHEN desired_hash IS NULL THEN sync_status
-                                          WHEN desired_hash = ? THEN 'Synced'
-                                          ELSE 'OutOfSync' END
-                   WHERE pk_resource = ?""",
-                (revision, spec_hash, json_text(spec), config_commit, now, spec_hash, pk),
-            )
+            self._conn.execute(RECORD_APPLIED_UPDATE, (
+                revision, spec_hash, json_text(spec), config_commit, now, spec_hash, pk))
 
     async def record_applied(
         self,
