@@ -44,6 +44,7 @@ from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey, canonical_json
 from reconciler.state.migrations import MigrationRunner, MySQLMigrationConnection
 from reconciler.state.postgresql import password_from_env
+from reconciler.state.rows import new_resource_values
 from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, ServerStore
 from reconciler.state.server_tx import Row, Tx
 from reconciler.state.store import MigrationInfo
@@ -327,7 +328,7 @@ class MySQLStore(ServerStore):
         return "UTC_TIMESTAMP(6)"
 
     async def _insert_resource_if_missing(self, tx: Tx, key: ResourceKey, now: datetime) -> None:
-        values = self._new_resource_values(key, now)
+        values = new_resource_values(key, self._db_time(now))
         # A no-op update on a duplicate: unlike INSERT IGNORE it does not hide other errors.
         await tx.execute(
             f"INSERT INTO tb_resource ({', '.join(values)}) "  # noqa: S608

@@ -29,6 +29,7 @@ from reconciler.observe.metrics import DB_CONNECTIONS
 from reconciler.observe.redact import redact
 from reconciler.spec.model import ResourceKey
 from reconciler.state.migrations import MigrationRunner, PostgresMigrationConnection
+from reconciler.state.rows import new_resource_values
 from reconciler.state.server_store import DEFAULT_RETRY_SECONDS, ServerStore
 from reconciler.state.server_tx import Row, Tx
 from reconciler.state.store import MigrationInfo
@@ -228,7 +229,7 @@ class PostgresStore(ServerStore):
         return "clock_timestamp()"
 
     async def _insert_resource_if_missing(self, tx: Tx, key: ResourceKey, now: datetime) -> None:
-        values = self._new_resource_values(key, now)
+        values = new_resource_values(key, self._db_time(now))
         await tx.execute(
             f"INSERT INTO tb_resource ({', '.join(values)}) "  # noqa: S608
             f"VALUES ({', '.join(['%s'] * len(values))}) "

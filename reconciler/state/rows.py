@@ -12,6 +12,7 @@ marker (``?`` or ``%s``), passed in as ``mark``.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -75,6 +76,43 @@ FINAL_AUDIT_SELECT = (
     "JOIN tb_resource AS r ON r.pk_resource = d.fk_resource WHERE d.pk_deployment = {mark}"
 )
 
+# What git now wants of a resource (``record_desired``); ``same`` compares ``applied_hash`` with
+# the new hash null-safely (each dialect's own syntax). Parameters: revision, hash, spec,
+# config_commit, deleted (False), updated_at, hash, pk.
+RECORD_DESIRED_UPDATE = """UPDATE tb_resource
+   SET desired_revision = {mark}, desired_hash = {mark}, desired_spec = {mark},
+       config_commit = {mark}, deleted = {mark}, updated_at = {mark},
+       sync_status = CASE WHEN {same} THEN 'Synced' ELSE 'OutOfSync' END
+   WHERE pk_resource = {mark}"""
+
+# What is now live (``record_applied``); ``failed_revision`` is kept. Parameters: revision, hash,
+# spec, config_commit, updated_at, hash, pk.
+RECORD_APPLIED_UPDATE = """UPDATE tb_resource
+   SET applied_revision = {mark}, applied_hash = {mark}, applied_spec = {mark},
+       config_commit = COALESCE({mark}, config_commit), updated_at = {mark},
+       sync_status = CASE WHEN desired_hash IS NULL THEN sync_status
+                          WHEN desired_hash = {mark} THEN 'Synced'
+                          ELSE 'OutOfSync' END
+   WHERE pk_resource = {mark}"""
+
+# The next seq of a deployment, event or step under its parent (the parent row locked, or the
+# write lock held, by the caller's transaction).
+NEXT_SEQ_SELECT = ("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM {table} "
+                   "WHERE {fk_column} = {mark}")
+
+# A started step closed (``finish_step``): status, detail (None keeps the start's), finished_at,
+# pk.
+FINISH_STEP_UPDATE = (
+    "UPDATE tb_deployment_step SET status = {mark}, detail = COALESCE({mark}, detail), "
+    "finished_at = {mark} WHERE pk_deployment_step = {mark}")
+
+# One batch of ``prune_audit``: the oldest rows before a cutoff, through the index on "at"
+# (SQLite has no DELETE … LIMIT in a stock build; MySQL/MariaDB refuse LIMIT in an IN subquery
+# and use their own DELETE … ORDER BY … LIMIT).
+AUDIT_PRUNE_DELETE = (
+    "DELETE FROM tb_audit_event WHERE pk_audit_event IN (SELECT pk_audit_event "
+    "FROM tb_audit_event WHERE at < {mark} ORDER BY at LIMIT {mark})")
+
 
 # -- values --------------------------------------------------------------------------------------
 def parse_time(value: Any) -> datetime | None:
@@ -95,6 +133,24 @@ def parse_time_required(value: Any) -> datetime:
 
 def key_of(row: Row) -> ResourceKey:
     return ResourceKey(row["environment"], row["kind"], row["name"])
+
+
+def key_params(key: ResourceKey) -> tuple[str, str, str]:
+    """The parameters of a resource's key, in the order of ``environment, kind, name``."""
+    return (key.environment, key.kind, key.name)
+
+
+def new_resource_values(key: ResourceKey, now: Any) -> Row:
+    """The columns of a bare resource row (a new id; ``now`` as the backend stores times)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "identifier": str(key),
+        "environment": key.environment,
+        "kind": key.kind,
+        "name": key.name,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 # -- rows → records ------------------------------------------------------------------------------

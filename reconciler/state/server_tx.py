@@ -1,6 +1,8 @@
-"""What the parts of the PostgreSQL/MySQL store (``server_store``, ``server_leases``,
-``server_deliveries``) share: the transaction interface ``Tx`` and the hooks each part runs its
-statements through (``ServerHooks``), implemented once by ``ServerStore``."""
+"""What the parts of the PostgreSQL/MySQL store (``server_store``, ``server_resources``,
+``server_journal``, ``server_import``, ``server_leases``, ``server_deliveries``) share: the
+transaction interface ``Tx`` and the hooks each part runs its statements through
+(``ServerHooks``): ``_run`` implemented once by ``ServerStore``, ``_ensure_resource`` by
+``ServerResources``, the value conversions and SQL fragments by each backend."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from reconciler.spec.model import ResourceKey
 from reconciler.state import rows
 
 T = TypeVar("T")
 Row = dict[str, Any]
+
+# one resource by its key; the parameters are ``rows.key_params(key)``
+RESOURCE_WHERE = "environment = %s AND kind = %s AND name = %s"
 
 
 class Tx(Protocol):
@@ -48,6 +54,8 @@ class ServerHooks(ABC):
     # appended to text columns in ORDER BY: code point order, as SQLite's BINARY (whatever
     # collation the database was created with)
     binary_order: str = ""
+    param_mark = "%s"  # the drivers' parameter marker (psycopg, PyMySQL)
+    trigger_column: str  # the quoted name of the reserved word column of tb_deployment
 
     @abstractmethod
     async def _run(self, operation: str, fn: Callable[[Tx, bool], Awaitable[T]], *,
@@ -59,9 +67,21 @@ class ServerHooks(ABC):
     def _db_time(self, value: datetime) -> Any:
         """A datetime as the driver takes it."""
 
+    @abstractmethod
+    def _db_json(self, value: dict[str, Any] | None) -> Any:
+        """A JSON document as the driver takes it."""
+
+    @abstractmethod
+    def _py_json(self, value: Any) -> dict[str, Any] | None:
+        """A JSON document as the driver returns it, decoded."""
+
+    @abstractmethod
+    async def _ensure_resource(self, tx: Tx, key: ResourceKey, now: datetime) -> int:
+        """pk of the resource, locked FOR UPDATE; a bare row is inserted first if it is new."""
+
     def _t(self, value: Any) -> datetime:
         """A time as the driver returns it, as an aware datetime."""
         return rows.parse_time_required(value)
 
 
-__all__ = ["Row", "ServerHooks", "Tx", "is_uuid", "utc_now"]
+__all__ = ["RESOURCE_WHERE", "Row", "ServerHooks", "Tx", "is_uuid", "utc_now"]

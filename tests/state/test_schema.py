@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.spec.model import ResourceKey
-from reconciler.state.sqlite import PLAN_LISTING_SQL, SQLiteStore
+from reconciler.state.sqlite import SQLiteStore
+from reconciler.state.sqlite_resources import PLAN_LISTING_SQL
 from reconciler.state.store import (
     DEPLOYMENT_STATUSES,
     FAILED,
