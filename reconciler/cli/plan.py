@@ -209,7 +209,9 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
     if output == "json" and not found and not sys.stdout.isatty():
         from reconciler.console.pipes import echo_long
 
-        echo_long(plan.json_text() + "\n")  # what emit_json writes, item by item
+        for piece in plan.json_pieces():  # what emit_json writes, item by item
+            echo_long(piece)
+        echo_long("\n")
     elif output == "json":
         document = plan.to_json()
         add_origins_to_plan_json(document, found)
