@@ -203,6 +203,7 @@ def diff(opts: Options, repo: str, ref: str | None, path: str, environments: tup
             return plan
         finally:
             await store.close()
+            source.close()  # its git cat-file, stopped and waited for here, not at exit
 
     found: dict[Any, Any] = {}
     plan = run(main())
