@@ -62,7 +62,7 @@ def cli(ctx: click.Context, db: str | None, state_dir: Path | None, log_format: 
     whole_process = isinstance(ctx.obj, WholeProcess)
     if whole_process:
         gc.enable()  # off while the process started (main); the command decides from here
-    ctx.obj = Options(db, state_dir, log_format, level)
+    ctx.obj = Options(db, state_dir, log_format, level, whole_process=whole_process)
     if ctx.invoked_subcommand != "daemon":  # the daemon names the actor of each pass itself
         from reconciler.state.audit import acting_as, cli_actor
 
@@ -84,9 +84,14 @@ def main() -> None:
     # The collector off until the command runs (``cli``): what start-up builds lives on.
     gc.disable()
     from reconciler.console.pipes import closed_pipe_ends_quietly
+    from reconciler.console.process_end import record_status
 
-    with closed_pipe_ends_quietly():
-        cli(prog_name="reconciler", obj=WholeProcess())
+    try:
+        with closed_pipe_ends_quietly():
+            cli(prog_name="reconciler", obj=WholeProcess())
+    except SystemExit as exc:
+        record_status(exc.code)  # for a command that leaves what it built to the OS
+        raise
 
 
 if __name__ == "__main__":

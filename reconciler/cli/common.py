@@ -30,6 +30,9 @@ class Options:
     state_dir: Path | None
     log_format: str
     log_level: str
+    # The command is the whole process (``cli.main``), not a call from a program or a test
+    # that goes on afterwards: process-wide settings may change, the exit may be shortened.
+    whole_process: bool = False
 
     def resolved_state_dir(self) -> Path:
         from reconciler.state import default_state_dir

@@ -157,12 +157,22 @@ class Plan:
         item: an item with no changes (every unchanged resource of a fleet) is written from
         its strings directly (``diff -o json`` prints every item; a dict each and their
         encoding were ~45 ms of a 10,000-resource warm diff)."""
+        return "".join(self.json_pieces())
+
+    def json_pieces(self, items_per_piece: int = 256) -> Iterator[str]:
+        """``json_text`` in pieces, in order (joined, they are that text): ``diff`` writes
+        a long plan out piece by piece, without one string of all of it and its copies (for
+        10,000 resources ~9 MB of memory, a tenth of the process's, each page of it a fault)."""
         counts = self.counts()
         head = {"commit": self.commit, "inSync": all(a in _IN_SYNC for a in counts),
                 "summary": counts}
-        parts: list[str] = []
-        _plain_items_text(self.items, parts)
-        return dumps(head, default=str)[:-1] + ', "resources": [' + ", ".join(parts) + "]}"
+        yield dumps(head, default=str)[:-1] + ', "resources": ['
+        items = self.items
+        for start in range(0, len(items), items_per_piece):
+            parts: list[str] = []
+            _plain_items_text(items[start:start + items_per_piece], parts)
+            yield (", " if start else "") + ", ".join(parts)
+        yield "]}"
 
 
 class _Pause:

@@ -8,30 +8,70 @@ provider module directly.
 
 from __future__ import annotations
 
-from reconciler.providers.contract import (
-    SLOT_LABEL,
-    Capabilities,
-    CommandRunner,
-    Exporter,
-    Health,
-    Identity,
-    Instance,
-    InstanceState,
-    Phase,
-    Placement,
-    ProbeSite,
-    Provider,
-    ProviderContext,
-    ProviderFactory,
-    Release,
-    RunResult,
-    instance_release,
-    observe_one,
-    placement_of,
-    probe_site,
-    stage_ahead,
-)
-from reconciler.spec.model import Resource
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.providers.contract import (
+        SLOT_LABEL,
+        Capabilities,
+        CommandRunner,
+        Exporter,
+        Health,
+        Identity,
+        Instance,
+        InstanceState,
+        Phase,
+        Placement,
+        ProbeSite,
+        Provider,
+        ProviderContext,
+        ProviderFactory,
+        Release,
+        RunResult,
+        instance_release,
+        observe_one,
+        placement_of,
+        probe_site,
+        stage_ahead,
+    )
+    from reconciler.spec.model import Resource
+
+# The contract's names are read from it on first use (PEP 562): importing the package for its
+# registry (the schema fragments a `diff` validates with) does not import the contract
+# (docs/performance.md, session 10).
+_CONTRACT_NAMES = frozenset({
+    "SLOT_LABEL",
+    "Capabilities",
+    "CommandRunner",
+    "Exporter",
+    "Health",
+    "Identity",
+    "Instance",
+    "InstanceState",
+    "Phase",
+    "Placement",
+    "ProbeSite",
+    "Provider",
+    "ProviderContext",
+    "ProviderFactory",
+    "Release",
+    "RunResult",
+    "instance_release",
+    "observe_one",
+    "placement_of",
+    "probe_site",
+    "stage_ahead",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONTRACT_NAMES:
+        from reconciler.providers import contract
+
+        value = getattr(contract, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ENV_ENVIRONMENT",
@@ -76,6 +116,8 @@ def workload_env(resource: Resource, revision: str) -> dict[str, str]:
     deployment records, the resource's name and environment. A blue-green/canary slot (a copy of
     the Service named ``<name>-<slot>``) reports the Service's own name. Not secret: they may be
     shown in unit files, container configs and logs."""
+    from reconciler.providers.contract import placement_of
+
     name = resource.name
     suffix = placement_of(resource).name_suffix
     if suffix and name.endswith(suffix):

@@ -20,18 +20,15 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib.machinery import PathFinder
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ProviderError
-from reconciler.providers.contract import (
-    Capabilities,
-    ProbeSite,
-    Provider,
-    ProviderContext,
-    ProviderFactory,
-)
-from reconciler.spec.model import Resource
+from reconciler.providers.capabilities import Capabilities, ProbeSite
 from reconciler.spec.provider_schemas import ProviderSchemas
+
+if TYPE_CHECKING:  # the contract is imported where a provider is made, not to list schemas
+    from reconciler.providers.contract import Provider, ProviderContext, ProviderFactory
+    from reconciler.spec.model import Resource
 
 ENTRY_POINT_GROUP = "reconciler.providers"
 _HERE = Path(__file__).resolve().parent

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from reconciler.errors import SourceError
@@ -186,10 +186,18 @@ class GitSource:
             self._blobs = _Blobs(self.git_dir)
         return self._blobs
 
-    def entries_at(self, commit: str, folder: str) -> dict[str, _Entry] | None:
+    def close(self) -> None:
+        """Stop the blob reader's ``git cat-file`` (started again if something reads on)."""
+        if self._blobs is not None:
+            self._blobs.close()
+
+    def entries_at(self, commit: str, folder: str, *,
+                   sizes: bool = True) -> dict[str, _Entry] | None:
         """Every entry below ``folder`` at ``commit`` (paths relative to it), or None when
-        ``folder`` is not a folder there."""
-        out = self._git("ls-tree", "-r", "-t", "-l", "-z", "--end-of-options",
+        ``folder`` is not a folder there. ``sizes=False``: without their sizes (git then does
+        not look into every blob: ~40 % of the listing's CPU for 100 files)."""
+        out = self._git("ls-tree", "-r", "-t", *(("-l",) if sizes else ()), "-z",
+                        "--end-of-options",
                         f"{commit}:{folder}" if folder else f"{commit}^{{tree}}")
         if out is None:
             return None
@@ -198,9 +206,13 @@ class GitSource:
             if not line:
                 continue
             meta, _, name = line.partition(b"\t")
-            mode, kind, sha, size = meta.split()
+            if sizes:
+                mode, kind, sha, size_text = meta.split()
+                size: int | None = int(size_text) if size_text != b"-" else 0
+            else:
+                (mode, kind, sha), size = meta.split(), None
             entries[name.decode("utf-8", "surrogateescape")] = _Entry(
-                int(mode, 8), kind.decode(), sha.decode(), int(size) if size != b"-" else 0)
+                int(mode, 8), kind.decode(), sha.decode(), size)
         return entries
 
     def sync(self) -> SyncResult:
@@ -231,7 +243,7 @@ class GitSource:
     # -- reading -------------------------------------------------------------------------
     def files(self, commit: str) -> list[SourceFile]:
         """Desired-state YAML files below ``path`` at ``commit`` (blob ids for the spec cache)."""
-        entries = self.entries_at(commit, self.path)
+        entries = self.entries_at(commit, self.path, sizes=False)  # blobs are read whole
         if entries is None:
             if self._git("cat-file", "-e", "--end-of-options", f"{commit}:{self.path}") is None:
                 raise SourceError(f"{self.path}: no such folder at commit {commit[:12]}")
@@ -316,12 +328,13 @@ _MAX_LINKS = 40  # as the kernel's ELOOP limit
 
 
 class _Entry(NamedTuple):
-    """One entry of ``git ls-tree``: mode, type (blob, tree, commit), object id, size."""
+    """One entry of ``git ls-tree``: mode, type (blob, tree, commit), object id, size (None
+    when the listing was made without sizes)."""
 
     mode: int
     kind: str
     sha: str
-    size: int
+    size: int | None
 
 
 def _follow_links(entries: dict[str, _Entry], blobs: _Blobs, entry: _Entry, rel: str,
@@ -383,7 +396,7 @@ class GitTree:
     def read(self, path: str) -> bytes | None:
         entry = self.entries.get(path)
         if (entry is None or entry.kind != "blob" or entry.mode & _TYPE_BITS == _LINK_MODE
-                or entry.size > MAX_READ):
+                or entry.size is None or entry.size > MAX_READ):
             return None
         return self._source.blob_reader().read(entry.sha)
 
@@ -396,7 +409,15 @@ class _Blobs:
     def __init__(self, git_dir: Path) -> None:
         self.git_dir = git_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopper: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._stopper is not None:
+                self._stopper()  # a finalizer runs once: at close or when collected
+                self._stopper = None
+            self._proc = None
 
     def reader(self, sha: str) -> Callable[[], bytes]:
         return lambda: self.read(sha)
@@ -408,7 +429,7 @@ class _Blobs:
                 proc = self._proc = subprocess.Popen(
                     ["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-                weakref.finalize(self, _stop, proc)
+                self._stopper = weakref.finalize(self, _stop, proc)
             stdin, stdout = proc.stdin, proc.stdout
             assert stdin is not None and stdout is not None
             try:

@@ -36,6 +36,7 @@ LOADER_VERSION = "7"  # 2: systemd calendar schedules; 3: control characters, ro
 # 6, 7: packed records (entries)
 
 _VERSION_NAME = re.compile(r"[0-9a-f]{20}")
+_BLOB_ID = re.compile(r"[0-9a-f]{3,}")
 
 # (document index in file, line, kind, name, environment, labels, spec, hash)
 Record = tuple[int, int, str, str, str, dict[str, str], dict[str, Any], str]
@@ -91,14 +92,19 @@ class SpecCache:
         self.directory = Path(directory)
         self.version = version or cache_version()
         self.root = self.directory / self.version
+        self._root_text = str(self.root)
         self.hits = 0
         self.misses = 0
         self._checked_root = False
 
     def _path(self, blob_id: str) -> Path:
-        if len(blob_id) < 3 or not all(c in "0123456789abcdef" for c in blob_id):
+        return Path(self._path_text(blob_id))
+
+    def _path_text(self, blob_id: str) -> str:
+        # a str, not a Path: a warm load reads one entry per file of the fleet
+        if _BLOB_ID.fullmatch(blob_id) is None:
             raise ValueError(f"not a git blob id: {blob_id!r}")
-        return self.root / blob_id[:2] / blob_id
+        return os.path.join(self._root_text, blob_id[:2], blob_id)
 
     def get(self, blob_id: str) -> list[Record] | None:
         """The records stored under ``blob_id`` (a key of records only, e.g. the resolved
@@ -170,9 +176,10 @@ class SpecCache:
         self.hits -= 1  # _read counted a hit
 
     def _read(self, blob_id: str) -> Any:
-        path = self._path(blob_id)  # a malformed id is the caller's bug: raise, do not miss
+        path = self._path_text(blob_id)  # a malformed id is the caller's bug: raise, do not miss
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as handle:
+                raw = handle.read()
             stored = marshal.loads(raw)  # noqa: S302 - our own cache directory, plain data only
         except (OSError, EOFError, ValueError, TypeError):
             self.misses += 1

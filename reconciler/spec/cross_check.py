@@ -34,9 +34,20 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
     # equal to, and hashes as, the plain tuple the other maps use
     resources: dict[ResourceKey, Resource] = {}
     where = load.where  # file index, document index, line
+    path_index, path = -1, ""  # the records come file by file: each file's path read once
     for file_index, record in load.valid:
-        index, line, kind, name, environment = record[:5]
-        key = _new_key(ResourceKey, (environment, kind, name))
+        if file_index != path_index:
+            path_index, path = file_index, files[file_index].path
+        if len(record) == 7:  # packed, from the spec cache (most records of a warm load)
+            index, line, kind, name, environment, digest, (body, links) = cast(PackedRecord,
+                                                                               record)
+            key = _new_key(ResourceKey, (environment, kind, name))
+            resource: Resource = PackedResource(key, body, links, path, line, digest)
+        else:  # whole (just parsed, or resolved from a shared definition)
+            index, line, kind, name, environment, labels, spec, digest = cast(Record, record)
+            key = _new_key(ResourceKey, (environment, kind, name))
+            resource = Resource(key=key, labels=labels, spec=spec, file=path, line=line,
+                                hash=digest)
         first = where.get(key)
         if first is not None:
             message = (
@@ -45,20 +56,7 @@ def cross_check(load: LoadState) -> dict[ResourceKey, Resource]:
             )
             load.problems.append(load.problem_at(file_index, index, ("metadata", "name"), message))
             continue
-        if len(record) == 8:  # whole (just parsed, or resolved from a shared definition)
-            _, _, _, _, _, labels, spec, digest = cast(Record, record)
-            resources[key] = Resource(
-                key=key,
-                labels=labels,
-                spec=spec,
-                file=files[file_index].path,
-                line=line,
-                hash=digest,
-            )
-        else:  # packed, from the spec cache
-            _, _, _, _, _, digest, (body, links) = cast(PackedRecord, record)
-            resources[key] = PackedResource(key, body, links, files[file_index].path, line,
-                                            digest)
+        resources[key] = resource
         where[key] = (file_index, index, line)
     known: set[Key] = set(resources)
     known.update(load.partial)

@@ -198,12 +198,13 @@ def resolve(valid: Sequence[tuple[int, Record | PackedRecord]], blob_ids: Sequen
             cache: Cache | None, checks: Checks) -> Resolved:
     """Replace the Environment and shared-definition records of ``valid`` by one resolved
     record per definition and environment."""
-    plain: list[tuple[int, Record | PackedRecord]] = []
     definitions: dict[int, list[Record]] = {}
     environments: dict[str, _Environment] = {}
     problems: list[SpecProblem] = []
     for file_index, record in valid:
         kind, environment = record[2], record[4]
+        if kind != ENVIRONMENT_KIND and environment != DEFINITION:
+            continue  # plain: nearly every record, looked at twice only when there is work
         if kind == ENVIRONMENT_KIND:
             name = record[3]
             first = environments.get(name)
@@ -217,15 +218,15 @@ def resolve(valid: Sequence[tuple[int, Record | PackedRecord]], blob_ids: Sequen
             # Environment and definition records are never packed (spec/facts.py)
             environments[name] = _Environment(name, file_index, record[0],
                                               dict(cast(Record, record)[6].get("values", {})))
-        elif environment == DEFINITION:
-            definitions.setdefault(file_index, []).append(cast(Record, record))
         else:
-            plain.append((file_index, record))
+            definitions.setdefault(file_index, []).append(cast(Record, record))
     if not definitions and not environments:
-        return Resolved(list(valid), [], [], [])
+        # nothing to resolve: the same list, so the loader sees that no record was produced
+        return Resolved(valid if isinstance(valid, list) else list(valid), [], [], [])
     for env in environments.values():
         problems.extend(_resolve_values(env, checks))
-    out = plain
+    out = [item for item in valid
+           if item[1][2] != ENVIRONMENT_KIND and item[1][4] != DEFINITION]
     partial: list[tuple[str, str, str]] = []
     for file_index in sorted(definitions):
         records = definitions[file_index]

@@ -23,6 +23,7 @@ from reconciler.spec.cache import Facts, PackedRecord, Record
 from reconciler.spec.encrypted import may_reference_files
 from reconciler.spec.environments import DEFINITION, ENVIRONMENT_KIND
 from reconciler.spec.hostvars import uses_vars
+from reconciler.spec.model import Links
 from reconciler.spec.policy import Check
 from reconciler.spec.policy import facts as policy_facts
 
@@ -48,14 +49,23 @@ def packed(records: Sequence[Record]) -> list[Record | PackedRecord]:
     decodes only the documents something looks into (``model.PackedResource``). Environment
     and shared-definition records stay whole: they are resolved at each load."""
     out: list[Record | PackedRecord] = []
+    # One object for equal kinds, environments, targets and top-level field lists of the
+    # file: marshal writes a repeated object once (a reference after), so a warm load makes
+    # one object for what 100 documents share instead of one each (~40 % fewer bytes
+    # allocated for a file of similar Services, docs/performance.md, session 10).
+    strings: dict[str, str] = {}
+    field_lists: dict[tuple[str, ...], tuple[str, ...]] = {}
+    same, same_fields = strings.setdefault, field_lists.setdefault
     for record in records:
         index, line, kind, name, environment, labels, spec, digest = record
         if kind == ENVIRONMENT_KIND or environment == DEFINITION:
             out.append(record)
             continue
         target = spec.get("target")
-        links = (target if isinstance(target, str) else None, spec.get("dependsOn"),
-                 tuple(spec), may_reference_files(spec))
-        out.append((index, line, kind, name, environment, digest,
-                    (marshal.dumps((labels, spec)), links)))
+        fields = tuple(same(field, field) for field in spec)
+        links: Links = (same(target, target) if isinstance(target, str) else None,
+                        spec.get("dependsOn"), same_fields(fields, fields),
+                        may_reference_files(spec))
+        out.append((index, line, same(kind, kind), name, same(environment, environment),
+                    digest, (marshal.dumps((labels, spec)), links)))
     return out

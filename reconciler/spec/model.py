@@ -154,7 +154,7 @@ class PackedResource(Resource):
         self.line = line
         self.hash = hash
         self.depends_on = []
-        self.sealed_digest = ""
+        # sealed_digest: the class's default ("") until the secret check sets it
         self._body = body
         self._target, self._depends_on_refs, self._fields, self._file_refs = links
 

@@ -91,7 +91,8 @@ class SQLiteResources(SQLiteHooks):
         return await self._run(self._plan_listing)
 
     def _plan_listing(self) -> list[ResourceRecord]:
-        return rows.plan_resources(self._tuples(PLAN_LISTING_SQL))
+        # the cursor's rows one by one, not a list of them all: each is done with at once
+        return rows.plan_resources(self._conn.execute(PLAN_LISTING_SQL))
 
     def _light_resources(self, include_deleted: bool) -> list[ResourceRecord]:
         """The light listing (every no-op pass of a daemon reads it), read again only when the

@@ -50,7 +50,10 @@ print("\\nPROBE " + json.dumps({"exit": code, "top": top, "all": sorted(sys.modu
 NOT_FOR_DIFF = ("reconciler.cli.apply", "reconciler.cli.daemon", "reconciler.cli.status",
                 "reconciler.rollout.engine", "reconciler.rollout.passes",
                 "reconciler.notifications.destinations",
-                "tarfile")  # unpacks a source folder; a diff reads the repository only
+                "tarfile",  # unpacks a source folder; a diff reads the repository only
+                # the provider contract (and the transports it names): a diff reads the
+                # registry for the providers' schema fragments only
+                "reconciler.providers.contract", "reconciler.transport")
 
 
 def loaded(*args: str, cwd: Path | None = None, every: bool = False) -> tuple[int, set[str]]:

@@ -80,3 +80,14 @@ def test_an_in_sync_plan_and_an_empty_one() -> None:
         plan = Plan("c" * 40, items, [[i.key for i in items]])
         assert plan.json_text() == json.dumps(plan.to_json(), default=str)
         assert json.loads(plan.json_text())["inSync"] is True
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_pieces_diff_writes_are_that_text(seed: int) -> None:
+    # `diff -o json` writes the plan piece by piece (json_pieces): any cut, one item per
+    # piece to more items than the plan has, joins to the text json.dumps writes
+    rng = random.Random(seed)
+    plan = random_plan(rng)
+    expected = json.dumps(plan.to_json(), default=str)
+    for per_piece in (1, 2, 3, rng.randrange(1, 40), len(plan.items) + 1):
+        assert "".join(plan.json_pieces(items_per_piece=per_piece)) == expected

@@ -57,6 +57,39 @@ def test_local_repo_lists_yaml_files_at_a_commit(repo: Path) -> None:
     assert not src.sync().changed
 
 
+def cat_files_running() -> list[int]:
+    """This process's child ``git cat-file`` processes that have not exited (nor been waited
+    for: a zombie counts)."""
+    import os
+
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"cat-file" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_close_stops_the_blob_reader_and_a_later_read_starts_it_again(repo: Path) -> None:
+    # `diff` closes its source once done (its process then ends without the interpreter's
+    # clean-up, console/process_end.py): the git cat-file is stopped and waited for by then
+    src = GitSource(str(repo), path="fleet")
+    files = src.files(src.sync().commit)
+    assert files[0].read() == b"a: 1\n"
+    assert len(cat_files_running()) == 1
+    src.close()
+    assert cat_files_running() == []
+    assert files[1].read() == b"b: 2\n"  # read on after close: a new reader
+    assert len(cat_files_running()) == 1
+    src.close()
+    src.close()  # twice: nothing left to stop
+    assert cat_files_running() == []
+
+
 def test_repo_path_inside_work_tree_means_that_folder(repo: Path) -> None:
     src = GitSource(str(repo / "fleet"))
     assert src.path == "fleet"
