@@ -36,36 +36,13 @@ if TYPE_CHECKING:
     )
     from reconciler.spec.model import Resource
 
-# The contract's names are read from it on first use (PEP 562): importing the package for its
-# registry (the schema fragments a `diff` validates with) does not import the contract
-# (docs/performance.md, session 10).
-_CONTRACT_NAMES = frozenset({
-    "SLOT_LABEL",
-    "Capabilities",
-    "CommandRunner",
-    "Exporter",
-    "Health",
-    "Identity",
-    "Instance",
-    "InstanceState",
-    "Phase",
-    "Placement",
-    "ProbeSite",
-    "Provider",
-    "ProviderContext",
-    "ProviderFactory",
-    "Release",
-    "RunResult",
-    "instance_release",
-    "observe_one",
-    "placement_of",
-    "probe_site",
-    "stage_ahead",
-})
+# The contract's names (those of ``__all__`` not defined here) are read from it on first use
+# (PEP 562): importing the package for its registry (the schema fragments a `diff` validates
+# with) does not import the contract (docs/performance.md, session 10).
 
 
 def __getattr__(name: str) -> Any:
-    if name in _CONTRACT_NAMES:
+    if name in __all__:  # a name of the contract's: this module's own are defined
         from reconciler.providers import contract
 
         value = getattr(contract, name)
