@@ -36,6 +36,9 @@ class Capabilities:
     ``stages_ahead``: ``stage(release, instance)`` delivers a release's files to an instance
     ahead of its deploy without changing what runs there (the deploy then finds them): a
     rolling rollout stages its later batches while the first ones roll.
+    ``rechecks``: ``recheck(resource, instance, seen)`` tells for much less than an observation
+    whether the instance ``seen`` still runs, the same one, and how long it has run: the
+    health gate's watcher and its stay-up look use it (``look_again``).
     """
 
     observe_one: bool = False
@@ -43,3 +46,4 @@ class Capabilities:
     exec_probes: ProbeSite = ProbeSite.LOCAL
     host_batching: bool = False
     stages_ahead: bool = False
+    rechecks: bool = False

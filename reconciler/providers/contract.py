@@ -273,6 +273,16 @@ class StagesAhead(Protocol):
         Best effort: the deploy delivers whatever staging did not."""
 
 
+class Rechecks(Protocol):
+    """Required with ``Capabilities.rechecks``."""
+
+    async def recheck(self, resource: Resource, instance: Instance,
+                      seen: InstanceState) -> InstanceState | None:
+        """``seen`` (an observation of ``instance``, running) with ``up_for`` as of now, when
+        the very process it saw still runs; None when it does not or that cannot be told
+        cheaply (core then observes the instance, which says what became of it)."""
+
+
 class ProbesInInstance(Protocol):
     """Required with ``Capabilities.exec_probes = ProbeSite.INSTANCE``."""
 
@@ -298,6 +308,20 @@ async def observe_one(provider: Provider, resource: Resource,
         if state.instance.id == instance.id:
             return state
     return None
+
+
+async def look_again(provider: Provider, resource: Resource, instance: Instance,
+                     seen: InstanceState | None) -> InstanceState | None:
+    """``instance`` as it is now, for a caller that only asks whether what it ``seen`` still
+    runs, the same one, and for how long: the provider's cheap ``recheck`` where it declares one
+    and it can tell, else an observation. Never a recheck of an instance with a platform health
+    signal (a recheck reports ``seen``'s, which may have changed since)."""
+    if (provider.capabilities.rechecks and seen is not None and seen.running
+            and seen.health is Health.UNKNOWN):
+        again = await cast(Rechecks, provider).recheck(resource, instance, seen)
+        if again is not None:
+            return again
+    return await observe_one(provider, resource, instance)
 
 
 async def stage_ahead(provider: Provider, release: Release, instance: Instance) -> None:

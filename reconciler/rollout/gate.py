@@ -32,7 +32,14 @@ from reconciler.health.wait import (
 )
 from reconciler.observe import metrics
 from reconciler.observe.tracing import span
-from reconciler.providers import Instance, InstanceState, Provider, observe_one, probe_site
+from reconciler.providers import (
+    Instance,
+    InstanceState,
+    Provider,
+    look_again,
+    observe_one,
+    probe_site,
+)
 from reconciler.providers.contract import Health, Phase
 from reconciler.rollout.core import HEALTH_CHECK, EngineCore
 from reconciler.rollout.lastlines import LAST_LINES, tail, with_output
@@ -47,6 +54,10 @@ DEFAULT_STAY_UP_S = 1.0
 # shorter): a process that dies at start (a port held by another, a bad argument) is seen gone
 # first, while a gate does not wait a whole default interval for every instance.
 PASS_AFTER_UP_S = 1.0
+
+
+# A look at the instance: an observation, or ``look_again`` of the gate's first look.
+Look = Callable[[], Awaitable[InstanceState | None]]
 
 
 def departure(started: InstanceState | None, now: InstanceState | None) -> str | None:
@@ -64,7 +75,7 @@ def departure(started: InstanceState | None, now: InstanceState | None) -> str |
     return None
 
 
-async def _why_not_running(observed: Callable[[], Awaitable[InstanceState | None]]) -> str:
+async def _why_not_running(observed: Look) -> str:
     """What the provider says of an instance that failed its probes and is not running (e.g.
     which sandbox setting stopped it); empty when it runs or cannot be observed."""
     try:
@@ -105,6 +116,11 @@ class Gate(EngineCore):
             token = _LAST_OUTPUT.set(output)
             try:
                 first = as_deployed if as_deployed is not None else await observed()
+
+                def looked_again() -> Awaitable[InstanceState | None]:
+                    # is the first look's instance still up, and for how long
+                    return look_again(provider, resource, instance, first)
+
                 gone = departure(None, first)
                 if gone is not None:
                     ok, message = False, await _with_output(provider, resource, instance,
@@ -117,8 +133,8 @@ class Gate(EngineCore):
                     self.emit(resource.key, HEALTH_CHECK, f"{instance.id}: starting")
                     ok, message = await _race(
                         _judge(provider, resource, instance, health, policy, first, observed,
-                               started, on_probe),
-                        _watch(provider, resource, instance, first, observed, interval))
+                               looked_again, started, on_probe),
+                        _watch(provider, resource, instance, first, looked_again, interval))
             finally:
                 _LAST_OUTPUT.reset(token)
         metrics.HEALTH_CHECK_DURATION.observe(time.monotonic() - started)
@@ -147,14 +163,15 @@ async def _race(judge: Any, watch: Any) -> tuple[bool, str]:
 
 
 async def _watch(provider: Provider, resource: Resource, instance: Instance,
-                 first: InstanceState | None, observed: Any, interval: float) -> tuple[bool, str]:
-    """Observe until the instance is gone or replaced: soon after the start (most exits come
+                 first: InstanceState | None, looked_again: Look,
+                 interval: float) -> tuple[bool, str]:
+    """Look until the instance is gone or replaced: soon after the start (most exits come
     early), then every probe interval. Returns only with a failure."""
     pause = FIRST_RETRY_S
     while True:
         await asyncio.sleep(min(pause, interval))
         pause *= 2
-        now = await observed()
+        now = await looked_again()
         gone = departure(first, now)
         if gone is not None:
             return False, await _with_output(provider, resource, instance, now, gone)
@@ -162,7 +179,7 @@ async def _watch(provider: Provider, resource: Resource, instance: Instance,
 
 async def _judge(provider: Provider, resource: Resource, instance: Instance,
                  health: dict[str, Any] | None, policy: HealthPolicy,
-                 first: InstanceState | None, observed: Any,
+                 first: InstanceState | None, observed: Look, looked_again: Look,
                  started: float, on_probe: Callable[[ProbeProgress], None]
                  ) -> tuple[bool, str]:
     if has_probes(health):
@@ -173,7 +190,8 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
             return False, result.message + await _why_not_running(observed)
         # A pass from whatever holds the port counts once our instance has been up for a
         # probe interval (the watcher fails the gate meanwhile if it goes).
-        last = await _stayed_up(observed, first, started, min(policy.interval, PASS_AFTER_UP_S))
+        last = await _stayed_up(looked_again, first, started,
+                                min(policy.interval, PASS_AFTER_UP_S))
         message = result.message
     else:
         # The provider's own signal (Docker healthcheck, Coolify status), once decided, must
@@ -191,7 +209,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
         else:
             stay = (to_seconds((health or {}).get("startPeriod"), DEFAULT_STAY_UP_S)
                     if health else DEFAULT_STAY_UP_S)
-            last = await _stayed_up(observed, first, started, stay)
+            last = await _stayed_up(looked_again, first, started, stay)
             message = f"running for {stay:g}s"
     gone = departure(first, last) or (last.problem if last is not None else None)
     if gone is not None:
@@ -199,7 +217,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
     return True, message
 
 
-async def _stayed_up(observed: Callable[[], Awaitable[InstanceState | None]],
+async def _stayed_up(look: Look,
                      first: InstanceState | None, started: float,
                      needed: float) -> InstanceState | None:
     """The instance's look once it has been up for ``needed``: by its host's clock when the
@@ -209,7 +227,7 @@ async def _stayed_up(observed: Callable[[], Awaitable[InstanceState | None]],
     head = first.up_for if first is not None and first.up_for is not None else 0.0
     await _sleep_until(started + needed - head)
     while True:
-        last = await observed()
+        last = await look()
         if last is None or not last.running:
             return last  # the caller says why it is gone
         short = needed - last.up_for if last.up_for is not None else needed

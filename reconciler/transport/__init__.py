@@ -79,8 +79,10 @@ class Transport(Protocol):
     async def write_file(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         """Atomically replace ``remote`` with ``data``."""
 
-    async def read_file(self, remote: str) -> bytes | None:
-        """Contents of ``remote``, or None when it does not exist."""
+    async def read_file(self, remote: str, *, limit: int | None = None) -> bytes | None:
+        """Contents of ``remote``, or None when it does not exist. ``limit``: at most that many
+        bytes, read without asking the file's size first (a file of /proc says 0: over SFTP
+        it would read empty without one)."""
 
     async def list_dir(self, remote: str) -> list[str] | None:
         """Names in directory ``remote`` (hidden ones too), or None when it does not exist."""

@@ -151,9 +151,10 @@ class LocalTransport:
         except OSError as exc:
             raise ProviderError(f"{self.host_id}: writing {remote} failed: {exc}") from exc
 
-    async def read_file(self, remote: str) -> bytes | None:
+    async def read_file(self, remote: str, *, limit: int | None = None) -> bytes | None:
         try:
-            return await asyncio.to_thread(Path(remote).read_bytes)
+            data = await asyncio.to_thread(Path(remote).read_bytes)
+            return data if limit is None else data[:limit]
         except FileNotFoundError:
             return None
 

@@ -754,7 +754,7 @@ class SSHTransport:
             return False
         return True
 
-    async def read_file(self, remote: str) -> bytes | None:
+    async def read_file(self, remote: str, *, limit: int | None = None) -> bytes | None:
         if self.config.sudo:
             result = await self._exec(
                 ["sh", "-c", _READ_SCRIPT, "fraisier-read", remote],
@@ -765,13 +765,14 @@ class SSHTransport:
                 return None
             if not result.ok:
                 raise SSHError(f"{self._where()}: cannot read {remote}: {_tail(result.stderr)}")
-            return result.stdout
+            return result.stdout if limit is None else result.stdout[:limit]
         sftp = await self._sftp()
 
         async def read() -> bytes | None:
             try:
                 async with sftp.open(remote, "rb") as fh:
-                    data = await fh.read()
+                    # without a size, asyncssh reads as many bytes as the file's stat says
+                    data = await fh.read(-1 if limit is None else limit)
                     return data if isinstance(data, bytes) else data.encode()
             except asyncssh.SFTPNoSuchFile:
                 return None

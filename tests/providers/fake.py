@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.errors import ProviderError
@@ -42,6 +42,9 @@ TARGET_SCHEMA: dict[str, Any] = {
     "properties": {
         "provider": {"const": "fake", "description": "The fake provider."},
         "instances": {"type": "integer", "minimum": 1, "description": "Instances per Service."},
+        "rechecks": {"type": "boolean",
+                     "description": "Declare ``rechecks``: a cheap look again at an instance "
+                                    "already seen (``recheck``)."},
         "syncWindows": {"$ref": "../common.json#/$defs/syncWindows",
                         "description": "As every Target."},
     },
@@ -58,6 +61,9 @@ WORKLOAD_SCHEMA: dict[str, Any] = {
         "failDeploy": {"type": "boolean", "description": "deploy raises ProviderError."},
         "reportsStart": {"type": "boolean",
                          "description": "deploy returns the instance as it started."},
+        "restartsAfter": {"type": "number", "minimum": 0,
+                          "description": "The platform restarts the instance (a new pid) this "
+                                         "many seconds after its deploy."},
         "startedAgo": {"type": "number", "minimum": 0,
                        "description": "The platform reports each instance's age (up_for): "
                                       "this many seconds at its deploy, plus the time since."},
@@ -75,6 +81,7 @@ class Slot:
     pid: int
     starting_looks: int = 0  # looks left while "starting"
     started: float | None = None  # time.monotonic() of the start, when the age is reported
+    restart_at: float | None = None  # time.monotonic() at which the platform restarts it
 
 
 @dataclass
@@ -93,6 +100,7 @@ class World:
     staged: list[tuple[str, str, str | None]] = field(default_factory=list)
     # (instance, age reported) of every look that reported one
     ages: list[tuple[str, float]] = field(default_factory=list)
+    rechecks: dict[str, int] = field(default_factory=dict)  # recheck calls per instance
     # When set, a run waits for it (``run_started`` is set once a run is going on).
     run_gate: asyncio.Event | None = None
     run_started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -130,6 +138,16 @@ class FakeProvider:
     def __init__(self, world: World, target: Resource) -> None:
         self.world = world
         self.count = int(target.spec.get("instances", 1))
+        if target.spec.get("rechecks"):
+            self.capabilities = replace(FakeProvider.capabilities, rechecks=True)
+
+    def _slot(self, instance: Instance) -> Slot | None:
+        """The instance's slot as of now (a restart scheduled by ``restartsAfter`` done)."""
+        slot = self.world.slots.get(instance.id)
+        if slot is not None and slot.restart_at is not None and time.monotonic() >= slot.restart_at:
+            self.world.next_pid += 1
+            slot.pid, slot.restart_at = self.world.next_pid, None
+        return slot
 
     async def instances(self, resource: Resource) -> list[Instance]:
         placement = placement_of(resource)
@@ -142,7 +160,7 @@ class FakeProvider:
 
     async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState:
         self.world.looks[instance.id] = self.world.looks.get(instance.id, 0) + 1
-        slot = self.world.slots.get(instance.id)
+        slot = self._slot(instance)
         if slot is None:
             return InstanceState(instance, None, False, "nothing deployed", phase=Phase.MISSING)
         health = slot.health
@@ -161,6 +179,18 @@ class FakeProvider:
             exit_code=None if slot.phase is Phase.RUNNING else 1,
             identity=Identity(pid=slot.pid), working_dir=f"/fake/{resource.name}",
         )
+
+    async def recheck(self, resource: Resource, instance: Instance,
+                      seen: InstanceState) -> InstanceState | None:
+        self.world.rechecks[instance.id] = self.world.rechecks.get(instance.id, 0) + 1
+        slot = self._slot(instance)
+        if slot is None or slot.phase is not Phase.RUNNING or slot.pid != seen.identity.pid:
+            return None
+        up_for = None
+        if slot.started is not None:
+            up_for = time.monotonic() - slot.started
+            self.world.ages.append((instance.id, up_for))
+        return replace(seen, up_for=up_for)
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> InstanceShell:
         return InstanceShell(self.world, instance.id)
@@ -190,6 +220,8 @@ class FakeProvider:
             starting_looks=3 if health == "starting" else 0,
             started=(time.monotonic() - float(behaviour["startedAgo"])
                      if "startedAgo" in behaviour else None),
+            restart_at=(time.monotonic() + float(behaviour["restartsAfter"])
+                        if "restartsAfter" in behaviour else None),
         )
         self.world.looks[instance.id] = 0
         if not behaviour.get("reportsStart"):

@@ -418,9 +418,11 @@ class SftpLikeTransport(LocalTransport):
     """The local host, read the way SFTP reads: /proc files report size 0, so they read empty
     (what the SSH transport without sudo returns for them)."""
 
-    async def read_file(self, remote: str) -> bytes | None:
-        data = await super().read_file(remote)
-        return b"" if data is not None and remote.startswith("/proc/") else data
+    async def read_file(self, remote: str, *, limit: int | None = None) -> bytes | None:
+        data = await super().read_file(remote, limit=limit)
+        if data is not None and remote.startswith("/proc/") and limit is None:
+            return b""
+        return data
 
 
 async def test_workers_are_found_when_proc_reads_empty(

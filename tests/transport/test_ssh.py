@@ -289,6 +289,19 @@ async def test_read_missing_file_is_none(transport: SSHTransport, ssh_host: Infr
     assert await transport.read_file("/srv/fraisier/private") == b"secret"  # root or sudo
 
 
+async def test_proc_files_read_with_a_limit(transport: SSHTransport, ssh_host: InfraHost) -> None:
+    """A file of /proc says its size is 0: read with a limit, it reads what it holds (a process's
+    stat line, the uptime), over SFTP or sudo alike; a limit cuts a regular file short."""
+    uptime = await transport.read_file("/proc/uptime", limit=4096)
+    assert uptime is not None and float(uptime.split()[0]) > 0, uptime
+    stat = await transport.read_file("/proc/1/stat", limit=4096)
+    assert stat is not None and stat.startswith(b"1 ("), stat
+    ssh_host.run(["sh", "-c", "mkdir -p /srv/fraisier && printf 0123456789 >/srv/fraisier/ten"])
+    assert await transport.read_file("/srv/fraisier/ten", limit=4) == b"0123"
+    assert await transport.read_file("/srv/fraisier/ten") == b"0123456789"
+    assert await transport.read_file("/proc/no-such-file", limit=4096) is None
+
+
 async def test_write_file_is_atomic_for_concurrent_readers(transport: SSHTransport) -> None:
     size = 1 << 20
     path = "/srv/fraisier/atomic.bin"

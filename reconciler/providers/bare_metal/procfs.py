@@ -43,16 +43,27 @@ def read_stat(pid: int) -> ProcStat | None:
     return parse_stat(pid, raw)
 
 
+def stat_of(pid: int, stat_line: str) -> ProcStat | None:
+    """The fields of process ``pid``'s /proc/<pid>/stat line as read on a host; None when the
+    line is missing or is not that process's."""
+    if not stat_line.startswith(f"{pid} ("):
+        return None
+    try:
+        return parse_stat(pid, stat_line)
+    except (ValueError, IndexError):
+        return None
+
+
 def age_s(pid: int, stat_line: str, uptime_line: str) -> float | None:
     """How long process ``pid`` has run, from its /proc/<pid>/stat line and /proc/uptime read
     on the same host: both count from boot in the same clock (the start time is in ticks, so
     the age is rounded down to one). None when either is missing or is not what it should be."""
+    stat = stat_of(pid, stat_line)
     try:
-        stat = parse_stat(pid, stat_line)
         uptime = float(uptime_line.split()[0])
     except (ValueError, IndexError):
         return None
-    if stat.pid != pid or not stat_line.startswith(f"{pid} ("):
+    if stat is None:
         return None
     return max(0.0, uptime - (stat.start_time + 1) / USER_HZ)
 

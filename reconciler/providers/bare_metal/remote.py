@@ -43,6 +43,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +106,7 @@ log = logging.getLogger("reconciler.provider.bare_metal")
 
 DEFAULT_ROOT = "/srv/fraisier"
 EXPORTS_KEPT = 16  # release exports kept on this machine for further uploads
+PROC_READ_LIMIT = 4096  # bytes of a /proc file read (a stat line is a few hundred)
 RETRY_DEADLINE_S = 20.0  # then the host is declared down (its deploy fails naming it)
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 5.0
@@ -140,7 +142,7 @@ class SystemdSSHProvider:
     # One host is observed on its own; exec probes run on the instance's host.
     capabilities = Capabilities(
         observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE,
-        host_batching=True, stages_ahead=True,
+        host_batching=True, stages_ahead=True, rechecks=True,
     )
 
     def __init__(
@@ -174,6 +176,8 @@ class SystemdSSHProvider:
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
         self._warming: dict[str, asyncio.Task[None]] = {}
         self._pruning: set[asyncio.Task[None]] = set()  # see _prune_after
+        # the main process each unit was last seen running with, per host: (pid, start ticks)
+        self._seen_mains: dict[tuple[ResourceKey, str], tuple[int, int]] = {}
         # each host's own values ({vars.NAME} in health checks and env)
         self._vars: dict[str, dict[str, str]] = {
             str(h["name"]): {str(k): str(v) for k, v in (h.get("vars") or {}).items()}
@@ -529,6 +533,30 @@ class SystemdSSHProvider:
         """One host's state (the health gate of one instance needs no other host's)."""
         return await self._observe(resource, instance)
 
+    async def recheck(self, resource: Resource, instance: Instance,
+                      seen: InstanceState) -> InstanceState | None:
+        """Two SFTP reads, no process on the host (an observation starts a shell and
+        ``systemctl``): the main process ``seen`` still there with the start time it had when
+        last observed, and the host's uptime for its age. None whenever that is not certain
+        (gone, replaced, reads through sudo, a failed read): the caller observes then."""
+        pid = seen.identity.pid
+        transport = self.transport_for(instance)
+        known = self._seen_mains.get((resource.key, instance.id))
+        if pid is None or known is None or known[0] != pid or not transport.reads_in_process:
+            return None
+        try:
+            stat_raw, uptime_raw = await asyncio.gather(
+                transport.read_file(f"/proc/{pid}/stat", limit=PROC_READ_LIMIT),
+                transport.read_file("/proc/uptime", limit=PROC_READ_LIMIT))
+        except ProviderError:
+            return None
+        stat_line = (stat_raw or b"").decode(errors="replace")
+        stat = procfs.stat_of(pid, stat_line)
+        if stat is None or stat.dead or stat.start_time != known[1]:
+            return None
+        up_for = procfs.age_s(pid, stat_line, (uptime_raw or b"").decode(errors="replace"))
+        return None if up_for is None else replace(seen, up_for=up_for)
+
     def _observe_group(self, resource: Resource) -> Group:
         """What ``OBSERVE_SCRIPT`` is given for ``resource``'s unit."""
         names = self.units(resource)
@@ -609,9 +637,13 @@ class SystemdSSHProvider:
                 details.append(hint)
                 facts["sandbox_hint"] = hint
         main_pid = facts["main_pid"]
-        up_for = (procfs.age_s(main_pid, props.get("FraisierStat", ""),
-                               props.get("FraisierUptime", ""))
-                  if running and main_pid else None)
+        up_for = None
+        if running and main_pid:
+            stat_line = props.get("FraisierStat", "")
+            up_for = procfs.age_s(main_pid, stat_line, props.get("FraisierUptime", ""))
+            stat = procfs.stat_of(main_pid, stat_line)
+            if stat is not None:  # what a later ``recheck`` compares with
+                self._seen_mains[(resource.key, instance.id)] = (main_pid, stat.start_time)
         return InstanceState(
             instance, revision, running, "; ".join(details), facts,
             phase=Phase.MISSING if not running and current is None else None,

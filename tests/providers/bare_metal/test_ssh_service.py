@@ -275,6 +275,53 @@ async def test_the_age_of_the_process_by_the_hosts_clock(ssh_provider: SystemdSS
     assert not stopped.running and stopped.up_for is None
 
 
+@pytest.mark.timeout(90)
+async def test_a_recheck_vouches_for_the_process_seen_without_a_command(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``recheck``: the main process the deploy reported, still running, with its age grown by
+    the time between, read from /proc over SFTP (no command on the host); None once it was
+    restarted (a new pid), killed and restarted by systemd, or stopped: the observation that
+    follows says which."""
+    resource = make_resource("api", host_app_spec())
+    release = host_app.release(resource, "v1")
+    [instance, _] = await ssh_provider.instances(resource)
+    started = await ssh_provider.deploy(release, instance)
+    assert started is not None and started.running and started.up_for is not None
+    transport = ssh_provider.transport_for(instance)
+
+    async def no_commands(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a command ran: {args}")
+
+    await asyncio.sleep(0.5)
+    with monkeypatch.context() as patched:
+        patched.setattr(transport, "run", no_commands)
+        again = await ssh_provider.recheck(resource, instance, started)
+    assert again is not None and again.identity == started.identity
+    assert again.up_for is not None and again.up_for >= started.up_for + 0.4, (
+        started.up_for, again.up_for)
+    assert again.revision == started.revision and again.running
+
+    host = next(h for h in ssh_hosts if h.name == instance.id)
+    host.run(["systemctl", "restart", UNIT])
+    assert await ssh_provider.recheck(resource, instance, started) is None
+    restarted = await ssh_provider.observe_instance(resource, instance)
+    assert restarted.running and not restarted.identity.same_as(started.identity)
+
+    # killed, and restarted by systemd (Restart=on-failure) under a new pid
+    pid = host.sh(f"systemctl show -p MainPID --value {UNIT}").strip()
+    host.run(["kill", "-9", pid])
+    deadline = time.monotonic() + 10  # the signal is delivered, and the pid reaped, a bit later
+    while (host.sh(f"systemctl show -p MainPID --value {UNIT}").strip() == pid
+           and time.monotonic() < deadline):
+        await asyncio.sleep(0.05)
+    assert await ssh_provider.recheck(resource, instance, restarted) is None
+
+    later = await ssh_provider.observe_instance(resource, instance)
+    await ssh_provider.stop(resource, instance)
+    assert await ssh_provider.recheck(resource, instance, later) is None
+
+
 @pytest.mark.timeout(120)
 async def test_old_releases_are_pruned_after_the_deploy_returns(
         ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any) -> None:
