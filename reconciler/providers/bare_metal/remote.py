@@ -51,6 +51,7 @@ from reconciler.errors import ProviderError
 from reconciler.providers import (
     ENV_REVISION,
     Capabilities,
+    Exporter,
     Identity,
     Instance,
     InstanceState,
@@ -174,6 +175,7 @@ class SystemdSSHProvider:
         self._export_locks: dict[str, asyncio.Lock] = {}
         self._export_readers: dict[str, int] = {}  # uploads reading an export now
         self._export_root: tempfile.TemporaryDirectory[str] | None = None
+        self._exporting: dict[str, asyncio.Task[None]] = {}  # exports started ahead
         self._warming: dict[str, asyncio.Task[None]] = {}
         self._pruning: set[asyncio.Task[None]] = set()  # see _prune_after
         # the main process each unit was last seen running with, per host: (pid, start ticks)
@@ -230,27 +232,12 @@ class SystemdSSHProvider:
         export = release.export
         if export is None:
             return None
-        key = release.content or f"{release.resource.key}@{release.revision}"
+        key = self._export_key(release)
 
         @contextlib.asynccontextmanager
         async def tree() -> AsyncIterator[Path]:
-            lock = self._export_locks.setdefault(key, asyncio.Lock())
-            async with lock:
-                path = self._exports.get(key)
-                if path is None:
-                    if self._export_root is None:
-                        self._export_root = tempfile.TemporaryDirectory(
-                            prefix="fraisier-ssh-export-"
-                        )
-                    path = Path(tempfile.mkdtemp(dir=self._export_root.name))
-                    try:
-                        await export(path)
-                        await asyncio.to_thread(publish_modes, path)
-                    except BaseException:
-                        shutil.rmtree(path, ignore_errors=True)
-                        raise
-                self._exports.pop(key, None)
-                self._exports[key] = path  # the newest last
+            async with self._export_locks.setdefault(key, asyncio.Lock()):
+                path = await self._exported(key, export)
                 self._export_readers[key] = self._export_readers.get(key, 0) + 1
             try:
                 yield path
@@ -259,6 +246,51 @@ class SystemdSSHProvider:
                 self._drop_old_exports()
 
         return tree
+
+    @staticmethod
+    def _export_key(release: Release) -> str:
+        return release.content or f"{release.resource.key}@{release.revision}"
+
+    async def _exported(self, key: str, export: Exporter) -> Path:
+        """The export kept under ``key``, made now if there is none (the caller holds the
+        key's lock)."""
+        path = self._exports.get(key)
+        if path is None:
+            if self._export_root is None:
+                self._export_root = tempfile.TemporaryDirectory(prefix="fraisier-ssh-export-")
+            path = Path(tempfile.mkdtemp(dir=self._export_root.name))
+            try:
+                await export(path)
+                await asyncio.to_thread(publish_modes, path)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)
+                raise
+        self._exports.pop(key, None)
+        self._exports[key] = path  # the newest last
+        return path
+
+    def _export_ahead(self, release: Release) -> None:
+        """Start exporting ``release``'s files (a local ``git archive``) while the host is asked
+        whether it has them (a login, an SFTP session, a read): the upload that follows finds
+        them ready. A host that has the release (a rollback) leaves one export unused, kept for
+        the next release of the same content. A failure is left to the upload's own export,
+        which reports it."""
+        export = release.export
+        key = self._export_key(release)
+        if export is None or key in self._exports or key in self._exporting:
+            return
+        lock = self._export_locks.setdefault(key, asyncio.Lock())
+        if lock.locked():  # being exported for an upload now
+            return
+
+        async def ahead() -> None:
+            async with lock:
+                with contextlib.suppress(Exception):
+                    await self._exported(key, export)
+
+        task = asyncio.create_task(ahead())
+        self._exporting[key] = task
+        task.add_done_callback(lambda _: self._exporting.pop(key, None))
 
     def _drop_old_exports(self) -> None:
         for key in list(self._exports)[: max(0, len(self._exports) - EXPORTS_KEPT)]:
@@ -391,6 +423,7 @@ class SystemdSSHProvider:
         self._config(instance)
         if resource.spec.get("build"):
             return
+        self._export_ahead(release)
         async with self._lock(resource.key, instance.id), self._slots[instance.id]:
             transport = self.transport_for(instance)
             await self._store(transport, resource).ensure(
@@ -475,6 +508,7 @@ class SystemdSSHProvider:
         # The lock is held until the old releases are pruned, which goes on beside the health
         # gate: the next operation on this Service and host finds them pruned, the gate does
         # not wait for it.
+        self._export_ahead(release)
         lock = self._lock(resource.key, instance.id)
         await lock.acquire()
         try:
@@ -690,6 +724,7 @@ class SystemdSSHProvider:
         if self._pruning:
             await asyncio.gather(*self._pruning, return_exceptions=True)
         warming, self._warming = list(self._warming.values()), {}
+        warming += list(self._exporting.values())
         for task in warming:
             task.cancel()
         await asyncio.gather(*warming, return_exceptions=True)

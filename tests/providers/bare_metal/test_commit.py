@@ -133,6 +133,41 @@ async def test_only_the_newest_exports_are_kept_on_this_machine(
     assert exports["a"].calls == 2
 
 
+async def test_the_export_starts_while_the_host_is_asked_for_the_release(
+    ssh_provider: SystemdSSHProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy's local export does not wait for the host's answer (a login, an SFTP session,
+    a read of the releases it has): it has started before that read returns, and it is made
+    once for the upload that follows."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "VERSION").write_text("r1\n")
+    events: list[str] = []
+
+    class Marking(FolderExport):
+        async def __call__(self, dest: Path) -> None:
+            events.append("export")
+            await super().__call__(dest)
+
+    export = Marking(src)
+    resource = service("ahead", ["/bin/sleep", "600"])
+    instance = (await ssh_provider.instances(resource))[0]
+    transport = ssh_provider.transport_for(instance)
+    read_file = transport.read_file
+
+    async def marked_read(remote: str, **kwargs: Any) -> bytes | None:
+        data = await read_file(remote, **kwargs)
+        events.append(f"read {remote.rsplit('/', 1)[-1]}")
+        return data
+
+    monkeypatch.setattr(transport, "read_file", marked_read)
+    await ssh_provider.deploy(Release(resource=resource, revision="r1", config_commit="c0",
+                                      export=export, env={}, content="ahead"), instance)
+    assert "read releases.json" in events, events
+    assert events.index("export") < events.index("read releases.json"), events
+    assert export.calls == 1
+
+
 class Recording(FolderExport):
     """A FolderExport that remembers where it exported to."""
 
