@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from reconciler.errors import ReconcilerError
-from reconciler.notifications.destinations import operator_destinations
 from reconciler.notifications.settings import NotifySettings
 from reconciler.spec.durations import parse_duration
 
@@ -47,10 +46,13 @@ def _options(command: Callable[..., Any], *, stale: bool) -> Callable[..., Any]:
             urls=list(notify_urls), ui_url=ui_url or None, repeat_s=repeat,
             stale_after_s=_seconds(notify_stale_after, "--notify-stale-after",
                                    zero_is_off=True))
-        try:  # checked before anything runs: a bad URL is a usage error, exit 2
-            operator_destinations(settings.urls)
-        except ReconcilerError as exc:
-            raise click.BadParameter(exc.message, param_hint="--notify") from None
+        if settings.urls:  # its module (and the secrets' readers) only when there are some
+            from reconciler.notifications.destinations import operator_destinations
+
+            try:  # checked before anything runs: a bad URL is a usage error, exit 2
+                operator_destinations(settings.urls)
+            except ReconcilerError as exc:
+                raise click.BadParameter(exc.message, param_hint="--notify") from None
         return command(*args, notify=settings, **kwargs)
 
     decorated: Callable[..., Any] = click.option(

@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reconciler.notifications.destinations import operator_destinations
-from reconciler.notifications.events import CommitInfo
-from reconciler.notifications.settings import NotifySettings
-from reconciler.notifications.sink import EventSink, Notifications
-from reconciler.rollout.engine import Reconciler
-from reconciler.source.git import GitSource
-from reconciler.spec.model import DesiredState, ResourceKey
-from reconciler.state.store import Store
+if TYPE_CHECKING:
+    # Imported where notifications are started: an `apply` with no destination (no --notify,
+    # no Notifier) loads none of them (docs/performance.md, session 11).
+    from reconciler.notifications.events import CommitInfo
+    from reconciler.notifications.settings import NotifySettings
+    from reconciler.notifications.sink import EventSink, Notifications
+    from reconciler.rollout.engine import Reconciler
+    from reconciler.source.git import GitSource
+    from reconciler.spec.model import DesiredState, ResourceKey
+    from reconciler.state.store import Store
 
 log = logging.getLogger("reconciler.notifications")
 
@@ -36,6 +38,8 @@ def commit_reader(source: GitSource) -> Callable[[str], CommitInfo]:
 
     def commit_info(sha: str) -> CommitInfo:
         import git  # a Repo of its own: the daemon's is used from other threads
+
+        from reconciler.notifications.events import CommitInfo
 
         # read here, not at start: a remote repo is cloned by the first fetch, which may fail
         commit = git.Repo(source.git_dir).commit(sha)
@@ -64,6 +68,9 @@ def hosts_reader(engine: Reconciler, desired_of: Callable[[], DesiredState | Non
 def start_notifications(daemon: DaemonLike, settings: NotifySettings,
                         state_dir: Path) -> Notifications:
     """Notifications for ``daemon``, started and set as its event sink."""
+    from reconciler.notifications.destinations import operator_destinations
+    from reconciler.notifications.sink import Notifications
+
     notifications = Notifications(
         operator_destinations(settings.urls, settings.repeat_s),
         state_dir=state_dir, ui_url=settings.ui_url, stale_after_s=settings.stale_after_s,
@@ -83,6 +90,9 @@ def start_apply_notifications(settings: NotifySettings, desired: DesiredState,
     the caller waits for delivery at exit (``close``)."""
     if not settings.urls and not desired.notifiers:
         return None
+    from reconciler.notifications.destinations import operator_destinations
+    from reconciler.notifications.sink import Notifications
+
     notifications = Notifications(
         operator_destinations(settings.urls, settings.repeat_s), state_dir=None,
         ui_url=settings.ui_url, stale_after_s=None, commit_info=commit_reader(source),

@@ -23,13 +23,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
-from reconciler.plan.cron_table import compile_cron, fires
 from reconciler.spec.cron import cron_error, timezone_error
 from reconciler.spec.durations import format_duration, parse_duration
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 ALLOW = "allow"
 DENY = "deny"
@@ -70,6 +71,14 @@ def _aware(now: datetime) -> datetime:
     return now.astimezone(UTC)
 
 
+def _zone(name: str) -> ZoneInfo:
+    # zoneinfo (and the cron tables) are imported when a window is parsed or evaluated: a
+    # fleet without sync windows needs neither (docs/performance.md, session 11)
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
+
+
 def iso(moment: datetime) -> str:
     """UTC, to the second: 2026-11-27T02:00:00+00:00."""
     return moment.astimezone(UTC).replace(microsecond=0).isoformat()
@@ -84,7 +93,7 @@ class SyncWindow:
     schedule: str
     duration: timedelta
     timezone: str = DEFAULT_TIMEZONE
-    zone: ZoneInfo = field(default=ZoneInfo(DEFAULT_TIMEZONE), repr=False)
+    zone: ZoneInfo = field(default_factory=lambda: _zone(DEFAULT_TIMEZONE), repr=False)
     # [generation of _around, the last answers of around]: kept on the window, which is
     # cheaper to reach than a table keyed by it (asked several times per resource in a plan);
     # shared by every window with the same schedule and zone (``around`` depends on nothing else)
@@ -122,6 +131,8 @@ class SyncWindow:
 
     def uncached_around(self, now: datetime) -> tuple[datetime, datetime]:
         """``around`` computed from the cron schedule (``around`` caches it per window)."""
+        from reconciler.plan.cron_table import compile_cron
+
         now = _aware(now)
         table = compile_cron(self.schedule)
         if table is not None and self.timezone == "UTC":
@@ -239,11 +250,13 @@ def _when(schedule: str, timezone: str) -> tuple[str | None, str | None, str, Zo
     the zone's error, the schedule stripped, the zone, the memo of ``around`` answers shared
     by every window firing on that schedule in that zone — windows that differ only in kind or
     duration ask the cron table once between them)."""
+    from reconciler.plan.cron_table import fires
+
     # a schedule the cron table models and that fires is valid: croniter's check costs ~0.1 ms
     schedule_error = None if fires(schedule) else cron_error(schedule)
     zone_error = timezone_error(timezone)
     return (schedule_error, zone_error, schedule.strip(),
-            None if zone_error else ZoneInfo(timezone), [])
+            None if zone_error else _zone(timezone), [])
 
 
 def parse_window(raw: Mapping[str, Any]) -> SyncWindow:

@@ -497,7 +497,9 @@ def _extract(archive: bytes, folder: str, dest: Path) -> None:
 
     dest.mkdir(parents=True, exist_ok=True)
     prefix = folder + "/" if folder else ""
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+    # "r:": `git archive --format=tar` is never compressed; the default "r:*" tries gzip first
+    # and imports it for nothing
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
         members = []
         for member in tar.getmembers():
             if member.name == folder or not member.name.startswith(prefix):

@@ -3,9 +3,9 @@
 A warm load reads one small marshal file per unchanged blob instead of parsing and validating
 its YAML, so the cost of a reconcile follows what changed, not the size of the fleet. Entries are
 only written for files that loaded without a problem. The cache directory is namespaced by a
-version covering the schemas' bytes, the loader's version, and the Python/PyYAML/croniter
-versions (marshal's format and what parses or validates may change with them); a new version
-simply starts an empty namespace.
+version covering the schemas' bytes, the loader's version, the Python version and the installed
+PyYAML, croniter and fastjsonschema (marshal's format and what parses or validates may change
+with them); a new version simply starts an empty namespace.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from functools import cache
 from pathlib import Path
 from types import CodeType
 from typing import Any
-
-import fastjsonschema
-import yaml
 
 from reconciler.spec.model import Links
 from reconciler.spec.validate import schemas_version
@@ -76,9 +73,10 @@ def cache_version() -> str:
         schemas_version(),
         sys.version,
         str(marshal.version),
-        yaml.__version__,
+        # found, not imported: a warm load parses and validates nothing
+        _module_fingerprint("yaml"),
         _module_fingerprint("croniter"),
-        fastjsonschema.VERSION,
+        _module_fingerprint("fastjsonschema"),
     ]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 

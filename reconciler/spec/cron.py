@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# zoneinfo (it loads sysconfig) is imported where a zone is looked up: a fleet with no Schedule
+# or sync window names none (docs/performance.md, session 11).
 
 FIELDS = "minute hour day-of-month month day-of-week"
 # croniter's aliases; each maps to a five-field expression, so a systemd timer can express it.
@@ -51,6 +53,8 @@ def timezone_error(name: object) -> str | None:
     """Why ``name`` is not a known IANA time zone, or None when it is."""
     if not isinstance(name, str) or not name:
         return f"{name!r} is not a time zone name"
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
@@ -97,6 +101,8 @@ def next_fire(expr: str | Mapping[str, Any], after: datetime, tz: str) -> dateti
     ``after`` must be timezone-aware (a naive time is ambiguous across hosts); the result is aware,
     expressed in ``tz`` (or the calendar's own zone).
     """
+    from zoneinfo import ZoneInfo
+
     if isinstance(expr, Mapping):
         from reconciler.spec.calendar import calendar_error, next_elapse, parse_calendar
 

@@ -13,9 +13,7 @@ import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import PurePosixPath
-from typing import Any
-
-from yaml.nodes import Node
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import SpecProblem
 from reconciler.spec import environments
@@ -34,7 +32,10 @@ from reconciler.spec.validate import (
     schema_issues,
     short_repr,
 )
-from reconciler.spec.yaml_parse import node_position
+
+if TYPE_CHECKING:
+    # ``yaml_parse`` (PyYAML) is imported where a document is located, on the slow path
+    from yaml.nodes import Node
 
 _KIND_LIST = ", ".join(sorted(KIND_SCHEMAS))
 
@@ -243,6 +244,8 @@ Identity = tuple[str, str, str]
 def check_document(
     path: str, index: int, node: Node, document: Any
 ) -> tuple[Record | None, Identity | None, list[SpecProblem]]:
+    from reconciler.spec.yaml_parse import node_position
+
     problems: list[SpecProblem] = []
 
     def add(issue: Issue) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import SecretError
-from reconciler.spec import age_files, refs, sops
+from reconciler.spec import age_files, refs
 from reconciler.spec.age_files import DecryptError, Keyring
 from reconciler.spec.model import Resource, ResourceKey
 from reconciler.spec.policy import (
@@ -77,6 +77,8 @@ def _decrypt(kind: str, path: str, data: bytes, keyring: Keyring) -> dict[str, s
     memo = (hashlib.sha256(data).hexdigest(), kind + ":" + path, keyring.public_keys)
     found = _decrypted.get(memo)
     if found is None:
+        from reconciler.spec import sops  # a commit that names no sops file reads none
+
         found = (sops.decrypt(data, path, keyring) if kind == "sops"
                  else age_files.decrypt_file(data, path, keyring))
         if len(_decrypted) >= _CACHE_LIMIT:
@@ -194,6 +196,8 @@ def _check_shape(ref: Mapping[str, Any], file: str, data: bytes) -> None:
         if not age_files.stanza_types(data):
             raise DecryptError(f"age file {file} is not an age-encrypted file")
         return
+    from reconciler.spec import sops
+
     parsed = sops.parse(data, file)
     key = refs.sops_key(ref) or ""
     if not parsed.has_key(key):

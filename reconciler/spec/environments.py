@@ -28,11 +28,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
-
-import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from reconciler.errors import SpecProblem
 from reconciler.spec.cache import PackedRecord, Record
@@ -54,6 +50,11 @@ from reconciler.spec.substitute import (
     substitute_text,
 )
 from reconciler.spec.validate import API_VERSION, Issue, format_path, short_repr
+
+if TYPE_CHECKING:
+    # PyYAML is imported where a file is parsed (``origins``): resolving cached records parses
+    # nothing (docs/performance.md, session 11)
+    from yaml.nodes import MappingNode, Node
 
 ENVIRONMENT_KIND = "Environment"
 DEFINABLE_KINDS = ("Target", "Service", "Job", "Schedule")
@@ -451,6 +452,10 @@ def origins(files: Sequence[Any]) -> dict[tuple[str, str, str], list[Origin]]:
     """(environment, kind, name) -> where each substituted value of that resource came from.
     ``files`` are ``SourceFile``-like (``path``, ``read()``); only files holding ``${`` or an
     Environment are parsed."""
+    import yaml
+    from yaml.constructor import SafeConstructor
+    from yaml.nodes import MappingNode, ScalarNode
+
     definitions: list[tuple[str, MappingNode, dict[str, Any]]] = []
     values_at: dict[str, dict[str, Mark]] = {}
     for source in files:
@@ -503,6 +508,8 @@ def origins(files: Sequence[Any]) -> dict[tuple[str, str, str], list[Origin]]:
 
 
 def _node_at(node: Node, path: Path_) -> Node | None:
+    from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
     for part in path:
         if isinstance(node, MappingNode):
             for key, value in node.value:

@@ -7,17 +7,21 @@ each document) and ``problem_at`` locates a problem found across files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from reconciler.errors import SpecProblem
-from reconciler.spec import yaml_parse
 from reconciler.spec.cache import Facts, PackedRecord, Record
 from reconciler.spec.document_checks import Identity, check_document
 from reconciler.spec.facts import file_facts
 from reconciler.spec.files import SourceFile
 from reconciler.spec.policy import Check
 from reconciler.spec.validate import Path_
-from reconciler.spec.yaml_parse import UNBUILT, Parsed, node_position
+
+if TYPE_CHECKING:
+    # ``yaml_parse`` (PyYAML) is imported where a file is parsed with marks: a warm load, every
+    # file's records cached and no problem to locate, parses none (docs/performance.md,
+    # session 11)
+    from reconciler.spec.yaml_parse import Parsed
 
 # Inside the cross-file checks identities are plain (environment, kind, name) tuples: hashing
 # them is several times cheaper than hashing ResourceKey, and 10,000 resources hash a lot.
@@ -67,6 +71,8 @@ class LoadState:
     def parse(self, file_index: int, data: bytes | None = None) -> Parsed:
         parsed = self.parsed.get(file_index)
         if parsed is None:
+            from reconciler.spec import yaml_parse
+
             source = self.files[file_index]
             data = source.read() if data is None else data
             parsed = yaml_parse.parse_with_marks(source.path, data)
@@ -74,6 +80,8 @@ class LoadState:
         return parsed
 
     def load_slowly(self, file_index: int, data: bytes) -> list[Record]:
+        from reconciler.spec.yaml_parse import UNBUILT
+
         path = self.files[file_index].path
         parsed = self.parse(file_index, data)
         records: list[Record] = []
@@ -94,6 +102,8 @@ class LoadState:
         self, file_index: int, index: int, path: Path_, message: str, at_key: bool = False
     ) -> SpecProblem:
         """A cross-file problem, located by parsing that one file with marks."""
+        from reconciler.spec.yaml_parse import node_position
+
         source = self.files[file_index]
         documents = self.parse(file_index).documents
         if index < len(documents):

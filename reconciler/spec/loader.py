@@ -23,17 +23,16 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import SpecError, SpecProblem
-from reconciler.spec import environments, fast_path
+from reconciler.spec import environments
 from reconciler.spec.cache import SpecCache
 from reconciler.spec.cross_check import cross_check
 from reconciler.spec.document_checks import EXPANSION_LIMIT, document_record, semantic_issues
 from reconciler.spec.encrypted import SecretFileRefused
 from reconciler.spec.encrypted import check as check_encrypted
 from reconciler.spec.facts import file_facts, packed
-from reconciler.spec.fast_path import document_lines
 from reconciler.spec.files import YAML_SUFFIXES, SourceFile, files_from_directory, git_blob_id
 from reconciler.spec.load_state import LoadState
 from reconciler.spec.model import DesiredState
@@ -47,7 +46,10 @@ from reconciler.spec.validate import (
     schema_issues,
     use_code_store,
 )
-from reconciler.spec.yaml_parse import FastLoader, StrictLoader
+
+if TYPE_CHECKING:
+    from reconciler.spec.fast_path import document_lines
+    from reconciler.spec.yaml_parse import FastLoader, StrictLoader
 
 __all__ = [
     "EXPANSION_LIMIT",
@@ -60,6 +62,22 @@ __all__ = [
     "git_blob_id",
     "load_desired_state",
 ]
+
+# What parses YAML (``fast_path``, ``yaml_parse``: PyYAML) is imported for a file the cache does
+# not hold, and these names of it on first use (PEP 562): a warm load parses nothing
+# (docs/performance.md, session 11).
+_PARSING = {"FastLoader": "yaml_parse", "StrictLoader": "yaml_parse",
+            "document_lines": "fast_path"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PARSING:
+        import importlib
+
+        value = getattr(importlib.import_module(f"reconciler.spec.{_PARSING[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_desired_state(
@@ -118,6 +136,8 @@ def _load_desired_state(
         if entry is not None:
             load.add_file(file_index, *entry)
             continue
+        from reconciler.spec import fast_path
+
         data = source.read()
         records = fast_path.load_fast(data)
         if records is None:

@@ -28,15 +28,17 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
 from reconciler.spec import refs
 from reconciler.spec.model import Resource, ResourceKey
+
+if TYPE_CHECKING:
+    # PyYAML is imported where a policy file is parsed: every command installs a policy, most
+    # from no file (docs/performance.md, session 11)
+    from yaml.nodes import Node
 
 POLICY_ENV = "RECONCILER_POLICY"
 API_VERSION = "fraisier.dev/v1"
@@ -451,6 +453,8 @@ class _Located:
 
 def _mapping(node: Node, where: str, located: _Located,
              known: Iterable[str]) -> dict[str, tuple[Node, Node]]:
+    from yaml.nodes import MappingNode, ScalarNode
+
     if not isinstance(node, MappingNode):
         located.add(node, f"{where}: expected a mapping")
         return {}
@@ -468,6 +472,8 @@ def _mapping(node: Node, where: str, located: _Located,
 
 
 def _scalar(node: Node, where: str, located: _Located) -> str | None:
+    from yaml.nodes import ScalarNode
+
     if not isinstance(node, ScalarNode) or not node.value or node.tag != "tag:yaml.org,2002:str":
         located.add(node, f"{where}: expected a non-empty string")
         return None
@@ -475,6 +481,8 @@ def _scalar(node: Node, where: str, located: _Located) -> str | None:
 
 
 def _rules(node: Node, environment: str, located: _Located) -> Rules:
+    from yaml.nodes import SequenceNode
+
     where = f"spec.environments.{environment}"
     top = _mapping(node, where, located, ("secrets", "endpoints", "traffic"))
     lists: dict[str, tuple[str, ...]] = {}
@@ -511,6 +519,9 @@ def _rules(node: Node, environment: str, located: _Located) -> Rules:
 
 
 def _flag(node: Node, where: str, located: _Located) -> bool:
+    import yaml
+    from yaml.nodes import ScalarNode
+
     if isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:bool":
         return bool(yaml.safe_load(node.value))
     located.add(node, f"{where}: expected true or false")
@@ -519,6 +530,9 @@ def _flag(node: Node, where: str, located: _Located) -> bool:
 
 def parse_policy(text: str, path: str) -> Policy:
     """A policy from its YAML text; every problem located as ``path:line:col``."""
+    import yaml
+    from yaml.nodes import MappingNode, ScalarNode
+
     located = _Located(path)
     try:
         root = yaml.compose(text, Loader=yaml.CSafeLoader)

@@ -29,9 +29,8 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import yaml
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from reconciler.spec import age_files
 from reconciler.spec.age_files import DecryptError, Keyring
@@ -41,15 +40,26 @@ _LIST_PART = re.compile(r"__list_(\d+)__map_")
 DEFAULT_UNENCRYPTED_SUFFIX = "_unencrypted"
 
 
-class _NoDates(yaml.CSafeLoader):
+if TYPE_CHECKING:
+    import yaml
+
+
+@cache
+def _no_dates() -> type[yaml.CSafeLoader]:
     """Safe YAML without timestamps: sops (go-yaml) keeps ``2021-04-06`` a string, and so must
-    the MAC here."""
+    the MAC here. Made on the first sops file read: PyYAML's import is paid by the
+    commands that read one, not by every command that may (docs/performance.md, session 11)."""
+    import yaml
 
+    class NoDates(yaml.CSafeLoader):
+        pass
 
-_NoDates.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
-}
+    NoDates.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.CSafeLoader.yaml_implicit_resolvers.items()
+    }
+    return NoDates
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,15 @@ def file_format(path: str) -> str:
 
 def parse(data: bytes, path: str) -> SopsFile:
     """A sops file's tree and metadata; DecryptError when it is not one."""
+    import yaml
+
     fmt = file_format(path)
     try:
         text = data.decode("utf-8")
         if fmt == "dotenv":
             tree, metadata = _parse_dotenv(text)
         else:
-            document = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_NoDates)  # noqa: S506 (a SafeLoader)
+            document = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_no_dates())  # noqa: S506 (a SafeLoader)
             if not isinstance(document, dict) or not isinstance(document.get("sops"), dict):
                 raise ValueError("no sops metadata")
             metadata = document.pop("sops")

@@ -28,10 +28,11 @@ from pathlib import Path
 from types import CodeType
 from typing import TYPE_CHECKING, Any, Protocol
 
-import fastjsonschema
-
 from reconciler.spec.provider_schemas import provider_schemas
 
+# fastjsonschema (and the decimal module it loads) is imported where a validator is compiled or
+# run: a warm load, every file's records cached, validates nothing (docs/performance.md,
+# session 11).
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
@@ -355,6 +356,8 @@ def use_code_store(store: CodeStore | None) -> None:
 def _code_key() -> str:
     """What the generated code depends on: the schemas, this module as loaded (bundling,
     rewrites), fastjsonschema and Python."""
+    import fastjsonschema
+
     try:
         st = os.stat(__file__)
         module = f"{__file__}:{st.st_size}:{st.st_mtime_ns}"
@@ -366,6 +369,8 @@ def _code_key() -> str:
 
 def _validator_code(kind: str) -> tuple[str, CodeType]:
     """(name of the validating function, code of the module defining it) for one kind."""
+    import fastjsonschema
+
     bundled = bundle(KIND_SCHEMAS[kind])
     inlined = _inline_refs({k: v for k, v in bundled.items() if k != "$defs"}, bundled)
     inlined["$defs"] = bundled["$defs"]  # still the target of any recursive $ref
@@ -403,6 +408,8 @@ def fast_validator(kind: str) -> Callable[[Any], Any]:
 
 def _slow_as_fast(kind: str) -> Callable[[Any], Any]:
     def validate(document: Any) -> Any:
+        import fastjsonschema
+
         error = next(iter(kind_validator(kind).iter_errors(document)), None)
         if error is not None:
             raise fastjsonschema.JsonSchemaValueException(error.message)
@@ -479,6 +486,8 @@ def reload_schemas() -> None:
 
 def fast_errors(kind: str, document: Any) -> str | None:
     """None when the compiled validator accepts ``document``; else its (unlocated) message."""
+    import fastjsonschema
+
     validator = fast_validator(kind)
     try:
         validator(document)

@@ -7,7 +7,9 @@ compose provider talks to dockerd's socket with httpcore), so no command loads i
 (docs/performance.md, the compose row), so a module-level import that brings one back fails
 here. A `diff` or `apply` of a local config repository needs no GitPython (commits are read with
 git itself; GitPython clones and fetches), and no one-shot command loads prometheus_client: only
-the daemon serves metrics, elsewhere they are discarded.
+the daemon serves metrics, elsewhere they are discarded. An `apply` whose files' records are
+all in the spec cache parses no YAML, and one without a notification destination, sync window
+or Schedule loads neither notifications nor time zones.
 The commands run in a real interpreter, as users run them, and the test looks at that process's
 ``sys.modules`` when it exits.
 """
@@ -54,6 +56,18 @@ NOT_FOR_DIFF = ("reconciler.cli.apply", "reconciler.cli.daemon", "reconciler.cli
                 # the provider contract (and the transports it names): a diff reads the
                 # registry for the providers' schema fragments only
                 "reconciler.providers.contract", "reconciler.transport")
+
+# What an `apply` does not run when no file needs parsing (the spec cache holds every file's
+# records), with no --notify and no Notifier, no sync window and no Schedule: parsing and
+# validating YAML (PyYAML, fastjsonschema and the decimal module it loads, the loader's parsing
+# modules, sops files), notifications, time zones and cron tables; nor gzip (the release tree
+# comes from `git archive --format=tar`). Together ~35 ms of every `apply`'s start-up
+# (docs/performance.md, session 11).
+NOT_FOR_A_WARM_APPLY = ("yaml", "fastjsonschema", "decimal", "zoneinfo", "gzip",
+                        "reconciler.spec.yaml_parse", "reconciler.spec.fast_path",
+                        "reconciler.spec.sops", "reconciler.plan.cron_table",
+                        "reconciler.notifications.destinations",
+                        "reconciler.notifications.events", "reconciler.notifications.sink")
 
 
 def loaded(*args: str, cwd: Path | None = None, every: bool = False) -> tuple[int, set[str]]:
@@ -191,3 +205,32 @@ def test_apply_of_a_compose_service_pulls_no_docker_client_library(
         assert modules.isdisjoint(unused), sorted(modules & unused)
     finally:
         _remove_environment(docker_engine, environment)
+
+
+def test_a_warm_apply_parses_no_yaml_and_loads_no_notifications(fleet: Fleet) -> None:
+    # The bare-metal bench's case (bench/bare_metal.py): one Service with an exec probe, and a
+    # change of its source folder only, so its file's records come from the spec cache.
+    port = free_port()
+    check = ("import sys, urllib.request; "
+             f"urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=1)")
+    fleet.write("api.yaml", service_yaml("api", port).replace(
+        f'    http: {{url: "http://{{host}}:{port}/healthz"}}\n',
+        f"    exec: {{command: [{sys.executable}, -c, {json.dumps(check)}]}}\n"))
+    fleet.commit()
+    state = ["--state-dir", str(fleet.state), "--log-format", "json"]
+    code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo, every=True)
+    assert code == 0
+    assert {"yaml", "fastjsonschema"} <= modules  # the probe sees them: a cold load parses
+    (fleet.repo / "app" / "VERSION").write_text("2\n")
+    fleet.commit()
+    code, modules = loaded(*state, "apply", *fleet.repo_args(), cwd=fleet.repo, every=True)
+    assert code == 0
+    assert "reconciler.rollout.engine" in modules
+    # it deployed the new release, from the cache's records
+    assert (fleet.root / "default" / "api" / "current" / "VERSION").read_text() == "2\n"
+    assert http_get(port)[0] == 200
+    assert modules.isdisjoint(NOT_FOR_A_WARM_APPLY), sorted(modules & set(NOT_FOR_A_WARM_APPLY))
+    code, modules = loaded(*state, "apply", "--no-live", *fleet.repo_args(), cwd=fleet.repo,
+                           every=True)  # nothing to do
+    assert code == 0
+    assert modules.isdisjoint(NOT_FOR_A_WARM_APPLY), sorted(modules & set(NOT_FOR_A_WARM_APPLY))
