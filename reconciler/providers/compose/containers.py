@@ -1,14 +1,15 @@
 """What Docker reports about a container, read for the compose provider: its labels, health
-(and the output of its last check), whether it runs, the (service, replica) slot it fills,
-whether it is the deployed revision, and the config hashes compose recorded for a rendered
-document (``ConfigHashes``: a hand edit through compose is drift). Also ``tail``: the end of a
-command's output for an error message.
+(and the output of its last check), whether it runs and for how long, the (service, replica)
+slot it fills, whether it is the deployed revision, and the config hashes compose recorded for a
+rendered document (``ConfigHashes``: a hand edit through compose is drift). Also ``tail``: the
+end of a command's output for an error message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from reconciler.providers import Health
@@ -56,6 +57,22 @@ def health_output(container: Mapping[str, Any]) -> str:
 def is_running(container: Mapping[str, Any]) -> bool:
     state = container.get("State") or {}
     return bool(state.get("Running")) and not state.get("Restarting")
+
+
+def up_for(container: Mapping[str, Any], now: float | None) -> float | None:
+    """How long a running container has run at ``now`` (the Docker host's time, seconds since
+    the epoch: ``DockerEngine.clock``), from its ``State.StartedAt``; None when it does not run
+    or either time is unknown. A start after ``now`` (the clock was read before the container)
+    counts as 0."""
+    if now is None or not is_running(container):
+        return None
+    try:
+        started = datetime.fromisoformat(str((container.get("State") or {}).get("StartedAt")))
+    except ValueError:
+        return None
+    if started.year < 2000:  # Docker's zero time: never started
+        return None
+    return max(0.0, now - started.timestamp())
 
 
 def int_label(value: str | None) -> int:

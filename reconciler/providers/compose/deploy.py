@@ -18,7 +18,7 @@ from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.observe.redact import redact
-from reconciler.providers import Instance, Release
+from reconciler.providers import Instance, InstanceState, Release
 from reconciler.providers.compose.cli import ComposeCLI
 from reconciler.providers.compose.containers import (
     EXIT_LINES,
@@ -33,6 +33,7 @@ from reconciler.providers.compose.containers import (
 )
 from reconciler.providers.compose.host import COMMAND_TIMEOUT_S, UP_TIMEOUT_S, ComposeHost, Prepared
 from reconciler.providers.compose.jobs import JobRunner
+from reconciler.providers.compose.observe import Observer
 from reconciler.providers.compose.render import (
     LABEL_COMPOSE_REVISION,
     LABEL_IMAGE,
@@ -73,21 +74,23 @@ class _ReplicaPlan:
 class Deployer:
     """Brings Services to a release on one Docker host."""
 
-    def __init__(self, host: ComposeHost, jobs: JobRunner) -> None:
+    def __init__(self, host: ComposeHost, jobs: JobRunner, observer: Observer) -> None:
         self.host = host
         self.jobs = jobs
+        self.observer = observer  # a replica's deploy returns its state as observe reports it
         # id(release) -> (the release, its shared replica plan being or having been computed)
         self._plans: dict[int, tuple[weakref.ref[Release], asyncio.Task[_ReplicaPlan]]] = {}
         self._plan_lock = asyncio.Lock()
 
-    async def deploy(self, release: Release, instance: Instance) -> None:
+    async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
         """Scaled layout: ``up`` the whole project — compose replaces every replica of a service
         together, so the first instance's call does the work and the others find it done.
-        Per-replica layout (rolling, canary): ``up`` of that one replica's project only."""
+        Per-replica layout (rolling, canary): ``up`` of that one replica's project only; returns
+        the replica as the deploy last saw it (the health gate starts from it), None when it
+        did not look (``wait: false``)."""
         resource = release.resource
         if resource.kind == "Service" and layout(resource) == LAYOUT_PER_REPLICA:
-            await self._deploy_replica(release, instance)
-            return
+            return await self._deploy_replica(release, instance)
         prepared = await self.host.prepare(release)
         rendered = prepared.rendered
         count = replicas(resource)
@@ -96,14 +99,14 @@ class Deployer:
         wait_timeout = seconds(section.get("waitTimeout"), 60.0)
         if resource.kind != "Service":
             await self.jobs.install(release, prepared)
-            return
+            return None
         async with self.host.lock(rendered.project):
             cli = await self.host.cli()
             # A strategy change from rolling/canary: the replicas' own projects make way.
             grace = math.ceil(seconds(resource.spec.get("stopTimeout"), 10.0))
             await self.host.remove_replica_projects(resource, cli, grace=grace)
             if await self._already_deployed(prepared, release.revision, count):
-                return
+                return None
             env = self.host.env(release, rendered)
             await self.host.write_document(prepared, cli)
             await self.host.ensure_images(cli, prepared, pull_policy(resource), env)
@@ -127,6 +130,7 @@ class Deployer:
                 self.host.host_id,
                 rendered.compose_revision,
             )
+        return None
 
     async def _already_deployed(self, prepared: Prepared, revision: str, count: int) -> bool:
         rendered = prepared.rendered
@@ -182,19 +186,25 @@ class Deployer:
         count: int,
         timeout: float,  # noqa: ASYNC109
         services: list[str] | None = None,
-    ) -> None:
-        """Until every replica runs and, when it has a healthcheck, is healthy.
+    ) -> tuple[float | None, list[dict[str, Any]]]:
+        """Until every replica runs and, when it has a healthcheck, is healthy; then the Docker
+        host's time read before the last poll and the containers that poll saw.
 
         Polled here for v1 and v2 alike: v2's ``up --wait`` reports a crash-looping container
-        under a restart policy as ready (seen with 2.40), and v1 has no such flag. A container
-        counts as started once two polls in a row see it running with the same start time and
-        restart count, so one that dies right after starting is not taken for a success."""
+        under a restart policy as ready (seen with 2.40), and v1 has no such flag. One poll
+        that sees a container running is enough: every deploy of a Service is followed by the
+        health gate, whose watcher looks at the container soon after and whose stay-up rule
+        passes only the container seen here (its id and start time) once it has run for the
+        probe interval, so one that dies right after starting fails the gate with its exit
+        code and output. (Two polls 100 ms apart used to be required here: docs/performance.md,
+        session 11, compose gate waits.)"""
         deadline = time.monotonic() + timeout
         wanted = {(s, n) for s in services or rendered.services for n in range(1, count + 1)}
-        seen_running: dict[tuple[str, int], tuple[str, str, int]] = {}
         while True:
             ready: set[tuple[str, int]] = set()
-            for c in await self.host.project_containers(rendered.project):
+            now = await self.host.engine.clock()  # before the poll: ages not overstated
+            polled = await self.host.project_containers(rendered.project)
+            for c in polled:
                 labels = labels_of(c)
                 slot = (labels.get(SERVICE_LABEL, ""), int(labels.get(NUMBER_LABEL, "0") or 0))
                 if slot not in wanted:
@@ -213,18 +223,9 @@ class Deployer:
                         f"{self.host.host_id}: container {name} is unhealthy ({health_output(c)})"
                     )
                 if is_running(c) and health in ("healthy", "none"):
-                    stamp = (
-                        str(c.get("Id")),
-                        str(state.get("StartedAt")),
-                        c.get("RestartCount", 0),
-                    )
-                    # A passed Docker healthcheck already proves it stayed up; without one,
-                    # two polls must agree.
-                    if health == "healthy" or seen_running.get(slot) == stamp:
-                        ready.add(slot)
-                    seen_running[slot] = stamp
+                    ready.add(slot)
             if wanted <= ready:
-                return
+                return now, polled
             if time.monotonic() >= deadline:
                 raise ProviderError(
                     f"{self.host.host_id}: {rendered.project} not healthy after {timeout:g}s "
@@ -350,8 +351,9 @@ class Deployer:
             time.monotonic(),
         )
 
-    async def _deploy_replica(self, release: Release, instance: Instance) -> None:
-        """Bring replica ``n`` of one compose service to the release, leaving the others alone."""
+    async def _deploy_replica(self, release: Release, instance: Instance) -> InstanceState | None:
+        """Bring replica ``n`` of one compose service to the release, leaving the others alone;
+        the replica's state as last seen (None with ``wait: false``)."""
         resource = release.resource
         service, number = self.host.slot(resource, instance)
         section = compose_section(resource)
@@ -368,14 +370,15 @@ class Deployer:
             for container in old:
                 await self.host.engine.stop_container(str(container["Id"]), grace)
                 await self.host.engine.remove_container(str(container["Id"]))
-            mine = [
-                c
-                for c in await self.host.project_containers(rendered.project)
-                if labels_of(c).get(SERVICE_LABEL) == service
-            ]
+            now = await self.host.engine.clock()
+            listed = await self.host.project_containers(rendered.project)
+            mine = [c for c in listed if labels_of(c).get(SERVICE_LABEL) == service]
             hashes = await self.host.config_hashes(prepared.compose_file)
             if len(mine) == 1 and is_deployed(mine[0], release.revision, rendered, hashes):
-                return
+                # already there: its state (and age, which the gate's stay-up rule counts)
+                return await self.observer.replica_state(
+                    resource, instance, (service, number), listed, [], hashes, now
+                )
             cli = await self.host.cli()
             env = self.host.env(release, rendered)
             await self.host.write_document(prepared, cli)
@@ -383,10 +386,11 @@ class Deployer:
             started = time.monotonic()
             await self._up(cli, prepared, env, rendered, args, UP_TIMEOUT_S + wait_timeout)
             recording = asyncio.ensure_future(self.host.record_config_hashes(cli, prepared, env))
+            seen: tuple[float | None, list[dict[str, Any]]] | None = None
             try:
                 if wait:
                     remaining = wait_timeout - (time.monotonic() - started)
-                    await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
+                    seen = await self._wait_started(rendered, 1, max(remaining, 1.0), [service])
             finally:
                 await recording
             self.host.ctx.logger.info(
@@ -395,4 +399,12 @@ class Deployer:
                 rendered.project,
                 self.host.host_id,
                 rendered.compose_revision,
+            )
+            if seen is None:
+                return None
+            # The scaled layout's container of this slot was removed above, and the replica's
+            # own one runs: observe_instance would report the same from the scaled project's.
+            hashes = await self.host.config_hashes(prepared.compose_file)  # just recorded
+            return await self.observer.replica_state(
+                resource, instance, (service, number), seen[1], [], hashes, seen[0]
             )

@@ -16,7 +16,9 @@ import json
 import math
 import ssl
 import struct
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -26,6 +28,8 @@ from reconciler.errors import ProviderError
 from reconciler.transport import CommandResult, CommandTimeout, Transport
 
 _API_TIMEOUT_S = 30.0
+# How long a remote engine's clock offset is reused before it is read again.
+_CLOCK_TTL_S = 600.0
 # Concurrent requests on one engine (a Service's inspects run together, one per replica; waits
 # and exec streams hold theirs): httpx's default. Idle ones kept: httpcore polls each idle
 # connection at every request, so a rollout's peak of them is not kept for the rest of it.
@@ -70,6 +74,11 @@ class DockerEngine(Protocol):
         self, container: str, argv: Sequence[str], timeout: float, cwd: str | None  # noqa: ASYNC109
     ) -> CommandResult:
         """Run argv inside a running container (``docker exec``); its exit code and output."""
+
+    async def clock(self) -> float | None:
+        """The engine host's time now (seconds since the epoch), never ahead of it as far as
+        this machine can tell: what a running container's age is counted against. None when it
+        cannot be told."""
 
     async def close(self) -> None: ...
 
@@ -299,6 +308,10 @@ class SocketEngine:
                     return None
                 raise self._error(f"inspecting image {ref}", exc) from exc
 
+    async def clock(self) -> float | None:
+        # A unix socket's dockerd runs on this kernel: its wall clock is this machine's.
+        return time.time()
+
     async def logs(self, container: str, tail: int) -> list[str]:
         what = f"reading logs of {container}"
         async with self._deadline(what):
@@ -444,6 +457,30 @@ class CliEngine:
     def __init__(self, transport: Transport, docker: Sequence[str] = ("docker",)) -> None:
         self.transport = transport
         self.docker = list(docker)
+        # (engine clock - this machine's clock, when it was measured on this machine's clock)
+        self._offset: tuple[float | None, float] | None = None
+        self._offset_lock = asyncio.Lock()
+
+    async def clock(self) -> float | None:
+        """The remote host's clock may differ from this machine's: its offset is read from the
+        engine's ``SystemTime`` (``docker info``) once per ``_CLOCK_TTL_S`` (a stepped clock is
+        caught up with), counted as if read when the answer arrived, so the offset — and a
+        container's age — is never overstated, only understated by the command's duration."""
+        async with self._offset_lock:
+            now = time.time()
+            if self._offset is None or now - self._offset[1] > _CLOCK_TTL_S:
+                self._offset = (await self._measure_offset(), now)
+            offset = self._offset[0]
+        return None if offset is None else time.time() + offset
+
+    async def _measure_offset(self) -> float | None:
+        try:
+            out = await self._run("info", "--format", "{{json .SystemTime}}")
+            answered = time.time()
+            remote = datetime.fromisoformat(str(json.loads(out))).timestamp()
+        except (ProviderError, ValueError, TypeError):
+            return None  # ages unknown: the gate then counts from its own start
+        return remote - answered
 
     async def _run(self, *args: str, timeout: float = _API_TIMEOUT_S) -> str:  # noqa: ASYNC109
         result = await self.transport.run([*self.docker, *args], timeout=timeout)

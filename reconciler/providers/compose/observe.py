@@ -21,6 +21,7 @@ from reconciler.providers.compose.containers import (
     is_running,
     labels_of,
     slot_of,
+    up_for,
 )
 from reconciler.providers.compose.engine import ContainerExec
 from reconciler.providers.compose.host import ComposeHost
@@ -81,6 +82,7 @@ class Observer:
             if slot is not None and "project" in instance.labels:
                 base = project_name(resource)
                 project = replica_project(base, slot[1])
+                now = await self.host.engine.clock()  # before the reads: ages not overstated
                 own, scaled, hashes = await asyncio.gather(
                     self.host.engine.containers(
                         {PROJECT_LABEL: project, LABEL_RESOURCE: str(resource.key)}
@@ -88,21 +90,41 @@ class Observer:
                     self.host.project_containers(base),
                     self.host.config_hashes(self.host.replica_file(base, slot[1])),
                 )
-                found = [
-                    c
-                    for c in own
-                    if labels_of(c).get(ONEOFF_LABEL) != "True" and slot_of(c, base) == slot
-                ]
-                stale = [c for c in scaled if slot_of(c, base) == slot]
-                state = self._replica_state(instance, slot, found, stale, hashes)[0]
-                await self._diagnose(resource, state)
-                return state
+                return await self.replica_state(resource, instance, slot, own, scaled, hashes,
+                                                now)
         for state in await self.observe(resource):
             if state.instance.id == instance.id:
                 return state
         return InstanceState(
             instance, None, False, "not found", {"present": False}, phase=Phase.MISSING
         )
+
+    async def replica_state(
+        self,
+        resource: Resource,
+        instance: Instance,
+        slot: tuple[str, int],
+        own: list[dict[str, Any]],
+        scaled: list[dict[str, Any]],
+        hashes: ConfigHashes | None,
+        now: float | None,
+    ) -> InstanceState:
+        """The state of replica ``slot`` (per-replica layout) from containers already read: of
+        its own project (``own``) and of the scaled one (``scaled``), with ``now`` the Docker
+        host's time read before them. What ``observe_instance`` reports, and what a deploy
+        returns from its last look."""
+        base = project_name(resource)
+        found = [
+            c
+            for c in own
+            if labels_of(c).get(ONEOFF_LABEL) != "True"
+            and labels_of(c).get(LABEL_RESOURCE) == str(resource.key)
+            and slot_of(c, base) == slot
+        ]
+        stale = [c for c in scaled if slot_of(c, base) == slot]
+        state = self._replica_state(instance, slot, found, stale, hashes, now)[0]
+        await self._diagnose(resource, state)
+        return state
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> ContainerExec:
         """``health.exec`` runs in the instance's container (``docker exec``)."""
@@ -144,6 +166,7 @@ class Observer:
         strategy change) is reported from its old container, which its deploy replaces."""
         base = project_name(resource)
         expected = await self.host.instances(resource)
+        now = await self.host.engine.clock()
         scaled, tagged = await asyncio.gather(
             self.host.project_containers(base), self.host.resource_containers(resource)
         )
@@ -170,14 +193,16 @@ class Observer:
         )
         for instance, slot, hashes in zip(expected, slots, all_hashes, strict=True):
             state, left = self._replica_state(
-                instance, slot, current.pop(slot, []), older.pop(slot, []), hashes
+                instance, slot, current.pop(slot, []), older.pop(slot, []), hashes, now
             )
             states.append(state)
             extras += left
         for leftovers in (*current.values(), *older.values()):
             extras += leftovers
         for extra in extras:
-            states.append(self._extra_state(extra, labels_of(extra).get(PROJECT_LABEL, base)))
+            states.append(
+                self._extra_state(extra, labels_of(extra).get(PROJECT_LABEL, base), now)
+            )
         return states
 
     def _replica_state(
@@ -186,7 +211,8 @@ class Observer:
         slot: tuple[str, int],
         found: list[dict[str, Any]],
         stale: list[dict[str, Any]],
-        hashes: ConfigHashes | None = None,
+        hashes: ConfigHashes | None,
+        now: float | None,
     ) -> tuple[InstanceState, list[dict[str, Any]]]:
         """The state of one replica from its own project's containers (``found``) and the
         scaled layout's of its slot (``stale``); returns it with the containers left over."""
@@ -213,7 +239,7 @@ class Observer:
                 },
             )
             return missing, extras
-        state = self._container_state(instance, found[-1], None if adopted else hashes)
+        state = self._container_state(instance, found[-1], None if adopted else hashes, now)
         state.facts["replica"] = slot[1]
         state.facts["layout"] = LAYOUT_SCALED if adopted else LAYOUT_PER_REPLICA
         if adopted:
@@ -243,6 +269,7 @@ class Observer:
         project = project_name(resource)
         expected = await self.host.instances(resource)
         by_slot: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        now = await self.host.engine.clock()
         containers, hashes = await asyncio.gather(
             self.host.project_containers(project),
             self.host.config_hashes(self.host.compose_file(project)),
@@ -272,15 +299,17 @@ class Observer:
                     )
                 )
                 continue
-            states.append(self._container_state(instance, found[-1], hashes))
+            states.append(self._container_state(instance, found[-1], hashes, now))
             for extra in found[:-1]:
-                states.append(self._extra_state(extra, project))
+                states.append(self._extra_state(extra, project, now))
         for containers in by_slot.values():
             for extra in containers:
-                states.append(self._extra_state(extra, project))
+                states.append(self._extra_state(extra, project, now))
         return states
 
-    def _extra_state(self, container: dict[str, Any], project: str) -> InstanceState:
+    def _extra_state(
+        self, container: dict[str, Any], project: str, now: float | None
+    ) -> InstanceState:
         labels = labels_of(container)
         name = str(container.get("Name", "")).lstrip("/")
         instance = Instance(
@@ -293,7 +322,7 @@ class Observer:
                 "unexpected": "true",
             },
         )
-        state = self._container_state(instance, container)
+        state = self._container_state(instance, container, None, now)
         state.detail = ("unexpected container; " + state.detail).rstrip("; ")
         return state
 
@@ -301,8 +330,10 @@ class Observer:
         self,
         instance: Instance,
         container: dict[str, Any],
-        hashes: ConfigHashes | None = None,
+        hashes: ConfigHashes | None,
+        now: float | None,
     ) -> InstanceState:
+        """``now``: the Docker host's time, read before ``container`` was (its age)."""
         labels = labels_of(container)
         state = container.get("State") or {}
         image = str((container.get("Config") or {}).get("Image", ""))
@@ -367,4 +398,5 @@ class Observer:
                 started_at=state.get("StartedAt"),
                 container_id=str(container.get("Id") or "") or None,
             ),
+            up_for=up_for(container, now),
         )

@@ -65,8 +65,8 @@ class ComposeProvider:
         self.state_root = state_root
         self.base_env = self.host.base_env
         self.jobs = JobRunner(self.host)
-        self.deployer = Deployer(self.host, self.jobs)
         self.observer = Observer(self.host, self.jobs)
+        self.deployer = Deployer(self.host, self.jobs, self.observer)
         self.teardown = Teardown(self.host)
 
     @property
@@ -89,8 +89,8 @@ class ComposeProvider:
     def probe_runner(self, instance: Instance, state: InstanceState) -> ContainerExec:
         return self.observer.probe_runner(instance, state)
 
-    async def deploy(self, release: Release, instance: Instance) -> None:
-        await self.deployer.deploy(release, instance)
+    async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
+        return await self.deployer.deploy(release, instance)
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         await self.teardown.stop(resource, instance)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name, replica_project
 from reconciler.transport.local import LocalTransport
-from tests.providers.compose.conftest import http_get, make_resource, release
+from tests.providers.compose.conftest import eventually, http_get, make_resource, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -320,7 +321,14 @@ services:
     await asyncio.gather(*(provider.deploy(shared, i) for i in instances))
     assert len(exports) == 1
     for n in (1, 2):
-        assert await http_get(prefix * 10 + n, "/index.html") == (200, "from the release\n")
+        # no healthcheck: deploy returns once the container runs (the gate that follows in a
+        # rollout probes it), maybe before httpd listens
+        async def served(port: int = prefix * 10 + n) -> bool:
+            with contextlib.suppress(OSError):
+                return await http_get(port, "/index.html") == (200, "from the release\n")
+            return False
+
+        await eventually(served, timeout=10)
     states = by_id(await provider.observe(service))
     assert set(states) == {"web-1", "web-2"}
     assert all(s.revision == "f1" and s.running for s in states.values())

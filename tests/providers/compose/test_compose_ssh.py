@@ -7,6 +7,7 @@ docker run *on that host*, through the SSH transport, exactly as on a real remot
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import uuid
@@ -24,6 +25,7 @@ from tests.helpers import need
 from tests.infra.testinfra import UP_HINT, Infra
 from tests.providers.compose.conftest import (
     _remove_environment,
+    eventually,
     free_port,
     http_get,
     make_resource,
@@ -212,8 +214,16 @@ async def test_replicas_over_ssh(ssh_provider, docker_ssh_host, environment, tes
     states = {s.instance.id: s for s in await provider.observe(service)}
     assert set(states) == {"web-1", "web-2"}
     assert all(s.revision == "r1" and s.running for s in states.values())
+    # their age, by the remote engine's clock (its offset read once with `docker info`)
+    assert all(s.up_for is not None and 0 <= s.up_for < 120 for s in states.values()), states
     for replica, port in port_of.items():
-        assert await http_get(port, "/index.html") == (200, "version v1\n"), replica
+        # no healthcheck: a deploy returns once the container runs, maybe before httpd listens
+        async def served(port: int = port) -> bool:
+            with contextlib.suppress(OSError):
+                return await http_get(port, "/index.html") == (200, "version v1\n")
+            return False
+
+        await eventually(served, timeout=10)
     base = project_name(service)
     document = docker_ssh_host.cat(f"/var/lib/fraisier/compose/{base}/replicas/2/compose.yaml")
     assert "$$PORT_2" in document and f"{base}_r2" not in document  # -p names the project
