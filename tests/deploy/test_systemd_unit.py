@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import re
 import shlex
-import socket
 import tarfile
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import ROOT, Wheels
+from tests.helpers import free_port as free_port  # re-exported: tests import it from here
 from tests.infra.testinfra import InfraHost, lease_any
 
 UNIT = ROOT / "systemd" / "reconciler.service"
@@ -66,13 +66,6 @@ systemctl reset-failed reconciler.service 2>/dev/null
 rm -rf /etc/fraisier /var/lib/fraisier /srv/fraisier-config /tmp/fraisier-wheels
 true
 """
-
-
-def free_port() -> int:
-    # The test hosts share this machine's network namespace: a free port here is free there.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tar_of(paths: list[Path]) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_port as free_port  # re-exported: tests import it from here
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = (ROOT / "examples" / "app" / "app.py").read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(repo: Path, *args: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+
+from tests.helpers import free_port as free_port  # re-exported: tests import it from here
 
 
 @dataclass
@@ -21,12 +22,6 @@ class ScriptedServer:
 
     def url(self, path: str = "/healthz") -> str:
         return f"http://{{host}}:{self.port}{path}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

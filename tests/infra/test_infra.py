@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -11,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import need
+from tests.helpers import free_port, need
 from tests.infra.testinfra import Infra, InfraHost
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -170,3 +163,11 @@ def test_compose_up_ps_down(
     assert down.returncode == 0, down.stderr
     with pytest.raises(OSError):
         http_get(f"http://127.0.0.1:{port}/health", timeout=1)
+
+
+def test_free_ports_are_below_the_ephemeral_range() -> None:
+    """A test server's port is never one an outgoing connection could take meanwhile."""
+    start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(50)}
+    assert all(1024 < p < start for p in ports), sorted(ports)
+    assert len(ports) > 1  # chosen at random: parallel workers rarely collide

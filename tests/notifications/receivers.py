@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import email
 import json
-import socket
 from dataclasses import dataclass, field
 from email.message import Message as Email
 from typing import Any
@@ -15,11 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiosmtpd.controller import Controller
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port
 
 
 class Mailbox:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from reconciler.rollout.analysis import QueryError, render_query, run_analysis
-from tests.helpers import need
+from tests.helpers import free_port, need
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,12 +31,6 @@ ERROR_RATE = (
     'sum(rate(app_requests_total{service="{name}",status="500"}[5s]))'
     ' / sum(rate(app_requests_total{service="{name}"}[5s]))'
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -35,15 +35,9 @@ from reconciler.rollout.traffic import (
     router_from_spec,
 )
 from reconciler.transport.local import LocalTransport
-from tests.helpers import need
+from tests.helpers import free_port, need
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- backends ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from reconciler.providers import ProviderContext, Release
 from reconciler.providers.bare_metal import BareMetalProvider, create_provider
 from reconciler.providers.bare_metal.procfs import start_time
 from reconciler.spec.model import Resource, ResourceKey
+from tests.helpers import free_port as free_port  # re-exported: tests import it from here
 
 ENV = "test"
 
@@ -52,12 +52,6 @@ server = http.server.HTTPServer(("127.0.0.1", port), Handler)
 print(f"listening on {port} revision {version}", flush=True)
 server.serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_resource(

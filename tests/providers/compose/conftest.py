@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,11 @@ import pytest
 from reconciler.providers import ProviderContext, Release
 from reconciler.providers.compose import ComposeProvider, create_provider
 from reconciler.spec.model import Resource, ResourceKey
+from tests.helpers import free_port as free_port  # re-exported: tests import it from here
 from tests.helpers import need
 from tests.infra.testinfra import UP_HINT, Infra
 
 IMAGE_REPO = "fraisier-compose-test"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _build(infra: Infra, base: str, tag: str, version_text: str, workdir: Path) -> None:

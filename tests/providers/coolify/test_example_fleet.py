@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.helpers import free_port
 
 from .conftest import ALL_ABILITIES
 from .fake_coolify import FakeApp, FakeCoolify
@@ -50,13 +51,6 @@ def example_service() -> dict[str, Any]:
 
 
 GOOD = example_service()["spec"]["coolify"]["gitCommitSha"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def run(*argv: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
