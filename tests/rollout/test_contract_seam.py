@@ -189,10 +189,15 @@ async def test_the_stay_up_rule_counts_the_age_the_platform_reports(
     assert min(last_age.values()) >= 1.0, last_age  # the verdict's look: up for 1 s
 
 
-def rechecking_target(fleet: Fleet) -> None:
+async def rechecked_rollout(fleet: Fleet, fake: dict[str, Any], interval: str) -> Any:
+    """``api`` (an exec probe every ``interval``) deployed on a Target whose provider declares
+    ``rechecks``, its deploy reporting the instance it started; the pass's result."""
     fleet.write("target", {"apiVersion": "fraisier.dev/v1", "kind": "Target",
                            "metadata": {"name": "fleet", "environment": "prod"},
                            "spec": {"provider": "fake", "instances": 2, "rechecks": True}})
+    health = {"exec": {"command": ["true"]}, "interval": interval, "timeout": "1s"}
+    fleet.service("api", {"reportsStart": True, "startedAgo": 0, **fake}, health=health)
+    return await fleet.engine.reconcile(fleet.load())
 
 
 async def test_the_gate_rechecks_the_instance_it_saw_where_the_provider_can(
@@ -200,11 +205,7 @@ async def test_the_gate_rechecks_the_instance_it_saw_where_the_provider_can(
     """A provider declaring ``rechecks`` answers the gate's later looks (its watcher, the
     stay-up look) with ``recheck`` of the instance its deploy reported: no observation at all
     after the deploy, and the verdict still waits for the age the platform reports."""
-    rechecking_target(fleet)
-    health = {"exec": {"command": ["true"]}, "interval": "200ms", "timeout": "1s"}
-    fleet.service("api", {"health": "none", "reportsStart": True, "startedAgo": 0},
-                  health=health)
-    result = await fleet.engine.reconcile(fleet.load())
+    result = await rechecked_rollout(fleet, {"health": "none"}, "200ms")
     assert result_of(result, API) == "succeeded"
     assert fleet.world.looks == {"api-1": 0, "api-2": 0}, fleet.world.looks
     assert set(fleet.world.rechecks) == {"api-1", "api-2"}, fleet.world.rechecks
@@ -218,11 +219,7 @@ async def test_an_instance_replaced_during_its_gate_fails_it_through_a_recheck(
         fleet: Fleet) -> None:
     """The recheck cannot vouch for a replaced instance (a new pid): the gate observes it
     and fails with what the observation says, as without ``rechecks``."""
-    rechecking_target(fleet)
-    health = {"exec": {"command": ["true"]}, "interval": "1s", "timeout": "1s"}
-    fleet.service("api", {"health": "none", "reportsStart": True, "startedAgo": 0,
-                          "restartsAfter": 0.1}, health=health)
-    result = await fleet.engine.reconcile(fleet.load())
+    result = await rechecked_rollout(fleet, {"health": "none", "restartsAfter": 0.1}, "1s")
     [outcome] = [o for o in result.outcomes if o.key == API]
     assert str(outcome.result) != "succeeded", outcome
     assert "restarted" in outcome.message, outcome.message
@@ -233,11 +230,7 @@ async def test_an_instance_replaced_during_its_gate_fails_it_through_a_recheck(
 async def test_no_recheck_of_an_instance_with_a_platform_health_signal(fleet: Fleet) -> None:
     """A recheck reports the health its instance had when seen: an instance whose platform
     has its own health signal is observed again instead (the signal may have changed)."""
-    rechecking_target(fleet)
-    health = {"exec": {"command": ["true"]}, "interval": "200ms", "timeout": "1s"}
-    fleet.service("api", {"health": "healthy", "reportsStart": True, "startedAgo": 0},
-                  health=health)
-    result = await fleet.engine.reconcile(fleet.load())
+    result = await rechecked_rollout(fleet, {"health": "healthy"}, "200ms")
     assert result_of(result, API) == "succeeded"
     assert fleet.world.rechecks == {}, fleet.world.rechecks
     assert all(looks > 0 for looks in fleet.world.looks.values()), fleet.world.looks
