@@ -57,9 +57,9 @@ def test_local_repo_lists_yaml_files_at_a_commit(repo: Path) -> None:
     assert not src.sync().changed
 
 
-def cat_files_running() -> list[int]:
-    """This process's child ``git cat-file`` processes that have not exited (nor been waited
-    for: a zombie counts)."""
+def cat_files_running(repo: Path) -> list[int]:
+    """This process's child ``git cat-file`` processes reading ``repo`` that have not exited
+    (another test of this worker may have left one of its own repository running)."""
     import os
 
     found = []
@@ -69,7 +69,8 @@ def cat_files_running() -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"cat-file" in cmdline:
+        if (int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"cat-file" in cmdline
+                and str(repo).encode() in cmdline):
             found.append(int(pid))
     return found
 
@@ -80,14 +81,14 @@ def test_close_stops_the_blob_reader_and_a_later_read_starts_it_again(repo: Path
     src = GitSource(str(repo), path="fleet")
     files = src.files(src.sync().commit)
     assert files[0].read() == b"a: 1\n"
-    assert len(cat_files_running()) == 1
+    assert len(cat_files_running(repo)) == 1
     src.close()
-    assert cat_files_running() == []
+    assert cat_files_running(repo) == []
     assert files[1].read() == b"b: 2\n"  # read on after close: a new reader
-    assert len(cat_files_running()) == 1
+    assert len(cat_files_running(repo)) == 1
     src.close()
     src.close()  # twice: nothing left to stop
-    assert cat_files_running() == []
+    assert cat_files_running(repo) == []
 
 
 def test_repo_path_inside_work_tree_means_that_folder(repo: Path) -> None:

@@ -143,8 +143,22 @@ def _remove_environment(infra: Infra, environment: str) -> None:
         )
 
 
-async def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+async def http_get(port: int, path: str = "/", timeout: float = 2.0,
+                   listening_within: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET. A refused connection is tried again for ``listening_within``
+    seconds: a deploy without a Docker healthcheck returns once the container runs, which may
+    be before its server listens (the health gate of a rollout waits for that; a provider test
+    does not have one)."""
+    deadline = time.monotonic() + listening_within
+    while True:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port), timeout)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.05)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
         await writer.drain()
