@@ -84,14 +84,22 @@ def by_id(states: list[Any]) -> dict[str, Any]:
 
 async def observe_instance_agrees(provider: ComposeProvider, resource: Any) -> None:
     """``observe_instance`` (the health gate's look at one replica: its own project only)
-    reports every replica as ``observe`` (every container of the resource) does."""
+    reports every replica as ``observe`` (every container of the resource) does; Docker's
+    healthcheck goes on between the two looks, so how far its streak got is not compared
+    (a CI rehearsal saw a failing streak of 3, then 4)."""
     full = by_id(await provider.observe(resource))
+
+    def steady(facts: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in facts.items()
+                if k not in ("health_failing_streak", "health_last_output")}
+
     for instance in await provider.instances(resource):
         one = await provider.observe_instance(resource, instance)
         want = full[instance.id]
-        assert (one.instance, one.revision, one.running, one.detail, one.facts) == (
-            want.instance, want.revision, want.running, want.detail, want.facts
+        assert (one.instance, one.revision, one.running, steady(one.facts)) == (
+            want.instance, want.revision, want.running, steady(want.facts)
         ), instance.id  # fmt: skip
+        assert one.detail.split(" (")[0] == want.detail.split(" (")[0], instance.id
 
 
 async def test_replicas_are_deployed_stopped_and_removed_one_by_one(
