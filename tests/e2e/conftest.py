@@ -136,6 +136,18 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str
         return exc.code, exc.read().decode()
 
 
+def greeting(port: int) -> str | None:
+    """The greeting the service on `port` answers with; None while no process answers it whole.
+    A rollout replaces the process: a request may be refused, reset, or cut off after the
+    headers (IncompleteRead) by the old process going away."""
+    import http.client
+
+    try:
+        return str(json.loads(http_get(port)[1])["greeting"])
+    except (OSError, http.client.HTTPException, ValueError, KeyError):
+        return None
+
+
 def stop_daemon(daemon: subprocess.Popen[str]) -> int:
     """SIGTERM, then the daemon's exit code within 30 s; killed (and the timeout raised) if it
     hangs."""

@@ -13,7 +13,14 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, stop_daemon, wait_for
+from tests.e2e.conftest import (
+    Fleet,
+    free_port,
+    greeting,
+    service_yaml,
+    stop_daemon,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,12 +34,6 @@ def get(url: str) -> tuple[int, str]:
     except OSError:
         return 0, ""
 
-
-def greeting(port: int) -> str | None:
-    try:
-        return str(json.loads(http_get(port)[1])["greeting"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def test_daemon_follows_commits(fleet: Fleet) -> None:

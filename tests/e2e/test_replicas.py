@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml, wait_for
+from tests.e2e.conftest import Fleet, free_port, greeting, service_yaml, wait_for
 from tests.helpers import need
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,12 +28,6 @@ def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with throwaway_url(str(request.param), tmp_path) as url:
         yield url
 
-
-def greeting(port: int) -> str | None:
-    try:
-        return str(json.loads(http_get(port)[1])["greeting"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def start(fleet: Fleet, db: str, state: Path) -> subprocess.Popen[bytes]:

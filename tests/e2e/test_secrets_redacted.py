@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, git, http_get, service_yaml, wait_for
+from tests.e2e.conftest import Fleet, free_port, git, greeting, http_get, service_yaml, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,12 +56,6 @@ def environ_of(pid: int) -> dict[str, str]:
     pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
     return {k.decode(): v.decode() for k, v in pairs}
 
-
-def greeting(port: int) -> str | None:
-    try:
-        return str(json.loads(http_get(port)[1])["greeting"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def test_secret_values_appear_nowhere(fleet: Fleet, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ poll interval."""
 
 from __future__ import annotations
 
+import http.client
 import math
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def deny_now_until(end: datetime) -> str:
 def serving(port: int) -> bool:
     try:
         return http_get(port, timeout=1.0)[0] == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, or cut off by the process going away
         return False
 
 

@@ -29,6 +29,7 @@ from tests.e2e.conftest import (
     Fleet,
     free_port,
     git,
+    greeting,
     http_get,
     service_yaml,
     stop_daemon,
@@ -69,12 +70,6 @@ def post_webhook(port: int, body: bytes, *, delivery: str, secret: str = SECRET,
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
 
-
-def greeting(port: int) -> str | None:
-    try:
-        return str(json.loads(http_get(port)[1])["greeting"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def ready(listen: int) -> bool:
