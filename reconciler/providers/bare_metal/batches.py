@@ -27,6 +27,11 @@ class RequestBatches(Generic[Req, Res]):
         self._runner: asyncio.Task[None] | None = None
         self.batches = 0  # remote commands run (tests read it)
 
+    @property
+    def busy(self) -> bool:
+        """A batch runs, or requests wait for the next one."""
+        return bool(self._pending) or (self._runner is not None and not self._runner.done())
+
     async def ask(self, request: Req) -> Res:
         future: asyncio.Future[Res] = asyncio.get_running_loop().create_future()
         self._pending.append((request, future))

@@ -83,6 +83,7 @@ from reconciler.providers.bare_metal.systemd import (
     UnitSettings,
     digest,
     exit_code_of,
+    observe_batcher,
     on_calendar,
     render_service_unit,
     render_timer_unit,
@@ -572,18 +573,26 @@ class SystemdSSHProvider:
         """Two SFTP reads, no process on the host (an observation starts a shell and
         ``systemctl``): the main process ``seen`` still there with the start time it had when
         last observed, and the host's uptime for its age. None whenever that is not certain
-        (gone, replaced, reads through sudo, a failed read): the caller observes then."""
+        (gone, replaced, reads through sudo, a failed read): the caller observes then. None as
+        well while another look at the host is under way: many Services gated at once on a host
+        are observed together, one command for all, which costs less than their rechecks."""
         pid = seen.identity.pid
         transport = self.transport_for(instance)
         known = self._seen_mains.get((resource.key, instance.id))
         if pid is None or known is None or known[0] != pid or not transport.reads_in_process:
             return None
+        looks = observe_batcher(transport)
+        if looks.looking:
+            return None
+        looks.rechecks += 1
         try:
             stat_raw, uptime_raw = await asyncio.gather(
                 transport.read_file(f"/proc/{pid}/stat", limit=PROC_READ_LIMIT),
                 transport.read_file("/proc/uptime", limit=PROC_READ_LIMIT))
         except ProviderError:
             return None
+        finally:
+            looks.rechecks -= 1
         stat_line = (stat_raw or b"").decode(errors="replace")
         stat = procfs.stat_of(pid, stat_line)
         if stat is None or stat.dead or stat.start_time != known[1]:

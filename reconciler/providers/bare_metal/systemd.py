@@ -519,10 +519,18 @@ class ObserveBatcher:
         # unit -> ("MainPID/ExecMainStartTimestamp", cwd) of its process as last observed: a
         # process's identity does not come back, so its cwd is not asked for again
         self.cwds: dict[str, tuple[str, str]] = {}
+        # the provider's rechecks of this host's processes (SFTP reads of /proc) under way
+        self.rechecks = 0
 
     @property
     def batches(self) -> int:  # remote commands run (tests read it)
         return self._batches.batches if self._batches is not None else 0
+
+    @property
+    def looking(self) -> bool:
+        """Another look at this host is under way: an observation batch running or waiting,
+        or a recheck. A look that joins the next batch then costs less than a recheck."""
+        return self.rechecks > 0 or (self._batches is not None and self._batches.busy)
 
     async def observe(self, group: Group,
                       run: Callable[[Sequence[Group]], Awaitable[list[dict[str, str]]]]

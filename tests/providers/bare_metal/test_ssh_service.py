@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from reconciler.health import wait_healthy
-from reconciler.providers import Instance, Provider, ProviderContext, load_provider
+from reconciler.providers import Instance, Provider, ProviderContext, load_provider, look_again
 from reconciler.providers.bare_metal import SystemdSSHProvider, create_provider
 from reconciler.providers.bare_metal.remote import DEFAULT_ROOT
+from reconciler.providers.bare_metal.systemd import observe_batcher
 from tests.providers.bare_metal.conftest import (
     ENV,
     HostApp,
@@ -320,6 +321,50 @@ async def test_a_recheck_vouches_for_the_process_seen_without_a_command(
     later = await ssh_provider.observe_instance(resource, instance)
     await ssh_provider.stop(resource, instance)
     assert await ssh_provider.recheck(resource, instance, later) is None
+
+
+@pytest.mark.timeout(120)
+async def test_looks_at_many_services_of_a_host_at_once_are_one_observation(
+        ssh_provider: SystemdSSHProvider, host_app: HostApp, ssh_hosts: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Health gates of many Services on a host look again at the same moment (a fleet's
+    rollout): one observation command answers them together, for less than a recheck each.
+    Only a look alone on its host is a recheck."""
+    resources = [make_resource(f"idle{n}", host_app_spec(command=["sleep", "600"]))
+                 for n in range(6)]
+    [instance, _] = await ssh_provider.instances(resources[0])
+    seen = [await ssh_provider.deploy(host_app.release(r, "v1"), instance) for r in resources]
+    assert all(s is not None and s.running for s in seen)
+    transport = ssh_provider.transport_for(instance)
+    reads: list[str] = []
+    read_file = transport.read_file
+
+    async def counted_read(remote: str, **kwargs: Any) -> bytes | None:
+        reads.append(remote)
+        return await read_file(remote, **kwargs)
+
+    batcher = observe_batcher(transport)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(transport, "read_file", counted_read)
+            commands = batcher.batches
+            looks = await asyncio.gather(*(
+                look_again(ssh_provider, r, instance, s)
+                for r, s in zip(resources, seen, strict=True)))
+            together = batcher.batches - commands
+            stat_reads = len([r for r in reads if r.endswith("/stat")])
+            alone = await look_again(ssh_provider, resources[0], instance, looks[0])
+        assert all(look is not None and s is not None and look.running
+                   and look.identity.same_as(s.identity)
+                   for look, s in zip(looks, seen, strict=True))
+        assert stat_reads <= 1 and together == 1, (stat_reads, together)
+        # alone on its host, the look is a recheck: two reads, no command
+        assert alone is not None and looks[0] is not None
+        assert alone.identity.same_as(looks[0].identity)
+        assert batcher.batches - commands == together and len(reads) == stat_reads * 2 + 2
+    finally:
+        for resource in resources:
+            await ssh_provider.stop(resource, instance)
 
 
 @pytest.mark.timeout(120)
