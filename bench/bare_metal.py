@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+from _python_env import installed_env  # noqa: E402
 from _units import sandbox_lines  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
@@ -263,12 +264,8 @@ def main() -> None:
 
     with lease_all(infra.hosts), tempfile.TemporaryDirectory(prefix="fraisier-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        # Every method runs with byte-compiled code, as an installed reconciler (pip, the
-        # container image) does: a shell with PYTHONDONTWRITEBYTECODE=1 (a dev session's)
-        # would compile all of reconciler/ from source at every run, ~0.1-0.3 s of "fixed
-        # cost" no deployment pays. The untimed warm-up runs write the caches.
-        py_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        py_env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        # Every method runs byte-compiled (_python_env); the untimed warm-ups write the caches.
+        py_env = installed_env(tmp / "pycache")
         for host in hosts:
             host.reset()
             host.run(["rm", "-rf", "/srv/bench-plain", "/srv/bench-ansible"])

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from _figures import Figure, add_json_flag, at_most, emit
+from _python_env import installed_env
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -126,14 +127,13 @@ class Reconciler:
         self.repo, self.state = tmp / "config", tmp / "state"
         self.repo.mkdir()
         self.infra, self.compose, self.port, self.interval = infra, compose, port, interval
-        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env = installed_env(tmp / "pycache")
         self.env.update(GIT_ENV)
         if from_source:
             # the installed packages' and the standard library's caches are used, the project's
             # own modules are compiled at every run (no caches are written beside them)
+            del self.env["PYTHONPYCACHEPREFIX"]
             self.env["PYTHONDONTWRITEBYTECODE"] = "1"
-        else:
-            self.env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         self.git("init", "-q", "-b", "main")
         target = {
             "provider": "compose",

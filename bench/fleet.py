@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+from _python_env import installed_env  # noqa: E402
 from _units import sandbox_lines  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
@@ -244,8 +245,7 @@ class Fleet:
         self.ansible_bin = ansible_bin
         self.pool = ThreadPoolExecutor(max_workers=len(hosts))
         self.extra: dict[tuple[int, int], dict[str, str]] = {}  # (h, i) -> env of one unit
-        self.py_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        self.py_env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        self.py_env = installed_env(tmp / "pycache")
         self.repo = tmp / "config"
         self.state = tmp / "state"
         self.rev = "v0"

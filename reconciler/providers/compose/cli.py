@@ -8,6 +8,7 @@ the name: a standalone ``docker-compose`` binary may well be v2.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
@@ -85,9 +86,17 @@ def _plugin_paths(env: Mapping[str, str]) -> list[str]:
     return [posixpath.join(d, "docker-compose") for d in dirs]
 
 
-async def _standalone_plugin(
-    transport: Transport, version: str, env: Mapping[str, str]
-) -> tuple[str, ...]:
+async def _plugin_versions(
+    transport: Transport, env: Mapping[str, str]
+) -> list[tuple[str, str | None]]:
+    """Each place the docker CLI looks the compose plugin up, in its order, with the version
+    its binary answers there (None: none there, or it does not answer)."""
+    paths = _plugin_paths(env)
+    versions = await asyncio.gather(*(_version(transport, [path], env) for path in paths))
+    return list(zip(paths, versions, strict=True))
+
+
+def _standalone(version: str, plugins: Sequence[tuple[str, str | None]]) -> tuple[str, ...]:
     """The compose plugin's own binary, run standalone (as a ``docker-compose`` v2 binary is),
     when it answers the version ``docker compose`` did; else ``docker compose`` itself.
 
@@ -96,10 +105,16 @@ async def _standalone_plugin(
     ``up`` per replica, five at once with maxParallel 5, so on a small Docker host that start-up
     was a good part of the time. The binary is the same, and compose v2 runs the same code
     standalone (that is how the ``docker-compose`` v2 binary works)."""
-    for path in _plugin_paths(env):
-        if await _version(transport, [path], env) == version:
+    for path, answered in plugins:
+        if answered == version:
             return (path,)
     return PLUGIN
+
+
+async def _standalone_plugin(
+    transport: Transport, version: str, env: Mapping[str, str]
+) -> tuple[str, ...]:
+    return _standalone(version, await _plugin_versions(transport, env))
 
 
 async def detect(
@@ -129,13 +144,20 @@ async def detect(
         if shlex.join(command) in tried:
             continue
         tried.append(shlex.join(command))
-        version = await _version(transport, command, env)
+        plugins: Sequence[tuple[str, str | None]] = ()
+        if tuple(command) == PLUGIN:
+            # the plugin's binaries answer beside the docker CLI, not after it: one process's
+            # start-up on the way to the first deploy instead of two
+            version, plugins = await asyncio.gather(
+                _version(transport, command, env), _plugin_versions(transport, env))
+        else:
+            version = await _version(transport, command, env)
         if version is None:
             continue
         cli = ComposeCLI(tuple(command), version)
         if preference == "auto" or (preference == "v2") == cli.is_v2:
             if cli.command == PLUGIN and cli.is_v2:
-                cli = ComposeCLI(await _standalone_plugin(transport, version, env), version)
+                cli = ComposeCLI(_standalone(version, plugins), version)
             return cli
     raise ProviderError(
         f"{transport.host_id}: no Docker Compose {preference} found (tried {', '.join(tried)})",

@@ -276,11 +276,22 @@ class Deployer:
             raise
 
     async def _make_replica_plan(self, release: Release) -> _ReplicaPlan:
+        # The compose CLI's detection (processes, once per host) goes on beside the export and
+        # the engine's answers about images.
+        detecting = asyncio.ensure_future(self.host.cli())
+        try:
+            return await self._plan_with(release, detecting)
+        finally:
+            if not detecting.done():
+                detecting.cancel()
+            await asyncio.gather(detecting, return_exceptions=True)
+
+    async def _plan_with(self, release: Release, detecting: asyncio.Future[ComposeCLI]
+                         ) -> _ReplicaPlan:
         resource = release.resource
         prepared = await self.host.prepare(release)  # renders the template, exports files once
         template = prepared.rendered
         base = template.project
-        cli = await self.host.cli()
         env = self.host.env(release, template)
         policy = pull_policy(resource)
         # Images: checked (never), pulled when absent (missing) or pulled (always) once for the
@@ -289,6 +300,7 @@ class Deployer:
         for service in template.services:
             if policy == "always" or await self.host.engine.image(template.images[service]) is None:
                 absent.append(service)
+        cli = await detecting
         if absent and policy == "never":
             ref = template.images[absent[0]]
             raise ProviderError(

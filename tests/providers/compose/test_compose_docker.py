@@ -522,6 +522,37 @@ async def test_compose_plugin_runs_standalone(docker_engine: Infra, tmp_path: Pa
     assert (await detect(transport, "v2", None, env)).command == cli.command
 
 
+@pytest.mark.timeout(60)
+async def test_compose_plugin_binaries_answer_beside_the_docker_cli(docker_engine: Infra,
+                                                                    tmp_path: Path):
+    """The detection on the way to a first deploy: the plugin's binaries are asked their
+    version while `docker compose` starts, not after it answered (one process start-up on the
+    critical path instead of two); the CLI found is the same."""
+    from reconciler.providers.compose.cli import PLUGIN, detect
+    from reconciler.providers.compose.host import local_base_env
+
+    env = {**local_base_env(docker_engine.docker_host), "HOME": str(tmp_path)}
+    env.pop("DOCKER_CONFIG", None)
+    plain = LocalTransport()
+    found = await plain.run([*PLUGIN, "version", "--short"], env=env, timeout=15)
+    need(found.ok, "the docker compose plugin is not installed")
+    events: list[tuple[str, tuple[str, ...]]] = []
+
+    class Recording(LocalTransport):
+        async def run(self, argv: Any, **kwargs: Any) -> Any:
+            events.append(("start", tuple(argv)))
+            try:
+                return await super().run(argv, **kwargs)
+            finally:
+                events.append(("end", tuple(argv)))
+
+    cli = await detect(Recording(), "auto", None, env)
+    assert cli == await detect(plain, "auto", None, env) and cli.command != PLUGIN
+    plugin_start = events.index(("start", (*cli.command, "version", "--short")))
+    docker_cli_end = events.index(("end", (*PLUGIN, "version", "--short")))
+    assert plugin_start < docker_cli_end, events
+
+
 async def test_stop_ends_a_job_run_in_progress(make_provider, environment, test_images):
     provider = make_provider()
     spec = {
