@@ -66,6 +66,17 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=True, trust_env=False)
 
 
+@functools.cache
+def _no_tls_context() -> ssl.SSLContext:
+    """The context of a probe of an ``http://`` URL, which never does TLS (redirects are not
+    followed): verifying, without trust anchors, so the CA bundle is not loaded for it."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def _is_https(url: str) -> bool:
+    return url.lstrip()[:8].lower() == "https://"
+
+
 async def _probe_http(
     spec: Mapping[str, Any], instance: Instance, limit_s: float
 ) -> tuple[bool, str]:
@@ -80,7 +91,8 @@ async def _probe_http(
         async with (
             asyncio.timeout(timeout),
             httpx.AsyncClient(
-                timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()
+                timeout=timeout, follow_redirects=False, trust_env=False,
+                verify=_tls_context() if _is_https(url) else _no_tls_context(),
             ) as client,
             client.stream("GET", url) as response,
         ):

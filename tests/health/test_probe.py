@@ -203,6 +203,28 @@ def test_duration_defaults_and_errors() -> None:
         to_seconds("", 1.0)
 
 
+@pytest.mark.timeout(30)
+async def test_an_http_probe_loads_no_ca_bundle(server: ScriptedServer) -> None:
+    """A probe of an http:// URL never does TLS (redirects are not followed): the process
+    does not load the CA bundle for it (~30 ms of CPU, on a first gate's way). A process of
+    its own: the verifying context, once made, is kept for the process's later probes."""
+    script = f"""
+import asyncio, httpx
+made = []
+create = httpx.create_ssl_context
+httpx.create_ssl_context = lambda *a, **k: made.append(a) or create(*a, **k)
+from reconciler.health import probe
+from reconciler.providers import Instance
+result = asyncio.run(probe({{"http": {{"url": "{server.url()}"}}}}, Instance("local", "127.0.0.1")))
+print(result.ok, len(made))
+"""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    out, err = await asyncio.wait_for(proc.communicate(), 25)
+    assert out.decode().split() == ["True", "0"], err.decode()
+
+
 @pytest.mark.timeout(20)
 async def test_https_verifies_certificates_on_every_probe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

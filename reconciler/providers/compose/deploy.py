@@ -279,6 +279,7 @@ class Deployer:
         # The compose CLI's detection (processes, once per host) goes on beside the export and
         # the engine's answers about images.
         detecting = asyncio.ensure_future(self.host.cli())
+        await asyncio.sleep(0)  # its processes start before this task's first engine request
         try:
             return await self._plan_with(release, detecting)
         finally:
