@@ -1,14 +1,15 @@
 """The compose command line (v2 ``docker compose`` or v1 ``docker-compose``), as argv lists.
 
-Which binary: ``docker.compose`` on the Target — ``auto`` (default: ``docker compose`` when the
-plugin answers, else ``docker-compose``), ``v2`` or ``v1`` — or an explicit argv prefix in
-``docker.composeCommand``. The major version is read from ``version --short``, not guessed from
+Which binary: ``docker.compose`` on the Target — ``auto`` (default: the compose plugin when it
+answers, its binary run standalone from where the docker CLI finds it, else ``docker-compose``),
+``v2`` or ``v1`` — or an explicit argv prefix in ``docker.composeCommand``. The major version is read from ``version --short``, not guessed from
 the name: a standalone ``docker-compose`` binary may well be v2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
@@ -76,14 +77,56 @@ async def _version(
     return text.splitlines()[-1].strip() if text else None
 
 
-def _plugin_paths(env: Mapping[str, str]) -> list[str]:
-    dirs = list(SYSTEM_PLUGIN_DIRS)
-    config = env.get("DOCKER_CONFIG") or (
+def _config_dir(env: Mapping[str, str]) -> str | None:
+    """The docker CLI's configuration folder."""
+    return env.get("DOCKER_CONFIG") or (
         posixpath.join(env["HOME"], ".docker") if env.get("HOME") else None
     )
+
+
+def _plugin_paths(env: Mapping[str, str]) -> list[str]:
+    dirs = list(SYSTEM_PLUGIN_DIRS)
+    config = _config_dir(env)
     if config:
         dirs.insert(0, posixpath.join(config, "cli-plugins"))
     return [posixpath.join(d, "docker-compose") for d in dirs]
+
+
+async def _extra_plugin_dirs(transport: Transport, env: Mapping[str, str]) -> bool:
+    """Whether the docker CLI's config.json names plugin folders of its own
+    (``cliPluginsExtraDirs``, searched after the config folder's and before the system ones);
+    an unreadable one counts as naming some."""
+    config = _config_dir(env)
+    if not config:
+        return False
+    try:
+        raw = await transport.read_file(posixpath.join(config, "config.json"))
+    except ProviderError:
+        return True
+    if raw is None:
+        return False
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return True
+    return not isinstance(data, dict) or bool(data.get("cliPluginsExtraDirs"))
+
+
+async def _plugin_binary(transport: Transport, env: Mapping[str, str]) -> ComposeCLI | None:
+    """The compose plugin's binary the docker CLI would run for ``docker compose``, run
+    standalone, found without starting the docker CLI (its start-up, ~60 ms, comes before
+    the first deploy of every ``apply``): the first place in the docker CLI's order with a
+    binary that answers a v2 version. None when its config names plugin folders of its own,
+    which only the docker CLI reads, or none answers."""
+    extra, plugins = await asyncio.gather(
+        _extra_plugin_dirs(transport, env), _plugin_versions(transport, env))
+    if extra:
+        return None
+    for path, version in plugins:
+        if version is not None:
+            cli = ComposeCLI((path,), version)
+            return cli if cli.is_v2 else None
+    return None
 
 
 async def _plugin_versions(
@@ -144,20 +187,17 @@ async def detect(
         if shlex.join(command) in tried:
             continue
         tried.append(shlex.join(command))
-        plugins: Sequence[tuple[str, str | None]] = ()
         if tuple(command) == PLUGIN:
-            # the plugin's binaries answer beside the docker CLI, not after it: one process's
-            # start-up on the way to the first deploy instead of two
-            version, plugins = await asyncio.gather(
-                _version(transport, command, env), _plugin_versions(transport, env))
-        else:
-            version = await _version(transport, command, env)
+            binary = await _plugin_binary(transport, env)
+            if binary is not None:
+                return binary
+        version = await _version(transport, command, env)
         if version is None:
             continue
         cli = ComposeCLI(tuple(command), version)
         if preference == "auto" or (preference == "v2") == cli.is_v2:
             if cli.command == PLUGIN and cli.is_v2:
-                cli = ComposeCLI(_standalone(version, plugins), version)
+                cli = ComposeCLI(await _standalone_plugin(transport, version, env), version)
             return cli
     raise ProviderError(
         f"{transport.host_id}: no Docker Compose {preference} found (tried {', '.join(tried)})",

@@ -523,12 +523,13 @@ async def test_compose_plugin_runs_standalone(docker_engine: Infra, tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-async def test_compose_plugin_binaries_answer_beside_the_docker_cli(docker_engine: Infra,
-                                                                    tmp_path: Path):
-    """The detection on the way to a first deploy: the plugin's binaries are asked their
-    version while `docker compose` starts, not after it answered (one process start-up on the
-    critical path instead of two); the CLI found is the same."""
-    from reconciler.providers.compose.cli import PLUGIN, detect
+async def test_compose_plugin_binary_found_without_the_docker_cli(docker_engine: Infra,
+                                                                  tmp_path: Path):
+    """The detection on the way to a first deploy finds the plugin's binary where the docker
+    CLI would, without starting the docker CLI (`docker compose version`); the same CLI as
+    through it. Only when the docker CLI's config names plugin folders of its own
+    (cliPluginsExtraDirs), which only it reads, does `docker compose` answer first."""
+    from reconciler.providers.compose.cli import PLUGIN, _standalone_plugin, detect
     from reconciler.providers.compose.host import local_base_env
 
     env = {**local_base_env(docker_engine.docker_host), "HOME": str(tmp_path)}
@@ -536,21 +537,25 @@ async def test_compose_plugin_binaries_answer_beside_the_docker_cli(docker_engin
     plain = LocalTransport()
     found = await plain.run([*PLUGIN, "version", "--short"], env=env, timeout=15)
     need(found.ok, "the docker compose plugin is not installed")
-    events: list[tuple[str, tuple[str, ...]]] = []
+    version = found.stdout.decode().strip().splitlines()[-1]
+    ran: list[tuple[str, ...]] = []
 
     class Recording(LocalTransport):
         async def run(self, argv: Any, **kwargs: Any) -> Any:
-            events.append(("start", tuple(argv)))
-            try:
-                return await super().run(argv, **kwargs)
-            finally:
-                events.append(("end", tuple(argv)))
+            ran.append(tuple(argv))
+            return await super().run(argv, **kwargs)
 
     cli = await detect(Recording(), "auto", None, env)
-    assert cli == await detect(plain, "auto", None, env) and cli.command != PLUGIN
-    plugin_start = events.index(("start", (*cli.command, "version", "--short")))
-    docker_cli_end = events.index(("end", (*PLUGIN, "version", "--short")))
-    assert plugin_start < docker_cli_end, events
+    assert cli.version == version and cli.is_v2
+    assert cli.command == await _standalone_plugin(plain, version, env) != PLUGIN
+    assert (*PLUGIN, "version", "--short") not in ran, ran
+
+    config = tmp_path / ".docker"
+    config.mkdir()
+    (config / "config.json").write_text('{"cliPluginsExtraDirs": ["/nonexistent/plugins"]}')
+    ran.clear()
+    assert await detect(Recording(), "auto", None, env) == cli
+    assert (*PLUGIN, "version", "--short") in ran, ran
 
 
 async def test_stop_ends_a_job_run_in_progress(make_provider, environment, test_images):
