@@ -367,11 +367,11 @@ def _code_key() -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
-def _validator_code(kind: str) -> tuple[str, CodeType]:
-    """(name of the validating function, code of the module defining it) for one kind."""
+def _validator_code(kind: str, bundled: dict[str, Any]) -> tuple[str, CodeType]:
+    """(name of the validating function, code of the module defining it) for one kind, from
+    its bundled schema."""
     import fastjsonschema
 
-    bundled = bundle(KIND_SCHEMAS[kind])
     inlined = _inline_refs({k: v for k, v in bundled.items() if k != "$defs"}, bundled)
     inlined["$defs"] = bundled["$defs"]  # still the target of any recursive $ref
     # without detailed exceptions the generated code does not embed the schema in every raise
@@ -387,8 +387,11 @@ def fast_validator(kind: str) -> Callable[[Any], Any]:
     store, name = _code_store, f"validator-{kind}"
     entry = store.get_code(name, _code_key()) if store is not None else None
     if entry is None:
+        # schema files that cannot be read are an error of the installation, not a construct
+        # to validate another way: raised, with where they were looked for
+        bundled = bundle(KIND_SCHEMAS[kind])
         try:
-            entry = _validator_code(kind)
+            entry = _validator_code(kind, bundled)
         except Exception as exc:  # a construct fastjsonschema cannot compile: stay correct
             logger.warning(
                 "schema of %s cannot be compiled by fastjsonschema (%s); validating it with "

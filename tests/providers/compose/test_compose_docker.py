@@ -392,8 +392,11 @@ services:
     assert states["web-1"].facts["image"] == test_images["v2"]
     # ./site resolved next to the compose file, in the release's exported files
     assert await http_get(port, "/index.html") == (200, "from the release\n")
-    lines = await provider.logs(service, instances[0])
-    assert any(line.startswith("tick ") for line in lines), lines
+
+    async def ticked() -> bool:  # the worker's deploy returned once it ran: it ticks soon after
+        return any(line.startswith("tick ") for line in await provider.logs(service, instances[0]))
+
+    await eventually(ticked, timeout=10)
 
     # replicas: 2 scales both listed services; two httpds cannot bind the same host port, so
     # one of the two web replicas (whichever lost the race) fails, visibly per instance.

@@ -259,7 +259,12 @@ async def test_strategy_change_moves_replicas_without_duplicates(
         replica_project(base, 1),
         replica_project(base, 2),
     ]
-    assert "replica=2" in "\n".join(await provider.logs(rolling, instances[1]))
+
+    async def says_its_replica() -> bool:
+        # a deploy returns once the container runs: its first line may come a moment later
+        return "replica=2" in "\n".join(await provider.logs(rolling, instances[1]))
+
+    await eventually(says_its_replica, timeout=10)
     # The docker-CLI engine (ssh:// hosts) lists the same labels as the engine API.
     cli_engine = CliEngine(LocalTransport(), [docker_engine.docker_cli])
     keys = ["com.docker.compose.project", "dev.fraisier.replica"]
@@ -290,8 +295,12 @@ async def test_strategy_change_moves_replicas_without_duplicates(
     await cli_engine.create_volume(made, {"com.docker.compose.project": base}, None, {})  # exists
     assert made in await provider.engine.volumes({"com.docker.compose.project": base})
     await provider.engine.remove_volume(made)
-    logs = [line for i in instances for line in await provider.logs(back, i)]
-    assert any(line.startswith("boots=6") for line in logs), logs
+
+    async def booted_six_times() -> bool:
+        logs = [line for i in instances for line in await provider.logs(back, i)]
+        return any(line.startswith("boots=6") for line in logs)
+
+    await eventually(booted_six_times, timeout=10)
 
 
 async def test_compose_file_replicas_share_one_export(make_provider, environment, test_images):
