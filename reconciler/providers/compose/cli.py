@@ -2,8 +2,9 @@
 
 Which binary: ``docker.compose`` on the Target — ``auto`` (default: the compose plugin when it
 answers, its binary run standalone from where the docker CLI finds it, else ``docker-compose``),
-``v2`` or ``v1`` — or an explicit argv prefix in ``docker.composeCommand``. The major version is read from ``version --short``, not guessed from
-the name: a standalone ``docker-compose`` binary may well be v2.
+``v2`` or ``v1`` — or an explicit argv prefix in ``docker.composeCommand``. The major version is
+read from ``version --short``, not guessed from the name: a standalone ``docker-compose`` binary
+may well be v2.
 """
 
 from __future__ import annotations
