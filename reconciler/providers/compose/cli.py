@@ -113,16 +113,11 @@ async def _extra_plugin_dirs(transport: Transport, env: Mapping[str, str]) -> bo
     return not isinstance(data, dict) or bool(data.get("cliPluginsExtraDirs"))
 
 
-async def _plugin_binary(transport: Transport, env: Mapping[str, str]) -> ComposeCLI | None:
+def _plugin_binary(plugins: Sequence[tuple[str, str | None]]) -> ComposeCLI | None:
     """The compose plugin's binary the docker CLI would run for ``docker compose``, run
     standalone, found without starting the docker CLI (its start-up, ~60 ms, comes before
-    the first deploy of every ``apply``): the first place in the docker CLI's order with a
-    binary that answers a v2 version. None when its config names plugin folders of its own,
-    which only the docker CLI reads, or none answers."""
-    extra, plugins = await asyncio.gather(
-        _extra_plugin_dirs(transport, env), _plugin_versions(transport, env))
-    if extra:
-        return None
+    the first deploy of every ``apply``): the first place in the docker CLI's order
+    (``plugins``) with a binary that answers, when it answers a v2 version."""
     for path, version in plugins:
         if version is not None:
             cli = ComposeCLI((path,), version)
@@ -158,6 +153,7 @@ def _standalone(version: str, plugins: Sequence[tuple[str, str | None]]) -> tupl
 async def _standalone_plugin(
     transport: Transport, version: str, env: Mapping[str, str]
 ) -> tuple[str, ...]:
+    """``_standalone`` with a lookup of its own (``detect`` reuses the one it made)."""
     return _standalone(version, await _plugin_versions(transport, env))
 
 
@@ -188,8 +184,13 @@ async def detect(
         if shlex.join(command) in tried:
             continue
         tried.append(shlex.join(command))
+        plugins: Sequence[tuple[str, str | None]] = ()
         if tuple(command) == PLUGIN:
-            binary = await _plugin_binary(transport, env)
+            extra, plugins = await asyncio.gather(
+                _extra_plugin_dirs(transport, env), _plugin_versions(transport, env))
+            # with plugin folders of its own in its config, which only the docker CLI reads,
+            # `docker compose` says which plugin it runs
+            binary = None if extra else _plugin_binary(plugins)
             if binary is not None:
                 return binary
         version = await _version(transport, command, env)
@@ -198,7 +199,7 @@ async def detect(
         cli = ComposeCLI(tuple(command), version)
         if preference == "auto" or (preference == "v2") == cli.is_v2:
             if cli.command == PLUGIN and cli.is_v2:
-                cli = ComposeCLI(await _standalone_plugin(transport, version, env), version)
+                cli = ComposeCLI(_standalone(version, plugins), version)
             return cli
     raise ProviderError(
         f"{transport.host_id}: no Docker Compose {preference} found (tried {', '.join(tried)})",
