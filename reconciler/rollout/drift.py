@@ -2,8 +2,12 @@
 
 One observation is a round trip to the Service's hosts; a fleet of 1,000 Services observed one
 after another spent a whole round trip per Service before the pass could start. They are
-observed at once, up to ``OBSERVE_CONCURRENCY`` in flight (the SSH transport further caps the
-channels per host connection).
+observed at once, as the pass rolls out: the limit follows the Targets (their hosts), not the
+count of resources. Each Target has up to ``OBSERVE_CONCURRENCY`` observations in flight, or all
+of its Services where its provider bounds and batches the looks at each host itself
+(``host_batching``: the SSH provider joins a host's concurrent looks into one remote command);
+``MAX_IN_FLIGHT`` in all. A limit over all resources in plan order (the plan sorts by Target)
+looked at one or two of 20 one-host Targets at a time.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import ReconcilerError
 from reconciler.plan.planner import BLOCKED, UNCHANGED, PlanItem
-from reconciler.spec.model import DesiredState, ResourceKey
+from reconciler.rollout.core import MAX_IN_FLIGHT
+from reconciler.spec.model import DesiredState, Resource, ResourceKey
 
 if TYPE_CHECKING:
     from reconciler.rollout.engine import Reconciler
 
 log = logging.getLogger("reconciler.rollout")
 
-OBSERVE_CONCURRENCY = 64
+OBSERVE_CONCURRENCY = 64  # per Target whose provider does not batch its looks per host
 
 
 async def drifted(engine: Reconciler, desired: DesiredState,
@@ -30,12 +35,24 @@ async def drifted(engine: Reconciler, desired: DesiredState,
     items = [item for item in (await engine.plan(desired)).items
              if item.action in (UNCHANGED, BLOCKED) and item.key.kind == "Service"
              and item.resource is not None and item.record is not None]
-    slots = asyncio.Semaphore(max(1, concurrency))
+    in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+    per_target: dict[ResourceKey | None, asyncio.Semaphore] = {}
     out: set[ResourceKey] = set()
+
+    def slots(resource: Resource) -> asyncio.Semaphore:
+        target = desired.target_of(resource)
+        key = target.key if target is not None else None
+        sem = per_target.get(key)
+        if sem is None:
+            batched = target is not None and _looks_batched(engine, target)
+            sem = per_target[key] = asyncio.Semaphore(
+                MAX_IN_FLIGHT if batched else max(1, concurrency))
+        return sem
 
     async def check(item: PlanItem) -> None:
         assert item.resource is not None and item.record is not None
-        async with slots:
+        # the Target's slot first: a Target at its limit holds none of the shared ones
+        async with slots(item.resource), in_flight:
             try:
                 if await engine.drift_of(item.resource, item.record, desired) is not None:
                     out.add(item.key)
@@ -45,3 +62,11 @@ async def drifted(engine: Reconciler, desired: DesiredState,
 
     await asyncio.gather(*(check(i) for i in items))
     return out
+
+
+def _looks_batched(engine: Reconciler, target: Resource) -> bool:
+    """Whether the Target's provider joins concurrent looks at a host (``host_batching``)."""
+    try:
+        return engine.provider_for(target).capabilities.host_batching
+    except ReconcilerError:  # a Target that cannot load: its observations fail, each says why
+        return False

@@ -42,6 +42,9 @@ TARGET_SCHEMA: dict[str, Any] = {
     "properties": {
         "provider": {"const": "fake", "description": "The fake provider."},
         "instances": {"type": "integer", "minimum": 1, "description": "Instances per Service."},
+        "hostBatching": {"type": "boolean",
+                         "description": "Declare ``host_batching``: the provider bounds and "
+                                        "batches its actions per host itself."},
         "rechecks": {"type": "boolean",
                      "description": "Declare ``rechecks``: a cheap look again at an instance "
                                     "already seen (``recheck``)."},
@@ -139,7 +142,9 @@ class FakeProvider:
         self.world = world
         self.count = int(target.spec.get("instances", 1))
         if target.spec.get("rechecks"):
-            self.capabilities = replace(FakeProvider.capabilities, rechecks=True)
+            self.capabilities = replace(self.capabilities, rechecks=True)
+        if target.spec.get("hostBatching"):
+            self.capabilities = replace(self.capabilities, host_batching=True)
 
     def _slot(self, instance: Instance) -> Slot | None:
         """The instance's slot as of now (a restart scheduled by ``restartsAfter`` done)."""
