@@ -13,7 +13,7 @@ from reconciler.daemon.jitter import jittered
 from reconciler.errors import ReconcilerError, UnexpectedError
 from reconciler.notifications.sink import EventSink
 from reconciler.observe import metrics
-from reconciler.rollout.drift import LookSlots
+from reconciler.rollout.drift import LooksByTarget
 from reconciler.rollout.engine import Reconciler
 from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state.store import ResourceRecord, Store
@@ -77,7 +77,7 @@ class SelfHeal:
     async def check(self, desired: DesiredState) -> dict[ResourceKey, str]:
         """One check of every applied Service this daemon owns: the drifted ones with what
         drifted; the statuses and the drift metric are updated. The Services are looked at
-        concurrently, as ``apply``'s live look does (``LookSlots``: per Target, so a host's
+        concurrently, as ``apply``'s live look does (``LooksByTarget``: per Target, so a host's
         looks join one remote command where the provider batches them)."""
         drifted: dict[ResourceKey, str] = {}
         observed: list[ResourceKey] = []  # running as recorded: healthy, seen now
@@ -86,21 +86,20 @@ class SelfHeal:
         now = datetime.now(UTC)
         locked = {lock.name for lock in await self._store.list_locks()
                   if lock.expires_at > now}
-        slots = LookSlots(self._engine, desired)
+        applied: dict[ResourceKey, ResourceRecord] = {}
 
-        async def look(resource: Resource, record: ResourceRecord) -> None:
-            async with slots.slot(resource):
-                try:
-                    detail = await self._engine.drift_of(resource, record, desired)
-                except ReconcilerError as exc:
-                    log.warning("observe failed", extra={"resource": str(resource.key),
-                                                         "error": exc.message})
-                    return
-                except Exception as exc:  # one Service's observation must not end self-heal
-                    log.warning("observe failed unexpectedly", exc_info=exc,
-                                extra={"resource": str(resource.key),
-                                       "error": UnexpectedError.of(exc).message})
-                    return
+        async def look(resource: Resource) -> None:
+            try:
+                detail = await self._engine.drift_of(resource, applied[resource.key], desired)
+            except ReconcilerError as exc:
+                log.warning("observe failed", extra={"resource": str(resource.key),
+                                                     "error": exc.message})
+                return
+            except Exception as exc:  # one Service's observation must not end self-heal
+                log.warning("observe failed unexpectedly", exc_info=exc,
+                            extra={"resource": str(resource.key),
+                                   "error": UnexpectedError.of(exc).message})
+                return
             if detail is None:
                 observed.append(resource.key)
             else:
@@ -110,7 +109,7 @@ class SelfHeal:
                 log.warning("drift detected", extra={"resource": str(resource.key),
                                                      "detail": detail})
 
-        looks = []
+        looked_at = []
         for resource in desired.of_kind("Service"):
             if self._engine.owns is not None and not self._engine.owns(resource.key):
                 continue
@@ -119,8 +118,9 @@ class SelfHeal:
                 continue
             if f"resource:{resource.key}" in locked:
                 continue  # being deployed (by us or another reconciler)
-            looks.append(look(resource, record))
-        await asyncio.gather(*looks)
+            applied[resource.key] = record
+            looked_at.append(resource)
+        await LooksByTarget(self._engine, desired).run(looked_at, look)
         # one statement each, so `status` says how fresh the health it shows is
         await self._store.mark_observed(observed, "Healthy")
         await self._store.mark_observed(drifted)

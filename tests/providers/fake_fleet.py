@@ -42,6 +42,7 @@ class InFlight:
     now: Counter[str] = field(default_factory=Counter)
     most: Counter[str] = field(default_factory=Counter)
     most_in_all: int = 0
+    most_tasks: int = 0  # asyncio tasks alive at once, while looks are in flight
 
     def slow_down(self, applied: Applied, seconds: float = 0.05) -> None:
         """Every Target's provider takes ``seconds`` per observation, counted here."""
@@ -56,6 +57,7 @@ class InFlight:
                 self.now[_target] += 1
                 self.most[_target] = max(self.most[_target], self.now[_target])
                 self.most_in_all = max(self.most_in_all, sum(self.now.values()))
+                self.most_tasks = max(self.most_tasks, len(asyncio.all_tasks()))
                 try:
                     await asyncio.sleep(seconds)
                     return await _observe(resource)

@@ -4,11 +4,13 @@ and in all, and what it finds."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from reconciler.rollout import drift
 from reconciler.rollout.drift import drifted
 from tests.providers.fake_fleet import BATCHING, SERVICES, TARGETS, Applied, InFlight, applied_fleet
 
@@ -28,9 +30,12 @@ async def test_the_live_look_follows_the_targets(applied: Applied) -> None:
     of 20 one-host Targets was looked at one or two hosts at a time)."""
     in_flight = InFlight()
     in_flight.slow_down(applied)
+    tasks_before = len(asyncio.all_tasks())
     assert await drifted(applied.engine, applied.desired, concurrency=2) == set()
     assert dict(in_flight.most) == {"east": 2, "west": 2, BATCHING: SERVICES}
     assert in_flight.most_in_all == 2 + 2 + SERVICES
+    # a task per look in flight, not one per Service waiting for its turn
+    assert in_flight.most_tasks - tasks_before <= 2 + 2 + SERVICES
     assert len(TARGETS) == 3
 
 
@@ -39,3 +44,14 @@ async def test_the_live_look_finds_what_drifted_on_each_target(applied: Applied)
     applied.world.kill("north-3-1")
     found = await drifted(applied.engine, applied.desired, concurrency=1)
     assert {key.name for key in found} == {"east-1", "north-3"}
+
+
+async def test_the_live_look_shares_its_cap_among_the_targets(
+        applied: Applied, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the cap over all Targets, each Target keeps a share of it, one look at least."""
+    monkeypatch.setattr(drift, "MAX_IN_FLIGHT", 3)
+    in_flight = InFlight()
+    in_flight.slow_down(applied)
+    assert await drifted(applied.engine, applied.desired, concurrency=2) == set()
+    assert in_flight.most_in_all <= 3
+    assert set(in_flight.most) == set(TARGETS)
