@@ -47,7 +47,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,10 @@ from _units import sandbox_lines  # noqa: E402
 
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
-# Below the ephemeral range (32768+), where outgoing connections would take ports at random.
-PORT_BASE = 21000  # host h (1-based), Service i (1-based): PORT_BASE + 2500*method + 100*h + i
+# Below the ephemeral range (32768+), where outgoing connections would take ports at random, and
+# below the test suite's server ports (tests/helpers.py: 20000 up), which the test hosts' last
+# Services keep listening on after a test run (they are reset when leased, not when released).
+PORT_BASE = 10000  # host h (1-based), Service i (1-based): PORT_BASE + 2500*method + 100*h + i
 METHODS = ("reconciler", "plain", "ansible")
 LOGS = ROOT / ".state" / "bench"  # each apply's own output (its log lines have timestamps)
 
@@ -200,6 +202,15 @@ PLAYBOOK = """\
 """
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def loadavg() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -258,6 +269,17 @@ class Fleet:
 
     def each_host(self, fn: Callable[[InfraHost], Any]) -> list[Any]:
         return list(self.pool.map(fn, self.hosts))
+
+    def check_ports(self, methods: Sequence[str]) -> None:
+        """Every unit's port free on 127.0.0.1 (the test hosts share this machine's loopback):
+        a port something else holds fails that unit's start ("Address already in use") and, with
+        it, a converge, so the bench stops before, naming them."""
+        taken = [port for method in methods for h in range(1, len(self.hosts) + 1)
+                 for i in range(1, self.services + 1)
+                 if not port_free(port := self.port(method, h, i))]
+        if taken:
+            raise SystemExit(f"{len(taken)} of the fleet's ports are taken on 127.0.0.1 "
+                             f"(first: {taken[:5]}): `ss -ltnp` names what listens there")
 
     def port(self, method: str, h: int, i: int) -> int:
         return PORT_BASE + 2500 * METHODS.index(method) + 100 * h + i
@@ -569,6 +591,7 @@ def main() -> None:
         fleet = Fleet(hosts, args.services, Path(tmp_s), ansible_bin, args.code.resolve(),
                       args.sandbox)
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
+        fleet.check_ports(methods)
         fleet.repo.mkdir()
         git(fleet.repo, "init", "-q", "-b", "main")
         fleet.commit("v0")

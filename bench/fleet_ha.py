@@ -481,6 +481,7 @@ def main() -> None:
         tmp = Path(tmp_s)
         fleet = Fleet(hosts, args.services, tmp, None, args.code.resolve())
         fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
+        fleet.check_ports(["reconciler"])
         try:
             with throwaway_url("postgresql", tmp) as db:
                 subprocess.run([sys.executable, "-m", "reconciler", "--db", db, "db", "migrate"],
