@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
+from _ports import port_free  # noqa: E402
 from _python_env import installed_env  # noqa: E402
 from _units import sandbox_lines  # noqa: E402
 
@@ -200,15 +201,6 @@ PLAYBOOK = """\
       delay: 1
       loop: "{{ services }}"
 """
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def loadavg() -> str:

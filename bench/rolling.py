@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _figures import Figure, add_json_flag, at_most, emit
+from _ports import port_free
 from _python_env import installed_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,15 +64,6 @@ FIRST_RETRY_S = 0.05
 HEALTH_DEADLINE_S = 60.0
 
 
-def free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def port_prefix(count: int) -> int:
     """P such that the ports P1..P9 and P10..P<count> (``{replica}`` appended) are free, all
     below Linux's ephemeral range (32768 up): a port free when chosen there can be taken by any
@@ -80,7 +71,7 @@ def port_prefix(count: int) -> int:
     a replica exited with code 1, and was rolled back)."""
     for _ in range(500):
         prefix = random.randint(103, 326)
-        if all(free(int(f"{prefix}{n}")) for n in range(1, count + 1)):
+        if all(port_free(int(f"{prefix}{n}")) for n in range(1, count + 1)):
             return prefix
     raise SystemExit("no free port range")
 
