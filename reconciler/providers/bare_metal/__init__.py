@@ -63,7 +63,9 @@ def _positive_int(spec: dict[str, object], key: str, default: int) -> int:
     return value
 
 
-def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
+def _ssh_provider(target: Resource, spec: dict[str, Any], ctx: ProviderContext
+                  ) -> SystemdSSHProvider:
+    from reconciler.providers.bare_metal.known_cwds import KnownCwds
     from reconciler.providers.bare_metal.remote import (
         DEFAULT_ROOT,
         RETRY_DEADLINE_S,
@@ -102,6 +104,9 @@ def _ssh_provider(target: Resource, spec: dict[str, Any]) -> SystemdSSHProvider:
         concurrency=_positive_int(spec, "concurrency", DEFAULT_CONCURRENCY),
         systemd=dict(spec.get("systemd") or {}),
         retry_deadline_s=to_seconds(ssh.get("retryDeadline"), RETRY_DEADLINE_S),
+        known_cwds=KnownCwds(
+            Path(ctx.state_dir) / "bare_metal" / target.environment / f"{target.name}.cwds.json"
+        ),
     )
 
 
@@ -114,7 +119,7 @@ def create_provider(
         raise ProviderError(f"Target {target.key}: provider is {provider!r}, not 'bare_metal'")
     transport = spec.get("transport", "local")
     if transport == "ssh":
-        return _ssh_provider(target, spec)
+        return _ssh_provider(target, spec, ctx)
     if transport != "local":
         raise ProviderError(f"Target {target.key}: unknown transport {transport!r} (local, ssh)")
     manager = spec.get("serviceManager", "supervisor")

@@ -65,6 +65,7 @@ from reconciler.providers import (
 )
 from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
+from reconciler.providers.bare_metal.known_cwds import KnownCwds
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -157,6 +158,7 @@ class SystemdSSHProvider:
         concurrency: int = DEFAULT_CONCURRENCY,
         systemd: dict[str, Any] | None = None,
         retry_deadline_s: float = RETRY_DEADLINE_S,
+        known_cwds: KnownCwds | None = None,
     ) -> None:
         if not hosts:
             raise ProviderError(f"Target {target.key}: transport ssh needs at least one host")
@@ -181,6 +183,8 @@ class SystemdSSHProvider:
         self._pruning: set[asyncio.Task[None]] = set()  # see _prune_after
         # the main process each unit was last seen running with, per host: (pid, start ticks)
         self._seen_mains: dict[tuple[ResourceKey, str], tuple[int, int]] = {}
+        # each host's units' working directories as last observed, kept between processes
+        self.known_cwds = known_cwds if known_cwds is not None else KnownCwds(None)
         # each host's own values ({vars.NAME} in health checks and env)
         self._vars: dict[str, dict[str, str]] = {
             str(h["name"]): {str(k): str(v) for k, v in (h.get("vars") or {}).items()}
@@ -213,7 +217,14 @@ class SystemdSSHProvider:
 
     def transport_for(self, instance: Instance) -> Transport:
         """The pooled connection to ``instance``'s host (exec health checks run there)."""
-        transport: SSHTransport = self.pool.get(self._config(instance))
+        return self._pooled(self._config(instance))
+
+    def _pooled(self, config: SSHHostConfig) -> SSHTransport:
+        """The pooled connection to a host, its observations knowing the working directories
+        known for the host's units (this provider's, which outlive a pool that ``close``
+        replaces)."""
+        transport: SSHTransport = self.pool.get(config)
+        observe_batcher(transport).cwds = self.known_cwds.host(config.host_id)
         return transport
 
     def _lock(self, key: ResourceKey, host: str) -> asyncio.Lock:
@@ -451,7 +462,7 @@ class SystemdSSHProvider:
         # connection ready instead of paying for each login in turn. Failures are not
         # reported here; the first real call on that host raises them.
         for instance in instances[1:]:
-            transport = self.pool.get(self._config(instance))
+            transport = self._pooled(self._config(instance))
             if instance.id not in self._warming:
                 task = asyncio.create_task(self._warm(transport))
                 self._warming[instance.id] = task
@@ -722,6 +733,7 @@ class SystemdSSHProvider:
             await transport.run(
                 ["rm", "-rf", "--", self.service_dir(resource)], timeout=120.0, check=True
             )
+            self.known_cwds.forget(instance.id, names.service)
 
     async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:
         return await Systemd(self.transport_for(instance)).journal(
@@ -739,6 +751,7 @@ class SystemdSSHProvider:
         await asyncio.gather(*warming, return_exceptions=True)
         pool, self.pool = self.pool, SSHPool()
         await pool.close()
+        self.known_cwds.save()
         self._exports.clear()
         self._export_locks.clear()
         self._export_readers.clear()

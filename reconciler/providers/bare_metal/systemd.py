@@ -37,6 +37,7 @@ from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal.batches import RequestBatches
+from reconciler.providers.bare_metal.known_cwds import UnitCwds
 from reconciler.providers.bare_metal.unit_sandbox import Sandbox
 from reconciler.providers.bare_metal.unit_text import (
     environment_lines,
@@ -517,8 +518,9 @@ class ObserveBatcher:
     def __init__(self) -> None:
         self._batches: RequestBatches[Group, dict[str, str]] | None = None
         # unit -> ("MainPID/ExecMainStartTimestamp", cwd) of its process as last observed: a
-        # process's identity does not come back, so its cwd is not asked for again
-        self.cwds: dict[str, tuple[str, str]] = {}
+        # process's identity does not come back, so its cwd is not asked for again (the
+        # provider's ``KnownCwds`` of the host, kept between processes, replaces this one)
+        self.cwds: UnitCwds = {}
         # the provider's rechecks of this host's processes (SFTP reads of /proc) under way
         self.rechecks = 0
 
