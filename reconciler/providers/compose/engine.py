@@ -45,6 +45,10 @@ class DockerEngine(Protocol):
         """(id, the values of ``keys`` among its labels) of every container carrying all
         ``labels``: the cheap listing (no inspect) for when labels are all that is needed."""
 
+    async def container(self, container_id: str) -> dict[str, Any] | None:
+        """Inspect data of one container, or None when it is not on the host (one request: no
+        listing, for a caller that knows the container it asks about)."""
+
     async def image(self, ref: str) -> dict[str, Any] | None:
         """Inspect data of a local image, or None when it is not on the host."""
 
@@ -299,6 +303,16 @@ class SocketEngine:
                 result.append((str(container["Id"]), {k: found[k] for k in keys if k in found}))
             return result
 
+    async def container(self, container_id: str) -> dict[str, Any] | None:
+        what = f"inspecting container {container_id[:12]}"
+        async with self._deadline(what):
+            try:
+                return dict(await self._call("GET", f"/containers/{_quoted(container_id)}/json"))
+            except EngineRefusal as exc:
+                if exc.status == 404:
+                    return None
+                raise self._error(what, exc) from exc
+
     async def image(self, ref: str) -> dict[str, Any] | None:
         async with self._deadline(f"inspecting image {ref}"):
             try:
@@ -518,6 +532,15 @@ class CliEngine:
             found = {k: v for k, v in zip(keys, values, strict=False) if v}
             result.append((container_id, found))
         return result
+
+    async def container(self, container_id: str) -> dict[str, Any] | None:
+        result = await self.transport.run(
+            [*self.docker, "container", "inspect", "--", container_id], timeout=_API_TIMEOUT_S
+        )
+        if not result.ok:
+            return None
+        data = json.loads(result.stdout or b"[]")
+        return dict(data[0]) if data else None
 
     async def image(self, ref: str) -> dict[str, Any] | None:
         result = await self.transport.run(

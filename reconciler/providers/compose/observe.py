@@ -8,6 +8,7 @@ sandbox setting that likely stopped it; and a resource's log lines.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 from reconciler.errors import ProviderError
@@ -98,6 +99,27 @@ class Observer:
         return InstanceState(
             instance, None, False, "not found", {"present": False}, phase=Phase.MISSING
         )
+
+    async def recheck(self, resource: Resource, instance: Instance,
+                      seen: InstanceState) -> InstanceState | None:
+        """``seen`` with its age as of now, from one inspect of the container it saw (no
+        listing): when that container still runs, started when it was seen started, and has
+        no healthcheck (whose status is the platform's own signal, which an observation
+        reports). None otherwise, or when the engine cannot say: core then observes."""
+        container_id, started_at = seen.identity.container_id, seen.identity.started_at
+        if container_id is None or started_at is None:
+            return None
+        try:
+            now = await self.host.engine.clock()  # before the read: the age not overstated
+            container = await self.host.engine.container(container_id)
+        except ProviderError:
+            return None
+        if (container is None or not is_running(container)
+                or (container.get("State") or {}).get("StartedAt") != started_at
+                or health_of(container) != "none"):
+            return None
+        age = up_for(container, now)
+        return None if age is None else replace(seen, up_for=age)
 
     async def replica_state(
         self,

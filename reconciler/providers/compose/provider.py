@@ -43,8 +43,10 @@ from reconciler.transport import Transport
 class ComposeProvider:
     """Drives one Docker host (a Target with ``provider: compose``)."""
 
-    # one replica is read from its own project; exec probes run inside the container
-    capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE)
+    # one replica is read from its own project; exec probes run inside the container; the
+    # container a look saw is inspected again by its id (one engine request, no listing)
+    capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE,
+                                rechecks=True)
 
     def __init__(
         self,
@@ -85,6 +87,10 @@ class ComposeProvider:
 
     async def observe_instance(self, resource: Resource, instance: Instance) -> InstanceState:
         return await self.observer.observe_instance(resource, instance)
+
+    async def recheck(self, resource: Resource, instance: Instance,
+                      seen: InstanceState) -> InstanceState | None:
+        return await self.observer.recheck(resource, instance, seen)
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> ContainerExec:
         return self.observer.probe_runner(instance, state)
