@@ -15,6 +15,7 @@ Core (plan, rollout, daemon, health) reads a provider only through what is decla
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -152,12 +153,22 @@ class InstanceState:
     # How long the instance (``identity``) had been running when observed, by its host's own
     # clock; None when the provider cannot tell. The health gate's stay-up rule counts it.
     up_for: float | None = None
+    # When it was observed, on this machine's monotonic clock: set as the state is made, right
+    # after the reads, so ``up_since`` never dates the start earlier than it was. A provider
+    # that ``replace``s a state with a new ``up_for`` gives it a new ``observed_at`` too.
+    observed_at: float = field(default_factory=time.monotonic, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.phase is None:
             self.phase = Phase.RUNNING if self.running else Phase.EXITED
         else:
             self.running = self.phase is Phase.RUNNING
+
+    @property
+    def up_since(self) -> float | None:
+        """When the instance started, on this machine's monotonic clock (None: its age is not
+        known): its age at any later moment, however long ago the look was."""
+        return None if self.up_for is None else self.observed_at - self.up_for
 
     @property
     def problem(self) -> str | None:

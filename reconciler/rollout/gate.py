@@ -221,11 +221,12 @@ async def _stayed_up(look: Look,
                      first: InstanceState | None, started: float,
                      needed: float) -> InstanceState | None:
     """The instance's look once it has been up for ``needed``: by its host's clock when the
-    provider reports its age (``up_for``: the first look's age counts, so a process started
-    well before the gate began waits less), else since the gate began. Not later than
-    ``needed`` after the gate began: the instance has been seen, the same one, that long."""
-    head = first.up_for if first is not None and first.up_for is not None else 0.0
-    await _sleep_until(started + needed - head)
+    provider reports its age (the first look's ``up_since``: a process started well before the
+    gate began waits less, and the time between that look and the gate's start counts), else
+    since the gate began. Not later than ``needed`` after the gate began: the instance has
+    been seen, the same one, that long."""
+    since = first.up_since if first is not None else None
+    await _sleep_until(min(started, since if since is not None else started) + needed)
     while True:
         last = await look()
         if last is None or not last.running:

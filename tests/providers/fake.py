@@ -67,6 +67,9 @@ WORKLOAD_SCHEMA: dict[str, Any] = {
         "restartsAfter": {"type": "number", "minimum": 0,
                           "description": "The platform restarts the instance (a new pid) this "
                                          "many seconds after its deploy."},
+        "returnsAfter": {"type": "number", "minimum": 0,
+                         "description": "With reportsStart: deploy returns the state it "
+                                        "observed at the start this many seconds later."},
         "startedAgo": {"type": "number", "minimum": 0,
                        "description": "The platform reports each instance's age (up_for): "
                                       "this many seconds at its deploy, plus the time since."},
@@ -195,7 +198,7 @@ class FakeProvider:
         if slot.started is not None:
             up_for = time.monotonic() - slot.started
             self.world.ages.append((instance.id, up_for))
-        return replace(seen, up_for=up_for)
+        return replace(seen, up_for=up_for, observed_at=time.monotonic())
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> InstanceShell:
         return InstanceShell(self.world, instance.id)
@@ -233,6 +236,7 @@ class FakeProvider:
             return None
         started = await self.observe_instance(resource, instance)
         self.world.looks[instance.id] = 0  # the provider's own look on the way, not the gate's
+        await asyncio.sleep(float(behaviour.get("returnsAfter", 0)))
         return started
 
     async def stop(self, resource: Resource, instance: Instance) -> None:

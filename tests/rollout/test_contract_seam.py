@@ -189,6 +189,23 @@ async def test_the_stay_up_rule_counts_the_age_the_platform_reports(
     assert min(last_age.values()) >= 1.0, last_age  # the verdict's look: up for 1 s
 
 
+async def test_the_stay_up_rule_counts_the_time_since_the_first_look(fleet: Fleet) -> None:
+    """The age a provider reported is the instance's at that look: the time between the look
+    (the deploy's, at the start) and the gate's start counts too, so a gate whose deploy
+    returned late does not wait the whole interval again."""
+    health = {"exec": {"command": ["true"]}, "interval": "1s", "timeout": "1s"}
+    fleet.service("api", {"health": "none", "reportsStart": True, "startedAgo": 0,
+                          "returnsAfter": 1.0}, health=health)
+    result = await fleet.engine.reconcile(fleet.load())
+    assert result_of(result, API) == "succeeded"
+    last_age: dict[str, float] = {}
+    for instance, age in fleet.world.ages:
+        last_age[instance] = age
+    assert set(last_age) == {"api-1", "api-2"}, last_age
+    # the verdict's look: up for the interval, not for the deploy's delay and the interval
+    assert all(1.0 <= age < 1.8 for age in last_age.values()), last_age
+
+
 async def rechecked_rollout(fleet: Fleet, fake: dict[str, Any], interval: str) -> Any:
     """``api`` (an exec probe every ``interval``) deployed on a Target whose provider declares
     ``rechecks``, its deploy reporting the instance it started; the pass's result."""

@@ -609,7 +609,9 @@ class SystemdSSHProvider:
         if stat is None or stat.dead or stat.start_time != known[1]:
             return None
         up_for = procfs.age_s(pid, stat_line, (uptime_raw or b"").decode(errors="replace"))
-        return None if up_for is None else replace(seen, up_for=up_for)
+        if up_for is None:
+            return None
+        return replace(seen, up_for=up_for, observed_at=time.monotonic())
 
     def _observe_group(self, resource: Resource) -> Group:
         """What ``OBSERVE_SCRIPT`` is given for ``resource``'s unit."""

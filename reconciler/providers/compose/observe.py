@@ -8,6 +8,7 @@ sandbox setting that likely stopped it; and a resource's log lines.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -119,7 +120,7 @@ class Observer:
                 or health_of(container) != "none"):
             return None
         age = up_for(container, now)
-        return None if age is None else replace(seen, up_for=age)
+        return None if age is None else replace(seen, up_for=age, observed_at=time.monotonic())
 
     async def replica_state(
         self,
