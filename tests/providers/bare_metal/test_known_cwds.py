@@ -15,6 +15,7 @@ import pytest
 
 from reconciler.providers.bare_metal.known_cwds import KnownCwds
 from reconciler.providers.bare_metal.systemd import observe_batcher
+from reconciler.spec.model import Resource
 from tests.providers.bare_metal.conftest import ENV, free_port, make_resource
 from tests.providers.bare_metal.test_ssh_sandbox import provider_for, release_of, wait_http
 
@@ -61,6 +62,23 @@ def test_a_file_that_cannot_be_written_costs_only_the_hint(tmp_path: Path) -> No
     assert known.host("h1") == {"u": ("1/t", "/d")}
 
 
+def httpd_service() -> tuple[Resource, int]:
+    """A Service serving its release directory with busybox httpd, and its port."""
+    port = free_port()
+    return make_resource("web", {"target": "hosts", "command": [
+        "busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "."]}), port
+
+
+async def deployed_r2(provider: Any, web: Resource, instance: Any, port: int,
+                      tmp_path: Path) -> Any:
+    """``web`` at revision r2 (a new process), as ``provider`` then observes it."""
+    await provider.deploy(release_of(tmp_path, web, {"index.html": "two"}, "r2"), instance)
+    assert await wait_http(port) == "two"
+    state = await provider.observe_instance(web, instance)
+    assert state.facts["running_revision"] == "r2" and state.revision == "r2", state
+    return state
+
+
 @pytest.mark.timeout(180)
 async def test_the_next_provider_knows_the_directories_the_last_one_saw(ssh_host: Any,
                                                                         tmp_path: Path) -> None:
@@ -69,9 +87,7 @@ async def test_the_next_provider_knows_the_directories_the_last_one_saw(ssh_host
     working directories again (a planted value proves it), and reads a new process's."""
     state = tmp_path / "state"
     unit = f"fraisier-{ENV}_web.service"
-    port = free_port()
-    web = make_resource("web", {"target": "hosts", "command": [
-        "busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "."]})
+    web, port = httpd_service()
     first = provider_for([ssh_host], state, sandbox="default")
     try:
         instance = (await first.instances(web))[0]
@@ -94,10 +110,7 @@ async def test_the_next_provider_knows_the_directories_the_last_one_saw(ssh_host
         known = await second.observe_instance(web, instance)
         assert known.facts["running_revision"] == "planted", known
         # a new process: its directory is read, and what the planted entry said is gone
-        await second.deploy(release_of(tmp_path, web, {"index.html": "two"}, "r2"), instance)
-        assert await wait_http(port) == "two"
-        after = await second.observe_instance(web, instance)
-        assert after.facts["running_revision"] == "r2" and after.revision == "r2", after
+        await deployed_r2(second, web, instance, port, tmp_path)
     finally:
         await second.close()
     assert json.loads(saved.read_text())["hosts"][instance.id][unit][1] == (
@@ -110,17 +123,12 @@ async def test_a_link_moved_under_a_known_process_is_still_seen(ssh_host: Any,
     """``current`` switched by hand to another release while the process runs on: the next
     provider, which knows the process's directory, reports the move as the first one would."""
     state = tmp_path / "state"
-    port = free_port()
-    web = make_resource("web", {"target": "hosts", "command": [
-        "busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "."]})
+    web, port = httpd_service()
     first = provider_for([ssh_host], state, sandbox="default")
     try:
         instance = (await first.instances(web))[0]
         await first.deploy(release_of(tmp_path, web, {"index.html": "one"}), instance)
-        await first.deploy(release_of(tmp_path, web, {"index.html": "two"}, "r2"), instance)
-        assert await wait_http(port) == "two"
-        seen = await first.observe_instance(web, instance)
-        assert seen.facts["running_revision"] == "r2" and seen.revision == "r2", seen
+        await deployed_r2(first, web, instance, port, tmp_path)
     finally:
         await first.close()
     ssh_host.sh("cd /srv/fraisier/test/web && ln -sfn releases/r1 current.hand "
