@@ -539,7 +539,11 @@ class CliEngine:
         )
         if not result.ok:
             return None
-        data = json.loads(result.stdout or b"[]")
+        try:
+            data = json.loads(result.stdout or b"[]")
+        except json.JSONDecodeError as exc:
+            raise ProviderError(f"{self.transport.host_id}: docker container inspect: {exc}"
+                                ) from exc
         return dict(data[0]) if data else None
 
     async def image(self, ref: str) -> dict[str, Any] | None:
