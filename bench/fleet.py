@@ -56,10 +56,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
-from _ports import port_free  # noqa: E402
 from _python_env import installed_env  # noqa: E402
 from _units import sandbox_lines  # noqa: E402
 
+from tests.helpers import port_free  # noqa: E402
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
 # Below the ephemeral range (32768+), where outgoing connections would take ports at random, and

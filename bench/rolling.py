@@ -47,7 +47,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _figures import Figure, add_json_flag, at_most, emit
-from _ports import port_free
 from _python_env import installed_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 from reconciler.providers.compose.host import local_base_env  # noqa: E402
 from reconciler.providers.compose.render import render, replica_document  # noqa: E402
 from reconciler.spec.model import Resource, ResourceKey  # noqa: E402
+from tests.helpers import port_free  # noqa: E402
 from tests.infra.testinfra import load  # noqa: E402
 
 # The reconciler's gate in a start period: a probe at once, 50 ms after, then every interval.

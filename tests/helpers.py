@@ -35,15 +35,21 @@ def _ephemeral_start() -> int:
 SERVER_PORTS = range(20000, min(32768, _ephemeral_start()))
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` now (a bind succeeds). The benches use it too."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A port nothing listens on now on 127.0.0.1, from ``SERVER_PORTS`` (at random, so the
     parallel test workers rarely pick the same one)."""
     for _ in range(500):
         port = random.choice(SERVER_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_free(port):
             return port
     raise RuntimeError(f"no free port in {SERVER_PORTS}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,10 @@ from reconciler.providers.compose.engine import CliEngine
 from reconciler.providers.compose.provider import ComposeProvider
 from reconciler.providers.compose.render import project_name, replica_project
 from reconciler.transport.local import LocalTransport
+from tests.helpers import port_free
 from tests.providers.compose.conftest import eventually, http_get, make_resource, release
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def port_prefix(count: int) -> int:
@@ -40,7 +31,7 @@ def port_prefix(count: int) -> int:
     ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(200):
         prefix = random.randint(2000, ephemeral_low // 10 - 1)
-        if all(_free(prefix * 10 + n) for n in range(1, count + 1)):
+        if all(port_free(prefix * 10 + n) for n in range(1, count + 1)):
             return prefix
     raise AssertionError("no free port range")
 
