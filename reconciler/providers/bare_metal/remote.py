@@ -510,7 +510,8 @@ class SystemdSSHProvider:
                 message = f"{outcome.output.strip()[-500:]}\n" + "\n".join(journal)
                 hint = sandbox_hint(self._profile(resource), message)
                 raise ProviderError(
-                    f"{instance.id}: starting {unit} failed: {message}"
+                    f"{instance.id}: starting {unit} failed"
+                    f"{self._how_it_ended(resource, instance, outcome.observed)}: {message}"
                     + (f"\n{hint}" if hint else "")
                 )
             if outcome.observed is None:
@@ -530,6 +531,17 @@ class SystemdSSHProvider:
             raise
         self._prune_after(store, release.revision, instance, lock)
         return started
+
+    def _how_it_ended(self, resource: Resource, instance: Instance,
+                      observed: Mapping[str, str] | None) -> str:
+        """", its process exited with code N" when the commit's look at a unit whose start
+        failed says so: a process that exits at once fails its start job or its health gate
+        (whichever systemd notices first), and both say how it ended."""
+        if observed is None:
+            return ""
+        state = self._state(resource, instance, observed)
+        return f", its process exited with code {state.exit_code}" \
+            if state.exit_code is not None else ""
 
     def _prune_after(self, store: ReleaseStore, revision: str, instance: Instance,
                      lock: asyncio.Lock) -> None:

@@ -46,6 +46,8 @@ async def test_one_unit_that_cannot_start_fails_alone(
         return_exceptions=True)
     assert isinstance(results[3], ProviderError)
     assert f"starting fraisier-{ENV}_noexec.service failed" in results[3].message
+    # how its process ended, as its health gate would say it (systemd's 203/EXEC)
+    assert "its process exited with code 203" in results[3].message, results[3].message
     assert host_commits(transport).batches == 1
     host = next(h for h in ssh_hosts if h.name == instance.id)
     # Each started Service comes back as observed by the commit's own command, right after its
