@@ -65,7 +65,7 @@ def _positive_int(spec: dict[str, object], key: str, default: int) -> int:
 
 def _ssh_provider(target: Resource, spec: dict[str, Any], ctx: ProviderContext
                   ) -> SystemdSSHProvider:
-    from reconciler.providers.bare_metal.known_cwds import KnownCwds
+    from reconciler.providers.bare_metal.known_processes import KnownProcesses
     from reconciler.providers.bare_metal.remote import (
         DEFAULT_ROOT,
         RETRY_DEADLINE_S,
@@ -104,9 +104,9 @@ def _ssh_provider(target: Resource, spec: dict[str, Any], ctx: ProviderContext
         concurrency=_positive_int(spec, "concurrency", DEFAULT_CONCURRENCY),
         systemd=dict(spec.get("systemd") or {}),
         retry_deadline_s=to_seconds(ssh.get("retryDeadline"), RETRY_DEADLINE_S),
-        known_cwds=KnownCwds(
-            Path(ctx.state_dir) / "bare_metal" / target.environment / f"{target.name}.cwds.json"
-        ),
+        known_processes=KnownProcesses(
+            Path(ctx.state_dir) / "bare_metal" / target.environment
+            / f"{target.name}.processes.json"),
     )
 
 

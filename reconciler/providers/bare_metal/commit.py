@@ -227,7 +227,8 @@ class HostCommits:
         if watched and not marker:
             raise ProviderError(f"{self.transport.host_id}: committing {len(requests)} "
                                 "deploy(s) printed no observation of the restarted units")
-        observations = iter(systemd.observed(tail, watched) if watched else [])
+        observations = iter(await systemd.settle(systemd.observed(tail, watched), watched)
+                            if watched else [])
         return [replace(found[i], observed=next(observations))
                 if request.observe is not None else found[i]
                 for i, request in enumerate(requests, 1)]

@@ -65,7 +65,7 @@ from reconciler.providers import (
 )
 from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
-from reconciler.providers.bare_metal.known_cwds import KnownCwds
+from reconciler.providers.bare_metal.known_processes import KnownProcesses
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -158,7 +158,7 @@ class SystemdSSHProvider:
         concurrency: int = DEFAULT_CONCURRENCY,
         systemd: dict[str, Any] | None = None,
         retry_deadline_s: float = RETRY_DEADLINE_S,
-        known_cwds: KnownCwds | None = None,
+        known_processes: KnownProcesses | None = None,
     ) -> None:
         if not hosts:
             raise ProviderError(f"Target {target.key}: transport ssh needs at least one host")
@@ -184,7 +184,8 @@ class SystemdSSHProvider:
         # the main process each unit was last seen running with, per host: (pid, start ticks)
         self._seen_mains: dict[tuple[ResourceKey, str], tuple[int, int]] = {}
         # each host's units' working directories as last observed, kept between processes
-        self.known_cwds = known_cwds if known_cwds is not None else KnownCwds(None)
+        self.known_processes = (known_processes if known_processes is not None
+                                else KnownProcesses(None))
         # each host's own values ({vars.NAME} in health checks and env)
         self._vars: dict[str, dict[str, str]] = {
             str(h["name"]): {str(k): str(v) for k, v in (h.get("vars") or {}).items()}
@@ -224,7 +225,7 @@ class SystemdSSHProvider:
         known for the host's units (this provider's, which outlive a pool that ``close``
         replaces)."""
         transport: SSHTransport = self.pool.get(config)
-        observe_batcher(transport).cwds = self.known_cwds.host(config.host_id)
+        observe_batcher(transport).known = self.known_processes.host(config.host_id)
         return transport
 
     def _lock(self, key: ResourceKey, host: str) -> asyncio.Lock:
@@ -747,7 +748,7 @@ class SystemdSSHProvider:
             await transport.run(
                 ["rm", "-rf", "--", self.service_dir(resource)], timeout=120.0, check=True
             )
-            self.known_cwds.forget(instance.id, names.service)
+            self.known_processes.forget(instance.id, names.service)
 
     async def logs(self, resource: Resource, instance: Instance, tail: int = 100) -> list[str]:
         return await Systemd(self.transport_for(instance)).journal(
@@ -765,7 +766,7 @@ class SystemdSSHProvider:
         await asyncio.gather(*warming, return_exceptions=True)
         pool, self.pool = self.pool, SSHPool()
         await pool.close()
-        self.known_cwds.save()
+        self.known_processes.save()
         self._exports.clear()
         self._export_locks.clear()
         self._export_readers.clear()

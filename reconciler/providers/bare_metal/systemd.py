@@ -37,7 +37,8 @@ from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal.batches import RequestBatches
-from reconciler.providers.bare_metal.known_cwds import UnitCwds
+from reconciler.providers.bare_metal.known_processes import KnownProcess, UnitProcesses
+from reconciler.providers.bare_metal.procfs import stat_of
 from reconciler.providers.bare_metal.unit_sandbox import Sandbox
 from reconciler.providers.bare_metal.unit_text import (
     environment_lines,
@@ -300,21 +301,64 @@ _INSPECT_SCRIPT = """for f do
   if [ -f "$f" ]; then sha256sum -- "$f" | cut -d' ' -f1; else echo -; fi
 done"""
 # Everything observe() needs from one host in one round trip, for many units at once. The
-# arguments are groups of five (unit, service dir, unit file, timer or "", the process whose
-# cwd the caller knows: "MainPID/ExecMainStartTimestamp" or ""). What costs on the
-# host is processes, systemctl's above all: one `systemctl show` answers for every unit, one
-# `sha256sum` hashes every unit file, one `grep` reads every recorded hash; only the link of
-# `current` and the process's working directory are read per unit. Output: each unit's
-# properties and facts, ending with the _OBSERVED line, in the order of the groups; then the
+# arguments are groups of five (unit, service dir, unit file, timer or "", the unit's main
+# process as the caller last observed it in full: "PID START", START its /proc stat field 22,
+# or ""). What costs on the host is processes and PID 1's work, `systemctl show` above all (a
+# GetAll of every property of every unit): one `systemctl list-units` (cheap) tells each unit's
+# state, and `systemctl show` is asked only of the units whose known process is not the one
+# running, active, under the unit file as loaded then (no drop-in folder) and enabled
+# (``known_processes.py``: the caller also compares the unit file's hash); one `sha256sum`
+# hashes every unit file, one `grep` reads every recorded hash; the link of `current`, the
+# process's stat and working directory are read per unit, with builtins where they do.
+# Output: each unit's properties and facts, ending with the _OBSERVED line, in the order of
+# the groups (FraisierKnown=1 for a unit not shown: its known process still runs); then the
 # hashes, keyed by path (FraisierSum=<hash>  <unit file>, FraisierRecorded=<file>:<hash>).
 _OBSERVED = "FraisierObserved=1"
-OBSERVE_SCRIPT = """show() {
+_OBSERVE_TEMPLATE = """nl='
+'
+listed() {
   i=0
   for a do i=$((i + 1)); [ $((i % 5)) -eq 1 ] && set -- "$@" "$a"; done
   shift "$i"
-  systemctl show --no-pager -p Id -p ActiveState -p SubState -p MainPID -p ExecMainStatus \
-    -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \
-    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -p UID -p GID \
+  # columns padded to their widths: one space between the fields kept, the description dropped
+  systemctl list-units --all --plain --no-legend --full -- "$@" 2>/dev/null |
+    while read -r unit load active sub _; do echo "$unit $load $active $sub"; done
+}
+# the process's /proc stat line (st), its start time (ticks) and whether it is gone (dead)
+proc_stat() {
+  st= ticks= dead=
+  { IFS= read -r st < "/proc/$1/stat"; } 2>/dev/null
+  [ -n "$st" ] || return 0
+  set -- ${st##*) }
+  case $1 in Z|X|x) dead=1 ;; esac
+  [ "$#" -ge 20 ] && ticks=${20}
+}
+# $1 unit, $2 unit file, $3 the known process ("PID START"): is it the one running, with the
+# unit file as systemd loaded it then and the unit enabled
+still_known() {
+  [ -n "$3" ] || return 1
+  case $states in *"$nl$1 loaded active running$nl"*) ;; *) return 1 ;; esac
+  [ -L "${2%/*}/@SERVICE_WANTS@/$1" ] || return 1
+  [ ! -e "$2.d" ] && [ ! -e "/run/systemd/system/$1.d" ] || return 1
+  proc_stat "${3% *}"
+  [ -z "$dead" ] && [ -n "$ticks" ] && [ "$ticks" = "${3#* }" ]
+}
+show() {
+  p=$1
+  shift
+  i=0
+  for a do
+    i=$((i + 1))
+    if [ $((i % 5)) -eq 1 ]; then
+      case $p in s*) set -- "$@" "$a" ;; esac
+      p=${p#?}
+    fi
+  done
+  shift "$i"
+  [ "$#" -gt 0 ] || return 0
+  systemctl show --no-pager -p Id -p ActiveState -p SubState -p MainPID -p ExecMainStatus \\
+    -p ExecMainCode -p Result -p NRestarts -p UnitFileState -p NeedDaemonReload \\
+    -p ExecMainStartTimestamp -p ExecMainExitTimestamp -p InvocationID -p UID -p GID \\
     -- "$@"
   echo
 }
@@ -333,56 +377,75 @@ unit_files() {
   shift "$i"
   sha256sum -- "$@" 2>/dev/null | sed 's/^/FraisierSum=/'
 }
-show "$@" | {
-  pid= active= sub= uid= gid= started=
-  while IFS= read -r line; do
-    if [ -n "$line" ]; then
-      printf '%s\\n' "$line"
-      case $line in
-        MainPID=*) pid=${line#MainPID=} ;;
-        ExecMainStartTimestamp=*) started=${line#ExecMainStartTimestamp=} ;;
-        UID=*) uid=${line#UID=} ;;
-        GID=*) gid=${line#GID=} ;;
-        ActiveState=*) active=${line#ActiveState=} ;;
-        SubState=*) sub=${line#SubState=} ;;
-      esac
-      continue
-    fi
-    [ "$#" -ge 5 ] || break
+states="$nl$(listed "$@")$nl"
+# c: the known process still runs (not shown), s: shown; one letter per group, in order
+plan=
+j=0
+for a do
+  j=$((j + 1))
+  case $((j % 5)) in
+    1) unit=$a ;;
+    3) file=$a ;;
+    0) if still_known "$unit" "$file" "$a"; then plan=${plan}c; else plan=${plan}s; fi ;;
+  esac
+done
+show "$plan" "$@" | {
+  p=$plan
+  while [ "$#" -ge 5 ]; do
+    pid= active= sub= uid= gid=
+    case $p in
+      c*)
+        pid=${5% *} active=active sub=running
+        echo FraisierKnown=1
+        echo ActiveState=active
+        echo SubState=running ;;
+      *)
+        while IFS= read -r line && [ -n "$line" ]; do
+          printf '%s\\n' "$line"
+          case $line in
+            MainPID=*) pid=${line#MainPID=} ;;
+            UID=*) uid=${line#UID=} ;;
+            GID=*) gid=${line#GID=} ;;
+            ActiveState=*) active=${line#ActiveState=} ;;
+            SubState=*) sub=${line#SubState=} ;;
+          esac
+        done ;;
+    esac
     # Shell builtins where they do (cd -P sets PWD to the physical path): a process each per
     # unit was most of what an observation cost the host.
     cur=
     cd -P -- "$2/current" 2>/dev/null && cur=$PWD
     cd /
     echo "FraisierCurrent=$cur"
-    if [ -n "$pid" ] && [ "$pid" != 0 ] && [ "$5" = "$pid/$started" ]; then
-      # the same process as the caller's last look: its cwd is known (a gate's watcher and a
-      # drift check ask again and again; a setpriv per unit was most of their cost)
-      echo "FraisierCwdKnown=1"
-    elif [ -n "$pid" ] && [ "$pid" != 0 ]; then
-      # Root reads any process's cwd where it holds CAP_SYS_PTRACE (a host), a builtin:
-      cwd=
-      cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD
-      cd /
-      if [ -z "$cwd" ]; then
-        # A sandboxed process runs as another user and is not ptrace-able by a root without
-        # CAP_SYS_PTRACE (a container): ask as the process's own user.
-        case $uid in
-          ''|'[not set]') ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null) ;;
-          *) ids="$uid $gid" ;;
-        esac
-        [ -n "$ids" ] && cwd=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" \\
-          --clear-groups readlink "/proc/$pid/cwd" 2>/dev/null)
-      fi
-      echo "FraisierCwd=$cwd"
-    fi
     if [ -n "$pid" ] && [ "$pid" != 0 ]; then
       # the process's age by the host's own clock (two builtin reads): a gate's stay-up rule
-      st= up=
-      { IFS= read -r st < "/proc/$pid/stat"; } 2>/dev/null
+      proc_stat "$pid"
+      up=
       { read -r up _ < /proc/uptime; } 2>/dev/null
       echo "FraisierStat=$st"
       echo "FraisierUptime=$up"
+      if [ -n "$5" ] && [ "$pid" = "${5% *}" ] && [ -n "$ticks" ] && [ "$ticks" = "${5#* }" ]
+      then
+        # the process the caller knows: its cwd is known (a gate's watcher and a drift check
+        # ask again and again; a setpriv per unit was most of their cost)
+        echo "FraisierCwdKnown=1"
+      else
+        # Root reads any process's cwd where it holds CAP_SYS_PTRACE (a host), a builtin:
+        cwd=
+        cd -P "/proc/$pid/cwd" 2>/dev/null && cwd=$PWD
+        cd /
+        if [ -z "$cwd" ]; then
+          # A sandboxed process runs as another user and is not ptrace-able by a root without
+          # CAP_SYS_PTRACE (a container): ask as the process's own user.
+          case $uid in
+            ''|'[not set]') ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null) ;;
+            *) ids="$uid $gid" ;;
+          esac
+          [ -n "$ids" ] && cwd=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" \\
+            --clear-groups readlink "/proc/$pid/cwd" 2>/dev/null)
+        fi
+        echo "FraisierCwd=$cwd"
+      fi
     fi
     case $active/$sub in
       failed/*|*/auto-restart)
@@ -394,13 +457,14 @@ show "$@" | {
         -p ActiveState -- "$4" | sed 's/^/Timer/'
     fi
     echo FraisierObserved=1
-    pid= active= sub= uid= gid= started=
+    p=${p#?}
     shift 5
   done
 }
 unit_files "$@"
 hashes "$@"
 """
+OBSERVE_SCRIPT = _OBSERVE_TEMPLATE.replace("@SERVICE_WANTS@", f"{SERVICE_INSTALL_TARGET}.wants")
 # Start a oneshot unit, wait for it, report how it ended and what it printed. The journal is
 # read from a cursor taken before the start (an inactive unit forgets its InvocationID), and
 # only the unit's own processes (_SYSTEMD_UNIT), not systemd's messages about it. That filter
@@ -453,6 +517,35 @@ async def _hold_after_unit_write(path: str) -> None:
         return
     await asyncio.to_thread(Path(marker).write_text, path + "\n")
     await asyncio.sleep(3600)
+
+
+# What ``systemctl show`` says of a unit that stands while its main process runs (kept with the
+# known process; ActiveState and SubState are read again on every look).
+_STANDING = ("Id", "MainPID", "ExecMainStatus", "ExecMainCode", "Result", "NRestarts",
+             "UnitFileState", "NeedDaemonReload", "ExecMainStartTimestamp",
+             "ExecMainExitTimestamp", "InvocationID", "UID", "GID")
+
+
+def _ticks(pid: int, props: Mapping[str, str]) -> int | None:
+    """The start time of process ``pid`` in the look's /proc stat line (None: not that one)."""
+    stat = stat_of(pid, props.get("FraisierStat", ""))
+    return stat.start_time if stat is not None and not stat.dead else None
+
+
+def _known_process(props: Mapping[str, str], unit_hash: str | None) -> KnownProcess | None:
+    """The unit's main process as a full look (``systemctl show``) saw it; with what stands
+    while it runs when systemd had loaded the unit file whose hash is ``unit_hash`` and
+    reported the unit active, running and enabled."""
+    pid = int(props.get("MainPID") or 0) if (props.get("MainPID") or "").isdigit() else 0
+    cwd = props.get("FraisierCwd", "")
+    start = _ticks(pid, props) if pid else None
+    if start is None or not cwd:
+        return None
+    standing = (props.get("ActiveState") == "active" and props.get("SubState") == "running"
+                and props.get("NeedDaemonReload") == "no"
+                and props.get("UnitFileState") == "enabled" and unit_hash is not None)
+    return KnownProcess(pid, start, cwd, unit_hash if standing else None,
+                        {k: props[k] for k in _STANDING if k in props} if standing else None)
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -517,10 +610,10 @@ class ObserveBatcher:
 
     def __init__(self) -> None:
         self._batches: RequestBatches[Group, dict[str, str]] | None = None
-        # unit -> ("MainPID/ExecMainStartTimestamp", cwd) of its process as last observed: a
-        # process's identity does not come back, so its cwd is not asked for again (the
-        # provider's ``KnownCwds`` of the host, kept between processes, replaces this one)
-        self.cwds: UnitCwds = {}
+        # unit -> its main process as last observed in full: while it runs, its cwd and what
+        # systemd said of it are not asked for again (the provider's ``KnownProcesses`` of the
+        # host, kept between processes, replaces this one)
+        self.known: UnitProcesses = {}
         # the provider's rechecks of this host's processes (SFTP reads of /proc) under way
         self.rechecks = 0
 
@@ -640,18 +733,34 @@ class Systemd:
     async def _observe_many(self, groups: Sequence[Group]) -> list[dict[str, str]]:
         result = await self._run(["sh", "-c", OBSERVE_SCRIPT, "fraisier-observe",
                                   *self.observe_args(groups)])
-        return self.observed(result.stdout.decode(errors="replace"), groups)
+        return await self.settle(self.observed(result.stdout.decode(errors="replace"), groups),
+                                 groups)
 
-    def observe_args(self, groups: Sequence[Group]) -> list[str]:
-        """The arguments of ``OBSERVE_SCRIPT`` for ``groups`` (with each process whose cwd is
-        known already)."""
-        cwds = observe_batcher(self.transport).cwds
-        return [a for group in groups for a in (*group, cwds.get(group[0], ("", ""))[0])]
+    def observe_args(self, groups: Sequence[Group], *, known: bool = True) -> list[str]:
+        """The arguments of ``OBSERVE_SCRIPT`` for ``groups``, with each unit's known process
+        (``known=False``: none, every unit observed in full)."""
+        processes = observe_batcher(self.transport).known if known else {}
+        keys = [processes[g[0]].key if g[0] in processes else "" for g in groups]
+        return [a for group, key in zip(groups, keys, strict=True) for a in (*group, key)]
 
-    def observed(self, output: str, groups: Sequence[Group]) -> list[dict[str, str]]:
+    async def settle(self, observed: list[dict[str, str] | None],
+                     groups: Sequence[Group]) -> list[dict[str, str]]:
+        """``observed`` with each unit it could not vouch for (None) observed in full."""
+        again = [g for g, props in zip(groups, observed, strict=True) if props is None]
+        if not again:
+            return [props for props in observed if props is not None]
+        result = await self._run(["sh", "-c", OBSERVE_SCRIPT, "fraisier-observe",
+                                  *self.observe_args(again, known=False)])
+        full = iter(self.observed(result.stdout.decode(errors="replace"), again))
+        settled = [props if props is not None else next(full) for props in observed]
+        return [props for props in settled if props is not None]
+
+    def observed(self, output: str, groups: Sequence[Group]) -> list[dict[str, str] | None]:
         """Each group's properties from what ``OBSERVE_SCRIPT`` printed for ``groups`` (run here
-        or inside another script, the batched commit's)."""
-        cwds = observe_batcher(self.transport).cwds
+        or inside another script, the batched commit's); None for a unit the script found
+        running its known process whose unit file is no longer the one known (``settle``
+        observes those in full)."""
+        processes = observe_batcher(self.transport).known
         blocks = output.split(_OBSERVED + "\n")
         if len(blocks) != len(groups) + 1:
             raise ProviderError(f"{self.transport.host_id}: observing {len(groups)} unit(s) "
@@ -666,19 +775,27 @@ class Systemd:
             elif key == "FraisierRecorded":
                 path, _, digest_text = value.rpartition(":")
                 recorded[path] = digest_text
-        observed = []
+        observed: list[dict[str, str] | None] = []
         for (unit, service_dir, unit_file, _), block in zip(groups, blocks[:-1], strict=True):
             props = parse_properties(block)
-            identity = f"{props.get('MainPID', '')}/{props.get('ExecMainStartTimestamp', '')}"
-            known = cwds.get(unit)
+            unit_hash = sums.get(unit_file)
+            known = processes.get(unit)
+            shown = props.pop("FraisierKnown", None) is None
+            if not shown:
+                if (known is None or known.props is None or unit_hash != known.unit_hash
+                        or _ticks(known.pid, props) != known.start):
+                    observed.append(None)
+                    continue
+                props = {**known.props, **props}  # this look's state, current, stat, age
             if props.pop("FraisierCwdKnown", None) is not None and known is not None:
-                props["FraisierCwd"] = known[1]
-            elif props.get("FraisierCwd"):
-                cwds[unit] = (identity, props["FraisierCwd"])
-            else:
-                cwds.pop(unit, None)
-            if unit_file in sums:
-                props["FraisierUnitHash"] = sums[unit_file]
+                props["FraisierCwd"] = known.cwd
+            if shown:  # what systemd said now replaces what was known
+                processes.pop(unit, None)
+                learnt = _known_process(props, unit_hash)
+                if learnt is not None:
+                    processes[unit] = learnt
+            if unit_hash is not None:
+                props["FraisierUnitHash"] = unit_hash
             props["FraisierRecordedHash"] = recorded.get(
                 posixpath.join(service_dir, "unit.sha256"), "")
             observed.append(props)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +295,11 @@ async def test_a_sandboxed_process_cwd_is_read_once_per_process(ssh_host: Any, t
         await provider.deploy(release_of(tmp_path, web, {"index.html": "one"}), instance)
         first = await provider.observe_instance(web, instance)
         assert first.running and first.facts["running_revision"] == "r1", first
-        cwds = observe_batcher(provider.transport_for(instance)).cwds
+        known = observe_batcher(provider.transport_for(instance)).known
         unit = f"fraisier-{ENV}_web.service"
-        identity, cwd = cwds[unit]
-        assert cwd == "/srv/fraisier/test/web/releases/r1"
+        assert known[unit].cwd == "/srv/fraisier/test/web/releases/r1"
         # the same process: its remembered cwd stands (a planted one proves it is not re-read)
-        cwds[unit] = (identity, "/srv/fraisier/test/web/releases/planted")
+        known[unit] = replace(known[unit], cwd="/srv/fraisier/test/web/releases/planted")
         again = await provider.observe_instance(web, instance)
         assert again.facts["running_revision"] == "planted"
         # a new process (r2 deployed, restarted): read again, the planted value is gone
@@ -308,6 +307,6 @@ async def test_a_sandboxed_process_cwd_is_read_once_per_process(ssh_host: Any, t
         assert await wait_http(port) == "two"
         after = await provider.observe_instance(web, instance)
         assert after.facts["running_revision"] == "r2" and after.revision == "r2", after
-        assert cwds[unit][1] == "/srv/fraisier/test/web/releases/r2"
+        assert known[unit].cwd == "/srv/fraisier/test/web/releases/r2"
     finally:
         await provider.close()
