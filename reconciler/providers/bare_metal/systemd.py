@@ -306,7 +306,8 @@ done"""
 # or ""). What costs on the host is processes and PID 1's work, `systemctl show` above all (a
 # GetAll of every property of every unit): one `systemctl list-units` (cheap) tells each unit's
 # state, and `systemctl show` is asked only of the units whose known process is not the one
-# running, active, under the unit file as loaded then (no drop-in folder) and enabled
+# running, active, under the unit file as loaded then (no drop-in folder that could apply to
+# it) and enabled
 # (``known_processes.py``: the caller also compares the unit file's hash); one `sha256sum`
 # hashes every unit file, one `grep` reads every recorded hash; the link of `current`, the
 # process's stat and working directory are read per unit, with builtins where they do.
@@ -333,13 +334,28 @@ proc_stat() {
   case $1 in Z|X|x) dead=1 ;; esac
   [ "$#" -ge 20 ] && ticks=${20}
 }
+# no drop-in folder systemd would read for unit $1 in any of its unit folders: the unit's
+# own, its dash prefixes' (fraisier-.service.d), its type's (service.d); even an empty one
+no_drop_ins() {
+  for root in /etc/systemd/system.control /run/systemd/system.control /etc/systemd/system \\
+      /run/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system; do
+    [ -d "$root" ] || continue
+    [ ! -e "$root/$1.d" ] && [ ! -e "$root/${1##*.}.d" ] || return 1
+    u=${1%.*} pre=
+    while :; do
+      case $u in *-*) ;; *) break ;; esac
+      pre="$pre${u%%-*}-" u=${u#*-}
+      [ ! -e "$root/$pre.${1##*.}.d" ] || return 1
+    done
+  done
+}
 # $1 unit, $2 unit file, $3 the known process ("PID START"): is it the one running, with the
-# unit file as systemd loaded it then and the unit enabled
+# unit file as systemd loaded it then (the caller compares its hash) and the unit enabled
 still_known() {
   [ -n "$3" ] || return 1
   case $states in *"$nl$1 loaded active running$nl"*) ;; *) return 1 ;; esac
   [ -L "${2%/*}/@SERVICE_WANTS@/$1" ] || return 1
-  [ ! -e "$2.d" ] && [ ! -e "/run/systemd/system/$1.d" ] || return 1
+  no_drop_ins "$1" || return 1
   proc_stat "${3% *}"
   [ -z "$dead" ] && [ -n "$ticks" ] && [ "$ticks" = "${3#* }" ]
 }

@@ -211,11 +211,14 @@ async def test_a_known_process_is_looked_at_without_systemctl_show(ssh_host: Any
         await plant_refused(look, known, unit)
         ssh_host.sh("systemctl daemon-reload")
 
-        # a drop-in folder, even empty
-        await plant()
-        ssh_host.sh(f"mkdir {unit_file}.d")
-        assert (await look()).facts["restarts"] == "0"
-        ssh_host.sh(f"rmdir {unit_file}.d")
+        # a drop-in folder that applies to the unit, even empty: its own, or its prefix's
+        for folder in (f"{unit_file}.d", "/run/systemd/system/fraisier-.service.d"):
+            await plant()
+            ssh_host.sh(f"mkdir -p {folder}")
+            try:
+                assert (await look()).facts["restarts"] == "0", folder
+            finally:
+                ssh_host.sh(f"rmdir {folder}")
 
         # disabled by hand
         await plant()
