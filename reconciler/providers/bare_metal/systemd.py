@@ -416,7 +416,9 @@ show "$plan" "$@" | {
         echo ActiveState=active
         echo SubState=running ;;
       *)
+        shown=
         while IFS= read -r line && [ -n "$line" ]; do
+          shown=1
           printf '%s\\n' "$line"
           case $line in
             MainPID=*) pid=${line#MainPID=} ;;
@@ -425,7 +427,10 @@ show "$plan" "$@" | {
             ActiveState=*) active=${line#ActiveState=} ;;
             SubState=*) sub=${line#SubState=} ;;
           esac
-        done ;;
+        done
+        # `systemctl show` failed or said less: no observation rather than units reported
+        # as stopped
+        [ -n "$shown" ] || exit 1 ;;
     esac
     # Shell builtins where they do (cd -P sets PWD to the physical path): a process each per
     # unit was most of what an observation cost the host.
@@ -476,7 +481,7 @@ show "$plan" "$@" | {
     p=${p#?}
     shift 5
   done
-}
+} || exit 1
 unit_files "$@"
 hashes "$@"
 """
