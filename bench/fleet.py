@@ -508,7 +508,8 @@ units=$(systemctl list-units --all --plain --no-legend --no-pager 'fleet-*' 'fra
         | awk '{print $1}')
 [ -n "$units" ] && systemctl stop $units 2>/dev/null
 rm -rf /etc/systemd/system/fleet-* /etc/systemd/system/fraisier-* /srv/fleet-plain \
-       /srv/fleet-ansible /srv/fraisier
+       /srv/fleet-ansible /srv/fraisier /etc/systemd/system/*.wants/fleet-* \
+       /etc/systemd/system/*.wants/fraisier-*
 systemctl daemon-reload; systemctl reset-failed 2>/dev/null; true
 """
 
