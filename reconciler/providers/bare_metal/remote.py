@@ -181,9 +181,8 @@ class SystemdSSHProvider:
         self._exporting: dict[str, asyncio.Task[None]] = {}  # exports started ahead
         self._warming: dict[str, asyncio.Task[None]] = {}
         self._pruning: set[asyncio.Task[None]] = set()  # see _prune_after
-        # the main process each unit was last seen running with, per host: (pid, start ticks)
-        self._seen_mains: dict[tuple[ResourceKey, str], tuple[int, int]] = {}
-        # each host's units' working directories as last observed, kept between processes
+        # each host's units' main processes as last observed in full, kept between processes
+        # (what an observation need not ask again, and what a ``recheck`` compares with)
         self.known_processes = (known_processes if known_processes is not None
                                 else KnownProcesses(None))
         # each host's own values ({vars.NAME} in health checks and env)
@@ -602,10 +601,10 @@ class SystemdSSHProvider:
         are observed together, one command for all, which costs less than their rechecks."""
         pid = seen.identity.pid
         transport = self.transport_for(instance)
-        known = self._seen_mains.get((resource.key, instance.id))
-        if pid is None or known is None or known[0] != pid or not transport.reads_in_process:
-            return None
         looks = observe_batcher(transport)
+        known = looks.known.get(self.units(resource).service)
+        if pid is None or known is None or known.pid != pid or not transport.reads_in_process:
+            return None
         if looks.looking:
             return None
         looks.rechecks += 1
@@ -619,7 +618,7 @@ class SystemdSSHProvider:
             looks.rechecks -= 1
         stat_line = (stat_raw or b"").decode(errors="replace")
         stat = procfs.stat_of(pid, stat_line)
-        if stat is None or stat.dead or stat.start_time != known[1]:
+        if stat is None or stat.dead or stat.start_time != known.start:
             return None
         up_for = procfs.age_s(pid, stat_line, (uptime_raw or b"").decode(errors="replace"))
         if up_for is None:
@@ -710,9 +709,6 @@ class SystemdSSHProvider:
         if running and main_pid:
             stat_line = props.get("FraisierStat", "")
             up_for = procfs.age_s(main_pid, stat_line, props.get("FraisierUptime", ""))
-            stat = procfs.stat_of(main_pid, stat_line)
-            if stat is not None:  # what a later ``recheck`` compares with
-                self._seen_mains[(resource.key, instance.id)] = (main_pid, stat.start_time)
         return InstanceState(
             instance, revision, running, "; ".join(details), facts,
             phase=Phase.MISSING if not running and current is None else None,

@@ -557,7 +557,8 @@ def _known_process(props: Mapping[str, str], unit_hash: str | None) -> KnownProc
     """The unit's main process as a full look (``systemctl show``) saw it; with what stands
     while it runs when systemd had loaded the unit file whose hash is ``unit_hash`` and
     reported the unit active, running and enabled."""
-    pid = int(props.get("MainPID") or 0) if (props.get("MainPID") or "").isdigit() else 0
+    main = props.get("MainPID", "")
+    pid = int(main) if main.isdigit() else 0
     cwd = props.get("FraisierCwd", "")
     start = _ticks(pid, props) if pid else None
     if start is None or not cwd:
