@@ -45,11 +45,32 @@ def port_free(port: int) -> bool:
     return True
 
 
+def _worker_ports() -> range:
+    """This pytest-xdist worker's share of ``SERVER_PORTS``: the workers' shares do not overlap,
+    so two workers never choose the same port in the time between choosing and binding it (a CI
+    run's daemon died with "address already in use" that way). The whole range outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or not worker[2:].isdigit() or count < 2:
+        return SERVER_PORTS
+    share = len(SERVER_PORTS) // count
+    start = SERVER_PORTS.start + int(worker[2:]) % count * share
+    return range(start, start + share)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on now on 127.0.0.1, from ``SERVER_PORTS`` (at random, so the
-    parallel test workers rarely pick the same one)."""
+    """A port nothing listens on now on 127.0.0.1, from this worker's share of ``SERVER_PORTS``,
+    and not one handed out before by this process: a test that chooses two ports before it
+    starts either server must get two different ones."""
+    ports = _worker_ports()
+    if len(_handed_out) > len(ports) // 2:
+        _handed_out.clear()  # the earliest tests' servers are long gone
     for _ in range(500):
-        port = random.choice(SERVER_PORTS)
-        if port_free(port):
+        port = random.choice(ports)
+        if port not in _handed_out and port_free(port):
+            _handed_out.add(port)
             return port
-    raise RuntimeError(f"no free port in {SERVER_PORTS}")
+    raise RuntimeError(f"no free port in {ports}")

@@ -5,7 +5,9 @@ the pass loop; and everything closed, in order, once it stops."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 
 from aiohttp import web
@@ -56,9 +58,14 @@ async def serve(daemon: Daemon) -> int:
     await runner.setup()
     assert runner.server is not None
     # Not a TCPSite: every accepted connection goes through the guard's protocol factory.
-    http = await loop.create_server(guard.factory(runner.server), cfg.listen_host,
-                                    cfg.listen_port, reuse_address=True,
-                                    backlog=cfg.http.backlog)
+    try:
+        http = await loop.create_server(guard.factory(runner.server), cfg.listen_host,
+                                        cfg.listen_port, reuse_address=True,
+                                        backlog=cfg.http.backlog)
+    except OSError as exc:
+        await runner.cleanup()
+        logging.getLogger("asyncio").removeFilter(accept_errors)
+        raise _listen_error(cfg.listen_host, cfg.listen_port, exc) from None
     log.info("daemon listening", extra={"listen": f"{cfg.listen_host}:{cfg.listen_port}",
                                         "repo": daemon.source.display_url,
                                         "path": daemon.source.path,
@@ -100,6 +107,24 @@ async def serve(daemon: Daemon) -> int:
         await daemon.store.close()
     log.info("daemon stopped")
     return 0
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
+    """Why the HTTP listener could not bind, and what to do: checked before the first pass, so
+    a daemon that cannot serve /metrics and webhooks never starts deploying."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # asyncio's text repeats the address: the errno's own words say it once
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        hint = (f"another process has port {port} (`ss -ltnp 'sport = :{port}'` shows which): "
+                "stop it, or give this daemon another --listen HOST:PORT")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"{host} is not an address of this machine: --listen takes a local address"
+    elif exc.errno == errno.EACCES:
+        hint = "ports below 1024 need CAP_NET_BIND_SERVICE: use a port from 1024 up"
+    else:
+        hint = "check --listen HOST:PORT"
+    return ReconcilerError(f"cannot listen on {where}: {reason}", hint=hint)
 
 
 def _followed_branch(source: GitSource) -> list[str]:

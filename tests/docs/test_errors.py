@@ -20,7 +20,7 @@ import pytest
 
 from reconciler.transport.ssh import SSHAuthError, SSHHostConfig, SSHHostKeyError, SSHTransport
 from tests.docs.conftest import DOCS, ROOT
-from tests.helpers import need
+from tests.helpers import free_port, need
 
 SECTION = re.compile(r"^## (FR\d{3})\n(.*?)(?=^## |\Z)", re.MULTILINE | re.DOTALL)
 
@@ -237,12 +237,10 @@ def test_daemon_logs_carry_code_and_hint(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
     env.update(RECONCILER_STATE_DIR=str(tmp_path / "state"),
                GIT_SSH_COMMAND="ssh -F /dev/null -o BatchMode=yes -o ConnectTimeout=5")
-    ports = []
-    for _ in range(2):  # one where nothing listens once closed, one for --listen
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    closed_port, listen_port = ports
+    with socket.socket() as s:  # nothing listens there once closed
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    listen_port = free_port()
     daemon = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "daemon", "--repo",
          f"ssh://git@127.0.0.1:{closed_port}/acme/fleet.git", "--interval", "1h",

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.docs.conftest import DOCS
-from tests.helpers import need
+from tests.helpers import free_port, need
 
 SECRET = "doc-test-webhook-secret-7c1e"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def manual_block() -> tuple[str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.observe.redact import is_credential_name, redact
+from tests.helpers import free_port
 
 SECRET = "Sekr1tPw9x"
 
@@ -115,7 +116,7 @@ def test_daemon_log_does_not_carry_the_repo_token(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state"),
          "--log-level", "debug", "daemon", "--repo", url, "--listen",
-         f"127.0.0.1:{closed_port()}", "--interval", "1h"],
+         f"127.0.0.1:{free_port()}", "--interval", "1h"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         output = b""

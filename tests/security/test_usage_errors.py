@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -52,6 +53,25 @@ def test_bad_daemon_option_is_a_usage_error(fleet: Fleet, option: str, value: st
     assert "internal error" not in proc.stderr, proc.stderr
     assert f"Invalid value for {option}" in proc.stderr, proc.stderr
     assert "Usage: reconciler daemon" in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_listen_port_already_taken_is_a_clear_error_not_an_internal_one(fleet: Fleet) -> None:
+    """A CI run's daemon found its port taken: it died with "internal error: OSError", and the
+    test waited 30 s for log lines that never came. It must say which port and what to do."""
+    fleet.commit()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = reconciler(fleet, "daemon", *fleet.repo_args(), "--listen", f"127.0.0.1:{port}",
+                          "--interval", "1h")
+    assert proc.returncode == 2, proc.stderr
+    assert "internal error" not in proc.stderr, proc.stderr
+    assert f"error[FR000]: cannot listen on 127.0.0.1:{port}: address already in use" in (
+        proc.stderr), proc.stderr
+    assert f"hint: another process has port {port}" in proc.stderr, proc.stderr
+    assert "reconcile pass done" not in proc.stderr  # it stopped before its first pass
 
 
 @pytest.mark.timeout(60)

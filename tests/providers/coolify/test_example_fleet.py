@@ -301,6 +301,20 @@ class Daemon:
             if line.startswith("{"):
                 self.lines.append(json.loads(line))
 
+    def running(self, predicate: Callable[[], bool]) -> Callable[[], bool]:
+        """``predicate``, failing at once with what the daemon said if it has exited: not a
+        wait to the timeout for lines a dead process will never write."""
+
+        def check() -> bool:
+            if predicate():
+                return True
+            assert self.proc is not None
+            assert self.proc.returncode is None, (
+                f"the daemon exited with {self.proc.returncode}: {self.fleet.outputs[-3:]}")
+            return False
+
+        return check
+
     def messages(self) -> list[str]:
         return [f"{line.get('msg')} {line.get('error') or ''}" for line in self.lines]
 
@@ -334,9 +348,8 @@ async def test_commit_changed_in_coolify_by_hand_is_drift_for_the_daemon(
 
     # Report only: the daemon sees the drift, marks the Service OutOfSync, touches nothing.
     async with Daemon(fleet, "--no-heal") as daemon:
-        await wait_for(
-            lambda: bool(daemon.logged("drift detected")), 30, "drift detected", daemon.messages
-        )
+        await wait_for(daemon.running(lambda: bool(daemon.logged("drift detected"))), 30,
+                       "drift detected", daemon.messages)
         [first, *_] = daemon.logged("drift detected")
         assert first["resource"] == f"{ENVIRONMENT}/Service/shop", first
         assert first["detail"].startswith(f"{app.uuid}: coolify status running"), first
@@ -348,7 +361,7 @@ async def test_commit_changed_in_coolify_by_hand_is_drift_for_the_daemon(
     # Self-heal: the daemon puts the pinned commit back and redeploys it.
     async with Daemon(fleet) as daemon:
         await wait_for(
-            lambda: app.git_commit_sha == GOOD and app.running_commit == GOOD,
+            daemon.running(lambda: app.git_commit_sha == GOOD and app.running_commit == GOOD),
             30,
             "the daemon to heal the drift",
         )
