@@ -17,10 +17,14 @@ the provider's declared ``Capabilities.exec_probes`` (``contract.probe_site``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import errno
 import functools
+import os
 import ssl
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,30 +61,136 @@ def _expected_statuses(value: Any) -> list[int] | None:
 
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
-    """The verifying TLS context of every http probe, made once: loading the CA bundle costs
-    ~30 ms of CPU, which a client per probe paid on every probe (a rolling update of 20
-    replicas on 2 cores spent more CPU on it than on the probes). Same settings as the
-    client's own default with ``trust_env=False``."""
-    import httpx
+    """The verifying TLS context of every https probe, made once: loading the CA bundle costs
+    ~30 ms of CPU, which a context per probe paid on every probe (a rolling update of 20
+    replicas on 2 cores spent more CPU on it than on the probes). The trust anchors httpx
+    uses (certifi's bundle), not the environment's (no SSL_CERT_FILE): a committer's probe
+    trusts what the operator's reconciler trusts, whatever the process environment says."""
+    import certifi
 
-    return httpx.create_ssl_context(verify=True, trust_env=False)
-
-
-@functools.cache
-def _no_tls_context() -> ssl.SSLContext:
-    """The context of a probe of an ``http://`` URL, which never does TLS (redirects are not
-    followed): verifying, without trust anchors, so the CA bundle is not loaded for it."""
-    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
-def _is_https(url: str) -> bool:
-    return url.lstrip()[:8].lower() == "https://"
+class _BadURL(ValueError):
+    """A probe URL that cannot be requested (its text is the reason)."""
+
+
+class _Unanswered(Exception):
+    """The peer accepted the connection and gave no response (its text says how)."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Where an http probe connects and what it sends, from its URL."""
+
+    tls: bool
+    host: str  # to connect to: a name in IDNA, or an IP address without brackets
+    port: int
+    target: str
+    headers: tuple[tuple[str, str], ...]
+
+
+# Characters a request target keeps as they are: RFC 3986's unreserved and reserved ones and
+# '%' (an escape already there); anything else (a space, non-ASCII text) is percent-encoded.
+_TARGET_SAFE = "/?#[]@!$&'()*+,;=:%-._~"
+
+
+def _request(url: str) -> _Request:
+    """The GET an http probe sends for ``url``: credentials in it become Basic auth, as a
+    browser (and httpx) sends them; its fragment is not sent."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise _BadURL(str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise _BadURL(f"the scheme must be http or https, not {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise _BadURL("no host")
+    try:
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise _BadURL(f"host {parts.hostname!r}: {exc}") from None
+    default = 443 if scheme == "https" else 80
+    port = default if port is None else port
+    shown_host = f"[{host}]" if ":" in host else host
+    headers = [("Host", shown_host if port == default else f"{shown_host}:{port}"),
+               ("Accept", "*/*"), ("User-Agent", "fraisier-health-probe"),
+               ("Connection", "close")]
+    if parts.username is not None or parts.password is not None:
+        pair = (f"{urllib.parse.unquote(parts.username or '')}:"
+                f"{urllib.parse.unquote(parts.password or '')}")
+        headers.append(("Authorization",
+                        "Basic " + base64.b64encode(pair.encode()).decode("ascii")))
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Request(scheme == "https", host, port,
+                    urllib.parse.quote(target, safe=_TARGET_SAFE), tuple(headers))
+
+
+def _connect_failure(exc: OSError) -> str:
+    """Why a connection failed, in the words of its error code (asyncio's text repeats the
+    address the message already gives)."""
+    if isinstance(exc, ssl.SSLError):
+        return str(exc)  # e.g. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: …
+    if exc.errno is not None and exc.errno in errno.errorcode:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+async def _exchange(request: _Request, needle: str | None) -> tuple[int, bytes | None]:
+    """(status, the body's first ``_BODY_LIMIT`` bytes when ``needle`` asks for them) of one
+    GET over a connection of its own (HTTP/1.1 framing by h11: no redirects followed, no
+    proxy from the environment)."""
+    import h11
+
+    reader, writer = await asyncio.open_connection(
+        request.host, request.port, ssl=_tls_context() if request.tls else None,
+        server_hostname=request.host if request.tls else None)
+    try:
+        connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        try:
+            writer.write(connection.send(h11.Request(method="GET", target=request.target,
+                                                     headers=list(request.headers))))
+            writer.write(connection.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:
+            raise _BadURL(str(exc)) from None
+        await writer.drain()
+        status: int | None = None
+        body = bytearray()
+        answered = False
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                data = await reader.read(64 * 1024)
+                if not data and not answered:
+                    raise _Unanswered("closed the connection without a response")
+                answered = True  # h11 judges the rest, a truncated answer included
+                connection.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                if needle is None:
+                    return status, None
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) >= _BODY_LIMIT:
+                    break
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or event is h11.PAUSED:
+                break
+            # else an informational (1xx) response: the real one follows
+        if status is None:
+            raise _Unanswered("closed the connection without a response")
+        return status, bytes(body[:_BODY_LIMIT])
+    finally:
+        writer.close()
 
 
 async def _probe_http(
     spec: Mapping[str, Any], instance: Instance, limit_s: float
 ) -> tuple[bool, str]:
-    import httpx  # on first http probe: it costs ~10% of the CLI's start-up otherwise
+    import h11
 
     timeout = limit_s
     url = substitute(str(spec["url"]), _host_for_url(instance.address), instance.vars)
@@ -88,37 +198,27 @@ async def _probe_http(
     needle = spec.get("bodyContains")
     shown = redact(url)  # a URL with user:password@ in the spec: messages end up recorded
     try:
-        async with (
-            asyncio.timeout(timeout),
-            httpx.AsyncClient(
-                timeout=timeout, follow_redirects=False, trust_env=False,
-                verify=_tls_context() if _is_https(url) else _no_tls_context(),
-            ) as client,
-            client.stream("GET", url) as response,
-        ):
-            status = response.status_code
-            if expected is None and not 200 <= status < 300:
-                return False, f"{shown}: status {status}, expected 2xx"
-            if expected is not None and status not in expected:
-                want = " or ".join(str(s) for s in expected)
-                return False, f"{shown}: status {status}, expected {want}"
-            if needle is not None:
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) >= _BODY_LIMIT:
-                        break
-                if str(needle) not in body.decode(errors="replace"):
-                    return False, (f"{shown}: status {status}, body does not contain "
-                                   f"{str(needle)!r}")
-            return True, f"{shown}: status {status}"
-    except (TimeoutError, httpx.TimeoutException):
+        async with asyncio.timeout(timeout):
+            status, body = await _exchange(_request(url),
+                                           None if needle is None else str(needle))
+    except TimeoutError:
         return False, f"{shown}: timed out after {timeout:g}s"
-    except httpx.InvalidURL as exc:
+    except ValueError as exc:  # _BadURL, or a host the resolver refuses (a NUL in it)
         return False, redact(f"{shown}: invalid URL: {exc}", urls=(url,))
-    except httpx.HTTPError as exc:
-        reason = str(exc) or type(exc).__name__
-        return False, redact(f"{shown}: {reason}", urls=(url,))
+    except OSError as exc:
+        return False, redact(f"{shown}: {_connect_failure(exc)}", urls=(url,))
+    except _Unanswered as exc:
+        return False, f"{shown}: {exc}"
+    except h11.RemoteProtocolError as exc:
+        return False, redact(f"{shown}: not an HTTP response: {exc}", urls=(url,))
+    if expected is None and not 200 <= status < 300:
+        return False, f"{shown}: status {status}, expected 2xx"
+    if expected is not None and status not in expected:
+        want = " or ".join(str(s) for s in expected)
+        return False, f"{shown}: status {status}, expected {want}"
+    if needle is not None and str(needle) not in (body or b"").decode(errors="replace"):
+        return False, f"{shown}: status {status}, body does not contain {str(needle)!r}"
+    return True, f"{shown}: status {status}"
 
 
 async def _probe_tcp(

@@ -204,25 +204,136 @@ def test_duration_defaults_and_errors() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_an_http_probe_loads_no_ca_bundle(server: ScriptedServer) -> None:
+async def test_an_http_probe_loads_no_ca_bundle_and_no_http_client_library(
+    server: ScriptedServer,
+) -> None:
     """A probe of an http:// URL never does TLS (redirects are not followed): the process
-    does not load the CA bundle for it (~30 ms of CPU, on a first gate's way). A process of
-    its own: the verifying context, once made, is kept for the process's later probes."""
+    does not load the CA bundle for it (~30 ms of CPU, on a first gate's way). Nor does it
+    import httpx (its import, with the rich and click of its command line, made a process's
+    first probe take 60-90 ms): a probe is h11 on an asyncio connection, ~8 ms the first time.
+    A process of its own: the verifying context, once made, is kept for its later probes."""
     script = f"""
-import asyncio, httpx
-made = []
-create = httpx.create_ssl_context
-httpx.create_ssl_context = lambda *a, **k: made.append(a) or create(*a, **k)
+import asyncio, ssl, sys
+loaded = []
+load = ssl.SSLContext.load_verify_locations
+ssl.SSLContext.load_verify_locations = lambda self, *a, **k: loaded.append(a) or load(self, *a, **k)
 from reconciler.health import probe
 from reconciler.providers import Instance
 result = asyncio.run(probe({{"http": {{"url": "{server.url()}"}}}}, Instance("local", "127.0.0.1")))
-print(result.ok, len(made))
+print(result.ok, len(loaded), "httpx" in sys.modules)
 """
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
     out, err = await asyncio.wait_for(proc.communicate(), 25)
-    assert out.decode().split() == ["True", "0"], err.decode()
+    assert out.decode().split() == ["True", "0", "False"], err.decode()
+
+
+async def serve_raw(answer: bytes, seen: list[bytes]) -> tuple[asyncio.Server, int]:
+    """A loopback server that records each request's head and answers ``answer`` as is."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            seen.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(answer)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.timeout(20)
+async def test_http_request_host_header_credentials_and_target() -> None:
+    """What goes on the wire: the Host with its port, credentials of the URL as Basic auth
+    (unquoted first), the path and query escaped where they must be, no fragment."""
+    seen: list[bytes] = []
+    server, port = await serve_raw(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+                                   seen)
+    try:
+        url = f"http://probe:p%40ss@{{host}}:{port}/health check/é?full=1#frag"
+        result = await probe({"http": {"url": url}}, LOCAL)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.ok, result.message
+    assert "p%40ss" not in result.message and "p@ss" not in result.message, result.message
+    [head] = seen
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "GET /health%20check/%C3%A9?full=1 HTTP/1.1", lines
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:] if line)}
+    assert headers["host"] == f"127.0.0.1:{port}"
+    assert headers["authorization"] == "Basic cHJvYmU6cEBzcw=="  # probe:p@ss
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("answer", "expected"), [
+    (b"", "closed the connection without a response"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n", "not an HTTP response"),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nall ok", None),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nall\r\n4\r\n ok!\r\n0\r\n\r\n",
+     None),
+], ids=["closed", "not-http", "informational-first", "chunked-body"])
+async def test_http_answers_that_are_not_a_plain_response(answer: bytes,
+                                                          expected: str | None) -> None:
+    """A peer that closes, or speaks another protocol, fails the probe at once (not at its
+    timeout); a 1xx before the answer and a chunked body are read through."""
+    seen: list[bytes] = []
+    server, port = await serve_raw(answer, seen)
+    check = {"http": {"url": f"http://{{host}}:{port}/", "bodyContains": "all ok"},
+             "timeout": "5s"}
+    try:
+        started = time.monotonic()
+        result = await probe(check, LOCAL)
+    finally:
+        server.close()
+        await server.wait_closed()
+    if expected is None:
+        assert result.ok, result.message
+    else:
+        assert not result.ok and expected in result.message, result.message
+        assert time.monotonic() - started < 2
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("url", "expected"), [
+    ("ftp://{host}/", "invalid URL: the scheme must be http or https, not 'ftp'"),
+    ("http://{host}:99999/", "invalid URL: Port out of range"),
+    ("http:///nohost", "invalid URL: no host"),
+])
+async def test_http_invalid_urls_fail_with_why(url: str, expected: str) -> None:
+    result = await probe({"http": {"url": url}}, LOCAL)
+    assert not result.ok and expected in result.message, result.message
+
+
+@pytest.mark.timeout(20)
+async def test_http_probe_of_an_ipv6_loopback_address() -> None:
+    """{host} of an IPv6 instance address is bracketed in the URL and in the Host header."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(handle, "::1", 0)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await probe({"http": {"url": f"http://{{host}}:{port}/"}},
+                             Instance("v6", "::1"))
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert result.ok, result.message
+    assert result.message == f"http://[::1]:{port}/: status 200"
+    assert f"Host: [::1]:{port}" in seen[0].decode()
 
 
 @pytest.mark.timeout(20)
