@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 
 from aiohttp import web
 
@@ -114,7 +115,8 @@ def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
     a daemon that cannot serve /metrics and webhooks never starts deploying."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # asyncio's text repeats the address: the errno's own words say it once
-    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    known = exc.errno is not None and exc.errno in errno.errorcode  # not a resolver's code
+    reason = (os.strerror(exc.errno) if known else exc.strerror or str(exc)).lower()
     if exc.errno == errno.EADDRINUSE:
         hint = (f"another process has port {port} (`ss -ltnp 'sport = :{port}'` shows which): "
                 "stop it, or give this daemon another --listen HOST:PORT")
@@ -122,6 +124,8 @@ def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
         hint = f"{host} is not an address of this machine: --listen takes a local address"
     elif exc.errno == errno.EACCES:
         hint = "ports below 1024 need CAP_NET_BIND_SERVICE: use a port from 1024 up"
+    elif isinstance(exc, socket.gaierror):
+        hint = f"{host} does not resolve here: --listen takes a local address or name"
     else:
         hint = "check --listen HOST:PORT"
     return ReconcilerError(f"cannot listen on {where}: {reason}", hint=hint)

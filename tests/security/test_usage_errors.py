@@ -75,6 +75,18 @@ def test_a_listen_port_already_taken_is_a_clear_error_not_an_internal_one(fleet:
 
 
 @pytest.mark.timeout(60)
+def test_a_listen_address_of_another_machine_is_a_clear_error(fleet: Fleet) -> None:
+    fleet.commit()
+    elsewhere = "203.0.113.5"  # TEST-NET-3 (RFC 5737): never an address of this machine
+    proc = reconciler(fleet, "daemon", *fleet.repo_args(), "--listen", f"{elsewhere}:9464",
+                      "--interval", "1h")
+    assert proc.returncode == 2, proc.stderr
+    assert (f"error[FR000]: cannot listen on {elsewhere}:9464: cannot assign requested address"
+            in proc.stderr), proc.stderr
+    assert f"hint: {elsewhere} is not an address of this machine" in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("since", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
 def test_cli_audit_since_out_of_range_is_a_usage_error(fleet: Fleet, since: str) -> None:
     proc = reconciler(fleet, "audit", "--since", since)
