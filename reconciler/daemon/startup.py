@@ -115,8 +115,10 @@ def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
     a daemon that cannot serve /metrics and webhooks never starts deploying."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     # asyncio's text repeats the address: the errno's own words say it once
-    known = exc.errno is not None and exc.errno in errno.errorcode  # not a resolver's code
-    reason = (os.strerror(exc.errno) if known else exc.strerror or str(exc)).lower()
+    code = exc.errno
+    # a resolver's code (socket.gaierror) is not an errno: its own text says it
+    reason = (os.strerror(code) if code is not None and code in errno.errorcode
+              else exc.strerror or str(exc)).lower()
     if exc.errno == errno.EADDRINUSE:
         hint = (f"another process has port {port} (`ss -ltnp 'sport = :{port}'` shows which): "
                 "stop it, or give this daemon another --listen HOST:PORT")
