@@ -6,6 +6,8 @@ secret values: callers pass references (``env:NAME``), never resolved values.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 
@@ -129,3 +131,18 @@ class NotFound(ReconcilerError):
     code = "FR700"
     hint = ("list resources with `reconciler status`; name an ambiguous one as Kind/name or "
             "environment/Kind/name")
+
+
+def os_error_reason(exc: OSError) -> str:
+    """An OSError in a few words for a message that already names the address or path: its
+    error code's text (asyncio's own text repeats the address), a resolver's text
+    (``socket.gaierror`` codes are not error codes), or an SSL error's text in full (it names
+    the check that failed, e.g. CERTIFICATE_VERIFY_FAILED)."""
+    import ssl
+
+    if isinstance(exc, ssl.SSLError):
+        return str(exc)
+    code = exc.errno
+    if code is not None and code in errno.errorcode:
+        return os.strerror(code)
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import signal
 import socket
 
@@ -24,7 +23,7 @@ from reconciler.daemon.http_guard import (
 )
 from reconciler.daemon.loop import Daemon
 from reconciler.daemon.wakeups import ShardKeeper
-from reconciler.errors import ReconcilerError
+from reconciler.errors import ReconcilerError, os_error_reason
 from reconciler.notifications.wiring import start_notifications
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
@@ -114,11 +113,7 @@ def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
     """Why the HTTP listener could not bind, and what to do: checked before the first pass, so
     a daemon that cannot serve /metrics and webhooks never starts deploying."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    # asyncio's text repeats the address: the errno's own words say it once
-    code = exc.errno
-    # a resolver's code (socket.gaierror) is not an errno: its own text says it
-    reason = (os.strerror(code) if code is not None and code in errno.errorcode
-              else exc.strerror or str(exc)).lower()
+    reason = os_error_reason(exc).lower()
     if exc.errno == errno.EADDRINUSE:
         hint = (f"another process has port {port} (`ss -ltnp 'sport = :{port}'` shows which): "
                 "stop it, or give this daemon another --listen HOST:PORT")

@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import errno
 import functools
-import os
 import ssl
 import time
 import urllib.parse
@@ -29,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.errors import ProviderError
+from reconciler.errors import ProviderError, os_error_reason
 from reconciler.observe.redact import redact
 from reconciler.providers.contract import CommandRunner, Instance
 from reconciler.spec.durations import to_seconds
@@ -130,16 +128,6 @@ def _request(url: str) -> _Request:
                     urllib.parse.quote(target, safe=_TARGET_SAFE), tuple(headers))
 
 
-def _connect_failure(exc: OSError) -> str:
-    """Why a connection failed, in the words of its error code (asyncio's text repeats the
-    address the message already gives)."""
-    if isinstance(exc, ssl.SSLError):
-        return str(exc)  # e.g. [SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: …
-    if exc.errno is not None and exc.errno in errno.errorcode:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
 async def _exchange(request: _Request, needle: str | None) -> tuple[int, bytes | None]:
     """(status, the body's first ``_BODY_LIMIT`` bytes when ``needle`` asks for them) of one
     GET over a connection of its own (HTTP/1.1 framing by h11: no redirects followed, no
@@ -206,7 +194,7 @@ async def _probe_http(
     except ValueError as exc:  # _BadURL, or a host the resolver refuses (a NUL in it)
         return False, redact(f"{shown}: invalid URL: {exc}", urls=(url,))
     except OSError as exc:
-        return False, redact(f"{shown}: {_connect_failure(exc)}", urls=(url,))
+        return False, redact(f"{shown}: {os_error_reason(exc)}", urls=(url,))
     except _Unanswered as exc:
         return False, f"{shown}: {exc}"
     except h11.RemoteProtocolError as exc:
