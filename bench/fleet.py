@@ -5,7 +5,10 @@ Model: one Target per host, S Services on each (``s<host>-<i>``, busybox httpd o
 loopback port, health ``http`` GET /healthz every 100 ms), so a change can touch 1 unit of all.
 Passes, each run by the three methods in turn (baseline first, alternating order per round):
 
-* converge from nothing (hosts wiped: no release, no unit);
+* converge from nothing (hosts wiped: no release, no unit; the reconciler's state empty),
+  ``--converge-rounds`` times, the order swapped each round: the first method of a round has the
+  hosts to itself, the others run beside its 1,000 units (a daemon-reload then loads twice the
+  unit files); Ansible in the first round only;
 * change all: a new revision of the shared app directory, every unit restarts;
 * change one: one Service's env changes, one unit restarts (Ansible still checks every unit:
   that is how a playbook finds out what changed);
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -528,6 +532,9 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--services", type=int, default=50, help="Services per host")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of change-all/one")
+    parser.add_argument("--converge-rounds", type=int, default=2,
+                        help="converges from nothing (wiped fleet, empty state), the methods' "
+                             "order swapped each round")
     parser.add_argument("--heal", type=int, default=100, help="units stopped by hand")
     parser.add_argument("--daemon-rounds", type=int, default=5,
                         help="changes of one Service through `reconciler daemon` (0: none)")
@@ -605,16 +612,24 @@ def main() -> None:
         def wanted(method: str, pass_name: str) -> bool:
             return method != "ansible" or pass_name in ansible_passes
 
-        # converge from nothing
-        for method in (["plain", "reconciler", "ansible"]):
-            if method not in methods or not wanted(method, "converge"):
-                continue
-            if method == "reconciler":
-                reconciler_pass("converge")
-            elif method == "plain":
-                record("converge", "plain", fleet.run_plain("deploy"))
-            else:
-                record("converge", "ansible", fleet.run_ansible())
+        # converge from nothing, on a wiped fleet and an empty reconciler state each round: the
+        # first method of a round has the hosts to itself, the next ones run beside its units
+        # (each daemon-reload then loads twice the unit files), so the order swaps every round
+        for converge_no in range(args.converge_rounds):
+            if converge_no:
+                fleet.each_host(lambda host: host.sh(WIPE, timeout=120))
+                shutil.rmtree(fleet.state, ignore_errors=True)
+            first = ["plain", "reconciler"] if converge_no % 2 == 0 else ["reconciler", "plain"]
+            # Ansible's converge takes most of an hour at 20 x 50: its first round only
+            for method in first + (["ansible"] if converge_no == 0 else []):
+                if method not in methods or not wanted(method, "converge"):
+                    continue
+                if method == "reconciler":
+                    reconciler_pass("converge")
+                elif method == "plain":
+                    record("converge", "plain", fleet.run_plain("deploy"))
+                else:
+                    record("converge", "ansible", fleet.run_ansible())
         for method in (m for m in methods if wanted(m, "converge")):
             fleet.verify(method)
 
