@@ -612,6 +612,16 @@ def main() -> None:
         def wanted(method: str, pass_name: str) -> bool:
             return method != "ansible" or pass_name in ansible_passes
 
+        def run_pass(pass_name: str, method: str, plain_mode: str = "deploy",
+                     only: set[tuple[int, int]] | None = None) -> None:
+            """One method's pass, recorded (Ansible runs its whole playbook every time)."""
+            if method == "reconciler":
+                reconciler_pass(pass_name)
+            elif method == "plain":
+                record(pass_name, "plain", fleet.run_plain(plain_mode, only=only))
+            else:
+                record(pass_name, "ansible", fleet.run_ansible())
+
         # converge from nothing, on a wiped fleet and an empty reconciler state each round: the
         # first method of a round has the hosts to itself, the next ones run beside its units
         # (each daemon-reload then loads twice the unit files), so the order swaps every round
@@ -622,14 +632,8 @@ def main() -> None:
             first = ["plain", "reconciler"] if converge_no % 2 == 0 else ["reconciler", "plain"]
             # Ansible's converge takes most of an hour at 20 x 50: its first round only
             for method in first + (["ansible"] if converge_no == 0 else []):
-                if method not in methods or not wanted(method, "converge"):
-                    continue
-                if method == "reconciler":
-                    reconciler_pass("converge")
-                elif method == "plain":
-                    record("converge", "plain", fleet.run_plain("deploy"))
-                else:
-                    record("converge", "ansible", fleet.run_ansible())
+                if method in methods and wanted(method, "converge"):
+                    run_pass("converge", method)
         for method in (m for m in methods if wanted(m, "converge")):
             fleet.verify(method)
 
@@ -639,12 +643,7 @@ def main() -> None:
             fleet.rev = f"v{round_no}"
             fleet.commit(fleet.rev)
             for method in (m for m in order if wanted(m, "change-all")):
-                if method == "reconciler":
-                    reconciler_pass("change-all")
-                elif method == "plain":
-                    record("change-all", "plain", fleet.run_plain("deploy"))
-                else:
-                    record("change-all", "ansible", fleet.run_ansible())
+                run_pass("change-all", method)
             for method in (m for m in methods if wanted(m, "change-all")):
                 fleet.verify(method)
             # change one: one Service's env
@@ -652,12 +651,7 @@ def main() -> None:
             fleet.extra[target] = {"ROUND": str(round_no)}
             fleet.commit(f"env of {fleet.name(*target)}")
             for method in (m for m in order if wanted(m, "change-one")):
-                if method == "reconciler":
-                    reconciler_pass("change-one")
-                elif method == "plain":
-                    record("change-one", "plain", fleet.run_plain("deploy", only={target}))
-                else:
-                    record("change-one", "ansible", fleet.run_ansible())
+                run_pass("change-one", method, only={target})
             # change one more, `apply --no-live`: plan + deploy + gate, no drift check of the
             # other 999 (the plain script's change of one does none either)
             other = (1 + (round_no + 1) % len(hosts), 1 + (round_no + 1) % args.services)
@@ -671,12 +665,7 @@ def main() -> None:
             # heal: units stopped by hand
             for method in (m for m in order if wanted(m, "heal")):
                 fleet.stop_by_hand(method, args.heal)
-                if method == "reconciler":
-                    reconciler_pass("heal")
-                elif method == "plain":
-                    record("heal", "plain", fleet.run_plain("heal"))
-                else:
-                    record("heal", "ansible", fleet.run_ansible())
+                run_pass("heal", method, plain_mode="heal")
             for method in (m for m in methods if wanted(m, "change-all")):
                 fleet.verify(method)
         # a pass with nothing to do: the fixed cost of a pass over the fleet (live observe)
