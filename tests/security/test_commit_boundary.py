@@ -30,18 +30,19 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Fleet, free_port, git, http_get, service_yaml, wait_for
+from tests.e2e.conftest import (
+    Fleet,
+    free_port,
+    git,
+    greeting,
+    http_get,
+    service_yaml,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
 LOCATED = re.compile(r"fleet/[\w.]+\.yaml:\d+:\d+: ")
-
-
-def greeting(port: int) -> str | None:
-    try:
-        return str(json.loads(http_get(port)[1])["greeting"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def readyz(listen: int) -> dict[str, Any]:
