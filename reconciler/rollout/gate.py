@@ -251,8 +251,10 @@ async def _with_output(provider: Provider, resource: Resource, instance: Instanc
             lines = await provider.logs(resource, instance, tail=LAST_LINES)
         except Exception:  # output is a courtesy: the verdict stands without it
             lines = []
-    if state is not None and not state.running and state.detail and state.detail not in why:
-        why += f"; {state.detail}"  # what the provider says of it (e.g. the sandbox setting)
+    if state is not None and state.detail and state.detail not in why:
+        # what the provider says of it (e.g. the sandbox setting), also of a process that was
+        # replaced: what it says of the run that ended
+        why += f"; {state.detail}"
     kept = tail(lines)
     holder = _LAST_OUTPUT.get()
     if holder is not None:

@@ -88,6 +88,10 @@ class Slot:
     starting_looks: int = 0  # looks left while "starting"
     started: float | None = None  # time.monotonic() of the start, when the age is reported
     restart_at: float | None = None  # time.monotonic() at which the platform restarts it
+    restarts: int = 0  # restarts done by the platform (``restartsAfter``)
+
+
+OOM = "out of memory"  # why the fake platform's restarted instances exited
 
 
 @dataclass
@@ -155,6 +159,7 @@ class FakeProvider:
         if slot is not None and slot.restart_at is not None and time.monotonic() >= slot.restart_at:
             self.world.next_pid += 1
             slot.pid, slot.restart_at = self.world.next_pid, None
+            slot.restarts += 1
         return slot
 
     async def instances(self, resource: Resource) -> list[Instance]:
@@ -180,9 +185,11 @@ class FakeProvider:
         if slot.started is not None and slot.phase is Phase.RUNNING:
             up_for = time.monotonic() - slot.started
             self.world.ages.append((instance.id, up_for))
+        detail = "unhealthy" if health is Health.UNHEALTHY else ""
+        if slot.restarts and slot.phase is Phase.RUNNING:  # what a platform says of a restart
+            detail = f"restarted by the platform {slot.restarts} time(s) after exiting: {OOM}"
         return InstanceState(
-            instance, slot.revision, slot.phase is Phase.RUNNING,
-            "unhealthy" if health is Health.UNHEALTHY else "", up_for=up_for,
+            instance, slot.revision, slot.phase is Phase.RUNNING, detail, up_for=up_for,
             phase=slot.phase, health=health,
             exit_code=None if slot.phase is Phase.RUNNING else 1,
             identity=Identity(pid=slot.pid), working_dir=f"/fake/{resource.name}",

@@ -240,6 +240,9 @@ async def test_an_instance_replaced_during_its_gate_fails_it_through_a_recheck(
     [outcome] = [o for o in result.outcomes if o.key == API]
     assert str(outcome.result) != "succeeded", outcome
     assert "restarted" in outcome.message, outcome.message
+    # what the provider says of the replaced run (compose: the sandbox setting that stopped it)
+    assert "restarted by the platform 1 time(s) after exiting: out of memory" in (
+        outcome.message), outcome.message
     assert fleet.world.rechecks, fleet.world.rechecks
     assert any(looks > 0 for looks in fleet.world.looks.values()), fleet.world.looks
 

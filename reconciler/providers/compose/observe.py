@@ -53,6 +53,11 @@ from reconciler.spec.model import Resource
 UNMANAGED_PREFIX = "unmanaged:"
 
 
+# A running container Docker's restart policy started again this recently is diagnosed as an
+# exited one (its output read): a crash a gate or `status` may be asked about right now.
+RESTARTED_RECENTLY_S = 60.0
+
+
 class Observer:
     """Reads the state and output of a resource's containers."""
 
@@ -270,11 +275,21 @@ class Observer:
         return state, extras
 
     async def _diagnose(self, resource: Resource, state: InstanceState) -> None:
-        """An exited container of ours: its last output lines, and in its detail the sandbox
-        setting that likely stopped it (the gate's and ``status``'s message of it)."""
+        """An exited container of ours, or one Docker's restart policy started again within
+        ``RESTARTED_RECENTLY_S``: its last output lines (the exited run's end), and in its
+        detail the sandbox setting that likely stopped it (the gate's and ``status``'s message
+        of it: a gate that looks after Docker's restart reports a restart, with this)."""
         container = state.identity.container_id
-        if state.running or container is None or "unexpected" in state.instance.labels:
+        if container is None or "unexpected" in state.instance.labels:
             return
+        restarts = int(state.facts.get("restart_count") or 0)
+        if state.running:
+            # a look at an old restart fetches no logs: an idle daemon looks at every Service
+            if not restarts or state.up_for is None or state.up_for > RESTARTED_RECENTLY_S:
+                return
+            state.detail = "; ".join(
+                part for part in (state.detail, f"restarted by Docker {restarts} time(s) after "
+                                  "exiting") if part)
         try:
             profile = sandbox_profile(
                 compose_section(resource), self.host.target.spec.get("sandbox")

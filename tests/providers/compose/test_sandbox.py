@@ -73,3 +73,36 @@ def test_render_profiles() -> None:
     assert "cap_drop" not in svc(target_sandbox=False)
     assert svc(target_sandbox="strict")["user"] == "65534:65534"
     assert svc(target_sandbox="off", sandbox="default")["cap_drop"] == ["ALL"]
+
+
+async def test_a_container_docker_restarted_is_diagnosed_from_its_exited_run(
+        make_provider: Any, environment: str, tiny_image: str, docker_engine: Infra) -> None:
+    """A gate (or `status`) that looks after Docker's restart policy started a container again
+    sees it running: the run that exited is still diagnosed (a CI run's gate reported the
+    restart without the sandbox hint). The first run fails its chown (no CAP_CHOWN in the
+    default sandbox) and leaves a mark; Docker restarts it; the second run serves."""
+    import asyncio
+    import time
+
+    port = free_port()
+    script = ("if [ -f /tmp/once ]; then exec httpd -f -p 127.0.0.1:" + str(port) + " -h /; "
+              "fi; touch /tmp/once /tmp/f && chown 1:1 /tmp/f || exit 3")
+    spec = {"compose": {"image": tiny_image, "pullPolicy": "never", "networkMode": "host",
+                        "init": True, "command": ["sh", "-c", script], "user": "0:0",
+                        "restart": "on-failure", "wait": False}}
+    service = make_resource(environment, "Service", "web", spec)
+    provider = make_provider()
+    (instance,) = await provider.instances(service)
+    await provider.deploy(release(service, "r1"), instance)
+    deadline = time.monotonic() + 30
+    while True:
+        state = await only_state(provider, service)
+        if state.running and state.facts.get("restart_count"):
+            break
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.2)
+    assert "restarted by Docker 1 time(s) after exiting" in state.detail, state.detail
+    assert "sandbox 'default' likely caused this" in state.detail, state.detail
+    assert "CHOWN" in state.detail, state.detail
+    assert any("Operation not permitted" in line for line in state.last_output), state
+    assert state.problem is None  # running: a restart is reported, not a failure
