@@ -114,7 +114,7 @@ def _request(url: str) -> _Request:
         raise _BadURL(f"host {parts.hostname!r}: {exc}") from None
     default = 443 if scheme == "https" else 80
     port = default if port is None else port
-    shown_host = f"[{host}]" if ":" in host else host
+    shown_host = _host_for_url(host)
     headers = [("Host", shown_host if port == default else f"{shown_host}:{port}"),
                ("Accept", "*/*"), ("User-Agent", "fraisier-health-probe"),
                ("Connection", "close")]
