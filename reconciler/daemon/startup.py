@@ -30,6 +30,7 @@ from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.state import open_store
+from reconciler.transport.address import host_port
 
 log = logging.getLogger("reconciler.daemon")
 
@@ -112,7 +113,7 @@ async def serve(daemon: Daemon) -> int:
 def _listen_error(host: str, port: int, exc: OSError) -> ReconcilerError:
     """Why the HTTP listener could not bind, and what to do: checked before the first pass, so
     a daemon that cannot serve /metrics and webhooks never starts deploying."""
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    where = host_port(host, port)
     reason = os_error_reason(exc).lower()
     if exc.errno == errno.EADDRINUSE:
         hint = (f"another process has port {port} (`ss -ltnp 'sport = :{port}'` shows which): "

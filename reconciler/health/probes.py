@@ -32,6 +32,7 @@ from reconciler.observe.redact import redact
 from reconciler.providers.contract import CommandRunner, Instance
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.hostvars import substitute, substitute_vars
+from reconciler.transport.address import url_host
 
 DEFAULT_TIMEOUT_S = 2.0
 PROBE_KINDS = ("http", "tcp", "exec")
@@ -43,10 +44,6 @@ class ProbeResult:
     ok: bool
     message: str
     duration_s: float
-
-
-def _host_for_url(address: str) -> str:
-    return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
 def _expected_statuses(value: Any) -> list[int] | None:
@@ -114,7 +111,7 @@ def _request(url: str) -> _Request:
         raise _BadURL(f"host {parts.hostname!r}: {exc}") from None
     default = 443 if scheme == "https" else 80
     port = default if port is None else port
-    shown_host = _host_for_url(host)
+    shown_host = url_host(host)
     headers = [("Host", shown_host if port == default else f"{shown_host}:{port}"),
                ("Accept", "*/*"), ("User-Agent", "fraisier-health-probe"),
                ("Connection", "close")]
@@ -181,7 +178,7 @@ async def _probe_http(
     import h11
 
     timeout = limit_s
-    url = substitute(str(spec["url"]), _host_for_url(instance.address), instance.vars)
+    url = substitute(str(spec["url"]), url_host(instance.address), instance.vars)
     expected = _expected_statuses(spec.get("expectStatus"))
     needle = spec.get("bodyContains")
     shown = redact(url)  # a URL with user:password@ in the spec: messages end up recorded
@@ -216,9 +213,9 @@ async def _probe_tcp(
     host = substitute(str(spec.get("host") or instance.address), instance.address, instance.vars)
     port_text = substitute_vars(str(spec["port"]), instance.vars)
     if not port_text.isdigit():
-        return False, f"tcp {_host_for_url(host)}: port {port_text!r} is not a number"
+        return False, f"tcp {url_host(host)}: port {port_text!r} is not a number"
     port = int(port_text)
-    where = f"tcp {_host_for_url(host)}:{port}"
+    where = f"tcp {url_host(host)}:{port}"
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except TimeoutError:

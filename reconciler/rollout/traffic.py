@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from reconciler.errors import ProviderError
 from reconciler.transport import CommandResult, Transport
+from reconciler.transport.address import host_port
 
 log = logging.getLogger("reconciler.rollout.traffic")
 
@@ -73,10 +74,7 @@ class Backend:
     @property
     def endpoint(self) -> str:
         """``address:port``, with an IPv6 address in brackets."""
-        host = self.address
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"{host}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 class TrafficRouter(Protocol):

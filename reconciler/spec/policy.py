@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
 from reconciler.spec import refs
 from reconciler.spec.model import Resource, ResourceKey
+from reconciler.transport.address import url_host
 
 if TYPE_CHECKING:
     # PyYAML is imported where a policy file is parsed: every command installs a policy, most
@@ -249,9 +250,7 @@ def _is_loopback(host: str) -> bool:
 def origin(url: str) -> str:
     """``scheme://host[:port]`` (lower case, default port dropped): what the policy matches."""
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host((parts.hostname or "").lower())
     try:
         port = parts.port
     except ValueError:

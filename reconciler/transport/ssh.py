@@ -43,6 +43,7 @@ import asyncssh
 from reconciler.errors import ProviderError
 from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
+from reconciler.transport.address import host_port
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,7 @@ class SSHHostConfig:
 
     @property
     def endpoint(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return host_port(self.address, self.port)
 
     @classmethod
     def from_spec(cls, host: Mapping[str, Any], **overrides: Any) -> SSHHostConfig:
