@@ -95,6 +95,18 @@ def test_inline_render() -> None:
     assert yaml.safe_load(rendered.yaml()) == rendered.document
 
 
+def test_the_written_document_reads_back_as_rendered_with_awkward_values() -> None:
+    """Values YAML would read as something else unless quoted or escaped."""
+    awkward = {"YES": "yes", "OFF": "off", "NULL": "null", "TILDE": "~", "OCTAL": "0755",
+               "FLOAT": "1e3", "EMPTY": "", "SPACES": "  padded  ", "COLON": "a: b",
+               "HASH": "#not a comment", "MULTI": "line 1\nline 2\n", "TAB": "a\tb",
+               "UNICODE": "h\u00e9llo \u2603", "DATE": "2026-12-07", "LONG": "x " * 80}
+    rendered = render(resource(compose={**INLINE, "environment": awkward}), "rev-1")
+    assert yaml.safe_load(rendered.yaml()) == rendered.document
+    assert yaml.safe_load(rendered.yaml(compose_v1=True))["services"]["api"]["environment"] == (
+        rendered.document["services"]["api"]["environment"])
+
+
 def test_compose_revision_covers_the_document_not_the_core_revision() -> None:
     base = render(resource(compose=INLINE), "r1")
     assert render(resource(compose=INLINE), "r2").compose_revision == base.compose_revision
