@@ -24,13 +24,13 @@ from reconciler.daemon.http_guard import (
 from reconciler.daemon.loop import Daemon
 from reconciler.daemon.wakeups import ShardKeeper
 from reconciler.errors import ReconcilerError, os_error_reason
+from reconciler.netaddr import host_port
 from reconciler.notifications.wiring import start_notifications
 from reconciler.observe import metrics
 from reconciler.observe.tracing import setup_tracing, shutdown_tracing
 from reconciler.rollout.engine import Reconciler
 from reconciler.source.git import GitSource
 from reconciler.state import open_store
-from reconciler.transport.address import host_port
 
 log = logging.getLogger("reconciler.daemon")
 

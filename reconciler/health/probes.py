@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import ProviderError, os_error_reason
+from reconciler.netaddr import url_host
 from reconciler.observe.redact import redact
 from reconciler.providers.contract import CommandRunner, Instance
 from reconciler.spec.durations import to_seconds
 from reconciler.spec.hostvars import substitute, substitute_vars
-from reconciler.transport.address import url_host
 
 DEFAULT_TIMEOUT_S = 2.0
 PROBE_KINDS = ("http", "tcp", "exec")

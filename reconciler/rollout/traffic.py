@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler.errors import ProviderError
+from reconciler.netaddr import host_port
 from reconciler.transport import CommandResult, Transport
-from reconciler.transport.address import host_port
 
 log = logging.getLogger("reconciler.rollout.traffic")
 

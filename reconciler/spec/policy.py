@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from reconciler.errors import ReconcilerError, SecretError, SpecError, SpecProblem
+from reconciler.netaddr import url_host
 from reconciler.spec import refs
 from reconciler.spec.model import Resource, ResourceKey
-from reconciler.transport.address import url_host
 
 if TYPE_CHECKING:
     # PyYAML is imported where a policy file is parsed: every command installs a policy, most

@@ -41,9 +41,9 @@ from typing import Any, TypeVar
 import asyncssh
 
 from reconciler.errors import ProviderError
+from reconciler.netaddr import host_port
 from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
-from reconciler.transport.address import host_port
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.transport.address import host_port, url_host
+from reconciler.netaddr import host_port, url_host
 
 
 @pytest.mark.parametrize(("host", "written"), [
