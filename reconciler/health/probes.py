@@ -72,10 +72,6 @@ class _BadURL(ValueError):
     """A probe URL that cannot be requested (its text is the reason)."""
 
 
-class _Unanswered(Exception):
-    """The peer accepted the connection and gave no response (its text says how)."""
-
-
 @dataclass(frozen=True)
 class _Request:
     """Where an http probe connects and what it sends, from its URL."""
@@ -127,47 +123,22 @@ def _request(url: str) -> _Request:
 
 async def _exchange(request: _Request, needle: str | None) -> tuple[int, bytes | None]:
     """(status, the body's first ``_BODY_LIMIT`` bytes when ``needle`` asks for them) of one
-    GET over a connection of its own (HTTP/1.1 framing by h11: no redirects followed, no
-    proxy from the environment)."""
-    import h11
+    GET over a connection of its own (``transport.http1``: no redirects followed, no proxy
+    from the environment)."""
+    from reconciler.transport.http1 import exchange
 
     reader, writer = await asyncio.open_connection(
         request.host, request.port, ssl=_tls_context() if request.tls else None,
         server_hostname=request.host if request.tls else None)
     try:
-        connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
+        import h11
+
         try:
-            writer.write(connection.send(h11.Request(method="GET", target=request.target,
-                                                     headers=list(request.headers))))
-            writer.write(connection.send(h11.EndOfMessage()) or b"")
+            answer = await exchange(reader, writer, "GET", request.target, request.headers,
+                                    body_limit=_BODY_LIMIT, head_only=needle is None)
         except h11.LocalProtocolError as exc:
             raise _BadURL(str(exc)) from None
-        await writer.drain()
-        status: int | None = None
-        body = bytearray()
-        answered = False
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(64 * 1024)
-                if not data and not answered:
-                    raise _Unanswered("closed the connection without a response")
-                answered = True  # h11 judges the rest, a truncated answer included
-                connection.receive_data(data)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                if needle is None:
-                    return status, None
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) >= _BODY_LIMIT:
-                    break
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or event is h11.PAUSED:
-                break
-            # else an informational (1xx) response: the real one follows
-        if status is None:
-            raise _Unanswered("closed the connection without a response")
-        return status, bytes(body[:_BODY_LIMIT])
+        return answer.status, None if needle is None else answer.body
     finally:
         writer.close()
 
@@ -176,6 +147,8 @@ async def _probe_http(
     spec: Mapping[str, Any], instance: Instance, limit_s: float
 ) -> tuple[bool, str]:
     import h11
+
+    from reconciler.transport.http1 import NoResponse
 
     timeout = limit_s
     url = substitute(str(spec["url"]), url_host(instance.address), instance.vars)
@@ -192,7 +165,7 @@ async def _probe_http(
         return False, redact(f"{shown}: invalid URL: {exc}", urls=(url,))
     except OSError as exc:
         return False, redact(f"{shown}: {os_error_reason(exc)}", urls=(url,))
-    except _Unanswered as exc:
+    except NoResponse as exc:
         return False, f"{shown}: {exc}"
     except h11.RemoteProtocolError as exc:
         return False, redact(f"{shown}: not an HTTP response: {exc}", urls=(url,))

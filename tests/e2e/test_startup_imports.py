@@ -2,7 +2,7 @@
 
 OpenTelemetry is needed only once tracing is set up (the daemon), asyncssh only for an ``ssh``
 Target, aiohttp only for the daemon's HTTP server; aiodocker is no dependency any more (the
-compose provider talks to dockerd's socket with httpcore), so no command loads it, a compose
+compose provider talks to dockerd's socket with h11), so no command loads it, a compose
 `apply` included. Each of them costs tens to hundreds of milliseconds of every `reconciler` run
 (docs/performance.md, the compose row), so a module-level import that brings one back fails
 here. A `diff` or `apply` of a local config repository needs no GitPython (commits are read with
@@ -175,11 +175,11 @@ def test_apply_of_a_local_fleet_pulls_no_heavy_module(fleet: Fleet) -> None:
 def test_apply_of_a_compose_service_pulls_no_docker_client_library(
     fleet: Fleet, docker_engine: Infra, compose_cli: list[str], tiny_image: str
 ) -> None:
-    # The engine is read through httpcore on the unix socket: a compose `apply` that deploys,
-    # waits for Docker's health check and records loads neither aiodocker nor aiohttp (0.3-0.75 s
-    # of every such run when it did), nor httpx (its import loads rich and pygments; a Service
-    # with an http probe imports it for the probe).
-    unused = {*HEAVY, "httpx", "rich", "pygments", "prometheus_client"}
+    # The engine is read with h11 on the unix socket: a compose `apply` that deploys, waits for
+    # Docker's health check and records loads neither aiodocker nor aiohttp (0.3-0.75 s of every
+    # such run when it did), nor httpx (its import loads rich and pygments), nor httpcore and
+    # anyio (its pool, which the engine client used before).
+    unused = {*HEAVY, "httpx", "httpcore", "anyio", "rich", "pygments", "prometheus_client"}
     environment = f"i{uuid.uuid4().hex[:8]}"
     port = free_port()
     docker = {"host": docker_engine.docker_host, "composeCommand": compose_cli}

@@ -3,7 +3,7 @@
 ``docker.host`` says how to reach it:
 
 - ``unix:///var/run/docker.sock`` (default): this machine. The compose CLI runs through
-  ``LocalTransport``; reads go to the engine API on that socket (httpcore).
+  ``LocalTransport``; reads go to the engine API on that socket (h11, one connection per request).
 - ``ssh://user@host[:port]``: another machine. The compose and docker CLIs run on that host through
   the SSH transport (strict host-key checking), where the engine socket is local.
 """
