@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -125,13 +127,33 @@ class SQLiteStore(SQLiteResources, SQLiteJournal, SQLiteLeases, SQLiteDeliveries
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")  # persistent; ":memory:" stays "memory"
+            self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous = {_sync_mode()}")
             conn.execute("PRAGMA foreign_keys = ON")
             return conn
         except BaseException:
             conn.close()
             raise
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """WAL, which the file keeps once set (":memory:" stays "memory"). Switching needs the
+        database to itself, and SQLite refuses it at once, without its busy wait, while another
+        connection holds a write transaction (two processes opening one new database): the
+        switch is tried again, with jittered backoff, for up to the busy timeout."""
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.01
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, 0.25)
 
     def _journal_mode(self) -> str:
         return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,3 +166,26 @@ async def test_event_loop_stays_responsive_during_lock_wait(
     finally:
         other.close()
     assert ticks >= 20  # ~50 expected; a blocked loop would give ~0
+
+
+@pytest.mark.timeout(60)
+def test_opening_while_another_connection_writes_waits_for_it(tmp_path: Path) -> None:
+    """A fresh database is switched to WAL on open, which needs it to itself; SQLite refuses
+    that at once, without its busy wait, while another connection holds a write transaction
+    (a CI run's two writer processes opening one new database together failed so)."""
+    db = tmp_path / "fresh.db"
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (a)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        store = SQLiteStore(db)
+    finally:
+        release.join()
+        other.close()
+    try:
+        assert store.journal_mode == "wal"
+    finally:
+        asyncio.run(store.close())
