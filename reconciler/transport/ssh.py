@@ -44,6 +44,7 @@ from reconciler.errors import ProviderError
 from reconciler.netaddr import host_port
 from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
+from reconciler.transport.sftp_tree import upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -697,12 +698,8 @@ class SSHTransport:
         if self.config.sudo:
             staging = await self._file_op(what, lambda: self._upload_dir(sftp))
             try:
-                await self._file_op(
-                    what,
-                    lambda: sftp.put(
-                        str(local_dir), f"{staging}/tree", recurse=True, preserve=True
-                    ),
-                )
+                await self._file_op(what,
+                                    lambda: upload_tree(sftp, local_dir, f"{staging}/tree"))
                 await self._exec(
                     ["sh", "-c", _TREE_SCRIPT, "fraisier-tree", f"{staging}/tree", remote_dir, "1",
                      "1" if replace else "0"],
@@ -719,17 +716,8 @@ class SSHTransport:
         else:
             stage = posixpath.join(posixpath.dirname(remote_dir) or "/", posixpath.basename(stage))
 
-        async def upload() -> None:
-            try:
-                await sftp.put(str(local_dir), stage, recurse=True, preserve=True)
-            except asyncssh.SFTPNoSuchFile:  # the parent is missing (first upload): create it
-                if await sftp.exists(stage):
-                    raise  # something else went missing half-way: not a missing parent
-                await sftp.makedirs(posixpath.dirname(remote_dir) or "/", exist_ok=True)
-                await sftp.put(str(local_dir), stage, recurse=True, preserve=True)
-
         try:
-            await self._file_op(what, upload)
+            await self._file_op(what, lambda: upload_tree(sftp, local_dir, stage))
         except BaseException:
             await self._cleanup(stage)
             raise
