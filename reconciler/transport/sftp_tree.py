@@ -4,9 +4,9 @@ asyncssh's ``put(recurse=True, preserve=True)`` spends 16 requests on a two-file
 release: a type check before each folder, then a ``setstat`` per entry for modes and times.
 Here each folder is one ``mkdir`` and each file one ``open``/``write``/``close``, with the
 mode asked for at creation. The server applies its umask (or a default ACL) to a created mode,
-so the top folder's mode is read back once per upload; an entry whose mode that does not
-prove to come through intact (a bit the server stripped or was not seen to keep, a setuid,
-setgid or sticky bit) gets an explicit ``setstat`` as well. Modes end up exactly as in the
+so the top folder's mode is read back once per upload; an entry whose mode may not come
+through intact (it has a bit the server stripped or was not seen to keep, or a setuid, setgid
+or sticky bit) gets an explicit ``setstat`` as well. Modes end up exactly as in the
 local tree, as with ``preserve``. Times do not: files carry the upload's time, as a checkout's
 do; nothing reads them, and setting them would cost a request per entry.
 
