@@ -8,8 +8,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Protocol
 
+from reconciler.backoff import TIMER_FLOOR_S, jittered
 from reconciler.daemon.config import DaemonConfig
-from reconciler.daemon.jitter import jittered
 from reconciler.errors import ReconcilerError, UnexpectedError
 from reconciler.notifications.sink import EventSink
 from reconciler.observe import metrics
@@ -64,7 +64,7 @@ class SelfHeal:
         delay = 0.0
         while not daemon.stopping:
             await asyncio.sleep(delay)
-            delay = jittered(self._cfg.heal_interval or self._cfg.interval)
+            delay = jittered(self._cfg.heal_interval or self._cfg.interval, floor=TIMER_FLOOR_S)
             desired = daemon.desired
             if desired is None or daemon.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift

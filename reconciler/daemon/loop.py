@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.backoff import TIMER_FLOOR_S, exponential, jittered
 from reconciler.daemon import notify
 from reconciler.daemon.config import DaemonConfig
 from reconciler.daemon.desired_loader import DesiredStateLoader
 from reconciler.daemon.heal import SelfHeal
-from reconciler.daemon.jitter import jittered
 from reconciler.daemon.overrun import PassWatch, default_limit
 from reconciler.daemon.pins import Pin, PinTracker
 from reconciler.daemon.retention import Retention
@@ -164,7 +164,8 @@ class Daemon:
         retryable = [o for o in failed if o.result in ("failed", "cancelled")]
         if retryable:
             self.failures += 1
-            delay = jittered(min(self.cfg.max_backoff, 2.0 ** self.failures), 0.5)
+            delay = jittered(exponential(self.failures + 1, first=1.0, cap=self.cfg.max_backoff),
+                             0.5, floor=TIMER_FLOOR_S)
             self.retry_at = time.monotonic() + delay
             log.warning("resources failed; retrying with backoff",
                         extra={"resources": [str(o.key) for o in retryable],
@@ -188,7 +189,7 @@ class Daemon:
         self.trigger("startup")
         while not self.stopping:
             self.heartbeat = time.monotonic()
-            timeout = jittered(self.cfg.interval)
+            timeout = jittered(self.cfg.interval, floor=TIMER_FLOOR_S)
             if self.retry_at is not None:
                 timeout = min(timeout, max(0.0, self.retry_at - time.monotonic()))
             if self.window_at is not None:  # + a margin: wake once the window is open
@@ -228,7 +229,7 @@ class Daemon:
         max_backoff (5 min), jittered (never a hot loop on a commit that breaks every pass)."""
         self.failures += 1
         self.retry_at = time.monotonic() + jittered(
-            min(self.cfg.max_backoff, 10.0 * 2.0 ** (self.failures - 1)), 0.2)
+            exponential(self.failures, first=10.0, cap=self.cfg.max_backoff), 0.2)
 
     def reload(self) -> None:
         """SIGHUP (`systemctl reload`): fetch and reconcile now."""

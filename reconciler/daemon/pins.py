@@ -16,7 +16,7 @@ from typing import Any
 
 import git
 
-from reconciler.daemon.jitter import jittered
+from reconciler.backoff import TIMER_FLOOR_S, exponential, jittered
 from reconciler.errors import ReconcilerError
 from reconciler.observe import metrics
 from reconciler.source.git import GitSource
@@ -161,7 +161,8 @@ class PinTracker:
             self._audits.add(task)
             task.add_done_callback(self._audits.discard)
             return
-        delay = jittered(min(30.0, self._backoff * 2 ** (pin.attempts - 1)), 0.2)
+        delay = jittered(exponential(pin.attempts, first=self._backoff, cap=30.0), 0.2,
+                         floor=TIMER_FLOOR_S)
         log.warning("pushed commit not available yet; fetching again", extra={
             "reconcile_id": pin.reconcile_id, "sha": pin.sha, "attempt": pin.attempts,
             "retry_in_s": round(delay, 2), "reason": why})

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from reconciler.backoff import TIMER_FLOOR_S, jittered
 from reconciler.daemon.config import DaemonConfig
-from reconciler.daemon.jitter import jittered
 from reconciler.errors import ReconcilerError
 from reconciler.state.store import Store
 
@@ -36,7 +36,7 @@ class Retention:
         while not self._stopping():
             await self.prune_audit_once()
             await self.prune_deliveries_once()
-            await asyncio.sleep(jittered(self._cfg.audit_prune_interval))
+            await asyncio.sleep(jittered(self._cfg.audit_prune_interval, floor=TIMER_FLOOR_S))
 
     async def prune_deliveries_once(self) -> int:
         """Forget webhook delivery ids past the replay window (the table grew forever)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from reconciler.daemon.jitter import jittered
+from reconciler.backoff import TIMER_FLOOR_S, jittered
 from reconciler.errors import ReconcilerError
 from reconciler.source.git import GitSource
 
@@ -125,7 +125,7 @@ class ShardKeeper:
                 finally:
                     if not self._first.done():
                         self._first.set_result(None)
-                pause = leases.next_beat_in(jittered(leases.interval, 0.1))
+                pause = leases.next_beat_in(jittered(leases.interval, 0.1, floor=TIMER_FLOOR_S))
                 due = time.monotonic() + pause
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)

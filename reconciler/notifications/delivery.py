@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -22,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.backoff import exponential, jittered
 from reconciler.notifications.destinations import Destination
 from reconciler.notifications.digest import (
     Memory,
@@ -284,8 +284,8 @@ class Deliveries:
                 "destination": dest.label, "attempt": attempt, "of": limits.attempts,
                 "error": error})
             if attempt < limits.attempts:
-                delay = min(limits.max_backoff_s, limits.backoff_s * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = exponential(attempt, first=limits.backoff_s, cap=limits.max_backoff_s)
+                await asyncio.sleep(jittered(delay, 0.5))
         for kind in message.kinds:
             metrics.NOTIFICATIONS_TOTAL.labels(dest.label, kind, "failed").inc()
         log.error("notification not delivered; giving up", extra={

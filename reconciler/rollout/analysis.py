@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.observe.redact import redact
 from reconciler.spec.durations import format_duration, parse_duration
 
@@ -218,7 +218,7 @@ class _Prometheus:
                     if not isinstance(data, dict):
                         raise ValueError("Prometheus answered without data")
                     return data
-            backoff = min(2.0, 0.1 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            backoff = equal_jitter(exponential(attempt, first=0.1, cap=2.0))
             await asyncio.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
 
 

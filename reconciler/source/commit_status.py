@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from reconciler.backoff import exponential, jittered
 from reconciler.observe import metrics
 from reconciler.observe.redact import redact
 from reconciler.rollout.status_sink import CommitState, StatusUpdate
@@ -248,7 +248,6 @@ class CommitStatusReporter:
         target, d = lane.target, self.delivery
         host = target.host.value
         url, headers, body = build_request(target, lane.token, update)
-        delay = d.backoff
         problem = ""
         for attempt in range(1, d.attempts + 1):
             retry_after: float | None = None
@@ -273,9 +272,10 @@ class CommitStatusReporter:
             if attempt == d.attempts:
                 break
             metrics.COMMIT_STATUS_TOTAL.labels(host, "retried").inc()
-            wait = retry_after if retry_after is not None else delay * random.uniform(0.5, 1.5)
-            await asyncio.sleep(min(wait, d.max_backoff))
-            delay = min(delay * 2, d.max_backoff)
+            if retry_after is None:
+                delay = exponential(attempt, first=d.backoff, cap=d.max_backoff)
+                retry_after = jittered(delay, 0.5)
+            await asyncio.sleep(min(retry_after, d.max_backoff))
         metrics.COMMIT_STATUS_TOTAL.labels(host, "failed").inc()
         # Not delivered: the next pass that reports the same status sends it again.
         key = (target.label, update.commit, update.environment)

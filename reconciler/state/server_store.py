@@ -24,7 +24,6 @@ before the first attempt and, when retrying, first looks for it (``retrying=True
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.errors import ReconcilerError, StoreError
 from reconciler.observe.metrics import db_operation
 from reconciler.observe.redact import redact
@@ -131,7 +131,8 @@ class ServerStore(ServerResources, ServerJournal, ServerImport, ServerLeases, Se
                         f"over {self.retry_seconds:g} s: {self._described(exc)}"
                     ) from exc
                 await self._on_retryable_error(exc)
-                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** attempt) * random.uniform(0.5, 1)
+                delay = equal_jitter(
+                    exponential(attempt + 1, first=BACKOFF_FIRST, cap=BACKOFF_MAX))
                 await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 attempt += 1
             finally:

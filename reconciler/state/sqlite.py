@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.errors import StoreError
 from reconciler.state import rows
 from reconciler.state.migrations import MigrationRunner, SQLiteMigrationConnection
@@ -143,17 +143,18 @@ class SQLiteStore(SQLiteResources, SQLiteJournal, SQLiteLeases, SQLiteDeliveries
         if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
             return
         deadline = time.monotonic() + self.busy_timeout
-        pause = 0.01
+        attempt = 1
         while True:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 return
             except sqlite3.OperationalError as exc:
                 busy = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+                pause = exponential(attempt, first=0.01, cap=0.25)
                 if not busy or time.monotonic() + pause > deadline:
                     raise
-            time.sleep(pause * random.uniform(0.5, 1.5))
-            pause = min(pause * 2, 0.25)
+            time.sleep(equal_jitter(pause))
+            attempt += 1
 
     def _journal_mode(self) -> str:
         return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])

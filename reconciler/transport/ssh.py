@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import posixpath
-import random
 import re
 import secrets
 import shlex
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.errors import ProviderError
 from reconciler.netaddr import host_port
 from reconciler.observe import metrics
@@ -248,12 +248,6 @@ def _tail(data: bytes) -> str:
     return text if len(text) <= _TAIL_CHARS else "…" + text[-_TAIL_CHARS:]
 
 
-def _backoff(attempt: int, base: float, cap: float) -> float:
-    """Equal-jitter exponential backoff: half fixed, half random, so retries spread out."""
-    ceiling = min(cap, base * (2**attempt))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
 @dataclass
 class _Connection:
     conn: asyncssh.SSHClientConnection
@@ -378,7 +372,8 @@ class SSHTransport:
         last: BaseException | None = None
         for attempt in range(max(1, cfg.connect_attempts)):
             if attempt:
-                delay = _backoff(attempt - 1, cfg.retry_base_delay, cfg.retry_max_delay)
+                delay = equal_jitter(exponential(attempt, first=cfg.retry_base_delay,
+                                                 cap=cfg.retry_max_delay))
                 log.info("ssh %s: retrying connect in %.2fs (%s)", self.host_id, delay, last)
                 await asyncio.sleep(delay)
             try:

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import logging
 import posixpath
-import random
 import shutil
 import tempfile
 import time
@@ -47,6 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.errors import ProviderError
 from reconciler.providers import (
     ENV_REVISION,
@@ -319,15 +319,16 @@ class SystemdSSHProvider:
     async def _retrying(self, instance: Instance, what: str,
                         op: Callable[[], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self.retry_deadline_s
-        delay = _RETRY_FIRST_S
+        attempt = 1
         while True:
             try:
                 return await op()
             except ProviderError as exc:
+                delay = exponential(attempt, first=_RETRY_FIRST_S, cap=_RETRY_MAX_S)
                 if not _retryable(exc) or time.monotonic() + delay > deadline:
                     raise
-                await asyncio.sleep(delay + random.uniform(0, delay / 2))
-                delay = min(delay * 2, _RETRY_MAX_S)
+                await asyncio.sleep(equal_jitter(delay))
+                attempt += 1
                 # transport messages name the host and command, never a value
                 log.warning("%s: %s retried after: %s", instance.id, what, exc.message)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 import ssl
 import time
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from reconciler.backoff import equal_jitter, exponential
 from reconciler.observe.redact import redact
 
 from .config import TargetSettings
@@ -86,10 +86,9 @@ class CoolifyClient:
         await self._http.aclose()
 
     def backoff(self, attempt: int) -> float:
-        """Equal-jitter exponential backoff: half fixed, half random, capped."""
+        """The wait before retry ``attempt``: exponential, capped, equal jitter."""
         policy = self.settings.retry
-        ceiling = min(policy.max_backoff, policy.backoff * (2 ** max(0, attempt - 1)))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return equal_jitter(exponential(attempt, first=policy.backoff, cap=policy.max_backoff))
 
     async def request(
         self,

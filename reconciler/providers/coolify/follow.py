@@ -7,10 +7,11 @@ that the application then carries the pinned revision.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from reconciler.backoff import equal_jitter
 
 from .config import GIT_SHA
 from .errors import (
@@ -144,7 +145,7 @@ class DeploymentFollower:
                     f"{status or 'unknown'} after {limit_s:g}s"
                     + ("; it was cancelled" if self.session.settings.cancel_on_timeout else "")
                 )
-            delay = interval / 2 + random.uniform(0, interval / 2)
+            delay = equal_jitter(interval)
             await asyncio.sleep(min(delay, remaining))
             interval = min(interval * 1.5, self.session.settings.poll_max_interval)
 
