@@ -269,10 +269,11 @@ class Fleet:
     def check_ports(self, methods: Sequence[str]) -> None:
         """Every unit's port free on 127.0.0.1 (the test hosts share this machine's loopback):
         a port something else holds fails that unit's start ("Address already in use") and, with
-        it, a converge, so the bench stops before, naming them."""
+        it, a converge, so the bench stops before, naming them. The units' busybox httpd binds
+        with SO_REUSEADDR, so the last run's probe connections in TIME_WAIT do not count."""
         taken = [port for method in methods for h in range(1, len(self.hosts) + 1)
                  for i in range(1, self.services + 1)
-                 if not port_free(port := self.port(method, h, i))]
+                 if not port_free(port := self.port(method, h, i), reuse_address=True)]
         if taken:
             raise SystemExit(f"{len(taken)} of the fleet's ports are taken on 127.0.0.1 "
                              f"(first: {taken[:5]}): `ss -ltnp` names what listens there")

@@ -35,9 +35,15 @@ def _ephemeral_start() -> int:
 SERVER_PORTS = range(20000, min(32768, _ephemeral_start()))
 
 
-def port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:``port`` now (a bind succeeds). The benches use it too."""
+def port_free(port: int, *, reuse_address: bool = False) -> bool:
+    """Nothing holds 127.0.0.1:``port`` now (a bind succeeds). The benches use it too.
+
+    ``reuse_address``: bind as a server that sets SO_REUSEADDR does (busybox httpd, asyncio's
+    servers): connections of an earlier run left in TIME_WAIT on the port do not count, a
+    listener still does."""
     with socket.socket() as sock:
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
