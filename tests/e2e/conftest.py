@@ -31,7 +31,8 @@ def git(repo: Path, *args: str) -> str:
 
 
 def service_yaml(name: str, port: int, *, greeting: str = "hi", fail: bool = False,
-                 extra_env: str = "", depends: str = "", start_period: str = "1s") -> str:
+                 extra_env: str = "", depends: str = "", start_period: str = "1s",
+                 interval: str = "200ms") -> str:
     return f"""apiVersion: fraisier.dev/v1
 kind: Service
 metadata:
@@ -46,7 +47,7 @@ spec:
   stopTimeout: 3s{depends}
   health:
     http: {{url: "http://{{host}}:{port}/healthz"}}
-    interval: 200ms
+    interval: {interval}
     timeout: 1s
     startPeriod: {start_period}
     failureThreshold: 3

@@ -65,8 +65,11 @@ def failed_health_step(fleet: Fleet, name: str) -> str:
 def test_a_new_process_that_dies_while_an_old_one_answers_fails_the_gate(
         fleet: Fleet, stranger: int) -> None:
     # getting-started §2 while another process still held the port: the new process dies
-    # with "Address already in use", the old one answers the probe.
-    fleet.write("api.yaml", service_yaml("api", stranger, start_period="1s"))
+    # with "Address already in use", the old one answers the probe. A pass counts once the
+    # instance has run min(interval, 1 s) (docs/strategies.md): the interval here gives the
+    # interpreter the whole second to reach its bind even on a loaded CI machine, where 200 ms
+    # was not enough (a CI rehearsal reported it healthy on the stranger's answer).
+    fleet.write("api.yaml", service_yaml("api", stranger, start_period="1s", interval="1s"))
     fleet.commit("api on a port someone else holds")
     out = fleet.cli("apply", *fleet.repo_args())
     assert out.returncode == 1, out.stdout + out.stderr

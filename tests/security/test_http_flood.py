@@ -51,7 +51,9 @@ def test_half_open_flood_leaves_health_and_repo_reads_working(tmp_path: Path) ->
                         pass
                 time.sleep(0.2)
             assert all(status == 200 for _, status in probes), probes
-            assert max(seconds for seconds, _ in probes) < 1.0, probes
+            # well inside the probes' 3 s timeout, which an unreachable daemon runs into (a
+            # loaded 2-core CI machine saw 1.05 s once beside 3 other test workers)
+            assert max(seconds for seconds, _ in probes) < 2.0, probes
             assert seen_commit, "the commit made during the flood was not loaded"
             refused = sum(metric(daemon.port, "reconciler_http_refused_total", f'reason="{r}"')
                           for r in ("evicted", "connections", "fd_reserve"))
