@@ -403,7 +403,8 @@ class Fleet:
 
     # -- checks ---------------------------------------------------------------------------------
     def stop_by_hand(self, method: str, count: int) -> None:
-        per_host = max(1, count // len(self.hosts))
+        # never more than a host's Services (`--heal` 100 on a small fleet: the rest do not exist)
+        per_host = min(self.services, max(1, count // len(self.hosts)))
         prefix = {"reconciler": "fraisier-default_", "plain": "fleet-plain-",
                   "ansible": "fleet-ansible-"}[method]
 
