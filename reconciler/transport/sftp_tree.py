@@ -42,7 +42,7 @@ async def upload_tree(sftp: asyncssh.SFTPClient, local_dir: Path, remote_dir: st
     try:
         await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=asked))
     except asyncssh.SFTPNoSuchFile:
-        await sftp.makedirs(posixpath.dirname(remote_dir) or "/", exist_ok=True)
+        await make_dirs(sftp, posixpath.dirname(remote_dir) or "/")
         await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=asked))
     created = stat.S_IMODE((await sftp.stat(remote_dir)).permissions or 0)
     if created != asked:
@@ -53,6 +53,32 @@ async def upload_tree(sftp: asyncssh.SFTPClient, local_dir: Path, remote_dir: st
     await _upload_entries(sftp, local_dir, remote_dir, kept)
     if asked != root_mode:
         await sftp.chmod(remote_dir, root_mode)
+
+
+async def make_dirs(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """``mkdir -p``, from the deepest folder up: one request when only the last folder is
+    missing, two more per missing parent. (asyncssh's ``makedirs`` walks down from ``/`` with
+    a ``mkdir`` and a ``stat`` for every folder that exists: 9 requests for a new
+    ``/srv/fraisier/<env>/<name>``.) New folders get the server's default mode."""
+    try:
+        await sftp.mkdir(path)
+    except asyncssh.SFTPNoSuchFile:
+        parent = posixpath.dirname(path.rstrip("/"))
+        if parent in ("", "/", path):
+            raise
+        await make_dirs(sftp, parent)
+        try:
+            await sftp.mkdir(path)
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
+            await _must_be_a_folder(sftp, path)  # made meanwhile by someone else
+    except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
+        # SFTP v3 (OpenSSH) answers a plain failure when the path exists: a folder is fine
+        await _must_be_a_folder(sftp, path)
+
+
+async def _must_be_a_folder(sftp: asyncssh.SFTPClient, path: str) -> None:
+    if not await sftp.isdir(path):
+        raise asyncssh.SFTPFailure(f"{path} exists and is not a folder")
 
 
 def _creation_mode(mode: int) -> int:

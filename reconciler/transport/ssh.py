@@ -44,7 +44,7 @@ from reconciler.errors import ProviderError
 from reconciler.netaddr import host_port
 from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
-from reconciler.transport.sftp_tree import upload_tree
+from reconciler.transport.sftp_tree import make_dirs, upload_tree
 
 log = logging.getLogger(__name__)
 
@@ -666,12 +666,12 @@ class SSHTransport:
                 try:
                     await upload(sftp, temp)
                 except asyncssh.SFTPNoSuchFile:
-                    # the parent is missing: create it (a round trip per path component, so
-                    # only when needed; the parent exists on every write but the first)
+                    # the parent is missing: create it (only when needed: the parent exists
+                    # on every write but the first)
                     parent = posixpath.dirname(remote)
                     if not parent:
                         raise
-                    await sftp.makedirs(parent, exist_ok=True)
+                    await make_dirs(sftp, parent)
                     await upload(sftp, temp)
                 await sftp.chmod(temp, mode)
                 await sftp.posix_rename(temp, remote)

@@ -12,7 +12,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from reconciler.transport.sftp_tree import UnsupportedFileType, upload_tree
+from reconciler.transport.sftp_tree import UnsupportedFileType, make_dirs, upload_tree
 from tests.infra.testinfra import InfraHost
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -70,9 +70,10 @@ async def test_modes_the_server_keeps_cost_no_setstat(
         ". 0755 d", "./app 0755 d", "./app/server.py 0644 f", "./run.sh 0755 f",
     ]
     assert ssh_host.sh(f"cat {BASE}/r1/app/server.py") == "print('hi')\n"
-    # the missing parent was made once; then one mkdir per folder, one open per file and a
-    # single stat of the top folder to learn what the server does to created modes
-    assert sftp.calls == Counter(mkdir=3, makedirs=1, stat=1, open=2)
+    # the missing parent was made by one mkdir after the first failed; then one mkdir per
+    # folder, one open per file and a single stat of the top folder to learn what the server
+    # does to created modes
+    assert sftp.calls == Counter(mkdir=4, stat=1, open=2)
 
     sftp.calls.clear()
     await upload_tree(sftp, tmp_path / "r1", f"{BASE}/r2")  # type: ignore[arg-type]
@@ -149,3 +150,25 @@ async def test_a_fifo_is_refused(
     with pytest.raises(UnsupportedFileType, match="pipe: not a file, folder or symbolic link"):
         await upload_tree(sftp, root, f"{BASE}/tree")  # type: ignore[arg-type]
     assert ssh_host.sh(f"ls -A {BASE}/tree") == ""
+
+
+async def test_make_dirs_works_up_from_the_deepest_folder(
+    sftp: CountingSFTP, ssh_host: InfraHost
+) -> None:
+    await make_dirs(sftp, "/srv/fraisier/a")  # type: ignore[arg-type]
+    assert sftp.calls == Counter(mkdir=1)  # its parent exists: one request
+    sftp.calls.clear()
+    await make_dirs(sftp, "/srv/fraisier/a/b/c/d")  # type: ignore[arg-type]
+    assert sftp.calls == Counter(mkdir=5)  # d, c and b fail; b, c, d are made
+    assert ssh_host.sh("stat -c %F /srv/fraisier/a/b/c/d") == "directory\n"
+    sftp.calls.clear()
+    await make_dirs(sftp, "/srv/fraisier/a/b")  # type: ignore[arg-type]
+    assert sftp.calls == Counter(mkdir=1, isdir=1)  # there already: fine
+
+    ssh_host.sh("touch /srv/fraisier/a/file")
+    for path in ("/srv/fraisier/a/file", "/srv/fraisier/a/file/below"):
+        with pytest.raises(asyncssh.SFTPFailure, match="a/file exists and is not a folder"):
+            await make_dirs(sftp, path)  # type: ignore[arg-type]
+    ssh_host.sh("chmod 555 /srv/fraisier/a")
+    with pytest.raises(asyncssh.SFTPPermissionDenied):
+        await make_dirs(sftp, "/srv/fraisier/a/denied/deeper")  # type: ignore[arg-type]
