@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import ipaddress
 import ssl
 import time
 import urllib.parse
@@ -199,6 +200,47 @@ async def _probe_tcp(
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True, f"{where}: open"
+
+
+def _same_host(host: str, address: str) -> bool:
+    """Does a probe to ``host`` reach the machine at ``address`` (both as written, brackets
+    or not): the same address or name, or both loopback."""
+    def bare(text: str) -> str:
+        return text.strip().strip("[]").lower()
+
+    host, address = bare(host), bare(address)
+    return host == address or (_loopback(host) and _loopback(address))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def probed_ports(check: Mapping[str, Any], instance: Instance) -> tuple[int, ...]:
+    """The TCP ports that ``check``'s http and tcp probes connect to on the instance's own
+    address (a probe of another address, a load balancer say, is not one); a URL or port
+    that cannot be read gives none (its probe fails on its own)."""
+    ports: list[int] = []
+    http = check.get("http")
+    if http is not None:
+        url = substitute(str(http["url"]), url_host(instance.address), instance.vars)
+        with contextlib.suppress(ValueError):
+            request = _request(url)
+            if _same_host(request.host, instance.address):
+                ports.append(request.port)
+    tcp = check.get("tcp")
+    if tcp is not None:
+        host = substitute(str(tcp.get("host") or instance.address), instance.address,
+                          instance.vars)
+        port_text = substitute_vars(str(tcp["port"]), instance.vars)
+        if port_text.isdigit() and _same_host(host, instance.address):
+            ports.append(int(port_text))
+    return tuple(dict.fromkeys(ports))
 
 
 async def _probe_exec(

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.health.probes import DEFAULT_TIMEOUT_S, PROBE_KINDS, probe
+from reconciler.health.probes import DEFAULT_TIMEOUT_S, PROBE_KINDS, ProbeResult, probe
 from reconciler.providers.contract import CommandRunner, Health, Instance, InstanceState
 from reconciler.spec.durations import to_seconds
 
@@ -111,10 +111,12 @@ async def wait_healthy(
     is_running: Callable[[], Awaitable[bool]] | None = None,
     deadline_s: float | None = None,
     on_probe: Callable[[ProbeProgress], None] | None = None,
+    confirm: Callable[[], Awaitable[str | None]] | None = None,
 ) -> HealthResult:
     """Probe ``instance`` until the thresholds decide; never raises for an unhealthy service.
     ``transport`` and ``cwd`` are where exec probes run (see ``probe``); ``on_probe`` hears
-    of every probe (progress on a terminal)."""
+    of every probe (progress on a terminal). ``confirm`` is asked after each passing probe
+    whether the pass was the instance's own: a reason why not makes it a failed probe."""
     health = health or {}
     policy = HealthPolicy.from_spec(health)
     started = time.monotonic()
@@ -137,6 +139,11 @@ async def wait_healthy(
         result = await probe(health, instance, transport=transport, cwd=cwd)
         probes += 1
         last = result.message
+        if result.ok and confirm is not None:
+            why_not = await confirm()
+            if why_not is not None:
+                result = ProbeResult(False, f"{last}, but {why_not}", result.duration_s)
+                last = result.message
         if result.ok:
             passed_once = True
             passes += 1

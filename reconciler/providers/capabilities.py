@@ -39,6 +39,9 @@ class Capabilities:
     ``rechecks``: ``recheck(resource, instance, seen)`` tells for much less than an observation
     whether the instance ``seen`` still runs, the same one, and how long it has run: the
     health gate's watcher and its stay-up look use it (``look_again``).
+    ``reports_listening``: ``listening(resource, instance, seen)`` reads which sockets the
+    instance's own processes listen on: the health gate then tells a probe answered by the
+    instance from one answered by another process holding its port.
     """
 
     observe_one: bool = False
@@ -47,3 +50,4 @@ class Capabilities:
     host_batching: bool = False
     stages_ahead: bool = False
     rechecks: bool = False
+    reports_listening: bool = False

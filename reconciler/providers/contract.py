@@ -130,6 +130,19 @@ class Identity:
         return ", ".join(known) or "an unknown instance"
 
 
+@dataclass(frozen=True)
+class Listening:
+    """The listening sockets an instance's processes hold (all of them: a unit's cgroup, a
+    supervised process group), as its provider reads them on its host."""
+
+    tcp_ports: frozenset[int]  # TCP ports (IPv4 or IPv6) in LISTEN
+    unix_sockets: int = 0  # listening unix stream sockets (a server behind a local proxy)
+
+    @property
+    def none(self) -> bool:
+        return not self.tcp_ports and not self.unix_sockets
+
+
 @dataclass
 class InstanceState:
     """Observed facts about one instance (kept apart from operations, as pyinfra does).
@@ -294,6 +307,15 @@ class Rechecks(Protocol):
         cheaply (core then observes the instance, which says what became of it)."""
 
 
+class ReportsListening(Protocol):
+    """Required with ``Capabilities.reports_listening``."""
+
+    async def listening(self, resource: Resource, instance: Instance,
+                        seen: InstanceState) -> Listening | None:
+        """The sockets the instance ``seen`` (running) listens on, now; None when that cannot
+        be told (it is gone, or its processes' file descriptors cannot be read)."""
+
+
 class ProbesInInstance(Protocol):
     """Required with ``Capabilities.exec_probes = ProbeSite.INSTANCE``."""
 
@@ -340,6 +362,15 @@ async def stage_ahead(provider: Provider, release: Release, instance: Instance) 
     it can (``stages_ahead``); nothing otherwise."""
     if provider.capabilities.stages_ahead:
         await cast(StagesAhead, provider).stage(release, instance)
+
+
+async def listening_of(provider: Provider, resource: Resource, instance: Instance,
+                       seen: InstanceState | None) -> Listening | None:
+    """What the instance ``seen`` listens on, where the provider declares it can tell
+    (``reports_listening``); None otherwise."""
+    if not provider.capabilities.reports_listening or seen is None or not seen.running:
+        return None
+    return await cast(ReportsListening, provider).listening(resource, instance, seen)
 
 
 def probe_site(provider: Provider, instance: Instance,

@@ -7,8 +7,11 @@ port) must not make a release healthy. So, beside the judge, a watcher observes 
 (first soon, then every probe ``interval``); the instance exiting, or being replaced by a
 restart, fails the gate at once with "exited with code N" and its last output lines.
 
-The judge: with probes (http/tcp/exec), they decide (``health/wait.py``), and a pass counts once
-the instance has been seen running, the same one, for one probe interval. Without probes, the
+The judge: with probes (http/tcp/exec), they decide (``health/wait.py``). Where the provider
+reads what the instance listens on (``reports_listening``), a pass of an http/tcp probe of the
+instance's own address counts at once when the instance's processes hold every probed port, and
+not at all when they hold no listening socket (another process answered); otherwise it counts
+once the instance has been seen running, the same one, for min(interval, 1 s). Without probes, the
 provider's own signal decides once settled: a platform check that passed on this instance
 (Docker healthcheck, Coolify) is enough; without one the instance must still run, the same one,
 ``startPeriod`` after the deploy (``DEFAULT_STAY_UP_S`` without a ``health`` section).
@@ -18,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
+from enum import Enum
 from typing import Any
 
 from reconciler.errors import ProviderError
 from reconciler.health import has_probes, wait_healthy, wait_settled
+from reconciler.health.probes import probed_ports
 from reconciler.health.wait import (
     DEFAULT_INTERVAL_S,
     FIRST_RETRY_S,
@@ -35,7 +40,9 @@ from reconciler.observe.tracing import span
 from reconciler.providers import (
     Instance,
     InstanceState,
+    Listening,
     Provider,
+    listening_of,
     look_again,
     observe_one,
     probe_site,
@@ -184,14 +191,21 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
                  ) -> tuple[bool, str]:
     if has_probes(health):
         runner, cwd = probe_site(provider, instance, first)
+        answers = _Answers(provider, resource, instance, first,
+                           probed_ports(health or {}, instance))
         result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
-                                    on_probe=on_probe)
+                                    on_probe=on_probe,
+                                    confirm=answers.confirm if answers.checked else None)
         if not result.healthy:
             return False, result.message + await _why_not_running(observed)
-        # A pass from whatever holds the port counts once our instance has been up for a
-        # probe interval (the watcher fails the gate meanwhile if it goes).
-        last = await _stayed_up(looked_again, first, started,
-                                min(policy.interval, PASS_AFTER_UP_S))
+        if answers.last is Answerer.INSTANCE:
+            # its own processes hold the probed ports: the pass was its own
+            last = first
+        else:
+            # A pass from whatever holds the port counts once our instance has been up for a
+            # probe interval (the watcher fails the gate meanwhile if it goes).
+            last = await _stayed_up(looked_again, first, started,
+                                    min(policy.interval, PASS_AFTER_UP_S))
         message = result.message
     else:
         # The provider's own signal (Docker healthcheck, Coolify status), once decided, must
@@ -215,6 +229,46 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
     if gone is not None:
         return False, await _with_output(provider, resource, instance, last, gone)
     return True, message
+
+
+class Answerer(Enum):
+    """Who answered a passing probe of the instance's own address, by what it listens on."""
+
+    INSTANCE = "instance"  # it listens on every probed port
+    UNKNOWN = "unknown"  # not told, or it listens elsewhere (a local proxy may pass probes on)
+    OTHER = "other"  # it listens on nothing: another process holds the port
+
+
+def answerer(ports: Sequence[int], listening: Listening | None) -> Answerer:
+    if listening is None or not ports:
+        return Answerer.UNKNOWN
+    if all(port in listening.tcp_ports for port in ports):
+        return Answerer.INSTANCE
+    return Answerer.OTHER if listening.none else Answerer.UNKNOWN
+
+
+class _Answers:
+    """Asks, after each passing probe, what the started instance listens on (where the
+    provider tells): a pass on a port only another process holds is not the instance's."""
+
+    def __init__(self, provider: Provider, resource: Resource, instance: Instance,
+                 first: InstanceState | None, ports: tuple[int, ...]) -> None:
+        self.provider, self.resource, self.instance = provider, resource, instance
+        self.first, self.ports = first, ports
+        self.checked = bool(ports) and provider.capabilities.reports_listening
+        self.last = Answerer.UNKNOWN
+
+    async def confirm(self) -> str | None:
+        try:
+            heard = await listening_of(self.provider, self.resource, self.instance, self.first)
+        except ProviderError:
+            heard = None  # the time rule decides, as without the capability
+        self.last = answerer(self.ports, heard)
+        if self.last is not Answerer.OTHER:
+            return None
+        shown = ", ".join(str(p) for p in self.ports)
+        return (f"the started instance listens on no socket: another process holds "
+                f"port {shown}")
 
 
 async def _stayed_up(look: Look,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.health import probe
+from reconciler.health.probes import probed_ports
 from reconciler.providers import Instance
 from reconciler.spec.durations import to_seconds
 from reconciler.transport.local import LocalTransport
@@ -219,6 +220,7 @@ loaded = []
 load = ssl.SSLContext.load_verify_locations
 ssl.SSLContext.load_verify_locations = lambda self, *a, **k: loaded.append(a) or load(self, *a, **k)
 from reconciler.health import probe
+from reconciler.health.probes import probed_ports
 from reconciler.providers import Instance
 result = asyncio.run(probe({{"http": {{"url": "{server.url()}"}}}}, Instance("local", "127.0.0.1")))
 print(result.ok, len(loaded), "httpx" in sys.modules)
@@ -382,3 +384,18 @@ async def test_https_verifies_certificates_on_every_probe(
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_the_ports_probed_on_the_instances_own_address() -> None:
+    here = Instance(id="h", address="127.0.0.1", vars={"port": "9001"})
+    far = Instance(id="f", address="10.0.0.5")  # never dialled: only parsed
+    check = {"http": {"url": "http://{host}:8080/healthz"}, "tcp": {"port": "{vars.port}"}}
+    assert probed_ports(check, here) == (8080, 9001)
+    assert probed_ports({"http": {"url": "https://localhost/"}}, here) == (443,)
+    assert probed_ports({"http": {"url": "http://[::1]:81/"}}, here) == (81,)
+    # another address (a load balancer), loopback of another machine, an exec probe
+    assert probed_ports({"http": {"url": "http://lb.example:80/"}}, here) == ()
+    assert probed_ports({"tcp": {"host": "127.0.0.1", "port": 80}}, far) == ()
+    assert probed_ports({"http": {"url": "http://{host}:80/"}}, far) == (80,)
+    assert probed_ports({"exec": {"command": ["true"]}}, here) == ()
+    assert probed_ports({"http": {"url": "http://{host}:99999/"}}, here) == ()  # unreadable

@@ -174,3 +174,23 @@ async def test_failures_that_count_stay_an_interval_apart(server: ScriptedServer
     )
     assert not result.healthy and result.probes == 3
     assert time.monotonic() - started >= 0.6
+
+
+@pytest.mark.timeout(10)
+async def test_a_pass_the_instance_did_not_answer_counts_as_a_failure(
+        server: ScriptedServer) -> None:
+    # confirm says the first two passes were another process's: they fail (and count), the
+    # third is the instance's
+    verdicts = ["another process holds the port", "another process holds the port", None]
+
+    async def confirm() -> str | None:
+        return verdicts.pop(0)
+
+    result = await wait_healthy(health(server, failureThreshold=3), LOCAL, confirm=confirm)
+    assert result.healthy and result.probes == 3 and not verdicts
+
+    verdicts = ["another process holds the port"] * 3
+    result = await wait_healthy(health(server, failureThreshold=3), LOCAL, confirm=confirm)
+    assert not result.healthy
+    assert result.message.endswith(
+        "status 200, but another process holds the port (3 consecutive failures)"), result

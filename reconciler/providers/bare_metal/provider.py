@@ -32,6 +32,7 @@ from reconciler.providers import (
     Identity,
     Instance,
     InstanceState,
+    Listening,
     Phase,
     Release,
     RunResult,
@@ -97,7 +98,7 @@ class BareMetalProvider:
 
     # Schedules are run by the daemon's scheduler (through run()), not by the host; the one
     # instance is this machine, so exec probes run here.
-    capabilities = Capabilities()
+    capabilities = Capabilities(reports_listening=True)
 
     def __init__(
         self,
@@ -226,6 +227,13 @@ class BareMetalProvider:
                 # A Job/Schedule is not started here: run() does that. Make it the current one.
                 await store.switch(release.revision)
             await store.prune(self.keep_releases)
+
+    async def listening(self, resource: Resource, instance: Instance,
+                        seen: InstanceState) -> Listening | None:
+        self._check_instance(instance)
+        if resource.kind != "Service" or seen.identity.pid is None:
+            return None
+        return await self.manager.listening(self.ref(resource), seen.identity.pid)
 
     async def stop(self, resource: Resource, instance: Instance) -> None:
         self._check_instance(instance)

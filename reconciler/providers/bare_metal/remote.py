@@ -55,6 +55,7 @@ from reconciler.providers import (
     Identity,
     Instance,
     InstanceState,
+    Listening,
     Phase,
     ProbeSite,
     Release,
@@ -66,6 +67,7 @@ from reconciler.providers import (
 from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
 from reconciler.providers.bare_metal.known_processes import KnownProcesses
+from reconciler.providers.bare_metal.listening import unit_listening
 from reconciler.providers.bare_metal.provider import (
     BUILD_TIMEOUT_S,
     DEFAULT_CONCURRENCY,
@@ -145,7 +147,7 @@ class SystemdSSHProvider:
     # One host is observed on its own; exec probes run on the instance's host.
     capabilities = Capabilities(
         observe_one=True, schedules_natively=True, exec_probes=ProbeSite.INSTANCE,
-        host_batching=True, stages_ahead=True, rechecks=True,
+        host_batching=True, stages_ahead=True, rechecks=True, reports_listening=True,
     )
 
     def __init__(
@@ -625,6 +627,15 @@ class SystemdSSHProvider:
         if up_for is None:
             return None
         return replace(seen, up_for=up_for, observed_at=time.monotonic())
+
+    async def listening(self, resource: Resource, instance: Instance,
+                        seen: InstanceState) -> Listening | None:
+        """What the unit's processes listen on, while ``seen``'s main process is its own."""
+        pid = seen.identity.pid
+        if resource.kind != "Service" or pid is None:
+            return None
+        return await unit_listening(self.transport_for(instance), pid,
+                                    self.units(resource).service)
 
     def _observe_group(self, resource: Resource) -> Group:
         """What ``OBSERVE_SCRIPT`` is given for ``resource``'s unit."""

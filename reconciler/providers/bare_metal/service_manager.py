@@ -1,13 +1,15 @@
 """The seam between the bare-metal provider and whatever keeps a service process alive.
 
-``Supervisor`` (this machine, detached processes + pidfiles) implements it now; a systemd
-implementation (unit files over a Transport) can drop in without touching the provider.
+``Supervisor`` (this machine, detached processes + pidfiles) implements it; systemd over SSH
+has a provider of its own (remote.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from reconciler.providers.contract import Listening
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class ServiceManager(Protocol):
 
     async def logs(self, ref: ServiceRef, tail: int) -> list[str]:
         """The last ``tail`` lines of its output."""
+
+    async def listening(self, ref: ServiceRef, pid: int) -> Listening | None:
+        """The sockets the running service's processes listen on, when its main process is
+        still ``pid``; None when it is not, or that cannot be read."""
 
     async def remove(self, ref: ServiceRef) -> None:
         """Forget the service (state files, unit files); the caller stops it first."""

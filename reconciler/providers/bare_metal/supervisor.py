@@ -25,6 +25,7 @@ from typing import Any
 from reconciler.errors import ProviderError
 from reconciler.providers.bare_metal import procfs
 from reconciler.providers.bare_metal.service_manager import LaunchSpec, ServiceRef, ServiceStatus
+from reconciler.providers.contract import Listening
 from reconciler.state.private import open_private_append, private_dir
 from reconciler.transport.local import write_file_atomic
 
@@ -296,6 +297,18 @@ class Supervisor:
         if await _wait_group_gone(pid, start_time, _KILL_WAIT_S):
             return
         raise ProviderError(f"{ref}: process group {pid} survived SIGKILL for {_KILL_WAIT_S:g}s")
+
+    async def listening(self, ref: ServiceRef, pid: int) -> Listening | None:
+        record = _read_pidfile(ref)
+        try:
+            ours = record is not None and int(record["pid"]) == pid
+            start_time = int(record["start_time"]) if record is not None else -1
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not ours or not _is_ours_and_alive(pid, start_time)[0]:
+            return None
+        # the service's process group: what it started (workers, a child holding the socket)
+        return await asyncio.to_thread(procfs.group_listening, pid)
 
     async def logs(self, ref: ServiceRef, tail: int) -> list[str]:
         return await asyncio.to_thread(_tail_lines, Path(ref.log_path), tail)

@@ -6,9 +6,13 @@ the same."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from tests.e2e.conftest import git
 from tests.providers.bare_metal.test_ssh_cli import target_yaml
 
 
-def service(command: str) -> str:
+def service(command: str, health: str = "") -> str:
     return f"""apiVersion: fraisier.dev/v1
 kind: Service
 metadata:
@@ -28,32 +32,40 @@ spec:
   source: {{path: app}}
   command: [sh, -c, {json.dumps(command)}]
   stopTimeout: 3s
-"""
+{health}"""
+
+
+class Config:
+    """A config repo for the first test host and the CLI run on it."""
+
+    def __init__(self, tmp_path: Path, hosts: Any, svc: str) -> None:
+        self.tmp_path = tmp_path
+        self.repo = tmp_path / "config"
+        (self.repo / "app").mkdir(parents=True)
+        (self.repo / "app" / "README").write_text("nothing to see\n")
+        (self.repo / "fleet").mkdir()
+        (self.repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
+        (self.repo / "fleet" / "svc.yaml").write_text(svc)
+        git(self.repo, "init", "-q", "-b", "main")
+        self.args = ["--repo", str(self.repo), "--path", "fleet"]
+
+    def commit(self, message: str) -> None:
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", message)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reconciler", "--state-dir", str(self.tmp_path / "state"),
+             "--log-format", "text", *args],
+            capture_output=True, text=True, timeout=120, cwd=self.repo)
 
 
 @pytest.mark.timeout(150)
 def test_a_unit_that_exits_fails_its_gate_with_its_exit_code(tmp_path: Path,
                                                               ssh_hosts: Any) -> None:
     hosts = ssh_hosts[:1]
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "README").write_text("nothing to see\n")
-    (repo / "fleet").mkdir()
-    (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
-    (repo / "fleet" / "svc.yaml").write_text(service("echo up; exec sleep 600"))
-    git(repo, "init", "-q", "-b", "main")
-
-    def commit(message: str) -> None:
-        git(repo, "add", "-A")
-        git(repo, "commit", "-q", "-m", message)
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state"),
-             "--log-format", "text", *args],
-            capture_output=True, text=True, timeout=120, cwd=repo)
-
-    repo_args = ["--repo", str(repo), "--path", "fleet"]
+    config = Config(tmp_path, hosts, service("echo up; exec sleep 600"))
+    repo, commit, cli, repo_args = config.repo, config.commit, config.cli, config.args
     commit("runs")
     first = cli("apply", *repo_args)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -83,3 +95,52 @@ def test_a_unit_that_exits_fails_its_gate_with_its_exit_code(tmp_path: Path,
     assert row["health"] == "Degraded", row
     assert "live state differs" in (row["lastError"] or ""), row
     assert row["healthObservedAt"] and row["healthStale"] is False, row
+
+
+@pytest.mark.timeout(150)
+def test_a_unit_is_not_judged_by_a_stranger_holding_its_port(tmp_path: Path,
+                                                            ssh_hosts: Any) -> None:
+    # The host shares this machine's loopback (tests/infra): the stranger here holds the port
+    # the unit binds 2 s after its start, later than a pass "counts once the instance has run
+    # min(interval, 1 s)"; its answers meanwhile are not the unit's, which listens on nothing.
+    with stranger_server() as port:
+        health = f"""  health:
+    http: {{url: "http://{{host}}:{port}/"}}
+    interval: 200ms
+    startPeriod: 5s
+"""
+        command = f"sleep 2; exec busybox httpd -f -p 127.0.0.1:{port} -h /tmp"
+        config = Config(tmp_path, ssh_hosts[:1], service(command, health))
+        config.commit("a slow starter on a port someone else holds")
+        out = config.cli("apply", *config.args)
+        assert out.returncode == 1, out.stdout + out.stderr
+        history = json.loads(config.cli("history", "quits", "-o", "json").stdout)
+        steps = [s for s in history[0]["steps"] if s["action"] in ("deploy", "health")]
+        failed = next(s for s in steps if s["status"] == "failed")
+        assert "exited with code 1" in failed["detail"], steps
+        assert "Address already in use" in failed["detail"], steps
+
+
+@contextlib.contextmanager
+def stranger_server() -> Iterator[int]:
+    """An HTTP server of this machine's (not the fleet's) answering 200 on 127.0.0.1."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"stranger"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
