@@ -89,7 +89,8 @@ class ReleaseStore:
         # (a deploy, a rollback) under the provider's per-service-and-host lock, so it is the
         # only writer meanwhile: read once, not once per step (each read is a round trip).
         self._state: dict[str, Any] | None = None
-        self._unsaved = False  # _state holds a change not yet written (see switched())
+        self._unsaved = False  # _state holds a change not yet written (ensure(record=False),
+        # switched())
 
     def path(self, revision: str) -> str:
         return posixpath.join(self.releases_dir, check_revision(revision))
@@ -142,12 +143,17 @@ class ReleaseStore:
         env: Mapping[str, str],
         build_timeout_s: float,
         tree: Callable[[], AbstractAsyncContextManager[Path]] | None = None,
+        record: bool = True,
     ) -> tuple[str, bool]:
         """The release's directory, exported (and built) unless it is already complete.
         Returns ``(path, created)``. ``tree``: lends a local directory holding the release's
         files with their modes published (a provider's export, shared by every host and
         Service that ships the same files), uploaded as it is; else the release is exported
-        into a temporary directory first."""
+        into a temporary directory first. ``record``: write the state file saying it is
+        complete now; False for a deploy, whose switch is recorded next: the record is kept
+        for that write (``switched()`` then ``flush()`` or ``prune()``), one write instead of
+        two. Until then a crash leaves the release unrecorded, and the next deploy of it
+        uploads it again."""
         revision = check_revision(release.revision)
         final = self.path(revision)
         if await self.has(revision):
@@ -189,7 +195,10 @@ class ReleaseStore:
             "config_commit": release.config_commit,
             "ready_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        await self.save_state(state)
+        if record:
+            await self.save_state(state)
+        else:
+            self._unsaved = True
         return final, True
 
     async def _export_local(self, release: Release, revision: str, final: str) -> None:

@@ -417,6 +417,7 @@ class SystemdSSHProvider:
         await store.ensure(
             release,
             tree=self._release_tree(release),
+            record=False,  # written with the switch's history, by flush() or prune()
             build=build_argv,
             working_dir=resource.spec.get("workingDir"),
             env={"PATH": _REMOTE_PATH, "LANG": "C.UTF-8",

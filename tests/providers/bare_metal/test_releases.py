@@ -157,6 +157,38 @@ async def test_a_release_dir_without_state_record_is_not_trusted(tmp_path: Path)
     assert await store.has("z1")
 
 
+async def test_a_deploys_completion_record_is_written_with_its_switch(tmp_path: Path) -> None:
+    # ensure(record=False): the release counts as complete for this store (this deploy), and
+    # the state file gets the record with the switch's history, in one write
+    service_dir = tmp_path / "svc"
+    store = ReleaseStore(LocalTransport(), str(service_dir), "test/svc")
+    resource = make_resource("svc", {})
+    exports: list[str] = []
+
+    async def export(dest: Path) -> None:
+        exports.append(dest.name)
+        (dest / "app").write_text("ok")
+
+    def ensure(on: ReleaseStore) -> object:
+        return on.ensure(Release(resource, "r1", None, export=export), build=None,
+                         working_dir=None, env={}, build_timeout_s=10, record=False)
+
+    await ensure(store)
+    assert not (service_dir / "releases.json").exists()
+    assert await store.has("r1")
+    # a crash now: a new store does not trust the unrecorded directory and exports again
+    await ensure(ReleaseStore(LocalTransport(), str(service_dir), "test/svc"))
+    assert len(exports) == 2
+
+    await store.switched("r1")
+    await store.flush()
+    again = ReleaseStore(LocalTransport(), str(service_dir), "test/svc")
+    assert await again.has("r1")
+    assert (await again.load_state())["history"] == ["r1"]
+    await ensure(again)
+    assert len(exports) == 2  # recorded: reused
+
+
 async def test_switch_is_a_symlink_rename(tmp_path: Path) -> None:
     store = ReleaseStore(LocalTransport(), str(tmp_path / "svc"), "test/svc")
     (tmp_path / "svc" / "releases" / "a").mkdir(parents=True)
