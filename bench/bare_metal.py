@@ -42,6 +42,7 @@ from _figures import Figure, add_json_flag, at_most, emit  # noqa: E402
 from _python_env import installed_env  # noqa: E402
 from _units import sandbox_lines  # noqa: E402
 
+from tests.helpers import free_port  # noqa: E402
 from tests.infra.testinfra import InfraHost, lease_all, load  # noqa: E402
 
 APP = """\
@@ -176,12 +177,6 @@ def unit(name: str, base: str, port_file: str, sandbox: list[str]) -> str:
         """)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(repo: Path, *args: str) -> None:

@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from _python_env import installed_env
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers import free_port  # noqa: E402
 from tests.infra.testinfra import Infra, load  # noqa: E402
 
 IMAGE_REPO = "fraisier-bench-compose"
@@ -66,10 +66,6 @@ GIT_ENV = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def children_cpu() -> float:

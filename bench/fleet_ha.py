@@ -46,7 +46,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from fleet import LOGS, ROOT, WIPE, Fleet, git, loadavg, stop_daemon
 from reconciler.spec.durations import parse_duration
 from reconciler.spec.model import ResourceKey
 from reconciler.state.shards import DEFAULT_SHARDS, shard_of
+from tests.helpers import free_port
 from tests.infra.testinfra import InfraHost, lease_all, load
 from tests.state.backends import raw_query, throwaway_url
 
@@ -71,10 +71,6 @@ STARTED = "39f53479d3a045ac8e11786248231fbf"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Replica:

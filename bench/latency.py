@@ -39,7 +39,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,9 @@ from typing import Any
 from _figures import Figure, add_json_flag, emit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers import free_port  # noqa: E402
+
 APP = ROOT / "examples" / "app" / "app.py"
 SAMPLE = ROOT.parent / "shared" / "contracts" / "webhooks" / "github" / "push.new-branch.json"
 WEBHOOK_REPO = "https://github.com/Codertocat/Hello-World.git"
@@ -87,10 +89,6 @@ spec: {{provider: bare_metal, transport: local, root: {root}, keepReleases: 2}}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(repo: Path, *args: str) -> str:
