@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import random
 import socket
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -80,3 +84,27 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
     raise RuntimeError(f"no free port in {ports}")
+
+
+@contextlib.contextmanager
+def stranger_server(body: bytes = b'{"greeting": "stranger"}') -> Iterator[int]:
+    """An HTTP server of this test's process (no fleet's: an older process still holding a
+    port) answering every GET with 200 and ``body`` on 127.0.0.1; its port."""
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()

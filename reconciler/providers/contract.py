@@ -137,10 +137,14 @@ class Listening:
 
     tcp_ports: frozenset[int]  # TCP ports (IPv4 or IPv6) in LISTEN
     unix_sockets: int = 0  # listening unix stream sockets (a server behind a local proxy)
+    # sockets in none of the tables read (UDP, netlink, another network namespace's): each may
+    # be listening for all that is known
+    unknown_sockets: int = 0
 
     @property
     def none(self) -> bool:
-        return not self.tcp_ports and not self.unix_sockets
+        """It holds no socket that listens or may listen."""
+        return not self.tcp_ports and not self.unix_sockets and not self.unknown_sockets
 
 
 @dataclass

@@ -4,41 +4,24 @@ without a health check whose command exits, a tcp check whose command exits at o
 
 from __future__ import annotations
 
-import http.server
 import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.conftest import Fleet, free_port, http_get, service_yaml
+from tests.helpers import stranger_server
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class _Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'{"greeting": "stranger"}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
 def stranger() -> Iterator[int]:
     """An older process (not this fleet's) holding a port and answering every probe."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield int(server.server_address[1])
-    server.shutdown()
-    server.server_close()
+    with stranger_server() as port:
+        yield port
 
 
 def plain_service(name: str, command: str, health: str = "") -> str:

@@ -14,6 +14,7 @@ def test_the_instance_answered_only_when_it_holds_every_probed_port() -> None:
     # it holds another socket: a local proxy may have passed the probe on
     assert answerer((8080, 9001), Listening(frozenset({8080}))) is Answerer.UNKNOWN
     assert answerer((80,), Listening(frozenset(), unix_sockets=1)) is Answerer.UNKNOWN
+    assert answerer((80,), Listening(frozenset(), unknown_sockets=1)) is Answerer.UNKNOWN
     # it listens on nothing: another process answered
     assert answerer((8080,), Listening(frozenset())) is Answerer.OTHER
     # not told, or no probe of its own address

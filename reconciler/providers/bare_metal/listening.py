@@ -1,4 +1,4 @@
-"""What a systemd unit's processes listen on, read on its host in one command.
+"""What a systemd unit's processes listen on, read on its host.
 
 The health gate asks it after a passing probe (``Capabilities.reports_listening``): a probe
 answered while the unit's processes hold no listening socket was answered by another process
@@ -7,10 +7,8 @@ answered while the unit's processes hold no listening socket was answered by ano
 The unit's processes are its cgroup's (``cgroup.procs`` of the unified hierarchy, mounted at
 ``/sys/fs/cgroup`` or, hybrid, ``/sys/fs/cgroup/unified``, or of v1's ``name=systemd``), found
 from the main process, whose cgroup must be the unit's: a pid reused by another process is not
-taken for it. Their sockets are the ``socket:[inode]`` links of their
-file descriptors; which of those listen is read from the main process's network namespace
-(``/proc/<pid>/net/{tcp,tcp6,unix}``), filtered on the host by inode (a host may list
-thousands of sockets), and parsed here by ``procfs.listening``.
+taken for it. What they listen on is read as ``providers/sockets.py`` says, in the main
+process's network namespace; the units of a host asked meanwhile share one command.
 """
 
 from __future__ import annotations
@@ -19,83 +17,150 @@ import weakref
 from collections.abc import Sequence
 
 from reconciler.errors import ProviderError
-from reconciler.providers.bare_metal import procfs
+from reconciler.providers import sockets
 from reconciler.providers.bare_metal.batches import RequestBatches
 from reconciler.providers.contract import Listening
 from reconciler.transport import Transport
 
 LISTENING_TIMEOUT_S = 15.0
 
-# Arguments: pairs of a main pid and its unit. For each pair, a line "unit" and then: "gone" (the
-# pid is not the unit's), "unreadable" (its file descriptors cannot be read), or a "socket N"
-# line per socket inode and each line of the net tables for those inodes, prefixed by the table
-# ("tcp ..." or "unix ..."). A sandboxed process runs as another user and is not ptrace-able by
-# a root without CAP_SYS_PTRACE (a container): its descriptors are then read as its own user,
-# as the observe script reads its cwd.
-LISTENING_SCRIPT = r"""one() {
-  pid=$1 unit=$2 cg= cg1=
+# What the script's awk makes of ``ls -l`` of the units' fd folders and of their main processes'
+# ``ns/net`` links: for unit number N (``map``: "PID:N" per process, "net:PID:N" per main
+# process), "socket N INODE" per socket; then, read once per network namespace, each line of
+# its TCP and unix tables for those inodes, "tcp N LINE" or "unix N LINE". A unit with a
+# descriptor it may not read: "retry N MAINPID PIDS..." (read again as the unit's own user), or
+# on that second reading (``retried``) "unreadable N".
+_TALLY = r"""
+BEGIN {
+  n = split(map, entries, " ")
+  for (i = 1; i <= n; i++) {
+    split(entries[i], f, ":")
+    if (f[1] == "net") main[f[2]] = f[3]
+    else { unit[f[1]] = f[2]; members[f[2]] = members[f[2]] " " f[1] }
+  }
+}
+/^ls: / {
+  if ($0 ~ /Permission denied/ && match($0, /\/proc\/[0-9]+\//)) {
+    p = substr($0, RSTART + 6, RLENGTH - 7)
+    if (p in unit) denied[unit[p]] = 1
+    else if (p in main) denied[main[p]] = 1
+  }
+  next
+}
+/^\/proc\/[0-9]+\/fd:$/ { cur = substr($0, 7, length($0) - 10); next }
+/ -> net:\[/ {
+  if (match($0, /\/proc\/[0-9]+\/ns/)) ns[substr($0, RSTART + 6, RLENGTH - 9)] = $NF
+  next
+}
+/ -> socket:\[[0-9]+\]$/ {
+  if (cur in unit) {
+    s = $NF
+    gsub(/[^0-9]/, "", s)
+    owner[s] = unit[cur]
+    print "socket", unit[cur], s
+  }
+  next
+}
+function table(p, name, tag, column,   file, line, f) {
+  file = "/proc/" p "/net/" name
+  while ((getline line < file) > 0) {
+    split(line, f, " ")
+    if (f[column] in owner) print tag, owner[f[column]], line
+  }
+  close(file)
+}
+END {
+  for (u in denied) {
+    if (retried) { print "unreadable", u; continue }
+    line = "retry " u
+    for (p in main) if (main[p] == u) line = line " " p
+    print line members[u]
+  }
+  for (p in main) {
+    if (main[p] in denied) continue
+    key = (p in ns) ? ns[p] : "pid:" p
+    if (key in done) continue
+    done[key] = 1
+    table(p, "tcp", "tcp", 10)
+    table(p, "tcp6", "tcp", 10)
+    table(p, "unix", "unix", 7)
+  }
+}
+"""
+# Arguments: the awk program ``_TALLY``, then pairs of a main pid and its unit, numbered from 1.
+# Prints "gone N" for a pid that is not its unit's (its cgroup says so), "unreadable N", or what
+# ``_TALLY`` prints: nothing at all for a unit without sockets. The units' processes are listed
+# with shell builtins and all their descriptors read by one ``ls`` and one ``awk``, whatever the
+# number of units: a few processes per unit were most of what a gate's look cost a host of 50
+# Services. A sandboxed process runs as another user and is not ptrace-able by a root without
+# CAP_SYS_PTRACE (a container): its descriptors are then read as its own user, as the observe
+# script reads its cwd.
+LISTENING_SCRIPT = r"""set -f
+tally=$1
+shift
+n=0 map= dirs= nets=
+while [ "$#" -ge 2 ]; do
+  n=$((n + 1)) pid=$1 unit=$2 cg= cg1= pids=
+  shift 2
   { while IFS= read -r line; do
       case $line in
         0::*) cg=${line#0::} ;;
         *:name=systemd:*) cg1=${line#*:name=systemd:} ;;
       esac
     done < "/proc/$pid/cgroup"; } 2>/dev/null
-  case $cg$cg1 in */"$unit"|*/"$unit"/*) ;; *) echo gone; return ;; esac
-  pids=
+  case $cg$cg1 in */"$unit"|*/"$unit"/*) ;; *) echo "gone $n"; continue ;; esac
   for procs in "/sys/fs/cgroup$cg" "/sys/fs/cgroup/unified$cg" "/sys/fs/cgroup/systemd$cg1"
   do
-    pids=$(cat -- "$procs/cgroup.procs" 2>/dev/null) && [ -n "$pids" ] && break
+    { while IFS= read -r p; do pids="$pids $p"; done < "$procs/cgroup.procs"; } 2>/dev/null
+    [ -n "$pids" ] && break
   done
   [ -n "$pids" ] || pids=$pid
-  dirs=
-  for p in $pids; do dirs="$dirs /proc/$p/fd"; done
-  links=$(ls -l $dirs 2>/dev/null) || {
-    ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null)
-    links=$(setpriv --reuid="${ids% *}" --regid="${ids#* }" --clear-groups \
-      ls -l $dirs 2>/dev/null) || { echo unreadable; return; }
-  }
-  inodes=$(printf '%s\n' "$links" | sed -n 's/.*socket:\[\([0-9]*\)\]$/\1/p')
-  [ -n "$inodes" ] || return
-  printf 'socket %s\n' $inodes
-  net=/proc/$pid/net
-  awk -v own="$inodes" '
-    BEGIN { n = split(own, list); for (i = 1; i <= n; i++) mine[list[i]] = 1 }
-    FILENAME ~ /unix$/ { if ($7 in mine) print "unix", $0; next }
-    $10 in mine { print "tcp", $0 }
-  ' "$net/tcp" "$net/tcp6" "$net/unix" 2>/dev/null
-}
-while [ "$#" -ge 2 ]; do
-  echo unit
-  one "$1" "$2"
-  shift 2
+  map="$map net:$pid:$n" nets="$nets /proc/$pid/ns/net"
+  for p in $pids; do map="$map $p:$n" dirs="$dirs /proc/$p/fd"; done
+done
+[ -n "$dirs" ] || exit 0
+LC_ALL=C ls -l $nets $dirs 2>&1 | awk -v map="$map" -v retried= "$tally" |
+while IFS= read -r line; do
+  case $line in
+    "retry "*)
+      set -- $line
+      n=$2 pid=$3 map="net:$3:$2" dirs=
+      shift 3
+      for p do map="$map $p:$n" dirs="$dirs /proc/$p/fd"; done
+      ids=$(stat -c '%u %g' "/proc/$pid" 2>/dev/null) || { echo "gone $n"; continue; }
+      LC_ALL=C setpriv --reuid="${ids% *}" --regid="${ids#* }" --clear-groups \
+        ls -l "/proc/$pid/ns/net" $dirs 2>&1 | awk -v map="$map" -v retried=1 "$tally" ;;
+    *) printf '%s\n' "$line" ;;
+  esac
 done
 exit 0
 """
 MAX_BATCH = 64  # units per remote command (a bounded command line)
 
 
-def parse(output: str) -> list[Listening | None]:
-    """What ``LISTENING_SCRIPT`` printed, a ``Listening`` per unit asked (None for "gone" or
-    "unreadable")."""
-    sections = output.split("unit\n")[1:]
-    return [_section(text) for text in sections]
-
-
-def _section(text: str) -> Listening | None:
-    inodes: set[int] = set()
-    tcp: list[str] = []
-    unix: list[str] = []
-    for line in text.splitlines():
+def parse(output: str, asked: int) -> list[Listening | None]:
+    """What ``LISTENING_SCRIPT`` printed for ``asked`` units, a ``Listening`` per unit in
+    order (None for one "gone" or "unreadable")."""
+    inodes: list[set[int]] = [set() for _ in range(asked)]
+    tcp: list[list[str]] = [[] for _ in range(asked)]
+    unix: list[list[str]] = [[] for _ in range(asked)]
+    unknown: set[int] = set()
+    for line in output.splitlines():
         word, _, rest = line.partition(" ")
-        if word in ("gone", "unreadable"):
-            return None
-        if word == "socket" and rest.isdigit():
-            inodes.add(int(rest))
+        number, _, tail = rest.partition(" ")
+        if not number.isdigit() or not 1 <= int(number) <= asked:
+            continue
+        at = int(number) - 1
+        if word in (sockets.GONE, sockets.UNREADABLE):
+            unknown.add(at)
+        elif word == "socket" and tail.isdigit():
+            inodes[at].add(int(tail))
         elif word == "tcp":
-            tcp.append(rest)
+            tcp[at].append(tail)
         elif word == "unix":
-            unix.append(rest)
-    return procfs.listening(tcp, unix, inodes)
+            unix[at].append(tail)
+    return [None if at in unknown else sockets.listening(tcp[at], unix[at], inodes[at])
+            for at in range(asked)]
 
 
 class ListeningBatcher:
@@ -114,11 +179,10 @@ class ListeningBatcher:
             raise ProviderError("the host's connection was closed")
         args = [str(part) for pid, unit in asked for part in (pid, unit)]
         result = await transport.run(["sh", "-c", LISTENING_SCRIPT, "fraisier-listening",
-                                           *args], timeout=LISTENING_TIMEOUT_S, check=False)
-        answers = parse(result.stdout.decode(errors="replace")) if result.ok else []
-        if len(answers) != len(asked):  # the script did not finish: nothing is known
+                                      _TALLY, *args], timeout=LISTENING_TIMEOUT_S, check=False)
+        if not result.ok:  # the script did not finish: nothing is known
             return [None] * len(asked)
-        return answers
+        return parse(result.stdout.decode(errors="replace"), len(asked))
 
 
 _BATCHERS: weakref.WeakKeyDictionary[Transport, ListeningBatcher] = weakref.WeakKeyDictionary()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.providers import sockets
 from reconciler.providers.contract import Listening
 
 PROC = Path("/proc")
@@ -92,42 +91,6 @@ def group_members(pgrp: int) -> list[int]:
 
 # -- listening sockets ------------------------------------------------------------------------
 
-_TCP_LISTEN = "0A"  # /proc/net/tcp's st of a socket in LISTEN
-_UNIX_ACCEPTS = 0x10000  # /proc/net/unix's flag of a listening socket (__SO_ACCEPTCON)
-_SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
-
-
-def socket_inodes(fd_links: Iterable[str]) -> set[int]:
-    """The socket inodes among ``fd_links``: readlink of /proc/<pid>/fd/* (``socket:[N]``), or
-    lines of ``ls -l`` of such folders, which end with it."""
-    return {int(m.group(1)) for link in fd_links for m in _SOCKET_LINK.finditer(link)}
-
-
-def listening(tcp_lines: Iterable[str], unix_lines: Iterable[str],
-              inodes: Collection[int]) -> Listening:
-    """Which of the sockets ``inodes`` listen: lines of /proc/<pid>/net/tcp and tcp6 (the TCP
-    port of each in LISTEN) and of /proc/<pid>/net/unix (listening stream sockets). Headers and
-    lines of other sockets are skipped."""
-    ports: set[int] = set()
-    for line in tcp_lines:
-        fields = line.split()
-        # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-        if len(fields) < 10 or fields[3] != _TCP_LISTEN or not fields[9].isdigit():
-            continue
-        if int(fields[9]) in inodes:
-            with contextlib.suppress(ValueError, IndexError):
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    unix = 0
-    for line in unix_lines:
-        fields = line.split()
-        # Num RefCount Protocol Flags Type St Inode [Path]
-        if len(fields) < 7 or not fields[6].isdigit():
-            continue
-        with contextlib.suppress(ValueError):
-            if int(fields[3], 16) & _UNIX_ACCEPTS and int(fields[6]) in inodes:
-                unix += 1
-    return Listening(frozenset(ports), unix)
-
 
 def group_listening(pgrp: int) -> Listening | None:
     """What process group ``pgrp``'s live processes listen on (this machine); None when a
@@ -147,7 +110,7 @@ def group_listening(pgrp: int) -> Listening | None:
         for name in names:
             with contextlib.suppress(OSError):
                 links.append(os.readlink(fd_dir / name))
-    inodes = socket_inodes(links)
+    inodes = sockets.socket_inodes(links)
     if not inodes:
         return Listening(frozenset(), 0)
     net = PROC / str(members[0]) / "net"  # the group's network namespace
@@ -156,7 +119,7 @@ def group_listening(pgrp: int) -> Listening | None:
         unix = (net / "unix").read_text().splitlines()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    return listening(tcp, unix, inodes)
+    return sockets.listening(tcp, unix, inodes)
 
 
 def _lines_if_any(path: Path) -> list[str]:

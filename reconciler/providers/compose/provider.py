@@ -24,6 +24,7 @@ from reconciler.providers import (
     Capabilities,
     Instance,
     InstanceState,
+    Listening,
     ProbeSite,
     ProviderContext,
     Release,
@@ -34,6 +35,7 @@ from reconciler.providers.compose.deploy import Deployer
 from reconciler.providers.compose.engine import ContainerExec, DockerEngine
 from reconciler.providers.compose.host import ComposeHost
 from reconciler.providers.compose.jobs import JobRunner
+from reconciler.providers.compose.listening import container_listening
 from reconciler.providers.compose.observe import Observer
 from reconciler.providers.compose.teardown import Teardown
 from reconciler.spec.model import Resource
@@ -44,9 +46,10 @@ class ComposeProvider:
     """Drives one Docker host (a Target with ``provider: compose``)."""
 
     # one replica is read from its own project; exec probes run inside the container; the
-    # container a look saw is inspected again by its id (one engine request, no listing)
+    # container a look saw is inspected again by its id (one engine request, no listing); what
+    # it listens on is read inside it
     capabilities = Capabilities(observe_one=True, exec_probes=ProbeSite.INSTANCE,
-                                rechecks=True)
+                                rechecks=True, reports_listening=True)
 
     def __init__(
         self,
@@ -94,6 +97,11 @@ class ComposeProvider:
 
     def probe_runner(self, instance: Instance, state: InstanceState) -> ContainerExec:
         return self.observer.probe_runner(instance, state)
+
+    async def listening(self, resource: Resource, instance: Instance,
+                        seen: InstanceState) -> Listening | None:
+        container = seen.identity.container_id
+        return None if container is None else await container_listening(self.engine, container)
 
     async def deploy(self, release: Release, instance: Instance) -> InstanceState | None:
         return await self.deployer.deploy(release, instance)

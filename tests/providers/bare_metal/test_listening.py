@@ -22,40 +22,20 @@ from reconciler.providers.contract import Listening
 from reconciler.transport.ssh import SSHTransport
 from tests.e2e.conftest import free_port
 from tests.infra.testinfra import InfraHost
+from tests.providers.test_sockets import TCP
 from tests.transport.test_ssh import config_for
 
 pytestmark = pytest.mark.timeout(60)
 
-# /proc/net/tcp lines (the fields after the inode cut: they are not read)
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  t inode
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1
-   1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1
-   2: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 333 1
-"""
-UNIX = """Num       RefCount Protocol Flags    Type St Inode Path
-0000000000000000: 00000002 00000000 00010000 0001 01 444 /run/app.sock
-0000000000000000: 00000003 00000000 00000000 0001 03 555 /run/app.sock
-"""
-
-
-def test_only_the_given_sockets_in_listen_count() -> None:
-    assert procfs.listening(TCP.splitlines(), UNIX.splitlines(), {111, 333, 444, 555}) \
-        == Listening(frozenset({8080}), 1)
-    # another process's listener (222) is not theirs; a connection (333) does not listen
-    assert procfs.listening(TCP.splitlines(), UNIX.splitlines(), {333, 555}).none
-    assert procfs.socket_inodes(["socket:[12]", "pipe:[13]", "/dev/null",
-                                 "lrwx------ 1 root root 64 Dec  7 20:00 3 -> socket:[14]"]) \
-        == {12, 14}
-
-
 def test_the_script_output_is_read_as_the_host_printed_it() -> None:
     tcp = TCP.splitlines()[1]
-    assert parse(f"unit\nsocket 111\nsocket 9\ntcp {tcp}\n"  # a port
-                 "unit\n"  # no socket at all
-                 "unit\ngone\n"
-                 "unit\nunreadable\n") \
-        == [Listening(frozenset({8080})), Listening(frozenset()), None, None]
-    assert parse("") == []
+    assert parse(f"socket 1 111\ntcp 1 {tcp}\n"  # a port; unit 2: no socket at all
+                 "gone 3\n"
+                 "socket 4 111\nunreadable 4\n"
+                 "retry 5 1 2\nsocket 9 111\n", 5) \
+        == [Listening(frozenset({8080})), Listening(frozenset()), None, None,
+            Listening(frozenset())]
+    assert parse("", 0) == []
 
 
 # -- this machine: a supervised process group ------------------------------------------------

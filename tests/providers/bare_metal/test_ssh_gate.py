@@ -6,19 +6,16 @@ the same."""
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.e2e.conftest import git
+from tests.helpers import stranger_server
 from tests.providers.bare_metal.test_ssh_cli import target_yaml
 
 
@@ -120,27 +117,3 @@ def test_a_unit_is_not_judged_by_a_stranger_holding_its_port(tmp_path: Path,
         assert "exited with code 1" in failed["detail"], steps
         assert "Address already in use" in failed["detail"], steps
 
-
-@contextlib.contextmanager
-def stranger_server() -> Iterator[int]:
-    """An HTTP server of this machine's (not the fleet's) answering 200 on 127.0.0.1."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _Ok(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"stranger"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
