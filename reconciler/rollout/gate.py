@@ -191,7 +191,7 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
                  ) -> tuple[bool, str]:
     if has_probes(health):
         runner, cwd = probe_site(provider, instance, first)
-        answers = _Answers(provider, resource, instance, first,
+        answers = ProbeAnswers(provider, resource, instance, first,
                            probed_ports(health or {}, instance))
         result = await wait_healthy(health, instance, transport=runner, cwd=cwd,
                                     on_probe=on_probe,
@@ -199,8 +199,9 @@ async def _judge(provider: Provider, resource: Resource, instance: Instance,
         if not result.healthy:
             return False, result.message + await _why_not_running(observed)
         if answers.last is Answerer.INSTANCE:
-            # its own processes hold the probed ports: the pass was its own
-            last = first
+            # its own processes hold the probed ports: the pass was its own; a platform's own
+            # health signal (a Docker healthcheck) is read again, as the time rule's look does
+            last = first if first is None or first.health is Health.UNKNOWN else await observed()
         else:
             # A pass from whatever holds the port counts once our instance has been up for a
             # probe interval (the watcher fails the gate meanwhile if it goes).
@@ -247,7 +248,7 @@ def answerer(ports: Sequence[int], listening: Listening | None) -> Answerer:
     return Answerer.OTHER if listening.none else Answerer.UNKNOWN
 
 
-class _Answers:
+class ProbeAnswers:
     """Asks, after each passing probe, what the started instance listens on (where the
     provider tells): a pass on a port only another process holds is not the instance's."""
 
@@ -257,13 +258,20 @@ class _Answers:
         self.first, self.ports = first, ports
         self.checked = bool(ports) and provider.capabilities.reports_listening
         self.last = Answerer.UNKNOWN
+        self.told = False  # the provider has read it once in this gate
 
     async def confirm(self) -> str | None:
         try:
             heard = await listening_of(self.provider, self.resource, self.instance, self.first)
         except ProviderError:
-            heard = None  # the time rule decides, as without the capability
+            heard = None
         self.last = answerer(self.ports, heard)
+        if heard is None and self.told:
+            # It could be read before: a read that fails now (the instance going, a process
+            # gone mid-read) is no licence for the time rule, which a dying instance can pass.
+            return "what the started instance listens on could not be read this time"
+        # Never read (an image without a shell, descriptors it may not read): the time rule.
+        self.told = self.told or heard is not None
         if self.last is not Answerer.OTHER:
             return None
         shown = ", ".join(str(p) for p in self.ports)
