@@ -46,6 +46,15 @@ def failed_health_step(fleet: Fleet, name: str) -> str:
     return str(steps[-1]["detail"])
 
 
+def apply_fails_on_the_held_port(fleet: Fleet) -> None:
+    """``apply`` of the Service "api" fails its gate because its process died on the port."""
+    out = fleet.cli("apply", *fleet.repo_args())
+    assert out.returncode == 1, out.stdout + out.stderr
+    message = failed_health_step(fleet, "api")
+    assert "exited with code 1" in message, message
+    assert "Address already in use" in message, message
+
+
 def test_a_new_process_that_dies_while_an_old_one_answers_fails_the_gate(
         fleet: Fleet, stranger: int) -> None:
     # getting-started §2 while another process still held the port: the new process dies
@@ -54,11 +63,7 @@ def test_a_new_process_that_dies_while_an_old_one_answers_fails_the_gate(
     # for the answer; a pass now counts only while the instance listens on something.
     fleet.write("api.yaml", service_yaml("api", stranger, start_period="1s"))
     fleet.commit("api on a port someone else holds")
-    out = fleet.cli("apply", *fleet.repo_args())
-    assert out.returncode == 1, out.stdout + out.stderr
-    message = failed_health_step(fleet, "api")
-    assert "exited with code 1" in message, message
-    assert "Address already in use" in message, message
+    apply_fails_on_the_held_port(fleet)
     assert fleet.json("history", "api")[0]["status"] != "succeeded"
     # the stranger still answers: nothing of ours was reported healthy on its behalf
     assert "stranger" in http_get(stranger)[1]
@@ -79,11 +84,7 @@ def test_a_process_slower_to_bind_than_the_pass_rule_is_not_judged_by_a_stranger
 """
     fleet.write("api.yaml", plain_service("api", command, health))
     fleet.commit("a slow starter on a port someone else holds")
-    out = fleet.cli("apply", *fleet.repo_args())
-    assert out.returncode == 1, out.stdout + out.stderr
-    message = failed_health_step(fleet, "api")
-    assert "exited with code 1" in message, message
-    assert "Address already in use" in message, message
+    apply_fails_on_the_held_port(fleet)
     assert "stranger" in http_get(stranger)[1]
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,9 @@ from reconciler.transport.ssh import SSHTransport
 from tests.e2e.conftest import free_port
 from tests.infra.testinfra import InfraHost
 from tests.providers.test_sockets import TCP
-from tests.transport.test_ssh import config_for
+from tests.transport.test_ssh import config_for, root
+
+__all__ = ["root"]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,15 +92,6 @@ def test_a_group_that_holds_no_socket_listens_on_nothing() -> None:
 
 
 # -- a systemd unit on a test host -----------------------------------------------------------
-
-@pytest.fixture
-async def root(ssh_host: InfraHost) -> AsyncIterator[SSHTransport]:
-    transport = SSHTransport(config_for(ssh_host))
-    try:
-        yield transport
-    finally:
-        await transport.close()
-
 
 def start_unit(host: InfraHost, command: str, *properties: str) -> tuple[str, int]:
     """A transient unit running ``sh -c command`` (``fraisier-*``: the lease's reset removes
