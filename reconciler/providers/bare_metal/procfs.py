@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,8 +107,12 @@ def group_listening(pgrp: int) -> Listening | None:
         except PermissionError:
             return None
         for name in names:
-            with contextlib.suppress(OSError):
+            try:
                 links.append(os.readlink(fd_dir / name))
+            except PermissionError:
+                return None  # a socket unseen would read as "listens on nothing"
+            except OSError:
+                continue  # closed since
     inodes = sockets.socket_inodes(links)
     if not inodes:
         return Listening(frozenset(), 0)
