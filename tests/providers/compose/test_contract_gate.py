@@ -131,7 +131,6 @@ async def test_a_container_that_exits_during_the_gate_fails_it_with_its_exit_cod
     """Issue 15, item 1: the gate watches the container it started. With ``wait: false`` only
     the gate sees the exit; a tcp check would have waited out its start period and reported
     "Connect call failed", never the exit code."""
-    import time
 
     from tests.providers.compose.conftest import free_port
 
@@ -140,16 +139,15 @@ async def test_a_container_that_exits_during_the_gate_fails_it_with_its_exit_cod
     health = {"tcp": {"port": free_port()}, "startPeriod": "20s"}
     await fleet.commit({"targets.yaml": fleet.target(),
                         "web.yaml": service(fleet, health=health, compose=compose)}, "web")
-    started = time.monotonic()
     code, out, err = await fleet.cli("apply", "--repo", str(fleet.repo))
-    took = time.monotonic() - started
     assert code == 1, (out, err)
     web = resource_status(await fleet.cli_json("status"), "web")
     error = web.get("lastError") or ""
     assert "exited with code 3" in error, web
     assert "compose says bye" in error, web
+    # the watcher's verdict, not the probes' after the 20 s start period and its thresholds
+    # (a wall-time bound here failed once on a loaded CI run: 27.7 s for a right verdict)
     assert "Connect call failed" not in error, web
-    assert took < 15, took  # not the 20 s start period and its thresholds
 
 
 async def test_status_live_sees_a_stopped_container(fleet: Fleet) -> None:
