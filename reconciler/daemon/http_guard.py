@@ -6,8 +6,9 @@ too. Here, every accepted connection goes through a :class:`ConnectionGuard`:
 
 - file descriptors: the soft ``RLIMIT_NOFILE`` is raised towards the hard limit at start and a
   reserve is kept for the daemon's own work. Linux hands out the lowest free descriptor, so a new
-  socket numbered at or past ``soft - reserve`` means the reserve is about to be used: that
-  connection is closed at once;
+  socket numbered at or past ``soft - reserve`` means the reserve is about to be used: the
+  oldest connection not inside a request is closed to make room, and when there is none, the
+  new one is closed at once;
 - a cap on connections, in total and per peer address. At a cap, the oldest connection that is
   not inside a request (still sending its headers, or idle between keep-alive requests) is
   closed to make room: a slow-loris peer holding every slot loses its oldest one to each new
@@ -224,7 +225,9 @@ class ConnectionGuard:
         peer = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
         sock = transport.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
-        if fd >= self.fd_ceiling:
+        # Past the line, the oldest idle connection makes room, as at the caps: the newcomer
+        # may be a health probe, the oldest idle one a half-open flood's.
+        if fd >= self.fd_ceiling and not self._evict(self._idle):
             self.refusals.note("fd_reserve", peer)
             if isinstance(transport, asyncio.Transport):
                 transport.abort()

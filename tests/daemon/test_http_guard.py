@@ -4,7 +4,9 @@ refused, and that refusals are summarised rather than logged one by one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -111,6 +113,37 @@ async def test_total_cap_evicts_across_peers_and_refuses_when_all_are_busy(front
     assert refused("connections") == before + 1
     front.release.set()
     assert all(answer.endswith(b"done") for answer in await asyncio.gather(*busy))
+
+
+def lowest_free_fd() -> int:
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+async def test_past_the_descriptor_line_the_oldest_idle_connection_makes_room(
+        front: Front) -> None:
+    """The daemon's own descriptors grew (git, SSH, asyncio's accept batches): a new socket is
+    numbered past the line. A half-open peer loses its oldest connection, not the health probe;
+    only when nothing is idle is the newcomer closed. A CI machine under load reset 1 probe in
+    4 flood runs while 1,800 idle half-open connections were kept."""
+    held = [await half_open(front.port, "127.0.0.11") for _ in range(2)]
+    await asyncio.sleep(0.05)
+    assert front.guard.connections == 2
+    front.guard.fd_ceiling = lowest_free_fd()  # every socket from now on is past the line
+    evicted, reserve = refused("evicted"), refused("fd_reserve")
+    answer = await get(front.port, "/ok")
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
+    assert await asyncio.wait_for(held[0][0].read(), 2) == b""  # the oldest made room
+    assert (refused("evicted"), refused("fd_reserve")) == (evicted + 1, reserve)
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(0.1)
+    assert front.guard.connections == 0
+    front.guard.fd_ceiling = lowest_free_fd()  # the closed ones' descriptors are free again
+    with contextlib.suppress(ConnectionResetError):  # nothing idle to close: the newcomer goes
+        assert await get(front.port, "/ok") == b""
+    assert refused("fd_reserve") == reserve + 1
 
 
 async def test_headers_not_complete_in_time_are_cut_off(front: Front) -> None:

@@ -305,29 +305,37 @@ async def test_proc_files_read_with_a_limit(transport: SSHTransport, ssh_host: I
 async def test_write_file_is_atomic_for_concurrent_readers(transport: SSHTransport) -> None:
     size = 1 << 20
     path = "/srv/fraisier/atomic.bin"
+    progress, stop = path + ".progress", path + ".stop"
+    await transport.run(["rm", "-f", progress, stop], check=True)
     await transport.write_file(path, b"a" * size)
-    # A reader on the host reads for 1.5 s: each must be all-a or all-b, full length.
+    # A reader on the host reads until told to stop: each read must be all-a or all-b, full
+    # length. The race is made by counts, not by time: the writer goes on until the reader has
+    # read 20 times and it has written 6 times (a loaded CI host wrote only 4 times in 1.5 s).
     reader = (
-        "import time\n"
+        "import os, time\n"
         f"good = (b'a' * {size}, b'b' * {size})\n"
         "bad = reads = 0\n"
-        "end = time.monotonic() + 1.5\n"
-        "while time.monotonic() < end:\n"
+        "give_up = time.monotonic() + 30\n"
+        f"while not os.path.exists({stop!r}) and time.monotonic() < give_up:\n"
         f"    data = open({path!r}, 'rb').read()\n"
         "    bad += data not in good\n"
         "    reads += 1\n"
-        "print(bad, reads)\n"
+        "    if reads == 20:\n"
+        f"        open({progress!r}, 'w').close()\n"
+        f"print(bad, reads, int(os.path.exists({stop!r})))\n"
     )
     read_task = asyncio.create_task(
         transport.run(["python3", "-c", reader], timeout=40, check=True)
     )
     writes = 0
-    while not read_task.done():
+    while not read_task.done() and (writes < 6 or await transport.read_file(progress) is None):
         await transport.write_file(path, (b"b" if writes % 2 == 0 else b"a") * size)
         writes += 1
-    bad, reads = map(int, (await read_task).stdout.split())
+    await transport.write_file(stop, b"")
+    bad, reads, stopped = map(int, (await read_task).stdout.split())
     assert bad == 0
-    assert writes >= 5 and reads >= 20  # the reader really raced the writer
+    assert stopped == 1, "the reader gave up before the writer had raced it"
+    assert writes >= 6 and reads >= 20  # the reader really raced the writer
 
 
 async def test_put_file_missing_local_file(root: SSHTransport, tmp_path: Path) -> None:
