@@ -5,7 +5,8 @@ A process's sockets are the ``socket:[inode]`` links of its file descriptors
 (``/proc/<pid>/fd``); which of those listen, and on which TCP port, is in its network
 namespace's tables (``/proc/<pid>/net/tcp``, ``tcp6``, ``unix``). On a host the tables are
 filtered there by inode (a host may list thousands of sockets, a fleet's shared loopback more):
-``REPORT_FUNCTION`` prints a report, ``parse_report`` reads it, ``listening`` parses the tables.
+the awk program ``TALLY`` does it for many groups of processes at once, ``parse_tally`` reads
+what it printed, ``listening`` parses the tables.
 """
 
 from __future__ import annotations
@@ -20,21 +21,71 @@ _TCP_LISTEN = "0A"  # /proc/net/tcp's st of a socket in LISTEN
 _UNIX_ACCEPTS = 0x10000  # /proc/net/unix's flag of a listening socket (__SO_ACCEPTCON)
 _SOCKET_LINK = re.compile(r"socket:\[(\d+)\]")
 
-# A POSIX shell function: ``report LINKS NET`` prints, for the ``ls -l`` lines of fd folders
-# LINKS, a "socket N" line per socket inode, then each line of the tables in folder NET for
-# those inodes, prefixed by its table ("tcp ..." or "unix ..."). Nothing at all: no socket.
-REPORT_FUNCTION = r"""report() {
-  inodes=$(printf '%s\n' "$1" | sed -n 's/.*socket:\[\([0-9]*\)\]$/\1/p')
-  [ -n "$inodes" ] || return 0
-  printf 'socket %s\n' $inodes
-  awk -v own="$inodes" '
-    BEGIN { n = split(own, list); for (i = 1; i <= n; i++) mine[list[i]] = 1 }
-    FILENAME ~ /unix$/ { if ($7 in mine) print "unix", $0; next }
-    $10 in mine { print "tcp", $0 }
-  ' "$2/tcp" "$2/tcp6" "$2/unix" 2>/dev/null
+# An awk program, run where the processes are (on a host, in a container), reading ``ls -l`` of
+# the fd folders of groups of processes ("units", numbered from 1) and of one main process's
+# ``ns/net`` link per unit. ``map`` names them: "PID:N" per process of unit N, "net:PID:N" per
+# main process. It prints "socket N INODE" per socket, then, reading each network namespace's
+# TCP and unix tables once, each line for those inodes as "tcp N LINE" or "unix N LINE". A unit
+# with a descriptor it may not read: "retry N MAINPID PIDS..." (for a caller that can read it
+# again as the unit's own user), or "unreadable N" when ``retried`` is set.
+TALLY = r"""
+BEGIN {
+  n = split(map, entries, " ")
+  for (i = 1; i <= n; i++) {
+    split(entries[i], f, ":")
+    if (f[1] == "net") main[f[2]] = f[3]
+    else { unit[f[1]] = f[2]; members[f[2]] = members[f[2]] " " f[1] }
+  }
+}
+/^ls: / {
+  if ($0 ~ /Permission denied/ && match($0, /\/proc\/[0-9]+\//)) {
+    p = substr($0, RSTART + 6, RLENGTH - 7)
+    if (p in unit) denied[unit[p]] = 1
+    else if (p in main) denied[main[p]] = 1
+  }
+  next
+}
+/^\/proc\/[0-9]+\/fd:$/ { cur = substr($0, 7, length($0) - 10); next }
+/ -> net:\[/ {
+  if (match($0, /\/proc\/[0-9]+\/ns/)) ns[substr($0, RSTART + 6, RLENGTH - 9)] = $NF
+  next
+}
+/ -> socket:\[[0-9]+\]$/ {
+  if (cur in unit) {
+    s = $NF
+    gsub(/[^0-9]/, "", s)
+    owner[s] = unit[cur]
+    print "socket", unit[cur], s
+  }
+  next
+}
+function table(p, name, tag, column,   file, line, f) {
+  file = "/proc/" p "/net/" name
+  while ((getline line < file) > 0) {
+    split(line, f, " ")
+    if (f[column] in owner) print tag, owner[f[column]], line
+  }
+  close(file)
+}
+END {
+  for (u in denied) {
+    if (retried) { print "unreadable", u; continue }
+    line = "retry " u
+    for (p in main) if (main[p] == u) line = line " " p
+    print line members[u]
+  }
+  for (p in main) {
+    if (main[p] in denied) continue
+    key = (p in ns) ? ns[p] : "pid:" p
+    if (key in done) continue
+    done[key] = 1
+    table(p, "tcp", "tcp", 10)
+    table(p, "tcp6", "tcp", 10)
+    table(p, "unix", "unix", 7)
+  }
 }
 """
-# Printed instead of a report: the processes are not (all) there, or cannot be read.
+# Printed for a unit instead of its sockets: its processes are not there, or cannot be read.
 GONE, UNREADABLE = "gone", "unreadable"
 
 
@@ -73,19 +124,26 @@ def listening(tcp_lines: Iterable[str], unix_lines: Iterable[str],
     return Listening(frozenset(ports), unix, len(set(inodes) - seen))
 
 
-def parse_report(text: str) -> Listening | None:
-    """What ``report`` printed (or ``GONE``/``UNREADABLE``: None)."""
-    inodes: set[int] = set()
-    tcp: list[str] = []
-    unix: list[str] = []
-    for line in text.splitlines():
+def parse_tally(output: str, asked: int) -> list[Listening | None]:
+    """What ``TALLY`` printed for ``asked`` units, a ``Listening`` per unit in
+    order (None for one "gone" or "unreadable")."""
+    inodes: list[set[int]] = [set() for _ in range(asked)]
+    tcp: list[list[str]] = [[] for _ in range(asked)]
+    unix: list[list[str]] = [[] for _ in range(asked)]
+    unknown: set[int] = set()
+    for line in output.splitlines():
         word, _, rest = line.partition(" ")
+        number, _, tail = rest.partition(" ")
+        if not number.isdigit() or not 1 <= int(number) <= asked:
+            continue
+        at = int(number) - 1
         if word in (GONE, UNREADABLE):
-            return None
-        if word == "socket" and rest.isdigit():
-            inodes.add(int(rest))
+            unknown.add(at)
+        elif word == "socket" and tail.isdigit():
+            inodes[at].add(int(tail))
         elif word == "tcp":
-            tcp.append(rest)
+            tcp[at].append(tail)
         elif word == "unix":
-            unix.append(rest)
-    return listening(tcp, unix, inodes)
+            unix[at].append(tail)
+    return [None if at in unknown else listening(tcp[at], unix[at], inodes[at])
+            for at in range(asked)]

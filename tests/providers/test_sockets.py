@@ -5,7 +5,7 @@ test_listening.py and tests/providers/compose/test_listening.py."""
 from __future__ import annotations
 
 from reconciler.providers.contract import Listening
-from reconciler.providers.sockets import listening, parse_report, socket_inodes
+from reconciler.providers.sockets import listening, parse_tally, socket_inodes
 
 # /proc/net/tcp lines (the fields after the inode cut: they are not read)
 TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  t inode
@@ -33,10 +33,13 @@ def test_only_the_given_sockets_in_listen_count() -> None:
         == {12, 14}
 
 
-def test_a_report_is_read_as_the_shell_printed_it() -> None:
+def test_a_tally_is_read_as_the_shell_printed_it() -> None:
     tcp = TCP.splitlines()[1]
     unix = UNIX.splitlines()[1]
-    assert parse_report(f"socket 111\nsocket 444\ntcp {tcp}\nunix {unix}\n") \
-        == Listening(frozenset({8080}), 1)
-    assert parse_report("") == Listening(frozenset())
-    assert parse_report("gone\n") is None and parse_report("unreadable\n") is None
+    assert parse_tally(f"socket 1 111\nsocket 1 444\ntcp 1 {tcp}\nunix 1 {unix}\n"
+                       "gone 3\n"  # unit 2: no socket at all
+                       "socket 4 111\nunreadable 4\n"
+                       "retry 5 1 2\nsocket 9 111\n", 5) \
+        == [Listening(frozenset({8080}), 1), Listening(frozenset()), None, None,
+            Listening(frozenset())]
+    assert parse_tally("", 0) == []

@@ -24,77 +24,14 @@ from reconciler.transport import Transport
 
 LISTENING_TIMEOUT_S = 15.0
 
-# What the script's awk makes of ``ls -l`` of the units' fd folders and of their main processes'
-# ``ns/net`` links: for unit number N (``map``: "PID:N" per process, "net:PID:N" per main
-# process), "socket N INODE" per socket; then, read once per network namespace, each line of
-# its TCP and unix tables for those inodes, "tcp N LINE" or "unix N LINE". A unit with a
-# descriptor it may not read: "retry N MAINPID PIDS..." (read again as the unit's own user), or
-# on that second reading (``retried``) "unreadable N".
-_TALLY = r"""
-BEGIN {
-  n = split(map, entries, " ")
-  for (i = 1; i <= n; i++) {
-    split(entries[i], f, ":")
-    if (f[1] == "net") main[f[2]] = f[3]
-    else { unit[f[1]] = f[2]; members[f[2]] = members[f[2]] " " f[1] }
-  }
-}
-/^ls: / {
-  if ($0 ~ /Permission denied/ && match($0, /\/proc\/[0-9]+\//)) {
-    p = substr($0, RSTART + 6, RLENGTH - 7)
-    if (p in unit) denied[unit[p]] = 1
-    else if (p in main) denied[main[p]] = 1
-  }
-  next
-}
-/^\/proc\/[0-9]+\/fd:$/ { cur = substr($0, 7, length($0) - 10); next }
-/ -> net:\[/ {
-  if (match($0, /\/proc\/[0-9]+\/ns/)) ns[substr($0, RSTART + 6, RLENGTH - 9)] = $NF
-  next
-}
-/ -> socket:\[[0-9]+\]$/ {
-  if (cur in unit) {
-    s = $NF
-    gsub(/[^0-9]/, "", s)
-    owner[s] = unit[cur]
-    print "socket", unit[cur], s
-  }
-  next
-}
-function table(p, name, tag, column,   file, line, f) {
-  file = "/proc/" p "/net/" name
-  while ((getline line < file) > 0) {
-    split(line, f, " ")
-    if (f[column] in owner) print tag, owner[f[column]], line
-  }
-  close(file)
-}
-END {
-  for (u in denied) {
-    if (retried) { print "unreadable", u; continue }
-    line = "retry " u
-    for (p in main) if (main[p] == u) line = line " " p
-    print line members[u]
-  }
-  for (p in main) {
-    if (main[p] in denied) continue
-    key = (p in ns) ? ns[p] : "pid:" p
-    if (key in done) continue
-    done[key] = 1
-    table(p, "tcp", "tcp", 10)
-    table(p, "tcp6", "tcp", 10)
-    table(p, "unix", "unix", 7)
-  }
-}
-"""
-# Arguments: the awk program ``_TALLY``, then pairs of a main pid and its unit, numbered from 1.
-# Prints "gone N" for a pid that is not its unit's (its cgroup says so), "unreadable N", or what
-# ``_TALLY`` prints: nothing at all for a unit without sockets. The units' processes are listed
-# with shell builtins and all their descriptors read by one ``ls`` and one ``awk``, whatever the
-# number of units: a few processes per unit were most of what a gate's look cost a host of 50
-# Services. A sandboxed process runs as another user and is not ptrace-able by a root without
-# CAP_SYS_PTRACE (a container): its descriptors are then read as its own user, as the observe
-# script reads its cwd.
+# Arguments: the awk program ``sockets.TALLY``, then pairs of a main pid and its unit, numbered
+# from 1. Prints "gone N" for a pid that is not its unit's (its cgroup says so), "unreadable N",
+# or what ``TALLY`` prints: nothing at all for a unit without sockets. The units' processes are
+# listed with shell builtins and all their descriptors read by one ``ls`` and one ``awk``,
+# whatever the number of units: a few processes per unit were most of what a gate's look cost a
+# host of 50 Services. A sandboxed process runs as another user and is not ptrace-able by a root
+# without CAP_SYS_PTRACE (a container): its descriptors are then read as its own user, as the
+# observe script reads its cwd.
 LISTENING_SCRIPT = r"""set -f
 tally=$1
 shift
@@ -138,31 +75,6 @@ exit 0
 MAX_BATCH = 64  # units per remote command (a bounded command line)
 
 
-def parse(output: str, asked: int) -> list[Listening | None]:
-    """What ``LISTENING_SCRIPT`` printed for ``asked`` units, a ``Listening`` per unit in
-    order (None for one "gone" or "unreadable")."""
-    inodes: list[set[int]] = [set() for _ in range(asked)]
-    tcp: list[list[str]] = [[] for _ in range(asked)]
-    unix: list[list[str]] = [[] for _ in range(asked)]
-    unknown: set[int] = set()
-    for line in output.splitlines():
-        word, _, rest = line.partition(" ")
-        number, _, tail = rest.partition(" ")
-        if not number.isdigit() or not 1 <= int(number) <= asked:
-            continue
-        at = int(number) - 1
-        if word in (sockets.GONE, sockets.UNREADABLE):
-            unknown.add(at)
-        elif word == "socket" and tail.isdigit():
-            inodes[at].add(int(tail))
-        elif word == "tcp":
-            tcp[at].append(tail)
-        elif word == "unix":
-            unix[at].append(tail)
-    return [None if at in unknown else sockets.listening(tcp[at], unix[at], inodes[at])
-            for at in range(asked)]
-
-
 class ListeningBatcher:
     """The listening sockets of one host's units, many per remote command: 50 Services gated
     at once on a host ask in a few round trips, not 50."""
@@ -178,11 +90,12 @@ class ListeningBatcher:
         if transport is None:
             raise ProviderError("the host's connection was closed")
         args = [str(part) for pid, unit in asked for part in (pid, unit)]
-        result = await transport.run(["sh", "-c", LISTENING_SCRIPT, "fraisier-listening",
-                                      _TALLY, *args], timeout=LISTENING_TIMEOUT_S, check=False)
+        result = await transport.run(
+            ["sh", "-c", LISTENING_SCRIPT, "fraisier-listening", sockets.TALLY, *args],
+            timeout=LISTENING_TIMEOUT_S, check=False)
         if not result.ok:  # the script did not finish: nothing is known
             return [None] * len(asked)
-        return parse(result.stdout.decode(errors="replace"), len(asked))
+        return sockets.parse_tally(result.stdout.decode(errors="replace"), len(asked))
 
 
 _BATCHERS: weakref.WeakKeyDictionary[Transport, ListeningBatcher] = weakref.WeakKeyDictionary()

@@ -18,23 +18,23 @@ from reconciler.providers.contract import Listening
 
 LISTENING_TIMEOUT_S = 15.0
 
-# A process that ended since it was listed is no loss; one whose descriptors cannot be read is.
-CONTAINER_SCRIPT = sockets.REPORT_FUNCTION + r"""dirs=
-for d in /proc/[0-9]*/fd; do dirs="$dirs $d"; done
-links=$(ls -l $dirs 2>/dev/null) || for d in $dirs; do
-  if [ -d "$d" ] && ! ls "$d" >/dev/null 2>&1; then echo unreadable; exit 0; fi
-done
-report "$links" /proc/self/net
+# Arguments: the awk program ``sockets.TALLY``. Every process of the container is unit 1's, read
+# in the exec's own network namespace. A process that ended since it was listed is no loss; one
+# whose descriptors cannot be read is ("unreadable 1": nobody to read them as).
+CONTAINER_SCRIPT = r"""map="net:$$:1" dirs=
+for d in /proc/[0-9]*/fd; do p=${d#/proc/}; map="$map ${p%/fd}:1" dirs="$dirs $d"; done
+LC_ALL=C ls -l "/proc/$$/ns/net" $dirs 2>&1 | awk -v map="$map" -v retried=1 "$1"
 """
 
 
 async def container_listening(engine: DockerEngine, container: str) -> Listening | None:
     """What ``container``'s processes listen on; None when that cannot be read there."""
     try:
-        result = await engine.exec(container, ["sh", "-c", CONTAINER_SCRIPT],
-                                   LISTENING_TIMEOUT_S, None)
+        result = await engine.exec(
+            container, ["sh", "-c", CONTAINER_SCRIPT, "fraisier-listening", sockets.TALLY],
+            LISTENING_TIMEOUT_S, None)
     except ProviderError:
         return None  # gone, or no shell in the image
     if not result.ok:
         return None
-    return sockets.parse_report(result.stdout.decode(errors="replace"))
+    return sockets.parse_tally(result.stdout.decode(errors="replace"), 1)[0]

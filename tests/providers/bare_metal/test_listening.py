@@ -17,27 +17,16 @@ from pathlib import Path
 import pytest
 
 from reconciler.providers.bare_metal import procfs
-from reconciler.providers.bare_metal.listening import listening_batcher, parse, unit_listening
+from reconciler.providers.bare_metal.listening import listening_batcher, unit_listening
 from reconciler.providers.contract import Listening
 from reconciler.transport.ssh import SSHTransport
 from tests.e2e.conftest import free_port
 from tests.infra.testinfra import InfraHost
-from tests.providers.test_sockets import TCP
 from tests.transport.test_ssh import config_for, root
 
 __all__ = ["root"]
 
 pytestmark = pytest.mark.timeout(60)
-
-def test_the_script_output_is_read_as_the_host_printed_it() -> None:
-    tcp = TCP.splitlines()[1]
-    assert parse(f"socket 1 111\ntcp 1 {tcp}\n"  # a port; unit 2: no socket at all
-                 "gone 3\n"
-                 "socket 4 111\nunreadable 4\n"
-                 "retry 5 1 2\nsocket 9 111\n", 5) \
-        == [Listening(frozenset({8080})), Listening(frozenset()), None, None,
-            Listening(frozenset())]
-    assert parse("", 0) == []
 
 
 # -- this machine: a supervised process group ------------------------------------------------
