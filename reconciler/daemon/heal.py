@@ -69,6 +69,7 @@ class SelfHeal:
             if desired is None or daemon.reconciling:
                 continue  # mid-pass, instances restarting on purpose are not drift
             drifted = await self.check(desired)
+            await self._engine.close_retired_providers()  # a Target the check found edited
             if drifted and daemon.events is not None:
                 daemon.events.drift_detected(drifted, desired)
             if drifted and self._cfg.heal:

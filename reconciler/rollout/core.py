@@ -55,6 +55,8 @@ class EngineCore:
     stopping: bool
     revisions: Revisions
     _providers: dict[tuple[ResourceKey, str], Provider]
+    # Providers of Targets edited since: closed when nothing may use them any more.
+    _retired: list[Provider]
     # Leases lost to another reconciler (a stall past the TTL): no new step may start under them.
     lost_leases: set[str]
     # Service rollouts that outlived their pass (a canary paused until promoted).
@@ -93,8 +95,28 @@ class EngineCore:
             ctx = ProviderContext(state_dir=self.state_dir,
                                   logger=logging.getLogger(f"reconciler.provider.{target.name}"))
             provider = load_provider(target, ctx)
+            # The Target was edited: its earlier provider is closed once nothing may use it
+            for key in [k for k in self._providers if k[0] == target.key]:
+                self._retired.append(self._providers.pop(key))
             self._providers[cache_key] = provider
         return provider
+
+    async def close_retired_providers(self) -> None:
+        """Close the providers of Targets edited since they were loaded (their connections,
+        or a daemon keeps one more per host and edit), unless a rollout or deployment that may
+        still use one is under way."""
+        if not self._retired or self.rollouts_in_progress or self.running_deployments \
+                or self.applying:
+            return
+        retired, self._retired = self._retired, []
+        await self._close_providers(retired)
+
+    async def _close_providers(self, providers: list[Provider]) -> None:
+        for provider in providers:
+            try:
+                await provider.close()
+            except Exception as exc:  # closing must not mask the pass's own result
+                log.warning("provider close failed", extra={"error": str(exc)})
 
     def rollouts_per_target(self, target: Resource | None) -> int:
         """``concurrency``, or all of them (the pass's cap) for a Target whose provider bounds
@@ -113,12 +135,9 @@ class EngineCore:
             # cancelled: the next start resumes them.
             self.stopping = True
             await self.finish_rollouts()
-        for provider in self._providers.values():
-            try:
-                await provider.close()
-            except Exception as exc:  # closing must not mask the pass's own result
-                log.warning("provider close failed", extra={"error": str(exc)})
+        providers, self._retired = [*self._retired, *self._providers.values()], []
         self._providers.clear()
+        await self._close_providers(providers)
 
     @property
     def rollouts_in_progress(self) -> list[ResourceKey]:

@@ -94,6 +94,7 @@ class Reconciler(Passes, OperatorActions):
         self.owns = owns
         self.stopping = False  # set on SIGTERM: finish in-flight steps, start nothing new
         self._providers: dict[tuple[ResourceKey, str], Provider] = {}
+        self._retired: list[Provider] = []
         self.lost_leases: set[str] = set()
         # Service rollouts that outlived their pass (a canary paused until promoted): the task
         # holds the resource's lease; later passes leave the resource alone until it ends.

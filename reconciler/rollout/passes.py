@@ -92,14 +92,17 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
                     if not task.cancelled() and task.exception() is not None:
                         log.error("detached rollout failed", extra={
                             "resource": str(key), "error": repr(task.exception())})
+            await self.close_retired_providers()
             recovered = await self.recover()
             try:
-                return await self._reconcile(desired, recovered, started, trigger=trigger,
-                                             prune=prune, force=force, only=only,
-                                             redeploy=redeploy)
+                result = await self._reconcile(desired, recovered, started, trigger=trigger,
+                                               prune=prune, force=force, only=only,
+                                               redeploy=redeploy)
             except BaseException:
                 await recovered.abandon()
                 raise
+            await self.close_retired_providers()  # a Target this pass found edited
+            return result
 
     async def _reconcile(self, desired: DesiredState, recovered: Recovered, started: float, *,
                          trigger: str, prune: bool, force: bool,

@@ -168,40 +168,44 @@ def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: A
     assert f"TOKEN={SECRET}".encode() in hosts[0].run(["cat", f"/proc/{pid}/environ"]).stdout
 
 
-@pytest.mark.timeout(150)
-def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
-                                                            ssh_hosts: Any) -> None:
-    """The daemon's self-heal loop sees drift through observe() and redeploys."""
-    hosts = ssh_hosts[:2]
-    ports = {}
-    for host in hosts:
-        ports[host.name] = free_port()
-        host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
-                  str(ports[host.name])])
-    repo = tmp_path / "config"
-    (repo / "app").mkdir(parents=True)
-    (repo / "app" / "app.py").write_text(HOST_APP)
-    (repo / "app" / "VERSION").write_text("v1\n")
-    (repo / "fleet").mkdir()
-    (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
-    (repo / "fleet" / "api.yaml").write_text(service_yaml())
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "v1")
-    state = tmp_path / "state"
-    env = {**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET}
-    base = [sys.executable, "-m", "reconciler", "--state-dir", str(state)]
-    daemon = subprocess.Popen(
-        [*base, "daemon", "--repo", str(repo), "--path", "fleet",
-         "--listen", f"127.0.0.1:{free_port()}", "--interval", "1s"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+class DaemonFleet:
+    """A ``reconciler daemon`` following a repo with Target ``hosts`` (``hosts``) and Service
+    ``api``, polling every second."""
 
-    def serving(host: Any) -> str | None:
+    def __init__(self, tmp_path: Path, hosts: Any) -> None:
+        self.hosts = hosts
+        self.ports: dict[str, int] = {}
+        for host in hosts:
+            self.ports[host.name] = free_port()
+            host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
+                      str(self.ports[host.name])])
+        self.repo = repo = tmp_path / "config"
+        (repo / "app").mkdir(parents=True)
+        (repo / "app" / "app.py").write_text(HOST_APP)
+        (repo / "app" / "VERSION").write_text("v1\n")
+        (repo / "fleet").mkdir()
+        (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
+        (repo / "fleet" / "api.yaml").write_text(service_yaml())
+        git(repo, "init", "-q", "-b", "main")
+        self.commit("v1")
+        self.env = {**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET}
+        self.base = [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state")]
+        self.daemon = subprocess.Popen(
+            [*self.base, "daemon", "--repo", str(repo), "--path", "fleet",
+             "--listen", f"127.0.0.1:{free_port()}", "--interval", "1s"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+
+    def commit(self, message: str) -> None:
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", message)
+
+    def serving(self, host: Any) -> str | None:
         try:
-            return http(ports[host.name])
+            return http(self.ports[host.name])
         except OSError:
             return None
 
+    @staticmethod
     def wait(predicate: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -209,18 +213,44 @@ def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
                 raise AssertionError("condition not met in time")
             time.sleep(0.2)
 
-    def newest() -> dict[str, Any]:
+    def newest(self) -> dict[str, Any]:
         history = json.loads(subprocess.run(
-            [*base, "history", "api", "-o", "json"], capture_output=True, text=True,
-            timeout=60, env=env).stdout or "[]")
+            [*self.base, "history", "api", "-o", "json"], capture_output=True, text=True,
+            timeout=60, env=self.env).stdout or "[]")
         return dict(history[0]) if history else {}
 
+    def deployed(self) -> None:
+        """Until every host serves v1 and the deployment is recorded succeeded."""
+        self.wait(lambda: all(self.serving(h) == "v1 hi" for h in self.hosts)
+                  and self.newest().get("status") == "succeeded", 60)
+
+    def ssh_connections(self, host: Any) -> set[int]:
+        """The local ports of the daemon's established connections to ``host``'s sshd."""
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{host.port} )"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return {int(line.split()[2].rsplit(":", 1)[1]) for line in out.splitlines()
+                if f"pid={self.daemon.pid}," in line}
+
+    def stop(self) -> None:
+        self.daemon.send_signal(signal.SIGTERM)
+        try:
+            assert self.daemon.wait(timeout=30) == 0
+        finally:
+            if self.daemon.poll() is None:
+                self.daemon.kill()
+
+
+@pytest.mark.timeout(150)
+def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
+                                                            ssh_hosts: Any) -> None:
+    """The daemon's self-heal loop sees drift through observe() and redeploys."""
+    hosts = ssh_hosts[:2]
+    fleet = DaemonFleet(tmp_path, hosts)
     try:
         # serving is not enough: the hand-made drift below must come after the deployment has
         # ended, or its own last steps (a restart, the switch of `current`) undo it
-        wait(lambda: all(serving(h) == "v1 hi" for h in hosts)
-             and newest().get("status") == "succeeded", 60)
-        first = newest()["deployment"]
+        fleet.deployed()
+        first = fleet.newest()["deployment"]
         unit = "fraisier-default_api.service"
         current = f"{DEFAULT_ROOT}/default/api/current"
         good = hosts[1].sh(f"readlink {current}").strip()
@@ -228,19 +258,49 @@ def test_daemon_heals_a_stopped_service_and_a_moved_current(tmp_path: Path,
         hosts[0].run(["systemctl", "stop", unit])
         hosts[1].run(["sh", "-c", 'mkdir -p "$1" && ln -sfn releases/elsewhere "$2"', "-",
                       f"{DEFAULT_ROOT}/default/api/releases/elsewhere", current])
-        assert serving(hosts[0]) is None
-        wait(lambda: serving(hosts[0]) == "v1 hi"
-             and hosts[1].sh(f"readlink {current}").strip() == good, 60)
+        assert fleet.serving(hosts[0]) is None
+        fleet.wait(lambda: fleet.serving(hosts[0]) == "v1 hi"
+                   and hosts[1].sh(f"readlink {current}").strip() == good, 60)
         # the hosts serve again once the heal's deploy steps ran; the deployment is recorded
         # succeeded after its health gate, a moment later (longer on a loaded machine)
-        wait(lambda: newest().get("deployment") != first
-             and newest().get("status") != "in_progress", 60)
-        assert newest()["trigger"] == "drift" and newest()["status"] == "succeeded", newest()
+        fleet.wait(lambda: fleet.newest().get("deployment") != first
+                   and fleet.newest().get("status") != "in_progress", 60)
+        newest = fleet.newest()
+        assert newest["trigger"] == "drift" and newest["status"] == "succeeded", newest
         assert hosts[0].sh(f"systemctl is-active {unit}").strip() == "active"
     finally:
-        daemon.send_signal(signal.SIGTERM)
+        fleet.stop()
+
+
+@pytest.mark.timeout(150)
+def test_a_target_changed_under_the_daemon_keeps_one_connection_per_host(
+        tmp_path: Path, ssh_hosts: Any) -> None:
+    """An edited Target gets a provider of its own; the one it replaced closes its SSH
+    connections instead of keeping them open (with their keepalives) until the daemon stops:
+    before, each edit of a Target left one more connection per host."""
+    hosts = ssh_hosts[:2]
+    fleet = DaemonFleet(tmp_path, hosts)
+    try:
+        fleet.deployed()
+        fleet.wait(lambda: all(len(fleet.ssh_connections(h)) == 1 for h in hosts), 30)
+        before = {h.name: fleet.ssh_connections(h) for h in hosts}
+        target = fleet.repo / "fleet" / "target.yaml"
+        target.write_text(target.read_text().replace("keepReleases: 3", "keepReleases: 4"))
+        fleet.commit("keep one more release")
+
+        def replaced() -> bool:
+            now = {h.name: fleet.ssh_connections(h) for h in hosts}
+            return all(now[name] and not now[name] & before[name] for name in now)
+
         try:
-            assert daemon.wait(timeout=30) == 0
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
+            fleet.wait(replaced, 60)  # the edited Target's provider observes the hosts
+        except AssertionError:
+            now = {h.name: fleet.ssh_connections(h) for h in hosts}
+            raise AssertionError(f"the daemon's connections (local ports) before the edit "
+                                 f"{before}, a minute after it {now}") from None
+        time.sleep(3)  # a few more passes
+        after = {h.name: fleet.ssh_connections(h) for h in hosts}
+        assert all(len(ports) == 1 and not ports & before[name]
+                   for name, ports in after.items()), (before, after)
+    finally:
+        fleet.stop()
