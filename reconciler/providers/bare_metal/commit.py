@@ -6,8 +6,8 @@ the unit enabled and restarted). Staging is per Service; the commit is where a h
 meet. systemd reloads its whole configuration on each ``daemon-reload`` and every remote command
 is a login session and a few processes on the host, so fifty Services deployed at once on a host
 cost fifty of each when committed one by one. ``HostCommits`` commits them together: one remote
-command reloads once, switches every release and restarts every unit (in parallel: systemd runs
-the jobs concurrently), and reports each one's result on its own.
+command reloads once, switches every release, restarts every unit with one ``systemctl`` (systemd
+runs the jobs concurrently), and reports each one's result on its own.
 
 A batch starts once no deploy of the host is still staging (or waiting for a staging slot), so
 it takes every deploy in flight there; a deploy that keeps arriving never holds the others back
@@ -93,26 +93,68 @@ else
   reset_failed "$groups" "$@"
   if wait "$checking"; then daemon_reload; fi
 fi
-i=0
+# Every unit is restarted by one systemctl (systemd runs the jobs concurrently, and a process
+# and a bus connection per unit were most of the commit's cost on the host); enabled first when
+# not enabled yet. Each unit's result is still its own: after a failed call, a unit whose start
+# failed has a Result other than "success" (a start resets it), one systemd cannot load a
+# LoadState other than "loaded"; its output is the call's lines that name it.
+units() {{ for e do printf '%s ' "${{e#*,}}"; done; }}
+restart_all() {{
+  keep=$restart
+  if [ -n "$enable" ] &&
+      ! systemctl enable --quiet --no-reload -- $(units $enable) >/dev/null 2>&1; then
+    keep=
+    for e in $restart; do
+      case " $enable " in
+        *" $e "*)
+          if ! out=$(systemctl enable --quiet --no-reload -- "${{e#*,}}" 2>&1); then
+            printf 'R %s 1 %s\\n' "${{e%%,*}}" "$(encode "$out")"
+            continue
+          fi ;;
+      esac
+      keep="$keep $e"
+    done
+  fi
+  [ -n "$keep" ] || return 0
+  out=$(systemctl restart -- $(units $keep) 2>&1)
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    for e in $keep; do printf 'R %s 0 \\n' "${{e%%,*}}"; done
+    return 0
+  fi
+  systemctl show --no-pager -p LoadState -p Result -- $(units $keep) 2>/dev/null | {{
+    for e in $keep; do
+      load= result=
+      while IFS= read -r line && [ -n "$line" ]; do
+        case $line in
+          LoadState=*) load=${{line#*=}} ;;
+          Result=*) result=${{line#*=}} ;;
+        esac
+      done
+      if [ "$load" = loaded ] && [ "$result" = success ]; then
+        printf 'R %s 0 \\n' "${{e%%,*}}"
+      else
+        mine=$(printf '%s\\n' "$out" | grep -F -e "${{e#*,}}")
+        printf 'R %s %s %s\\n' "${{e%%,*}}" "$rc" "$(encode "$mine")"
+      fi
+    done
+  }}
+}}
+i=0 restart= enable=
 while [ "$i" -lt "$groups" ]; do
   i=$((i + 1))
   if out=$({{ {SWITCH_COMMANDS}; }} 2>&1); then
     if [ -n "$5" ]; then
+      restart="$restart $i,$5"
       # `enable` only when not enabled yet, and with --no-reload: the unit is loaded already,
       # enabling adds the symlink read at boot (an implicit reload per new unit was costly).
       # Enabled is that symlink being there: a builtin test (`systemctl is-enabled` was one
       # more process per unit restarted)
-      (
-        case $5 in
-          *.timer) wants={UNIT_DIR}/{TIMER_INSTALL_TARGET}.wants ;;
-          *) wants={UNIT_DIR}/{SERVICE_INSTALL_TARGET}.wants ;;
-        esac
-        out=$({{ [ -L "$wants/$5" ] ||
-                systemctl enable --quiet --no-reload -- "$5"; }} 2>&1 &&
-              systemctl restart -- "$5" 2>&1)
-        rc=$?
-        printf 'R %s %s %s\\n' "$i" "$rc" "$(encode "$out")"
-      ) &
+      case $5 in
+        *.timer) wants={UNIT_DIR}/{TIMER_INSTALL_TARGET}.wants ;;
+        *) wants={UNIT_DIR}/{SERVICE_INSTALL_TARGET}.wants ;;
+      esac
+      [ -L "$wants/$5" ] || enable="$enable $i,$5"
     else
       printf 'R %s 0 \\n' "$i"
     fi
@@ -121,7 +163,7 @@ while [ "$i" -lt "$groups" ]; do
   fi
   shift 5
 done
-wait
+[ -z "$restart" ] || restart_all
 [ "$#" -gt 0 ] || exit 0
 echo O
 observe "$@"

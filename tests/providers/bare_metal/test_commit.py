@@ -14,9 +14,14 @@ import pytest
 from reconciler.errors import ProviderError
 from reconciler.providers import InstanceState, Release
 from reconciler.providers.bare_metal import SystemdSSHProvider
-from reconciler.providers.bare_metal.commit import host_commits
+from reconciler.providers.bare_metal.commit import CommitRequest, host_commits
 from reconciler.providers.bare_metal.systemd import observe_batcher
+from reconciler.transport.ssh import SSHTransport
+from tests.infra.testinfra import InfraHost
 from tests.providers.bare_metal.conftest import ENV, FolderExport, make_resource
+from tests.transport.test_ssh import root
+
+__all__ = ["root"]
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -204,3 +209,52 @@ async def test_deploys_in_quick_succession_all_start(
     assert len(pids) == 8  # a new process each time
     unit = f"fraisier-{ENV}_quick.service"
     assert host.sh(f"systemctl is-active {unit} || true").strip() == "active"
+
+
+async def test_one_restart_for_the_batch_and_each_unit_its_own_result(
+    root: SSHTransport, ssh_host: InfraHost
+) -> None:
+    """Every unit of a batch is restarted by one systemctl; each still gets its own result: a
+    unit that starts (rc 0), one whose start fails (the call's lines naming it, not another's),
+    one with no unit file, which cannot be enabled (its deploy fails alone, the others are
+    restarted all the same)."""
+    units = {"good": "ExecStart=/bin/sleep 600",
+             "noexec": "Type=exec\nExecStart=/nonexistent/binary",
+             "noexec-too": "Type=exec\nExecStart=/nonexistent/other"}
+    script = ["set -e"]
+    for name, lines in units.items():
+        script.append(f"printf '[Service]\\n{lines}\\n[Install]\\nWantedBy=multi-user.target\\n'"
+                      f" >/etc/systemd/system/zz-commit-{name}.service")
+    for name in (*units, "unwritten"):
+        script.append(f"mkdir -p /srv/fraisier/zz/{name}/releases/r1")
+    script.append("systemctl daemon-reload")
+    ssh_host.run(["sh", "-c", "\n".join(script)])
+
+    def request(name: str) -> CommitRequest:
+        service_dir = f"/srv/fraisier/zz/{name}"
+        return CommitRequest(("releases/r1", f"{service_dir}/.current-t", f"{service_dir}/current",
+                              service_dir), f"zz-commit-{name}.service", False,
+                             (f"zz-commit-{name}.service",))
+
+    commits = host_commits(root)
+    try:
+        results = await asyncio.gather(*(commits.commit(request(name))
+                                         for name in (*units, "unwritten")))
+        assert commits.batches == 1
+        good, noexec, noexec_too, unwritten = results
+        assert good.ok and good.output == "", good
+        for failed, name in ((noexec, "noexec"), (noexec_too, "noexec-too")):
+            assert failed.switched and failed.returncode != 0, failed
+            assert f"zz-commit-{name}.service" in failed.output, failed
+            other = "noexec-too" if name == "noexec" else "noexec."
+            assert f"zz-commit-{other}" not in failed.output, failed
+        assert unwritten.switched and unwritten.returncode != 0, unwritten
+        assert "zz-commit-unwritten.service" in unwritten.output, unwritten
+        assert ssh_host.sh("systemctl is-active zz-commit-good.service || true").strip() \
+            == "active"
+        assert ssh_host.sh("readlink /srv/fraisier/zz/unwritten/current").strip() \
+            == "releases/r1"
+    finally:
+        ssh_host.run(["sh", "-c", "systemctl disable --now zz-commit-good.service; "
+                      "rm -rf /etc/systemd/system/zz-commit-* /srv/fraisier/zz; "
+                      "systemctl daemon-reload; systemctl reset-failed"])
