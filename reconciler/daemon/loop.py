@@ -195,8 +195,9 @@ class Daemon:
             if self.window_at is not None:  # + a margin: wake once the window is open
                 opens_in = (self.window_at - datetime.now(UTC)).total_seconds() + 0.05
                 timeout = min(timeout, max(0.2, opens_in))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
             self.wake.clear()
             if self.stopping:
                 break

@@ -55,7 +55,8 @@ class Scheduler:
         """Let the runs still going finish (each gets ``grace_s`` seconds) before shutdown."""
         for task in list(self._running.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, grace_s)
+                async with asyncio.timeout(grace_s):
+                    await task
 
     async def _tick(self, resource: Any, desired: DesiredState, now: datetime) -> None:
         """Start a run of ``resource`` if its schedule fired (and nothing forbids it)."""

@@ -128,7 +128,8 @@ class ShardKeeper:
                 pause = leases.next_beat_in(jittered(leases.interval, 0.1, floor=TIMER_FLOOR_S))
                 due = time.monotonic() + pause
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
+                    async with asyncio.timeout(pause):
+                        await stop.wait()
             with contextlib.suppress(ReconcilerError):
                 await leases.leave()
         finally:

@@ -191,7 +191,8 @@ async def _probe_tcp(
     port = int(port_text)
     where = f"tcp {url_host(host)}:{port}"
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
         return False, f"{where}: timed out after {timeout:g}s"
     except OSError as exc:
@@ -291,7 +292,8 @@ async def probe(
             else:
                 command = [substitute_vars(str(a), instance.vars) for a in spec["command"]]
                 work = _probe_exec({**spec, "command": command}, timeout, transport, cwd)
-            passed, message = await asyncio.wait_for(work, timeout + 1.0)
+            async with asyncio.timeout(timeout + 1.0):
+                passed, message = await work
         except TimeoutError:
             passed, message = False, f"{kind}: timed out after {timeout:g}s"
         ok = ok and passed

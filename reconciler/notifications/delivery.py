@@ -261,7 +261,8 @@ class Deliveries:
         error = ""
         for attempt in range(1, limits.attempts + 1):
             try:
-                await asyncio.wait_for(self._send(dest, message), limits.timeout_s)
+                async with asyncio.timeout(limits.timeout_s):
+                    await self._send(dest, message)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -335,7 +336,8 @@ class Deliveries:
     async def drain(self, within_s: float) -> bool:
         """Wait until every queue is empty (or ``within_s``); True when they are."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.idle.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await self.idle.wait()
         return self.idle.is_set()
 
     async def close(self) -> None:

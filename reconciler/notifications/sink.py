@@ -161,7 +161,8 @@ class Notifications:
     async def close(self, drain_s: float = 5.0) -> None:
         """Deliver what is queued for up to ``drain_s``; the rest stays in the state file."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.intake.join(), drain_s)
+            async with asyncio.timeout(drain_s):
+                await self.intake.join()
         await self.deliveries.drain(drain_s)
         for task in self._tasks:
             task.cancel()
@@ -210,7 +211,8 @@ class Notifications:
                     and self.hosts_of is not None and lookups < MAX_HOST_LOOKUPS):
                 lookups += 1
                 with contextlib.suppress(Exception):
-                    hosts = await asyncio.wait_for(self.hosts_of(event.resource), 2.0)
+                    async with asyncio.timeout(2.0):
+                        hosts = await self.hosts_of(event.resource)
                     event = event.with_hosts(tuple(hosts))
             out.append(event)
         return out

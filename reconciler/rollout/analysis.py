@@ -311,7 +311,8 @@ async def _measure_query(prom: _Prometheus | None, q: _Query, variables: Mapping
 
 async def _measure_health(health: HealthProbe, deadline: float) -> Measurement:
     try:
-        ok, message = await asyncio.wait_for(health(), max(0.1, deadline - time.monotonic()))
+        async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+            ok, message = await health()
     except TimeoutError:
         return Measurement("health", None, False, "health: no answer within the interval")
     except Exception as exc:  # the probe's own failure is a failed measurement, not a crash

@@ -127,7 +127,8 @@ class Rollbacks(Gate, Journal, Releases):
             try:
                 if instance.id in last:
                     try:
-                        await asyncio.wait_for(restore(instance), UNREACHED_ROLLBACK_S)
+                        async with asyncio.timeout(UNREACHED_ROLLBACK_S):
+                            await restore(instance)
                     except TimeoutError:
                         raise DeploymentFailed(
                             f"{instance.id}: unreachable during the rollout; rollback gave up "

@@ -290,7 +290,8 @@ class CommitStatusReporter:
         """Wait (at most ``grace`` s) until every queued update was sent or given up."""
         waits = [lane.queue.join() for lane in self._lanes]
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), grace)
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*waits)
         except TimeoutError:
             return False
         return True

@@ -315,7 +315,8 @@ class GitSource:
             argv += ["--", clean]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
+        async with asyncio.timeout(300):
+            out, err = await proc.communicate()
         if proc.returncode != 0:
             raise SourceError(f"cannot export {clean!r} at {commit[:12]}: {err.decode().strip()}")
         return out

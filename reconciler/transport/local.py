@@ -102,11 +102,13 @@ class LocalTransport:
             return await proc.wait()
 
         try:
-            returncode = await asyncio.wait_for(feed_and_wait(), timeout)
+            async with asyncio.timeout(timeout):
+                returncode = await feed_and_wait()
         except TimeoutError:
             _kill_group(proc.pid)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(readers), _DRAIN_AFTER_KILL_S)
+                async with asyncio.timeout(_DRAIN_AFTER_KILL_S):
+                    await asyncio.shield(readers)
             readers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await readers

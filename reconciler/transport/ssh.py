@@ -320,8 +320,8 @@ class SSHTransport:
             )
         known_hosts = self._trusted_keys()
         try:
-            return await asyncio.wait_for(
-                asyncssh.connect(
+            async with asyncio.timeout(cfg.connect_timeout + 1.0):
+                return await asyncssh.connect(
                     cfg.address,
                     cfg.port,
                     username=cfg.user,
@@ -335,9 +335,7 @@ class SSHTransport:
                     keepalive_interval=cfg.keepalive_interval,
                     keepalive_count_max=cfg.keepalive_count_max,
                     encryption_algs=CIPHERS,
-                ),
-                cfg.connect_timeout + 1.0,
-            )
+                )
         except asyncssh.HostKeyNotVerifiable:
             what = (
                 "presented a host key that does not match the pinned one (key changed, or "
@@ -423,7 +421,8 @@ class SSHTransport:
                 dead.sftp.exit()
         dead.conn.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(dead.conn.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await dead.conn.wait_closed()
 
     async def connect(self) -> None:
         """Open the connection now (it is otherwise opened by the first call)."""
@@ -434,9 +433,8 @@ class SSHTransport:
         async with current.sftp_lock:
             if current.sftp is None:
                 try:
-                    current.sftp = await asyncio.wait_for(
-                        current.conn.start_sftp_client(), self.config.connect_timeout
-                    )
+                    async with asyncio.timeout(self.config.connect_timeout):
+                        current.sftp = await current.conn.start_sftp_client()
                 except (asyncssh.Error, OSError) as exc:  # TimeoutError is an OSError
                     raise SSHError(f"{self._where()}: cannot start SFTP: {exc}") from None
             return current.sftp
@@ -444,7 +442,8 @@ class SSHTransport:
     async def _file_op(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run an SFTP operation with the I/O timeout; map errors to SSHError."""
         try:
-            return await asyncio.wait_for(op(), self.config.io_timeout)
+            async with asyncio.timeout(self.config.io_timeout):
+                return await op()
         except TimeoutError:
             # An abandoned SFTP request leaves the session in an unknown state: start afresh.
             if self._conn is not None:
@@ -498,9 +497,8 @@ class SSHTransport:
         async with self._sessions:
             process = await self._start(command, name)
             try:
-                stdout, stderr = await asyncio.wait_for(
-                    self._communicate(process, stdin), timeout + _CLIENT_GRACE_S
-                )
+                async with asyncio.timeout(timeout + _CLIENT_GRACE_S):
+                    stdout, stderr = await self._communicate(process, stdin)
             except TimeoutError:
                 out, err = self._abandon(process, tag, sudo)
                 raise CommandTimeout(
@@ -544,10 +542,8 @@ class SSHTransport:
         for attempt in (0, 1):
             current = await self._connection()
             try:
-                return await asyncio.wait_for(
-                    current.conn.create_process(command, encoding=None),
-                    self.config.connect_timeout,
-                )
+                async with asyncio.timeout(self.config.connect_timeout):
+                    return await current.conn.create_process(command, encoding=None)
             except (
                 asyncssh.ChannelOpenError,
                 asyncssh.ConnectionLost,
@@ -753,7 +749,10 @@ class SSHTransport:
 
         async def read() -> bytes | None:
             try:
-                async with sftp.open(remote, "rb") as fh:
+                # With a limit (a /proc file, read by a gate that may cancel it), one request in
+                # this task: asyncssh's block reader runs its own tasks, which outlive a cancel
+                # and end in errors nobody retrieves (asyncio logs each at exit).
+                async with sftp.open(remote, "rb", block_size=-1 if limit is None else 0) as fh:
                     # without a size, asyncssh reads as many bytes as the file's stat says
                     data = await fh.read(-1 if limit is None else limit)
                     return data if isinstance(data, bytes) else data.encode()

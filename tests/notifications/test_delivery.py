@@ -10,15 +10,19 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler.notifications.delivery import Deliveries
 from reconciler.notifications.destinations import operator_destinations
+from reconciler.notifications.digest import Message
 from reconciler.notifications.events import Event, EventKind
 from reconciler.notifications.settings import DeliveryLimits
 from reconciler.notifications.sink import Notifications
 from reconciler.observe.metrics import REGISTRY
 from reconciler.spec.model import DesiredState, ResourceKey
+from tests.helpers import free_port
 from tests.notifications.receivers import Receiver
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,3 +127,27 @@ async def test_what_was_queued_is_sent_after_a_restart_and_what_was_delivered_is
     await n.deliveries.drain(5)
     await n.close()
     assert len(ok.hits) == 1
+
+
+async def test_a_stop_that_meets_a_send_as_it_ends_still_stops_the_worker(
+        tmp_path: Path) -> None:
+    """Stopping cancels each destination's worker. A cancel that arrived in the loop turn the
+    send ended in was swallowed by asyncio.wait_for (Python 3.11): the worker went back to
+    waiting for the next message and the stop waited for it for ever (a CI test run hung on
+    this in its event loop's teardown; a daemon's stop would, until systemd killed it)."""
+    sending = asyncio.Event()
+    answered = asyncio.Event()
+
+    async def send(_dest: Any, _message: Message) -> None:
+        sending.set()
+        await answered.wait()
+
+    deliveries = Deliveries(tmp_path / "outbox.json", limits=FAST, send=send)
+    dest = operator_destinations([f"json://127.0.0.1:{free_port()}/x"])[0]
+    deliveries.configure([dest])
+    assert deliveries.submit(Message("m1", dest.id, "t", "b", "failure", ["failed"]))
+    await asyncio.wait_for(sending.wait(), 5)
+    answered.set()  # the send ends in the next turn of the loop...
+    await asyncio.sleep(0)
+    await asyncio.wait_for(deliveries.close(), 5)  # ...the very turn the stop cancels it
+    assert all(worker.done() for worker in deliveries.workers.values())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -502,3 +504,32 @@ def test_from_spec() -> None:
     assert (config.host_id, config.port, config.user, config.sudo) == ("web1", 2200, "deploy", True)
     assert config.host_keys == ("ssh-ed25519 AAAA",) and config.known_hosts is None
     assert SSHHostConfig.from_spec({"name": "h", "address": "::1"}).endpoint == "[::1]:22"
+
+
+async def test_a_read_cancelled_in_flight_leaves_no_task_behind(
+        root: SSHTransport, ssh_host: InfraHost) -> None:
+    """A health gate cancels its watcher's reads of /proc once the verdict is in. asyncssh read
+    in tasks of its own, which went on after the cancel; the answer they got (end of file of an
+    empty or vanished file) was logged by asyncio at exit as 'Task exception was never
+    retrieved', an error line in `apply`'s output for nothing wrong (8 in one fleet bench)."""
+    ssh_host.run(["sh", "-c", "mkdir -p /srv/fraisier && : >/srv/fraisier/empty"])
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        assert await root.read_file("/srv/fraisier/empty", limit=4096) == b""
+        for turns in range(40):  # cancelled after a different number of loop turns each time
+            read = asyncio.create_task(root.read_file("/srv/fraisier/empty", limit=4096))
+            for _ in range(turns % 8):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.0005 * (turns // 8))
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await read
+        await asyncio.sleep(0.3)  # every answer is in
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert not unretrieved, unretrieved[:3]

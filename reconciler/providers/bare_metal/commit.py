@@ -232,7 +232,8 @@ class HostCommits:
     async def _staged(self) -> None:
         """Until no deploy of the host is staging, at most MAX_LINGER_S."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), MAX_LINGER_S)
+            async with asyncio.timeout(MAX_LINGER_S):
+                await self._idle.wait()
 
     async def _run(self, requests: Sequence[CommitRequest]) -> list[CommitResult]:
         reload = any(r.unit_written for r in requests)
