@@ -86,9 +86,9 @@ def http(port: int) -> str:
         return response.read().decode()
 
 
-@pytest.mark.timeout(150)
-def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: Any) -> None:
-    hosts = ssh_hosts[:2]
+def config_repo(tmp_path: Path, hosts: Any) -> tuple[Path, dict[str, int]]:
+    """A git repo (nothing committed) with the app, Target ``hosts`` and Service ``api``; each
+    host's copy of the app listens on a port of its own, returned by host name."""
     ports = {}
     for host in hosts:
         ports[host.name] = free_port()
@@ -101,8 +101,15 @@ def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: A
     (repo / "fleet").mkdir()
     (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
     (repo / "fleet" / "api.yaml").write_text(service_yaml())
-    (repo / "fleet" / "job.yaml").write_text(JOB_YAML)
     git(repo, "init", "-q", "-b", "main")
+    return repo, ports
+
+
+@pytest.mark.timeout(150)
+def test_apply_update_rollback_logs_through_the_cli(tmp_path: Path, ssh_hosts: Any) -> None:
+    hosts = ssh_hosts[:2]
+    repo, ports = config_repo(tmp_path, hosts)
+    (repo / "fleet" / "job.yaml").write_text(JOB_YAML)
 
     def commit(message: str) -> None:
         git(repo, "add", "-A")
@@ -174,24 +181,12 @@ class DaemonFleet:
 
     def __init__(self, tmp_path: Path, hosts: Any) -> None:
         self.hosts = hosts
-        self.ports: dict[str, int] = {}
-        for host in hosts:
-            self.ports[host.name] = free_port()
-            host.run(["sh", "-c", 'printf %s "$1" >/etc/fraisier-test-port', "-",
-                      str(self.ports[host.name])])
-        self.repo = repo = tmp_path / "config"
-        (repo / "app").mkdir(parents=True)
-        (repo / "app" / "app.py").write_text(HOST_APP)
-        (repo / "app" / "VERSION").write_text("v1\n")
-        (repo / "fleet").mkdir()
-        (repo / "fleet" / "target.yaml").write_text(target_yaml(hosts))
-        (repo / "fleet" / "api.yaml").write_text(service_yaml())
-        git(repo, "init", "-q", "-b", "main")
+        self.repo, self.ports = config_repo(tmp_path, hosts)
         self.commit("v1")
         self.env = {**os.environ, "FRAISIER_SSH_E2E_TOKEN": SECRET}
         self.base = [sys.executable, "-m", "reconciler", "--state-dir", str(tmp_path / "state")]
         self.daemon = subprocess.Popen(
-            [*self.base, "daemon", "--repo", str(repo), "--path", "fleet",
+            [*self.base, "daemon", "--repo", str(self.repo), "--path", "fleet",
              "--listen", f"127.0.0.1:{free_port()}", "--interval", "1s"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
 
