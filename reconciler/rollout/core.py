@@ -16,7 +16,7 @@ from reconciler.rollout.outcome import Outcome, ProgressFn, ReconcileResult
 from reconciler.rollout.status_sink import CommitStatusSink
 from reconciler.source.git import GitSource
 from reconciler.source.revisions import Revisions
-from reconciler.spec.model import Resource, ResourceKey
+from reconciler.spec.model import DesiredState, Resource, ResourceKey
 from reconciler.state import store as st
 from reconciler.state.store import Store
 
@@ -55,7 +55,7 @@ class EngineCore:
     stopping: bool
     revisions: Revisions
     _providers: dict[tuple[ResourceKey, str], Provider]
-    # Providers of Targets edited since: closed when nothing may use them any more.
+    # Providers of Targets edited or deleted since: closed when nothing may use them any more.
     _retired: list[Provider]
     # Leases lost to another reconciler (a stall past the TTL): no new step may start under them.
     lost_leases: set[str]
@@ -101,10 +101,16 @@ class EngineCore:
             self._providers[cache_key] = provider
         return provider
 
+    def retire_providers_of_deleted_targets(self, desired: DesiredState) -> None:
+        """Retire the providers of Targets no longer in ``desired``, as an edited Target's: a
+        later use (a recovery, a prune) loads the Target's recorded spec afresh."""
+        for cache_key in [k for k in self._providers if k[0] not in desired.resources]:
+            self._retired.append(self._providers.pop(cache_key))
+
     async def close_retired_providers(self) -> None:
-        """Close the providers of Targets edited since they were loaded (their connections,
-        or a daemon keeps one more per host and edit), unless a rollout or deployment that may
-        still use one is under way."""
+        """Close the providers of Targets edited or deleted since they were loaded (their
+        connections, or a daemon keeps one more per host and edit), unless a rollout or
+        deployment that may still use one is under way."""
         if not self._retired or self.rollouts_in_progress or self.running_deployments \
                 or self.applying:
             return

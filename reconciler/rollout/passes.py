@@ -101,7 +101,8 @@ class Passes(Services, Healing, Runnables, Recovery, Pruning, Leases):
             except BaseException:
                 await recovered.abandon()
                 raise
-            await self.close_retired_providers()  # a Target this pass found edited
+            self.retire_providers_of_deleted_targets(desired)
+            await self.close_retired_providers()  # a Target this pass found edited or deleted
             return result
 
     async def _reconcile(self, desired: DesiredState, recovered: Recovered, started: float, *,

@@ -299,3 +299,29 @@ def test_a_target_changed_under_the_daemon_keeps_one_connection_per_host(
                    for name, ports in after.items()), (before, after)
     finally:
         fleet.stop()
+
+
+@pytest.mark.timeout(150)
+def test_a_target_deleted_under_the_daemon_closes_its_connections(
+        tmp_path: Path, ssh_hosts: Any) -> None:
+    """A Target deleted from the repo (with its Service) no longer has a provider holding SSH
+    connections and keepalives to its hosts: before, they stayed open until the daemon
+    stopped."""
+    hosts = ssh_hosts[:2]
+    fleet = DaemonFleet(tmp_path, hosts)
+    try:
+        fleet.deployed()
+        fleet.wait(lambda: all(fleet.ssh_connections(h) for h in hosts), 30)
+        (fleet.repo / "fleet" / "target.yaml").unlink()
+        (fleet.repo / "fleet" / "api.yaml").unlink()
+        (fleet.repo / "fleet" / "README.md").write_text("Nothing runs on these hosts now.\n")
+        fleet.commit("retire the hosts")
+        try:
+            fleet.wait(lambda: not any(fleet.ssh_connections(h) for h in hosts), 30)
+        except AssertionError:
+            now = {h.name: fleet.ssh_connections(h) for h in hosts}
+            raise AssertionError(f"the daemon's connections (local ports) half a minute after "
+                                 f"the Target was deleted: {now}") from None
+        assert fleet.daemon.poll() is None
+    finally:
+        fleet.stop()
