@@ -44,6 +44,7 @@ from reconciler.errors import ProviderError
 from reconciler.netaddr import host_port
 from reconciler.observe import metrics
 from reconciler.transport import CommandResult, CommandTimeout
+from reconciler.transport.sftp_files import read_whole_file, write_new_file
 from reconciler.transport.sftp_tree import make_dirs, upload_tree
 
 log = logging.getLogger(__name__)
@@ -632,12 +633,9 @@ class SSHTransport:
 
     async def write_file(self, remote: str, data: bytes, mode: int = 0o644) -> None:
         async def write(sftp: asyncssh.SFTPClient, dest: str) -> None:
-            # created owner-only: the data may be a secret and chmod to `mode` comes after
-            async with sftp.open(dest, "wb", asyncssh.SFTPAttrs(permissions=0o600)) as fh:
-                await fh.write(data)
-                await fh.fsync()
+            await write_new_file(sftp, dest, data, mode=mode)
 
-        await self._put(remote, mode, write, f"write of {remote}")
+        await self._put(remote, mode, write, f"write of {remote}", upload_sets_mode=True)
 
     async def _put(
         self,
@@ -645,7 +643,11 @@ class SSHTransport:
         mode: int,
         upload: Callable[[asyncssh.SFTPClient, str], Awaitable[Any]],
         what: str,
+        *,
+        upload_sets_mode: bool = False,
     ) -> None:
+        """``upload`` a file to a temporary name beside ``remote``, give it ``mode`` (unless
+        ``upload_sets_mode``: the upload did) and rename it into place."""
         sftp = await self._sftp()
         if self.config.sudo:
             staging = await self._file_op(what, lambda: self._upload_dir(sftp))
@@ -669,7 +671,8 @@ class SSHTransport:
                         raise
                     await make_dirs(sftp, parent)
                     await upload(sftp, temp)
-                await sftp.chmod(temp, mode)
+                if not upload_sets_mode:
+                    await sftp.chmod(temp, mode)
                 await sftp.posix_rename(temp, remote)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -749,12 +752,13 @@ class SSHTransport:
 
         async def read() -> bytes | None:
             try:
+                if limit is None:
+                    return await read_whole_file(sftp, remote)
                 # With a limit (a /proc file, read by a gate that may cancel it), one request in
                 # this task: asyncssh's block reader runs its own tasks, which outlive a cancel
                 # and end in errors nobody retrieves (asyncio logs each at exit).
-                async with sftp.open(remote, "rb", block_size=-1 if limit is None else 0) as fh:
-                    # without a size, asyncssh reads as many bytes as the file's stat says
-                    data = await fh.read(-1 if limit is None else limit)
+                async with sftp.open(remote, "rb", block_size=0) as fh:
+                    data = await fh.read(limit)
                     return data if isinstance(data, bytes) else data.encode()
             except asyncssh.SFTPNoSuchFile:
                 return None

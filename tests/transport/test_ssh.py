@@ -283,6 +283,47 @@ async def test_put_file_and_write_file(
     assert sorted(ssh_host.sh("ls -A /srv/fraisier/etc").split()) == ["current", "unit.service"]
 
 
+async def test_whole_files_of_every_size_round_trip(
+    transport: SSHTransport, ssh_host: InfraHost
+) -> None:
+    """A read asks for the server's largest block at once and takes a short answer as the
+    end of a file: empty files, one byte under, at and over a block boundary, and files of
+    several blocks come back whole; a write of several blocks arrives whole, with its mode."""
+    sizes = [0, 1, 255 * 1024 - 1, 255 * 1024, 256 * 1024, 256 * 1024 + 1, (1 << 20) + 17]
+    for size in sizes:
+        data = os.urandom(size)
+        path = f"/srv/fraisier/sized/{size}"
+        await transport.write_file(path, data, mode=0o640)
+        assert await transport.read_file(path) == data, size
+        listed = ssh_host.sh(f"stat -c '%s %a' {path}").split()
+        assert listed == [str(size), "640"], (size, listed)
+    assert ssh_host.sh("ls -A /srv/fraisier/sized | grep -c fraisier || true").strip() == "0"
+
+
+async def test_a_proc_file_is_read_whole_without_a_limit(transport: SSHTransport) -> None:
+    """/proc says its files are empty (size 0): a read of the whole file reads what it holds,
+    where asking the size first returned nothing."""
+    uptime = await transport.read_file("/proc/uptime")
+    assert uptime is not None and float(uptime.split()[0]) > 0, uptime
+
+
+async def test_a_failed_write_leaves_the_old_file_and_no_temp(
+    root: SSHTransport, ssh_host: InfraHost
+) -> None:
+    """The data, mode, fsync and close go together; when the write fails (the disk is full)
+    nothing is renamed: the old content stays and no temporary file is left."""
+    ssh_host.run(["sh", "-c", "mkdir -p /srv/fraisier/full && "
+                  "mount -t tmpfs -o size=64k tmpfs /srv/fraisier/full && "
+                  "printf old >/srv/fraisier/full/state"])
+    try:
+        with pytest.raises(ProviderError, match="write of /srv/fraisier/full/state"):
+            await root.write_file("/srv/fraisier/full/state", os.urandom(1 << 20))
+        assert await root.read_file("/srv/fraisier/full/state") == b"old"
+        assert ssh_host.sh("ls -A /srv/fraisier/full").split() == ["state"]
+    finally:
+        ssh_host.run(["umount", "/srv/fraisier/full"])
+
+
 async def test_read_missing_file_is_none(transport: SSHTransport, ssh_host: InfraHost) -> None:
     assert await transport.read_file("/srv/fraisier/nope") is None
     assert await transport.read_file("/srv/fraisier/missing-dir/nope") is None
