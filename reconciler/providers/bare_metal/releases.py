@@ -40,8 +40,12 @@ STATE_FILE = "releases.json"
 # itself readable by the unit's own identity (a ``User=`` or a ``DynamicUser=``, which no chown
 # can name) and writable by root only: a release created 0700 by an older Fraisier is opened on
 # the next switch (no recursive walk); then the link, renamed over ``current``.
-SWITCH_COMMANDS = ('chmod -- go+rx,go-w "$4" "$4/releases" "$4/$1" && '
-                   'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"')
+# $1: the release (relative to the service dir), $2: a temporary link name, $3: the `current`
+# link, $4: the service dir. The folders on the way to the release are made enterable (a unit
+# may run as a dynamic user); then the link is replaced by a rename.
+SWITCH_MODES = 'chmod -- go+rx,go-w "$4" "$4/releases" "$4/$1"'
+SWITCH_LINK = 'ln -sfn -- "$1" "$2" && mv -fT -- "$2" "$3"'
+SWITCH_COMMANDS = f"{SWITCH_MODES} && {SWITCH_LINK}"
 _SWITCH_SCRIPT = SWITCH_COMMANDS
 # A new release: every directory enterable and every file readable, nothing writable but by root.
 _PUBLISH_SCRIPT = 'chmod -R -- u+rwX,go+rX,go-w "$1"'

@@ -258,3 +258,46 @@ async def test_one_restart_for_the_batch_and_each_unit_its_own_result(
         ssh_host.run(["sh", "-c", "systemctl disable --now zz-commit-good.service; "
                       "rm -rf /etc/systemd/system/zz-commit-* /srv/fraisier/zz; "
                       "systemctl daemon-reload; systemctl reset-failed"])
+
+
+async def test_a_switch_that_fails_fails_its_deploy_alone_with_its_message(
+    root: SSHTransport, ssh_host: InfraHost
+) -> None:
+    """The batch's folders get their modes from one chmod; a group whose release is missing
+    fails that chmod, so each group's switch is done on its own: the missing one fails alone
+    (not switched, not restarted, the message naming its path) and the others are switched,
+    their folders made enterable, and restarted."""
+    ssh_host.run(["sh", "-c", "set -e\n"
+                  "printf '[Service]\\nExecStart=/bin/sleep 600\\n[Install]\\n"
+                  "WantedBy=multi-user.target\\n' >/etc/systemd/system/zz-switch-a.service\n"
+                  "cp /etc/systemd/system/zz-switch-a.service "
+                  "/etc/systemd/system/zz-switch-b.service\n"
+                  "mkdir -p /srv/fraisier/zz/a/releases/r1 /srv/fraisier/zz/b/releases\n"
+                  "chmod 700 /srv/fraisier/zz/a /srv/fraisier/zz/a/releases\n"
+                  "systemctl daemon-reload"])
+
+    def request(name: str) -> CommitRequest:
+        service_dir = f"/srv/fraisier/zz/{name}"
+        return CommitRequest(("releases/r1", f"{service_dir}/.current-t", f"{service_dir}/current",
+                              service_dir), f"zz-switch-{name}.service", False,
+                             (f"zz-switch-{name}.service",))
+
+    commits = host_commits(root)
+    try:
+        switched, missing = await asyncio.gather(commits.commit(request("a")),
+                                                 commits.commit(request("b")))
+        assert commits.batches == 1
+        assert switched.ok, switched
+        assert not missing.switched and "/srv/fraisier/zz/b/releases/r1" in missing.output, \
+            missing
+        assert ssh_host.sh("stat -c %a /srv/fraisier/zz/a /srv/fraisier/zz/a/releases").split() \
+            == ["755", "755"]
+        assert ssh_host.sh("readlink /srv/fraisier/zz/a/current").strip() == "releases/r1"
+        assert ssh_host.sh("readlink /srv/fraisier/zz/b/current || echo none").strip() == "none"
+        assert ssh_host.sh("systemctl is-active zz-switch-a.service || true").strip() == "active"
+        assert ssh_host.sh("systemctl is-active zz-switch-b.service || true").strip() \
+            == "inactive"
+    finally:
+        ssh_host.run(["sh", "-c", "systemctl disable --now zz-switch-a.service; "
+                      "rm -rf /etc/systemd/system/zz-switch-* /srv/fraisier/zz; "
+                      "systemctl daemon-reload; systemctl reset-failed"])
