@@ -263,8 +263,6 @@ class Deliveries:
             try:
                 async with asyncio.timeout(limits.timeout_s):
                     await self._send(dest, message)
-            except asyncio.CancelledError:
-                raise
             except TimeoutError:
                 error = f"no answer within {limits.timeout_s:g}s"
             except DeliveryFailed as exc:

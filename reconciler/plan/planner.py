@@ -213,21 +213,30 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+# The young generation's threshold while rollouts run. They allocate a few short-lived objects
+# per SFTP request and probe (tasks, futures, packets): at CPython's 700 the collector ran ~850
+# times over a change of 1,000 Services, 6 of them over the whole heap (docs/performance.md).
+ROLLOUT_GC_THRESHOLD = 10_000
+
+
 @contextlib.contextmanager
 def gc_resumed() -> Iterator[None]:
     """Inside a ``gc_paused()``: the collector on again for a long stretch of real work
-    (rollouts, deletions), and off again after it unless the pause ended meanwhile. Outside
-    one (or in a collector someone else turned off): nothing."""
+    (rollouts, deletions), less often than by default, and off again after it unless the
+    pause ended meanwhile. Outside one (or in a collector someone else turned off): nothing."""
     pause = _current_pause.get()
     if pause is None or not pause.active or gc.isenabled():
         yield
         return
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], ROLLOUT_GC_THRESHOLD), *threshold[1:])
     gc.enable()
     token = _current_pause.set(None)
     try:
         yield
     finally:
         _current_pause.reset(token)
+        gc.set_threshold(*threshold)
         if pause.active:
             gc.disable()
 

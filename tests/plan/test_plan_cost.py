@@ -14,6 +14,7 @@ import pytest
 from reconciler.plan.ordering import waves
 from reconciler.plan.planner import (
     DEFERRED,
+    ROLLOUT_GC_THRESHOLD,
     SUSPENDED,
     UNCHANGED,
     UPDATE,
@@ -141,9 +142,11 @@ def test_gc_paused_nests_and_restores_the_collector() -> None:
         with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # the inner pause did not own the collector
-        with gc_resumed():
+        default = gc.get_threshold()
+        with gc_resumed():  # rollouts: collected, less often than by default
             assert gc.isenabled()
-        assert not gc.isenabled()
+            assert gc.get_threshold()[0] == max(default[0], ROLLOUT_GC_THRESHOLD)
+        assert not gc.isenabled() and gc.get_threshold() == default
     assert gc.isenabled()
     with gc_resumed():  # outside a pause: nothing to resume
         assert gc.isenabled()

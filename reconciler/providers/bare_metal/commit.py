@@ -219,12 +219,20 @@ class HostCommits:
     """The commits of one host's deploys, batched (see the module docstring)."""
 
     def __init__(self, transport: Transport) -> None:
-        self.transport = transport
+        # weakly: the batches are the value of a weak mapping keyed by the transport
+        self._transport = weakref.ref(transport)
         self._staging = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._batches: RequestBatches[CommitRequest, CommitResult] = RequestBatches(
             self._run, limit=MAX_BATCH, ready=self._staged)
+
+    @property
+    def transport(self) -> Transport:
+        transport = self._transport()
+        if transport is None:
+            raise ProviderError("the host's connection was closed")
+        return transport
 
     @property
     def batches(self) -> int:  # remote commands run (tests read it)
@@ -254,15 +262,16 @@ class HostCommits:
                 await self._idle.wait()
 
     async def _run(self, requests: Sequence[CommitRequest]) -> list[CommitResult]:
+        transport = self.transport
         reload = any(r.unit_written for r in requests)
         check = [] if reload else [u for r in requests for u in r.units]
         args = ["1" if reload else "0", str(len(check)), str(len(requests)), *check]
         for request in requests:
             args += [*request.switch, request.restart or ""]
-        systemd = Systemd(self.transport)
+        systemd = Systemd(transport)
         watched = [r.observe for r in requests if r.observe is not None]
         args += systemd.observe_args(watched)
-        result = await self.transport.run(
+        result = await transport.run(
             ["sh", "-c", _COMMIT_SCRIPT, "fraisier-commit", *args],
             timeout=COMMIT_TIMEOUT_S, check=True,
         )
@@ -272,7 +281,7 @@ class HostCommits:
         for line in head.splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "L":
-                raise ProviderError(f"{self.transport.host_id}: systemctl daemon-reload failed: "
+                raise ProviderError(f"{transport.host_id}: systemctl daemon-reload failed: "
                                     f"{_decode(rest)}")
             if kind == "S":
                 index, _, output = rest.partition(" ")
@@ -283,10 +292,10 @@ class HostCommits:
                 found[int(index)] = CommitResult(True, int(code), _decode(output))
         missing = [i for i in range(1, len(requests) + 1) if i not in found]
         if missing:
-            raise ProviderError(f"{self.transport.host_id}: committing {len(requests)} "
+            raise ProviderError(f"{transport.host_id}: committing {len(requests)} "
                                 f"deploy(s) reported no result for {len(missing)}")
         if watched and not marker:
-            raise ProviderError(f"{self.transport.host_id}: committing {len(requests)} "
+            raise ProviderError(f"{transport.host_id}: committing {len(requests)} "
                                 "deploy(s) printed no observation of the restarted units")
         observations = iter(await systemd.settle(systemd.observed(tail, watched), watched)
                             if watched else [])

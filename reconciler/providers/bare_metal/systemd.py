@@ -669,6 +669,14 @@ def observe_batcher(transport: Transport) -> ObserveBatcher:
     return batcher
 
 
+async def _observe_on(host: weakref.ref[Transport], groups: Sequence[Group]
+                      ) -> list[dict[str, str]]:
+    transport = host()
+    if transport is None:
+        raise ProviderError("the host's connection was closed")
+    return await Systemd(transport).observe_now(groups)
+
+
 class Systemd:
     """systemctl/journalctl on one host (through its transport; sudo is the transport's)."""
 
@@ -748,11 +756,14 @@ class Systemd:
                       timer: str | None = None) -> dict[str, str]:
         """One unit's properties, observed together with the other units of this host that
         are asked for meanwhile (one remote command for all of them)."""
+        # The batch's command reaches the host through a weak reference: the batcher is the
+        # value of a weak mapping keyed by the transport, and would keep it alive forever
+        host = weakref.ref(self.transport)
         return await observe_batcher(self.transport).observe(
-            (unit, service_dir, unit_file, timer or ""),
-            lambda groups: self._observe_many(groups))
+            (unit, service_dir, unit_file, timer or ""), lambda groups: _observe_on(host, groups))
 
-    async def _observe_many(self, groups: Sequence[Group]) -> list[dict[str, str]]:
+    async def observe_now(self, groups: Sequence[Group]) -> list[dict[str, str]]:
+        """The properties of ``groups`` units, in one remote command of their own."""
         result = await self._run(["sh", "-c", OBSERVE_SCRIPT, "fraisier-observe",
                                   *self.observe_args(groups)])
         return await self.settle(self.observed(result.stdout.decode(errors="replace"), groups),

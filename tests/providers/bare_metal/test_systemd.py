@@ -6,6 +6,8 @@ caller asked."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,13 @@ from reconciler.providers.bare_metal.commit import host_commits
 from reconciler.providers.bare_metal.systemd import (
     ObserveBatcher,
     ReloadBatcher,
+    Systemd,
     observe_batcher,
 )
+from reconciler.transport.ssh import SSHTransport
+from tests.infra.testinfra import InfraHost
 from tests.providers.bare_metal.conftest import ENV, FolderExport, make_resource
+from tests.transport.test_ssh import config_for
 
 
 async def test_a_request_during_a_reload_gets_a_later_one() -> None:
@@ -111,3 +117,19 @@ async def test_concurrent_deploys_on_a_host_share_one_commit(
     assert [s.facts["unit"] for s in states] == units
     assert all(s.revision == "r1" and s.facts["current"] == "r1" for s in states)
     assert 1 <= observer.batches - before < len(jobs)
+
+
+async def test_a_hosts_batchers_do_not_keep_its_transport_alive(ssh_host: InfraHost) -> None:
+    """The commit and observation batchers of a host are values of weak mappings keyed by its
+    transport: once a provider drops a transport (a Target edited or deleted), nothing of
+    theirs may hold it, or it and its batchers stay for the life of the daemon."""
+    transport = SSHTransport(config_for(ssh_host))
+    gone = weakref.ref(transport)
+    host_commits(transport)
+    observed = await Systemd(transport).observe("zz-none.service", "/nonexistent",
+                                                "/nonexistent/zz-none.service")
+    assert observed.get("MainPID") == "0", observed
+    await transport.close()
+    del transport
+    gc.collect()
+    assert gone() is None
