@@ -140,8 +140,8 @@ restart_all() {{
     done
   }}
 }}
-# The folders of every group's switch get their modes from one chmod (a process per group was
-# a good part of a batch's cost on the host); if it fails, each group's switch does its own.
+# The folders of every group's switch get their modes from one chmod, not a process per group;
+# if it fails, each group's switch does its own.
 modes_all() {{
   k=$1; shift; i=0
   for a do
