@@ -208,7 +208,26 @@ async def test_deploys_in_quick_succession_all_start(
         pids.add(started.identity.pid)
     assert len(pids) == 8  # a new process each time
     unit = f"fraisier-{ENV}_quick.service"
-    assert host.sh(f"systemctl is-active {unit} || true").strip() == "active"
+    assert unit_state(host, unit) == "active"
+
+
+def zz_request(name: str, prefix: str) -> CommitRequest:
+    """The commit of release ``r1`` of /srv/fraisier/zz/NAME, restarting zz-PREFIX-NAME."""
+    service_dir = f"/srv/fraisier/zz/{name}"
+    unit = f"zz-{prefix}-{name}.service"
+    return CommitRequest(("releases/r1", f"{service_dir}/.current-t", f"{service_dir}/current",
+                          service_dir), unit, False, (unit,))
+
+
+def unit_state(host: InfraHost, unit: str) -> str:
+    return host.sh(f"systemctl is-active {unit} || true").strip()
+
+
+def remove_zz(host: InfraHost, prefix: str, started: str) -> None:
+    """Stop unit zz-PREFIX-STARTED, remove every zz-PREFIX-* unit and /srv/fraisier/zz."""
+    host.run(["sh", "-c", f"systemctl disable --now zz-{prefix}-{started}.service; "
+              f"rm -rf /etc/systemd/system/zz-{prefix}-* /srv/fraisier/zz; "
+              "systemctl daemon-reload; systemctl reset-failed"])
 
 
 async def test_one_restart_for_the_batch_and_each_unit_its_own_result(
@@ -230,15 +249,9 @@ async def test_one_restart_for_the_batch_and_each_unit_its_own_result(
     script.append("systemctl daemon-reload")
     ssh_host.run(["sh", "-c", "\n".join(script)])
 
-    def request(name: str) -> CommitRequest:
-        service_dir = f"/srv/fraisier/zz/{name}"
-        return CommitRequest(("releases/r1", f"{service_dir}/.current-t", f"{service_dir}/current",
-                              service_dir), f"zz-commit-{name}.service", False,
-                             (f"zz-commit-{name}.service",))
-
     commits = host_commits(root)
     try:
-        results = await asyncio.gather(*(commits.commit(request(name))
+        results = await asyncio.gather(*(commits.commit(zz_request(name, "commit"))
                                          for name in (*units, "unwritten")))
         assert commits.batches == 1
         good, noexec, noexec_too, unwritten = results
@@ -250,14 +263,11 @@ async def test_one_restart_for_the_batch_and_each_unit_its_own_result(
             assert f"zz-commit-{other}" not in failed.output, failed
         assert unwritten.switched and unwritten.returncode != 0, unwritten
         assert "zz-commit-unwritten.service" in unwritten.output, unwritten
-        assert ssh_host.sh("systemctl is-active zz-commit-good.service || true").strip() \
-            == "active"
+        assert unit_state(ssh_host, "zz-commit-good.service") == "active"
         assert ssh_host.sh("readlink /srv/fraisier/zz/unwritten/current").strip() \
             == "releases/r1"
     finally:
-        ssh_host.run(["sh", "-c", "systemctl disable --now zz-commit-good.service; "
-                      "rm -rf /etc/systemd/system/zz-commit-* /srv/fraisier/zz; "
-                      "systemctl daemon-reload; systemctl reset-failed"])
+        remove_zz(ssh_host, "commit", "good")
 
 
 async def test_a_switch_that_fails_fails_its_deploy_alone_with_its_message(
@@ -276,16 +286,10 @@ async def test_a_switch_that_fails_fails_its_deploy_alone_with_its_message(
                   "chmod 700 /srv/fraisier/zz/a /srv/fraisier/zz/a/releases\n"
                   "systemctl daemon-reload"])
 
-    def request(name: str) -> CommitRequest:
-        service_dir = f"/srv/fraisier/zz/{name}"
-        return CommitRequest(("releases/r1", f"{service_dir}/.current-t", f"{service_dir}/current",
-                              service_dir), f"zz-switch-{name}.service", False,
-                             (f"zz-switch-{name}.service",))
-
     commits = host_commits(root)
     try:
-        switched, missing = await asyncio.gather(commits.commit(request("a")),
-                                                 commits.commit(request("b")))
+        switched, missing = await asyncio.gather(commits.commit(zz_request("a", "switch")),
+                                                 commits.commit(zz_request("b", "switch")))
         assert commits.batches == 1
         assert switched.ok, switched
         assert not missing.switched and "/srv/fraisier/zz/b/releases/r1" in missing.output, \
@@ -294,10 +298,7 @@ async def test_a_switch_that_fails_fails_its_deploy_alone_with_its_message(
             == ["755", "755"]
         assert ssh_host.sh("readlink /srv/fraisier/zz/a/current").strip() == "releases/r1"
         assert ssh_host.sh("readlink /srv/fraisier/zz/b/current || echo none").strip() == "none"
-        assert ssh_host.sh("systemctl is-active zz-switch-a.service || true").strip() == "active"
-        assert ssh_host.sh("systemctl is-active zz-switch-b.service || true").strip() \
-            == "inactive"
+        assert unit_state(ssh_host, "zz-switch-a.service") == "active"
+        assert unit_state(ssh_host, "zz-switch-b.service") == "inactive"
     finally:
-        ssh_host.run(["sh", "-c", "systemctl disable --now zz-switch-a.service; "
-                      "rm -rf /etc/systemd/system/zz-switch-* /srv/fraisier/zz; "
-                      "systemctl daemon-reload; systemctl reset-failed"])
+        remove_zz(ssh_host, "switch", "a")
