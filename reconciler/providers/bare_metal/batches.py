@@ -1,7 +1,10 @@
 """Requests to one host answered many per remote command (observations, deploys' commits).
 
 A request waits for the next batch that starts after it (never an answer read before it
-asked); a batch takes every request queued by then, up to ``limit``, once ``ready()`` returns.
+asked); a batch takes every request queued by then, up to ``limit``, once ``ready()`` returns,
+and no sooner than ``linger`` seconds after its first request: requests made at about the same
+time (the looks of a pass, the gates of a host's deploys committed together) then share one
+batch, where the first of them used to run alone and the others wait for it to end.
 The batch runs in its own task: a caller cancelled while waiting (a gate's watcher, once the
 verdict is in) does not stop a command the others wait for. A failed batch fails each of its
 requests with the same error.
@@ -19,10 +22,12 @@ Res = TypeVar("Res")
 
 class RequestBatches(Generic[Req, Res]):
     def __init__(self, run: Callable[[Sequence[Req]], Awaitable[list[Res]]], *, limit: int,
-                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
+                 ready: Callable[[], Awaitable[None]] | None = None,
+                 linger: float = 0.0) -> None:
         self._run = run
         self._limit = limit
         self._ready = ready
+        self._linger = linger
         self._pending: list[tuple[Req, asyncio.Future[Res]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.batches = 0  # remote commands run (tests read it)
@@ -41,6 +46,8 @@ class RequestBatches(Generic[Req, Res]):
 
     async def _drain(self) -> None:
         while self._pending:
+            if self._linger > 0:
+                await asyncio.sleep(self._linger)
             if self._ready is not None:
                 await self._ready()
             batch = self._pending[: self._limit]

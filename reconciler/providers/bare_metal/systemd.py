@@ -654,11 +654,14 @@ class ObserveBatcher:
                       ) -> dict[str, str]:
         # ``run`` is the same command for every caller (one transport): the first one's serves
         if self._batches is None:
-            self._batches = RequestBatches(run, limit=MAX_OBSERVE_BATCH)
+            self._batches = RequestBatches(run, limit=MAX_OBSERVE_BATCH, linger=BATCH_LINGER_S)
         return await self._batches.ask(group)
 
 
 MAX_OBSERVE_BATCH = 64  # units per remote command (a bounded command line)
+# How long a look's batch waits for the looks asked about the same time (a pass's, a host's
+# gates): a round trip of the observe command costs far more (docs/performance.md, session 21)
+BATCH_LINGER_S = 0.02
 _OBSERVERS: weakref.WeakKeyDictionary[Transport, ObserveBatcher] = weakref.WeakKeyDictionary()
 
 

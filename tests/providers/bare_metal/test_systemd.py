@@ -17,6 +17,7 @@ from reconciler.providers import Release
 from reconciler.providers.bare_metal import SystemdSSHProvider
 from reconciler.providers.bare_metal.commit import host_commits
 from reconciler.providers.bare_metal.systemd import (
+    BATCH_LINGER_S,
     ObserveBatcher,
     ReloadBatcher,
     Systemd,
@@ -70,15 +71,17 @@ async def test_observations_asked_during_a_batch_get_the_next_one() -> None:
     batcher = ObserveBatcher()
     batches: list[list[str]] = []
     gate = asyncio.Event()
+    running = asyncio.Event()
 
     async def run(groups: Any) -> list[dict[str, str]]:
         batches.append([g[0] for g in groups])
         if len(batches) == 1:
+            running.set()
             await gate.wait()
         return [{"Unit": g[0], "Batch": str(len(batches))} for g in groups]
 
     first = asyncio.create_task(batcher.observe(("a", "", "", ""), run))
-    await asyncio.sleep(0)
+    await running.wait()
     later = [asyncio.create_task(batcher.observe((u, "", "", ""), run)) for u in "bcd"]
     quitter = asyncio.create_task(batcher.observe(("e", "", "", ""), run))
     await asyncio.sleep(0)
@@ -87,6 +90,27 @@ async def test_observations_asked_during_a_batch_get_the_next_one() -> None:
     assert (await first) == {"Unit": "a", "Batch": "1"}
     assert [await t for t in later] == [{"Unit": u, "Batch": "2"} for u in "bcd"]
     assert batches == [["a"], ["b", "c", "d"]]  # "e" gave up before its batch started
+
+
+async def test_observations_asked_about_the_same_time_share_one_batch() -> None:
+    """A batch waits ``BATCH_LINGER_S`` after its first request: looks asked a moment apart
+    (a pass's looks at a host, the gates of deploys committed together) go in one command,
+    where the first used to run alone and the others waited for it to end."""
+    batcher = ObserveBatcher()
+    batches: list[list[str]] = []
+
+    async def run(groups: Any) -> list[dict[str, str]]:
+        batches.append([g[0] for g in groups])
+        return [{"Unit": g[0]} for g in groups]
+
+    async def ask(unit: str, after: float) -> dict[str, str]:
+        await asyncio.sleep(after)
+        return await batcher.observe((unit, "", "", ""), run)
+
+    spread = BATCH_LINGER_S / 4
+    answers = await asyncio.gather(*(ask(u, i * spread) for i, u in enumerate("abc")))
+    assert answers == [{"Unit": u} for u in "abc"]
+    assert batches == [["a", "b", "c"]]
 
 
 @pytest.mark.timeout(120)
