@@ -22,12 +22,14 @@ from typing import cast
 import asyncssh
 
 
-async def _together(*requests: Awaitable[object]) -> None:
-    """Send ``requests`` back to back, wait for every answer, raise the first error."""
+async def _together(*requests: Awaitable[object]) -> list[object]:
+    """Send ``requests`` back to back, wait for every answer, raise the first error; else
+    the answers, in order."""
     results = await asyncio.gather(*requests, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
+    return results
 
 
 async def write_new_file(sftp: asyncssh.SFTPClient, path: str, data: bytes, *, mode: int,
@@ -51,11 +53,7 @@ async def read_whole_file(sftp: asyncssh.SFTPClient, path: str) -> bytes:
     step = sftp.limits.max_read_len or 32768
     fh = await sftp.open(path, "rb", block_size=0)
     try:
-        answer, closed = await asyncio.gather(fh.read(step, 0), fh.close(),
-                                              return_exceptions=True)
-        for result in (answer, closed):
-            if isinstance(result, BaseException):
-                raise result
+        answer, _ = await _together(fh.read(step, 0), fh.close())
     finally:
         await _close_quietly(fh)
     first = _as_bytes(cast(bytes, answer))

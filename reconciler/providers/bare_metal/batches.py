@@ -16,6 +16,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+# How long a batch of looks at a host (observations, listening sockets) waits for the looks
+# asked about the same time: a round trip of the look's command costs far more
+# (docs/performance.md, session 21)
+LOOK_LINGER_S = 0.02
+
 Req = TypeVar("Req")
 Res = TypeVar("Res")
 

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 from reconciler.errors import ProviderError
 from reconciler.providers import sockets
-from reconciler.providers.bare_metal.batches import RequestBatches
-from reconciler.providers.bare_metal.systemd import BATCH_LINGER_S
+from reconciler.providers.bare_metal.batches import LOOK_LINGER_S, RequestBatches
 from reconciler.providers.contract import Listening
 from reconciler.transport import Transport
 
@@ -84,7 +83,7 @@ class ListeningBatcher:
         # weakly: the batcher is the value of a weak mapping keyed by the transport
         self.transport = weakref.ref(transport)
         self.batches: RequestBatches[tuple[int, str], Listening | None] = RequestBatches(
-            self._run, limit=MAX_BATCH, linger=BATCH_LINGER_S)
+            self._run, limit=MAX_BATCH, linger=LOOK_LINGER_S)
 
     async def _run(self, asked: Sequence[tuple[int, str]]) -> list[Listening | None]:
         transport = self.transport()

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import ProviderError
-from reconciler.providers.bare_metal.batches import RequestBatches
+from reconciler.providers.bare_metal.batches import LOOK_LINGER_S, RequestBatches
 from reconciler.providers.bare_metal.known_processes import KnownProcess, UnitProcesses
 from reconciler.providers.bare_metal.procfs import stat_of
 from reconciler.providers.bare_metal.unit_sandbox import Sandbox
@@ -654,14 +654,11 @@ class ObserveBatcher:
                       ) -> dict[str, str]:
         # ``run`` is the same command for every caller (one transport): the first one's serves
         if self._batches is None:
-            self._batches = RequestBatches(run, limit=MAX_OBSERVE_BATCH, linger=BATCH_LINGER_S)
+            self._batches = RequestBatches(run, limit=MAX_OBSERVE_BATCH, linger=LOOK_LINGER_S)
         return await self._batches.ask(group)
 
 
 MAX_OBSERVE_BATCH = 64  # units per remote command (a bounded command line)
-# How long a look's batch waits for the looks asked about the same time (a pass's, a host's
-# gates): a round trip of the observe command costs far more (docs/performance.md, session 21)
-BATCH_LINGER_S = 0.02
 _OBSERVERS: weakref.WeakKeyDictionary[Transport, ObserveBatcher] = weakref.WeakKeyDictionary()
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from reconciler.providers import Release
 from reconciler.providers.bare_metal import SystemdSSHProvider
+from reconciler.providers.bare_metal.batches import LOOK_LINGER_S
 from reconciler.providers.bare_metal.commit import host_commits
 from reconciler.providers.bare_metal.systemd import (
-    BATCH_LINGER_S,
     ObserveBatcher,
     ReloadBatcher,
     Systemd,
@@ -93,7 +93,7 @@ async def test_observations_asked_during_a_batch_get_the_next_one() -> None:
 
 
 async def test_observations_asked_about_the_same_time_share_one_batch() -> None:
-    """A batch waits ``BATCH_LINGER_S`` after its first request: looks asked a moment apart
+    """A batch waits ``LOOK_LINGER_S`` after its first request: looks asked a moment apart
     (a pass's looks at a host, the gates of deploys committed together) go in one command,
     where the first used to run alone and the others waited for it to end."""
     batcher = ObserveBatcher()
@@ -107,7 +107,7 @@ async def test_observations_asked_about_the_same_time_share_one_batch() -> None:
         await asyncio.sleep(after)
         return await batcher.observe((unit, "", "", ""), run)
 
-    spread = BATCH_LINGER_S / 4
+    spread = LOOK_LINGER_S / 4
     answers = await asyncio.gather(*(ask(u, i * spread) for i, u in enumerate("abc")))
     assert answers == [{"Unit": u} for u in "abc"]
     assert batches == [["a", "b", "c"]]
